@@ -1,0 +1,1 @@
+//! Dev PKI, rustls configs with certificate reload, SPIFFE peer identity and mTLS transports.

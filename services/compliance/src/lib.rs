@@ -1,0 +1,1 @@
+//! The compliance service: the hash-chained audit log.

@@ -1,0 +1,1 @@
+//! The identity service: tenants, API keys and permission checks.

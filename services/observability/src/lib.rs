@@ -1,0 +1,1 @@
+//! The observability service: the status page built from gRPC health probes.
