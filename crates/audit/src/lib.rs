@@ -1,1 +1,97 @@
-//! Audit events written through the outbox and the relay sink that ships them to compliance.
+//! Audit events on their way to compliance (DESIGN §4.6): a producer writes an event into its
+//! own outbox in the same transaction as the change it records, and a relay ships the outbox
+//! to `AuditService.AppendEvents`, which is idempotent on the event id — so no event is lost
+//! and none is stored twice.
+
+use palisade_db::outbox::{self, DeliveryError, OutboxMessage, OutboxSink};
+use palisade_grpc::principal_type;
+use palisade_proto::palisade::{
+    common::v1::Principal as WirePrincipal,
+    compliance::v1::{audit_service_client::AuditServiceClient, AppendEventsRequest, AuditEvent, Outcome},
+};
+use palisade_tenancy::{Principal, RequestId, TenantId};
+use prost::Message;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// The outbox topic audit events travel under.
+pub const TOPIC: &str = "audit";
+
+/// An audited action, described by the component that performed it.
+#[derive(Clone, Debug)]
+pub struct AuditRecord<'a> {
+    /// The tenant whose log records the event (the owner of the resource acted on).
+    pub tenant: &'a TenantId,
+    /// The tenant of the actor, which differs from `tenant` when an operator acts.
+    pub actor_tenant: &'a TenantId,
+    pub actor: Option<&'a Principal>,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub outcome: Outcome,
+    pub request_id: Option<&'a RequestId>,
+    /// The producing component, e.g. `identity`.
+    pub source: &'a str,
+    pub attributes: Vec<(&'a str, String)>,
+}
+
+impl AuditRecord<'_> {
+    /// The wire event, with a fresh UUIDv7 id and the current time.
+    pub fn to_event(&self) -> AuditEvent {
+        let now = std::time::SystemTime::now();
+        AuditEvent {
+            event_id: Uuid::now_v7().to_string(),
+            tenant_id: self.tenant.to_string(),
+            action: self.action.to_owned(),
+            actor: self.actor.map(|p| WirePrincipal {
+                tenant_id: self.actor_tenant.to_string(),
+                id: p.id.clone(),
+                r#type: principal_type(p.kind) as i32,
+            }),
+            resource: self.resource.to_owned(),
+            outcome: self.outcome as i32,
+            request_id: self.request_id.map(|r| r.0.clone()).unwrap_or_default(),
+            occur_time: Some(now.into()),
+            source: self.source.to_owned(),
+            attributes: self.attributes.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            ..AuditEvent::default()
+        }
+    }
+}
+
+/// Writes the event into the outbox on the caller's transaction.
+pub async fn enqueue(conn: &mut sqlx::AnyConnection, record: &AuditRecord<'_>) -> palisade_db::Result<()> {
+    let event = record.to_event();
+    let id = Uuid::parse_str(&event.event_id).expect("generated above");
+    outbox::enqueue(conn, TOPIC, id, &event.encode_to_vec()).await
+}
+
+/// Delivers outbox batches to compliance over mTLS.
+#[derive(Clone)]
+pub struct ComplianceSink {
+    client: AuditServiceClient<Channel>,
+}
+
+impl ComplianceSink {
+    pub fn new(compliance: Channel) -> ComplianceSink {
+        ComplianceSink { client: AuditServiceClient::new(compliance) }
+    }
+}
+
+impl OutboxSink for ComplianceSink {
+    async fn deliver(&self, batch: Vec<OutboxMessage>) -> Result<(), DeliveryError> {
+        let mut events = Vec::with_capacity(batch.len());
+        for message in &batch {
+            // A row that does not decode can never be delivered; failing loudly keeps it in the
+            // outbox for an operator instead of silently dropping an audit record.
+            let event = AuditEvent::decode(message.payload.as_slice())
+                .map_err(|e| DeliveryError(format!("outbox row {} is not an audit event: {e}", message.id)))?;
+            events.push(event);
+        }
+        self.client
+            .clone()
+            .append_events(AppendEventsRequest { events })
+            .await
+            .map(|_| ())
+            .map_err(|status| DeliveryError(format!("append rejected: {:?} {}", status.code(), status.message())))
+    }
+}

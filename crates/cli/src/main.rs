@@ -1,1 +1,90 @@
-fn main() {}
+//! `palisade`: run the dev mesh, serve one component, make the dev PKI, migrate a database.
+
+mod banner;
+mod serve;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use palisade::{LocalMesh, MeshOptions, Ports};
+use palisade_telemetry::{init_logging, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "A multi-tenant gRPC service mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole mesh on loopback: dev PKI, SQLite files and an operator key in the data dir.
+    Dev {
+        #[arg(long, env = "PALISADE_DATA_DIR", default_value = ".palisade")]
+        data_dir: PathBuf,
+        #[arg(long, env = "PALISADE_GATEWAY_PORT", default_value_t = Ports::DEV.gateway)]
+        gateway_port: u16,
+    },
+    /// Serve one component (identity, compliance, observability or gateway).
+    Serve(serve::ServeArgs),
+    /// Manage the dev PKI.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Apply a component's database migrations and exit.
+    Migrate(serve::MigrateArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a CA and one certificate per component (SPIFFE URI SANs), keeping existing files.
+    Init {
+        #[arg(long, env = "PALISADE_CERTS_DIR", default_value = ".palisade/certs")]
+        dir: PathBuf,
+        #[arg(long, env = "PALISADE_TRUST_DOMAIN", default_value = palisade_tls::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Components to issue certificates for.
+        #[arg(long = "component", default_values = ["gateway", "identity", "compliance", "observability"])]
+        components: Vec<String>,
+        /// Extra DNS names for every certificate (e.g. Kubernetes service names).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Dev { data_dir, gateway_port } => {
+            init_logging(LogFormat::Pretty);
+            let mut options = MeshOptions::new(data_dir);
+            options.ports.gateway = gateway_port;
+            let mut mesh = LocalMesh::start(options).await.context("starting the mesh")?;
+            banner::print(&mesh)?;
+            tokio::select! {
+                () = serve::shutdown_signal() => tracing::info!("shutting down"),
+                failed = async { loop {
+                    if let Some(failed) = mesh.take_failed().await { break failed; }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                } } => tracing::error!(component = failed.0.name(), error = format!("{:#}", failed.1), "component failed"),
+            }
+            mesh.stop().await
+        }
+        Command::Serve(args) => {
+            init_logging(LogFormat::Json);
+            serve::serve(args).await
+        }
+        Command::Certs { command: CertsCommand::Init { dir, trust_domain, components, dns } } => {
+            let names: Vec<&str> = components.iter().map(String::as_str).collect();
+            palisade_tls::pki::init(&dir, &trust_domain, &names, &dns)?;
+            println!("dev PKI in {} for {}", dir.display(), names.join(", "));
+            Ok(())
+        }
+        Command::Migrate(args) => {
+            init_logging(LogFormat::Pretty);
+            serve::migrate(args).await
+        }
+    }
+}

@@ -1,1 +1,61 @@
 //! SQLite and PostgreSQL pools, per-backend migrations and the transactional outbox with its relay.
+//!
+//! Every service owns one database and reaches it through a [`Db`]: one `sqlx::AnyPool`, so the
+//! same runtime-checked SQL (with `$1` placeholders) runs on the embedded SQLite file and on
+//! PostgreSQL. Only portable column types are used: ids are TEXT (UUIDv7 strings), timestamps
+//! BIGINT microseconds since the Unix epoch (UTC), blobs BLOB/BYTEA. Where SQL cannot be shared,
+//! callers branch on [`Db::backend`] in one place.
+//!
+//! The [`outbox`] module implements the "no event lost" audit pipeline (DESIGN §4.6): a change
+//! and its event commit in one transaction, and a [`outbox::Relay`] ships them afterwards.
+
+#![forbid(unsafe_code)]
+
+mod migrate;
+pub mod outbox;
+mod pool;
+
+pub use migrate::Migrations;
+pub use pool::{Db, DbConfig};
+
+/// Which database engine a [`Db`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Reads the backend from a connection URL's scheme, so callers never need a second setting.
+    pub fn from_url(url: &str) -> Result<Backend> {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or("");
+        match scheme {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            // Only the scheme is echoed: the rest of the URL may carry a password.
+            other => Err(Error::UnsupportedScheme(other.to_owned())),
+        }
+    }
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url scheme {0:?} (expected sqlite or postgres)")]
+    UnsupportedScheme(String),
+    #[error("invalid schema name {0:?} (use ascii letters, digits and underscores)")]
+    InvalidSchema(String),
+    #[error("cannot create database directory {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt outbox row {id:?}: {reason}")]
+    CorruptRow { id: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,1 +1,39 @@
-//! gRPC server and client builders, the policy layer and the one error-to-Status mapping.
+//! The gRPC plumbing every component shares: the server builder (health, reflection, the
+//! tower layers in request order), mTLS client channels, the policy layer that enforces each
+//! method's proto option, AIP helpers for paging and filtering, and the one mapping from
+//! errors to `tonic::Status` with `google.rpc` details.
+
+pub mod aip;
+mod authorizer;
+mod caller;
+mod client;
+mod error;
+mod policy;
+mod policy_layer;
+mod running;
+mod server;
+pub mod time;
+
+pub use authorizer::{principal_type, Authorizer, Decision, RemoteAuthorizer};
+pub use caller::Caller;
+pub use client::{mesh_channel, MeshChannel};
+pub use error::{ApiError, FieldViolation, ERROR_DOMAIN};
+pub use policy::{MethodPolicies, MethodPolicy};
+pub use policy_layer::{CallerComponent, PolicyLayer, PolicyService};
+pub use running::{BoxError, MeshAddresses, Running, ShutdownSignal};
+pub use server::{add_reflection, MeshServer, ServingHandle};
+
+/// Failures of the plumbing itself (not of a call).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("descriptor set: {0}")]
+    Descriptors(String),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] palisade_tls::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,1 +1,33 @@
-//! Tenant context: metadata codec, trust rules and the server and client propagation layers.
+//! Tenant context: who is calling, for which tenant, under which request id — carried in gRPC
+//! metadata between components, accepted only from trusted mesh peers, and propagated on every
+//! outgoing call made while handling a request.
+
+mod context;
+mod metadata;
+mod propagate;
+mod server;
+mod trust;
+
+pub use context::{Principal, PrincipalKind, RequestId, TenantContext, TenantId, SYSTEM_TENANT};
+pub use metadata::{
+    strip_client_context, write_context, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE, HEADER_REQUEST_ID,
+    HEADER_TENANT_ID,
+};
+pub use propagate::{current_context, current_request_id, PropagateContext, PropagateContextLayer};
+pub use server::{TenantContextLayer, TenantContextService};
+pub use trust::TrustPolicy;
+
+/// Why context metadata could not be accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("invalid tenant id {0:?}")]
+    InvalidTenantId(String),
+    #[error("invalid principal type {0:?}")]
+    InvalidPrincipalType(String),
+    #[error("metadata {0} is not valid ascii")]
+    NotAscii(&'static str),
+    #[error("{0} is required with {1}")]
+    Incomplete(&'static str, &'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,1 +1,78 @@
-//! The identity service: tenants, API keys and permission checks.
+//! The identity service: tenants, API keys and permission checks. Identity decides its own
+//! RPCs' permissions locally and answers `AuthorizationService.Check` for everyone else.
+//! Every mutation writes its audit event into the outbox in the same transaction.
+
+mod api;
+mod api_keys;
+mod authz;
+mod bootstrap;
+mod store;
+mod tenants;
+
+use std::sync::Arc;
+
+use palisade_audit::ComplianceSink;
+use palisade_db::{
+    outbox::{Relay, RelayConfig},
+    Db, DbConfig, Migrations,
+};
+use palisade_grpc::{BoxError, MeshAddresses, MeshServer, Running};
+use palisade_proto::palisade::identity::v1::{
+    api_key_service_server::ApiKeyServiceServer, authorization_service_server::AuthorizationServiceServer,
+    tenant_service_server::TenantServiceServer,
+};
+use palisade_tls::MeshTls;
+use tokio::{net::TcpListener, sync::oneshot};
+
+pub const COMPONENT: &str = "identity";
+
+/// What the identity service needs to run.
+#[derive(Clone)]
+pub struct IdentityConfig {
+    pub tls: MeshTls,
+    pub db: DbConfig,
+    pub mesh: MeshAddresses,
+}
+
+/// A running identity service, and the operator key if this start created it.
+pub struct Started {
+    pub running: Running,
+    pub operator_key: Option<String>,
+}
+
+pub fn migrations() -> Migrations {
+    Migrations { sqlite: sqlx::migrate!("./migrations/sqlite"), postgres: sqlx::migrate!("./migrations/postgres") }
+}
+
+/// Connects, migrates and bootstraps the database, then serves on `listener` and relays audit
+/// events to compliance until stopped.
+pub async fn start(listener: TcpListener, config: IdentityConfig) -> Result<Started, BoxError> {
+    let db = Db::connect(&config.db).await?;
+    db.migrate(&migrations()).await?;
+    let store = store::IdentityStore::new(db.clone());
+    let operator_key = bootstrap::bootstrap(&store).await?;
+
+    let relay = Relay::new(db.clone(), RelayConfig::new(palisade_audit::TOPIC));
+    let compliance = palisade_tls::channel(&config.mesh.compliance, &config.tls, "compliance")?;
+    let authz = Arc::new(authz::Authz::new(store.clone()));
+    let server = MeshServer::new(COMPONENT, config.tls.clone(), Arc::new(authz::LocalAuthorizer(authz.clone())))?
+        .add_service(TenantServiceServer::new(api::TenantApi::new(store, relay.clone())))
+        .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(authz.clone())))
+        .add_service(AuthorizationServiceServer::new(api::AuthorizationApi::new(authz)));
+
+    let local_addr = listener.local_addr()?;
+    let running = Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
+        let (stop_relay, relay_stopped) = oneshot::channel::<()>();
+        let relay_task = relay.spawn(ComplianceSink::new(compliance), async {
+            let _ = relay_stopped.await;
+        });
+        let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
+        let served = serving.await;
+        // The server has drained, so no new events can arrive: the relay makes a last flush.
+        let _ = stop_relay.send(());
+        let _ = relay_task.await;
+        db.close().await;
+        Ok(served?)
+    });
+    Ok(Started { running, operator_key })
+}

@@ -1,1 +1,38 @@
-//! The observability service: the status page built from gRPC health probes.
+//! The observability service. For now: the status page, built from standard `grpc.health.v1`
+//! probes of every component — over mTLS for the mesh components, over the public port for
+//! the gateway (the path real clients take).
+
+mod probe;
+mod status;
+
+use std::sync::Arc;
+
+use palisade_grpc::{BoxError, MeshAddresses, MeshServer, RemoteAuthorizer, Running};
+use palisade_proto::palisade::observability::v1::status_service_server::StatusServiceServer;
+use palisade_tls::MeshTls;
+use tokio::net::TcpListener;
+
+pub const COMPONENT: &str = "observability";
+
+const AUTHZ_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the observability service needs to run.
+#[derive(Clone)]
+pub struct ObservabilityConfig {
+    pub tls: MeshTls,
+    pub mesh: MeshAddresses,
+}
+
+/// Serves on `listener` until stopped.
+pub async fn start(listener: TcpListener, config: ObservabilityConfig) -> Result<Running, BoxError> {
+    let identity = palisade_tls::channel(&config.mesh.identity, &config.tls, "identity")?;
+    let authorizer = Arc::new(RemoteAuthorizer::new(identity, AUTHZ_CACHE_TTL));
+    let prober = probe::Prober::for_mesh(&config.mesh, &config.tls)?;
+    let server = MeshServer::new(COMPONENT, config.tls.clone(), authorizer)?
+        .add_service(StatusServiceServer::new(status::StatusApi::new(prober)));
+    let local_addr = listener.local_addr()?;
+    Ok(Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
+        let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
+        Ok(serving.await?)
+    }))
+}

@@ -1,0 +1,6 @@
+//! The `palisade` binary's library half: running the whole mesh in one process
+//! ([`LocalMesh`], used by `palisade dev` and by the test sandbox) and the component table.
+
+mod mesh;
+
+pub use mesh::{Component, DatabaseChoice, LocalMesh, MeshOptions, Ports, COMPONENTS};

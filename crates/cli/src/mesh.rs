@@ -1,0 +1,235 @@
+//! The whole mesh in one process: four components on their own ports with their own
+//! certificates and databases, talking real gRPC over mTLS — the same code paths as a cluster.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use palisade_db::DbConfig;
+use palisade_grpc::{MeshAddresses, Running};
+use palisade_tls::{CertPaths, MeshTls};
+use tokio::net::TcpListener;
+
+/// The mesh's components, in start order (identity first: the others ask it for permissions).
+pub const COMPONENTS: [Component; 4] =
+    [Component::Identity, Component::Compliance, Component::Observability, Component::Gateway];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    Identity,
+    Compliance,
+    Observability,
+    Gateway,
+}
+
+impl Component {
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Identity => "identity",
+            Component::Compliance => "compliance",
+            Component::Observability => "observability",
+            Component::Gateway => "gateway",
+        }
+    }
+
+    pub fn parse(name: &str) -> anyhow::Result<Component> {
+        COMPONENTS
+            .into_iter()
+            .find(|c| c.name() == name)
+            .with_context(|| format!("unknown component {name:?}; expected identity, compliance, observability or gateway"))
+    }
+
+    /// Whether the component keeps state in its own database.
+    pub fn has_database(self) -> bool {
+        matches!(self, Component::Identity | Component::Compliance)
+    }
+}
+
+/// Where the components keep their data.
+#[derive(Clone, Debug)]
+pub enum DatabaseChoice {
+    /// One SQLite file per component under the data dir.
+    Sqlite,
+    /// One schema per component, `<schema_prefix>_<component>`, in the database at `url`.
+    Postgres { url: String, schema_prefix: String },
+}
+
+/// The ports to listen on; 0 picks a free one.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub gateway: u16,
+    pub identity: u16,
+    pub compliance: u16,
+    pub observability: u16,
+}
+
+impl Ports {
+    pub const DEV: Ports = Ports { gateway: 7900, identity: 7901, compliance: 7902, observability: 7903 };
+    pub const ANY: Ports = Ports { gateway: 0, identity: 0, compliance: 0, observability: 0 };
+
+    fn of(&self, component: Component) -> u16 {
+        match component {
+            Component::Identity => self.identity,
+            Component::Compliance => self.compliance,
+            Component::Observability => self.observability,
+            Component::Gateway => self.gateway,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    pub data_dir: PathBuf,
+    pub trust_domain: String,
+    pub database: DatabaseChoice,
+    pub ports: Ports,
+    pub host: IpAddr,
+    pub api_key_cache_ttl: Duration,
+}
+
+impl MeshOptions {
+    pub fn new(data_dir: PathBuf) -> MeshOptions {
+        MeshOptions {
+            data_dir,
+            trust_domain: palisade_tls::DEFAULT_TRUST_DOMAIN.to_owned(),
+            database: DatabaseChoice::Sqlite,
+            ports: Ports::DEV,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api_key_cache_ttl: Duration::from_secs(30),
+        }
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        self.data_dir.join("certs")
+    }
+
+    fn db_config(&self, component: Component) -> DbConfig {
+        match &self.database {
+            DatabaseChoice::Sqlite => DbConfig::sqlite_in(&self.data_dir, component.name()),
+            DatabaseChoice::Postgres { url, schema_prefix } => {
+                DbConfig::postgres(url, Some(format!("{schema_prefix}_{}", component.name())))
+            }
+        }
+    }
+}
+
+/// A mesh running in this process.
+pub struct LocalMesh {
+    pub options: MeshOptions,
+    pub addresses: MeshAddresses,
+    /// The bootstrap operator key, when this start created it.
+    pub operator_key: Option<String>,
+    bound: BTreeMap<Component, SocketAddr>,
+    running: BTreeMap<Component, Running>,
+}
+
+impl LocalMesh {
+    /// Makes the dev PKI if absent, binds every port, then starts the components in order.
+    pub async fn start(options: MeshOptions) -> anyhow::Result<LocalMesh> {
+        let names: Vec<_> = COMPONENTS.iter().map(|c| c.name()).collect();
+        palisade_tls::pki::init(&options.certs_dir(), &options.trust_domain, &names, &[])
+            .context("creating the dev PKI")?;
+        // Bind everything first so each component knows its peers' real addresses.
+        let mut listeners = BTreeMap::new();
+        for component in COMPONENTS {
+            let addr = SocketAddr::new(options.host, options.ports.of(component));
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("binding {} to {addr}", component.name()))?;
+            listeners.insert(component, listener);
+        }
+        let bound: BTreeMap<_, _> =
+            listeners.iter().map(|(c, l)| Ok((*c, l.local_addr()?))).collect::<std::io::Result<_>>()?;
+        let url = |c: Component| format!("http://{}", bound[&c]);
+        let addresses = MeshAddresses {
+            identity: url(Component::Identity),
+            compliance: url(Component::Compliance),
+            observability: url(Component::Observability),
+            gateway: url(Component::Gateway),
+        };
+        let mut mesh = LocalMesh { options, addresses, operator_key: None, bound, running: BTreeMap::new() };
+        for (component, listener) in listeners {
+            mesh.launch(component, listener).await?;
+        }
+        Ok(mesh)
+    }
+
+    pub fn addr(&self, component: Component) -> SocketAddr {
+        self.bound[&component]
+    }
+
+    pub fn is_running(&self, component: Component) -> bool {
+        self.running.contains_key(&component)
+    }
+
+    /// Drains and stops one component; its port stays reserved for [`LocalMesh::restart`].
+    pub async fn stop_component(&mut self, component: Component) -> anyhow::Result<()> {
+        if let Some(running) = self.running.remove(&component) {
+            running.stop().await.map_err(|e| anyhow::anyhow!(e)).with_context(|| format!("stopping {}", component.name()))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped component again on its old port.
+    pub async fn restart(&mut self, component: Component) -> anyhow::Result<()> {
+        if self.is_running(component) {
+            bail!("{} is already running", component.name());
+        }
+        let listener = TcpListener::bind(self.bound[&component]).await?;
+        self.launch(component, listener).await
+    }
+
+    /// Stops every component, gateway first, identity last.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for component in COMPONENTS.into_iter().rev() {
+            self.stop_component(component).await?;
+        }
+        Ok(())
+    }
+
+    /// A component whose task ended without being asked to (it failed), with its error.
+    pub async fn take_failed(&mut self) -> Option<(Component, anyhow::Error)> {
+        let component = *self.running.iter().find(|(_, running)| running.is_finished())?.0;
+        let running = self.running.remove(&component)?;
+        let error = match running.join().await {
+            Ok(()) => anyhow::anyhow!("{} stopped unexpectedly", component.name()),
+            Err(error) => anyhow::anyhow!(error).context(format!("{} failed", component.name())),
+        };
+        Some((component, error))
+    }
+
+    async fn launch(&mut self, component: Component, listener: TcpListener) -> anyhow::Result<()> {
+        let options = &self.options;
+        let tls = MeshTls::load(CertPaths::in_dir(&options.certs_dir(), component.name())).await?;
+        let db = options.db_config(component);
+        let mesh = self.addresses.clone();
+        let running = match component {
+            Component::Identity => {
+                let started = palisade_identity::start(listener, palisade_identity::IdentityConfig { tls, db, mesh }).await;
+                let started = started.map_err(|e| anyhow::anyhow!(e))?;
+                if started.operator_key.is_some() {
+                    self.operator_key = started.operator_key;
+                }
+                started.running
+            }
+            Component::Compliance => {
+                palisade_compliance::start(listener, palisade_compliance::ComplianceConfig { tls, db, mesh }).await
+                    .map_err(|e| anyhow::anyhow!(e))?
+            }
+            Component::Observability => {
+                let config = palisade_observability::ObservabilityConfig { tls, mesh };
+                palisade_observability::start(listener, config).await.map_err(|e| anyhow::anyhow!(e))?
+            }
+            Component::Gateway => {
+                let config = palisade_gateway::GatewayConfig { tls, mesh, api_key_cache_ttl: options.api_key_cache_ttl };
+                palisade_gateway::start(listener, config).await.map_err(|e| anyhow::anyhow!(e))?
+            }
+        };
+        tracing::info!(component = component.name(), addr = %running.local_addr, "component started");
+        self.running.insert(component, running);
+        Ok(())
+    }
+}

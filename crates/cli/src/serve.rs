@@ -1,0 +1,143 @@
+//! `palisade serve <component>` and `palisade migrate`: one component, configured by flags or
+//! `PALISADE_*` environment variables (flags win), failing fast on bad configuration.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use palisade::Component;
+use palisade_db::{Db, DbConfig};
+use palisade_grpc::MeshAddresses;
+use palisade_tls::{CertPaths, MeshTls};
+use tokio::net::TcpListener;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// identity, compliance, observability or gateway.
+    component: String,
+    #[arg(long, env = "PALISADE_LISTEN", default_value = "0.0.0.0:7900")]
+    listen: SocketAddr,
+    #[arg(long, env = "PALISADE_CERTS_DIR", default_value = "/etc/palisade/certs")]
+    certs_dir: PathBuf,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[arg(long, env = "PALISADE_IDENTITY_URL", default_value = "http://identity:7901")]
+    identity_url: String,
+    #[arg(long, env = "PALISADE_COMPLIANCE_URL", default_value = "http://compliance:7902")]
+    compliance_url: String,
+    #[arg(long, env = "PALISADE_OBSERVABILITY_URL", default_value = "http://observability:7903")]
+    observability_url: String,
+    #[arg(long, env = "PALISADE_GATEWAY_URL", default_value = "http://gateway:7900")]
+    gateway_url: String,
+    /// Seconds a verified API key is cached by the gateway.
+    #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
+    api_key_cache_ttl: u64,
+}
+
+#[derive(Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL; without it the component uses SQLite under --data-dir.
+    #[arg(long, env = "PALISADE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// PostgreSQL schema to use (created if missing).
+    #[arg(long, env = "PALISADE_DATABASE_SCHEMA")]
+    database_schema: Option<String>,
+    #[arg(long, env = "PALISADE_DATA_DIR", default_value = "/var/lib/palisade")]
+    data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    fn config(&self, component: Component) -> DbConfig {
+        match &self.database_url {
+            Some(url) => DbConfig::postgres(url, self.database_schema.clone()),
+            None => DbConfig::sqlite_in(&self.data_dir, component.name()),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// identity or compliance.
+    component: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let component = Component::parse(&args.component)?;
+    let tls = MeshTls::load(CertPaths::in_dir(&args.certs_dir, component.name()))
+        .await
+        .with_context(|| format!("loading {} certificates from {}", component.name(), args.certs_dir.display()))?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let mesh = MeshAddresses {
+        identity: args.identity_url,
+        compliance: args.compliance_url,
+        observability: args.observability_url,
+        gateway: args.gateway_url,
+    };
+    let db = args.database.config(component);
+    let running = match component {
+        Component::Identity => {
+            let started = palisade_identity::start(listener, palisade_identity::IdentityConfig { tls, db, mesh }).await;
+            let started = started.map_err(|e| anyhow::anyhow!(e))?;
+            if let Some(key) = started.operator_key {
+                // Printed once, to the operator's terminal or job log; only its hash is stored.
+                println!("bootstrap operator api key (shown once): {key}");
+            }
+            started.running
+        }
+        Component::Compliance => palisade_compliance::start(listener, palisade_compliance::ComplianceConfig { tls, db, mesh })
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?,
+        Component::Observability => {
+            palisade_observability::start(listener, palisade_observability::ObservabilityConfig { tls, mesh })
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?
+        }
+        Component::Gateway => {
+            let ttl = Duration::from_secs(args.api_key_cache_ttl);
+            palisade_gateway::start(listener, palisade_gateway::GatewayConfig { tls, mesh, api_key_cache_ttl: ttl })
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?
+        }
+    };
+    tracing::info!(component = component.name(), addr = %running.local_addr, "serving");
+    shutdown_signal().await;
+    running.stop().await.map_err(|e| anyhow::anyhow!(e))
+}
+
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let component = Component::parse(&args.component)?;
+    let migrations = match component {
+        Component::Identity => palisade_identity::migrations(),
+        Component::Compliance => palisade_compliance::migrations(),
+        _ => bail!("{} keeps no database", component.name()),
+    };
+    let db = Db::connect(&args.database.config(component)).await?;
+    db.migrate(&migrations).await?;
+    db.close().await;
+    println!("{} database is up to date", component.name());
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

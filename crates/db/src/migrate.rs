@@ -1,0 +1,74 @@
+//! Schema migrations: the outbox table this crate owns, then the service's own migrations.
+
+use sqlx::migrate::Migrator;
+
+use crate::{Backend, Db, Result};
+
+/// A service's migrations for both backends, e.g.
+/// `Migrations { sqlite: sqlx::migrate!("./migrations/sqlite"), postgres: sqlx::migrate!("./migrations/postgres") }`.
+///
+/// Kept apart per backend because DDL is where the dialects differ (BLOB/BYTEA, RLS policies).
+#[derive(Debug)]
+pub struct Migrations {
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
+}
+
+/// `outbox` is created outside sqlx's migration table on purpose: every service gets it without
+/// copying a migration file, and `IF NOT EXISTS` keeps it idempotent. Changing its shape needs a
+/// new, equally idempotent statement here.
+const SQLITE_OUTBOX: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS outbox (
+        id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    )",
+    "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)",
+];
+
+const POSTGRES_OUTBOX: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS outbox (
+        id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    )",
+    "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)",
+];
+
+impl Db {
+    /// Ensures the outbox table, then runs the service's migrator for this backend.
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<()> {
+        self.ensure_outbox().await?;
+        let migrator = match self.backend() {
+            Backend::Sqlite => &migrations.sqlite,
+            Backend::Postgres => &migrations.postgres,
+        };
+        migrator.run(self.pool()).await?;
+        Ok(())
+    }
+
+    async fn ensure_outbox(&self) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let statements = match self.backend() {
+            // `BEGIN IMMEDIATE` already serializes concurrent callers.
+            Backend::Sqlite => SQLITE_OUTBOX,
+            Backend::Postgres => {
+                // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog
+                // (replicas starting together); a transaction-scoped lock makes them take turns.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('palisade.db/outbox-ddl'))")
+                    .execute(&mut *tx)
+                    .await?;
+                POSTGRES_OUTBOX
+            }
+        };
+        for statement in statements {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

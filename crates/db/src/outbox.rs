@@ -1,0 +1,243 @@
+//! The transactional outbox: messages that commit with the change that caused them.
+//!
+//! A mutating call [`enqueue`]s its audit event inside its own transaction, so the event exists
+//! if and only if the change does. A [`Relay`] later ships the rows of one topic to an
+//! [`OutboxSink`], in creation order (`created_at`, then the UUIDv7 id), and deletes them only
+//! once the sink acknowledged the whole batch.
+//!
+//! Delivery is at least once: a crash (or a shutdown deadline) between the sink's acknowledgement
+//! and the delete ships the batch again on restart. The receiver must therefore be idempotent on
+//! the message id, which compliance's `AppendEvents` is.
+//!
+//! Order is creation order as seen at poll time. A transaction that enqueued early but commits
+//! late can surface behind messages already shipped; the receiver must not infer causality from
+//! arrival order alone.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use uuid::Uuid;
+
+use crate::{Backend, Db, Error, Result};
+
+mod relay;
+
+pub use relay::{Relay, RelayConfig};
+
+/// One message waiting to be shipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: Uuid,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub created_at_micros: i64,
+    /// Failed deliveries so far.
+    pub attempts: i32,
+}
+
+/// Enqueues inside the caller's transaction, so the message commits or rolls back with the change.
+///
+/// Pass `&mut *tx` for a `sqlx::Transaction`. `id` should be a UUIDv7 (the receiver dedups on it
+/// and it breaks ties between messages created in the same microsecond). Call
+/// [`Relay::notify`] after the commit to ship without waiting for the next poll.
+pub async fn enqueue(
+    conn: &mut AnyConnection,
+    topic: &str,
+    id: Uuid,
+    payload: &[u8],
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, payload, created_at, attempts) VALUES ($1, $2, $3, $4, 0)",
+    )
+    .bind(id.to_string())
+    .bind(topic)
+    .bind(payload)
+    .bind(now_micros())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Messages waiting across all topics, for metrics and tests.
+pub async fn depth(db: &Db) -> Result<i64> {
+    let depth = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(depth)
+}
+
+/// Where a relay delivers. Returning `Ok` means every message of the batch is acknowledged and
+/// may be deleted; `Err` means none is, and the same messages come again after a backoff.
+///
+/// Implementations should bound their own calls with a timeout: the relay waits as long as
+/// `deliver` takes (on PostgreSQL while holding the batch's row locks).
+pub trait OutboxSink: Send + Sync + 'static {
+    fn deliver(
+        &self,
+        batch: Vec<OutboxMessage>,
+    ) -> impl Future<Output = Result<(), DeliveryError>> + Send;
+}
+
+// Lets a caller keep a handle on the sink it hands to `Relay::spawn` (tests, metrics).
+impl<S: OutboxSink> OutboxSink for Arc<S> {
+    fn deliver(
+        &self,
+        batch: Vec<OutboxMessage>,
+    ) -> impl Future<Output = Result<(), DeliveryError>> + Send {
+        S::deliver(self, batch)
+    }
+}
+
+/// Why a sink refused a batch; the relay logs it and retries.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DeliveryError(pub String);
+
+/// Upper bound on a batch: its ids become bind parameters of one statement, and both engines
+/// cap those (SQLite at 32766).
+const MAX_BATCH: usize = 1000;
+
+/// What one relay step did.
+#[derive(Debug)]
+pub(crate) enum Shipped {
+    /// Nothing to ship for the topic.
+    Empty,
+    /// Another relay holds the topic (PostgreSQL replicas).
+    Busy,
+    Delivered(usize),
+    Refused(DeliveryError),
+}
+
+/// Ships the oldest batch of `topic` to `sink` and settles it: deleted on success, `attempts`
+/// bumped on failure.
+pub(crate) async fn ship_batch<S: OutboxSink>(
+    db: &Db,
+    topic: &str,
+    batch_size: usize,
+    sink: &S,
+) -> Result<Shipped> {
+    match db.backend() {
+        Backend::Postgres => {
+            // The transaction stays open across delivery so no other replica can take these rows.
+            let mut tx = db.begin().await?;
+            // A per-topic lock rather than `SKIP LOCKED` alone: skipping would let a second
+            // replica ship younger rows while the first holds older ones, reordering the topic.
+            // The schema is part of the key because advisory locks span the whole database.
+            let locked: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_xact_lock(hashtext(\
+                 coalesce(current_schema(), '') || '/outbox/' || $1))",
+            )
+            .bind(topic)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !locked {
+                tx.rollback().await?;
+                return Ok(Shipped::Busy);
+            }
+            let batch = select_batch(&mut tx, topic, batch_size, " FOR UPDATE SKIP LOCKED").await?;
+            if batch.is_empty() {
+                tx.commit().await?;
+                return Ok(Shipped::Empty);
+            }
+            let ids = ids_of(&batch);
+            let shipped = deliver(sink, batch).await;
+            settle(&mut tx, &ids, &shipped).await?;
+            tx.commit().await?;
+            Ok(shipped)
+        }
+        Backend::Sqlite => {
+            // One process owns the file, so a plain read suffices, and no write lock is held
+            // while the sink works.
+            let batch = {
+                let mut conn = db.pool().acquire().await?;
+                select_batch(&mut conn, topic, batch_size, "").await?
+            };
+            if batch.is_empty() {
+                return Ok(Shipped::Empty);
+            }
+            let ids = ids_of(&batch);
+            let shipped = deliver(sink, batch).await;
+            let mut tx = db.begin().await?;
+            settle(&mut tx, &ids, &shipped).await?;
+            tx.commit().await?;
+            Ok(shipped)
+        }
+    }
+}
+
+async fn deliver<S: OutboxSink>(sink: &S, batch: Vec<OutboxMessage>) -> Shipped {
+    let count = batch.len();
+    match sink.deliver(batch).await {
+        Ok(()) => Shipped::Delivered(count),
+        Err(err) => Shipped::Refused(err),
+    }
+}
+
+async fn select_batch(
+    conn: &mut AnyConnection,
+    topic: &str,
+    batch_size: usize,
+    lock_clause: &str,
+) -> Result<Vec<OutboxMessage>> {
+    let sql = format!(
+        "SELECT id, topic, payload, created_at, attempts FROM outbox \
+         WHERE topic = $1 ORDER BY created_at, id LIMIT $2{lock_clause}"
+    );
+    let limit = i64::try_from(batch_size.clamp(1, MAX_BATCH)).unwrap_or(1);
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(topic)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let parsed = Uuid::parse_str(&id).map_err(|err| Error::CorruptRow {
+                id: id.clone(),
+                reason: err.to_string(),
+            })?;
+            Ok(OutboxMessage {
+                id: parsed,
+                topic: row.try_get("topic")?,
+                payload: row.try_get("payload")?,
+                created_at_micros: row.try_get("created_at")?,
+                attempts: row.try_get("attempts")?,
+            })
+        })
+        .collect()
+}
+
+fn ids_of(batch: &[OutboxMessage]) -> Vec<String> {
+    batch.iter().map(|message| message.id.to_string()).collect()
+}
+
+async fn settle(conn: &mut AnyConnection, ids: &[String], shipped: &Shipped) -> Result<()> {
+    let action = match shipped {
+        Shipped::Delivered(_) => "DELETE FROM outbox",
+        Shipped::Refused(_) => "UPDATE outbox SET attempts = attempts + 1",
+        Shipped::Empty | Shipped::Busy => return Ok(()),
+    };
+    // Placeholders are generated, values bound: a batch is small enough for one statement.
+    let mut sql = format!("{action} WHERE id IN (");
+    for n in 1..=ids.len() {
+        let sep = if n == 1 { "" } else { ", " };
+        let _ = write!(sql, "{sep}${n}");
+    }
+    sql.push(')');
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.as_str());
+    }
+    query.execute(conn).await?;
+    Ok(())
+}
+
+fn now_micros() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,189 @@
+//! The relay: a background task that drains one topic of the outbox into a sink.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{OutboxSink, Shipped, ship_batch};
+use crate::{Db, Result};
+
+/// First wait after a failure; doubles per consecutive failure up to `max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a stopping relay keeps shipping; whatever is left ships after the restart.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// What a relay ships and how patiently.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub topic: String,
+    /// Messages per delivery (capped at 1000).
+    pub batch_size: usize,
+    /// Poll interval when the outbox looks empty; [`Relay::notify`] cuts it short.
+    pub idle_poll: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RelayConfig {
+    /// Defaults: batches of 100, polling every 500ms, backing off up to 5s.
+    pub fn new(topic: impl Into<String>) -> RelayConfig {
+        RelayConfig {
+            topic: topic.into(),
+            batch_size: 100,
+            idle_poll: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Ships messages of one topic in creation order (`created_at`, `id`) in batches, and deletes
+/// them only after the sink acknowledges. On failure it bumps `attempts`, backs off
+/// exponentially (from 100ms up to `max_backoff`) and retries from the same oldest message, so
+/// nothing is dropped or reordered. [`Relay::notify`] wakes it early; when `shutdown` resolves it
+/// finishes the batch in flight and makes one final flush attempt bounded to 2s.
+///
+/// Run one relay per topic and database in a process. On PostgreSQL, replicas may each run one:
+/// a per-topic advisory lock lets only one of them ship at a time.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    config: RelayConfig,
+    notify: Notify,
+}
+
+impl Relay {
+    pub fn new(db: Db, config: RelayConfig) -> Relay {
+        Relay {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                notify: Notify::new(),
+            }),
+        }
+    }
+
+    /// Ships without waiting for the next poll; call it after committing an enqueue. A call while
+    /// the relay is busy is remembered, so a message committed mid-delivery is not left waiting.
+    pub fn notify(&self) {
+        self.inner.notify.notify_one();
+    }
+
+    pub fn spawn<S: OutboxSink>(
+        &self,
+        sink: S,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move { inner.run(sink, shutdown).await })
+    }
+}
+
+impl Inner {
+    async fn run<S: OutboxSink>(&self, sink: S, shutdown: impl Future<Output = ()>) {
+        let topic = self.config.topic.as_str();
+        let mut shutdown = pin!(shutdown);
+        let mut failures: u32 = 0;
+        debug!(topic, "outbox relay started");
+        loop {
+            let mut step = pin!(self.step(&sink));
+            let shipped = tokio::select! {
+                biased;
+                () = &mut shutdown => None,
+                shipped = &mut step => Some(shipped),
+            };
+            let Some(shipped) = shipped else {
+                // The batch in flight may be moments from its acknowledgement: finish it within
+                // the final window rather than abandon it and ship it twice.
+                self.stop(async {
+                    let _ = step.await;
+                    self.drain(&sink).await
+                })
+                .await;
+                return;
+            };
+            let (wait, wake_on_notify) = match shipped {
+                Ok(Shipped::Delivered(count)) => {
+                    failures = 0;
+                    debug!(topic, count, "outbox batch delivered");
+                    // More may be waiting: poll again at once.
+                    continue;
+                }
+                Ok(Shipped::Empty) => {
+                    failures = 0;
+                    (self.config.idle_poll, true)
+                }
+                Ok(Shipped::Busy) => (self.config.idle_poll, true),
+                Ok(Shipped::Refused(error)) => {
+                    failures = failures.saturating_add(1);
+                    warn!(topic, failures, %error, "outbox delivery refused, retrying");
+                    // A notify must not shortcut the backoff and hammer a failing sink.
+                    (self.backoff(failures), false)
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    warn!(topic, failures, %error, "outbox relay database error, retrying");
+                    (self.backoff(failures), false)
+                }
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    self.stop(self.drain(&sink)).await;
+                    return;
+                }
+                () = self.notify.notified(), if wake_on_notify => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn step<S: OutboxSink>(&self, sink: &S) -> Result<Shipped> {
+        let config = &self.config;
+        ship_batch(&self.db, &config.topic, config.batch_size, sink).await
+    }
+
+    /// Ships until the topic is empty or a step fails; `true` when nothing is left behind.
+    async fn drain<S: OutboxSink>(&self, sink: &S) -> bool {
+        let topic = self.config.topic.as_str();
+        loop {
+            match self.step(sink).await {
+                Ok(Shipped::Delivered(_)) => continue,
+                // A busy topic is being shipped by another replica, which stays up.
+                Ok(Shipped::Empty | Shipped::Busy) => return true,
+                Ok(Shipped::Refused(error)) => {
+                    warn!(topic, %error, "outbox delivery refused during final flush");
+                    return false;
+                }
+                Err(error) => {
+                    warn!(topic, %error, "outbox database error during final flush");
+                    return false;
+                }
+            }
+        }
+    }
+
+    async fn stop(&self, flush: impl Future<Output = bool>) {
+        let topic = self.config.topic.as_str();
+        match tokio::time::timeout(FINAL_FLUSH, flush).await {
+            Ok(true) => info!(topic, "outbox relay stopped, outbox flushed"),
+            Ok(false) => info!(topic, "outbox relay stopped, messages left for the next start"),
+            Err(_) => warn!(topic, "outbox final flush timed out, messages left for the next start"),
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        FIRST_BACKOFF
+            .saturating_mul(1 << doublings)
+            .min(self.config.max_backoff)
+    }
+}

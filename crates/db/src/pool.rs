@@ -1,0 +1,355 @@
+//! Connecting to a service database: URLs, pool settings, SQLite pragmas and PostgreSQL schemas.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection};
+
+use crate::{Backend, Error, Result};
+
+/// Per-connection SQLite settings. `journal_mode` is absent on purpose: it is persistent in the
+/// file and switching it needs an exclusive lock that `busy_timeout` cannot wait for, so
+/// [`prepare_sqlite`] sets it once before the pool opens.
+const SQLITE_PRAGMAS: [&str; 3] = [
+    // WAL makes NORMAL durable against application crashes; only an OS crash can lose the tail.
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+    // SQLite has a single writer: make competing writers queue for up to 5s instead of failing.
+    "PRAGMA busy_timeout = 5000",
+];
+
+/// Where a service's database lives and how many connections it may hold.
+#[derive(Clone)]
+pub struct DbConfig {
+    /// `sqlite://<path>?mode=rwc` or `postgres://user@host:port/db`.
+    pub url: String,
+    /// PostgreSQL only: a schema to create and put first on every connection's `search_path`, so
+    /// several services can share one database. Ignored on SQLite (one file per service).
+    pub schema: Option<String>,
+    pub max_connections: u32,
+}
+
+impl DbConfig {
+    /// The embedded default: `<data_dir>/<service>.db`, created on connect if missing.
+    pub fn sqlite_in(data_dir: &Path, service: &str) -> DbConfig {
+        let path = data_dir.join(format!("{service}.db"));
+        // An absolute path keeps the URL unambiguous: `sqlite://data/x.db` would read `data` as a
+        // host to a generic URL parser.
+        let path = std::path::absolute(&path).unwrap_or(path);
+        DbConfig {
+            url: format!("sqlite://{}?mode=rwc", encode_path(&path)),
+            schema: None,
+            max_connections: 8,
+        }
+    }
+
+    pub fn postgres(url: &str, schema: Option<String>) -> DbConfig {
+        DbConfig {
+            url: url.to_owned(),
+            schema,
+            max_connections: 10,
+        }
+    }
+}
+
+// Hand-written so that logging a config never prints a database password.
+impl fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("url", &redact_password(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// A service's database: a cheap-to-clone handle on one connection pool.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    schema: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens the pool. SQLite: creates the parent directory and the file, switches to WAL.
+    /// PostgreSQL: creates the configured schema if missing.
+    pub async fn connect(config: &DbConfig) -> Result<Db> {
+        // Idempotent; the Any pool panics on first use without it.
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(&config.url)?;
+        let options = AnyPoolOptions::new().max_connections(config.max_connections.max(1));
+        match backend {
+            Backend::Sqlite => {
+                let url = with_create_mode(&config.url);
+                prepare_sqlite(&url).await?;
+                let pool = options
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            for pragma in SQLITE_PRAGMAS {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?;
+                Ok(Db {
+                    pool,
+                    backend,
+                    schema: None,
+                })
+            }
+            Backend::Postgres => {
+                let schema: Option<Arc<str>> = match &config.schema {
+                    Some(name) => Some(validate_schema(name)?.into()),
+                    None => None,
+                };
+                if let Some(schema) = &schema {
+                    create_schema(&config.url, schema).await?;
+                }
+                let search_path = schema.clone();
+                let pool = options
+                    .after_connect(move |conn, _meta| {
+                        let search_path = search_path.clone();
+                        Box::pin(async move {
+                            if let Some(schema) = search_path {
+                                let set = format!(r#"SET search_path TO "{schema}""#);
+                                sqlx::query(AssertSqlSafe(set)).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&config.url)
+                    .await?;
+                Ok(Db {
+                    pool,
+                    backend,
+                    schema,
+                })
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a write transaction.
+    ///
+    /// On SQLite this is `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes
+    /// fails with `SQLITE_BUSY` (without waiting) when another writer committed in between, so
+    /// writers take the lock up front and queue on `busy_timeout`. Read-only work should query
+    /// [`Db::pool`] directly rather than hold the write lock.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    /// Readiness probe.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// For tests on PostgreSQL: drop the schema (CASCADE) if one was configured.
+    pub async fn drop_schema(&self) -> Result<()> {
+        if let Some(schema) = &self.schema {
+            let drop = format!(r#"DROP SCHEMA IF EXISTS "{schema}" CASCADE"#);
+            sqlx::query(AssertSqlSafe(drop)).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the file's directory and switches the file to WAL once, on a connection of its own.
+async fn prepare_sqlite(url: &str) -> Result<()> {
+    if let Some(path) = sqlite_path(url)
+        && let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
+    {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|source| Error::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    let mut conn = AnyConnection::connect(url).await?;
+    sqlx::query("PRAGMA journal_mode = WAL")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+async fn create_schema(url: &str, schema: &str) -> Result<()> {
+    let mut conn = AnyConnection::connect(url).await?;
+    let create = format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#);
+    let created = sqlx::query(AssertSqlSafe(create)).execute(&mut conn).await;
+    conn.close().await?;
+    match created {
+        Ok(_) => Ok(()),
+        // `IF NOT EXISTS` still races: two replicas creating it at once see a unique violation
+        // on the catalog, which means the schema now exists.
+        Err(err) if is_unique_violation(&err) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "23505" || code == "42P06")
+}
+
+/// Schema names are spliced into SQL (identifiers cannot be bound), so only plain ones pass.
+fn validate_schema(name: &str) -> Result<&str> {
+    let mut chars = name.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63;
+    if plain {
+        Ok(name)
+    } else {
+        Err(Error::InvalidSchema(name.to_owned()))
+    }
+}
+
+/// Adds `mode=rwc` when a SQLite URL names no mode, so a missing file is created.
+fn with_create_mode(url: &str) -> String {
+    match url.split_once('?') {
+        Some((_, query)) if query.split('&').any(|pair| pair.starts_with("mode=")) => {
+            url.to_owned()
+        }
+        Some(_) => format!("{url}&mode=rwc"),
+        None => format!("{url}?mode=rwc"),
+    }
+}
+
+/// The file behind a SQLite URL, or `None` for in-memory databases.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (database, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if database.is_empty() || database == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(decode_percent(database)))
+}
+
+/// Escapes what the SQLite URL parser would otherwise read as syntax; it percent-decodes paths.
+fn encode_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' | ' ' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn decode_percent(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_round_trip_odd_paths() {
+        let config = DbConfig::sqlite_in(Path::new("/tmp/a dir?#%"), "identity");
+        assert_eq!(
+            sqlite_path(&config.url),
+            Some(PathBuf::from("/tmp/a dir?#%/identity.db"))
+        );
+        assert!(config.url.ends_with("?mode=rwc"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn create_mode_is_added_only_when_missing() {
+        assert_eq!(with_create_mode("sqlite:///x.db"), "sqlite:///x.db?mode=rwc");
+        assert_eq!(with_create_mode("sqlite:///x.db?mode=ro"), "sqlite:///x.db?mode=ro");
+        assert_eq!(
+            with_create_mode("sqlite:///x.db?cache=shared"),
+            "sqlite:///x.db?cache=shared&mode=rwc"
+        );
+    }
+
+    #[test]
+    fn schema_names_must_be_plain() {
+        assert!(validate_schema("identity_1").is_ok());
+        for bad in ["", "1abc", "a\"b", "a b", "x;drop"] {
+            assert!(validate_schema(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let config = DbConfig::postgres("postgres://svc:s3cret@db:5432/mesh", None);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://svc:***@db:5432/mesh"), "{shown}");
+    }
+}

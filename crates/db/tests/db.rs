@@ -1,0 +1,166 @@
+//! Connecting, migrating and the portable column types on both backends.
+
+mod support;
+
+use palisade_db::{Backend, Db, DbConfig};
+use sqlx::Row;
+use support::{migrations, on_each_backend, postgres_url, random_schema};
+use uuid::Uuid;
+
+#[tokio::test]
+async fn migrates_idempotently_and_round_trips_portable_types() {
+    on_each_backend(|db| async move {
+        // Running again (as every restart does) must be a no-op.
+        db.migrate(&migrations()).await.expect("second migrate");
+        db.ping().await.expect("ping");
+
+        let id = Uuid::now_v7().to_string();
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO widgets (id, name, data, created_at, active) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.as_str())
+        .bind("gear")
+        .bind(&[0u8, 159, 255][..])
+        .bind(1_700_000_000_000_000i64)
+        .bind(true)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        // Booleans bind as `bool` on both backends but read back through CAST: SQLite stores
+        // them as INTEGER, which the Any driver will not decode as `bool`.
+        let row = sqlx::query(
+            "SELECT name, data, created_at, CAST(active AS INTEGER) AS active \
+             FROM widgets WHERE id = $1",
+        )
+            .bind(id.as_str())
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(row.get::<String, _>("name"), "gear");
+        assert_eq!(row.get::<Vec<u8>, _>("data"), vec![0, 159, 255]);
+        assert_eq!(row.get::<i64, _>("created_at"), 1_700_000_000_000_000);
+        assert_eq!(row.get::<i64, _>("active"), 1);
+        assert_eq!(support::depth(&db).await, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_read_then_write_transactions_all_commit() {
+    on_each_backend(|db| async move {
+        // Read-then-write is the shape that fails with SQLITE_BUSY under deferred transactions.
+        let writers = (0..16).map(|n| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin().await?;
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM widgets")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO widgets (id, name, data, created_at, active) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(Uuid::now_v7().to_string())
+                .bind(format!("w{n}"))
+                .bind(Vec::<u8>::new())
+                .bind(count)
+                .bind(false)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok::<_, palisade_db::Error>(())
+            })
+        });
+        for writer in writers.collect::<Vec<_>>() {
+            writer.await.unwrap().expect("writer commits");
+        }
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM widgets")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(total, 16);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_creates_its_directory_and_applies_pragmas() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("nested").join("data");
+    let db = Db::connect(&DbConfig::sqlite_in(&data_dir, "identity"))
+        .await
+        .unwrap();
+    assert_eq!(db.backend(), Backend::Sqlite);
+    assert!(data_dir.join("identity.db").is_file());
+
+    let mut conn = db.pool().acquire().await.unwrap();
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    assert_eq!(synchronous, 1, "NORMAL");
+    assert_eq!(foreign_keys, 1);
+    assert_eq!(busy_timeout, 5000);
+    drop(conn);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_schemas_isolate_services_sharing_a_database() {
+    let Some(url) = postgres_url() else { return };
+    let (schema_a, schema_b) = (random_schema(), random_schema());
+    let a = Db::connect(&DbConfig::postgres(&url, Some(schema_a.clone())))
+        .await
+        .unwrap();
+    let b = Db::connect(&DbConfig::postgres(&url, Some(schema_b)))
+        .await
+        .unwrap();
+    assert_eq!(a.backend(), Backend::Postgres);
+    a.migrate(&migrations()).await.unwrap();
+    b.migrate(&migrations()).await.unwrap();
+
+    support::enqueue_committed(&a, "audit", "a", 3).await;
+    assert_eq!(support::depth(&a).await, 3);
+    assert_eq!(support::depth(&b).await, 0);
+    let current: String = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(a.pool())
+        .await
+        .unwrap();
+    assert_eq!(current, schema_a);
+
+    for db in [a, b] {
+        db.drop_schema().await.unwrap();
+        db.close().await;
+    }
+}
+
+#[tokio::test]
+async fn rejects_unknown_schemes_and_unsafe_schema_names() {
+    let err = Db::connect(&DbConfig::postgres("mysql://root@localhost/x", None))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unsupported"), "{err}");
+    let err = Db::connect(&DbConfig::postgres(
+        "postgres://postgres@127.0.0.1:1/x",
+        Some("a\"; DROP".to_owned()),
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("invalid schema name"), "{err}");
+}

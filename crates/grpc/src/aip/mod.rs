@@ -1,0 +1,8 @@
+//! Helpers for the AIP conventions every List method shares: page sizes, opaque page tokens
+//! (AIP-158) and the AIP-160 filter subset Palisade supports.
+
+mod filter;
+mod paging;
+
+pub use filter::{parse_filter, Comparison, FilterField, Term};
+pub use paging::{decode_page_token, encode_page_token, page_size};

@@ -1,0 +1,102 @@
+//! Who decides whether a principal holds a permission: identity locally, every other
+//! component through `AuthorizationService.Check` with a short-lived cache.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use palisade_proto::palisade::{
+    common::v1::{Principal as WirePrincipal, PrincipalType},
+    identity::v1::{authorization_service_client::AuthorizationServiceClient, CheckRequest},
+};
+use palisade_tenancy::{PrincipalKind, TenantContext};
+use tonic::{transport::Channel, Status};
+
+/// The answer to a permission check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: String,
+}
+
+/// Decides permission checks for the policy layer.
+pub trait Authorizer: Send + Sync + 'static {
+    /// Whether the context's principal holds `permission`. Errors are failures to decide
+    /// (identity unreachable), which the caller turns into `UNAVAILABLE`, never into "allowed".
+    fn check(&self, context: &TenantContext, permission: &str) -> BoxFuture<'static, Result<Decision, Status>>;
+}
+
+type CacheKey = (TenantContext, String);
+
+/// Asks identity over mTLS and remembers answers for `ttl`, so a hot path pays one round trip
+/// per principal and permission per TTL. A revoked grant therefore takes up to `ttl` to bite.
+#[derive(Clone)]
+pub struct RemoteAuthorizer {
+    client: AuthorizationServiceClient<Channel>,
+    cache: Arc<Mutex<HashMap<CacheKey, (Decision, Instant)>>>,
+    ttl: Duration,
+}
+
+/// Bounds memory under a flood of distinct principals; the cache is simply emptied when full.
+const MAX_CACHED: usize = 10_000;
+
+impl RemoteAuthorizer {
+    pub fn new(identity: Channel, ttl: Duration) -> RemoteAuthorizer {
+        RemoteAuthorizer {
+            client: AuthorizationServiceClient::new(identity),
+            cache: Arc::default(),
+            ttl,
+        }
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<Decision> {
+        let cache = self.cache.lock().expect("authorizer cache lock");
+        cache
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(decision, _)| decision.clone())
+    }
+}
+
+impl Authorizer for RemoteAuthorizer {
+    fn check(&self, context: &TenantContext, permission: &str) -> BoxFuture<'static, Result<Decision, Status>> {
+        let key = (context.clone(), permission.to_owned());
+        if let Some(decision) = self.cached(&key) {
+            return Box::pin(async move { Ok(decision) });
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            let (context, permission) = &key;
+            let principal = context.principal.as_ref().map(|p| WirePrincipal {
+                tenant_id: context.tenant_id.to_string(),
+                id: p.id.clone(),
+                r#type: principal_type(p.kind) as i32,
+            });
+            let request = CheckRequest { principal, permission: permission.clone(), resource: String::new() };
+            let response = this.client.clone().check(request).await.map_err(|status| {
+                tracing::warn!(code = ?status.code(), "permission check failed");
+                Status::unavailable("permission check unavailable")
+            })?;
+            let response = response.into_inner();
+            let decision = Decision { allowed: response.allowed, reason: response.reason };
+            let mut cache = this.cache.lock().expect("authorizer cache lock");
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(key.clone(), (decision.clone(), Instant::now()));
+            Ok(decision)
+        })
+    }
+}
+
+/// The wire enum of a principal kind.
+pub fn principal_type(kind: PrincipalKind) -> PrincipalType {
+    match kind {
+        PrincipalKind::User => PrincipalType::User,
+        PrincipalKind::ApiKey => PrincipalType::ApiKey,
+        PrincipalKind::Service => PrincipalType::Service,
+    }
+}

@@ -1,0 +1,137 @@
+//! The one mapping from errors to `tonic::Status`, with `google.rpc` details (AIP-193):
+//! `BadRequest` field violations for bad input, `ErrorInfo` with a stable reason for the rest.
+//! Services convert their own errors into [`ApiError`]; nothing else builds a `Status` by hand.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every Palisade error.
+pub const ERROR_DOMAIN: &str = "palisade.dev";
+
+/// One bad field of a request: its path (`tenant.display_name`) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> FieldViolation {
+        FieldViolation { field: field.into(), description: description.into() }
+    }
+}
+
+/// What went wrong, in the vocabulary of gRPC status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{resource} not found")]
+    NotFound { resource: String },
+    #[error("{resource} already exists")]
+    AlreadyExists { resource: String },
+    #[error("{message}")]
+    Unauthenticated { reason: &'static str, message: String },
+    #[error("{message}")]
+    PermissionDenied { reason: &'static str, message: String },
+    #[error("{message}")]
+    FailedPrecondition { reason: &'static str, message: String },
+    #[error("{message}")]
+    Unavailable { message: String },
+    /// Logged in full where it is mapped; the caller sees only that it happened.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> ApiError {
+        ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        match error {
+            ApiError::InvalidArgument(violations) => {
+                let message = format!("invalid argument: {}", describe(&violations));
+                let mut details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ApiError::NotFound { resource } => with_info(
+                Code::NotFound,
+                format!("{resource} not found"),
+                "NOT_FOUND",
+                [("resource".to_owned(), resource)],
+            ),
+            ApiError::AlreadyExists { resource } => with_info(
+                Code::AlreadyExists,
+                format!("{resource} already exists"),
+                "ALREADY_EXISTS",
+                [("resource".to_owned(), resource)],
+            ),
+            ApiError::Unauthenticated { reason, message } => with_info(Code::Unauthenticated, message, reason, []),
+            ApiError::PermissionDenied { reason, message } => with_info(Code::PermissionDenied, message, reason, []),
+            ApiError::FailedPrecondition { reason, message } => {
+                with_info(Code::FailedPrecondition, message, reason, [])
+            }
+            ApiError::Unavailable { message } => with_info(Code::Unavailable, message, "UNAVAILABLE", []),
+            ApiError::Internal(detail) => {
+                // Never leak SQL or internals to the caller; the log keeps the detail.
+                tracing::error!(error = %detail, "internal error");
+                with_info(Code::Internal, "internal error".to_owned(), "INTERNAL", [])
+            }
+        }
+    }
+}
+
+fn with_info<const N: usize>(
+    code: Code,
+    message: String,
+    reason: &'static str,
+    metadata: [(String, String); N],
+) -> Status {
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::from(metadata));
+    Status::with_error_details(code, message, details)
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_carries_field_violations_and_reason() {
+        let status = Status::from(ApiError::invalid("tenant.display_name", "must not be empty"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let violations = &details.bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, "tenant.display_name");
+        assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let status = Status::from(ApiError::internal("syntax error at or near SELECT"));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+}

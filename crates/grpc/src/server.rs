@@ -1,0 +1,135 @@
+//! The server every component runs: its services behind the tenant-context and policy layers,
+//! plus `grpc.health.v1` and reflection (v1 and v1alpha), on an mTLS listener, with graceful
+//! shutdown.
+
+use std::{convert::Infallible, future::Future, sync::Arc};
+
+use palisade_tenancy::{TenantContextLayer, TrustPolicy};
+use palisade_tls::MeshTls;
+use tokio::net::TcpListener;
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::{Routes, RoutesBuilder},
+    transport::Server,
+};
+use tonic_health::{server::HealthReporter, ServingStatus};
+use tower::ServiceBuilder;
+
+use crate::{Authorizer, MethodPolicies, PolicyLayer, Result};
+
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+const HEALTH: &str = "grpc.health.v1.Health";
+
+/// Builds one component's gRPC server.
+pub struct MeshServer {
+    component: String,
+    tls: MeshTls,
+    trust: TrustPolicy,
+    authorizer: Arc<dyn Authorizer>,
+    policies: Arc<MethodPolicies>,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+}
+
+/// Flips the health status the component reports (readiness follows dependencies).
+#[derive(Clone)]
+pub struct ServingHandle {
+    reporter: HealthReporter,
+    service_names: Arc<Vec<&'static str>>,
+}
+
+impl ServingHandle {
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status("", status).await;
+        for name in self.service_names.iter() {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+}
+
+impl MeshServer {
+    pub fn new(component: &str, tls: MeshTls, authorizer: Arc<dyn Authorizer>) -> Result<MeshServer> {
+        let trust = TrustPolicy::mesh(tls.identity().trust_domain());
+        Ok(MeshServer {
+            component: component.to_owned(),
+            tls,
+            trust,
+            authorizer,
+            policies: Arc::new(MethodPolicies::palisade()?),
+            routes: RoutesBuilder::default(),
+            service_names: Vec::new(),
+        })
+    }
+
+    pub fn add_service<S>(mut self, service: S) -> MeshServer
+    where
+        S: tower::Service<http::Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting and lets
+    /// in-flight calls finish. The returned handle is live before the first call is accepted.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(ServingHandle, impl Future<Output = Result<()>>)> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let handle = ServingHandle { reporter, service_names: Arc::new(self.service_names.clone()) };
+        handle.set_serving(true).await;
+
+        let routes = self.routes.routes();
+        let routes = add_reflection(routes, Some(&self.service_names))?.add_service(health);
+
+        // Layers in the order a request meets them: tonic inserts the peer identity, then the
+        // tenant context is accepted (or refused), then the method's policy is enforced.
+        let layers = ServiceBuilder::new()
+            .layer(TenantContextLayer::new(self.trust.clone()))
+            .layer(PolicyLayer::new(self.policies.clone(), self.authorizer.clone(), self.trust.clone()));
+
+        let incoming = palisade_tls::incoming(listener, self.tls.clone());
+        let shutdown_handle = handle.clone();
+        let component = self.component.clone();
+        let serving = async move {
+            Server::builder()
+                .layer(layers)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    shutdown.await;
+                    shutdown_handle.set_serving(false).await;
+                    tracing::info!(component = %component, "draining gRPC server");
+                })
+                .await?;
+            Ok(())
+        };
+        Ok((handle, serving))
+    }
+}
+
+/// Adds reflection v1 and v1alpha over the Palisade descriptor set and the health service's.
+/// With `services`, only those (plus health and reflection) are advertised; with `None`, every
+/// service of the descriptor set is (the gateway reflects the whole mesh).
+pub fn add_reflection(routes: Routes, services: Option<&[&'static str]>) -> Result<Routes> {
+    let configure = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        if let Some(services) = services {
+            for name in services.iter().copied().chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]) {
+                builder = builder.with_service_name(name);
+            }
+        }
+        builder
+    };
+    Ok(routes
+        .add_service(configure().build_v1()?)
+        .add_service(configure().build_v1alpha()?))
+}

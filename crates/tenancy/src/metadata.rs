@@ -1,0 +1,145 @@
+//! The wire form of the context: `palisade-*` metadata keys and `x-request-id` (DESIGN §4.2).
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::{Error, Principal, PrincipalKind, RequestId, Result, TenantContext, TenantId};
+
+pub const HEADER_TENANT_ID: &str = "palisade-tenant-id";
+pub const HEADER_PRINCIPAL_ID: &str = "palisade-principal-id";
+pub const HEADER_PRINCIPAL_TYPE: &str = "palisade-principal-type";
+pub const HEADER_REQUEST_ID: &str = "x-request-id";
+
+/// Whether a client asserted any context key (the request id is not a tenant assertion).
+pub(crate) fn asserts_context(headers: &HeaderMap) -> bool {
+    [HEADER_TENANT_ID, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE]
+        .iter()
+        .any(|key| headers.contains_key(*key))
+}
+
+/// Reads the context keys; `Ok(None)` when no tenant is asserted.
+pub(crate) fn read_context(headers: &HeaderMap) -> Result<Option<TenantContext>> {
+    let tenant = header_str(headers, HEADER_TENANT_ID)?;
+    let principal_id = header_str(headers, HEADER_PRINCIPAL_ID)?;
+    let principal_type = header_str(headers, HEADER_PRINCIPAL_TYPE)?;
+    let Some(tenant) = tenant else {
+        return match (principal_id, principal_type) {
+            (None, None) => Ok(None),
+            _ => Err(Error::Incomplete(HEADER_TENANT_ID, HEADER_PRINCIPAL_ID)),
+        };
+    };
+    let principal = match (principal_id, principal_type) {
+        (Some(id), Some(kind)) => Some(Principal { id: id.to_owned(), kind: PrincipalKind::parse(kind)? }),
+        (None, None) => None,
+        (Some(_), None) => return Err(Error::Incomplete(HEADER_PRINCIPAL_TYPE, HEADER_PRINCIPAL_ID)),
+        (None, Some(_)) => return Err(Error::Incomplete(HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE)),
+    };
+    Ok(Some(TenantContext { tenant_id: TenantId::parse(tenant)?, principal }))
+}
+
+pub(crate) fn read_request_id(headers: &HeaderMap) -> Option<RequestId> {
+    let raw = headers.get(HEADER_REQUEST_ID)?.to_str().ok()?;
+    // Bounded and printable, so a client cannot smuggle junk into logs and audit records.
+    let acceptable = !raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic());
+    acceptable.then(|| RequestId(raw.to_owned()))
+}
+
+/// Writes the context (and request id) into outgoing metadata, replacing what was there.
+pub fn write_context(headers: &mut HeaderMap, context: Option<&TenantContext>, request_id: Option<&RequestId>) {
+    for key in [HEADER_TENANT_ID, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE] {
+        headers.remove(key);
+    }
+    if let Some(context) = context {
+        insert(headers, HEADER_TENANT_ID, context.tenant_id.as_str());
+        if let Some(principal) = &context.principal {
+            insert(headers, HEADER_PRINCIPAL_ID, &principal.id);
+            insert(headers, HEADER_PRINCIPAL_TYPE, principal.kind.as_str());
+        }
+    }
+    if let Some(request_id) = request_id {
+        insert(headers, HEADER_REQUEST_ID, &request_id.0);
+    }
+}
+
+/// Removes every client-sent `palisade-*` key, including the `grpc-metadata-palisade-*` form
+/// that REST gateways turn into metadata. The gateway calls this before adding its own.
+pub fn strip_client_context(headers: &mut HeaderMap) {
+    let doomed: Vec<_> = headers
+        .keys()
+        .filter(|key| {
+            let key = key.as_str();
+            key.starts_with("palisade-") || key.starts_with("grpc-metadata-palisade-")
+        })
+        .cloned()
+        .collect();
+    for key in doomed {
+        headers.remove(key);
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, key: &'static str) -> Result<Option<&'h str>> {
+    headers
+        .get(key)
+        .map(|value| value.to_str().map_err(|_| Error::NotAscii(key)))
+        .transpose()
+}
+
+fn insert(headers: &mut HeaderMap, key: &'static str, value: &str) {
+    // Every value written here was validated on the way in (ids, enums, uuids), so it is ASCII.
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (key, value) in pairs {
+            map.insert(*key, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn round_trip() {
+        let context = TenantContext {
+            tenant_id: TenantId::parse("acme").unwrap(),
+            principal: Some(Principal { id: "key-1".into(), kind: PrincipalKind::ApiKey }),
+        };
+        let mut map = HeaderMap::new();
+        write_context(&mut map, Some(&context), Some(&RequestId("r-1".into())));
+        assert_eq!(read_context(&map).unwrap(), Some(context));
+        assert_eq!(read_request_id(&map), Some(RequestId("r-1".into())));
+    }
+
+    #[test]
+    fn rejects_partial_or_malformed_context() {
+        assert!(read_context(&headers(&[(HEADER_PRINCIPAL_ID, "u1")])).is_err());
+        assert!(read_context(&headers(&[(HEADER_TENANT_ID, "acme"), (HEADER_PRINCIPAL_ID, "u1")])).is_err());
+        assert!(read_context(&headers(&[(HEADER_TENANT_ID, "Not A Tenant")])).is_err());
+        let bad_kind = headers(&[(HEADER_TENANT_ID, "acme"), (HEADER_PRINCIPAL_ID, "u"), (HEADER_PRINCIPAL_TYPE, "root")]);
+        assert!(read_context(&bad_kind).is_err());
+        assert_eq!(read_context(&HeaderMap::new()), Ok(None));
+    }
+
+    #[test]
+    fn strips_every_client_sent_palisade_key() {
+        let mut map = headers(&[
+            (HEADER_TENANT_ID, "other"),
+            ("grpc-metadata-palisade-tenant-id", "other"),
+            ("palisade-anything", "x"),
+            ("authorization", "ApiKey pal_x"),
+        ]);
+        strip_client_context(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("authorization"));
+    }
+
+    #[test]
+    fn request_ids_are_bounded_and_printable() {
+        assert!(read_request_id(&headers(&[(HEADER_REQUEST_ID, &"a".repeat(129))])).is_none());
+        assert!(read_request_id(&headers(&[(HEADER_REQUEST_ID, "has space")])).is_none());
+    }
+}

@@ -1,0 +1,238 @@
+//! mTLS on the wire: a tonic health server behind `incoming`, clients via `channel`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use palisade_tls::{
+    CertPaths, DEFAULT_TRUST_DOMAIN, MeshConnector, MeshTls, PeerIdentity, SpiffeId, channel,
+    incoming, pki,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tower_service::Service;
+
+/// A running health server and what its interceptor saw.
+struct TestServer {
+    addr: SocketAddr,
+    peers: Arc<Mutex<Vec<Option<PeerIdentity>>>>,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl TestServer {
+    async fn start(tls: MeshTls) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        let record = move |req: tonic::Request<()>| {
+            seen.lock()
+                .unwrap()
+                .push(req.extensions().get::<PeerIdentity>().cloned());
+            Ok(req)
+        };
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _reporter = reporter;
+            Server::builder()
+                .layer(tonic::service::InterceptorLayer::new(record))
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming(listener, tls), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        TestServer {
+            addr,
+            peers,
+            _shutdown: shutdown,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn last_peer(&self) -> Option<SpiffeId> {
+        self.peers
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .flatten()?
+            .spiffe_id
+    }
+}
+
+async fn check(channel: Channel) -> Result<ServingStatus, tonic::Status> {
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let response = HealthClient::new(channel).check(request).await?;
+    Ok(response.into_inner().status())
+}
+
+fn mesh_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    pki::init(dir.path(), DEFAULT_TRUST_DOMAIN, names, &[]).unwrap();
+    dir
+}
+
+async fn load(dir: &Path, name: &str) -> MeshTls {
+    MeshTls::load_with_interval(CertPaths::in_dir(dir, name), Duration::from_millis(100))
+        .await
+        .unwrap()
+}
+
+/// A channel whose TLS is whatever `config` says, to play clients the mesh should refuse.
+async fn check_with(
+    config: rustls::ClientConfig,
+    addr: SocketAddr,
+) -> Result<ServingStatus, String> {
+    let config = Arc::new(config);
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let name = ServerName::try_from("identity").unwrap();
+            Ok::<_, io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
+        }
+    });
+    let channel = Endpoint::from_static("http://identity")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| e.to_string())?;
+    check(channel).await.map_err(|e| e.to_string())
+}
+
+fn client_config(
+    roots_pem: &Path,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(roots_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+}
+
+#[tokio::test]
+async fn mtls_round_trip_carries_the_client_spiffe_id() {
+    let dir = mesh_dir(&["identity", "gateway"]);
+    let server = TestServer::start(load(dir.path(), "identity").await).await;
+    let gateway = load(dir.path(), "gateway").await;
+
+    // A client that connects and never speaks must not hold up the others.
+    let _silent = TcpStream::connect(server.addr).await.unwrap();
+
+    let status = check(channel(&server.url(), &gateway, "identity").unwrap()).await;
+    assert_eq!(status.unwrap(), ServingStatus::Serving);
+    let peer = server.peers.lock().unwrap()[0]
+        .clone()
+        .expect("peer identity in extensions");
+    assert_eq!(
+        peer.spiffe_id.unwrap().to_string(),
+        "spiffe://palisade.local/component/gateway"
+    );
+    assert_eq!(peer.remote_addr.unwrap().ip(), server.addr.ip());
+}
+
+#[tokio::test]
+async fn refuses_clients_without_a_mesh_certificate() {
+    let dir = mesh_dir(&["identity"]);
+    let server = TestServer::start(load(dir.path(), "identity").await).await;
+    let ca = dir.path().join("ca.crt");
+
+    // Trusts the mesh CA but presents no certificate.
+    let mut anonymous = client_config(&ca).with_no_client_auth();
+    anonymous.alpn_protocols = vec![b"h2".to_vec()];
+    let err = check_with(anonymous, server.addr).await.unwrap_err();
+    assert!(err.contains("CertificateRequired"), "{err}");
+
+    // Trusts the mesh CA but presents a certificate from another CA.
+    let other = mesh_dir(&["gateway"]);
+    let paths = CertPaths {
+        ca: ca.clone(),
+        ..CertPaths::in_dir(other.path(), "gateway")
+    };
+    let foreign = MeshTls::load(paths).await.unwrap();
+    let status = check(channel(&server.url(), &foreign, "identity").unwrap()).await;
+    assert!(status.is_err(), "{status:?}");
+
+    // Plaintext HTTP/2.
+    let plaintext = Endpoint::from_shared(server.url()).unwrap().connect_lazy();
+    let status = check(plaintext).await;
+    assert!(status.is_err(), "{status:?}");
+
+    assert!(
+        server.peers.lock().unwrap().is_empty(),
+        "no call got through"
+    );
+}
+
+#[tokio::test]
+async fn client_refuses_a_server_with_the_wrong_name() {
+    let dir = mesh_dir(&["identity", "gateway"]);
+    let server = TestServer::start(load(dir.path(), "identity").await).await;
+    let gateway = load(dir.path(), "gateway").await;
+    let status = check(channel(&server.url(), &gateway, "compliance").unwrap()).await;
+    assert!(status.is_err(), "{status:?}");
+}
+
+#[tokio::test]
+async fn reloads_changed_certificates() {
+    let dir = mesh_dir(&["identity", "gateway"]);
+    let identity = load(dir.path(), "identity").await;
+    let gateway = load(dir.path(), "gateway").await;
+    let server = TestServer::start(identity.clone()).await;
+    let old_expiry = identity.not_after();
+
+    let untrusted = SpiffeId::parse("spiffe://palisade.local/workload/untrusted").unwrap();
+    pki::issue(dir.path(), "identity", &untrusted, &[]).unwrap();
+    pki::issue(dir.path(), "gateway", &untrusted, &[]).unwrap();
+    eventually(|| identity.identity() == untrusted && gateway.identity() == untrusted).await;
+    assert!(identity.not_after() >= old_expiry);
+
+    // A new connection presents the new server certificate ...
+    let mut connector = MeshConnector::new(gateway.clone(), "identity").unwrap();
+    let uri: http::Uri = server.url().parse().unwrap();
+    let io = connector.call(uri).await.unwrap();
+    let presented = io.inner().get_ref().1.peer_certificates().unwrap()[0].clone();
+    let on_disk = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
+    assert_eq!(presented, on_disk);
+
+    // ... and the client presents its new one.
+    let status = check(channel(&server.url(), &gateway, "identity").unwrap()).await;
+    assert_eq!(status.unwrap(), ServingStatus::Serving);
+    assert_eq!(server.last_peer(), Some(untrusted.clone()));
+
+    // A broken file keeps the previous material.
+    std::fs::write(dir.path().join("identity.crt"), "garbage").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(identity.identity(), untrusted);
+    let status = check(channel(&server.url(), &gateway, "identity").unwrap()).await;
+    assert_eq!(status.unwrap(), ServingStatus::Serving);
+}
+
+async fn eventually(condition: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 5s");
+}

@@ -1,0 +1,128 @@
+//! The per-request path through the gateway, in the order a request meets it:
+//! strip client context → request id → local services (health, reflection) → method policy
+//! (internal methods are never routed) → authentication → tenant context → backend.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{HeaderValue, Request, Response};
+use palisade_grpc::{add_reflection, ApiError, MethodPolicies};
+use palisade_tenancy::{strip_client_context, write_context, RequestId, HEADER_REQUEST_ID};
+use tonic::{body::Body, service::Routes, Status};
+use tonic_health::ServingStatus;
+use tower::ServiceExt;
+
+use crate::{
+    auth::{presented_api_key, ApiKeyVerifier},
+    backends::Backends,
+};
+
+/// The gateway's request handler; cheap to clone (one per connection).
+#[derive(Clone)]
+pub struct Proxy {
+    backends: Arc<Backends>,
+    verifier: Arc<ApiKeyVerifier>,
+    policies: Arc<MethodPolicies>,
+    local: Routes,
+}
+
+impl Proxy {
+    pub async fn new(backends: Arc<Backends>, verifier: Arc<ApiKeyVerifier>) -> Result<Proxy, palisade_grpc::Error> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_service_status("", ServingStatus::Serving).await;
+        let local = add_reflection(Routes::new(health), None)?;
+        Ok(Proxy { backends, verifier, policies: Arc::new(MethodPolicies::palisade()?), local })
+    }
+
+    async fn handle<B>(self, mut request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        strip_client_context(request.headers_mut());
+        let request_id = request
+            .headers()
+            .get(HEADER_REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic()))
+            .map_or_else(RequestId::generate, |value| RequestId(value.to_owned()));
+
+        let mut response = match self.route(request, &request_id).await {
+            Ok(response) => response,
+            Err(status) => status.into_http(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id.0) {
+            response.headers_mut().insert(HEADER_REQUEST_ID, value);
+        }
+        response
+    }
+
+    async fn route<B>(&self, mut request: Request<B>, request_id: &RequestId) -> Result<Response<Body>, Status>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = request.uri().path().to_owned();
+        if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
+            let response = self.local.clone().oneshot(request.map(Body::new)).await;
+            return Ok(response.unwrap_or_else(|never: Infallible| match never {}));
+        }
+        let (Some(policy), Some(backend)) = (self.policies.get(&path), self.backends.for_path(&path)) else {
+            return Err(Status::unimplemented(format!("unknown method {path}")));
+        };
+        if policy.internal {
+            return Err(ApiError::PermissionDenied {
+                reason: "INTERNAL_METHOD",
+                message: format!("{path} is internal to the mesh"),
+            }
+            .into());
+        }
+        let key = presented_api_key(request.headers())?;
+        let context = match (key, policy.public) {
+            (Some(key), _) => Some(self.verifier.verify(&key).await?),
+            (None, true) => None,
+            (None, false) => {
+                return Err(ApiError::Unauthenticated {
+                    reason: "UNAUTHENTICATED",
+                    message: "this method needs a credential: `authorization: ApiKey <key>`".to_owned(),
+                }
+                .into());
+            }
+        };
+        // Credentials stop at the edge; the mesh sees only the verified context.
+        let headers = request.headers_mut();
+        headers.remove(http::header::AUTHORIZATION);
+        headers.remove("x-api-key");
+        write_context(headers, context.as_ref(), Some(request_id));
+
+        let response = backend.oneshot(request.map(Body::new)).await.map_err(|error| {
+            tracing::warn!(%path, %error, "backend call failed");
+            Status::unavailable(format!("the component serving {path} is unavailable"))
+        })?;
+        Ok(response)
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}

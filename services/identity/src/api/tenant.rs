@@ -1,0 +1,143 @@
+//! `TenantService`.
+
+use palisade_audit::AuditRecord;
+use palisade_db::outbox::Relay;
+use palisade_grpc::{
+    aip::{self, Comparison, FilterField},
+    time::{now_micros, timestamp},
+    ApiError, Caller,
+};
+use palisade_proto::palisade::{
+    compliance::v1::Outcome,
+    identity::v1::{
+        tenant_service_server::TenantService, CreateTenantRequest, GetTenantRequest, ListTenantsRequest,
+        ListTenantsResponse, Plan, Tenant, TenantState,
+    },
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    store::{IdentityStore, TenantCursor, TenantFilter},
+    tenants::{self, TenantRecord},
+};
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 1000;
+const EQUALITY: &[Comparison] = &[Comparison::Eq, Comparison::Ne];
+const FILTER_FIELDS: &[FilterField] = &[
+    FilterField { name: "plan", comparisons: EQUALITY },
+    FilterField { name: "state", comparisons: EQUALITY },
+    FilterField { name: "region", comparisons: EQUALITY },
+];
+
+pub struct TenantApi {
+    store: IdentityStore,
+    relay: Relay,
+}
+
+impl TenantApi {
+    pub fn new(store: IdentityStore, relay: Relay) -> TenantApi {
+        TenantApi { store, relay }
+    }
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn create_tenant(&self, request: Request<CreateTenantRequest>) -> Result<Response<Tenant>, Status> {
+        let caller = Caller::of(&request)?;
+        let record = tenants::validate_create(request.get_ref(), now_micros())?;
+        let resource = format!("tenants/{}", record.id);
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        self.store.insert_tenant(&mut tx, &record).await?;
+        let audit = AuditRecord {
+            tenant: &record.id,
+            actor_tenant: &caller.context.tenant_id,
+            actor: Some(caller.principal()),
+            action: caller.action("identity.tenants.create"),
+            resource: &resource,
+            outcome: Outcome::Success,
+            request_id: caller.request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes: vec![("plan", tenants::plan_key(record.plan).to_owned())],
+        };
+        palisade_audit::enqueue(&mut tx, &audit).await.map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.relay.notify();
+        tracing::info!(tenant = %record.id, plan = tenants::plan_key(record.plan), "tenant created");
+        Ok(Response::new(to_proto(record)))
+    }
+
+    async fn get_tenant(&self, request: Request<GetTenantRequest>) -> Result<Response<Tenant>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = tenants::parse_name(&request.get_ref().name)?;
+        // Another tenant's existence is not revealed: it is simply not found.
+        let not_found = || ApiError::NotFound { resource: format!("tenants/{id}") };
+        if !caller.context.may_access(&id) {
+            return Err(not_found().into());
+        }
+        let record = self.store.get_tenant(&id).await?.ok_or_else(not_found)?;
+        Ok(Response::new(to_proto(record)))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<ListTenantsRequest>,
+    ) -> Result<Response<ListTenantsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let after = aip::decode_page_token(&request.page_token, &request.filter)?
+            .map(|cursor| parse_cursor(&cursor))
+            .transpose()?;
+        let filters = parse_filters(&request.filter)?;
+        let only = (!caller.context.is_platform_operator()).then_some(&caller.context.tenant_id);
+        let mut records = self.store.list_tenants(only, after.as_ref(), &filters, page_size + 1).await?;
+        let next_page_token = if records.len() > page_size {
+            records.truncate(page_size);
+            let last = records.last().expect("page is not empty");
+            aip::encode_page_token(&request.filter, &format!("{}:{}", last.create_time, last.id))
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListTenantsResponse { tenants: records.into_iter().map(to_proto).collect(), next_page_token }))
+    }
+}
+
+fn to_proto(record: TenantRecord) -> Tenant {
+    Tenant {
+        name: format!("tenants/{}", record.id),
+        display_name: record.display_name,
+        plan: record.plan as i32,
+        state: record.state as i32,
+        region: record.region,
+        domain: record.domain.unwrap_or_default(),
+        create_time: Some(timestamp(record.create_time)),
+        update_time: Some(timestamp(record.update_time)),
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<TenantCursor, ApiError> {
+    let malformed = || ApiError::invalid("page_token", "malformed page token");
+    let (time, id) = cursor.split_once(':').ok_or_else(malformed)?;
+    Ok(TenantCursor { create_time: time.parse().map_err(|_| malformed())?, id: id.to_owned() })
+}
+
+fn parse_filters(filter: &str) -> Result<Vec<TenantFilter>, ApiError> {
+    aip::parse_filter(filter, FILTER_FIELDS)?
+        .into_iter()
+        .map(|term| {
+            let (column, value) = match term.field {
+                "plan" => match Plan::from_str_name(&term.value) {
+                    Some(plan) if plan != Plan::Unspecified => ("plan", tenants::plan_key(plan).to_owned()),
+                    _ => return Err(ApiError::invalid("filter", format!("unknown plan {:?}", term.value))),
+                },
+                "state" => match TenantState::from_str_name(&term.value) {
+                    Some(state) if state != TenantState::Unspecified => ("state", tenants::state_key(state).to_owned()),
+                    _ => return Err(ApiError::invalid("filter", format!("unknown state {:?}", term.value))),
+                },
+                _ => ("region", term.value),
+            };
+            Ok(TenantFilter { column, comparison: term.comparison, value })
+        })
+        .collect()
+}

@@ -1,0 +1,133 @@
+//! Who may do what: permission decisions and API-key verification, shared by the policy layer
+//! (identity checks its own RPCs locally) and the `Check` / `VerifyApiKey` RPCs.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use palisade_grpc::{time::now_micros, ApiError, Authorizer, Decision};
+use palisade_proto::palisade::identity::v1::TenantState;
+use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
+use tonic::Status;
+
+use crate::{
+    api_keys,
+    store::{ApiKeyRecord, IdentityStore},
+};
+
+/// The scope that grants every permission (held by the bootstrap operator key).
+pub const ALL_PERMISSIONS: &str = "*";
+
+#[derive(Clone)]
+pub struct Authz {
+    store: IdentityStore,
+}
+
+impl Authz {
+    pub fn new(store: IdentityStore) -> Authz {
+        Authz { store }
+    }
+
+    /// Whether `principal` of `tenant` holds `permission`, on `resource` if one is named.
+    pub async fn decide(
+        &self,
+        tenant: &TenantId,
+        principal: &Principal,
+        permission: &str,
+        resource: Option<&str>,
+    ) -> Result<Decision, ApiError> {
+        if let Some(owner) = resource.and_then(resource_tenant) {
+            if &owner != tenant && !tenant.is_system() {
+                return Ok(deny(format!("{} belongs to another tenant", resource.unwrap_or_default())));
+            }
+        }
+        match self.store.get_tenant(tenant).await? {
+            None => return Ok(deny(format!("tenant {tenant} does not exist"))),
+            Some(record) if record.state != TenantState::Active => {
+                return Ok(deny(format!("tenant {tenant} is {}", crate::tenants::state_key(record.state))));
+            }
+            Some(_) => {}
+        }
+        match principal.kind {
+            PrincipalKind::ApiKey => {
+                let key = match self.store.get_api_key(&principal.id).await? {
+                    Some(key) if &key.tenant_id == tenant => key,
+                    _ => return Ok(deny("unknown api key".to_owned())),
+                };
+                if let Some(problem) = unusable(&key, now_micros()) {
+                    return Ok(deny(problem.to_owned()));
+                }
+                let granted = key.scopes.iter().any(|scope| scope == ALL_PERMISSIONS || scope == permission);
+                Ok(if granted {
+                    Decision { allowed: true, reason: "granted by api key scope".to_owned() }
+                } else {
+                    deny(format!("api key scopes do not include {permission}"))
+                })
+            }
+            PrincipalKind::User => Ok(deny("unknown user".to_owned())),
+            PrincipalKind::Service => Ok(deny("service principals hold no tenant permissions".to_owned())),
+        }
+    }
+
+    /// The key behind a presented `pal_…` string, if it is genuine and usable.
+    pub async fn verify_api_key(&self, presented: &str) -> Result<ApiKeyRecord, ApiError> {
+        let refused = || ApiError::Unauthenticated {
+            reason: "INVALID_API_KEY",
+            message: "the api key is invalid, expired or revoked".to_owned(),
+        };
+        let (id, secret) = api_keys::parse(presented).ok_or_else(refused)?;
+        let key = self.store.get_api_key(id).await?.ok_or_else(refused)?;
+        let now = now_micros();
+        if !api_keys::hashes_match(&api_keys::hash_secret(secret), &key.secret_hash) || unusable(&key, now).is_some() {
+            return Err(refused());
+        }
+        match self.store.get_tenant(&key.tenant_id).await? {
+            Some(tenant) if tenant.state == TenantState::Active => {}
+            _ => {
+                return Err(ApiError::Unauthenticated {
+                    reason: "TENANT_NOT_ACTIVE",
+                    message: format!("tenant {} is not active", key.tenant_id),
+                });
+            }
+        }
+        self.store.touch_api_key(&key.id, now).await?;
+        Ok(key)
+    }
+}
+
+fn unusable(key: &ApiKeyRecord, now: i64) -> Option<&'static str> {
+    if key.revoke_time.is_some() {
+        Some("api key is revoked")
+    } else if key.expire_time <= now {
+        Some("api key has expired")
+    } else {
+        None
+    }
+}
+
+fn deny(reason: String) -> Decision {
+    Decision { allowed: false, reason }
+}
+
+/// The tenant a resource name belongs to: `tenants/{id}/...` → id.
+fn resource_tenant(resource: &str) -> Option<TenantId> {
+    let rest = resource.strip_prefix("tenants/")?;
+    TenantId::parse(rest.split('/').next()?).ok()
+}
+
+/// Identity's policy layer decides locally, without a network hop.
+#[derive(Clone)]
+pub struct LocalAuthorizer(pub Arc<Authz>);
+
+impl Authorizer for LocalAuthorizer {
+    fn check(&self, context: &TenantContext, permission: &str) -> BoxFuture<'static, Result<Decision, Status>> {
+        let authz = self.0.clone();
+        let context = context.clone();
+        let permission = permission.to_owned();
+        Box::pin(async move {
+            let Some(principal) = &context.principal else {
+                return Ok(deny("no principal".to_owned()));
+            };
+            Ok(authz.decide(&context.tenant_id, principal, &permission, None).await?)
+        })
+    }
+}

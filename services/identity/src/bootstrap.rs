@@ -1,0 +1,92 @@
+//! First start: the `system` tenant that platform operators belong to, and one operator API
+//! key whose secret is returned exactly once (only its hash is stored).
+
+use palisade_audit::AuditRecord;
+use palisade_grpc::{time::now_micros, ApiError};
+use palisade_proto::palisade::{
+    compliance::v1::Outcome,
+    identity::v1::{Plan, TenantState},
+};
+use palisade_tenancy::{Principal, PrincipalKind, TenantId};
+
+use crate::{
+    api_keys,
+    authz::ALL_PERMISSIONS,
+    store::{ApiKeyRecord, IdentityStore},
+    tenants::TenantRecord,
+};
+
+const OPERATOR_KEY_NAME: &str = "bootstrap-operator";
+const OPERATOR_KEY_LIFETIME_MICROS: i64 = 365 * 24 * 3600 * 1_000_000;
+
+/// Makes the system tenant and the operator key if they do not exist yet. Returns the key
+/// when it was created now. Safe to run on every start and from several replicas at once.
+pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError> {
+    let system = TenantId::system();
+    let actor = Principal { id: crate::COMPONENT.to_owned(), kind: PrincipalKind::Service };
+    let now = now_micros();
+    if store.get_tenant(&system).await?.is_none() {
+        let tenant = TenantRecord {
+            id: system.clone(),
+            display_name: "Platform operators".to_owned(),
+            plan: Plan::Enterprise,
+            state: TenantState::Active,
+            region: "default".to_owned(),
+            domain: None,
+            create_time: now,
+            update_time: now,
+        };
+        let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
+        match store.insert_tenant(&mut tx, &tenant).await {
+            // Another replica bootstrapped first: nothing left to do here.
+            Err(ApiError::AlreadyExists { .. }) => {}
+            Err(other) => return Err(other),
+            Ok(()) => {
+                audit(&mut tx, &system, &actor, "identity.tenants.create", "tenants/system").await?;
+                tx.commit().await.map_err(ApiError::internal)?;
+            }
+        }
+    }
+    if store.api_key_named(&system, OPERATOR_KEY_NAME).await? {
+        return Ok(None);
+    }
+    let minted = api_keys::mint();
+    let key = ApiKeyRecord {
+        id: minted.id.clone(),
+        tenant_id: system.clone(),
+        display_name: OPERATOR_KEY_NAME.to_owned(),
+        secret_hash: minted.secret_hash,
+        scopes: vec![ALL_PERMISSIONS.to_owned()],
+        create_time: now,
+        expire_time: now + OPERATOR_KEY_LIFETIME_MICROS,
+        revoke_time: None,
+    };
+    let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
+    store.insert_api_key(&mut tx, &key).await?;
+    let resource = format!("tenants/system/apiKeys/{}", key.id);
+    audit(&mut tx, &system, &actor, "identity.apikeys.create", &resource).await?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    tracing::info!(key = %resource, "bootstrap operator api key created");
+    Ok(Some(minted.presented))
+}
+
+async fn audit(
+    tx: &mut sqlx::AnyConnection,
+    tenant: &TenantId,
+    actor: &Principal,
+    action: &str,
+    resource: &str,
+) -> Result<(), ApiError> {
+    let record = AuditRecord {
+        tenant,
+        actor_tenant: tenant,
+        actor: Some(actor),
+        action,
+        resource,
+        outcome: Outcome::Success,
+        request_id: None,
+        source: crate::COMPONENT,
+        attributes: vec![("reason", "bootstrap".to_owned())],
+    };
+    palisade_audit::enqueue(tx, &record).await.map_err(ApiError::internal)
+}

@@ -1,0 +1,224 @@
+//! All SQL of the identity service. Database errors become API errors here, at the boundary.
+
+use palisade_db::Db;
+use palisade_grpc::{aip::Comparison, ApiError};
+use palisade_tenancy::TenantId;
+use sqlx::{any::AnyRow, AnyConnection, AssertSqlSafe, Row};
+
+use crate::tenants::{plan_from_key, state_from_key, TenantRecord};
+
+/// A tenant-list condition, already validated: column and stored value.
+#[derive(Clone, Debug)]
+pub struct TenantFilter {
+    pub column: &'static str,
+    pub comparison: Comparison,
+    pub value: String,
+}
+
+/// Where a tenant page starts: after this (create_time, id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantCursor {
+    pub create_time: i64,
+    pub id: String,
+}
+
+/// An API key as stored (without its secret).
+#[derive(Clone, Debug)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub display_name: String,
+    pub secret_hash: Vec<u8>,
+    pub scopes: Vec<String>,
+    pub create_time: i64,
+    pub expire_time: i64,
+    pub revoke_time: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct IdentityStore {
+    db: Db,
+}
+
+const TENANT_COLUMNS: &str = "id, display_name, plan, state, region, domain, create_time, update_time";
+
+impl IdentityStore {
+    pub fn new(db: Db) -> IdentityStore {
+        IdentityStore { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub async fn insert_tenant(&self, conn: &mut AnyConnection, tenant: &TenantRecord) -> Result<(), ApiError> {
+        if let Some(domain) = &tenant.domain {
+            let taken = sqlx::query("SELECT 1 FROM tenants WHERE domain = $1")
+                .bind(domain)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(internal)?;
+            if taken.is_some() {
+                return Err(ApiError::AlreadyExists { resource: format!("a tenant with domain {domain}") });
+            }
+        }
+        sqlx::query(AssertSqlSafe(format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")))
+            .bind(tenant.id.as_str())
+            .bind(&tenant.display_name)
+            .bind(crate::tenants::plan_key(tenant.plan))
+            .bind(crate::tenants::state_key(tenant.state))
+            .bind(&tenant.region)
+            .bind(tenant.domain.clone())
+            .bind(tenant.create_time)
+            .bind(tenant.update_time)
+            .execute(&mut *conn)
+            .await
+            .map_err(|error| match &error {
+                sqlx::Error::Database(db) if db.is_unique_violation() => {
+                    ApiError::AlreadyExists { resource: format!("tenants/{}", tenant.id) }
+                }
+                _ => internal(error),
+            })?;
+        Ok(())
+    }
+
+    pub async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, ApiError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1")))
+            .bind(id.as_str())
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(internal)?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    /// A page of tenants in creation order. `only` restricts to one tenant (a tenant's own
+    /// principals see only their tenant); `limit` rows at most.
+    pub async fn list_tenants(
+        &self,
+        only: Option<&TenantId>,
+        after: Option<&TenantCursor>,
+        filters: &[TenantFilter],
+        limit: usize,
+    ) -> Result<Vec<TenantRecord>, ApiError> {
+        let mut sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE 1 = 1");
+        let mut binds: Vec<Bind> = Vec::new();
+        let next = |value: Bind, binds: &mut Vec<Bind>| {
+            binds.push(value);
+            format!("${}", binds.len())
+        };
+        if let Some(id) = only {
+            let p = next(Bind::Text(id.to_string()), &mut binds);
+            sql.push_str(&format!(" AND id = {p}"));
+        }
+        if let Some(cursor) = after {
+            let t1 = next(Bind::Int(cursor.create_time), &mut binds);
+            let t2 = next(Bind::Int(cursor.create_time), &mut binds);
+            let id = next(Bind::Text(cursor.id.clone()), &mut binds);
+            sql.push_str(&format!(" AND (create_time > {t1} OR (create_time = {t2} AND id > {id}))"));
+        }
+        for filter in filters {
+            let p = next(Bind::Text(filter.value.clone()), &mut binds);
+            sql.push_str(&format!(" AND {} {} {p}", filter.column, filter.comparison.sql()));
+        }
+        sql.push_str(&format!(" ORDER BY create_time, id LIMIT {limit}"));
+        // Built from constants and numbered placeholders only; every value is bound.
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Int(int) => query.bind(int),
+            };
+        }
+        let rows = query.fetch_all(self.db.pool()).await.map_err(internal)?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    pub async fn insert_api_key(&self, conn: &mut AnyConnection, key: &ApiKeyRecord) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, display_name, secret_hash, scopes, create_time, expire_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.id)
+        .bind(key.tenant_id.as_str())
+        .bind(&key.display_name)
+        .bind(key.secret_hash.clone())
+        .bind(key.scopes.join(" "))
+        .bind(key.create_time)
+        .bind(key.expire_time)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+
+    pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, ApiError> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, display_name, secret_hash, scopes, create_time, expire_time, revoke_time \
+             FROM api_keys WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(internal)?;
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    /// Whether the tenant already has a key of this name (the bootstrap key is made once).
+    pub async fn api_key_named(&self, tenant: &TenantId, display_name: &str) -> Result<bool, ApiError> {
+        let row = sqlx::query("SELECT 1 FROM api_keys WHERE tenant_id = $1 AND display_name = $2")
+            .bind(tenant.as_str())
+            .bind(display_name)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(internal)?;
+        Ok(row.is_some())
+    }
+
+    pub async fn touch_api_key(&self, id: &str, now: i64) -> Result<(), ApiError> {
+        sqlx::query("UPDATE api_keys SET last_use_time = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(self.db.pool())
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, ApiError> {
+    let id: String = row.try_get("id").map_err(internal)?;
+    Ok(TenantRecord {
+        id: TenantId::parse(&id).map_err(internal)?,
+        display_name: row.try_get("display_name").map_err(internal)?,
+        plan: plan_from_key(&row.try_get::<String, _>("plan").map_err(internal)?),
+        state: state_from_key(&row.try_get::<String, _>("state").map_err(internal)?),
+        region: row.try_get("region").map_err(internal)?,
+        domain: row.try_get("domain").map_err(internal)?,
+        create_time: row.try_get("create_time").map_err(internal)?,
+        update_time: row.try_get("update_time").map_err(internal)?,
+    })
+}
+
+fn api_key_from_row(row: &AnyRow) -> Result<ApiKeyRecord, ApiError> {
+    let tenant_id: String = row.try_get("tenant_id").map_err(internal)?;
+    let scopes: String = row.try_get("scopes").map_err(internal)?;
+    Ok(ApiKeyRecord {
+        id: row.try_get("id").map_err(internal)?,
+        tenant_id: TenantId::parse(&tenant_id).map_err(internal)?,
+        display_name: row.try_get("display_name").map_err(internal)?,
+        secret_hash: row.try_get("secret_hash").map_err(internal)?,
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        create_time: row.try_get("create_time").map_err(internal)?,
+        expire_time: row.try_get("expire_time").map_err(internal)?,
+        revoke_time: row.try_get("revoke_time").map_err(internal)?,
+    })
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("identity store: {error}"))
+}
