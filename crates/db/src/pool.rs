@@ -329,8 +329,14 @@ mod tests {
 
     #[test]
     fn create_mode_is_added_only_when_missing() {
-        assert_eq!(with_create_mode("sqlite:///x.db"), "sqlite:///x.db?mode=rwc");
-        assert_eq!(with_create_mode("sqlite:///x.db?mode=ro"), "sqlite:///x.db?mode=ro");
+        assert_eq!(
+            with_create_mode("sqlite:///x.db"),
+            "sqlite:///x.db?mode=rwc"
+        );
+        assert_eq!(
+            with_create_mode("sqlite:///x.db?mode=ro"),
+            "sqlite:///x.db?mode=ro"
+        );
         assert_eq!(
             with_create_mode("sqlite:///x.db?cache=shared"),
             "sqlite:///x.db?cache=shared&mode=rwc"

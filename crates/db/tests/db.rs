@@ -35,10 +35,10 @@ async fn migrates_idempotently_and_round_trips_portable_types() {
             "SELECT name, data, created_at, CAST(active AS INTEGER) AS active \
              FROM widgets WHERE id = $1",
         )
-            .bind(id.as_str())
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
+        .bind(id.as_str())
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
         assert_eq!(row.get::<String, _>("name"), "gear");
         assert_eq!(row.get::<Vec<u8>, _>("data"), vec![0, 159, 255]);
         assert_eq!(row.get::<i64, _>("created_at"), 1_700_000_000_000_000);

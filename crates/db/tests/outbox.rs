@@ -116,8 +116,16 @@ async fn delivery_preserves_creation_order_across_batches_and_failures() {
         })
         .await;
 
-        assert_eq!(sink.delivered_ids(), expected, "no drop, duplicate or reorder");
-        assert!(sink.delivered().iter().all(|message| message.topic == "audit"));
+        assert_eq!(
+            sink.delivered_ids(),
+            expected,
+            "no drop, duplicate or reorder"
+        );
+        assert!(
+            sink.delivered()
+                .iter()
+                .all(|message| message.topic == "audit")
+        );
         eventually("only the other topic left", || async {
             depth(&db).await == 10
         })

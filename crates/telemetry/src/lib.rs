@@ -19,3 +19,10 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
 }
+
+/// Logging for tests: written through the harness's capture, `warn` unless `RUST_LOG` says
+/// otherwise. Safe to call from every test.
+pub fn init_test_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = fmt().with_env_filter(filter).with_test_writer().compact().try_init();
+}

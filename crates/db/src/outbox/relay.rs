@@ -175,8 +175,14 @@ impl Inner {
         let topic = self.config.topic.as_str();
         match tokio::time::timeout(FINAL_FLUSH, flush).await {
             Ok(true) => info!(topic, "outbox relay stopped, outbox flushed"),
-            Ok(false) => info!(topic, "outbox relay stopped, messages left for the next start"),
-            Err(_) => warn!(topic, "outbox final flush timed out, messages left for the next start"),
+            Ok(false) => info!(
+                topic,
+                "outbox relay stopped, messages left for the next start"
+            ),
+            Err(_) => warn!(
+                topic,
+                "outbox final flush timed out, messages left for the next start"
+            ),
         }
     }
 
