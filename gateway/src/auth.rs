@@ -14,25 +14,30 @@ use http::HeaderMap;
 use palisade_grpc::ApiError;
 use palisade_proto::palisade::{
     common::v1::PrincipalType,
-    identity::v1::{api_key_service_client::ApiKeyServiceClient, VerifyApiKeyRequest},
+    identity::v1::{VerifyApiKeyRequest, api_key_service_client::ApiKeyServiceClient},
 };
 use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
 use sha2::{Digest, Sha256};
-use tonic::{transport::Channel, Code};
+use tonic::{Code, transport::Channel};
 
 const MAX_CACHED: usize = 10_000;
 
 /// Reads the API key a client presented, if any.
 pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     if let Some(value) = headers.get("x-api-key") {
-        return value.to_str().map(|key| Some(key.trim().to_owned())).map_err(|_| malformed());
+        return value
+            .to_str()
+            .map(|key| Some(key.trim().to_owned()))
+            .map_err(|_| malformed());
     }
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| malformed())?;
     match value.split_once(' ') {
-        Some((scheme, key)) if scheme.eq_ignore_ascii_case("apikey") => Ok(Some(key.trim().to_owned())),
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("apikey") => {
+            Ok(Some(key.trim().to_owned()))
+        }
         _ => Err(ApiError::Unauthenticated {
             reason: "UNSUPPORTED_CREDENTIAL",
             message: "use `authorization: ApiKey <key>` or `x-api-key: <key>`".to_owned(),
@@ -41,7 +46,10 @@ pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError
 }
 
 fn malformed() -> ApiError {
-    ApiError::Unauthenticated { reason: "MALFORMED_CREDENTIAL", message: "the credential header is not valid ascii".to_owned() }
+    ApiError::Unauthenticated {
+        reason: "MALFORMED_CREDENTIAL",
+        message: "the credential header is not valid ascii".to_owned(),
+    }
 }
 
 pub struct ApiKeyVerifier {
@@ -52,7 +60,11 @@ pub struct ApiKeyVerifier {
 
 impl ApiKeyVerifier {
     pub fn new(identity: Channel, ttl: Duration) -> ApiKeyVerifier {
-        ApiKeyVerifier { identity: ApiKeyServiceClient::new(identity), cache: Mutex::default(), ttl }
+        ApiKeyVerifier {
+            identity: ApiKeyServiceClient::new(identity),
+            cache: Mutex::default(),
+            ttl,
+        }
     }
 
     /// The tenant context the key stands for.
@@ -64,7 +76,9 @@ impl ApiKeyVerifier {
         let response = self
             .identity
             .clone()
-            .verify_api_key(VerifyApiKeyRequest { key: key.to_owned() })
+            .verify_api_key(VerifyApiKeyRequest {
+                key: key.to_owned(),
+            })
             .await
             .map_err(|status| match status.code() {
                 Code::Unauthenticated => ApiError::Unauthenticated {
@@ -73,7 +87,9 @@ impl ApiKeyVerifier {
                 },
                 code => {
                     tracing::warn!(?code, "api key verification failed");
-                    ApiError::Unavailable { message: "cannot verify credentials right now".to_owned() }
+                    ApiError::Unavailable {
+                        message: "cannot verify credentials right now".to_owned(),
+                    }
                 }
             })?;
         let principal = response
@@ -86,7 +102,13 @@ impl ApiKeyVerifier {
             PrincipalType::Service => PrincipalKind::Service,
             _ => PrincipalKind::ApiKey,
         };
-        let context = TenantContext { tenant_id, principal: Some(Principal { id: principal.id, kind }) };
+        let context = TenantContext {
+            tenant_id,
+            principal: Some(Principal {
+                id: principal.id,
+                kind,
+            }),
+        };
         let mut cache = self.cache.lock().expect("api key cache lock");
         if cache.len() >= MAX_CACHED {
             cache.clear();
@@ -97,7 +119,10 @@ impl ApiKeyVerifier {
 
     fn cached(&self, fingerprint: &[u8; 32]) -> Option<TenantContext> {
         let cache = self.cache.lock().expect("api key cache lock");
-        cache.get(fingerprint).filter(|(_, at)| at.elapsed() < self.ttl).map(|(context, _)| context.clone())
+        cache
+            .get(fingerprint)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(context, _)| context.clone())
     }
 }
 
@@ -115,8 +140,18 @@ mod tests {
 
     #[test]
     fn reads_both_header_forms() {
-        assert_eq!(presented_api_key(&headers("authorization", "ApiKey pal_x")).unwrap().as_deref(), Some("pal_x"));
-        assert_eq!(presented_api_key(&headers("x-api-key", "pal_y")).unwrap().as_deref(), Some("pal_y"));
+        assert_eq!(
+            presented_api_key(&headers("authorization", "ApiKey pal_x"))
+                .unwrap()
+                .as_deref(),
+            Some("pal_x")
+        );
+        assert_eq!(
+            presented_api_key(&headers("x-api-key", "pal_y"))
+                .unwrap()
+                .as_deref(),
+            Some("pal_y")
+        );
         assert_eq!(presented_api_key(&HeaderMap::new()).unwrap(), None);
         assert!(presented_api_key(&headers("authorization", "Basic dXNlcg==")).is_err());
     }

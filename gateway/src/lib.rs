@@ -33,8 +33,12 @@ pub async fn start(listener: TcpListener, config: GatewayConfig) -> Result<Runni
     let verifier = auth::ApiKeyVerifier::new(backends.identity(), config.api_key_cache_ttl);
     let proxy = proxy::Proxy::new(Arc::new(backends), Arc::new(verifier)).await?;
     let local_addr = listener.local_addr()?;
-    Ok(Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
-        server::serve(listener, proxy, shutdown.wait()).await;
-        Ok(())
-    }))
+    Ok(Running::spawn(
+        COMPONENT,
+        local_addr,
+        move |shutdown| async move {
+            server::serve(listener, proxy, shutdown.wait()).await;
+            Ok(())
+        },
+    ))
 }

@@ -11,14 +11,14 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response};
-use palisade_grpc::{add_reflection, ApiError, MethodPolicies};
-use palisade_tenancy::{strip_client_context, write_context, RequestId, HEADER_REQUEST_ID};
-use tonic::{body::Body, service::Routes, Status};
+use palisade_grpc::{ApiError, MethodPolicies, add_reflection};
+use palisade_tenancy::{HEADER_REQUEST_ID, RequestId, strip_client_context, write_context};
+use tonic::{Status, body::Body, service::Routes};
 use tonic_health::ServingStatus;
 use tower::ServiceExt;
 
 use crate::{
-    auth::{presented_api_key, ApiKeyVerifier},
+    auth::{ApiKeyVerifier, presented_api_key},
     backends::Backends,
 };
 
@@ -32,11 +32,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn new(backends: Arc<Backends>, verifier: Arc<ApiKeyVerifier>) -> Result<Proxy, palisade_grpc::Error> {
+    pub async fn new(
+        backends: Arc<Backends>,
+        verifier: Arc<ApiKeyVerifier>,
+    ) -> Result<Proxy, palisade_grpc::Error> {
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_service_status("", ServingStatus::Serving).await;
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
         let local = add_reflection(Routes::new(health), None)?;
-        Ok(Proxy { backends, verifier, policies: Arc::new(MethodPolicies::palisade()?), local })
+        Ok(Proxy {
+            backends,
+            verifier,
+            policies: Arc::new(MethodPolicies::palisade()?),
+            local,
+        })
     }
 
     async fn handle<B>(self, mut request: Request<B>) -> Response<Body>
@@ -49,7 +59,11 @@ impl Proxy {
             .headers()
             .get(HEADER_REQUEST_ID)
             .and_then(|value| value.to_str().ok())
-            .filter(|value| !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|value| {
+                !value.is_empty()
+                    && value.len() <= 128
+                    && value.bytes().all(|b| b.is_ascii_graphic())
+            })
             .map_or_else(RequestId::generate, |value| RequestId(value.to_owned()));
 
         let mut response = match self.route(request, &request_id).await {
@@ -62,7 +76,11 @@ impl Proxy {
         response
     }
 
-    async fn route<B>(&self, mut request: Request<B>, request_id: &RequestId) -> Result<Response<Body>, Status>
+    async fn route<B>(
+        &self,
+        mut request: Request<B>,
+        request_id: &RequestId,
+    ) -> Result<Response<Body>, Status>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -72,7 +90,9 @@ impl Proxy {
             let response = self.local.clone().oneshot(request.map(Body::new)).await;
             return Ok(response.unwrap_or_else(|never: Infallible| match never {}));
         }
-        let (Some(policy), Some(backend)) = (self.policies.get(&path), self.backends.for_path(&path)) else {
+        let (Some(policy), Some(backend)) =
+            (self.policies.get(&path), self.backends.for_path(&path))
+        else {
             return Err(Status::unimplemented(format!("unknown method {path}")));
         };
         if policy.internal {
@@ -89,7 +109,8 @@ impl Proxy {
             (None, false) => {
                 return Err(ApiError::Unauthenticated {
                     reason: "UNAUTHENTICATED",
-                    message: "this method needs a credential: `authorization: ApiKey <key>`".to_owned(),
+                    message: "this method needs a credential: `authorization: ApiKey <key>`"
+                        .to_owned(),
                 }
                 .into());
             }
@@ -100,10 +121,13 @@ impl Proxy {
         headers.remove("x-api-key");
         write_context(headers, context.as_ref(), Some(request_id));
 
-        let response = backend.oneshot(request.map(Body::new)).await.map_err(|error| {
-            tracing::warn!(%path, %error, "backend call failed");
-            Status::unavailable(format!("the component serving {path} is unavailable"))
-        })?;
+        let response = backend
+            .oneshot(request.map(Body::new))
+            .await
+            .map_err(|error| {
+                tracing::warn!(%path, %error, "backend call failed");
+                Status::unavailable(format!("the component serving {path} is unavailable"))
+            })?;
         Ok(response)
     }
 }

@@ -7,10 +7,12 @@ use std::{collections::HashSet, time::Duration};
 
 use common::new_tenant;
 use palisade_proto::palisade::{
-    compliance::v1::{audit_service_client::AuditServiceClient, AuditEvent, ListAuditEventsRequest},
-    identity::v1::{tenant_service_client::TenantServiceClient, Plan},
+    compliance::v1::{
+        AuditEvent, ListAuditEventsRequest, audit_service_client::AuditServiceClient,
+    },
+    identity::v1::{Plan, tenant_service_client::TenantServiceClient},
 };
-use palisade_testkit::{eventually, Component, Mesh};
+use palisade_testkit::{Component, Mesh, eventually};
 
 const TENANTS: &[&str] = &["before", "during-1", "during-2", "during-3"];
 
@@ -19,7 +21,9 @@ async fn events_written_while_compliance_is_down_arrive_exactly_once() -> anyhow
     for builder in Mesh::each_backend() {
         let mut mesh = builder.start().await?;
         let mut tenants = TenantServiceClient::new(mesh.gateway());
-        tenants.create_tenant(mesh.as_operator(new_tenant("before", "Before", Plan::Free))).await?;
+        tenants
+            .create_tenant(mesh.as_operator(new_tenant("before", "Before", Plan::Free)))
+            .await?;
         eventually(Duration::from_secs(10), || async {
             Ok((!list_events(&mesh, &["before"]).await?.is_empty()).then_some(()))
         })
@@ -27,7 +31,9 @@ async fn events_written_while_compliance_is_down_arrive_exactly_once() -> anyhow
 
         mesh.stop_component(Component::Compliance).await?;
         for id in ["during-1", "during-2", "during-3"] {
-            tenants.create_tenant(mesh.as_operator(new_tenant(id, id, Plan::Free))).await?;
+            tenants
+                .create_tenant(mesh.as_operator(new_tenant(id, id, Plan::Free)))
+                .await?;
         }
         // Let the relay fail and retry a few times while compliance is away.
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -44,7 +50,10 @@ async fn events_written_while_compliance_is_down_arrive_exactly_once() -> anyhow
         let ids: HashSet<_> = events.iter().map(|e| e.event_id.clone()).collect();
         assert_eq!(ids.len(), 4, "an event was stored twice");
         for event in &events {
-            assert_eq!(event.sequence, 1, "each tenant's chain starts at 1: {event:?}");
+            assert_eq!(
+                event.sequence, 1,
+                "each tenant's chain starts at 1: {event:?}"
+            );
             assert_eq!(event.previous_hash, vec![0; 32]);
         }
         mesh.stop().await?;
@@ -57,7 +66,10 @@ async fn list_events(mesh: &Mesh, tenant_ids: &[&str]) -> anyhow::Result<Vec<Aud
     let mut audit = AuditServiceClient::new(mesh.gateway());
     let mut events = Vec::new();
     for id in tenant_ids {
-        let request = ListAuditEventsRequest { parent: format!("tenants/{id}"), ..Default::default() };
+        let request = ListAuditEventsRequest {
+            parent: format!("tenants/{id}"),
+            ..Default::default()
+        };
         match audit.list_audit_events(mesh.as_operator(request)).await {
             Ok(response) => events.extend(response.into_inner().audit_events),
             // While compliance restarts, the gateway answers UNAVAILABLE: not yet.

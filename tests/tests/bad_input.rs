@@ -5,8 +5,10 @@ mod common;
 
 use common::{expect_code, new_tenant, violated_fields};
 use palisade_proto::palisade::{
-    compliance::v1::{audit_service_client::AuditServiceClient, ListAuditEventsRequest},
-    identity::v1::{tenant_service_client::TenantServiceClient, GetTenantRequest, ListTenantsRequest, Plan},
+    compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
+    identity::v1::{
+        GetTenantRequest, ListTenantsRequest, Plan, tenant_service_client::TenantServiceClient,
+    },
 };
 use palisade_testkit::Mesh;
 use tonic::Code;
@@ -20,12 +22,18 @@ async fn bad_input_names_the_offending_field() -> anyhow::Result<()> {
     let cases: Vec<(&str, Result<(), tonic::Status>, &[&str])> = vec![
         (
             "empty tenant name",
-            tenants.create_tenant(mesh.as_operator(new_tenant("", " ", Plan::Free))).await.map(drop),
+            tenants
+                .create_tenant(mesh.as_operator(new_tenant("", " ", Plan::Free)))
+                .await
+                .map(drop),
             &["tenant.display_name"],
         ),
         (
             "malformed tenant id",
-            tenants.create_tenant(mesh.as_operator(new_tenant("Not_OK", "x", Plan::Free))).await.map(drop),
+            tenants
+                .create_tenant(mesh.as_operator(new_tenant("Not_OK", "x", Plan::Free)))
+                .await
+                .map(drop),
             &["tenant_id"],
         ),
         (
@@ -33,32 +41,52 @@ async fn bad_input_names_the_offending_field() -> anyhow::Result<()> {
             {
                 let mut request = new_tenant("", "x", Plan::Free);
                 request.tenant.as_mut().unwrap().plan = 42;
-                tenants.create_tenant(mesh.as_operator(request)).await.map(drop)
+                tenants
+                    .create_tenant(mesh.as_operator(request))
+                    .await
+                    .map(drop)
             },
             &["tenant.plan"],
         ),
         (
             "malformed tenant name",
-            tenants.get_tenant(mesh.as_operator(GetTenantRequest { name: "acme".into() })).await.map(drop),
+            tenants
+                .get_tenant(mesh.as_operator(GetTenantRequest {
+                    name: "acme".into(),
+                }))
+                .await
+                .map(drop),
             &["name"],
         ),
         (
             "malformed page token",
             tenants
-                .list_tenants(mesh.as_operator(ListTenantsRequest { page_token: "not-a-token".into(), ..Default::default() }))
+                .list_tenants(mesh.as_operator(ListTenantsRequest {
+                    page_token: "not-a-token".into(),
+                    ..Default::default()
+                }))
                 .await
                 .map(drop),
             &["page_token"],
         ),
         (
             "negative page size",
-            tenants.list_tenants(mesh.as_operator(ListTenantsRequest { page_size: -1, ..Default::default() })).await.map(drop),
+            tenants
+                .list_tenants(mesh.as_operator(ListTenantsRequest {
+                    page_size: -1,
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
             &["page_size"],
         ),
         (
             "unknown filter field",
             tenants
-                .list_tenants(mesh.as_operator(ListTenantsRequest { filter: r#"colour = "red""#.into(), ..Default::default() }))
+                .list_tenants(mesh.as_operator(ListTenantsRequest {
+                    filter: r#"colour = "red""#.into(),
+                    ..Default::default()
+                }))
                 .await
                 .map(drop),
             &["filter"],
@@ -66,7 +94,10 @@ async fn bad_input_names_the_offending_field() -> anyhow::Result<()> {
         (
             "unknown filter value",
             tenants
-                .list_tenants(mesh.as_operator(ListTenantsRequest { filter: "plan = PLAN_GOLD".into(), ..Default::default() }))
+                .list_tenants(mesh.as_operator(ListTenantsRequest {
+                    filter: "plan = PLAN_GOLD".into(),
+                    ..Default::default()
+                }))
                 .await
                 .map(drop),
             &["filter"],
@@ -86,7 +117,10 @@ async fn bad_input_names_the_offending_field() -> anyhow::Result<()> {
         (
             "audit parent",
             audit
-                .list_audit_events(mesh.as_operator(ListAuditEventsRequest { parent: "system".into(), ..Default::default() }))
+                .list_audit_events(mesh.as_operator(ListAuditEventsRequest {
+                    parent: "system".into(),
+                    ..Default::default()
+                }))
                 .await
                 .map(drop),
             &["parent"],
@@ -98,7 +132,10 @@ async fn bad_input_names_the_offending_field() -> anyhow::Result<()> {
     }
 
     // Nothing was created by the refused requests.
-    let listed = tenants.list_tenants(mesh.as_operator(ListTenantsRequest::default())).await?.into_inner();
+    let listed = tenants
+        .list_tenants(mesh.as_operator(ListTenantsRequest::default()))
+        .await?
+        .into_inner();
     assert_eq!(listed.tenants.len(), 1, "only the system tenant exists");
     mesh.stop().await
 }

@@ -11,13 +11,22 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
     status
         .get_error_details()
         .bad_request()
-        .map(|bad| bad.field_violations.iter().map(|v| v.field.clone()).collect())
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// The `ErrorInfo.reason` of a status, or "" when it has none.
 pub fn reason(status: &Status) -> String {
-    status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
 }
 
 pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
@@ -29,7 +38,11 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
 
 pub fn new_tenant(tenant_id: &str, display_name: &str, plan: Plan) -> CreateTenantRequest {
     CreateTenantRequest {
-        tenant: Some(Tenant { display_name: display_name.to_owned(), plan: plan as i32, ..Tenant::default() }),
+        tenant: Some(Tenant {
+            display_name: display_name.to_owned(),
+            plan: plan as i32,
+            ..Tenant::default()
+        }),
         tenant_id: tenant_id.to_owned(),
     }
 }

@@ -5,29 +5,43 @@ mod common;
 
 use common::{expect_code, reason};
 use palisade_proto::palisade::{
-    compliance::v1::{audit_service_client::AuditServiceClient, AppendEventsRequest},
+    compliance::v1::{AppendEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        api_key_service_client::ApiKeyServiceClient, tenant_service_client::TenantServiceClient, ListTenantsRequest,
-        VerifyApiKeyRequest,
+        ListTenantsRequest, VerifyApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
+        tenant_service_client::TenantServiceClient,
     },
 };
 use palisade_testkit::{Component, Mesh};
-use tonic::{transport::Endpoint, Code};
-use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+use tonic::{Code, transport::Endpoint};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn component_ports_refuse_clients_without_a_mesh_certificate() -> anyhow::Result<()> {
     let mesh = Mesh::builder().start().await?;
-    for component in [Component::Identity, Component::Compliance, Component::Observability] {
+    for component in [
+        Component::Identity,
+        Component::Compliance,
+        Component::Observability,
+    ] {
         // Plaintext h2c is not TLS at all.
-        let plaintext = Endpoint::from_shared(format!("http://{}", mesh.addr(component)))?.connect_lazy();
-        let result = HealthClient::new(plaintext).check(HealthCheckRequest::default()).await;
+        let plaintext =
+            Endpoint::from_shared(format!("http://{}", mesh.addr(component)))?.connect_lazy();
+        let result = HealthClient::new(plaintext)
+            .check(HealthCheckRequest::default())
+            .await;
         assert!(result.is_err(), "{} answered plaintext", component.name());
 
         // A genuine mesh certificate gets through.
         let direct = mesh.direct(component, "gateway").await?;
-        let answer = HealthClient::new(direct).check(HealthCheckRequest::default()).await?;
-        assert_eq!(answer.into_inner().status, 1, "{} is not serving", component.name());
+        let answer = HealthClient::new(direct)
+            .check(HealthCheckRequest::default())
+            .await?;
+        assert_eq!(
+            answer.into_inner().status,
+            1,
+            "{} is not serving",
+            component.name()
+        );
     }
     mesh.stop().await
 }
@@ -39,24 +53,47 @@ async fn untrusted_mesh_members_cannot_assert_tenant_context() -> anyhow::Result
     let channel = mesh.direct(Component::Identity, "batch-job").await?;
 
     // A mesh certificate is enough for health ...
-    HealthClient::new(channel.clone()).check(HealthCheckRequest::default()).await?;
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await?;
 
     // ... but not to speak for a tenant.
     let mut request = tonic::Request::new(ListTenantsRequest::default());
-    request.metadata_mut().insert("palisade-tenant-id", "system".parse()?);
-    request.metadata_mut().insert("palisade-principal-id", "forged".parse()?);
-    request.metadata_mut().insert("palisade-principal-type", "api-key".parse()?);
-    let denied = TenantServiceClient::new(channel.clone()).list_tenants(request).await;
-    assert_eq!(reason(&expect_code(denied, Code::PermissionDenied)), "UNTRUSTED_CONTEXT_PEER");
+    request
+        .metadata_mut()
+        .insert("palisade-tenant-id", "system".parse()?);
+    request
+        .metadata_mut()
+        .insert("palisade-principal-id", "forged".parse()?);
+    request
+        .metadata_mut()
+        .insert("palisade-principal-type", "api-key".parse()?);
+    let denied = TenantServiceClient::new(channel.clone())
+        .list_tenants(request)
+        .await;
+    assert_eq!(
+        reason(&expect_code(denied, Code::PermissionDenied)),
+        "UNTRUSTED_CONTEXT_PEER"
+    );
 
     // Nor to call internal methods.
-    let verify = ApiKeyServiceClient::new(channel).verify_api_key(VerifyApiKeyRequest { key: "x".into() }).await;
-    assert_eq!(reason(&expect_code(verify, Code::PermissionDenied)), "INTERNAL_METHOD");
+    let verify = ApiKeyServiceClient::new(channel)
+        .verify_api_key(VerifyApiKeyRequest { key: "x".into() })
+        .await;
+    assert_eq!(
+        reason(&expect_code(verify, Code::PermissionDenied)),
+        "INTERNAL_METHOD"
+    );
 
     // A trusted component that is not a listed caller is refused too (VerifyApiKey: gateway only).
     let as_compliance = mesh.direct(Component::Identity, "compliance").await?;
-    let verify = ApiKeyServiceClient::new(as_compliance).verify_api_key(VerifyApiKeyRequest { key: "x".into() }).await;
-    assert_eq!(reason(&expect_code(verify, Code::PermissionDenied)), "INTERNAL_METHOD");
+    let verify = ApiKeyServiceClient::new(as_compliance)
+        .verify_api_key(VerifyApiKeyRequest { key: "x".into() })
+        .await;
+    assert_eq!(
+        reason(&expect_code(verify, Code::PermissionDenied)),
+        "INTERNAL_METHOD"
+    );
     mesh.stop().await
 }
 
@@ -64,7 +101,12 @@ async fn untrusted_mesh_members_cannot_assert_tenant_context() -> anyhow::Result
 async fn the_gateway_never_routes_internal_methods() -> anyhow::Result<()> {
     let mesh = Mesh::builder().start().await?;
     let mut audit = AuditServiceClient::new(mesh.gateway());
-    let forged = audit.append_events(mesh.as_operator(AppendEventsRequest::default())).await;
-    assert_eq!(reason(&expect_code(forged, Code::PermissionDenied)), "INTERNAL_METHOD");
+    let forged = audit
+        .append_events(mesh.as_operator(AppendEventsRequest::default()))
+        .await;
+    assert_eq!(
+        reason(&expect_code(forged, Code::PermissionDenied)),
+        "INTERNAL_METHOD"
+    );
     mesh.stop().await
 }

@@ -8,15 +8,19 @@ use std::time::Duration;
 
 use common::{expect_code, new_tenant, reason};
 use palisade_proto::palisade::{
-    compliance::v1::{audit_service_client::AuditServiceClient, ListAuditEventsRequest},
-    identity::v1::{tenant_service_client::TenantServiceClient, GetTenantRequest, ListTenantsRequest, Plan},
-    observability::v1::{status_service_client::StatusServiceClient, GetStatusRequest, ServingState},
+    compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
+    identity::v1::{
+        GetTenantRequest, ListTenantsRequest, Plan, tenant_service_client::TenantServiceClient,
+    },
+    observability::v1::{
+        GetStatusRequest, ServingState, status_service_client::StatusServiceClient,
+    },
 };
-use palisade_testkit::{eventually, with_api_key, Mesh};
+use palisade_testkit::{Mesh, eventually, with_api_key};
 use tonic::Code;
 use tonic_reflection::pb::v1::{
-    server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-    server_reflection_response::MessageResponse, ServerReflectionRequest,
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,19 +36,32 @@ async fn tenants_are_created_listed_and_audited_through_the_gateway() -> anyhow:
         assert_eq!(created.name, "tenants/acme");
         assert_eq!(created.plan(), Plan::Professional);
 
-        let fetched = tenants.get_tenant(mesh.as_operator(GetTenantRequest { name: "tenants/acme".into() })).await?;
+        let fetched = tenants
+            .get_tenant(mesh.as_operator(GetTenantRequest {
+                name: "tenants/acme".into(),
+            }))
+            .await?;
         assert_eq!(fetched.into_inner(), created);
 
-        let duplicate = tenants.create_tenant(mesh.as_operator(new_tenant("acme", "Again", Plan::Free))).await;
+        let duplicate = tenants
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Again", Plan::Free)))
+            .await;
         expect_code(duplicate, Code::AlreadyExists);
 
         // The audit event travels identity → outbox → relay → compliance.
         let mut audit = AuditServiceClient::new(mesh.gateway());
         let events = eventually(Duration::from_secs(10), || {
             let mut audit = audit.clone();
-            let request = mesh.as_operator(ListAuditEventsRequest { parent: "tenants/acme".into(), ..Default::default() });
+            let request = mesh.as_operator(ListAuditEventsRequest {
+                parent: "tenants/acme".into(),
+                ..Default::default()
+            });
             async move {
-                let events = audit.list_audit_events(request).await?.into_inner().audit_events;
+                let events = audit
+                    .list_audit_events(request)
+                    .await?
+                    .into_inner()
+                    .audit_events;
                 Ok((!events.is_empty()).then_some(events))
             }
         })
@@ -53,7 +70,10 @@ async fn tenants_are_created_listed_and_audited_through_the_gateway() -> anyhow:
         assert_eq!(events[0].action, "identity.tenants.create");
         assert_eq!(events[0].resource, "tenants/acme");
         assert_eq!(events[0].sequence, 1);
-        assert_eq!(events[0].actor.as_ref().map(|a| a.tenant_id.as_str()), Some("system"));
+        assert_eq!(
+            events[0].actor.as_ref().map(|a| a.tenant_id.as_str()),
+            Some("system")
+        );
         assert!(!events[0].request_id.is_empty());
 
         let filtered = audit
@@ -75,14 +95,23 @@ async fn tenant_lists_are_paginated() -> anyhow::Result<()> {
         let mesh = builder.start().await?;
         let mut tenants = TenantServiceClient::new(mesh.gateway());
         for id in ["alpha", "bravo", "charlie"] {
-            tenants.create_tenant(mesh.as_operator(new_tenant(id, id, Plan::Standard))).await?;
+            tenants
+                .create_tenant(mesh.as_operator(new_tenant(id, id, Plan::Standard)))
+                .await?;
         }
         let filter = r#"plan = "PLAN_STANDARD""#.to_owned();
         let mut names = Vec::new();
         let mut page_token = String::new();
         loop {
-            let request = ListTenantsRequest { page_size: 2, page_token, filter: filter.clone() };
-            let page = tenants.list_tenants(mesh.as_operator(request)).await?.into_inner();
+            let request = ListTenantsRequest {
+                page_size: 2,
+                page_token,
+                filter: filter.clone(),
+            };
+            let page = tenants
+                .list_tenants(mesh.as_operator(request))
+                .await?
+                .into_inner();
             assert!(page.tenants.len() <= 2);
             names.extend(page.tenants.into_iter().map(|t| t.name));
             if page.next_page_token.is_empty() {
@@ -93,7 +122,10 @@ async fn tenant_lists_are_paginated() -> anyhow::Result<()> {
         assert_eq!(names, ["tenants/alpha", "tenants/bravo", "tenants/charlie"]);
 
         // Unfiltered, the operator also sees the system tenant.
-        let all = tenants.list_tenants(mesh.as_operator(ListTenantsRequest::default())).await?.into_inner();
+        let all = tenants
+            .list_tenants(mesh.as_operator(ListTenantsRequest::default()))
+            .await?
+            .into_inner();
         assert_eq!(all.tenants.len(), 4);
         mesh.stop().await?;
     }
@@ -106,17 +138,31 @@ async fn credentials_are_required_and_checked() -> anyhow::Result<()> {
     let mut tenants = TenantServiceClient::new(mesh.gateway());
 
     let anonymous = tenants.list_tenants(ListTenantsRequest::default()).await;
-    assert_eq!(reason(&expect_code(anonymous, Code::Unauthenticated)), "UNAUTHENTICATED");
+    assert_eq!(
+        reason(&expect_code(anonymous, Code::Unauthenticated)),
+        "UNAUTHENTICATED"
+    );
 
     let forged = format!("pal_{}_{}", "0".repeat(32), "1".repeat(64));
-    let bad_key = tenants.list_tenants(with_api_key(ListTenantsRequest::default(), &forged)).await;
-    assert_eq!(reason(&expect_code(bad_key, Code::Unauthenticated)), "INVALID_API_KEY");
+    let bad_key = tenants
+        .list_tenants(with_api_key(ListTenantsRequest::default(), &forged))
+        .await;
+    assert_eq!(
+        reason(&expect_code(bad_key, Code::Unauthenticated)),
+        "INVALID_API_KEY"
+    );
 
     // Claiming a tenant in metadata is no credential: the gateway strips it.
     let mut claimed = tonic::Request::new(ListTenantsRequest::default());
-    claimed.metadata_mut().insert("palisade-tenant-id", "system".parse()?);
-    claimed.metadata_mut().insert("palisade-principal-id", "someone".parse()?);
-    claimed.metadata_mut().insert("palisade-principal-type", "api-key".parse()?);
+    claimed
+        .metadata_mut()
+        .insert("palisade-tenant-id", "system".parse()?);
+    claimed
+        .metadata_mut()
+        .insert("palisade-principal-id", "someone".parse()?);
+    claimed
+        .metadata_mut()
+        .insert("palisade-principal-type", "api-key".parse()?);
     expect_code(tenants.list_tenants(claimed).await, Code::Unauthenticated);
     mesh.stop().await
 }
@@ -126,8 +172,14 @@ async fn the_gateway_reflects_the_whole_mesh_and_reports_status() -> anyhow::Res
     let mesh = Mesh::builder().start().await?;
 
     let mut reflection = ServerReflectionClient::new(mesh.gateway());
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await?.into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
     let response = responses.message().await?.expect("one reflection response");
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("expected a service list, got {response:?}");
@@ -139,18 +191,34 @@ async fn the_gateway_reflects_the_whole_mesh_and_reports_status() -> anyhow::Res
         "palisade.observability.v1.StatusService",
         "grpc.health.v1.Health",
     ] {
-        assert!(services.iter().any(|s| s == expected), "{expected} missing from {services:?}");
+        assert!(
+            services.iter().any(|s| s == expected),
+            "{expected} missing from {services:?}"
+        );
     }
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(mesh.gateway());
-    let answer = health.check(tonic_health::pb::HealthCheckRequest::default()).await?.into_inner();
-    assert_eq!(answer.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(
+        answer.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
     // Public: no credential needed.
     let mut status = StatusServiceClient::new(mesh.gateway());
     let report = status.get_status(GetStatusRequest {}).await?.into_inner();
     assert_eq!(report.overall(), ServingState::Serving, "{report:?}");
-    let components: Vec<_> = report.components.iter().map(|c| c.component.as_str()).collect();
-    assert_eq!(components, ["identity", "compliance", "observability", "gateway"]);
+    let components: Vec<_> = report
+        .components
+        .iter()
+        .map(|c| c.component.as_str())
+        .collect();
+    assert_eq!(
+        components,
+        ["identity", "compliance", "observability", "gateway"]
+    );
     mesh.stop().await
 }

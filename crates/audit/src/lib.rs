@@ -7,7 +7,9 @@ use palisade_db::outbox::{self, DeliveryError, OutboxMessage, OutboxSink};
 use palisade_grpc::principal_type;
 use palisade_proto::palisade::{
     common::v1::Principal as WirePrincipal,
-    compliance::v1::{audit_service_client::AuditServiceClient, AppendEventsRequest, AuditEvent, Outcome},
+    compliance::v1::{
+        AppendEventsRequest, AuditEvent, Outcome, audit_service_client::AuditServiceClient,
+    },
 };
 use palisade_tenancy::{Principal, RequestId, TenantId};
 use prost::Message;
@@ -52,14 +54,21 @@ impl AuditRecord<'_> {
             request_id: self.request_id.map(|r| r.0.clone()).unwrap_or_default(),
             occur_time: Some(now.into()),
             source: self.source.to_owned(),
-            attributes: self.attributes.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            attributes: self
+                .attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
             ..AuditEvent::default()
         }
     }
 }
 
 /// Writes the event into the outbox on the caller's transaction.
-pub async fn enqueue(conn: &mut sqlx::AnyConnection, record: &AuditRecord<'_>) -> palisade_db::Result<()> {
+pub async fn enqueue(
+    conn: &mut sqlx::AnyConnection,
+    record: &AuditRecord<'_>,
+) -> palisade_db::Result<()> {
     let event = record.to_event();
     let id = Uuid::parse_str(&event.event_id).expect("generated above");
     outbox::enqueue(conn, TOPIC, id, &event.encode_to_vec()).await
@@ -73,7 +82,9 @@ pub struct ComplianceSink {
 
 impl ComplianceSink {
     pub fn new(compliance: Channel) -> ComplianceSink {
-        ComplianceSink { client: AuditServiceClient::new(compliance) }
+        ComplianceSink {
+            client: AuditServiceClient::new(compliance),
+        }
     }
 }
 
@@ -83,8 +94,12 @@ impl OutboxSink for ComplianceSink {
         for message in &batch {
             // A row that does not decode can never be delivered; failing loudly keeps it in the
             // outbox for an operator instead of silently dropping an audit record.
-            let event = AuditEvent::decode(message.payload.as_slice())
-                .map_err(|e| DeliveryError(format!("outbox row {} is not an audit event: {e}", message.id)))?;
+            let event = AuditEvent::decode(message.payload.as_slice()).map_err(|e| {
+                DeliveryError(format!(
+                    "outbox row {} is not an audit event: {e}",
+                    message.id
+                ))
+            })?;
             events.push(event);
         }
         self.client
@@ -92,6 +107,12 @@ impl OutboxSink for ComplianceSink {
             .append_events(AppendEventsRequest { events })
             .await
             .map(|_| ())
-            .map_err(|status| DeliveryError(format!("append rejected: {:?} {}", status.code(), status.message())))
+            .map_err(|status| {
+                DeliveryError(format!(
+                    "append rejected: {:?} {}",
+                    status.code(),
+                    status.message()
+                ))
+            })
     }
 }

@@ -19,15 +19,26 @@ pub fn print(mesh: &LocalMesh) -> anyhow::Result<()> {
     let mut out = String::new();
     out.push_str("\nPalisade dev mesh is up.\n\n");
     for component in palisade::COMPONENTS {
-        let transport = if component == Component::Gateway { "h2c, public" } else { "mTLS" };
-        out.push_str(&format!("  {:<14} {}  ({transport})\n", component.name(), mesh.addr(component)));
+        let transport = if component == Component::Gateway {
+            "h2c, public"
+        } else {
+            "mTLS"
+        };
+        out.push_str(&format!(
+            "  {:<14} {}  ({transport})\n",
+            component.name(),
+            mesh.addr(component)
+        ));
     }
     match &mesh.operator_key {
         Some(key) => out.push_str(&format!(
             "\nBootstrap operator API key (shown once; a copy for dev is in {}):\n  {key}\n",
             key_path.display()
         )),
-        None => out.push_str(&format!("\nOperator API key: in {} (created at first start)\n", key_path.display())),
+        None => out.push_str(&format!(
+            "\nOperator API key: in {} (created at first start)\n",
+            key_path.display()
+        )),
     }
     let cert = |name: &str| certs.join(format!("{name}.crt")).display().to_string();
     let key = |name: &str| certs.join(format!("{name}.key")).display().to_string();
@@ -67,5 +78,7 @@ fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(format!("{secret}\n").as_bytes())
+    options
+        .open(path)?
+        .write_all(format!("{secret}\n").as_bytes())
 }

@@ -3,4 +3,4 @@
 
 mod mesh;
 
-pub use mesh::{Component, DatabaseChoice, LocalMesh, MeshOptions, Ports, COMPONENTS};
+pub use mesh::{COMPONENTS, Component, DatabaseChoice, LocalMesh, MeshOptions, Ports};

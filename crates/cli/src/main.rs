@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palisade::{LocalMesh, MeshOptions, Ports};
-use palisade_telemetry::{init_logging, LogFormat};
+use palisade_telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
 #[command(name = "palisade", version, about = "A multi-tenant gRPC service mesh")]
@@ -23,8 +23,9 @@ enum Command {
     Dev {
         #[arg(long, env = "PALISADE_DATA_DIR", default_value = ".palisade")]
         data_dir: PathBuf,
-        #[arg(long, env = "PALISADE_GATEWAY_PORT", default_value_t = Ports::DEV.gateway)]
-        gateway_port: u16,
+        /// The gateway listens here; identity, compliance and observability on the next three ports.
+        #[arg(long, env = "PALISADE_PORT_BASE", default_value_t = Ports::DEV.gateway)]
+        port_base: u16,
     },
     /// Serve one component (identity, compliance, observability or gateway).
     Serve(serve::ServeArgs),
@@ -57,11 +58,16 @@ enum CertsCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Dev { data_dir, gateway_port } => {
+        Command::Dev {
+            data_dir,
+            port_base,
+        } => {
             init_logging(LogFormat::Pretty);
             let mut options = MeshOptions::new(data_dir);
-            options.ports.gateway = gateway_port;
-            let mut mesh = LocalMesh::start(options).await.context("starting the mesh")?;
+            options.ports = Ports::starting_at(port_base)?;
+            let mut mesh = LocalMesh::start(options)
+                .await
+                .context("starting the mesh")?;
             banner::print(&mesh)?;
             tokio::select! {
                 () = serve::shutdown_signal() => tracing::info!("shutting down"),
@@ -76,7 +82,15 @@ async fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Json);
             serve::serve(args).await
         }
-        Command::Certs { command: CertsCommand::Init { dir, trust_domain, components, dns } } => {
+        Command::Certs {
+            command:
+                CertsCommand::Init {
+                    dir,
+                    trust_domain,
+                    components,
+                    dns,
+                },
+        } => {
             let names: Vec<&str> = components.iter().map(String::as_str).collect();
             palisade_tls::pki::init(&dir, &trust_domain, &names, &dns)?;
             println!("dev PKI in {} for {}", dir.display(), names.join(", "));

@@ -8,15 +8,19 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use palisade_db::DbConfig;
 use palisade_grpc::{MeshAddresses, Running};
 use palisade_tls::{CertPaths, MeshTls};
 use tokio::net::TcpListener;
 
 /// The mesh's components, in start order (identity first: the others ask it for permissions).
-pub const COMPONENTS: [Component; 4] =
-    [Component::Identity, Component::Compliance, Component::Observability, Component::Gateway];
+pub const COMPONENTS: [Component; 4] = [
+    Component::Identity,
+    Component::Compliance,
+    Component::Observability,
+    Component::Gateway,
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Component {
@@ -68,8 +72,31 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub const DEV: Ports = Ports { gateway: 7900, identity: 7901, compliance: 7902, observability: 7903 };
-    pub const ANY: Ports = Ports { gateway: 0, identity: 0, compliance: 0, observability: 0 };
+    pub const DEV: Ports = Ports {
+        gateway: 7900,
+        identity: 7901,
+        compliance: 7902,
+        observability: 7903,
+    };
+    pub const ANY: Ports = Ports {
+        gateway: 0,
+        identity: 0,
+        compliance: 0,
+        observability: 0,
+    };
+
+    /// The gateway on `base`, then identity, compliance and observability.
+    pub fn starting_at(base: u16) -> anyhow::Result<Ports> {
+        if base == 0 || base > u16::MAX - 3 {
+            bail!("port base must be between 1 and {}", u16::MAX - 3);
+        }
+        Ok(Ports {
+            gateway: base,
+            identity: base + 1,
+            compliance: base + 2,
+            observability: base + 3,
+        })
+    }
 
     fn of(&self, component: Component) -> u16 {
         match component {
@@ -137,12 +164,15 @@ impl LocalMesh {
         let mut listeners = BTreeMap::new();
         for component in COMPONENTS {
             let addr = SocketAddr::new(options.host, options.ports.of(component));
-            let listener =
-                TcpListener::bind(addr).await.with_context(|| format!("binding {} to {addr}", component.name()))?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {} to {addr}", component.name()))?;
             listeners.insert(component, listener);
         }
-        let bound: BTreeMap<_, _> =
-            listeners.iter().map(|(c, l)| Ok((*c, l.local_addr()?))).collect::<std::io::Result<_>>()?;
+        let bound: BTreeMap<_, _> = listeners
+            .iter()
+            .map(|(c, l)| Ok((*c, l.local_addr()?)))
+            .collect::<std::io::Result<_>>()?;
         let url = |c: Component| format!("http://{}", bound[&c]);
         let addresses = MeshAddresses {
             identity: url(Component::Identity),
@@ -150,7 +180,13 @@ impl LocalMesh {
             observability: url(Component::Observability),
             gateway: url(Component::Gateway),
         };
-        let mut mesh = LocalMesh { options, addresses, operator_key: None, bound, running: BTreeMap::new() };
+        let mut mesh = LocalMesh {
+            options,
+            addresses,
+            operator_key: None,
+            bound,
+            running: BTreeMap::new(),
+        };
         for (component, listener) in listeners {
             mesh.launch(component, listener).await?;
         }
@@ -168,7 +204,11 @@ impl LocalMesh {
     /// Drains and stops one component; its port stays reserved for [`LocalMesh::restart`].
     pub async fn stop_component(&mut self, component: Component) -> anyhow::Result<()> {
         if let Some(running) = self.running.remove(&component) {
-            running.stop().await.map_err(|e| anyhow::anyhow!(e)).with_context(|| format!("stopping {}", component.name()))?;
+            running
+                .stop()
+                .await
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("stopping {}", component.name()))?;
         }
         Ok(())
     }
@@ -192,7 +232,11 @@ impl LocalMesh {
 
     /// A component whose task ended without being asked to (it failed), with its error.
     pub async fn take_failed(&mut self) -> Option<(Component, anyhow::Error)> {
-        let component = *self.running.iter().find(|(_, running)| running.is_finished())?.0;
+        let component = *self
+            .running
+            .iter()
+            .find(|(_, running)| running.is_finished())?
+            .0;
         let running = self.running.remove(&component)?;
         let error = match running.join().await {
             Ok(()) => anyhow::anyhow!("{} stopped unexpectedly", component.name()),
@@ -208,24 +252,38 @@ impl LocalMesh {
         let mesh = self.addresses.clone();
         let running = match component {
             Component::Identity => {
-                let started = palisade_identity::start(listener, palisade_identity::IdentityConfig { tls, db, mesh }).await;
+                let started = palisade_identity::start(
+                    listener,
+                    palisade_identity::IdentityConfig { tls, db, mesh },
+                )
+                .await;
                 let started = started.map_err(|e| anyhow::anyhow!(e))?;
                 if started.operator_key.is_some() {
                     self.operator_key = started.operator_key;
                 }
                 started.running
             }
-            Component::Compliance => {
-                palisade_compliance::start(listener, palisade_compliance::ComplianceConfig { tls, db, mesh }).await
-                    .map_err(|e| anyhow::anyhow!(e))?
-            }
+            Component::Compliance => palisade_compliance::start(
+                listener,
+                palisade_compliance::ComplianceConfig { tls, db, mesh },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?,
             Component::Observability => {
                 let config = palisade_observability::ObservabilityConfig { tls, mesh };
-                palisade_observability::start(listener, config).await.map_err(|e| anyhow::anyhow!(e))?
+                palisade_observability::start(listener, config)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?
             }
             Component::Gateway => {
-                let config = palisade_gateway::GatewayConfig { tls, mesh, api_key_cache_ttl: options.api_key_cache_ttl };
-                palisade_gateway::start(listener, config).await.map_err(|e| anyhow::anyhow!(e))?
+                let config = palisade_gateway::GatewayConfig {
+                    tls,
+                    mesh,
+                    api_key_cache_ttl: options.api_key_cache_ttl,
+                };
+                palisade_gateway::start(listener, config)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?
             }
         };
         tracing::info!(component = component.name(), addr = %running.local_addr, "component started");

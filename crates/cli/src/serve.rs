@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::Args;
 use palisade::Component;
 use palisade_db::{Db, DbConfig};
@@ -17,17 +17,37 @@ pub struct ServeArgs {
     component: String,
     #[arg(long, env = "PALISADE_LISTEN", default_value = "0.0.0.0:7900")]
     listen: SocketAddr,
-    #[arg(long, env = "PALISADE_CERTS_DIR", default_value = "/etc/palisade/certs")]
+    #[arg(
+        long,
+        env = "PALISADE_CERTS_DIR",
+        default_value = "/etc/palisade/certs"
+    )]
     certs_dir: PathBuf,
     #[command(flatten)]
     database: DatabaseArgs,
-    #[arg(long, env = "PALISADE_IDENTITY_URL", default_value = "http://identity:7901")]
+    #[arg(
+        long,
+        env = "PALISADE_IDENTITY_URL",
+        default_value = "http://identity:7901"
+    )]
     identity_url: String,
-    #[arg(long, env = "PALISADE_COMPLIANCE_URL", default_value = "http://compliance:7902")]
+    #[arg(
+        long,
+        env = "PALISADE_COMPLIANCE_URL",
+        default_value = "http://compliance:7902"
+    )]
     compliance_url: String,
-    #[arg(long, env = "PALISADE_OBSERVABILITY_URL", default_value = "http://observability:7903")]
+    #[arg(
+        long,
+        env = "PALISADE_OBSERVABILITY_URL",
+        default_value = "http://observability:7903"
+    )]
     observability_url: String,
-    #[arg(long, env = "PALISADE_GATEWAY_URL", default_value = "http://gateway:7900")]
+    #[arg(
+        long,
+        env = "PALISADE_GATEWAY_URL",
+        default_value = "http://gateway:7900"
+    )]
     gateway_url: String,
     /// Seconds a verified API key is cached by the gateway.
     #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
@@ -67,8 +87,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let component = Component::parse(&args.component)?;
     let tls = MeshTls::load(CertPaths::in_dir(&args.certs_dir, component.name()))
         .await
-        .with_context(|| format!("loading {} certificates from {}", component.name(), args.certs_dir.display()))?;
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| {
+            format!(
+                "loading {} certificates from {}",
+                component.name(),
+                args.certs_dir.display()
+            )
+        })?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let mesh = MeshAddresses {
         identity: args.identity_url,
         compliance: args.compliance_url,
@@ -78,7 +106,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let db = args.database.config(component);
     let running = match component {
         Component::Identity => {
-            let started = palisade_identity::start(listener, palisade_identity::IdentityConfig { tls, db, mesh }).await;
+            let started = palisade_identity::start(
+                listener,
+                palisade_identity::IdentityConfig { tls, db, mesh },
+            )
+            .await;
             let started = started.map_err(|e| anyhow::anyhow!(e))?;
             if let Some(key) = started.operator_key {
                 // Printed once, to the operator's terminal or job log; only its hash is stored.
@@ -86,19 +118,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             started.running
         }
-        Component::Compliance => palisade_compliance::start(listener, palisade_compliance::ComplianceConfig { tls, db, mesh })
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?,
-        Component::Observability => {
-            palisade_observability::start(listener, palisade_observability::ObservabilityConfig { tls, mesh })
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?
-        }
+        Component::Compliance => palisade_compliance::start(
+            listener,
+            palisade_compliance::ComplianceConfig { tls, db, mesh },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?,
+        Component::Observability => palisade_observability::start(
+            listener,
+            palisade_observability::ObservabilityConfig { tls, mesh },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?,
         Component::Gateway => {
             let ttl = Duration::from_secs(args.api_key_cache_ttl);
-            palisade_gateway::start(listener, palisade_gateway::GatewayConfig { tls, mesh, api_key_cache_ttl: ttl })
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?
+            palisade_gateway::start(
+                listener,
+                palisade_gateway::GatewayConfig {
+                    tls,
+                    mesh,
+                    api_key_cache_ttl: ttl,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?
         }
     };
     tracing::info!(component = component.name(), addr = %running.local_addr, "serving");

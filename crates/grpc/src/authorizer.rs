@@ -10,10 +10,10 @@ use std::{
 use futures::future::BoxFuture;
 use palisade_proto::palisade::{
     common::v1::{Principal as WirePrincipal, PrincipalType},
-    identity::v1::{authorization_service_client::AuthorizationServiceClient, CheckRequest},
+    identity::v1::{CheckRequest, authorization_service_client::AuthorizationServiceClient},
 };
 use palisade_tenancy::{PrincipalKind, TenantContext};
-use tonic::{transport::Channel, Status};
+use tonic::{Status, transport::Channel};
 
 /// The answer to a permission check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +26,11 @@ pub struct Decision {
 pub trait Authorizer: Send + Sync + 'static {
     /// Whether the context's principal holds `permission`. Errors are failures to decide
     /// (identity unreachable), which the caller turns into `UNAVAILABLE`, never into "allowed".
-    fn check(&self, context: &TenantContext, permission: &str) -> BoxFuture<'static, Result<Decision, Status>>;
+    fn check(
+        &self,
+        context: &TenantContext,
+        permission: &str,
+    ) -> BoxFuture<'static, Result<Decision, Status>>;
 }
 
 type CacheKey = (TenantContext, String);
@@ -62,7 +66,11 @@ impl RemoteAuthorizer {
 }
 
 impl Authorizer for RemoteAuthorizer {
-    fn check(&self, context: &TenantContext, permission: &str) -> BoxFuture<'static, Result<Decision, Status>> {
+    fn check(
+        &self,
+        context: &TenantContext,
+        permission: &str,
+    ) -> BoxFuture<'static, Result<Decision, Status>> {
         let key = (context.clone(), permission.to_owned());
         if let Some(decision) = self.cached(&key) {
             return Box::pin(async move { Ok(decision) });
@@ -75,13 +83,20 @@ impl Authorizer for RemoteAuthorizer {
                 id: p.id.clone(),
                 r#type: principal_type(p.kind) as i32,
             });
-            let request = CheckRequest { principal, permission: permission.clone(), resource: String::new() };
+            let request = CheckRequest {
+                principal,
+                permission: permission.clone(),
+                resource: String::new(),
+            };
             let response = this.client.clone().check(request).await.map_err(|status| {
                 tracing::warn!(code = ?status.code(), "permission check failed");
                 Status::unavailable("permission check unavailable")
             })?;
             let response = response.into_inner();
-            let decision = Decision { allowed: response.allowed, reason: response.reason };
+            let decision = Decision {
+                allowed: response.allowed,
+                reason: response.reason,
+            };
             let mut cache = this.cache.lock().expect("authorizer cache lock");
             if cache.len() >= MAX_CACHED {
                 cache.clear();

@@ -34,7 +34,10 @@ impl Caller {
     }
 
     pub fn principal(&self) -> &Principal {
-        self.context.principal.as_ref().expect("callers have a principal")
+        self.context
+            .principal
+            .as_ref()
+            .expect("callers have a principal")
     }
 
     /// The action an audit event records for this call.

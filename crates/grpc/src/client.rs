@@ -11,5 +11,7 @@ pub type MeshChannel = PropagateContext<Channel>;
 /// A lazily connecting mTLS channel to `component` at `uri`, verifying that the server holds
 /// that component's certificate.
 pub fn mesh_channel(uri: &str, tls: &MeshTls, component: &str) -> crate::Result<MeshChannel> {
-    Ok(PropagateContext::new(palisade_tls::channel(uri, tls, component)?))
+    Ok(PropagateContext::new(palisade_tls::channel(
+        uri, tls, component,
+    )?))
 }

@@ -19,7 +19,10 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> FieldViolation {
-        FieldViolation { field: field.into(), description: description.into() }
+        FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 }
 
@@ -33,11 +36,20 @@ pub enum ApiError {
     #[error("{resource} already exists")]
     AlreadyExists { resource: String },
     #[error("{message}")]
-    Unauthenticated { reason: &'static str, message: String },
+    Unauthenticated {
+        reason: &'static str,
+        message: String,
+    },
     #[error("{message}")]
-    PermissionDenied { reason: &'static str, message: String },
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+    },
     #[error("{message}")]
-    FailedPrecondition { reason: &'static str, message: String },
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
     #[error("{message}")]
     Unavailable { message: String },
     /// Logged in full where it is mapped; the caller sees only that it happened.
@@ -81,12 +93,18 @@ impl From<ApiError> for Status {
                 "ALREADY_EXISTS",
                 [("resource".to_owned(), resource)],
             ),
-            ApiError::Unauthenticated { reason, message } => with_info(Code::Unauthenticated, message, reason, []),
-            ApiError::PermissionDenied { reason, message } => with_info(Code::PermissionDenied, message, reason, []),
+            ApiError::Unauthenticated { reason, message } => {
+                with_info(Code::Unauthenticated, message, reason, [])
+            }
+            ApiError::PermissionDenied { reason, message } => {
+                with_info(Code::PermissionDenied, message, reason, [])
+            }
             ApiError::FailedPrecondition { reason, message } => {
                 with_info(Code::FailedPrecondition, message, reason, [])
             }
-            ApiError::Unavailable { message } => with_info(Code::Unavailable, message, "UNAVAILABLE", []),
+            ApiError::Unavailable { message } => {
+                with_info(Code::Unavailable, message, "UNAVAILABLE", [])
+            }
             ApiError::Internal(detail) => {
                 // Never leak SQL or internals to the caller; the log keeps the detail.
                 tracing::error!(error = %detail, "internal error");
@@ -120,7 +138,10 @@ mod tests {
 
     #[test]
     fn bad_input_carries_field_violations_and_reason() {
-        let status = Status::from(ApiError::invalid("tenant.display_name", "must not be empty"));
+        let status = Status::from(ApiError::invalid(
+            "tenant.display_name",
+            "must not be empty",
+        ));
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
         let violations = &details.bad_request().unwrap().field_violations;

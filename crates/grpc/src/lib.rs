@@ -14,14 +14,14 @@ mod running;
 mod server;
 pub mod time;
 
-pub use authorizer::{principal_type, Authorizer, Decision, RemoteAuthorizer};
+pub use authorizer::{Authorizer, Decision, RemoteAuthorizer, principal_type};
 pub use caller::Caller;
-pub use client::{mesh_channel, MeshChannel};
-pub use error::{ApiError, FieldViolation, ERROR_DOMAIN};
+pub use client::{MeshChannel, mesh_channel};
+pub use error::{ApiError, ERROR_DOMAIN, FieldViolation};
 pub use policy::{MethodPolicies, MethodPolicy};
 pub use policy_layer::{CallerComponent, PolicyLayer, PolicyService};
 pub use running::{BoxError, MeshAddresses, Running, ShutdownSignal};
-pub use server::{add_reflection, MeshServer, ServingHandle};
+pub use server::{MeshServer, ServingHandle, add_reflection};
 
 /// Failures of the plumbing itself (not of a call).
 #[derive(Debug, thiserror::Error)]

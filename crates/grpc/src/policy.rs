@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use palisade_proto::palisade::options::v1::MethodPolicy as PolicyOption;
 pub use palisade_proto::palisade::options::v1::AuditLevel;
+use palisade_proto::palisade::options::v1::MethodPolicy as PolicyOption;
 use prost_reflect::{DescriptorPool, Value};
 
 use crate::{Error, Result};
@@ -42,9 +42,13 @@ impl MethodPolicies {
     pub fn from_pool(pool: &DescriptorPool) -> Result<MethodPolicies> {
         let extension = pool
             .get_extension_by_name(POLICY_EXTENSION)
-            .ok_or_else(|| Error::Descriptors(format!("extension {POLICY_EXTENSION} is missing")))?;
+            .ok_or_else(|| {
+                Error::Descriptors(format!("extension {POLICY_EXTENSION} is missing"))
+            })?;
         let mut by_path = HashMap::new();
-        let services = pool.services().filter(|s| s.full_name().starts_with("palisade."));
+        let services = pool
+            .services()
+            .filter(|s| s.full_name().starts_with("palisade."));
         for method in services.flat_map(|service| service.methods().collect::<Vec<_>>()) {
             let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
             let options = method.options();
@@ -52,7 +56,11 @@ impl MethodPolicies {
                 Value::Message(message) if options.has_extension(&extension) => message
                     .transcode_to::<PolicyOption>()
                     .map_err(|e| Error::Descriptors(format!("{path}: {e}")))?,
-                _ => return Err(Error::Descriptors(format!("{path} declares no policy option"))),
+                _ => {
+                    return Err(Error::Descriptors(format!(
+                        "{path} declares no policy option"
+                    )));
+                }
             };
             let permission = (!option.permission.is_empty()).then(|| option.permission.clone());
             if permission.is_some() == option.public {
@@ -89,7 +97,11 @@ impl MethodPolicies {
 
     /// Every permission some RPC requires: the catalogue identity grants from.
     pub fn permissions(&self) -> Vec<String> {
-        let mut all: Vec<_> = self.by_path.values().filter_map(|p| p.permission.clone()).collect();
+        let mut all: Vec<_> = self
+            .by_path
+            .values()
+            .filter_map(|p| p.permission.clone())
+            .collect();
         all.sort();
         all.dedup();
         all
@@ -104,24 +116,46 @@ mod tests {
     fn every_rpc_in_the_mesh_declares_permission_or_public() {
         // `from_pool` refuses a method without a decided policy, so loading proves it for all.
         let policies = MethodPolicies::palisade().expect("every RPC declares a policy");
-        let methods: usize = palisade_proto::palisade_services().map(|s| s.methods().len()).sum();
+        let methods: usize = palisade_proto::palisade_services()
+            .map(|s| s.methods().len())
+            .sum();
         assert_eq!(policies.iter().count(), methods);
         assert!(methods > 0);
         for policy in policies.iter() {
-            assert!(policy.public ^ policy.permission.is_some(), "{}", policy.path);
+            assert!(
+                policy.public ^ policy.permission.is_some(),
+                "{}",
+                policy.path
+            );
         }
     }
 
     #[test]
     fn reads_the_options_as_written() {
         let policies = MethodPolicies::palisade().unwrap();
-        let create = policies.get("/palisade.identity.v1.TenantService/CreateTenant").unwrap();
-        assert_eq!(create.permission.as_deref(), Some("identity.tenants.create"));
+        let create = policies
+            .get("/palisade.identity.v1.TenantService/CreateTenant")
+            .unwrap();
+        assert_eq!(
+            create.permission.as_deref(),
+            Some("identity.tenants.create")
+        );
         assert_eq!(create.audit, AuditLevel::Metadata);
-        let verify = policies.get("/palisade.identity.v1.ApiKeyService/VerifyApiKey").unwrap();
+        let verify = policies
+            .get("/palisade.identity.v1.ApiKeyService/VerifyApiKey")
+            .unwrap();
         assert!(verify.internal);
         assert_eq!(verify.callers, vec!["gateway".to_owned()]);
-        assert!(policies.get("/palisade.observability.v1.StatusService/GetStatus").unwrap().public);
-        assert!(policies.permissions().contains(&"compliance.audit.list".to_owned()));
+        assert!(
+            policies
+                .get("/palisade.observability.v1.StatusService/GetStatus")
+                .unwrap()
+                .public
+        );
+        assert!(
+            policies
+                .permissions()
+                .contains(&"compliance.audit.list".to_owned())
+        );
     }
 }

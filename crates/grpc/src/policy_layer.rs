@@ -33,8 +33,16 @@ pub struct PolicyLayer {
 }
 
 impl PolicyLayer {
-    pub fn new(policies: Arc<MethodPolicies>, authorizer: Arc<dyn Authorizer>, trust: TrustPolicy) -> PolicyLayer {
-        PolicyLayer { policies, authorizer, trust: Arc::new(trust) }
+    pub fn new(
+        policies: Arc<MethodPolicies>,
+        authorizer: Arc<dyn Authorizer>,
+        trust: TrustPolicy,
+    ) -> PolicyLayer {
+        PolicyLayer {
+            policies,
+            authorizer,
+            trust: Arc::new(trust),
+        }
     }
 }
 
@@ -42,7 +50,10 @@ impl<S> Layer<S> for PolicyLayer {
     type Service = PolicyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PolicyService { inner, layer: self.clone() }
+        PolicyService {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
@@ -54,7 +65,10 @@ pub struct PolicyService<S> {
 
 impl<S, B> Service<http::Request<B>> for PolicyService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -86,7 +100,11 @@ where
 }
 
 impl PolicyLayer {
-    async fn admit<B>(&self, request: &mut http::Request<B>, policy: &MethodPolicy) -> Result<(), Status> {
+    async fn admit<B>(
+        &self,
+        request: &mut http::Request<B>,
+        policy: &MethodPolicy,
+    ) -> Result<(), Status> {
         if policy.public {
             return Ok(());
         }
@@ -95,7 +113,10 @@ impl PolicyLayer {
             request.extensions_mut().insert(CallerComponent(caller));
             return Ok(());
         }
-        let permission = policy.permission.as_deref().expect("non-public methods have a permission");
+        let permission = policy
+            .permission
+            .as_deref()
+            .expect("non-public methods have a permission");
         let context = request
             .extensions()
             .get::<TenantContext>()
@@ -116,14 +137,26 @@ impl PolicyLayer {
         }
     }
 
-    fn internal_caller<B>(&self, request: &http::Request<B>, policy: &MethodPolicy) -> Result<String, Status> {
-        let peer = request.extensions().get::<PeerIdentity>().and_then(|peer| peer.spiffe_id.as_ref());
+    fn internal_caller<B>(
+        &self,
+        request: &http::Request<B>,
+        policy: &MethodPolicy,
+    ) -> Result<String, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|peer| peer.spiffe_id.as_ref());
         let component = peer.and_then(|peer| self.trust.trusted_component(peer));
         match component {
-            Some(name) if policy.callers.is_empty() || policy.callers.iter().any(|c| c == name) => Ok(name.to_owned()),
+            Some(name) if policy.callers.is_empty() || policy.callers.iter().any(|c| c == name) => {
+                Ok(name.to_owned())
+            }
             _ => Err(ApiError::PermissionDenied {
                 reason: "INTERNAL_METHOD",
-                message: format!("{} is internal to the mesh and not open to this caller", policy.path),
+                message: format!(
+                    "{} is internal to the mesh and not open to this caller",
+                    policy.path
+                ),
             }
             .into()),
         }

@@ -35,7 +35,12 @@ impl Running {
         let (tx, rx) = oneshot::channel();
         let signal = ShutdownSignal(rx);
         let task = tokio::spawn(serve(signal));
-        Running { component, local_addr, shutdown: Some(tx), task }
+        Running {
+            component,
+            local_addr,
+            shutdown: Some(tx),
+            task,
+        }
     }
 
     /// Asks the component to drain and waits until it has.

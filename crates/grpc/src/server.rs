@@ -13,7 +13,7 @@ use tonic::{
     service::{Routes, RoutesBuilder},
     transport::Server,
 };
-use tonic_health::{server::HealthReporter, ServingStatus};
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 
 use crate::{Authorizer, MethodPolicies, PolicyLayer, Result};
@@ -42,7 +42,11 @@ pub struct ServingHandle {
 
 impl ServingHandle {
     pub async fn set_serving(&self, serving: bool) {
-        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         self.reporter.set_service_status("", status).await;
         for name in self.service_names.iter() {
             self.reporter.set_service_status(*name, status).await;
@@ -51,7 +55,11 @@ impl ServingHandle {
 }
 
 impl MeshServer {
-    pub fn new(component: &str, tls: MeshTls, authorizer: Arc<dyn Authorizer>) -> Result<MeshServer> {
+    pub fn new(
+        component: &str,
+        tls: MeshTls,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Result<MeshServer> {
         let trust = TrustPolicy::mesh(tls.identity().trust_domain());
         Ok(MeshServer {
             component: component.to_owned(),
@@ -66,7 +74,12 @@ impl MeshServer {
 
     pub fn add_service<S>(mut self, service: S) -> MeshServer
     where
-        S: tower::Service<http::Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S: tower::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
@@ -83,7 +96,10 @@ impl MeshServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(ServingHandle, impl Future<Output = Result<()>>)> {
         let (reporter, health) = tonic_health::server::health_reporter();
-        let handle = ServingHandle { reporter, service_names: Arc::new(self.service_names.clone()) };
+        let handle = ServingHandle {
+            reporter,
+            service_names: Arc::new(self.service_names.clone()),
+        };
         handle.set_serving(true).await;
 
         let routes = self.routes.routes();
@@ -93,7 +109,11 @@ impl MeshServer {
         // tenant context is accepted (or refused), then the method's policy is enforced.
         let layers = ServiceBuilder::new()
             .layer(TenantContextLayer::new(self.trust.clone()))
-            .layer(PolicyLayer::new(self.policies.clone(), self.authorizer.clone(), self.trust.clone()));
+            .layer(PolicyLayer::new(
+                self.policies.clone(),
+                self.authorizer.clone(),
+                self.trust.clone(),
+            ));
 
         let incoming = palisade_tls::incoming(listener, self.tls.clone());
         let shutdown_handle = handle.clone();
@@ -123,7 +143,11 @@ pub fn add_reflection(routes: Routes, services: Option<&[&'static str]>) -> Resu
             .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
         if let Some(services) = services {
-            for name in services.iter().copied().chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]) {
+            for name in services
+                .iter()
+                .copied()
+                .chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA])
+            {
                 builder = builder.with_service_name(name);
             }
         }

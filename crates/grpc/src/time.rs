@@ -11,7 +11,10 @@ pub fn micros(timestamp: &Timestamp) -> i64 {
 }
 
 pub fn timestamp(micros: i64) -> Timestamp {
-    Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32 }
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
 }
 
 #[cfg(test)]

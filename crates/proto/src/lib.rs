@@ -14,12 +14,14 @@ pub use generated::{google, palisade};
 
 /// The encoded `FileDescriptorSet` of the whole API, imports and source info included, with
 /// custom options (method policy, HTTP rules) preserved.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/palisade_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/palisade_descriptor.bin"));
 
 /// The API's descriptors, decoded once.
 pub fn descriptor_pool() -> &'static DescriptorPool {
     static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-        DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("descriptor set built by build.rs decodes")
+        DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("descriptor set built by build.rs decodes")
     });
     &POOL
 }

@@ -15,8 +15,11 @@ impl TenantId {
     /// Accepts lowercase letters, digits and hyphens, 3 to 63 characters, starting with a letter
     /// or digit (UUIDs start with a digit), not ending with a hyphen.
     pub fn parse(raw: &str) -> Result<TenantId> {
-        let valid_chars = raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        let valid_ends = raw.starts_with(|c: char| c.is_ascii_alphanumeric()) && !raw.ends_with('-');
+        let valid_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let valid_ends =
+            raw.starts_with(|c: char| c.is_ascii_alphanumeric()) && !raw.ends_with('-');
         if (3..=63).contains(&raw.len()) && valid_chars && valid_ends {
             Ok(TenantId(raw.to_owned()))
         } else {
@@ -112,10 +115,24 @@ mod tests {
 
     #[test]
     fn tenant_ids() {
-        for ok in ["system", "acme", "acme-corp-42", "0190f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f"] {
+        for ok in [
+            "system",
+            "acme",
+            "acme-corp-42",
+            "0190f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f",
+        ] {
             assert!(TenantId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "ab", "Acme", "acme-", "-acme", "acme_corp", "a/b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "ab",
+            "Acme",
+            "acme-",
+            "-acme",
+            "acme_corp",
+            "a/b",
+            &"x".repeat(64),
+        ] {
             assert!(TenantId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -124,9 +141,18 @@ mod tests {
     fn operators_cross_tenants_only_explicitly() {
         let acme = TenantId::parse("acme").unwrap();
         let other = TenantId::parse("other").unwrap();
-        let principal = Some(Principal { id: "k1".into(), kind: PrincipalKind::ApiKey });
-        let tenant_admin = TenantContext { tenant_id: acme.clone(), principal: principal.clone() };
-        let operator = TenantContext { tenant_id: TenantId::system(), principal };
+        let principal = Some(Principal {
+            id: "k1".into(),
+            kind: PrincipalKind::ApiKey,
+        });
+        let tenant_admin = TenantContext {
+            tenant_id: acme.clone(),
+            principal: principal.clone(),
+        };
+        let operator = TenantContext {
+            tenant_id: TenantId::system(),
+            principal,
+        };
         assert!(tenant_admin.may_access(&acme));
         assert!(!tenant_admin.may_access(&other));
         assert!(operator.may_access(&other));

@@ -8,12 +8,12 @@ mod propagate;
 mod server;
 mod trust;
 
-pub use context::{Principal, PrincipalKind, RequestId, TenantContext, TenantId, SYSTEM_TENANT};
+pub use context::{Principal, PrincipalKind, RequestId, SYSTEM_TENANT, TenantContext, TenantId};
 pub use metadata::{
-    strip_client_context, write_context, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE, HEADER_REQUEST_ID,
-    HEADER_TENANT_ID,
+    HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE, HEADER_REQUEST_ID, HEADER_TENANT_ID,
+    strip_client_context, write_context,
 };
-pub use propagate::{current_context, current_request_id, PropagateContext, PropagateContextLayer};
+pub use propagate::{PropagateContext, PropagateContextLayer, current_context, current_request_id};
 pub use server::{TenantContextLayer, TenantContextService};
 pub use trust::TrustPolicy;
 

@@ -28,23 +28,44 @@ pub(crate) fn read_context(headers: &HeaderMap) -> Result<Option<TenantContext>>
         };
     };
     let principal = match (principal_id, principal_type) {
-        (Some(id), Some(kind)) => Some(Principal { id: id.to_owned(), kind: PrincipalKind::parse(kind)? }),
+        (Some(id), Some(kind)) => Some(Principal {
+            id: id.to_owned(),
+            kind: PrincipalKind::parse(kind)?,
+        }),
         (None, None) => None,
-        (Some(_), None) => return Err(Error::Incomplete(HEADER_PRINCIPAL_TYPE, HEADER_PRINCIPAL_ID)),
-        (None, Some(_)) => return Err(Error::Incomplete(HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE)),
+        (Some(_), None) => {
+            return Err(Error::Incomplete(
+                HEADER_PRINCIPAL_TYPE,
+                HEADER_PRINCIPAL_ID,
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::Incomplete(
+                HEADER_PRINCIPAL_ID,
+                HEADER_PRINCIPAL_TYPE,
+            ));
+        }
     };
-    Ok(Some(TenantContext { tenant_id: TenantId::parse(tenant)?, principal }))
+    Ok(Some(TenantContext {
+        tenant_id: TenantId::parse(tenant)?,
+        principal,
+    }))
 }
 
 pub(crate) fn read_request_id(headers: &HeaderMap) -> Option<RequestId> {
     let raw = headers.get(HEADER_REQUEST_ID)?.to_str().ok()?;
     // Bounded and printable, so a client cannot smuggle junk into logs and audit records.
-    let acceptable = !raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic());
+    let acceptable =
+        !raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic());
     acceptable.then(|| RequestId(raw.to_owned()))
 }
 
 /// Writes the context (and request id) into outgoing metadata, replacing what was there.
-pub fn write_context(headers: &mut HeaderMap, context: Option<&TenantContext>, request_id: Option<&RequestId>) {
+pub fn write_context(
+    headers: &mut HeaderMap,
+    context: Option<&TenantContext>,
+    request_id: Option<&RequestId>,
+) {
     for key in [HEADER_TENANT_ID, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE] {
         headers.remove(key);
     }
@@ -106,7 +127,10 @@ mod tests {
     fn round_trip() {
         let context = TenantContext {
             tenant_id: TenantId::parse("acme").unwrap(),
-            principal: Some(Principal { id: "key-1".into(), kind: PrincipalKind::ApiKey }),
+            principal: Some(Principal {
+                id: "key-1".into(),
+                kind: PrincipalKind::ApiKey,
+            }),
         };
         let mut map = HeaderMap::new();
         write_context(&mut map, Some(&context), Some(&RequestId("r-1".into())));
@@ -117,9 +141,19 @@ mod tests {
     #[test]
     fn rejects_partial_or_malformed_context() {
         assert!(read_context(&headers(&[(HEADER_PRINCIPAL_ID, "u1")])).is_err());
-        assert!(read_context(&headers(&[(HEADER_TENANT_ID, "acme"), (HEADER_PRINCIPAL_ID, "u1")])).is_err());
+        assert!(
+            read_context(&headers(&[
+                (HEADER_TENANT_ID, "acme"),
+                (HEADER_PRINCIPAL_ID, "u1")
+            ]))
+            .is_err()
+        );
         assert!(read_context(&headers(&[(HEADER_TENANT_ID, "Not A Tenant")])).is_err());
-        let bad_kind = headers(&[(HEADER_TENANT_ID, "acme"), (HEADER_PRINCIPAL_ID, "u"), (HEADER_PRINCIPAL_TYPE, "root")]);
+        let bad_kind = headers(&[
+            (HEADER_TENANT_ID, "acme"),
+            (HEADER_PRINCIPAL_ID, "u"),
+            (HEADER_PRINCIPAL_TYPE, "root"),
+        ]);
         assert!(read_context(&bad_kind).is_err());
         assert_eq!(read_context(&HeaderMap::new()), Ok(None));
     }

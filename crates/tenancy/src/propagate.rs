@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{metadata::write_context, RequestId, TenantContext, HEADER_TENANT_ID};
+use crate::{HEADER_TENANT_ID, RequestId, TenantContext, metadata::write_context};
 
 #[derive(Clone, Debug)]
 pub(crate) struct CallScope {
@@ -23,7 +23,10 @@ tokio::task_local! {
 
 /// The tenant context of the request being handled on this task, if any.
 pub fn current_context() -> Option<TenantContext> {
-    CURRENT.try_with(|scope| scope.context.clone()).ok().flatten()
+    CURRENT
+        .try_with(|scope| scope.context.clone())
+        .ok()
+        .flatten()
 }
 
 /// The request id of the request being handled on this task, if any.
@@ -71,7 +74,11 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         if !request.headers().contains_key(HEADER_TENANT_ID) {
             let _ = CURRENT.try_with(|scope| {
-                write_context(request.headers_mut(), scope.context.as_ref(), Some(&scope.request_id));
+                write_context(
+                    request.headers_mut(),
+                    scope.context.as_ref(),
+                    Some(&scope.request_id),
+                );
             });
         }
         self.inner.call(request)

@@ -14,9 +14,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    metadata::{asserts_context, read_context, read_request_id},
-    propagate::{CallScope, CURRENT},
     RequestId, TrustPolicy,
+    metadata::{asserts_context, read_context, read_request_id},
+    propagate::{CURRENT, CallScope},
 };
 
 /// Builds [`TenantContextService`]s sharing one trust policy.
@@ -27,7 +27,9 @@ pub struct TenantContextLayer {
 
 impl TenantContextLayer {
     pub fn new(trust: TrustPolicy) -> TenantContextLayer {
-        TenantContextLayer { trust: Arc::new(trust) }
+        TenantContextLayer {
+            trust: Arc::new(trust),
+        }
     }
 }
 
@@ -35,7 +37,10 @@ impl<S> Layer<S> for TenantContextLayer {
     type Service = TenantContextService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TenantContextService { inner, trust: self.trust.clone() }
+        TenantContextService {
+            inner,
+            trust: self.trust.clone(),
+        }
     }
 }
 
@@ -49,7 +54,10 @@ pub struct TenantContextService<S> {
 
 impl<S, B> Service<http::Request<B>> for TenantContextService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -75,17 +83,26 @@ where
         // The clone that was polled ready is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let scope = CallScope { context, request_id };
+        let scope = CallScope {
+            context,
+            request_id,
+        };
         Box::pin(CURRENT.scope(scope, async move { inner.call(request).await }))
     }
 }
 
 impl<S> TenantContextService<S> {
-    fn accept_context<B>(&self, request: &http::Request<B>) -> Result<Option<crate::TenantContext>, tonic::Status> {
+    fn accept_context<B>(
+        &self,
+        request: &http::Request<B>,
+    ) -> Result<Option<crate::TenantContext>, tonic::Status> {
         if !asserts_context(request.headers()) {
             return Ok(None);
         }
-        let peer = request.extensions().get::<PeerIdentity>().and_then(|peer| peer.spiffe_id.as_ref());
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|peer| peer.spiffe_id.as_ref());
         let trusted = peer.is_some_and(|peer| self.trust.trusted_component(peer).is_some());
         if !trusted {
             let who = peer.map_or_else(|| "an unidentified peer".to_owned(), ToString::to_string);

@@ -14,10 +14,16 @@ pub struct TrustPolicy {
 impl TrustPolicy {
     /// The mesh's own components in `trust_domain`.
     pub fn mesh(trust_domain: &str) -> TrustPolicy {
-        TrustPolicy::new(trust_domain, ["gateway", "identity", "compliance", "observability"])
+        TrustPolicy::new(
+            trust_domain,
+            ["gateway", "identity", "compliance", "observability"],
+        )
     }
 
-    pub fn new<'a>(trust_domain: &str, components: impl IntoIterator<Item = &'a str>) -> TrustPolicy {
+    pub fn new<'a>(
+        trust_domain: &str,
+        components: impl IntoIterator<Item = &'a str>,
+    ) -> TrustPolicy {
         TrustPolicy {
             trust_domain: trust_domain.to_owned(),
             components: components.into_iter().map(str::to_owned).collect(),
@@ -44,8 +50,18 @@ mod tests {
         let trust = TrustPolicy::mesh("palisade.local");
         let gateway = SpiffeId::component("palisade.local", "gateway");
         assert_eq!(trust.trusted_component(&gateway), Some("gateway"));
-        assert_eq!(trust.trusted_component(&SpiffeId::component("palisade.local", "batch-job")), None);
-        assert_eq!(trust.trusted_component(&SpiffeId::component("evil.example", "gateway")), None);
-        assert_eq!(trust.trusted_component(&SpiffeId::parse("spiffe://palisade.local/workload/x").unwrap()), None);
+        assert_eq!(
+            trust.trusted_component(&SpiffeId::component("palisade.local", "batch-job")),
+            None
+        );
+        assert_eq!(
+            trust.trusted_component(&SpiffeId::component("evil.example", "gateway")),
+            None
+        );
+        assert_eq!(
+            trust
+                .trusted_component(&SpiffeId::parse("spiffe://palisade.local/workload/x").unwrap()),
+            None
+        );
     }
 }

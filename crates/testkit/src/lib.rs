@@ -45,7 +45,11 @@ impl MeshBuilder {
 
     /// `"sqlite"` or `"postgres"`, for test output.
     pub fn backend_name(&self) -> &'static str {
-        if self.postgres.is_some() { "postgres" } else { "sqlite" }
+        if self.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
     }
 
     pub async fn start(self) -> anyhow::Result<Mesh> {
@@ -58,11 +62,23 @@ impl MeshBuilder {
         }
         if let Some(url) = &self.postgres {
             let schema_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            options.database = DatabaseChoice::Postgres { url: url.clone(), schema_prefix };
+            options.database = DatabaseChoice::Postgres {
+                url: url.clone(),
+                schema_prefix,
+            };
         }
-        let inner = LocalMesh::start(options).await.context("starting the sandbox mesh")?;
-        let operator_key = inner.operator_key.clone().context("a fresh mesh creates an operator key")?;
-        Ok(Mesh { inner, operator_key, _dir: dir })
+        let inner = LocalMesh::start(options)
+            .await
+            .context("starting the sandbox mesh")?;
+        let operator_key = inner
+            .operator_key
+            .clone()
+            .context("a fresh mesh creates an operator key")?;
+        Ok(Mesh {
+            inner,
+            operator_key,
+            _dir: dir,
+        })
     }
 }
 
@@ -123,7 +139,10 @@ impl Mesh {
     /// Issues a certificate from the mesh CA for an arbitrary SPIFFE path, e.g.
     /// `workload/batch-job`: a genuine mesh member that is not a trusted component.
     pub fn issue_cert(&self, name: &str, spiffe_path: &str) -> anyhow::Result<()> {
-        let spiffe = SpiffeId::parse(&format!("spiffe://{}/{spiffe_path}", self.inner.options.trust_domain))?;
+        let spiffe = SpiffeId::parse(&format!(
+            "spiffe://{}/{spiffe_path}",
+            self.inner.options.trust_domain
+        ))?;
         palisade_tls::pki::issue(&self.certs_dir(), name, &spiffe, &[])?;
         Ok(())
     }
@@ -141,7 +160,10 @@ impl Mesh {
         let options = self.inner.options.clone();
         self.inner.stop().await?;
         if let DatabaseChoice::Postgres { url, schema_prefix } = &options.database {
-            for component in palisade::COMPONENTS.into_iter().filter(|c| c.has_database()) {
+            for component in palisade::COMPONENTS
+                .into_iter()
+                .filter(|c| c.has_database())
+            {
                 let schema = format!("{schema_prefix}_{}", component.name());
                 let db = Db::connect(&DbConfig::postgres(url, Some(schema))).await?;
                 db.drop_schema().await?;

@@ -3,12 +3,12 @@
 use std::str::FromStr;
 
 use palisade_grpc::{
-    aip::{self, Comparison, FilterField},
     ApiError, FieldViolation,
+    aip::{self, Comparison, FilterField},
 };
 use palisade_proto::palisade::compliance::v1::{
-    audit_service_server::AuditService, AppendEventsRequest, AppendEventsResponse, AuditEvent, ListAuditEventsRequest,
-    ListAuditEventsResponse,
+    AppendEventsRequest, AppendEventsResponse, AuditEvent, ListAuditEventsRequest,
+    ListAuditEventsResponse, audit_service_server::AuditService,
 };
 use palisade_tenancy::{TenantContext, TenantId};
 use tonic::{Request, Response, Status};
@@ -20,10 +20,18 @@ const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
 
 const FILTER_FIELDS: &[FilterField] = &[
-    FilterField { name: "action", comparisons: &[Comparison::Eq] },
+    FilterField {
+        name: "action",
+        comparisons: &[Comparison::Eq],
+    },
     FilterField {
         name: "occur_time",
-        comparisons: &[Comparison::Ge, Comparison::Gt, Comparison::Le, Comparison::Lt],
+        comparisons: &[
+            Comparison::Ge,
+            Comparison::Gt,
+            Comparison::Le,
+            Comparison::Lt,
+        ],
     },
 ];
 
@@ -46,7 +54,11 @@ impl AuditService for AuditApi {
         let events = request.into_inner().events;
         validate_batch(&events)?;
         let outcome = self.store.append(&events).await?;
-        tracing::debug!(appended = outcome.appended, duplicates = outcome.duplicates, "audit events appended");
+        tracing::debug!(
+            appended = outcome.appended,
+            duplicates = outcome.duplicates,
+            "audit events appended"
+        );
         Ok(Response::new(AppendEventsResponse {
             appended_count: outcome.appended as i32,
             duplicate_count: outcome.duplicates as i32,
@@ -69,11 +81,16 @@ impl AuditService for AuditApi {
         }
         let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let after = match aip::decode_page_token(&request.page_token, &request.filter)? {
-            Some(cursor) => cursor.parse::<i64>().map_err(|_| ApiError::invalid("page_token", "malformed page token"))?,
+            Some(cursor) => cursor
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid("page_token", "malformed page token"))?,
             None => 0,
         };
         let filters = parse_filters(&request.filter)?;
-        let mut events = self.store.list(&tenant, after, &filters, page_size + 1).await?;
+        let mut events = self
+            .store
+            .list(&tenant, after, &filters, page_size + 1)
+            .await?;
         let next_page_token = if events.len() > page_size {
             events.truncate(page_size);
             let last = events.last().expect("page is not empty").sequence;
@@ -81,7 +98,10 @@ impl AuditService for AuditApi {
         } else {
             String::new()
         };
-        Ok(Response::new(ListAuditEventsResponse { audit_events: events, next_page_token }))
+        Ok(Response::new(ListAuditEventsResponse {
+            audit_events: events,
+            next_page_token,
+        }))
     }
 }
 
@@ -98,9 +118,13 @@ fn parse_filters(filter: &str) -> Result<Vec<EventFilter>, ApiError> {
         .map(|term| match term.field {
             "action" => Ok(EventFilter::Action(term.value)),
             _ => {
-                let time = prost_types::Timestamp::from_str(&term.value)
-                    .map_err(|_| ApiError::invalid("filter", "occur_time needs an RFC 3339 timestamp"))?;
-                Ok(EventFilter::OccurTime(term.comparison, palisade_grpc::time::micros(&time)))
+                let time = prost_types::Timestamp::from_str(&term.value).map_err(|_| {
+                    ApiError::invalid("filter", "occur_time needs an RFC 3339 timestamp")
+                })?;
+                Ok(EventFilter::OccurTime(
+                    term.comparison,
+                    palisade_grpc::time::micros(&time),
+                ))
             }
         })
         .collect()
@@ -109,7 +133,10 @@ fn parse_filters(filter: &str) -> Result<Vec<EventFilter>, ApiError> {
 fn validate_batch(events: &[AuditEvent]) -> Result<(), ApiError> {
     let mut violations = Vec::new();
     if events.is_empty() || events.len() > MAX_BATCH {
-        violations.push(FieldViolation::new("events", format!("must hold 1 to {MAX_BATCH} events")));
+        violations.push(FieldViolation::new(
+            "events",
+            format!("must hold 1 to {MAX_BATCH} events"),
+        ));
     }
     for (index, event) in events.iter().enumerate() {
         let field = |name: &str| format!("events[{index}].{name}");
@@ -117,7 +144,10 @@ fn validate_batch(events: &[AuditEvent]) -> Result<(), ApiError> {
             violations.push(FieldViolation::new(field("event_id"), "must be a UUID"));
         }
         if TenantId::parse(&event.tenant_id).is_err() {
-            violations.push(FieldViolation::new(field("tenant_id"), "must be a tenant id"));
+            violations.push(FieldViolation::new(
+                field("tenant_id"),
+                "must be a tenant id",
+            ));
         }
         if event.action.is_empty() {
             violations.push(FieldViolation::new(field("action"), "must not be empty"));
@@ -126,5 +156,9 @@ fn validate_batch(events: &[AuditEvent]) -> Result<(), ApiError> {
             violations.push(FieldViolation::new(field("occur_time"), "is required"));
         }
     }
-    if violations.is_empty() { Ok(()) } else { Err(ApiError::InvalidArgument(violations)) }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(violations))
+    }
 }

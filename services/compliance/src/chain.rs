@@ -36,17 +36,36 @@ mod tests {
 
     #[test]
     fn output_fields_do_not_change_the_canonical_bytes() {
-        let event = AuditEvent { event_id: "e1".into(), action: "a".into(), ..AuditEvent::default() };
-        let stored = AuditEvent { sequence: 9, hash: vec![1], name: "x".into(), ..event.clone() };
+        let event = AuditEvent {
+            event_id: "e1".into(),
+            action: "a".into(),
+            ..AuditEvent::default()
+        };
+        let stored = AuditEvent {
+            sequence: 9,
+            hash: vec![1],
+            name: "x".into(),
+            ..event.clone()
+        };
         assert_eq!(canonical_bytes(&event), canonical_bytes(&stored));
     }
 
     #[test]
     fn any_change_changes_the_hash() {
-        let event = AuditEvent { event_id: "e1".into(), action: "a".into(), ..AuditEvent::default() };
-        let tampered = AuditEvent { action: "b".into(), ..event.clone() };
+        let event = AuditEvent {
+            event_id: "e1".into(),
+            action: "a".into(),
+            ..AuditEvent::default()
+        };
+        let tampered = AuditEvent {
+            action: "b".into(),
+            ..event.clone()
+        };
         let original = chain_hash(&GENESIS_HASH, &canonical_bytes(&event));
-        assert_ne!(original, chain_hash(&GENESIS_HASH, &canonical_bytes(&tampered)));
+        assert_ne!(
+            original,
+            chain_hash(&GENESIS_HASH, &canonical_bytes(&tampered))
+        );
         assert_ne!(original, chain_hash(&[1; 32], &canonical_bytes(&event)));
     }
 }

@@ -12,7 +12,7 @@ use palisade_proto::palisade::compliance::v1::audit_service_server::AuditService
 use palisade_tls::MeshTls;
 use tokio::net::TcpListener;
 
-pub use chain::{canonical_bytes, chain_hash, GENESIS_HASH};
+pub use chain::{GENESIS_HASH, canonical_bytes, chain_hash};
 
 pub const COMPONENT: &str = "compliance";
 
@@ -28,7 +28,10 @@ pub struct ComplianceConfig {
 }
 
 pub fn migrations() -> Migrations {
-    Migrations { sqlite: sqlx::migrate!("./migrations/sqlite"), postgres: sqlx::migrate!("./migrations/postgres") }
+    Migrations {
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+        postgres: sqlx::migrate!("./migrations/postgres"),
+    }
 }
 
 /// Connects and migrates the database, then serves on `listener` until stopped.
@@ -37,13 +40,18 @@ pub async fn start(listener: TcpListener, config: ComplianceConfig) -> Result<Ru
     db.migrate(&migrations()).await?;
     let identity = palisade_tls::channel(&config.mesh.identity, &config.tls, "identity")?;
     let authorizer = std::sync::Arc::new(RemoteAuthorizer::new(identity, AUTHZ_CACHE_TTL));
-    let server = MeshServer::new(COMPONENT, config.tls.clone(), authorizer)?
-        .add_service(AuditServiceServer::new(api::AuditApi::new(store::AuditStore::new(db.clone()))));
+    let server = MeshServer::new(COMPONENT, config.tls.clone(), authorizer)?.add_service(
+        AuditServiceServer::new(api::AuditApi::new(store::AuditStore::new(db.clone()))),
+    );
     let local_addr = listener.local_addr()?;
-    Ok(Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
-        let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
-        serving.await?;
-        db.close().await;
-        Ok(())
-    }))
+    Ok(Running::spawn(
+        COMPONENT,
+        local_addr,
+        move |shutdown| async move {
+            let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
+            serving.await?;
+            db.close().await;
+            Ok(())
+        },
+    ))
 }

@@ -1,13 +1,13 @@
 //! All SQL of the compliance service. Errors are mapped to API errors here, at the boundary.
 
 use palisade_db::{Backend, Db};
-use palisade_grpc::{aip::Comparison, ApiError};
+use palisade_grpc::{ApiError, aip::Comparison};
 use palisade_proto::palisade::compliance::v1::AuditEvent;
 use palisade_tenancy::TenantId;
 use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::chain::{canonical_bytes, chain_hash, GENESIS_HASH};
+use crate::chain::{GENESIS_HASH, canonical_bytes, chain_hash};
 
 /// A condition on listed events, already validated.
 #[derive(Clone, Debug)]
@@ -62,7 +62,8 @@ impl AuditStore {
                 Backend::Sqlite => "",
             };
             // Only a constant suffix is spliced in; values are bound.
-            let head_sql = format!("SELECT sequence, hash FROM audit_chain_heads WHERE tenant_id = $1{lock}");
+            let head_sql =
+                format!("SELECT sequence, hash FROM audit_chain_heads WHERE tenant_id = $1{lock}");
             let head = sqlx::query(AssertSqlSafe(head_sql))
                 .bind(&event.tenant_id)
                 .fetch_one(&mut *tx)
@@ -72,7 +73,11 @@ impl AuditStore {
             let previous_hash: Vec<u8> = head.try_get("hash").map_err(internal)?;
             let canonical = canonical_bytes(event);
             let hash = chain_hash(&previous_hash, &canonical);
-            let occur_time = event.occur_time.as_ref().map(palisade_grpc::time::micros).unwrap_or_default();
+            let occur_time = event
+                .occur_time
+                .as_ref()
+                .map(palisade_grpc::time::micros)
+                .unwrap_or_default();
             sqlx::query(
                 "INSERT INTO audit_events (tenant_id, sequence, event_id, action, occur_time, canonical, previous_hash, hash, recorded_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -89,13 +94,15 @@ impl AuditStore {
             .execute(&mut *tx)
             .await
             .map_err(internal)?;
-            sqlx::query("UPDATE audit_chain_heads SET sequence = $1, hash = $2 WHERE tenant_id = $3")
-                .bind(sequence)
-                .bind(hash)
-                .bind(&event.tenant_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
+            sqlx::query(
+                "UPDATE audit_chain_heads SET sequence = $1, hash = $2 WHERE tenant_id = $3",
+            )
+            .bind(sequence)
+            .bind(hash)
+            .bind(&event.tenant_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
             outcome.appended += 1;
         }
         tx.commit().await.map_err(internal)?;
@@ -117,12 +124,16 @@ impl AuditStore {
             let placeholder = index + 3;
             match filter {
                 EventFilter::Action(_) => sql.push_str(&format!(" AND action = ${placeholder}")),
-                EventFilter::OccurTime(op, _) => sql.push_str(&format!(" AND occur_time {} ${placeholder}", op.sql())),
+                EventFilter::OccurTime(op, _) => {
+                    sql.push_str(&format!(" AND occur_time {} ${placeholder}", op.sql()))
+                }
             }
         }
         sql.push_str(&format!(" ORDER BY sequence LIMIT {limit}"));
         // The SQL is built from constants and numbered placeholders only; every value is bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant.as_str()).bind(after_sequence);
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(after_sequence);
         for filter in filters {
             query = match filter {
                 EventFilter::Action(action) => query.bind(action.clone()),
@@ -147,4 +158,3 @@ impl AuditStore {
 fn internal(error: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("audit store: {error}"))
 }
-

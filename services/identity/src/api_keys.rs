@@ -19,7 +19,11 @@ pub fn mint() -> MintedKey {
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let secret = hex::encode(secret);
-    MintedKey { secret_hash: hash_secret(&secret), presented: format!("{PREFIX}{id}_{secret}"), id }
+    MintedKey {
+        secret_hash: hash_secret(&secret),
+        presented: format!("{PREFIX}{id}_{secret}"),
+        id,
+    }
 }
 
 /// Splits a presented key into (key id, secret), or `None` if it is not shaped like one.
@@ -53,7 +57,13 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused() {
-        for bad in ["", "pal_", "pal_abc_def", "xyz_0123", &format!("pal_{}_{}", "g".repeat(32), "0".repeat(64))] {
+        for bad in [
+            "",
+            "pal_",
+            "pal_abc_def",
+            "xyz_0123",
+            &format!("pal_{}_{}", "g".repeat(32), "0".repeat(64)),
+        ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
     }

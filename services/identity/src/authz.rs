@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use palisade_grpc::{time::now_micros, ApiError, Authorizer, Decision};
+use palisade_grpc::{ApiError, Authorizer, Decision, time::now_micros};
 use palisade_proto::palisade::identity::v1::TenantState;
 use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
 use tonic::Status;
@@ -35,15 +35,20 @@ impl Authz {
         permission: &str,
         resource: Option<&str>,
     ) -> Result<Decision, ApiError> {
-        if let Some(owner) = resource.and_then(resource_tenant) {
-            if &owner != tenant && !tenant.is_system() {
-                return Ok(deny(format!("{} belongs to another tenant", resource.unwrap_or_default())));
-            }
+        let owner = resource.and_then(resource_tenant);
+        if owner.is_some_and(|owner| &owner != tenant && !tenant.is_system()) {
+            return Ok(deny(format!(
+                "{} belongs to another tenant",
+                resource.unwrap_or_default()
+            )));
         }
         match self.store.get_tenant(tenant).await? {
             None => return Ok(deny(format!("tenant {tenant} does not exist"))),
             Some(record) if record.state != TenantState::Active => {
-                return Ok(deny(format!("tenant {tenant} is {}", crate::tenants::state_key(record.state))));
+                return Ok(deny(format!(
+                    "tenant {tenant} is {}",
+                    crate::tenants::state_key(record.state)
+                )));
             }
             Some(_) => {}
         }
@@ -56,15 +61,23 @@ impl Authz {
                 if let Some(problem) = unusable(&key, now_micros()) {
                     return Ok(deny(problem.to_owned()));
                 }
-                let granted = key.scopes.iter().any(|scope| scope == ALL_PERMISSIONS || scope == permission);
+                let granted = key
+                    .scopes
+                    .iter()
+                    .any(|scope| scope == ALL_PERMISSIONS || scope == permission);
                 Ok(if granted {
-                    Decision { allowed: true, reason: "granted by api key scope".to_owned() }
+                    Decision {
+                        allowed: true,
+                        reason: "granted by api key scope".to_owned(),
+                    }
                 } else {
                     deny(format!("api key scopes do not include {permission}"))
                 })
             }
             PrincipalKind::User => Ok(deny("unknown user".to_owned())),
-            PrincipalKind::Service => Ok(deny("service principals hold no tenant permissions".to_owned())),
+            PrincipalKind::Service => Ok(deny(
+                "service principals hold no tenant permissions".to_owned(),
+            )),
         }
     }
 
@@ -77,7 +90,9 @@ impl Authz {
         let (id, secret) = api_keys::parse(presented).ok_or_else(refused)?;
         let key = self.store.get_api_key(id).await?.ok_or_else(refused)?;
         let now = now_micros();
-        if !api_keys::hashes_match(&api_keys::hash_secret(secret), &key.secret_hash) || unusable(&key, now).is_some() {
+        if !api_keys::hashes_match(&api_keys::hash_secret(secret), &key.secret_hash)
+            || unusable(&key, now).is_some()
+        {
             return Err(refused());
         }
         match self.store.get_tenant(&key.tenant_id).await? {
@@ -105,7 +120,10 @@ fn unusable(key: &ApiKeyRecord, now: i64) -> Option<&'static str> {
 }
 
 fn deny(reason: String) -> Decision {
-    Decision { allowed: false, reason }
+    Decision {
+        allowed: false,
+        reason,
+    }
 }
 
 /// The tenant a resource name belongs to: `tenants/{id}/...` → id.
@@ -119,7 +137,11 @@ fn resource_tenant(resource: &str) -> Option<TenantId> {
 pub struct LocalAuthorizer(pub Arc<Authz>);
 
 impl Authorizer for LocalAuthorizer {
-    fn check(&self, context: &TenantContext, permission: &str) -> BoxFuture<'static, Result<Decision, Status>> {
+    fn check(
+        &self,
+        context: &TenantContext,
+        permission: &str,
+    ) -> BoxFuture<'static, Result<Decision, Status>> {
         let authz = self.0.clone();
         let context = context.clone();
         let permission = permission.to_owned();
@@ -127,7 +149,9 @@ impl Authorizer for LocalAuthorizer {
             let Some(principal) = &context.principal else {
                 return Ok(deny("no principal".to_owned()));
             };
-            Ok(authz.decide(&context.tenant_id, principal, &permission, None).await?)
+            Ok(authz
+                .decide(&context.tenant_id, principal, &permission, None)
+                .await?)
         })
     }
 }

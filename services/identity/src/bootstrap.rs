@@ -2,7 +2,7 @@
 //! key whose secret is returned exactly once (only its hash is stored).
 
 use palisade_audit::AuditRecord;
-use palisade_grpc::{time::now_micros, ApiError};
+use palisade_grpc::{ApiError, time::now_micros};
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{Plan, TenantState},
@@ -23,7 +23,10 @@ const OPERATOR_KEY_LIFETIME_MICROS: i64 = 365 * 24 * 3600 * 1_000_000;
 /// when it was created now. Safe to run on every start and from several replicas at once.
 pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError> {
     let system = TenantId::system();
-    let actor = Principal { id: crate::COMPONENT.to_owned(), kind: PrincipalKind::Service };
+    let actor = Principal {
+        id: crate::COMPONENT.to_owned(),
+        kind: PrincipalKind::Service,
+    };
     let now = now_micros();
     if store.get_tenant(&system).await?.is_none() {
         let tenant = TenantRecord {
@@ -42,7 +45,14 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
             Err(ApiError::AlreadyExists { .. }) => {}
             Err(other) => return Err(other),
             Ok(()) => {
-                audit(&mut tx, &system, &actor, "identity.tenants.create", "tenants/system").await?;
+                audit(
+                    &mut tx,
+                    &system,
+                    &actor,
+                    "identity.tenants.create",
+                    "tenants/system",
+                )
+                .await?;
                 tx.commit().await.map_err(ApiError::internal)?;
             }
         }
@@ -64,7 +74,14 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
     let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
     store.insert_api_key(&mut tx, &key).await?;
     let resource = format!("tenants/system/apiKeys/{}", key.id);
-    audit(&mut tx, &system, &actor, "identity.apikeys.create", &resource).await?;
+    audit(
+        &mut tx,
+        &system,
+        &actor,
+        "identity.apikeys.create",
+        &resource,
+    )
+    .await?;
     tx.commit().await.map_err(ApiError::internal)?;
     tracing::info!(key = %resource, "bootstrap operator api key created");
     Ok(Some(minted.presented))
@@ -88,5 +105,7 @@ async fn audit(
         source: crate::COMPONENT,
         attributes: vec![("reason", "bootstrap".to_owned())],
     };
-    palisade_audit::enqueue(tx, &record).await.map_err(ApiError::internal)
+    palisade_audit::enqueue(tx, &record)
+        .await
+        .map_err(ApiError::internal)
 }

@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use palisade_audit::ComplianceSink;
 use palisade_db::{
-    outbox::{Relay, RelayConfig},
     Db, DbConfig, Migrations,
+    outbox::{Relay, RelayConfig},
 };
 use palisade_grpc::{BoxError, MeshAddresses, MeshServer, Running};
 use palisade_proto::palisade::identity::v1::{
-    api_key_service_server::ApiKeyServiceServer, authorization_service_server::AuthorizationServiceServer,
+    api_key_service_server::ApiKeyServiceServer,
+    authorization_service_server::AuthorizationServiceServer,
     tenant_service_server::TenantServiceServer,
 };
 use palisade_tls::MeshTls;
@@ -41,7 +42,10 @@ pub struct Started {
 }
 
 pub fn migrations() -> Migrations {
-    Migrations { sqlite: sqlx::migrate!("./migrations/sqlite"), postgres: sqlx::migrate!("./migrations/postgres") }
+    Migrations {
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+        postgres: sqlx::migrate!("./migrations/postgres"),
+    }
 }
 
 /// Connects, migrates and bootstraps the database, then serves on `listener` and relays audit
@@ -55,10 +59,19 @@ pub async fn start(listener: TcpListener, config: IdentityConfig) -> Result<Star
     let relay = Relay::new(db.clone(), RelayConfig::new(palisade_audit::TOPIC));
     let compliance = palisade_tls::channel(&config.mesh.compliance, &config.tls, "compliance")?;
     let authz = Arc::new(authz::Authz::new(store.clone()));
-    let server = MeshServer::new(COMPONENT, config.tls.clone(), Arc::new(authz::LocalAuthorizer(authz.clone())))?
-        .add_service(TenantServiceServer::new(api::TenantApi::new(store, relay.clone())))
-        .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(authz.clone())))
-        .add_service(AuthorizationServiceServer::new(api::AuthorizationApi::new(authz)));
+    let server = MeshServer::new(
+        COMPONENT,
+        config.tls.clone(),
+        Arc::new(authz::LocalAuthorizer(authz.clone())),
+    )?
+    .add_service(TenantServiceServer::new(api::TenantApi::new(
+        store,
+        relay.clone(),
+    )))
+    .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(authz.clone())))
+    .add_service(AuthorizationServiceServer::new(api::AuthorizationApi::new(
+        authz,
+    )));
 
     let local_addr = listener.local_addr()?;
     let running = Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
@@ -74,5 +87,8 @@ pub async fn start(listener: TcpListener, config: IdentityConfig) -> Result<Star
         db.close().await;
         Ok(served?)
     });
-    Ok(Started { running, operator_key })
+    Ok(Started {
+        running,
+        operator_key,
+    })
 }

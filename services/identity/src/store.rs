@@ -1,11 +1,11 @@
 //! All SQL of the identity service. Database errors become API errors here, at the boundary.
 
 use palisade_db::Db;
-use palisade_grpc::{aip::Comparison, ApiError};
+use palisade_grpc::{ApiError, aip::Comparison};
 use palisade_tenancy::TenantId;
-use sqlx::{any::AnyRow, AnyConnection, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
-use crate::tenants::{plan_from_key, state_from_key, TenantRecord};
+use crate::tenants::{TenantRecord, plan_from_key, state_from_key};
 
 /// A tenant-list condition, already validated: column and stored value.
 #[derive(Clone, Debug)]
@@ -40,7 +40,8 @@ pub struct IdentityStore {
     db: Db,
 }
 
-const TENANT_COLUMNS: &str = "id, display_name, plan, state, region, domain, create_time, update_time";
+const TENANT_COLUMNS: &str =
+    "id, display_name, plan, state, region, domain, create_time, update_time";
 
 impl IdentityStore {
     pub fn new(db: Db) -> IdentityStore {
@@ -51,7 +52,11 @@ impl IdentityStore {
         &self.db
     }
 
-    pub async fn insert_tenant(&self, conn: &mut AnyConnection, tenant: &TenantRecord) -> Result<(), ApiError> {
+    pub async fn insert_tenant(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantRecord,
+    ) -> Result<(), ApiError> {
         if let Some(domain) = &tenant.domain {
             let taken = sqlx::query("SELECT 1 FROM tenants WHERE domain = $1")
                 .bind(domain)
@@ -59,35 +64,41 @@ impl IdentityStore {
                 .await
                 .map_err(internal)?;
             if taken.is_some() {
-                return Err(ApiError::AlreadyExists { resource: format!("a tenant with domain {domain}") });
+                return Err(ApiError::AlreadyExists {
+                    resource: format!("a tenant with domain {domain}"),
+                });
             }
         }
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")))
-            .bind(tenant.id.as_str())
-            .bind(&tenant.display_name)
-            .bind(crate::tenants::plan_key(tenant.plan))
-            .bind(crate::tenants::state_key(tenant.state))
-            .bind(&tenant.region)
-            .bind(tenant.domain.clone())
-            .bind(tenant.create_time)
-            .bind(tenant.update_time)
-            .execute(&mut *conn)
-            .await
-            .map_err(|error| match &error {
-                sqlx::Error::Database(db) if db.is_unique_violation() => {
-                    ApiError::AlreadyExists { resource: format!("tenants/{}", tenant.id) }
-                }
-                _ => internal(error),
-            })?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        )))
+        .bind(tenant.id.as_str())
+        .bind(&tenant.display_name)
+        .bind(crate::tenants::plan_key(tenant.plan))
+        .bind(crate::tenants::state_key(tenant.state))
+        .bind(&tenant.region)
+        .bind(tenant.domain.clone())
+        .bind(tenant.create_time)
+        .bind(tenant.update_time)
+        .execute(&mut *conn)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::AlreadyExists {
+                resource: format!("tenants/{}", tenant.id),
+            },
+            _ => internal(error),
+        })?;
         Ok(())
     }
 
     pub async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, ApiError> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1")))
-            .bind(id.as_str())
-            .fetch_optional(self.db.pool())
-            .await
-            .map_err(internal)?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(internal)?;
         row.as_ref().map(tenant_from_row).transpose()
     }
 
@@ -114,11 +125,17 @@ impl IdentityStore {
             let t1 = next(Bind::Int(cursor.create_time), &mut binds);
             let t2 = next(Bind::Int(cursor.create_time), &mut binds);
             let id = next(Bind::Text(cursor.id.clone()), &mut binds);
-            sql.push_str(&format!(" AND (create_time > {t1} OR (create_time = {t2} AND id > {id}))"));
+            sql.push_str(&format!(
+                " AND (create_time > {t1} OR (create_time = {t2} AND id > {id}))"
+            ));
         }
         for filter in filters {
             let p = next(Bind::Text(filter.value.clone()), &mut binds);
-            sql.push_str(&format!(" AND {} {} {p}", filter.column, filter.comparison.sql()));
+            sql.push_str(&format!(
+                " AND {} {} {p}",
+                filter.column,
+                filter.comparison.sql()
+            ));
         }
         sql.push_str(&format!(" ORDER BY create_time, id LIMIT {limit}"));
         // Built from constants and numbered placeholders only; every value is bound.
@@ -133,7 +150,11 @@ impl IdentityStore {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    pub async fn insert_api_key(&self, conn: &mut AnyConnection, key: &ApiKeyRecord) -> Result<(), ApiError> {
+    pub async fn insert_api_key(
+        &self,
+        conn: &mut AnyConnection,
+        key: &ApiKeyRecord,
+    ) -> Result<(), ApiError> {
         sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, display_name, secret_hash, scopes, create_time, expire_time) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -164,7 +185,11 @@ impl IdentityStore {
     }
 
     /// Whether the tenant already has a key of this name (the bootstrap key is made once).
-    pub async fn api_key_named(&self, tenant: &TenantId, display_name: &str) -> Result<bool, ApiError> {
+    pub async fn api_key_named(
+        &self,
+        tenant: &TenantId,
+        display_name: &str,
+    ) -> Result<bool, ApiError> {
         let row = sqlx::query("SELECT 1 FROM api_keys WHERE tenant_id = $1 AND display_name = $2")
             .bind(tenant.as_str())
             .bind(display_name)

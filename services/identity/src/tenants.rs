@@ -25,9 +25,15 @@ pub fn validate_create(request: &CreateTenantRequest, now: i64) -> Result<Tenant
     };
     let display_name = tenant.display_name.trim();
     if display_name.is_empty() {
-        violations.push(FieldViolation::new("tenant.display_name", "must not be empty"));
+        violations.push(FieldViolation::new(
+            "tenant.display_name",
+            "must not be empty",
+        ));
     } else if display_name.chars().count() > 200 {
-        violations.push(FieldViolation::new("tenant.display_name", "must be at most 200 characters"));
+        violations.push(FieldViolation::new(
+            "tenant.display_name",
+            "must be at most 200 characters",
+        ));
     }
     let id = if request.tenant_id.is_empty() {
         Some(TenantId::parse(&uuid::Uuid::now_v7().to_string()).expect("uuids are tenant ids"))
@@ -51,17 +57,30 @@ pub fn validate_create(request: &CreateTenantRequest, now: i64) -> Result<Tenant
         Ok(Plan::Unspecified) => Plan::Free,
         Ok(plan) => plan,
         Err(_) => {
-            violations.push(FieldViolation::new("tenant.plan", format!("unknown plan {}", tenant.plan)));
+            violations.push(FieldViolation::new(
+                "tenant.plan",
+                format!("unknown plan {}", tenant.plan),
+            ));
             Plan::Free
         }
     };
-    let region = if tenant.region.is_empty() { "default".to_owned() } else { tenant.region.clone() };
+    let region = if tenant.region.is_empty() {
+        "default".to_owned()
+    } else {
+        tenant.region.clone()
+    };
     if !is_slug(&region, 32) {
-        violations.push(FieldViolation::new("tenant.region", "must be 1 to 32 characters of a-z, 0-9 and '-'"));
+        violations.push(FieldViolation::new(
+            "tenant.region",
+            "must be 1 to 32 characters of a-z, 0-9 and '-'",
+        ));
     }
     let domain = (!tenant.domain.is_empty()).then(|| tenant.domain.to_ascii_lowercase());
     if domain.as_deref().is_some_and(|d| !is_domain(d)) {
-        violations.push(FieldViolation::new("tenant.domain", "must be a DNS name such as acme.example.com"));
+        violations.push(FieldViolation::new(
+            "tenant.domain",
+            "must be a DNS name such as acme.example.com",
+        ));
     }
     match id {
         Some(id) if violations.is_empty() => Ok(TenantRecord {
@@ -121,7 +140,10 @@ pub fn state_from_key(key: &str) -> TenantState {
 }
 
 fn is_slug(value: &str, max: usize) -> bool {
-    (1..=max).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    (1..=max).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_domain(value: &str) -> bool {
@@ -131,7 +153,9 @@ fn is_domain(value: &str) -> bool {
             (1..=63).contains(&label.len())
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -142,13 +166,25 @@ mod tests {
     use super::*;
 
     fn create(display_name: &str, tenant_id: &str, domain: &str) -> Result<TenantRecord, ApiError> {
-        let tenant = Tenant { display_name: display_name.into(), domain: domain.into(), ..Tenant::default() };
-        validate_create(&CreateTenantRequest { tenant: Some(tenant), tenant_id: tenant_id.into() }, 1)
+        let tenant = Tenant {
+            display_name: display_name.into(),
+            domain: domain.into(),
+            ..Tenant::default()
+        };
+        validate_create(
+            &CreateTenantRequest {
+                tenant: Some(tenant),
+                tenant_id: tenant_id.into(),
+            },
+            1,
+        )
     }
 
     fn violated_fields(result: Result<TenantRecord, ApiError>) -> Vec<String> {
         match result {
-            Err(ApiError::InvalidArgument(violations)) => violations.into_iter().map(|v| v.field).collect(),
+            Err(ApiError::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
             other => panic!("expected invalid argument, got {other:?}"),
         }
     }
@@ -159,15 +195,27 @@ mod tests {
         assert_eq!(tenant.plan, Plan::Free);
         assert_eq!(tenant.state, TenantState::Active);
         assert_eq!(tenant.region, "default");
-        assert_eq!(create("Acme", "acme", "Acme.Example.com").unwrap().domain.as_deref(), Some("acme.example.com"));
+        assert_eq!(
+            create("Acme", "acme", "Acme.Example.com")
+                .unwrap()
+                .domain
+                .as_deref(),
+            Some("acme.example.com")
+        );
     }
 
     #[test]
     fn bad_input_names_every_field() {
-        assert_eq!(violated_fields(create("  ", "", "")), ["tenant.display_name"]);
+        assert_eq!(
+            violated_fields(create("  ", "", "")),
+            ["tenant.display_name"]
+        );
         assert_eq!(violated_fields(create("Acme", "system", "")), ["tenant_id"]);
         assert_eq!(violated_fields(create("Acme", "9lives", "")), ["tenant_id"]);
-        assert_eq!(violated_fields(create("", "Bad_Id", "not a domain")), ["tenant.display_name", "tenant_id", "tenant.domain"]);
+        assert_eq!(
+            violated_fields(create("", "Bad_Id", "not a domain")),
+            ["tenant.display_name", "tenant_id", "tenant.domain"]
+        );
         let missing = validate_create(&CreateTenantRequest::default(), 1);
         assert_eq!(violated_fields(missing), ["tenant"]);
     }

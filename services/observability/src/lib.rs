@@ -24,15 +24,22 @@ pub struct ObservabilityConfig {
 }
 
 /// Serves on `listener` until stopped.
-pub async fn start(listener: TcpListener, config: ObservabilityConfig) -> Result<Running, BoxError> {
+pub async fn start(
+    listener: TcpListener,
+    config: ObservabilityConfig,
+) -> Result<Running, BoxError> {
     let identity = palisade_tls::channel(&config.mesh.identity, &config.tls, "identity")?;
     let authorizer = Arc::new(RemoteAuthorizer::new(identity, AUTHZ_CACHE_TTL));
     let prober = probe::Prober::for_mesh(&config.mesh, &config.tls)?;
     let server = MeshServer::new(COMPONENT, config.tls.clone(), authorizer)?
         .add_service(StatusServiceServer::new(status::StatusApi::new(prober)));
     let local_addr = listener.local_addr()?;
-    Ok(Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
-        let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
-        Ok(serving.await?)
-    }))
+    Ok(Running::spawn(
+        COMPONENT,
+        local_addr,
+        move |shutdown| async move {
+            let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
+            Ok(serving.await?)
+        },
+    ))
 }

@@ -7,7 +7,9 @@ use palisade_grpc::MeshAddresses;
 use palisade_proto::palisade::observability::v1::ServingState;
 use palisade_tls::MeshTls;
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -34,16 +36,26 @@ pub struct Prober {
 impl Prober {
     pub fn for_mesh(mesh: &MeshAddresses, tls: &MeshTls) -> Result<Prober, palisade_tls::Error> {
         let mut targets = Vec::new();
-        for (component, endpoint) in
-            [("identity", &mesh.identity), ("compliance", &mesh.compliance), ("observability", &mesh.observability)]
-        {
+        for (component, endpoint) in [
+            ("identity", &mesh.identity),
+            ("compliance", &mesh.compliance),
+            ("observability", &mesh.observability),
+        ] {
             let channel = palisade_tls::channel(endpoint, tls, component)?;
-            targets.push(Target { component, endpoint: endpoint.clone(), channel });
+            targets.push(Target {
+                component,
+                endpoint: endpoint.clone(),
+                channel,
+            });
         }
         // The gateway's public port speaks h2c (or TLS with a public certificate), not mesh mTLS.
         if let Ok(endpoint) = Endpoint::from_shared(mesh.gateway.clone()) {
             let channel = endpoint.connect_timeout(PROBE_TIMEOUT).connect_lazy();
-            targets.push(Target { component: "gateway", endpoint: mesh.gateway.clone(), channel });
+            targets.push(Target {
+                component: "gateway",
+                endpoint: mesh.gateway.clone(),
+                channel,
+            });
         }
         Ok(Prober { targets })
     }
@@ -57,16 +69,27 @@ impl Prober {
 async fn probe(target: &Target) -> ProbeResult {
     let started = Instant::now();
     let mut client = HealthClient::new(target.channel.clone());
-    let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
     request.set_timeout(PROBE_TIMEOUT);
     let call = tokio::time::timeout(PROBE_TIMEOUT, client.check(request)).await;
     let (state, detail) = match call {
         Ok(Ok(response)) => match response.into_inner().status() {
             ServingStatus::Serving => (ServingState::Serving, String::new()),
-            other => (ServingState::NotServing, format!("health service answered {}", other.as_str_name())),
+            other => (
+                ServingState::NotServing,
+                format!("health service answered {}", other.as_str_name()),
+            ),
         },
-        Ok(Err(status)) => (ServingState::Unreachable, format!("{:?}: {}", status.code(), status.message())),
-        Err(_) => (ServingState::Unreachable, format!("no answer within {PROBE_TIMEOUT:?}")),
+        Ok(Err(status)) => (
+            ServingState::Unreachable,
+            format!("{:?}: {}", status.code(), status.message()),
+        ),
+        Err(_) => (
+            ServingState::Unreachable,
+            format!("no answer within {PROBE_TIMEOUT:?}"),
+        ),
     };
     ProbeResult {
         component: target.component,

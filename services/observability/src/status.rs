@@ -1,7 +1,8 @@
 //! `StatusService`.
 
 use palisade_proto::palisade::observability::v1::{
-    status_service_server::StatusService, ComponentStatus, GetStatusRequest, MeshStatus, ServingState,
+    ComponentStatus, GetStatusRequest, MeshStatus, ServingState,
+    status_service_server::StatusService,
 };
 use tonic::{Request, Response, Status};
 
@@ -19,7 +20,10 @@ impl StatusApi {
 
 #[tonic::async_trait]
 impl StatusService for StatusApi {
-    async fn get_status(&self, _request: Request<GetStatusRequest>) -> Result<Response<MeshStatus>, Status> {
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<MeshStatus>, Status> {
         let results = self.prober.probe_all().await;
         let all_serving = results.iter().all(|r| r.state == ServingState::Serving);
         let components = results
@@ -33,7 +37,11 @@ impl StatusService for StatusApi {
             })
             .collect();
         Ok(Response::new(MeshStatus {
-            overall: if all_serving { ServingState::Serving } else { ServingState::NotServing } as i32,
+            overall: if all_serving {
+                ServingState::Serving
+            } else {
+                ServingState::NotServing
+            } as i32,
             components,
             check_time: Some(std::time::SystemTime::now().into()),
         }))

@@ -53,16 +53,26 @@ pub fn parse_filter(filter: &str, fields: &[FilterField]) -> Result<Vec<Term>, A
         };
         let Some(field) = fields.iter().find(|field| field.name == name) else {
             let known: Vec<_> = fields.iter().map(|f| f.name).collect();
-            return Err(invalid(&format!("unknown field `{name}`; filterable fields: {}", known.join(", "))));
+            return Err(invalid(&format!(
+                "unknown field `{name}`; filterable fields: {}",
+                known.join(", ")
+            )));
         };
         if !field.comparisons.contains(comparison) {
-            return Err(invalid(&format!("`{name}` does not support `{}`", comparison.sql())));
+            return Err(invalid(&format!(
+                "`{name}` does not support `{}`",
+                comparison.sql()
+            )));
         }
         let value = match value {
             Token::Word(word) | Token::Quoted(word) => word.clone(),
             Token::Op(_) => return Err(invalid("expected a value after the operator")),
         };
-        terms.push(Term { field: field.name, comparison: *comparison, value });
+        terms.push(Term {
+            field: field.name,
+            comparison: *comparison,
+            value,
+        });
         rest = match tail {
             [] => tail,
             [Token::Word(and), next @ ..] if and == "AND" && !next.is_empty() => next,
@@ -93,7 +103,9 @@ fn tokenize(filter: &str) -> Result<Vec<Token>, ApiError> {
                 loop {
                     match chars.next() {
                         Some('"') => break,
-                        Some('\\') => value.push(chars.next().ok_or_else(|| invalid("unterminated string"))?),
+                        Some('\\') => {
+                            value.push(chars.next().ok_or_else(|| invalid("unterminated string"))?)
+                        }
                         Some(other) => value.push(other),
                         None => return Err(invalid("unterminated string")),
                     }
@@ -138,13 +150,29 @@ mod tests {
     use super::*;
 
     const FIELDS: &[FilterField] = &[
-        FilterField { name: "action", comparisons: &[Comparison::Eq] },
-        FilterField { name: "occur_time", comparisons: &[Comparison::Ge, Comparison::Gt, Comparison::Le, Comparison::Lt] },
+        FilterField {
+            name: "action",
+            comparisons: &[Comparison::Eq],
+        },
+        FilterField {
+            name: "occur_time",
+            comparisons: &[
+                Comparison::Ge,
+                Comparison::Gt,
+                Comparison::Le,
+                Comparison::Lt,
+            ],
+        },
     ];
 
     fn check(filter: &str) -> Result<Vec<(&'static str, Comparison, String)>, String> {
         parse_filter(filter, FIELDS)
-            .map(|terms| terms.into_iter().map(|t| (t.field, t.comparison, t.value)).collect())
+            .map(|terms| {
+                terms
+                    .into_iter()
+                    .map(|t| (t.field, t.comparison, t.value))
+                    .collect()
+            })
             .map_err(|e| e.to_string())
     }
 
@@ -152,13 +180,25 @@ mod tests {
     fn accepts_the_subset() {
         assert_eq!(check("").unwrap(), vec![]);
         assert_eq!(
-            check(r#"action = "identity.tenants.create" AND occur_time >= "2026-01-01T00:00:00Z""#).unwrap(),
+            check(r#"action = "identity.tenants.create" AND occur_time >= "2026-01-01T00:00:00Z""#)
+                .unwrap(),
             vec![
-                ("action", Comparison::Eq, "identity.tenants.create".to_owned()),
-                ("occur_time", Comparison::Ge, "2026-01-01T00:00:00Z".to_owned()),
+                (
+                    "action",
+                    Comparison::Eq,
+                    "identity.tenants.create".to_owned()
+                ),
+                (
+                    "occur_time",
+                    Comparison::Ge,
+                    "2026-01-01T00:00:00Z".to_owned()
+                ),
             ]
         );
-        assert_eq!(check(r#"action = "say \"hi\"""#).unwrap()[0].2, "say \"hi\"");
+        assert_eq!(
+            check(r#"action = "say \"hi\"""#).unwrap()[0].2,
+            "say \"hi\""
+        );
         assert_eq!(check("action=x.y").unwrap()[0].2, "x.y");
     }
 
@@ -177,6 +217,10 @@ mod tests {
             let error = check(bad).unwrap_err();
             assert!(error.contains("filter"), "{bad}: {error}");
         }
-        assert!(check("colour = red").unwrap_err().contains("unknown field `colour`"));
+        assert!(
+            check("colour = red")
+                .unwrap_err()
+                .contains("unknown field `colour`")
+        );
     }
 }

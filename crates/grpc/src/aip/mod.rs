@@ -4,5 +4,5 @@
 mod filter;
 mod paging;
 
-pub use filter::{parse_filter, Comparison, FilterField, Term};
+pub use filter::{Comparison, FilterField, Term, parse_filter};
 pub use paging::{decode_page_token, encode_page_token, page_size};

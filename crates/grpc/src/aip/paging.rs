@@ -4,7 +4,7 @@
 //! the filter it was issued for (a token reused with another filter is refused), and carrying a
 //! cursor the store understands (e.g. the last row's sort key).
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
 use crate::ApiError;
@@ -33,7 +33,10 @@ pub fn decode_page_token(token: &str, filter: &str) -> Result<Option<String>, Ap
     let rest = raw.strip_prefix("p1.").ok_or_else(malformed)?;
     let (print, cursor) = rest.split_once('.').ok_or_else(malformed)?;
     if print != fingerprint(filter) {
-        return Err(ApiError::invalid("page_token", "page token was issued for a different filter"));
+        return Err(ApiError::invalid(
+            "page_token",
+            "page token was issued for a different filter",
+        ));
     }
     if cursor.is_empty() {
         return Err(malformed());
@@ -64,7 +67,12 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_bind_to_the_filter() {
         let token = encode_page_token("plan = \"PLAN_FREE\"", "cursor-1");
-        assert_eq!(decode_page_token(&token, "plan = \"PLAN_FREE\"").unwrap().as_deref(), Some("cursor-1"));
+        assert_eq!(
+            decode_page_token(&token, "plan = \"PLAN_FREE\"")
+                .unwrap()
+                .as_deref(),
+            Some("cursor-1")
+        );
         assert!(decode_page_token(&token, "").is_err());
         assert_eq!(decode_page_token("", "").unwrap(), None);
         for bad in ["!!!", "bm90LWEtdG9rZW4", &URL_SAFE_NO_PAD.encode("p1.zz.")] {

@@ -3,7 +3,9 @@
 use palisade_grpc::{principal_type, time::timestamp};
 use palisade_proto::palisade::{
     common::v1::Principal,
-    identity::v1::{api_key_service_server::ApiKeyService, VerifyApiKeyRequest, VerifyApiKeyResponse},
+    identity::v1::{
+        VerifyApiKeyRequest, VerifyApiKeyResponse, api_key_service_server::ApiKeyService,
+    },
 };
 use palisade_tenancy::PrincipalKind;
 use tonic::{Request, Response, Status};

@@ -3,7 +3,9 @@
 use palisade_grpc::{ApiError, FieldViolation};
 use palisade_proto::palisade::{
     common::v1::PrincipalType,
-    identity::v1::{authorization_service_server::AuthorizationService, CheckRequest, CheckResponse},
+    identity::v1::{
+        CheckRequest, CheckResponse, authorization_service_server::AuthorizationService,
+    },
 };
 use palisade_tenancy::{Principal, PrincipalKind, TenantId};
 use tonic::{Request, Response, Status};
@@ -22,12 +24,21 @@ impl AuthorizationApi {
 
 #[tonic::async_trait]
 impl AuthorizationService for AuthorizationApi {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let request = request.into_inner();
         let (tenant, principal) = validate(&request)?;
         let resource = (!request.resource.is_empty()).then_some(request.resource.as_str());
-        let decision = self.authz.decide(&tenant, &principal, &request.permission, resource).await?;
-        Ok(Response::new(CheckResponse { allowed: decision.allowed, reason: decision.reason }))
+        let decision = self
+            .authz
+            .decide(&tenant, &principal, &request.permission, resource)
+            .await?;
+        Ok(Response::new(CheckResponse {
+            allowed: decision.allowed,
+            reason: decision.reason,
+        }))
     }
 }
 
@@ -36,7 +47,10 @@ fn validate(request: &CheckRequest) -> Result<(TenantId, Principal), ApiError> {
     let principal = request.principal.as_ref();
     let tenant = principal.and_then(|p| TenantId::parse(&p.tenant_id).ok());
     if tenant.is_none() {
-        violations.push(FieldViolation::new("principal.tenant_id", "must be a tenant id"));
+        violations.push(FieldViolation::new(
+            "principal.tenant_id",
+            "must be a tenant id",
+        ));
     }
     if principal.is_none_or(|p| p.id.is_empty()) {
         violations.push(FieldViolation::new("principal.id", "must not be empty"));
@@ -46,7 +60,10 @@ fn validate(request: &CheckRequest) -> Result<(TenantId, Principal), ApiError> {
         Some(Ok(PrincipalType::ApiKey)) => Some(PrincipalKind::ApiKey),
         Some(Ok(PrincipalType::Service)) => Some(PrincipalKind::Service),
         _ => {
-            violations.push(FieldViolation::new("principal.type", "must be USER, API_KEY or SERVICE"));
+            violations.push(FieldViolation::new(
+                "principal.type",
+                "must be USER, API_KEY or SERVICE",
+            ));
             None
         }
     };
@@ -54,9 +71,13 @@ fn validate(request: &CheckRequest) -> Result<(TenantId, Principal), ApiError> {
         violations.push(FieldViolation::new("permission", "must not be empty"));
     }
     match (tenant, kind, principal) {
-        (Some(tenant), Some(kind), Some(principal)) if violations.is_empty() => {
-            Ok((tenant, Principal { id: principal.id.clone(), kind }))
-        }
+        (Some(tenant), Some(kind), Some(principal)) if violations.is_empty() => Ok((
+            tenant,
+            Principal {
+                id: principal.id.clone(),
+                kind,
+            },
+        )),
         _ => Err(ApiError::InvalidArgument(violations)),
     }
 }

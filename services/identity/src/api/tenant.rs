@@ -3,15 +3,15 @@
 use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{
+    ApiError, Caller,
     aip::{self, Comparison, FilterField},
     time::{now_micros, timestamp},
-    ApiError, Caller,
 };
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
-        tenant_service_server::TenantService, CreateTenantRequest, GetTenantRequest, ListTenantsRequest,
-        ListTenantsResponse, Plan, Tenant, TenantState,
+        CreateTenantRequest, GetTenantRequest, ListTenantsRequest, ListTenantsResponse, Plan,
+        Tenant, TenantState, tenant_service_server::TenantService,
     },
 };
 use tonic::{Request, Response, Status};
@@ -25,9 +25,18 @@ const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
 const EQUALITY: &[Comparison] = &[Comparison::Eq, Comparison::Ne];
 const FILTER_FIELDS: &[FilterField] = &[
-    FilterField { name: "plan", comparisons: EQUALITY },
-    FilterField { name: "state", comparisons: EQUALITY },
-    FilterField { name: "region", comparisons: EQUALITY },
+    FilterField {
+        name: "plan",
+        comparisons: EQUALITY,
+    },
+    FilterField {
+        name: "state",
+        comparisons: EQUALITY,
+    },
+    FilterField {
+        name: "region",
+        comparisons: EQUALITY,
+    },
 ];
 
 pub struct TenantApi {
@@ -43,7 +52,10 @@ impl TenantApi {
 
 #[tonic::async_trait]
 impl TenantService for TenantApi {
-    async fn create_tenant(&self, request: Request<CreateTenantRequest>) -> Result<Response<Tenant>, Status> {
+    async fn create_tenant(
+        &self,
+        request: Request<CreateTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
         let caller = Caller::of(&request)?;
         let record = tenants::validate_create(request.get_ref(), now_micros())?;
         let resource = format!("tenants/{}", record.id);
@@ -60,18 +72,25 @@ impl TenantService for TenantApi {
             source: crate::COMPONENT,
             attributes: vec![("plan", tenants::plan_key(record.plan).to_owned())],
         };
-        palisade_audit::enqueue(&mut tx, &audit).await.map_err(ApiError::internal)?;
+        palisade_audit::enqueue(&mut tx, &audit)
+            .await
+            .map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
         self.relay.notify();
         tracing::info!(tenant = %record.id, plan = tenants::plan_key(record.plan), "tenant created");
         Ok(Response::new(to_proto(record)))
     }
 
-    async fn get_tenant(&self, request: Request<GetTenantRequest>) -> Result<Response<Tenant>, Status> {
+    async fn get_tenant(
+        &self,
+        request: Request<GetTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
         let caller = Caller::of(&request)?;
         let id = tenants::parse_name(&request.get_ref().name)?;
         // Another tenant's existence is not revealed: it is simply not found.
-        let not_found = || ApiError::NotFound { resource: format!("tenants/{id}") };
+        let not_found = || ApiError::NotFound {
+            resource: format!("tenants/{id}"),
+        };
         if !caller.context.may_access(&id) {
             return Err(not_found().into());
         }
@@ -91,15 +110,24 @@ impl TenantService for TenantApi {
             .transpose()?;
         let filters = parse_filters(&request.filter)?;
         let only = (!caller.context.is_platform_operator()).then_some(&caller.context.tenant_id);
-        let mut records = self.store.list_tenants(only, after.as_ref(), &filters, page_size + 1).await?;
+        let mut records = self
+            .store
+            .list_tenants(only, after.as_ref(), &filters, page_size + 1)
+            .await?;
         let next_page_token = if records.len() > page_size {
             records.truncate(page_size);
             let last = records.last().expect("page is not empty");
-            aip::encode_page_token(&request.filter, &format!("{}:{}", last.create_time, last.id))
+            aip::encode_page_token(
+                &request.filter,
+                &format!("{}:{}", last.create_time, last.id),
+            )
         } else {
             String::new()
         };
-        Ok(Response::new(ListTenantsResponse { tenants: records.into_iter().map(to_proto).collect(), next_page_token }))
+        Ok(Response::new(ListTenantsResponse {
+            tenants: records.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
     }
 }
 
@@ -119,7 +147,10 @@ fn to_proto(record: TenantRecord) -> Tenant {
 fn parse_cursor(cursor: &str) -> Result<TenantCursor, ApiError> {
     let malformed = || ApiError::invalid("page_token", "malformed page token");
     let (time, id) = cursor.split_once(':').ok_or_else(malformed)?;
-    Ok(TenantCursor { create_time: time.parse().map_err(|_| malformed())?, id: id.to_owned() })
+    Ok(TenantCursor {
+        create_time: time.parse().map_err(|_| malformed())?,
+        id: id.to_owned(),
+    })
 }
 
 fn parse_filters(filter: &str) -> Result<Vec<TenantFilter>, ApiError> {
@@ -128,16 +159,34 @@ fn parse_filters(filter: &str) -> Result<Vec<TenantFilter>, ApiError> {
         .map(|term| {
             let (column, value) = match term.field {
                 "plan" => match Plan::from_str_name(&term.value) {
-                    Some(plan) if plan != Plan::Unspecified => ("plan", tenants::plan_key(plan).to_owned()),
-                    _ => return Err(ApiError::invalid("filter", format!("unknown plan {:?}", term.value))),
+                    Some(plan) if plan != Plan::Unspecified => {
+                        ("plan", tenants::plan_key(plan).to_owned())
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "filter",
+                            format!("unknown plan {:?}", term.value),
+                        ));
+                    }
                 },
                 "state" => match TenantState::from_str_name(&term.value) {
-                    Some(state) if state != TenantState::Unspecified => ("state", tenants::state_key(state).to_owned()),
-                    _ => return Err(ApiError::invalid("filter", format!("unknown state {:?}", term.value))),
+                    Some(state) if state != TenantState::Unspecified => {
+                        ("state", tenants::state_key(state).to_owned())
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "filter",
+                            format!("unknown state {:?}", term.value),
+                        ));
+                    }
                 },
                 _ => ("region", term.value),
             };
-            Ok(TenantFilter { column, comparison: term.comparison, value })
+            Ok(TenantFilter {
+                column,
+                comparison: term.comparison,
+                value,
+            })
         })
         .collect()
 }

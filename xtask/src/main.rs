@@ -1,0 +1,87 @@
+//! `cargo xtask <task>`: the commands CI runs, runnable locally with only the Rust toolchain
+//! (plus the Python 3 that the interop scripts use to install their own tools).
+//!
+//! - `test`: every test — the workspace's unit and integration tests (on SQLite, and on
+//!   PostgreSQL too when `PALISADE_TEST_POSTGRES_URL` is set), then the interop scripts that
+//!   drive a running `palisade dev` from outside Rust.
+//! - `ci`: `cargo fmt --check`, clippy with `-D warnings`, then `test`. With `CI` set it also
+//!   insists that PostgreSQL is configured, so a CI run can never silently skip it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+/// Scripts that drive a live `palisade dev` from outside Rust; each installs its own tools.
+const INTEROP_SCRIPTS: &[&str] = &["tests/interop/grpcurl.sh"];
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "test" => test(),
+        "ci" => ci(),
+        _ => Err("usage: cargo xtask <test|ci>".to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask {task}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ci() -> Result<(), String> {
+    if std::env::var_os("CI").is_some() && std::env::var_os("PALISADE_TEST_POSTGRES_URL").is_none()
+    {
+        return Err(
+            "CI must run the PostgreSQL variant: set PALISADE_TEST_POSTGRES_URL".to_owned(),
+        );
+    }
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    test()
+}
+
+fn test() -> Result<(), String> {
+    run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+    run(cargo().args(["build", "--package", "palisade"]))?;
+    for script in INTEROP_SCRIPTS {
+        run(Command::new("bash")
+            .arg(root().join(script))
+            .current_dir(root()))?;
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.current_dir(root());
+    command
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    eprintln!("+ {command:?}");
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed with {status}"))
+    }
+}
