@@ -11,14 +11,14 @@ use std::{
 };
 
 use http::HeaderMap;
-use palisade_grpc::ApiError;
+use palisade_grpc::{ApiError, MeshChannel};
 use palisade_proto::palisade::{
     common::v1::PrincipalType,
     identity::v1::{VerifyApiKeyRequest, api_key_service_client::ApiKeyServiceClient},
 };
 use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
 use sha2::{Digest, Sha256};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 const MAX_CACHED: usize = 10_000;
 
@@ -53,13 +53,13 @@ fn malformed() -> ApiError {
 }
 
 pub struct ApiKeyVerifier {
-    identity: ApiKeyServiceClient<Channel>,
+    identity: ApiKeyServiceClient<MeshChannel>,
     cache: Mutex<HashMap<[u8; 32], (TenantContext, Instant)>>,
     ttl: Duration,
 }
 
 impl ApiKeyVerifier {
-    pub fn new(identity: Channel, ttl: Duration) -> ApiKeyVerifier {
+    pub fn new(identity: MeshChannel, ttl: Duration) -> ApiKeyVerifier {
         ApiKeyVerifier {
             identity: ApiKeyServiceClient::new(identity),
             cache: Mutex::default(),

@@ -2,31 +2,29 @@
 //! channel per component. A component that is down fails calls fast (connection refused is
 //! `UNAVAILABLE`) and the channel reconnects by itself when it returns.
 
-use palisade_grpc::MeshAddresses;
-use palisade_tls::MeshTls;
-use tonic::transport::Channel;
+use palisade_grpc::{ComponentKit, MeshAddresses, MeshChannel};
 
 pub struct Backends {
-    identity: Channel,
-    compliance: Channel,
-    observability: Channel,
+    identity: MeshChannel,
+    compliance: MeshChannel,
+    observability: MeshChannel,
 }
 
 impl Backends {
-    pub fn connect(mesh: &MeshAddresses, tls: &MeshTls) -> Result<Backends, palisade_tls::Error> {
+    pub fn connect(mesh: &MeshAddresses, kit: &ComponentKit) -> palisade_grpc::Result<Backends> {
         Ok(Backends {
-            identity: palisade_tls::channel(&mesh.identity, tls, "identity")?,
-            compliance: palisade_tls::channel(&mesh.compliance, tls, "compliance")?,
-            observability: palisade_tls::channel(&mesh.observability, tls, "observability")?,
+            identity: kit.channel(&mesh.identity, "identity")?,
+            compliance: kit.channel(&mesh.compliance, "compliance")?,
+            observability: kit.channel(&mesh.observability, "observability")?,
         })
     }
 
-    pub fn identity(&self) -> Channel {
+    pub fn identity(&self) -> MeshChannel {
         self.identity.clone()
     }
 
     /// The channel for a gRPC path `/palisade.<area>.v1.Service/Method`.
-    pub fn for_path(&self, path: &str) -> Option<Channel> {
+    pub fn for_path(&self, path: &str) -> Option<MeshChannel> {
         let package = path.strip_prefix("/palisade.")?.split('.').next()?;
         match package {
             "identity" => Some(self.identity.clone()),

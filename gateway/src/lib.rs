@@ -10,9 +10,13 @@ mod server;
 
 use std::{sync::Arc, time::Duration};
 
-use palisade_grpc::{BoxError, MeshAddresses, Running};
+use palisade_grpc::{
+    BoxError, ComponentKit, Listeners, MeshAddresses, Running, ServerObserveLayer,
+};
 use palisade_tls::MeshTls;
-use tokio::net::TcpListener;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 pub const COMPONENT: &str = "gateway";
 
@@ -27,17 +31,34 @@ pub struct GatewayConfig {
     pub api_key_cache_ttl: Duration,
 }
 
-/// Serves the public port on `listener` until stopped.
-pub async fn start(listener: TcpListener, config: GatewayConfig) -> Result<Running, BoxError> {
-    let backends = backends::Backends::connect(&config.mesh, &config.tls)?;
+/// Serves the public port until stopped. Readiness follows identity, without which no
+/// credential can be verified.
+pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Running, BoxError> {
+    let mut kit = ComponentKit::start(COMPONENT, config.tls.clone(), listeners.admin);
+    let backends = backends::Backends::connect(&config.mesh, &kit)?;
+    let identity = backends.identity();
     let verifier = auth::ApiKeyVerifier::new(backends.identity(), config.api_key_cache_ttl);
-    let proxy = proxy::Proxy::new(Arc::new(backends), Arc::new(verifier)).await?;
+    let (proxy, serving) = proxy::Proxy::new(Arc::new(backends), Arc::new(verifier)).await?;
+    kit.watch_readiness(serving, move || {
+        let mut health = HealthClient::new(identity.clone());
+        async move {
+            match health.check(HealthCheckRequest::default()).await {
+                Ok(answer) if answer.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+                Ok(_) => Err("identity is not serving".to_owned()),
+                Err(status) => Err(format!("identity unreachable: {}", status.message())),
+            }
+        }
+    });
+    let observe = ServerObserveLayer::new(COMPONENT, kit.metrics.rpc.server.clone())
+        .counting_tenants(Arc::new(kit.metrics.clone()));
+    let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     Ok(Running::spawn(
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            server::serve(listener, proxy, shutdown.wait()).await;
+            server::serve(listener, proxy, observe, shutdown.wait()).await;
+            kit.stop();
             Ok(())
         },
     ))

@@ -11,10 +11,9 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response};
-use palisade_grpc::{ApiError, MethodPolicies, add_reflection};
+use palisade_grpc::{ApiError, MethodPolicies, ServedTenant, ServingHandle, add_reflection};
 use palisade_tenancy::{HEADER_REQUEST_ID, RequestId, strip_client_context, write_context};
 use tonic::{Status, body::Body, service::Routes};
-use tonic_health::ServingStatus;
 use tower::ServiceExt;
 
 use crate::{
@@ -32,21 +31,22 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The proxy and the handle of the gateway's own health status.
     pub async fn new(
         backends: Arc<Backends>,
         verifier: Arc<ApiKeyVerifier>,
-    ) -> Result<Proxy, palisade_grpc::Error> {
+    ) -> Result<(Proxy, ServingHandle), palisade_grpc::Error> {
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status("", ServingStatus::Serving)
-            .await;
+        let serving = ServingHandle::for_reporter(reporter);
+        serving.set_serving(true).await;
         let local = add_reflection(Routes::new(health), None)?;
-        Ok(Proxy {
+        let proxy = Proxy {
             backends,
             verifier,
             policies: Arc::new(MethodPolicies::palisade()?),
             local,
-        })
+        };
+        Ok((proxy, serving))
     }
 
     async fn handle<B>(self, mut request: Request<B>) -> Response<Body>
@@ -66,13 +66,18 @@ impl Proxy {
             })
             .map_or_else(RequestId::generate, |value| RequestId(value.to_owned()));
 
-        let mut response = match self.route(request, &request_id).await {
+        tracing::Span::current().record("request_id", request_id.0.as_str());
+        let mut tenant = None;
+        let mut response = match self.route(request, &request_id, &mut tenant).await {
             Ok(response) => response,
             Err(status) => status.into_http(),
         };
         if let Ok(value) = HeaderValue::from_str(&request_id.0) {
             response.headers_mut().insert(HEADER_REQUEST_ID, value);
         }
+        // For the per-tenant request counter (bounded labels, see palisade-telemetry).
+        let tenant = tenant.unwrap_or_else(|| "anonymous".to_owned());
+        response.extensions_mut().insert(ServedTenant(tenant));
         response
     }
 
@@ -80,6 +85,7 @@ impl Proxy {
         &self,
         mut request: Request<B>,
         request_id: &RequestId,
+        tenant: &mut Option<String>,
     ) -> Result<Response<Body>, Status>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -93,7 +99,10 @@ impl Proxy {
         let (Some(policy), Some(backend)) =
             (self.policies.get(&path), self.backends.for_path(&path))
         else {
-            return Err(Status::unimplemented(format!("unknown method {path}")));
+            return Err(ApiError::Unimplemented {
+                message: format!("unknown method {path}"),
+            }
+            .into());
         };
         if policy.internal {
             return Err(ApiError::PermissionDenied {
@@ -115,6 +124,10 @@ impl Proxy {
                 .into());
             }
         };
+        if let Some(context) = &context {
+            tracing::Span::current().record("palisade.tenant_id", context.tenant_id.as_str());
+            *tenant = Some(context.tenant_id.to_string());
+        }
         // Credentials stop at the edge; the mesh sees only the verified context.
         let headers = request.headers_mut();
         headers.remove(http::header::AUTHORIZATION);
@@ -126,7 +139,9 @@ impl Proxy {
             .await
             .map_err(|error| {
                 tracing::warn!(%path, %error, "backend call failed");
-                Status::unavailable(format!("the component serving {path} is unavailable"))
+                ApiError::Unavailable {
+                    message: format!("the component serving {path} is unavailable"),
+                }
             })?;
         Ok(response)
     }

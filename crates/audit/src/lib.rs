@@ -3,8 +3,9 @@
 //! to `AuditService.AppendEvents`, which is idempotent on the event id — so no event is lost
 //! and none is stored twice.
 
+use opentelemetry::trace::TraceContextExt;
 use palisade_db::outbox::{self, DeliveryError, OutboxMessage, OutboxSink};
-use palisade_grpc::principal_type;
+use palisade_grpc::{MeshChannel, principal_type};
 use palisade_proto::palisade::{
     common::v1::Principal as WirePrincipal,
     compliance::v1::{
@@ -13,7 +14,8 @@ use palisade_proto::palisade::{
 };
 use palisade_tenancy::{Principal, RequestId, TenantId};
 use prost::Message;
-use tonic::transport::Channel;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 /// The outbox topic audit events travel under.
@@ -64,24 +66,34 @@ impl AuditRecord<'_> {
     }
 }
 
-/// Writes the event into the outbox on the caller's transaction.
+/// Writes the event into the outbox on the caller's transaction, with the current trace
+/// context so its delivery can be linked back to the call that caused it.
 pub async fn enqueue(
     conn: &mut sqlx::AnyConnection,
     record: &AuditRecord<'_>,
 ) -> palisade_db::Result<()> {
     let event = record.to_event();
     let id = Uuid::parse_str(&event.event_id).expect("generated above");
-    outbox::enqueue(conn, TOPIC, id, &event.encode_to_vec()).await
+    let mut headers = http::HeaderMap::new();
+    palisade_telemetry::inject_current(&mut headers);
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
+    outbox::enqueue(conn, TOPIC, id, &event.encode_to_vec(), traceparent).await
 }
+
+/// How long one delivery may take before the relay backs off and retries (on PostgreSQL it
+/// holds the batch's row locks meanwhile).
+const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Delivers outbox batches to compliance over mTLS.
 #[derive(Clone)]
 pub struct ComplianceSink {
-    client: AuditServiceClient<Channel>,
+    client: AuditServiceClient<MeshChannel>,
 }
 
 impl ComplianceSink {
-    pub fn new(compliance: Channel) -> ComplianceSink {
+    pub fn new(compliance: MeshChannel) -> ComplianceSink {
         ComplianceSink {
             client: AuditServiceClient::new(compliance),
         }
@@ -102,9 +114,31 @@ impl OutboxSink for ComplianceSink {
             })?;
             events.push(event);
         }
+        // One span per delivery, linked to the trace of every call whose events it carries.
+        let span = tracing::info_span!(
+            "outbox.relay",
+            otel.kind = "producer",
+            messaging.batch.message_count = batch.len()
+        );
+        for message in &batch {
+            if let Some(traceparent) = &message.trace_context {
+                let mut headers = http::HeaderMap::new();
+                if let Ok(value) = traceparent.parse() {
+                    headers.insert("traceparent", value);
+                }
+                let origin = palisade_telemetry::extract_context(&headers);
+                let origin = origin.span().span_context().clone();
+                if origin.is_valid() {
+                    span.add_link(origin);
+                }
+            }
+        }
+        let mut request = tonic::Request::new(AppendEventsRequest { events });
+        request.set_timeout(DELIVERY_TIMEOUT);
         self.client
             .clone()
-            .append_events(AppendEventsRequest { events })
+            .append_events(request)
+            .instrument(span)
             .await
             .map(|_| ())
             .map_err(|status| {

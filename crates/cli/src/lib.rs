@@ -3,4 +3,7 @@
 
 mod mesh;
 
-pub use mesh::{COMPONENTS, Component, DatabaseChoice, LocalMesh, MeshOptions, Ports};
+pub use mesh::{
+    COMPONENTS, Component, ComponentSettings, DatabaseChoice, LocalMesh, MeshOptions, Ports,
+    start_component,
+};

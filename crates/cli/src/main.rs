@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palisade::{LocalMesh, MeshOptions, Ports};
-use palisade_telemetry::{LogFormat, init_logging};
+use palisade_telemetry::{LogFormat, TelemetryConfig, init_logging};
 
 #[derive(Parser)]
 #[command(name = "palisade", version, about = "A multi-tenant gRPC service mesh")]
@@ -62,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             port_base,
         } => {
-            init_logging(LogFormat::Pretty);
+            let telemetry =
+                palisade_telemetry::init(TelemetryConfig::new(LogFormat::Pretty, "palisade"));
             let mut options = MeshOptions::new(data_dir);
             options.ports = Ports::starting_at(port_base)?;
             let mut mesh = LocalMesh::start(options)
@@ -76,11 +77,17 @@ async fn main() -> anyhow::Result<()> {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 } } => tracing::error!(component = failed.0.name(), error = format!("{:#}", failed.1), "component failed"),
             }
-            mesh.stop().await
+            let stopped = mesh.stop().await;
+            telemetry.shutdown();
+            stopped
         }
         Command::Serve(args) => {
-            init_logging(LogFormat::Json);
-            serve::serve(args).await
+            let service = format!("palisade-{}", args.component_name());
+            let telemetry =
+                palisade_telemetry::init(TelemetryConfig::new(LogFormat::Json, &service));
+            let served = serve::serve(args).await;
+            telemetry.shutdown();
+            served
         }
         Command::Certs {
             command:

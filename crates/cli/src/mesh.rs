@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use palisade_db::DbConfig;
-use palisade_grpc::{MeshAddresses, Running};
+use palisade_grpc::{Listeners, MeshAddresses, Running};
 use palisade_tls::{CertPaths, MeshTls};
 use tokio::net::TcpListener;
 
@@ -78,6 +78,12 @@ impl Ports {
         compliance: 7902,
         observability: 7903,
     };
+    pub const DEV_ADMIN: Ports = Ports {
+        gateway: 7910,
+        identity: 7911,
+        compliance: 7912,
+        observability: 7913,
+    };
     pub const ANY: Ports = Ports {
         gateway: 0,
         identity: 0,
@@ -114,6 +120,8 @@ pub struct MeshOptions {
     pub trust_domain: String,
     pub database: DatabaseChoice,
     pub ports: Ports,
+    /// Admin HTTP ports (`/metrics`, `/healthz`, `/readyz`); `None` runs without them.
+    pub admin_ports: Option<Ports>,
     pub host: IpAddr,
     pub api_key_cache_ttl: Duration,
 }
@@ -125,6 +133,7 @@ impl MeshOptions {
             trust_domain: palisade_tls::DEFAULT_TRUST_DOMAIN.to_owned(),
             database: DatabaseChoice::Sqlite,
             ports: Ports::DEV,
+            admin_ports: Some(Ports::DEV_ADMIN),
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             api_key_cache_ttl: Duration::from_secs(30),
         }
@@ -151,6 +160,7 @@ pub struct LocalMesh {
     /// The bootstrap operator key, when this start created it.
     pub operator_key: Option<String>,
     bound: BTreeMap<Component, SocketAddr>,
+    bound_admin: BTreeMap<Component, SocketAddr>,
     running: BTreeMap<Component, Running>,
 }
 
@@ -162,17 +172,21 @@ impl LocalMesh {
             .context("creating the dev PKI")?;
         // Bind everything first so each component knows its peers' real addresses.
         let mut listeners = BTreeMap::new();
+        let mut bound = BTreeMap::new();
+        let mut bound_admin = BTreeMap::new();
         for component in COMPONENTS {
-            let addr = SocketAddr::new(options.host, options.ports.of(component));
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {} to {addr}", component.name()))?;
-            listeners.insert(component, listener);
+            let grpc = bind(options.host, options.ports.of(component), component).await?;
+            bound.insert(component, grpc.local_addr()?);
+            let admin = match &options.admin_ports {
+                Some(ports) => {
+                    let admin = bind(options.host, ports.of(component), component).await?;
+                    bound_admin.insert(component, admin.local_addr()?);
+                    Some(admin)
+                }
+                None => None,
+            };
+            listeners.insert(component, Listeners { grpc, admin });
         }
-        let bound: BTreeMap<_, _> = listeners
-            .iter()
-            .map(|(c, l)| Ok((*c, l.local_addr()?)))
-            .collect::<std::io::Result<_>>()?;
         let url = |c: Component| format!("http://{}", bound[&c]);
         let addresses = MeshAddresses {
             identity: url(Component::Identity),
@@ -185,6 +199,7 @@ impl LocalMesh {
             addresses,
             operator_key: None,
             bound,
+            bound_admin,
             running: BTreeMap::new(),
         };
         for (component, listener) in listeners {
@@ -195,6 +210,11 @@ impl LocalMesh {
 
     pub fn addr(&self, component: Component) -> SocketAddr {
         self.bound[&component]
+    }
+
+    /// The component's admin HTTP address, if admin ports are on.
+    pub fn admin_addr(&self, component: Component) -> Option<SocketAddr> {
+        self.bound_admin.get(&component).copied()
     }
 
     pub fn is_running(&self, component: Component) -> bool {
@@ -218,13 +238,24 @@ impl LocalMesh {
         if self.is_running(component) {
             bail!("{} is already running", component.name());
         }
-        let listener = TcpListener::bind(self.bound[&component]).await?;
-        self.launch(component, listener).await
+        let grpc = TcpListener::bind(self.bound[&component]).await?;
+        let admin = match self.bound_admin.get(&component) {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        self.launch(component, Listeners { grpc, admin }).await
     }
 
-    /// Stops every component, gateway first, identity last.
+    /// Stops every component: the gateway first (no new calls), compliance last, so identity's
+    /// relay can still make its final flush to it.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        for component in COMPONENTS.into_iter().rev() {
+        let order = [
+            Component::Gateway,
+            Component::Observability,
+            Component::Identity,
+            Component::Compliance,
+        ];
+        for component in order {
             self.stop_component(component).await?;
         }
         Ok(())
@@ -245,49 +276,84 @@ impl LocalMesh {
         Some((component, error))
     }
 
-    async fn launch(&mut self, component: Component, listener: TcpListener) -> anyhow::Result<()> {
+    async fn launch(&mut self, component: Component, listeners: Listeners) -> anyhow::Result<()> {
         let options = &self.options;
         let tls = MeshTls::load(CertPaths::in_dir(&options.certs_dir(), component.name())).await?;
-        let db = options.db_config(component);
-        let mesh = self.addresses.clone();
-        let running = match component {
-            Component::Identity => {
-                let started = palisade_identity::start(
-                    listener,
-                    palisade_identity::IdentityConfig { tls, db, mesh },
-                )
-                .await;
-                let started = started.map_err(|e| anyhow::anyhow!(e))?;
-                if started.operator_key.is_some() {
-                    self.operator_key = started.operator_key;
-                }
-                started.running
-            }
-            Component::Compliance => palisade_compliance::start(
-                listener,
-                palisade_compliance::ComplianceConfig { tls, db, mesh },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?,
-            Component::Observability => {
-                let config = palisade_observability::ObservabilityConfig { tls, mesh };
-                palisade_observability::start(listener, config)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?
-            }
-            Component::Gateway => {
-                let config = palisade_gateway::GatewayConfig {
-                    tls,
-                    mesh,
-                    api_key_cache_ttl: options.api_key_cache_ttl,
-                };
-                palisade_gateway::start(listener, config)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?
-            }
+        let settings = ComponentSettings {
+            tls,
+            db: options.db_config(component),
+            mesh: self.addresses.clone(),
+            api_key_cache_ttl: options.api_key_cache_ttl,
         };
+        let (running, operator_key) = start_component(component, listeners, settings).await?;
+        if operator_key.is_some() {
+            self.operator_key = operator_key;
+        }
         tracing::info!(component = component.name(), addr = %running.local_addr, "component started");
         self.running.insert(component, running);
         Ok(())
     }
+}
+
+/// What any one component is started with.
+pub struct ComponentSettings {
+    pub tls: MeshTls,
+    pub db: DbConfig,
+    pub mesh: MeshAddresses,
+    pub api_key_cache_ttl: Duration,
+}
+
+/// Starts one component on `listeners`; identity also returns the operator key when its
+/// bootstrap created one.
+pub async fn start_component(
+    component: Component,
+    listeners: Listeners,
+    settings: ComponentSettings,
+) -> anyhow::Result<(Running, Option<String>)> {
+    let ComponentSettings {
+        tls,
+        db,
+        mesh,
+        api_key_cache_ttl,
+    } = settings;
+    let started = match component {
+        Component::Identity => {
+            let config = palisade_identity::IdentityConfig { tls, db, mesh };
+            palisade_identity::start(listeners, config)
+                .await
+                .map(|s| (s.running, s.operator_key))
+        }
+        Component::Compliance => {
+            let config = palisade_compliance::ComplianceConfig { tls, db, mesh };
+            palisade_compliance::start(listeners, config)
+                .await
+                .map(|r| (r, None))
+        }
+        Component::Observability => {
+            let config = palisade_observability::ObservabilityConfig { tls, mesh };
+            palisade_observability::start(listeners, config)
+                .await
+                .map(|r| (r, None))
+        }
+        Component::Gateway => {
+            let config = palisade_gateway::GatewayConfig {
+                tls,
+                mesh,
+                api_key_cache_ttl,
+            };
+            palisade_gateway::start(listeners, config)
+                .await
+                .map(|r| (r, None))
+        }
+    };
+    started
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| format!("starting {}", component.name()))
+}
+
+async fn bind(host: IpAddr, port: u16, component: Component) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::new(host, port);
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {} to {addr}", component.name()))
 }

@@ -5,9 +5,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use palisade::Component;
+use palisade::{Component, ComponentSettings, start_component};
 use palisade_db::{Db, DbConfig};
-use palisade_grpc::MeshAddresses;
+use palisade_grpc::{Listeners, MeshAddresses};
 use palisade_tls::{CertPaths, MeshTls};
 use tokio::net::TcpListener;
 
@@ -23,6 +23,9 @@ pub struct ServeArgs {
         default_value = "/etc/palisade/certs"
     )]
     certs_dir: PathBuf,
+    /// The admin HTTP port: `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, env = "PALISADE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
     #[command(flatten)]
     database: DatabaseArgs,
     #[arg(
@@ -59,7 +62,8 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL; without it the component uses SQLite under --data-dir.
     #[arg(long, env = "PALISADE_DATABASE_URL")]
     database_url: Option<String>,
-    /// PostgreSQL schema to use (created if missing).
+    /// PostgreSQL schema to use (created if missing); defaults to the component's name, so
+    /// components sharing one database never share tables.
     #[arg(long, env = "PALISADE_DATABASE_SCHEMA")]
     database_schema: Option<String>,
     #[arg(long, env = "PALISADE_DATA_DIR", default_value = "/var/lib/palisade")]
@@ -69,7 +73,13 @@ pub struct DatabaseArgs {
 impl DatabaseArgs {
     fn config(&self, component: Component) -> DbConfig {
         match &self.database_url {
-            Some(url) => DbConfig::postgres(url, self.database_schema.clone()),
+            Some(url) => {
+                let schema = self
+                    .database_schema
+                    .clone()
+                    .unwrap_or_else(|| component.name().to_owned());
+                DbConfig::postgres(url, Some(schema))
+            }
             None => DbConfig::sqlite_in(&self.data_dir, component.name()),
         }
     }
@@ -83,6 +93,12 @@ pub struct MigrateArgs {
     database: DatabaseArgs,
 }
 
+impl ServeArgs {
+    pub fn component_name(&self) -> &str {
+        &self.component
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let component = Component::parse(&args.component)?;
     let tls = MeshTls::load(CertPaths::in_dir(&args.certs_dir, component.name()))
@@ -94,59 +110,42 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.certs_dir.display()
             )
         })?;
-    let listener = TcpListener::bind(args.listen)
+    let grpc = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let mesh = MeshAddresses {
-        identity: args.identity_url,
-        compliance: args.compliance_url,
-        observability: args.observability_url,
-        gateway: args.gateway_url,
-    };
-    let db = args.database.config(component);
-    let running = match component {
-        Component::Identity => {
-            let started = palisade_identity::start(
-                listener,
-                palisade_identity::IdentityConfig { tls, db, mesh },
-            )
-            .await;
-            let started = started.map_err(|e| anyhow::anyhow!(e))?;
-            if let Some(key) = started.operator_key {
-                // Printed once, to the operator's terminal or job log; only its hash is stored.
-                println!("bootstrap operator api key (shown once): {key}");
-            }
-            started.running
-        }
-        Component::Compliance => palisade_compliance::start(
-            listener,
-            palisade_compliance::ComplianceConfig { tls, db, mesh },
-        )
+    let admin = TcpListener::bind(args.admin_listen)
         .await
-        .map_err(|e| anyhow::anyhow!(e))?,
-        Component::Observability => palisade_observability::start(
-            listener,
-            palisade_observability::ObservabilityConfig { tls, mesh },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?,
-        Component::Gateway => {
-            let ttl = Duration::from_secs(args.api_key_cache_ttl);
-            palisade_gateway::start(
-                listener,
-                palisade_gateway::GatewayConfig {
-                    tls,
-                    mesh,
-                    api_key_cache_ttl: ttl,
-                },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?
-        }
+        .with_context(|| format!("binding the admin port {}", args.admin_listen))?;
+    let settings = ComponentSettings {
+        tls,
+        db: args.database.config(component),
+        mesh: MeshAddresses {
+            identity: args.identity_url,
+            compliance: args.compliance_url,
+            observability: args.observability_url,
+            gateway: args.gateway_url,
+        },
+        api_key_cache_ttl: Duration::from_secs(args.api_key_cache_ttl),
     };
-    tracing::info!(component = component.name(), addr = %running.local_addr, "serving");
-    shutdown_signal().await;
-    running.stop().await.map_err(|e| anyhow::anyhow!(e))
+    let listeners = Listeners {
+        grpc,
+        admin: Some(admin),
+    };
+    let (mut running, operator_key) = start_component(component, listeners, settings).await?;
+    if let Some(key) = operator_key {
+        // Printed once, to the operator's terminal or job log; only its hash is stored.
+        println!("bootstrap operator api key (shown once): {key}");
+    }
+    tracing::info!(component = component.name(), addr = %running.local_addr, admin = %args.admin_listen, "serving");
+    let ended = tokio::select! {
+        () = shutdown_signal() => None,
+        ended = running.wait_ended() => Some(ended),
+    };
+    match ended {
+        None => running.stop().await.map_err(|e| anyhow::anyhow!(e)),
+        // A component that ends by itself has failed: exit so the orchestrator restarts it.
+        Some(ended) => anyhow::bail!("{} stopped unexpectedly: {ended:?}", component.name()),
+    }
 }
 
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {

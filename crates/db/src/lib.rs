@@ -54,6 +54,11 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("database file {path} cannot be opened: {source}")]
+    Unreachable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("corrupt outbox row {id:?}: {reason}")]
     CorruptRow { id: String, reason: String },
 }

@@ -23,7 +23,8 @@ const SQLITE_OUTBOX: [&str; 2] = [
         topic TEXT NOT NULL,
         payload BLOB NOT NULL,
         created_at BIGINT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0
+        attempts INTEGER NOT NULL DEFAULT 0,
+        trace_context TEXT
     )",
     "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)",
 ];
@@ -34,7 +35,8 @@ const POSTGRES_OUTBOX: [&str; 2] = [
         topic TEXT NOT NULL,
         payload BYTEA NOT NULL,
         created_at BIGINT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0
+        attempts INTEGER NOT NULL DEFAULT 0,
+        trace_context TEXT
     )",
     "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)",
 ];

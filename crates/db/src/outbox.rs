@@ -36,6 +36,9 @@ pub struct OutboxMessage {
     pub created_at_micros: i64,
     /// Failed deliveries so far.
     pub attempts: i32,
+    /// The W3C `traceparent` of the operation that enqueued the message, so delivery can be
+    /// linked back to it.
+    pub trace_context: Option<String>,
 }
 
 /// Enqueues inside the caller's transaction, so the message commits or rolls back with the change.
@@ -48,14 +51,17 @@ pub async fn enqueue(
     topic: &str,
     id: Uuid,
     payload: &[u8],
+    trace_context: Option<&str>,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO outbox (id, topic, payload, created_at, attempts) VALUES ($1, $2, $3, $4, 0)",
+        "INSERT INTO outbox (id, topic, payload, created_at, attempts, trace_context) \
+         VALUES ($1, $2, $3, $4, 0, $5)",
     )
     .bind(id.to_string())
     .bind(topic)
     .bind(payload)
     .bind(now_micros())
+    .bind(trace_context)
     .execute(conn)
     .await?;
     Ok(())
@@ -67,6 +73,15 @@ pub async fn depth(db: &Db) -> Result<i64> {
         .fetch_one(db.pool())
         .await?;
     Ok(depth)
+}
+
+/// When the oldest waiting message was enqueued (microseconds since the epoch), if any: how far
+/// behind the relay is.
+pub async fn oldest_created_at(db: &Db) -> Result<Option<i64>> {
+    let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(created_at) FROM outbox")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(oldest)
 }
 
 /// Where a relay delivers. Returning `Ok` means every message of the batch is acknowledged and
@@ -183,7 +198,7 @@ async fn select_batch(
     lock_clause: &str,
 ) -> Result<Vec<OutboxMessage>> {
     let sql = format!(
-        "SELECT id, topic, payload, created_at, attempts FROM outbox \
+        "SELECT id, topic, payload, created_at, attempts, trace_context FROM outbox \
          WHERE topic = $1 ORDER BY created_at, id LIMIT $2{lock_clause}"
     );
     let limit = i64::try_from(batch_size.clamp(1, MAX_BATCH)).unwrap_or(1);
@@ -205,6 +220,7 @@ async fn select_batch(
                 payload: row.try_get("payload")?,
                 created_at_micros: row.try_get("created_at")?,
                 attempts: row.try_get("attempts")?,
+                trace_context: row.try_get("trace_context")?,
             })
         })
         .collect()

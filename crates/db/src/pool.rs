@@ -71,6 +71,9 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     schema: Option<Arc<str>>,
+    /// The SQLite file, checked by `ping`: pooled connections keep a deleted or moved file
+    /// alive, so `SELECT 1` alone would report a database that no new connection can open.
+    sqlite_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Db {
@@ -109,6 +112,7 @@ impl Db {
                     pool,
                     backend,
                     schema: None,
+                    sqlite_file: sqlite_path(&url),
                 })
             }
             Backend::Postgres => {
@@ -137,6 +141,7 @@ impl Db {
                     pool,
                     backend,
                     schema,
+                    sqlite_file: None,
                 })
             }
         }
@@ -165,7 +170,20 @@ impl Db {
     }
 
     /// Readiness probe.
+    /// Whether the database answers: `SELECT 1`, and for SQLite also that its file can still
+    /// be opened for reading and writing.
     pub async fn ping(&self) -> Result<()> {
+        if let Some(path) = &self.sqlite_file {
+            let file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .await;
+            file.map_err(|source| Error::Unreachable {
+                path: path.clone(),
+                source,
+            })?;
+        }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }

@@ -30,6 +30,7 @@ async fn committed_message_is_delivered_once_notified() {
         assert_eq!(message.topic, "audit");
         assert_eq!(message.payload, b"event-0");
         assert_eq!(message.attempts, 0);
+        assert_eq!(message.trace_context.as_deref(), Some(support::TRACEPARENT));
         assert!(message.created_at_micros > 1_700_000_000_000_000);
         running.stop().await;
     })
@@ -44,7 +45,7 @@ async fn rolled_back_message_is_never_delivered() {
 
         let mut tx = db.begin().await.unwrap();
         let doomed = Uuid::now_v7();
-        outbox::enqueue(&mut tx, "audit", doomed, b"doomed")
+        outbox::enqueue(&mut tx, "audit", doomed, b"doomed", None)
             .await
             .unwrap();
         tx.rollback().await.unwrap();

@@ -13,7 +13,9 @@ use palisade_proto::palisade::{
     identity::v1::{CheckRequest, authorization_service_client::AuthorizationServiceClient},
 };
 use palisade_tenancy::{PrincipalKind, TenantContext};
-use tonic::{Status, transport::Channel};
+use tonic::Status;
+
+use crate::MeshChannel;
 
 /// The answer to a permission check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +41,7 @@ type CacheKey = (TenantContext, String);
 /// per principal and permission per TTL. A revoked grant therefore takes up to `ttl` to bite.
 #[derive(Clone)]
 pub struct RemoteAuthorizer {
-    client: AuthorizationServiceClient<Channel>,
+    client: AuthorizationServiceClient<MeshChannel>,
     cache: Arc<Mutex<HashMap<CacheKey, (Decision, Instant)>>>,
     ttl: Duration,
 }
@@ -48,7 +50,7 @@ pub struct RemoteAuthorizer {
 const MAX_CACHED: usize = 10_000;
 
 impl RemoteAuthorizer {
-    pub fn new(identity: Channel, ttl: Duration) -> RemoteAuthorizer {
+    pub fn new(identity: MeshChannel, ttl: Duration) -> RemoteAuthorizer {
         RemoteAuthorizer {
             client: AuthorizationServiceClient::new(identity),
             cache: Arc::default(),

@@ -1,17 +1,26 @@
-//! mTLS client channels between components, carrying the current tenant context.
+//! mTLS client channels between components, carrying the current tenant context and trace.
 
+use palisade_telemetry::ComponentMetrics;
 use palisade_tenancy::PropagateContext;
 use palisade_tls::MeshTls;
 use tonic::transport::Channel;
+use tower_layer::Layer;
 
-/// A channel to another component that forwards the tenant context of the request being
-/// handled (see `palisade_tenancy::PropagateContext`).
-pub type MeshChannel = PropagateContext<Channel>;
+use crate::{ClientObserveLayer, Observe};
 
-/// A lazily connecting mTLS channel to `component` at `uri`, verifying that the server holds
-/// that component's certificate.
-pub fn mesh_channel(uri: &str, tls: &MeshTls, component: &str) -> crate::Result<MeshChannel> {
-    Ok(PropagateContext::new(palisade_tls::channel(
-        uri, tls, component,
-    )?))
+/// A channel to another component: observed (a `grpc.client` span, client metrics,
+/// `traceparent`) and forwarding the tenant context of the request being handled.
+pub type MeshChannel = Observe<PropagateContext<Channel>>;
+
+/// A lazily connecting mTLS channel from `from` to `component` at `uri`, verifying that the
+/// server holds that component's certificate.
+pub fn mesh_channel(
+    uri: &str,
+    tls: &MeshTls,
+    component: &str,
+    from: &'static str,
+    metrics: &ComponentMetrics,
+) -> crate::Result<MeshChannel> {
+    let channel = PropagateContext::new(palisade_tls::channel(uri, tls, component)?);
+    Ok(ClientObserveLayer::new(from, metrics.rpc.client.clone()).layer(channel))
 }

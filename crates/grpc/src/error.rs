@@ -52,6 +52,8 @@ pub enum ApiError {
     },
     #[error("{message}")]
     Unavailable { message: String },
+    #[error("{message}")]
+    Unimplemented { message: String },
     /// Logged in full where it is mapped; the caller sees only that it happened.
     #[error("internal error: {0}")]
     Internal(String),
@@ -101,6 +103,9 @@ impl From<ApiError> for Status {
             }
             ApiError::FailedPrecondition { reason, message } => {
                 with_info(Code::FailedPrecondition, message, reason, [])
+            }
+            ApiError::Unimplemented { message } => {
+                with_info(Code::Unimplemented, message, "UNIMPLEMENTED", [])
             }
             ApiError::Unavailable { message } => {
                 with_info(Code::Unavailable, message, "UNAVAILABLE", [])

@@ -8,8 +8,11 @@ mod authorizer;
 mod caller;
 mod client;
 mod error;
+mod kit;
+mod observe;
 mod policy;
 mod policy_layer;
+mod readiness;
 mod running;
 mod server;
 pub mod time;
@@ -18,8 +21,13 @@ pub use authorizer::{Authorizer, Decision, RemoteAuthorizer, principal_type};
 pub use caller::Caller;
 pub use client::{MeshChannel, mesh_channel};
 pub use error::{ApiError, ERROR_DOMAIN, FieldViolation};
+pub use kit::{ComponentKit, Listeners};
+pub use observe::{
+    ClientObserveLayer, Observe, ServedTenant, ServerObserveLayer, TenantCounter, code_name,
+};
 pub use policy::{MethodPolicies, MethodPolicy};
 pub use policy_layer::{CallerComponent, PolicyLayer, PolicyService};
+pub use readiness::watch_readiness;
 pub use running::{BoxError, MeshAddresses, Running, ShutdownSignal};
 pub use server::{MeshServer, ServingHandle, add_reflection};
 

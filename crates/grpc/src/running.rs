@@ -56,6 +56,16 @@ impl Running {
         self.task.is_finished()
     }
 
+    /// Resolves when the component's task has ended, without consuming the handle (so it can
+    /// still be stopped afterwards); yields whether it ended with an error.
+    pub async fn wait_ended(&mut self) -> Result<(), String> {
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(join_error) => Err(join_error.to_string()),
+        }
+    }
+
     /// Waits until the component ends by itself (an error, or its shutdown signal).
     pub async fn join(self) -> Result<(), BoxError> {
         match self.task.await {

@@ -16,7 +16,9 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 
-use crate::{Authorizer, MethodPolicies, PolicyLayer, Result};
+use palisade_telemetry::ComponentMetrics;
+
+use crate::{Authorizer, MethodPolicies, PolicyLayer, Result, ServerObserveLayer};
 
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -24,7 +26,8 @@ const HEALTH: &str = "grpc.health.v1.Health";
 
 /// Builds one component's gRPC server.
 pub struct MeshServer {
-    component: String,
+    component: &'static str,
+    metrics: ComponentMetrics,
     tls: MeshTls,
     trust: TrustPolicy,
     authorizer: Arc<dyn Authorizer>,
@@ -41,6 +44,15 @@ pub struct ServingHandle {
 }
 
 impl ServingHandle {
+    /// A handle for a health reporter built elsewhere (the gateway's); it flips the overall
+    /// status `""` only.
+    pub fn for_reporter(reporter: HealthReporter) -> ServingHandle {
+        ServingHandle {
+            reporter,
+            service_names: Arc::default(),
+        }
+    }
+
     pub async fn set_serving(&self, serving: bool) {
         let status = if serving {
             ServingStatus::Serving
@@ -56,13 +68,15 @@ impl ServingHandle {
 
 impl MeshServer {
     pub fn new(
-        component: &str,
+        component: &'static str,
         tls: MeshTls,
         authorizer: Arc<dyn Authorizer>,
+        metrics: ComponentMetrics,
     ) -> Result<MeshServer> {
         let trust = TrustPolicy::mesh(tls.identity().trust_domain());
         Ok(MeshServer {
-            component: component.to_owned(),
+            component,
+            metrics,
             tls,
             trust,
             authorizer,
@@ -105,9 +119,14 @@ impl MeshServer {
         let routes = self.routes.routes();
         let routes = add_reflection(routes, Some(&self.service_names))?.add_service(health);
 
-        // Layers in the order a request meets them: tonic inserts the peer identity, then the
-        // tenant context is accepted (or refused), then the method's policy is enforced.
+        // Layers in the order a request meets them: tonic inserts the peer identity, the call
+        // is traced and measured, the tenant context is accepted (or refused), then the
+        // method's policy is enforced.
         let layers = ServiceBuilder::new()
+            .layer(ServerObserveLayer::new(
+                self.component,
+                self.metrics.rpc.server.clone(),
+            ))
             .layer(TenantContextLayer::new(self.trust.clone()))
             .layer(PolicyLayer::new(
                 self.policies.clone(),
@@ -117,7 +136,7 @@ impl MeshServer {
 
         let incoming = palisade_tls::incoming(listener, self.tls.clone());
         let shutdown_handle = handle.clone();
-        let component = self.component.clone();
+        let component = self.component;
         let serving = async move {
             Server::builder()
                 .layer(layers)
@@ -125,7 +144,7 @@ impl MeshServer {
                 .serve_with_incoming_shutdown(incoming, async move {
                     shutdown.await;
                     shutdown_handle.set_serving(false).await;
-                    tracing::info!(component = %component, "draining gRPC server");
+                    tracing::info!(component, "draining gRPC server");
                 })
                 .await?;
             Ok(())

@@ -75,7 +75,11 @@ where
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
         let request_id = read_request_id(request.headers()).unwrap_or_else(RequestId::generate);
+        // The observe layer's server span is current here: label it with who is asking.
+        let span = tracing::Span::current();
+        span.record("request_id", request_id.0.as_str());
         if let Some(context) = &context {
+            span.record("palisade.tenant_id", context.tenant_id.as_str());
             request.extensions_mut().insert(context.clone());
         }
         request.extensions_mut().insert(request_id.clone());

@@ -57,6 +57,7 @@ impl MeshBuilder {
         let dir = tempfile::tempdir()?;
         let mut options = MeshOptions::new(dir.path().to_path_buf());
         options.ports = Ports::ANY;
+        options.admin_ports = Some(Ports::ANY);
         if let Some(ttl) = self.api_key_cache_ttl {
             options.api_key_cache_ttl = ttl;
         }
@@ -124,6 +125,27 @@ impl Mesh {
         self.inner.addr(component)
     }
 
+    /// The component's admin HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin_addr(&self, component: Component) -> std::net::SocketAddr {
+        self.inner
+            .admin_addr(component)
+            .expect("the sandbox always runs admin ports")
+    }
+
+    /// `GET path` on the component's admin port: (status code, body).
+    pub async fn admin_get(
+        &self,
+        component: Component,
+        path: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        http_get(self.admin_addr(component), path).await
+    }
+
+    /// The data directory (certificates, SQLite files).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.options.data_dir
+    }
+
     pub fn certs_dir(&self) -> std::path::PathBuf {
         self.inner.options.certs_dir()
     }
@@ -172,6 +194,47 @@ impl Mesh {
         }
         Ok(())
     }
+}
+
+/// A minimal HTTP/1.1 GET (admin endpoints are plain HTTP): (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// `message` with `authorization: ApiKey <key>`.

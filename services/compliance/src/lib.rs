@@ -7,10 +7,11 @@ mod chain;
 mod store;
 
 use palisade_db::{Db, DbConfig, Migrations};
-use palisade_grpc::{BoxError, MeshAddresses, MeshServer, RemoteAuthorizer, Running};
+use palisade_grpc::{
+    BoxError, ComponentKit, Listeners, MeshAddresses, MeshServer, RemoteAuthorizer, Running,
+};
 use palisade_proto::palisade::compliance::v1::audit_service_server::AuditServiceServer;
 use palisade_tls::MeshTls;
-use tokio::net::TcpListener;
 
 pub use chain::{GENESIS_HASH, canonical_bytes, chain_hash};
 
@@ -34,24 +35,34 @@ pub fn migrations() -> Migrations {
     }
 }
 
-/// Connects and migrates the database, then serves on `listener` until stopped.
-pub async fn start(listener: TcpListener, config: ComplianceConfig) -> Result<Running, BoxError> {
+/// Connects and migrates the database, then serves until stopped.
+pub async fn start(listeners: Listeners, config: ComplianceConfig) -> Result<Running, BoxError> {
+    let mut kit = ComponentKit::start(COMPONENT, config.tls.clone(), listeners.admin);
     let db = Db::connect(&config.db).await?;
     db.migrate(&migrations()).await?;
-    let identity = palisade_tls::channel(&config.mesh.identity, &config.tls, "identity")?;
+    kit.watch_database(db.clone(), false);
+    let identity = kit.channel(&config.mesh.identity, "identity")?;
     let authorizer = std::sync::Arc::new(RemoteAuthorizer::new(identity, AUTHZ_CACHE_TTL));
-    let server = MeshServer::new(COMPONENT, config.tls.clone(), authorizer)?.add_service(
-        AuditServiceServer::new(api::AuditApi::new(store::AuditStore::new(db.clone()))),
-    );
+    let store = store::AuditStore::new(db.clone());
+    let server = MeshServer::new(
+        COMPONENT,
+        config.tls.clone(),
+        authorizer,
+        kit.metrics.clone(),
+    )?
+    .add_service(AuditServiceServer::new(api::AuditApi::new(store)));
+    let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     Ok(Running::spawn(
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
-            serving.await?;
+            let (health, serving) = server.serve(listener, shutdown.wait()).await?;
+            kit.watch_database_readiness(health, db.clone());
+            let served = serving.await;
+            kit.stop();
             db.close().await;
-            Ok(())
+            Ok(served?)
         },
     ))
 }

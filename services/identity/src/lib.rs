@@ -16,14 +16,14 @@ use palisade_db::{
     Db, DbConfig, Migrations,
     outbox::{Relay, RelayConfig},
 };
-use palisade_grpc::{BoxError, MeshAddresses, MeshServer, Running};
+use palisade_grpc::{BoxError, ComponentKit, Listeners, MeshAddresses, MeshServer, Running};
 use palisade_proto::palisade::identity::v1::{
     api_key_service_server::ApiKeyServiceServer,
     authorization_service_server::AuthorizationServiceServer,
     tenant_service_server::TenantServiceServer,
 };
 use palisade_tls::MeshTls;
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::sync::oneshot;
 
 pub const COMPONENT: &str = "identity";
 
@@ -50,19 +50,23 @@ pub fn migrations() -> Migrations {
 
 /// Connects, migrates and bootstraps the database, then serves on `listener` and relays audit
 /// events to compliance until stopped.
-pub async fn start(listener: TcpListener, config: IdentityConfig) -> Result<Started, BoxError> {
+pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Started, BoxError> {
+    let mut kit = ComponentKit::start(COMPONENT, config.tls.clone(), listeners.admin);
     let db = Db::connect(&config.db).await?;
     db.migrate(&migrations()).await?;
     let store = store::IdentityStore::new(db.clone());
     let operator_key = bootstrap::bootstrap(&store).await?;
+    kit.watch_database(db.clone(), true);
 
     let relay = Relay::new(db.clone(), RelayConfig::new(palisade_audit::TOPIC));
-    let compliance = palisade_tls::channel(&config.mesh.compliance, &config.tls, "compliance")?;
+    let compliance = kit.channel(&config.mesh.compliance, "compliance")?;
     let authz = Arc::new(authz::Authz::new(store.clone()));
+    let authorizer = Arc::new(authz::LocalAuthorizer(authz.clone()));
     let server = MeshServer::new(
         COMPONENT,
         config.tls.clone(),
-        Arc::new(authz::LocalAuthorizer(authz.clone())),
+        authorizer,
+        kit.metrics.clone(),
     )?
     .add_service(TenantServiceServer::new(api::TenantApi::new(
         store,
@@ -73,17 +77,20 @@ pub async fn start(listener: TcpListener, config: IdentityConfig) -> Result<Star
         authz,
     )));
 
+    let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     let running = Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
         let (stop_relay, relay_stopped) = oneshot::channel::<()>();
         let relay_task = relay.spawn(ComplianceSink::new(compliance), async {
             let _ = relay_stopped.await;
         });
-        let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
+        let (health, serving) = server.serve(listener, shutdown.wait()).await?;
+        kit.watch_database_readiness(health, db.clone());
         let served = serving.await;
         // The server has drained, so no new events can arrive: the relay makes a last flush.
         let _ = stop_relay.send(());
         let _ = relay_task.await;
+        kit.stop();
         db.close().await;
         Ok(served?)
     });

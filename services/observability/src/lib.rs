@@ -7,10 +7,11 @@ mod status;
 
 use std::sync::Arc;
 
-use palisade_grpc::{BoxError, MeshAddresses, MeshServer, RemoteAuthorizer, Running};
+use palisade_grpc::{
+    BoxError, ComponentKit, Listeners, MeshAddresses, MeshServer, RemoteAuthorizer, Running,
+};
 use palisade_proto::palisade::observability::v1::status_service_server::StatusServiceServer;
 use palisade_tls::MeshTls;
-use tokio::net::TcpListener;
 
 pub const COMPONENT: &str = "observability";
 
@@ -24,22 +25,29 @@ pub struct ObservabilityConfig {
 }
 
 /// Serves on `listener` until stopped.
-pub async fn start(
-    listener: TcpListener,
-    config: ObservabilityConfig,
-) -> Result<Running, BoxError> {
-    let identity = palisade_tls::channel(&config.mesh.identity, &config.tls, "identity")?;
+pub async fn start(listeners: Listeners, config: ObservabilityConfig) -> Result<Running, BoxError> {
+    // No database of its own: ready whenever it runs (the prober reports on the others).
+    let kit = ComponentKit::start(COMPONENT, config.tls.clone(), listeners.admin);
+    let identity = kit.channel(&config.mesh.identity, "identity")?;
     let authorizer = Arc::new(RemoteAuthorizer::new(identity, AUTHZ_CACHE_TTL));
     let prober = probe::Prober::for_mesh(&config.mesh, &config.tls)?;
-    let server = MeshServer::new(COMPONENT, config.tls.clone(), authorizer)?
-        .add_service(StatusServiceServer::new(status::StatusApi::new(prober)));
+    let server = MeshServer::new(
+        COMPONENT,
+        config.tls.clone(),
+        authorizer,
+        kit.metrics.clone(),
+    )?
+    .add_service(StatusServiceServer::new(status::StatusApi::new(prober)));
+    let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     Ok(Running::spawn(
         COMPONENT,
         local_addr,
         move |shutdown| async move {
             let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
-            Ok(serving.await?)
+            let served = serving.await;
+            kit.stop();
+            Ok(served?)
         },
     ))
 }

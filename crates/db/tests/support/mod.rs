@@ -16,6 +16,9 @@ use uuid::Uuid;
 
 pub const POSTGRES_URL_ENV: &str = "PALISADE_TEST_POSTGRES_URL";
 
+/// Every test message carries this trace context, so the column round-trips.
+pub const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
 pub fn migrations() -> Migrations {
     Migrations {
         sqlite: sqlx::migrate!("tests/migrations/sqlite"),
@@ -68,7 +71,7 @@ pub async fn enqueue_committed(db: &Db, topic: &str, prefix: &str, count: usize)
     for n in 0..count {
         let id = Uuid::now_v7();
         let payload = format!("{prefix}{n}");
-        outbox::enqueue(&mut tx, topic, id, payload.as_bytes())
+        outbox::enqueue(&mut tx, topic, id, payload.as_bytes(), Some(TRACEPARENT))
             .await
             .expect("enqueue");
         ids.push(id);

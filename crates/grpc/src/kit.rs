@@ -1,0 +1,160 @@
+//! What every component runs around its gRPC server: a metrics registry, readiness, the admin
+//! HTTP port, and gauges for certificates, database pools and the outbox.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use palisade_db::Db;
+use palisade_telemetry::{ComponentMetrics, Readiness, serve_admin};
+use palisade_tls::MeshTls;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::{MeshChannel, mesh_channel};
+
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The listeners a component is started with.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// The admin HTTP port (`/metrics`, `/healthz`, `/readyz`), if the component exposes one.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub fn grpc_only(grpc: TcpListener) -> Listeners {
+        Listeners { grpc, admin: None }
+    }
+}
+
+/// One component's shared telemetry plumbing.
+pub struct ComponentKit {
+    pub name: &'static str,
+    pub tls: MeshTls,
+    pub metrics: ComponentMetrics,
+    pub readiness: Readiness,
+    background: Vec<JoinHandle<()>>,
+    admin_stop: Option<oneshot::Sender<()>>,
+}
+
+impl ComponentKit {
+    /// Registers the component's metrics and starts its admin port (if any).
+    pub fn start(name: &'static str, tls: MeshTls, admin: Option<TcpListener>) -> ComponentKit {
+        let metrics = ComponentMetrics::new(name);
+        let readiness = Readiness::default();
+        let mut kit = ComponentKit {
+            name,
+            tls,
+            metrics,
+            readiness,
+            background: Vec::new(),
+            admin_stop: None,
+        };
+        kit.watch_certificate();
+        if let Some(listener) = admin {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(serve_admin(
+                listener,
+                kit.metrics.clone(),
+                kit.readiness.clone(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            kit.admin_stop = Some(stop);
+            kit.background.push(task);
+        }
+        kit
+    }
+
+    /// An observed, context-propagating mTLS channel from this component to `component`.
+    pub fn channel(&self, uri: &str, component: &str) -> crate::Result<MeshChannel> {
+        mesh_channel(uri, &self.tls, component, self.name, &self.metrics)
+    }
+
+    /// Keeps pool and outbox gauges of `db` current.
+    pub fn watch_database(&mut self, db: Db, has_outbox: bool) {
+        let pool_size = self.metrics.gauge(
+            "palisade_db_pool_connections",
+            "Connections open in the pool",
+        );
+        let pool_idle = self.metrics.gauge(
+            "palisade_db_pool_idle_connections",
+            "Idle connections in the pool",
+        );
+        let depth = self
+            .metrics
+            .gauge("palisade_outbox_depth", "Messages waiting in the outbox");
+        let lag = self.metrics.float_gauge(
+            "palisade_outbox_lag_seconds",
+            "Age of the oldest message waiting in the outbox (0 when empty)",
+        );
+        self.background.push(tokio::spawn(async move {
+            loop {
+                pool_size.set(i64::from(db.pool().size()));
+                pool_idle.set(db.pool().num_idle() as i64);
+                if has_outbox {
+                    if let Ok(waiting) = palisade_db::outbox::depth(&db).await {
+                        depth.set(waiting);
+                    }
+                    if let Ok(oldest) = palisade_db::outbox::oldest_created_at(&db).await {
+                        let age = oldest.map_or(0.0, |micros| {
+                            (crate::time::now_micros() - micros).max(0) as f64 / 1e6
+                        });
+                        lag.set(age);
+                    }
+                }
+                tokio::time::sleep(GAUGE_INTERVAL).await;
+            }
+        }));
+    }
+
+    /// Runs `check` every second; its answer drives gRPC health and `/readyz`.
+    pub fn watch_readiness<F, Fut>(&mut self, serving: crate::ServingHandle, check: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send,
+    {
+        let task = crate::watch_readiness(self.name, check, serving, self.readiness.clone());
+        self.background.push(task);
+    }
+
+    /// Readiness follows `db`: not ready while it cannot answer `SELECT 1`.
+    pub fn watch_database_readiness(&mut self, serving: crate::ServingHandle, db: Db) {
+        self.watch_readiness(serving, move || {
+            let db = db.clone();
+            async move {
+                db.ping()
+                    .await
+                    .map_err(|error| format!("database unreachable: {error}"))
+            }
+        });
+    }
+
+    /// Stops the admin port and background tasks.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.admin_stop.take() {
+            let _ = stop.send(());
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+    }
+
+    fn watch_certificate(&mut self) {
+        let expiry = self.metrics.float_gauge(
+            "palisade_certificate_expiry_timestamp_seconds",
+            "When the component's mesh certificate expires (Unix time)",
+        );
+        let tls = self.tls.clone();
+        self.background.push(tokio::spawn(async move {
+            loop {
+                // Re-read each time: certificates rotate without a restart.
+                let not_after = tls
+                    .not_after()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                expiry.set(not_after.as_secs_f64());
+                tokio::time::sleep(GAUGE_INTERVAL).await;
+            }
+        }));
+    }
+}

@@ -1,0 +1,366 @@
+//! Traces and RED metrics for every RPC a component serves or makes.
+//!
+//! The server layer is the outermost layer of every component: it continues the caller's W3C
+//! trace (a `grpc.server` span with the OpenTelemetry RPC attributes), counts the call, and
+//! records latency and status when the status arrives — in the headers of a trailers-only
+//! response, in the trailers, or as `Canceled` when the client goes away first. The client
+//! layer does the same for outgoing calls (`grpc.client` spans) and injects `traceparent`.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::LazyLock,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use palisade_telemetry::{GrpcLabels, SideMetrics, extract_context, inject_current, trace_id_of};
+use tonic::body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::{Instrument, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Marks a response with the tenant it served, for the gateway's per-tenant counter.
+#[derive(Clone, Debug)]
+pub struct ServedTenant(pub String);
+
+/// Counts finished requests per tenant (the gateway's metric).
+pub trait TenantCounter: Send + Sync + 'static {
+    fn count(&self, tenant: &str, code: &str);
+}
+
+impl TenantCounter for palisade_telemetry::ComponentMetrics {
+    fn count(&self, tenant: &str, code: &str) {
+        self.count_tenant_request(tenant, code);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Observes served RPCs.
+#[derive(Clone)]
+pub struct ServerObserveLayer {
+    component: &'static str,
+    metrics: SideMetrics,
+    tenants: Option<std::sync::Arc<dyn TenantCounter>>,
+}
+
+impl ServerObserveLayer {
+    pub fn new(component: &'static str, metrics: SideMetrics) -> ServerObserveLayer {
+        ServerObserveLayer {
+            component,
+            metrics,
+            tenants: None,
+        }
+    }
+
+    /// Also counts requests per tenant, from responses marked with [`ServedTenant`].
+    pub fn counting_tenants(
+        mut self,
+        counter: std::sync::Arc<dyn TenantCounter>,
+    ) -> ServerObserveLayer {
+        self.tenants = Some(counter);
+        self
+    }
+}
+
+impl<S> Layer<S> for ServerObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            side: Side::Server,
+            component: self.component,
+            metrics: self.metrics.clone(),
+            tenants: self.tenants.clone(),
+        }
+    }
+}
+
+/// Observes outgoing RPCs of a component.
+#[derive(Clone)]
+pub struct ClientObserveLayer {
+    component: &'static str,
+    metrics: SideMetrics,
+}
+
+impl ClientObserveLayer {
+    pub fn new(component: &'static str, metrics: SideMetrics) -> ClientObserveLayer {
+        ClientObserveLayer { component, metrics }
+    }
+}
+
+impl<S> Layer<S> for ClientObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            side: Side::Client,
+            component: self.component,
+            metrics: self.metrics.clone(),
+            tenants: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    side: Side,
+    component: &'static str,
+    metrics: SideMetrics,
+    tenants: Option<std::sync::Arc<dyn TenantCounter>>,
+}
+
+impl<S, B> Service<http::Request<B>> for Observe<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        let labels = GrpcLabels {
+            grpc_type: grpc_type(path).to_owned(),
+            grpc_service: service.to_owned(),
+            grpc_method: method.to_owned(),
+        };
+        let span = match self.side {
+            Side::Server => tracing::info_span!(
+                "grpc.server",
+                otel.name = %format!("{service}/{method}"),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = Empty,
+                palisade.component = self.component,
+                palisade.tenant_id = Empty,
+                request_id = Empty,
+                trace_id = Empty,
+            ),
+            Side::Client => tracing::info_span!(
+                "grpc.client",
+                otel.name = %format!("{service}/{method}"),
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = Empty,
+                palisade.component = self.component,
+            ),
+        };
+        match self.side {
+            Side::Server => {
+                // A malformed or absent traceparent simply starts a new trace.
+                let _ = span.set_parent(extract_context(request.headers()));
+                if let Some(trace_id) = trace_id_of(&span) {
+                    span.record("trace_id", trace_id);
+                }
+            }
+            Side::Client => {
+                let _entered = span.enter();
+                inject_current(request.headers_mut());
+            }
+        }
+        self.metrics.start(&labels);
+        let finish = Finish {
+            span: span.clone(),
+            metrics: self.metrics.clone(),
+            labels,
+            started: Instant::now(),
+            code: None,
+            tenant: None,
+            tenants: self.tenants.clone(),
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let future = {
+            let _entered = span.enter();
+            inner.call(request)
+        };
+        Box::pin(
+            async move {
+                let mut finish = finish;
+                match future.await {
+                    Ok(response) => {
+                        finish.tenant = response
+                            .extensions()
+                            .get::<ServedTenant>()
+                            .map(|t| t.0.clone());
+                        if let Some(code) = status_code(response.headers()) {
+                            finish.code = Some(code);
+                        }
+                        Ok(response.map(|body| {
+                            Body::new(ObservedBody {
+                                inner: body,
+                                finish: Some(finish),
+                            })
+                        }))
+                    }
+                    Err(error) => {
+                        finish.code = Some(tonic::Code::Unavailable as i32);
+                        Err(error)
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Records the outcome once, when the status is known or the call is abandoned.
+struct Finish {
+    span: Span,
+    metrics: SideMetrics,
+    labels: GrpcLabels,
+    started: Instant,
+    code: Option<i32>,
+    tenant: Option<String>,
+    tenants: Option<std::sync::Arc<dyn TenantCounter>>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(tonic::Code::Cancelled as i32);
+        let name = code_name(code);
+        self.span.record("rpc.grpc.status_code", code);
+        self.metrics
+            .finish(&self.labels, name, self.started.elapsed().as_secs_f64());
+        if let (Some(counter), Some(tenant)) = (&self.tenants, &self.tenant) {
+            counter.count(tenant, name);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct ObservedBody {
+        #[pin]
+        inner: Body,
+        finish: Option<Finish>,
+    }
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_code)
+                    && let Some(mut finish) = this.finish.take()
+                {
+                    finish.code = Some(code);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut finish) = this.finish.take() {
+                    // A stream that ends without trailers, after a trailers-only status or not.
+                    finish.code.get_or_insert(tonic::Code::Unknown as i32);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut finish) = this.finish.take() {
+                    finish.code.get_or_insert(tonic::Code::Unavailable as i32);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn status_code(headers: &HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Status names as go-grpc-prometheus writes them (Go's `codes.Code.String()`).
+pub fn code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("Unknown")
+}
+
+/// `unary`, `client_stream`, `server_stream` or `bidi_stream`, from the descriptors.
+fn grpc_type(path: &str) -> &'static str {
+    static TYPES: LazyLock<HashMap<String, &'static str>> = LazyLock::new(|| {
+        let mut types = HashMap::new();
+        for service in palisade_proto::descriptor_pool().services() {
+            for method in service.methods() {
+                let kind = match (method.is_client_streaming(), method.is_server_streaming()) {
+                    (false, false) => "unary",
+                    (true, false) => "client_stream",
+                    (false, true) => "server_stream",
+                    (true, true) => "bidi_stream",
+                };
+                types.insert(format!("/{}/{}", service.full_name(), method.name()), kind);
+            }
+        }
+        types
+    });
+    match TYPES.get(path) {
+        Some(kind) => kind,
+        None if path.starts_with("/grpc.reflection.") => "bidi_stream",
+        None if path == "/grpc.health.v1.Health/Watch" => "server_stream",
+        None => "unary",
+    }
+}

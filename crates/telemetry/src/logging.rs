@@ -1,0 +1,143 @@
+//! The process-wide `tracing` subscriber: an `EnvFilter`, a log formatter, and the
+//! OpenTelemetry layer that turns spans into OTLP traces.
+//!
+//! The OpenTelemetry layer is installed even without an exporter so that trace context always
+//! flows (every hop continues the caller's trace id and logs it); spans are exported only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or an explicit endpoint) is set. Sampling follows the standard
+//! `OTEL_TRACES_SAMPLER`/`_ARG`; resource attributes `OTEL_SERVICE_NAME`/`OTEL_RESOURCE_ATTRIBUTES`.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// What to set up.
+#[derive(Clone, Debug)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// The default `service.name` when `OTEL_SERVICE_NAME` is not set.
+    pub service_name: String,
+    /// Where to send spans (OTLP/gRPC); `None` reads `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// Tracing off entirely: no OpenTelemetry layer (the baseline of the tracing benchmark).
+    pub tracing_enabled: bool,
+}
+
+impl TelemetryConfig {
+    pub fn new(log_format: LogFormat, service_name: &str) -> TelemetryConfig {
+        TelemetryConfig {
+            log_format,
+            service_name: service_name.to_owned(),
+            otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            tracing_enabled: true,
+        }
+    }
+}
+
+/// Keeps the tracer provider alive; flushes spans on [`Telemetry::shutdown`].
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports every finished span now (tests and graceful shutdown).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(error) = provider.force_flush()
+        {
+            eprintln!("flushing spans failed: {error}");
+        }
+    }
+
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Installs the global subscriber. A second call in one process (tests) keeps the first.
+pub fn init(config: TelemetryConfig) -> Telemetry {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,hyper=warn"));
+    let provider = config.tracing_enabled.then(|| tracer_provider(&config));
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("palisade"))
+            .with_tracked_inactivity(false)
+    });
+    let format = match config.log_format {
+        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).compact().boxed(),
+        LogFormat::Json => fmt::layer()
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if installed && let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    Telemetry {
+        provider: installed.then_some(provider).flatten(),
+    }
+}
+
+fn tracer_provider(config: &TelemetryConfig) -> SdkTracerProvider {
+    let resource = Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .with_timeout(Duration::from_secs(5))
+            .build();
+        match exporter {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(error) => eprintln!("otlp exporter for {endpoint} is disabled: {error}"),
+        }
+    }
+    builder.build()
+}
+
+/// Logging only (the CLI's short-lived commands).
+pub fn init_logging(format: LogFormat) {
+    let config = TelemetryConfig {
+        tracing_enabled: false,
+        ..TelemetryConfig::new(format, "palisade")
+    };
+    let _ = init(config);
+}
+
+/// Logging for tests: written through the harness's capture, `warn` unless `RUST_LOG` says
+/// otherwise, and trace context on (so propagation is exercised). Safe to call from every test.
+pub fn init_test_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let provider = SdkTracerProvider::builder().build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("palisade-test"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().with_test_writer().compact())
+        .with(otel)
+        .try_init();
+}

@@ -1,0 +1,120 @@
+//! Every component's admin port: Prometheus metrics that count real traffic with the
+//! go-grpc-prometheus names, `/healthz`, and a `/readyz` (and gRPC health) that follows the
+//! component's database.
+
+mod common;
+
+use std::time::Duration;
+
+use common::new_tenant;
+use palisade_proto::palisade::{
+    identity::v1::{ListTenantsRequest, Plan, tenant_service_client::TenantServiceClient},
+    observability::v1::{GetStatusRequest, status_service_client::StatusServiceClient},
+};
+use palisade_testkit::{Component, Mesh, eventually};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const ALL: [Component; 4] = [
+    Component::Gateway,
+    Component::Identity,
+    Component::Compliance,
+    Component::Observability,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_component_serves_metrics_health_and_readiness() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let mut tenants = TenantServiceClient::new(mesh.gateway());
+    tenants
+        .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Free)))
+        .await?;
+    tenants
+        .list_tenants(mesh.as_operator(ListTenantsRequest::default()))
+        .await?;
+    let _ = tenants.list_tenants(ListTenantsRequest::default()).await; // UNAUTHENTICATED
+    StatusServiceClient::new(mesh.gateway())
+        .get_status(GetStatusRequest {})
+        .await?;
+
+    for component in ALL {
+        let name = component.name();
+        assert_eq!(
+            mesh.admin_get(component, "/healthz").await?.0,
+            200,
+            "{name} /healthz"
+        );
+        assert_eq!(
+            mesh.admin_get(component, "/readyz").await?.0,
+            200,
+            "{name} /readyz"
+        );
+        let (status, metrics) = mesh.admin_get(component, "/metrics").await?;
+        assert_eq!(status, 200, "{name} /metrics");
+        for family in [
+            "grpc_server_started_total",
+            "grpc_server_handled_total",
+            "grpc_server_handling_seconds_bucket",
+            "palisade_certificate_expiry_timestamp_seconds",
+        ] {
+            assert!(
+                metrics.contains(family),
+                "{name} lacks {family}:\n{metrics}"
+            );
+        }
+    }
+
+    let identity = mesh.admin_get(Component::Identity, "/metrics").await?.1;
+    let created = r#"grpc_server_handled_total{component="identity",grpc_type="unary",grpc_service="palisade.identity.v1.TenantService",grpc_method="CreateTenant",grpc_code="OK"} 1"#;
+    assert!(identity.contains(created), "{identity}");
+    assert!(identity.contains("palisade_outbox_depth"), "{identity}");
+    assert!(
+        identity.contains("palisade_db_pool_connections"),
+        "{identity}"
+    );
+
+    let gateway = mesh.admin_get(Component::Gateway, "/metrics").await?.1;
+    assert!(
+        gateway.contains(r#"grpc_code="Unauthenticated""#),
+        "{gateway}"
+    );
+    assert!(gateway.contains(r#"palisade_gateway_tenant_requests_total{component="gateway",tenant="system",grpc_code="OK"}"#), "{gateway}");
+    // The gateway's calls into the mesh are client metrics.
+    assert!(gateway.contains(r#"grpc_client_handled_total{component="gateway",grpc_type="unary",grpc_service="palisade.identity.v1.ApiKeyService",grpc_method="VerifyApiKey",grpc_code="OK"}"#), "{gateway}");
+    mesh.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let file = mesh.data_dir().join("compliance.db");
+    let moved = mesh.data_dir().join("compliance.db.away");
+    let health = HealthClient::new(mesh.direct(Component::Compliance, "gateway").await?);
+
+    std::fs::rename(&file, &moved)?;
+    let (status, body) = eventually(Duration::from_secs(5), || async {
+        let answer = mesh.admin_get(Component::Compliance, "/readyz").await?;
+        Ok((answer.0 == 503).then_some(answer))
+    })
+    .await?;
+    assert_eq!(status, 503);
+    assert!(body.contains("compliance.db"), "{body}");
+    let answer = health
+        .clone()
+        .check(HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(answer.status, 2, "gRPC health is NOT_SERVING too");
+
+    std::fs::rename(&moved, &file)?;
+    eventually(Duration::from_secs(5), || async {
+        Ok((mesh.admin_get(Component::Compliance, "/readyz").await?.0 == 200).then_some(()))
+    })
+    .await?;
+    let answer = health
+        .clone()
+        .check(HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(answer.status, 1, "SERVING again");
+    mesh.stop().await
+}
