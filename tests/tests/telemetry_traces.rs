@@ -6,82 +6,19 @@
 
 mod common;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use common::new_tenant;
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::any_value::Value,
-    trace::v1::{Span, span::SpanKind},
-};
+use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{Plan, tenant_service_client::TenantServiceClient},
 };
 use palisade_telemetry::{LogFormat, TelemetryConfig};
-use palisade_testkit::{Mesh, eventually};
-use tokio_stream::wrappers::TcpListenerStream;
-
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<Span>>>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.0.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans);
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-impl Receiver {
-    fn trace(&self, trace_id: &[u8]) -> Vec<Span> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.trace_id == trace_id)
-            .cloned()
-            .collect()
-    }
-
-    fn all(&self) -> Vec<Span> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-fn attribute(span: &Span, key: &str) -> Option<String> {
-    let value = span
-        .attributes
-        .iter()
-        .find(|kv| kv.key == key)?
-        .value
-        .as_ref()?
-        .value
-        .as_ref()?;
-    Some(match value {
-        Value::StringValue(s) => s.clone(),
-        Value::IntValue(i) => i.to_string(),
-        Value::BoolValue(b) => b.to_string(),
-        other => format!("{other:?}"),
-    })
-}
+use palisade_testkit::{
+    Mesh, eventually,
+    otlp::{OtlpReceiver, attribute},
+};
 
 fn request_in_trace<T>(
     message: T,
@@ -99,14 +36,7 @@ fn request_in_trace<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_is_one_trace_across_the_mesh() -> anyhow::Result<()> {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let (receiver, endpoint) = OtlpReceiver::start().await?;
     let config = TelemetryConfig {
         otlp_endpoint: Some(endpoint),
         ..TelemetryConfig::new(LogFormat::Pretty, "palisade-test")
@@ -217,7 +147,7 @@ async fn one_call_is_one_trace_across_the_mesh() -> anyhow::Result<()> {
     let create_trace_bytes = hex::decode(create_trace)?;
     let relay = eventually(Duration::from_secs(15), || async {
         flush().await?;
-        Ok(receiver.all().into_iter().find(|s| {
+        Ok(receiver.spans().into_iter().find(|s| {
             s.name == "outbox.relay" && s.links.iter().any(|l| l.trace_id == create_trace_bytes)
         }))
     })

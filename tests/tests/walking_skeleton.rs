@@ -152,7 +152,7 @@ async fn credentials_are_required_and_checked() -> anyhow::Result<()> {
         "INVALID_API_KEY"
     );
 
-    // Claiming a tenant in metadata is no credential: the gateway strips it.
+    // Claiming a tenant in metadata is no credential: without a key it is refused ...
     let mut claimed = tonic::Request::new(ListTenantsRequest::default());
     claimed
         .metadata_mut()
@@ -164,6 +164,49 @@ async fn credentials_are_required_and_checked() -> anyhow::Result<()> {
         .metadata_mut()
         .insert("palisade-principal-type", "api-key".parse()?);
     expect_code(tenants.list_tenants(claimed).await, Code::Unauthenticated);
+
+    // ... and with a key, the verified context wins over any forged one, in either spelling.
+    let mut forged = mesh.as_operator(new_tenant("forged", "Forged", Plan::Free));
+    forged
+        .metadata_mut()
+        .insert("palisade-tenant-id", "victim".parse()?);
+    forged
+        .metadata_mut()
+        .insert("palisade-principal-id", "mallory".parse()?);
+    forged
+        .metadata_mut()
+        .insert("palisade-principal-type", "user".parse()?);
+    forged
+        .metadata_mut()
+        .insert("grpc-metadata-palisade-tenant-id", "victim".parse()?);
+    tenants.create_tenant(forged).await?;
+    let audit = AuditServiceClient::new(mesh.gateway());
+    let events = eventually(Duration::from_secs(10), || {
+        let request = mesh.as_operator(ListAuditEventsRequest {
+            parent: "tenants/forged".into(),
+            ..Default::default()
+        });
+        let mut audit = audit.clone();
+        async move {
+            let events = audit
+                .list_audit_events(request)
+                .await?
+                .into_inner()
+                .audit_events;
+            Ok((!events.is_empty()).then_some(events))
+        }
+    })
+    .await?;
+    let actor = events[0].actor.clone().expect("the event names its actor");
+    assert_eq!(actor.tenant_id, "system");
+    assert_eq!(
+        actor.r#type(),
+        palisade_proto::palisade::common::v1::PrincipalType::ApiKey
+    );
+    assert!(
+        mesh.operator_key().contains(&actor.id),
+        "the operator's key id, not the forged principal"
+    );
     mesh.stop().await
 }
 

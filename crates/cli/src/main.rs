@@ -23,7 +23,8 @@ enum Command {
     Dev {
         #[arg(long, env = "PALISADE_DATA_DIR", default_value = ".palisade")]
         data_dir: PathBuf,
-        /// The gateway listens here; identity, compliance and observability on the next three ports.
+        /// The gateway listens here; identity, compliance and observability on the next three
+        /// ports; their admin HTTP ports (metrics, health, readiness) ten above each.
         #[arg(long, env = "PALISADE_PORT_BASE", default_value_t = Ports::DEV.gateway)]
         port_base: u16,
     },
@@ -66,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
                 palisade_telemetry::init(TelemetryConfig::new(LogFormat::Pretty, "palisade"));
             let mut options = MeshOptions::new(data_dir);
             options.ports = Ports::starting_at(port_base)?;
+            options.admin_ports = Some(Ports::starting_at(port_base.saturating_add(10))?);
             let mut mesh = LocalMesh::start(options)
                 .await
                 .context("starting the mesh")?;

@@ -15,7 +15,7 @@ use palisade_proto::palisade::{
 use palisade_tenancy::{PrincipalKind, TenantContext};
 use tonic::Status;
 
-use crate::MeshChannel;
+use crate::{ApiError, MeshChannel};
 
 /// The answer to a permission check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +45,9 @@ pub struct RemoteAuthorizer {
     cache: Arc<Mutex<HashMap<CacheKey, (Decision, Instant)>>>,
     ttl: Duration,
 }
+
+/// A permission check that takes longer fails the call with `UNAVAILABLE` instead of hanging it.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Bounds memory under a flood of distinct principals; the cache is simply emptied when full.
 const MAX_CACHED: usize = 10_000;
@@ -85,14 +88,17 @@ impl Authorizer for RemoteAuthorizer {
                 id: p.id.clone(),
                 r#type: principal_type(p.kind) as i32,
             });
-            let request = CheckRequest {
+            let mut request = tonic::Request::new(CheckRequest {
                 principal,
                 permission: permission.clone(),
                 resource: String::new(),
-            };
+            });
+            request.set_timeout(CHECK_TIMEOUT);
             let response = this.client.clone().check(request).await.map_err(|status| {
                 tracing::warn!(code = ?status.code(), "permission check failed");
-                Status::unavailable("permission check unavailable")
+                Status::from(ApiError::Unavailable {
+                    message: "permission check unavailable".to_owned(),
+                })
             })?;
             let response = response.into_inner();
             let decision = Decision {

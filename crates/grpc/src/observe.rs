@@ -162,6 +162,7 @@ where
                 palisade.tenant_id = Empty,
                 request_id = Empty,
                 trace_id = Empty,
+                span_id = Empty,
             ),
             Side::Client => tracing::info_span!(
                 "grpc.client",
@@ -178,8 +179,10 @@ where
             Side::Server => {
                 // A malformed or absent traceparent simply starts a new trace.
                 let _ = span.set_parent(extract_context(request.headers()));
-                if let Some(trace_id) = trace_id_of(&span) {
+                // Recorded as fields so every log line inside the call carries them.
+                if let Some((trace_id, span_id)) = trace_id_of(&span) {
                     span.record("trace_id", trace_id);
+                    span.record("span_id", span_id);
                 }
             }
             Side::Client => {

@@ -68,6 +68,19 @@ impl MethodPolicies {
                     "{path} must declare exactly one of `permission` or `public`"
                 )));
             }
+            // An internal method must still be checked (it carries a permission), and callers
+            // only mean something for internal methods: refuse combinations that would open a
+            // method wider than its author meant.
+            if option.public && option.internal {
+                return Err(Error::Descriptors(format!(
+                    "{path} cannot be both `public` and `internal`"
+                )));
+            }
+            if !option.callers.is_empty() && !option.internal {
+                return Err(Error::Descriptors(format!(
+                    "{path} lists `callers` but is not `internal`"
+                )));
+            }
             let audit = option.audit();
             let policy = MethodPolicy {
                 path: path.clone(),

@@ -24,6 +24,9 @@ const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 const HEALTH: &str = "grpc.health.v1.Health";
 
+/// How long in-flight calls may take to finish once shutdown begins.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Builds one component's gRPC server.
 pub struct MeshServer {
     component: &'static str,
@@ -137,17 +140,34 @@ impl MeshServer {
         let incoming = palisade_tls::incoming(listener, self.tls.clone());
         let shutdown_handle = handle.clone();
         let component = self.component;
+        let (fired, shutdown_fired) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .layer(layers)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                let _ = fired.send(());
+                shutdown_handle.set_serving(false).await;
+                tracing::info!(component, "draining gRPC server");
+            });
         let serving = async move {
-            Server::builder()
-                .layer(layers)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    shutdown.await;
-                    shutdown_handle.set_serving(false).await;
-                    tracing::info!(component, "draining gRPC server");
-                })
-                .await?;
-            Ok(())
+            tokio::pin!(server);
+            // tonic waits for every connection to finish; a client that never does (a stuck
+            // stream, a half-sent request) must not keep the component from stopping.
+            let grace = async {
+                if shutdown_fired.await.is_ok() {
+                    tokio::time::sleep(DRAIN_GRACE).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                served = &mut server => Ok(served?),
+                () = grace => {
+                    tracing::warn!(component, "connections still open after the drain grace period; stopping anyway");
+                    Ok(())
+                }
+            }
         };
         Ok((handle, serving))
     }

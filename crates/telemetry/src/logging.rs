@@ -11,7 +11,13 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{LevelFilter, Targets},
+    fmt,
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,10 +78,13 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,hyper=warn"));
     let provider = config.tracing_enabled.then(|| tracer_provider(&config));
+    // Spans have their own filter: `RUST_LOG=warn` quietens logs, it must not switch tracing
+    // off. Palisade's RPC spans are at INFO; dependencies' internal spans stay out.
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("palisade"))
             .with_tracked_inactivity(false)
+            .with_filter(span_filter())
     });
     let format = match config.log_format {
         LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).compact().boxed(),
@@ -88,8 +97,7 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
             .boxed(),
     };
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(format)
+        .with(format.with_filter(filter))
         .with(otel)
         .try_init()
         .is_ok();
@@ -99,6 +107,13 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
     Telemetry {
         provider: installed.then_some(provider).flatten(),
     }
+}
+
+/// Which spans become OpenTelemetry spans: Palisade's own at INFO and above.
+fn span_filter() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::OFF)
+        .with_target("palisade", LevelFilter::INFO)
 }
 
 fn tracer_provider(config: &TelemetryConfig) -> SdkTracerProvider {

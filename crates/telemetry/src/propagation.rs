@@ -48,11 +48,14 @@ pub fn inject_current(headers: &mut HeaderMap) {
     inject_context(&tracing::Span::current().context(), headers);
 }
 
-/// The hex trace id of a span, if it belongs to a valid trace.
-pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+/// The hex trace id and span id of a span, if it belongs to a valid trace.
+pub fn trace_id_of(span: &tracing::Span) -> Option<(String, String)> {
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    span_context.is_valid().then(|| {
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+        )
+    })
 }

@@ -11,6 +11,8 @@
 //! }
 //! ```
 
+pub mod otlp;
+
 use std::time::Duration;
 
 use anyhow::Context;
@@ -177,10 +179,11 @@ impl Mesh {
         self.inner.restart(component).await
     }
 
-    /// Drains every component, then drops the sandbox's PostgreSQL schemas.
+    /// Drains every component, then drops the sandbox's PostgreSQL schemas (also when
+    /// draining failed, so a failing test leaves nothing behind).
     pub async fn stop(self) -> anyhow::Result<()> {
         let options = self.inner.options.clone();
-        self.inner.stop().await?;
+        let stopped = self.inner.stop().await;
         if let DatabaseChoice::Postgres { url, schema_prefix } = &options.database {
             for component in palisade::COMPONENTS
                 .into_iter()
@@ -192,7 +195,7 @@ impl Mesh {
                 db.close().await;
             }
         }
-        Ok(())
+        stopped
     }
 }
 

@@ -72,7 +72,11 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
         revoke_time: None,
     };
     let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
-    store.insert_api_key(&mut tx, &key).await?;
+    match store.insert_api_key(&mut tx, &key).await {
+        // Another replica minted it between our check and insert; theirs is the one.
+        Err(ApiError::AlreadyExists { .. }) => return Ok(None),
+        other => other?,
+    }
     let resource = format!("tenants/system/apiKeys/{}", key.id);
     audit(
         &mut tx,

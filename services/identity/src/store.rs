@@ -168,7 +168,12 @@ impl IdentityStore {
         .bind(key.expire_time)
         .execute(&mut *conn)
         .await
-        .map_err(internal)?;
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::AlreadyExists {
+                resource: format!("an api key named {:?} in tenants/{}", key.display_name, key.tenant_id),
+            },
+            _ => internal(error),
+        })?;
         Ok(())
     }
 

@@ -131,11 +131,14 @@ pub fn state_key(state: TenantState) -> &'static str {
     }
 }
 
+/// An unknown stored state reads as `Unspecified`, which no check treats as active: a row
+/// written by a newer version fails closed.
 pub fn state_from_key(key: &str) -> TenantState {
     match key {
+        "active" => TenantState::Active,
         "suspended" => TenantState::Suspended,
         "inactive" => TenantState::Inactive,
-        _ => TenantState::Active,
+        _ => TenantState::Unspecified,
     }
 }
 

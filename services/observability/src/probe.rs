@@ -31,7 +31,12 @@ struct Target {
 
 pub struct Prober {
     targets: Vec<Target>,
+    /// The last round of probes: a public endpoint must not turn every call into a fan-out.
+    recent: tokio::sync::Mutex<Option<(Instant, Vec<ProbeResult>)>>,
 }
+
+/// How long one round of probes answers every `GetStatus`.
+const REUSE_FOR: Duration = Duration::from_secs(1);
 
 impl Prober {
     pub fn for_mesh(mesh: &MeshAddresses, tls: &MeshTls) -> Result<Prober, palisade_tls::Error> {
@@ -57,12 +62,24 @@ impl Prober {
                 channel,
             });
         }
-        Ok(Prober { targets })
+        Ok(Prober {
+            targets,
+            recent: tokio::sync::Mutex::default(),
+        })
     }
 
-    /// Probes every component now, in a fixed order.
+    /// Every component's state, in a fixed order: probed now, or at most a second ago.
+    /// Concurrent callers wait for one round instead of starting their own.
     pub async fn probe_all(&self) -> Vec<ProbeResult> {
-        futures::future::join_all(self.targets.iter().map(probe)).await
+        let mut recent = self.recent.lock().await;
+        if let Some((at, results)) = recent.as_ref()
+            && at.elapsed() < REUSE_FOR
+        {
+            return results.clone();
+        }
+        let results = futures::future::join_all(self.targets.iter().map(probe)).await;
+        *recent = Some((Instant::now(), results.clone()));
+        results
     }
 }
 

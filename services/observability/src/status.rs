@@ -4,6 +4,7 @@ use palisade_proto::palisade::observability::v1::{
     ComponentStatus, GetStatusRequest, MeshStatus, ServingState,
     status_service_server::StatusService,
 };
+use palisade_tenancy::TenantContext;
 use tonic::{Request, Response, Status};
 
 use crate::probe::Prober;
@@ -22,8 +23,13 @@ impl StatusApi {
 impl StatusService for StatusApi {
     async fn get_status(
         &self,
-        _request: Request<GetStatusRequest>,
+        request: Request<GetStatusRequest>,
     ) -> Result<Response<MeshStatus>, Status> {
+        // The page is public; addresses and raw transport errors are for authenticated eyes.
+        let detailed = request
+            .extensions()
+            .get::<TenantContext>()
+            .is_some_and(|context| context.principal.is_some());
         let results = self.prober.probe_all().await;
         let all_serving = results.iter().all(|r| r.state == ServingState::Serving);
         let components = results
@@ -32,8 +38,12 @@ impl StatusService for StatusApi {
                 component: r.component.to_owned(),
                 state: r.state as i32,
                 latency: prost_types::Duration::try_from(r.latency).ok(),
-                detail: r.detail,
-                endpoint: r.endpoint,
+                detail: if detailed {
+                    r.detail
+                } else {
+                    public_detail(r.state).to_owned()
+                },
+                endpoint: if detailed { r.endpoint } else { String::new() },
             })
             .collect();
         Ok(Response::new(MeshStatus {
@@ -45,5 +55,13 @@ impl StatusService for StatusApi {
             components,
             check_time: Some(std::time::SystemTime::now().into()),
         }))
+    }
+}
+
+fn public_detail(state: ServingState) -> &'static str {
+    match state {
+        ServingState::Serving => "",
+        ServingState::NotServing => "not serving",
+        _ => "unreachable",
     }
 }

@@ -57,6 +57,15 @@ impl TenantService for TenantApi {
         request: Request<CreateTenantRequest>,
     ) -> Result<Response<Tenant>, Status> {
         let caller = Caller::of(&request)?;
+        // Creating a tenant acts on another tenant by definition: platform operators only,
+        // whatever permissions a tenant's own principal holds (DESIGN §4.3).
+        if !caller.context.is_platform_operator() {
+            return Err(ApiError::PermissionDenied {
+                reason: "PLATFORM_OPERATOR_ONLY",
+                message: "only platform operators of the system tenant create tenants".to_owned(),
+            }
+            .into());
+        }
         let record = tenants::validate_create(request.get_ref(), now_micros())?;
         let resource = format!("tenants/{}", record.id);
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
