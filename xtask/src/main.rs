@@ -1,26 +1,39 @@
 //! `cargo xtask <task>`: the commands CI runs, runnable locally with only the Rust toolchain
 //! (plus the Python 3 that the interop scripts use to install their own tools).
 //!
-//! - `test`: every test — the workspace's unit and integration tests (on SQLite, and on
-//!   PostgreSQL too when `PALISADE_TEST_POSTGRES_URL` is set), then the interop scripts that
-//!   drive a running `palisade dev` from outside Rust.
+//! - `test`: every test — the API contract checks (buf lint, format and breaking against the
+//!   last release), the workspace's unit and integration tests (on SQLite, and on PostgreSQL
+//!   too when `PALISADE_TEST_POSTGRES_URL` is set), then the interop scripts that drive a
+//!   running `palisade dev` from outside Rust (grpcurl, generated Python and Node clients).
 //! - `ci`: `cargo fmt --check`, clippy with `-D warnings`, then `test`. With `CI` set it also
 //!   insists that PostgreSQL is configured, so a CI run can never silently skip it.
+//! - `api-baseline`: at release time, rewrite `proto/breaking-baseline.binpb`, the image that
+//!   `buf breaking` compares against, from the current protos.
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
 
-/// Scripts that drive a live `palisade dev` from outside Rust; each installs its own tools.
-const INTEROP_SCRIPTS: &[&str] = &["tests/interop/grpcurl.sh"];
+/// Scripts that drive a live `palisade dev` from outside Rust; each installs its own tools,
+/// prints its own result line and exits non-zero on failure.
+const INTEROP_SCRIPTS: &[&str] = &[
+    "tests/interop/grpcurl.sh",
+    "tests/interop/python.sh",
+    "tests/interop/node.sh",
+    "tests/interop/prometheus.sh",
+];
+
+/// The API contract checks and the baseline they compare against (see `proto/buf.yaml`).
+const BUF_SCRIPT: &str = "scripts/buf.sh";
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let result = match task.as_str() {
         "test" => test(),
         "ci" => ci(),
-        _ => Err("usage: cargo xtask <test|ci>".to_owned()),
+        "api-baseline" => bash(BUF_SCRIPT, &["baseline"]),
+        _ => Err("usage: cargo xtask <test|ci|api-baseline>".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,14 +64,27 @@ fn ci() -> Result<(), String> {
 }
 
 fn test() -> Result<(), String> {
+    bash(BUF_SCRIPT, &["check"])?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     run(cargo().args(["build", "--package", "palisade"]))?;
-    for script in INTEROP_SCRIPTS {
-        run(Command::new("bash")
-            .arg(root().join(script))
-            .current_dir(root()))?;
+    // Every script runs even when an earlier one failed, so one run shows every result.
+    let failed: Vec<&str> = INTEROP_SCRIPTS
+        .iter()
+        .copied()
+        .filter(|script| bash(script, &[]).is_err())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("interop scripts failed: {}", failed.join(", ")))
     }
-    Ok(())
+}
+
+fn bash(script: &str, args: &[&str]) -> Result<(), String> {
+    run(Command::new("bash")
+        .arg(root().join(script))
+        .args(args)
+        .current_dir(root()))
 }
 
 fn cargo() -> Command {

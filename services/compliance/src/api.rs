@@ -7,17 +7,23 @@ use palisade_grpc::{
     aip::{self, Comparison, FilterField},
 };
 use palisade_proto::palisade::compliance::v1::{
-    AppendEventsRequest, AppendEventsResponse, AuditEvent, ListAuditEventsRequest,
-    ListAuditEventsResponse, audit_service_server::AuditService,
+    AppendEventsRequest, AppendEventsResponse, AuditEvent, ExportAuditEventsRequest,
+    ListAuditEventsRequest, ListAuditEventsResponse, audit_service_server::AuditService,
 };
 use palisade_tenancy::{TenantContext, TenantId};
-use tonic::{Request, Response, Status};
+// `ReceiverStream` from the `tokio-stream` that tonic re-exports: no extra dependency.
+use tonic::{Request, Response, Status, codegen::tokio_stream::wrappers::ReceiverStream};
+use tracing::Instrument;
 
 use crate::store::{AuditStore, EventFilter};
 
 const MAX_BATCH: usize = 1000;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
+/// How many events an export reads from the store at a time.
+const EXPORT_BATCH: usize = 500;
+/// How many events an export buffers ahead of a slow client.
+const EXPORT_BUFFER: usize = 64;
 
 const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
@@ -69,16 +75,8 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let context = request.extensions().get::<TenantContext>().cloned();
+        let tenant = readable_log(&request, &request.get_ref().parent)?;
         let request = request.into_inner();
-        let tenant = parse_parent(&request.parent)?;
-        if !context.is_some_and(|context| context.may_access(&tenant)) {
-            return Err(ApiError::PermissionDenied {
-                reason: "CROSS_TENANT",
-                message: format!("the audit log of tenants/{tenant} belongs to another tenant"),
-            }
-            .into());
-        }
         let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let after = match aip::decode_page_token(&request.page_token, &request.filter)? {
             Some(cursor) => cursor
@@ -103,6 +101,61 @@ impl AuditService for AuditApi {
             next_page_token,
         }))
     }
+
+    type ExportAuditEventsStream = ReceiverStream<Result<AuditEvent, Status>>;
+
+    async fn export_audit_events(
+        &self,
+        request: Request<ExportAuditEventsRequest>,
+    ) -> Result<Response<Self::ExportAuditEventsStream>, Status> {
+        // Bad input is refused before the stream starts, as the call's status.
+        let tenant = readable_log(&request, &request.get_ref().parent)?;
+        let filters = parse_filters(&request.get_ref().filter)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(EXPORT_BUFFER);
+        let store = self.store.clone();
+        // The stream outlives the handler; its reads stay in the call's span.
+        let export = async move {
+            let mut after = 0;
+            loop {
+                let batch = match store.list(&tenant, after, &filters, EXPORT_BATCH).await {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        // The client may be gone already; nothing more to do then.
+                        let _ = sender.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                let complete = batch.len() < EXPORT_BATCH;
+                for event in batch {
+                    after = event.sequence;
+                    if sender.send(Ok(event)).await.is_err() {
+                        tracing::debug!(tenant = %tenant, "audit export abandoned by the client");
+                        return;
+                    }
+                }
+                if complete {
+                    return;
+                }
+            }
+        };
+        tokio::spawn(export.instrument(tracing::Span::current()));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// The tenant named by `parent`, if the caller may read its audit log: its own tenant's, or
+/// any as a platform operator.
+fn readable_log<T>(request: &Request<T>, parent: &str) -> Result<TenantId, ApiError> {
+    let tenant = parse_parent(parent)?;
+    let context = request.extensions().get::<TenantContext>();
+    if context.is_some_and(|context| context.may_access(&tenant)) {
+        Ok(tenant)
+    } else {
+        Err(ApiError::PermissionDenied {
+            reason: "CROSS_TENANT",
+            message: format!("the audit log of tenants/{tenant} belongs to another tenant"),
+        })
+    }
 }
 
 fn parse_parent(parent: &str) -> Result<TenantId, ApiError> {
@@ -118,13 +171,16 @@ fn parse_filters(filter: &str) -> Result<Vec<EventFilter>, ApiError> {
         .map(|term| match term.field {
             "action" => Ok(EventFilter::Action(term.value)),
             _ => {
-                let time = prost_types::Timestamp::from_str(&term.value).map_err(|_| {
-                    ApiError::invalid("filter", "occur_time needs an RFC 3339 timestamp")
-                })?;
-                Ok(EventFilter::OccurTime(
-                    term.comparison,
-                    palisade_grpc::time::micros(&time),
-                ))
+                let micros = prost_types::Timestamp::from_str(&term.value)
+                    .ok()
+                    .and_then(|time| palisade_grpc::time::micros_in_range(&time))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "filter",
+                            "occur_time needs an RFC 3339 timestamp between years 1 and 9999",
+                        )
+                    })?;
+                Ok(EventFilter::OccurTime(term.comparison, micros))
             }
         })
         .collect()
@@ -160,5 +216,46 @@ fn validate_batch(events: &[AuditEvent]) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::InvalidArgument(violations))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_tenancy::{Principal, PrincipalKind};
+
+    use super::*;
+
+    fn as_tenant(tenant: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request.extensions_mut().insert(TenantContext {
+            tenant_id: TenantId::parse(tenant).expect("valid tenant id"),
+            principal: Some(Principal {
+                id: "key".to_owned(),
+                kind: PrincipalKind::ApiKey,
+            }),
+        });
+        request
+    }
+
+    #[test]
+    fn a_tenant_reads_only_its_own_log_and_operators_read_any() {
+        let own = readable_log(&as_tenant("acme"), "tenants/acme").expect("own log");
+        assert_eq!(own.as_str(), "acme");
+        assert!(matches!(
+            readable_log(&as_tenant("acme"), "tenants/globex"),
+            Err(ApiError::PermissionDenied {
+                reason: "CROSS_TENANT",
+                ..
+            })
+        ));
+        assert!(readable_log(&as_tenant("system"), "tenants/globex").is_ok());
+        assert!(matches!(
+            readable_log(&Request::new(()), "tenants/acme"),
+            Err(ApiError::PermissionDenied { .. })
+        ));
+        assert!(matches!(
+            readable_log(&as_tenant("acme"), "acme"),
+            Err(ApiError::InvalidArgument(_))
+        ));
     }
 }

@@ -39,7 +39,12 @@ impl AuditStore {
         let mut tx = self.db.begin().await.map_err(internal)?;
         let mut outcome = AppendOutcome::default();
         let recorded_at = palisade_grpc::time::now_micros();
-        for event in events {
+        // Visit tenants in one global order (a stable sort keeps each tenant's own order), so
+        // two batches touching the same tenants lock their chain heads in the same order and
+        // can never deadlock on PostgreSQL.
+        let mut in_lock_order: Vec<&AuditEvent> = events.iter().collect();
+        in_lock_order.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        for event in in_lock_order {
             // Write first: on SQLite this takes the write lock at once, so a concurrent writer
             // waits (busy timeout) instead of failing to upgrade a read transaction.
             sqlx::query("INSERT INTO audit_chain_heads (tenant_id, sequence, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant_id) DO NOTHING")
@@ -48,15 +53,6 @@ impl AuditStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(internal)?;
-            let seen = sqlx::query("SELECT 1 FROM audit_events WHERE event_id = $1")
-                .bind(&event.event_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(internal)?;
-            if seen.is_some() {
-                outcome.duplicates += 1;
-                continue;
-            }
             let lock = match self.db.backend() {
                 Backend::Postgres => " FOR UPDATE",
                 Backend::Sqlite => "",
@@ -69,6 +65,17 @@ impl AuditStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(internal)?;
+            // Checked under the head lock: a concurrent redelivery of the same event has either
+            // committed (and is seen here) or waits for this transaction.
+            let seen = sqlx::query("SELECT 1 FROM audit_events WHERE event_id = $1")
+                .bind(&event.event_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(internal)?;
+            if seen.is_some() {
+                outcome.duplicates += 1;
+                continue;
+            }
             let sequence: i64 = head.try_get::<i64, _>("sequence").map_err(internal)? + 1;
             let previous_hash: Vec<u8> = head.try_get("hash").map_err(internal)?;
             let canonical = canonical_bytes(event);
