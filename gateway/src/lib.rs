@@ -1,12 +1,19 @@
 //! The gateway: the mesh's one public port. It strips client-sent `palisade-*` metadata,
 //! assigns a request id, authenticates API keys through identity, injects the tenant context,
 //! and proxies native gRPC (unary and streaming) to the component that owns the method's proto
-//! package over mTLS. It serves health and reflection for the whole mesh itself.
+//! package over mTLS. REST/JSON (from the `google.api.http` rules) and gRPC-Web (binary and
+//! text) on the same port are translated into gRPC calls down that same path. It serves health
+//! and reflection for the whole mesh itself.
 
 mod auth;
 mod backends;
+mod cors;
+mod edge;
+pub mod frames;
 mod proxy;
+pub mod rest;
 mod server;
+pub mod web;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,6 +36,9 @@ pub struct GatewayConfig {
     /// How long a verified API key is trusted without asking identity again; a revoked key
     /// keeps working for at most this long.
     pub api_key_cache_ttl: Duration,
+    /// Origins (`https://app.example.com`, or `*`) whose browser scripts may call REST and
+    /// gRPC-Web; empty means no CORS headers at all.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// Serves the public port until stopped. Readiness follows identity, without which no
@@ -51,13 +61,17 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     });
     let observe = ServerObserveLayer::new(COMPONENT, kit.metrics.rpc.server.clone())
         .counting_tenants(Arc::new(kit.metrics.clone()));
+    let rest = rest::Rest::from_pool(palisade_proto::descriptor_pool())?;
+    tracing::debug!(routes = rest.route_count(), "rest routes built");
+    let cors = cors::Cors::new(&config.cors_allowed_origins);
+    let edge = edge::Edge::new(proxy, observe, Arc::new(rest), Arc::new(cors));
     let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     Ok(Running::spawn(
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            server::serve(listener, proxy, observe, shutdown.wait()).await;
+            server::serve(listener, edge, shutdown.wait()).await;
             kit.stop();
             Ok(())
         },

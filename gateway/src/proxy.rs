@@ -21,7 +21,8 @@ use crate::{
     backends::Backends,
 };
 
-/// The gateway's request handler; cheap to clone (one per connection).
+/// The gateway's request path for gRPC calls: native ones, and those that REST and gRPC-Web
+/// requests are translated into (see `edge.rs`); cheap to clone (one per connection).
 #[derive(Clone)]
 pub struct Proxy {
     backends: Arc<Backends>,
@@ -55,16 +56,7 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         strip_client_context(request.headers_mut());
-        let request_id = request
-            .headers()
-            .get(HEADER_REQUEST_ID)
-            .and_then(|value| value.to_str().ok())
-            .filter(|value| {
-                !value.is_empty()
-                    && value.len() <= 128
-                    && value.bytes().all(|b| b.is_ascii_graphic())
-            })
-            .map_or_else(RequestId::generate, |value| RequestId(value.to_owned()));
+        let request_id = request_id(request.headers());
 
         tracing::Span::current().record("request_id", request_id.0.as_str());
         let mut tenant = None;
@@ -145,6 +137,18 @@ impl Proxy {
             })?;
         Ok(response)
     }
+}
+
+/// The client's `x-request-id` if it is sane (non-empty, at most 128 visible ASCII characters),
+/// else a new one.
+pub fn request_id(headers: &http::HeaderMap) -> RequestId {
+    headers
+        .get(HEADER_REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| {
+            !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(RequestId::generate, |value| RequestId(value.to_owned()))
 }
 
 impl<B> tower::Service<Request<B>> for Proxy

@@ -1,5 +1,5 @@
 //! The public listener: HTTP/2 with prior knowledge (h2c, what gRPC clients speak) and
-//! HTTP/1.1 on one port. Slow or idle clients are timed out, connections are capped, and
+//! HTTP/1.1 (REST, gRPC-Web) on one port. Slow or idle clients are timed out, connections are capped, and
 //! shutdown lets in-flight calls finish for a grace period, then cuts the rest.
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -9,23 +9,16 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use palisade_grpc::ServerObserveLayer;
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
-use tower::Layer;
 
-use crate::proxy::Proxy;
+use crate::edge::Edge;
 
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 10_000;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Proxy,
-    observe: ServerObserveLayer,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, edge: Edge, shutdown: impl Future<Output = ()>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -57,7 +50,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(observe.layer(proxy.clone()));
+        let service = TowerToHyperService::new(edge.clone());
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();

@@ -29,7 +29,8 @@ enum Command {
         port_base: u16,
     },
     /// Serve one component (identity, compliance, observability or gateway).
-    Serve(serve::ServeArgs),
+    // Boxed: the flags make it far larger than the other commands (clippy's large_enum_variant).
+    Serve(Box<serve::ServeArgs>),
     /// Manage the dev PKI.
     Certs {
         #[command(subcommand)]
@@ -87,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
             let service = format!("palisade-{}", args.component_name());
             let telemetry =
                 palisade_telemetry::init(TelemetryConfig::new(LogFormat::Json, &service));
-            let served = serve::serve(args).await;
+            let served = serve::serve(*args).await;
             telemetry.shutdown();
             served
         }

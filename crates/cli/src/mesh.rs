@@ -124,6 +124,8 @@ pub struct MeshOptions {
     pub admin_ports: Option<Ports>,
     pub host: IpAddr,
     pub api_key_cache_ttl: Duration,
+    /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl MeshOptions {
@@ -136,6 +138,7 @@ impl MeshOptions {
             admin_ports: Some(Ports::DEV_ADMIN),
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             api_key_cache_ttl: Duration::from_secs(30),
+            cors_allowed_origins: Vec::new(),
         }
     }
 
@@ -284,6 +287,7 @@ impl LocalMesh {
             db: options.db_config(component),
             mesh: self.addresses.clone(),
             api_key_cache_ttl: options.api_key_cache_ttl,
+            cors_allowed_origins: options.cors_allowed_origins.clone(),
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
         if operator_key.is_some() {
@@ -301,6 +305,7 @@ pub struct ComponentSettings {
     pub db: DbConfig,
     pub mesh: MeshAddresses,
     pub api_key_cache_ttl: Duration,
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// Starts one component on `listeners`; identity also returns the operator key when its
@@ -315,6 +320,7 @@ pub async fn start_component(
         db,
         mesh,
         api_key_cache_ttl,
+        cors_allowed_origins,
     } = settings;
     let started = match component {
         Component::Identity => {
@@ -340,6 +346,7 @@ pub async fn start_component(
                 tls,
                 mesh,
                 api_key_cache_ttl,
+                cors_allowed_origins,
             };
             palisade_gateway::start(listeners, config)
                 .await

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Seconds a verified API key is cached by the gateway.
     #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
     api_key_cache_ttl: u64,
+    /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST and
+    /// gRPC-Web routes; none by default, which sends no CORS headers.
+    #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Args)]
@@ -126,6 +130,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             gateway: args.gateway_url,
         },
         api_key_cache_ttl: Duration::from_secs(args.api_key_cache_ttl),
+        cors_allowed_origins: args.cors_allowed_origins,
     };
     let listeners = Listeners {
         grpc,

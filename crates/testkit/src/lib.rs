@@ -32,6 +32,7 @@ pub const POSTGRES_ENV: &str = "PALISADE_TEST_POSTGRES_URL";
 pub struct MeshBuilder {
     postgres: Option<String>,
     api_key_cache_ttl: Option<Duration>,
+    cors_allowed_origins: Vec<String>,
 }
 
 impl MeshBuilder {
@@ -42,6 +43,12 @@ impl MeshBuilder {
 
     pub fn with_api_key_cache_ttl(mut self, ttl: Duration) -> MeshBuilder {
         self.api_key_cache_ttl = Some(ttl);
+        self
+    }
+
+    /// Browser origins the gateway answers CORS requests for.
+    pub fn with_cors_allowed_origins(mut self, origins: &[&str]) -> MeshBuilder {
+        self.cors_allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
         self
     }
 
@@ -63,6 +70,7 @@ impl MeshBuilder {
         if let Some(ttl) = self.api_key_cache_ttl {
             options.api_key_cache_ttl = ttl;
         }
+        options.cors_allowed_origins = self.cors_allowed_origins.clone();
         if let Some(url) = &self.postgres {
             let schema_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             options.database = DatabaseChoice::Postgres {
@@ -223,6 +231,99 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<
         body.to_owned()
     };
     Ok((status, body))
+}
+
+/// An HTTP/1.1 response as [`http_request`] read it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Names lowercase, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection (REST, gRPC-Web): any method, extra
+/// headers, a body; the whole response is read (`Connection: close`), chunked bodies decoded.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<HttpResponse> {
+    use std::fmt::Write as _;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        write!(head, "{name}: {value}\r\n")?;
+    }
+    write!(head, "Content-Length: {}\r\n\r\n", body.len())?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let head = String::from_utf8(raw[..end].to_vec())?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .context("no status")?
+        .parse()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    {
+        body = dechunk_bytes(&body)?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk_bytes(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("no chunk size line")?;
+        let size = std::str::from_utf8(&body[..line_end])?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        anyhow::ensure!(body.len() >= size + 2, "truncated chunk");
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
 }
 
 fn dechunk(mut body: &str) -> String {

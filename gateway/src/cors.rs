@@ -1,0 +1,123 @@
+//! CORS for browsers calling REST or gRPC-Web from another origin, configured per deployment
+//! (`cors_allowed_origins`; empty = no CORS headers at all, so browsers stay same-origin).
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use tonic::body::Body;
+
+/// Headers a browser script may read from a response: the call's status and the request id.
+const EXPOSED: &str = "grpc-status, grpc-message, grpc-status-details-bin, x-request-id";
+const METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
+const ALLOWED_HEADERS: &str = "authorization, x-api-key, content-type, x-grpc-web, x-user-agent, \
+                               grpc-timeout, x-request-id, traceparent, tracestate";
+/// How long a browser may cache a preflight answer, in seconds.
+const MAX_AGE: &str = "600";
+
+#[derive(Debug, Default)]
+pub struct Cors {
+    origins: Vec<String>,
+}
+
+impl Cors {
+    /// `origins` are exact origins (`https://app.example.com`) or `*` for any.
+    pub fn new(origins: &[String]) -> Cors {
+        Cors {
+            origins: origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The request's `Origin`, if it is allowed (echoed rather than `*`, so the answer is
+    /// right also for credentialed requests).
+    pub fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        let text = origin.to_str().ok()?;
+        self.origins
+            .iter()
+            .any(|allowed| allowed == "*" || allowed == text)
+            .then(|| origin.clone())
+    }
+
+    /// The answer to a preflight `OPTIONS` from an allowed origin; `None` for anything else.
+    pub fn preflight(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        origin: Option<&HeaderValue>,
+    ) -> Option<Response<Body>> {
+        let origin = origin?;
+        if method != Method::OPTIONS || !headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return None;
+        }
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let out = response.headers_mut();
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(METHODS),
+        );
+        let requested = headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static(ALLOWED_HEADERS));
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+        out.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static(MAX_AGE),
+        );
+        out.insert(header::VARY, HeaderValue::from_static("origin"));
+        Some(response)
+    }
+
+    /// Marks an actual response as readable by `origin`.
+    pub fn decorate(origin: Option<HeaderValue>, headers: &mut HeaderMap) {
+        let Some(origin) = origin else {
+            return;
+        };
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSED),
+        );
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_origin(origin: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ORIGIN, origin.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn only_listed_origins_are_allowed() {
+        let cors = Cors::new(&["https://app.example.com/".to_owned()]);
+        assert!(
+            cors.allowed_origin(&with_origin("https://app.example.com"))
+                .is_some()
+        );
+        assert!(
+            cors.allowed_origin(&with_origin("https://evil.example.com"))
+                .is_none()
+        );
+        assert!(cors.allowed_origin(&HeaderMap::new()).is_none());
+        let none = Cors::new(&[]);
+        assert!(
+            none.allowed_origin(&with_origin("https://app.example.com"))
+                .is_none()
+        );
+        let any = Cors::new(&["*".to_owned()]);
+        assert!(
+            any.allowed_origin(&with_origin("http://localhost:3000"))
+                .is_some()
+        );
+    }
+}

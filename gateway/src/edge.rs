@@ -1,0 +1,120 @@
+//! What arrives on the public port, told apart and sent down the one request path:
+//! native gRPC (`application/grpc…`) goes to the proxy as it is; gRPC-Web
+//! (`application/grpc-web…`) and REST/JSON (anything else) are translated into gRPC calls
+//! and go through the same proxy, observed as the gRPC method they became. CORS preflights
+//! are answered here, before any routing.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header::CONTENT_TYPE};
+use palisade_grpc::ServerObserveLayer;
+use palisade_tenancy::HEADER_REQUEST_ID;
+use tonic::body::Body;
+use tower::{Layer, ServiceExt};
+
+use crate::{
+    cors::Cors,
+    proxy::{Proxy, request_id},
+    rest::Rest,
+    web,
+};
+
+/// The public port's service; cheap to clone (one per connection).
+#[derive(Clone)]
+pub struct Edge {
+    proxy: Proxy,
+    observe: ServerObserveLayer,
+    rest: Arc<Rest>,
+    cors: Arc<Cors>,
+}
+
+impl Edge {
+    pub fn new(
+        proxy: Proxy,
+        observe: ServerObserveLayer,
+        rest: Arc<Rest>,
+        cors: Arc<Cors>,
+    ) -> Edge {
+        Edge {
+            proxy,
+            observe,
+            rest,
+            cors,
+        }
+    }
+
+    /// One gRPC call through the proxy, observed (span, metrics) as that call.
+    pub async fn grpc<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let response = self
+            .observe
+            .layer(self.proxy.clone())
+            .oneshot(request)
+            .await;
+        response.unwrap_or_else(|never: Infallible| match never {})
+    }
+
+    async fn handle<B>(self, mut request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let web = web::Mode::of(content_type);
+        if web.is_none() && content_type.starts_with("application/grpc") {
+            return self.grpc(request).await;
+        }
+        let origin = self.cors.allowed_origin(request.headers());
+        if let Some(answer) =
+            self.cors
+                .preflight(request.method(), request.headers(), origin.as_ref())
+        {
+            return answer;
+        }
+        // Fixed here, before translation, so that errors found while translating carry the
+        // same id as the call the proxy would have made.
+        let id = request_id(request.headers());
+        let id = HeaderValue::from_str(&id.0).expect("request ids are visible ascii");
+        request.headers_mut().insert(HEADER_REQUEST_ID, id.clone());
+        let mut response = match web {
+            Some(mode) => web::serve(&self, request, mode).await,
+            None => self.rest.serve(&self, request).await,
+        };
+        response.headers_mut().insert(HEADER_REQUEST_ID, id);
+        Cors::decorate(origin, response.headers_mut());
+        response
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Edge
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}

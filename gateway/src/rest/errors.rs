@@ -1,0 +1,160 @@
+//! gRPC status → HTTP error, exactly as grpc-gateway maps it: the HTTP status from the
+//! standard code table, and the body `{"code": <int>, "message": "...", "details": [Any…]}`,
+//! i.e. `google.rpc.Status` in proto3 JSON, with each detail rendered with its `@type`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
+use prost_reflect::{DynamicMessage, SerializeOptions, Value};
+use tonic::{Code, Status, body::Body};
+
+/// grpc-gateway's `HTTPStatusFromCode`.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        // Not in `http`'s list: nginx's "client closed request", which grpc-gateway uses.
+        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
+        Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        // grpc-gateway deliberately uses 400, not 412: the client must fix the state first.
+        Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::Aborted => StatusCode::CONFLICT,
+        Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The `google.rpc.Status` JSON of `status`. Details come from `grpc-status-details-bin`;
+/// code and message from `grpc-status`/`grpc-message`, which are authoritative.
+pub fn status_json(status: &Status) -> serde_json::Value {
+    let descriptor = palisade_proto::descriptor_pool()
+        .get_message_by_name("google.rpc.Status")
+        .expect("google.rpc.Status is in the descriptor set");
+    let mut message = DynamicMessage::decode(descriptor.clone(), status.details())
+        .unwrap_or_else(|_| DynamicMessage::new(descriptor.clone()));
+    message.set_field_by_name("code", Value::I32(status.code() as i32));
+    message.set_field_by_name("message", Value::String(status.message().to_owned()));
+    match message.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new()) {
+        Ok(serde_json::Value::Object(mut json)) => {
+            // grpc-gateway's bodies always carry all three keys, even when empty.
+            json.entry("code").or_insert_with(|| 0.into());
+            json.entry("message").or_insert_with(|| "".into());
+            json.entry("details")
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+            serde_json::Value::Object(json)
+        }
+        other => {
+            // A detail whose type the gateway does not know cannot be rendered as JSON;
+            // the code and message still reach the client.
+            tracing::warn!(error = ?other.err(), "dropping error details that cannot be rendered");
+            serde_json::json!({
+                "code": status.code() as i32,
+                "message": status.message(),
+                "details": [],
+            })
+        }
+    }
+}
+
+/// The complete HTTP error response for `status`.
+pub fn error_response(status: &Status) -> Response<Body> {
+    json_response(http_status(status.code()), &status_json(status))
+}
+
+pub fn json_response(status: StatusCode, json: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec(json).expect("a json value serializes");
+    let mut response = Response::new(Body::new(http_body_util::Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_proto::google::rpc;
+    use prost::Message;
+    use serde_json::json;
+
+    use super::*;
+
+    /// A status with a `BadRequest` detail, as services send them.
+    fn status_with_details(code: Code, message: &str) -> Status {
+        let bad = rpc::BadRequest {
+            field_violations: vec![rpc::bad_request::FieldViolation {
+                field: "tenant.display_name".into(),
+                description: "must not be empty".into(),
+                ..Default::default()
+            }],
+        };
+        let details = rpc::Status {
+            code: code as i32,
+            message: message.into(),
+            details: vec![prost_types::Any {
+                type_url: "type.googleapis.com/google.rpc.BadRequest".into(),
+                value: bad.encode_to_vec(),
+            }],
+        };
+        Status::with_details(code, message, details.encode_to_vec().into())
+    }
+
+    #[test]
+    fn every_code_maps_as_grpc_gateway_maps_it() {
+        let table = [
+            (Code::Ok, 200),
+            (Code::Cancelled, 499),
+            (Code::Unknown, 500),
+            (Code::InvalidArgument, 400),
+            (Code::DeadlineExceeded, 504),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 400),
+            (Code::Aborted, 409),
+            (Code::OutOfRange, 400),
+            (Code::Unimplemented, 501),
+            (Code::Internal, 500),
+            (Code::Unavailable, 503),
+            (Code::DataLoss, 500),
+            (Code::Unauthenticated, 401),
+        ];
+        assert_eq!(table.len(), 17);
+        for (code, http) in table {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+            let body = status_json(&Status::new(code, "why"));
+            assert_eq!(
+                body,
+                json!({"code": code as i32, "message": "why", "details": []}),
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn details_are_rendered_as_any_with_their_type() {
+        let status = status_with_details(Code::InvalidArgument, "invalid argument: x");
+        assert_eq!(
+            status_json(&status),
+            json!({
+                "code": 3,
+                "message": "invalid argument: x",
+                "details": [{
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [
+                        {"field": "tenant.display_name", "description": "must not be empty"}
+                    ]
+                }]
+            })
+        );
+    }
+}

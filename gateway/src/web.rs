@@ -1,0 +1,202 @@
+//! gRPC-Web on the public port: `application/grpc-web(+proto)` (binary) and
+//! `application/grpc-web-text(+proto)` (base64), over HTTP/1.1 or HTTP/2.
+//!
+//! The request becomes a gRPC request (same frames; text mode base64-decoded) and goes through
+//! the gateway's one request path. On the way back the messages pass as they are and the
+//! trailers, which browsers cannot read, become a final frame with flag `0x80` holding
+//! `name: value\r\n` lines. A trailers-only answer keeps its status in the headers, as the
+//! protocol allows.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use base64::{
+    Engine as _, alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig, general_purpose::STANDARD},
+};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, header};
+use http_body::Frame;
+use tonic::{Status, body::Body};
+
+use crate::{edge::Edge, frames, rest::read_limited};
+
+/// The two encodings of gRPC-Web.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Binary,
+    Text,
+}
+
+impl Mode {
+    /// The mode of a request's `content-type`, if it is gRPC-Web.
+    pub fn of(content_type: &str) -> Option<Mode> {
+        let content_type = content_type.trim().to_ascii_lowercase();
+        if content_type.starts_with("application/grpc-web-text") {
+            Some(Mode::Text)
+        } else if content_type.starts_with("application/grpc-web") {
+            Some(Mode::Binary)
+        } else {
+            None
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Mode::Binary => "application/grpc-web+proto",
+            Mode::Text => "application/grpc-web-text+proto",
+        })
+    }
+}
+
+/// Answers one gRPC-Web request.
+pub async fn serve<B>(edge: &Edge, request: Request<B>, mode: Mode) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut parts, body) = request.into_parts();
+    let body = match mode {
+        // The frames are gRPC's own: stream them through untouched.
+        Mode::Binary => Body::new(body),
+        Mode::Text => match read_limited(body).await.and_then(|text| {
+            decode_text(&text).ok_or_else(|| Status::invalid_argument("the body is not base64"))
+        }) {
+            Ok(bytes) => Body::new(http_body_util::Full::new(Bytes::from(bytes))),
+            Err(status) => return error(status, mode),
+        },
+    };
+    let headers = &mut parts.headers;
+    // Hop-by-hop and HTTP/1-only headers have no place in the HTTP/2 call to the backend.
+    for name in [
+        header::CONNECTION,
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+    ] {
+        headers.remove(name);
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let version = parts.version;
+    parts.version = http::Version::HTTP_2;
+    let response = edge.grpc(Request::from_parts(parts, body)).await;
+
+    let (mut parts, body) = response.into_parts();
+    parts.version = version;
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, mode.content_type());
+    Response::from_parts(parts, Body::new(WebBody { inner: body, mode }))
+}
+
+/// A refusal before any call was made, in the trailers-only form.
+fn error(status: Status, mode: Mode) -> Response<Body> {
+    let mut response: Response<Body> = status.into_http();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, mode.content_type());
+    response
+}
+
+/// Base64 as grpc-web clients send it: possibly several padded chunks one after another.
+pub fn decode_text(text: &[u8]) -> Option<Vec<u8>> {
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let text: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut start = 0;
+    for (i, byte) in text.iter().enumerate() {
+        // A run of `=` ends one chunk.
+        if *byte == b'=' && text.get(i + 1) != Some(&b'=') {
+            LENIENT.decode_vec(&text[start..=i], &mut out).ok()?;
+            start = i + 1;
+        }
+    }
+    if start < text.len() {
+        LENIENT.decode_vec(&text[start..], &mut out).ok()?;
+    }
+    Some(out)
+}
+
+/// The backend's response body with trailers turned into a final frame, base64 in text mode.
+struct WebBody {
+    inner: Body,
+    mode: Mode,
+}
+
+impl http_body::Body for WebBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let mode = self.mode;
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => {
+                    frames::encode(frames::TRAILERS_FLAG, &frames::encode_trailers(&trailers))
+                }
+                Err(_) => return Poll::Ready(None),
+            },
+        };
+        let data = match mode {
+            Mode::Binary => data,
+            // Each chunk padded on its own: clients decode 4 characters at a time.
+            Mode::Text => Bytes::from(STANDARD.encode(&data)),
+        };
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_follow_the_content_type() {
+        assert_eq!(Mode::of("application/grpc-web"), Some(Mode::Binary));
+        assert_eq!(Mode::of("application/grpc-web+proto"), Some(Mode::Binary));
+        assert_eq!(Mode::of("application/grpc-web-text"), Some(Mode::Text));
+        assert_eq!(
+            Mode::of("Application/gRPC-Web-Text+proto"),
+            Some(Mode::Text)
+        );
+        assert_eq!(Mode::of("application/grpc"), None);
+        assert_eq!(Mode::of("application/json"), None);
+    }
+
+    #[test]
+    fn text_bodies_may_be_several_padded_chunks() {
+        let joined = format!("{}{}", STANDARD.encode(b"ab"), STANDARD.encode(b"cde"));
+        assert_eq!(decode_text(joined.as_bytes()).unwrap(), b"abcde");
+        let joined = format!("{}{}", STANDARD.encode(b"a"), STANDARD.encode(b"xyz"));
+        assert_eq!(decode_text(joined.as_bytes()).unwrap(), b"axyz");
+        assert_eq!(decode_text(b"").unwrap(), b"");
+        assert!(decode_text(b"!!!!").is_none());
+    }
+}

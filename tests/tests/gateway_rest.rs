@@ -1,0 +1,334 @@
+//! REST/JSON through the gateway's public port with a plain HTTP/1.1 client: the tenant
+//! scenario gives, field for field, what native gRPC gives; errors have grpc-gateway's statuses
+//! and `{code, message, details}` bodies; server streams arrive as newline-delimited JSON.
+
+mod common;
+
+use std::time::Duration;
+
+use common::new_tenant;
+use palisade_proto::palisade::{
+    compliance::v1::{
+        AuditEvent, ExportAuditEventsRequest, ListAuditEventsRequest, ListAuditEventsResponse,
+        audit_service_client::AuditServiceClient,
+    },
+    identity::v1::{
+        GetTenantRequest, ListTenantsRequest, ListTenantsResponse, Plan, Tenant,
+        tenant_service_client::TenantServiceClient,
+    },
+};
+use palisade_testkit::{Component, HttpResponse, Mesh, eventually, http_request};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// The proto message a REST JSON body decodes to, with the gateway's own descriptors.
+fn decode<T: prost::Message + Default>(full_name: &str, json: &Value) -> T {
+    let descriptor = palisade_proto::descriptor_pool()
+        .get_message_by_name(full_name)
+        .unwrap();
+    prost_reflect::DynamicMessage::deserialize(descriptor, json.clone())
+        .unwrap_or_else(|e| panic!("{json} is not a {full_name}: {e}"))
+        .transcode_to()
+        .unwrap()
+}
+
+fn json(response: &HttpResponse) -> Value {
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("not json ({e}): {}", response.text()))
+}
+
+async fn rest(
+    mesh: &Mesh,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> anyhow::Result<HttpResponse> {
+    let auth = key.map(|key| format!("ApiKey {key}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    http_request(
+        mesh.addr(Component::Gateway),
+        method,
+        path,
+        &headers,
+        body.as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_scenario_over_rest_matches_grpc_field_for_field() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let key = Some(mesh.operator_key());
+        let mut tenants = TenantServiceClient::new(mesh.gateway());
+
+        // `body: "tenant"`, the id as a query parameter, enums by name.
+        let created = rest(
+            &mesh,
+            "POST",
+            "/v1/tenants?tenantId=acme",
+            key,
+            r#"{"displayName": "Acme", "plan": "PLAN_PROFESSIONAL"}"#,
+        )
+        .await?;
+        assert_eq!(created.status, 200, "{}", created.text());
+        assert_eq!(created.header("content-type"), Some("application/json"));
+        assert!(created.header("x-request-id").is_some());
+        let created_json = json(&created);
+        assert_eq!(created_json["name"], "tenants/acme");
+        assert_eq!(created_json["displayName"], "Acme");
+        assert_eq!(created_json["plan"], "PLAN_PROFESSIONAL");
+        let created: Tenant = decode("palisade.identity.v1.Tenant", &created_json);
+
+        let over_grpc = tenants
+            .get_tenant(mesh.as_operator(GetTenantRequest {
+                name: "tenants/acme".into(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(created, over_grpc);
+
+        // `x-api-key` works as well as `authorization`.
+        let fetched = http_request(
+            mesh.addr(Component::Gateway),
+            "GET",
+            "/v1/tenants/acme",
+            &[("x-api-key", mesh.operator_key())],
+            b"",
+        )
+        .await?;
+        assert_eq!(fetched.status, 200, "{}", fetched.text());
+        let fetched: Tenant = decode("palisade.identity.v1.Tenant", &json(&fetched));
+        assert_eq!(fetched, over_grpc);
+
+        tenants
+            .create_tenant(mesh.as_operator(new_tenant("beta", "Beta", Plan::Free)))
+            .await?;
+        for (query, request) in [
+            (
+                "pageSize=1",
+                ListTenantsRequest {
+                    page_size: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "page_size=5&filter=plan%20%3D%20%22PLAN_PROFESSIONAL%22",
+                ListTenantsRequest {
+                    page_size: 5,
+                    filter: r#"plan = "PLAN_PROFESSIONAL""#.into(),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let listed = rest(&mesh, "GET", &format!("/v1/tenants?{query}"), key, "").await?;
+            assert_eq!(listed.status, 200, "{}", listed.text());
+            let listed: ListTenantsResponse =
+                decode("palisade.identity.v1.ListTenantsResponse", &json(&listed));
+            let over_grpc = tenants
+                .list_tenants(mesh.as_operator(request))
+                .await?
+                .into_inner();
+            assert_eq!(listed, over_grpc, "{query}");
+            assert!(!listed.tenants.is_empty());
+        }
+
+        // The audit event of the REST-created tenant, once the outbox delivered it.
+        let listed = eventually(Duration::from_secs(10), || async {
+            let listed = rest(&mesh, "GET", "/v1/tenants/acme/auditEvents", key, "").await?;
+            anyhow::ensure!(listed.status == 200, "{}", listed.text());
+            let listed: ListAuditEventsResponse = decode(
+                "palisade.compliance.v1.ListAuditEventsResponse",
+                &json(&listed),
+            );
+            Ok((!listed.audit_events.is_empty()).then_some(listed))
+        })
+        .await?;
+        assert_eq!(listed.audit_events[0].action, "identity.tenants.create");
+        let mut audit = AuditServiceClient::new(mesh.gateway());
+        let over_grpc = audit
+            .list_audit_events(mesh.as_operator(ListAuditEventsRequest {
+                parent: "tenants/acme".into(),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(listed, over_grpc);
+        // int64 fields travel as strings in proto3 JSON.
+        let raw = json(&rest(&mesh, "GET", "/v1/tenants/acme/auditEvents", key, "").await?);
+        assert_eq!(raw["auditEvents"][0]["sequence"], "1");
+
+        // A server stream: one `{"result": …}` line per message.
+        let exported = rest(&mesh, "GET", "/v1/tenants/acme/auditEvents:export", key, "").await?;
+        assert_eq!(exported.status, 200, "{}", exported.text());
+        assert_eq!(
+            exported.header("content-type"),
+            Some("application/x-ndjson")
+        );
+        let lines: Vec<AuditEvent> = exported
+            .text()
+            .lines()
+            .map(|line| {
+                let line: Value = serde_json::from_str(line).unwrap();
+                decode("palisade.compliance.v1.AuditEvent", &line["result"])
+            })
+            .collect();
+        let streamed: Vec<AuditEvent> = audit
+            .export_audit_events(mesh.as_operator(ExportAuditEventsRequest {
+                parent: "tenants/acme".into(),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner()
+            .collect::<Result<_, _>>()
+            .await?;
+        assert_eq!(lines, streamed);
+        assert_eq!(lines, over_grpc.audit_events);
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_errors_have_grpc_gateway_statuses_and_bodies() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let key = Some(mesh.operator_key());
+
+    // Unknown JSON fields are refused, not dropped.
+    let unknown = rest(
+        &mesh,
+        "POST",
+        "/v1/tenants?tenantId=acme",
+        key,
+        r#"{"displayName": "Acme", "colour": "red"}"#,
+    )
+    .await?;
+    assert_eq!(unknown.status, 400);
+    let body = json(&unknown);
+    assert_eq!(body["code"], Code::InvalidArgument as i32);
+    assert!(
+        body["message"].as_str().unwrap().contains("colour"),
+        "{body}"
+    );
+    let types: Vec<&Value> = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["@type"])
+        .collect();
+    assert!(
+        types.contains(&&json!("type.googleapis.com/google.rpc.BadRequest")),
+        "{body}"
+    );
+
+    // A service's own validation error, with its details as Any JSON.
+    let empty = rest(&mesh, "POST", "/v1/tenants?tenantId=acme", key, "{}").await?;
+    assert_eq!(empty.status, 400, "{}", empty.text());
+    let details = json(&empty)["details"].clone();
+    assert!(
+        details.as_array().unwrap().iter().any(|d| d["@type"]
+            == "type.googleapis.com/google.rpc.BadRequest"
+            && d["fieldViolations"][0]["field"] == "tenant.display_name"),
+        "{details}"
+    );
+
+    // No credential: 401 with the proxy's refusal, in the same shape. A client-sent tenant
+    // header does not change that.
+    let anonymous = http_request(
+        mesh.addr(Component::Gateway),
+        "GET",
+        "/v1/tenants",
+        &[("grpc-metadata-palisade-tenant-id", "system")],
+        b"",
+    )
+    .await?;
+    assert_eq!(anonymous.status, 401);
+    let body = json(&anonymous);
+    assert_eq!(body["code"], Code::Unauthenticated as i32);
+    assert_eq!(
+        body["details"][0],
+        json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "UNAUTHENTICATED",
+            "domain": "palisade.dev",
+        })
+    );
+    assert_eq!(
+        body.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["code", "details", "message"]
+    );
+
+    let missing = rest(&mesh, "GET", "/v1/tenants/nobody", key, "").await?;
+    assert_eq!(missing.status, 404);
+    assert_eq!(json(&missing)["code"], Code::NotFound as i32);
+
+    // A stream that fails before its first message is a plain error response.
+    let export = rest(
+        &mesh,
+        "GET",
+        "/v1/tenants/acme/auditEvents:export?filter=%3D%3D%3D",
+        key,
+        "",
+    )
+    .await?;
+    assert_eq!(export.status, 400, "{}", export.text());
+    assert_eq!(json(&export)["code"], Code::InvalidArgument as i32);
+
+    // Internal methods have REST rules but are refused like over gRPC.
+    let internal = rest(&mesh, "POST", "/v1/apiKeys:verify", key, "{}").await?;
+    assert_eq!(internal.status, 403, "{}", internal.text());
+    assert_eq!(json(&internal)["code"], Code::PermissionDenied as i32);
+
+    // Routing errors.
+    let nowhere = rest(&mesh, "GET", "/v1/nowhere", key, "").await?;
+    assert_eq!(nowhere.status, 404);
+    assert_eq!(
+        json(&nowhere),
+        json!({"code": 5, "message": "Not Found", "details": []})
+    );
+    let wrong_method = rest(&mesh, "DELETE", "/v1/tenants", key, "").await?;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(json(&wrong_method)["code"], Code::Unimplemented as i32);
+
+    // Public methods need no key.
+    let status = rest(&mesh, "GET", "/v1/status", None, "").await?;
+    assert_eq!(status.status, 200, "{}", status.text());
+    mesh.stop().await?;
+    Ok(())
+}
+
+#[test]
+fn every_grpc_code_maps_to_grpc_gateways_http_status() {
+    use palisade_gateway::rest::errors::{http_status, status_json};
+    let table = [
+        (Code::Ok, 200),
+        (Code::Cancelled, 499),
+        (Code::Unknown, 500),
+        (Code::InvalidArgument, 400),
+        (Code::DeadlineExceeded, 504),
+        (Code::NotFound, 404),
+        (Code::AlreadyExists, 409),
+        (Code::PermissionDenied, 403),
+        (Code::ResourceExhausted, 429),
+        (Code::FailedPrecondition, 400),
+        (Code::Aborted, 409),
+        (Code::OutOfRange, 400),
+        (Code::Unimplemented, 501),
+        (Code::Internal, 500),
+        (Code::Unavailable, 503),
+        (Code::DataLoss, 500),
+        (Code::Unauthenticated, 401),
+    ];
+    for (code, http) in table {
+        assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        assert_eq!(
+            status_json(&tonic::Status::new(code, "m")),
+            json!({"code": code as i32, "message": "m", "details": []})
+        );
+    }
+}
