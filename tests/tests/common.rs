@@ -2,7 +2,15 @@
 
 #![allow(dead_code)]
 
-use palisade_proto::palisade::identity::v1::{CreateTenantRequest, Plan, Tenant};
+use std::time::Duration;
+
+use palisade_proto::palisade::{
+    compliance::v1::{
+        AuditEvent, ListAuditEventsRequest, audit_service_client::AuditServiceClient,
+    },
+    identity::v1::{CreateTenantRequest, Plan, Tenant},
+};
+use palisade_testkit::{Mesh, eventually};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -45,4 +53,26 @@ pub fn new_tenant(tenant_id: &str, display_name: &str, plan: Plan) -> CreateTena
         }),
         tenant_id: tenant_id.to_owned(),
     }
+}
+
+/// A tenant's audit events once at least one has arrived (they travel through the outbox).
+pub async fn audit_events_arrived(mesh: &Mesh, tenant: &str) -> anyhow::Result<Vec<AuditEvent>> {
+    let audit = AuditServiceClient::new(mesh.gateway());
+    eventually(Duration::from_secs(10), || {
+        let request = ListAuditEventsRequest {
+            parent: format!("tenants/{tenant}"),
+            ..Default::default()
+        };
+        let mut audit = audit.clone();
+        let request = mesh.as_operator(request);
+        async move {
+            let events = audit
+                .list_audit_events(request)
+                .await?
+                .into_inner()
+                .audit_events;
+            Ok((!events.is_empty()).then_some(events))
+        }
+    })
+    .await
 }

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{expect_code, new_tenant, reason};
+use common::{audit_events_arrived, expect_code, new_tenant, reason};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
@@ -16,7 +14,7 @@ use palisade_proto::palisade::{
         GetStatusRequest, ServingState, status_service_client::StatusServiceClient,
     },
 };
-use palisade_testkit::{Mesh, eventually, with_api_key};
+use palisade_testkit::{Mesh, with_api_key};
 use tonic::Code;
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
@@ -49,23 +47,8 @@ async fn tenants_are_created_listed_and_audited_through_the_gateway() -> anyhow:
         expect_code(duplicate, Code::AlreadyExists);
 
         // The audit event travels identity → outbox → relay → compliance.
+        let events = audit_events_arrived(&mesh, "acme").await?;
         let mut audit = AuditServiceClient::new(mesh.gateway());
-        let events = eventually(Duration::from_secs(10), || {
-            let mut audit = audit.clone();
-            let request = mesh.as_operator(ListAuditEventsRequest {
-                parent: "tenants/acme".into(),
-                ..Default::default()
-            });
-            async move {
-                let events = audit
-                    .list_audit_events(request)
-                    .await?
-                    .into_inner()
-                    .audit_events;
-                Ok((!events.is_empty()).then_some(events))
-            }
-        })
-        .await?;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].action, "identity.tenants.create");
         assert_eq!(events[0].resource, "tenants/acme");
@@ -180,23 +163,7 @@ async fn credentials_are_required_and_checked() -> anyhow::Result<()> {
         .metadata_mut()
         .insert("grpc-metadata-palisade-tenant-id", "victim".parse()?);
     tenants.create_tenant(forged).await?;
-    let audit = AuditServiceClient::new(mesh.gateway());
-    let events = eventually(Duration::from_secs(10), || {
-        let request = mesh.as_operator(ListAuditEventsRequest {
-            parent: "tenants/forged".into(),
-            ..Default::default()
-        });
-        let mut audit = audit.clone();
-        async move {
-            let events = audit
-                .list_audit_events(request)
-                .await?
-                .into_inner()
-                .audit_events;
-            Ok((!events.is_empty()).then_some(events))
-        }
-    })
-    .await?;
+    let events = audit_events_arrived(&mesh, "forged").await?;
     let actor = events[0].actor.clone().expect("the event names its actor");
     assert_eq!(actor.tenant_id, "system");
     assert_eq!(

@@ -8,7 +8,6 @@
 //! identity, with API-key verification cached), for `RUN` each.
 
 use std::{
-    net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -16,8 +15,7 @@ use std::{
 use palisade_proto::palisade::identity::v1::{
     CreateTenantRequest, GetTenantRequest, Tenant, tenant_service_client::TenantServiceClient,
 };
-use palisade_testkit::{otlp::OtlpReceiver, with_api_key};
-use rand::Rng;
+use palisade_testkit::{free_port_base, otlp::OtlpReceiver, with_api_key};
 use tonic::transport::Channel;
 
 const CONCURRENCY: usize = 16;
@@ -189,17 +187,5 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port_base() -> u16 {
-    loop {
-        let base = rand::rng().random_range(2_000..3_000) * 20;
-        let free = (base..base + 4)
-            .chain(base + 10..base + 14)
-            .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if free {
-            return base;
-        }
     }
 }

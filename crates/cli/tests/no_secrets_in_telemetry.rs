@@ -3,7 +3,6 @@
 //! forged key, then searches everything the mesh wrote and sent for the secrets.
 
 use std::{
-    net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -11,8 +10,7 @@ use std::{
 use palisade_proto::palisade::identity::v1::{
     CreateTenantRequest, ListTenantsRequest, Tenant, tenant_service_client::TenantServiceClient,
 };
-use palisade_testkit::{eventually, otlp::OtlpReceiver, with_api_key};
-use rand::Rng;
+use palisade_testkit::{eventually, free_port_base, otlp::OtlpReceiver, with_api_key};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_reach_logs_or_spans() -> anyhow::Result<()> {
@@ -102,17 +100,4 @@ async fn credentials_never_reach_logs_or_spans() -> anyhow::Result<()> {
         assert!(!spans.contains(needle), "{what} appears in a span");
     }
     Ok(())
-}
-
-/// A port block where the gateway (base..base+3) and admin ports (base+10..base+13) are free.
-fn free_port_base() -> u16 {
-    loop {
-        let base = rand::rng().random_range(2_000..3_000) * 20;
-        let free = (base..base + 4)
-            .chain(base + 10..base + 14)
-            .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if free {
-            return base;
-        }
-    }
 }

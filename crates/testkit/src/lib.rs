@@ -207,6 +207,28 @@ impl Mesh {
     }
 }
 
+/// A port block for a `palisade dev` in a child process: the gateway and components on
+/// `base..base+4`, their admin ports on `base+10..base+14`, all free right now.
+pub fn free_port_base() -> u16 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    loop {
+        // A cheap xorshift: spread concurrent test processes over the range.
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let base = 20_000 + (seed % 2_000) as u16 * 20;
+        let free = (base..base + 4)
+            .chain(base + 10..base + 14)
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 GET (admin endpoints are plain HTTP): (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
