@@ -1,48 +1,90 @@
 //! Edge authentication: the credential a client presents becomes a tenant context.
 //!
-//! API keys come as `authorization: ApiKey pal_…` or `x-api-key: pal_…` and are verified by
-//! identity (`ApiKeyService.VerifyApiKey`, an internal method only the gateway may call).
-//! Verified keys are cached by the SHA-256 of the key for a short TTL.
+//! Access tokens come as `authorization: Bearer <jwt>` and are verified here, locally: an
+//! Ed25519 signature (JWS `EdDSA`) by a key from identity's JWKS (`AuthService.GetJwks`,
+//! fetched over the mesh, cached, and fetched again when a token names an unknown `kid`), an
+//! `exp` in the future and the identity issuer. API keys come as `authorization: ApiKey pal_…`
+//! or `x-api-key: pal_…` and are verified by identity (`ApiKeyService.VerifyApiKey`, an
+//! internal method only the gateway may call); verified keys are cached by the SHA-256 of the
+//! key for a short TTL.
+//!
+//! The two are told apart by shape: a JWT has three dot-separated parts, an API key has no
+//! dot, and a scheme presenting the other kind is refused.
 
 use std::{
     collections::HashMap,
     sync::Mutex,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::HeaderMap;
 use palisade_grpc::{ApiError, MeshChannel};
 use palisade_proto::palisade::{
     common::v1::PrincipalType,
-    identity::v1::{VerifyApiKeyRequest, api_key_service_client::ApiKeyServiceClient},
+    identity::v1::{
+        GetJwksRequest, VerifyApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
+        auth_service_client::AuthServiceClient,
+    },
 };
 use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
+use ring::signature::{ED25519, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
 const MAX_CACHED: usize = 10_000;
+/// The `iss` identity puts in its access tokens.
+const ISSUER: &str = "palisade-identity";
+/// Tolerated clock difference between identity and the gateway when checking `exp`.
+const EXPIRY_LEEWAY_SECS: i64 = 30;
+/// A token naming an unknown `kid` makes the gateway fetch the JWKS again, but not more often
+/// than this, so forged `kid`s cannot turn into a flood of calls to identity.
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(5);
 
-/// Reads the API key a client presented, if any.
+/// Reads the credential a client presented, if any: an access token (`Bearer`) or an API key.
 pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let api_key = |key: &str| {
+        let key = key.trim();
+        if looks_like_jwt(key) {
+            Err(ApiError::Unauthenticated {
+                reason: "MALFORMED_CREDENTIAL",
+                message: "an access token goes in `authorization: Bearer <token>`".to_owned(),
+            })
+        } else {
+            Ok(Some(key.to_owned()))
+        }
+    };
     if let Some(value) = headers.get("x-api-key") {
-        return value
-            .to_str()
-            .map(|key| Some(key.trim().to_owned()))
-            .map_err(|_| malformed());
+        return api_key(value.to_str().map_err(|_| malformed())?);
     }
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| malformed())?;
     match value.split_once(' ') {
-        Some((scheme, key)) if scheme.eq_ignore_ascii_case("apikey") => {
-            Ok(Some(key.trim().to_owned()))
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("apikey") => api_key(key),
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            let token = token.trim();
+            if looks_like_jwt(token) {
+                Ok(Some(token.to_owned()))
+            } else {
+                Err(ApiError::Unauthenticated {
+                    reason: "MALFORMED_CREDENTIAL",
+                    message: "a bearer token must be a JWT; API keys go in `authorization: ApiKey <key>`"
+                        .to_owned(),
+                })
+            }
         }
         _ => Err(ApiError::Unauthenticated {
             reason: "UNSUPPORTED_CREDENTIAL",
-            message: "use `authorization: ApiKey <key>` or `x-api-key: <key>`".to_owned(),
+            message: "use `authorization: Bearer <token>`, `authorization: ApiKey <key>` or `x-api-key: <key>`"
+                .to_owned(),
         }),
     }
+}
+
+fn looks_like_jwt(credential: &str) -> bool {
+    credential.split('.').count() == 3
 }
 
 fn malformed() -> ApiError {
@@ -52,23 +94,30 @@ fn malformed() -> ApiError {
     }
 }
 
+/// Verifies the credentials `presented_api_key` returns: access tokens locally, API keys by
+/// asking identity. (The name predates access tokens; the proxy calls it for both.)
 pub struct ApiKeyVerifier {
     identity: ApiKeyServiceClient<MeshChannel>,
     cache: Mutex<HashMap<[u8; 32], (TenantContext, Instant)>>,
     ttl: Duration,
+    tokens: TokenVerifier,
 }
 
 impl ApiKeyVerifier {
     pub fn new(identity: MeshChannel, ttl: Duration) -> ApiKeyVerifier {
         ApiKeyVerifier {
-            identity: ApiKeyServiceClient::new(identity),
+            identity: ApiKeyServiceClient::new(identity.clone()),
             cache: Mutex::default(),
             ttl,
+            tokens: TokenVerifier::new(identity),
         }
     }
 
-    /// The tenant context the key stands for.
+    /// The tenant context the credential stands for.
     pub async fn verify(&self, key: &str) -> Result<TenantContext, ApiError> {
+        if looks_like_jwt(key) {
+            return self.tokens.verify(key).await;
+        }
         let fingerprint: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         if let Some(context) = self.cached(&fingerprint) {
             return Ok(context);
@@ -126,6 +175,155 @@ impl ApiKeyVerifier {
     }
 }
 
+/// Verifies access tokens against identity's published keys.
+struct TokenVerifier {
+    identity: AuthServiceClient<MeshChannel>,
+    keys: Mutex<JwksCache>,
+    /// One JWKS fetch at a time; callers that waited find the fresh keys.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct JwksCache {
+    /// `kid` → raw Ed25519 public key.
+    keys: HashMap<String, Vec<u8>>,
+    fetched: Option<Instant>,
+}
+
+impl TokenVerifier {
+    fn new(identity: MeshChannel) -> TokenVerifier {
+        TokenVerifier {
+            identity: AuthServiceClient::new(identity),
+            keys: Mutex::default(),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<TenantContext, ApiError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid_token());
+        };
+        let header = decode_json(header)?;
+        if header["alg"] != "EdDSA" {
+            return Err(invalid_token());
+        }
+        let kid = header["kid"].as_str().ok_or_else(invalid_token)?;
+        let key = self.key(kid).await?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| invalid_token())?;
+        let signing_input = &token[..header_and_payload_len(token)];
+        UnparsedPublicKey::new(&ED25519, key)
+            .verify(signing_input.as_bytes(), &signature)
+            .map_err(|_| invalid_token())?;
+        context_from_claims(&decode_json(payload)?, unix_now())
+    }
+
+    /// The public key named `kid`, fetching the JWKS when it is not known yet.
+    async fn key(&self, kid: &str) -> Result<Vec<u8>, ApiError> {
+        if let Some(key) = self.cached(kid) {
+            return Ok(key);
+        }
+        let _fetching = self.fetching.lock().await;
+        if let Some(key) = self.cached(kid) {
+            return Ok(key);
+        }
+        let recently = {
+            let cache = self.keys.lock().expect("jwks cache lock");
+            cache
+                .fetched
+                .is_some_and(|at| at.elapsed() < JWKS_MIN_REFETCH)
+        };
+        if recently {
+            return Err(invalid_token());
+        }
+        let jwks = self
+            .identity
+            .clone()
+            .get_jwks(GetJwksRequest {})
+            .await
+            .map_err(|status| {
+                tracing::warn!(code = ?status.code(), "jwks fetch failed");
+                ApiError::Unavailable {
+                    message: "cannot verify credentials right now".to_owned(),
+                }
+            })?
+            .into_inner();
+        let keys = jwks
+            .keys
+            .into_iter()
+            .filter(|jwk| jwk.kty == "OKP" && jwk.crv == "Ed25519")
+            .filter_map(|jwk| Some((jwk.kid, URL_SAFE_NO_PAD.decode(jwk.x).ok()?)))
+            .collect();
+        let mut cache = self.keys.lock().expect("jwks cache lock");
+        *cache = JwksCache {
+            keys,
+            fetched: Some(Instant::now()),
+        };
+        cache.keys.get(kid).cloned().ok_or_else(invalid_token)
+    }
+
+    fn cached(&self, kid: &str) -> Option<Vec<u8>> {
+        let cache = self.keys.lock().expect("jwks cache lock");
+        cache.keys.get(kid).cloned()
+    }
+}
+
+fn header_and_payload_len(token: &str) -> usize {
+    token.rfind('.').expect("three parts were checked")
+}
+
+fn decode_json(part: &str) -> Result<serde_json::Value, ApiError> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| invalid_token())?;
+    serde_json::from_slice(&bytes).map_err(|_| invalid_token())
+}
+
+/// The tenant context of a token whose signature has been verified: the issuer must be
+/// identity, the token unexpired, and the principal a user of a valid tenant.
+fn context_from_claims(claims: &serde_json::Value, now: i64) -> Result<TenantContext, ApiError> {
+    let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
+    if claims["iss"] != ISSUER || claims["principal_type"] != "user" {
+        return Err(invalid_token());
+    }
+    if exp + EXPIRY_LEEWAY_SECS <= now {
+        return Err(ApiError::Unauthenticated {
+            reason: "TOKEN_EXPIRED",
+            message: "the access token has expired; refresh it".to_owned(),
+        });
+    }
+    let tenant_id = claims["tenant"]
+        .as_str()
+        .and_then(|tenant| TenantId::parse(tenant).ok())
+        .ok_or_else(invalid_token)?;
+    let user = claims["sub"]
+        .as_str()
+        .filter(|sub| !sub.is_empty())
+        .ok_or_else(invalid_token)?;
+    Ok(TenantContext {
+        tenant_id,
+        principal: Some(Principal {
+            id: user.to_owned(),
+            kind: PrincipalKind::User,
+        }),
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::Unauthenticated {
+        reason: "INVALID_TOKEN",
+        message: "the access token is invalid".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -154,5 +352,38 @@ mod tests {
         );
         assert_eq!(presented_api_key(&HeaderMap::new()).unwrap(), None);
         assert!(presented_api_key(&headers("authorization", "Basic dXNlcg==")).is_err());
+        assert_eq!(
+            presented_api_key(&headers("authorization", "Bearer a.b.c"))
+                .unwrap()
+                .as_deref(),
+            Some("a.b.c")
+        );
+        // Each scheme takes only its own kind of credential.
+        assert!(presented_api_key(&headers("authorization", "Bearer pal_x")).is_err());
+        assert!(presented_api_key(&headers("authorization", "ApiKey a.b.c")).is_err());
+        assert!(presented_api_key(&headers("x-api-key", "a.b.c")).is_err());
+    }
+
+    #[test]
+    fn claims_are_checked() {
+        let claims = |iss: &str, exp: i64, kind: &str| {
+            serde_json::json!({
+                "iss": iss, "sub": "u1", "tenant": "acme", "principal_type": kind,
+                "roles": ["admin"], "iat": 0, "exp": exp, "jti": "j",
+            })
+        };
+        let context = context_from_claims(&claims(ISSUER, 1_000, "user"), 900).unwrap();
+        assert_eq!(context.tenant_id.as_str(), "acme");
+        let principal = context.principal.unwrap();
+        assert_eq!(
+            (principal.id.as_str(), principal.kind),
+            ("u1", PrincipalKind::User)
+        );
+        assert!(context_from_claims(&claims("someone-else", 1_000, "user"), 900).is_err());
+        assert!(context_from_claims(&claims(ISSUER, 1_000, "service"), 900).is_err());
+        assert!(
+            context_from_claims(&claims(ISSUER, 1_000, "user"), 1_000 + EXPIRY_LEEWAY_SECS)
+                .is_err()
+        );
     }
 }

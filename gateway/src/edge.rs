@@ -33,7 +33,12 @@ pub struct Edge {
     observe: ServerObserveLayer,
     rest: Arc<Rest>,
     cors: Arc<Cors>,
+    /// The OpenAPI document, served at [`OPENAPI_PATH`].
+    openapi: Bytes,
 }
+
+/// Where the OpenAPI document of the REST API is served, without a credential.
+pub const OPENAPI_PATH: &str = "/openapi.json";
 
 impl Edge {
     pub fn new(
@@ -41,12 +46,14 @@ impl Edge {
         observe: ServerObserveLayer,
         rest: Arc<Rest>,
         cors: Arc<Cors>,
+        openapi: Bytes,
     ) -> Edge {
         Edge {
             proxy,
             observe,
             rest,
             cors,
+            openapi,
         }
     }
 
@@ -62,6 +69,15 @@ impl Edge {
             .oneshot(request)
             .await;
         response.unwrap_or_else(|never: Infallible| match never {})
+    }
+
+    fn openapi_response(&self) -> Response<Body> {
+        let mut response =
+            Response::new(Body::new(http_body_util::Full::new(self.openapi.clone())));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
     }
 
     async fn handle<B>(self, mut request: Request<B>) -> Response<Body>
@@ -92,6 +108,11 @@ impl Edge {
         request.headers_mut().insert(HEADER_REQUEST_ID, id.clone());
         let mut response = match web {
             Some(mode) => web::serve(&self, request, mode).await,
+            None if request.method() == http::Method::GET
+                && request.uri().path() == OPENAPI_PATH =>
+            {
+                self.openapi_response()
+            }
             None => self.rest.serve(&self, request).await,
         };
         response.headers_mut().insert(HEADER_REQUEST_ID, id);

@@ -10,12 +10,14 @@ mod backends;
 mod cors;
 mod edge;
 pub mod frames;
+pub mod fuzzing;
 mod proxy;
+mod public_tls;
 pub mod rest;
 mod server;
 pub mod web;
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use palisade_grpc::{
     BoxError, ComponentKit, Listeners, MeshAddresses, Running, ServerObserveLayer,
@@ -39,11 +41,21 @@ pub struct GatewayConfig {
     /// Origins (`https://app.example.com`, or `*`) whose browser scripts may call REST and
     /// gRPC-Web; empty means no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
+    /// A PEM certificate chain and key for TLS on the public port (ALPN `h2` and `http/1.1`);
+    /// `None` serves h2c and plain HTTP/1.1.
+    pub public_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Serves the public port until stopped. Readiness follows identity, without which no
 /// credential can be verified.
 pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Running, BoxError> {
+    // First, so that a bad certificate stops the start before anything runs.
+    let public_tls = match &config.public_tls {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(public_tls::server_config(
+            cert, key,
+        )?)),
+        None => None,
+    };
     let mut kit = ComponentKit::start(COMPONENT, config.tls.clone(), listeners.admin);
     let backends = backends::Backends::connect(&config.mesh, &kit)?;
     let identity = backends.identity();
@@ -63,15 +75,20 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         .counting_tenants(Arc::new(kit.metrics.clone()));
     let rest = rest::Rest::from_pool(palisade_proto::descriptor_pool())?;
     tracing::debug!(routes = rest.route_count(), "rest routes built");
+    let openapi = rest::openapi::document(
+        palisade_proto::descriptor_pool(),
+        &palisade_grpc::MethodPolicies::palisade()?,
+    )?;
+    let openapi = bytes::Bytes::from(serde_json::to_vec(&openapi)?);
     let cors = cors::Cors::new(&config.cors_allowed_origins);
-    let edge = edge::Edge::new(proxy, observe, Arc::new(rest), Arc::new(cors));
+    let edge = edge::Edge::new(proxy, observe, Arc::new(rest), Arc::new(cors), openapi);
     let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     Ok(Running::spawn(
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            server::serve(listener, edge, shutdown.wait()).await;
+            server::serve(listener, edge, public_tls, shutdown.wait()).await;
             kit.stop();
             Ok(())
         },

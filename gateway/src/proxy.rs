@@ -110,7 +110,7 @@ impl Proxy {
             (None, false) => {
                 return Err(ApiError::Unauthenticated {
                     reason: "UNAUTHENTICATED",
-                    message: "this method needs a credential: `authorization: ApiKey <key>`"
+                    message: "this method needs a credential: `authorization: Bearer <token>` or `authorization: ApiKey <key>`"
                         .to_owned(),
                 }
                 .into());

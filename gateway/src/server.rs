@@ -1,15 +1,26 @@
 //! The public listener: HTTP/2 with prior knowledge (h2c, what gRPC clients speak) and
-//! HTTP/1.1 (REST, gRPC-Web) on one port. Slow or idle clients are timed out, connections are capped, and
+//! HTTP/1.1 (REST, gRPC-Web) on one port, or both over TLS when a certificate is configured
+//! (the handshake runs in the connection's task, under a timeout, so a slow client never holds
+//! up the accept loop). Slow or idle clients are timed out, connections are capped, and
 //! shutdown lets in-flight calls finish for a grace period, then cuts the rest.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+    task::JoinSet,
+};
+use tokio_rustls::TlsAcceptor;
 
 use crate::edge::Edge;
 
@@ -17,8 +28,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 10_000;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(listener: TcpListener, edge: Edge, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    edge: Edge,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -51,13 +68,20 @@ pub async fn serve(listener: TcpListener, edge: Edge, shutdown: impl Future<Outp
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(edge.clone());
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         connections.spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            match tls {
+                None => serve_connection(&builder, watcher, stream, service, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, watcher, stream, service, peer).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "tls handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -76,4 +100,19 @@ pub async fn serve(listener: TcpListener, edge: Edge, shutdown: impl Future<Outp
         );
     }
     connections.abort_all();
+}
+
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    service: TowerToHyperService<Edge>,
+    peer: std::net::SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
 }

@@ -126,6 +126,8 @@ pub struct MeshOptions {
     pub api_key_cache_ttl: Duration,
     /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
     pub cors_allowed_origins: Vec<String>,
+    /// PEM certificate chain and key for TLS on the gateway's public port; `None`: h2c.
+    pub public_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl MeshOptions {
@@ -139,6 +141,7 @@ impl MeshOptions {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             api_key_cache_ttl: Duration::from_secs(30),
             cors_allowed_origins: Vec::new(),
+            public_tls: None,
         }
     }
 
@@ -288,6 +291,7 @@ impl LocalMesh {
             mesh: self.addresses.clone(),
             api_key_cache_ttl: options.api_key_cache_ttl,
             cors_allowed_origins: options.cors_allowed_origins.clone(),
+            public_tls: options.public_tls.clone(),
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
         if operator_key.is_some() {
@@ -306,6 +310,8 @@ pub struct ComponentSettings {
     pub mesh: MeshAddresses,
     pub api_key_cache_ttl: Duration,
     pub cors_allowed_origins: Vec<String>,
+    /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
+    pub public_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Starts one component on `listeners`; identity also returns the operator key when its
@@ -321,6 +327,7 @@ pub async fn start_component(
         mesh,
         api_key_cache_ttl,
         cors_allowed_origins,
+        public_tls,
     } = settings;
     let started = match component {
         Component::Identity => {
@@ -347,6 +354,7 @@ pub async fn start_component(
                 mesh,
                 api_key_cache_ttl,
                 cors_allowed_origins,
+                public_tls,
             };
             palisade_gateway::start(listeners, config)
                 .await

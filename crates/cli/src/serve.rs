@@ -59,6 +59,13 @@ pub struct ServeArgs {
     /// gRPC-Web routes; none by default, which sends no CORS headers.
     #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     cors_allowed_origins: Vec<String>,
+    /// PEM certificate chain for TLS on the gateway's public port (with --public-tls-key);
+    /// without it the port speaks h2c and plain HTTP/1.1.
+    #[arg(long, env = "PALISADE_PUBLIC_TLS_CERT", requires = "public_tls_key")]
+    public_tls_cert: Option<PathBuf>,
+    /// PEM private key of --public-tls-cert.
+    #[arg(long, env = "PALISADE_PUBLIC_TLS_KEY", requires = "public_tls_cert")]
+    public_tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -131,6 +138,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         api_key_cache_ttl: Duration::from_secs(args.api_key_cache_ttl),
         cors_allowed_origins: args.cors_allowed_origins,
+        public_tls: args.public_tls_cert.zip(args.public_tls_key),
     };
     let listeners = Listeners {
         grpc,

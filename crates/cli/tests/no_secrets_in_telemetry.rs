@@ -1,6 +1,8 @@
 //! No log line and no exported span ever contains a credential. Runs the real `palisade dev`
 //! binary with debug logging and OTLP export, uses the operator key (both header forms) and a
-//! forged key, then searches everything the mesh wrote and sent for the secrets.
+//! forged key, creates a user, signs in (with a wrong password, then the right one), uses the
+//! access token and refreshes it, then searches everything the mesh wrote and sent for the
+//! secrets.
 
 use std::{
     process::{Command, Stdio},
@@ -8,7 +10,9 @@ use std::{
 };
 
 use palisade_proto::palisade::identity::v1::{
-    CreateTenantRequest, ListTenantsRequest, Tenant, tenant_service_client::TenantServiceClient,
+    CreateTenantRequest, CreateUserRequest, ListTenantsRequest, LoginRequest, RefreshTokenRequest,
+    Tenant, User, auth_service_client::AuthServiceClient,
+    tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
 };
 use palisade_testkit::{eventually, free_port_base, otlp::OtlpReceiver, with_api_key};
 
@@ -53,7 +57,7 @@ async fn credentials_never_reach_logs_or_spans() -> anyhow::Result<()> {
     let gateway = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{base}"))?
         .connect()
         .await?;
-    let mut tenants = TenantServiceClient::new(gateway);
+    let mut tenants = TenantServiceClient::new(gateway.clone());
     let tenant = Tenant {
         display_name: "Acme".into(),
         ..Tenant::default()
@@ -74,6 +78,46 @@ async fn credentials_never_reach_logs_or_spans() -> anyhow::Result<()> {
         tonic::Code::Unauthenticated
     );
 
+    let password = "a password nobody may log";
+    let wrong_password = "a wrong password nobody may log";
+    let create_user = CreateUserRequest {
+        parent: "tenants/acme".into(),
+        user: Some(User {
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            roles: vec!["viewer".into()],
+            ..User::default()
+        }),
+        password: password.into(),
+    };
+    UserServiceClient::new(gateway.clone())
+        .create_user(with_api_key(create_user, &key))
+        .await?;
+    let mut auth = AuthServiceClient::new(gateway);
+    let login = |password: &str| LoginRequest {
+        tenant_id: "acme".into(),
+        email: "ada@example.com".into(),
+        password: password.into(),
+    };
+    let wrong = auth.login(login(wrong_password)).await;
+    assert_eq!(
+        wrong.map(drop).unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    let first = auth.login(login(password)).await?.into_inner();
+    let mut by_token = tonic::Request::new(ListTenantsRequest::default());
+    by_token.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", first.access_token).parse()?,
+    );
+    tenants.list_tenants(by_token).await?;
+    let second = auth
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await?
+        .into_inner();
+
     // SIGTERM: the mesh drains and flushes its spans on the way out.
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -91,10 +135,25 @@ async fn credentials_never_reach_logs_or_spans() -> anyhow::Result<()> {
         spans.contains("palisade.identity.v1.TenantService/CreateTenant"),
         "the scenario was traced"
     );
+    assert!(logs.contains("user signed in"), "the login was logged");
+    let signature = |token: &str| token.rsplit('.').next().unwrap_or_default().to_owned();
+    let (first_signature, second_signature) = (
+        signature(&first.access_token),
+        signature(&second.access_token),
+    );
     for (what, needle) in [
         ("operator key", key.as_str()),
         ("operator secret", secret),
         ("forged key", forged.as_str()),
+        ("password", password),
+        ("wrong password", wrong_password),
+        ("access token signature", first_signature.as_str()),
+        (
+            "refreshed access token signature",
+            second_signature.as_str(),
+        ),
+        ("refresh token", first.refresh_token.as_str()),
+        ("rotated refresh token", second.refresh_token.as_str()),
     ] {
         assert!(!logs.contains(needle), "{what} appears in the logs");
         assert!(!spans.contains(needle), "{what} appears in a span");

@@ -33,9 +33,21 @@ pub struct MeshBuilder {
     postgres: Option<String>,
     api_key_cache_ttl: Option<Duration>,
     cors_allowed_origins: Vec<String>,
+    public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl MeshBuilder {
+    /// TLS on the gateway's public port with this PEM certificate chain and key; the sandbox's
+    /// own gateway clients ([`Mesh::gateway`]) speak h2c, so a test brings its TLS client.
+    pub fn with_public_tls(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> MeshBuilder {
+        self.public_tls = Some((cert.into(), key.into()));
+        self
+    }
+
     pub fn with_postgres(mut self, url: impl Into<String>) -> MeshBuilder {
         self.postgres = Some(url.into());
         self
@@ -71,6 +83,7 @@ impl MeshBuilder {
             options.api_key_cache_ttl = ttl;
         }
         options.cors_allowed_origins = self.cors_allowed_origins.clone();
+        options.public_tls = self.public_tls.clone();
         if let Some(url) = &self.postgres {
             let schema_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             options.database = DatabaseChoice::Postgres {

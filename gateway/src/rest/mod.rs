@@ -9,6 +9,7 @@
 //! grpc-gateway's ([`errors`]).
 
 pub mod errors;
+pub mod openapi;
 pub mod routes;
 pub mod transcode;
 
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use palisade_proto::google::api::{HttpRule, http_rule::Pattern};
-use prost_reflect::{DescriptorPool, MessageDescriptor, Value};
+use prost_reflect::{DescriptorPool, FieldDescriptor, MessageDescriptor, MethodDescriptor, Value};
 use serde_json::json;
 use tonic::{Code, Status, body::Body};
 
@@ -49,71 +50,94 @@ pub struct Rest {
     router: Router<Arc<Binding>>,
 }
 
-impl Rest {
-    /// Routes for every `google.api.http` rule (and its additional bindings) of the
-    /// `palisade.*` services. A malformed rule is an error: the gateway must not start with
-    /// a route that silently does not work.
-    pub fn from_pool(pool: &DescriptorPool) -> Result<Rest, String> {
-        let extension = pool
-            .get_extension_by_name(HTTP_EXTENSION)
-            .ok_or_else(|| format!("extension {HTTP_EXTENSION} is missing"))?;
-        let mut router = Router::default();
-        let services = pool
-            .services()
-            .filter(|s| s.full_name().starts_with("palisade."));
-        for method in services.flat_map(|s| s.methods().collect::<Vec<_>>()) {
-            let options = method.options();
-            if !options.has_extension(&extension) {
-                continue;
-            }
-            let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name());
-            // A client stream has no place in one HTTP request body.
-            if method.is_client_streaming() {
-                continue;
-            }
-            let Value::Message(rule) = options.get_extension(&extension).as_ref().clone() else {
-                continue;
+/// One `google.api.http` rule (or additional binding) of a `palisade.*` method, parsed.
+#[derive(Clone, Debug)]
+pub struct HttpBinding {
+    pub method: MethodDescriptor,
+    /// `/package.Service/Method`.
+    pub grpc_path: String,
+    pub http_method: Method,
+    pub template: Template,
+    pub body: BodyRule,
+    /// `response_body`: the response field sent instead of the message.
+    pub response_body: Option<FieldDescriptor>,
+}
+
+/// Every `google.api.http` rule (and additional binding) of the `palisade.*` services, in
+/// declaration order. Client-streaming methods have none (a stream has no place in one HTTP
+/// request body). A malformed rule is an error: the gateway must not start with a route that
+/// silently does not work.
+pub fn http_bindings(pool: &DescriptorPool) -> Result<Vec<HttpBinding>, String> {
+    let extension = pool
+        .get_extension_by_name(HTTP_EXTENSION)
+        .ok_or_else(|| format!("extension {HTTP_EXTENSION} is missing"))?;
+    let mut bindings = Vec::new();
+    let services = pool
+        .services()
+        .filter(|s| s.full_name().starts_with("palisade."));
+    for method in services.flat_map(|s| s.methods().collect::<Vec<_>>()) {
+        let options = method.options();
+        if !options.has_extension(&extension) || method.is_client_streaming() {
+            continue;
+        }
+        let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+        let Value::Message(rule) = options.get_extension(&extension).as_ref().clone() else {
+            continue;
+        };
+        let rule: HttpRule = rule
+            .transcode_to()
+            .map_err(|e| format!("{grpc_path}: {e}"))?;
+        for rule in std::iter::once(&rule).chain(&rule.additional_bindings) {
+            let (http_method, template) = match &rule.pattern {
+                Some(Pattern::Get(t)) => (Method::GET, t.as_str()),
+                Some(Pattern::Put(t)) => (Method::PUT, t.as_str()),
+                Some(Pattern::Post(t)) => (Method::POST, t.as_str()),
+                Some(Pattern::Delete(t)) => (Method::DELETE, t.as_str()),
+                Some(Pattern::Patch(t)) => (Method::PATCH, t.as_str()),
+                Some(Pattern::Custom(custom)) => (
+                    Method::from_bytes(custom.kind.as_bytes())
+                        .map_err(|e| format!("{grpc_path}: {e}"))?,
+                    custom.path.as_str(),
+                ),
+                None => continue,
             };
-            let rule: HttpRule = rule
-                .transcode_to()
-                .map_err(|e| format!("{grpc_path}: {e}"))?;
-            for rule in std::iter::once(&rule).chain(&rule.additional_bindings) {
-                let (http_method, template) = match &rule.pattern {
-                    Some(Pattern::Get(t)) => (Method::GET, t.as_str()),
-                    Some(Pattern::Put(t)) => (Method::PUT, t.as_str()),
-                    Some(Pattern::Post(t)) => (Method::POST, t.as_str()),
-                    Some(Pattern::Delete(t)) => (Method::DELETE, t.as_str()),
-                    Some(Pattern::Patch(t)) => (Method::PATCH, t.as_str()),
-                    Some(Pattern::Custom(custom)) => (
-                        Method::from_bytes(custom.kind.as_bytes())
-                            .map_err(|e| format!("{grpc_path}: {e}"))?,
-                        custom.path.as_str(),
-                    ),
-                    None => continue,
-                };
-                let template =
-                    Template::parse(template).map_err(|e| format!("{grpc_path}: {e}"))?;
-                let response_body = match rule.response_body.as_str() {
-                    "" => None,
-                    field => Some(
-                        method
-                            .output()
-                            .get_field_by_name(field)
-                            .ok_or_else(|| format!("{grpc_path}: no response field `{field}`"))?
-                            .json_name()
-                            .to_owned(),
-                    ),
-                };
-                let binding = Binding {
-                    grpc_path: grpc_path.clone(),
-                    input: method.input(),
-                    output: method.output(),
-                    body: BodyRule::from_rule(&rule.body),
-                    response_body,
-                    server_streaming: method.is_server_streaming(),
-                };
-                router.add(http_method, template, Arc::new(binding));
-            }
+            let template = Template::parse(template).map_err(|e| format!("{grpc_path}: {e}"))?;
+            let response_body = match rule.response_body.as_str() {
+                "" => None,
+                field => Some(
+                    method
+                        .output()
+                        .get_field_by_name(field)
+                        .ok_or_else(|| format!("{grpc_path}: no response field `{field}`"))?,
+                ),
+            };
+            bindings.push(HttpBinding {
+                method: method.clone(),
+                grpc_path: grpc_path.clone(),
+                http_method,
+                template,
+                body: BodyRule::from_rule(&rule.body),
+                response_body,
+            });
+        }
+    }
+    Ok(bindings)
+}
+
+impl Rest {
+    /// Routes for every rule of [`http_bindings`].
+    pub fn from_pool(pool: &DescriptorPool) -> Result<Rest, String> {
+        let mut router = Router::default();
+        for rule in http_bindings(pool)? {
+            let binding = Binding {
+                grpc_path: rule.grpc_path,
+                input: rule.method.input(),
+                output: rule.method.output(),
+                body: rule.body,
+                response_body: rule.response_body.map(|f| f.json_name().to_owned()),
+                server_streaming: rule.method.is_server_streaming(),
+            };
+            router.add(rule.http_method, rule.template, Arc::new(binding));
         }
         Ok(Rest { router })
     }

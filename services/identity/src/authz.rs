@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use palisade_grpc::{ApiError, Authorizer, Decision, time::now_micros};
-use palisade_proto::palisade::identity::v1::TenantState;
+use palisade_proto::palisade::identity::v1::{TenantState, UserState};
 use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
 use tonic::Status;
 
 use crate::{
     api_keys,
+    roles::Roles,
     store::{ApiKeyRecord, IdentityStore},
 };
 
@@ -20,11 +21,12 @@ pub const ALL_PERMISSIONS: &str = "*";
 #[derive(Clone)]
 pub struct Authz {
     store: IdentityStore,
+    roles: Arc<Roles>,
 }
 
 impl Authz {
-    pub fn new(store: IdentityStore) -> Authz {
-        Authz { store }
+    pub fn new(store: IdentityStore, roles: Arc<Roles>) -> Authz {
+        Authz { store, roles }
     }
 
     /// Whether `principal` of `tenant` holds `permission`, on `resource` if one is named.
@@ -74,11 +76,69 @@ impl Authz {
                     deny(format!("api key scopes do not include {permission}"))
                 })
             }
-            PrincipalKind::User => Ok(deny("unknown user".to_owned())),
+            PrincipalKind::User => {
+                // The user is looked up within `tenant`: a user id asserted with another
+                // tenant's context is unknown there.
+                let user = match self.store.get_user(tenant, &principal.id).await? {
+                    Some(user) => user,
+                    None => return Ok(deny("unknown user".to_owned())),
+                };
+                if user.state != UserState::Active {
+                    return Ok(deny(format!(
+                        "user is {}",
+                        crate::users::state_key(user.state)
+                    )));
+                }
+                Ok(if self.roles.grant(&user.roles, permission) {
+                    Decision {
+                        allowed: true,
+                        reason: "granted by role".to_owned(),
+                    }
+                } else {
+                    deny(format!("no role of the user grants {permission}"))
+                })
+            }
             PrincipalKind::Service => Ok(deny(
                 "service principals hold no tenant permissions".to_owned(),
             )),
         }
+    }
+
+    /// Whether the caller holds every permission `role` grants, so that granting or taking it
+    /// passes on no right the caller lacks (no escalation through role changes). Platform
+    /// operators hold every right.
+    pub async fn may_grant(&self, context: &TenantContext, role: &str) -> Result<bool, ApiError> {
+        if context.is_platform_operator() {
+            return Ok(true);
+        }
+        let (Some(principal), Some(granted)) = (&context.principal, self.roles.permissions(role))
+        else {
+            return Ok(false);
+        };
+        let tenant = &context.tenant_id;
+        let holds: Box<dyn Fn(&str) -> bool + Send> = match principal.kind {
+            PrincipalKind::ApiKey => match self.store.get_api_key(&principal.id).await? {
+                Some(key) if &key.tenant_id == tenant => Box::new(move |permission| {
+                    key.scopes
+                        .iter()
+                        .any(|scope| scope == ALL_PERMISSIONS || scope == permission)
+                }),
+                _ => return Ok(false),
+            },
+            PrincipalKind::User => match self.store.get_user(tenant, &principal.id).await? {
+                Some(user) if user.state == UserState::Active => {
+                    let roles = self.roles.clone();
+                    Box::new(move |permission| roles.grant(&user.roles, permission))
+                }
+                _ => return Ok(false),
+            },
+            PrincipalKind::Service => return Ok(false),
+        };
+        Ok(granted.iter().all(|permission| holds(permission)))
+    }
+
+    pub fn roles(&self) -> &Roles {
+        &self.roles
     }
 
     /// The key behind a presented `pal_…` string, if it is genuine and usable.

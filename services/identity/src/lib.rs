@@ -1,13 +1,18 @@
-//! The identity service: tenants, API keys and permission checks. Identity decides its own
-//! RPCs' permissions locally and answers `AuthorizationService.Check` for everyone else.
-//! Every mutation writes its audit event into the outbox in the same transaction.
+//! The identity service: tenants, users and their roles, password login with access and
+//! refresh tokens, API keys and permission checks. Identity decides its own RPCs' permissions
+//! locally and answers `AuthorizationService.Check` for everyone else. Every mutation writes
+//! its audit event into the outbox in the same transaction.
 
 mod api;
 mod api_keys;
 mod authz;
 mod bootstrap;
+mod passwords;
+mod roles;
 mod store;
 mod tenants;
+mod tokens;
+mod users;
 
 use std::sync::Arc;
 
@@ -16,11 +21,13 @@ use palisade_db::{
     Db, DbConfig, Migrations,
     outbox::{Relay, RelayConfig},
 };
-use palisade_grpc::{BoxError, ComponentKit, Listeners, MeshAddresses, MeshServer, Running};
+use palisade_grpc::{
+    BoxError, ComponentKit, Listeners, MeshAddresses, MeshServer, MethodPolicies, Running,
+};
 use palisade_proto::palisade::identity::v1::{
-    api_key_service_server::ApiKeyServiceServer,
+    api_key_service_server::ApiKeyServiceServer, auth_service_server::AuthServiceServer,
     authorization_service_server::AuthorizationServiceServer,
-    tenant_service_server::TenantServiceServer,
+    tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
 };
 use palisade_tls::MeshTls;
 use tokio::sync::oneshot;
@@ -60,7 +67,10 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
 
     let relay = Relay::new(db.clone(), RelayConfig::new(palisade_audit::TOPIC));
     let compliance = kit.channel(&config.mesh.compliance, "compliance")?;
-    let authz = Arc::new(authz::Authz::new(store.clone()));
+    let roles = Arc::new(roles::Roles::from_catalogue(&MethodPolicies::palisade()?));
+    let passwords = passwords::Passwords::new();
+    let signer = Arc::new(tokens::Signer::new(&bootstrap::signing_key(&store).await?)?);
+    let authz = Arc::new(authz::Authz::new(store.clone(), roles));
     let authorizer = Arc::new(authz::LocalAuthorizer(authz.clone()));
     let server = MeshServer::new(
         COMPONENT,
@@ -69,8 +79,20 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         kit.metrics.clone(),
     )?
     .add_service(TenantServiceServer::new(api::TenantApi::new(
+        store.clone(),
+        relay.clone(),
+    )))
+    .add_service(UserServiceServer::new(api::UserApi::new(
+        store.clone(),
+        relay.clone(),
+        authz.clone(),
+        passwords.clone(),
+    )))
+    .add_service(AuthServiceServer::new(api::AuthApi::new(
         store,
         relay.clone(),
+        passwords,
+        signer,
     )))
     .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(authz.clone())))
     .add_service(AuthorizationServiceServer::new(api::AuthorizationApi::new(

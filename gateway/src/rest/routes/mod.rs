@@ -118,6 +118,81 @@ impl Template {
         self.verb.as_deref()
     }
 
+    /// The field paths the template binds, in template order.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.variables.iter().map(|v| v.field.as_str())
+    }
+
+    /// The template as an OpenAPI path with its parameters. A variable's literal segments are
+    /// spelled out and each of its wildcards becomes a parameter named after the literal before
+    /// it (`/v1/{name=tenants/*}` → `/v1/tenants/{tenant}`, as protoc-gen-openapiv2's
+    /// `expand_slashed_path_patterns` does), so the documented URL is the URL a client sends: an
+    /// OpenAPI parameter cannot hold a `/`. A variable that is one wildcard keeps its field path
+    /// as the name (`/v1/{id}`).
+    pub fn openapi_path(&self) -> (String, Vec<PathParameter>) {
+        let mut path = String::new();
+        let mut parameters: Vec<PathParameter> = Vec::new();
+        for (i, part) in self.parts.iter().enumerate() {
+            path.push('/');
+            let name_base = match part {
+                Part::Literal(literal) => {
+                    path.push_str(literal);
+                    continue;
+                }
+                Part::One | Part::Rest => {
+                    let variable = self
+                        .variables
+                        .iter()
+                        .find(|v| (v.start..v.end).contains(&i));
+                    match variable {
+                        Some(v) if v.end - v.start == 1 => v.field.clone(),
+                        _ => match i.checked_sub(1).map(|at| &self.parts[at]) {
+                            Some(Part::Literal(before)) => singular(before),
+                            _ => "segment".to_owned(),
+                        },
+                    }
+                }
+            };
+            let mut name = name_base.clone();
+            let mut n = 2;
+            while parameters.iter().any(|p| p.name == name) {
+                name = format!("{name_base}{n}");
+                n += 1;
+            }
+            path.push('{');
+            path.push_str(&name);
+            path.push('}');
+            let variable = self
+                .variables
+                .iter()
+                .find(|v| (v.start..v.end).contains(&i));
+            parameters.push(PathParameter {
+                name,
+                field: variable.map(|v| v.field.clone()),
+                pattern: variable.map(|v| self.pattern(v)),
+                rest: *part == Part::Rest,
+            });
+        }
+        if let Some(verb) = &self.verb {
+            path.push(':');
+            path.push_str(verb);
+        }
+        (path, parameters)
+    }
+
+    /// A variable's segments as written in the template (`tenants/*`).
+    fn pattern(&self, variable: &Variable) -> String {
+        self.parts[variable.start..variable.end]
+            .iter()
+            .map(|part| match part {
+                Part::Literal(literal) => literal.as_str(),
+                Part::One => "*",
+                Part::Rest => "**",
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
     /// How specific the template is: verbs first, then more literal segments, so that
     /// `/v1/tenants:search` wins over `/v1/{name=*}` and `/v1/tenants` over `/v1/{x=*}`.
     fn specificity(&self) -> (bool, usize, usize) {
@@ -185,6 +260,27 @@ impl Template {
             bindings.push((variable.field.clone(), value));
         }
         Some(bindings)
+    }
+}
+
+/// One parameter of [`Template::openapi_path`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathParameter {
+    /// The name in the OpenAPI path (`tenant` in `/v1/tenants/{tenant}`).
+    pub name: String,
+    /// The request field the segment goes into, if any (`name`).
+    pub field: Option<String>,
+    /// The variable's segments in the template (`tenants/*`).
+    pub pattern: Option<String>,
+    /// A `**`: the rest of the path, slashes included.
+    pub rest: bool,
+}
+
+/// `tenants` → `tenant`, `auditEvents` → `auditEvent`; a word without a plural `s` gets `Id`.
+fn singular(literal: &str) -> String {
+    match literal.strip_suffix('s') {
+        Some(stem) if !stem.is_empty() && !stem.ends_with('s') => stem.to_owned(),
+        _ => format!("{literal}Id"),
     }
 }
 
@@ -308,159 +404,4 @@ impl<T> Router<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use http::Method;
-
-    use super::*;
-
-    fn check(template: &str, path: &str) -> Option<Vec<(String, String)>> {
-        Template::parse(template).unwrap().matches(path)
-    }
-
-    fn bound(pairs: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn literal_templates_match_only_themselves() {
-        assert_eq!(check("/v1/tenants", "/v1/tenants"), bound(&[]));
-        assert_eq!(check("/v1/tenants", "/v1/tenants/"), None);
-        assert_eq!(check("/v1/tenants", "/v1/tenant"), None);
-        assert_eq!(check("/v1/tenants", "/v1"), None);
-        assert_eq!(check("/v1/tenants", "v1/tenants"), None);
-    }
-
-    #[test]
-    fn variables_capture_their_segments() {
-        assert_eq!(
-            check("/v1/{name=tenants/*}", "/v1/tenants/acme"),
-            bound(&[("name", "tenants/acme")])
-        );
-        assert_eq!(check("/v1/{name=tenants/*}", "/v1/tenants"), None);
-        assert_eq!(check("/v1/{name=tenants/*}", "/v1/tenants/"), None);
-        assert_eq!(check("/v1/{name=tenants/*}", "/v1/users/acme"), None);
-        assert_eq!(
-            check("/v1/{name=tenants/*/users/*}", "/v1/tenants/acme/users/ada"),
-            bound(&[("name", "tenants/acme/users/ada")])
-        );
-        assert_eq!(
-            check("/v1/{name=tenants/*/users/*}", "/v1/tenants/acme/users"),
-            None
-        );
-        assert_eq!(
-            check(
-                "/v1/{parent=tenants/*}/auditEvents",
-                "/v1/tenants/acme/auditEvents"
-            ),
-            bound(&[("parent", "tenants/acme")])
-        );
-        assert_eq!(
-            check("/v1/tenants/{tenant}/x/{id}", "/v1/tenants/a/x/b"),
-            bound(&[("tenant", "a"), ("id", "b")])
-        );
-        assert_eq!(
-            check("/v1/{a.b.c}", "/v1/deep"),
-            bound(&[("a.b.c", "deep")])
-        );
-    }
-
-    #[test]
-    fn double_wildcards_take_the_rest() {
-        assert_eq!(
-            check("/v1/{path=files/**}", "/v1/files/a/b/c"),
-            bound(&[("path", "files/a/b/c")])
-        );
-        assert_eq!(
-            check("/v1/{path=files/**}", "/v1/files"),
-            bound(&[("path", "files")])
-        );
-        assert_eq!(check("/v1/**", "/v1/anything/at/all"), bound(&[]));
-        assert!(Template::parse("/v1/**/x").is_err());
-    }
-
-    #[test]
-    fn verbs_are_matched_and_stripped() {
-        let export = "/v1/{parent=tenants/*}/auditEvents:export";
-        assert_eq!(
-            check(export, "/v1/tenants/acme/auditEvents:export"),
-            bound(&[("parent", "tenants/acme")])
-        );
-        assert_eq!(check(export, "/v1/tenants/acme/auditEvents"), None);
-        assert_eq!(check(export, "/v1/tenants/acme/auditEvents:verify"), None);
-        assert_eq!(
-            check("/v1/apiKeys:verify", "/v1/apiKeys:verify"),
-            bound(&[])
-        );
-        assert_eq!(check("/v1/apiKeys:verify", "/v1/apiKeys"), None);
-        assert_eq!(
-            check("/v1/{name=tenants/*}:verify", "/v1/tenants/acme:verify"),
-            bound(&[("name", "tenants/acme")])
-        );
-    }
-
-    #[test]
-    fn values_are_percent_decoded() {
-        assert_eq!(
-            check("/v1/{name=tenants/*}", "/v1/tenants/a%20b"),
-            bound(&[("name", "tenants/a b")])
-        );
-        // One segment: the escaped slash is data; several: it stays escaped.
-        assert_eq!(check("/v1/{id}", "/v1/a%2Fb"), bound(&[("id", "a/b")]));
-        assert_eq!(
-            check("/v1/{name=x/*}", "/v1/x/a%2Fb"),
-            bound(&[("name", "x/a%2Fb")])
-        );
-        assert_eq!(check("/v1/{id}", "/v1/%zz"), None);
-        assert_eq!(check("/v1/{id}", "/v1/%ff"), None);
-    }
-
-    #[test]
-    fn malformed_templates_are_refused() {
-        for bad in [
-            "v1/x",
-            "/v1/{name",
-            "/v1/{=x}",
-            "/v1/{a}/{a}",
-            "/v1//x",
-            "/v1/x:",
-            "/v1/{a-b}",
-        ] {
-            assert!(Template::parse(bad).is_err(), "{bad} parsed");
-        }
-    }
-
-    #[test]
-    fn the_router_prefers_specific_routes_and_tells_404_from_405() {
-        let mut router = Router::default();
-        let t = |s| Template::parse(s).unwrap();
-        router.add(Method::GET, t("/v1/{name=tenants/*}"), "get");
-        router.add(Method::POST, t("/v1/{name=tenants/*}:verify"), "verify");
-        router.add(Method::GET, t("/v1/tenants"), "list");
-        router.add(Method::POST, t("/v1/tenants"), "create");
-        assert_eq!(router.find(&Method::GET, "/v1/tenants").unwrap().0, &"list");
-        assert_eq!(
-            router.find(&Method::POST, "/v1/tenants").unwrap().0,
-            &"create"
-        );
-        let (target, bindings) = router
-            .find(&Method::POST, "/v1/tenants/acme:verify")
-            .unwrap();
-        assert_eq!(
-            (target, bindings),
-            (&"verify", bound(&[("name", "tenants/acme")]).unwrap())
-        );
-        assert_eq!(
-            router.find(&Method::DELETE, "/v1/tenants").unwrap_err(),
-            NoRoute::MethodNotAllowed
-        );
-        assert_eq!(
-            router.find(&Method::GET, "/v2/tenants").unwrap_err(),
-            NoRoute::NotFound
-        );
-    }
-}
+mod tests;

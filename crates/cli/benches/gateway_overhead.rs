@@ -1,0 +1,387 @@
+//! What the gateway costs: a cheap unary RPC (`TenantService.GetTenant`) called
+//!
+//! - **direct** on identity over mTLS with the gateway's mesh certificate and the tenant
+//!   context headers the gateway would send (the baseline);
+//! - through the gateway over **gRPC** (h2c, one HTTP/2 connection, API key);
+//! - through the gateway over **REST** (`GET /v1/tenants/bench`, one HTTP/1.1 keep-alive
+//!   connection per client, API key);
+//!
+//! at `CONCURRENCY` closed-loop clients (throughput, p50, p99), then direct and gateway gRPC
+//! again at half the gateway's throughput, paced (open loop), for the p50 the gateway adds
+//! when it is not saturated. The mesh runs as `palisade dev`; the gateway measured is a
+//! separate `palisade serve gateway` process in front of it, so its RSS (`VmRSS`, and the peak
+//! `VmHWM`) is the gateway's alone. Everything shares one machine, so the load generator
+//! competes with the processes it measures. Run with
+//! `cargo bench -p palisade --bench gateway_overhead`.
+
+use std::{
+    future::Future,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use palisade_proto::palisade::identity::v1::{
+    CreateTenantRequest, GetTenantRequest, Tenant, VerifyApiKeyRequest,
+    api_key_service_client::ApiKeyServiceClient, tenant_service_client::TenantServiceClient,
+};
+use palisade_testkit::{free_port_base, with_api_key};
+use palisade_tls::{CertPaths, MeshTls};
+use tonic::{metadata::MetadataValue, transport::Channel};
+
+const CONCURRENCY: usize = 16;
+const WARMUP: Duration = Duration::from_secs(2);
+const RUN: Duration = Duration::from_secs(5);
+
+struct Sample {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_port_base();
+    let _mesh = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["dev", "--data-dir"])
+            .arg(dir.path())
+            .args(["--port-base", &base.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let key = wait_for_key(dir.path()).await?;
+    let certs = dir.path().join("certs");
+    let gateway_port = free_port_base();
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let gateway = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["serve", "gateway", "--listen"])
+            .arg(format!("127.0.0.1:{gateway_port}"))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", gateway_port + 10))
+            .arg("--certs-dir")
+            .arg(&certs)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--identity-url", &url(base + 1)])
+            .args(["--compliance-url", &url(base + 2)])
+            .args(["--observability-url", &url(base + 3)])
+            .args(["--gateway-url", &url(gateway_port)])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let gateway_pid = gateway.0.id();
+
+    let via_gateway = connect(&url(gateway_port)).await?;
+    let create = CreateTenantRequest {
+        tenant: Some(Tenant {
+            display_name: "Bench".into(),
+            ..Tenant::default()
+        }),
+        tenant_id: "bench".into(),
+    };
+    TenantServiceClient::new(via_gateway.clone())
+        .create_tenant(with_api_key(create, &key))
+        .await?;
+
+    // Direct: the gateway's certificate and the context the gateway would write.
+    let tls = MeshTls::load(CertPaths::in_dir(&certs, "gateway")).await?;
+    let direct = palisade_tls::channel(&url(base + 1), &tls, "identity")?;
+    let principal = ApiKeyServiceClient::new(direct.clone())
+        .verify_api_key(VerifyApiKeyRequest { key: key.clone() })
+        .await?
+        .into_inner()
+        .principal
+        .ok_or_else(|| anyhow::anyhow!("no principal"))?;
+    let context = Arc::new((principal.tenant_id, principal.id));
+
+    let direct_call = {
+        let (channel, context) = (direct.clone(), context.clone());
+        move || direct_call(channel.clone(), context.clone())
+    };
+    let gateway_call = {
+        let (channel, key) = (via_gateway.clone(), key.clone());
+        move || gateway_call(channel.clone(), key.clone())
+    };
+    let rest_addr = format!("127.0.0.1:{gateway_port}");
+
+    let mut rows = Vec::new();
+    for (name, sample) in [
+        ("direct (mTLS)", closed_loop(direct_call.clone()).await?),
+        ("gateway gRPC", closed_loop(gateway_call.clone()).await?),
+        ("gateway REST", rest_closed_loop(&rest_addr, &key).await?),
+    ] {
+        eprintln!(
+            "{name}: {:.0} calls/s p50 {:?} p99 {:?}",
+            sample.throughput, sample.p50, sample.p99
+        );
+        rows.push((name, sample));
+    }
+    let rss = proc_status(gateway_pid, "VmRSS:");
+    let hwm = proc_status(gateway_pid, "VmHWM:");
+
+    let half_rate = rows[1].1.throughput / 2.0;
+    let half_direct = paced(direct_call, half_rate).await?;
+    let half_gateway = paced(gateway_call, half_rate).await?;
+
+    let baseline = rows[0].1.throughput;
+    println!(
+        "\ngateway overhead: GetTenant, {CONCURRENCY} closed-loop clients, {RUN:?} per run after {WARMUP:?} warm-up"
+    );
+    println!(
+        "  {:<15} {:>10} {:>10} {:>10} {:>12}",
+        "path", "calls/s", "p50", "p99", "vs direct"
+    );
+    for (name, s) in &rows {
+        println!(
+            "  {name:<15} {:>10.0} {:>10} {:>10} {:>11.2}x",
+            s.throughput,
+            us(s.p50),
+            us(s.p99),
+            s.throughput / baseline
+        );
+    }
+    println!(
+        "  half load ({half_rate:.0} calls/s paced): p50 direct {}, gateway gRPC {}, added {} (p99 {} vs {})",
+        us(half_direct.p50),
+        us(half_gateway.p50),
+        us(half_gateway.p50.saturating_sub(half_direct.p50)),
+        us(half_direct.p99),
+        us(half_gateway.p99),
+    );
+    println!(
+        "  gateway process (palisade serve gateway) RSS after the load: {} (peak {})",
+        rss.as_deref().unwrap_or("?"),
+        hwm.as_deref().unwrap_or("?")
+    );
+    println!(
+        "  targets: gRPC >= 0.6x direct ({:.2}x), REST >= 0.5x ({:.2}x), added p50 <= 150 µs at half load ({}), RSS <= 40 MiB",
+        rows[1].1.throughput / baseline,
+        rows[2].1.throughput / baseline,
+        us(half_gateway.p50.saturating_sub(half_direct.p50)),
+    );
+    Ok(())
+}
+
+async fn wait_for_key(dir: &std::path::Path) -> anyhow::Result<String> {
+    let key_file = dir.join("operator-api-key");
+    let started = Instant::now();
+    loop {
+        if let Ok(key) = std::fs::read_to_string(&key_file)
+            && !key.trim().is_empty()
+        {
+            return Ok(key.trim().to_owned());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "palisade dev did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let started = Instant::now();
+    loop {
+        match tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .connect()
+            .await
+        {
+            Ok(channel) => return Ok(channel),
+            Err(error) if started.elapsed() > Duration::from_secs(30) => return Err(error.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn get_tenant() -> GetTenantRequest {
+    GetTenantRequest {
+        name: "tenants/bench".into(),
+    }
+}
+
+async fn gateway_call(channel: Channel, key: String) -> anyhow::Result<()> {
+    TenantServiceClient::new(channel)
+        .get_tenant(with_api_key(get_tenant(), &key))
+        .await?;
+    Ok(())
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
+
+async fn direct_call(channel: Channel, context: Arc<(String, String)>) -> anyhow::Result<()> {
+    let mut request = tonic::Request::new(get_tenant());
+    let metadata = request.metadata_mut();
+    metadata.insert("palisade-tenant-id", MetadataValue::try_from(&context.0)?);
+    metadata.insert(
+        "palisade-principal-id",
+        MetadataValue::try_from(&context.1)?,
+    );
+    metadata.insert(
+        "palisade-principal-type",
+        MetadataValue::from_static("api-key"),
+    );
+    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    metadata.insert(
+        "x-request-id",
+        MetadataValue::try_from(format!("bench-{id}"))?,
+    );
+    TenantServiceClient::new(channel)
+        .get_tenant(request)
+        .await?;
+    Ok(())
+}
+
+/// `CONCURRENCY` clients calling as fast as they can: warm-up, then a measured run.
+async fn closed_loop<F, Fut>(call: F) -> anyhow::Result<Sample>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let run = |duration: Duration| {
+        let deadline = Instant::now() + duration;
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                let call = call.clone();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        call().await?;
+                        latencies.push(started.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        collect(tasks)
+    };
+    run(WARMUP).await?;
+    Ok(sample(run(RUN).await?, RUN))
+}
+
+/// The same load over REST, each client on its own HTTP/1.1 keep-alive connection.
+async fn rest_closed_loop(addr: &str, key: &str) -> anyhow::Result<Sample> {
+    let auth = format!("ApiKey {key}");
+    let run = |duration: Duration| {
+        let deadline = Instant::now() + duration;
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                let (addr, auth) = (addr.to_owned(), auth.clone());
+                tokio::spawn(async move {
+                    let stream = tokio::net::TcpStream::connect(&addr).await?;
+                    stream.set_nodelay(true)?;
+                    let (mut sender, connection) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                    tokio::spawn(connection);
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        let request = http::Request::get("/v1/tenants/bench")
+                            .header("host", &addr)
+                            .header("authorization", &auth)
+                            .body(Empty::<Bytes>::new())?;
+                        let response = sender.send_request(request).await?;
+                        let status = response.status();
+                        response.into_body().collect().await?;
+                        anyhow::ensure!(status == 200, "REST call answered {status}");
+                        latencies.push(started.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        collect(tasks)
+    };
+    run(WARMUP).await?;
+    Ok(sample(run(RUN).await?, RUN))
+}
+
+/// Calls started at a fixed total `rate` (spread over `CONCURRENCY` clients), so latency is
+/// measured below saturation. A client that falls behind starts its next call at once.
+async fn paced<F, Fut>(call: F, rate: f64) -> anyhow::Result<Sample>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let interval = Duration::from_secs_f64(CONCURRENCY as f64 / rate);
+    let run = |duration: Duration| {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|i| {
+                let call = call.clone();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    // Clients start spread over one interval, not all at once.
+                    let mut next = start + interval.mul_f64(i as f64 / CONCURRENCY as f64);
+                    while next < start + duration {
+                        tokio::time::sleep_until(next.into()).await;
+                        let started = Instant::now();
+                        call().await?;
+                        latencies.push(started.elapsed());
+                        next += interval;
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        collect(tasks)
+    };
+    run(WARMUP).await?;
+    Ok(sample(run(RUN).await?, RUN))
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+fn sample(mut latencies: Vec<Duration>, run: Duration) -> Sample {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Sample {
+        throughput: latencies.len() as f64 / run.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn us(duration: Duration) -> String {
+    format!("{} µs", duration.as_micros())
+}
+
+/// A line of `/proc/<pid>/status`, e.g. `VmRSS:` → `23456 kB`.
+fn proc_status(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(format!("{:.1} MiB", kb / 1024.0))
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,367 @@
+//! `AuthService`: password login, refresh-token rotation with reuse detection, logout, JWKS.
+
+use std::sync::Arc;
+
+use palisade_audit::AuditRecord;
+use palisade_db::outbox::Relay;
+use palisade_grpc::{
+    ApiError, FieldViolation,
+    time::{now_micros, timestamp},
+};
+use palisade_proto::palisade::{
+    compliance::v1::Outcome,
+    identity::v1::{
+        AuthTokens, GetJwksRequest, Jwks, LoginRequest, LogoutRequest, LogoutResponse,
+        RefreshTokenRequest, TenantState, UserState, auth_service_server::AuthService,
+    },
+};
+use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantId};
+use sqlx::AnyConnection;
+use tokio::sync::OnceCell;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    passwords::Passwords,
+    store::IdentityStore,
+    tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS, Signer, SigningKeyRecord},
+    users::UserRecord,
+};
+
+pub struct AuthApi {
+    store: IdentityStore,
+    relay: Relay,
+    passwords: Passwords,
+    signer: Arc<Signer>,
+    /// Checked against when the email is unknown, so a miss costs as much as a wrong password
+    /// and response times do not reveal which emails exist.
+    decoy_hash: OnceCell<String>,
+}
+
+impl AuthApi {
+    pub fn new(
+        store: IdentityStore,
+        relay: Relay,
+        passwords: Passwords,
+        signer: Arc<Signer>,
+    ) -> AuthApi {
+        AuthApi {
+            store,
+            relay,
+            passwords,
+            signer,
+            decoy_hash: OnceCell::new(),
+        }
+    }
+
+    /// Signs a fresh access token for `user` and stores a fresh refresh token in `family`.
+    async fn issue(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        family: &str,
+        now: i64,
+    ) -> Result<AuthTokens, ApiError> {
+        let claims = Claims::for_user(user, now);
+        let access_token = self.signer.sign(&claims)?;
+        let (refresh_token, hash) = tokens::new_refresh_token();
+        let refresh_expire = now + REFRESH_TOKEN_TTL_MICROS;
+        self.store
+            .insert_refresh_token(conn, family, &hash, now, refresh_expire)
+            .await?;
+        Ok(AuthTokens {
+            access_token,
+            token_type: "Bearer".to_owned(),
+            access_token_expire_time: Some(timestamp(claims.exp * 1_000_000)),
+            refresh_token,
+            refresh_token_expire_time: Some(timestamp(refresh_expire)),
+            user: user.name(),
+        })
+    }
+
+    /// Records an event that changes nothing else (a refused login) in its own transaction.
+    async fn audit_alone(&self, record: &AuditRecord<'_>) -> Result<(), ApiError> {
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        palisade_audit::enqueue(&mut tx, record)
+            .await
+            .map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.relay.notify();
+        Ok(())
+    }
+
+    async fn password_matches(
+        &self,
+        stored: Option<&str>,
+        password: &str,
+    ) -> Result<bool, ApiError> {
+        match stored {
+            Some(stored) => self.passwords.verify(stored, password).await,
+            None => {
+                let decoy = self
+                    .decoy_hash
+                    .get_or_try_init(|| async {
+                        let decoy = uuid::Uuid::new_v4().simple().to_string();
+                        self.passwords.hash(&decoy).await
+                    })
+                    .await?;
+                self.passwords.verify(decoy, password).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Whether the user and its tenant may still sign in.
+    async fn may_sign_in(&self, user: &UserRecord) -> Result<bool, ApiError> {
+        let tenant = self.store.get_tenant(&user.tenant_id).await?;
+        Ok(user.state == UserState::Active
+            && tenant.is_some_and(|tenant| tenant.state == TenantState::Active))
+    }
+}
+
+fn invalid_login() -> ApiError {
+    ApiError::Unauthenticated {
+        reason: "INVALID_LOGIN",
+        message: "the tenant, email or password is wrong, or the account is not active".to_owned(),
+    }
+}
+
+fn invalid_refresh_token() -> ApiError {
+    ApiError::Unauthenticated {
+        reason: "INVALID_REFRESH_TOKEN",
+        message: "the refresh token is invalid, expired, used or revoked".to_owned(),
+    }
+}
+
+fn user_principal(user: &UserRecord) -> Principal {
+    Principal {
+        id: user.id.clone(),
+        kind: PrincipalKind::User,
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<AuthTokens>, Status> {
+        let request_id = request.extensions().get::<RequestId>().cloned();
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        for (field, value) in [
+            ("tenant_id", &request.tenant_id),
+            ("email", &request.email),
+            ("password", &request.password),
+        ] {
+            if value.is_empty() {
+                violations.push(FieldViolation::new(field, "is required"));
+            }
+        }
+        if !violations.is_empty() {
+            return Err(ApiError::InvalidArgument(violations).into());
+        }
+        let email = request.email.trim().to_lowercase();
+        let tenant = match TenantId::parse(&request.tenant_id) {
+            Ok(id) => self.store.get_tenant(&id).await?.map(|_| id),
+            Err(_) => None,
+        };
+        let found = match &tenant {
+            Some(tenant) => self.store.user_by_email(tenant, &email).await?,
+            None => None,
+        };
+        let matches = self
+            .password_matches(
+                found.as_ref().map(|(_, hash)| hash.as_str()),
+                &request.password,
+            )
+            .await?;
+        let refusal = match &found {
+            None => Some("unknown_email"),
+            Some(_) if !matches => Some("wrong_password"),
+            Some((user, _)) if !self.may_sign_in(user).await? => Some("not_active"),
+            Some(_) => None,
+        };
+        let action = "identity.auth.login";
+        if let Some(refusal) = refusal {
+            // An unknown tenant has no audit log to write to; the refusal is only logged.
+            if let Some(tenant) = &tenant {
+                let resource = found
+                    .as_ref()
+                    .map_or_else(|| format!("tenants/{tenant}"), |(user, _)| user.name());
+                self.audit_alone(&AuditRecord {
+                    tenant,
+                    actor_tenant: tenant,
+                    actor: None,
+                    action,
+                    resource: &resource,
+                    outcome: Outcome::Failure,
+                    request_id: request_id.as_ref(),
+                    source: crate::COMPONENT,
+                    attributes: vec![("reason", refusal.to_owned())],
+                })
+                .await?;
+            }
+            tracing::info!(tenant = %request.tenant_id, reason = refusal, "login refused");
+            return Err(invalid_login().into());
+        }
+        let (user, _) = found.expect("refused above when missing");
+        let now = now_micros();
+        let family = uuid::Uuid::now_v7().to_string();
+        let principal = user_principal(&user);
+        let resource = user.name();
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        self.store
+            .insert_token_family(&mut tx, &family, &user, now)
+            .await?;
+        let tokens = self.issue(&mut tx, &user, &family, now).await?;
+        let audit = AuditRecord {
+            tenant: &user.tenant_id,
+            actor_tenant: &user.tenant_id,
+            actor: Some(&principal),
+            action,
+            resource: &resource,
+            outcome: Outcome::Success,
+            request_id: request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes: vec![("token_family", family.clone())],
+        };
+        palisade_audit::enqueue(&mut tx, &audit)
+            .await
+            .map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.relay.notify();
+        tracing::info!(tenant = %user.tenant_id, user = %user.id, "user signed in");
+        Ok(Response::new(tokens))
+    }
+
+    async fn refresh_token(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<AuthTokens>, Status> {
+        let request_id = request.extensions().get::<RequestId>().cloned();
+        let presented = &request.get_ref().refresh_token;
+        if presented.is_empty() {
+            return Err(ApiError::invalid("refresh_token", "is required").into());
+        }
+        let now = now_micros();
+        let token = self
+            .store
+            .refresh_token(&tokens::hash_refresh_token(presented))
+            .await?
+            .ok_or_else(invalid_refresh_token)?;
+        if token.family_revoke_time.is_some() || token.expire_time <= now {
+            return Err(invalid_refresh_token().into());
+        }
+        let user = self
+            .store
+            .get_user(&token.tenant_id, &token.user_id)
+            .await?
+            .ok_or_else(invalid_refresh_token)?;
+        let principal = user_principal(&user);
+        let resource = user.name();
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        if !self
+            .store
+            .use_refresh_token(&mut tx, &token.id, now)
+            .await?
+        {
+            // A used token came back: someone holds a copy. End the whole family.
+            self.store
+                .revoke_token_family(&mut tx, &token.family_id, now)
+                .await?;
+            let audit = AuditRecord {
+                tenant: &token.tenant_id,
+                actor_tenant: &token.tenant_id,
+                actor: Some(&principal),
+                action: "identity.auth.refresh_token_reuse",
+                resource: &resource,
+                outcome: Outcome::Denied,
+                request_id: request_id.as_ref(),
+                source: crate::COMPONENT,
+                attributes: vec![("token_family", token.family_id.clone())],
+            };
+            palisade_audit::enqueue(&mut tx, &audit)
+                .await
+                .map_err(ApiError::internal)?;
+            tx.commit().await.map_err(ApiError::internal)?;
+            self.relay.notify();
+            tracing::warn!(
+                tenant = %token.tenant_id,
+                user = %token.user_id,
+                family = %token.family_id,
+                "refresh token reused; token family revoked"
+            );
+            return Err(invalid_refresh_token().into());
+        }
+        if !self.may_sign_in(&user).await? {
+            return Err(invalid_refresh_token().into());
+        }
+        let tokens = self.issue(&mut tx, &user, &token.family_id, now).await?;
+        let audit = AuditRecord {
+            tenant: &user.tenant_id,
+            actor_tenant: &user.tenant_id,
+            actor: Some(&principal),
+            action: "identity.auth.refresh",
+            resource: &resource,
+            outcome: Outcome::Success,
+            request_id: request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes: vec![("token_family", token.family_id.clone())],
+        };
+        palisade_audit::enqueue(&mut tx, &audit)
+            .await
+            .map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.relay.notify();
+        Ok(Response::new(tokens))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        let request_id = request.extensions().get::<RequestId>().cloned();
+        let presented = &request.get_ref().refresh_token;
+        if presented.is_empty() {
+            return Err(ApiError::invalid("refresh_token", "is required").into());
+        }
+        let token = self
+            .store
+            .refresh_token(&tokens::hash_refresh_token(presented))
+            .await?
+            .ok_or_else(invalid_refresh_token)?;
+        let principal = Principal {
+            id: token.user_id.clone(),
+            kind: PrincipalKind::User,
+        };
+        let resource = format!("tenants/{}/users/{}", token.tenant_id, token.user_id);
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        if self
+            .store
+            .revoke_token_family(&mut tx, &token.family_id, now_micros())
+            .await?
+        {
+            let audit = AuditRecord {
+                tenant: &token.tenant_id,
+                actor_tenant: &token.tenant_id,
+                actor: Some(&principal),
+                action: "identity.auth.logout",
+                resource: &resource,
+                outcome: Outcome::Success,
+                request_id: request_id.as_ref(),
+                source: crate::COMPONENT,
+                attributes: vec![("token_family", token.family_id.clone())],
+            };
+            palisade_audit::enqueue(&mut tx, &audit)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.relay.notify();
+        Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
+        let keys = self.store.signing_keys().await?;
+        Ok(Response::new(Jwks {
+            keys: keys.iter().map(SigningKeyRecord::jwk).collect(),
+        }))
+    }
+}

@@ -1,0 +1,346 @@
+//! `UserService`.
+
+use std::sync::Arc;
+
+use palisade_audit::AuditRecord;
+use palisade_db::outbox::Relay;
+use palisade_grpc::{
+    ApiError, Caller,
+    aip::{self, Comparison, FilterField},
+    time::{now_micros, timestamp},
+};
+use palisade_proto::palisade::{
+    compliance::v1::Outcome,
+    identity::v1::{
+        AssignRoleRequest, CreateUserRequest, GetUserRequest, ListUsersRequest, ListUsersResponse,
+        RevokeRoleRequest, User, UserState, user_service_server::UserService,
+    },
+};
+use palisade_tenancy::TenantId;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    authz::Authz,
+    passwords::Passwords,
+    roles::{self, Roles},
+    store::{IdentityStore, PageCursor, UserFilter},
+    users::{self, UserRecord},
+};
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 1000;
+const EQUALITY: &[Comparison] = &[Comparison::Eq, Comparison::Ne];
+const FILTER_FIELDS: &[FilterField] = &[
+    FilterField {
+        name: "status",
+        comparisons: EQUALITY,
+    },
+    FilterField {
+        name: "email",
+        comparisons: EQUALITY,
+    },
+    FilterField {
+        name: "role",
+        comparisons: EQUALITY,
+    },
+];
+
+pub struct UserApi {
+    store: IdentityStore,
+    relay: Relay,
+    authz: Arc<Authz>,
+    passwords: Passwords,
+}
+
+impl UserApi {
+    pub fn new(
+        store: IdentityStore,
+        relay: Relay,
+        authz: Arc<Authz>,
+        passwords: Passwords,
+    ) -> UserApi {
+        UserApi {
+            store,
+            relay,
+            authz,
+            passwords,
+        }
+    }
+
+    fn roles(&self) -> &Roles {
+        self.authz.roles()
+    }
+
+    /// A caller passes on only rights it holds itself (see `Authz::may_grant`).
+    async fn require_may_grant(&self, caller: &Caller, role: &str) -> Result<(), ApiError> {
+        if self.authz.may_grant(&caller.context, role).await? {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied {
+                reason: "ROLE_ESCALATION",
+                message: format!("role {role} grants permissions the caller does not hold"),
+            })
+        }
+    }
+
+    /// `AssignRole` (`assign`) and `RevokeRole`.
+    async fn change_role(
+        &self,
+        caller: Caller,
+        name: &str,
+        role: &str,
+        assign: bool,
+    ) -> Result<User, ApiError> {
+        let (tenant, id) = users::parse_name(name)?;
+        if !self.roles().is_known(role) {
+            return Err(ApiError::invalid(
+                "role",
+                format!(
+                    "unknown role {role:?}; the roles are {}",
+                    roles::BUILT_IN.join(", ")
+                ),
+            ));
+        }
+        let not_found = || ApiError::NotFound {
+            resource: name.to_owned(),
+        };
+        if !caller.context.may_access(&tenant) {
+            return Err(not_found());
+        }
+        let user = self
+            .store
+            .get_user(&tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        self.require_may_grant(&caller, role).await?;
+        let action = if assign {
+            "identity.roles.assign"
+        } else {
+            "identity.roles.revoke"
+        };
+        let now = now_micros();
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let changed = if assign {
+            self.store.add_user_role(&mut tx, &user, role, now).await?
+        } else {
+            self.store
+                .remove_user_role(&mut tx, &user, role, now)
+                .await?
+        };
+        if changed {
+            let resource = user.name();
+            let audit = AuditRecord {
+                tenant: &user.tenant_id,
+                actor_tenant: &caller.context.tenant_id,
+                actor: Some(caller.principal()),
+                action: caller.action(action),
+                resource: &resource,
+                outcome: Outcome::Success,
+                request_id: caller.request_id.as_ref(),
+                source: crate::COMPONENT,
+                attributes: vec![("role", role.to_owned())],
+            };
+            palisade_audit::enqueue(&mut tx, &audit)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        tx.commit().await.map_err(ApiError::internal)?;
+        if changed {
+            self.relay.notify();
+            tracing::info!(tenant = %user.tenant_id, user = %user.id, role, assign, "user role changed");
+        }
+        let user = self
+            .store
+            .get_user(&tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(to_proto(user))
+    }
+}
+
+/// Tenant isolation (DESIGN §4.3): a principal acts only within its own tenant, whatever its
+/// roles; platform operators of the `system` tenant act on any.
+fn require_own_tenant(caller: &Caller, tenant: &TenantId) -> Result<(), ApiError> {
+    if caller.context.may_access(tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::PermissionDenied {
+            reason: "CROSS_TENANT",
+            message: format!("the caller may not act on tenants/{tenant}"),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        // Isolation comes before validation, so another tenant's callers learn nothing.
+        if let Ok(tenant) = users::parse_parent(&request.parent) {
+            require_own_tenant(&caller, &tenant)?;
+        }
+        let record = users::validate_create(&request, self.roles(), now_micros())?;
+        for role in &record.roles {
+            self.require_may_grant(&caller, role).await?;
+        }
+        if self.store.get_tenant(&record.tenant_id).await?.is_none() {
+            return Err(ApiError::NotFound {
+                resource: format!("tenants/{}", record.tenant_id),
+            }
+            .into());
+        }
+        let password_hash = self.passwords.hash(&request.password).await?;
+        let resource = record.name();
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        self.store
+            .insert_user(&mut tx, &record, &password_hash)
+            .await?;
+        let audit = AuditRecord {
+            tenant: &record.tenant_id,
+            actor_tenant: &caller.context.tenant_id,
+            actor: Some(caller.principal()),
+            action: caller.action("identity.users.create"),
+            resource: &resource,
+            outcome: Outcome::Success,
+            request_id: caller.request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes: vec![("roles", record.roles.join(" "))],
+        };
+        palisade_audit::enqueue(&mut tx, &audit)
+            .await
+            .map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.relay.notify();
+        tracing::info!(tenant = %record.tenant_id, user = %record.id, "user created");
+        Ok(Response::new(to_proto(record)))
+    }
+
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let caller = Caller::of(&request)?;
+        let name = &request.get_ref().name;
+        let (tenant, id) = users::parse_name(name)?;
+        // Another tenant's users are not revealed: they are simply not found.
+        let not_found = || ApiError::NotFound {
+            resource: name.clone(),
+        };
+        if !caller.context.may_access(&tenant) {
+            return Err(not_found().into());
+        }
+        let record = self
+            .store
+            .get_user(&tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Response::new(to_proto(record)))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        let tenant = users::parse_parent(&request.parent)
+            .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
+        require_own_tenant(&caller, &tenant)?;
+        let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let after = aip::decode_page_token(&request.page_token, &request.filter)?
+            .map(|cursor| parse_cursor(&cursor))
+            .transpose()?;
+        let filters = parse_filters(&request.filter, self.roles())?;
+        let mut records = self
+            .store
+            .list_users(&tenant, after.as_ref(), &filters, page_size + 1)
+            .await?;
+        let next_page_token = if records.len() > page_size {
+            records.truncate(page_size);
+            let last = records.last().expect("page is not empty");
+            aip::encode_page_token(
+                &request.filter,
+                &format!("{}:{}", last.create_time, last.id),
+            )
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListUsersResponse {
+            users: records.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn assign_role(
+        &self,
+        request: Request<AssignRoleRequest>,
+    ) -> Result<Response<User>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        let user = self
+            .change_role(caller, &request.name, &request.role, true)
+            .await?;
+        Ok(Response::new(user))
+    }
+
+    async fn revoke_role(
+        &self,
+        request: Request<RevokeRoleRequest>,
+    ) -> Result<Response<User>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        let user = self
+            .change_role(caller, &request.name, &request.role, false)
+            .await?;
+        Ok(Response::new(user))
+    }
+}
+
+fn to_proto(record: UserRecord) -> User {
+    User {
+        name: record.name(),
+        email: record.email,
+        display_name: record.display_name,
+        state: record.state as i32,
+        roles: record.roles,
+        create_time: Some(timestamp(record.create_time)),
+        update_time: Some(timestamp(record.update_time)),
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<PageCursor, ApiError> {
+    let malformed = || ApiError::invalid("page_token", "malformed page token");
+    let (time, id) = cursor.split_once(':').ok_or_else(malformed)?;
+    Ok(PageCursor {
+        create_time: time.parse().map_err(|_| malformed())?,
+        id: id.to_owned(),
+    })
+}
+
+fn parse_filters(filter: &str, roles: &Roles) -> Result<Vec<UserFilter>, ApiError> {
+    aip::parse_filter(filter, FILTER_FIELDS)?
+        .into_iter()
+        .map(|term| match term.field {
+            "status" => match UserState::from_str_name(&term.value) {
+                Some(state) if state != UserState::Unspecified => Ok(UserFilter::State(
+                    term.comparison,
+                    users::state_key(state).to_owned(),
+                )),
+                _ => Err(ApiError::invalid(
+                    "filter",
+                    format!("unknown status {:?}", term.value),
+                )),
+            },
+            "email" => Ok(UserFilter::Email(
+                term.comparison,
+                term.value.trim().to_lowercase(),
+            )),
+            _ if roles.is_known(&term.value) => Ok(UserFilter::Role(term.comparison, term.value)),
+            _ => Err(ApiError::invalid(
+                "filter",
+                format!("unknown role {:?}", term.value),
+            )),
+        })
+        .collect()
+}

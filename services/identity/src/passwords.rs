@@ -1,0 +1,127 @@
+//! Password hashing with Argon2id at OWASP's parameters (m = 19 MiB, t = 2, p = 1), on a
+//! bounded share of the blocking pool: at most one hash per core runs at a time, so a flood of
+//! logins queues for the semaphore instead of taking every thread the runtime has.
+
+use std::sync::Arc;
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version,
+    password_hash::{PasswordHasher as _, SaltString},
+};
+use palisade_grpc::{ApiError, FieldViolation};
+use tokio::sync::Semaphore;
+
+pub const MIN_LENGTH: usize = 12;
+pub const MAX_LENGTH: usize = 128;
+
+/// The password policy: `Some(violation)` when `password` (the field `field`) breaks it.
+pub fn check_policy(field: &str, password: &str) -> Option<FieldViolation> {
+    let length = password.chars().count();
+    if length < MIN_LENGTH {
+        Some(FieldViolation::new(
+            field,
+            format!("must be at least {MIN_LENGTH} characters"),
+        ))
+    } else if length > MAX_LENGTH {
+        Some(FieldViolation::new(
+            field,
+            format!("must be at most {MAX_LENGTH} characters"),
+        ))
+    } else {
+        None
+    }
+}
+
+#[derive(Clone)]
+pub struct Passwords {
+    permits: Arc<Semaphore>,
+}
+
+impl Passwords {
+    /// One concurrent hash per available core.
+    pub fn new() -> Passwords {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Passwords {
+            permits: Arc::new(Semaphore::new(cores)),
+        }
+    }
+
+    /// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) of `password` with a fresh salt.
+    pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
+        let password = password.to_owned();
+        self.blocking(move || {
+            let salt =
+                SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(ApiError::internal)?;
+            argon2()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+                .map_err(ApiError::internal)
+        })
+        .await
+    }
+
+    /// Whether `password` matches the stored PHC string.
+    pub async fn verify(&self, stored: &str, password: &str) -> Result<bool, ApiError> {
+        let stored = stored.to_owned();
+        let password = password.to_owned();
+        self.blocking(move || {
+            let parsed = PasswordHash::new(&stored).map_err(ApiError::internal)?;
+            Ok(argon2()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
+        })
+        .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(ApiError::internal)?
+    }
+}
+
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("OWASP parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_verify_and_use_the_owasp_parameters() {
+        let passwords = Passwords::new();
+        let hash = passwords.hash("correct horse battery").await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(
+            passwords
+                .verify(&hash, "correct horse battery")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !passwords
+                .verify(&hash, "wrong horse battery")
+                .await
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn the_policy_bounds_the_length() {
+        assert!(check_policy("password", "short").is_some());
+        assert!(check_policy("password", &"x".repeat(129)).is_some());
+        assert!(check_policy("password", &"x".repeat(12)).is_none());
+        assert!(check_policy("password", &"é".repeat(128)).is_none());
+    }
+}

@@ -1,0 +1,38 @@
+//! All SQL of the identity service, one file per resource. Database errors become API errors
+//! here, at the boundary; values are always bound, never spliced.
+
+mod api_keys;
+mod tenants;
+mod tokens;
+mod users;
+
+use palisade_db::Db;
+use palisade_grpc::ApiError;
+
+pub use api_keys::ApiKeyRecord;
+pub use tenants::{TenantCursor, TenantFilter};
+pub use users::{PageCursor, UserFilter};
+
+#[derive(Clone)]
+pub struct IdentityStore {
+    db: Db,
+}
+
+impl IdentityStore {
+    pub fn new(db: Db) -> IdentityStore {
+        IdentityStore { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("identity store: {error}"))
+}

@@ -1,0 +1,300 @@
+//! Users and their roles.
+
+use std::collections::HashMap;
+
+use palisade_grpc::{ApiError, aip::Comparison};
+use palisade_tenancy::TenantId;
+use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
+
+use super::{Bind, IdentityStore, internal};
+use crate::users::{self, UserRecord};
+
+/// A user-list condition, already validated.
+#[derive(Clone, Debug)]
+pub enum UserFilter {
+    State(Comparison, String),
+    Email(Comparison, String),
+    Role(Comparison, String),
+}
+
+/// Where a page starts: after this (create_time, id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageCursor {
+    pub create_time: i64,
+    pub id: String,
+}
+
+const USER_COLUMNS: &str = "id, tenant_id, email, display_name, state, create_time, update_time";
+
+impl IdentityStore {
+    /// Inserts a user and its roles; `ALREADY_EXISTS` when the email is taken in the tenant.
+    pub async fn insert_user(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        password_hash: &str,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, email, display_name, state, password_hash, create_time, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&user.id)
+        .bind(user.tenant_id.as_str())
+        .bind(&user.email)
+        .bind(&user.display_name)
+        .bind(users::state_key(user.state))
+        .bind(password_hash)
+        .bind(user.create_time)
+        .bind(user.update_time)
+        .execute(&mut *conn)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::AlreadyExists {
+                resource: format!("a user with this email in tenants/{}", user.tenant_id),
+            },
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound {
+                resource: format!("tenants/{}", user.tenant_id),
+            },
+            _ => internal(error),
+        })?;
+        for role in &user.roles {
+            sqlx::query("INSERT INTO user_roles (user_id, tenant_id, role) VALUES ($1, $2, $3)")
+                .bind(&user.id)
+                .bind(user.tenant_id.as_str())
+                .bind(role)
+                .execute(&mut *conn)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// The user `id` of `tenant`; a user of another tenant is not found.
+    pub async fn get_user(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, ApiError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(internal)?;
+        match row {
+            Some(row) => {
+                let mut user = user_from_row(&row)?;
+                user.roles = self.user_roles(tenant, &user.id).await?;
+                Ok(Some(user))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Gives a user a role; false when it held it already.
+    pub async fn add_user_role(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        role: &str,
+        now: i64,
+    ) -> Result<bool, ApiError> {
+        let done = sqlx::query(
+            "INSERT INTO user_roles (user_id, tenant_id, role) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&user.id)
+        .bind(user.tenant_id.as_str())
+        .bind(role)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        let changed = done.rows_affected() == 1;
+        if changed {
+            self.touch_user(conn, user, now).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Takes a role from a user; false when it did not hold it.
+    pub async fn remove_user_role(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        role: &str,
+        now: i64,
+    ) -> Result<bool, ApiError> {
+        let done = sqlx::query(
+            "DELETE FROM user_roles WHERE user_id = $1 AND tenant_id = $2 AND role = $3",
+        )
+        .bind(&user.id)
+        .bind(user.tenant_id.as_str())
+        .bind(role)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        let changed = done.rows_affected() == 1;
+        if changed {
+            self.touch_user(conn, user, now).await?;
+        }
+        Ok(changed)
+    }
+
+    async fn touch_user(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        sqlx::query("UPDATE users SET update_time = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(now)
+            .bind(user.tenant_id.as_str())
+            .bind(&user.id)
+            .execute(&mut *conn)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn user_roles(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT role FROM user_roles WHERE tenant_id = $1 AND user_id = $2 ORDER BY role",
+        )
+        .bind(tenant.as_str())
+        .bind(user)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(internal)?;
+        rows.iter()
+            .map(|row| row.try_get("role").map_err(internal))
+            .collect()
+    }
+
+    /// A page of `tenant`'s users in creation order, `limit` rows at most.
+    pub async fn list_users(
+        &self,
+        tenant: &TenantId,
+        after: Option<&PageCursor>,
+        filters: &[UserFilter],
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, ApiError> {
+        let mut binds: Vec<Bind> = vec![Bind::Text(tenant.to_string())];
+        let mut sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1");
+        let next = |value: Bind, binds: &mut Vec<Bind>| {
+            binds.push(value);
+            format!("${}", binds.len())
+        };
+        if let Some(cursor) = after {
+            let t1 = next(Bind::Int(cursor.create_time), &mut binds);
+            let t2 = next(Bind::Int(cursor.create_time), &mut binds);
+            let id = next(Bind::Text(cursor.id.clone()), &mut binds);
+            sql.push_str(&format!(
+                " AND (create_time > {t1} OR (create_time = {t2} AND id > {id}))"
+            ));
+        }
+        for filter in filters {
+            match filter {
+                UserFilter::State(comparison, value) | UserFilter::Email(comparison, value) => {
+                    let column = if matches!(filter, UserFilter::State(..)) {
+                        "state"
+                    } else {
+                        "email"
+                    };
+                    let p = next(Bind::Text(value.clone()), &mut binds);
+                    sql.push_str(&format!(" AND {column} {} {p}", comparison.sql()));
+                }
+                UserFilter::Role(comparison, role) => {
+                    let p = next(Bind::Text(role.clone()), &mut binds);
+                    let negate = if matches!(comparison, Comparison::Eq) {
+                        ""
+                    } else {
+                        "NOT "
+                    };
+                    sql.push_str(&format!(
+                        " AND {negate}EXISTS (SELECT 1 FROM user_roles r \
+                         WHERE r.user_id = users.id AND r.tenant_id = users.tenant_id AND r.role = {p})"
+                    ));
+                }
+            }
+        }
+        sql.push_str(&format!(" ORDER BY create_time, id LIMIT {limit}"));
+        // Built from constants and numbered placeholders only; every value is bound.
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Int(int) => query.bind(int),
+            };
+        }
+        let rows = query.fetch_all(self.db.pool()).await.map_err(internal)?;
+        let mut users = rows
+            .iter()
+            .map(user_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if users.is_empty() {
+            return Ok(users);
+        }
+        // The page's roles in one query rather than one per user.
+        let placeholders: Vec<String> = (0..users.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT user_id, role FROM user_roles WHERE tenant_id = $1 AND user_id IN ({}) \
+             ORDER BY role",
+            placeholders.join(", ")
+        );
+        // Built from numbered placeholders only; every value is bound.
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+        for user in &users {
+            query = query.bind(user.id.clone());
+        }
+        let rows = query.fetch_all(self.db.pool()).await.map_err(internal)?;
+        let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
+        for row in &rows {
+            let user: String = row.try_get("user_id").map_err(internal)?;
+            let role: String = row.try_get("role").map_err(internal)?;
+            by_user.entry(user).or_default().push(role);
+        }
+        for user in &mut users {
+            user.roles = by_user.remove(&user.id).unwrap_or_default();
+        }
+        Ok(users)
+    }
+
+    /// The user of `tenant` with this (lower-case) email, and its password hash.
+    pub async fn user_by_email(
+        &self,
+        tenant: &TenantId,
+        email: &str,
+    ) -> Result<Option<(UserRecord, String)>, ApiError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE tenant_id = $1 AND email = $2"
+        )))
+        .bind(tenant.as_str())
+        .bind(email)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(internal)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut user = user_from_row(&row)?;
+        user.roles = self.user_roles(tenant, &user.id).await?;
+        let hash = row.try_get("password_hash").map_err(internal)?;
+        Ok(Some((user, hash)))
+    }
+}
+
+fn user_from_row(row: &AnyRow) -> Result<UserRecord, ApiError> {
+    let tenant_id: String = row.try_get("tenant_id").map_err(internal)?;
+    Ok(UserRecord {
+        id: row.try_get("id").map_err(internal)?,
+        tenant_id: TenantId::parse(&tenant_id).map_err(internal)?,
+        email: row.try_get("email").map_err(internal)?,
+        display_name: row.try_get("display_name").map_err(internal)?,
+        state: users::state_from_key(&row.try_get::<String, _>("state").map_err(internal)?),
+        roles: Vec::new(),
+        create_time: row.try_get("create_time").map_err(internal)?,
+        update_time: row.try_get("update_time").map_err(internal)?,
+    })
+}

@@ -1,0 +1,200 @@
+//! Access and refresh tokens. Access tokens are JWTs signed with Ed25519 (compact JWS, `alg`
+//! `EdDSA`, RFC 8037), built by hand on `ring`: the format is small and fixed, and `ring` is
+//! already the mesh's crypto provider. Refresh tokens are 256 random bits; only their SHA-256
+//! is stored (like API keys, they need no password stretching).
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use palisade_grpc::ApiError;
+use palisade_proto::palisade::identity::v1::Jwk;
+use rand::RngCore;
+use ring::{
+    rand::SystemRandom,
+    signature::{Ed25519KeyPair, KeyPair},
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::users::UserRecord;
+
+/// The `iss` of every access token; the gateway accepts no other.
+pub const ISSUER: &str = "palisade-identity";
+/// How long an access token is valid.
+pub const ACCESS_TOKEN_TTL_MICROS: i64 = 15 * 60 * 1_000_000;
+/// How long a refresh token is valid (each refresh issues a new one).
+pub const REFRESH_TOKEN_TTL_MICROS: i64 = 30 * 24 * 3600 * 1_000_000;
+const REFRESH_PREFIX: &str = "palrt_";
+
+/// The claims of an access token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    /// The user id.
+    pub sub: String,
+    pub tenant: String,
+    /// Always `user`.
+    pub principal_type: String,
+    /// The user's roles when the token was issued; informational: permission checks read the
+    /// current roles, so a revoked role takes effect at once.
+    pub roles: Vec<String>,
+    /// Seconds since the epoch.
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+impl Claims {
+    pub fn for_user(user: &UserRecord, now: i64) -> Claims {
+        Claims {
+            iss: ISSUER.to_owned(),
+            sub: user.id.clone(),
+            tenant: user.tenant_id.to_string(),
+            principal_type: "user".to_owned(),
+            roles: user.roles.clone(),
+            iat: now / 1_000_000,
+            exp: (now + ACCESS_TOKEN_TTL_MICROS) / 1_000_000,
+            jti: uuid::Uuid::now_v7().to_string(),
+        }
+    }
+}
+
+/// A signing key as stored: PKCS#8 private key and the raw 32-byte public key.
+#[derive(Clone, Debug)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub private_key: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub create_time: i64,
+}
+
+impl SigningKeyRecord {
+    /// A fresh Ed25519 key; its `kid` is its RFC 7638 JWK thumbprint.
+    pub fn generate(now: i64) -> Result<SigningKeyRecord, ApiError> {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| ApiError::internal("cannot generate an ed25519 key"))?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|_| ApiError::internal("generated ed25519 key does not parse"))?;
+        let public_key = pair.public_key().as_ref().to_vec();
+        Ok(SigningKeyRecord {
+            kid: thumbprint(&public_key),
+            private_key: pkcs8.as_ref().to_vec(),
+            public_key,
+            create_time: now,
+        })
+    }
+
+    pub fn jwk(&self) -> Jwk {
+        Jwk {
+            kty: "OKP".to_owned(),
+            crv: "Ed25519".to_owned(),
+            x: URL_SAFE_NO_PAD.encode(&self.public_key),
+            kid: self.kid.clone(),
+            alg: "EdDSA".to_owned(),
+            r#use: "sig".to_owned(),
+        }
+    }
+}
+
+/// Signs access tokens with the current key.
+pub struct Signer {
+    kid: String,
+    pair: Ed25519KeyPair,
+}
+
+impl Signer {
+    pub fn new(key: &SigningKeyRecord) -> Result<Signer, ApiError> {
+        let pair = Ed25519KeyPair::from_pkcs8(&key.private_key)
+            .map_err(|_| ApiError::internal("stored signing key does not parse"))?;
+        Ok(Signer {
+            kid: key.kid.clone(),
+            pair,
+        })
+    }
+
+    /// The compact JWS `header.payload.signature` of `claims`.
+    pub fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
+        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid});
+        let payload = serde_json::to_vec(claims).map_err(ApiError::internal)?;
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let signature = self.pair.sign(signing_input.as_bytes());
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.as_ref())
+        ))
+    }
+}
+
+/// RFC 7638: base64url(SHA-256 of the canonical JSON of the required members).
+fn thumbprint(public_key: &[u8]) -> String {
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(public_key)
+    );
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// A new refresh token: the string for the client and the hash to store.
+pub fn new_refresh_token() -> (String, Vec<u8>) {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let token = format!("{REFRESH_PREFIX}{}", hex::encode(secret));
+    let hash = hash_refresh_token(&token);
+    (token, hash)
+}
+
+pub fn hash_refresh_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use ring::signature::{ED25519, UnparsedPublicKey};
+
+    use super::*;
+
+    #[test]
+    fn tokens_verify_with_the_published_key() {
+        let key = SigningKeyRecord::generate(0).unwrap();
+        let signer = Signer::new(&key).unwrap();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            sub: "u".into(),
+            tenant: "acme".into(),
+            principal_type: "user".into(),
+            roles: vec!["admin".into()],
+            iat: 1,
+            exp: 2,
+            jti: "j".into(),
+        };
+        let token = signer.sign(&claims).unwrap();
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        let jwk = key.jwk();
+        let public = URL_SAFE_NO_PAD.decode(&jwk.x).unwrap();
+        UnparsedPublicKey::new(&ED25519, public)
+            .verify(
+                input.as_bytes(),
+                &URL_SAFE_NO_PAD.decode(signature).unwrap(),
+            )
+            .unwrap();
+        let (header, payload) = input.split_once('.').unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        assert_eq!(header["kid"], jwk.kid.as_str());
+        assert_eq!(header["alg"], "EdDSA");
+        let decoded: Claims =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(decoded, claims);
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_hashed() {
+        let (a, hash) = new_refresh_token();
+        let (b, _) = new_refresh_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with(REFRESH_PREFIX));
+        assert_eq!(hash_refresh_token(&a), hash);
+    }
+}

@@ -1,0 +1,238 @@
+//! User rules: what a valid user looks like, user names, and the state vocabulary.
+
+use palisade_grpc::{ApiError, FieldViolation};
+use palisade_proto::palisade::identity::v1::{CreateUserRequest, UserState};
+use palisade_tenancy::TenantId;
+
+use crate::{passwords, roles::Roles};
+
+/// A user as stored (without its password hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub email: String,
+    pub display_name: String,
+    pub state: UserState,
+    pub roles: Vec<String>,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+impl UserRecord {
+    pub fn name(&self) -> String {
+        format!("tenants/{}/users/{}", self.tenant_id, self.id)
+    }
+}
+
+/// Validates a create request into the user to insert (the password is checked, not kept).
+pub fn validate_create(
+    request: &CreateUserRequest,
+    roles: &Roles,
+    now: i64,
+) -> Result<UserRecord, ApiError> {
+    let mut violations = Vec::new();
+    let tenant = parse_parent(&request.parent)
+        .map_err(|violation| violations.push(violation))
+        .ok();
+    let Some(user) = &request.user else {
+        violations.push(FieldViolation::new("user", "is required"));
+        return Err(ApiError::InvalidArgument(violations));
+    };
+    let email = user.email.trim().to_lowercase();
+    if !is_email(&email) {
+        violations.push(FieldViolation::new(
+            "user.email",
+            "must be an email address such as ada@example.com",
+        ));
+    }
+    let display_name = user.display_name.trim();
+    if display_name.is_empty() {
+        violations.push(FieldViolation::new(
+            "user.display_name",
+            "must not be empty",
+        ));
+    } else if display_name.chars().count() > 200 {
+        violations.push(FieldViolation::new(
+            "user.display_name",
+            "must be at most 200 characters",
+        ));
+    }
+    let mut user_roles = Vec::new();
+    for (index, role) in user.roles.iter().enumerate() {
+        if !roles.is_known(role) {
+            violations.push(FieldViolation::new(
+                format!("user.roles[{index}]"),
+                format!(
+                    "unknown role {role:?}; the roles are {}",
+                    crate::roles::BUILT_IN.join(", ")
+                ),
+            ));
+        } else if !user_roles.contains(role) {
+            user_roles.push(role.clone());
+        }
+    }
+    user_roles.sort();
+    violations.extend(passwords::check_policy("password", &request.password));
+    match tenant {
+        Some(tenant_id) if violations.is_empty() => Ok(UserRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id,
+            email,
+            display_name: display_name.to_owned(),
+            state: UserState::Active,
+            roles: user_roles,
+            create_time: now,
+            update_time: now,
+        }),
+        _ => Err(ApiError::InvalidArgument(violations)),
+    }
+}
+
+/// `tenants/{tenant}` (the `parent` of a user request) → the tenant.
+pub fn parse_parent(parent: &str) -> Result<TenantId, FieldViolation> {
+    parent
+        .strip_prefix("tenants/")
+        .and_then(|id| TenantId::parse(id).ok())
+        .ok_or_else(|| FieldViolation::new("parent", "must be `tenants/{tenant_id}`"))
+}
+
+/// `tenants/{tenant}/users/{user}` → (tenant, user id).
+pub fn parse_name(name: &str) -> Result<(TenantId, String), ApiError> {
+    let malformed = || ApiError::invalid("name", "must be `tenants/{tenant_id}/users/{user_id}`");
+    let rest = name.strip_prefix("tenants/").ok_or_else(malformed)?;
+    let (tenant, user) = rest.split_once("/users/").ok_or_else(malformed)?;
+    let tenant = TenantId::parse(tenant).map_err(|_| malformed())?;
+    match uuid::Uuid::parse_str(user) {
+        Ok(id) if id.to_string() == user => Ok((tenant, user.to_owned())),
+        _ => Err(malformed()),
+    }
+}
+
+pub fn state_key(state: UserState) -> &'static str {
+    match state {
+        UserState::Unspecified | UserState::Active => "active",
+        UserState::Disabled => "disabled",
+    }
+}
+
+/// An unknown stored state reads as `Unspecified`, which no check treats as active.
+pub fn state_from_key(key: &str) -> UserState {
+    match key {
+        "active" => UserState::Active,
+        "disabled" => UserState::Disabled,
+        _ => UserState::Unspecified,
+    }
+}
+
+/// A pragmatic address check (not RFC 5322's whole grammar): one `@`, a local part of 1 to 64
+/// printable characters without spaces, and a DNS domain with at least one dot.
+fn is_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    email.len() <= 254
+        && (1..=64).contains(&local.len())
+        && local.chars().all(|c| {
+            c.is_ascii_graphic()
+                && !matches!(
+                    c,
+                    '@' | '"' | '(' | ')' | ',' | ':' | ';' | '<' | '>' | '[' | '\\' | ']'
+                )
+        })
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && domain.contains('.')
+        && domain.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_grpc::MethodPolicies;
+    use palisade_proto::palisade::identity::v1::User;
+
+    use super::*;
+
+    fn create(parent: &str, email: &str, roles: &[&str], password: &str) -> Vec<String> {
+        let request = CreateUserRequest {
+            parent: parent.into(),
+            user: Some(User {
+                email: email.into(),
+                display_name: "Ada".into(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                ..User::default()
+            }),
+            password: password.into(),
+        };
+        let roles = Roles::from_catalogue(&MethodPolicies::palisade().unwrap());
+        match validate_create(&request, &roles, 1) {
+            Ok(_) => Vec::new(),
+            Err(ApiError::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_input_passes() {
+        assert!(
+            create(
+                "tenants/acme",
+                "Ada@Example.com",
+                &["admin"],
+                "twelve chars"
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_input_names_every_field() {
+        assert_eq!(
+            create("acme", "ada", &["root"], "short"),
+            ["parent", "user.email", "user.roles[0]", "password"]
+        );
+        for email in [
+            "",
+            "a@b",
+            "@example.com",
+            "a b@example.com",
+            "a@@example.com",
+            "a@-x.com",
+        ] {
+            assert_eq!(
+                create("tenants/acme", email, &[], "twelve chars"),
+                ["user.email"],
+                "{email}"
+            );
+        }
+        assert_eq!(
+            create("tenants/acme", "a@example.com", &[], &"x".repeat(129)),
+            ["password"]
+        );
+    }
+
+    #[test]
+    fn names_parse_only_in_canonical_form() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let (tenant, user) = parse_name(&format!("tenants/acme/users/{id}")).unwrap();
+        assert_eq!((tenant.as_str(), user.as_str()), ("acme", id.as_str()));
+        for bad in [
+            "tenants/acme/users/x".to_owned(),
+            format!("tenants/acme/users/{}", id.to_uppercase()),
+            format!("tenants/acme/groups/{id}"),
+            format!("users/{id}"),
+        ] {
+            assert!(parse_name(&bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Password login through the gateway: access tokens verified at the edge against identity's
+//! JWKS, refresh-token rotation, reuse detection that revokes the family, logout, and the
+//! audit events of each.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use common::{expect_code, new_tenant, reason, violated_fields};
+use palisade_proto::palisade::{
+    compliance::v1::{
+        AuditEvent, ListAuditEventsRequest, Outcome, audit_service_client::AuditServiceClient,
+    },
+    identity::v1::{
+        AuthTokens, CreateUserRequest, GetJwksRequest, GetUserRequest, LoginRequest, LogoutRequest,
+        Plan, RefreshTokenRequest, User, auth_service_client::AuthServiceClient,
+        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+    },
+};
+use palisade_testkit::{Component, Mesh, eventually, http_request};
+use tonic::Code;
+
+const PASSWORD: &str = "correct horse battery staple";
+const EMAIL: &str = "ada@example.com";
+
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// A mesh with tenant `acme` and its admin `ada@example.com`; returns the admin's name.
+async fn acme_with_admin(mesh: &Mesh) -> anyhow::Result<String> {
+    TenantServiceClient::new(mesh.gateway())
+        .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+        .await?;
+    let user = UserServiceClient::new(mesh.gateway())
+        .create_user(mesh.as_operator(CreateUserRequest {
+            parent: "tenants/acme".into(),
+            user: Some(User {
+                email: EMAIL.into(),
+                display_name: "Ada".into(),
+                roles: vec!["admin".into()],
+                ..User::default()
+            }),
+            password: PASSWORD.into(),
+        }))
+        .await?
+        .into_inner();
+    Ok(user.name)
+}
+
+fn login_request(password: &str) -> LoginRequest {
+    LoginRequest {
+        tenant_id: "acme".into(),
+        email: EMAIL.into(),
+        password: password.into(),
+    }
+}
+
+fn refresh(tokens: &AuthTokens) -> RefreshTokenRequest {
+    RefreshTokenRequest {
+        refresh_token: tokens.refresh_token.clone(),
+    }
+}
+
+/// The first event of `tenant` with `action` that `matches`, once it has arrived.
+async fn audit_event(
+    mesh: &Mesh,
+    action: &str,
+    matches: impl Fn(&AuditEvent) -> bool,
+) -> anyhow::Result<AuditEvent> {
+    let audit = AuditServiceClient::new(mesh.gateway());
+    eventually(Duration::from_secs(10), || {
+        let mut audit = audit.clone();
+        let request = mesh.as_operator(ListAuditEventsRequest {
+            parent: "tenants/acme".into(),
+            filter: format!(r#"action = "{action}""#),
+            ..Default::default()
+        });
+        let matches = &matches;
+        async move {
+            let events = audit.list_audit_events(request).await?.into_inner();
+            Ok(events.audit_events.into_iter().find(|e| matches(e)))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_are_signed_jwts_verified_at_the_gateway() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let admin = acme_with_admin(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let tokens = auth.login(login_request(PASSWORD)).await?.into_inner();
+        assert_eq!(tokens.token_type, "Bearer");
+        assert_eq!(tokens.user, admin);
+
+        // The token names a key of the JWKS and carries the documented claims.
+        let jwks = auth.get_jwks(GetJwksRequest {}).await?.into_inner();
+        let parts: Vec<&str> = tokens.access_token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0])?)?;
+        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
+        assert_eq!(header["alg"], "EdDSA");
+        let key = jwks
+            .keys
+            .iter()
+            .find(|key| header["kid"] == key.kid.as_str())
+            .expect("the token's kid is published");
+        assert_eq!(
+            (key.kty.as_str(), key.crv.as_str(), key.alg.as_str()),
+            ("OKP", "Ed25519", "EdDSA")
+        );
+        assert_eq!(claims["iss"], "palisade-identity");
+        assert_eq!(claims["tenant"], "acme");
+        assert_eq!(claims["principal_type"], "user");
+        assert_eq!(
+            format!("tenants/acme/users/{}", claims["sub"].as_str().unwrap()),
+            admin
+        );
+        assert_eq!(claims["roles"], serde_json::json!(["admin"]));
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            15 * 60
+        );
+        assert!(claims["jti"].as_str().is_some_and(|jti| !jti.is_empty()));
+
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let me = users
+            .get_user(with_bearer(
+                GetUserRequest {
+                    name: admin.clone(),
+                },
+                &tokens.access_token,
+            ))
+            .await?;
+        assert_eq!(me.into_inner().name, admin);
+
+        // A token with a changed claim no longer matches its signature.
+        let mut elevated = claims.clone();
+        elevated["tenant"] = "system".into();
+        let forged_claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&elevated)?);
+        let forged = format!("{}.{forged_claims}.{}", parts[0], parts[2]);
+        let refused = users
+            .get_user(with_bearer(
+                GetUserRequest {
+                    name: admin.clone(),
+                },
+                &forged,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(refused, Code::Unauthenticated)),
+            "INVALID_TOKEN"
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_reuse_revokes_the_family() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let admin = acme_with_admin(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let first = auth.login(login_request(PASSWORD)).await?.into_inner();
+        let second = auth.refresh_token(refresh(&first)).await?.into_inner();
+        assert_ne!(second.refresh_token, first.refresh_token);
+        assert_ne!(second.access_token, first.access_token);
+        let third = auth.refresh_token(refresh(&second)).await?.into_inner();
+
+        // `second` was used up; presenting it again means a copy exists: the family ends, so
+        // neither it nor the token it was rotated into works any more.
+        let reused = auth.refresh_token(refresh(&second)).await;
+        assert_eq!(
+            reason(&expect_code(reused, Code::Unauthenticated)),
+            "INVALID_REFRESH_TOKEN"
+        );
+        let after = auth.refresh_token(refresh(&third)).await;
+        expect_code(after, Code::Unauthenticated);
+        let event = audit_event(&mesh, "identity.auth.refresh_token_reuse", |_| true).await?;
+        assert_eq!(event.resource, admin);
+        assert_eq!(event.outcome(), Outcome::Denied);
+
+        // A new login starts a new family, untouched by the old one's revocation.
+        let fresh = auth.login(login_request(PASSWORD)).await?.into_inner();
+        auth.refresh_token(refresh(&fresh)).await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_the_session() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        acme_with_admin(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let first = auth.login(login_request(PASSWORD)).await?.into_inner();
+        let second = auth.refresh_token(refresh(&first)).await?.into_inner();
+        auth.logout(LogoutRequest {
+            refresh_token: second.refresh_token.clone(),
+        })
+        .await?;
+        let refused = auth.refresh_token(refresh(&second)).await;
+        expect_code(refused, Code::Unauthenticated);
+        audit_event(&mesh, "identity.auth.logout", |_| true).await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_refused_alike_and_audited() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let admin = acme_with_admin(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let attempts = [
+            login_request("wrong password, long enough"),
+            LoginRequest {
+                email: "nobody@example.com".into(),
+                ..login_request(PASSWORD)
+            },
+            LoginRequest {
+                tenant_id: "nowhere".into(),
+                ..login_request(PASSWORD)
+            },
+        ];
+        for attempt in attempts {
+            let refused = auth.login(attempt).await;
+            let status = expect_code(refused, Code::Unauthenticated);
+            assert_eq!(reason(&status), "INVALID_LOGIN");
+        }
+        let empty = auth.login(LoginRequest::default()).await;
+        assert_eq!(
+            violated_fields(&expect_code(empty, Code::InvalidArgument)),
+            ["tenant_id", "email", "password"]
+        );
+        let wrong = audit_event(&mesh, "identity.auth.login", |e| {
+            e.outcome() == Outcome::Failure && e.resource == admin
+        })
+        .await?;
+        assert_eq!(
+            wrong.attributes.get("reason").map(String::as_str),
+            Some("wrong_password")
+        );
+        auth.login(login_request(PASSWORD)).await?;
+        let success = audit_event(&mesh, "identity.auth.login", |e| {
+            e.outcome() == Outcome::Success
+        })
+        .await?;
+        assert_eq!(success.resource, admin);
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_bearer_tokens_work_over_rest() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let admin = acme_with_admin(&mesh).await?;
+        let gateway = mesh.addr(Component::Gateway);
+        let json = [("content-type", "application/json")];
+        let body = serde_json::json!({"tenantId": "acme", "email": EMAIL, "password": PASSWORD});
+        let login = http_request(
+            gateway,
+            "POST",
+            "/v1/auth:login",
+            &json,
+            body.to_string().as_bytes(),
+        )
+        .await?;
+        assert_eq!(login.status, 200, "{}", login.text());
+        let tokens: serde_json::Value = serde_json::from_slice(&login.body)?;
+        let bearer = format!("Bearer {}", tokens["accessToken"].as_str().unwrap());
+        let listed = http_request(
+            gateway,
+            "GET",
+            "/v1/tenants/acme/users",
+            &[("authorization", bearer.as_str())],
+            b"",
+        )
+        .await?;
+        assert_eq!(listed.status, 200, "{}", listed.text());
+        let listed: serde_json::Value = serde_json::from_slice(&listed.body)?;
+        assert_eq!(listed["users"][0]["name"], admin.as_str());
+        let jwks = http_request(gateway, "GET", "/v1/auth/jwks", &[], b"").await?;
+        assert_eq!(jwks.status, 200, "{}", jwks.text());
+        let jwks: serde_json::Value = serde_json::from_slice(&jwks.body)?;
+        assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+        let wrong =
+            serde_json::json!({"tenantId": "acme", "email": EMAIL, "password": "not the password"});
+        let refused = http_request(
+            gateway,
+            "POST",
+            "/v1/auth:login",
+            &json,
+            wrong.to_string().as_bytes(),
+        )
+        .await?;
+        assert_eq!(refused.status, 401);
+        mesh.stop().await?;
+    }
+    Ok(())
+}
