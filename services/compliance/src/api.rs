@@ -89,13 +89,9 @@ impl AuditService for AuditApi {
             .store
             .list(&tenant, after, &filters, page_size + 1)
             .await?;
-        let next_page_token = if events.len() > page_size {
-            events.truncate(page_size);
-            let last = events.last().expect("page is not empty").sequence;
-            aip::encode_page_token(&request.filter, &last.to_string())
-        } else {
-            String::new()
-        };
+        let next_page_token = aip::finish_page(&mut events, page_size, &request.filter, |last| {
+            last.sequence.to_string()
+        });
         Ok(Response::new(ListAuditEventsResponse {
             audit_events: events,
             next_page_token,

@@ -5,4 +5,4 @@ mod filter;
 mod paging;
 
 pub use filter::{Comparison, FilterField, Term, parse_filter};
-pub use paging::{decode_page_token, encode_page_token, page_size};
+pub use paging::{CreatedCursor, decode_page_token, encode_page_token, finish_page, page_size};

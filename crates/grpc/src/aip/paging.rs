@@ -18,6 +18,46 @@ pub fn page_size(requested: i32, default: usize, max: usize) -> Result<usize, Ap
     }
 }
 
+/// Where a page of a list ordered by `(create_time, id)` resumes: after this row. Its cursor
+/// text is `<create_time>:<id>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedCursor {
+    pub create_time: i64,
+    pub id: String,
+}
+
+impl CreatedCursor {
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.create_time, self.id)
+    }
+
+    pub fn decode(cursor: &str) -> Result<CreatedCursor, ApiError> {
+        let malformed = || ApiError::invalid("page_token", "malformed page token");
+        let (time, id) = cursor.split_once(':').ok_or_else(malformed)?;
+        Ok(CreatedCursor {
+            create_time: time.parse().map_err(|_| malformed())?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// Finishes a page that was fetched with one row more than `page_size`: drops the extra row
+/// and returns the token of the next page, or `""` when this is the last one.
+pub fn finish_page<T>(
+    rows: &mut Vec<T>,
+    page_size: usize,
+    filter: &str,
+    cursor_of: impl Fn(&T) -> String,
+) -> String {
+    if rows.len() <= page_size {
+        return String::new();
+    }
+    rows.truncate(page_size);
+    rows.last().map_or_else(String::new, |last| {
+        encode_page_token(filter, &cursor_of(last))
+    })
+}
+
 pub fn encode_page_token(filter: &str, cursor: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("p1.{}.{cursor}", fingerprint(filter)))
 }
@@ -62,6 +102,28 @@ mod tests {
         assert_eq!(page_size(7, 50, 1000).unwrap(), 7);
         assert_eq!(page_size(5000, 50, 1000).unwrap(), 1000);
         assert!(page_size(-1, 50, 1000).is_err());
+    }
+
+    #[test]
+    fn pages_end_with_a_token_only_when_more_rows_exist() {
+        let mut rows = vec![1, 2, 3];
+        let token = finish_page(&mut rows, 2, "", |row| row.to_string());
+        assert_eq!(rows, [1, 2]);
+        assert_eq!(decode_page_token(&token, "").unwrap().as_deref(), Some("2"));
+        let mut last = vec![1, 2];
+        assert_eq!(finish_page(&mut last, 2, "", |row| row.to_string()), "");
+        assert_eq!(last, [1, 2]);
+    }
+
+    #[test]
+    fn created_cursors_round_trip() {
+        let cursor = CreatedCursor {
+            create_time: 17,
+            id: "a:b".into(),
+        };
+        assert_eq!(CreatedCursor::decode(&cursor.encode()).unwrap(), cursor);
+        assert!(CreatedCursor::decode("nope").is_err());
+        assert!(CreatedCursor::decode("x:1").is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{
     ApiError, Caller,
-    aip::{self, Comparison, FilterField},
+    aip::{self, Comparison, CreatedCursor, FilterField},
     time::{now_micros, timestamp},
 };
 use palisade_proto::palisade::{
@@ -17,7 +17,7 @@ use palisade_proto::palisade::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    store::{IdentityStore, TenantCursor, TenantFilter},
+    store::{IdentityStore, TenantFilter},
     tenants::{self, TenantRecord},
 };
 
@@ -115,7 +115,7 @@ impl TenantService for TenantApi {
         let request = request.into_inner();
         let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let after = aip::decode_page_token(&request.page_token, &request.filter)?
-            .map(|cursor| parse_cursor(&cursor))
+            .map(|cursor| CreatedCursor::decode(&cursor))
             .transpose()?;
         let filters = parse_filters(&request.filter)?;
         let only = (!caller.context.is_platform_operator()).then_some(&caller.context.tenant_id);
@@ -123,16 +123,13 @@ impl TenantService for TenantApi {
             .store
             .list_tenants(only, after.as_ref(), &filters, page_size + 1)
             .await?;
-        let next_page_token = if records.len() > page_size {
-            records.truncate(page_size);
-            let last = records.last().expect("page is not empty");
-            aip::encode_page_token(
-                &request.filter,
-                &format!("{}:{}", last.create_time, last.id),
-            )
-        } else {
-            String::new()
-        };
+        let next_page_token = aip::finish_page(&mut records, page_size, &request.filter, |last| {
+            CreatedCursor {
+                create_time: last.create_time,
+                id: last.id.to_string(),
+            }
+            .encode()
+        });
         Ok(Response::new(ListTenantsResponse {
             tenants: records.into_iter().map(to_proto).collect(),
             next_page_token,
@@ -151,15 +148,6 @@ fn to_proto(record: TenantRecord) -> Tenant {
         create_time: Some(timestamp(record.create_time)),
         update_time: Some(timestamp(record.update_time)),
     }
-}
-
-fn parse_cursor(cursor: &str) -> Result<TenantCursor, ApiError> {
-    let malformed = || ApiError::invalid("page_token", "malformed page token");
-    let (time, id) = cursor.split_once(':').ok_or_else(malformed)?;
-    Ok(TenantCursor {
-        create_time: time.parse().map_err(|_| malformed())?,
-        id: id.to_owned(),
-    })
 }
 
 fn parse_filters(filter: &str) -> Result<Vec<TenantFilter>, ApiError> {

@@ -6,7 +6,7 @@ use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{
     ApiError, Caller,
-    aip::{self, Comparison, FilterField},
+    aip::{self, Comparison, CreatedCursor, FilterField},
     time::{now_micros, timestamp},
 };
 use palisade_proto::palisade::{
@@ -23,7 +23,7 @@ use crate::{
     authz::Authz,
     passwords::Passwords,
     roles::{self, Roles},
-    store::{IdentityStore, PageCursor, UserFilter},
+    store::{IdentityStore, UserFilter},
     users::{self, UserRecord},
 };
 
@@ -249,23 +249,20 @@ impl UserService for UserApi {
         require_own_tenant(&caller, &tenant)?;
         let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let after = aip::decode_page_token(&request.page_token, &request.filter)?
-            .map(|cursor| parse_cursor(&cursor))
+            .map(|cursor| CreatedCursor::decode(&cursor))
             .transpose()?;
         let filters = parse_filters(&request.filter, self.roles())?;
         let mut records = self
             .store
             .list_users(&tenant, after.as_ref(), &filters, page_size + 1)
             .await?;
-        let next_page_token = if records.len() > page_size {
-            records.truncate(page_size);
-            let last = records.last().expect("page is not empty");
-            aip::encode_page_token(
-                &request.filter,
-                &format!("{}:{}", last.create_time, last.id),
-            )
-        } else {
-            String::new()
-        };
+        let next_page_token = aip::finish_page(&mut records, page_size, &request.filter, |last| {
+            CreatedCursor {
+                create_time: last.create_time,
+                id: last.id.to_string(),
+            }
+            .encode()
+        });
         Ok(Response::new(ListUsersResponse {
             users: records.into_iter().map(to_proto).collect(),
             next_page_token,
@@ -307,15 +304,6 @@ fn to_proto(record: UserRecord) -> User {
         create_time: Some(timestamp(record.create_time)),
         update_time: Some(timestamp(record.update_time)),
     }
-}
-
-fn parse_cursor(cursor: &str) -> Result<PageCursor, ApiError> {
-    let malformed = || ApiError::invalid("page_token", "malformed page token");
-    let (time, id) = cursor.split_once(':').ok_or_else(malformed)?;
-    Ok(PageCursor {
-        create_time: time.parse().map_err(|_| malformed())?,
-        id: id.to_owned(),
-    })
 }
 
 fn parse_filters(filter: &str, roles: &Roles) -> Result<Vec<UserFilter>, ApiError> {

@@ -10,8 +10,8 @@ use palisade_db::Db;
 use palisade_grpc::ApiError;
 
 pub use api_keys::ApiKeyRecord;
-pub use tenants::{TenantCursor, TenantFilter};
-pub use users::{PageCursor, UserFilter};
+pub use tenants::TenantFilter;
+pub use users::UserFilter;
 
 #[derive(Clone)]
 pub struct IdentityStore {

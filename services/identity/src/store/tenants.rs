@@ -1,6 +1,9 @@
 //! Tenants.
 
-use palisade_grpc::{ApiError, aip::Comparison};
+use palisade_grpc::{
+    ApiError,
+    aip::{Comparison, CreatedCursor},
+};
 use palisade_tenancy::TenantId;
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
@@ -13,13 +16,6 @@ pub struct TenantFilter {
     pub column: &'static str,
     pub comparison: Comparison,
     pub value: String,
-}
-
-/// Where a tenant page starts: after this (create_time, id).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TenantCursor {
-    pub create_time: i64,
-    pub id: String,
 }
 
 const TENANT_COLUMNS: &str =
@@ -81,7 +77,7 @@ impl IdentityStore {
     pub async fn list_tenants(
         &self,
         only: Option<&TenantId>,
-        after: Option<&TenantCursor>,
+        after: Option<&CreatedCursor>,
         filters: &[TenantFilter],
         limit: usize,
     ) -> Result<Vec<TenantRecord>, ApiError> {

@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
-use palisade_grpc::{ApiError, aip::Comparison};
+use palisade_grpc::{
+    ApiError,
+    aip::{Comparison, CreatedCursor},
+};
 use palisade_tenancy::TenantId;
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
@@ -15,13 +18,6 @@ pub enum UserFilter {
     State(Comparison, String),
     Email(Comparison, String),
     Role(Comparison, String),
-}
-
-/// Where a page starts: after this (create_time, id).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PageCursor {
-    pub create_time: i64,
-    pub id: String,
 }
 
 const USER_COLUMNS: &str = "id, tenant_id, email, display_name, state, create_time, update_time";
@@ -176,7 +172,7 @@ impl IdentityStore {
     pub async fn list_users(
         &self,
         tenant: &TenantId,
-        after: Option<&PageCursor>,
+        after: Option<&CreatedCursor>,
         filters: &[UserFilter],
         limit: usize,
     ) -> Result<Vec<UserRecord>, ApiError> {
