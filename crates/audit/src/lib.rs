@@ -82,6 +82,19 @@ pub async fn enqueue(
     outbox::enqueue(conn, TOPIC, id, &event.encode_to_vec(), traceparent).await
 }
 
+/// The last step of an audited mutation: enqueue `record` on `tx`, commit both together, and
+/// wake the relay so the event ships without waiting for its next poll.
+pub async fn commit_with(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    record: &AuditRecord<'_>,
+    relay: &palisade_db::outbox::Relay,
+) -> palisade_db::Result<()> {
+    enqueue(&mut tx, record).await?;
+    tx.commit().await?;
+    relay.notify();
+    Ok(())
+}
+
 /// How long one delivery may take before the relay backs off and retries (on PostgreSQL it
 /// holds the batch's row locks meanwhile).
 const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

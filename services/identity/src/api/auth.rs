@@ -80,13 +80,10 @@ impl AuthApi {
 
     /// Records an event that changes nothing else (a refused login) in its own transaction.
     async fn audit_alone(&self, record: &AuditRecord<'_>) -> Result<(), ApiError> {
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
-        palisade_audit::enqueue(&mut tx, record)
+        let tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        palisade_audit::commit_with(tx, record, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)?;
-        self.relay.notify();
-        Ok(())
+            .map_err(ApiError::internal)
     }
 
     async fn password_matches(
@@ -222,11 +219,9 @@ impl AuthService for AuthApi {
             source: crate::COMPONENT,
             attributes: vec![("token_family", family.clone())],
         };
-        palisade_audit::enqueue(&mut tx, &audit)
+        palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
             .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)?;
-        self.relay.notify();
         tracing::info!(tenant = %user.tenant_id, user = %user.id, "user signed in");
         Ok(Response::new(tokens))
     }
@@ -277,11 +272,9 @@ impl AuthService for AuthApi {
                 source: crate::COMPONENT,
                 attributes: vec![("token_family", token.family_id.clone())],
             };
-            palisade_audit::enqueue(&mut tx, &audit)
+            palisade_audit::commit_with(tx, &audit, &self.relay)
                 .await
                 .map_err(ApiError::internal)?;
-            tx.commit().await.map_err(ApiError::internal)?;
-            self.relay.notify();
             tracing::warn!(
                 tenant = %token.tenant_id,
                 user = %token.user_id,
@@ -305,11 +298,9 @@ impl AuthService for AuthApi {
             source: crate::COMPONENT,
             attributes: vec![("token_family", token.family_id.clone())],
         };
-        palisade_audit::enqueue(&mut tx, &audit)
+        palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
             .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)?;
-        self.relay.notify();
         Ok(Response::new(tokens))
     }
 

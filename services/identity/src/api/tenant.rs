@@ -81,11 +81,9 @@ impl TenantService for TenantApi {
             source: crate::COMPONENT,
             attributes: vec![("plan", tenants::plan_key(record.plan).to_owned())],
         };
-        palisade_audit::enqueue(&mut tx, &audit)
+        palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
             .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)?;
-        self.relay.notify();
         tracing::info!(tenant = %record.id, plan = tenants::plan_key(record.plan), "tenant created");
         Ok(Response::new(to_proto(record)))
     }

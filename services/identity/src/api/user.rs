@@ -210,11 +210,9 @@ impl UserService for UserApi {
             source: crate::COMPONENT,
             attributes: vec![("roles", record.roles.join(" "))],
         };
-        palisade_audit::enqueue(&mut tx, &audit)
+        palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
             .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)?;
-        self.relay.notify();
         tracing::info!(tenant = %record.tenant_id, user = %record.id, "user created");
         Ok(Response::new(to_proto(record)))
     }
