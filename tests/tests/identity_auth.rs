@@ -295,6 +295,13 @@ async fn login_and_bearer_tokens_work_over_rest() -> anyhow::Result<()> {
         assert_eq!(jwks.status, 200, "{}", jwks.text());
         let jwks: serde_json::Value = serde_json::from_slice(&jwks.body)?;
         assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+        // The conventional location serves the same key set, without a credential.
+        let well_known = http_request(gateway, "GET", "/.well-known/jwks.json", &[], b"").await?;
+        assert_eq!(well_known.status, 200, "{}", well_known.text());
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&well_known.body)?,
+            jwks
+        );
         let wrong =
             serde_json::json!({"tenantId": "acme", "email": EMAIL, "password": "not the password"});
         let refused = http_request(
