@@ -7,3 +7,6 @@ pub use mesh::{
     COMPONENTS, Component, ComponentSettings, DatabaseChoice, LocalMesh, MeshOptions, Ports,
     start_component,
 };
+
+/// Re-exported so tests and embedders configure lockout without depending on identity.
+pub use palisade_identity::LockoutPolicy;

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, bail};
 use palisade_db::DbConfig;
 use palisade_grpc::{Listeners, MeshAddresses, Running};
+use palisade_identity::LockoutPolicy;
 use palisade_tls::{CertPaths, MeshTls};
 use tokio::net::TcpListener;
 
@@ -128,6 +129,8 @@ pub struct MeshOptions {
     pub cors_allowed_origins: Vec<String>,
     /// PEM certificate chain and key for TLS on the gateway's public port; `None`: h2c.
     pub public_tls: Option<(PathBuf, PathBuf)>,
+    /// When identity locks a user out after failed logins.
+    pub login_lockout: LockoutPolicy,
 }
 
 impl MeshOptions {
@@ -142,6 +145,7 @@ impl MeshOptions {
             api_key_cache_ttl: Duration::from_secs(30),
             cors_allowed_origins: Vec::new(),
             public_tls: None,
+            login_lockout: LockoutPolicy::default(),
         }
     }
 
@@ -292,6 +296,7 @@ impl LocalMesh {
             api_key_cache_ttl: options.api_key_cache_ttl,
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
+            login_lockout: options.login_lockout,
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
         if operator_key.is_some() {
@@ -312,6 +317,7 @@ pub struct ComponentSettings {
     pub cors_allowed_origins: Vec<String>,
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
+    pub login_lockout: LockoutPolicy,
 }
 
 /// Starts one component on `listeners`; identity also returns the operator key when its
@@ -328,10 +334,16 @@ pub async fn start_component(
         api_key_cache_ttl,
         cors_allowed_origins,
         public_tls,
+        login_lockout,
     } = settings;
     let started = match component {
         Component::Identity => {
-            let config = palisade_identity::IdentityConfig { tls, db, mesh };
+            let config = palisade_identity::IdentityConfig {
+                tls,
+                db,
+                mesh,
+                lockout: login_lockout,
+            };
             palisade_identity::start(listeners, config)
                 .await
                 .map(|s| (s.running, s.operator_key))

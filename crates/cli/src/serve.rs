@@ -8,6 +8,7 @@ use clap::Args;
 use palisade::{Component, ComponentSettings, start_component};
 use palisade_db::{Db, DbConfig};
 use palisade_grpc::{Listeners, MeshAddresses};
+use palisade_identity::LockoutPolicy;
 use palisade_tls::{CertPaths, MeshTls};
 use tokio::net::TcpListener;
 
@@ -52,6 +53,15 @@ pub struct ServeArgs {
         default_value = "http://gateway:7900"
     )]
     gateway_url: String,
+    /// identity: wrong passwords within the failure window that lock a user out.
+    #[arg(long, env = "PALISADE_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    login_max_failures: u32,
+    /// identity: seconds in which failed logins are counted.
+    #[arg(long, env = "PALISADE_LOGIN_FAILURE_WINDOW", default_value_t = 900)]
+    login_failure_window: u64,
+    /// identity: seconds a locked-out user's logins are refused.
+    #[arg(long, env = "PALISADE_LOGIN_LOCKOUT", default_value_t = 900)]
+    login_lockout: u64,
     /// Seconds a verified API key is cached by the gateway.
     #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
     api_key_cache_ttl: u64,
@@ -139,6 +149,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         api_key_cache_ttl: Duration::from_secs(args.api_key_cache_ttl),
         cors_allowed_origins: args.cors_allowed_origins,
         public_tls: args.public_tls_cert.zip(args.public_tls_key),
+        login_lockout: LockoutPolicy {
+            max_failures: args.login_max_failures.max(1),
+            window: Duration::from_secs(args.login_failure_window),
+            lock_for: Duration::from_secs(args.login_lockout),
+        },
     };
     let listeners = Listeners {
         grpc,

@@ -34,9 +34,16 @@ pub struct MeshBuilder {
     api_key_cache_ttl: Option<Duration>,
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    login_lockout: Option<palisade::LockoutPolicy>,
 }
 
 impl MeshBuilder {
+    /// Identity's login lockout (tests shorten the lock to watch it end).
+    pub fn with_login_lockout(mut self, policy: palisade::LockoutPolicy) -> MeshBuilder {
+        self.login_lockout = Some(policy);
+        self
+    }
+
     /// TLS on the gateway's public port with this PEM certificate chain and key; the sandbox's
     /// own gateway clients ([`Mesh::gateway`]) speak h2c, so a test brings its TLS client.
     pub fn with_public_tls(
@@ -81,6 +88,9 @@ impl MeshBuilder {
         options.admin_ports = Some(Ports::ANY);
         if let Some(ttl) = self.api_key_cache_ttl {
             options.api_key_cache_ttl = ttl;
+        }
+        if let Some(policy) = self.login_lockout {
+            options.login_lockout = policy;
         }
         options.cors_allowed_origins = self.cors_allowed_origins.clone();
         options.public_tls = self.public_tls.clone();

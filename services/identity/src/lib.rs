@@ -7,6 +7,7 @@ mod api;
 mod api_keys;
 mod authz;
 mod bootstrap;
+mod lockout;
 mod passwords;
 mod roles;
 mod store;
@@ -32,6 +33,8 @@ use palisade_proto::palisade::identity::v1::{
 use palisade_tls::MeshTls;
 use tokio::sync::oneshot;
 
+pub use lockout::LockoutPolicy;
+
 pub const COMPONENT: &str = "identity";
 
 /// What the identity service needs to run.
@@ -40,6 +43,7 @@ pub struct IdentityConfig {
     pub tls: MeshTls,
     pub db: DbConfig,
     pub mesh: MeshAddresses,
+    pub lockout: LockoutPolicy,
 }
 
 /// A running identity service, and the operator key if this start created it.
@@ -93,6 +97,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         relay.clone(),
         passwords,
         signer,
+        config.lockout,
     )))
     .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(authz.clone())))
     .add_service(AuthorizationServiceServer::new(api::AuthorizationApi::new(

@@ -21,6 +21,7 @@ use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    lockout::LockoutPolicy,
     passwords::Passwords,
     store::IdentityStore,
     tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS, Signer, SigningKeyRecord},
@@ -32,6 +33,7 @@ pub struct AuthApi {
     relay: Relay,
     passwords: Passwords,
     signer: Arc<Signer>,
+    lockout: LockoutPolicy,
     /// Checked against when the email is unknown, so a miss costs as much as a wrong password
     /// and response times do not reveal which emails exist.
     decoy_hash: OnceCell<String>,
@@ -43,12 +45,14 @@ impl AuthApi {
         relay: Relay,
         passwords: Passwords,
         signer: Arc<Signer>,
+        lockout: LockoutPolicy,
     ) -> AuthApi {
         AuthApi {
             store,
             relay,
             passwords,
             signer,
+            lockout,
             decoy_hash: OnceCell::new(),
         }
     }
@@ -84,6 +88,41 @@ impl AuthApi {
         palisade_audit::commit_with(tx, record, &self.relay)
             .await
             .map_err(ApiError::internal)
+    }
+
+    /// Counts a wrong password; the failure that reaches the limit locks the account and is
+    /// audited as a lockout (exactly once per lock, whatever the parallelism).
+    async fn count_failure(
+        &self,
+        tenant: &TenantId,
+        user: &UserRecord,
+        now: i64,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), ApiError> {
+        if !self
+            .store
+            .record_failed_login(&user.id, now, &self.lockout)
+            .await?
+        {
+            return Ok(());
+        }
+        tracing::warn!(tenant = %tenant, user = %user.id, "login locked out after repeated failures");
+        let lock_seconds = self.lockout.lock_for.as_secs().to_string();
+        self.audit_alone(&AuditRecord {
+            tenant,
+            actor_tenant: tenant,
+            actor: None,
+            action: "identity.auth.lockout",
+            resource: &user.name(),
+            outcome: Outcome::Denied,
+            request_id,
+            source: crate::COMPONENT,
+            attributes: vec![
+                ("failures", self.lockout.max_failures.to_string()),
+                ("lock_seconds", lock_seconds),
+            ],
+        })
+        .await
     }
 
     async fn password_matches(
@@ -163,14 +202,27 @@ impl AuthService for AuthApi {
             Some(tenant) => self.store.user_by_email(tenant, &email).await?,
             None => None,
         };
-        let matches = self
-            .password_matches(
-                found.as_ref().map(|(_, hash)| hash.as_str()),
-                &request.password,
-            )
-            .await?;
+        let now = now_micros();
+        // A locked account is refused before any hashing: no password is checked, so an
+        // attacker learns nothing more and spends none of our CPU.
+        let locked = match &found {
+            Some((user, _)) => self
+                .store
+                .locked_until(&user.id)
+                .await?
+                .is_some_and(|until| until > now),
+            None => false,
+        };
+        let matches = !locked
+            && self
+                .password_matches(
+                    found.as_ref().map(|(_, hash)| hash.as_str()),
+                    &request.password,
+                )
+                .await?;
         let refusal = match &found {
             None => Some("unknown_email"),
+            Some(_) if locked => Some("locked"),
             Some(_) if !matches => Some("wrong_password"),
             Some((user, _)) if !self.may_sign_in(user).await? => Some("not_active"),
             Some(_) => None,
@@ -195,15 +247,19 @@ impl AuthService for AuthApi {
                 })
                 .await?;
             }
+            if let (Some(tenant), Some((user, _)), "wrong_password") = (&tenant, &found, refusal) {
+                self.count_failure(tenant, user, now, request_id.as_ref())
+                    .await?;
+            }
             tracing::info!(tenant = %request.tenant_id, reason = refusal, "login refused");
             return Err(invalid_login().into());
         }
         let (user, _) = found.expect("refused above when missing");
-        let now = now_micros();
         let family = uuid::Uuid::now_v7().to_string();
         let principal = user_principal(&user);
         let resource = user.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        self.store.clear_failed_logins(&mut tx, &user.id).await?;
         self.store
             .insert_token_family(&mut tx, &family, &user, now)
             .await?;

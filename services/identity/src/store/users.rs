@@ -279,6 +279,67 @@ impl IdentityStore {
         let hash = row.try_get("password_hash").map_err(internal)?;
         Ok(Some((user, hash)))
     }
+
+    /// Until when the user's logins are locked (microseconds), if a lock was ever set.
+    pub async fn locked_until(&self, user_id: &str) -> Result<Option<i64>, ApiError> {
+        let row = sqlx::query("SELECT locked_until FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(internal)?;
+        Ok(row.and_then(|row| row.try_get::<Option<i64>, _>("locked_until").ok().flatten()))
+    }
+
+    /// Counts one failed login in a single atomic statement: a failure outside the window (or
+    /// after an expired lock) starts a new window at 1; the failure that makes the count reach
+    /// `max_failures` sets the lock. Returns whether this failure set it.
+    pub async fn record_failed_login(
+        &self,
+        user_id: &str,
+        now: i64,
+        policy: &crate::lockout::LockoutPolicy,
+    ) -> Result<bool, ApiError> {
+        // CASE expressions read the row as it was before this UPDATE, on both backends.
+        const NEW_WINDOW: &str = "(failure_window_start IS NULL OR failure_window_start < $2 \
+             OR (locked_until IS NOT NULL AND locked_until <= $1))";
+        let sql = format!(
+            "UPDATE users SET \
+               failed_logins = CASE WHEN {NEW_WINDOW} THEN 1 ELSE failed_logins + 1 END, \
+               failure_window_start = CASE WHEN {NEW_WINDOW} THEN $1 ELSE failure_window_start END, \
+               locked_until = CASE \
+                 WHEN (CASE WHEN {NEW_WINDOW} THEN 1 ELSE failed_logins + 1 END) = $3 THEN $4 \
+                 WHEN {NEW_WINDOW} THEN NULL \
+                 ELSE locked_until END \
+             WHERE id = $5 RETURNING failed_logins"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(now - policy.window_micros())
+            .bind(i64::from(policy.max_failures))
+            .bind(now.saturating_add(policy.lock_micros()))
+            .bind(user_id)
+            .fetch_one(self.db.pool())
+            .await
+            .map_err(internal)?;
+        let count: i64 = row.try_get("failed_logins").map_err(internal)?;
+        Ok(count == i64::from(policy.max_failures))
+    }
+
+    /// A successful login forgets earlier failures.
+    pub async fn clear_failed_logins(
+        &self,
+        conn: &mut AnyConnection,
+        user_id: &str,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE users SET failed_logins = 0, failure_window_start = NULL WHERE id = $1",
+        )
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
 }
 
 fn user_from_row(row: &AnyRow) -> Result<UserRecord, ApiError> {
