@@ -18,8 +18,6 @@ use tracing::Instrument;
 use crate::store::{AuditStore, EventFilter};
 
 const MAX_BATCH: usize = 1000;
-const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 1000;
 /// How many events an export reads from the store at a time.
 const EXPORT_BATCH: usize = 500;
 /// How many events an export buffers ahead of a slow client.
@@ -77,7 +75,7 @@ impl AuditService for AuditApi {
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let tenant = readable_log(&request, &request.get_ref().parent)?;
         let request = request.into_inner();
-        let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let page_size = aip::page_size(request.page_size)?;
         let after = match aip::decode_page_token(&request.page_token, &request.filter)? {
             Some(cursor) => cursor
                 .parse::<i64>()

@@ -5,4 +5,7 @@ mod filter;
 mod paging;
 
 pub use filter::{Comparison, FilterField, Term, parse_filter};
-pub use paging::{CreatedCursor, decode_page_token, encode_page_token, finish_page, page_size};
+pub use paging::{
+    CreatedCursor, DEFAULT_PAGE_SIZE, EQUALITY, MAX_PAGE_SIZE, decode_page_token,
+    encode_page_token, finish_page, page_size,
+};

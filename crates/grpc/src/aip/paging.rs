@@ -7,14 +7,24 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
+use super::Comparison;
 use crate::ApiError;
 
-/// Validates `page_size`: negative is an error, zero means `default`, above `max` is clamped.
-pub fn page_size(requested: i32, default: usize, max: usize) -> Result<usize, ApiError> {
+/// The page size of a List that asks for none (every List's proto documents it).
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Larger requested page sizes are clamped to this (AIP-158 coerces rather than refuses).
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The comparisons of a filter field that only matches or excludes a value.
+pub const EQUALITY: &[Comparison] = &[Comparison::Eq, Comparison::Ne];
+
+/// Validates `page_size`: negative is an error, zero means [`DEFAULT_PAGE_SIZE`], above
+/// [`MAX_PAGE_SIZE`] is clamped.
+pub fn page_size(requested: i32) -> Result<usize, ApiError> {
     match usize::try_from(requested) {
         Err(_) => Err(ApiError::invalid("page_size", "must not be negative")),
-        Ok(0) => Ok(default),
-        Ok(size) => Ok(size.min(max)),
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(size) => Ok(size.min(MAX_PAGE_SIZE)),
     }
 }
 
@@ -98,10 +108,10 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(page_size(0, 50, 1000).unwrap(), 50);
-        assert_eq!(page_size(7, 50, 1000).unwrap(), 7);
-        assert_eq!(page_size(5000, 50, 1000).unwrap(), 1000);
-        assert!(page_size(-1, 50, 1000).is_err());
+        assert_eq!(page_size(0).unwrap(), 50);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(page_size(5000).unwrap(), 1000);
+        assert!(page_size(-1).is_err());
     }
 
     #[test]

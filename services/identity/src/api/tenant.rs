@@ -4,7 +4,7 @@ use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{
     ApiError, Caller,
-    aip::{self, Comparison, CreatedCursor, FilterField},
+    aip::{self, CreatedCursor, FilterField},
     time::{now_micros, timestamp},
 };
 use palisade_proto::palisade::{
@@ -21,21 +21,18 @@ use crate::{
     tenants::{self, TenantRecord},
 };
 
-const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 1000;
-const EQUALITY: &[Comparison] = &[Comparison::Eq, Comparison::Ne];
 const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
         name: "plan",
-        comparisons: EQUALITY,
+        comparisons: aip::EQUALITY,
     },
     FilterField {
         name: "state",
-        comparisons: EQUALITY,
+        comparisons: aip::EQUALITY,
     },
     FilterField {
         name: "region",
-        comparisons: EQUALITY,
+        comparisons: aip::EQUALITY,
     },
 ];
 
@@ -111,7 +108,7 @@ impl TenantService for TenantApi {
     ) -> Result<Response<ListTenantsResponse>, Status> {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let page_size = aip::page_size(request.page_size)?;
         let after = aip::decode_page_token(&request.page_token, &request.filter)?
             .map(|cursor| CreatedCursor::decode(&cursor))
             .transpose()?;

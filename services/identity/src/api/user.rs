@@ -6,7 +6,7 @@ use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{
     ApiError, Caller,
-    aip::{self, Comparison, CreatedCursor, FilterField},
+    aip::{self, CreatedCursor, FilterField},
     time::{now_micros, timestamp},
 };
 use palisade_proto::palisade::{
@@ -27,21 +27,18 @@ use crate::{
     users::{self, UserRecord},
 };
 
-const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 1000;
-const EQUALITY: &[Comparison] = &[Comparison::Eq, Comparison::Ne];
 const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
         name: "status",
-        comparisons: EQUALITY,
+        comparisons: aip::EQUALITY,
     },
     FilterField {
         name: "email",
-        comparisons: EQUALITY,
+        comparisons: aip::EQUALITY,
     },
     FilterField {
         name: "role",
-        comparisons: EQUALITY,
+        comparisons: aip::EQUALITY,
     },
 ];
 
@@ -245,7 +242,7 @@ impl UserService for UserApi {
         let tenant = users::parse_parent(&request.parent)
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
         require_own_tenant(&caller, &tenant)?;
-        let page_size = aip::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let page_size = aip::page_size(request.page_size)?;
         let after = aip::decode_page_token(&request.page_token, &request.filter)?
             .map(|cursor| CreatedCursor::decode(&cursor))
             .transpose()?;
