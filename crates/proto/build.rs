@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .btree_map(".palisade.compliance.v1.AuditEvent.attributes")
+        .btree_map(".palisade.identity.v1.Tenant")
         .include_file("palisade_includes.rs")
         .compile_fds(compiler.file_descriptor_set())?;
 

@@ -50,6 +50,16 @@ pub enum ApiError {
         reason: &'static str,
         message: String,
     },
+    /// A rate or quota is used up: `subject` (e.g. `tenants/acme`) has exceeded the limit
+    /// `description` names. Carries `QuotaFailure` and, when waiting helps, `RetryInfo`.
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+        subject: String,
+        description: String,
+        retry_after: Option<std::time::Duration>,
+    },
     #[error("{message}")]
     Unavailable { message: String },
     #[error("{message}")]
@@ -104,6 +114,27 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition { reason, message } => {
                 with_info(Code::FailedPrecondition, message, reason, [])
             }
+            ApiError::ResourceExhausted {
+                reason,
+                message,
+                subject,
+                description,
+                retry_after,
+            } => {
+                let mut details = ErrorDetails::with_error_info(
+                    reason,
+                    ERROR_DOMAIN,
+                    HashMap::from([("subject".to_owned(), subject.clone())]),
+                );
+                details.set_quota_failure(vec![tonic_types::QuotaViolation::new(
+                    subject,
+                    description,
+                )]);
+                if let Some(delay) = retry_after {
+                    details.set_retry_info(Some(delay));
+                }
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             ApiError::Unimplemented { message } => {
                 with_info(Code::Unimplemented, message, "UNIMPLEMENTED", [])
             }
@@ -152,6 +183,28 @@ mod tests {
         let violations = &details.bad_request().unwrap().field_violations;
         assert_eq!(violations[0].field, "tenant.display_name");
         assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn exhaustion_carries_quota_failure_and_retry_info() {
+        let status = Status::from(ApiError::ResourceExhausted {
+            reason: "RATE_LIMITED",
+            message: "slow down".to_owned(),
+            subject: "tenants/acme".to_owned(),
+            description: "10 requests per second".to_owned(),
+            retry_after: Some(std::time::Duration::from_millis(250)),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        assert_eq!(
+            details.quota_failure().unwrap().violations[0].subject,
+            "tenants/acme"
+        );
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(details.error_info().unwrap().reason, "RATE_LIMITED");
     }
 
     #[test]

@@ -38,6 +38,15 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
             state: TenantState::Active,
             region: "default".to_owned(),
             domain: None,
+            feature_overrides: Default::default(),
+            // Platform operators are never throttled: they are who fixes things.
+            limit_overrides: [
+                ("requests_per_second", crate::plans::UNLIMITED),
+                ("api_calls_per_month", crate::plans::UNLIMITED),
+            ]
+            .into_iter()
+            .map(|(limit, value)| (limit.to_owned(), value))
+            .collect(),
             create_time: now,
             update_time: now,
         };

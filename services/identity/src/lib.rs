@@ -9,6 +9,7 @@ mod authz;
 mod bootstrap;
 mod lockout;
 mod passwords;
+mod plans;
 mod roles;
 mod store;
 mod tenants;

@@ -1,8 +1,12 @@
 //! Tenant rules: what a valid tenant looks like, and the plan and state vocabularies.
 
+use std::collections::BTreeMap;
+
 use palisade_grpc::{ApiError, FieldViolation};
 use palisade_proto::palisade::identity::v1::{CreateTenantRequest, Plan, TenantState};
 use palisade_tenancy::TenantId;
+
+use crate::plans::{self, Entitlements};
 
 /// A tenant as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,8 +17,21 @@ pub struct TenantRecord {
     pub state: TenantState,
     pub region: String,
     pub domain: Option<String>,
+    pub feature_overrides: BTreeMap<String, bool>,
+    pub limit_overrides: BTreeMap<String, i64>,
     pub create_time: i64,
     pub update_time: i64,
+}
+
+impl TenantRecord {
+    /// The plan with this tenant's overrides: its effective features and limits.
+    pub fn entitlements(&self) -> Entitlements {
+        Entitlements {
+            plan: self.plan,
+            feature_overrides: self.feature_overrides.clone(),
+            limit_overrides: self.limit_overrides.clone(),
+        }
+    }
 }
 
 /// Validates a create request into the tenant to insert (times are set by the caller).
@@ -82,6 +99,11 @@ pub fn validate_create(request: &CreateTenantRequest, now: i64) -> Result<Tenant
             "must be a DNS name such as acme.example.com",
         ));
     }
+    violations.extend(plans::validate_overrides(
+        "tenant",
+        &tenant.feature_overrides,
+        &tenant.limit_overrides,
+    ));
     match id {
         Some(id) if violations.is_empty() => Ok(TenantRecord {
             id,
@@ -90,6 +112,8 @@ pub fn validate_create(request: &CreateTenantRequest, now: i64) -> Result<Tenant
             state: TenantState::Active,
             region,
             domain,
+            feature_overrides: tenant.feature_overrides.clone(),
+            limit_overrides: tenant.limit_overrides.clone(),
             create_time: now,
             update_time: now,
         }),

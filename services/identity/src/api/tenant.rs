@@ -10,8 +10,9 @@ use palisade_grpc::{
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
-        CreateTenantRequest, GetTenantRequest, ListTenantsRequest, ListTenantsResponse, Plan,
-        Tenant, TenantState, tenant_service_server::TenantService,
+        CheckFeatureRequest, CheckFeatureResponse, CreateTenantRequest, DeleteTenantRequest,
+        GetTenantRequest, GetUsageRequest, ListTenantsRequest, ListTenantsResponse, Plan, Tenant,
+        TenantState, UpdateTenantRequest, Usage, tenant_service_server::TenantService,
     },
 };
 use tonic::{Request, Response, Status};
@@ -130,9 +131,39 @@ impl TenantService for TenantApi {
             next_page_token,
         }))
     }
+
+    // TODO(tenants helper): replaced by the real implementations on the way to main.
+    async fn update_tenant(
+        &self,
+        _request: Request<UpdateTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
+        Err(Status::unimplemented("UpdateTenant"))
+    }
+
+    async fn delete_tenant(
+        &self,
+        _request: Request<DeleteTenantRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(Status::unimplemented("DeleteTenant"))
+    }
+
+    async fn get_usage(
+        &self,
+        _request: Request<GetUsageRequest>,
+    ) -> Result<Response<Usage>, Status> {
+        Err(Status::unimplemented("GetUsage"))
+    }
+
+    async fn check_feature(
+        &self,
+        _request: Request<CheckFeatureRequest>,
+    ) -> Result<Response<CheckFeatureResponse>, Status> {
+        Err(Status::unimplemented("CheckFeature"))
+    }
 }
 
 fn to_proto(record: TenantRecord) -> Tenant {
+    let entitlements = record.entitlements();
     Tenant {
         name: format!("tenants/{}", record.id),
         display_name: record.display_name,
@@ -140,6 +171,10 @@ fn to_proto(record: TenantRecord) -> Tenant {
         state: record.state as i32,
         region: record.region,
         domain: record.domain.unwrap_or_default(),
+        features: entitlements.features(),
+        limits: entitlements.limits(),
+        feature_overrides: record.feature_overrides,
+        limit_overrides: record.limit_overrides,
         create_time: Some(timestamp(record.create_time)),
         update_time: Some(timestamp(record.update_time)),
     }

@@ -18,8 +18,8 @@ pub struct TenantFilter {
     pub value: String,
 }
 
-const TENANT_COLUMNS: &str =
-    "id, display_name, plan, state, region, domain, create_time, update_time";
+const TENANT_COLUMNS: &str = "id, display_name, plan, state, region, domain, \
+    feature_overrides, limit_overrides, create_time, update_time";
 
 impl IdentityStore {
     pub async fn insert_tenant(
@@ -40,7 +40,7 @@ impl IdentityStore {
             }
         }
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         )))
         .bind(tenant.id.as_str())
         .bind(&tenant.display_name)
@@ -48,6 +48,8 @@ impl IdentityStore {
         .bind(crate::tenants::state_key(tenant.state))
         .bind(&tenant.region)
         .bind(tenant.domain.clone())
+        .bind(to_json(&tenant.feature_overrides))
+        .bind(to_json(&tenant.limit_overrides))
         .bind(tenant.create_time)
         .bind(tenant.update_time)
         .execute(&mut *conn)
@@ -130,7 +132,19 @@ fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, ApiError> {
         state: state_from_key(&row.try_get::<String, _>("state").map_err(internal)?),
         region: row.try_get("region").map_err(internal)?,
         domain: row.try_get("domain").map_err(internal)?,
+        feature_overrides: from_json(row, "feature_overrides")?,
+        limit_overrides: from_json(row, "limit_overrides")?,
         create_time: row.try_get("create_time").map_err(internal)?,
         update_time: row.try_get("update_time").map_err(internal)?,
     })
+}
+
+/// Overrides are stored as JSON objects: a handful of keys per tenant, always read whole.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("maps of strings serialize")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T, ApiError> {
+    let text: String = row.try_get(column).map_err(internal)?;
+    serde_json::from_str(&text).map_err(internal)
 }
