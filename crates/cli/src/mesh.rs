@@ -153,7 +153,8 @@ impl MeshOptions {
         self.data_dir.join("certs")
     }
 
-    fn db_config(&self, component: Component) -> DbConfig {
+    /// Where `component` keeps its data (for PostgreSQL: as the role the services connect as).
+    pub fn db_config(&self, component: Component) -> DbConfig {
         match &self.database {
             DatabaseChoice::Sqlite => DbConfig::sqlite_in(&self.data_dir, component.name()),
             DatabaseChoice::Postgres { url, schema_prefix } => {

@@ -14,9 +14,11 @@
 mod migrate;
 pub mod outbox;
 mod pool;
+mod scope;
 
 pub use migrate::Migrations;
 pub use pool::{Db, DbConfig};
+pub use scope::{Scope, ServiceRole, TENANT_SETTING};
 
 /// Which database engine a [`Db`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -137,12 +137,18 @@ impl Db {
                     })
                     .connect(&config.url)
                     .await?;
-                Ok(Db {
+                let db = Db {
                     pool,
                     backend,
                     schema,
                     sqlite_file: None,
-                })
+                };
+                if db.bypasses_row_security().await? {
+                    tracing::warn!(
+                        "connected to PostgreSQL as a superuser or BYPASSRLS role: row-level security does not apply; connect as an ordinary role"
+                    );
+                }
+                Ok(db)
             }
         }
     }
@@ -243,7 +249,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 }
 
 /// Schema names are spliced into SQL (identifiers cannot be bound), so only plain ones pass.
-fn validate_schema(name: &str) -> Result<&str> {
+pub(crate) fn validate_schema(name: &str) -> Result<&str> {
     let mut chars = name.chars();
     let plain = chars
         .next()

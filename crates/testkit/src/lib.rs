@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 pub use palisade::Component;
 use palisade::{DatabaseChoice, LocalMesh, MeshOptions, Ports};
-use palisade_db::{Db, DbConfig};
+use palisade_db::{Db, DbConfig, ServiceRole};
 use palisade_tls::{CertPaths, MeshTls, SpiffeId};
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
@@ -94,10 +94,18 @@ impl MeshBuilder {
         }
         options.cors_allowed_origins = self.cors_allowed_origins.clone();
         options.public_tls = self.public_tls.clone();
+        let mut service_role = None;
         if let Some(url) = &self.postgres {
             let schema_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            // The services connect as an ordinary role, as in production, so that row-level
+            // security applies to them (a superuser would skip it).
+            let admin = Db::connect(&DbConfig::postgres(url, None)).await?;
+            let (role, service_url) =
+                ServiceRole::create(&admin, url, &format!("palisade_svc_{schema_prefix}")).await?;
+            admin.close().await;
+            service_role = Some((url.clone(), role));
             options.database = DatabaseChoice::Postgres {
-                url: url.clone(),
+                url: service_url,
                 schema_prefix,
             };
         }
@@ -111,6 +119,7 @@ impl MeshBuilder {
         Ok(Mesh {
             inner,
             operator_key,
+            service_role,
             _dir: dir,
         })
     }
@@ -121,6 +130,8 @@ impl MeshBuilder {
 pub struct Mesh {
     inner: LocalMesh,
     operator_key: String,
+    /// PostgreSQL only: the administrator URL and the ordinary role the services connect as.
+    service_role: Option<(String, ServiceRole)>,
     _dir: TempDir,
 }
 
@@ -136,6 +147,25 @@ impl Mesh {
             builders.push(MeshBuilder::default().with_postgres(url));
         }
         builders
+    }
+
+    /// A connection to `component`'s database as the services make it (on PostgreSQL: as the
+    /// ordinary role, so row-level security applies), for tests that look beneath the API.
+    pub async fn service_db(&self, component: Component) -> anyhow::Result<Db> {
+        Ok(Db::connect(&self.inner.options.db_config(component)).await?)
+    }
+
+    /// PostgreSQL only: the same database as an administrator (row-level security skipped).
+    pub async fn admin_db(&self, component: Component) -> anyhow::Result<Option<Db>> {
+        let (Some((admin_url, _)), DatabaseChoice::Postgres { schema_prefix, .. }) =
+            (&self.service_role, &self.inner.options.database)
+        else {
+            return Ok(None);
+        };
+        let schema = format!("{schema_prefix}_{}", component.name());
+        Ok(Some(
+            Db::connect(&DbConfig::postgres(admin_url, Some(schema))).await?,
+        ))
     }
 
     pub fn operator_key(&self) -> &str {
@@ -215,16 +245,21 @@ impl Mesh {
     pub async fn stop(self) -> anyhow::Result<()> {
         let options = self.inner.options.clone();
         let stopped = self.inner.stop().await;
-        if let DatabaseChoice::Postgres { url, schema_prefix } = &options.database {
+        if let (DatabaseChoice::Postgres { schema_prefix, .. }, Some((admin_url, role))) =
+            (&options.database, self.service_role)
+        {
             for component in palisade::COMPONENTS
                 .into_iter()
                 .filter(|c| c.has_database())
             {
                 let schema = format!("{schema_prefix}_{}", component.name());
-                let db = Db::connect(&DbConfig::postgres(url, Some(schema))).await?;
+                let db = Db::connect(&DbConfig::postgres(&admin_url, Some(schema))).await?;
                 db.drop_schema().await?;
                 db.close().await;
             }
+            let admin = Db::connect(&DbConfig::postgres(&admin_url, None)).await?;
+            role.drop(&admin).await?;
+            admin.close().await;
         }
         stopped
     }

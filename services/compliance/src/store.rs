@@ -1,6 +1,6 @@
 //! All SQL of the compliance service. Errors are mapped to API errors here, at the boundary.
 
-use palisade_db::{Backend, Db};
+use palisade_db::{Backend, Db, Scope};
 use palisade_grpc::{ApiError, aip::Comparison};
 use palisade_proto::palisade::compliance::v1::AuditEvent;
 use palisade_tenancy::TenantId;
@@ -35,8 +35,13 @@ impl AuditStore {
 
     /// Appends `events` to their tenants' chains in one transaction, skipping event ids that
     /// are already stored. Concurrent appends to one tenant serialise on its chain head row.
+    /// The batch comes from a component's outbox relay and spans tenants by nature.
     pub async fn append(&self, events: &[AuditEvent]) -> Result<AppendOutcome, ApiError> {
-        let mut tx = self.db.begin().await.map_err(internal)?;
+        let mut tx = self
+            .db
+            .begin_in(Scope::AllTenants)
+            .await
+            .map_err(internal)?;
         let mut outcome = AppendOutcome::default();
         let recorded_at = palisade_grpc::time::now_micros();
         // Visit tenants in one global order (a stable sort keeps each tenant's own order), so
@@ -147,7 +152,13 @@ impl AuditStore {
                 EventFilter::OccurTime(_, micros) => query.bind(*micros),
             };
         }
-        let rows = query.fetch_all(self.db.pool()).await.map_err(internal)?;
+        let mut tx = self
+            .db
+            .read_in(Scope::Tenant(tenant.as_str()))
+            .await
+            .map_err(internal)?;
+        let rows = query.fetch_all(&mut *tx).await.map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
         rows.iter()
             .map(|row| {
                 let canonical: Vec<u8> = row.try_get("canonical").map_err(internal)?;

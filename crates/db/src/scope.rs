@@ -1,0 +1,153 @@
+//! Row-level security (DESIGN §4.5): on PostgreSQL every tenant-scoped table carries a policy
+//! that shows a transaction only the rows of the tenant named in the `palisade.tenant_id`
+//! setting, so a store query that forgets its `tenant_id = $1` still cannot read or change
+//! another tenant's rows. A transaction states its scope when it begins ([`Db::begin_in`],
+//! [`Db::read_in`]); without one it sees no tenant rows at all.
+//!
+//! The wall holds only for ordinary roles: superusers and `BYPASSRLS` roles skip policies, so
+//! services connect as an ordinary role ([`ServiceRole`] makes one) and warn at start when
+//! they do not. SQLite has no such wall; there the store's own filters are the only one.
+
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+
+use crate::{Backend, Db, Result};
+
+/// The setting the policies read.
+pub const TENANT_SETTING: &str = "palisade.tenant_id";
+
+/// Which tenants' rows a transaction may touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// One tenant's rows only: what every tenant-facing call uses.
+    Tenant(&'a str),
+    /// Every tenant's rows: only for work that is cross-tenant by nature and says so (platform
+    /// operators listing tenants, finding a credential before its tenant is known, the audit
+    /// relay's batches).
+    AllTenants,
+}
+
+impl Scope<'_> {
+    fn setting(&self) -> &str {
+        match self {
+            Scope::Tenant(tenant) => tenant,
+            Scope::AllTenants => "*",
+        }
+    }
+}
+
+impl Db {
+    /// A write transaction (see [`Db::begin`]) confined to `scope`.
+    pub async fn begin_in(&self, scope: Scope<'_>) -> Result<Transaction<'static, Any>> {
+        let mut tx = self.begin().await?;
+        self.enter(&mut tx, scope).await?;
+        Ok(tx)
+    }
+
+    /// A read transaction confined to `scope`: deferred on SQLite, so it takes no write lock.
+    pub async fn read_in(&self, scope: Scope<'_>) -> Result<Transaction<'static, Any>> {
+        let mut tx = self.pool().begin().await?;
+        self.enter(&mut tx, scope).await?;
+        Ok(tx)
+    }
+
+    async fn enter(&self, tx: &mut Transaction<'static, Any>, scope: Scope<'_>) -> Result<()> {
+        if self.backend() == Backend::Postgres {
+            // `is_local = true`: the setting ends with the transaction, so a pooled connection
+            // never carries one caller's tenant into the next caller's work.
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(TENANT_SETTING)
+                .bind(scope.setting())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL only: whether this connection's role skips row-level security (a superuser
+    /// or a `BYPASSRLS` role), which leaves the store code as the only wall between tenants.
+    pub async fn bypasses_row_security(&self) -> Result<bool> {
+        if self.backend() != Backend::Postgres {
+            return Ok(false);
+        }
+        let row = sqlx::query(
+            "SELECT (rolsuper OR rolbypassrls) AS bypasses FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get::<bool, _>("bypasses")?)
+    }
+}
+
+/// An ordinary PostgreSQL role for services to connect as (no superuser, no `BYPASSRLS`), so
+/// row-level security applies to them. Made by an administrator's connection.
+pub struct ServiceRole {
+    pub name: String,
+}
+
+impl ServiceRole {
+    /// Creates `name` (letters, digits and `_` only) with LOGIN and the right to create schemas
+    /// in the current database, and returns it with the URL to connect as it (the admin URL with
+    /// the user replaced; no password: for trust or certificate authentication).
+    pub async fn create(admin: &Db, admin_url: &str, name: &str) -> Result<(ServiceRole, String)> {
+        let name = crate::pool::validate_schema(name)?.to_owned();
+        let create = format!(r#"CREATE ROLE "{name}" LOGIN NOSUPERUSER NOBYPASSRLS"#);
+        sqlx::query(AssertSqlSafe(create))
+            .execute(admin.pool())
+            .await?;
+        let database: String = sqlx::query("SELECT current_database()::text AS name")
+            .fetch_one(admin.pool())
+            .await?
+            .try_get("name")?;
+        let grant = format!(r#"GRANT CREATE ON DATABASE "{database}" TO "{name}""#);
+        sqlx::query(AssertSqlSafe(grant))
+            .execute(admin.pool())
+            .await?;
+        let url = with_user(admin_url, &name);
+        Ok((ServiceRole { name }, url))
+    }
+
+    /// Drops the role and everything it owns in the current database.
+    pub async fn drop(self, admin: &Db) -> Result<()> {
+        let name = &self.name;
+        for statement in [
+            format!(r#"DROP OWNED BY "{name}" CASCADE"#),
+            format!(r#"DROP ROLE IF EXISTS "{name}""#),
+        ] {
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(admin.pool())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `postgres://admin:pw@host/db` → `postgres://<user>@host/db`.
+fn with_user(url: &str, user: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let host = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}://{user}@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_urls_replace_the_user() {
+        assert_eq!(
+            with_user("postgres://postgres@127.0.0.1:5432/ci", "svc"),
+            "postgres://svc@127.0.0.1:5432/ci"
+        );
+        assert_eq!(
+            with_user("postgres://admin:secret@db/x?sslmode=require", "svc"),
+            "postgres://svc@db/x?sslmode=require"
+        );
+        assert_eq!(with_user("postgres://db/x", "svc"), "postgres://svc@db/x");
+    }
+}
