@@ -38,8 +38,10 @@ const ISSUER: &str = "palisade-identity";
 /// Tolerated clock difference between identity and the gateway when checking `exp`.
 const EXPIRY_LEEWAY_SECS: i64 = 30;
 /// A token naming an unknown `kid` makes the gateway fetch the JWKS again, but not more often
-/// than this, so forged `kid`s cannot turn into a flood of calls to identity.
-const JWKS_MIN_REFETCH: Duration = Duration::from_secs(5);
+/// than this, so forged `kid`s cannot turn into a flood of calls to identity. A token that
+/// arrives sooner waits for the next fetch rather than being refused: right after a key
+/// rotation, genuine tokens name a key the gateway has not seen yet.
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(1);
 
 /// Reads the credential a client presented, if any: an access token (`Bearer`) or an API key.
 pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -231,14 +233,12 @@ impl TokenVerifier {
         if let Some(key) = self.cached(kid) {
             return Ok(key);
         }
-        let recently = {
+        let next_fetch = {
             let cache = self.keys.lock().expect("jwks cache lock");
-            cache
-                .fetched
-                .is_some_and(|at| at.elapsed() < JWKS_MIN_REFETCH)
+            cache.fetched.map(|at| at + JWKS_MIN_REFETCH)
         };
-        if recently {
-            return Err(invalid_token());
+        if let Some(at) = next_fetch {
+            tokio::time::sleep_until(at.into()).await;
         }
         let jwks = self
             .identity

@@ -15,7 +15,6 @@ use crate::{
     authz::ALL_PERMISSIONS,
     store::{ApiKeyRecord, IdentityStore},
     tenants::TenantRecord,
-    tokens::SigningKeyRecord,
 };
 
 const OPERATOR_KEY_NAME: &str = "bootstrap-operator";
@@ -100,33 +99,6 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
     tx.commit().await.map_err(ApiError::internal)?;
     tracing::info!(key = %resource, "bootstrap operator api key created");
     Ok(Some(minted.presented))
-}
-
-/// The newest token-signing key, made on first start. Replicas starting together may each make
-/// one; every stored key is published in the JWKS, so tokens of either verify.
-pub async fn signing_key(store: &IdentityStore) -> Result<SigningKeyRecord, ApiError> {
-    if let Some(key) = store.signing_keys().await?.into_iter().next() {
-        return Ok(key);
-    }
-    let key = SigningKeyRecord::generate(now_micros())?;
-    let actor = Principal {
-        id: crate::COMPONENT.to_owned(),
-        kind: PrincipalKind::Service,
-    };
-    let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
-    store.insert_signing_key(&mut tx, &key).await?;
-    let resource = format!("tenants/system/signingKeys/{}", key.kid);
-    audit(
-        &mut tx,
-        &TenantId::system(),
-        &actor,
-        "identity.signingkeys.create",
-        &resource,
-    )
-    .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
-    tracing::info!(kid = %key.kid, "token signing key created");
-    Ok(key)
 }
 
 async fn audit(

@@ -11,6 +11,7 @@ mod lockout;
 mod passwords;
 mod plans;
 mod roles;
+mod signing;
 mod store;
 mod tenants;
 mod tokens;
@@ -74,7 +75,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let compliance = kit.channel(&config.mesh.compliance, "compliance")?;
     let roles = Arc::new(roles::Roles::from_catalogue(&MethodPolicies::palisade()?));
     let passwords = passwords::Passwords::new();
-    let signer = Arc::new(tokens::Signer::new(&bootstrap::signing_key(&store).await?)?);
+    let keys = Arc::new(signing::Keyring::load(store.clone(), Default::default()).await?);
     let authz = Arc::new(authz::Authz::new(store.clone(), roles));
     let authorizer = Arc::new(authz::LocalAuthorizer(authz.clone()));
     let server = MeshServer::new(
@@ -97,7 +98,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         store,
         relay.clone(),
         passwords,
-        signer,
+        keys.clone(),
         config.lockout,
     )))
     .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(authz.clone())))
@@ -108,6 +109,10 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     let running = Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
+        let (stop_rotation, rotation_stopped) = oneshot::channel::<()>();
+        let rotation = keys.spawn(async {
+            let _ = rotation_stopped.await;
+        });
         let (stop_relay, relay_stopped) = oneshot::channel::<()>();
         let relay_task = relay.spawn(ComplianceSink::new(compliance), async {
             let _ = relay_stopped.await;
@@ -116,6 +121,8 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         kit.watch_database_readiness(health, db.clone());
         let served = serving.await;
         // The server has drained, so no new events can arrive: the relay makes a last flush.
+        let _ = stop_rotation.send(());
+        let _ = rotation.await;
         let _ = stop_relay.send(());
         let _ = relay_task.await;
         kit.stop();

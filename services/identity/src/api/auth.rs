@@ -5,14 +5,15 @@ use std::sync::Arc;
 use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{
-    ApiError, FieldViolation,
+    ApiError, Caller, FieldViolation,
     time::{now_micros, timestamp},
 };
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
-        AuthTokens, GetJwksRequest, Jwks, LoginRequest, LogoutRequest, LogoutResponse,
-        RefreshTokenRequest, TenantState, UserState, auth_service_server::AuthService,
+        AuthTokens, GetJwksRequest, Jwk, Jwks, LoginRequest, LogoutRequest, LogoutResponse,
+        RefreshTokenRequest, RotateSigningKeyRequest, TenantState, UserState,
+        auth_service_server::AuthService,
     },
 };
 use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantId};
@@ -23,8 +24,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     lockout::LockoutPolicy,
     passwords::Passwords,
+    signing::Keyring,
     store::IdentityStore,
-    tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS, Signer, SigningKeyRecord},
+    tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS},
     users::UserRecord,
 };
 
@@ -32,7 +34,7 @@ pub struct AuthApi {
     store: IdentityStore,
     relay: Relay,
     passwords: Passwords,
-    signer: Arc<Signer>,
+    keys: Arc<Keyring>,
     lockout: LockoutPolicy,
     /// Checked against when the email is unknown, so a miss costs as much as a wrong password
     /// and response times do not reveal which emails exist.
@@ -44,14 +46,14 @@ impl AuthApi {
         store: IdentityStore,
         relay: Relay,
         passwords: Passwords,
-        signer: Arc<Signer>,
+        keys: Arc<Keyring>,
         lockout: LockoutPolicy,
     ) -> AuthApi {
         AuthApi {
             store,
             relay,
             passwords,
-            signer,
+            keys,
             lockout,
             decoy_hash: OnceCell::new(),
         }
@@ -66,7 +68,7 @@ impl AuthApi {
         now: i64,
     ) -> Result<AuthTokens, ApiError> {
         let claims = Claims::for_user(user, now);
-        let access_token = self.signer.sign(&claims)?;
+        let access_token = self.keys.signer().sign(&claims)?;
         let (refresh_token, hash) = tokens::new_refresh_token();
         let refresh_expire = now + REFRESH_TOKEN_TTL_MICROS;
         self.store
@@ -406,9 +408,24 @@ impl AuthService for AuthApi {
     }
 
     async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
-        let keys = self.store.signing_keys().await?;
         Ok(Response::new(Jwks {
-            keys: keys.iter().map(SigningKeyRecord::jwk).collect(),
+            keys: self.keys.jwks().await?,
         }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<RotateSigningKeyRequest>,
+    ) -> Result<Response<Jwk>, Status> {
+        let caller = Caller::of(&request)?;
+        // The keys sign every tenant's tokens: a platform matter, whatever a tenant admin holds.
+        if !caller.context.is_platform_operator() {
+            return Err(ApiError::PermissionDenied {
+                reason: "PLATFORM_OPERATOR_ONLY",
+                message: "only platform operators rotate the token signing key".to_owned(),
+            }
+            .into());
+        }
+        Ok(Response::new(self.keys.rotate(caller.principal()).await?))
     }
 }

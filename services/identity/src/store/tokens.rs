@@ -59,6 +59,16 @@ impl IdentityStore {
         Ok(())
     }
 
+    /// Deletes a signing key no unexpired token can need (see `signing::published`).
+    pub async fn delete_signing_key(&self, kid: &str) -> Result<(), ApiError> {
+        sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+            .bind(kid)
+            .execute(self.db.pool())
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
     pub async fn insert_token_family(
         &self,
         conn: &mut AnyConnection,

@@ -1,0 +1,224 @@
+//! The token-signing keyring: which Ed25519 key signs access tokens now, which public keys the
+//! JWKS publishes, and rotation.
+//!
+//! A key signs until it is `rotate_after` old (or an operator rotates early); then a new key
+//! signs and the old one stays published until every token it signed has expired (the access
+//! token lifetime plus a leeway after it was superseded), after which it is deleted. Replicas
+//! share the keys through the database: each adopts the newest stored key when it checks, so
+//! two replicas rotating at once only leave one extra published key.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use palisade_audit::AuditRecord;
+use palisade_grpc::{ApiError, time::now_micros};
+use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::Jwk};
+use palisade_tenancy::{Principal, PrincipalKind, TenantId};
+
+use crate::{
+    store::IdentityStore,
+    tokens::{ACCESS_TOKEN_TTL_MICROS, Signer, SigningKeyRecord},
+};
+
+/// How long a superseded key stays published beyond the access-token lifetime, for clock skew
+/// between identity and the verifiers.
+const PUBLISH_LEEWAY_MICROS: i64 = 60 * 1_000_000;
+
+/// When keys rotate.
+#[derive(Clone, Copy, Debug)]
+pub struct RotationPolicy {
+    /// A key older than this is replaced.
+    pub rotate_after: Duration,
+    /// How often each replica looks for a due rotation or a newer key.
+    pub check_every: Duration,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> RotationPolicy {
+        RotationPolicy {
+            rotate_after: Duration::from_secs(30 * 24 * 3600),
+            check_every: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Keyring {
+    store: IdentityStore,
+    policy: RotationPolicy,
+    /// The key that signs now and when it was made.
+    current: RwLock<(Arc<Signer>, i64)>,
+}
+
+impl Keyring {
+    /// Loads the newest stored key, making the first one (or a due replacement) if needed.
+    pub async fn load(store: IdentityStore, policy: RotationPolicy) -> Result<Keyring, ApiError> {
+        let newest = match store.signing_keys().await?.into_iter().next() {
+            Some(key) => key,
+            None => add_key(&store, "bootstrap", None).await?,
+        };
+        let keyring = Keyring {
+            current: RwLock::new((Arc::new(Signer::new(&newest)?), newest.create_time)),
+            store,
+            policy,
+        };
+        keyring.refresh().await?;
+        Ok(keyring)
+    }
+
+    pub fn signer(&self) -> Arc<Signer> {
+        self.current.read().expect("keyring lock").0.clone()
+    }
+
+    /// Makes a new key sign from now on (an operator's early rotation, e.g. after a suspected
+    /// leak of the old key), and returns its public half.
+    pub async fn rotate(&self, actor: &Principal) -> Result<Jwk, ApiError> {
+        let key = add_key(&self.store, "operator", Some(actor)).await?;
+        self.adopt(&key)?;
+        Ok(key.jwk())
+    }
+
+    /// The public keys verifiers must know: the signing key and every superseded key whose
+    /// tokens may still be unexpired.
+    pub async fn jwks(&self) -> Result<Vec<Jwk>, ApiError> {
+        let keys = self.store.signing_keys().await?;
+        Ok(published(&keys, now_micros())
+            .map(SigningKeyRecord::jwk)
+            .collect())
+    }
+
+    /// One rotation check: adopt a newer stored key, rotate a due one, delete keys no token
+    /// can need any more.
+    pub async fn refresh(&self) -> Result<(), ApiError> {
+        let now = now_micros();
+        let keys = self.store.signing_keys().await?;
+        let Some(newest) = keys.first() else {
+            return Ok(());
+        };
+        let rotate_after = i64::try_from(self.policy.rotate_after.as_micros()).unwrap_or(i64::MAX);
+        if now.saturating_sub(newest.create_time) >= rotate_after {
+            let key = add_key(&self.store, "scheduled", None).await?;
+            self.adopt(&key)?;
+        } else {
+            self.adopt(newest)?;
+        }
+        let keep: Vec<&str> = published(&keys, now).map(|key| key.kid.as_str()).collect();
+        for key in &keys {
+            if !keep.contains(&key.kid.as_str()) {
+                self.store.delete_signing_key(&key.kid).await?;
+                tracing::info!(kid = %key.kid, "expired token signing key deleted");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `refresh` every `check_every` until `stop` resolves.
+    pub fn spawn(
+        self: Arc<Self>,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut ticks = tokio::time::interval(self.policy.check_every);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = ticks.tick() => {
+                        if let Err(error) = self.refresh().await {
+                            tracing::warn!(%error, "signing key check failed");
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Signs with `key` from now on if it is newer than the current one.
+    fn adopt(&self, key: &SigningKeyRecord) -> Result<(), ApiError> {
+        let mut current = self.current.write().expect("keyring lock");
+        if key.create_time > current.1 {
+            *current = (Arc::new(Signer::new(key)?), key.create_time);
+            tracing::info!(kid = %key.kid, "token signing key in use");
+        }
+        Ok(())
+    }
+}
+
+/// The keys (given newest first) that are still published at `now`: the newest, and each
+/// older one until its successor has been signing for longer than a token lives.
+fn published(keys: &[SigningKeyRecord], now: i64) -> impl Iterator<Item = &SigningKeyRecord> {
+    keys.iter().enumerate().filter_map(move |(index, key)| {
+        let superseded_at = match index {
+            0 => return Some(key),
+            _ => keys[index - 1].create_time,
+        };
+        (now < superseded_at + ACCESS_TOKEN_TTL_MICROS + PUBLISH_LEEWAY_MICROS).then_some(key)
+    })
+}
+
+/// Generates and stores a key, audited in the system tenant's log.
+async fn add_key(
+    store: &IdentityStore,
+    reason: &str,
+    actor: Option<&Principal>,
+) -> Result<SigningKeyRecord, ApiError> {
+    let key = SigningKeyRecord::generate(now_micros())?;
+    let identity = Principal {
+        id: crate::COMPONENT.to_owned(),
+        kind: PrincipalKind::Service,
+    };
+    let system = TenantId::system();
+    let resource = format!("tenants/system/signingKeys/{}", key.kid);
+    let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
+    store.insert_signing_key(&mut tx, &key).await?;
+    let record = AuditRecord {
+        tenant: &system,
+        actor_tenant: &system,
+        actor: Some(actor.unwrap_or(&identity)),
+        action: "identity.signingkeys.create",
+        resource: &resource,
+        outcome: Outcome::Success,
+        request_id: None,
+        source: crate::COMPONENT,
+        attributes: vec![("reason", reason.to_owned())],
+    };
+    palisade_audit::enqueue(&mut tx, &record)
+        .await
+        .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    tracing::info!(kid = %key.kid, reason, "token signing key created");
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: &str, create_time: i64) -> SigningKeyRecord {
+        SigningKeyRecord {
+            kid: kid.to_owned(),
+            private_key: Vec::new(),
+            public_key: Vec::new(),
+            create_time,
+        }
+    }
+
+    fn kids(keys: &[SigningKeyRecord], now: i64) -> Vec<&str> {
+        published(keys, now).map(|key| key.kid.as_str()).collect()
+    }
+
+    #[test]
+    fn a_superseded_key_is_published_until_its_tokens_expire() {
+        let lifetime = ACCESS_TOKEN_TTL_MICROS + PUBLISH_LEEWAY_MICROS;
+        let t = lifetime + 500;
+        let keys = [key("new", t), key("old", 0), key("older", -10)];
+        // `older` was superseded at 0, `old` at t.
+        assert_eq!(kids(&keys, lifetime - 1), ["new", "old", "older"]);
+        assert_eq!(kids(&keys, t), ["new", "old"]);
+        assert_eq!(kids(&keys, t + lifetime - 1), ["new", "old"]);
+        assert_eq!(kids(&keys, t + lifetime), ["new"]);
+        assert_eq!(kids(&keys[..1], i64::MAX / 2), ["new"]);
+    }
+}

@@ -1,0 +1,102 @@
+//! Signing-key rotation: after an operator rotates, new tokens carry the new key id, tokens
+//! signed before still pass the gateway (the old key stays in the JWKS until they expire), and
+//! only platform operators may rotate.
+
+mod common;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use common::{expect_code, new_tenant, reason};
+use palisade_proto::palisade::identity::v1::{
+    CreateUserRequest, GetJwksRequest, GetUserRequest, LoginRequest, Plan, RotateSigningKeyRequest,
+    User, auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
+    user_service_client::UserServiceClient,
+};
+use palisade_testkit::Mesh;
+use tonic::Code;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// The `kid` in a JWT's header.
+fn kid(token: &str) -> String {
+    let header = token.split('.').next().expect("a header");
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("json");
+    header["kid"].as_str().expect("a kid").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_issued_tokens_working() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        let user = UserServiceClient::new(mesh.gateway())
+            .create_user(mesh.as_operator(CreateUserRequest {
+                parent: "tenants/acme".into(),
+                user: Some(User {
+                    email: "ada@example.com".into(),
+                    display_name: "Ada".into(),
+                    roles: vec!["admin".into()],
+                    ..User::default()
+                }),
+                password: PASSWORD.into(),
+            }))
+            .await?
+            .into_inner();
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let login = || LoginRequest {
+            tenant_id: "acme".into(),
+            email: "ada@example.com".into(),
+            password: PASSWORD.into(),
+        };
+        let before = auth.login(login()).await?.into_inner().access_token;
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let get_user = || GetUserRequest {
+            name: user.name.clone(),
+        };
+        users.get_user(with_bearer(get_user(), &before)).await?;
+
+        // A tenant admin holds every tenant permission, but not this platform one.
+        let refused = auth
+            .rotate_signing_key(with_bearer(RotateSigningKeyRequest {}, &before))
+            .await;
+        let status = expect_code(refused, Code::PermissionDenied);
+        assert_eq!(reason(&status), "PLATFORM_OPERATOR_ONLY", "{backend}");
+
+        let new_key = auth
+            .rotate_signing_key(mesh.as_operator(RotateSigningKeyRequest {}))
+            .await?
+            .into_inner();
+        assert_ne!(new_key.kid, kid(&before), "{backend}");
+        let published: Vec<String> = auth
+            .get_jwks(GetJwksRequest {})
+            .await?
+            .into_inner()
+            .keys
+            .into_iter()
+            .map(|key| key.kid)
+            .collect();
+        assert!(published.contains(&new_key.kid), "{backend}: {published:?}");
+        assert!(
+            published.contains(&kid(&before)),
+            "{backend}: {published:?}"
+        );
+
+        let after = auth.login(login()).await?.into_inner().access_token;
+        assert_eq!(kid(&after), new_key.kid, "{backend}");
+        // The gateway learns the new key from the JWKS and still knows the old one.
+        users.get_user(with_bearer(get_user(), &after)).await?;
+        users.get_user(with_bearer(get_user(), &before)).await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
