@@ -9,7 +9,8 @@ use palisade_grpc::{MeshChannel, principal_type};
 use palisade_proto::palisade::{
     common::v1::Principal as WirePrincipal,
     compliance::v1::{
-        AppendEventsRequest, AuditEvent, Outcome, audit_service_client::AuditServiceClient,
+        AppendEventsRequest, AuditEvent, Outcome, RequestOrigin,
+        audit_service_client::AuditServiceClient,
     },
 };
 use palisade_tenancy::{Principal, RequestId, TenantId};
@@ -56,6 +57,10 @@ impl AuditRecord<'_> {
             request_id: self.request_id.map(|r| r.0.clone()).unwrap_or_default(),
             occur_time: Some(now.into()),
             source: self.source.to_owned(),
+            origin: palisade_tenancy::current_origin().map(|origin| RequestOrigin {
+                ip_address: origin.ip.unwrap_or_default(),
+                user_agent: origin.user_agent.unwrap_or_default(),
+            }),
             attributes: self
                 .attributes
                 .iter()

@@ -158,3 +158,17 @@ mod tests {
         assert!(operator.may_access(&other));
     }
 }
+
+/// Where an external call came from, as the gateway saw it: the client's address and its
+/// user agent. Personal data: recorded in audit events outside the hash-chained bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientOrigin {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientOrigin {
+    pub fn is_empty(&self) -> bool {
+        self.ip.is_none() && self.user_agent.is_none()
+    }
+}

@@ -8,12 +8,16 @@ mod propagate;
 mod server;
 mod trust;
 
-pub use context::{Principal, PrincipalKind, RequestId, SYSTEM_TENANT, TenantContext, TenantId};
-pub use metadata::{
-    HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE, HEADER_REQUEST_ID, HEADER_TENANT_ID,
-    strip_client_context, write_context,
+pub use context::{
+    ClientOrigin, Principal, PrincipalKind, RequestId, SYSTEM_TENANT, TenantContext, TenantId,
 };
-pub use propagate::{PropagateContext, PropagateContextLayer, current_context, current_request_id};
+pub use metadata::{
+    HEADER_CLIENT_IP, HEADER_CLIENT_USER_AGENT, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE,
+    HEADER_REQUEST_ID, HEADER_TENANT_ID, strip_client_context, write_context, write_origin,
+};
+pub use propagate::{
+    PropagateContext, PropagateContextLayer, current_context, current_origin, current_request_id,
+};
 pub use server::{TenantContextLayer, TenantContextService};
 pub use trust::TrustPolicy;
 

@@ -2,18 +2,32 @@
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::{Error, Principal, PrincipalKind, RequestId, Result, TenantContext, TenantId};
+use crate::{
+    ClientOrigin, Error, Principal, PrincipalKind, RequestId, Result, TenantContext, TenantId,
+};
 
 pub const HEADER_TENANT_ID: &str = "palisade-tenant-id";
 pub const HEADER_PRINCIPAL_ID: &str = "palisade-principal-id";
 pub const HEADER_PRINCIPAL_TYPE: &str = "palisade-principal-type";
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
+/// Where the external call came from, as the gateway saw it (audit events record it).
+pub const HEADER_CLIENT_IP: &str = "palisade-client-ip";
+pub const HEADER_CLIENT_USER_AGENT: &str = "palisade-client-user-agent";
+
+/// The longest user agent carried on; longer ones are cut (they are for humans reading logs).
+const MAX_USER_AGENT: usize = 256;
 
 /// Whether a client asserted any context key (the request id is not a tenant assertion).
 pub(crate) fn asserts_context(headers: &HeaderMap) -> bool {
-    [HEADER_TENANT_ID, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE]
-        .iter()
-        .any(|key| headers.contains_key(*key))
+    [
+        HEADER_TENANT_ID,
+        HEADER_PRINCIPAL_ID,
+        HEADER_PRINCIPAL_TYPE,
+        HEADER_CLIENT_IP,
+        HEADER_CLIENT_USER_AGENT,
+    ]
+    .iter()
+    .any(|key| headers.contains_key(*key))
 }
 
 /// Reads the context keys; `Ok(None)` when no tenant is asserted.
@@ -78,6 +92,43 @@ pub fn write_context(
     }
     if let Some(request_id) = request_id {
         insert(headers, HEADER_REQUEST_ID, &request_id.0);
+    }
+}
+
+/// Reads the client origin a trusted peer passed on; malformed values are dropped (the origin
+/// is informational, never a reason to refuse a call).
+pub(crate) fn read_origin(headers: &HeaderMap) -> ClientOrigin {
+    let text = |key| {
+        headers
+            .get(key)
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    ClientOrigin {
+        ip: text(HEADER_CLIENT_IP).filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()),
+        user_agent: text(HEADER_CLIENT_USER_AGENT),
+    }
+}
+
+/// Writes the client origin into outgoing metadata (the gateway, and calls made while
+/// handling a request), replacing what was there.
+pub fn write_origin(headers: &mut HeaderMap, origin: &ClientOrigin) {
+    headers.remove(HEADER_CLIENT_IP);
+    headers.remove(HEADER_CLIENT_USER_AGENT);
+    if let Some(ip) = &origin.ip {
+        insert(headers, HEADER_CLIENT_IP, ip);
+    }
+    if let Some(agent) = &origin.user_agent {
+        // Visible ASCII only, cut at a character boundary: it came from an untrusted client.
+        let clean: String = agent
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(MAX_USER_AGENT)
+            .collect();
+        if !clean.is_empty() {
+            insert(headers, HEADER_CLIENT_USER_AGENT, &clean);
+        }
     }
 }
 

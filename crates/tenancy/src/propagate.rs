@@ -9,12 +9,16 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{HEADER_TENANT_ID, RequestId, TenantContext, metadata::write_context};
+use crate::{
+    ClientOrigin, HEADER_TENANT_ID, RequestId, TenantContext,
+    metadata::{write_context, write_origin},
+};
 
 #[derive(Clone, Debug)]
 pub(crate) struct CallScope {
     pub(crate) context: Option<TenantContext>,
     pub(crate) request_id: RequestId,
+    pub(crate) origin: ClientOrigin,
 }
 
 tokio::task_local! {
@@ -27,6 +31,14 @@ pub fn current_context() -> Option<TenantContext> {
         .try_with(|scope| scope.context.clone())
         .ok()
         .flatten()
+}
+
+/// Where the external call being handled on this task came from, when the gateway said.
+pub fn current_origin() -> Option<ClientOrigin> {
+    CURRENT
+        .try_with(|scope| scope.origin.clone())
+        .ok()
+        .filter(|origin| !origin.is_empty())
 }
 
 /// The request id of the request being handled on this task, if any.
@@ -79,6 +91,7 @@ where
                     scope.context.as_ref(),
                     Some(&scope.request_id),
                 );
+                write_origin(request.headers_mut(), &scope.origin);
             });
         }
         self.inner.call(request)

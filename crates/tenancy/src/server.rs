@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use crate::{
     RequestId, TrustPolicy,
-    metadata::{asserts_context, read_context, read_request_id},
+    metadata::{asserts_context, read_context, read_origin, read_request_id},
     propagate::{CURRENT, CallScope},
 };
 
@@ -74,6 +74,8 @@ where
             Ok(context) => context,
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
+        // Only a trusted peer got this far with `palisade-*` keys (accept_context refused the rest).
+        let origin = read_origin(request.headers());
         let request_id = read_request_id(request.headers()).unwrap_or_else(RequestId::generate);
         // The observe layer's server span is current here: label it with who is asking.
         let span = tracing::Span::current();
@@ -90,6 +92,7 @@ where
         let scope = CallScope {
             context,
             request_id,
+            origin,
         };
         Box::pin(CURRENT.scope(scope, async move { inner.call(request).await }))
     }

@@ -18,6 +18,8 @@ pub fn canonical_bytes(event: &AuditEvent) -> Vec<u8> {
         sequence: 0,
         hash: Vec::new(),
         previous_hash: Vec::new(),
+        // Personal data lives beside the chain so that erasing it leaves the chain whole.
+        origin: None,
         ..event.clone()
     };
     canonical.encode_to_vec()

@@ -2,7 +2,7 @@
 
 use palisade_db::{Backend, Db, Scope};
 use palisade_grpc::{ApiError, aip::Comparison};
-use palisade_proto::palisade::compliance::v1::AuditEvent;
+use palisade_proto::palisade::compliance::v1::{AuditEvent, RequestOrigin};
 use palisade_tenancy::TenantId;
 use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
@@ -91,8 +91,8 @@ impl AuditStore {
                 .map(palisade_grpc::time::micros)
                 .unwrap_or_default();
             sqlx::query(
-                "INSERT INTO audit_events (tenant_id, sequence, event_id, action, occur_time, canonical, previous_hash, hash, recorded_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO audit_events (tenant_id, sequence, event_id, action, occur_time, canonical, previous_hash, hash, recorded_at, origin) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(&event.tenant_id)
             .bind(sequence)
@@ -103,6 +103,7 @@ impl AuditStore {
             .bind(previous_hash)
             .bind(hash.clone())
             .bind(recorded_at)
+            .bind(event.origin.as_ref().map(Message::encode_to_vec))
             .execute(&mut *tx)
             .await
             .map_err(internal)?;
@@ -130,7 +131,7 @@ impl AuditStore {
         limit: usize,
     ) -> Result<Vec<AuditEvent>, ApiError> {
         let mut sql = String::from(
-            "SELECT sequence, canonical, previous_hash, hash FROM audit_events WHERE tenant_id = $1 AND sequence > $2",
+            "SELECT sequence, canonical, previous_hash, hash, origin FROM audit_events WHERE tenant_id = $1 AND sequence > $2",
         );
         for (index, filter) in filters.iter().enumerate() {
             let placeholder = index + 3;
@@ -166,6 +167,11 @@ impl AuditStore {
                 event.sequence = row.try_get("sequence").map_err(internal)?;
                 event.previous_hash = row.try_get("previous_hash").map_err(internal)?;
                 event.hash = row.try_get("hash").map_err(internal)?;
+                let origin: Option<Vec<u8>> = row.try_get("origin").map_err(internal)?;
+                event.origin = origin
+                    .map(|bytes| RequestOrigin::decode(bytes.as_slice()))
+                    .transpose()
+                    .map_err(internal)?;
                 event.name = format!("tenants/{}/auditEvents/{}", event.tenant_id, event.event_id);
                 Ok(event)
             })
