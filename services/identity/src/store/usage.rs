@@ -1,0 +1,171 @@
+//! Usage against plan limits: the API calls the gateway reports per tenant and month
+//! (`tenant_usage`), the report batches already counted (`usage_batches`), and the counts of
+//! the resources that limits cap.
+
+use palisade_grpc::ApiError;
+use palisade_tenancy::TenantId;
+use sqlx::{AnyConnection, Row};
+
+use super::{IdentityStore, internal};
+
+/// How long a report batch id is remembered: a gateway retries a lost answer within seconds,
+/// so a day is plenty, and the table stays small.
+const BATCH_MEMORY_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+/// How each countable limit is counted now: the SQL (tenant id as `$1`), and whether it takes
+/// the current time as `$2`. A limit that caps a new kind of resource is one line here.
+const COUNTS: &[(&str, &str, bool)] = &[
+    (
+        "users",
+        "SELECT COUNT(*) FROM users WHERE tenant_id = $1",
+        false,
+    ),
+    (
+        "api_keys",
+        "SELECT COUNT(*) FROM api_keys \
+         WHERE tenant_id = $1 AND revoke_time IS NULL AND expire_time > $2",
+        true,
+    ),
+    // `custom_roles`: no table holds custom roles yet, so they count as 0. Add their count
+    // here when the roles table arrives.
+];
+
+/// A report batch as applied: whether it was new, and each reported tenant's total.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageReport {
+    pub applied: bool,
+    pub totals: Vec<i64>,
+}
+
+impl IdentityStore {
+    /// Adds each tenant's calls to its row for `period`, once per `batch_id`, in one
+    /// transaction: a batch seen before changes nothing and still returns the totals. Calls
+    /// for tenants that do not exist (deleted since the gateway counted them) are dropped
+    /// and their total reads 0. Batch ids older than a day are forgotten on the way.
+    pub async fn record_usage(
+        &self,
+        batch_id: &str,
+        calls: &[(TenantId, i64)],
+        period: &str,
+        now: i64,
+    ) -> Result<UsageReport, ApiError> {
+        let mut tx = self.db.begin().await.map_err(internal)?;
+        sqlx::query("DELETE FROM usage_batches WHERE receive_time < $1")
+            .bind(now - BATCH_MEMORY_MICROS)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        // Concurrent copies of one batch meet on the primary key: the second waits for the
+        // first to commit and then inserts nothing.
+        let applied = sqlx::query(
+            "INSERT INTO usage_batches (id, receive_time) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(batch_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?
+        .rows_affected()
+            == 1;
+        if applied {
+            for (tenant, api_calls) in calls.iter().filter(|(_, calls)| *calls > 0) {
+                sqlx::query(
+                    "INSERT INTO tenant_usage (tenant_id, period, api_calls) \
+                     SELECT id, $2, $3 FROM tenants WHERE id = $1 \
+                     ON CONFLICT (tenant_id, period) \
+                     DO UPDATE SET api_calls = tenant_usage.api_calls + excluded.api_calls",
+                )
+                .bind(tenant.as_str())
+                .bind(period)
+                .bind(*api_calls)
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
+            }
+        }
+        let mut totals = Vec::with_capacity(calls.len());
+        for (tenant, _) in calls {
+            totals.push(api_calls_on(&mut tx, tenant, period).await?);
+        }
+        tx.commit().await.map_err(internal)?;
+        Ok(UsageReport { applied, totals })
+    }
+
+    /// The API calls reported for `tenant` in `period`.
+    pub async fn api_calls(&self, tenant: &TenantId, period: &str) -> Result<i64, ApiError> {
+        let mut conn = self.db.pool().acquire().await.map_err(internal)?;
+        api_calls_on(&mut conn, tenant, period).await
+    }
+
+    /// How many of the resources `limit` caps `tenant` has now; 0 for limits that cap no
+    /// stored resource (rates, monthly calls) and for resources not stored yet.
+    pub async fn count_limited(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        limit: &str,
+        now: i64,
+    ) -> Result<i64, ApiError> {
+        let Some((_, sql, with_now)) = COUNTS.iter().find(|(name, _, _)| *name == limit) else {
+            return Ok(0);
+        };
+        let mut query = sqlx::query(*sql).bind(tenant.as_str());
+        if *with_now {
+            query = query.bind(now);
+        }
+        let row = query.fetch_one(&mut *conn).await.map_err(internal)?;
+        row.try_get::<i64, _>(0).map_err(internal)
+    }
+
+    /// Refuses to create one more resource of `limit` (`users`, `api_keys`, `custom_roles`)
+    /// when the tenant already has as many as its plan allows. Call it inside the creating
+    /// transaction, before the insert: it locks the tenant row (PostgreSQL), so concurrent
+    /// creations in one tenant queue here and cannot overshoot the limit together (SQLite's
+    /// write transactions are serialized anyway).
+    pub async fn ensure_within_limit(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        limit: &str,
+    ) -> Result<(), ApiError> {
+        let record = self
+            .lock_tenant(conn, tenant)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                resource: format!("tenants/{tenant}"),
+            })?;
+        let entitlements = record.entitlements();
+        let used = self
+            .count_limited(conn, tenant, limit, palisade_grpc::time::now_micros())
+            .await?;
+        if entitlements.allows(limit, used + 1) {
+            return Ok(());
+        }
+        let max = entitlements.limit(limit).unwrap_or_default();
+        Err(ApiError::ResourceExhausted {
+            reason: "LIMIT_EXCEEDED",
+            message: format!(
+                "tenants/{tenant} has reached its {limit} limit of {max}; \
+                 remove one or ask for a higher limit"
+            ),
+            subject: format!("tenants/{tenant}"),
+            description: format!("{limit} limit of {max} reached"),
+            retry_after: None,
+        })
+    }
+}
+
+async fn api_calls_on(
+    conn: &mut AnyConnection,
+    tenant: &TenantId,
+    period: &str,
+) -> Result<i64, ApiError> {
+    let row =
+        sqlx::query("SELECT api_calls FROM tenant_usage WHERE tenant_id = $1 AND period = $2")
+            .bind(tenant.as_str())
+            .bind(period)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(internal)?;
+    row.map_or(Ok(0), |row| row.try_get("api_calls").map_err(internal))
+}
