@@ -35,6 +35,8 @@ pub struct MeshBuilder {
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
+    tenant_cache_ttl: Option<Duration>,
+    tenant_base_domain: Option<String>,
 }
 
 impl MeshBuilder {
@@ -52,6 +54,19 @@ impl MeshBuilder {
         key: impl Into<std::path::PathBuf>,
     ) -> MeshBuilder {
         self.public_tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// How long the gateway trusts what identity said about a tenant (tests shorten it to
+    /// watch a suspension take effect).
+    pub fn with_tenant_cache_ttl(mut self, ttl: Duration) -> MeshBuilder {
+        self.tenant_cache_ttl = Some(ttl);
+        self
+    }
+
+    /// The gateway's base domain for `<tenant_id>.<base domain>` host names.
+    pub fn with_tenant_base_domain(mut self, domain: &str) -> MeshBuilder {
+        self.tenant_base_domain = Some(domain.to_owned());
         self
     }
 
@@ -92,6 +107,10 @@ impl MeshBuilder {
         if let Some(policy) = self.login_lockout {
             options.login_lockout = policy;
         }
+        if let Some(ttl) = self.tenant_cache_ttl {
+            options.tenant_cache_ttl = ttl;
+        }
+        options.tenant_base_domain = self.tenant_base_domain.clone();
         options.cors_allowed_origins = self.cors_allowed_origins.clone();
         options.public_tls = self.public_tls.clone();
         if let Some(url) = &self.postgres {
