@@ -29,7 +29,8 @@ use palisade_grpc::{
 use palisade_proto::palisade::identity::v1::{
     api_key_service_server::ApiKeyServiceServer, auth_service_server::AuthServiceServer,
     authorization_service_server::AuthorizationServiceServer,
-    tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
+    edge_service_server::EdgeServiceServer, tenant_service_server::TenantServiceServer,
+    user_service_server::UserServiceServer,
 };
 use palisade_tls::MeshTls;
 use tokio::sync::oneshot;
@@ -93,6 +94,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         authz.clone(),
         passwords.clone(),
     )))
+    .add_service(EdgeServiceServer::new(api::EdgeApi::new(store.clone())))
     .add_service(AuthServiceServer::new(api::AuthApi::new(
         store,
         relay.clone(),

@@ -94,10 +94,7 @@ pub fn validate_create(request: &CreateTenantRequest, now: i64) -> Result<Tenant
     }
     let domain = (!tenant.domain.is_empty()).then(|| tenant.domain.to_ascii_lowercase());
     if domain.as_deref().is_some_and(|d| !is_domain(d)) {
-        violations.push(FieldViolation::new(
-            "tenant.domain",
-            "must be a DNS name such as acme.example.com",
-        ));
+        violations.push(domain_violation("tenant.domain"));
     }
     violations.extend(plans::validate_overrides(
         "tenant",
@@ -171,6 +168,16 @@ fn is_slug(value: &str, max: usize) -> bool {
         && value
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A domain as stored (lower case), or `None` when `value` is not a DNS name.
+pub fn parse_domain(value: &str) -> Option<String> {
+    let domain = value.to_ascii_lowercase();
+    is_domain(&domain).then_some(domain)
+}
+
+pub fn domain_violation(field: &str) -> FieldViolation {
+    FieldViolation::new(field, "must be a DNS name such as acme.example.com")
 }
 
 fn is_domain(value: &str) -> bool {

@@ -4,6 +4,7 @@
 mod api_keys;
 mod tenants;
 mod tokens;
+mod usage;
 mod users;
 
 use palisade_db::Db;

@@ -27,18 +27,7 @@ impl IdentityStore {
         conn: &mut AnyConnection,
         tenant: &TenantRecord,
     ) -> Result<(), ApiError> {
-        if let Some(domain) = &tenant.domain {
-            let taken = sqlx::query("SELECT 1 FROM tenants WHERE domain = $1")
-                .bind(domain)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(internal)?;
-            if taken.is_some() {
-                return Err(ApiError::AlreadyExists {
-                    resource: format!("a tenant with domain {domain}"),
-                });
-            }
-        }
+        ensure_domain_free(conn, tenant).await?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         )))
@@ -61,6 +50,18 @@ impl IdentityStore {
             _ => internal(error),
         })?;
         Ok(())
+    }
+
+    /// The tenant whose domain is `domain` (already in lower case).
+    pub async fn tenant_by_domain(&self, domain: &str) -> Result<Option<TenantRecord>, ApiError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = $1"
+        )))
+        .bind(domain)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(internal)?;
+        row.as_ref().map(tenant_from_row).transpose()
     }
 
     pub async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, ApiError> {
@@ -121,6 +122,28 @@ impl IdentityStore {
         let rows = query.fetch_all(self.db.pool()).await.map_err(internal)?;
         rows.iter().map(tenant_from_row).collect()
     }
+}
+
+/// A domain routes to one tenant: `ALREADY_EXISTS` when another tenant has `tenant`'s.
+async fn ensure_domain_free(
+    conn: &mut AnyConnection,
+    tenant: &TenantRecord,
+) -> Result<(), ApiError> {
+    let Some(domain) = &tenant.domain else {
+        return Ok(());
+    };
+    let taken = sqlx::query("SELECT 1 FROM tenants WHERE domain = $1 AND id <> $2")
+        .bind(domain)
+        .bind(tenant.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(internal)?;
+    if taken.is_some() {
+        return Err(ApiError::AlreadyExists {
+            resource: format!("a tenant with domain {domain}"),
+        });
+    }
+    Ok(())
 }
 
 fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, ApiError> {

@@ -1,0 +1,134 @@
+//! `EdgeService`: what the gateway enforces per tenant (state, rate limits, monthly quota)
+//! and where it reports the calls it counted. Internal: the policy layer admits only the
+//! gateway, over mTLS.
+
+use palisade_grpc::{
+    ApiError, FieldViolation,
+    time::{now_micros, timestamp},
+};
+use palisade_proto::palisade::identity::v1::{
+    EdgeTenant, ReportUsageRequest, ReportUsageResponse, ResolveTenantRequest, TenantCalls,
+    edge_service_server::EdgeService, resolve_tenant_request::Key,
+};
+use palisade_tenancy::TenantId;
+use tonic::{Request, Response, Status};
+
+use crate::{plans, store::IdentityStore, tenants};
+
+/// Longer batch ids are refused: a UUID is 36 characters.
+const MAX_BATCH_ID_CHARS: usize = 128;
+
+pub struct EdgeApi {
+    store: IdentityStore,
+}
+
+impl EdgeApi {
+    pub fn new(store: IdentityStore) -> EdgeApi {
+        EdgeApi { store }
+    }
+}
+
+#[tonic::async_trait]
+impl EdgeService for EdgeApi {
+    async fn resolve_tenant(
+        &self,
+        request: Request<ResolveTenantRequest>,
+    ) -> Result<Response<EdgeTenant>, Status> {
+        let (record, resource) = match &request.get_ref().key {
+            Some(Key::TenantId(id)) => {
+                let id = TenantId::parse(id)
+                    .map_err(|_| ApiError::invalid("tenant_id", "must be a tenant id"))?;
+                (self.store.get_tenant(&id).await?, format!("tenants/{id}"))
+            }
+            Some(Key::Domain(domain)) => {
+                let domain = tenants::parse_domain(domain).ok_or_else(|| {
+                    ApiError::InvalidArgument(vec![tenants::domain_violation("domain")])
+                })?;
+                let resource = format!("a tenant with domain {domain}");
+                (self.store.tenant_by_domain(&domain).await?, resource)
+            }
+            None => {
+                return Err(
+                    ApiError::invalid("tenant_id", "tenant_id or domain is required").into(),
+                );
+            }
+        };
+        let record = record.ok_or(ApiError::NotFound { resource })?;
+        let period = plans::period_at(now_micros());
+        let api_calls_used = self.store.api_calls(&record.id, &period.key).await?;
+        let entitlements = record.entitlements();
+        let limit = |name| entitlements.limit(name).expect("a known limit");
+        Ok(Response::new(EdgeTenant {
+            tenant_id: record.id.to_string(),
+            state: record.state as i32,
+            requests_per_second: limit("requests_per_second"),
+            request_burst: limit("request_burst"),
+            api_calls_per_month: limit("api_calls_per_month"),
+            api_calls_used,
+            period_end: Some(timestamp(period.end)),
+        }))
+    }
+
+    async fn report_usage(
+        &self,
+        request: Request<ReportUsageRequest>,
+    ) -> Result<Response<ReportUsageResponse>, Status> {
+        let request = request.into_inner();
+        let calls = validate_report(&request)?;
+        let now = now_micros();
+        let period = plans::period_at(now);
+        let report = self
+            .store
+            .record_usage(&request.batch_id, &calls, &period.key, now)
+            .await?;
+        if report.applied {
+            tracing::debug!(batch = %request.batch_id, tenants = calls.len(), "usage recorded");
+        } else {
+            tracing::info!(batch = %request.batch_id, "usage batch repeated; counted once");
+        }
+        Ok(Response::new(ReportUsageResponse {
+            totals: calls
+                .iter()
+                .zip(report.totals)
+                .map(|((tenant, _), api_calls)| TenantCalls {
+                    tenant_id: tenant.to_string(),
+                    api_calls,
+                })
+                .collect(),
+            period_end: Some(timestamp(period.end)),
+        }))
+    }
+}
+
+fn validate_report(request: &ReportUsageRequest) -> Result<Vec<(TenantId, i64)>, ApiError> {
+    let mut violations = Vec::new();
+    if request.batch_id.is_empty() {
+        violations.push(FieldViolation::new("batch_id", "is required"));
+    } else if request.batch_id.chars().count() > MAX_BATCH_ID_CHARS {
+        violations.push(FieldViolation::new(
+            "batch_id",
+            format!("must be at most {MAX_BATCH_ID_CHARS} characters"),
+        ));
+    }
+    let mut calls = Vec::with_capacity(request.calls.len());
+    for (index, entry) in request.calls.iter().enumerate() {
+        match TenantId::parse(&entry.tenant_id) {
+            Ok(tenant) => calls.push((tenant, entry.api_calls)),
+            Err(_) => violations.push(FieldViolation::new(
+                format!("calls[{index}].tenant_id"),
+                "must be a tenant id",
+            )),
+        }
+        if entry.api_calls < 0 {
+            violations.push(FieldViolation::new(
+                format!("calls[{index}].api_calls"),
+                "must not be negative",
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(calls)
+    } else {
+        Err(ApiError::InvalidArgument(violations))
+    }
+}
