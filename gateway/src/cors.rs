@@ -5,7 +5,8 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use tonic::body::Body;
 
 /// Headers a browser script may read from a response: the call's status and the request id.
-const EXPOSED: &str = "grpc-status, grpc-message, grpc-status-details-bin, x-request-id";
+const EXPOSED: &str =
+    "grpc-status, grpc-message, grpc-status-details-bin, x-request-id, retry-after";
 const METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 const ALLOWED_HEADERS: &str = "authorization, x-api-key, content-type, x-grpc-web, x-user-agent, \
                                grpc-timeout, x-request-id, traceparent, tracestate";

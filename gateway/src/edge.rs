@@ -23,6 +23,7 @@ use crate::{
     cors::Cors,
     proxy::{Proxy, request_id},
     rest::Rest,
+    tenants::{ClientHost, request_host},
     web,
 };
 
@@ -106,6 +107,10 @@ impl Edge {
         let id = request_id(request.headers());
         let id = HeaderValue::from_str(&id.0).expect("request ids are visible ascii");
         request.headers_mut().insert(HEADER_REQUEST_ID, id.clone());
+        // Translation loses `Host`; the proxy resolves public calls' tenant from it.
+        if let Some(host) = request_host(&request).map(str::to_owned) {
+            request.extensions_mut().insert(ClientHost(host));
+        }
         let mut response = match web {
             Some(mode) => web::serve(&self, request, mode).await,
             None if request.method() == http::Method::GET

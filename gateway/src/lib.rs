@@ -1,6 +1,7 @@
 //! The gateway: the mesh's one public port. It strips client-sent `palisade-*` metadata,
-//! assigns a request id, authenticates API keys through identity, injects the tenant context,
-//! and proxies native gRPC (unary and streaming) to the component that owns the method's proto
+//! assigns a request id, authenticates API keys through identity, enforces each tenant's state,
+//! rate limit and monthly quota, injects the tenant context (for public calls, the tenant the
+//! host name names), and proxies native gRPC (unary and streaming) to the component that owns the method's proto
 //! package over mTLS. REST/JSON (from the `google.api.http` rules) and gRPC-Web (binary and
 //! text) on the same port are translated into gRPC calls down that same path. It serves health
 //! and reflection for the whole mesh itself.
@@ -11,10 +12,14 @@ mod cors;
 mod edge;
 pub mod frames;
 pub mod fuzzing;
+mod limits;
 mod proxy;
 mod public_tls;
 pub mod rest;
 mod server;
+mod sharded;
+mod tenants;
+mod usage;
 pub mod web;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -44,6 +49,12 @@ pub struct GatewayConfig {
     /// A PEM certificate chain and key for TLS on the public port (ALPN `h2` and `http/1.1`);
     /// `None` serves h2c and plain HTTP/1.1.
     pub public_tls: Option<(PathBuf, PathBuf)>,
+    /// How long identity's answer about a tenant (state, limits, usage) is trusted: a suspended
+    /// tenant's credentials keep working for at most this long.
+    pub tenant_cache_ttl: Duration,
+    /// With `tenants.example.com`, a public call to `acme.tenants.example.com` is made in
+    /// tenant `acme` (besides tenants' own domains, which always work).
+    pub tenant_base_domain: Option<String>,
 }
 
 /// Serves the public port until stopped. Readiness follows identity, without which no
@@ -60,7 +71,27 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     let backends = backends::Backends::connect(&config.mesh, &kit)?;
     let identity = backends.identity();
     let verifier = auth::ApiKeyVerifier::new(backends.identity(), config.api_key_cache_ttl);
-    let (proxy, serving) = proxy::Proxy::new(Arc::new(backends), Arc::new(verifier)).await?;
+    let usage = Arc::new(usage::UsageMeter::new(backends.identity()));
+    let limits = proxy::TenantLimits {
+        directory: tenants::TenantDirectory::new(
+            backends.identity(),
+            config.tenant_cache_ttl,
+            config.tenant_base_domain.as_deref(),
+        ),
+        rates: limits::RateLimiter::default(),
+        usage: usage.clone(),
+        throttled: kit.metrics.labeled_counter(
+            "palisade_gateway_throttled",
+            "Calls the gateway refused for their tenant's state, rate or monthly quota, by reason",
+            "reason",
+        ),
+    };
+    let (stop_usage, usage_stopped) = tokio::sync::oneshot::channel::<()>();
+    let usage_reports = tokio::spawn(usage.run(async {
+        let _ = usage_stopped.await;
+    }));
+    let (proxy, serving) =
+        proxy::Proxy::new(Arc::new(backends), Arc::new(verifier), Arc::new(limits)).await?;
     kit.watch_readiness(serving, move || {
         let mut health = HealthClient::new(identity.clone());
         async move {
@@ -89,6 +120,9 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         local_addr,
         move |shutdown| async move {
             server::serve(listener, edge, public_tls, shutdown.wait()).await;
+            // The calls served are counted; report the last of them before going.
+            let _ = stop_usage.send(());
+            let _ = usage_reports.await;
             kit.stop();
             Ok(())
         },

@@ -1,6 +1,12 @@
 //! The per-request path through the gateway, in the order a request meets it:
 //! strip client context → request id → local services (health, reflection) → method policy
-//! (internal methods are never routed) → authentication → tenant context → backend.
+//! (internal methods are never routed) → authentication → the credential's tenant: in
+//! service, within its rate, within its monthly quota (the call is counted) — or, for a public
+//! call without a credential, the tenant its host name names → tenant context → backend.
+//!
+//! Rates and quotas apply to calls made with a tenant's credential. Public calls are not
+//! charged to the tenant their host names: anyone can make them, so charging them would let
+//! strangers use up a tenant's quota.
 
 use std::{
     convert::Infallible,
@@ -8,18 +14,38 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use http::{HeaderValue, Request, Response};
-use palisade_grpc::{ApiError, MethodPolicies, ServedTenant, ServingHandle, add_reflection};
-use palisade_tenancy::{HEADER_REQUEST_ID, RequestId, strip_client_context, write_context};
+use palisade_grpc::{
+    ApiError, MethodPolicies, ServedTenant, ServingHandle, add_reflection, time::now_micros,
+};
+use palisade_proto::palisade::identity::v1::TenantState;
+use palisade_telemetry::LabeledCounter;
+use palisade_tenancy::{
+    HEADER_REQUEST_ID, RequestId, TenantContext, TenantId, strip_client_context, write_context,
+};
 use tonic::{Status, body::Body, service::Routes};
 use tower::ServiceExt;
 
 use crate::{
     auth::{ApiKeyVerifier, presented_api_key},
     backends::Backends,
+    limits::{Rate, RateLimiter},
+    tenants::{TenantDirectory, request_host},
+    usage::UsageMeter,
 };
+
+/// What the gateway enforces per tenant, and the counter of what it refused.
+pub struct TenantLimits {
+    pub directory: TenantDirectory,
+    pub rates: RateLimiter,
+    pub usage: Arc<UsageMeter>,
+    /// Refusals by reason (`tenant_suspended`, `tenant_inactive`, `rate_limited`,
+    /// `quota_exceeded`).
+    pub throttled: LabeledCounter,
+}
 
 /// The gateway's request path for gRPC calls: native ones, and those that REST and gRPC-Web
 /// requests are translated into (see `edge.rs`); cheap to clone (one per connection).
@@ -27,6 +53,7 @@ use crate::{
 pub struct Proxy {
     backends: Arc<Backends>,
     verifier: Arc<ApiKeyVerifier>,
+    limits: Arc<TenantLimits>,
     policies: Arc<MethodPolicies>,
     local: Routes,
 }
@@ -36,6 +63,7 @@ impl Proxy {
     pub async fn new(
         backends: Arc<Backends>,
         verifier: Arc<ApiKeyVerifier>,
+        limits: Arc<TenantLimits>,
     ) -> Result<(Proxy, ServingHandle), palisade_grpc::Error> {
         let (reporter, health) = tonic_health::server::health_reporter();
         let serving = ServingHandle::for_reporter(reporter);
@@ -44,6 +72,7 @@ impl Proxy {
         let proxy = Proxy {
             backends,
             verifier,
+            limits,
             policies: Arc::new(MethodPolicies::palisade()?),
             local,
         };
@@ -105,8 +134,25 @@ impl Proxy {
         }
         let key = presented_api_key(request.headers())?;
         let context = match (key, policy.public) {
-            (Some(key), _) => Some(self.verifier.verify(&key).await?),
-            (None, true) => None,
+            (Some(key), _) => {
+                let context = self.verifier.verify(&key).await?;
+                self.admit(&context.tenant_id).await?;
+                Some(context)
+            }
+            // No principal: the tenant only tells public calls such as `Login` whose they are.
+            (None, true) => match request_host(&request) {
+                Some(host) => {
+                    self.limits
+                        .directory
+                        .by_host(host)
+                        .await
+                        .map(|tenant| TenantContext {
+                            tenant_id: tenant.id.clone(),
+                            principal: None,
+                        })
+                }
+                None => None,
+            },
             (None, false) => {
                 return Err(ApiError::Unauthenticated {
                     reason: "UNAUTHENTICATED",
@@ -116,7 +162,7 @@ impl Proxy {
                 .into());
             }
         };
-        if let Some(context) = &context {
+        if let Some(context) = context.as_ref().filter(|c| c.principal.is_some()) {
             tracing::Span::current().record("palisade.tenant_id", context.tenant_id.as_str());
             *tenant = Some(context.tenant_id.to_string());
         }
@@ -136,6 +182,79 @@ impl Proxy {
                 }
             })?;
         Ok(response)
+    }
+}
+
+impl Proxy {
+    /// What a credential's tenant must pass, in this order: it is in service (so a suspended
+    /// tenant's tokens stop working within the directory's TTL), within its rate, and within
+    /// its monthly quota, which then counts the call. O(1), without awaiting identity, while
+    /// the directory's answer is cached.
+    async fn admit(&self, tenant: &TenantId) -> Result<(), ApiError> {
+        let limits = &*self.limits;
+        let refuse = |reason: &'static str, error: ApiError| {
+            limits.throttled.inc(reason);
+            tracing::debug!(%tenant, reason, "call refused at the edge");
+            error
+        };
+        let Some(edge) = limits.directory.by_id(tenant).await? else {
+            return Err(refuse(
+                "tenant_inactive",
+                tenant_not_in_service(tenant, "TENANT_INACTIVE"),
+            ));
+        };
+        match edge.state {
+            TenantState::Active => {}
+            TenantState::Suspended => {
+                return Err(refuse(
+                    "tenant_suspended",
+                    tenant_not_in_service(tenant, "TENANT_SUSPENDED"),
+                ));
+            }
+            _ => {
+                return Err(refuse(
+                    "tenant_inactive",
+                    tenant_not_in_service(tenant, "TENANT_INACTIVE"),
+                ));
+            }
+        }
+        if let Some(rate) = edge.rate
+            && let Err(wait) = limits.rates.check(tenant, rate, Instant::now())
+        {
+            return Err(refuse("rate_limited", rate_limited(tenant, rate, wait)));
+        }
+        limits
+            .usage
+            .admit(&edge, now_micros())
+            .map_err(|error| refuse("quota_exceeded", error))
+    }
+}
+
+fn tenant_not_in_service(tenant: &TenantId, reason: &'static str) -> ApiError {
+    let state = if reason == "TENANT_SUSPENDED" {
+        "suspended"
+    } else {
+        "not active"
+    };
+    ApiError::PermissionDenied {
+        reason,
+        message: format!("tenant {tenant} is {state}"),
+    }
+}
+
+fn rate_limited(tenant: &TenantId, rate: Rate, wait: Option<Duration>) -> ApiError {
+    ApiError::ResourceExhausted {
+        reason: "RATE_LIMITED",
+        message: format!(
+            "tenant {tenant} is over its rate of {} requests per second",
+            rate.per_second
+        ),
+        subject: format!("tenants/{tenant}"),
+        description: format!(
+            "requests_per_second: {}, request_burst: {}",
+            rate.per_second, rate.burst
+        ),
+        retry_after: wait,
     }
 }
 

@@ -21,7 +21,11 @@ use http::{HeaderName, HeaderValue, Request, Response, header};
 use http_body::Frame;
 use tonic::{Status, body::Body};
 
-use crate::{edge::Edge, frames, rest::read_limited};
+use crate::{
+    edge::Edge,
+    frames,
+    rest::{errors::retry_after, read_limited},
+};
 
 /// The two encodings of gRPC-Web.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +98,14 @@ where
     parts
         .headers
         .insert(header::CONTENT_TYPE, mode.content_type());
+    // A refusal (trailers-only) keeps HTTP 200 with its status in the headers, as gRPC-Web
+    // clients expect: they read `grpc-status` and the details only from a 200 response. When
+    // the status says when to retry, HTTP's `Retry-After` says it too.
+    if let Some(status) = Status::from_header_map(&parts.headers)
+        && let Some(seconds) = retry_after(&status)
+    {
+        parts.headers.insert(header::RETRY_AFTER, seconds);
+    }
     Response::from_parts(parts, Body::new(WebBody { inner: body, mode }))
 }
 

@@ -131,6 +131,10 @@ pub struct MeshOptions {
     pub public_tls: Option<(PathBuf, PathBuf)>,
     /// When identity locks a user out after failed logins.
     pub login_lockout: LockoutPolicy,
+    /// How long the gateway trusts identity's answer about a tenant (state, limits, usage).
+    pub tenant_cache_ttl: Duration,
+    /// The gateway maps `<tenant_id>.<base domain>` host names to tenants.
+    pub tenant_base_domain: Option<String>,
 }
 
 impl MeshOptions {
@@ -146,6 +150,8 @@ impl MeshOptions {
             cors_allowed_origins: Vec::new(),
             public_tls: None,
             login_lockout: LockoutPolicy::default(),
+            tenant_cache_ttl: Duration::from_secs(5),
+            tenant_base_domain: None,
         }
     }
 
@@ -298,6 +304,8 @@ impl LocalMesh {
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
             login_lockout: options.login_lockout,
+            tenant_cache_ttl: options.tenant_cache_ttl,
+            tenant_base_domain: options.tenant_base_domain.clone(),
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
         if operator_key.is_some() {
@@ -319,6 +327,8 @@ pub struct ComponentSettings {
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
     pub login_lockout: LockoutPolicy,
+    pub tenant_cache_ttl: Duration,
+    pub tenant_base_domain: Option<String>,
 }
 
 /// Starts one component on `listeners`; identity also returns the operator key when its
@@ -336,6 +346,8 @@ pub async fn start_component(
         cors_allowed_origins,
         public_tls,
         login_lockout,
+        tenant_cache_ttl,
+        tenant_base_domain,
     } = settings;
     let started = match component {
         Component::Identity => {
@@ -368,6 +380,8 @@ pub async fn start_component(
                 api_key_cache_ttl,
                 cors_allowed_origins,
                 public_tls,
+                tenant_cache_ttl,
+                tenant_base_domain,
             };
             palisade_gateway::start(listeners, config)
                 .await

@@ -76,6 +76,14 @@ pub struct ServeArgs {
     /// PEM private key of --public-tls-cert.
     #[arg(long, env = "PALISADE_PUBLIC_TLS_KEY", requires = "public_tls_cert")]
     public_tls_key: Option<PathBuf>,
+    /// gateway: seconds a tenant's state, limits and usage are cached (a suspended tenant's
+    /// credentials keep working for at most this long).
+    #[arg(long, env = "PALISADE_TENANT_CACHE_TTL", default_value_t = 5)]
+    tenant_cache_ttl: u64,
+    /// gateway: a domain whose subdomains name tenants: with `tenants.example.com`, public
+    /// calls to `acme.tenants.example.com` (e.g. Login) are made in tenant `acme`.
+    #[arg(long, env = "PALISADE_TENANT_BASE_DOMAIN")]
+    tenant_base_domain: Option<String>,
 }
 
 #[derive(Args)]
@@ -154,6 +162,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             window: Duration::from_secs(args.login_failure_window),
             lock_for: Duration::from_secs(args.login_lockout),
         },
+        tenant_cache_ttl: Duration::from_secs(args.tenant_cache_ttl),
+        tenant_base_domain: args.tenant_base_domain,
     };
     let listeners = Listeners {
         grpc,

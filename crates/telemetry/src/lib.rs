@@ -10,5 +10,7 @@ mod propagation;
 
 pub use admin::{Readiness, serve_admin};
 pub use logging::{LogFormat, Telemetry, TelemetryConfig, init, init_logging, init_test_logging};
-pub use metrics::{ComponentMetrics, GrpcLabels, RpcMetrics, SideMetrics, TenantLabels};
+pub use metrics::{
+    ComponentMetrics, GrpcLabels, LabeledCounter, RpcMetrics, SideMetrics, TenantLabels,
+};
 pub use propagation::{extract_context, inject_context, inject_current, trace_id_of};

@@ -167,6 +167,17 @@ impl ComponentMetrics {
         gauge
     }
 
+    /// Registers a counter with one label whose values are fixed strings in the code (reasons,
+    /// outcomes), so its series stay bounded by construction.
+    pub fn labeled_counter(&self, name: &str, help: &str, label: &'static str) -> LabeledCounter {
+        let family = Family::default();
+        self.registry
+            .write()
+            .expect("registry lock")
+            .register(name, help, family.clone());
+        LabeledCounter { family, label }
+    }
+
     /// Counts one gateway request for `tenant` (`anonymous` for public calls).
     pub fn count_tenant_request(&self, tenant: &str, code: &str) {
         let tenant = {
@@ -196,6 +207,19 @@ impl ComponentMetrics {
     }
 }
 
+/// A counter by one label with a fixed set of values (see [`ComponentMetrics::labeled_counter`]).
+#[derive(Clone, Debug)]
+pub struct LabeledCounter {
+    family: Family<[(&'static str, &'static str); 1], Counter>,
+    label: &'static str,
+}
+
+impl LabeledCounter {
+    pub fn inc(&self, value: &'static str) {
+        self.family.get_or_create(&[(self.label, value)]).inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +241,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("grpc_server_started_total"), "{text}");
+    }
+
+    #[test]
+    fn labeled_counters_count_by_value() {
+        let metrics = ComponentMetrics::new("gateway");
+        let throttled = metrics.labeled_counter("palisade_throttled", "Refused calls", "reason");
+        throttled.inc("rate_limited");
+        throttled.inc("rate_limited");
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"palisade_throttled_total{component="gateway",reason="rate_limited"} 2"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

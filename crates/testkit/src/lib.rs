@@ -35,6 +35,8 @@ pub struct MeshBuilder {
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
+    tenant_cache_ttl: Option<Duration>,
+    tenant_base_domain: Option<String>,
 }
 
 impl MeshBuilder {
@@ -52,6 +54,19 @@ impl MeshBuilder {
         key: impl Into<std::path::PathBuf>,
     ) -> MeshBuilder {
         self.public_tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// How long the gateway trusts what identity said about a tenant (tests shorten it to
+    /// watch a suspension take effect).
+    pub fn with_tenant_cache_ttl(mut self, ttl: Duration) -> MeshBuilder {
+        self.tenant_cache_ttl = Some(ttl);
+        self
+    }
+
+    /// The gateway's base domain for `<tenant_id>.<base domain>` host names.
+    pub fn with_tenant_base_domain(mut self, domain: &str) -> MeshBuilder {
+        self.tenant_base_domain = Some(domain.to_owned());
         self
     }
 
@@ -92,6 +107,10 @@ impl MeshBuilder {
         if let Some(policy) = self.login_lockout {
             options.login_lockout = policy;
         }
+        if let Some(ttl) = self.tenant_cache_ttl {
+            options.tenant_cache_ttl = ttl;
+        }
+        options.tenant_base_domain = self.tenant_base_domain.clone();
         options.cors_allowed_origins = self.cors_allowed_origins.clone();
         options.public_tls = self.public_tls.clone();
         let mut service_role = None;
@@ -337,7 +356,7 @@ impl HttpResponse {
 }
 
 /// A minimal HTTP/1.1 request over a fresh connection (REST, gRPC-Web): any method, extra
-/// headers, a body; the whole response is read (`Connection: close`), chunked bodies decoded.
+/// headers (a `host` among them replaces the address), a body; the whole response is read (`Connection: close`), chunked bodies decoded.
 pub async fn http_request(
     addr: std::net::SocketAddr,
     method: &str,
@@ -348,7 +367,14 @@ pub async fn http_request(
     use std::fmt::Write as _;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    // `Host` is the address unless the test names another (host-based routing).
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        write!(head, "Host: {addr}\r\n")?;
+    }
     for (name, value) in headers {
         write!(head, "{name}: {value}\r\n")?;
     }

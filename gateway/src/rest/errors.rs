@@ -3,9 +3,13 @@
 //! i.e. `google.rpc.Status` in proto3 JSON, with each detail rendered with its `@type`.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
+use http::{
+    HeaderValue, Response, StatusCode,
+    header::{CONTENT_TYPE, RETRY_AFTER},
+};
 use prost_reflect::{DynamicMessage, SerializeOptions, Value};
 use tonic::{Code, Status, body::Body};
+use tonic_types::StatusExt;
 
 /// grpc-gateway's `HTTPStatusFromCode`.
 pub fn http_status(code: Code) -> StatusCode {
@@ -64,9 +68,22 @@ pub fn status_json(status: &Status) -> serde_json::Value {
     }
 }
 
-/// The complete HTTP error response for `status`.
+/// The complete HTTP error response for `status`, with `Retry-After` when it says when to
+/// retry.
 pub fn error_response(status: &Status) -> Response<Body> {
-    json_response(http_status(status.code()), &status_json(status))
+    let mut response = json_response(http_status(status.code()), &status_json(status));
+    if let Some(seconds) = retry_after(status) {
+        response.headers_mut().insert(RETRY_AFTER, seconds);
+    }
+    response
+}
+
+/// `Retry-After` for a status carrying `RetryInfo`: whole seconds, rounded up (HTTP has no
+/// finer unit, and retrying early would only be refused again).
+pub fn retry_after(status: &Status) -> Option<HeaderValue> {
+    let delay = status.get_details_retry_info()?.retry_delay?;
+    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    Some(HeaderValue::from(seconds))
 }
 
 pub fn json_response(status: StatusCode, json: &serde_json::Value) -> Response<Body> {
@@ -138,6 +155,31 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn retry_info_becomes_retry_after_in_whole_seconds() {
+        let exhausted = |retry_after| {
+            Status::from(palisade_grpc::ApiError::ResourceExhausted {
+                reason: "RATE_LIMITED",
+                message: "slow down".into(),
+                subject: "tenants/acme".into(),
+                description: "requests_per_second: 2".into(),
+                retry_after,
+            })
+        };
+        let response = error_response(&exhausted(Some(std::time::Duration::from_millis(1_200))));
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+        let exact = error_response(&exhausted(Some(std::time::Duration::from_secs(3))));
+        assert_eq!(exact.headers()[RETRY_AFTER], "3");
+        let never = error_response(&exhausted(None));
+        assert!(never.headers().get(RETRY_AFTER).is_none());
+        let body = status_json(&exhausted(Some(std::time::Duration::from_millis(500))));
+        assert_eq!(
+            body["details"][1]["@type"],
+            "type.googleapis.com/google.rpc.QuotaFailure"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use self::{
     routes::{NoRoute, Router, Template},
     transcode::BodyRule,
 };
-use crate::{edge::Edge, frames};
+use crate::{edge::Edge, frames, tenants::ClientHost};
 
 const HTTP_EXTENSION: &str = "google.api.http";
 
@@ -186,6 +186,9 @@ impl Rest {
             .expect("a method path is a valid uri");
         *request.version_mut() = http::Version::HTTP_2;
         *request.headers_mut() = grpc_headers(&parts.headers);
+        if let Some(host) = parts.extensions.get::<ClientHost>() {
+            request.extensions_mut().insert(host.clone());
+        }
         let response = edge.grpc(request).await;
         respond(binding, response).await
     }

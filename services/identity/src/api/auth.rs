@@ -16,7 +16,7 @@ use palisade_proto::palisade::{
         auth_service_server::AuthService,
     },
 };
-use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantId};
+use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantContext, TenantId};
 use sqlx::AnyConnection;
 use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
@@ -181,7 +181,24 @@ fn user_principal(user: &UserRecord) -> Principal {
 impl AuthService for AuthApi {
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<AuthTokens>, Status> {
         let request_id = request.extensions().get::<RequestId>().cloned();
-        let request = request.into_inner();
+        // The tenant the gateway resolved from the host name (a context without principal).
+        let host_tenant = request
+            .extensions()
+            .get::<TenantContext>()
+            .filter(|context| context.principal.is_none())
+            .map(|context| context.tenant_id.to_string());
+        let mut request = request.into_inner();
+        if let Some(host_tenant) = host_tenant {
+            if request.tenant_id.is_empty() {
+                request.tenant_id = host_tenant;
+            } else if request.tenant_id != host_tenant {
+                return Err(ApiError::invalid(
+                    "tenant_id",
+                    format!("the host name is tenant {host_tenant}'s; leave tenant_id empty or name that tenant"),
+                )
+                .into());
+            }
+        }
         let mut violations = Vec::new();
         for (field, value) in [
             ("tenant_id", &request.tenant_id),

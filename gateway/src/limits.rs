@@ -1,0 +1,252 @@
+//! Per-tenant request rates: a token bucket per tenant that refills at the plan's
+//! `requests_per_second` and holds at most `request_burst` tokens; each call takes one.
+//!
+//! The clock is a parameter (`now`), so the arithmetic is tested without sleeping. Memory is
+//! bounded: a bucket that has refilled to its capacity is the same as a new one, so such
+//! buckets are what gets dropped when a shard is full.
+
+use std::time::{Duration, Instant};
+
+use palisade_tenancy::TenantId;
+
+use crate::sharded::Sharded;
+
+/// Tenants with a bucket at once, across all shards.
+const MAX_BUCKETS: usize = 65_536;
+
+/// A tenant's rate: `per_second` tokens added per second, at most `burst` held.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Rate {
+    /// The rate of a plan's limits; `None` when either is -1 (unlimited).
+    pub fn of_limits(requests_per_second: i64, request_burst: i64) -> Option<Rate> {
+        if requests_per_second < 0 || request_burst < 0 {
+            return None;
+        }
+        Some(Rate {
+            per_second: requests_per_second as f64,
+            // A bucket smaller than one token would refuse every call, even at the rate.
+            burst: (request_burst as f64).max(1.0),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Bucket {
+        Bucket {
+            tokens: rate.burst,
+            updated: now,
+        }
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        // `min` also applies a smaller burst at once when the tenant's plan shrinks.
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.updated = self.updated.max(now);
+    }
+
+    /// Takes one token, or says how long until one is there (`None`: never, a zero rate).
+    fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Option<Duration>> {
+        self.refill(rate, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        if rate.per_second <= 0.0 {
+            return Err(None);
+        }
+        Err(Some(Duration::from_secs_f64(
+            (1.0 - self.tokens) / rate.per_second,
+        )))
+    }
+
+    fn is_full(&self, rate_burst: f64) -> bool {
+        self.tokens >= rate_burst
+    }
+}
+
+/// Every tenant's bucket.
+pub struct RateLimiter {
+    buckets: Sharded<TenantId, (Bucket, Rate)>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> RateLimiter {
+        RateLimiter::with_capacity(MAX_BUCKETS)
+    }
+}
+
+impl RateLimiter {
+    fn with_capacity(capacity: usize) -> RateLimiter {
+        RateLimiter {
+            buckets: Sharded::with_capacity(capacity),
+        }
+    }
+
+    /// Lets one call of `tenant` through at `now`, or says how long until one may pass.
+    pub fn check(
+        &self,
+        tenant: &TenantId,
+        rate: Rate,
+        now: Instant,
+    ) -> Result<(), Option<Duration>> {
+        let per_shard = self.buckets.per_shard();
+        self.buckets.with(tenant, |shard| {
+            if let Some((bucket, last_rate)) = shard.get_mut(tenant) {
+                *last_rate = rate;
+                return bucket.take(rate, now);
+            }
+            if shard.len() >= per_shard {
+                make_room(shard, now, per_shard);
+            }
+            let mut bucket = Bucket::full(rate, now);
+            let taken = bucket.take(rate, now);
+            shard.insert(tenant.clone(), (bucket, rate));
+            taken
+        })
+    }
+}
+
+/// Drops the buckets that have refilled (nothing is lost: a new bucket starts full); if every
+/// bucket is still draining, drops them all, which at worst grants those tenants one more burst.
+fn make_room(
+    shard: &mut std::collections::HashMap<TenantId, (Bucket, Rate)>,
+    now: Instant,
+    per_shard: usize,
+) {
+    shard.retain(|_, (bucket, rate)| {
+        bucket.refill(*rate, now);
+        !bucket.is_full(rate.burst)
+    });
+    if shard.len() >= per_shard {
+        shard.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: &str) -> TenantId {
+        TenantId::parse(id).unwrap()
+    }
+
+    const RATE: Rate = Rate {
+        per_second: 2.0,
+        burst: 3.0,
+    };
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        let acme = tenant("acme");
+        for _ in 0..3 {
+            assert_eq!(limiter.check(&acme, RATE, t0), Ok(()));
+        }
+        // Empty: the next token comes after half a second at 2 per second.
+        assert_eq!(
+            limiter.check(&acme, RATE, t0),
+            Err(Some(Duration::from_millis(500)))
+        );
+        let t1 = t0 + Duration::from_millis(250);
+        assert_eq!(
+            limiter.check(&acme, RATE, t1),
+            Err(Some(Duration::from_millis(250)))
+        );
+        let t2 = t0 + Duration::from_millis(500);
+        assert_eq!(limiter.check(&acme, RATE, t2), Ok(()));
+        assert!(limiter.check(&acme, RATE, t2).is_err());
+        // A long pause refills to the burst, never beyond.
+        let t3 = t2 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(limiter.check(&acme, RATE, t3), Ok(()));
+        }
+        assert!(limiter.check(&acme, RATE, t3).is_err());
+    }
+
+    #[test]
+    fn tenants_do_not_share_a_bucket() {
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        for _ in 0..3 {
+            limiter.check(&tenant("acme"), RATE, now).unwrap();
+        }
+        assert!(limiter.check(&tenant("acme"), RATE, now).is_err());
+        assert_eq!(limiter.check(&tenant("globex"), RATE, now), Ok(()));
+    }
+
+    #[test]
+    fn a_clock_going_backwards_adds_nothing() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let acme = tenant("acme");
+        for _ in 0..3 {
+            limiter.check(&acme, RATE, t0).unwrap();
+        }
+        let earlier = t0 - Duration::from_secs(5);
+        assert!(limiter.check(&acme, RATE, earlier).is_err());
+    }
+
+    #[test]
+    fn limits_map_to_rates() {
+        assert_eq!(Rate::of_limits(-1, 20), None);
+        assert_eq!(Rate::of_limits(10, -1), None);
+        assert_eq!(
+            Rate::of_limits(10, 0),
+            Some(Rate {
+                per_second: 10.0,
+                burst: 1.0
+            })
+        );
+        // A zero rate lets the burst through once and then never again.
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        let zero = Rate::of_limits(0, 1).unwrap();
+        assert_eq!(limiter.check(&tenant("acme"), zero, now), Ok(()));
+        assert_eq!(
+            limiter.check(&tenant("acme"), zero, now + Duration::from_secs(3600)),
+            Err(None)
+        );
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let limiter = RateLimiter::with_capacity(32);
+        let now = Instant::now();
+        for i in 0..1_000 {
+            let _ = limiter.check(&tenant(&format!("t{i:03}")), RATE, now);
+        }
+        let mut total = 0;
+        limiter.buckets.each(|shard| total += shard.len());
+        assert!(total <= 32, "{total} buckets");
+    }
+
+    #[test]
+    fn refilled_buckets_are_dropped_first() {
+        let now = Instant::now();
+        let mut shard = std::collections::HashMap::new();
+        let mut draining = Bucket::full(RATE, now);
+        draining.take(RATE, now).unwrap();
+        shard.insert(tenant("acme"), (draining, RATE));
+        shard.insert(tenant("globex"), (Bucket::full(RATE, now), RATE));
+        make_room(&mut shard, now, 2);
+        // globex's full bucket is the same as none; acme keeps its debt.
+        assert_eq!(shard.len(), 1);
+        assert!(shard.contains_key(&tenant("acme")));
+        // Once acme has refilled too, it goes as well.
+        make_room(&mut shard, now + Duration::from_secs(1), 2);
+        assert!(shard.is_empty());
+    }
+}

@@ -1,0 +1,351 @@
+//! Monthly API-call quotas: every call the gateway lets through for a tenant is counted here
+//! and reported to identity (`EdgeService.ReportUsage`) in batches, about once a second and
+//! once more at shutdown. A call is refused when identity's count plus the calls counted here
+//! and not yet acknowledged reaches the tenant's `api_calls_per_month`.
+//!
+//! A batch that fails is sent again with the same `batch_id` (identity applies a batch once),
+//! and the calls counted meanwhile wait for the next batch, so no count is lost or doubled.
+//! Until identity acknowledges a batch its calls still count against the quota here. Several
+//! gateways each add their own unreported calls to the count identity last gave them, so a
+//! tenant may overshoot by what the others counted within about a second.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use palisade_grpc::{ApiError, MeshChannel, time::micros};
+use palisade_proto::palisade::identity::v1::{
+    ReportUsageRequest, TenantCalls, edge_service_client::EdgeServiceClient,
+};
+use palisade_tenancy::TenantId;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::{sharded::Sharded, tenants::EdgeTenant};
+
+/// Tenants with a counter at once; counters with nothing unreported are the ones dropped.
+const MAX_METERS: usize = 65_536;
+/// How often counts are reported.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Attempts of the final report at shutdown.
+const FINAL_ATTEMPTS: u32 = 3;
+
+/// One tenant's count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Meter {
+    /// Identity's count for the month ending at `period_end`.
+    used: i64,
+    /// Counted here, not yet in a batch.
+    pending: i64,
+    /// Counted here, in the batch being reported.
+    reporting: i64,
+    period_end: i64,
+}
+
+impl Meter {
+    /// Takes in a newer count from identity (it includes other gateways' reports).
+    fn learn(&mut self, used: i64, period_end: i64) {
+        if period_end > self.period_end {
+            self.used = used;
+            self.period_end = period_end;
+        } else if period_end == self.period_end {
+            self.used = self.used.max(used);
+        }
+    }
+
+    /// Calls this month so far, as far as this gateway knows at `now` (micros).
+    fn total(&self, now: i64) -> i64 {
+        // A new month began and identity has not said so yet: its count is last month's.
+        let used = if now >= self.period_end { 0 } else { self.used };
+        used + self.pending + self.reporting
+    }
+}
+
+/// A batch handed to identity and not yet acknowledged.
+#[derive(Clone, Debug)]
+struct Batch {
+    id: String,
+    calls: Vec<(TenantId, i64)>,
+}
+
+/// Every tenant's count, and the batch in flight.
+pub struct UsageMeter {
+    meters: Sharded<TenantId, Meter>,
+    identity: EdgeServiceClient<MeshChannel>,
+    /// Only the flusher touches it; a tokio mutex because it is held across the report.
+    outstanding: tokio::sync::Mutex<Option<Batch>>,
+}
+
+impl UsageMeter {
+    pub fn new(identity: MeshChannel) -> UsageMeter {
+        UsageMeter {
+            meters: Sharded::with_capacity(MAX_METERS),
+            identity: EdgeServiceClient::new(identity),
+            outstanding: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Counts one call of `tenant` at `now` (micros), or refuses it when the month's quota is
+    /// used up (`RESOURCE_EXHAUSTED`, reason `QUOTA_EXCEEDED`, retry at the month's end).
+    pub fn admit(&self, tenant: &EdgeTenant, now: i64) -> Result<(), ApiError> {
+        let per_shard = self.meters.per_shard();
+        self.meters.with(&tenant.id, |shard| {
+            if !shard.contains_key(&tenant.id) && shard.len() >= per_shard {
+                shard.retain(|_, meter| meter.pending + meter.reporting > 0);
+            }
+            let meter = shard.entry(tenant.id.clone()).or_default();
+            meter.learn(tenant.calls_used, tenant.period_end);
+            if let Some(limit) = tenant.monthly_calls
+                && meter.total(now) >= limit
+            {
+                return Err(quota_exceeded(tenant, limit, meter.period_end, now));
+            }
+            meter.pending += 1;
+            Ok(())
+        })
+    }
+
+    /// Reports the calls counted so far: first the batch that failed last time, if any, then
+    /// a new one. Returns whether everything counted is now acknowledged.
+    pub async fn flush(&self) -> bool {
+        let mut outstanding = self.outstanding.lock().await;
+        if outstanding.is_none() {
+            *outstanding = self.next_batch();
+        }
+        let Some(batch) = outstanding.clone() else {
+            return true;
+        };
+        let request = ReportUsageRequest {
+            batch_id: batch.id.clone(),
+            calls: batch
+                .calls
+                .iter()
+                .map(|(tenant, calls)| TenantCalls {
+                    tenant_id: tenant.to_string(),
+                    api_calls: *calls,
+                })
+                .collect(),
+        };
+        match self.identity.clone().report_usage(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let period_end = response.period_end.as_ref().map_or(i64::MAX, micros);
+                let totals: HashMap<&str, i64> = response
+                    .totals
+                    .iter()
+                    .map(|total| (total.tenant_id.as_str(), total.api_calls))
+                    .collect();
+                for (tenant, calls) in &batch.calls {
+                    self.meters.with(tenant, |shard| {
+                        let meter = shard.entry(tenant.clone()).or_default();
+                        meter.reporting -= calls;
+                        if let Some(total) = totals.get(tenant.as_str()) {
+                            meter.learn(*total, period_end);
+                        }
+                    });
+                }
+                *outstanding = None;
+                true
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                // Refused as a whole, so nothing was applied: drop the entries identity named
+                // (a tenant deleted since) and send the rest as a new batch next time.
+                let bad = bad_entries(&status);
+                tracing::warn!(batch = %batch.id, ?bad, message = status.message(), "usage report refused");
+                let (dropped, kept): (Vec<_>, Vec<_>) = batch
+                    .calls
+                    .into_iter()
+                    .enumerate()
+                    .partition(|(index, _)| bad.is_empty() || bad.contains(index));
+                for (_, (tenant, calls)) in dropped {
+                    self.meters.with(&tenant, |shard| {
+                        shard.entry(tenant.clone()).or_default().reporting -= calls
+                    });
+                }
+                *outstanding = (!kept.is_empty()).then(|| Batch {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    calls: kept.into_iter().map(|(_, entry)| entry).collect(),
+                });
+                false
+            }
+            Err(status) => {
+                tracing::warn!(batch = %batch.id, code = ?status.code(), message = status.message(), "usage report failed; will retry");
+                false
+            }
+        }
+    }
+
+    /// Moves every pending count into a new batch.
+    fn next_batch(&self) -> Option<Batch> {
+        let mut calls = Vec::new();
+        self.meters.each(|shard| {
+            for (tenant, meter) in shard.iter_mut() {
+                if meter.pending > 0 {
+                    calls.push((tenant.clone(), meter.pending));
+                    meter.reporting += meter.pending;
+                    meter.pending = 0;
+                }
+            }
+        });
+        (!calls.is_empty()).then(|| Batch {
+            id: uuid::Uuid::now_v7().to_string(),
+            calls,
+        })
+    }
+
+    /// Reports every second until `stop` resolves, then reports what is left.
+    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let mut ticks = tokio::time::interval(FLUSH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => { self.flush().await; }
+                () = &mut stop => break,
+            }
+        }
+        for _ in 0..FINAL_ATTEMPTS {
+            // Twice when a failed batch was outstanding: it first, then the rest.
+            if self.flush().await && self.flush().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::error!("usage counts could not be reported before shutdown");
+    }
+}
+
+fn quota_exceeded(tenant: &EdgeTenant, limit: i64, period_end: i64, now: i64) -> ApiError {
+    ApiError::ResourceExhausted {
+        reason: "QUOTA_EXCEEDED",
+        message: format!(
+            "tenant {} has used its {limit} API calls for this month",
+            tenant.id
+        ),
+        subject: format!("tenants/{}", tenant.id),
+        description: format!("api_calls_per_month: {limit}"),
+        retry_after: (period_end > now && period_end != i64::MAX)
+            .then(|| Duration::from_micros((period_end - now) as u64)),
+    }
+}
+
+/// The indexes of `calls[i]` that a refusal's field violations name.
+fn bad_entries(status: &tonic::Status) -> Vec<usize> {
+    let details = status.get_error_details();
+    let Some(bad) = details.bad_request() else {
+        return Vec::new();
+    };
+    bad.field_violations
+        .iter()
+        .filter_map(|violation| {
+            let rest = violation.field.strip_prefix("calls[")?;
+            rest[..rest.find(']')?].parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenants::EdgeTenant;
+    use palisade_proto::palisade::identity::v1::TenantState;
+
+    const MONTH_END: i64 = 1_000_000_000;
+
+    /// A meter whose identity refuses connections, as when identity is down.
+    fn meter() -> UsageMeter {
+        use tower::Layer;
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let metrics = palisade_telemetry::ComponentMetrics::new("gateway");
+        let channel = palisade_grpc::ClientObserveLayer::new("gateway", metrics.rpc.client.clone())
+            .layer(palisade_tenancy::PropagateContext::new(channel));
+        UsageMeter::new(channel)
+    }
+
+    fn acme(limit: Option<i64>, used: i64) -> EdgeTenant {
+        EdgeTenant {
+            id: TenantId::parse("acme").unwrap(),
+            state: TenantState::Active,
+            rate: None,
+            monthly_calls: limit,
+            calls_used: used,
+            period_end: MONTH_END,
+        }
+    }
+
+    #[test]
+    fn meters_learn_newer_counts_and_new_months() {
+        let mut meter = Meter {
+            used: 10,
+            pending: 2,
+            reporting: 3,
+            period_end: MONTH_END,
+        };
+        assert_eq!(meter.total(0), 15);
+        meter.learn(8, MONTH_END); // an older answer changes nothing
+        assert_eq!(meter.used, 10);
+        meter.learn(12, MONTH_END);
+        assert_eq!(meter.used, 12);
+        // The month ended: identity's count no longer applies, ours still does.
+        assert_eq!(meter.total(MONTH_END), 5);
+        meter.learn(1, MONTH_END * 2);
+        assert_eq!((meter.used, meter.period_end), (1, MONTH_END * 2));
+    }
+
+    #[test]
+    fn bad_entries_are_read_from_field_violations() {
+        let status: tonic::Status = ApiError::InvalidArgument(vec![
+            palisade_grpc::FieldViolation::new("calls[2].tenant_id", "no such tenant"),
+            palisade_grpc::FieldViolation::new("batch_id", "is required"),
+        ])
+        .into();
+        assert_eq!(bad_entries(&status), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_quota_counts_unreported_calls() {
+        let usage = meter();
+        let tenant = acme(Some(5), 3);
+        usage.admit(&tenant, 0).unwrap();
+        usage.admit(&tenant, 0).unwrap();
+        let refused = tonic::Status::from(usage.admit(&tenant, 0).unwrap_err());
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        let details = refused.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "QUOTA_EXCEEDED");
+        assert_eq!(
+            details.quota_failure().unwrap().violations[0].subject,
+            "tenants/acme"
+        );
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_micros(MONTH_END as u64))
+        );
+        // In a batch, not yet acknowledged: still counted.
+        let batch = usage.next_batch().unwrap();
+        assert_eq!(batch.calls, vec![(tenant.id.clone(), 2)]);
+        assert!(usage.admit(&tenant, 0).is_err());
+        assert!(usage.next_batch().is_none());
+        // Unlimited tenants are counted but never refused.
+        let unlimited = acme(None, 1_000_000);
+        usage.admit(&unlimited, 0).unwrap();
+        assert_eq!(usage.next_batch().unwrap().calls[0].1, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_report_is_sent_again_as_it_was() {
+        let usage = meter();
+        let tenant = acme(Some(100), 0);
+        usage.admit(&tenant, 0).unwrap();
+        usage.admit(&tenant, 0).unwrap();
+        assert!(!usage.flush().await);
+        let first = usage.outstanding.lock().await.clone().unwrap();
+        assert_eq!(first.calls, vec![(tenant.id.clone(), 2)]);
+        // Calls counted meanwhile wait for the next batch; the failed one goes again as it was.
+        usage.admit(&tenant, 0).unwrap();
+        assert!(!usage.flush().await);
+        let again = usage.outstanding.lock().await.clone().unwrap();
+        assert_eq!((again.id, again.calls), (first.id, first.calls));
+        let meter = usage
+            .meters
+            .with(&tenant.id, |shard| shard[&tenant.id].clone());
+        assert_eq!((meter.pending, meter.reporting), (1, 2));
+    }
+}
