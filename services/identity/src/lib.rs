@@ -28,7 +28,8 @@ use palisade_grpc::{
 use palisade_proto::palisade::identity::v1::{
     api_key_service_server::ApiKeyServiceServer, auth_service_server::AuthServiceServer,
     authorization_service_server::AuthorizationServiceServer,
-    tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
+    role_service_server::RoleServiceServer, tenant_service_server::TenantServiceServer,
+    user_service_server::UserServiceServer,
 };
 use palisade_tls::MeshTls;
 use tokio::sync::oneshot;
@@ -91,6 +92,12 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         relay.clone(),
         authz.clone(),
         passwords.clone(),
+        config.lockout,
+    )))
+    .add_service(RoleServiceServer::new(api::RoleApi::new(
+        store.clone(),
+        relay.clone(),
+        authz.clone(),
     )))
     .add_service(AuthServiceServer::new(api::AuthApi::new(
         store,
