@@ -17,7 +17,7 @@ use palisade_proto::palisade::{
         user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::{Mesh, eventually};
+use palisade_testkit::{Component, Mesh, eventually, http_request};
 use prost_types::FieldMask;
 use tonic::{Code, transport::Channel};
 
@@ -293,6 +293,22 @@ async fn a_custom_role_grants_exactly_its_permissions_from_creation_to_deletion(
             .into_inner();
         assert_eq!(renamed.display_name, "Reads users");
         assert_eq!(renamed.permissions, created.permissions);
+        // The same over REST: PATCH with an `updateMask` query parameter.
+        let response = http_request(
+            mesh.addr(Component::Gateway),
+            "PATCH",
+            "/v1/tenants/acme/roles/user-reader?updateMask=description",
+            &[
+                ("authorization", &format!("Bearer {admin}")),
+                ("content-type", "application/json"),
+            ],
+            br#"{"description": "For the help desk", "displayName": "ignored"}"#,
+        )
+        .await?;
+        assert_eq!(response.status, 200, "{}", response.text());
+        let body: serde_json::Value = serde_json::from_slice(&response.body)?;
+        assert_eq!(body["description"], "For the help desk");
+        assert_eq!(body["displayName"], "Reads users");
         roles
             .update_role(with_bearer(
                 UpdateRoleRequest {
