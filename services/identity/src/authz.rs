@@ -105,7 +105,7 @@ impl Authz {
     }
 
     /// The permissions the role `role` of `tenant` grants: a built-in role's, or a custom
-    /// role's as stored; `None` for an unknown role.
+    /// role's as stored and still in the catalogue; `None` for an unknown role.
     pub async fn role_permissions(
         &self,
         tenant: &TenantId,
@@ -114,11 +114,11 @@ impl Authz {
         if let Some(granted) = self.roles.permissions(role) {
             return Ok(Some(granted.clone()));
         }
-        Ok(self
-            .store
-            .get_role(tenant, role)
-            .await?
-            .map(|role| role.permissions))
+        Ok(self.store.get_role(tenant, role).await?.map(|mut role| {
+            role.permissions
+                .retain(|permission| self.roles.in_catalogue(permission));
+            role.permissions
+        }))
     }
 
     /// Whether the caller holds every permission in `granted` (in its own tenant), so that
