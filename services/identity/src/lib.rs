@@ -30,7 +30,8 @@ use palisade_grpc::{
 use palisade_proto::palisade::identity::v1::{
     api_key_service_server::ApiKeyServiceServer, auth_service_server::AuthServiceServer,
     authorization_service_server::AuthorizationServiceServer,
-    edge_service_server::EdgeServiceServer, tenant_service_server::TenantServiceServer,
+    edge_service_server::EdgeServiceServer, role_service_server::RoleServiceServer,
+    tenant_service_server::TenantServiceServer,
     user_service_server::UserServiceServer,
 };
 use palisade_tls::MeshTls;
@@ -94,6 +95,12 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         relay.clone(),
         authz.clone(),
         passwords.clone(),
+        config.lockout,
+    )))
+    .add_service(RoleServiceServer::new(api::RoleApi::new(
+        store.clone(),
+        relay.clone(),
+        authz.clone(),
     )))
     .add_service(EdgeServiceServer::new(api::EdgeApi::new(store.clone())))
     .add_service(AuthServiceServer::new(api::AuthApi::new(

@@ -1,6 +1,8 @@
-//! The built-in roles and the permissions each grants, drawn from the permission catalogue
-//! (every `permission` some RPC's policy option names), so a role always grants exactly
-//! permissions the mesh enforces, and new RPCs join the roles their verb and area suggest.
+//! Roles: the built-in roles and the permissions each grants, drawn from the permission
+//! catalogue (every `permission` some RPC's policy option names), so a role always grants
+//! exactly permissions the mesh enforces, and new RPCs join the roles their verb and area
+//! suggest; and (in `custom`) the rules of a tenant's custom roles, sets of catalogue
+//! permissions stored by identity.
 //!
 //! The mapping (internal, service-to-service permissions are never granted to a role):
 //! - `admin`: every permission.
@@ -14,19 +16,38 @@
 //! A read is a permission whose verb (its last segment) is `get` or `list`, outside
 //! `compliance.*`: the audit trail and compliance records are for `admin` and `auditor` only.
 //!
-//! Granting a role needs every permission it grants (`Authz::may_grant`), so a manager can
-//! make viewers and analysts but not admins or auditors.
+//! Granting a role needs every permission it grants (`Authz::holds_all`), so a manager can
+//! make viewers and analysts but not admins or auditors; the same holds for putting
+//! permissions into a custom role.
+
+mod custom;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use palisade_grpc::MethodPolicies;
+use palisade_tenancy::TenantId;
 
-/// The built-in role names, in the order they are documented.
+pub use custom::{
+    RoleRecord, UpdatePaths, apply_update, check_custom_role_plan, is_role_id, parse_parent,
+    parse_role_name, validate_create,
+};
+
+/// The built-in role names, in the order they are documented (and listed).
 pub const BUILT_IN: [&str; 5] = ["admin", "manager", "analyst", "auditor", "viewer"];
 
-/// Each built-in role's permission set.
+/// Permissions that every active user holds for its own account, whatever its roles; the
+/// handler of the method that needs one checks that the account is the caller's own.
+pub const SELF_SERVICE: [&str; 1] = ["identity.users.changePassword"];
+
+/// Permissions that handlers check besides their method's own, so they belong in the
+/// catalogue although no policy option names them: `identity.users.update` lets a caller set
+/// another user's password (`UserService.ChangePassword`).
+const HANDLER_CHECKED: [&str; 1] = ["identity.users.update"];
+
+/// The permission catalogue and each built-in role's permission set.
 #[derive(Clone, Debug)]
 pub struct Roles {
+    catalogue: BTreeSet<String>,
     grants: BTreeMap<&'static str, BTreeSet<String>>,
 }
 
@@ -36,6 +57,7 @@ impl Roles {
             .iter()
             .filter(|policy| !policy.internal)
             .filter_map(|policy| policy.permission.clone())
+            .chain(HANDLER_CHECKED.map(str::to_owned))
             .collect();
         let grants = BUILT_IN
             .into_iter()
@@ -48,11 +70,32 @@ impl Roles {
                 (role, granted)
             })
             .collect();
-        Roles { grants }
+        Roles { catalogue, grants }
     }
 
+    /// Whether `role` names a built-in role.
     pub fn is_known(&self, role: &str) -> bool {
         self.grants.contains_key(role)
+    }
+
+    /// Whether `permission` may be granted by a role: a non-internal permission of the mesh.
+    pub fn in_catalogue(&self, permission: &str) -> bool {
+        self.catalogue.contains(permission)
+    }
+
+    /// Whether some of `roles` are not built-in, i.e. name custom roles of the user's tenant.
+    pub fn any_custom(&self, roles: &[String]) -> bool {
+        roles.iter().any(|role| !self.is_known(role))
+    }
+
+    /// The permissions `roles` grant through built-in roles.
+    pub fn built_in_grants(&self, roles: &[String]) -> BTreeSet<String> {
+        roles
+            .iter()
+            .filter_map(|role| self.grants.get(role.as_str()))
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// Whether any of `roles` grants `permission`.
@@ -66,6 +109,41 @@ impl Roles {
 
     pub fn permissions(&self, role: &str) -> Option<&BTreeSet<String>> {
         self.grants.get(role)
+    }
+
+    /// The built-in role `role` as a read-only resource of `tenant`.
+    pub fn built_in(&self, tenant: &TenantId, role: &str) -> Option<RoleRecord> {
+        let (name, granted) = self.grants.get_key_value(role)?;
+        Some(RoleRecord {
+            tenant_id: tenant.clone(),
+            id: (*name).to_owned(),
+            display_name: capitalized(name),
+            description: description(name).to_owned(),
+            permissions: granted.clone(),
+            built_in: true,
+            create_time: None,
+            update_time: None,
+        })
+    }
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+fn description(role: &str) -> &'static str {
+    match role {
+        "admin" => "Every permission a tenant may hold.",
+        "manager" => {
+            "Everything of identity and observability except changing tenants, plus every read."
+        }
+        "analyst" => "Every read, plus everything of observability.",
+        "auditor" => "The reads of compliance (including export and verify) and of identity.",
+        "viewer" => "Every get and list outside compliance.",
+        _ => "",
     }
 }
 
@@ -128,5 +206,42 @@ mod tests {
         for role in BUILT_IN {
             assert!(roles.is_known(role));
         }
+    }
+
+    #[test]
+    fn the_catalogue_holds_policy_and_handler_permissions_but_nothing_internal() {
+        let roles = roles();
+        assert!(roles.in_catalogue("identity.users.list"));
+        assert!(roles.in_catalogue("identity.users.update"));
+        assert!(roles.in_catalogue("identity.users.changePassword"));
+        assert!(!roles.in_catalogue("identity.authorization.check"));
+        assert!(!roles.in_catalogue("identity.*"));
+        assert!(
+            roles
+                .permissions("manager")
+                .unwrap()
+                .contains("identity.users.update")
+        );
+        assert!(
+            !roles
+                .permissions("viewer")
+                .unwrap()
+                .contains("identity.users.update")
+        );
+    }
+
+    #[test]
+    fn built_in_roles_read_as_resources() {
+        let roles = roles();
+        let tenant = TenantId::parse("acme").unwrap();
+        let viewer = roles.built_in(&tenant, "viewer").unwrap();
+        assert_eq!(viewer.name(), "tenants/acme/roles/viewer");
+        assert_eq!(viewer.display_name, "Viewer");
+        assert!(viewer.built_in);
+        assert!(viewer.permissions.contains("identity.roles.list"));
+        assert!(roles.built_in(&tenant, "user-reader").is_none());
+        let user_roles = ["viewer".to_owned(), "user-reader".to_owned()];
+        assert!(roles.any_custom(&user_roles));
+        assert_eq!(roles.built_in_grants(&user_roles), viewer.permissions);
     }
 }

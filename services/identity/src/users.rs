@@ -4,7 +4,7 @@ use palisade_grpc::{ApiError, FieldViolation};
 use palisade_proto::palisade::identity::v1::{CreateUserRequest, UserState};
 use palisade_tenancy::TenantId;
 
-use crate::{passwords, roles::Roles};
+use crate::passwords;
 
 /// A user as stored (without its password hash).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,10 +25,11 @@ impl UserRecord {
     }
 }
 
-/// Validates a create request into the user to insert (the password is checked, not kept).
+/// Validates a create request into the user to insert (the password is checked, not kept);
+/// `is_role` tells the tenant's roles, built-in and custom, from unknown ones.
 pub fn validate_create(
     request: &CreateUserRequest,
-    roles: &Roles,
+    is_role: impl Fn(&str) -> bool,
     now: i64,
 ) -> Result<UserRecord, ApiError> {
     let mut violations = Vec::new();
@@ -60,13 +61,10 @@ pub fn validate_create(
     }
     let mut user_roles = Vec::new();
     for (index, role) in user.roles.iter().enumerate() {
-        if !roles.is_known(role) {
+        if !is_role(role) {
             violations.push(FieldViolation::new(
                 format!("user.roles[{index}]"),
-                format!(
-                    "unknown role {role:?}; the roles are {}",
-                    crate::roles::BUILT_IN.join(", ")
-                ),
+                unknown_role(role),
             ));
         } else if !user_roles.contains(role) {
             user_roles.push(role.clone());
@@ -87,6 +85,15 @@ pub fn validate_create(
         }),
         _ => Err(ApiError::InvalidArgument(violations)),
     }
+}
+
+/// Why `role` is refused: it is neither built-in nor a custom role of the tenant.
+pub fn unknown_role(role: &str) -> String {
+    let shown: String = role.chars().take(64).collect();
+    format!(
+        "unknown role {shown:?}; roles are the built-in {} and the tenant's custom roles",
+        crate::roles::BUILT_IN.join(", ")
+    )
 }
 
 /// `tenants/{tenant}` (the `parent` of a user request) → the tenant.
@@ -160,6 +167,7 @@ mod tests {
     use palisade_proto::palisade::identity::v1::User;
 
     use super::*;
+    use crate::roles::Roles;
 
     fn create(parent: &str, email: &str, roles: &[&str], password: &str) -> Vec<String> {
         let request = CreateUserRequest {
@@ -173,7 +181,8 @@ mod tests {
             password: password.into(),
         };
         let roles = Roles::from_catalogue(&MethodPolicies::palisade().unwrap());
-        match validate_create(&request, &roles, 1) {
+        let is_role = |role: &str| roles.is_known(role) || role == "user-reader";
+        match validate_create(&request, is_role, 1) {
             Ok(_) => Vec::new(),
             Err(ApiError::InvalidArgument(violations)) => {
                 violations.into_iter().map(|v| v.field).collect()
@@ -188,7 +197,7 @@ mod tests {
             create(
                 "tenants/acme",
                 "Ada@Example.com",
-                &["admin"],
+                &["admin", "user-reader"],
                 "twelve chars"
             )
             .is_empty()

@@ -4,13 +4,17 @@ use palisade_grpc::{ApiError, FieldViolation};
 use palisade_proto::palisade::{
     common::v1::PrincipalType,
     identity::v1::{
-        CheckRequest, CheckResponse, authorization_service_server::AuthorizationService,
+        BatchCheckRequest, BatchCheckResponse, CheckRequest, CheckResponse,
+        authorization_service_server::AuthorizationService,
     },
 };
 use palisade_tenancy::{Principal, PrincipalKind, TenantId};
 use tonic::{Request, Response, Status};
 
 use crate::authz::Authz;
+
+/// The most pairs one `BatchCheck` answers.
+const MAX_BATCH: usize = 100;
 
 pub struct AuthorizationApi {
     authz: std::sync::Arc<Authz>,
@@ -40,11 +44,72 @@ impl AuthorizationService for AuthorizationApi {
             reason: decision.reason,
         }))
     }
+
+    async fn batch_check(
+        &self,
+        request: Request<BatchCheckRequest>,
+    ) -> Result<Response<BatchCheckResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let principal = validate_principal(request.principal.as_ref(), &mut violations);
+        if request.items.is_empty() {
+            violations.push(FieldViolation::new("items", "must not be empty"));
+        } else if request.items.len() > MAX_BATCH {
+            violations.push(FieldViolation::new(
+                "items",
+                format!("must hold at most {MAX_BATCH} items"),
+            ));
+        } else {
+            for (index, item) in request.items.iter().enumerate() {
+                if item.permission.is_empty() {
+                    violations.push(FieldViolation::new(
+                        format!("items[{index}].permission"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        let Some((tenant, principal)) = principal.filter(|_| violations.is_empty()) else {
+            return Err(ApiError::InvalidArgument(violations).into());
+        };
+        let items: Vec<(String, Option<String>)> = request
+            .items
+            .into_iter()
+            .map(|item| {
+                let resource = (!item.resource.is_empty()).then_some(item.resource);
+                (item.permission, resource)
+            })
+            .collect();
+        let decisions = self.authz.decide_many(&tenant, &principal, &items).await?;
+        Ok(Response::new(BatchCheckResponse {
+            results: decisions
+                .into_iter()
+                .map(|decision| CheckResponse {
+                    allowed: decision.allowed,
+                    reason: decision.reason,
+                })
+                .collect(),
+        }))
+    }
 }
 
 fn validate(request: &CheckRequest) -> Result<(TenantId, Principal), ApiError> {
     let mut violations = Vec::new();
-    let principal = request.principal.as_ref();
+    let principal = validate_principal(request.principal.as_ref(), &mut violations);
+    if request.permission.is_empty() {
+        violations.push(FieldViolation::new("permission", "must not be empty"));
+    }
+    match principal {
+        Some(principal) if violations.is_empty() => Ok(principal),
+        _ => Err(ApiError::InvalidArgument(violations)),
+    }
+}
+
+/// The tenant and principal of a check, or `None` with the violations recorded.
+fn validate_principal(
+    principal: Option<&palisade_proto::palisade::common::v1::Principal>,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<(TenantId, Principal)> {
     let tenant = principal.and_then(|p| TenantId::parse(&p.tenant_id).ok());
     if tenant.is_none() {
         violations.push(FieldViolation::new(
@@ -67,17 +132,14 @@ fn validate(request: &CheckRequest) -> Result<(TenantId, Principal), ApiError> {
             None
         }
     };
-    if request.permission.is_empty() {
-        violations.push(FieldViolation::new("permission", "must not be empty"));
-    }
     match (tenant, kind, principal) {
-        (Some(tenant), Some(kind), Some(principal)) if violations.is_empty() => Ok((
+        (Some(tenant), Some(kind), Some(principal)) => Some((
             tenant,
             Principal {
                 id: principal.id.clone(),
                 kind,
             },
         )),
-        _ => Err(ApiError::InvalidArgument(violations)),
+        _ => None,
     }
 }

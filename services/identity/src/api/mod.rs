@@ -4,12 +4,15 @@ mod api_key;
 mod auth;
 mod authorization;
 mod edge;
+mod role;
 mod tenant;
 mod user;
+mod user_password;
 
 pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;
 pub use authorization::AuthorizationApi;
 pub use edge::EdgeApi;
+pub use role::RoleApi;
 pub use tenant::TenantApi;
 pub use user::UserApi;

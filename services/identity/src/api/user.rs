@@ -1,6 +1,7 @@
-//! `UserService`.
+//! `UserService`: users, their roles and effective permissions (password changes are in
+//! `user_password`).
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
@@ -12,8 +13,10 @@ use palisade_grpc::{
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
-        AssignRoleRequest, CreateUserRequest, GetUserRequest, ListUsersRequest, ListUsersResponse,
-        RevokeRoleRequest, User, UserState, user_service_server::UserService,
+        AssignRoleRequest, ChangePasswordRequest, ChangePasswordResponse, CreateUserRequest,
+        GetEffectivePermissionsRequest, GetEffectivePermissionsResponse, GetUserRequest,
+        ListUsersRequest, ListUsersResponse, RevokeRoleRequest, User, UserState,
+        user_service_server::UserService,
     },
 };
 use palisade_tenancy::TenantId;
@@ -21,9 +24,10 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     authz::Authz,
+    lockout::LockoutPolicy,
     passwords::Passwords,
-    roles::{self, Roles},
-    store::{IdentityStore, UserFilter},
+    roles::{RoleRecord, Roles},
+    store::{IdentityStore, RoleLock, UserFilter},
     users::{self, UserRecord},
 };
 
@@ -43,10 +47,11 @@ const FILTER_FIELDS: &[FilterField] = &[
 ];
 
 pub struct UserApi {
-    store: IdentityStore,
-    relay: Relay,
-    authz: Arc<Authz>,
-    passwords: Passwords,
+    pub(super) store: IdentityStore,
+    pub(super) relay: Relay,
+    pub(super) authz: Arc<Authz>,
+    pub(super) passwords: Passwords,
+    pub(super) lockout: LockoutPolicy,
 }
 
 impl UserApi {
@@ -55,12 +60,14 @@ impl UserApi {
         relay: Relay,
         authz: Arc<Authz>,
         passwords: Passwords,
+        lockout: LockoutPolicy,
     ) -> UserApi {
         UserApi {
             store,
             relay,
             authz,
             passwords,
+            lockout,
         }
     }
 
@@ -68,9 +75,14 @@ impl UserApi {
         self.authz.roles()
     }
 
-    /// A caller passes on only rights it holds itself (see `Authz::may_grant`).
-    async fn require_may_grant(&self, caller: &Caller, role: &str) -> Result<(), ApiError> {
-        if self.authz.may_grant(&caller.context, role).await? {
+    /// A caller passes on only rights it holds itself (see `Authz::holds_all`).
+    async fn require_may_grant(
+        &self,
+        caller: &Caller,
+        role: &str,
+        granted: &BTreeSet<String>,
+    ) -> Result<(), ApiError> {
+        if self.authz.holds_all(&caller.context, granted).await? {
             Ok(())
         } else {
             Err(ApiError::PermissionDenied {
@@ -78,6 +90,22 @@ impl UserApi {
                 message: format!("role {role} grants permissions the caller does not hold"),
             })
         }
+    }
+
+    /// The custom roles of `tenant` among `roles` (built-in names are skipped).
+    async fn custom_roles_among(
+        &self,
+        tenant: &TenantId,
+        roles: &[String],
+    ) -> Result<Vec<RoleRecord>, ApiError> {
+        let mut custom: Vec<String> = roles
+            .iter()
+            .filter(|role| !self.roles().is_known(role) && crate::roles::is_role_id(role))
+            .cloned()
+            .collect();
+        custom.sort();
+        custom.dedup();
+        self.store.custom_roles(tenant, &custom).await
     }
 
     /// `AssignRole` (`assign`) and `RevokeRole`.
@@ -89,18 +117,14 @@ impl UserApi {
         assign: bool,
     ) -> Result<User, ApiError> {
         let (tenant, id) = users::parse_name(name)?;
-        if !self.roles().is_known(role) {
-            return Err(ApiError::invalid(
-                "role",
-                format!(
-                    "unknown role {role:?}; the roles are {}",
-                    roles::BUILT_IN.join(", ")
-                ),
-            ));
+        let unknown = || ApiError::invalid("role", users::unknown_role(role));
+        if role.is_empty() {
+            return Err(ApiError::invalid("role", "is required"));
         }
         let not_found = || ApiError::NotFound {
             resource: name.to_owned(),
         };
+        // Isolation first: another tenant's roles are not even looked up.
         if !caller.context.may_access(&tenant) {
             return Err(not_found());
         }
@@ -109,7 +133,12 @@ impl UserApi {
             .get_user(&tenant, &id)
             .await?
             .ok_or_else(not_found)?;
-        self.require_may_grant(&caller, role).await?;
+        let granted = self
+            .authz
+            .role_permissions(&tenant, role)
+            .await?
+            .ok_or_else(unknown)?;
+        self.require_may_grant(&caller, role, &granted).await?;
         let action = if assign {
             "identity.roles.assign"
         } else {
@@ -117,6 +146,18 @@ impl UserApi {
         };
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        // A custom role being assigned is held (share-locked) until commit, so a concurrent
+        // DeleteRole either sees this assignment or has already removed the role.
+        if assign
+            && !self.roles().is_known(role)
+            && self
+                .store
+                .lock_roles(&mut tx, &tenant, &[role.to_owned()], RoleLock::Share)
+                .await?
+                == 0
+        {
+            return Err(unknown());
+        }
         let changed = if assign {
             self.store.add_user_role(&mut tx, &user, role, now).await?
         } else {
@@ -157,7 +198,7 @@ impl UserApi {
 
 /// Tenant isolation (DESIGN §4.3): a principal acts only within its own tenant, whatever its
 /// roles; platform operators of the `system` tenant act on any.
-fn require_own_tenant(caller: &Caller, tenant: &TenantId) -> Result<(), ApiError> {
+pub(super) fn require_own_tenant(caller: &Caller, tenant: &TenantId) -> Result<(), ApiError> {
     if caller.context.may_access(tenant) {
         Ok(())
     } else {
@@ -180,9 +221,25 @@ impl UserService for UserApi {
         if let Ok(tenant) = users::parse_parent(&request.parent) {
             require_own_tenant(&caller, &tenant)?;
         }
-        let record = users::validate_create(&request, self.roles(), now_micros())?;
+        let custom = match (users::parse_parent(&request.parent), &request.user) {
+            (Ok(tenant), Some(user)) => self.custom_roles_among(&tenant, &user.roles).await?,
+            _ => Vec::new(),
+        };
+        let is_role =
+            |role: &str| self.roles().is_known(role) || custom.iter().any(|c| c.id == role);
+        let record = users::validate_create(&request, is_role, now_micros())?;
         for role in &record.roles {
-            self.require_may_grant(&caller, role).await?;
+            let granted = match self.roles().permissions(role) {
+                Some(granted) => granted,
+                None => {
+                    &custom
+                        .iter()
+                        .find(|c| &c.id == role)
+                        .expect("validated as built-in or custom")
+                        .permissions
+                }
+            };
+            self.require_may_grant(&caller, role, granted).await?;
         }
         if self.store.get_tenant(&record.tenant_id).await?.is_none() {
             return Err(ApiError::NotFound {
@@ -193,6 +250,16 @@ impl UserService for UserApi {
         let password_hash = self.passwords.hash(&request.password).await?;
         let resource = record.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let custom_ids: Vec<String> = custom.iter().map(|c| c.id.clone()).collect();
+        let locked = self
+            .store
+            .lock_roles(&mut tx, &record.tenant_id, &custom_ids, RoleLock::Share)
+            .await?;
+        if locked != custom_ids.len() {
+            return Err(
+                ApiError::invalid("user.roles", "a custom role was deleted meanwhile").into(),
+            );
+        }
         self.store
             .ensure_within_limit(&mut tx, &record.tenant_id, "users")
             .await?;
@@ -249,7 +316,18 @@ impl UserService for UserApi {
         let after = aip::decode_page_token(&request.page_token, &request.filter)?
             .map(|cursor| CreatedCursor::decode(&cursor))
             .transpose()?;
-        let filters = parse_filters(&request.filter, self.roles())?;
+        let filters = parse_filters(&request.filter)?;
+        for filter in &filters {
+            if let UserFilter::Role(_, role) = filter
+                && !self.roles().is_known(role)
+                && self
+                    .custom_roles_among(&tenant, std::slice::from_ref(role))
+                    .await?
+                    .is_empty()
+            {
+                return Err(ApiError::invalid("filter", users::unknown_role(role)).into());
+            }
+        }
         let mut records = self
             .store
             .list_users(&tenant, after.as_ref(), &filters, page_size + 1)
@@ -290,6 +368,50 @@ impl UserService for UserApi {
             .await?;
         Ok(Response::new(user))
     }
+
+    async fn get_effective_permissions(
+        &self,
+        request: Request<GetEffectivePermissionsRequest>,
+    ) -> Result<Response<GetEffectivePermissionsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let name = &request.get_ref().name;
+        let (tenant, id) = users::parse_name(name)?;
+        let not_found = || ApiError::NotFound {
+            resource: name.clone(),
+        };
+        if !caller.context.may_access(&tenant) {
+            return Err(not_found().into());
+        }
+        let user = self
+            .store
+            .get_user(&tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        // A disabled user may do nothing, whatever its roles say.
+        let permissions = if user.state == UserState::Active {
+            self.authz.user_permissions(&user).await?
+        } else {
+            BTreeSet::new()
+        };
+        Ok(Response::new(GetEffectivePermissionsResponse {
+            user: user.name(),
+            roles: user.roles,
+            permissions: permissions.into_iter().collect(),
+        }))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let revoked = self
+            .apply_password_change(caller, request.into_inner())
+            .await?;
+        Ok(Response::new(ChangePasswordResponse {
+            revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX),
+        }))
+    }
 }
 
 fn to_proto(record: UserRecord) -> User {
@@ -304,7 +426,7 @@ fn to_proto(record: UserRecord) -> User {
     }
 }
 
-fn parse_filters(filter: &str, roles: &Roles) -> Result<Vec<UserFilter>, ApiError> {
+fn parse_filters(filter: &str) -> Result<Vec<UserFilter>, ApiError> {
     aip::parse_filter(filter, FILTER_FIELDS)?
         .into_iter()
         .map(|term| match term.field {
@@ -322,11 +444,7 @@ fn parse_filters(filter: &str, roles: &Roles) -> Result<Vec<UserFilter>, ApiErro
                 term.comparison,
                 term.value.trim().to_lowercase(),
             )),
-            _ if roles.is_known(&term.value) => Ok(UserFilter::Role(term.comparison, term.value)),
-            _ => Err(ApiError::invalid(
-                "filter",
-                format!("unknown role {:?}", term.value),
-            )),
+            _ => Ok(UserFilter::Role(term.comparison, term.value)),
         })
         .collect()
 }

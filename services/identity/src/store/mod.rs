@@ -2,6 +2,7 @@
 //! here, at the boundary; values are always bound, never spliced.
 
 mod api_keys;
+mod roles;
 mod tenants;
 mod tokens;
 mod usage;
@@ -11,6 +12,7 @@ use palisade_db::Db;
 use palisade_grpc::ApiError;
 
 pub use api_keys::ApiKeyRecord;
+pub use roles::{RoleFilter, RoleLock};
 pub use tenants::TenantFilter;
 pub use users::UserFilter;
 

@@ -280,6 +280,64 @@ impl IdentityStore {
         Ok(Some((user, hash)))
     }
 
+    /// The stored password hash of the user `id` of `tenant`.
+    pub async fn password_hash(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let row = sqlx::query("SELECT password_hash FROM users WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(internal)?;
+        row.map(|row| row.try_get("password_hash").map_err(internal))
+            .transpose()
+    }
+
+    /// Replaces a user's password hash.
+    pub async fn set_password_hash(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE users SET password_hash = $1, update_time = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(password_hash)
+        .bind(now)
+        .bind(user.tenant_id.as_str())
+        .bind(&user.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+
+    /// Revokes every token family (session) of a user that is not revoked yet; returns how
+    /// many it revoked.
+    pub async fn revoke_user_sessions(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        now: i64,
+    ) -> Result<u64, ApiError> {
+        let done = sqlx::query(
+            "UPDATE token_families SET revoke_time = $1 \
+             WHERE tenant_id = $2 AND user_id = $3 AND revoke_time IS NULL",
+        )
+        .bind(now)
+        .bind(user.tenant_id.as_str())
+        .bind(&user.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        Ok(done.rows_affected())
+    }
+
     /// Until when the user's logins are locked (microseconds), if a lock was ever set.
     pub async fn locked_until(&self, user_id: &str) -> Result<Option<i64>, ApiError> {
         let row = sqlx::query("SELECT locked_until FROM users WHERE id = $1")

@@ -1,0 +1,194 @@
+//! `UserService.ChangePassword`: users change their own password with the current one; callers
+//! with `identity.users.update` set other users' passwords, never of accounts with more rights
+//! than their own. Either way every session of the user ends.
+
+use palisade_audit::AuditRecord;
+use palisade_grpc::{ApiError, Caller, FieldViolation, time::now_micros};
+use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::ChangePasswordRequest};
+use palisade_tenancy::PrincipalKind;
+
+use super::UserApi;
+use crate::{passwords, users};
+
+/// The permission that lets a caller set another user's password.
+const UPDATE_USERS: &str = "identity.users.update";
+
+fn wrong_password() -> ApiError {
+    ApiError::PermissionDenied {
+        reason: "WRONG_PASSWORD",
+        message: "the current password is wrong, or the account is locked after repeated failures"
+            .to_owned(),
+    }
+}
+
+impl UserApi {
+    /// Checks who may change the password, sets it, ends the user's sessions and audits the
+    /// change; returns how many sessions ended.
+    pub(super) async fn apply_password_change(
+        &self,
+        caller: Caller,
+        request: ChangePasswordRequest,
+    ) -> Result<u64, ApiError> {
+        let (tenant, id) = users::parse_name(&request.name)?;
+        let principal = caller.principal();
+        let own = principal.kind == PrincipalKind::User
+            && principal.id == id
+            && caller.context.tenant_id == tenant;
+        let mut violations: Vec<FieldViolation> =
+            passwords::check_policy("new_password", &request.new_password)
+                .into_iter()
+                .collect();
+        if own && request.current_password.is_empty() {
+            violations.push(FieldViolation::new(
+                "current_password",
+                "is required to change your own password",
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(ApiError::InvalidArgument(violations));
+        }
+        let not_found = || ApiError::NotFound {
+            resource: request.name.clone(),
+        };
+        if !caller.context.may_access(&tenant) {
+            return Err(not_found());
+        }
+        let user = self
+            .store
+            .get_user(&tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        let now = now_micros();
+        if own {
+            self.check_current_password(&caller, &user, &request.current_password, now)
+                .await?;
+        } else {
+            let decision = self
+                .authz
+                .decide(
+                    &caller.context.tenant_id,
+                    principal,
+                    UPDATE_USERS,
+                    Some(&user.name()),
+                )
+                .await?;
+            if !decision.allowed {
+                return Err(ApiError::PermissionDenied {
+                    reason: "PERMISSION_DENIED",
+                    message: format!(
+                        "missing permission {UPDATE_USERS} to change another user's password: {}",
+                        decision.reason
+                    ),
+                });
+            }
+            // Setting a password takes the account over: only of users with no more rights.
+            let held = self.authz.user_permissions(&user).await?;
+            if !self.authz.holds_all(&caller.context, &held).await? {
+                return Err(ApiError::PermissionDenied {
+                    reason: "ROLE_ESCALATION",
+                    message: "the user holds permissions the caller does not hold".to_owned(),
+                });
+            }
+        }
+        let password_hash = self.passwords.hash(&request.new_password).await?;
+        let resource = user.name();
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        self.store
+            .set_password_hash(&mut tx, &user, &password_hash, now)
+            .await?;
+        let revoked = self.store.revoke_user_sessions(&mut tx, &user, now).await?;
+        self.store.clear_failed_logins(&mut tx, &user.id).await?;
+        let audit = AuditRecord {
+            tenant: &user.tenant_id,
+            actor_tenant: &caller.context.tenant_id,
+            actor: Some(principal),
+            action: caller.action("identity.users.changePassword"),
+            resource: &resource,
+            outcome: Outcome::Success,
+            request_id: caller.request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes: vec![
+                ("own_password", own.to_string()),
+                ("revoked_sessions", revoked.to_string()),
+            ],
+        };
+        palisade_audit::commit_with(tx, &audit, &self.relay)
+            .await
+            .map_err(ApiError::internal)?;
+        tracing::info!(tenant = %user.tenant_id, user = %user.id, own, revoked, "password changed");
+        Ok(revoked)
+    }
+
+    /// A user proves it knows its password as at login: a locked account is refused before any
+    /// hashing, and a wrong password is audited and counts towards the lockout, so a stolen
+    /// access token cannot be used to guess the password.
+    async fn check_current_password(
+        &self,
+        caller: &Caller,
+        user: &users::UserRecord,
+        current: &str,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let locked = self
+            .store
+            .locked_until(&user.id)
+            .await?
+            .is_some_and(|until| until > now);
+        let stored = self
+            .store
+            .password_hash(&user.tenant_id, &user.id)
+            .await?
+            .ok_or_else(|| ApiError::internal("a user without a password hash"))?;
+        if !locked && self.passwords.verify(&stored, current).await? {
+            return Ok(());
+        }
+        let resource = user.name();
+        let refusal = if locked { "locked" } else { "wrong_password" };
+        let locks_now = !locked
+            && self
+                .store
+                .record_failed_login(&user.id, now, &self.lockout)
+                .await?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        palisade_audit::enqueue(
+            &mut tx,
+            &AuditRecord {
+                tenant: &user.tenant_id,
+                actor_tenant: &caller.context.tenant_id,
+                actor: Some(caller.principal()),
+                action: caller.action("identity.users.changePassword"),
+                resource: &resource,
+                outcome: Outcome::Denied,
+                request_id: caller.request_id.as_ref(),
+                source: crate::COMPONENT,
+                attributes: vec![("reason", refusal.to_owned())],
+            },
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        let lockout = AuditRecord {
+            tenant: &user.tenant_id,
+            actor_tenant: &user.tenant_id,
+            actor: None,
+            action: "identity.auth.lockout",
+            resource: &resource,
+            outcome: Outcome::Denied,
+            request_id: caller.request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes: vec![
+                ("failures", self.lockout.max_failures.to_string()),
+                ("lock_seconds", self.lockout.lock_for.as_secs().to_string()),
+            ],
+        };
+        if locks_now {
+            tracing::warn!(tenant = %user.tenant_id, user = %user.id, "account locked out after repeated failures");
+            palisade_audit::enqueue(&mut tx, &lockout)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.relay.notify();
+        tracing::info!(tenant = %user.tenant_id, user = %user.id, reason = refusal, "password change refused");
+        Err(wrong_password())
+    }
+}

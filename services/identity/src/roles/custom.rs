@@ -1,0 +1,429 @@
+//! Custom role rules: role ids and names, what a valid role looks like, which fields an update
+//! changes, and the hook where a tenant's plan will limit custom roles.
+
+use std::collections::BTreeSet;
+
+use palisade_grpc::{ApiError, FieldViolation};
+use palisade_proto::palisade::identity::v1::{CreateRoleRequest, Role};
+use palisade_tenancy::TenantId;
+
+use super::Roles;
+use crate::tenants::TenantRecord;
+
+/// More permissions than this in one role is a mistake or an attack, not a role: the whole
+/// catalogue is a few dozen.
+const MAX_PERMISSIONS: usize = 1000;
+
+/// A role as a resource: a built-in role (computed, never stored, without times) or a custom
+/// role as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleRecord {
+    pub tenant_id: TenantId,
+    pub id: String,
+    pub display_name: String,
+    pub description: String,
+    pub permissions: BTreeSet<String>,
+    pub built_in: bool,
+    pub create_time: Option<i64>,
+    pub update_time: Option<i64>,
+}
+
+impl RoleRecord {
+    pub fn name(&self) -> String {
+        format!("tenants/{}/roles/{}", self.tenant_id, self.id)
+    }
+
+    /// The permissions joined by spaces, as audit events record them.
+    pub fn permission_list(&self) -> String {
+        self.permissions
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `[a-z][a-z0-9-]{2,62}`: the ids of custom roles (and the built-in names fit it too).
+pub fn is_role_id(id: &str) -> bool {
+    (3..=63).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `tenants/{tenant}` (the `parent` of a role request) → the tenant.
+pub fn parse_parent(parent: &str) -> Result<TenantId, FieldViolation> {
+    crate::users::parse_parent(parent)
+}
+
+/// `tenants/{tenant}/roles/{role}` (the request field `field`) → (tenant, role id).
+pub fn parse_role_name(field: &str, name: &str) -> Result<(TenantId, String), ApiError> {
+    let malformed = || ApiError::invalid(field, "must be `tenants/{tenant_id}/roles/{role_id}`");
+    let rest = name.strip_prefix("tenants/").ok_or_else(malformed)?;
+    let (tenant, role) = rest.split_once("/roles/").ok_or_else(malformed)?;
+    let tenant = TenantId::parse(tenant).map_err(|_| malformed())?;
+    if is_role_id(role) {
+        Ok((tenant, role.to_owned()))
+    } else {
+        Err(malformed())
+    }
+}
+
+/// Validates a create request into the role to insert. A built-in role's name is taken in
+/// every tenant (`ALREADY_EXISTS`, as for any role id in use: AIP-133).
+pub fn validate_create(
+    request: &CreateRoleRequest,
+    roles: &Roles,
+    now: i64,
+) -> Result<RoleRecord, ApiError> {
+    let mut violations = Vec::new();
+    let tenant = parse_parent(&request.parent)
+        .map_err(|violation| violations.push(violation))
+        .ok();
+    if !is_role_id(&request.role_id) {
+        violations.push(FieldViolation::new(
+            "role_id",
+            "must be 3 to 63 characters of a-z, 0-9 and '-', starting with a letter",
+        ));
+    }
+    let Some(role) = &request.role else {
+        violations.push(FieldViolation::new("role", "is required"));
+        return Err(ApiError::InvalidArgument(violations));
+    };
+    let display_name = check_display_name(&role.display_name, &mut violations);
+    let description = check_description(&role.description, &mut violations);
+    let permissions = check_permissions(&role.permissions, roles, &mut violations);
+    let Some(tenant_id) = tenant.filter(|_| violations.is_empty()) else {
+        return Err(ApiError::InvalidArgument(violations));
+    };
+    if roles.is_known(&request.role_id) {
+        return Err(ApiError::AlreadyExists {
+            resource: format!("tenants/{tenant_id}/roles/{}", request.role_id),
+        });
+    }
+    Ok(RoleRecord {
+        tenant_id,
+        id: request.role_id.clone(),
+        display_name,
+        description,
+        permissions,
+        built_in: false,
+        create_time: Some(now),
+        update_time: Some(now),
+    })
+}
+
+/// The fields an `UpdateRole` changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpdatePaths {
+    pub display_name: bool,
+    pub description: bool,
+    pub permissions: bool,
+}
+
+impl UpdatePaths {
+    /// The paths of `mask` (`display_name`, `description`, `permissions`, or `*` for all); an
+    /// empty mask means every field `role` sets to a non-default value (AIP-134).
+    pub fn parse(mask: &[String], role: &Role) -> Result<UpdatePaths, ApiError> {
+        if mask.is_empty() {
+            return Ok(UpdatePaths {
+                display_name: !role.display_name.is_empty(),
+                description: !role.description.is_empty(),
+                permissions: !role.permissions.is_empty(),
+            });
+        }
+        let mut paths = UpdatePaths::default();
+        let mut violations = Vec::new();
+        for path in mask {
+            match path.as_str() {
+                "display_name" => paths.display_name = true,
+                "description" => paths.description = true,
+                "permissions" => paths.permissions = true,
+                "*" => {
+                    paths = UpdatePaths {
+                        display_name: true,
+                        description: true,
+                        permissions: true,
+                    }
+                }
+                other => violations.push(FieldViolation::new(
+                    "update_mask",
+                    format!(
+                        "cannot update {:?}; updatable: display_name, description, permissions",
+                        shown(other)
+                    ),
+                )),
+            }
+        }
+        if violations.is_empty() {
+            Ok(paths)
+        } else {
+            Err(ApiError::InvalidArgument(violations))
+        }
+    }
+}
+
+/// `current` with the fields in `paths` taken from `update`, validated as on create.
+pub fn apply_update(
+    current: &RoleRecord,
+    update: &Role,
+    paths: UpdatePaths,
+    roles: &Roles,
+    now: i64,
+) -> Result<RoleRecord, ApiError> {
+    let mut violations = Vec::new();
+    let mut next = current.clone();
+    if paths.display_name {
+        next.display_name = check_display_name(&update.display_name, &mut violations);
+    }
+    if paths.description {
+        next.description = check_description(&update.description, &mut violations);
+    }
+    if paths.permissions {
+        next.permissions = check_permissions(&update.permissions, roles, &mut violations);
+    }
+    if !violations.is_empty() {
+        return Err(ApiError::InvalidArgument(violations));
+    }
+    if next != *current {
+        next.update_time = Some(now);
+    }
+    Ok(next)
+}
+
+/// The plan hook of `CreateRole`: whether `tenant`'s plan includes the `custom_roles` feature
+/// and leaves room for one more custom role beside the `existing` ones. Every tenant may have
+/// custom roles until plans define features and limits; the plans work fills this in
+/// (FAILED_PRECONDITION or RESOURCE_EXHAUSTED with a `QuotaFailure`, as plans decide).
+pub fn check_custom_role_plan(tenant: &TenantRecord, existing: u64) -> Result<(), ApiError> {
+    let _ = (tenant, existing);
+    Ok(())
+}
+
+fn check_display_name(value: &str, violations: &mut Vec<FieldViolation>) -> String {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        violations.push(FieldViolation::new(
+            "role.display_name",
+            "must not be empty",
+        ));
+    } else if trimmed.chars().count() > 200 {
+        violations.push(FieldViolation::new(
+            "role.display_name",
+            "must be at most 200 characters",
+        ));
+    }
+    trimmed.to_owned()
+}
+
+fn check_description(value: &str, violations: &mut Vec<FieldViolation>) -> String {
+    let trimmed = value.trim();
+    if trimmed.chars().count() > 1000 {
+        violations.push(FieldViolation::new(
+            "role.description",
+            "must be at most 1000 characters",
+        ));
+    }
+    trimmed.to_owned()
+}
+
+fn check_permissions(
+    permissions: &[String],
+    roles: &Roles,
+    violations: &mut Vec<FieldViolation>,
+) -> BTreeSet<String> {
+    if permissions.len() > MAX_PERMISSIONS {
+        violations.push(FieldViolation::new(
+            "role.permissions",
+            format!("must hold at most {MAX_PERMISSIONS} permissions"),
+        ));
+        return BTreeSet::new();
+    }
+    for (index, permission) in permissions.iter().enumerate() {
+        if !roles.in_catalogue(permission) {
+            violations.push(FieldViolation::new(
+                format!("role.permissions[{index}]"),
+                format!(
+                    "unknown permission {:?}; a role grants permissions of the catalogue, e.g. \
+                     identity.users.list (the admin role holds them all)",
+                    shown(permission)
+                ),
+            ));
+        }
+    }
+    permissions.iter().cloned().collect()
+}
+
+/// Client text echoed in an error, cut short so a huge value cannot bloat the answer.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_grpc::MethodPolicies;
+
+    use super::*;
+
+    fn roles() -> Roles {
+        Roles::from_catalogue(&MethodPolicies::palisade().unwrap())
+    }
+
+    fn create(role_id: &str, role: Option<Role>) -> Result<RoleRecord, ApiError> {
+        let request = CreateRoleRequest {
+            parent: "tenants/acme".into(),
+            role_id: role_id.into(),
+            role,
+        };
+        validate_create(&request, &roles(), 7)
+    }
+
+    fn role(display_name: &str, permissions: &[&str]) -> Role {
+        Role {
+            display_name: display_name.into(),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+            ..Role::default()
+        }
+    }
+
+    fn violated(result: Result<impl std::fmt::Debug, ApiError>) -> Vec<String> {
+        match result {
+            Err(ApiError::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
+            other => panic!("expected violations, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_role_is_sorted_and_deduplicated() {
+        let record = create(
+            "user-reader",
+            Some(role(
+                " User reader ",
+                &[
+                    "identity.users.list",
+                    "identity.users.get",
+                    "identity.users.list",
+                ],
+            )),
+        )
+        .unwrap();
+        assert_eq!(record.name(), "tenants/acme/roles/user-reader");
+        assert_eq!(record.display_name, "User reader");
+        assert_eq!(
+            record.permission_list(),
+            "identity.users.get identity.users.list"
+        );
+        assert_eq!((record.create_time, record.built_in), (Some(7), false));
+    }
+
+    #[test]
+    fn bad_input_names_every_field() {
+        assert_eq!(
+            violated(create(
+                "X",
+                Some(role(
+                    "",
+                    &[
+                        "identity.users.list",
+                        "identity.*",
+                        "identity.authorization.check"
+                    ]
+                ))
+            )),
+            [
+                "role_id",
+                "role.display_name",
+                "role.permissions[1]",
+                "role.permissions[2]"
+            ]
+        );
+        assert_eq!(violated(create("user-reader", None)), ["role"]);
+        for bad in ["ab", "1abc", "a_b", "Abc", &"a".repeat(64)] {
+            assert_eq!(
+                violated(create(bad, Some(role("x", &[])))),
+                ["role_id"],
+                "{bad}"
+            );
+        }
+        let many = vec!["identity.users.list"; 1001];
+        assert_eq!(
+            violated(create("big", Some(role("x", &many)))),
+            ["role.permissions"]
+        );
+    }
+
+    #[test]
+    fn built_in_names_are_taken() {
+        assert!(matches!(
+            create("admin", Some(role("Admin", &[]))),
+            Err(ApiError::AlreadyExists { .. })
+        ));
+    }
+
+    #[test]
+    fn names_parse_only_in_canonical_form() {
+        let (tenant, role) = parse_role_name("name", "tenants/acme/roles/user-reader").unwrap();
+        assert_eq!((tenant.as_str(), role.as_str()), ("acme", "user-reader"));
+        for bad in [
+            "tenants/acme/roles/X",
+            "tenants/acme/roles/",
+            "tenants/acme/users/user-reader",
+            "roles/user-reader",
+            "tenants/acme/roles/a/b",
+        ] {
+            assert!(parse_role_name("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn updates_change_only_the_masked_fields() {
+        let current = create("user-reader", Some(role("Reader", &["identity.users.get"]))).unwrap();
+        let update = role("Renamed", &["identity.users.list"]);
+        let paths = UpdatePaths::parse(&["display_name".into()], &update).unwrap();
+        let next = apply_update(&current, &update, paths, &roles(), 9).unwrap();
+        assert_eq!(next.display_name, "Renamed");
+        assert_eq!(next.permission_list(), "identity.users.get");
+        assert_eq!(next.update_time, Some(9));
+
+        // An empty mask takes every field the request sets; an unchanged role keeps its time.
+        let implied = UpdatePaths::parse(&[], &role("", &["identity.users.get"])).unwrap();
+        assert_eq!(
+            implied,
+            UpdatePaths {
+                permissions: true,
+                ..UpdatePaths::default()
+            }
+        );
+        let same = apply_update(
+            &current,
+            &role("", &["identity.users.get"]),
+            implied,
+            &roles(),
+            9,
+        )
+        .unwrap();
+        assert_eq!(same, current);
+
+        assert_eq!(
+            violated(UpdatePaths::parse(&["name".into()], &update)),
+            ["update_mask"]
+        );
+        let all = UpdatePaths::parse(&["*".into()], &update).unwrap();
+        assert_eq!(
+            violated(apply_update(
+                &current,
+                &role("", &["nope"]),
+                all,
+                &roles(),
+                9
+            )),
+            ["role.display_name", "role.permissions[0]"]
+        );
+    }
+}

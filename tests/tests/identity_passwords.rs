@@ -1,0 +1,312 @@
+//! Password changes through the gateway: users change their own with the current one, holders
+//! of `identity.users.update` set others' (never of accounts with more rights), every session
+//! of the user ends, wrong guesses count towards the lockout, and no password reaches the audit
+//! log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_code, new_tenant, reason, violated_fields};
+use palisade_proto::palisade::{
+    compliance::v1::{
+        AuditEvent, ListAuditEventsRequest, Outcome, audit_service_client::AuditServiceClient,
+    },
+    identity::v1::{
+        AuthTokens, ChangePasswordRequest, CreateUserRequest, LoginRequest, Plan,
+        RefreshTokenRequest, User, auth_service_client::AuthServiceClient,
+        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+    },
+};
+use palisade_testkit::{Mesh, eventually};
+use tonic::{Code, Status};
+
+const PASSWORD: &str = "correct horse battery staple";
+const NEW_PASSWORD: &str = "a brand new passphrase";
+const RESET_PASSWORD: &str = "set by the manager";
+
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Tenants with one user per (tenant, email, role); returns the users' names.
+async fn populate(mesh: &Mesh, users: &[(&str, &str, &str)]) -> anyhow::Result<Vec<String>> {
+    let mut made = Vec::new();
+    let mut names = Vec::new();
+    for (tenant, email, role) in users {
+        if !made.contains(tenant) {
+            TenantServiceClient::new(mesh.gateway())
+                .create_tenant(mesh.as_operator(new_tenant(tenant, tenant, Plan::Professional)))
+                .await?;
+            made.push(tenant);
+        }
+        let user = UserServiceClient::new(mesh.gateway())
+            .create_user(
+                mesh.as_operator(CreateUserRequest {
+                    parent: format!("tenants/{tenant}"),
+                    user: Some(User {
+                        email: (*email).to_owned(),
+                        display_name: (*email).to_owned(),
+                        roles: [role]
+                            .iter()
+                            .filter(|r| !r.is_empty())
+                            .map(|r| (**r).to_owned())
+                            .collect(),
+                        ..User::default()
+                    }),
+                    password: PASSWORD.to_owned(),
+                }),
+            )
+            .await?
+            .into_inner();
+        names.push(user.name);
+    }
+    Ok(names)
+}
+
+async fn login(
+    mesh: &Mesh,
+    tenant: &str,
+    email: &str,
+    password: &str,
+) -> Result<AuthTokens, Status> {
+    AuthServiceClient::new(mesh.gateway())
+        .login(LoginRequest {
+            tenant_id: tenant.to_owned(),
+            email: email.to_owned(),
+            password: password.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn refresh(mesh: &Mesh, tokens: &AuthTokens) -> Result<AuthTokens, Status> {
+    AuthServiceClient::new(mesh.gateway())
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: tokens.refresh_token.clone(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn change(name: &str, current: &str, new: &str) -> ChangePasswordRequest {
+    ChangePasswordRequest {
+        name: name.to_owned(),
+        current_password: current.to_owned(),
+        new_password: new.to_owned(),
+    }
+}
+
+/// The first event of `tenant` with `action` that `matches`, once it has arrived.
+async fn audit_event(
+    mesh: &Mesh,
+    action: &str,
+    matches: impl Fn(&AuditEvent) -> bool,
+) -> anyhow::Result<AuditEvent> {
+    let audit = AuditServiceClient::new(mesh.gateway());
+    eventually(Duration::from_secs(10), || {
+        let mut audit = audit.clone();
+        let request = mesh.as_operator(ListAuditEventsRequest {
+            parent: "tenants/acme".into(),
+            filter: format!(r#"action = "{action}""#),
+            ..Default::default()
+        });
+        let matches = &matches;
+        async move {
+            let events = audit.list_audit_events(request).await?.into_inner();
+            Ok(events.audit_events.into_iter().find(|e| matches(e)))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_ends_every_session_of_the_user() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let names = populate(
+            &mesh,
+            &[
+                ("acme", "ada@example.com", "admin"),
+                ("acme", "mona@example.com", "manager"),
+                ("acme", "vic@example.com", "viewer"),
+                ("acme", "rita@example.com", ""),
+                ("globex", "gus@globex.example", "admin"),
+            ],
+        )
+        .await?;
+        let (ada, rita) = (&names[0], &names[3]);
+        let mut users = UserServiceClient::new(mesh.gateway());
+
+        // Rita holds no role, yet changes her own password, given the current one.
+        let first = login(&mesh, "acme", "rita@example.com", PASSWORD).await?;
+        let second = login(&mesh, "acme", "rita@example.com", PASSWORD).await?;
+        let token = &second.access_token;
+        let bad = users
+            .change_password(with_bearer(change(rita, "", "short"), token))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(bad, Code::InvalidArgument)),
+            ["new_password", "current_password"]
+        );
+        let wrong = users
+            .change_password(with_bearer(
+                change(rita, "not my password", NEW_PASSWORD),
+                token,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(wrong, Code::PermissionDenied)),
+            "WRONG_PASSWORD"
+        );
+        let changed = users
+            .change_password(with_bearer(change(rita, PASSWORD, NEW_PASSWORD), token))
+            .await?
+            .into_inner();
+        assert_eq!(changed.revoked_sessions, 2);
+
+        // The old password stops working, the new one works, earlier refresh tokens are dead.
+        let old = login(&mesh, "acme", "rita@example.com", PASSWORD).await;
+        expect_code(old, Code::Unauthenticated);
+        let third = login(&mesh, "acme", "rita@example.com", NEW_PASSWORD).await?;
+        for session in [&first, &second] {
+            let refused = refresh(&mesh, session).await;
+            assert_eq!(
+                reason(&expect_code(refused, Code::Unauthenticated)),
+                "INVALID_REFRESH_TOKEN"
+            );
+        }
+        refresh(&mesh, &third).await?;
+
+        // Others' passwords need `identity.users.update` and no fewer rights than the user's.
+        let viewer = login(&mesh, "acme", "vic@example.com", PASSWORD).await?;
+        let by_viewer = users
+            .change_password(with_bearer(
+                change(rita, "", RESET_PASSWORD),
+                &viewer.access_token,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(by_viewer, Code::PermissionDenied)),
+            "PERMISSION_DENIED"
+        );
+        let manager = login(&mesh, "acme", "mona@example.com", PASSWORD).await?;
+        let takeover = users
+            .change_password(with_bearer(
+                change(ada, "", RESET_PASSWORD),
+                &manager.access_token,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(takeover, Code::PermissionDenied)),
+            "ROLE_ESCALATION"
+        );
+        let reset = users
+            .change_password(with_bearer(
+                change(rita, "", RESET_PASSWORD),
+                &manager.access_token,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(reset.revoked_sessions, 1);
+        let after_reset = refresh(&mesh, &third).await;
+        expect_code(after_reset, Code::Unauthenticated);
+        login(&mesh, "acme", "rita@example.com", RESET_PASSWORD).await?;
+
+        // Even an admin gives its own current password: a stolen token alone changes nothing.
+        let admin = login(&mesh, "acme", "ada@example.com", PASSWORD).await?;
+        let own = users
+            .change_password(with_bearer(
+                change(ada, "", NEW_PASSWORD),
+                &admin.access_token,
+            ))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(own, Code::InvalidArgument)),
+            ["current_password"]
+        );
+        // Another tenant's admin does not find acme's users.
+        let foreign = login(&mesh, "globex", "gus@globex.example", PASSWORD).await?;
+        let cross = users
+            .change_password(with_bearer(
+                change(rita, "", NEW_PASSWORD),
+                &foreign.access_token,
+            ))
+            .await;
+        expect_code(cross, Code::NotFound);
+
+        // Audited, by whom and how, never with a password.
+        let event = audit_event(&mesh, "identity.users.changePassword", |event| {
+            event.outcome() == Outcome::Success
+                && event.attributes.get("own_password").map(String::as_str) == Some("false")
+        })
+        .await?;
+        assert_eq!(&event.resource, rita);
+        assert_eq!(
+            event.attributes.get("revoked_sessions").map(String::as_str),
+            Some("1")
+        );
+        let recorded = format!("{event:?}");
+        for secret in [PASSWORD, NEW_PASSWORD, RESET_PASSWORD] {
+            assert!(!recorded.contains(secret), "{recorded}");
+        }
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_current_passwords_count_towards_the_lockout() -> anyhow::Result<()> {
+    let policy = palisade::LockoutPolicy {
+        max_failures: 3,
+        window: Duration::from_secs(600),
+        lock_for: Duration::from_secs(600),
+    };
+    for builder in Mesh::each_backend() {
+        let mesh = builder.with_login_lockout(policy).start().await?;
+        let names = populate(&mesh, &[("acme", "rita@example.com", "")]).await?;
+        let rita = &names[0];
+        let tokens = login(&mesh, "acme", "rita@example.com", PASSWORD).await?;
+        let mut users = UserServiceClient::new(mesh.gateway());
+        for guess in ["guess number one", "guess number two", "guess number three"] {
+            let wrong = users
+                .change_password(with_bearer(
+                    change(rita, guess, NEW_PASSWORD),
+                    &tokens.access_token,
+                ))
+                .await;
+            assert_eq!(
+                reason(&expect_code(wrong, Code::PermissionDenied)),
+                "WRONG_PASSWORD"
+            );
+        }
+        // Locked: even the right password is refused, here and at login.
+        let right = users
+            .change_password(with_bearer(
+                change(rita, PASSWORD, NEW_PASSWORD),
+                &tokens.access_token,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(right, Code::PermissionDenied)),
+            "WRONG_PASSWORD"
+        );
+        let locked = login(&mesh, "acme", "rita@example.com", PASSWORD).await;
+        expect_code(locked, Code::Unauthenticated);
+        let lockout = audit_event(&mesh, "identity.auth.lockout", |_| true).await?;
+        assert_eq!(&lockout.resource, rita);
+        let refused = audit_event(&mesh, "identity.users.changePassword", |event| {
+            event.outcome() == Outcome::Denied
+        })
+        .await?;
+        assert_eq!(
+            refused.attributes.get("reason").map(String::as_str),
+            Some("wrong_password")
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The walls around roles: nobody puts into a role, or grants, permissions it does not hold
+//! itself, and another tenant's principals neither read nor change a tenant's roles.
+
+mod common;
+
+use common::{expect_code, new_tenant, reason, violated_fields};
+use palisade_proto::palisade::{
+    compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
+    identity::v1::{
+        AssignRoleRequest, CreateRoleRequest, CreateUserRequest, DeleteRoleRequest,
+        GetEffectivePermissionsRequest, GetRoleRequest, ListRolesRequest, LoginRequest, Plan, Role,
+        UpdateRoleRequest, User, auth_service_client::AuthServiceClient,
+        role_service_client::RoleServiceClient, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
+    },
+};
+use palisade_testkit::Mesh;
+use prost_types::FieldMask;
+use tonic::{Code, transport::Channel};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn new_user(tenant: &str, email: &str, roles: &[&str]) -> CreateUserRequest {
+    CreateUserRequest {
+        parent: format!("tenants/{tenant}"),
+        user: Some(User {
+            email: email.to_owned(),
+            display_name: email.split('@').next().unwrap_or_default().to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..User::default()
+        }),
+        password: PASSWORD.to_owned(),
+    }
+}
+
+fn new_role(tenant: &str, role_id: &str, permissions: &[&str]) -> CreateRoleRequest {
+    CreateRoleRequest {
+        parent: format!("tenants/{tenant}"),
+        role_id: role_id.to_owned(),
+        role: Some(Role {
+            display_name: format!("The {role_id} role"),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+            ..Role::default()
+        }),
+    }
+}
+
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+async fn login(gateway: Channel, tenant: &str, email: &str) -> anyhow::Result<String> {
+    let tokens = AuthServiceClient::new(gateway)
+        .login(LoginRequest {
+            tenant_id: tenant.to_owned(),
+            email: email.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(tokens.access_token)
+}
+
+/// Tenants (each `Professional`) with one user per (tenant, email, role); returns the users.
+async fn populate(mesh: &Mesh, users: &[(&str, &str, &str)]) -> anyhow::Result<Vec<User>> {
+    let mut tenants = TenantServiceClient::new(mesh.gateway());
+    let mut made = Vec::new();
+    for (tenant, _, _) in users {
+        if !made.contains(tenant) {
+            tenants
+                .create_tenant(mesh.as_operator(new_tenant(tenant, tenant, Plan::Professional)))
+                .await?;
+            made.push(tenant);
+        }
+    }
+    let mut client = UserServiceClient::new(mesh.gateway());
+    let mut created = Vec::new();
+    for (tenant, email, role) in users {
+        let roles: &[&str] = if role.is_empty() { &[] } else { &[role] };
+        let user = client
+            .create_user(mesh.as_operator(new_user(tenant, email, roles)))
+            .await?
+            .into_inner();
+        created.push(user);
+    }
+    Ok(created)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_passes_on_permissions_it_does_not_hold() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let people = populate(
+            &mesh,
+            &[
+                ("acme", "ada@example.com", "admin"),
+                ("acme", "mona@example.com", "manager"),
+                ("acme", "vic@example.com", "viewer"),
+            ],
+        )
+        .await?;
+        let vic = &people[2];
+        let admin = login(mesh.gateway(), "acme", "ada@example.com").await?;
+        let manager = login(mesh.gateway(), "acme", "mona@example.com").await?;
+        let mut roles = RoleServiceClient::new(mesh.gateway());
+        let mut users = UserServiceClient::new(mesh.gateway());
+
+        // A manager makes roles from its own permissions, not from the audit log's.
+        roles
+            .create_role(with_bearer(
+                new_role("acme", "user-reader", &["identity.users.list"]),
+                &manager,
+            ))
+            .await?;
+        let escalation = roles
+            .create_role(with_bearer(
+                new_role("acme", "log-reader", &["compliance.audit.list"]),
+                &manager,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(escalation, Code::PermissionDenied)),
+            "ROLE_ESCALATION"
+        );
+        let widen = roles
+            .update_role(with_bearer(
+                UpdateRoleRequest {
+                    role: Some(Role {
+                        name: "tenants/acme/roles/user-reader".into(),
+                        permissions: vec![
+                            "identity.users.list".into(),
+                            "compliance.audit.list".into(),
+                        ],
+                        ..Role::default()
+                    }),
+                    update_mask: None,
+                },
+                &manager,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(widen, Code::PermissionDenied)),
+            "ROLE_ESCALATION"
+        );
+
+        // The admin's role: the manager neither assigns nor changes it.
+        roles
+            .create_role(with_bearer(
+                new_role("acme", "log-reader", &["compliance.audit.list"]),
+                &admin,
+            ))
+            .await?;
+        let assign = users
+            .assign_role(with_bearer(
+                AssignRoleRequest {
+                    name: vic.name.clone(),
+                    role: "log-reader".into(),
+                },
+                &manager,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(assign, Code::PermissionDenied)),
+            "ROLE_ESCALATION"
+        );
+        let create_with = users
+            .create_user(with_bearer(
+                new_user("acme", "eve@example.com", &["log-reader"]),
+                &manager,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(create_with, Code::PermissionDenied)),
+            "ROLE_ESCALATION"
+        );
+        let narrow = roles
+            .update_role(with_bearer(
+                UpdateRoleRequest {
+                    role: Some(Role {
+                        name: "tenants/acme/roles/log-reader".into(),
+                        permissions: vec!["identity.users.list".into()],
+                        ..Role::default()
+                    }),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["permissions".into()],
+                    }),
+                },
+                &manager,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(narrow, Code::PermissionDenied)),
+            "ROLE_ESCALATION"
+        );
+
+        // The admin may: the viewer now reads the audit log through its custom role.
+        users
+            .assign_role(with_bearer(
+                AssignRoleRequest {
+                    name: vic.name.clone(),
+                    role: "log-reader".into(),
+                },
+                &admin,
+            ))
+            .await?;
+        let viewer = login(mesh.gateway(), "acme", "vic@example.com").await?;
+        AuditServiceClient::new(mesh.gateway())
+            .list_audit_events(with_bearer(
+                ListAuditEventsRequest {
+                    parent: "tenants/acme".into(),
+                    ..Default::default()
+                },
+                &viewer,
+            ))
+            .await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_neither_reads_nor_changes_roles() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let people = populate(
+            &mesh,
+            &[
+                ("acme", "ada@acme.example", "admin"),
+                ("acme", "rita@acme.example", ""),
+                ("globex", "gus@globex.example", "admin"),
+            ],
+        )
+        .await?;
+        let acme_user = &people[1];
+        let gus = &people[2];
+        let mut roles = RoleServiceClient::new(mesh.gateway());
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let role = roles
+            .create_role(mesh.as_operator(new_role(
+                "acme",
+                "user-reader",
+                &["identity.users.list"],
+            )))
+            .await?
+            .into_inner();
+        let token = login(mesh.gateway(), "globex", "gus@globex.example").await?;
+
+        for name in [role.name.clone(), "tenants/acme/roles/admin".into()] {
+            let get = roles
+                .get_role(with_bearer(GetRoleRequest { name: name.clone() }, &token))
+                .await;
+            expect_code(get, Code::NotFound);
+            let delete = roles
+                .delete_role(with_bearer(
+                    DeleteRoleRequest { name: name.clone() },
+                    &token,
+                ))
+                .await;
+            expect_code(delete, Code::NotFound);
+        }
+        let list = roles
+            .list_roles(with_bearer(
+                ListRolesRequest {
+                    parent: "tenants/acme".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(list, Code::PermissionDenied)),
+            "CROSS_TENANT"
+        );
+        let create = roles
+            .create_role(with_bearer(new_role("acme", "backdoor", &[]), &token))
+            .await;
+        assert_eq!(
+            reason(&expect_code(create, Code::PermissionDenied)),
+            "CROSS_TENANT"
+        );
+        let update = roles
+            .update_role(with_bearer(
+                UpdateRoleRequest {
+                    role: Some(Role {
+                        name: role.name.clone(),
+                        permissions: vec!["identity.users.create".into()],
+                        ..Role::default()
+                    }),
+                    update_mask: None,
+                },
+                &token,
+            ))
+            .await;
+        expect_code(update, Code::NotFound);
+        let effective = users
+            .get_effective_permissions(with_bearer(
+                GetEffectivePermissionsRequest {
+                    name: acme_user.name.clone(),
+                },
+                &token,
+            ))
+            .await;
+        expect_code(effective, Code::NotFound);
+        // Role ids name roles of the user's own tenant: acme's role is unknown in globex.
+        let borrow = users
+            .assign_role(with_bearer(
+                AssignRoleRequest {
+                    name: gus.name.clone(),
+                    role: "user-reader".into(),
+                },
+                &token,
+            ))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(borrow, Code::InvalidArgument)),
+            ["role"]
+        );
+        let unchanged = roles
+            .get_role(mesh.as_operator(GetRoleRequest {
+                name: role.name.clone(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(unchanged, role);
+        mesh.stop().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,538 @@
+//! Custom roles through the gateway: a tenant admin makes a role from catalogue permissions,
+//! users holding it may do exactly that, changes apply at once, roles in use stay, and bad
+//! input names its fields.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_code, new_tenant, reason, violated_fields};
+use palisade_proto::palisade::{
+    compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
+    identity::v1::{
+        AssignRoleRequest, CreateRoleRequest, CreateUserRequest, DeleteRoleRequest, GetRoleRequest,
+        ListRolesRequest, ListUsersRequest, LoginRequest, Plan, RevokeRoleRequest, Role,
+        UpdateRoleRequest, User, auth_service_client::AuthServiceClient,
+        role_service_client::RoleServiceClient, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
+    },
+};
+use palisade_testkit::{Component, Mesh, eventually, http_request};
+use prost_types::FieldMask;
+use tonic::{Code, transport::Channel};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn new_user(tenant: &str, email: &str, roles: &[&str]) -> CreateUserRequest {
+    CreateUserRequest {
+        parent: format!("tenants/{tenant}"),
+        user: Some(User {
+            email: email.to_owned(),
+            display_name: email.split('@').next().unwrap_or_default().to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..User::default()
+        }),
+        password: PASSWORD.to_owned(),
+    }
+}
+
+fn new_role(tenant: &str, role_id: &str, permissions: &[&str]) -> CreateRoleRequest {
+    CreateRoleRequest {
+        parent: format!("tenants/{tenant}"),
+        role_id: role_id.to_owned(),
+        role: Some(Role {
+            display_name: format!("The {role_id} role"),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+            ..Role::default()
+        }),
+    }
+}
+
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+async fn login(gateway: Channel, tenant: &str, email: &str) -> anyhow::Result<String> {
+    let tokens = AuthServiceClient::new(gateway)
+        .login(LoginRequest {
+            tenant_id: tenant.to_owned(),
+            email: email.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(tokens.access_token)
+}
+
+/// Tenants (each `Professional`) with one user per (tenant, email, role); returns the users.
+async fn populate(mesh: &Mesh, users: &[(&str, &str, &str)]) -> anyhow::Result<Vec<User>> {
+    let mut tenants = TenantServiceClient::new(mesh.gateway());
+    let mut made = Vec::new();
+    for (tenant, _, _) in users {
+        if !made.contains(tenant) {
+            tenants
+                .create_tenant(mesh.as_operator(new_tenant(tenant, tenant, Plan::Professional)))
+                .await?;
+            made.push(tenant);
+        }
+    }
+    let mut client = UserServiceClient::new(mesh.gateway());
+    let mut created = Vec::new();
+    for (tenant, email, role) in users {
+        let roles: &[&str] = if role.is_empty() { &[] } else { &[role] };
+        let user = client
+            .create_user(mesh.as_operator(new_user(tenant, email, roles)))
+            .await?
+            .into_inner();
+        created.push(user);
+    }
+    Ok(created)
+}
+
+fn ids(roles: &[Role]) -> Vec<String> {
+    roles
+        .iter()
+        .map(|role| role.name.rsplit('/').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_role_grants_exactly_its_permissions_from_creation_to_deletion()
+-> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let people = populate(
+            &mesh,
+            &[
+                ("acme", "ada@example.com", "admin"),
+                ("acme", "rita@example.com", ""),
+            ],
+        )
+        .await?;
+        let rita = &people[1];
+        let admin = login(mesh.gateway(), "acme", "ada@example.com").await?;
+        let mut roles = RoleServiceClient::new(mesh.gateway());
+        let mut users = UserServiceClient::new(mesh.gateway());
+
+        let created = roles
+            .create_role(with_bearer(
+                new_role(
+                    "acme",
+                    "user-reader",
+                    &[
+                        "identity.users.list",
+                        "identity.users.get",
+                        "identity.users.list",
+                    ],
+                ),
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(created.name, "tenants/acme/roles/user-reader");
+        assert_eq!(
+            created.permissions,
+            ["identity.users.get", "identity.users.list"]
+        );
+        assert!(!created.built_in);
+        assert!(created.create_time.is_some());
+        let fetched = roles
+            .get_role(with_bearer(
+                GetRoleRequest {
+                    name: created.name.clone(),
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(fetched, created);
+        let again = roles
+            .create_role(with_bearer(new_role("acme", "user-reader", &[]), &admin))
+            .await;
+        expect_code(again, Code::AlreadyExists);
+        let built_in_name = roles
+            .create_role(with_bearer(new_role("acme", "viewer", &[]), &admin))
+            .await;
+        expect_code(built_in_name, Code::AlreadyExists);
+
+        // The built-in roles come first, read-only, then the custom ones; pages resume across.
+        let list = |filter: &str, page_size: i32, page_token: &str| ListRolesRequest {
+            parent: "tenants/acme".into(),
+            page_size,
+            page_token: page_token.into(),
+            filter: filter.into(),
+        };
+        let first = roles
+            .list_roles(with_bearer(list("", 4, ""), &admin))
+            .await?
+            .into_inner();
+        assert_eq!(
+            ids(&first.roles),
+            ["admin", "manager", "analyst", "auditor"]
+        );
+        assert!(first.roles.iter().all(|role| role.built_in));
+        let second = roles
+            .list_roles(with_bearer(list("", 4, &first.next_page_token), &admin))
+            .await?
+            .into_inner();
+        assert_eq!(ids(&second.roles), ["viewer", "user-reader"]);
+        assert!(second.next_page_token.is_empty());
+        let custom = roles
+            .list_roles(with_bearer(list("built_in = false", 0, ""), &admin))
+            .await?
+            .into_inner();
+        assert_eq!(custom.roles, std::slice::from_ref(&created));
+        let creators = roles
+            .list_roles(with_bearer(
+                list(r#"permission = "identity.users.create""#, 0, ""),
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(ids(&creators.roles), ["admin", "manager"]);
+        let readers = roles
+            .list_roles(with_bearer(
+                list(
+                    r#"permission = "identity.users.list" AND built_in = false"#,
+                    0,
+                    "",
+                ),
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(ids(&readers.roles), ["user-reader"]);
+
+        // Built-in roles are read-only.
+        let viewer = || Role {
+            name: "tenants/acme/roles/viewer".into(),
+            display_name: "Everything".into(),
+            ..Role::default()
+        };
+        let update_built_in = roles
+            .update_role(with_bearer(
+                UpdateRoleRequest {
+                    role: Some(viewer()),
+                    update_mask: None,
+                },
+                &admin,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(update_built_in, Code::FailedPrecondition)),
+            "BUILT_IN_ROLE"
+        );
+        let delete_built_in = roles
+            .delete_role(with_bearer(
+                DeleteRoleRequest {
+                    name: viewer().name,
+                },
+                &admin,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(delete_built_in, Code::FailedPrecondition)),
+            "BUILT_IN_ROLE"
+        );
+
+        // A user holding only the custom role lists users, and nothing more.
+        users
+            .assign_role(with_bearer(
+                AssignRoleRequest {
+                    name: rita.name.clone(),
+                    role: "user-reader".into(),
+                },
+                &admin,
+            ))
+            .await?;
+        let reader = login(mesh.gateway(), "acme", "rita@example.com").await?;
+        let listed = users
+            .list_users(with_bearer(
+                ListUsersRequest {
+                    parent: "tenants/acme".into(),
+                    filter: r#"role = "user-reader""#.into(),
+                    ..Default::default()
+                },
+                &reader,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(listed.users.len(), 1);
+        assert_eq!(listed.users[0].roles, ["user-reader"]);
+        let create = users
+            .create_user(with_bearer(
+                new_user("acme", "eve@example.com", &[]),
+                &reader,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(create, Code::PermissionDenied)),
+            "PERMISSION_DENIED"
+        );
+
+        // A change to the role applies to its holders at once (only the masked field changes).
+        let renamed = roles
+            .update_role(with_bearer(
+                UpdateRoleRequest {
+                    role: Some(Role {
+                        name: created.name.clone(),
+                        display_name: "Reads users".into(),
+                        permissions: vec!["identity.users.create".into()],
+                        ..Role::default()
+                    }),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["display_name".into()],
+                    }),
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(renamed.display_name, "Reads users");
+        assert_eq!(renamed.permissions, created.permissions);
+        // The same over REST: PATCH with an `updateMask` query parameter.
+        let response = http_request(
+            mesh.addr(Component::Gateway),
+            "PATCH",
+            "/v1/tenants/acme/roles/user-reader?updateMask=description",
+            &[
+                ("authorization", &format!("Bearer {admin}")),
+                ("content-type", "application/json"),
+            ],
+            br#"{"description": "For the help desk", "displayName": "ignored"}"#,
+        )
+        .await?;
+        assert_eq!(response.status, 200, "{}", response.text());
+        let body: serde_json::Value = serde_json::from_slice(&response.body)?;
+        assert_eq!(body["description"], "For the help desk");
+        assert_eq!(body["displayName"], "Reads users");
+        roles
+            .update_role(with_bearer(
+                UpdateRoleRequest {
+                    role: Some(Role {
+                        name: created.name.clone(),
+                        permissions: vec!["identity.users.get".into()],
+                        ..Role::default()
+                    }),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["permissions".into()],
+                    }),
+                },
+                &admin,
+            ))
+            .await?;
+        let no_longer = users
+            .list_users(with_bearer(
+                ListUsersRequest {
+                    parent: "tenants/acme".into(),
+                    ..Default::default()
+                },
+                &reader,
+            ))
+            .await;
+        expect_code(no_longer, Code::PermissionDenied);
+
+        // A role in use stays; once nobody holds it, it goes.
+        let delete = || DeleteRoleRequest {
+            name: created.name.clone(),
+        };
+        let in_use = roles.delete_role(with_bearer(delete(), &admin)).await;
+        assert_eq!(
+            reason(&expect_code(in_use, Code::FailedPrecondition)),
+            "ROLE_IN_USE"
+        );
+        users
+            .revoke_role(with_bearer(
+                RevokeRoleRequest {
+                    name: rita.name.clone(),
+                    role: "user-reader".into(),
+                },
+                &admin,
+            ))
+            .await?;
+        roles.delete_role(with_bearer(delete(), &admin)).await?;
+        let gone = roles
+            .get_role(with_bearer(
+                GetRoleRequest {
+                    name: created.name.clone(),
+                },
+                &admin,
+            ))
+            .await;
+        expect_code(gone, Code::NotFound);
+        let assign_gone = users
+            .assign_role(with_bearer(
+                AssignRoleRequest {
+                    name: rita.name.clone(),
+                    role: "user-reader".into(),
+                },
+                &admin,
+            ))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(assign_gone, Code::InvalidArgument)),
+            ["role"]
+        );
+
+        // Each change is in the tenant's audit log, by the admin.
+        let audit = AuditServiceClient::new(mesh.gateway());
+        for action in [
+            "identity.roles.create",
+            "identity.roles.update",
+            "identity.roles.delete",
+        ] {
+            let event = eventually(Duration::from_secs(10), || {
+                let mut audit = audit.clone();
+                let request = mesh.as_operator(ListAuditEventsRequest {
+                    parent: "tenants/acme".into(),
+                    filter: format!(r#"action = "{action}""#),
+                    ..Default::default()
+                });
+                async move {
+                    let events = audit.list_audit_events(request).await?.into_inner();
+                    Ok(events.audit_events.into_iter().next())
+                }
+            })
+            .await?;
+            assert_eq!(event.resource, created.name, "{action}");
+        }
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_role_input_names_the_fields() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let people = populate(
+            &mesh,
+            &[
+                ("acme", "ada@example.com", "admin"),
+                ("acme", "rita@example.com", ""),
+            ],
+        )
+        .await?;
+        let rita = &people[1];
+        let mut roles = RoleServiceClient::new(mesh.gateway());
+        let cases: Vec<(CreateRoleRequest, Vec<&str>)> = vec![
+            (
+                new_role(
+                    "acme",
+                    "Not_An_Id",
+                    &["identity.users.list", "identity.users.*"],
+                ),
+                vec!["role_id", "role.permissions[1]"],
+            ),
+            (
+                new_role("acme", "checker", &["identity.authorization.check"]),
+                vec!["role.permissions[0]"],
+            ),
+            (new_role("acme", "ab", &[]), vec!["role_id"]),
+            (
+                CreateRoleRequest {
+                    role: Some(Role::default()),
+                    ..new_role("acme", "nameless", &[])
+                },
+                vec!["role.display_name"],
+            ),
+            (
+                CreateRoleRequest {
+                    role: None,
+                    ..new_role("Not A Tenant", "no-role", &[])
+                },
+                vec!["parent", "role"],
+            ),
+        ];
+        for (request, fields) in cases {
+            let result = roles.create_role(mesh.as_operator(request.clone())).await;
+            let status = expect_code(result, Code::InvalidArgument);
+            assert_eq!(violated_fields(&status), fields, "{request:?}");
+        }
+        for name in [
+            "tenants/acme/roles/X",
+            "tenants/acme/users/admin",
+            "roles/admin",
+        ] {
+            let result = roles
+                .get_role(mesh.as_operator(GetRoleRequest { name: name.into() }))
+                .await;
+            assert_eq!(
+                violated_fields(&expect_code(result, Code::InvalidArgument)),
+                ["name"]
+            );
+        }
+        roles
+            .create_role(mesh.as_operator(new_role("acme", "user-reader", &[])))
+            .await?;
+        let bad_mask = roles
+            .update_role(mesh.as_operator(UpdateRoleRequest {
+                role: Some(Role {
+                    name: "tenants/acme/roles/user-reader".into(),
+                    ..Role::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["name".into(), "display_name".into()],
+                }),
+            }))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(bad_mask, Code::InvalidArgument)),
+            ["update_mask"]
+        );
+        let empty_name = roles
+            .update_role(mesh.as_operator(UpdateRoleRequest {
+                role: Some(Role {
+                    name: "tenants/acme/roles/user-reader".into(),
+                    permissions: vec!["nope".into()],
+                    ..Role::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["*".into()],
+                }),
+            }))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(empty_name, Code::InvalidArgument)),
+            ["role.display_name", "role.permissions[0]"]
+        );
+        let bad_filter = roles
+            .list_roles(mesh.as_operator(ListRolesRequest {
+                parent: "tenants/acme".into(),
+                filter: "built_in = maybe".into(),
+                ..Default::default()
+            }))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(bad_filter, Code::InvalidArgument)),
+            ["filter"]
+        );
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let unknown = users
+            .assign_role(mesh.as_operator(AssignRoleRequest {
+                name: rita.name.clone(),
+                role: "ghost-role".into(),
+            }))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(unknown, Code::InvalidArgument)),
+            ["role"]
+        );
+        let unknown_filter = users
+            .list_users(mesh.as_operator(ListUsersRequest {
+                parent: "tenants/acme".into(),
+                filter: r#"role = "ghost-role""#.into(),
+                ..Default::default()
+            }))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(unknown_filter, Code::InvalidArgument)),
+            ["filter"]
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
