@@ -131,6 +131,8 @@ pub struct MeshOptions {
     pub public_tls: Option<(PathBuf, PathBuf)>,
     /// When identity locks a user out after failed logins.
     pub login_lockout: LockoutPolicy,
+    /// The longest lifetime identity gives an API key.
+    pub api_key_max_lifetime: Duration,
 }
 
 impl MeshOptions {
@@ -146,6 +148,7 @@ impl MeshOptions {
             cors_allowed_origins: Vec::new(),
             public_tls: None,
             login_lockout: LockoutPolicy::default(),
+            api_key_max_lifetime: palisade_identity::DEFAULT_API_KEY_MAX_LIFETIME,
         }
     }
 
@@ -297,6 +300,7 @@ impl LocalMesh {
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
             login_lockout: options.login_lockout,
+            api_key_max_lifetime: options.api_key_max_lifetime,
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
         if operator_key.is_some() {
@@ -318,6 +322,7 @@ pub struct ComponentSettings {
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
     pub login_lockout: LockoutPolicy,
+    pub api_key_max_lifetime: Duration,
 }
 
 /// Starts one component on `listeners`; identity also returns the operator key when its
@@ -335,6 +340,7 @@ pub async fn start_component(
         cors_allowed_origins,
         public_tls,
         login_lockout,
+        api_key_max_lifetime,
     } = settings;
     let started = match component {
         Component::Identity => {
@@ -343,6 +349,7 @@ pub async fn start_component(
                 db,
                 mesh,
                 lockout: login_lockout,
+                api_key_max_lifetime,
             };
             palisade_identity::start(listeners, config)
                 .await

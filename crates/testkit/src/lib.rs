@@ -35,12 +35,19 @@ pub struct MeshBuilder {
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
+    api_key_max_lifetime: Option<Duration>,
 }
 
 impl MeshBuilder {
     /// Identity's login lockout (tests shorten the lock to watch it end).
     pub fn with_login_lockout(mut self, policy: palisade::LockoutPolicy) -> MeshBuilder {
         self.login_lockout = Some(policy);
+        self
+    }
+
+    /// The longest lifetime identity gives an API key.
+    pub fn with_api_key_max_lifetime(mut self, lifetime: Duration) -> MeshBuilder {
+        self.api_key_max_lifetime = Some(lifetime);
         self
     }
 
@@ -91,6 +98,9 @@ impl MeshBuilder {
         }
         if let Some(policy) = self.login_lockout {
             options.login_lockout = policy;
+        }
+        if let Some(lifetime) = self.api_key_max_lifetime {
+            options.api_key_max_lifetime = lifetime;
         }
         options.cors_allowed_origins = self.cors_allowed_origins.clone();
         options.public_tls = self.public_tls.clone();

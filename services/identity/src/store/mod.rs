@@ -9,7 +9,7 @@ mod users;
 use palisade_db::Db;
 use palisade_grpc::ApiError;
 
-pub use api_keys::ApiKeyRecord;
+pub use api_keys::{ApiKeyFilter, ApiKeyRecord};
 pub use tenants::TenantFilter;
 pub use users::UserFilter;
 
