@@ -151,7 +151,7 @@ async fn a_read_only_key_reads_is_shown_once_and_stops_when_revoked() -> anyhow:
             ))
             .await?
             .into_inner();
-        assert_eq!(listed.api_keys, [key.clone()]);
+        assert_eq!(listed.api_keys, std::slice::from_ref(&key));
         let secret_part = secret.rsplit('_').next().unwrap_or_default();
         let rest = http_request(
             mesh.addr(Component::Gateway),
@@ -506,29 +506,27 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
             .create_api_key(with_bearer(service_key(&["identity.users.list"]), &admin))
             .await;
         expect_code(taken, Code::AlreadyExists);
-        let explicit_expiry = create(
-            &mut keys,
-            with_bearer(
-                CreateApiKeyRequest {
-                    ttl: None,
-                    ..with_key(&|key| {
-                        key.expire_time = Some(prost_types::Timestamp {
-                            seconds: std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_secs() as i64)
-                                + DAY,
-                            nanos: 0,
-                        });
-                    })
-                },
-                &admin,
-            ),
+        // REST, with the lifetime as a JSON duration; the secret is in this response only.
+        let body = r#"{"ttl": "3600s", "apiKey": {"displayName": "rest", "scopes": ["identity.users.get"]}}"#;
+        let rest = http_request(
+            mesh.addr(Component::Gateway),
+            "POST",
+            "/v1/tenants/acme/apiKeys",
+            &[
+                ("authorization", &format!("Bearer {admin}")),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
         )
         .await?;
-        assert_eq!(
-            explicit_expiry.api_key.expect("the key").state(),
-            ApiKeyState::Active
+        assert_eq!(rest.status, 200, "{}", rest.text());
+        let created: serde_json::Value = serde_json::from_slice(&rest.body)?;
+        assert!(
+            created["key"]
+                .as_str()
+                .is_some_and(|key| key.starts_with("pal_"))
         );
+        assert_eq!(created["apiKey"]["state"], "API_KEY_STATE_ACTIVE");
         mesh.stop().await?;
     }
     Ok(())

@@ -452,8 +452,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(key.scopes, ["identity.users.get", "identity.users.list"]);
-        assert_eq!(key.owner_user_id, caller.principal.map(|p| p.id));
+        assert_eq!(key.owner_user_id, caller.principal.clone().map(|p| p.id));
         assert_eq!(key.expire_time, NOW + 30 * DAY * 1_000_000);
+        let mut at = request("tenants/acme", &scopes, None);
+        at.api_key.as_mut().unwrap().expire_time = Some(time::timestamp(NOW + 1_000_000));
+        let key = validate_create(&at, &rules, &caller, NOW).unwrap();
+        assert_eq!(key.expire_time, NOW + 1_000_000);
     }
 
     #[test]
