@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Drives a real `palisade dev` from outside Rust with grpcurl (from PyPI), as a new user would
 # following the README (whose grpcurl commands are these): list, describe, health, tenants
-# created, fetched and listed with the printed operator key, the audit event listed and
-# exported (a server stream), the status page, mTLS on component ports, and errors with their
-# google.rpc details.
+# created, fetched and listed with the printed operator key, an API key made, used and revoked,
+# the audit event listed and exported (a server stream), the status page, mTLS on component
+# ports, and errors with their google.rpc details.
 #
 # Every call must end exactly as expected: a success exits 0 with nothing on stderr, an error
 # exits with grpcurl's code for the expected gRPC status; the output must match a pattern.
@@ -90,6 +90,33 @@ check "no key is UNAUTHENTICATED" Unauthenticated '"reason":"UNAUTHENTICATED"' -
   -plaintext "$gw" palisade.identity.v1.TenantService/ListTenants
 check "internal methods are not routed" PermissionDenied '"reason":"INTERNAL_METHOD"' -- \
   -plaintext "${auth[@]}" -d '{"key": "pal_x_y"}' "$gw" palisade.identity.v1.ApiKeyService/VerifyApiKey
+
+# API keys: a service-account key scoped to reading its tenant; the secret is in the create
+# response only; bad input names its field; revoked keys report it.
+created="$("$grpcurl" -plaintext "${auth[@]}" -d '{"parent": "tenants/acme", "ttl": "3600s",
+  "api_key": {"display_name": "robot", "owner": "tenants/acme", "scopes": ["identity.tenants.get"]}}' \
+  "$gw" palisade.identity.v1.ApiKeyService/CreateApiKey 2>&1)"
+robot="$(grep -Eo 'pal_[0-9a-f]{32}_[0-9a-f]{64}' <<<"$created")"
+robot_name="$(grep -Eo 'tenants/acme/apiKeys/[0-9a-f]{32}' <<<"$created" | head -1)"
+if [ -n "$robot" ] && [ -n "$robot_name" ]; then
+  passed=$((passed + 1)); echo "ok   create an api key"
+else
+  failed=$((failed + 1)); echo "FAIL create an api key; output:"; sed 's/^/     /' <<<"$created"
+fi
+check "the key reads its tenant" OK '"name": "tenants/acme"' -- -plaintext \
+  -H "authorization: ApiKey $robot" -d '{"name": "tenants/acme"}' "$gw" \
+  palisade.identity.v1.TenantService/GetTenant
+check "the key may do nothing else" PermissionDenied '"reason":"PERMISSION_DENIED"' -- -plaintext \
+  -H "x-api-key: $robot" -d '{"parent": "tenants/acme"}' "$gw" palisade.identity.v1.UserService/ListUsers
+check "list the tenant's keys" OK "\"name\": \"$robot_name\"" -- -plaintext "${auth[@]}" \
+  -d '{"parent": "tenants/acme", "filter": "state = \"API_KEY_STATE_ACTIVE\""}' "$gw" \
+  palisade.identity.v1.ApiKeyService/ListApiKeys
+check "a key without expiry is INVALID_ARGUMENT" InvalidArgument '"field":"api_key.expire_time"' -- \
+  -plaintext "${auth[@]}" -d '{"parent": "tenants/acme", "api_key": {"display_name": "forever",
+  "owner": "tenants/acme", "scopes": ["identity.tenants.get"]}}' "$gw" \
+  palisade.identity.v1.ApiKeyService/CreateApiKey
+check "revoke the key" OK '"state": "API_KEY_STATE_REVOKED"' -- -plaintext "${auth[@]}" \
+  -d "{\"name\": \"$robot_name\"}" "$gw" palisade.identity.v1.ApiKeyService/RevokeApiKey
 
 # The audit event travels identity → outbox → compliance; list it, then export the log.
 for _ in $(seq 50); do

@@ -135,6 +135,8 @@ pub struct MeshOptions {
     pub tenant_cache_ttl: Duration,
     /// The gateway maps `<tenant_id>.<base domain>` host names to tenants.
     pub tenant_base_domain: Option<String>,
+    /// The longest lifetime identity gives an API key.
+    pub api_key_max_lifetime: Duration,
 }
 
 impl MeshOptions {
@@ -152,6 +154,7 @@ impl MeshOptions {
             login_lockout: LockoutPolicy::default(),
             tenant_cache_ttl: Duration::from_secs(5),
             tenant_base_domain: None,
+            api_key_max_lifetime: palisade_identity::DEFAULT_API_KEY_MAX_LIFETIME,
         }
     }
 
@@ -306,6 +309,7 @@ impl LocalMesh {
             login_lockout: options.login_lockout,
             tenant_cache_ttl: options.tenant_cache_ttl,
             tenant_base_domain: options.tenant_base_domain.clone(),
+            api_key_max_lifetime: options.api_key_max_lifetime,
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
         if operator_key.is_some() {
@@ -329,6 +333,7 @@ pub struct ComponentSettings {
     pub login_lockout: LockoutPolicy,
     pub tenant_cache_ttl: Duration,
     pub tenant_base_domain: Option<String>,
+    pub api_key_max_lifetime: Duration,
 }
 
 /// Starts one component on `listeners`; identity also returns the operator key when its
@@ -348,6 +353,7 @@ pub async fn start_component(
         login_lockout,
         tenant_cache_ttl,
         tenant_base_domain,
+        api_key_max_lifetime,
     } = settings;
     let started = match component {
         Component::Identity => {
@@ -356,6 +362,7 @@ pub async fn start_component(
                 db,
                 mesh,
                 lockout: login_lockout,
+                api_key_max_lifetime,
             };
             palisade_identity::start(listeners, config)
                 .await

@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// identity: seconds a locked-out user's logins are refused.
     #[arg(long, env = "PALISADE_LOGIN_LOCKOUT", default_value_t = 900)]
     login_lockout: u64,
+    /// identity: the longest lifetime of an API key, in days.
+    #[arg(long, env = "PALISADE_API_KEY_MAX_LIFETIME", default_value_t = 365)]
+    api_key_max_lifetime: u64,
     /// Seconds a verified API key is cached by the gateway.
     #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
     api_key_cache_ttl: u64,
@@ -164,6 +167,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         tenant_cache_ttl: Duration::from_secs(args.tenant_cache_ttl),
         tenant_base_domain: args.tenant_base_domain,
+        api_key_max_lifetime: Duration::from_secs(args.api_key_max_lifetime.max(1) * 86_400),
     };
     let listeners = Listeners {
         grpc,

@@ -1,6 +1,6 @@
 //! No log line and no exported span ever contains a credential. Runs the real `palisade dev`
 //! binary with debug logging and OTLP export, uses the operator key (both header forms) and a
-//! forged key, creates a user, signs in (with a wrong password, then the right one), uses the
+//! forged key, creates a user and an API key (and uses it), signs in (with a wrong password, then the right one), uses the
 //! access token and refreshes it, then searches everything the mesh wrote and sent for the
 //! secrets.
 
@@ -10,8 +10,9 @@ use std::{
 };
 
 use palisade_proto::palisade::identity::v1::{
-    CreateTenantRequest, CreateUserRequest, ListTenantsRequest, LoginRequest, RefreshTokenRequest,
-    Tenant, User, auth_service_client::AuthServiceClient,
+    ApiKey, CreateApiKeyRequest, CreateTenantRequest, CreateUserRequest, GetTenantRequest,
+    ListTenantsRequest, LoginRequest, RefreshTokenRequest, Tenant, User,
+    api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
     tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
 };
 use palisade_testkit::{eventually, free_port_base, otlp::OtlpReceiver, with_api_key};
@@ -93,6 +94,29 @@ async fn credentials_never_reach_logs_or_spans() -> anyhow::Result<()> {
     UserServiceClient::new(gateway.clone())
         .create_user(with_api_key(create_user, &key))
         .await?;
+    // A key minted through the API: its secret is in the response only.
+    let mut create_key = CreateApiKeyRequest {
+        parent: "tenants/acme".into(),
+        api_key: Some(ApiKey {
+            display_name: "robot".into(),
+            scopes: vec!["identity.tenants.get".into()],
+            owner: "tenants/acme".into(),
+            ..ApiKey::default()
+        }),
+        ttl: Some(Default::default()),
+    };
+    if let Some(ttl) = create_key.ttl.as_mut() {
+        ttl.seconds = 3600;
+    }
+    let minted = ApiKeyServiceClient::new(gateway.clone())
+        .create_api_key(with_api_key(create_key, &key))
+        .await?
+        .into_inner()
+        .key;
+    let get_acme = GetTenantRequest {
+        name: "tenants/acme".into(),
+    };
+    tenants.get_tenant(with_api_key(get_acme, &minted)).await?;
     let mut auth = AuthServiceClient::new(gateway);
     let login = |password: &str| LoginRequest {
         tenant_id: "acme".into(),
@@ -145,6 +169,8 @@ async fn credentials_never_reach_logs_or_spans() -> anyhow::Result<()> {
         ("operator key", key.as_str()),
         ("operator secret", secret),
         ("forged key", forged.as_str()),
+        ("minted api key", minted.as_str()),
+        ("minted api key secret", &minted[minted.len() - 64..]),
         ("password", password),
         ("wrong password", wrong_password),
         ("access token signature", first_signature.as_str()),

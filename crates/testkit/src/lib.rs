@@ -37,12 +37,19 @@ pub struct MeshBuilder {
     login_lockout: Option<palisade::LockoutPolicy>,
     tenant_cache_ttl: Option<Duration>,
     tenant_base_domain: Option<String>,
+    api_key_max_lifetime: Option<Duration>,
 }
 
 impl MeshBuilder {
     /// Identity's login lockout (tests shorten the lock to watch it end).
     pub fn with_login_lockout(mut self, policy: palisade::LockoutPolicy) -> MeshBuilder {
         self.login_lockout = Some(policy);
+        self
+    }
+
+    /// The longest lifetime identity gives an API key.
+    pub fn with_api_key_max_lifetime(mut self, lifetime: Duration) -> MeshBuilder {
+        self.api_key_max_lifetime = Some(lifetime);
         self
     }
 
@@ -111,6 +118,9 @@ impl MeshBuilder {
             options.tenant_cache_ttl = ttl;
         }
         options.tenant_base_domain = self.tenant_base_domain.clone();
+        if let Some(lifetime) = self.api_key_max_lifetime {
+            options.api_key_max_lifetime = lifetime;
+        }
         options.cors_allowed_origins = self.cors_allowed_origins.clone();
         options.public_tls = self.public_tls.clone();
         let mut service_role = None;

@@ -64,18 +64,7 @@ impl Authz {
                 if let Some(problem) = unusable(&key, now_micros()) {
                     return Ok(deny(problem.to_owned()));
                 }
-                let granted = key
-                    .scopes
-                    .iter()
-                    .any(|scope| scope == ALL_PERMISSIONS || scope == permission);
-                Ok(if granted {
-                    Decision {
-                        allowed: true,
-                        reason: "granted by api key scope".to_owned(),
-                    }
-                } else {
-                    deny(format!("api key scopes do not include {permission}"))
-                })
+                self.key_decision(&key, permission).await
             }
             PrincipalKind::User => {
                 // The user is looked up within `tenant`: a user id asserted with another
@@ -138,14 +127,24 @@ impl Authz {
         };
         let tenant = &context.tenant_id;
         let holds: Box<dyn Fn(&str) -> bool + Send> = match principal.kind {
-            PrincipalKind::ApiKey => match self.store.get_api_key(&principal.id).await? {
-                Some(key) if &key.tenant_id == tenant => Box::new(move |permission| {
-                    key.scopes
-                        .iter()
-                        .any(|scope| scope == ALL_PERMISSIONS || scope == permission)
-                }),
-                _ => return Ok(false),
-            },
+            PrincipalKind::ApiKey => {
+                let key = match self.store.get_api_key(&principal.id).await? {
+                    Some(key)
+                        if &key.tenant_id == tenant && unusable(&key, now_micros()).is_none() =>
+                    {
+                        key
+                    }
+                    _ => return Ok(false),
+                };
+                // A user's key holds a permission only while its owner does, which takes a
+                // lookup per permission: decided here rather than in a synchronous `holds`.
+                for permission in granted {
+                    if !self.key_decision(&key, permission).await?.allowed {
+                        return Ok(false);
+                    }
+                }
+                return Ok(true);
+            }
             PrincipalKind::User => match self.store.get_user(tenant, &principal.id).await? {
                 Some(user) if user.state == UserState::Active => {
                     let held = self.user_permissions(&user).await?;
@@ -259,6 +258,13 @@ impl Authz {
         {
             return Err(refused());
         }
+        // A user's key works only while its owner may sign in.
+        if let Some(owner) = &key.owner_user_id {
+            match self.store.get_user(&key.tenant_id, owner).await? {
+                Some(user) if user.state == UserState::Active => {}
+                _ => return Err(refused()),
+            }
+        }
         match self.store.get_tenant(&key.tenant_id).await? {
             Some(tenant) if tenant.state == TenantState::Active => {}
             _ => {
@@ -270,6 +276,73 @@ impl Authz {
         }
         self.store.touch_api_key(&key.id, now).await?;
         Ok(key)
+    }
+}
+
+impl Authz {
+    /// What an api key may do: a permission its scopes name and, for a user's key, one its
+    /// owner holds now (decided as for the owner itself, so a demoted or disabled owner's keys
+    /// shrink with it). The caller has checked that the key is usable. A boxed future because
+    /// `decide` and this function call each other (an owner is never a key, so the recursion
+    /// is one level deep).
+    fn key_decision<'a>(
+        &'a self,
+        key: &'a ApiKeyRecord,
+        permission: &'a str,
+    ) -> BoxFuture<'a, Result<Decision, ApiError>> {
+        Box::pin(async move {
+            let in_scope = key
+                .scopes
+                .iter()
+                .any(|scope| scope == ALL_PERMISSIONS || scope == permission);
+            if !in_scope {
+                return Ok(deny(format!("api key scopes do not include {permission}")));
+            }
+            let Some(owner) = &key.owner_user_id else {
+                return Ok(Decision {
+                    allowed: true,
+                    reason: "granted by api key scope".to_owned(),
+                });
+            };
+            let owner = Principal {
+                id: owner.clone(),
+                kind: PrincipalKind::User,
+            };
+            let decided = self
+                .decide(&key.tenant_id, &owner, permission, None)
+                .await?;
+            Ok(if decided.allowed {
+                Decision {
+                    allowed: true,
+                    reason: "granted by api key scope and its owner's roles".to_owned(),
+                }
+            } else {
+                deny(format!("the api key's owner may not: {}", decided.reason))
+            })
+        })
+    }
+
+    /// Which of `permissions` `principal` of `tenant` does not hold now (the scopes a new api
+    /// key may not have). `*` is held by no one here: platform operators, who hold every
+    /// permission, are let through by the caller, as in `may_grant`.
+    pub async fn lacking(
+        &self,
+        tenant: &TenantId,
+        principal: &Principal,
+        permissions: &[String],
+    ) -> Result<Vec<String>, ApiError> {
+        let mut lacking = Vec::new();
+        for permission in permissions {
+            let held = permission != ALL_PERMISSIONS
+                && self
+                    .decide(tenant, principal, permission, None)
+                    .await?
+                    .allowed;
+            if !held {
+                lacking.push(permission.clone());
+            }
+        }
+        Ok(lacking)
     }
 }
 

@@ -77,9 +77,12 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
         display_name: OPERATOR_KEY_NAME.to_owned(),
         secret_hash: minted.secret_hash,
         scopes: vec![ALL_PERMISSIONS.to_owned()],
+        // Owned by the system tenant itself: a service-account key.
+        owner_user_id: None,
         create_time: now,
         expire_time: now + OPERATOR_KEY_LIFETIME_MICROS,
         revoke_time: None,
+        last_use_time: None,
     };
     let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
     match store.insert_api_key(&mut tx, &key).await {

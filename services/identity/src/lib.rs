@@ -37,6 +37,7 @@ use palisade_proto::palisade::identity::v1::{
 use palisade_tls::MeshTls;
 use tokio::sync::oneshot;
 
+pub use api_keys::DEFAULT_MAX_LIFETIME as DEFAULT_API_KEY_MAX_LIFETIME;
 pub use lockout::LockoutPolicy;
 
 pub const COMPONENT: &str = "identity";
@@ -48,6 +49,8 @@ pub struct IdentityConfig {
     pub db: DbConfig,
     pub mesh: MeshAddresses,
     pub lockout: LockoutPolicy,
+    /// The longest an API key may live (`api_keys::DEFAULT_MAX_LIFETIME` unless configured).
+    pub api_key_max_lifetime: std::time::Duration,
 }
 
 /// A running identity service, and the operator key if this start created it.
@@ -75,7 +78,9 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
 
     let relay = Relay::new(db.clone(), RelayConfig::new(palisade_audit::TOPIC));
     let compliance = kit.channel(&config.mesh.compliance, "compliance")?;
-    let roles = Arc::new(roles::Roles::from_catalogue(&MethodPolicies::palisade()?));
+    let policies = MethodPolicies::palisade()?;
+    let roles = Arc::new(roles::Roles::from_catalogue(&policies));
+    let key_rules = api_keys::KeyRules::new(&policies, config.api_key_max_lifetime);
     let passwords = passwords::Passwords::new();
     let keys = Arc::new(signing::Keyring::load(store.clone(), Default::default()).await?);
     let authz = Arc::new(authz::Authz::new(store.clone(), roles));
@@ -104,13 +109,18 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     )))
     .add_service(EdgeServiceServer::new(api::EdgeApi::new(store.clone())))
     .add_service(AuthServiceServer::new(api::AuthApi::new(
-        store,
+        store.clone(),
         relay.clone(),
         passwords,
         keys.clone(),
         config.lockout,
     )))
-    .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(authz.clone())))
+    .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(
+        store,
+        relay.clone(),
+        authz.clone(),
+        key_rules,
+    )))
     .add_service(AuthorizationServiceServer::new(api::AuthorizationApi::new(
         authz,
     )));

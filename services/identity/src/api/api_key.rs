@@ -1,24 +1,172 @@
-//! `ApiKeyService`: verification for the gateway.
+//! `ApiKeyService`: key management for tenants, and verification for the gateway.
 
-use palisade_grpc::{principal_type, time::timestamp};
+use std::sync::Arc;
+
+use palisade_audit::AuditRecord;
+use palisade_db::outbox::Relay;
+use palisade_grpc::{
+    ApiError, Caller,
+    aip::{self, CreatedCursor, FilterField},
+    principal_type,
+    time::{now_micros, timestamp},
+};
 use palisade_proto::palisade::{
-    common::v1::Principal,
+    common::v1::Principal as ProtoPrincipal,
+    compliance::v1::Outcome,
     identity::v1::{
-        VerifyApiKeyRequest, VerifyApiKeyResponse, api_key_service_server::ApiKeyService,
+        ApiKey, ApiKeyState, CreateApiKeyRequest, CreateApiKeyResponse, GetApiKeyRequest,
+        ListApiKeysRequest, ListApiKeysResponse, RevokeApiKeyRequest, VerifyApiKeyRequest,
+        VerifyApiKeyResponse, api_key_service_server::ApiKeyService,
     },
 };
-use palisade_tenancy::PrincipalKind;
+use palisade_tenancy::{Principal, PrincipalKind, TenantId};
+use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
-use crate::authz::Authz;
+use crate::{
+    api_keys::{self, KeyRules},
+    authz::Authz,
+    store::{ApiKeyFilter, ApiKeyRecord, IdentityStore},
+    users,
+};
+
+const FILTER_FIELDS: &[FilterField] = &[
+    FilterField {
+        name: "state",
+        comparisons: aip::EQUALITY,
+    },
+    FilterField {
+        name: "owner",
+        comparisons: aip::EQUALITY,
+    },
+];
 
 pub struct ApiKeyApi {
-    authz: std::sync::Arc<Authz>,
+    store: IdentityStore,
+    relay: Relay,
+    authz: Arc<Authz>,
+    rules: KeyRules,
 }
 
 impl ApiKeyApi {
-    pub fn new(authz: std::sync::Arc<Authz>) -> ApiKeyApi {
-        ApiKeyApi { authz }
+    pub fn new(
+        store: IdentityStore,
+        relay: Relay,
+        authz: Arc<Authz>,
+        rules: KeyRules,
+    ) -> ApiKeyApi {
+        ApiKeyApi {
+            store,
+            relay,
+            authz,
+            rules,
+        }
+    }
+
+    /// A key's scopes never exceed what its owner holds (a user's key) nor what its creator
+    /// holds (no escalation by minting a key); platform operators hold every permission.
+    async fn require_scopes_held(
+        &self,
+        caller: &Caller,
+        key: &ApiKeyRecord,
+    ) -> Result<(), ApiError> {
+        if let Some(owner) = &key.owner_user_id {
+            let owner = Principal {
+                id: owner.clone(),
+                kind: PrincipalKind::User,
+            };
+            let lacking = self
+                .authz
+                .lacking(&key.tenant_id, &owner, &key.scopes)
+                .await?;
+            if !lacking.is_empty() {
+                return Err(ApiError::PermissionDenied {
+                    reason: "SCOPE_EXCEEDS_OWNER",
+                    message: format!(
+                        "the key's owner does not hold these scopes: {}",
+                        lacking.join(", ")
+                    ),
+                });
+            }
+        }
+        if caller.context.is_platform_operator() {
+            return Ok(());
+        }
+        let lacking = self
+            .authz
+            .lacking(&caller.context.tenant_id, caller.principal(), &key.scopes)
+            .await?;
+        if lacking.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied {
+                reason: "SCOPE_ESCALATION",
+                message: format!(
+                    "the caller does not hold these scopes: {}",
+                    lacking.join(", ")
+                ),
+            })
+        }
+    }
+
+    /// The plan-limit hook: a plan's cap on a tenant's active keys is checked here, in the
+    /// creating transaction just before the insert. Plans set no such cap yet (`None`: no
+    /// limit), so every key passes until plan limits fill `limit` in.
+    async fn check_active_key_limit(
+        &self,
+        tx: &mut AnyConnection,
+        tenant: &TenantId,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let limit: Option<i64> = None;
+        let Some(limit) = limit else {
+            return Ok(());
+        };
+        let active = self.store.count_active_api_keys(tx, tenant, now).await?;
+        if active < limit {
+            Ok(())
+        } else {
+            Err(ApiError::FailedPrecondition {
+                reason: "API_KEY_LIMIT_REACHED",
+                message: format!(
+                    "tenants/{tenant} already has {active} active api keys, its plan's limit"
+                ),
+            })
+        }
+    }
+
+    fn audit<'a>(
+        &self,
+        caller: &'a Caller,
+        key: &'a ApiKeyRecord,
+        resource: &'a str,
+        action: &'a str,
+        attributes: Vec<(&'static str, String)>,
+    ) -> AuditRecord<'a> {
+        AuditRecord {
+            tenant: &key.tenant_id,
+            actor_tenant: &caller.context.tenant_id,
+            actor: Some(caller.principal()),
+            action: caller.action(action),
+            resource,
+            outcome: Outcome::Success,
+            request_id: caller.request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes,
+        }
+    }
+}
+
+/// Tenant isolation (DESIGN §4.3), as for users: a principal acts only within its own
+/// tenant; platform operators of the `system` tenant act on any.
+fn require_own_tenant(caller: &Caller, tenant: &TenantId) -> Result<(), ApiError> {
+    if caller.context.may_access(tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::PermissionDenied {
+            reason: "CROSS_TENANT",
+            message: format!("the caller may not act on tenants/{tenant}"),
+        })
     }
 }
 
@@ -30,13 +178,226 @@ impl ApiKeyService for ApiKeyApi {
     ) -> Result<Response<VerifyApiKeyResponse>, Status> {
         let key = self.authz.verify_api_key(&request.get_ref().key).await?;
         Ok(Response::new(VerifyApiKeyResponse {
-            principal: Some(Principal {
+            principal: Some(ProtoPrincipal {
                 tenant_id: key.tenant_id.to_string(),
                 id: key.id.clone(),
                 r#type: principal_type(PrincipalKind::ApiKey) as i32,
             }),
-            key_name: format!("tenants/{}/apiKeys/{}", key.tenant_id, key.id),
+            key_name: key.name(),
             expire_time: Some(timestamp(key.expire_time)),
         }))
     }
+
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        // Isolation comes before validation, so another tenant's callers learn nothing.
+        if let Ok(tenant) = users::parse_parent(&request.parent) {
+            require_own_tenant(&caller, &tenant)?;
+        }
+        let now = now_micros();
+        let mut key = api_keys::validate_create(&request, &self.rules, &caller.context, now)?;
+        if let Some(owner) = &key.owner_user_id {
+            // A personal key is made by its owner alone: nobody mints credentials that act
+            // as someone else.
+            let principal = caller.principal();
+            let by_owner = principal.kind == PrincipalKind::User
+                && &principal.id == owner
+                && caller.context.tenant_id == key.tenant_id;
+            if !by_owner {
+                return Err(ApiError::PermissionDenied {
+                    reason: "NOT_KEY_OWNER",
+                    message: "only a user itself creates api keys it owns".to_owned(),
+                }
+                .into());
+            }
+            if self.store.get_user(&key.tenant_id, owner).await?.is_none() {
+                return Err(ApiError::NotFound {
+                    resource: key.owner_name(),
+                }
+                .into());
+            }
+        } else if self.store.get_tenant(&key.tenant_id).await?.is_none() {
+            return Err(ApiError::NotFound {
+                resource: format!("tenants/{}", key.tenant_id),
+            }
+            .into());
+        }
+        self.require_scopes_held(&caller, &key).await?;
+
+        let minted = api_keys::mint();
+        key.id = minted.id;
+        key.secret_hash = minted.secret_hash;
+        let resource = key.name();
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        self.check_active_key_limit(&mut tx, &key.tenant_id, now)
+            .await?;
+        self.store.insert_api_key(&mut tx, &key).await?;
+        let attributes = vec![
+            ("owner", key.owner_name()),
+            ("scopes", key.scopes.join(" ")),
+            ("expire_time", key.expire_time.to_string()),
+        ];
+        let audit = self.audit(
+            &caller,
+            &key,
+            &resource,
+            "identity.apikeys.create",
+            attributes,
+        );
+        palisade_audit::commit_with(tx, &audit, &self.relay)
+            .await
+            .map_err(ApiError::internal)?;
+        tracing::info!(tenant = %key.tenant_id, key = %resource, owner = %key.owner_name(), "api key created");
+        Ok(Response::new(CreateApiKeyResponse {
+            api_key: Some(to_proto(key, now)),
+            key: minted.presented,
+        }))
+    }
+
+    async fn get_api_key(
+        &self,
+        request: Request<GetApiKeyRequest>,
+    ) -> Result<Response<ApiKey>, Status> {
+        let caller = Caller::of(&request)?;
+        let name = &request.get_ref().name;
+        let (tenant, id) = api_keys::parse_name(name)?;
+        // Another tenant's keys are not revealed: they are simply not found.
+        let not_found = || ApiError::NotFound {
+            resource: name.clone(),
+        };
+        if !caller.context.may_access(&tenant) {
+            return Err(not_found().into());
+        }
+        let key = self
+            .store
+            .get_tenant_api_key(&tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Response::new(to_proto(key, now_micros())))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        let tenant = users::parse_parent(&request.parent)
+            .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
+        require_own_tenant(&caller, &tenant)?;
+        let page_size = aip::page_size(request.page_size)?;
+        let after = aip::decode_page_token(&request.page_token, &request.filter)?
+            .map(|cursor| CreatedCursor::decode(&cursor))
+            .transpose()?;
+        let filters = parse_filters(&request.filter, &tenant)?;
+        let now = now_micros();
+        let mut records = self
+            .store
+            .list_api_keys(&tenant, after.as_ref(), &filters, now, page_size + 1)
+            .await?;
+        let next_page_token = aip::finish_page(&mut records, page_size, &request.filter, |last| {
+            CreatedCursor {
+                create_time: last.create_time,
+                id: last.id.clone(),
+            }
+            .encode()
+        });
+        Ok(Response::new(ListApiKeysResponse {
+            api_keys: records.into_iter().map(|key| to_proto(key, now)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<RevokeApiKeyRequest>,
+    ) -> Result<Response<ApiKey>, Status> {
+        let caller = Caller::of(&request)?;
+        let name = &request.get_ref().name;
+        let (tenant, id) = api_keys::parse_name(name)?;
+        let not_found = || ApiError::NotFound {
+            resource: name.clone(),
+        };
+        if !caller.context.may_access(&tenant) {
+            return Err(not_found().into());
+        }
+        let key = self
+            .store
+            .get_tenant_api_key(&tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        let now = now_micros();
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        // Only the call that actually revokes is audited; a repeat changes nothing.
+        if self
+            .store
+            .revoke_api_key(&mut tx, &tenant, &id, now)
+            .await?
+        {
+            let resource = key.name();
+            let audit = self.audit(
+                &caller,
+                &key,
+                &resource,
+                "identity.apikeys.revoke",
+                Vec::new(),
+            );
+            palisade_audit::commit_with(tx, &audit, &self.relay)
+                .await
+                .map_err(ApiError::internal)?;
+            tracing::info!(tenant = %tenant, key = %resource, "api key revoked");
+        } else {
+            tx.commit().await.map_err(ApiError::internal)?;
+        }
+        let key = self
+            .store
+            .get_tenant_api_key(&tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Response::new(to_proto(key, now)))
+    }
+}
+
+fn to_proto(key: ApiKeyRecord, now: i64) -> ApiKey {
+    ApiKey {
+        name: key.name(),
+        owner: key.owner_name(),
+        state: key.state(now) as i32,
+        display_name: key.display_name,
+        scopes: key.scopes,
+        create_time: Some(timestamp(key.create_time)),
+        expire_time: Some(timestamp(key.expire_time)),
+        revoke_time: key.revoke_time.map(timestamp),
+        last_use_time: key.last_use_time.map(timestamp),
+    }
+}
+
+fn parse_filters(filter: &str, tenant: &TenantId) -> Result<Vec<ApiKeyFilter>, ApiError> {
+    aip::parse_filter(filter, FILTER_FIELDS)?
+        .into_iter()
+        .map(|term| match term.field {
+            "state" => match ApiKeyState::from_str_name(&term.value) {
+                Some(state) if state != ApiKeyState::Unspecified => {
+                    Ok(ApiKeyFilter::State(term.comparison, state))
+                }
+                _ => Err(ApiError::invalid(
+                    "filter",
+                    format!("unknown state {:?}", term.value),
+                )),
+            },
+            _ => match api_keys::parse_owner(&term.value, tenant) {
+                Some(owner) => Ok(ApiKeyFilter::Owner(term.comparison, owner)),
+                None => Err(ApiError::invalid(
+                    "filter",
+                    format!(
+                        "owner must be `tenants/{tenant}` or `tenants/{tenant}/users/{{user_id}}`"
+                    ),
+                )),
+            },
+        })
+        .collect()
 }

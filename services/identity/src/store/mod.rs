@@ -11,7 +11,7 @@ mod users;
 use palisade_db::Db;
 use palisade_grpc::ApiError;
 
-pub use api_keys::ApiKeyRecord;
+pub use api_keys::{ApiKeyFilter, ApiKeyRecord};
 pub use roles::{RoleFilter, RoleLock};
 pub use tenants::TenantFilter;
 pub use users::UserFilter;

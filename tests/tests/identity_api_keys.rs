@@ -1,0 +1,615 @@
+//! API keys through the gateway: a tenant admin mints a read-only key and the key can read but
+//! not write, its secret is shown once, revoking it ends it within the gateway's cache period,
+//! a demoted owner's key shrinks with its owner, bad input names its fields, and tenants never
+//! see each other's keys.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_code, new_tenant, reason, violated_fields};
+use palisade_proto::palisade::{
+    compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
+    identity::v1::{
+        ApiKey, ApiKeyState, AssignRoleRequest, CreateApiKeyRequest, CreateApiKeyResponse,
+        CreateUserRequest, GetApiKeyRequest, ListApiKeysRequest, ListUsersRequest, LoginRequest,
+        Plan, RevokeApiKeyRequest, RevokeRoleRequest, User,
+        api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
+        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+    },
+};
+use palisade_testkit::{Component, Mesh, eventually, http_request, with_api_key};
+use tonic::{Code, transport::Channel};
+
+const PASSWORD: &str = "correct horse battery staple";
+const DAY: i64 = 86_400;
+const READ_USERS: &[&str] = &["identity.users.get", "identity.users.list"];
+
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+fn new_user(tenant: &str, email: &str, roles: &[&str]) -> CreateUserRequest {
+    CreateUserRequest {
+        parent: format!("tenants/{tenant}"),
+        user: Some(User {
+            email: email.to_owned(),
+            display_name: email.split('@').next().unwrap_or_default().to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..User::default()
+        }),
+        password: PASSWORD.to_owned(),
+    }
+}
+
+/// Makes the tenant (as operator) and a user with `roles` in it, signs the user in, and
+/// returns (access token, user name).
+async fn signed_in_user(
+    mesh: &Mesh,
+    tenant: &str,
+    email: &str,
+    roles: &[&str],
+) -> anyhow::Result<(String, String)> {
+    let mut tenants = TenantServiceClient::new(mesh.gateway());
+    let exists = tenants
+        .create_tenant(mesh.as_operator(new_tenant(tenant, tenant, Plan::Professional)))
+        .await;
+    if let Err(status) = exists {
+        anyhow::ensure!(status.code() == Code::AlreadyExists, "{status:?}");
+    }
+    UserServiceClient::new(mesh.gateway())
+        .create_user(mesh.as_operator(new_user(tenant, email, roles)))
+        .await?;
+    let tokens = AuthServiceClient::new(mesh.gateway())
+        .login(LoginRequest {
+            tenant_id: tenant.to_owned(),
+            email: email.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok((tokens.access_token, tokens.user))
+}
+
+fn key_request(tenant: &str, name: &str, scopes: &[&str], ttl_days: i64) -> CreateApiKeyRequest {
+    CreateApiKeyRequest {
+        parent: format!("tenants/{tenant}"),
+        api_key: Some(ApiKey {
+            display_name: name.to_owned(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..ApiKey::default()
+        }),
+        ttl: Some(prost_types::Duration {
+            seconds: ttl_days * DAY,
+            nanos: 0,
+        }),
+    }
+}
+
+fn list_users(tenant: &str) -> ListUsersRequest {
+    ListUsersRequest {
+        parent: format!("tenants/{tenant}"),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    keys: &mut ApiKeyServiceClient<Channel>,
+    request: tonic::Request<CreateApiKeyRequest>,
+) -> anyhow::Result<CreateApiKeyResponse> {
+    Ok(keys.create_api_key(request).await?.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_key_reads_is_shown_once_and_stops_when_revoked() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder
+            .with_api_key_cache_ttl(Duration::from_millis(300))
+            .start()
+            .await?;
+        let (admin, admin_name) =
+            signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let mut users = UserServiceClient::new(mesh.gateway());
+
+        let created = create(
+            &mut keys,
+            with_bearer(key_request("acme", "ci", READ_USERS, 30), &admin),
+        )
+        .await?;
+        let key = created.api_key.clone().expect("the key");
+        let secret = created.key.clone();
+        assert!(secret.starts_with("pal_"), "{secret}");
+        assert!(key.name.starts_with("tenants/acme/apiKeys/"));
+        assert!(secret.contains(key.name.rsplit('/').next().unwrap_or("?")));
+        assert_eq!(key.owner, admin_name);
+        assert_eq!(key.state(), ApiKeyState::Active);
+        assert_eq!(key.scopes, READ_USERS);
+        assert!(key.last_use_time.is_none() && key.revoke_time.is_none());
+        let lifetime = key.expire_time.unwrap().seconds - key.create_time.unwrap().seconds;
+        assert!((30 * DAY - 1..=30 * DAY).contains(&lifetime), "{lifetime}");
+
+        // The secret is shown once: reading the key again never returns it.
+        let get = GetApiKeyRequest {
+            name: key.name.clone(),
+        };
+        let fetched = keys
+            .get_api_key(with_bearer(get.clone(), &admin))
+            .await?
+            .into_inner();
+        assert_eq!(fetched, key);
+        let listed = keys
+            .list_api_keys(with_bearer(
+                ListApiKeysRequest {
+                    parent: "tenants/acme".into(),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(listed.api_keys, std::slice::from_ref(&key));
+        let secret_part = secret.rsplit('_').next().unwrap_or_default();
+        let rest = http_request(
+            mesh.addr(Component::Gateway),
+            "GET",
+            "/v1/tenants/acme/apiKeys",
+            &[("authorization", &format!("Bearer {admin}"))],
+            b"",
+        )
+        .await?;
+        assert_eq!(rest.status, 200, "{}", rest.text());
+        assert!(rest.text().contains(&key.name), "{}", rest.text());
+        for shown in [format!("{fetched:?}"), format!("{listed:?}"), rest.text()] {
+            assert!(!shown.contains(secret_part));
+        }
+
+        // Read-only: it lists users but may not create one.
+        users
+            .list_users(with_api_key(list_users("acme"), &secret))
+            .await?;
+        let denied = users
+            .create_user(with_api_key(
+                new_user("acme", "eve@example.com", &[]),
+                &secret,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(denied, Code::PermissionDenied)),
+            "PERMISSION_DENIED"
+        );
+        let used = keys
+            .get_api_key(with_bearer(get.clone(), &admin))
+            .await?
+            .into_inner();
+        assert!(used.last_use_time.is_some(), "{used:?}");
+
+        // Revoked, through REST; a second revoke changes nothing.
+        let revoked = http_request(
+            mesh.addr(Component::Gateway),
+            "POST",
+            &format!("/v1/{}:revoke", key.name),
+            &[
+                ("authorization", &format!("Bearer {admin}")),
+                ("content-type", "application/json"),
+            ],
+            b"{}",
+        )
+        .await?;
+        assert_eq!(revoked.status, 200, "{}", revoked.text());
+        assert!(revoked.text().contains("API_KEY_STATE_REVOKED"));
+        let revoke = RevokeApiKeyRequest {
+            name: key.name.clone(),
+        };
+        let again = keys
+            .revoke_api_key(with_bearer(revoke.clone(), &admin))
+            .await?
+            .into_inner();
+        assert_eq!(again.state(), ApiKeyState::Revoked);
+        assert!(again.revoke_time.is_some());
+        let third = keys
+            .revoke_api_key(with_bearer(revoke, &admin))
+            .await?
+            .into_inner();
+        assert_eq!(third, again);
+        eventually(Duration::from_secs(10), || {
+            let mut users = users.clone();
+            let request = with_api_key(list_users("acme"), &secret);
+            async move {
+                Ok(match users.list_users(request).await {
+                    Err(status) if status.code() == Code::Unauthenticated => Some(()),
+                    _ => None,
+                })
+            }
+        })
+        .await?;
+        let by_state = |state: &str| ListApiKeysRequest {
+            parent: "tenants/acme".into(),
+            filter: format!("state = {state:?}"),
+            ..Default::default()
+        };
+        let active = keys
+            .list_api_keys(with_bearer(by_state("API_KEY_STATE_ACTIVE"), &admin))
+            .await?
+            .into_inner();
+        assert!(active.api_keys.is_empty());
+        let gone = keys
+            .list_api_keys(with_bearer(by_state("API_KEY_STATE_REVOKED"), &admin))
+            .await?
+            .into_inner();
+        assert_eq!(gone.api_keys.len(), 1);
+
+        // Creating and revoking are audited, by the admin, never with the secret.
+        let audit = AuditServiceClient::new(mesh.gateway());
+        for action in ["identity.apikeys.create", "identity.apikeys.revoke"] {
+            let events = eventually(Duration::from_secs(10), || {
+                let mut audit = audit.clone();
+                let request = mesh.as_operator(ListAuditEventsRequest {
+                    parent: "tenants/acme".into(),
+                    filter: format!("action = {action:?}"),
+                    ..Default::default()
+                });
+                async move {
+                    let events = audit.list_audit_events(request).await?.into_inner();
+                    Ok((!events.audit_events.is_empty()).then_some(events.audit_events))
+                }
+            })
+            .await?;
+            assert_eq!(events.len(), 1, "{action}: {events:?}");
+            assert_eq!(events[0].resource, key.name);
+            let actor = events[0].actor.clone().expect("the admin acted");
+            assert_eq!(format!("tenants/acme/users/{}", actor.id), admin_name);
+            assert!(!format!("{events:?}").contains(secret_part));
+        }
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_owners_key_loses_its_write_scope() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let (bob, bob_name) = signed_in_user(&mesh, "acme", "bob@example.com", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let scopes = ["identity.users.create", "identity.users.list"];
+        let created = create(
+            &mut keys,
+            with_bearer(key_request("acme", "bob-ci", &scopes, 7), &bob),
+        )
+        .await?;
+        users
+            .create_user(with_api_key(
+                new_user("acme", "cy@example.com", &[]),
+                &created.key,
+            ))
+            .await?;
+
+        users
+            .assign_role(with_bearer(
+                AssignRoleRequest {
+                    name: bob_name.clone(),
+                    role: "viewer".into(),
+                },
+                &admin,
+            ))
+            .await?;
+        users
+            .revoke_role(with_bearer(
+                RevokeRoleRequest {
+                    name: bob_name.clone(),
+                    role: "admin".into(),
+                },
+                &admin,
+            ))
+            .await?;
+        // The key still reads (its owner, a viewer, may), but writing stopped at once.
+        users
+            .list_users(with_api_key(list_users("acme"), &created.key))
+            .await?;
+        let denied = users
+            .create_user(with_api_key(
+                new_user("acme", "dee@example.com", &[]),
+                &created.key,
+            ))
+            .await;
+        expect_code(denied, Code::PermissionDenied);
+        // The viewer cannot mint itself a key with the rights it lost.
+        let denied = keys
+            .create_api_key(with_bearer(
+                key_request("acme", "bob-again", &scopes, 7),
+                &bob,
+            ))
+            .await;
+        expect_code(denied, Code::PermissionDenied);
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder
+            .with_api_key_max_lifetime(Duration::from_secs(10 * DAY as u64))
+            .start()
+            .await?;
+        let (admin, admin_name) =
+            signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let (manager, _) = signed_in_user(&mesh, "acme", "mo@example.com", &["manager"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+
+        let good = || key_request("acme", "ci", READ_USERS, 5);
+        let with_key = |edit: &dyn Fn(&mut ApiKey)| {
+            let mut request = good();
+            edit(request.api_key.as_mut().expect("a key"));
+            request
+        };
+        let far = prost_types::Timestamp {
+            seconds: 4_102_444_800, // 2100-01-01
+            nanos: 0,
+        };
+        let cases: Vec<(CreateApiKeyRequest, Vec<&str>)> = vec![
+            (
+                CreateApiKeyRequest {
+                    ttl: None,
+                    ..good()
+                },
+                vec!["api_key.expire_time"],
+            ),
+            (key_request("acme", "ci", READ_USERS, 11), vec!["ttl"]),
+            (
+                CreateApiKeyRequest {
+                    ttl: None,
+                    ..with_key(&|key| key.expire_time = Some(far))
+                },
+                vec!["api_key.expire_time"],
+            ),
+            (
+                key_request(
+                    "acme",
+                    "ci",
+                    &["identity.users.get", "identity.users.fly"],
+                    5,
+                ),
+                vec!["api_key.scopes[1]"],
+            ),
+            (
+                key_request("acme", "ci", &["*"], 5),
+                vec!["api_key.scopes[0]"],
+            ),
+            (key_request("acme", "ci", &[], 5), vec!["api_key.scopes"]),
+            (
+                with_key(&|key| key.display_name = " ".into()),
+                vec!["api_key.display_name"],
+            ),
+            (
+                with_key(&|key| key.owner = "tenants/globex".into()),
+                vec!["api_key.owner"],
+            ),
+            (
+                CreateApiKeyRequest {
+                    parent: "acme".into(),
+                    ..good()
+                },
+                vec!["parent"],
+            ),
+            (
+                CreateApiKeyRequest {
+                    api_key: None,
+                    ..good()
+                },
+                vec!["api_key"],
+            ),
+        ];
+        for (request, fields) in cases {
+            let result = keys
+                .create_api_key(with_bearer(request.clone(), &admin))
+                .await;
+            let status = expect_code(result, Code::InvalidArgument);
+            assert_eq!(violated_fields(&status), fields, "{request:?}");
+        }
+        for name in [
+            "tenants/acme/apiKeys/nope".to_owned(),
+            "apiKeys/0192".to_owned(),
+            format!("tenants/acme/apiKeys/{}", "A".repeat(32)),
+        ] {
+            let get = keys
+                .get_api_key(with_bearer(GetApiKeyRequest { name: name.clone() }, &admin))
+                .await;
+            assert_eq!(
+                violated_fields(&expect_code(get, Code::InvalidArgument)),
+                ["name"]
+            );
+            let revoke = keys
+                .revoke_api_key(with_bearer(RevokeApiKeyRequest { name }, &admin))
+                .await;
+            assert_eq!(
+                violated_fields(&expect_code(revoke, Code::InvalidArgument)),
+                ["name"]
+            );
+        }
+        for filter in [
+            r#"state = "SHINY""#,
+            r#"owner = "tenants/globex""#,
+            "color = red",
+        ] {
+            let list = keys
+                .list_api_keys(with_bearer(
+                    ListApiKeysRequest {
+                        parent: "tenants/acme".into(),
+                        filter: filter.into(),
+                        ..Default::default()
+                    },
+                    &admin,
+                ))
+                .await;
+            assert_eq!(
+                violated_fields(&expect_code(list, Code::InvalidArgument)),
+                ["filter"]
+            );
+        }
+
+        // Scopes never exceed the owner's rights, nor the creator's.
+        let audit_reader = ["identity.users.list", "compliance.audit.list"];
+        let wider = keys
+            .create_api_key(with_bearer(
+                key_request("acme", "mo", &audit_reader, 5),
+                &manager,
+            ))
+            .await;
+        let wider = expect_code(wider, Code::PermissionDenied);
+        assert_eq!(reason(&wider), "SCOPE_EXCEEDS_OWNER");
+        assert!(
+            wider.message().contains("compliance.audit.list"),
+            "{wider:?}"
+        );
+        let service_key = |scopes: &[&str]| {
+            let mut request = key_request("acme", "robot", scopes, 5);
+            request.api_key.as_mut().expect("a key").owner = "tenants/acme".into();
+            request
+        };
+        let escalation = keys
+            .create_api_key(with_bearer(service_key(&audit_reader), &manager))
+            .await;
+        assert_eq!(
+            reason(&expect_code(escalation, Code::PermissionDenied)),
+            "SCOPE_ESCALATION"
+        );
+        let not_owner = keys
+            .create_api_key(with_bearer(
+                with_key(&|key| key.owner = admin_name.clone()),
+                &manager,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(not_owner, Code::PermissionDenied)),
+            "NOT_KEY_OWNER"
+        );
+
+        // Within its rights, the manager's service-account key works; its name is taken after.
+        let robot = create(
+            &mut keys,
+            with_bearer(service_key(&["identity.users.list"]), &manager),
+        )
+        .await?;
+        assert_eq!(robot.api_key.expect("the key").owner, "tenants/acme");
+        UserServiceClient::new(mesh.gateway())
+            .list_users(with_api_key(list_users("acme"), &robot.key))
+            .await?;
+        let taken = keys
+            .create_api_key(with_bearer(service_key(&["identity.users.list"]), &admin))
+            .await;
+        expect_code(taken, Code::AlreadyExists);
+        // REST, with the lifetime as a JSON duration; the secret is in this response only.
+        let body = r#"{"ttl": "3600s", "apiKey": {"displayName": "rest", "scopes": ["identity.users.get"]}}"#;
+        let rest = http_request(
+            mesh.addr(Component::Gateway),
+            "POST",
+            "/v1/tenants/acme/apiKeys",
+            &[
+                ("authorization", &format!("Bearer {admin}")),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .await?;
+        assert_eq!(rest.status, 200, "{}", rest.text());
+        let created: serde_json::Value = serde_json::from_slice(&rest.body)?;
+        assert!(
+            created["key"]
+                .as_str()
+                .is_some_and(|key| key.starts_with("pal_"))
+        );
+        assert_eq!(created["apiKey"]["state"], "API_KEY_STATE_ACTIVE");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_see_each_others_keys() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let (acme, acme_admin) =
+            signed_in_user(&mesh, "acme", "ada@acme.example", &["admin"]).await?;
+        let (globex, _) = signed_in_user(&mesh, "globex", "gus@globex.example", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let acme_key = create(
+            &mut keys,
+            with_bearer(key_request("acme", "ci", READ_USERS, 5), &acme),
+        )
+        .await?;
+        let name = acme_key.api_key.clone().expect("the key").name;
+
+        let get = keys
+            .get_api_key(with_bearer(
+                GetApiKeyRequest { name: name.clone() },
+                &globex,
+            ))
+            .await;
+        expect_code(get, Code::NotFound);
+        let revoke = keys
+            .revoke_api_key(with_bearer(
+                RevokeApiKeyRequest { name: name.clone() },
+                &globex,
+            ))
+            .await;
+        expect_code(revoke, Code::NotFound);
+        let list = keys
+            .list_api_keys(with_bearer(
+                ListApiKeysRequest {
+                    parent: "tenants/acme".into(),
+                    ..Default::default()
+                },
+                &globex,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(list, Code::PermissionDenied)),
+            "CROSS_TENANT"
+        );
+        let create_there = keys
+            .create_api_key(with_bearer(
+                key_request("acme", "x", READ_USERS, 5),
+                &globex,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(create_there, Code::PermissionDenied)),
+            "CROSS_TENANT"
+        );
+        // The acme key reads acme, not globex.
+        let elsewhere = UserServiceClient::new(mesh.gateway())
+            .list_users(with_api_key(list_users("globex"), &acme_key.key))
+            .await;
+        expect_code(elsewhere, Code::PermissionDenied);
+
+        // Platform operators see every tenant's keys, and filter them by owner.
+        let by_owner = |owner: &str| ListApiKeysRequest {
+            parent: "tenants/acme".into(),
+            filter: format!("owner = {owner:?}"),
+            ..Default::default()
+        };
+        let mine = keys
+            .list_api_keys(mesh.as_operator(by_owner(&acme_admin)))
+            .await?
+            .into_inner();
+        let names: Vec<_> = mine.api_keys.iter().map(|key| key.name.as_str()).collect();
+        assert_eq!(names, [name.as_str()]);
+        let service = keys
+            .list_api_keys(mesh.as_operator(by_owner("tenants/acme")))
+            .await?
+            .into_inner();
+        assert!(service.api_keys.is_empty());
+        keys.get_api_key(mesh.as_operator(GetApiKeyRequest { name }))
+            .await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
