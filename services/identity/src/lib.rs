@@ -31,8 +31,7 @@ use palisade_proto::palisade::identity::v1::{
     api_key_service_server::ApiKeyServiceServer, auth_service_server::AuthServiceServer,
     authorization_service_server::AuthorizationServiceServer,
     edge_service_server::EdgeServiceServer, role_service_server::RoleServiceServer,
-    tenant_service_server::TenantServiceServer,
-    user_service_server::UserServiceServer,
+    tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
 };
 use palisade_tls::MeshTls;
 use tokio::sync::oneshot;

@@ -20,7 +20,6 @@ use palisade_proto::palisade::{
     },
 };
 use palisade_tenancy::{Principal, PrincipalKind, TenantId};
-use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -104,32 +103,6 @@ impl ApiKeyApi {
                 message: format!(
                     "the caller does not hold these scopes: {}",
                     lacking.join(", ")
-                ),
-            })
-        }
-    }
-
-    /// The plan-limit hook: a plan's cap on a tenant's active keys is checked here, in the
-    /// creating transaction just before the insert. Plans set no such cap yet (`None`: no
-    /// limit), so every key passes until plan limits fill `limit` in.
-    async fn check_active_key_limit(
-        &self,
-        tx: &mut AnyConnection,
-        tenant: &TenantId,
-        now: i64,
-    ) -> Result<(), ApiError> {
-        let limit: Option<i64> = None;
-        let Some(limit) = limit else {
-            return Ok(());
-        };
-        let active = self.store.count_active_api_keys(tx, tenant, now).await?;
-        if active < limit {
-            Ok(())
-        } else {
-            Err(ApiError::FailedPrecondition {
-                reason: "API_KEY_LIMIT_REACHED",
-                message: format!(
-                    "tenants/{tenant} already has {active} active api keys, its plan's limit"
                 ),
             })
         }
@@ -233,7 +206,8 @@ impl ApiKeyService for ApiKeyApi {
         key.secret_hash = minted.secret_hash;
         let resource = key.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
-        self.check_active_key_limit(&mut tx, &key.tenant_id, now)
+        self.store
+            .ensure_within_limit(&mut tx, &key.tenant_id, "api_keys")
             .await?;
         self.store.insert_api_key(&mut tx, &key).await?;
         let attributes = vec![

@@ -203,8 +203,10 @@ impl RoleService for RoleApi {
             .ok_or_else(not_found)?;
         let resource = record.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
-        let existing = self.store.count_roles(&mut tx, &record.tenant_id).await?;
-        roles::check_custom_role_plan(&tenant, existing)?;
+        roles::check_custom_role_plan(&tenant)?;
+        self.store
+            .ensure_within_limit(&mut tx, &record.tenant_id, "custom_roles")
+            .await?;
         self.store.insert_role(&mut tx, &record).await?;
         let attributes = vec![("permissions", record.permission_list())];
         let audit = Self::audit(

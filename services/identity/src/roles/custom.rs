@@ -192,13 +192,20 @@ pub fn apply_update(
     Ok(next)
 }
 
-/// The plan hook of `CreateRole`: whether `tenant`'s plan includes the `custom_roles` feature
-/// and leaves room for one more custom role beside the `existing` ones. Every tenant may have
-/// custom roles until plans define features and limits; the plans work fills this in
-/// (FAILED_PRECONDITION or RESOURCE_EXHAUSTED with a `QuotaFailure`, as plans decide).
-pub fn check_custom_role_plan(tenant: &TenantRecord, existing: u64) -> Result<(), ApiError> {
-    let _ = (tenant, existing);
-    Ok(())
+/// Custom roles are a plan feature (`custom_roles`); the number a tenant may define is a
+/// limit of the same name, checked by the store when the role is inserted.
+pub fn check_custom_role_plan(tenant: &TenantRecord) -> Result<(), ApiError> {
+    match tenant.entitlements().feature("custom_roles") {
+        Some((true, _)) => Ok(()),
+        _ => Err(ApiError::FailedPrecondition {
+            reason: "FEATURE_NOT_ENABLED",
+            message: format!(
+                "custom roles are not part of tenants/{}'s plan ({}); built-in roles remain available",
+                tenant.id,
+                crate::tenants::plan_key(tenant.plan)
+            ),
+        }),
+    }
 }
 
 fn check_display_name(value: &str, violations: &mut Vec<FieldViolation>) -> String {

@@ -112,25 +112,6 @@ impl IdentityStore {
         Ok(row.is_some())
     }
 
-    /// How many of the tenant's keys work at `now` (for a plan's limit on active keys).
-    pub async fn count_active_api_keys(
-        &self,
-        conn: &mut AnyConnection,
-        tenant: &TenantId,
-        now: i64,
-    ) -> Result<i64, ApiError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM api_keys \
-             WHERE tenant_id = $1 AND revoke_time IS NULL AND expire_time > $2",
-        )
-        .bind(tenant.as_str())
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(internal)?;
-        row.try_get("n").map_err(internal)
-    }
-
     /// Revokes a key of `tenant`; false when it was revoked already (or does not exist).
     pub async fn revoke_api_key(
         &self,

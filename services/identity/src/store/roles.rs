@@ -287,21 +287,6 @@ impl IdentityStore {
         Ok(())
     }
 
-    /// How many custom roles `tenant` has (for the plan limit on creating one).
-    pub async fn count_roles(
-        &self,
-        conn: &mut AnyConnection,
-        tenant: &TenantId,
-    ) -> Result<u64, ApiError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM roles WHERE tenant_id = $1")
-            .bind(tenant.as_str())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(internal)?;
-        let count: i64 = row.try_get("n").map_err(internal)?;
-        Ok(u64::try_from(count).unwrap_or_default())
-    }
-
     /// A page of `tenant`'s custom roles ordered by id, after `after`, `limit` rows at most.
     pub async fn list_roles(
         &self,

@@ -26,8 +26,11 @@ const COUNTS: &[(&str, &str, bool)] = &[
          WHERE tenant_id = $1 AND revoke_time IS NULL AND expire_time > $2",
         true,
     ),
-    // `custom_roles`: no table holds custom roles yet, so they count as 0. Add their count
-    // here when the roles table arrives.
+    (
+        "custom_roles",
+        "SELECT COUNT(*) FROM roles WHERE tenant_id = $1",
+        false,
+    ),
 ];
 
 /// A report batch as applied: whether it was new, and each reported tenant's total.
