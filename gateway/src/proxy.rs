@@ -42,7 +42,7 @@ pub struct TenantLimits {
     pub directory: TenantDirectory,
     pub rates: RateLimiter,
     pub usage: Arc<UsageMeter>,
-    /// Refusals by reason (`tenant_suspended`, `tenant_inactive`, `rate_limited`,
+    /// Refusals by reason (`tenant_suspended`, `tenant_not_active`, `rate_limited`,
     /// `quota_exceeded`).
     pub throttled: LabeledCounter,
 }
@@ -204,7 +204,7 @@ impl Proxy {
                 Some(("tenant_suspended", "TENANT_SUSPENDED", "suspended"))
             }
             // Inactive, deleted since the credential was issued, or a state not known here.
-            _ => Some(("tenant_inactive", "TENANT_INACTIVE", "not active")),
+            _ => Some(("tenant_not_active", "TENANT_NOT_ACTIVE", "not active")),
         };
         if let Some((label, reason, state)) = refusal {
             let message = format!("tenant {tenant} is {state}");

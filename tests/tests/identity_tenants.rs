@@ -1,152 +1,442 @@
-//! Tenants through their lifecycle: plans set features and limits, overrides replace them,
-//! updates follow their mask and who may change what, suspension stops every credential,
-//! deletion takes everything identity holds, and the gateway's edge reports usage once per
-//! batch.
+//! Tenants and their plans: plans set features and limits, overrides replace them, updates
+//! follow their mask and who may change what, and a tenant's admin never reaches another
+//! tenant.
 
 mod common;
+mod identity_kit;
+
+use std::time::Duration;
 
 use common::{expect_code, new_tenant, reason, violated_fields};
-use palisade_proto::palisade::identity::v1::{
-    EdgeTenant, Plan, ReportUsageRequest, ResolveTenantRequest, TenantCalls, TenantState,
-    edge_service_client::EdgeServiceClient, resolve_tenant_request::Key,
-    tenant_service_client::TenantServiceClient,
+use identity_kit::{login, new_user, state_change, update, with_bearer};
+use palisade_proto::palisade::{
+    compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
+    identity::v1::{
+        CheckFeatureRequest, CreateTenantRequest, DeleteTenantRequest, GetTenantRequest,
+        GetUsageRequest, Plan, Tenant, TenantState, UpdateTenantRequest,
+        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+    },
 };
-use palisade_testkit::{Component, Mesh};
-use tonic::{Code, transport::Channel};
+use palisade_testkit::{Mesh, eventually};
+use tonic::Code;
 
-fn calls(tenant_id: &str, api_calls: i64) -> TenantCalls {
-    TenantCalls {
-        tenant_id: tenant_id.to_owned(),
-        api_calls,
-    }
+fn with_overrides(
+    mut request: CreateTenantRequest,
+    features: &[(&str, bool)],
+    limits: &[(&str, i64)],
+) -> CreateTenantRequest {
+    let tenant = request.tenant.as_mut().expect("a tenant");
+    tenant.feature_overrides = features
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect();
+    tenant.limit_overrides = limits.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    request
 }
 
-fn report(batch_id: &str, entries: Vec<TenantCalls>) -> ReportUsageRequest {
-    ReportUsageRequest {
-        batch_id: batch_id.to_owned(),
-        calls: entries,
-    }
-}
+/// Until `CreateApiKey` exists, a tenant's API key is planted in identity's database the way
+/// identity stores one (`pal_<id>_<secret>`, SHA-256 of the secret); returns the key.
 
-async fn resolve(
-    edge: &mut EdgeServiceClient<Channel>,
-    key: Key,
-) -> Result<EdgeTenant, tonic::Status> {
-    edge.resolve_tenant(ResolveTenantRequest { key: Some(key) })
-        .await
-        .map(tonic::Response::into_inner)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_set_features_and_limits_and_overrides_replace_them() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let mut tenants = TenantServiceClient::new(mesh.gateway());
+        let pro = tenants
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?
+            .into_inner();
+        for (feature, enabled) in [
+            ("audit_export", true),
+            ("webhooks", true),
+            ("custom_roles", true),
+            ("backups", true),
+            ("advanced_reports", true),
+            ("slo", true),
+            ("sso", false),
+            ("dr_plans", false),
+        ] {
+            assert_eq!(pro.features.get(feature), Some(&enabled), "{feature}");
+        }
+        let limits: Vec<(&str, i64)> = pro.limits.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            limits,
+            [
+                ("api_calls_per_month", 10_000_000),
+                ("api_keys", 100),
+                ("custom_roles", 50),
+                ("request_burst", 400),
+                ("requests_per_second", 200),
+                ("users", 500)
+            ]
+        );
+        assert!(pro.feature_overrides.is_empty() && pro.limit_overrides.is_empty());
+
+        let custom = tenants
+            .create_tenant(mesh.as_operator(with_overrides(
+                new_tenant("globex", "Globex", Plan::Free),
+                &[("sso", true), ("webhooks", false)],
+                &[("users", 1_000), ("api_calls_per_month", -1)],
+            )))
+            .await?
+            .into_inner();
+        assert_eq!(custom.features.get("sso"), Some(&true));
+        assert_eq!(custom.features.get("webhooks"), Some(&false));
+        assert_eq!(
+            custom.features.get("audit_export"),
+            Some(&false),
+            "free plan default"
+        );
+        assert_eq!(custom.limits.get("users"), Some(&1_000));
+        assert_eq!(custom.limits.get("api_calls_per_month"), Some(&-1));
+        assert_eq!(custom.limits.get("api_keys"), Some(&2), "free plan default");
+        assert_eq!(custom.feature_overrides.len(), 2);
+        let fetched = tenants
+            .get_tenant(mesh.as_operator(GetTenantRequest {
+                name: "tenants/globex".into(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(fetched, custom);
+
+        let bad = tenants
+            .create_tenant(mesh.as_operator(with_overrides(
+                new_tenant("initech", "Initech", Plan::Free),
+                &[("teleport", true)],
+                &[("users", -2), ("apples", 3)],
+            )))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(bad, Code::InvalidArgument)),
+            [
+                "tenant.feature_overrides[teleport]",
+                "tenant.limit_overrides[apples]",
+                "tenant.limit_overrides[users]"
+            ]
+        );
+
+        // CheckFeature answers from the plan or the override, and says which.
+        let check = |tenant: &str, feature: &str| CheckFeatureRequest {
+            tenant: format!("tenants/{tenant}"),
+            feature: feature.to_owned(),
+        };
+        let answer = tenants
+            .check_feature(mesh.as_operator(check("acme", "custom_roles")))
+            .await?
+            .into_inner();
+        assert!(answer.enabled);
+        assert_eq!(answer.source, "plan professional");
+        let answer = tenants
+            .check_feature(mesh.as_operator(check("globex", "sso")))
+            .await?
+            .into_inner();
+        assert!(answer.enabled);
+        assert_eq!(answer.source, "tenant override");
+        for (tenant, feature, field) in [
+            ("acme", "teleport", "feature"),
+            ("acme", "", "feature"),
+            ("Not A Tenant", "sso", "tenant"),
+        ] {
+            let bad = tenants
+                .check_feature(mesh.as_operator(check(tenant, feature)))
+                .await;
+            assert_eq!(
+                violated_fields(&expect_code(bad, Code::InvalidArgument)),
+                [field]
+            );
+        }
+        let nowhere = tenants
+            .check_feature(mesh.as_operator(check("nowhere", "sso")))
+            .await;
+        expect_code(nowhere, Code::NotFound);
+        mesh.stop().await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_resolves_tenants_and_reports_usage_once_per_batch() -> anyhow::Result<()> {
+async fn updates_follow_the_mask_and_who_may_change_what() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let mesh = builder.start().await?;
-        let mut create = new_tenant("acme", "Acme", Plan::Standard);
-        create.tenant.as_mut().expect("a tenant").domain = "Acme.Example.com".into();
-        TenantServiceClient::new(mesh.gateway())
-            .create_tenant(mesh.as_operator(create))
+        let mut tenants = TenantServiceClient::new(mesh.gateway());
+        for (id, name) in [("acme", "Acme"), ("globex", "Globex")] {
+            tenants
+                .create_tenant(mesh.as_operator(new_tenant(id, name, Plan::Professional)))
+                .await?;
+        }
+        UserServiceClient::new(mesh.gateway())
+            .create_user(mesh.as_operator(new_user("acme", "ada@acme.example", &["admin"])))
             .await?;
-        let mut edge = EdgeServiceClient::new(mesh.direct(Component::Identity, "gateway").await?);
+        let (admin, _) = login(&mesh, "acme", "ada@acme.example").await?;
+        let named = |name: &str| Tenant {
+            name: name.to_owned(),
+            ..Tenant::default()
+        };
 
-        let by_id = resolve(&mut edge, Key::TenantId("acme".into())).await?;
-        assert_eq!(by_id.state(), TenantState::Active);
-        assert_eq!(
+        // The tenant's admin renames it ...
+        let renamed = tenants
+            .update_tenant(with_bearer(
+                update(
+                    Tenant {
+                        display_name: " Acme Corp ".into(),
+                        ..named("tenants/acme")
+                    },
+                    &["display_name"],
+                ),
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(renamed.display_name, "Acme Corp");
+        assert_eq!(renamed.plan(), Plan::Professional);
+        assert_ne!(renamed.update_time, renamed.create_time);
+        // ... also by sending back a fetched tenant whole (empty mask: every set field, and
+        // only the name changes) ...
+        let mut fetched = tenants
+            .get_tenant(with_bearer(
+                GetTenantRequest {
+                    name: "tenants/acme".into(),
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        fetched.display_name = "Acme Inc".into();
+        let round_trip = tenants
+            .update_tenant(with_bearer(
+                UpdateTenantRequest {
+                    tenant: Some(fetched),
+                    update_mask: None,
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(round_trip.display_name, "Acme Inc");
+        // ... but cannot change its plan, state or limits.
+        for (tenant, paths) in [
             (
-                by_id.requests_per_second,
-                by_id.request_burst,
-                by_id.api_calls_per_month
+                Tenant {
+                    plan: Plan::Enterprise as i32,
+                    ..named("tenants/acme")
+                },
+                vec!["plan"],
             ),
-            (50, 100, 1_000_000)
-        );
-        assert_eq!(by_id.api_calls_used, 0);
-        let period_end = by_id.period_end.clone().expect("a period end");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64;
-        assert!(period_end.seconds > now && period_end.seconds <= now + 31 * 86_400);
-        let by_domain = resolve(&mut edge, Key::Domain("ACME.example.com".into())).await?;
-        assert_eq!(by_domain, by_id);
-        let system = resolve(&mut edge, Key::TenantId("system".into())).await?;
-        assert_eq!(
-            (system.requests_per_second, system.api_calls_per_month),
-            (-1, -1)
-        );
+            (
+                Tenant {
+                    limit_overrides: [("users".to_owned(), 10_000)].into(),
+                    ..named("tenants/acme")
+                },
+                vec![],
+            ),
+            (
+                Tenant {
+                    display_name: "Acme".into(),
+                    domain: "acme.example.com".into(),
+                    ..named("tenants/acme")
+                },
+                vec!["display_name", "domain", "region"],
+            ),
+        ] {
+            let denied = tenants
+                .update_tenant(with_bearer(update(tenant, &paths), &admin))
+                .await;
+            assert_eq!(
+                reason(&expect_code(denied, Code::PermissionDenied)),
+                "PLATFORM_OPERATOR_ONLY",
+                "{paths:?}"
+            );
+        }
 
-        let missing = resolve(&mut edge, Key::Domain("nobody.example.com".into())).await;
+        // A platform operator can; limits follow the plan and the overrides at once.
+        let upgraded = tenants
+            .update_tenant(mesh.as_operator(update(
+                Tenant {
+                    plan: Plan::Enterprise as i32,
+                    domain: "Acme.Example.com".into(),
+                    limit_overrides: [("api_keys".to_owned(), 5_000)].into(),
+                    ..named("tenants/acme")
+                },
+                &["plan", "domain", "limit_overrides"],
+            )))
+            .await?
+            .into_inner();
+        assert_eq!(upgraded.plan(), Plan::Enterprise);
+        assert_eq!(upgraded.domain, "acme.example.com");
+        assert_eq!(upgraded.features.get("sso"), Some(&true));
+        assert_eq!(upgraded.limits.get("users"), Some(&-1));
+        assert_eq!(upgraded.limits.get("api_keys"), Some(&5_000));
+        assert_eq!(upgraded.display_name, "Acme Inc", "unmasked fields stay");
+
+        // Masks name known fields; values are validated; domains stay unique.
+        let unknown = tenants
+            .update_tenant(mesh.as_operator(update(named("tenants/acme"), &["name"])))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(unknown, Code::InvalidArgument)),
+            ["update_mask"]
+        );
+        let invalid = tenants
+            .update_tenant(mesh.as_operator(update(
+                Tenant {
+                    region: "EU West".into(),
+                    feature_overrides: [("teleport".to_owned(), true)].into(),
+                    ..named("tenants/acme")
+                },
+                &["display_name", "region", "feature_overrides"],
+            )))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(invalid, Code::InvalidArgument)),
+            [
+                "tenant.display_name",
+                "tenant.region",
+                "tenant.feature_overrides[teleport]"
+            ]
+        );
+        let bad_name = tenants
+            .update_tenant(mesh.as_operator(update(named("acme"), &["display_name"])))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(bad_name, Code::InvalidArgument)),
+            ["tenant.name"]
+        );
+        let taken = tenants
+            .update_tenant(mesh.as_operator(update(
+                Tenant {
+                    domain: "acme.example.com".into(),
+                    ..named("tenants/globex")
+                },
+                &["domain"],
+            )))
+            .await;
+        expect_code(taken, Code::AlreadyExists);
+        let missing = tenants
+            .update_tenant(mesh.as_operator(update(
+                Tenant {
+                    display_name: "Nobody".into(),
+                    ..named("tenants/nowhere")
+                },
+                &["display_name"],
+            )))
+            .await;
         expect_code(missing, Code::NotFound);
-        let bad = resolve(&mut edge, Key::Domain("not a domain".into())).await;
-        assert_eq!(
-            violated_fields(&expect_code(bad, Code::InvalidArgument)),
-            ["domain"]
-        );
-        let none = edge
-            .resolve_tenant(ResolveTenantRequest { key: None })
-            .await;
-        assert_eq!(
-            violated_fields(&expect_code(none, Code::InvalidArgument)),
-            ["tenant_id"]
-        );
+        for state in [TenantState::Suspended, TenantState::Inactive] {
+            let system = tenants
+                .update_tenant(mesh.as_operator(state_change("system", state)))
+                .await;
+            assert_eq!(
+                reason(&expect_code(system, Code::FailedPrecondition)),
+                "SYSTEM_TENANT"
+            );
+        }
 
-        // A batch counts once, however often it is sent; totals come back in order.
-        let first = edge
-            .report_usage(report(
-                "batch-1",
-                vec![calls("acme", 7), calls("system", 2)],
+        // The change is audited in the tenant's log with the fields that changed.
+        let audit = AuditServiceClient::new(mesh.gateway());
+        let event = eventually(Duration::from_secs(10), || {
+            let mut audit = audit.clone();
+            let request = mesh.as_operator(ListAuditEventsRequest {
+                parent: "tenants/acme".into(),
+                filter: r#"action = "identity.tenants.update""#.into(),
+                ..Default::default()
+            });
+            async move {
+                let events = audit.list_audit_events(request).await?.into_inner();
+                Ok(events
+                    .audit_events
+                    .into_iter()
+                    .find(|event| event.attributes.contains_key("plan")))
+            }
+        })
+        .await?;
+        assert_eq!(
+            event.attributes.get("fields").map(String::as_str),
+            Some("plan domain limit_overrides")
+        );
+        assert_eq!(
+            event.attributes.get("plan").map(String::as_str),
+            Some("enterprise")
+        );
+        assert_eq!(event.actor.expect("an actor").tenant_id, "system");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_admin_cannot_reach_another_tenant() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let mut tenants = TenantServiceClient::new(mesh.gateway());
+        for id in ["acme", "globex"] {
+            tenants
+                .create_tenant(mesh.as_operator(new_tenant(id, id, Plan::Professional)))
+                .await?;
+        }
+        UserServiceClient::new(mesh.gateway())
+            .create_user(mesh.as_operator(new_user("acme", "ada@acme.example", &["admin"])))
+            .await?;
+        let (admin, _) = login(&mesh, "acme", "ada@acme.example").await?;
+
+        // Its own tenant answers ...
+        tenants
+            .get_usage(with_bearer(
+                GetUsageRequest {
+                    name: "tenants/acme/usage".into(),
+                },
+                &admin,
             ))
-            .await?
-            .into_inner();
-        assert_eq!(first.totals, [calls("acme", 7), calls("system", 2)]);
-        assert_eq!(first.period_end, Some(period_end.clone()));
-        let retried = edge
-            .report_usage(report(
-                "batch-1",
-                vec![calls("acme", 7), calls("system", 2)],
+            .await?;
+        // ... another is not found, whatever the call.
+        let update = tenants
+            .update_tenant(with_bearer(
+                update(
+                    Tenant {
+                        name: "tenants/globex".into(),
+                        display_name: "Owned".into(),
+                        ..Tenant::default()
+                    },
+                    &["display_name"],
+                ),
+                &admin,
             ))
-            .await?
-            .into_inner();
-        assert_eq!(retried.totals, first.totals);
-        // Calls for a tenant that no longer exists are dropped, not an error that would keep
-        // the gateway retrying the other tenants' counts forever.
-        let second = edge
-            .report_usage(report("batch-2", vec![calls("acme", 5), calls("gone", 3)]))
-            .await?
-            .into_inner();
-        assert_eq!(second.totals, [calls("acme", 12), calls("gone", 0)]);
-        assert_eq!(
-            resolve(&mut edge, Key::TenantId("acme".into()))
-                .await?
-                .api_calls_used,
-            12
-        );
-
-        let bad = edge
-            .report_usage(report("", vec![calls("Not Valid", 1), calls("acme", -1)]))
             .await;
-        assert_eq!(
-            violated_fields(&expect_code(bad, Code::InvalidArgument)),
-            ["batch_id", "calls[0].tenant_id", "calls[1].api_calls"]
-        );
-
-        // Only the gateway may call the edge: another component is refused, and so is
-        // everyone through the public port.
-        let mut as_compliance =
-            EdgeServiceClient::new(mesh.direct(Component::Identity, "compliance").await?);
-        let refused = as_compliance
-            .report_usage(report("batch-3", vec![calls("acme", 1)]))
+        expect_code(update, Code::NotFound);
+        let delete = tenants
+            .delete_tenant(with_bearer(
+                DeleteTenantRequest {
+                    name: "tenants/globex".into(),
+                },
+                &admin,
+            ))
             .await;
-        assert_eq!(
-            reason(&expect_code(refused, Code::PermissionDenied)),
-            "INTERNAL_METHOD"
-        );
-        let through_gateway = EdgeServiceClient::new(mesh.gateway())
-            .resolve_tenant(mesh.as_operator(ResolveTenantRequest {
-                key: Some(Key::TenantId("acme".into())),
+        expect_code(delete, Code::NotFound);
+        let usage = tenants
+            .get_usage(with_bearer(
+                GetUsageRequest {
+                    name: "tenants/globex/usage".into(),
+                },
+                &admin,
+            ))
+            .await;
+        expect_code(usage, Code::NotFound);
+        let feature = tenants
+            .check_feature(with_bearer(
+                CheckFeatureRequest {
+                    tenant: "tenants/globex".into(),
+                    feature: "sso".into(),
+                },
+                &admin,
+            ))
+            .await;
+        expect_code(feature, Code::NotFound);
+        let globex = tenants
+            .get_tenant(mesh.as_operator(GetTenantRequest {
+                name: "tenants/globex".into(),
             }))
-            .await;
-        assert_eq!(
-            reason(&expect_code(through_gateway, Code::PermissionDenied)),
-            "INTERNAL_METHOD"
-        );
+            .await?
+            .into_inner();
+        assert_eq!(globex.display_name, "globex");
         mesh.stop().await?;
     }
     Ok(())

@@ -210,6 +210,18 @@ impl Mesh {
         Ok(palisade_tls::channel(&uri, &tls, component.name())?)
     }
 
+    /// A pool on `component`'s own database, for tests that must look at or plant rows no
+    /// API reaches. Close it when done.
+    pub async fn database(&self, component: Component) -> anyhow::Result<Db> {
+        let config = match &self.inner.options.database {
+            DatabaseChoice::Sqlite => DbConfig::sqlite_in(self.data_dir(), component.name()),
+            DatabaseChoice::Postgres { url, schema_prefix } => {
+                DbConfig::postgres(url, Some(format!("{schema_prefix}_{}", component.name())))
+            }
+        };
+        Ok(Db::connect(&config).await?)
+    }
+
     /// Issues a certificate from the mesh CA for an arbitrary SPIFFE path, e.g.
     /// `workload/batch-job`: a genuine mesh member that is not a trusted component.
     pub fn issue_cert(&self, name: &str, spiffe_path: &str) -> anyhow::Result<()> {

@@ -1,4 +1,5 @@
-//! Tenant rules: what a valid tenant looks like, and the plan and state vocabularies.
+//! Tenant rules: what a valid tenant looks like, how it may change (`update`), when it may be
+//! deleted or act, and the plan and state vocabularies.
 
 use std::collections::BTreeMap;
 
@@ -7,6 +8,10 @@ use palisade_proto::palisade::identity::v1::{CreateTenantRequest, Plan, TenantSt
 use palisade_tenancy::TenantId;
 
 use crate::plans::{self, Entitlements};
+
+mod update;
+
+pub use update::{apply_update, require_may_change, update_paths};
 
 /// A tenant as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,18 +45,7 @@ pub fn validate_create(request: &CreateTenantRequest, now: i64) -> Result<Tenant
     let Some(tenant) = &request.tenant else {
         return Err(ApiError::invalid("tenant", "is required"));
     };
-    let display_name = tenant.display_name.trim();
-    if display_name.is_empty() {
-        violations.push(FieldViolation::new(
-            "tenant.display_name",
-            "must not be empty",
-        ));
-    } else if display_name.chars().count() > 200 {
-        violations.push(FieldViolation::new(
-            "tenant.display_name",
-            "must be at most 200 characters",
-        ));
-    }
+    let display_name = collect(display_name_of(&tenant.display_name), &mut violations);
     let id = if request.tenant_id.is_empty() {
         Some(TenantId::parse(&uuid::Uuid::now_v7().to_string()).expect("uuids are tenant ids"))
     } else {
@@ -71,58 +65,159 @@ pub fn validate_create(request: &CreateTenantRequest, now: i64) -> Result<Tenant
         }
     };
     let plan = match Plan::try_from(tenant.plan) {
-        Ok(Plan::Unspecified) => Plan::Free,
-        Ok(plan) => plan,
-        Err(_) => {
-            violations.push(FieldViolation::new(
-                "tenant.plan",
-                format!("unknown plan {}", tenant.plan),
-            ));
-            Plan::Free
-        }
+        Ok(Plan::Unspecified) => Some(Plan::Free),
+        _ => collect(plan_of(tenant.plan), &mut violations),
     };
-    let region = if tenant.region.is_empty() {
-        "default".to_owned()
-    } else {
-        tenant.region.clone()
-    };
-    if !is_slug(&region, 32) {
-        violations.push(FieldViolation::new(
-            "tenant.region",
-            "must be 1 to 32 characters of a-z, 0-9 and '-'",
-        ));
-    }
-    let domain = (!tenant.domain.is_empty()).then(|| tenant.domain.to_ascii_lowercase());
-    if domain.as_deref().is_some_and(|d| !is_domain(d)) {
-        violations.push(domain_violation("tenant.domain"));
-    }
+    let region = collect(region_of(&tenant.region), &mut violations);
+    let domain = collect(domain_of(&tenant.domain), &mut violations);
     violations.extend(plans::validate_overrides(
         "tenant",
         &tenant.feature_overrides,
         &tenant.limit_overrides,
     ));
-    match id {
-        Some(id) if violations.is_empty() => Ok(TenantRecord {
-            id,
-            display_name: display_name.to_owned(),
-            plan,
-            state: TenantState::Active,
-            region,
-            domain,
-            feature_overrides: tenant.feature_overrides.clone(),
-            limit_overrides: tenant.limit_overrides.clone(),
-            create_time: now,
-            update_time: now,
-        }),
+    match (id, display_name, plan, region, domain) {
+        (Some(id), Some(display_name), Some(plan), Some(region), Some(domain))
+            if violations.is_empty() =>
+        {
+            Ok(TenantRecord {
+                id,
+                display_name,
+                plan,
+                state: TenantState::Active,
+                region,
+                domain,
+                feature_overrides: tenant.feature_overrides.clone(),
+                limit_overrides: tenant.limit_overrides.clone(),
+                create_time: now,
+                update_time: now,
+            })
+        }
         _ => Err(ApiError::InvalidArgument(violations)),
     }
 }
 
+/// Only a tenant that no longer acts may be deleted, and never the system tenant.
+pub fn ensure_deletable(record: &TenantRecord) -> Result<(), ApiError> {
+    if record.id.is_system() {
+        return Err(ApiError::FailedPrecondition {
+            reason: "SYSTEM_TENANT",
+            message: "the system tenant holds the platform operators and is never deleted"
+                .to_owned(),
+        });
+    }
+    if record.state == TenantState::Active {
+        return Err(ApiError::FailedPrecondition {
+            reason: "TENANT_ACTIVE",
+            message: format!(
+                "tenants/{} is active; suspend it before deleting it",
+                record.id
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a principal of a tenant that is not active (suspended or retired), once its
+/// credential has been checked: saying why is safe then, and spares a support call.
+pub fn ensure_active(record: &TenantRecord) -> Result<(), ApiError> {
+    match record.state {
+        TenantState::Active => Ok(()),
+        TenantState::Suspended => Err(ApiError::PermissionDenied {
+            reason: "TENANT_SUSPENDED",
+            message: format!("tenants/{} is suspended", record.id),
+        }),
+        _ => Err(ApiError::PermissionDenied {
+            reason: "TENANT_NOT_ACTIVE",
+            message: format!("tenants/{} is not active", record.id),
+        }),
+    }
+}
+
+fn collect<T>(
+    result: Result<T, FieldViolation>,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<T> {
+    result.map_err(|violation| violations.push(violation)).ok()
+}
+
+fn display_name_of(value: &str) -> Result<String, FieldViolation> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        Err(FieldViolation::new(
+            "tenant.display_name",
+            "must not be empty",
+        ))
+    } else if trimmed.chars().count() > 200 {
+        Err(FieldViolation::new(
+            "tenant.display_name",
+            "must be at most 200 characters",
+        ))
+    } else {
+        Ok(trimmed.to_owned())
+    }
+}
+
+fn plan_of(value: i32) -> Result<Plan, FieldViolation> {
+    match Plan::try_from(value) {
+        Ok(Plan::Unspecified) | Err(_) => Err(FieldViolation::new(
+            "tenant.plan",
+            format!("unknown plan {value}"),
+        )),
+        Ok(plan) => Ok(plan),
+    }
+}
+
+fn state_of(value: i32) -> Result<TenantState, FieldViolation> {
+    match TenantState::try_from(value) {
+        Ok(TenantState::Unspecified) | Err(_) => Err(FieldViolation::new(
+            "tenant.state",
+            format!("unknown state {value}"),
+        )),
+        Ok(state) => Ok(state),
+    }
+}
+
+/// An empty region is the default one.
+fn region_of(value: &str) -> Result<String, FieldViolation> {
+    let region = if value.is_empty() { "default" } else { value };
+    if is_slug(region, 32) {
+        Ok(region.to_owned())
+    } else {
+        Err(FieldViolation::new(
+            "tenant.region",
+            "must be 1 to 32 characters of a-z, 0-9 and '-'",
+        ))
+    }
+}
+
+/// An empty domain is none.
+fn domain_of(value: &str) -> Result<Option<String>, FieldViolation> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    parse_domain(value)
+        .map(Some)
+        .ok_or_else(|| domain_violation("tenant.domain"))
+}
+
 /// `tenants/{id}` → the id.
 pub fn parse_name(name: &str) -> Result<TenantId, ApiError> {
-    name.strip_prefix("tenants/")
+    parse_field(name, "name")
+}
+
+/// `tenants/{id}` in the request field `field` → the id.
+pub fn parse_field(value: &str, field: &str) -> Result<TenantId, ApiError> {
+    value
+        .strip_prefix("tenants/")
         .and_then(|id| TenantId::parse(id).ok())
-        .ok_or_else(|| ApiError::invalid("name", "must be `tenants/{tenant_id}`"))
+        .ok_or_else(|| ApiError::invalid(field, "must be `tenants/{tenant_id}`"))
+}
+
+/// `tenants/{id}/usage` → the id.
+pub fn parse_usage_name(name: &str) -> Result<TenantId, ApiError> {
+    name.strip_suffix("/usage")
+        .and_then(|tenant| parse_name(tenant).ok())
+        .ok_or_else(|| ApiError::invalid("name", "must be `tenants/{tenant_id}/usage`"))
 }
 
 /// The stored (lowercase) form of a plan.
@@ -214,7 +309,7 @@ mod tests {
         )
     }
 
-    fn violated_fields(result: Result<TenantRecord, ApiError>) -> Vec<String> {
+    fn violated_fields<T: std::fmt::Debug>(result: Result<T, ApiError>) -> Vec<String> {
         match result {
             Err(ApiError::InvalidArgument(violations)) => {
                 violations.into_iter().map(|v| v.field).collect()
@@ -252,5 +347,30 @@ mod tests {
         );
         let missing = validate_create(&CreateTenantRequest::default(), 1);
         assert_eq!(violated_fields(missing), ["tenant"]);
+    }
+
+    fn reason_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> &'static str {
+        match result {
+            Err(ApiError::PermissionDenied { reason, .. })
+            | Err(ApiError::FailedPrecondition { reason, .. }) => reason,
+            other => panic!("expected a refusal with a reason, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_retired_tenants_are_deleted_and_the_system_tenant_never() {
+        let system = TenantRecord {
+            id: TenantId::system(),
+            ..create("Operators", "acme", "").unwrap()
+        };
+        assert_eq!(reason_of(ensure_deletable(&system)), "SYSTEM_TENANT");
+        let mut acme = create("Acme", "acme", "").unwrap();
+        assert_eq!(reason_of(ensure_deletable(&acme)), "TENANT_ACTIVE");
+        assert!(ensure_active(&acme).is_ok());
+        acme.state = TenantState::Suspended;
+        assert!(ensure_deletable(&acme).is_ok());
+        assert_eq!(reason_of(ensure_active(&acme)), "TENANT_SUSPENDED");
+        acme.state = TenantState::Inactive;
+        assert_eq!(reason_of(ensure_active(&acme)), "TENANT_NOT_ACTIVE");
     }
 }

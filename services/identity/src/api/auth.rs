@@ -211,10 +211,11 @@ impl AuthService for AuthApi {
             return Err(ApiError::InvalidArgument(violations).into());
         }
         let email = request.email.trim().to_lowercase();
-        let tenant = match TenantId::parse(&request.tenant_id) {
-            Ok(id) => self.store.get_tenant(&id).await?.map(|_| id),
+        let tenant_record = match TenantId::parse(&request.tenant_id) {
+            Ok(id) => self.store.get_tenant(&id).await?,
             Err(_) => None,
         };
+        let tenant = tenant_record.as_ref().map(|record| record.id.clone());
         let found = match &tenant {
             Some(tenant) => self.store.user_by_email(tenant, &email).await?,
             None => None,
@@ -241,6 +242,14 @@ impl AuthService for AuthApi {
             None => Some("unknown_email"),
             Some(_) if locked => Some("locked"),
             Some(_) if !matches => Some("wrong_password"),
+            // The password was right, so saying that the tenant is suspended reveals nothing.
+            Some(_)
+                if tenant_record
+                    .as_ref()
+                    .is_some_and(|t| t.state != TenantState::Active) =>
+            {
+                Some("tenant_not_active")
+            }
             Some((user, _)) if !self.may_sign_in(user).await? => Some("not_active"),
             Some(_) => None,
         };
@@ -269,6 +278,9 @@ impl AuthService for AuthApi {
                     .await?;
             }
             tracing::info!(tenant = %request.tenant_id, reason = refusal, "login refused");
+            if let (Some(record), "tenant_not_active") = (&tenant_record, refusal) {
+                crate::tenants::ensure_active(record)?;
+            }
             return Err(invalid_login().into());
         }
         let (user, _) = found.expect("refused above when missing");
@@ -355,6 +367,11 @@ impl AuthService for AuthApi {
                 "refresh token reused; token family revoked"
             );
             return Err(invalid_refresh_token().into());
+        }
+        // Refused before use is recorded (the transaction is dropped), so the token works
+        // again once the tenant is reactivated.
+        if let Some(tenant) = self.store.get_tenant(&user.tenant_id).await? {
+            crate::tenants::ensure_active(&tenant)?;
         }
         if !self.may_sign_in(&user).await? {
             return Err(invalid_refresh_token().into());

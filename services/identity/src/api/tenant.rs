@@ -12,12 +12,14 @@ use palisade_proto::palisade::{
     identity::v1::{
         CheckFeatureRequest, CheckFeatureResponse, CreateTenantRequest, DeleteTenantRequest,
         GetTenantRequest, GetUsageRequest, ListTenantsRequest, ListTenantsResponse, Plan, Tenant,
-        TenantState, UpdateTenantRequest, Usage, tenant_service_server::TenantService,
+        TenantState, UpdateTenantRequest, Usage, UsageMetric, tenant_service_server::TenantService,
     },
 };
+use palisade_tenancy::TenantId;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    plans,
     store::{IdentityStore, TenantFilter},
     tenants::{self, TenantRecord},
 };
@@ -132,33 +134,195 @@ impl TenantService for TenantApi {
         }))
     }
 
-    // TODO(tenants helper): replaced by the real implementations on the way to main.
     async fn update_tenant(
         &self,
-        _request: Request<UpdateTenantRequest>,
+        request: Request<UpdateTenantRequest>,
     ) -> Result<Response<Tenant>, Status> {
-        Err(Status::unimplemented("UpdateTenant"))
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        let Some(tenant) = &request.tenant else {
+            return Err(ApiError::invalid("tenant", "is required").into());
+        };
+        let id = tenants::parse_field(&tenant.name, "tenant.name")?;
+        let not_found = || ApiError::NotFound {
+            resource: format!("tenants/{id}"),
+        };
+        if !caller.context.may_access(&id) {
+            return Err(not_found().into());
+        }
+        let paths = tenants::update_paths(tenant, request.update_mask.as_ref())?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let current = self
+            .store
+            .lock_tenant(&mut tx, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        let updated = tenants::apply_update(&current, tenant, &paths, now_micros())?;
+        // Judged on what changes, so a tenant fetched, renamed and sent back whole passes.
+        tenants::require_may_change(&caller.context, &updated.changed)?;
+        if updated.changed.is_empty() {
+            // Nothing to write and nothing to record: the tenant as it is.
+            return Ok(Response::new(to_proto(current)));
+        }
+        self.store.update_tenant(&mut tx, &updated.record).await?;
+        let resource = format!("tenants/{id}");
+        let mut attributes = vec![("fields", updated.changed.join(" "))];
+        if updated.changed.contains(&"state") {
+            let state = tenants::state_key(updated.record.state).to_owned();
+            attributes.push(("state", state));
+        }
+        if updated.changed.contains(&"plan") {
+            attributes.push(("plan", tenants::plan_key(updated.record.plan).to_owned()));
+        }
+        let audit = AuditRecord {
+            tenant: &id,
+            actor_tenant: &caller.context.tenant_id,
+            actor: Some(caller.principal()),
+            action: caller.action("identity.tenants.update"),
+            resource: &resource,
+            outcome: Outcome::Success,
+            request_id: caller.request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes,
+        };
+        palisade_audit::commit_with(tx, &audit, &self.relay)
+            .await
+            .map_err(ApiError::internal)?;
+        tracing::info!(tenant = %id, fields = %updated.changed.join(" "), "tenant updated");
+        Ok(Response::new(to_proto(updated.record)))
     }
 
     async fn delete_tenant(
         &self,
-        _request: Request<DeleteTenantRequest>,
+        request: Request<DeleteTenantRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(Status::unimplemented("DeleteTenant"))
+        let caller = Caller::of(&request)?;
+        let id = tenants::parse_name(&request.get_ref().name)?;
+        let not_found = || ApiError::NotFound {
+            resource: format!("tenants/{id}"),
+        };
+        if !caller.context.may_access(&id) {
+            return Err(not_found().into());
+        }
+        if !caller.context.is_platform_operator() {
+            return Err(ApiError::PermissionDenied {
+                reason: "PLATFORM_OPERATOR_ONLY",
+                message: "only platform operators of the system tenant delete tenants".to_owned(),
+            }
+            .into());
+        }
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let record = self
+            .store
+            .lock_tenant(&mut tx, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        tenants::ensure_deletable(&record)?;
+        self.store.delete_tenant(&mut tx, &id).await?;
+        // The event goes to the deleted tenant's own log: compliance keeps logs by tenant id
+        // and needs no tenant row, so the record of the deletion outlives the tenant.
+        let resource = format!("tenants/{id}");
+        let audit = AuditRecord {
+            tenant: &id,
+            actor_tenant: &caller.context.tenant_id,
+            actor: Some(caller.principal()),
+            action: caller.action("identity.tenants.delete"),
+            resource: &resource,
+            outcome: Outcome::Success,
+            request_id: caller.request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes: vec![("plan", tenants::plan_key(record.plan).to_owned())],
+        };
+        palisade_audit::commit_with(tx, &audit, &self.relay)
+            .await
+            .map_err(ApiError::internal)?;
+        tracing::info!(tenant = %id, "tenant deleted");
+        Ok(Response::new(()))
     }
 
     async fn get_usage(
         &self,
-        _request: Request<GetUsageRequest>,
+        request: Request<GetUsageRequest>,
     ) -> Result<Response<Usage>, Status> {
-        Err(Status::unimplemented("GetUsage"))
+        let caller = Caller::of(&request)?;
+        let id = tenants::parse_usage_name(&request.get_ref().name)?;
+        let record = self.visible_tenant(&caller, &id).await?;
+        let now = now_micros();
+        let period = plans::period_at(now);
+        let entitlements = record.entitlements();
+        let mut conn = self
+            .store
+            .db()
+            .pool()
+            .acquire()
+            .await
+            .map_err(ApiError::internal)?;
+        let mut metrics = Vec::with_capacity(plans::LIMITS.len());
+        for limit in plans::LIMITS {
+            let used = match limit {
+                "api_calls_per_month" => self.store.api_calls(&id, &period.key).await?,
+                // Rates are enforced by the gateway per second; nothing accrues to report.
+                "requests_per_second" | "request_burst" => 0,
+                _ => self.store.count_limited(&mut conn, &id, limit, now).await?,
+            };
+            metrics.push(UsageMetric {
+                metric: limit.to_owned(),
+                used,
+                limit: entitlements.limit(limit).expect("a known limit"),
+            });
+        }
+        Ok(Response::new(Usage {
+            name: format!("tenants/{id}/usage"),
+            period_start: Some(timestamp(period.start)),
+            period_end: Some(timestamp(period.end)),
+            metrics,
+        }))
     }
 
     async fn check_feature(
         &self,
-        _request: Request<CheckFeatureRequest>,
+        request: Request<CheckFeatureRequest>,
     ) -> Result<Response<CheckFeatureResponse>, Status> {
-        Err(Status::unimplemented("CheckFeature"))
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        let id = tenants::parse_field(&request.tenant, "tenant")?;
+        if request.feature.is_empty() {
+            return Err(ApiError::invalid("feature", "is required").into());
+        }
+        if !plans::FEATURES.contains(&request.feature.as_str()) {
+            return Err(ApiError::invalid(
+                "feature",
+                format!(
+                    "unknown feature {:?}; known: {}",
+                    request.feature,
+                    plans::FEATURES.join(", ")
+                ),
+            )
+            .into());
+        }
+        let record = self.visible_tenant(&caller, &id).await?;
+        let (enabled, source) = record
+            .entitlements()
+            .feature(&request.feature)
+            .expect("a known feature");
+        Ok(Response::new(CheckFeatureResponse { enabled, source }))
+    }
+}
+
+impl TenantApi {
+    /// The tenant `id` if the caller may see it; another tenant's existence is not revealed.
+    async fn visible_tenant(
+        &self,
+        caller: &Caller,
+        id: &TenantId,
+    ) -> Result<TenantRecord, ApiError> {
+        let not_found = || ApiError::NotFound {
+            resource: format!("tenants/{id}"),
+        };
+        if !caller.context.may_access(id) {
+            return Err(not_found());
+        }
+        self.store.get_tenant(id).await?.ok_or_else(not_found)
     }
 }
 

@@ -194,6 +194,9 @@ impl UserService for UserApi {
         let resource = record.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
         self.store
+            .ensure_within_limit(&mut tx, &record.tenant_id, "users")
+            .await?;
+        self.store
             .insert_user(&mut tx, &record, &password_hash)
             .await?;
         let audit = AuditRecord {

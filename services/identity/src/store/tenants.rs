@@ -1,5 +1,6 @@
 //! Tenants.
 
+use palisade_db::Backend;
 use palisade_grpc::{
     ApiError,
     aip::{Comparison, CreatedCursor},
@@ -20,6 +21,21 @@ pub struct TenantFilter {
 
 const TENANT_COLUMNS: &str = "id, display_name, plan, state, region, domain, \
     feature_overrides, limit_overrides, create_time, update_time";
+
+/// Everything identity holds for a tenant, children before parents (foreign keys), the
+/// tenant row last; each statement takes the tenant id as `$1`. A table that holds tenant
+/// data is one more line here. The outbox is not in the list: the tenant's last audit events
+/// (its deletion among them) must still reach compliance.
+const TENANT_DATA: &[&str] = &[
+    "DELETE FROM refresh_tokens \
+     WHERE family_id IN (SELECT id FROM token_families WHERE tenant_id = $1)",
+    "DELETE FROM token_families WHERE tenant_id = $1",
+    "DELETE FROM user_roles WHERE tenant_id = $1",
+    "DELETE FROM users WHERE tenant_id = $1",
+    "DELETE FROM api_keys WHERE tenant_id = $1",
+    "DELETE FROM tenant_usage WHERE tenant_id = $1",
+    "DELETE FROM tenants WHERE id = $1",
+];
 
 impl IdentityStore {
     pub async fn insert_tenant(
@@ -50,6 +66,82 @@ impl IdentityStore {
             _ => internal(error),
         })?;
         Ok(())
+    }
+
+    /// Writes every changed column of `tenant` (its id names the row); `ALREADY_EXISTS` when
+    /// its new domain belongs to another tenant.
+    pub async fn update_tenant(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantRecord,
+    ) -> Result<(), ApiError> {
+        ensure_domain_free(conn, tenant).await?;
+        sqlx::query(
+            "UPDATE tenants SET display_name = $2, plan = $3, state = $4, region = $5, \
+             domain = $6, feature_overrides = $7, limit_overrides = $8, update_time = $9 \
+             WHERE id = $1",
+        )
+        .bind(tenant.id.as_str())
+        .bind(&tenant.display_name)
+        .bind(crate::tenants::plan_key(tenant.plan))
+        .bind(crate::tenants::state_key(tenant.state))
+        .bind(&tenant.region)
+        .bind(tenant.domain.clone())
+        .bind(to_json(&tenant.feature_overrides))
+        .bind(to_json(&tenant.limit_overrides))
+        .bind(tenant.update_time)
+        .execute(&mut *conn)
+        .await
+        .map_err(|error| match &error {
+            // Two updates raced for one domain; the unique index decided.
+            sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::AlreadyExists {
+                resource: format!(
+                    "a tenant with domain {}",
+                    tenant.domain.as_deref().unwrap_or("")
+                ),
+            },
+            _ => internal(error),
+        })?;
+        Ok(())
+    }
+
+    /// Deletes the tenant and everything identity holds for it (see `TENANT_DATA`), on the
+    /// caller's transaction.
+    pub async fn delete_tenant(
+        &self,
+        conn: &mut AnyConnection,
+        id: &TenantId,
+    ) -> Result<(), ApiError> {
+        for statement in TENANT_DATA {
+            sqlx::query(*statement)
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// The tenant, read inside the caller's write transaction and locked until it ends
+    /// (PostgreSQL `FOR UPDATE`; SQLite write transactions hold the database lock already),
+    /// so a read-check-write on it cannot interleave with another.
+    pub async fn lock_tenant(
+        &self,
+        conn: &mut AnyConnection,
+        id: &TenantId,
+    ) -> Result<Option<TenantRecord>, ApiError> {
+        let lock = match self.db.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1{lock}"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(internal)?;
+        row.as_ref().map(tenant_from_row).transpose()
     }
 
     /// The tenant whose domain is `domain` (already in lower case).

@@ -12,6 +12,24 @@ use super::{IdentityStore, internal};
 /// so a day is plenty, and the table stays small.
 const BATCH_MEMORY_MICROS: i64 = 24 * 3600 * 1_000_000;
 
+/// How each countable limit is counted now: the SQL (tenant id as `$1`), and whether it takes
+/// the current time as `$2`. A limit that caps a new kind of resource is one line here.
+const COUNTS: &[(&str, &str, bool)] = &[
+    (
+        "users",
+        "SELECT COUNT(*) FROM users WHERE tenant_id = $1",
+        false,
+    ),
+    (
+        "api_keys",
+        "SELECT COUNT(*) FROM api_keys \
+         WHERE tenant_id = $1 AND revoke_time IS NULL AND expire_time > $2",
+        true,
+    ),
+    // `custom_roles`: no table holds custom roles yet, so they count as 0. Add their count
+    // here when the roles table arrives.
+];
+
 /// A report batch as applied: whether it was new, and each reported tenant's total.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageReport {
@@ -77,6 +95,63 @@ impl IdentityStore {
     pub async fn api_calls(&self, tenant: &TenantId, period: &str) -> Result<i64, ApiError> {
         let mut conn = self.db.pool().acquire().await.map_err(internal)?;
         api_calls_on(&mut conn, tenant, period).await
+    }
+
+    /// How many of the resources `limit` caps `tenant` has now; 0 for limits that cap no
+    /// stored resource (rates, monthly calls) and for resources not stored yet.
+    pub async fn count_limited(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        limit: &str,
+        now: i64,
+    ) -> Result<i64, ApiError> {
+        let Some((_, sql, with_now)) = COUNTS.iter().find(|(name, _, _)| *name == limit) else {
+            return Ok(0);
+        };
+        let mut query = sqlx::query(*sql).bind(tenant.as_str());
+        if *with_now {
+            query = query.bind(now);
+        }
+        let row = query.fetch_one(&mut *conn).await.map_err(internal)?;
+        row.try_get::<i64, _>(0).map_err(internal)
+    }
+
+    /// Refuses to create one more resource of `limit` (`users`, `api_keys`, `custom_roles`)
+    /// when the tenant already has as many as its plan allows. Call it inside the creating
+    /// transaction, before the insert: it locks the tenant row (PostgreSQL), so concurrent
+    /// creations in one tenant queue here and cannot overshoot the limit together (SQLite's
+    /// write transactions are serialized anyway).
+    pub async fn ensure_within_limit(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        limit: &str,
+    ) -> Result<(), ApiError> {
+        let record = self
+            .lock_tenant(conn, tenant)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                resource: format!("tenants/{tenant}"),
+            })?;
+        let entitlements = record.entitlements();
+        let used = self
+            .count_limited(conn, tenant, limit, palisade_grpc::time::now_micros())
+            .await?;
+        if entitlements.allows(limit, used + 1) {
+            return Ok(());
+        }
+        let max = entitlements.limit(limit).unwrap_or_default();
+        Err(ApiError::ResourceExhausted {
+            reason: "LIMIT_EXCEEDED",
+            message: format!(
+                "tenants/{tenant} has reached its {limit} limit of {max}; \
+                 remove one or ask for a higher limit"
+            ),
+            subject: format!("tenants/{tenant}"),
+            description: format!("{limit} limit of {max} reached"),
+            retry_after: None,
+        })
     }
 }
 
