@@ -321,32 +321,39 @@ impl TenantDirectory {
     /// The tenant a request's host name (`:authority` or `Host`) names, if any. Never fails:
     /// a host that cannot be resolved now names no tenant.
     pub async fn by_host(&self, host: &str) -> Option<Arc<EdgeTenant>> {
-        match host_key(host, self.base_domain.as_deref())? {
-            HostKey::Tenant(id) => self.by_id(&id).await.ok().flatten(),
-            HostKey::Domain(domain) => {
-                let answer = self
-                    .by_domain
-                    .get(&domain, || {
-                        let identity = self.identity.clone();
-                        let permits = self.host_lookups.clone();
-                        let by_id = self.by_id.clone();
-                        let key = Key::Domain(domain.clone());
-                        async move {
-                            // Not cached when refused: the name is tried again next time.
-                            let _permit = permits
-                                .try_acquire_owned()
-                                .map_err(|_| "too many host lookups at once".to_owned())?;
-                            resolve(identity, key, Some(by_id)).await
-                        }
-                        .boxed()
-                    })
-                    .await;
-                answer
-                    .inspect_err(|error| tracing::debug!(%domain, %error, "host lookup failed"))
-                    .ok()
-                    .flatten()
-            }
-        }
+        let (cache, cache_key, key, remember) = match host_key(host, self.base_domain.as_deref())? {
+            HostKey::Tenant(id) => (
+                &self.by_id,
+                id.to_string(),
+                Key::TenantId(id.to_string()),
+                None,
+            ),
+            HostKey::Domain(domain) => (
+                &self.by_domain,
+                domain.clone(),
+                Key::Domain(domain),
+                Some(self.by_id.clone()),
+            ),
+        };
+        let answer = cache
+            .get(&cache_key, || {
+                let identity = self.identity.clone();
+                let permits = self.host_lookups.clone();
+                async move {
+                    // Anyone can send any host name: lookups for them are bounded, and one
+                    // refused here is not cached, so the name is tried again next time.
+                    let _permit = permits
+                        .try_acquire_owned()
+                        .map_err(|_| "too many host lookups at once".to_owned())?;
+                    resolve(identity, key, remember).await
+                }
+                .boxed()
+            })
+            .await;
+        answer
+            .inspect_err(|error| tracing::debug!(host = %cache_key, %error, "host lookup failed"))
+            .ok()
+            .flatten()
     }
 }
 
