@@ -31,6 +31,7 @@ use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
 use ring::signature::{ED25519, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
 use tonic::Code;
+use tonic_types::StatusExt;
 
 const MAX_CACHED: usize = 10_000;
 /// The `iss` identity puts in its access tokens.
@@ -85,6 +86,16 @@ pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError
     }
 }
 
+/// Identity's reason when it refused a key because of its tenant's state.
+fn tenant_refusal(status: &tonic::Status) -> Option<&'static str> {
+    let details = status.get_error_details();
+    match details.error_info()?.reason.as_str() {
+        "TENANT_SUSPENDED" => Some("TENANT_SUSPENDED"),
+        "TENANT_NOT_ACTIVE" => Some("TENANT_NOT_ACTIVE"),
+        _ => None,
+    }
+}
+
 fn looks_like_jwt(credential: &str) -> bool {
     credential.split('.').count() == 3
 }
@@ -132,6 +143,14 @@ impl ApiKeyVerifier {
             })
             .await
             .map_err(|status| match status.code() {
+                // A genuine key of a tenant out of service: refused as the proxy refuses a
+                // cached key of that tenant.
+                Code::Unauthenticated if tenant_refusal(&status).is_some() => {
+                    ApiError::PermissionDenied {
+                        reason: tenant_refusal(&status).expect("checked"),
+                        message: status.message().to_owned(),
+                    }
+                }
                 Code::Unauthenticated => ApiError::Unauthenticated {
                     reason: "INVALID_API_KEY",
                     message: status.message().to_owned(),

@@ -42,7 +42,7 @@ pub struct TenantLimits {
     pub directory: TenantDirectory,
     pub rates: RateLimiter,
     pub usage: Arc<UsageMeter>,
-    /// Refusals by reason (`tenant_suspended`, `tenant_inactive`, `rate_limited`,
+    /// Refusals by reason (`tenant_suspended`, `tenant_not_active`, `rate_limited`,
     /// `quota_exceeded`).
     pub throttled: LabeledCounter,
 }
@@ -197,27 +197,23 @@ impl Proxy {
             tracing::debug!(%tenant, reason, "call refused at the edge");
             error
         };
-        let Some(edge) = limits.directory.by_id(tenant).await? else {
-            return Err(refuse(
-                "tenant_inactive",
-                tenant_not_in_service(tenant, "TENANT_INACTIVE"),
-            ));
+        let edge = limits.directory.by_id(tenant).await?;
+        let refusal = match edge.as_ref().map(|edge| edge.state) {
+            Some(TenantState::Active) => None,
+            Some(TenantState::Suspended) => {
+                Some(("tenant_suspended", "TENANT_SUSPENDED", "suspended"))
+            }
+            // Inactive, deleted since the credential was issued, or a state not known here.
+            _ => Some(("tenant_not_active", "TENANT_NOT_ACTIVE", "not active")),
         };
-        match edge.state {
-            TenantState::Active => {}
-            TenantState::Suspended => {
-                return Err(refuse(
-                    "tenant_suspended",
-                    tenant_not_in_service(tenant, "TENANT_SUSPENDED"),
-                ));
-            }
-            _ => {
-                return Err(refuse(
-                    "tenant_inactive",
-                    tenant_not_in_service(tenant, "TENANT_INACTIVE"),
-                ));
-            }
+        if let Some((label, reason, state)) = refusal {
+            let message = format!("tenant {tenant} is {state}");
+            return Err(refuse(
+                label,
+                ApiError::PermissionDenied { reason, message },
+            ));
         }
+        let edge = edge.expect("an active tenant exists");
         if let Some(rate) = edge.rate
             && let Err(wait) = limits.rates.check(tenant, rate, Instant::now())
         {
@@ -227,18 +223,6 @@ impl Proxy {
             .usage
             .admit(&edge, now_micros())
             .map_err(|error| refuse("quota_exceeded", error))
-    }
-}
-
-fn tenant_not_in_service(tenant: &TenantId, reason: &'static str) -> ApiError {
-    let state = if reason == "TENANT_SUSPENDED" {
-        "suspended"
-    } else {
-        "not active"
-    };
-    ApiError::PermissionDenied {
-        reason,
-        message: format!("tenant {tenant} is {state}"),
     }
 }
 

@@ -38,6 +38,8 @@ const MAX_ENTRIES: usize = 16_384;
 const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// How long a previous answer stands in after a failed lookup, before the next attempt.
 const STALE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// How long a lookup waits for identity; everyone waiting on it waits at most this long.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Host-name lookups in flight at once; beyond it a host resolves to no tenant, so a flood of
 /// distinct junk names cannot queue up calls to identity.
 const MAX_HOST_LOOKUPS: usize = 16;
@@ -227,7 +229,11 @@ impl Cache {
         let fallback = stale.clone();
         let fetch = fetch();
         let task = tokio::spawn(async move {
-            let result = fetch.await;
+            // Completed whatever happens, or the key would wait on this lookup forever.
+            let result = std::panic::AssertUnwindSafe(fetch)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err("the lookup panicked".to_owned()));
             cache.complete(owned_key, &result, fallback);
             result
         });
@@ -299,10 +305,10 @@ impl TenantDirectory {
     /// The tenant with id `id`; `None` if identity knows no such tenant. O(1) without awaiting
     /// anything while the answer is cached.
     pub async fn by_id(&self, id: &TenantId) -> Result<Option<Arc<EdgeTenant>>, ApiError> {
-        let identity = self.identity.clone();
-        let key = Key::TenantId(id.to_string());
+        // The lookup is built only on a miss: a hit allocates nothing.
+        let lookup = || resolve(self.identity.clone(), Key::TenantId(id.to_string()), None);
         self.by_id
-            .get(id.as_str(), move || resolve(identity, key, None).boxed())
+            .get(id.as_str(), || lookup().boxed())
             .await
             .map_err(|error| {
                 tracing::warn!(tenant = %id, %error, "tenant lookup failed");
@@ -315,32 +321,39 @@ impl TenantDirectory {
     /// The tenant a request's host name (`:authority` or `Host`) names, if any. Never fails:
     /// a host that cannot be resolved now names no tenant.
     pub async fn by_host(&self, host: &str) -> Option<Arc<EdgeTenant>> {
-        match host_key(host, self.base_domain.as_deref())? {
-            HostKey::Tenant(id) => self.by_id(&id).await.ok().flatten(),
-            HostKey::Domain(domain) => {
+        let (cache, cache_key, key, remember) = match host_key(host, self.base_domain.as_deref())? {
+            HostKey::Tenant(id) => (
+                &self.by_id,
+                id.to_string(),
+                Key::TenantId(id.to_string()),
+                None,
+            ),
+            HostKey::Domain(domain) => (
+                &self.by_domain,
+                domain.clone(),
+                Key::Domain(domain),
+                Some(self.by_id.clone()),
+            ),
+        };
+        let answer = cache
+            .get(&cache_key, || {
                 let identity = self.identity.clone();
                 let permits = self.host_lookups.clone();
-                let by_id = self.by_id.clone();
-                let key = Key::Domain(domain.clone());
-                let answer = self
-                    .by_domain
-                    .get(&domain, move || {
-                        async move {
-                            // Not cached when refused: the name is tried again next time.
-                            let _permit = permits
-                                .try_acquire_owned()
-                                .map_err(|_| "too many host lookups at once".to_owned())?;
-                            resolve(identity, key, Some(by_id)).await
-                        }
-                        .boxed()
-                    })
-                    .await;
-                answer
-                    .inspect_err(|error| tracing::debug!(%domain, %error, "host lookup failed"))
-                    .ok()
-                    .flatten()
-            }
-        }
+                async move {
+                    // Anyone can send any host name: lookups for them are bounded, and one
+                    // refused here is not cached, so the name is tried again next time.
+                    let _permit = permits
+                        .try_acquire_owned()
+                        .map_err(|_| "too many host lookups at once".to_owned())?;
+                    resolve(identity, key, remember).await
+                }
+                .boxed()
+            })
+            .await;
+        answer
+            .inspect_err(|error| tracing::debug!(host = %cache_key, %error, "host lookup failed"))
+            .ok()
+            .flatten()
     }
 }
 
@@ -350,10 +363,11 @@ async fn resolve(
     key: Key,
     by_id: Option<Arc<Cache>>,
 ) -> Result<Answer, String> {
-    let answer = match identity
-        .resolve_tenant(ResolveTenantRequest { key: Some(key) })
+    let request = ResolveTenantRequest { key: Some(key) };
+    let answer = tokio::time::timeout(IDENTITY_TIMEOUT, identity.resolve_tenant(request))
         .await
-    {
+        .map_err(|_| "identity did not answer in time".to_owned())?;
+    let answer = match answer {
         Ok(response) => EdgeTenant::from_proto(response.into_inner()).map(Arc::new)?,
         // A malformed name or id is as unknown as a missing one.
         Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {

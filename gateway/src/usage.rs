@@ -25,6 +25,8 @@ use crate::{sharded::Sharded, tenants::EdgeTenant};
 const MAX_METERS: usize = 65_536;
 /// How often counts are reported.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one report waits for identity.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts of the final report at shutdown.
 const FINAL_ATTEMPTS: u32 = 3;
 
@@ -88,10 +90,13 @@ impl UsageMeter {
     pub fn admit(&self, tenant: &EdgeTenant, now: i64) -> Result<(), ApiError> {
         let per_shard = self.meters.per_shard();
         self.meters.with(&tenant.id, |shard| {
-            if !shard.contains_key(&tenant.id) && shard.len() >= per_shard {
-                shard.retain(|_, meter| meter.pending + meter.reporting > 0);
+            if !shard.contains_key(&tenant.id) {
+                if shard.len() >= per_shard {
+                    shard.retain(|_, meter| meter.pending + meter.reporting > 0);
+                }
+                shard.insert(tenant.id.clone(), Meter::default());
             }
-            let meter = shard.entry(tenant.id.clone()).or_default();
+            let meter = shard.get_mut(&tenant.id).expect("inserted above");
             meter.learn(tenant.calls_used, tenant.period_end);
             if let Some(limit) = tenant.monthly_calls
                 && meter.total(now) >= limit
@@ -124,7 +129,12 @@ impl UsageMeter {
                 })
                 .collect(),
         };
-        match self.identity.clone().report_usage(request).await {
+        let mut identity = self.identity.clone();
+        // Bounded, so that shutdown (which reports once more) cannot hang on identity.
+        let answer = tokio::time::timeout(REPORT_TIMEOUT, identity.report_usage(request))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
+        match answer {
             Ok(response) => {
                 let response = response.into_inner();
                 let period_end = response.period_end.as_ref().map_or(i64::MAX, micros);
