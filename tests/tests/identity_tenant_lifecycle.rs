@@ -12,6 +12,7 @@ use identity_kit::{
     A_DAY, calls, list_users, login, login_request, new_user, plant_api_key, report, state_change,
     with_bearer,
 };
+use palisade_db::Scope;
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
@@ -214,6 +215,8 @@ async fn deleting_a_tenant_takes_everything_identity_holds() -> anyhow::Result<(
             .login(login_request("acme", "ada@acme.example"))
             .await;
         expect_code(login_gone, Code::Unauthenticated);
+        // Every tenant's rows in view (row-level security would hide them from a bare pool).
+        let mut everything = db.read_in(Scope::AllTenants).await?;
         for table in [
             "users",
             "user_roles",
@@ -229,14 +232,15 @@ async fn deleting_a_tenant_takes_everything_identity_holds() -> anyhow::Result<(
             };
             let sql = format!("SELECT COUNT(*) FROM {table} WHERE {column} = 'acme'");
             let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(db.pool())
+                .fetch_one(&mut *everything)
                 .await?;
             assert_eq!(count, 0, "{table} still holds acme rows");
         }
         let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens")
-            .fetch_one(db.pool())
+            .fetch_one(&mut *everything)
             .await?;
         assert_eq!(tokens, 0, "the only refresh token was acme's");
+        everything.commit().await?;
         db.close().await;
 
         // The deletion is recorded in the deleted tenant's own log, which compliance keeps.

@@ -1,14 +1,23 @@
 //! Row-level security on PostgreSQL (DESIGN §4.5): beneath the store code, the database itself
 //! keeps tenants apart. Queries here deliberately omit every tenant filter, run as the ordinary
 //! role the services connect as, inside the scope a store opens for one tenant — and still see
-//! only that tenant's rows. Without a scope they see none; an administrator sees them all,
-//! which proves the rows exist. PostgreSQL only: SQLite has no such wall.
+//! only that tenant's rows — both in an explicitly scoped transaction and, as store code runs
+//! them, as plain queries on the pool while handling a tenant's call. Outside any call they
+//! see none; an administrator sees them all, which proves the rows exist. PostgreSQL only:
+//! SQLite has no such wall.
 
 mod common;
 
 use common::{audit_events_arrived, new_tenant};
 use palisade_db::{Db, Scope};
-use palisade_proto::palisade::identity::v1::{Plan, tenant_service_client::TenantServiceClient};
+use palisade_proto::palisade::identity::v1::{
+    CreateUserRequest, Plan, ReportUsageRequest, TenantCalls, User,
+    edge_service_client::EdgeServiceClient, tenant_service_client::TenantServiceClient,
+    user_service_client::UserServiceClient,
+};
+use palisade_tenancy::{
+    Principal, PrincipalKind, RequestId, TenantContext, TenantId, with_context,
+};
 use palisade_testkit::{Component, Mesh, with_api_key};
 use sqlx::Row;
 
@@ -55,12 +64,42 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
             .await?;
         // Creating a tenant leaves rows in identity and, through the outbox, in compliance.
         audit_events_arrived(&mesh, id).await?;
+        UserServiceClient::new(mesh.gateway())
+            .create_user(with_api_key(
+                CreateUserRequest {
+                    parent: format!("tenants/{id}"),
+                    user: Some(User {
+                        email: format!("ada@{id}.example"),
+                        display_name: "Ada".into(),
+                        roles: vec!["viewer".into()],
+                        ..User::default()
+                    }),
+                    password: "correct horse battery staple".into(),
+                },
+                mesh.operator_key(),
+            ))
+            .await?;
+        EdgeServiceClient::new(mesh.direct(Component::Identity, "gateway").await?)
+            .report_usage(ReportUsageRequest {
+                batch_id: format!("rls-{id}"),
+                calls: vec![TenantCalls {
+                    tenant_id: id.to_owned(),
+                    api_calls: 1,
+                }],
+            })
+            .await?;
     }
 
-    for (component, tables) in [(
-        Component::Compliance,
-        &["audit_events", "audit_chain_heads"][..],
-    )] {
+    for (component, tables) in [
+        (
+            Component::Compliance,
+            &["audit_events", "audit_chain_heads"][..],
+        ),
+        (
+            Component::Identity,
+            &["users", "user_roles", "tenant_usage"][..],
+        ),
+    ] {
         let service = mesh.service_db(component).await?;
         assert!(
             !service.bypasses_row_security().await?,
@@ -83,6 +122,21 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
                 visible_tenants(&service, None, table).await.is_empty(),
                 "{table}: no scope, no rows"
             );
+            // What store code does: a plain query on the pool while handling acme's call.
+            let acme = TenantContext {
+                tenant_id: TenantId::parse("acme")?,
+                principal: Some(Principal {
+                    id: "someone".into(),
+                    kind: PrincipalKind::User,
+                }),
+            };
+            let seen = with_context(
+                Some(acme),
+                RequestId::generate(),
+                visible_tenants(&service, None, table),
+            )
+            .await;
+            assert_eq!(seen, ["acme"], "{table}: an acme call sees only acme");
             assert_eq!(
                 visible_tenants(&service, Some(Scope::AllTenants), table).await,
                 everything,

@@ -124,6 +124,8 @@ impl Db {
                     create_schema(&config.url, schema).await?;
                 }
                 let search_path = schema.clone();
+                // Both hooks run on the task that asked for the connection, so the row-level
+                // security scope is that task's (see `scope.rs`).
                 let pool = options
                     .after_connect(move |conn, _meta| {
                         let search_path = search_path.clone();
@@ -132,7 +134,13 @@ impl Db {
                                 let set = format!(r#"SET search_path TO "{schema}""#);
                                 sqlx::query(AssertSqlSafe(set)).execute(&mut *conn).await?;
                             }
-                            Ok(())
+                            crate::scope::enter_ambient(conn).await
+                        })
+                    })
+                    .before_acquire(|conn, _meta| {
+                        Box::pin(async move {
+                            crate::scope::enter_ambient(conn).await?;
+                            Ok(true)
                         })
                     })
                     .connect(&config.url)

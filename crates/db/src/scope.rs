@@ -2,7 +2,9 @@
 //! that shows a transaction only the rows of the tenant named in the `palisade.tenant_id`
 //! setting, so a store query that forgets its `tenant_id = $1` still cannot read or change
 //! another tenant's rows. A transaction states its scope when it begins ([`Db::begin_in`],
-//! [`Db::read_in`]); without one it sees no tenant rows at all.
+//! [`Db::read_in`]); without one, a connection takes the scope of the call the task is
+//! handling ([`ambient_setting`]), set as it leaves the pool, so store code that runs plain
+//! queries is walled in too.
 //!
 //! The wall holds only for ordinary roles: superusers and `BYPASSRLS` roles skip policies, so
 //! services connect as an ordinary role ([`ServiceRole`] makes one) and warn at start when
@@ -33,6 +35,31 @@ impl Scope<'_> {
             Scope::AllTenants => "*",
         }
     }
+}
+
+/// The scope of whatever this task is doing, for connections that no explicit scope covers:
+/// work handling a tenant principal's call sees that tenant; a platform operator's call, and
+/// public or mesh-internal calls that assert no tenant, see every tenant (their code is
+/// cross-tenant by nature and filters by itself); work outside any call — background jobs,
+/// tasks spawned off a request — sees no tenant rows until it states a scope
+/// ([`Db::begin_in`], or `palisade_tenancy::with_context`).
+pub(crate) fn ambient_setting() -> String {
+    match palisade_tenancy::current_call() {
+        None => String::new(),
+        Some(Some(context)) if !context.is_platform_operator() => context.tenant_id.to_string(),
+        Some(_) => "*".to_owned(),
+    }
+}
+
+/// Applies the ambient scope to a connection as it is handed out of the pool (session-level:
+/// the next hand-out overwrites it).
+pub(crate) async fn enter_ambient(conn: &mut sqlx::AnyConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT set_config($1, $2, false)")
+        .bind(TENANT_SETTING)
+        .bind(ambient_setting())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 impl Db {

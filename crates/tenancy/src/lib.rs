@@ -16,7 +16,8 @@ pub use metadata::{
     HEADER_REQUEST_ID, HEADER_TENANT_ID, strip_client_context, write_context, write_origin,
 };
 pub use propagate::{
-    PropagateContext, PropagateContextLayer, current_context, current_origin, current_request_id,
+    PropagateContext, PropagateContextLayer, current_call, current_context, current_origin,
+    current_request_id, with_context,
 };
 pub use server::{TenantContextLayer, TenantContextService};
 pub use trust::TrustPolicy;

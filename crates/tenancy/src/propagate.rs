@@ -25,6 +25,28 @@ tokio::task_local! {
     pub(crate) static CURRENT: CallScope;
 }
 
+/// `None` when this task is not handling a request; `Some(context)` when it is, with the
+/// request's tenant context if it asserted one (public and mesh-internal calls may not).
+pub fn current_call() -> Option<Option<TenantContext>> {
+    CURRENT.try_with(|scope| scope.context.clone()).ok()
+}
+
+/// Runs `work` as part of handling a call for `context`: what it stores is scoped to that
+/// tenant, and calls it makes carry the context. For work spawned off a request (a stream's
+/// producer task) or done on a tenant's behalf later, which would otherwise act for no one.
+pub async fn with_context<F: std::future::Future>(
+    context: Option<TenantContext>,
+    request_id: RequestId,
+    work: F,
+) -> F::Output {
+    let scope = CallScope {
+        context,
+        request_id,
+        origin: current_origin().unwrap_or_default(),
+    };
+    CURRENT.scope(scope, work).await
+}
+
 /// The tenant context of the request being handled on this task, if any.
 pub fn current_context() -> Option<TenantContext> {
     CURRENT

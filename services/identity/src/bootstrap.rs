@@ -3,6 +3,7 @@
 //! access tokens.
 
 use palisade_audit::AuditRecord;
+use palisade_db::Scope;
 use palisade_grpc::{ApiError, time::now_micros};
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
@@ -49,7 +50,11 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
             create_time: now,
             update_time: now,
         };
-        let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = store
+            .db()
+            .begin_in(Scope::Tenant(TenantId::system().as_str()))
+            .await
+            .map_err(ApiError::internal)?;
         match store.insert_tenant(&mut tx, &tenant).await {
             // Another replica bootstrapped first: nothing left to do here.
             Err(ApiError::AlreadyExists { .. }) => {}
@@ -84,7 +89,11 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
         revoke_time: None,
         last_use_time: None,
     };
-    let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
+    let mut tx = store
+        .db()
+        .begin_in(Scope::Tenant(TenantId::system().as_str()))
+        .await
+        .map_err(ApiError::internal)?;
     match store.insert_api_key(&mut tx, &key).await {
         // Another replica minted it between our check and insert; theirs is the one.
         Err(ApiError::AlreadyExists { .. }) => return Ok(None),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use palisade_db::Db;
+use palisade_db::{Db, Scope};
 use palisade_proto::palisade::identity::v1::{
     CreateUserRequest, ListUsersRequest, LoginRequest, ReportUsageRequest, Tenant, TenantCalls,
     TenantState, UpdateTenantRequest, User, auth_service_client::AuthServiceClient,
@@ -91,6 +91,8 @@ pub async fn plant_api_key(
     } else {
         now + expire_in.as_micros() as i64
     };
+    // Beneath the API, work states its tenant scope as the store does (row-level security).
+    let mut tx = db.begin_in(Scope::Tenant(tenant)).await?;
     sqlx::query(
         "INSERT INTO api_keys (id, tenant_id, display_name, secret_hash, scopes, create_time, \
          expire_time, revoke_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -103,8 +105,9 @@ pub async fn plant_api_key(
     .bind(now)
     .bind(expire)
     .bind(revoked.then_some(now))
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(format!("pal_{id}_{secret}"))
 }
 
