@@ -15,7 +15,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header::CONTENT_TYPE};
 use palisade_grpc::ServerObserveLayer;
-use palisade_tenancy::HEADER_REQUEST_ID;
+use palisade_tenancy::{ClientOrigin, HEADER_REQUEST_ID};
 use tonic::body::Body;
 use tower::{Layer, ServiceExt};
 
@@ -36,6 +36,8 @@ pub struct Edge {
     cors: Arc<Cors>,
     /// The OpenAPI document, served at [`OPENAPI_PATH`].
     openapi: Bytes,
+    /// The address of the client on this connection (see [`Edge::for_peer`]).
+    peer: Option<std::net::IpAddr>,
 }
 
 /// Where the OpenAPI document of the REST API is served, without a credential.
@@ -55,6 +57,15 @@ impl Edge {
             rest,
             cors,
             openapi,
+            peer: None,
+        }
+    }
+
+    /// The service for one accepted connection: calls on it record where they came from.
+    pub fn for_peer(&self, peer: std::net::SocketAddr) -> Edge {
+        Edge {
+            peer: Some(peer.ip()),
+            ..self.clone()
         }
     }
 
@@ -86,6 +97,16 @@ impl Edge {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Audit events record where a call came from; translation keeps extensions.
+        let origin = ClientOrigin {
+            ip: self.peer.map(|ip| ip.to_string()),
+            user_agent: request
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+        };
+        request.extensions_mut().insert(origin);
         let content_type = request
             .headers()
             .get(CONTENT_TYPE)

@@ -24,7 +24,8 @@ use palisade_grpc::{
 use palisade_proto::palisade::identity::v1::TenantState;
 use palisade_telemetry::LabeledCounter;
 use palisade_tenancy::{
-    HEADER_REQUEST_ID, RequestId, TenantContext, TenantId, strip_client_context, write_context,
+    ClientOrigin, HEADER_REQUEST_ID, RequestId, TenantContext, TenantId, strip_client_context,
+    write_context, write_origin,
 };
 use tonic::{Status, body::Body, service::Routes};
 use tower::ServiceExt;
@@ -167,10 +168,14 @@ impl Proxy {
             *tenant = Some(context.tenant_id.to_string());
         }
         // Credentials stop at the edge; the mesh sees only the verified context.
+        let origin = request.extensions().get::<ClientOrigin>().cloned();
         let headers = request.headers_mut();
         headers.remove(http::header::AUTHORIZATION);
         headers.remove("x-api-key");
         write_context(headers, context.as_ref(), Some(request_id));
+        if let Some(origin) = &origin {
+            write_origin(headers, origin);
+        }
 
         let response = backend
             .oneshot(request.map(Body::new))

@@ -67,7 +67,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(edge.clone());
+        let service = TowerToHyperService::new(edge.for_peer(peer));
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         connections.spawn(async move {
             match tls {

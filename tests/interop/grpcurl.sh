@@ -3,7 +3,8 @@
 # following the README (whose grpcurl commands are these): list, describe, health, tenants
 # created, fetched and listed with the printed operator key, an API key made, used and revoked,
 # the audit event listed and exported (a server stream), the status page, mTLS on component
-# ports, and errors with their google.rpc details.
+# ports, errors with their google.rpc details, and a new tenant's first day (admin, analyst,
+# read-only key, suspension, usage).
 #
 # Every call must end exactly as expected: a success exits 0 with nothing on stderr, an error
 # exits with grpcurl's code for the expected gRPC status; the output must match a pattern.
@@ -134,6 +135,71 @@ check "a bad export filter is INVALID_ARGUMENT" InvalidArgument '"field":"filter
 
 check "status shows every component up" OK '"overall": "SERVING_STATE_SERVING"' -- -plaintext "$gw" \
   palisade.observability.v1.StatusService/GetStatus
+
+# A new tenant's first day, as the identity issue walks it: the operator creates a
+# professional-plan tenant and its admin; the admin logs in, creates an analyst and a
+# read-only API key; the analyst may not create users, the key may list but not create; the
+# operator suspends the tenant and both credentials stop working; usage shows the calls made.
+field() { grep -Eo "\"($1)\": \"[^\"]+\"" | head -1 | sed -E 's/.*: "([^"]+)"/\1/'; }
+step() { # step NAME VALUE: a value a later check needs must have been captured
+  if [ -n "$2" ]; then passed=$((passed + 1)); echo "ok   $1"
+  else failed=$((failed + 1)); echo "FAIL $1: nothing captured"; fi
+}
+check "operator creates a professional tenant" OK '"plan": "PLAN_PROFESSIONAL"' -- -plaintext \
+  "${auth[@]}" -d '{"tenant_id": "initech", "tenant": {"display_name": "Initech", "plan": "PLAN_PROFESSIONAL"}}' \
+  "$gw" palisade.identity.v1.TenantService/CreateTenant
+check "operator creates its admin" OK '"admin"' -- -plaintext "${auth[@]}" -d '{"parent": "tenants/initech",
+  "user": {"email": "bill@initech.example", "display_name": "Bill", "roles": ["admin"]},
+  "password": "tps reports every friday"}' "$gw" palisade.identity.v1.UserService/CreateUser
+admin_token="$("$grpcurl" -plaintext -d '{"tenant_id": "initech", "email": "bill@initech.example",
+  "password": "tps reports every friday"}' "$gw" palisade.identity.v1.AuthService/Login 2>&1 |
+  field 'accessToken|access_token')"
+step "the admin logs in" "$admin_token"
+as_admin=(-H "authorization: Bearer $admin_token")
+check "the admin creates an analyst" OK '"analyst"' -- -plaintext "${as_admin[@]}" \
+  -d '{"parent": "tenants/initech", "user": {"email": "milton@initech.example", "display_name": "Milton",
+  "roles": ["analyst"]}, "password": "my red stapler please"}' "$gw" palisade.identity.v1.UserService/CreateUser
+readonly_key="$("$grpcurl" -plaintext "${as_admin[@]}" -d '{"parent": "tenants/initech", "ttl": "3600s",
+  "api_key": {"display_name": "reports", "scopes": ["identity.users.list", "identity.users.get"]}}' \
+  "$gw" palisade.identity.v1.ApiKeyService/CreateApiKey 2>&1 | grep -Eo 'pal_[0-9a-f]{32}_[0-9a-f]{64}')"
+step "the admin creates a read-only api key" "$readonly_key"
+analyst_token="$("$grpcurl" -plaintext -d '{"tenant_id": "initech", "email": "milton@initech.example",
+  "password": "my red stapler please"}' "$gw" palisade.identity.v1.AuthService/Login 2>&1 |
+  field 'accessToken|access_token')"
+step "the analyst logs in" "$analyst_token"
+new_user='{"parent": "tenants/initech", "user": {"email": "peter@initech.example", "display_name": "Peter",
+  "roles": ["viewer"]}, "password": "nothing on a tuesday"}'
+check "the analyst may not create users" PermissionDenied '"reason":"PERMISSION_DENIED"' -- -plaintext \
+  -H "authorization: Bearer $analyst_token" -d "$new_user" "$gw" palisade.identity.v1.UserService/CreateUser
+check "the key lists users" OK '"email": "milton@initech.example"' -- -plaintext \
+  -H "authorization: ApiKey $readonly_key" -d '{"parent": "tenants/initech"}' "$gw" \
+  palisade.identity.v1.UserService/ListUsers
+check "the key may not create users" PermissionDenied '"reason":"PERMISSION_DENIED"' -- -plaintext \
+  -H "authorization: ApiKey $readonly_key" -d "$new_user" "$gw" palisade.identity.v1.UserService/CreateUser
+check "operator suspends the tenant" OK '"state": "TENANT_STATE_SUSPENDED"' -- -plaintext "${auth[@]}" \
+  -d '{"tenant": {"name": "tenants/initech", "state": "TENANT_STATE_SUSPENDED"}, "update_mask": "state"}' \
+  "$gw" palisade.identity.v1.TenantService/UpdateTenant
+# The gateway caches a tenant's state for a few seconds (--tenant-cache-ttl).
+for _ in $(seq 50); do
+  "$grpcurl" -plaintext "${as_admin[@]}" -d '{"parent": "tenants/initech"}' "$gw" \
+    palisade.identity.v1.UserService/ListUsers >/dev/null 2>&1 || break
+  sleep 0.2
+done
+check "the admin's token stops working" PermissionDenied 'TENANT_SUSPENDED' -- -plaintext \
+  "${as_admin[@]}" -d '{"parent": "tenants/initech"}' "$gw" palisade.identity.v1.UserService/ListUsers
+check "the api key stops working" PermissionDenied 'TENANT_(SUSPENDED|NOT_ACTIVE)' -- -plaintext \
+  -H "authorization: ApiKey $readonly_key" -d '{"parent": "tenants/initech"}' "$gw" \
+  palisade.identity.v1.UserService/ListUsers
+# Calls are reported to identity in batches about every second.
+api_calls=""
+for _ in $(seq 50); do
+  api_calls="$("$grpcurl" -plaintext "${auth[@]}" -d '{"name": "tenants/initech/usage"}' "$gw" \
+    palisade.identity.v1.TenantService/GetUsage 2>&1 | tr -d ' \n' |
+    grep -Eo '"metric":"api_calls_per_month","used":"[1-9][0-9]*"' | grep -Eo '[0-9]+')"
+  [ -n "$api_calls" ] && break
+  sleep 0.2
+done
+step "usage shows the calls made ($api_calls api calls)" "$api_calls"
 
 echo "grpcurl: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -117,18 +117,16 @@ impl ServiceRole {
     /// the user replaced; no password: for trust or certificate authentication).
     pub async fn create(admin: &Db, admin_url: &str, name: &str) -> Result<(ServiceRole, String)> {
         let name = crate::pool::validate_schema(name)?.to_owned();
+        let mut tx = serialized(admin).await?;
         let create = format!(r#"CREATE ROLE "{name}" LOGIN NOSUPERUSER NOBYPASSRLS"#);
-        sqlx::query(AssertSqlSafe(create))
-            .execute(admin.pool())
-            .await?;
+        sqlx::query(AssertSqlSafe(create)).execute(&mut *tx).await?;
         let database: String = sqlx::query("SELECT current_database()::text AS name")
-            .fetch_one(admin.pool())
+            .fetch_one(&mut *tx)
             .await?
             .try_get("name")?;
         let grant = format!(r#"GRANT CREATE ON DATABASE "{database}" TO "{name}""#);
-        sqlx::query(AssertSqlSafe(grant))
-            .execute(admin.pool())
-            .await?;
+        sqlx::query(AssertSqlSafe(grant)).execute(&mut *tx).await?;
+        tx.commit().await?;
         let url = with_user(admin_url, &name);
         Ok((ServiceRole { name }, url))
     }
@@ -136,16 +134,28 @@ impl ServiceRole {
     /// Drops the role and everything it owns in the current database.
     pub async fn drop(self, admin: &Db) -> Result<()> {
         let name = &self.name;
+        let mut tx = serialized(admin).await?;
         for statement in [
             format!(r#"DROP OWNED BY "{name}" CASCADE"#),
             format!(r#"DROP ROLE IF EXISTS "{name}""#),
         ] {
             sqlx::query(AssertSqlSafe(statement))
-                .execute(admin.pool())
+                .execute(&mut *tx)
                 .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
+}
+
+/// A transaction holding the lock that serializes role changes: concurrent grants on one
+/// database otherwise fail with "tuple concurrently updated" (they rewrite the same catalog row).
+async fn serialized(admin: &Db) -> Result<Transaction<'static, Any>> {
+    let mut tx = admin.pool().begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('palisade.service_roles'))")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// `postgres://admin:pw@host/db` → `postgres://<user>@host/db`.

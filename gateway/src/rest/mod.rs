@@ -28,6 +28,8 @@ use self::{
     routes::{NoRoute, Router, Template},
     transcode::BodyRule,
 };
+use palisade_tenancy::ClientOrigin;
+
 use crate::{edge::Edge, frames, tenants::ClientHost};
 
 const HTTP_EXTENSION: &str = "google.api.http";
@@ -188,6 +190,9 @@ impl Rest {
         *request.headers_mut() = grpc_headers(&parts.headers);
         if let Some(host) = parts.extensions.get::<ClientHost>() {
             request.extensions_mut().insert(host.clone());
+        }
+        if let Some(origin) = parts.extensions.get::<ClientOrigin>() {
+            request.extensions_mut().insert(origin.clone());
         }
         let response = edge.grpc(request).await;
         respond(binding, response).await
