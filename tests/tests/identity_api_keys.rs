@@ -463,8 +463,8 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
                 &manager,
             ))
             .await;
-        let wider = expect_code(wider, Code::PermissionDenied);
-        assert_eq!(reason(&wider), "SCOPE_EXCEEDS_OWNER");
+        let wider = expect_code(wider, Code::InvalidArgument);
+        assert_eq!(violated_fields(&wider), ["api_key.scopes[1]"]);
         assert!(
             wider.message().contains("compliance.audit.list"),
             "{wider:?}"

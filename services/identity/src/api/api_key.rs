@@ -5,7 +5,7 @@ use std::sync::Arc;
 use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{
-    ApiError, Caller,
+    ApiError, Caller, FieldViolation,
     aip::{self, CreatedCursor, FilterField},
     principal_type,
     time::{now_micros, timestamp},
@@ -64,10 +64,12 @@ impl ApiKeyApi {
 
     /// A key's scopes never exceed what its owner holds (a user's key) nor what its creator
     /// holds (no escalation by minting a key); platform operators hold every permission.
+    /// `requested` is the request's own list, which names the fields of a violation.
     async fn require_scopes_held(
         &self,
         caller: &Caller,
         key: &ApiKeyRecord,
+        requested: &[String],
     ) -> Result<(), ApiError> {
         if let Some(owner) = &key.owner_user_id {
             let owner = Principal {
@@ -78,14 +80,21 @@ impl ApiKeyApi {
                 .authz
                 .lacking(&key.tenant_id, &owner, &key.scopes)
                 .await?;
+            // Bad input, named per scope: the request asks for more than its owner could
+            // ever use, whoever sends it.
             if !lacking.is_empty() {
-                return Err(ApiError::PermissionDenied {
-                    reason: "SCOPE_EXCEEDS_OWNER",
-                    message: format!(
-                        "the key's owner does not hold these scopes: {}",
-                        lacking.join(", ")
-                    ),
-                });
+                let violations = requested
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, scope)| lacking.contains(scope))
+                    .map(|(index, scope)| {
+                        FieldViolation::new(
+                            format!("api_key.scopes[{index}]"),
+                            format!("the key's owner does not hold {scope}"),
+                        )
+                    })
+                    .collect();
+                return Err(ApiError::InvalidArgument(violations));
             }
         }
         if caller.context.is_platform_operator() {
@@ -199,7 +208,12 @@ impl ApiKeyService for ApiKeyApi {
             }
             .into());
         }
-        self.require_scopes_held(&caller, &key).await?;
+        let requested = request
+            .api_key
+            .as_ref()
+            .map(|key| key.scopes.as_slice())
+            .unwrap_or_default();
+        self.require_scopes_held(&caller, &key, requested).await?;
 
         let minted = api_keys::mint();
         key.id = minted.id;
