@@ -3,94 +3,23 @@
 //! input names its fields.
 
 mod common;
+mod roles_kit;
 
 use std::time::Duration;
 
-use common::{expect_code, new_tenant, reason, violated_fields};
+use common::{expect_code, reason, violated_fields};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        AssignRoleRequest, CreateRoleRequest, CreateUserRequest, DeleteRoleRequest, GetRoleRequest,
-        ListRolesRequest, ListUsersRequest, LoginRequest, Plan, RevokeRoleRequest, Role,
-        UpdateRoleRequest, User, auth_service_client::AuthServiceClient,
-        role_service_client::RoleServiceClient, tenant_service_client::TenantServiceClient,
-        user_service_client::UserServiceClient,
+        AssignRoleRequest, CreateRoleRequest, DeleteRoleRequest, GetRoleRequest, ListRolesRequest,
+        ListUsersRequest, RevokeRoleRequest, Role, UpdateRoleRequest,
+        role_service_client::RoleServiceClient, user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Component, Mesh, eventually, http_request};
 use prost_types::FieldMask;
-use tonic::{Code, transport::Channel};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-fn new_user(tenant: &str, email: &str, roles: &[&str]) -> CreateUserRequest {
-    CreateUserRequest {
-        parent: format!("tenants/{tenant}"),
-        user: Some(User {
-            email: email.to_owned(),
-            display_name: email.split('@').next().unwrap_or_default().to_owned(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            ..User::default()
-        }),
-        password: PASSWORD.to_owned(),
-    }
-}
-
-fn new_role(tenant: &str, role_id: &str, permissions: &[&str]) -> CreateRoleRequest {
-    CreateRoleRequest {
-        parent: format!("tenants/{tenant}"),
-        role_id: role_id.to_owned(),
-        role: Some(Role {
-            display_name: format!("The {role_id} role"),
-            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
-            ..Role::default()
-        }),
-    }
-}
-
-fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-async fn login(gateway: Channel, tenant: &str, email: &str) -> anyhow::Result<String> {
-    let tokens = AuthServiceClient::new(gateway)
-        .login(LoginRequest {
-            tenant_id: tenant.to_owned(),
-            email: email.to_owned(),
-            password: PASSWORD.to_owned(),
-        })
-        .await?
-        .into_inner();
-    Ok(tokens.access_token)
-}
-
-/// Tenants (each `Professional`) with one user per (tenant, email, role); returns the users.
-async fn populate(mesh: &Mesh, users: &[(&str, &str, &str)]) -> anyhow::Result<Vec<User>> {
-    let mut tenants = TenantServiceClient::new(mesh.gateway());
-    let mut made = Vec::new();
-    for (tenant, _, _) in users {
-        if !made.contains(tenant) {
-            tenants
-                .create_tenant(mesh.as_operator(new_tenant(tenant, tenant, Plan::Professional)))
-                .await?;
-            made.push(tenant);
-        }
-    }
-    let mut client = UserServiceClient::new(mesh.gateway());
-    let mut created = Vec::new();
-    for (tenant, email, role) in users {
-        let roles: &[&str] = if role.is_empty() { &[] } else { &[role] };
-        let user = client
-            .create_user(mesh.as_operator(new_user(tenant, email, roles)))
-            .await?
-            .into_inner();
-        created.push(user);
-    }
-    Ok(created)
-}
+use roles_kit::{login, new_role, new_user, populate, with_bearer};
+use tonic::Code;
 
 fn ids(roles: &[Role]) -> Vec<String> {
     roles
