@@ -1,0 +1,603 @@
+//! What identity costs, in one run against `palisade dev` (SQLite), all calls made directly to
+//! the components over mTLS with a mesh certificate (no gateway in the path):
+//!
+//! 1. **permission checks** for a user holding only a custom role: `AuthorizationService.Check`
+//!    on identity (internal; compliance's certificate), where every call reads the tenant, the
+//!    user and the custom role from the store (uncached), against `AuditService.ListAuditEvents`
+//!    on compliance with the same user's context (gateway certificate), whose policy layer asks
+//!    identity's `Check` through `RemoteAuthorizer` and caches the answer for 5 s: closed-loop
+//!    throughput, then the first call per principal (cache miss) against the second (hit);
+//! 2. **Login** with the Argon2id parameters (m = 19 MiB, t = 2, p = 1), closed loop;
+//! 3. **p99 of other RPCs during a login flood**: `UserService.GetUser` (the user reading
+//!    itself; identity decides the permission locally) and `Check`, each at a fixed paced rate,
+//!    alone and while clients hammer `Login` with right and wrong passwords, in alternating
+//!    rounds whose latencies are pooled per condition. Each flood client alternates on its own
+//!    user, and a successful login clears the failure count, so the default lockout never
+//!    triggers (a locked user's right password would fail the run).
+//!
+//! The tenant is on the enterprise plan (custom roles on, no user limit). Everything shares one
+//! machine, so the load generator competes with the processes it measures; ratios are against
+//! baselines measured in the same run. Run with `cargo bench -p palisade --bench identity`.
+
+use std::{
+    future::Future,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use palisade_proto::palisade::{
+    common::v1::{Principal, PrincipalType},
+    compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
+    identity::v1::{
+        CheckRequest, CreateRoleRequest, CreateTenantRequest, CreateUserRequest, GetUserRequest,
+        LoginRequest, Plan, Role, Tenant, User, VerifyApiKeyRequest,
+        api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
+        authorization_service_client::AuthorizationServiceClient,
+        role_service_client::RoleServiceClient, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
+    },
+};
+use palisade_testkit::free_port_base;
+use palisade_tls::{CertPaths, MeshTls};
+use tonic::{Code, metadata::MetadataValue, transport::Channel};
+
+const TENANT: &str = "bench";
+const ROLE: &str = "bench-reader";
+const PERMISSION: &str = "compliance.audit.list";
+const PASSWORD: &str = "correct horse battery staple";
+const WRONG_PASSWORD: &str = "incorrect horse battery staple";
+/// Closed-loop clients of the permission-check runs.
+const CONCURRENCY: usize = 16;
+/// Principals that each make one first and one second `ListAuditEvents` call.
+const COLD_PRINCIPALS: usize = 96;
+const COLD_CLIENTS: usize = 4;
+const LOGIN_CLIENTS: usize = 4;
+const FLOOD_CLIENTS: usize = 8;
+/// Calls per second of each paced stream (GetUser and Check) in part 3.
+const PACED_RATE: f64 = 100.0;
+const PACED_CLIENTS: usize = 4;
+const WARMUP: Duration = Duration::from_secs(2);
+const RUN: Duration = Duration::from_secs(5);
+/// Alternating alone / flood rounds of part 3.
+const ROUNDS: u32 = 2;
+
+struct Sample {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Channels to the mesh, each with the certificate a real caller would use.
+#[derive(Clone)]
+struct Links {
+    /// identity, as the gateway: public and user-context calls.
+    identity: Channel,
+    /// identity, as compliance: the internal `Check`.
+    identity_internal: Channel,
+    /// compliance, as the gateway.
+    compliance: Channel,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_port_base();
+    let _mesh = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["dev", "--data-dir"])
+            .arg(dir.path())
+            .args(["--port-base", &base.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let key = wait_for_key(dir.path()).await?;
+    let certs = dir.path().join("certs");
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let as_gateway = MeshTls::load(CertPaths::in_dir(&certs, "gateway")).await?;
+    let as_compliance = MeshTls::load(CertPaths::in_dir(&certs, "compliance")).await?;
+    let links = Links {
+        identity: palisade_tls::channel(&url(base + 1), &as_gateway, "identity")?,
+        identity_internal: palisade_tls::channel(&url(base + 1), &as_compliance, "identity")?,
+        compliance: palisade_tls::channel(&url(base + 2), &as_gateway, "compliance")?,
+    };
+    let people = populate(&links.identity, &key).await?;
+    let reader = Arc::new(people.reader.clone());
+
+    // 1. Permission checks.
+    let check = {
+        let (links, reader) = (links.clone(), reader.clone());
+        move |_| check_call(links.identity_internal.clone(), reader.clone())
+    };
+    let list = {
+        let (links, reader) = (links.clone(), reader.clone());
+        move |_| list_call(links.compliance.clone(), reader.clone())
+    };
+    let uncached = closed_loop("Check on identity", CONCURRENCY, check.clone()).await?;
+    let cached = closed_loop("ListAuditEvents, Check cached", CONCURRENCY, list).await?;
+    let (first, second) = first_and_second_calls(&links, &people.cold).await?;
+
+    // 2. Login throughput, each client on its own user.
+    let login = {
+        let (links, flood) = (links.clone(), people.flood.clone());
+        move |client: usize| login_call(links.identity.clone(), flood[client].clone(), true)
+    };
+    let logins = closed_loop("Login", LOGIN_CLIENTS, login).await?;
+
+    // 3. Other RPCs alone, then during a login flood.
+    let get_user = {
+        let (links, reader) = (links.clone(), reader.clone());
+        move |_| get_user_call(links.identity.clone(), reader.clone())
+    };
+    // Alternating rounds, pooled, so drift on a shared machine hits both sides alike.
+    // Latencies of GetUser and Check alone, then of GetUser and Check during the flood.
+    let mut pooled: [Vec<Duration>; 4] = Default::default();
+    let (mut flood_logins, mut flood_time) = (0, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        for flooding in [false, true] {
+            let stop = Arc::new(AtomicBool::new(false));
+            let started = Instant::now();
+            let flood: Vec<_> = (people.flood.iter())
+                .filter(|_| flooding)
+                .map(|email| {
+                    let (channel, email) = (links.identity.clone(), email.clone());
+                    tokio::spawn(login_flood(channel, email, stop.clone()))
+                })
+                .collect();
+            let (get_users, checks) = tokio::try_join!(
+                paced(get_user.clone(), PACED_RATE),
+                paced(check.clone(), PACED_RATE)
+            )?;
+            stop.store(true, Ordering::Relaxed);
+            for task in flood {
+                flood_logins += task.await??;
+            }
+            let at = if flooding { 2 } else { 0 };
+            if flooding {
+                flood_time += started.elapsed();
+            }
+            pooled[at].extend(get_users);
+            pooled[at + 1].extend(checks);
+        }
+    }
+    let flood_rate = flood_logins as f64 / flood_time.as_secs_f64();
+    let [alone_get, alone_check, flood_get, flood_check] =
+        pooled.map(|latencies| sample(latencies, RUN * ROUNDS));
+
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!(
+        "\nidentity: palisade dev (SQLite) on {cores} cores, tenant `{TENANT}` on the enterprise plan, \
+         user principals holding only the custom role `{ROLE}`; {RUN:?} per run after {WARMUP:?} warm-up"
+    );
+    println!(
+        "\n1. permission `{PERMISSION}` for a user, {CONCURRENCY} closed-loop clients on one connection"
+    );
+    println!(
+        "  {:<48} {:>9} {:>9} {:>9} {:>9}",
+        "call", "calls/s", "p50", "p99", "vs Check"
+    );
+    for (name, s) in [
+        ("Check on identity (uncached: 3 store reads)", &uncached),
+        ("ListAuditEvents on compliance (Check cached)", &cached),
+    ] {
+        println!(
+            "  {name:<48} {:>9.0} {:>9} {:>9} {:>8.2}x",
+            s.throughput,
+            us(s.p50),
+            us(s.p99),
+            s.throughput / uncached.throughput
+        );
+    }
+    println!(
+        "  ListAuditEvents, {COLD_PRINCIPALS} principals on {COLD_CLIENTS} clients, each calling twice within the 5 s TTL:"
+    );
+    for (name, s) in [
+        ("first call (compliance asks identity's Check)", &first),
+        ("second call (answer from the cache)", &second),
+    ] {
+        println!("    {name:<46} p50 {} p99 {}", us(s.p50), us(s.p99));
+    }
+    println!(
+        "    a cache miss adds {} at p50 ({:.2}x the cached call)",
+        us(first.p50.saturating_sub(second.p50)),
+        ratio(first.p50, second.p50)
+    );
+    println!(
+        "\n2. Login (Argon2id m=19 MiB t=2 p=1, at most one hash per core), {LOGIN_CLIENTS} closed-loop clients, right passwords"
+    );
+    println!(
+        "  {:.1} logins/s  p50 {}  p99 {}  ({:.1} ms of one core per login)",
+        logins.throughput,
+        us(logins.p50),
+        us(logins.p99),
+        1000.0 * cores as f64 / logins.throughput
+    );
+    println!(
+        "\n3. p99 at {PACED_RATE:.0} calls/s each (paced, {PACED_CLIENTS} clients per RPC), alone vs during a login flood \
+         ({FLOOD_CLIENTS} clients alternating right and wrong passwords, {flood_rate:.1} logins/s); \
+         {ROUNDS} alternating rounds, pooled"
+    );
+    println!(
+        "  {:<10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11}",
+        "rpc", "alone p50", "alone p99", "flood p50", "flood p99", "p50 ratio", "p99 ratio"
+    );
+    for (name, alone, flooded) in [
+        ("GetUser", &alone_get, &flood_get),
+        ("Check", &alone_check, &flood_check),
+    ] {
+        println!(
+            "  {name:<10} {:>10} {:>10} {:>10} {:>10} {:>10.2}x {:>10.2}x",
+            us(alone.p50),
+            us(alone.p99),
+            us(flooded.p50),
+            us(flooded.p99),
+            ratio(flooded.p50, alone.p50),
+            ratio(flooded.p99, alone.p99)
+        );
+    }
+    println!(
+        "  target: p99 during the flood <= 1.5x alone (GetUser {:.2}x, Check {:.2}x)",
+        ratio(flood_get.p99, alone_get.p99),
+        ratio(flood_check.p99, alone_check.p99)
+    );
+    Ok(())
+}
+
+/// The users the run needs.
+struct People {
+    /// Id of the principal of the closed-loop and paced runs (reads the audit log and itself).
+    reader: String,
+    /// Ids of users compliance has not seen: one first call and one second call each.
+    cold: Vec<String>,
+    /// Emails of the login users, one per flood client (the first ones also serve part 2).
+    flood: Arc<Vec<String>>,
+}
+
+/// The tenant, the custom role and every user, made directly on identity as the operator.
+async fn populate(identity: &Channel, key: &str) -> anyhow::Result<People> {
+    let started = Instant::now();
+    // The key file is written once every component listens.
+    let operator = ApiKeyServiceClient::new(identity.clone())
+        .verify_api_key(VerifyApiKeyRequest {
+            key: key.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .principal
+        .ok_or_else(|| anyhow::anyhow!("no principal"))?;
+    let operator = Arc::new((operator.tenant_id, operator.id, "api-key"));
+    let tenant = CreateTenantRequest {
+        tenant: Some(Tenant {
+            display_name: "Bench".into(),
+            plan: Plan::Enterprise as i32,
+            ..Tenant::default()
+        }),
+        tenant_id: TENANT.into(),
+    };
+    TenantServiceClient::new(identity.clone())
+        .create_tenant(with_context(tenant, &operator)?)
+        .await?;
+    let role = CreateRoleRequest {
+        parent: format!("tenants/{TENANT}"),
+        role_id: ROLE.into(),
+        role: Some(Role {
+            display_name: "Bench reader".into(),
+            permissions: vec![PERMISSION.into(), "identity.users.get".into()],
+            ..Role::default()
+        }),
+    };
+    RoleServiceClient::new(identity.clone())
+        .create_role(with_context(role, &operator)?)
+        .await?;
+
+    let mut emails = vec!["reader@example.com".to_owned()];
+    emails.extend((0..COLD_PRINCIPALS).map(|i| format!("cold-{i}@example.com")));
+    emails.extend((0..FLOOD_CLIENTS).map(|i| format!("flood-{i}@example.com")));
+    // A few creations at a time: each hashes a password, and identity hashes one per core.
+    let workers: Vec<_> = (emails.chunks(emails.len().div_ceil(4)))
+        .map(|chunk| {
+            let (identity, operator, chunk) = (identity.clone(), operator.clone(), chunk.to_vec());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for email in chunk {
+                    let create = CreateUserRequest {
+                        parent: format!("tenants/{TENANT}"),
+                        user: Some(User {
+                            email: email.clone(),
+                            display_name: email,
+                            roles: vec![ROLE.into()],
+                            ..User::default()
+                        }),
+                        password: PASSWORD.into(),
+                    };
+                    let user = UserServiceClient::new(identity.clone())
+                        .create_user(with_context(create, &operator)?)
+                        .await?
+                        .into_inner();
+                    ids.push(user.name.rsplit('/').next().unwrap_or_default().to_owned());
+                }
+                anyhow::Ok(ids)
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for worker in workers {
+        ids.extend(worker.await??);
+    }
+    eprintln!(
+        "populated: {} users in {:?}",
+        emails.len(),
+        started.elapsed()
+    );
+    Ok(People {
+        reader: ids[0].clone(),
+        cold: ids[1..=COLD_PRINCIPALS].to_vec(),
+        flood: Arc::new(emails[1 + COLD_PRINCIPALS..].to_vec()),
+    })
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// `message` with the tenant context the gateway would write: (tenant, principal id, type).
+fn with_context<T>(
+    message: T,
+    context: &(String, String, &'static str),
+) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("palisade-tenant-id", MetadataValue::try_from(&context.0)?);
+    metadata.insert(
+        "palisade-principal-id",
+        MetadataValue::try_from(&context.1)?,
+    );
+    metadata.insert(
+        "palisade-principal-type",
+        MetadataValue::from_static(context.2),
+    );
+    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    metadata.insert(
+        "x-request-id",
+        MetadataValue::try_from(format!("bench-{id}"))?,
+    );
+    Ok(request)
+}
+
+fn user_context(user: &str) -> (String, String, &'static str) {
+    (TENANT.to_owned(), user.to_owned(), "user")
+}
+
+async fn check_call(channel: Channel, user: Arc<String>) -> anyhow::Result<()> {
+    let answer = AuthorizationServiceClient::new(channel)
+        .check(CheckRequest {
+            principal: Some(Principal {
+                tenant_id: TENANT.into(),
+                id: user.to_string(),
+                r#type: PrincipalType::User as i32,
+            }),
+            permission: PERMISSION.into(),
+            resource: String::new(),
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(answer.allowed, "Check refused: {}", answer.reason);
+    Ok(())
+}
+
+async fn list_call(channel: Channel, user: Arc<String>) -> anyhow::Result<()> {
+    let list = ListAuditEventsRequest {
+        parent: format!("tenants/{TENANT}"),
+        page_size: 1,
+        ..ListAuditEventsRequest::default()
+    };
+    AuditServiceClient::new(channel)
+        .list_audit_events(with_context(list, &user_context(&user))?)
+        .await?;
+    Ok(())
+}
+
+async fn get_user_call(channel: Channel, user: Arc<String>) -> anyhow::Result<()> {
+    let get = GetUserRequest {
+        name: format!("tenants/{TENANT}/users/{user}"),
+    };
+    UserServiceClient::new(channel)
+        .get_user(with_context(get, &user_context(&user))?)
+        .await?;
+    Ok(())
+}
+
+/// One login; a wrong password must be refused as `UNAUTHENTICATED`, a right one accepted.
+async fn login_call(channel: Channel, email: String, right: bool) -> anyhow::Result<()> {
+    let answer = AuthServiceClient::new(channel)
+        .login(LoginRequest {
+            tenant_id: TENANT.into(),
+            email,
+            password: if right { PASSWORD } else { WRONG_PASSWORD }.into(),
+        })
+        .await;
+    match (answer, right) {
+        (Ok(_), true) => Ok(()),
+        (Err(status), false) if status.code() == Code::Unauthenticated => Ok(()),
+        (answer, _) => anyhow::bail!("login (right password: {right}) answered {answer:?}"),
+    }
+}
+
+/// Logs in as `email` until `stop`, alternating wrong and right passwords; returns the count.
+async fn login_flood(
+    channel: Channel,
+    email: String,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<u64> {
+    let mut attempts = 0;
+    while !stop.load(Ordering::Relaxed) {
+        login_call(channel.clone(), email.clone(), attempts % 2 == 1).await?;
+        attempts += 1;
+    }
+    Ok(attempts)
+}
+
+/// Each principal's first `ListAuditEvents` (compliance has no answer cached, so it asks
+/// identity) and, right after, its second (answered from the cache), both timed.
+async fn first_and_second_calls(
+    links: &Links,
+    cold: &[String],
+) -> anyhow::Result<(Sample, Sample)> {
+    let started = Instant::now();
+    let tasks: Vec<_> = cold
+        .chunks(cold.len().div_ceil(COLD_CLIENTS))
+        .map(|users| {
+            let (channel, users) = (links.compliance.clone(), users.to_vec());
+            tokio::spawn(async move {
+                let mut pairs = Vec::new();
+                for user in users {
+                    let user = Arc::new(user);
+                    let mut timed = [Duration::ZERO; 2];
+                    for slot in &mut timed {
+                        let call = Instant::now();
+                        list_call(channel.clone(), user.clone()).await?;
+                        *slot = call.elapsed();
+                    }
+                    pairs.push(timed);
+                }
+                anyhow::Ok(pairs)
+            })
+        })
+        .collect();
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for task in tasks {
+        for [one, two] in task.await?? {
+            first.push(one);
+            second.push(two);
+        }
+    }
+    let elapsed = started.elapsed();
+    Ok((sample(first, elapsed), sample(second, elapsed)))
+}
+
+/// `clients` clients calling as fast as they can (the call gets the client's index): warm-up,
+/// then a measured run, whose numbers are also shown at once as `name`.
+async fn closed_loop<F, Fut>(name: &str, clients: usize, call: F) -> anyhow::Result<Sample>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let run = |duration: Duration| {
+        let deadline = Instant::now() + duration;
+        let tasks: Vec<_> = (0..clients)
+            .map(|client| {
+                let call = call.clone();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        call(client).await?;
+                        latencies.push(started.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        collect(tasks)
+    };
+    run(WARMUP).await?;
+    let measured = sample(run(RUN).await?, RUN);
+    eprintln!(
+        "{name}: {:.0} calls/s p50 {:?} p99 {:?}",
+        measured.throughput, measured.p50, measured.p99
+    );
+    Ok(measured)
+}
+
+/// Calls started at a fixed total `rate` (spread over `PACED_CLIENTS` clients), so latency is
+/// measured below saturation. A client that falls behind starts its next call at once. Returns
+/// the latencies of the measured run.
+async fn paced<F, Fut>(call: F, rate: f64) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let interval = Duration::from_secs_f64(PACED_CLIENTS as f64 / rate);
+    let run = |duration: Duration| {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..PACED_CLIENTS)
+            .map(|client| {
+                let call = call.clone();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    // Clients start spread over one interval, not all at once.
+                    let mut next = start + interval.mul_f64(client as f64 / PACED_CLIENTS as f64);
+                    while next < start + duration {
+                        tokio::time::sleep_until(next.into()).await;
+                        let started = Instant::now();
+                        call(client).await?;
+                        latencies.push(started.elapsed());
+                        next += interval;
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        collect(tasks)
+    };
+    run(WARMUP).await?;
+    run(RUN).await
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+fn sample(mut latencies: Vec<Duration>, run: Duration) -> Sample {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Sample {
+        throughput: latencies.len() as f64 / run.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn us(duration: Duration) -> String {
+    format!("{} µs", duration.as_micros())
+}
+
+async fn wait_for_key(dir: &std::path::Path) -> anyhow::Result<String> {
+    let key_file = dir.join("operator-api-key");
+    let started = Instant::now();
+    loop {
+        if let Ok(key) = std::fs::read_to_string(&key_file)
+            && !key.trim().is_empty()
+        {
+            return Ok(key.trim().to_owned());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "palisade dev did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
