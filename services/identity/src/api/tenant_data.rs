@@ -18,6 +18,7 @@ use palisade_proto::palisade::{
     },
 };
 use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantContext, TenantId};
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -35,6 +36,10 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Chunks an export prepares ahead of its reader: with one page read at a time, an export's
 /// memory stays a few batches, whatever the tenant's size.
 const EXPORT_BUFFER: usize = 2;
+
+/// A batch is sent early once its records' encoding reaches this size, well below gRPC's
+/// default 4 MiB message limit, however large single records are.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 type ChunkSender = mpsc::Sender<Result<TenantDataChunk, Status>>;
 
@@ -272,11 +277,13 @@ impl From<ApiError> for Stop {
     }
 }
 
-/// Groups an export's records into batches of `BATCH_SIZE` and keeps the trailer's tally.
+/// Groups an export's records into batches (at most `BATCH_SIZE` records, about
+/// `MAX_BATCH_BYTES`) and keeps the trailer's tally.
 struct Chunker {
     sender: ChunkSender,
     tally: Tally,
     batch: Vec<TenantDataRecord>,
+    batch_bytes: usize,
 }
 
 impl Chunker {
@@ -285,13 +292,15 @@ impl Chunker {
             sender,
             tally: Tally::default(),
             batch: Vec::with_capacity(BATCH_SIZE),
+            batch_bytes: 0,
         }
     }
 
     async fn push(&mut self, record: TenantDataRecord) -> Result<(), Stop> {
         self.tally.add(&record);
+        self.batch_bytes += record.encoded_len();
         self.batch.push(record);
-        if self.batch.len() == BATCH_SIZE {
+        if self.batch.len() == BATCH_SIZE || self.batch_bytes >= MAX_BATCH_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -302,6 +311,7 @@ impl Chunker {
             return Ok(());
         }
         let records = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_SIZE));
+        self.batch_bytes = 0;
         self.send(Chunk::Batch(TenantDataBatch { records })).await
     }
 

@@ -285,7 +285,9 @@ impl Import {
         let id = check.child_id("role.name", &role.name, &self.tenant, "roles");
         if let Some(id) = id {
             if !roles::is_role_id(id) {
-                check.bad("role.name", "the role id must be 3 to 63 characters of a-z, 0-9 and '-', starting with a letter");
+                let shape = "the role id must be 3 to 63 characters of a-z, 0-9 and '-', \
+                     starting with a letter";
+                check.bad("role.name", shape);
             } else if roles::BUILT_IN.contains(&id) {
                 check.bad("role.name", "names a built-in role, which is never stored");
             } else if self.custom_roles.contains(id) {
