@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .btree_map(".palisade.compliance.v1.AuditEvent.attributes")
         .btree_map(".palisade.identity.v1.Tenant")
+        // Tenant data checksums hash the records' encoding, which must be deterministic.
+        .btree_map(".palisade.identity.v1.ExportedTenant")
         .include_file("palisade_includes.rs")
         .compile_fds(compiler.file_descriptor_set())?;
 

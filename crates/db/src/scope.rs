@@ -77,6 +77,23 @@ impl Db {
         Ok(tx)
     }
 
+    /// A read-only transaction confined to `scope` that sees one snapshot of the database for
+    /// its whole life, however long it runs and whatever commits meanwhile: for exports that
+    /// page through many tables. PostgreSQL: `REPEATABLE READ READ ONLY`; SQLite (WAL): a
+    /// deferred transaction keeps the snapshot of its first read.
+    pub async fn snapshot_in(&self, scope: Scope<'_>) -> Result<Transaction<'static, Any>> {
+        let mut tx = match self.backend() {
+            Backend::Postgres => {
+                self.pool()
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+            Backend::Sqlite => self.pool().begin().await?,
+        };
+        self.enter(&mut tx, scope).await?;
+        Ok(tx)
+    }
+
     async fn enter(&self, tx: &mut Transaction<'static, Any>, scope: Scope<'_>) -> Result<()> {
         if self.backend() == Backend::Postgres {
             // `is_local = true`: the setting ends with the transaction, so a pooled connection

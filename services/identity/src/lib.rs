@@ -13,6 +13,7 @@ mod plans;
 mod roles;
 mod signing;
 mod store;
+mod tenant_data;
 mod tenants;
 mod tokens;
 mod users;
@@ -31,6 +32,7 @@ use palisade_proto::palisade::identity::v1::{
     api_key_service_server::ApiKeyServiceServer, auth_service_server::AuthServiceServer,
     authorization_service_server::AuthorizationServiceServer,
     edge_service_server::EdgeServiceServer, role_service_server::RoleServiceServer,
+    tenant_data_service_server::TenantDataServiceServer,
     tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
 };
 use palisade_tls::MeshTls;
@@ -107,6 +109,10 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         authz.clone(),
     )))
     .add_service(EdgeServiceServer::new(api::EdgeApi::new(store.clone())))
+    .add_service(TenantDataServiceServer::new(api::TenantDataApi::new(
+        store.clone(),
+        relay.clone(),
+    )))
     .add_service(AuthServiceServer::new(api::AuthApi::new(
         store.clone(),
         relay.clone(),

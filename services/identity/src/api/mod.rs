@@ -6,6 +6,7 @@ mod authorization;
 mod edge;
 mod role;
 mod tenant;
+mod tenant_data;
 mod user;
 mod user_password;
 
@@ -15,4 +16,5 @@ pub use authorization::AuthorizationApi;
 pub use edge::EdgeApi;
 pub use role::RoleApi;
 pub use tenant::TenantApi;
+pub use tenant_data::TenantDataApi;
 pub use user::UserApi;

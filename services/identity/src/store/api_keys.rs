@@ -36,7 +36,7 @@ pub enum ApiKeyFilter {
     Owner(Comparison, Option<String>),
 }
 
-const API_KEY_COLUMNS: &str = "id, tenant_id, display_name, secret_hash, scopes, owner_user_id, \
+pub(super) const API_KEY_COLUMNS: &str = "id, tenant_id, display_name, secret_hash, scopes, owner_user_id, \
      create_time, expire_time, revoke_time, last_use_time";
 
 impl IdentityStore {
@@ -216,7 +216,7 @@ impl IdentityStore {
     }
 }
 
-fn api_key_from_row(row: &AnyRow) -> Result<ApiKeyRecord, ApiError> {
+pub(super) fn api_key_from_row(row: &AnyRow) -> Result<ApiKeyRecord, ApiError> {
     let tenant_id: String = row.try_get("tenant_id").map_err(internal)?;
     let scopes: String = row.try_get("scopes").map_err(internal)?;
     Ok(ApiKeyRecord {

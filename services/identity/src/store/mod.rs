@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod roles;
+mod tenant_data;
 mod tenants;
 mod tokens;
 mod usage;
@@ -13,6 +14,7 @@ use palisade_grpc::ApiError;
 
 pub use api_keys::{ApiKeyFilter, ApiKeyRecord};
 pub use roles::{RoleFilter, RoleLock};
+pub use tenant_data::TenantSnapshot;
 pub use tenants::TenantFilter;
 pub use users::UserFilter;
 

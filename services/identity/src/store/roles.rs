@@ -22,7 +22,8 @@ pub enum RoleFilter {
     Permission(Comparison, String),
 }
 
-const ROLE_COLUMNS: &str = "tenant_id, id, display_name, description, create_time, update_time";
+pub(super) const ROLE_COLUMNS: &str =
+    "tenant_id, id, display_name, description, create_time, update_time";
 
 /// How a transaction holds a role row until it ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +183,7 @@ impl IdentityStore {
     }
 
     /// Fills in the permissions of `roles` (all of `tenant`) with one query.
-    async fn fill_permissions(
+    pub(super) async fn fill_permissions(
         &self,
         conn: &mut AnyConnection,
         tenant: &TenantId,
@@ -355,14 +356,14 @@ impl IdentityStore {
 }
 
 /// `$first, $first+1, …` for `count` values.
-fn placeholders(first: usize, count: usize) -> String {
+pub(super) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn role_from_row(row: &AnyRow) -> Result<RoleRecord, ApiError> {
+pub(super) fn role_from_row(row: &AnyRow) -> Result<RoleRecord, ApiError> {
     let tenant_id: String = row.try_get("tenant_id").map_err(internal)?;
     Ok(RoleRecord {
         tenant_id: TenantId::parse(&tenant_id).map_err(internal)?,

@@ -19,20 +19,24 @@ pub struct TenantFilter {
     pub value: String,
 }
 
-const TENANT_COLUMNS: &str = "id, display_name, plan, state, region, domain, \
+pub(super) const TENANT_COLUMNS: &str = "id, display_name, plan, state, region, domain, \
     feature_overrides, limit_overrides, create_time, update_time";
 
-/// Everything identity holds for a tenant, children before parents (foreign keys), the
-/// tenant row last; each statement takes the tenant id as `$1`. A table that holds tenant
-/// data is one more line here. The outbox is not in the list: the tenant's last audit events
-/// (its deletion among them) must still reach compliance.
+/// Everything identity holds for a tenant, children before parents (foreign keys: a user's
+/// API keys name it as owner, a role's permissions name the role), the tenant row last; each
+/// statement takes the tenant id as `$1`. A table that holds tenant data is one more line here;
+/// `DeleteTenant` and a replacing `ImportTenantData` both clear a tenant with it. The outbox is
+/// not in the list: the tenant's last audit events (its deletion among them) must still reach
+/// compliance.
 const TENANT_DATA: &[&str] = &[
     "DELETE FROM refresh_tokens \
      WHERE family_id IN (SELECT id FROM token_families WHERE tenant_id = $1)",
     "DELETE FROM token_families WHERE tenant_id = $1",
     "DELETE FROM user_roles WHERE tenant_id = $1",
-    "DELETE FROM users WHERE tenant_id = $1",
     "DELETE FROM api_keys WHERE tenant_id = $1",
+    "DELETE FROM users WHERE tenant_id = $1",
+    "DELETE FROM role_permissions WHERE tenant_id = $1",
+    "DELETE FROM roles WHERE tenant_id = $1",
     "DELETE FROM tenant_usage WHERE tenant_id = $1",
     "DELETE FROM tenants WHERE id = $1",
 ];
@@ -238,7 +242,7 @@ async fn ensure_domain_free(
     Ok(())
 }
 
-fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, ApiError> {
+pub(super) fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, ApiError> {
     let id: String = row.try_get("id").map_err(internal)?;
     Ok(TenantRecord {
         id: TenantId::parse(&id).map_err(internal)?,

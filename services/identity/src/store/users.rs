@@ -20,7 +20,8 @@ pub enum UserFilter {
     Role(Comparison, String),
 }
 
-const USER_COLUMNS: &str = "id, tenant_id, email, display_name, state, create_time, update_time";
+pub(super) const USER_COLUMNS: &str =
+    "id, tenant_id, email, display_name, state, create_time, update_time";
 
 impl IdentityStore {
     /// Inserts a user and its roles; `ALREADY_EXISTS` when the email is taken in the tenant.
@@ -400,7 +401,7 @@ impl IdentityStore {
     }
 }
 
-fn user_from_row(row: &AnyRow) -> Result<UserRecord, ApiError> {
+pub(super) fn user_from_row(row: &AnyRow) -> Result<UserRecord, ApiError> {
     let tenant_id: String = row.try_get("tenant_id").map_err(internal)?;
     Ok(UserRecord {
         id: row.try_get("id").map_err(internal)?,

@@ -1,0 +1,370 @@
+//! Tenant data streams (`TenantDataService`, tenant_data.proto): the format that export writes
+//! and import reads — the order of records, the running checksum and counts, the stored records
+//! as wire records and back, and everything an import checks before a record is written.
+
+use palisade_grpc::time::timestamp;
+use palisade_proto::palisade::identity::v1::{
+    ExportedApiKey, ExportedRole, ExportedTenant, ExportedUser, TenantDataCounts, TenantDataHeader,
+    TenantDataRecord, TenantDataTrailer, tenant_data_record::Record,
+};
+use palisade_tenancy::TenantId;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::{roles::RoleRecord, store::ApiKeyRecord, tenants::TenantRecord, users::UserRecord};
+
+mod import;
+
+pub use import::{Import, Restored};
+
+/// The format this server writes and the only one it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Records per batch chunk, and rows per page when export reads the store.
+pub const BATCH_SIZE: usize = 500;
+
+/// How many records of each kind a stream carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub tenants: i64,
+    pub roles: i64,
+    pub users: i64,
+    pub api_keys: i64,
+}
+
+impl From<Counts> for TenantDataCounts {
+    fn from(counts: Counts) -> TenantDataCounts {
+        TenantDataCounts {
+            tenants: counts.tenants,
+            roles: counts.roles,
+            users: counts.users,
+            api_keys: counts.api_keys,
+        }
+    }
+}
+
+/// The running checksum and counts over a stream's records, in stream order: for each record
+/// the length of its encoding (8 bytes, big-endian), then the encoding. Prost encodes fields in
+/// number order and the one map-bearing message uses sorted maps, so re-encoding a received
+/// record gives the bytes its sender hashed.
+#[derive(Clone, Default)]
+pub struct Tally {
+    hasher: Sha256,
+    counts: Counts,
+}
+
+impl Tally {
+    pub fn add(&mut self, record: &TenantDataRecord) {
+        let bytes = record.encode_to_vec();
+        self.hasher.update((bytes.len() as u64).to_be_bytes());
+        self.hasher.update(&bytes);
+        let count = match &record.record {
+            Some(Record::Tenant(_)) => &mut self.counts.tenants,
+            Some(Record::Role(_)) => &mut self.counts.roles,
+            Some(Record::User(_)) => &mut self.counts.users,
+            Some(Record::ApiKey(_)) => &mut self.counts.api_keys,
+            None => return,
+        };
+        *count += 1;
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// The trailer that closes a stream of the records added.
+    pub fn trailer(self) -> TenantDataTrailer {
+        TenantDataTrailer {
+            counts: Some(self.counts.into()),
+            sha256: self.hasher.finalize().to_vec(),
+        }
+    }
+}
+
+/// The header that opens an export of `tenant` taken at `now`.
+pub fn header(tenant: &TenantId, now: i64) -> TenantDataHeader {
+    TenantDataHeader {
+        format_version: FORMAT_VERSION,
+        tenant: format!("tenants/{tenant}"),
+        export_time: Some(timestamp(now)),
+        replace: false,
+    }
+}
+
+pub fn tenant_record(tenant: &TenantRecord) -> TenantDataRecord {
+    record(Record::Tenant(ExportedTenant {
+        name: format!("tenants/{}", tenant.id),
+        display_name: tenant.display_name.clone(),
+        plan: tenant.plan as i32,
+        state: tenant.state as i32,
+        region: tenant.region.clone(),
+        domain: tenant.domain.clone().unwrap_or_default(),
+        feature_overrides: tenant.feature_overrides.clone(),
+        limit_overrides: tenant.limit_overrides.clone(),
+        create_time: Some(timestamp(tenant.create_time)),
+        update_time: Some(timestamp(tenant.update_time)),
+    }))
+}
+
+pub fn role_record(role: &RoleRecord) -> TenantDataRecord {
+    record(Record::Role(ExportedRole {
+        name: role.name(),
+        display_name: role.display_name.clone(),
+        description: role.description.clone(),
+        permissions: role.permissions.iter().cloned().collect(),
+        create_time: role.create_time.map(timestamp),
+        update_time: role.update_time.map(timestamp),
+    }))
+}
+
+pub fn user_record(user: &UserRecord, password_hash: String) -> TenantDataRecord {
+    record(Record::User(ExportedUser {
+        name: user.name(),
+        email: user.email.clone(),
+        display_name: user.display_name.clone(),
+        state: user.state as i32,
+        roles: user.roles.clone(),
+        password_hash,
+        create_time: Some(timestamp(user.create_time)),
+        update_time: Some(timestamp(user.update_time)),
+    }))
+}
+
+pub fn api_key_record(key: &ApiKeyRecord) -> TenantDataRecord {
+    record(Record::ApiKey(ExportedApiKey {
+        name: key.name(),
+        display_name: key.display_name.clone(),
+        scopes: key.scopes.clone(),
+        owner: key.owner_name(),
+        secret_sha256: key.secret_hash.clone(),
+        create_time: Some(timestamp(key.create_time)),
+        expire_time: Some(timestamp(key.expire_time)),
+        revoke_time: key.revoke_time.map(timestamp),
+        last_use_time: key.last_use_time.map(timestamp),
+    }))
+}
+
+fn record(record: Record) -> TenantDataRecord {
+    TenantDataRecord {
+        record: Some(record),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_proto::palisade::identity::v1::{
+        ExportedUser, Plan, TenantDataTrailer, TenantState, UserState,
+    };
+
+    use palisade_grpc::ApiError;
+
+    use super::*;
+
+    const T0: i64 = 1_795_259_646_000_000;
+
+    fn acme() -> TenantId {
+        TenantId::parse("acme").unwrap()
+    }
+
+    fn stream() -> Vec<TenantDataRecord> {
+        let tenant = TenantRecord {
+            id: acme(),
+            display_name: "Acme".into(),
+            plan: Plan::Professional,
+            state: TenantState::Suspended,
+            region: "eu-west-1".into(),
+            domain: Some("acme.example.com".into()),
+            feature_overrides: [("sso".to_owned(), true)].into(),
+            limit_overrides: [("users".to_owned(), 7)].into(),
+            create_time: T0,
+            update_time: T0 + 1,
+        };
+        let role = RoleRecord {
+            tenant_id: acme(),
+            id: "user-reader".into(),
+            display_name: "User reader".into(),
+            description: String::new(),
+            permissions: ["identity.users.get".to_owned()].into(),
+            built_in: false,
+            create_time: Some(T0),
+            update_time: Some(T0),
+        };
+        let user = UserRecord {
+            id: "0192f3c4-7a1e-7b3c-9d2e-4f5a6b7c8d9e".into(),
+            tenant_id: acme(),
+            email: "ada@acme.example".into(),
+            display_name: "Ada".into(),
+            state: UserState::Active,
+            roles: vec!["user-reader".into(), "viewer".into()],
+            create_time: T0,
+            update_time: T0,
+        };
+        let key = ApiKeyRecord {
+            id: "0192f3c47a1e7b3c9d2e4f5a6b7c8d9e".into(),
+            tenant_id: acme(),
+            display_name: "ci".into(),
+            secret_hash: vec![7; 32],
+            scopes: vec!["identity.users.list".into()],
+            owner_user_id: Some(user.id.clone()),
+            create_time: T0,
+            expire_time: T0 + 10,
+            revoke_time: None,
+            last_use_time: Some(T0 + 2),
+        };
+        vec![
+            tenant_record(&tenant),
+            role_record(&role),
+            user_record(&user, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            api_key_record(&key),
+        ]
+    }
+
+    fn trailer_of(records: &[TenantDataRecord]) -> TenantDataTrailer {
+        let mut tally = Tally::default();
+        records.iter().for_each(|record| tally.add(record));
+        tally.trailer()
+    }
+
+    /// The fields an import of `records` (one batch) closed by `trailer` complains about.
+    fn import(records: &[TenantDataRecord], trailer: &TenantDataTrailer) -> Vec<String> {
+        let mut import = Import::begin(&header(&acme(), T0)).unwrap();
+        let result = import
+            .batch(1, records)
+            .and_then(|_| import.finish(trailer));
+        match result {
+            Ok(_) => Vec::new(),
+            Err(ApiError::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn user_mut(record: &mut TenantDataRecord) -> &mut ExportedUser {
+        match &mut record.record {
+            Some(Record::User(user)) => user,
+            other => panic!("not a user: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_export_imports_back_whole() {
+        let records = stream();
+        let trailer = trailer_of(&records);
+        let mut import = Import::begin(&header(&acme(), T0)).unwrap();
+        let restored = import.batch(1, &records).unwrap();
+        let counts = import.finish(&trailer).unwrap();
+        assert_eq!(
+            counts,
+            Counts {
+                tenants: 1,
+                roles: 1,
+                users: 1,
+                api_keys: 1
+            }
+        );
+        let Restored::Tenant(tenant) = &restored[0].1 else {
+            panic!("the tenant comes first")
+        };
+        assert_eq!(tenant.state, TenantState::Suspended);
+        assert_eq!(tenant.limit_overrides["users"], 7);
+        let Restored::User(user, hash) = &restored[2].1 else {
+            panic!("then the user")
+        };
+        assert_eq!(user.roles, ["user-reader", "viewer"]);
+        assert!(hash.starts_with("$argon2id$"));
+        let Restored::ApiKey(key) = &restored[3].1 else {
+            panic!("then the key")
+        };
+        assert_eq!(key.last_use_time, Some(T0 + 2));
+        assert_eq!(restored[3].0, "batch.records[3]");
+    }
+
+    #[test]
+    fn the_checksum_covers_every_record_in_order() {
+        let records = stream();
+        let trailer = trailer_of(&records);
+        let mut flipped = records.clone();
+        user_mut(&mut flipped[2]).display_name = "Eve".into();
+        assert_eq!(import(&flipped, &trailer), ["trailer.sha256"]);
+        let dropped = [&records[..3]].concat();
+        assert_eq!(
+            import(&dropped, &trailer),
+            ["trailer.counts.api_keys", "trailer.sha256"]
+        );
+        let no_counts = TenantDataTrailer {
+            counts: None,
+            ..trailer.clone()
+        };
+        assert_eq!(import(&records, &no_counts), ["trailer.counts"]);
+        assert_eq!(import(&[], &trailer_of(&[])), ["batch"]);
+    }
+
+    #[test]
+    fn records_belong_to_the_tenant_and_come_in_order() {
+        let mut records = stream();
+        user_mut(&mut records[2]).name =
+            "tenants/globex/users/0192f3c4-7a1e-7b3c-9d2e-4f5a6b7c8d9e".into();
+        assert_eq!(
+            import(&records, &trailer_of(&records)),
+            ["batch.records[2].user.name"]
+        );
+        let records = stream();
+        let swapped = vec![records[0].clone(), records[2].clone(), records[1].clone()];
+        // A user before the custom role it holds: its role is unknown, the role out of order.
+        assert_eq!(
+            import(&swapped, &trailer_of(&swapped)),
+            ["batch.records[1].user.roles[0]", "batch.records[2]"]
+        );
+        let headless = records[1..].to_vec();
+        assert_eq!(
+            import(&headless, &trailer_of(&headless)),
+            ["batch.records[0]", "batch.records[1]", "batch.records[2]"]
+        );
+    }
+
+    #[test]
+    fn records_must_be_well_formed() {
+        let mut records = stream();
+        let user = user_mut(&mut records[2]);
+        user.roles = vec!["ghost-role".into()];
+        user.password_hash = "plain text".into();
+        user.state = 9;
+        user.create_time = None;
+        assert_eq!(
+            import(&records, &trailer_of(&records)),
+            [
+                "batch.records[2].user.state",
+                "batch.records[2].user.roles[0]",
+                "batch.records[2].user.password_hash",
+                "batch.records[2].user.create_time",
+            ]
+        );
+        let empty = vec![records[0].clone(), TenantDataRecord { record: None }];
+        assert_eq!(import(&empty, &trailer_of(&empty)), ["batch.records[1]"]);
+    }
+
+    #[test]
+    fn headers_name_a_known_format_and_a_tenant() {
+        let fields = |header: TenantDataHeader| match Import::begin(&header) {
+            Err(ApiError::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect::<Vec<_>>()
+            }
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        };
+        assert_eq!(
+            fields(TenantDataHeader {
+                format_version: 2,
+                tenant: "acme".into(),
+                ..TenantDataHeader::default()
+            }),
+            ["header.format_version", "header.tenant"]
+        );
+        let mut import = Import::begin(&header(&acme(), T0)).unwrap();
+        let oversized = vec![TenantDataRecord::default(); BATCH_SIZE + 1];
+        assert!(matches!(
+            import.batch(1, &oversized),
+            Err(ApiError::InvalidArgument(v)) if v[0].field == "batch.records"
+        ));
+    }
+}
