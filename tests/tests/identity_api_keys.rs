@@ -4,104 +4,23 @@
 //! see each other's keys.
 
 mod common;
+mod keys_kit;
 
 use std::time::Duration;
 
-use common::{expect_code, new_tenant, reason, violated_fields};
+use common::{expect_code, reason, violated_fields};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        ApiKey, ApiKeyState, AssignRoleRequest, CreateApiKeyRequest, CreateApiKeyResponse,
-        CreateUserRequest, GetApiKeyRequest, ListApiKeysRequest, ListUsersRequest, LoginRequest,
-        Plan, RevokeApiKeyRequest, RevokeRoleRequest, User,
-        api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
-        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+        ApiKey, ApiKeyState, AssignRoleRequest, CreateApiKeyRequest, GetApiKeyRequest,
+        ListApiKeysRequest, RevokeApiKeyRequest, RevokeRoleRequest,
+        api_key_service_client::ApiKeyServiceClient, user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Component, Mesh, eventually, http_request, with_api_key};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
-const PASSWORD: &str = "correct horse battery staple";
-const DAY: i64 = 86_400;
-const READ_USERS: &[&str] = &["identity.users.get", "identity.users.list"];
-
-fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-fn new_user(tenant: &str, email: &str, roles: &[&str]) -> CreateUserRequest {
-    CreateUserRequest {
-        parent: format!("tenants/{tenant}"),
-        user: Some(User {
-            email: email.to_owned(),
-            display_name: email.split('@').next().unwrap_or_default().to_owned(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            ..User::default()
-        }),
-        password: PASSWORD.to_owned(),
-    }
-}
-
-/// Makes the tenant (as operator) and a user with `roles` in it, signs the user in, and
-/// returns (access token, user name).
-async fn signed_in_user(
-    mesh: &Mesh,
-    tenant: &str,
-    email: &str,
-    roles: &[&str],
-) -> anyhow::Result<(String, String)> {
-    let mut tenants = TenantServiceClient::new(mesh.gateway());
-    let exists = tenants
-        .create_tenant(mesh.as_operator(new_tenant(tenant, tenant, Plan::Professional)))
-        .await;
-    if let Err(status) = exists {
-        anyhow::ensure!(status.code() == Code::AlreadyExists, "{status:?}");
-    }
-    UserServiceClient::new(mesh.gateway())
-        .create_user(mesh.as_operator(new_user(tenant, email, roles)))
-        .await?;
-    let tokens = AuthServiceClient::new(mesh.gateway())
-        .login(LoginRequest {
-            tenant_id: tenant.to_owned(),
-            email: email.to_owned(),
-            password: PASSWORD.to_owned(),
-        })
-        .await?
-        .into_inner();
-    Ok((tokens.access_token, tokens.user))
-}
-
-fn key_request(tenant: &str, name: &str, scopes: &[&str], ttl_days: i64) -> CreateApiKeyRequest {
-    CreateApiKeyRequest {
-        parent: format!("tenants/{tenant}"),
-        api_key: Some(ApiKey {
-            display_name: name.to_owned(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            ..ApiKey::default()
-        }),
-        ttl: Some(prost_types::Duration {
-            seconds: ttl_days * DAY,
-            nanos: 0,
-        }),
-    }
-}
-
-fn list_users(tenant: &str) -> ListUsersRequest {
-    ListUsersRequest {
-        parent: format!("tenants/{tenant}"),
-        ..Default::default()
-    }
-}
-
-async fn create(
-    keys: &mut ApiKeyServiceClient<Channel>,
-    request: tonic::Request<CreateApiKeyRequest>,
-) -> anyhow::Result<CreateApiKeyResponse> {
-    Ok(keys.create_api_key(request).await?.into_inner())
-}
+use keys_kit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_key_reads_is_shown_once_and_stops_when_revoked() -> anyhow::Result<()> {
@@ -527,88 +446,6 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
                 .is_some_and(|key| key.starts_with("pal_"))
         );
         assert_eq!(created["apiKey"]["state"], "API_KEY_STATE_ACTIVE");
-        mesh.stop().await?;
-    }
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_never_see_each_others_keys() -> anyhow::Result<()> {
-    for builder in Mesh::each_backend() {
-        let mesh = builder.start().await?;
-        let (acme, acme_admin) =
-            signed_in_user(&mesh, "acme", "ada@acme.example", &["admin"]).await?;
-        let (globex, _) = signed_in_user(&mesh, "globex", "gus@globex.example", &["admin"]).await?;
-        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
-        let acme_key = create(
-            &mut keys,
-            with_bearer(key_request("acme", "ci", READ_USERS, 5), &acme),
-        )
-        .await?;
-        let name = acme_key.api_key.clone().expect("the key").name;
-
-        let get = keys
-            .get_api_key(with_bearer(
-                GetApiKeyRequest { name: name.clone() },
-                &globex,
-            ))
-            .await;
-        expect_code(get, Code::NotFound);
-        let revoke = keys
-            .revoke_api_key(with_bearer(
-                RevokeApiKeyRequest { name: name.clone() },
-                &globex,
-            ))
-            .await;
-        expect_code(revoke, Code::NotFound);
-        let list = keys
-            .list_api_keys(with_bearer(
-                ListApiKeysRequest {
-                    parent: "tenants/acme".into(),
-                    ..Default::default()
-                },
-                &globex,
-            ))
-            .await;
-        assert_eq!(
-            reason(&expect_code(list, Code::PermissionDenied)),
-            "CROSS_TENANT"
-        );
-        let create_there = keys
-            .create_api_key(with_bearer(
-                key_request("acme", "x", READ_USERS, 5),
-                &globex,
-            ))
-            .await;
-        assert_eq!(
-            reason(&expect_code(create_there, Code::PermissionDenied)),
-            "CROSS_TENANT"
-        );
-        // The acme key reads acme, not globex.
-        let elsewhere = UserServiceClient::new(mesh.gateway())
-            .list_users(with_api_key(list_users("globex"), &acme_key.key))
-            .await;
-        expect_code(elsewhere, Code::PermissionDenied);
-
-        // Platform operators see every tenant's keys, and filter them by owner.
-        let by_owner = |owner: &str| ListApiKeysRequest {
-            parent: "tenants/acme".into(),
-            filter: format!("owner = {owner:?}"),
-            ..Default::default()
-        };
-        let mine = keys
-            .list_api_keys(mesh.as_operator(by_owner(&acme_admin)))
-            .await?
-            .into_inner();
-        let names: Vec<_> = mine.api_keys.iter().map(|key| key.name.as_str()).collect();
-        assert_eq!(names, [name.as_str()]);
-        let service = keys
-            .list_api_keys(mesh.as_operator(by_owner("tenants/acme")))
-            .await?
-            .into_inner();
-        assert!(service.api_keys.is_empty());
-        keys.get_api_key(mesh.as_operator(GetApiKeyRequest { name }))
-            .await?;
         mesh.stop().await?;
     }
     Ok(())
