@@ -70,7 +70,7 @@ async fn suspension_stops_every_credential_until_reactivated() -> anyhow::Result
                 .await,
         );
         // The access token is still a valid JWT: the component's permission check refuses it
-        // and says why.
+        // (before the gateway's tenant cache notices) and says why, with the gateway's reason.
         let denied = users
             .list_users(with_bearer(list_users("acme"), &token))
             .await;
@@ -80,6 +80,7 @@ async fn suspension_stops_every_credential_until_reactivated() -> anyhow::Result
             "{}",
             denied.message()
         );
+        assert_eq!(reason(&denied), "TENANT_SUSPENDED");
         // Identity itself tells the gateway the key's tenant is not active.
         let verify = ApiKeyServiceClient::new(mesh.direct(Component::Identity, "gateway").await?)
             .verify_api_key(VerifyApiKeyRequest { key: key.clone() })

@@ -22,6 +22,9 @@ use crate::{ApiError, MeshChannel};
 pub struct Decision {
     pub allowed: bool,
     pub reason: String,
+    /// For a refusal that is not about the permission itself, the stable `ErrorInfo.reason`
+    /// the caller's error carries, e.g. `TENANT_SUSPENDED`.
+    pub refusal: Option<String>,
 }
 
 /// Decides permission checks for the policy layer.
@@ -104,6 +107,7 @@ impl Authorizer for RemoteAuthorizer {
             let decision = Decision {
                 allowed: response.allowed,
                 reason: response.reason,
+                refusal: (!response.refusal_reason.is_empty()).then_some(response.refusal_reason),
             };
             let mut cache = this.cache.lock().expect("authorizer cache lock");
             if cache.len() >= MAX_CACHED {

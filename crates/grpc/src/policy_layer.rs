@@ -129,8 +129,14 @@ impl PolicyLayer {
         if decision.allowed {
             Ok(())
         } else {
+            // Only reasons the mesh defines pass on; anything else reads as a missing permission.
+            let reason = match decision.refusal.as_deref() {
+                Some("TENANT_SUSPENDED") => "TENANT_SUSPENDED",
+                Some("TENANT_NOT_ACTIVE") => "TENANT_NOT_ACTIVE",
+                _ => "PERMISSION_DENIED",
+            };
             Err(ApiError::PermissionDenied {
-                reason: "PERMISSION_DENIED",
+                reason,
                 message: format!("missing permission {permission}: {}", decision.reason),
             }
             .into())

@@ -45,15 +45,8 @@ impl Authz {
                 resource.unwrap_or_default()
             )));
         }
-        match self.store.get_tenant(tenant).await? {
-            None => return Ok(deny(format!("tenant {tenant} does not exist"))),
-            Some(record) if record.state != TenantState::Active => {
-                return Ok(deny(format!(
-                    "tenant {tenant} is {}",
-                    crate::tenants::state_key(record.state)
-                )));
-            }
-            Some(_) => {}
+        if let Some(refusal) = tenant_refusal(tenant, self.store.get_tenant(tenant).await?) {
+            return Ok(refusal);
         }
         match principal.kind {
             PrincipalKind::ApiKey => {
@@ -203,23 +196,17 @@ impl Authz {
             return Ok(decisions);
         }
         // The same checks as `decide`, in the same order, with the lookups hoisted.
-        let tenant_refusal = match self.store.get_tenant(tenant).await? {
-            None => Some(format!("tenant {tenant} does not exist")),
-            Some(record) if record.state != TenantState::Active => Some(format!(
-                "tenant {tenant} is {}",
-                crate::tenants::state_key(record.state)
-            )),
-            Some(_) => None,
-        };
+        let tenant_refusal = tenant_refusal(tenant, self.store.get_tenant(tenant).await?);
         let user = match &tenant_refusal {
             Some(_) => None,
             None => self.store.get_user(tenant, &principal.id).await?,
         };
         let user_refusal = match &user {
-            None => Some("unknown user".to_owned()),
-            Some(user) if user.state != UserState::Active => {
-                Some(format!("user is {}", crate::users::state_key(user.state)))
-            }
+            None => Some(deny("unknown user".to_owned())),
+            Some(user) if user.state != UserState::Active => Some(deny(format!(
+                "user is {}",
+                crate::users::state_key(user.state)
+            ))),
             Some(_) => None,
         };
         let held = match (&user, &user_refusal) {
@@ -236,7 +223,7 @@ impl Authz {
                         resource.as_deref().unwrap_or_default()
                     ))
                 } else if let Some(refusal) = tenant_refusal.as_ref().or(user_refusal.as_ref()) {
-                    deny(refusal.clone())
+                    refusal.clone()
                 } else {
                     user_decision(held.contains(permission), permission)
                 }
@@ -302,6 +289,7 @@ impl Authz {
                 return Ok(Decision {
                     allowed: true,
                     reason: "granted by api key scope".to_owned(),
+                    refusal: None,
                 });
             };
             let owner = Principal {
@@ -315,6 +303,7 @@ impl Authz {
                 Decision {
                     allowed: true,
                     reason: "granted by api key scope and its owner's roles".to_owned(),
+                    refusal: None,
                 }
             } else {
                 deny(format!("the api key's owner may not: {}", decided.reason))
@@ -361,11 +350,13 @@ fn user_decision(granted: bool, permission: &str) -> Decision {
         Decision {
             allowed: true,
             reason: "every active user holds it for its own account".to_owned(),
+            refusal: None,
         }
     } else if granted {
         Decision {
             allowed: true,
             reason: "granted by role".to_owned(),
+            refusal: None,
         }
     } else {
         deny(format!("no role of the user grants {permission}"))
@@ -376,7 +367,39 @@ fn deny(reason: String) -> Decision {
     Decision {
         allowed: false,
         reason,
+        refusal: None,
     }
+}
+
+/// A refusal for every principal of a tenant that is missing or not active, with the stable
+/// reason its callers' errors carry (as the gateway's own refusal does).
+fn tenant_refusal(
+    tenant: &TenantId,
+    record: Option<crate::tenants::TenantRecord>,
+) -> Option<Decision> {
+    let (reason, refusal) = match record {
+        None => (
+            format!("tenant {tenant} does not exist"),
+            "TENANT_NOT_ACTIVE",
+        ),
+        Some(record) if record.state == TenantState::Active => return None,
+        Some(record) => (
+            format!(
+                "tenant {tenant} is {}",
+                crate::tenants::state_key(record.state)
+            ),
+            if record.state == TenantState::Suspended {
+                "TENANT_SUSPENDED"
+            } else {
+                "TENANT_NOT_ACTIVE"
+            },
+        ),
+    };
+    Some(Decision {
+        allowed: false,
+        reason,
+        refusal: Some(refusal.to_owned()),
+    })
 }
 
 /// The tenant a resource name belongs to: `tenants/{id}/...` → id.

@@ -42,6 +42,7 @@ impl AuthorizationService for AuthorizationApi {
         Ok(Response::new(CheckResponse {
             allowed: decision.allowed,
             reason: decision.reason,
+            refusal_reason: decision.refusal.unwrap_or_default(),
         }))
     }
 
@@ -87,6 +88,7 @@ impl AuthorizationService for AuthorizationApi {
                 .map(|decision| CheckResponse {
                     allowed: decision.allowed,
                     reason: decision.reason,
+                    refusal_reason: decision.refusal.unwrap_or_default(),
                 })
                 .collect(),
         }))
