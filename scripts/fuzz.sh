@@ -16,8 +16,8 @@
 # unwrap, an out-of-bounds index, a failed assertion of the target, and — with debug
 # assertions on (-a) — integer overflow and debug_assert!s. Those all abort without ASan.
 # ASan adds memory-error detection in dependencies' unsafe code (prost, bytes, serde_json…,
-# fuzzed upstream) at the price of a build about twice as slow (~9 min cold on 2 cores) and
-# about half the executions per second, which matters more in a 15-second budget.
+# fuzzed upstream) at the price of a slower build of every crate and roughly half the
+# executions per second (ASan's usual ~2x), which matters more in a 15-second budget.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="${PALISADE_TOOLS_DIR:-/var/tmp/palisade-tools}/cargo"
