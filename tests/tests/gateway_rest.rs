@@ -1,6 +1,7 @@
 //! REST/JSON through the gateway's public port with a plain HTTP/1.1 client: the tenant
 //! scenario gives, field for field, what native gRPC gives; errors have grpc-gateway's statuses
-//! and `{code, message, details}` bodies; server streams arrive as newline-delimited JSON.
+//! and `{code, message, details}` bodies; server streams arrive as newline-delimited JSON; a
+//! backend's custom metadata comes back as `Grpc-Metadata-*` / `Grpc-Trailer-*` headers.
 
 mod common;
 
@@ -15,6 +16,10 @@ use palisade_proto::palisade::{
     identity::v1::{
         GetTenantRequest, ListTenantsRequest, ListTenantsResponse, Plan, Tenant,
         tenant_service_client::TenantServiceClient,
+    },
+    observability::v1::{
+        GetStatusRequest, MeshStatus,
+        status_service_server::{StatusService, StatusServiceServer},
     },
 };
 use palisade_testkit::{Component, HttpResponse, Mesh, eventually, http_request};
@@ -299,6 +304,130 @@ async fn rest_errors_have_grpc_gateway_statuses_and_bodies() -> anyhow::Result<(
     let status = rest(&mesh, "GET", "/v1/status", None, "").await?;
     assert_eq!(status.status, 200, "{}", status.text());
     mesh.stop().await?;
+    Ok(())
+}
+
+/// Stands in for observability on its address, with its certificate: `GetStatus` answers with
+/// custom header metadata (echoing the client's `x-client`), or fails with custom metadata
+/// when the call carries `x-fail`. No mesh component sends custom metadata today; a
+/// backend that does must reach REST clients the way grpc-gateway passes it.
+struct StandIn;
+
+#[tonic::async_trait]
+impl StatusService for StandIn {
+    async fn get_status(
+        &self,
+        request: tonic::Request<GetStatusRequest>,
+    ) -> Result<tonic::Response<MeshStatus>, tonic::Status> {
+        if request.metadata().contains_key("x-fail") {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert(
+                "x-retry-hint",
+                tonic::metadata::MetadataValue::from_static("after-maintenance"),
+            );
+            return Err(tonic::Status::with_metadata(
+                Code::Unavailable,
+                "standing in",
+                metadata,
+            ));
+        }
+        let mut response = tonic::Response::new(MeshStatus::default());
+        let metadata = response.metadata_mut();
+        metadata.insert(
+            "x-served-by",
+            tonic::metadata::MetadataValue::from_static("stand-in"),
+        );
+        if let Some(client) = request.metadata().get("x-client") {
+            metadata.insert("x-client-echo", client.clone());
+        }
+        Ok(response)
+    }
+}
+
+/// Replaces observability with [`StandIn`] on its address (the gateway reconnects to it).
+async fn stand_in_for_observability(
+    mesh: &mut Mesh,
+) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+    mesh.stop_component(Component::Observability).await?;
+    let tls = palisade_tls::MeshTls::load(palisade_tls::CertPaths::in_dir(
+        &mesh.certs_dir(),
+        "observability",
+    ))
+    .await?;
+    let listener = tokio::net::TcpListener::bind(mesh.addr(Component::Observability)).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(StatusServiceServer::new(StandIn))
+            .serve_with_incoming_shutdown(palisade_tls::incoming(listener, tls), async {
+                stopped.await.ok();
+            }),
+    );
+    Ok(stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_custom_metadata_reaches_rest_clients_as_grpc_gateway_headers()
+-> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mut mesh = builder.start().await?;
+        let stop = stand_in_for_observability(&mut mesh).await?;
+        let get_status = |headers: &'static [(&'static str, &'static str)]| {
+            http_request(
+                mesh.addr(Component::Gateway),
+                "GET",
+                "/v1/status",
+                headers,
+                b"",
+            )
+        };
+        let answered = eventually(Duration::from_secs(10), || async {
+            let answered = get_status(&[
+                ("grpc-metadata-x-client", "rest-test"),
+                ("x-request-id", "req-metadata-1"),
+            ])
+            .await?;
+            // Until the gateway has reconnected to the stand-in: 503.
+            Ok((answered.status == 200).then_some(answered))
+        })
+        .await?;
+        assert_eq!(
+            answered.header("grpc-metadata-x-served-by"),
+            Some("stand-in")
+        );
+        // The client's metadata went in, and the backend's came back out.
+        assert_eq!(
+            answered.header("grpc-metadata-x-client-echo"),
+            Some("rest-test")
+        );
+        // The request id is the gateway's own header, not backend metadata.
+        assert_eq!(answered.header("x-request-id"), Some("req-metadata-1"));
+        assert_eq!(answered.header("content-type"), Some("application/json"));
+        let forwarded: Vec<&str> = answered
+            .headers
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| name.starts_with("grpc-"))
+            .collect();
+        assert_eq!(
+            forwarded,
+            ["grpc-metadata-x-served-by", "grpc-metadata-x-client-echo"],
+            "gRPC's own keys, the content type, the date and the request id stay behind"
+        );
+
+        // A failure's metadata arrives in its trailers, so it comes back as Grpc-Trailer-*.
+        let failed = get_status(&[("grpc-metadata-x-fail", "1")]).await?;
+        assert_eq!(failed.status, 503, "{}", failed.text());
+        assert_eq!(json(&failed)["message"], "standing in");
+        assert_eq!(
+            failed.header("grpc-trailer-x-retry-hint"),
+            Some("after-maintenance")
+        );
+        assert!(failed.header("grpc-trailer-grpc-status").is_none());
+
+        stop.send(()).ok();
+        mesh.stop().await?;
+    }
     Ok(())
 }
 

@@ -1,13 +1,16 @@
 //! TLS on the gateway's public port: with a configured certificate the port speaks TLS, gRPC
 //! over ALPN `h2` and REST over ALPN `http/1.1`, asks for no client certificate, and refuses
-//! plaintext h2c.
+//! plaintext h2c; the status page probes it over TLS.
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use palisade_testkit::{Component, Mesh};
+use palisade_proto::palisade::observability::v1::{
+    GetStatusRequest, ServingState, status_service_client::StatusServiceClient,
+};
+use palisade_testkit::{Component, Mesh, eventually};
 use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, ServerName},
@@ -120,6 +123,43 @@ async fn the_public_port_speaks_tls_and_refuses_h2c() -> anyhow::Result<()> {
         "h2c was not refused: {refused:?}"
     );
 
+    mesh.stop().await
+}
+
+/// The gateway's state on the status page, asked over `channel`.
+async fn gateway_state(channel: Channel) -> anyhow::Result<ServingState> {
+    let status = StatusServiceClient::new(channel)
+        .get_status(GetStatusRequest {})
+        .await?
+        .into_inner();
+    let gateway = status
+        .components
+        .iter()
+        .find(|c| c.component == "gateway")
+        .ok_or_else(|| anyhow::anyhow!("no gateway on the status page: {status:?}"))?;
+    Ok(gateway.state())
+}
+
+#[tokio::test]
+async fn the_status_page_probes_a_tls_gateway_over_tls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = public_certificate(dir.path())?;
+    let mut mesh = Mesh::builder().with_public_tls(&cert, &key).start().await?;
+    let addr = mesh.addr(Component::Gateway);
+
+    // The certificate is for `localhost`; the probe dials 127.0.0.1 and still gets through.
+    let state = gateway_state(tls_channel(addr, &cert).await?).await?;
+    assert_eq!(state, ServingState::Serving);
+
+    // And it is a real probe: with the gateway gone, the page (asked directly) says so.
+    mesh.stop_component(Component::Gateway).await?;
+    let observability = mesh.direct(Component::Observability, "gateway").await?;
+    let state = eventually(Duration::from_secs(10), || async {
+        let state = gateway_state(observability.clone()).await?;
+        Ok((state != ServingState::Serving).then_some(state))
+    })
+    .await?;
+    assert_eq!(state, ServingState::Unreachable);
     mesh.stop().await
 }
 

@@ -212,7 +212,12 @@ impl LocalMesh {
             identity: url(Component::Identity),
             compliance: url(Component::Compliance),
             observability: url(Component::Observability),
-            gateway: url(Component::Gateway),
+            // The status page probes the public port as clients reach it: over TLS when it has
+            // a public certificate.
+            gateway: match options.public_tls {
+                Some(_) => format!("https://{}", bound[&Component::Gateway]),
+                None => url(Component::Gateway),
+            },
         };
         let mut mesh = LocalMesh {
             options,

@@ -47,6 +47,8 @@ pub struct ServeArgs {
         default_value = "http://observability:7903"
     )]
     observability_url: String,
+    /// The gateway's public port, as the status page probes it: `https://` when it serves TLS
+    /// (the probe then does not verify the public certificate, like a kubelet's HTTPS probe).
     #[arg(
         long,
         env = "PALISADE_GATEWAY_URL",

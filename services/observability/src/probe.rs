@@ -1,11 +1,31 @@
 //! Health probes: one long-lived channel per component, `grpc.health.v1.Health/Check` with a
 //! deadline, all components probed concurrently.
+//!
+//! The gateway is probed on its public port, the path clients take: h2c for an `http://`
+//! address, TLS for `https://` (when the port serves a public certificate). Like a kubelet's
+//! HTTPS probe, that TLS probe does not judge the certificate: it is issued for the public host
+//! name, not for the address the probe dials, often by a CA the mesh does not know, and the
+//! probe sends no secret worth protecting. It does prove the port completes a TLS handshake
+//! (with a valid signature from the certificate's key) and answers gRPC behind it.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use http::Uri;
+use hyper_util::rt::TokioIo;
 use palisade_grpc::MeshAddresses;
 use palisade_proto::palisade::observability::v1::ServingState;
 use palisade_tls::MeshTls;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -53,9 +73,8 @@ impl Prober {
                 channel,
             });
         }
-        // The gateway's public port speaks h2c (or TLS with a public certificate), not mesh mTLS.
-        if let Ok(endpoint) = Endpoint::from_shared(mesh.gateway.clone()) {
-            let channel = endpoint.connect_timeout(PROBE_TIMEOUT).connect_lazy();
+        // The gateway's public port speaks h2c or TLS with a public certificate, not mesh mTLS.
+        if let Some(channel) = public_channel(&mesh.gateway) {
             targets.push(Target {
                 component: "gateway",
                 endpoint: mesh.gateway.clone(),
@@ -80,6 +99,102 @@ impl Prober {
         let results = futures::future::join_all(self.targets.iter().map(probe)).await;
         *recent = Some((Instant::now(), results.clone()));
         results
+    }
+}
+
+/// A lazy channel to a public endpoint: h2c for `http://`, TLS (ALPN `h2`, the certificate
+/// not verified, see the module docs) for `https://`. `None` for an address that is no uri.
+fn public_channel(url: &str) -> Option<Channel> {
+    let uri: Uri = url.parse().ok()?;
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if uri.scheme_str() != Some("https") {
+        let endpoint = Endpoint::from(uri).connect_timeout(PROBE_TIMEOUT);
+        return Some(endpoint.connect_lazy());
+    }
+    let port = uri.port_u16().unwrap_or(443);
+    // TLS is ours: an `https` endpoint would make tonic attempt its own on top.
+    let endpoint = Endpoint::from_shared(format!("http://{}", uri.authority()?))
+        .ok()?
+        .connect_timeout(PROBE_TIMEOUT);
+    // SNI: the host name it was given (an IP address sends none).
+    let server_name = ServerName::try_from(host.clone()).ok()?;
+    let connector = TlsConnector::from(unverified_client_config());
+    let connect = tower::service_fn(move |_: Uri| {
+        let (connector, server_name, host) = (connector.clone(), server_name.clone(), host.clone());
+        async move {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Some(endpoint.connect_with_connector_lazy(connect))
+}
+
+fn unverified_client_config() -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyCertificate(provider.clone()));
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// Accepts any server certificate, but still checks that the server signed the handshake
+/// with the certificate's key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
