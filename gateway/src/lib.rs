@@ -62,9 +62,7 @@ pub struct GatewayConfig {
 pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Running, BoxError> {
     // First, so that a bad certificate stops the start before anything runs.
     let public_tls = match &config.public_tls {
-        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(public_tls::server_config(
-            cert, key,
-        )?)),
+        Some((cert, key)) => Some(public_tls::PublicTls::load(cert.clone(), key.clone())?),
         None => None,
     };
     let mut kit = ComponentKit::start(COMPONENT, config.tls.clone(), listeners.admin);

@@ -6,6 +6,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use crate::{edge::Edge, public_tls::PublicTls};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{
@@ -20,9 +21,6 @@ use tokio::{
     sync::Semaphore,
     task::JoinSet,
 };
-use tokio_rustls::TlsAcceptor;
-
-use crate::edge::Edge;
 
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 10_000;
@@ -33,7 +31,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     edge: Edge,
-    tls: Option<TlsAcceptor>,
+    tls: Option<PublicTls>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -68,9 +66,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(edge.for_peer(peer));
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        // The TLS config current now: a reloaded certificate applies from the next connection.
+        let acceptor = tls.as_ref().map(PublicTls::acceptor);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         connections.spawn(async move {
-            match tls {
+            match acceptor {
                 None => serve_connection(&builder, watcher, stream, service, peer).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await

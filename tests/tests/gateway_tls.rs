@@ -1,9 +1,11 @@
 //! TLS on the gateway's public port: with a configured certificate the port speaks TLS, gRPC
 //! over ALPN `h2` and REST over ALPN `http/1.1`, asks for no client certificate, and refuses
-//! plaintext h2c; the status page probes it over TLS.
+//! plaintext h2c; the status page probes it over TLS; a replaced certificate is served to new
+//! connections without a restart.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -123,6 +125,69 @@ async fn the_public_port_speaks_tls_and_refuses_h2c() -> anyhow::Result<()> {
         "h2c was not refused: {refused:?}"
     );
 
+    mesh.stop().await
+}
+
+/// The certificate the gateway presents to a new TLS connection from a client that trusts
+/// `trusted`.
+async fn presented(
+    addr: std::net::SocketAddr,
+    trusted: &[CertificateDer<'static>],
+) -> anyhow::Result<CertificateDer<'static>> {
+    let mut roots = RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let stream = connect(addr, Arc::new(config)).await?;
+    let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
+    Ok(certs
+        .first()
+        .context("no certificate presented")?
+        .clone()
+        .into_owned())
+}
+
+#[tokio::test]
+async fn a_replaced_public_certificate_reaches_new_connections() -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let (dir, renewed_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (cert, key) = public_certificate(dir.path())?;
+    let (renewed_cert, renewed_key) = public_certificate(renewed_dir.path())?;
+    let (old, new) = (
+        CertificateDer::from_pem_file(&cert)?,
+        CertificateDer::from_pem_file(&renewed_cert)?,
+    );
+    let mesh = Mesh::builder().with_public_tls(&cert, &key).start().await?;
+    let addr = mesh.addr(Component::Gateway);
+    let both = [old.clone(), new.clone()];
+    assert_eq!(presented(addr, &both).await?, old);
+    // An open connection keeps its certificate; it is only new ones that change.
+    let open = tls_channel(addr, &cert).await?;
+
+    // Renewal in place, key first (a watcher can see the pair mid-change; it retries).
+    std::fs::copy(&renewed_key, &key)?;
+    std::fs::copy(&renewed_cert, &cert)?;
+    let seen = eventually(Duration::from_secs(10), || async {
+        let seen = presented(addr, &both).await?;
+        Ok((seen != old).then_some(seen))
+    })
+    .await?;
+    assert_eq!(seen, new);
+    let answer = HealthClient::new(open)
+        .check(HealthCheckRequest::default())
+        .await?;
+    assert_eq!(answer.get_ref().status, ServingStatus::Serving as i32);
+
+    // A broken file keeps the certificate served last.
+    std::fs::write(&cert, "not a certificate")?;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(presented(addr, &both).await?, new);
     mesh.stop().await
 }
 

@@ -2,16 +2,15 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::{ALPN_H2, Error, Result, SpiffeId, provider, spiffe};
+use crate::{ALPN_H2, Error, Reloading, Result, SpiffeId, provider, spiffe};
 
 /// How often the watcher polls file mtimes when no interval is given.
 const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -37,7 +36,8 @@ impl CertPaths {
 }
 
 /// A component's mTLS material. Clones share it; a background task re-reads the files when they
-/// change and swaps in new configs, which new connections pick up (open ones keep theirs).
+/// change and swaps in new configs ([`Reloading`]), which new connections pick up (open ones
+/// keep theirs).
 #[derive(Clone)]
 pub struct MeshTls {
     inner: Arc<Inner>,
@@ -45,7 +45,7 @@ pub struct MeshTls {
 
 struct Inner {
     paths: CertPaths,
-    material: ArcSwap<Material>,
+    material: Reloading<Material>,
 }
 
 struct Material {
@@ -65,15 +65,12 @@ impl MeshTls {
     ///
     /// The watcher holds only a weak reference, so it stops once every clone is dropped.
     pub async fn load_with_interval(paths: CertPaths, interval: Duration) -> Result<MeshTls> {
-        // Stamp before reading, so a change racing with the read is seen by the first poll.
-        let stamp = Stamp::read(&paths);
-        let material = Material::load(&paths)?;
-        let inner = Arc::new(Inner {
-            paths,
-            material: ArcSwap::from_pointee(material),
-        });
-        tokio::spawn(watch(Arc::downgrade(&inner), stamp, interval));
-        Ok(MeshTls { inner })
+        let files = vec![paths.ca.clone(), paths.cert.clone(), paths.key.clone()];
+        let watched = paths.clone();
+        let material = Reloading::start("mesh", files, interval, move || Material::load(&watched))?;
+        Ok(MeshTls {
+            inner: Arc::new(Inner { paths, material }),
+        })
     }
 
     /// This component's own SPIFFE ID, from its certificate's URI SAN.
@@ -175,68 +172,5 @@ fn pem_error(path: &Path, error: rustls::pki_types::pem::Error) -> Error {
             path: path.to_owned(),
             reason: other.to_string(),
         },
-    }
-}
-
-/// What the watcher compares between polls. The inode is part of it because atomic replacement
-/// (rename, Kubernetes' symlink swap) can keep mtime and size within the clock's granularity.
-#[derive(Clone, PartialEq, Eq)]
-struct Stamp(Vec<Option<(SystemTime, u64, u64)>>);
-
-impl Stamp {
-    fn read(paths: &CertPaths) -> Stamp {
-        let stamp = |path: &Path| {
-            let meta = std::fs::metadata(path).ok()?;
-            #[cfg(unix)]
-            let ino = std::os::unix::fs::MetadataExt::ino(&meta);
-            #[cfg(not(unix))]
-            let ino = 0;
-            Some((meta.modified().ok()?, meta.len(), ino))
-        };
-        Stamp(
-            [&paths.ca, &paths.cert, &paths.key]
-                .map(|p| stamp(p))
-                .to_vec(),
-        )
-    }
-}
-
-/// Polls the files and swaps in new material when they change. On failure the previous material
-/// stays; the stamp is not advanced so the next poll retries (a key and certificate replaced one
-/// after the other can be read mid-change), but each broken state is reported only once.
-///
-/// File access is synchronous: a few small files, read only when their metadata changed.
-async fn watch(inner: Weak<Inner>, mut stamp: Stamp, interval: Duration) {
-    let mut reported: Option<Stamp> = None;
-    loop {
-        tokio::time::sleep(interval).await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let current = Stamp::read(&inner.paths);
-        if current == stamp {
-            continue;
-        }
-        match Material::load(&inner.paths) {
-            Ok(material) => {
-                tracing::info!(
-                    identity = %material.identity,
-                    cert = %inner.paths.cert.display(),
-                    "reloaded mesh tls material"
-                );
-                inner.material.store(Arc::new(material));
-                stamp = current;
-                reported = None;
-            }
-            Err(error) if reported.as_ref() != Some(&current) => {
-                tracing::warn!(
-                    %error,
-                    cert = %inner.paths.cert.display(),
-                    "failed to reload mesh tls material, keeping the previous one"
-                );
-                reported = Some(current);
-            }
-            Err(_) => {}
-        }
     }
 }

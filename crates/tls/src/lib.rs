@@ -4,7 +4,8 @@
 //! component is named by a SPIFFE URI SAN (`spiffe://<trust-domain>/component/<name>`):
 //!
 //! - [`pki`] makes the dev CA and component certificates on disk;
-//! - [`MeshTls`] holds a component's rustls configs and re-reads its files when they change;
+//! - [`MeshTls`] holds a component's rustls configs and re-reads its files when they change
+//!   ([`Reloading`], which other certificates a component serves use too);
 //! - [`incoming`] turns a TCP listener into mTLS streams for tonic, carrying a [`PeerIdentity`]
 //!   into every request's extensions;
 //! - [`MeshConnector`] and [`channel`] dial other components over mTLS.
@@ -13,12 +14,14 @@ mod client;
 mod config;
 mod error;
 pub mod pki;
+mod reload;
 mod server;
 mod spiffe;
 
 pub use client::{MeshConnector, channel};
 pub use config::{CertPaths, MeshTls};
 pub use error::{Error, Result};
+pub use reload::Reloading;
 pub use server::{MeshStream, PeerIdentity, incoming};
 pub use spiffe::SpiffeId;
 
