@@ -10,8 +10,10 @@
 //! again at half the gateway's throughput, paced (open loop), for the p50 the gateway adds
 //! when it is not saturated. The mesh runs as `palisade dev`; the gateway measured is a
 //! separate `palisade serve gateway` process in front of it, so its RSS (`VmRSS`, and the peak
-//! `VmHWM`) is the gateway's alone. Everything shares one machine, so the load generator
-//! competes with the processes it measures. Run with
+//! `VmHWM`) is the gateway's alone, and so is the CPU time per call reported for it (the mesh's
+//! is the `palisade dev` process: identity and the rest). CPU per call is the steadiest figure on
+//! a busy machine; latencies move with whatever else runs. Everything shares one machine, so the
+//! load generator competes with the processes it measures. Run with
 //! `cargo bench -p palisade --bench gateway_overhead`.
 
 use std::{
@@ -43,6 +45,8 @@ struct Sample {
     throughput: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time (user + system) per call of the gateway and of the mesh during the run.
+    cpu: [Duration; 2],
 }
 
 #[tokio::main]
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             .spawn()?,
     );
     let gateway_pid = gateway.0.id();
+    let pids = [gateway_pid, _mesh.0.id()];
 
     let via_gateway = connect(&url(gateway_port)).await?;
     let create = CreateTenantRequest {
@@ -121,9 +126,18 @@ async fn main() -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     for (name, sample) in [
-        ("direct (mTLS)", closed_loop(direct_call.clone()).await?),
-        ("gateway gRPC", closed_loop(gateway_call.clone()).await?),
-        ("gateway REST", rest_closed_loop(&rest_addr, &key).await?),
+        (
+            "direct (mTLS)",
+            closed_loop(direct_call.clone(), pids).await?,
+        ),
+        (
+            "gateway gRPC",
+            closed_loop(gateway_call.clone(), pids).await?,
+        ),
+        (
+            "gateway REST",
+            rest_closed_loop(&rest_addr, &key, pids).await?,
+        ),
     ] {
         eprintln!(
             "{name}: {:.0} calls/s p50 {:?} p99 {:?}",
@@ -135,24 +149,26 @@ async fn main() -> anyhow::Result<()> {
     let hwm = proc_status(gateway_pid, "VmHWM:");
 
     let half_rate = rows[1].1.throughput / 2.0;
-    let half_direct = paced(direct_call, half_rate).await?;
-    let half_gateway = paced(gateway_call, half_rate).await?;
+    let half_direct = paced(direct_call, half_rate, pids).await?;
+    let half_gateway = paced(gateway_call, half_rate, pids).await?;
 
     let baseline = rows[0].1.throughput;
     println!(
         "\ngateway overhead: GetTenant, {CONCURRENCY} closed-loop clients, {RUN:?} per run after {WARMUP:?} warm-up"
     );
     println!(
-        "  {:<15} {:>10} {:>10} {:>10} {:>12}",
-        "path", "calls/s", "p50", "p99", "vs direct"
+        "  {:<15} {:>10} {:>10} {:>10} {:>12} {:>14} {:>14}",
+        "path", "calls/s", "p50", "p99", "vs direct", "gateway CPU", "mesh CPU"
     );
     for (name, s) in &rows {
         println!(
-            "  {name:<15} {:>10.0} {:>10} {:>10} {:>11.2}x",
+            "  {name:<15} {:>10.0} {:>10} {:>10} {:>11.2}x {:>9}/call {:>9}/call",
             s.throughput,
             us(s.p50),
             us(s.p99),
-            s.throughput / baseline
+            s.throughput / baseline,
+            us(s.cpu[0]),
+            us(s.cpu[1]),
         );
     }
     println!(
@@ -162,6 +178,12 @@ async fn main() -> anyhow::Result<()> {
         us(half_gateway.p50.saturating_sub(half_direct.p50)),
         us(half_direct.p99),
         us(half_gateway.p99),
+    );
+    println!(
+        "  half load CPU per call: gateway {}, mesh {} direct / {} through the gateway",
+        us(half_gateway.cpu[0]),
+        us(half_direct.cpu[1]),
+        us(half_gateway.cpu[1]),
     );
     println!(
         "  gateway process (palisade serve gateway) RSS after the load: {} (peak {})",
@@ -247,7 +269,7 @@ async fn direct_call(channel: Channel, context: Arc<(String, String)>) -> anyhow
 }
 
 /// `CONCURRENCY` clients calling as fast as they can: warm-up, then a measured run.
-async fn closed_loop<F, Fut>(call: F) -> anyhow::Result<Sample>
+async fn closed_loop<F, Fut>(call: F, pids: [u32; 2]) -> anyhow::Result<Sample>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
@@ -271,11 +293,14 @@ where
         collect(tasks)
     };
     run(WARMUP).await?;
-    Ok(sample(run(RUN).await?, RUN))
+    let before = pids.map(cpu_time);
+    let latencies = run(RUN).await?;
+    let after = pids.map(cpu_time);
+    Ok(sample(latencies, RUN, before, after))
 }
 
 /// The same load over REST, each client on its own HTTP/1.1 keep-alive connection.
-async fn rest_closed_loop(addr: &str, key: &str) -> anyhow::Result<Sample> {
+async fn rest_closed_loop(addr: &str, key: &str, pids: [u32; 2]) -> anyhow::Result<Sample> {
     let auth = format!("ApiKey {key}");
     let run = |duration: Duration| {
         let deadline = Instant::now() + duration;
@@ -308,12 +333,15 @@ async fn rest_closed_loop(addr: &str, key: &str) -> anyhow::Result<Sample> {
         collect(tasks)
     };
     run(WARMUP).await?;
-    Ok(sample(run(RUN).await?, RUN))
+    let before = pids.map(cpu_time);
+    let latencies = run(RUN).await?;
+    let after = pids.map(cpu_time);
+    Ok(sample(latencies, RUN, before, after))
 }
 
 /// Calls started at a fixed total `rate` (spread over `CONCURRENCY` clients), so latency is
 /// measured below saturation. A client that falls behind starts its next call at once.
-async fn paced<F, Fut>(call: F, rate: f64) -> anyhow::Result<Sample>
+async fn paced<F, Fut>(call: F, rate: f64, pids: [u32; 2]) -> anyhow::Result<Sample>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
@@ -342,7 +370,10 @@ where
         collect(tasks)
     };
     run(WARMUP).await?;
-    Ok(sample(run(RUN).await?, RUN))
+    let before = pids.map(cpu_time);
+    let latencies = run(RUN).await?;
+    let after = pids.map(cpu_time);
+    Ok(sample(latencies, RUN, before, after))
 }
 
 async fn collect(
@@ -355,14 +386,33 @@ async fn collect(
     Ok(all)
 }
 
-fn sample(mut latencies: Vec<Duration>, run: Duration) -> Sample {
+fn sample(
+    mut latencies: Vec<Duration>,
+    run: Duration,
+    cpu_before: [Duration; 2],
+    cpu_after: [Duration; 2],
+) -> Sample {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let calls = latencies.len().max(1) as u32;
     Sample {
         throughput: latencies.len() as f64 / run.as_secs_f64(),
         p50: at(0.50),
         p99: at(0.99),
+        cpu: [0, 1].map(|i| cpu_after[i].saturating_sub(cpu_before[i]) / calls),
     }
+}
+
+/// The CPU time (user + system, all threads) a process has used so far: `utime` and `stime`
+/// of `/proc/<pid>/stat`, in clock ticks (100 a second on Linux). Zero when unreadable.
+fn cpu_time(pid: u32) -> Duration {
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name, which may itself contain spaces: state is field 3.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    Duration::from_millis(ticks().unwrap_or(0) * 10)
 }
 
 fn us(duration: Duration) -> String {
