@@ -8,14 +8,19 @@
 //!
 //! at `CONCURRENCY` closed-loop clients (throughput, p50, p99), then direct and gateway gRPC
 //! again at half the gateway's throughput, paced (open loop), for the p50 the gateway adds
-//! when it is not saturated. The mesh runs as `palisade dev`; the gateway measured is a
+//! when it is not saturated. Each path's run is cut into slices taken in turns with the other
+//! paths', so a burst of other work on the machine lands on all of them rather than on one
+//! (ratios between paths are what these numbers are good for). The mesh runs as `palisade dev`; the gateway measured is a
 //! separate `palisade serve gateway` process in front of it, so its RSS (`VmRSS`, and the peak
-//! `VmHWM`) is the gateway's alone. Everything shares one machine, so the load generator
-//! competes with the processes it measures. Run with
+//! `VmHWM`) is the gateway's alone, and so is the CPU time per call reported for it (the mesh's
+//! is the `palisade dev` process: identity and the rest). CPU per call is the steadiest figure on
+//! a busy machine; latencies move with whatever else runs. Everything shares one machine, so the
+//! load generator competes with the processes it measures. Run with
 //! `cargo bench -p palisade --bench gateway_overhead`.
 
 use std::{
     future::Future,
+    pin::Pin,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -38,11 +43,15 @@ use tonic::{metadata::MetadataValue, transport::Channel};
 const CONCURRENCY: usize = 16;
 const WARMUP: Duration = Duration::from_secs(2);
 const RUN: Duration = Duration::from_secs(5);
+/// `RUN` is taken in this many slices per path, the paths in turns.
+const ROUNDS: usize = 5;
 
 struct Sample {
     throughput: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time (user + system) per call of the gateway and of the mesh during the run.
+    cpu: [Duration; 2],
 }
 
 #[tokio::main]
@@ -85,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             .spawn()?,
     );
     let gateway_pid = gateway.0.id();
+    let pids = [gateway_pid, _mesh.0.id()];
 
     let via_gateway = connect(&url(gateway_port)).await?;
     let create = CreateTenantRequest {
@@ -109,50 +119,53 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no principal"))?;
     let context = Arc::new((principal.tenant_id, principal.id));
 
-    let direct_call = {
+    let direct_call: Call = {
         let (channel, context) = (direct.clone(), context.clone());
-        move || direct_call(channel.clone(), context.clone())
+        Arc::new(move |_| Box::pin(direct_call(channel.clone(), context.clone())))
     };
-    let gateway_call = {
+    let gateway_call: Call = {
         let (channel, key) = (via_gateway.clone(), key.clone());
-        move || gateway_call(channel.clone(), key.clone())
+        Arc::new(move |_| Box::pin(gateway_call(channel.clone(), key.clone())))
     };
-    let rest_addr = format!("127.0.0.1:{gateway_port}");
+    let rest_call = rest_call(&format!("127.0.0.1:{gateway_port}"), &key).await?;
 
-    let mut rows = Vec::new();
-    for (name, sample) in [
-        ("direct (mTLS)", closed_loop(direct_call.clone()).await?),
-        ("gateway gRPC", closed_loop(gateway_call.clone()).await?),
-        ("gateway REST", rest_closed_loop(&rest_addr, &key).await?),
-    ] {
+    let names = ["direct (mTLS)", "gateway gRPC", "gateway REST"];
+    let rows = interleaved(
+        &[direct_call.clone(), gateway_call.clone(), rest_call],
+        None,
+        pids,
+    )
+    .await?;
+    for (name, sample) in names.iter().zip(&rows) {
         eprintln!(
             "{name}: {:.0} calls/s p50 {:?} p99 {:?}",
             sample.throughput, sample.p50, sample.p99
         );
-        rows.push((name, sample));
     }
     let rss = proc_status(gateway_pid, "VmRSS:");
     let hwm = proc_status(gateway_pid, "VmHWM:");
 
-    let half_rate = rows[1].1.throughput / 2.0;
-    let half_direct = paced(direct_call, half_rate).await?;
-    let half_gateway = paced(gateway_call, half_rate).await?;
+    let half_rate = rows[1].throughput / 2.0;
+    let half = interleaved(&[direct_call, gateway_call], Some(half_rate), pids).await?;
+    let (half_direct, half_gateway) = (&half[0], &half[1]);
 
-    let baseline = rows[0].1.throughput;
+    let baseline = rows[0].throughput;
     println!(
-        "\ngateway overhead: GetTenant, {CONCURRENCY} closed-loop clients, {RUN:?} per run after {WARMUP:?} warm-up"
+        "\ngateway overhead: GetTenant, {CONCURRENCY} closed-loop clients, {RUN:?} per path after {WARMUP:?} warm-up, in {ROUNDS} interleaved slices"
     );
     println!(
-        "  {:<15} {:>10} {:>10} {:>10} {:>12}",
-        "path", "calls/s", "p50", "p99", "vs direct"
+        "  {:<15} {:>10} {:>10} {:>10} {:>12} {:>14} {:>14}",
+        "path", "calls/s", "p50", "p99", "vs direct", "gateway CPU", "mesh CPU"
     );
-    for (name, s) in &rows {
+    for (name, s) in names.iter().zip(&rows) {
         println!(
-            "  {name:<15} {:>10.0} {:>10} {:>10} {:>11.2}x",
+            "  {name:<15} {:>10.0} {:>10} {:>10} {:>11.2}x {:>9}/call {:>9}/call",
             s.throughput,
             us(s.p50),
             us(s.p99),
-            s.throughput / baseline
+            s.throughput / baseline,
+            us(s.cpu[0]),
+            us(s.cpu[1]),
         );
     }
     println!(
@@ -164,14 +177,20 @@ async fn main() -> anyhow::Result<()> {
         us(half_gateway.p99),
     );
     println!(
+        "  half load CPU per call: gateway {}, mesh {} direct / {} through the gateway",
+        us(half_gateway.cpu[0]),
+        us(half_direct.cpu[1]),
+        us(half_gateway.cpu[1]),
+    );
+    println!(
         "  gateway process (palisade serve gateway) RSS after the load: {} (peak {})",
         rss.as_deref().unwrap_or("?"),
         hwm.as_deref().unwrap_or("?")
     );
     println!(
         "  targets: gRPC >= 0.6x direct ({:.2}x), REST >= 0.5x ({:.2}x), added p50 <= 150 µs at half load ({}), RSS <= 40 MiB",
-        rows[1].1.throughput / baseline,
-        rows[2].1.throughput / baseline,
+        rows[1].throughput / baseline,
+        rows[2].throughput / baseline,
         us(half_gateway.p50.saturating_sub(half_direct.p50)),
     );
     Ok(())
@@ -246,103 +265,96 @@ async fn direct_call(channel: Channel, context: Arc<(String, String)>) -> anyhow
     Ok(())
 }
 
-/// `CONCURRENCY` clients calling as fast as they can: warm-up, then a measured run.
-async fn closed_loop<F, Fut>(call: F) -> anyhow::Result<Sample>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send,
-{
-    let run = |duration: Duration| {
-        let deadline = Instant::now() + duration;
-        let tasks: Vec<_> = (0..CONCURRENCY)
-            .map(|_| {
-                let call = call.clone();
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    while Instant::now() < deadline {
-                        let started = Instant::now();
-                        call().await?;
-                        latencies.push(started.elapsed());
-                    }
-                    anyhow::Ok(latencies)
-                })
-            })
-            .collect();
-        collect(tasks)
-    };
-    run(WARMUP).await?;
-    Ok(sample(run(RUN).await?, RUN))
+/// One call on a path, made by client number `client` (`0..CONCURRENCY`).
+type Call =
+    Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
+
+/// GetTenant over REST, each client on its own HTTP/1.1 keep-alive connection.
+async fn rest_call(addr: &str, key: &str) -> anyhow::Result<Call> {
+    let mut senders = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        senders.push(tokio::sync::Mutex::new(sender));
+    }
+    let senders = Arc::new(senders);
+    let (addr, auth) = (addr.to_owned(), format!("ApiKey {key}"));
+    Ok(Arc::new(move |client| {
+        let (senders, addr, auth) = (senders.clone(), addr.clone(), auth.clone());
+        Box::pin(async move {
+            let request = http::Request::get("/v1/tenants/bench")
+                .header("host", &addr)
+                .header("authorization", &auth)
+                .body(Empty::<Bytes>::new())?;
+            let response = senders[client].lock().await.send_request(request).await?;
+            let status = response.status();
+            response.into_body().collect().await?;
+            anyhow::ensure!(status == 200, "REST call answered {status}");
+            Ok(())
+        })
+    }))
 }
 
-/// The same load over REST, each client on its own HTTP/1.1 keep-alive connection.
-async fn rest_closed_loop(addr: &str, key: &str) -> anyhow::Result<Sample> {
-    let auth = format!("ApiKey {key}");
-    let run = |duration: Duration| {
-        let deadline = Instant::now() + duration;
-        let tasks: Vec<_> = (0..CONCURRENCY)
-            .map(|_| {
-                let (addr, auth) = (addr.to_owned(), auth.clone());
-                tokio::spawn(async move {
-                    let stream = tokio::net::TcpStream::connect(&addr).await?;
-                    stream.set_nodelay(true)?;
-                    let (mut sender, connection) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                    tokio::spawn(connection);
-                    let mut latencies = Vec::new();
-                    while Instant::now() < deadline {
-                        let started = Instant::now();
-                        let request = http::Request::get("/v1/tenants/bench")
-                            .header("host", &addr)
-                            .header("authorization", &auth)
-                            .body(Empty::<Bytes>::new())?;
-                        let response = sender.send_request(request).await?;
-                        let status = response.status();
-                        response.into_body().collect().await?;
-                        anyhow::ensure!(status == 200, "REST call answered {status}");
-                        latencies.push(started.elapsed());
-                    }
-                    anyhow::Ok(latencies)
-                })
-            })
-            .collect();
-        collect(tasks)
-    };
-    run(WARMUP).await?;
-    Ok(sample(run(RUN).await?, RUN))
+/// Each path in turn: a warm-up of `WARMUP`, then `RUN` each in `ROUNDS` slices taken in turns
+/// (direct, gateway, direct, …), so that whatever else the machine is doing meanwhile weighs
+/// on every path alike. Closed loop (`rate` `None`), or paced at `rate` calls a second.
+async fn interleaved(
+    calls: &[Call],
+    rate: Option<f64>,
+    pids: [u32; 2],
+) -> anyhow::Result<Vec<Sample>> {
+    let slice = RUN / ROUNDS as u32;
+    let mut runs: Vec<(Vec<Duration>, [Duration; 2])> = vec![Default::default(); calls.len()];
+    for call in calls {
+        load(call, rate, WARMUP).await?;
+    }
+    for _ in 0..ROUNDS {
+        for (call, (latencies, cpu)) in calls.iter().zip(&mut runs) {
+            let before = pids.map(cpu_time);
+            latencies.extend(load(call, rate, slice).await?);
+            let after = pids.map(cpu_time);
+            for i in 0..2 {
+                cpu[i] += after[i].saturating_sub(before[i]);
+            }
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|(latencies, cpu)| sample(latencies, RUN, cpu))
+        .collect())
 }
 
-/// Calls started at a fixed total `rate` (spread over `CONCURRENCY` clients), so latency is
-/// measured below saturation. A client that falls behind starts its next call at once.
-async fn paced<F, Fut>(call: F, rate: f64) -> anyhow::Result<Sample>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send,
-{
-    let interval = Duration::from_secs_f64(CONCURRENCY as f64 / rate);
-    let run = |duration: Duration| {
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..CONCURRENCY)
-            .map(|i| {
-                let call = call.clone();
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    // Clients start spread over one interval, not all at once.
-                    let mut next = start + interval.mul_f64(i as f64 / CONCURRENCY as f64);
-                    while next < start + duration {
-                        tokio::time::sleep_until(next.into()).await;
-                        let started = Instant::now();
-                        call().await?;
-                        latencies.push(started.elapsed());
-                        next += interval;
+/// `CONCURRENCY` clients for `duration`: calling as fast as they can (`rate` `None`), or
+/// starting calls at a fixed total `rate` spread over the clients, so latency is measured below
+/// saturation (a client that falls behind starts its next call at once).
+async fn load(call: &Call, rate: Option<f64>, duration: Duration) -> anyhow::Result<Vec<Duration>> {
+    let interval = rate.map(|rate| Duration::from_secs_f64(CONCURRENCY as f64 / rate));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|client| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                // Paced clients start spread over one interval, not all at once.
+                let mut next = interval
+                    .map(|interval| start + interval.mul_f64(client as f64 / CONCURRENCY as f64));
+                while next.unwrap_or_else(Instant::now) < start + duration {
+                    if let Some(at) = next {
+                        tokio::time::sleep_until(at.into()).await;
                     }
-                    anyhow::Ok(latencies)
-                })
+                    let started = Instant::now();
+                    call(client).await?;
+                    latencies.push(started.elapsed());
+                    next = next.zip(interval).map(|(at, interval)| at + interval);
+                }
+                anyhow::Ok(latencies)
             })
-            .collect();
-        collect(tasks)
-    };
-    run(WARMUP).await?;
-    Ok(sample(run(RUN).await?, RUN))
+        })
+        .collect();
+    collect(tasks).await
 }
 
 async fn collect(
@@ -355,14 +367,28 @@ async fn collect(
     Ok(all)
 }
 
-fn sample(mut latencies: Vec<Duration>, run: Duration) -> Sample {
+fn sample(mut latencies: Vec<Duration>, run: Duration, cpu: [Duration; 2]) -> Sample {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let calls = latencies.len().max(1) as u32;
     Sample {
         throughput: latencies.len() as f64 / run.as_secs_f64(),
         p50: at(0.50),
         p99: at(0.99),
+        cpu: cpu.map(|cpu| cpu / calls),
     }
+}
+
+/// The CPU time (user + system, all threads) a process has used so far: `utime` and `stime`
+/// of `/proc/<pid>/stat`, in clock ticks (100 a second on Linux). Zero when unreadable.
+fn cpu_time(pid: u32) -> Duration {
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name, which may itself contain spaces: state is field 3.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    Duration::from_millis(ticks().unwrap_or(0) * 10)
 }
 
 fn us(duration: Duration) -> String {
