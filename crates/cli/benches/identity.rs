@@ -209,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
         ratio(first.p50, second.p50)
     );
     println!(
-        "\n2. Login (Argon2id m=19 MiB t=2 p=1, one hash at a time per core but one), {LOGIN_CLIENTS} closed-loop clients, right passwords"
+        "\n2. Login (Argon2id m=19 MiB t=2 p=1, one hashing thread per core at nice 19), {LOGIN_CLIENTS} closed-loop clients, right passwords"
     );
     println!(
         "  {:.1} logins/s  p50 {}  p99 {}  ({:.1} ms of one core per login)",

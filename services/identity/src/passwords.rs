@@ -1,15 +1,15 @@
-//! Password hashing with Argon2id at OWASP's parameters (m = 19 MiB, t = 2, p = 1), on a
-//! bounded share of the blocking pool: at most one hash per core runs at a time, so a flood of
-//! logins queues for the semaphore instead of taking every thread the runtime has.
-
-use std::sync::Arc;
+//! Password hashing with Argon2id at OWASP's parameters (m = 19 MiB, t = 2, p = 1), on
+//! threads of its own at the lowest CPU priority (see `hashing_threads.rs`), one per core: a
+//! flood of logins takes the CPU that other RPCs leave idle, and queues for a free thread
+//! instead of taking the runtime's.
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version,
     password_hash::{PasswordHasher as _, SaltString},
 };
 use palisade_grpc::{ApiError, FieldViolation};
-use tokio::sync::Semaphore;
+
+use crate::hashing_threads::HashingThreads;
 
 pub const MIN_LENGTH: usize = 12;
 pub const MAX_LENGTH: usize = 128;
@@ -34,61 +34,46 @@ pub fn check_policy(field: &str, password: &str) -> Option<FieldViolation> {
 
 #[derive(Clone)]
 pub struct Passwords {
-    permits: Arc<Semaphore>,
+    threads: HashingThreads,
 }
 
 impl Passwords {
-    /// One concurrent hash per available core but one: a login flood may take every other
-    /// core, and the last one stays for the RPCs that do not hash (measured by
-    /// `cargo bench -p palisade --bench identity`: with every core hashing, other RPCs' p99
-    /// rose about 4x during a flood on 2 cores).
+    /// One hashing thread per available core. They run at the lowest priority, so they yield
+    /// to every other RPC; measured by `cargo bench -p palisade --bench identity` (part 3).
     pub fn new() -> Passwords {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Passwords {
-            permits: Arc::new(Semaphore::new(cores.saturating_sub(1).max(1))),
+            threads: HashingThreads::new(cores),
         }
     }
 
     /// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) of `password` with a fresh salt.
     pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
         let password = password.to_owned();
-        self.blocking(move || {
-            let salt =
-                SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(ApiError::internal)?;
-            argon2()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|hash| hash.to_string())
-                .map_err(ApiError::internal)
-        })
-        .await
+        self.threads
+            .run(move || {
+                let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+                    .map_err(ApiError::internal)?;
+                argon2()
+                    .hash_password(password.as_bytes(), &salt)
+                    .map(|hash| hash.to_string())
+                    .map_err(ApiError::internal)
+            })
+            .await
     }
 
     /// Whether `password` matches the stored PHC string.
     pub async fn verify(&self, stored: &str, password: &str) -> Result<bool, ApiError> {
         let stored = stored.to_owned();
         let password = password.to_owned();
-        self.blocking(move || {
-            let parsed = PasswordHash::new(&stored).map_err(ApiError::internal)?;
-            Ok(argon2()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok())
-        })
-        .await
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let _permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        self.threads
+            .run(move || {
+                let parsed = PasswordHash::new(&stored).map_err(ApiError::internal)?;
+                Ok(argon2()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok())
+            })
             .await
-            .map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(ApiError::internal)?
     }
 }
 

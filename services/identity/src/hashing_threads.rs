@@ -1,0 +1,137 @@
+//! Threads of their own for password hashing, at the lowest CPU priority the OS allows.
+//!
+//! An Argon2id hash takes tens of milliseconds of one core. On tokio's blocking pool it would
+//! compete as an equal with the runtime's workers, so every other RPC would wait behind a login
+//! flood for its share of a core. On these threads (Linux: nice 19) the scheduler runs a hash
+//! only when the workers have nothing to do, and preempts it as soon as a request arrives:
+//! logins use the idle CPU, and other RPCs keep their latency (measured by
+//! `cargo bench -p palisade --bench identity`, part 3). Under sustained full load logins wait,
+//! which is the trade the issue asks for: a login flood cannot starve other RPCs.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, mpsc},
+};
+
+use palisade_grpc::ApiError;
+use tokio::sync::{Semaphore, oneshot};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed number of low-priority threads; cheap to clone. The threads end when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct HashingThreads {
+    jobs: mpsc::Sender<Job>,
+    /// One per thread: a caller waits here (asynchronously) rather than in the queue, so that
+    /// a job is only queued when a thread is free to take it.
+    free: Arc<Semaphore>,
+}
+
+/// The nice value of the hashing threads: the lowest priority.
+#[cfg(target_os = "linux")]
+const NICE: i32 = 19;
+
+impl HashingThreads {
+    pub fn new(threads: usize) -> HashingThreads {
+        let threads = threads.max(1);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || {
+                    lower_own_priority();
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            // A panicking hash fails its own call (see `run`), not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                            }
+                            Err(mpsc::RecvError) => return,
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "a password hashing thread could not be started");
+            }
+        }
+        HashingThreads {
+            jobs,
+            free: Arc::new(Semaphore::new(threads)),
+        }
+    }
+
+    /// Runs `work` on one of the threads once one is free, and returns its result.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self.free.acquire().await.map_err(ApiError::internal)?;
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| ApiError::internal("the password hashing threads are gone"))?;
+        // A job that panicked drops `done` without sending.
+        result
+            .await
+            .map_err(|_| ApiError::internal("password hashing failed"))?
+    }
+}
+
+/// Makes the calling thread the last in line for CPU. Linux keeps a nice value per thread, so
+/// this leaves the rest of the process as it was; elsewhere the call would renice the whole
+/// process, so it is not made.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(None, NICE) {
+        tracing::warn!(%error, "password hashing runs at normal priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_work_and_returns_its_result_or_error() {
+        let threads = HashingThreads::new(2);
+        let results = futures::future::join_all((0..8).map(|i| threads.run(move || Ok(i * 2))));
+        let results: Vec<_> = results.await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(results, [0, 2, 4, 6, 8, 10, 12, 14]);
+        let failed = threads
+            .run::<()>(|| Err(ApiError::internal("bad hash")))
+            .await;
+        assert!(failed.is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_threads_run_at_the_lowest_priority() {
+        let threads = HashingThreads::new(1);
+        let nice = threads
+            .run(|| rustix::process::getpriority_process(None).map_err(ApiError::internal))
+            .await
+            .unwrap();
+        assert_eq!(nice, NICE);
+        // The caller's own thread keeps its priority.
+        assert_ne!(rustix::process::getpriority_process(None).unwrap(), NICE);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_an_error_and_the_thread_pool_goes_on() {
+        let threads = HashingThreads::new(1);
+        let panicked = threads.run::<()>(|| panic!("argon2 exploded")).await;
+        assert!(panicked.is_err());
+        assert_eq!(threads.run(|| Ok(7)).await.unwrap(), 7);
+    }
+}
