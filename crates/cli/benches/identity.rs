@@ -62,8 +62,10 @@ const PACED_RATE: f64 = 100.0;
 const PACED_CLIENTS: usize = 4;
 const WARMUP: Duration = Duration::from_secs(2);
 const RUN: Duration = Duration::from_secs(5);
-/// Alternating alone / flood rounds of part 3.
-const ROUNDS: u32 = 2;
+/// Alternating alone / flood rounds of part 3, each measured for `ROUND` after `WARMUP`: many
+/// short rounds, so that drift on a shared machine lands on both conditions alike.
+const ROUNDS: u32 = 6;
+const ROUND: Duration = Duration::from_secs(3);
 
 struct Sample {
     throughput: f64,
@@ -151,8 +153,8 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .collect();
             let (get_users, checks) = tokio::try_join!(
-                paced(get_user.clone(), PACED_RATE),
-                paced(check.clone(), PACED_RATE)
+                paced(get_user.clone(), PACED_RATE, ROUND),
+                paced(check.clone(), PACED_RATE, ROUND)
             )?;
             stop.store(true, Ordering::Relaxed);
             for task in flood {
@@ -168,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let flood_rate = flood_logins as f64 / flood_time.as_secs_f64();
     let [alone_get, alone_check, flood_get, flood_check] =
-        pooled.map(|latencies| sample(latencies, RUN * ROUNDS));
+        pooled.map(|latencies| sample(latencies, ROUND * ROUNDS));
 
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     println!(
@@ -209,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         ratio(first.p50, second.p50)
     );
     println!(
-        "\n2. Login (Argon2id m=19 MiB t=2 p=1, one hashing thread per core at nice 19), {LOGIN_CLIENTS} closed-loop clients, right passwords"
+        "\n2. Login (Argon2id m=19 MiB t=2 p=1, one hashing thread per core under SCHED_IDLE), {LOGIN_CLIENTS} closed-loop clients, right passwords"
     );
     println!(
         "  {:.1} logins/s  p50 {}  p99 {}  ({:.1} ms of one core per login)",
@@ -221,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\n3. p99 at {PACED_RATE:.0} calls/s each (paced, {PACED_CLIENTS} clients per RPC), alone vs during a login flood \
          ({FLOOD_CLIENTS} clients alternating right and wrong passwords, {flood_rate:.1} logins/s); \
-         {ROUNDS} alternating rounds, pooled"
+         {ROUNDS} alternating rounds of {ROUND:?}, pooled"
     );
     println!(
         "  {:<10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11}",
@@ -516,7 +518,7 @@ where
 /// Calls started at a fixed total `rate` (spread over `PACED_CLIENTS` clients), so latency is
 /// measured below saturation. A client that falls behind starts its next call at once. Returns
 /// the latencies of the measured run.
-async fn paced<F, Fut>(call: F, rate: f64) -> anyhow::Result<Vec<Duration>>
+async fn paced<F, Fut>(call: F, rate: f64, duration: Duration) -> anyhow::Result<Vec<Duration>>
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
@@ -545,7 +547,7 @@ where
         collect(tasks)
     };
     run(WARMUP).await?;
-    run(RUN).await
+    run(duration).await
 }
 
 async fn collect(

@@ -2,9 +2,11 @@
 //!
 //! An Argon2id hash takes tens of milliseconds of one core. On tokio's blocking pool it would
 //! compete as an equal with the runtime's workers, so every other RPC would wait behind a login
-//! flood for its share of a core. On these threads (Linux: nice 19) the scheduler runs a hash
-//! only when the workers have nothing to do, and preempts it as soon as a request arrives:
-//! logins use the idle CPU, and other RPCs keep their latency (measured by
+//! flood for its share of a core. These threads run under Linux's `SCHED_IDLE` policy: the
+//! scheduler gives a core to a hash only when no ordinary thread wants it, and a waking
+//! ordinary thread preempts a hash at once (a nice value of 19 is not enough: the kernel still
+//! lets the running hash finish its slice first, and other RPCs' p99 showed it). Logins use
+//! the CPU other RPCs leave idle, and other RPCs keep their latency (measured by
 //! `cargo bench -p palisade --bench identity`, part 3). Under sustained full load logins wait,
 //! which is the trade the issue asks for: a login flood cannot starve other RPCs.
 
@@ -27,10 +29,6 @@ pub struct HashingThreads {
     /// a job is only queued when a thread is free to take it.
     free: Arc<Semaphore>,
 }
-
-/// The nice value of the hashing threads: the lowest priority.
-#[cfg(target_os = "linux")]
-const NICE: i32 = 19;
 
 impl HashingThreads {
     pub fn new(threads: usize) -> HashingThreads {
@@ -88,15 +86,24 @@ impl HashingThreads {
     }
 }
 
-/// Makes the calling thread the last in line for CPU. Linux keeps a nice value per thread, so
-/// this leaves the rest of the process as it was; elsewhere the call would renice the whole
-/// process, so it is not made.
+/// Makes the calling thread the last in line for CPU. Linux keeps the scheduling policy per
+/// thread, so this leaves the rest of the process as it was; elsewhere the policy would apply
+/// to the whole process, so it is not set.
 fn lower_own_priority() {
     #[cfg(target_os = "linux")]
-    if let Err(error) = rustix::process::setpriority_process(None, NICE) {
-        tracing::warn!(%error, "password hashing runs at normal priority");
+    if let Err(error) = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        IDLE,
+    ) {
+        tracing::warn!(?error, "password hashing runs at normal priority");
     }
 }
+
+#[cfg(target_os = "linux")]
+const IDLE: thread_priority::ThreadSchedulePolicy = thread_priority::ThreadSchedulePolicy::Normal(
+    thread_priority::NormalThreadSchedulePolicy::Idle,
+);
 
 #[cfg(test)]
 mod tests {
@@ -118,13 +125,13 @@ mod tests {
     #[tokio::test]
     async fn the_threads_run_at_the_lowest_priority() {
         let threads = HashingThreads::new(1);
-        let nice = threads
-            .run(|| rustix::process::getpriority_process(None).map_err(ApiError::internal))
+        let policy = threads
+            .run(|| thread_priority::thread_schedule_policy().map_err(ApiError::internal))
             .await
             .unwrap();
-        assert_eq!(nice, NICE);
-        // The caller's own thread keeps its priority.
-        assert_ne!(rustix::process::getpriority_process(None).unwrap(), NICE);
+        assert_eq!(policy, IDLE);
+        // The caller's own thread keeps its policy.
+        assert_ne!(thread_priority::thread_schedule_policy().unwrap(), IDLE);
     }
 
     #[tokio::test]
