@@ -66,6 +66,11 @@ const RUN: Duration = Duration::from_secs(5);
 /// short rounds, so that drift on a shared machine lands on both conditions alike.
 const ROUNDS: u32 = 6;
 const ROUND: Duration = Duration::from_secs(3);
+/// Before each round of part 3 the mesh must have been this quiet (a share of one core) for a
+/// `QUIET_WINDOW`, waiting at most `SETTLE_LIMIT`.
+const QUIET_CPU: f64 = 0.1;
+const QUIET_WINDOW: Duration = Duration::from_millis(300);
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 
 struct Sample {
     throughput: f64,
@@ -88,7 +93,7 @@ struct Links {
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let base = free_port_base();
-    let _mesh = KillOnDrop(
+    let mesh = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_palisade"))
             .args(["dev", "--data-dir"])
             .arg(dir.path())
@@ -99,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .spawn()?,
     );
+    let mesh_pid = mesh.0.id();
     let key = wait_for_key(dir.path()).await?;
     let certs = dir.path().join("certs");
     let url = |port: u16| format!("http://127.0.0.1:{port}");
@@ -141,8 +147,12 @@ async fn main() -> anyhow::Result<()> {
     // Latencies of GetUser and Check alone, then of GetUser and Check during the flood.
     let mut pooled: [Vec<Duration>; 4] = Default::default();
     let (mut flood_logins, mut flood_time) = (0, Duration::ZERO);
+    let mut settling = Duration::ZERO;
     for _ in 0..ROUNDS {
         for flooding in [false, true] {
+            // A flood leaves work behind (its audit events are still being relayed to
+            // compliance and chained): each round starts on a mesh that has finished it.
+            settling += settle(mesh_pid).await;
             let stop = Arc::new(AtomicBool::new(false));
             let started = Instant::now();
             let flood: Vec<_> = (people.flood.iter())
@@ -223,7 +233,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\n3. p99 at {PACED_RATE:.0} calls/s each (paced, {PACED_CLIENTS} clients per RPC), alone vs during a login flood \
          ({FLOOD_CLIENTS} clients alternating right and wrong passwords, {flood_rate:.1} logins/s); \
-         {ROUNDS} alternating rounds of {ROUND:?}, pooled"
+         {ROUNDS} alternating rounds of {ROUND:?}, pooled; each round began once the mesh was quiet \
+         (waited {settling:.1?} in all)"
     );
     println!(
         "  {:<10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11}",
@@ -593,6 +604,32 @@ async fn wait_for_key(dir: &std::path::Path) -> anyhow::Result<String> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (at most `SETTLE_LIMIT`) until the mesh process uses at most `QUIET_CPU` of one core
+/// over a `QUIET_WINDOW`, and returns how long that took.
+async fn settle(pid: u32) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < SETTLE_LIMIT {
+        let before = cpu_time(pid);
+        tokio::time::sleep(QUIET_WINDOW).await;
+        if cpu_time(pid).saturating_sub(before) <= QUIET_WINDOW.mul_f64(QUIET_CPU) {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
+/// The CPU time (user + system, all threads) a process has used so far: `utime` and `stime`
+/// of `/proc/<pid>/stat`, in clock ticks (100 a second on Linux). Zero when unreadable.
+fn cpu_time(pid: u32) -> Duration {
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name, which may itself contain spaces: state is field 3.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    Duration::from_millis(ticks().unwrap_or(0) * 10)
 }
 
 struct KillOnDrop(Child);
