@@ -145,9 +145,22 @@ async fn main() -> anyhow::Result<()> {
     let rss = proc_status(gateway_pid, "VmRSS:");
     let hwm = proc_status(gateway_pid, "VmHWM:");
 
+    // The floor any separate proxy process pays on this machine: the direct call through a
+    // bare TCP relay (one more hop, no gateway code; the mTLS session passes through it).
+    let relay_port = spawn_tcp_relay(base + 1)?;
+    let relayed = palisade_tls::channel(&url(relay_port), &tls, "identity")?;
+    let relayed_call: Call = {
+        let context = context.clone();
+        Arc::new(move |_| Box::pin(crate::direct_call(relayed.clone(), context.clone())))
+    };
     let half_rate = rows[1].throughput / 2.0;
-    let half = interleaved(&[direct_call, gateway_call], Some(half_rate), pids).await?;
-    let (half_direct, half_gateway) = (&half[0], &half[1]);
+    let half = interleaved(
+        &[direct_call, gateway_call, relayed_call],
+        Some(half_rate),
+        pids,
+    )
+    .await?;
+    let (half_direct, half_gateway, half_relayed) = (&half[0], &half[1], &half[2]);
 
     let baseline = rows[0].throughput;
     println!(
@@ -175,6 +188,12 @@ async fn main() -> anyhow::Result<()> {
         us(half_gateway.p50.saturating_sub(half_direct.p50)),
         us(half_direct.p99),
         us(half_gateway.p99),
+    );
+    println!(
+        "  a bare TCP relay hop at the same rate adds {} (p50 {}): the share of the added p50 that \
+         any separate proxy process pays here",
+        us(half_relayed.p50.saturating_sub(half_direct.p50)),
+        us(half_relayed.p50),
     );
     println!(
         "  half load CPU per call: gateway {}, mesh {} direct / {} through the gateway",
@@ -401,6 +420,33 @@ fn proc_status(pid: u32, field: &str) -> Option<String> {
     let line = status.lines().find(|line| line.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(format!("{:.1} MiB", kb / 1024.0))
+}
+
+/// A TCP relay to `127.0.0.1:target` on a thread of its own (as a proxy process would have its
+/// own), returning the port it listens on.
+fn spawn_tcp_relay(target: u16) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    std::thread::spawn(move || runtime.block_on(relay(listener, target)));
+    Ok(port)
+}
+
+/// Accepts connections on `listener` and copies each, both ways, to `127.0.0.1:target`.
+async fn relay(listener: std::net::TcpListener, target: u16) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    loop {
+        let (mut inbound, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut outbound = tokio::net::TcpStream::connect(("127.0.0.1", target)).await?;
+            let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+            tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await?;
+            anyhow::Ok(())
+        });
+    }
 }
 
 struct KillOnDrop(Child);
