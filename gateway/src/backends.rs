@@ -1,8 +1,12 @@
 //! Where each method goes: the component owning its proto package, over one reused mTLS
-//! channel per component. A component that is down fails calls fast (connection refused is
+//! channel per component (per connection worker: each has its own set). A component that is down fails calls fast (connection refused is
 //! `UNAVAILABLE`) and the channel reconnects by itself when it returns.
 
-use palisade_grpc::{ComponentKit, MeshAddresses, MeshChannel};
+use palisade_grpc::{MeshAddresses, MeshChannel, mesh_channel};
+use palisade_telemetry::ComponentMetrics;
+use palisade_tls::MeshTls;
+
+use crate::COMPONENT;
 
 pub struct Backends {
     identity: MeshChannel,
@@ -11,11 +15,19 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn connect(mesh: &MeshAddresses, kit: &ComponentKit) -> palisade_grpc::Result<Backends> {
+    /// Channels (connecting lazily, their tasks spawned on the current runtime) with the
+    /// gateway's certificate, observed in `metrics`.
+    pub fn connect(
+        mesh: &MeshAddresses,
+        tls: &MeshTls,
+        metrics: &ComponentMetrics,
+    ) -> palisade_grpc::Result<Backends> {
+        let channel =
+            |uri: &str, component: &str| mesh_channel(uri, tls, component, COMPONENT, metrics);
         Ok(Backends {
-            identity: kit.channel(&mesh.identity, "identity")?,
-            compliance: kit.channel(&mesh.compliance, "compliance")?,
-            observability: kit.channel(&mesh.observability, "observability")?,
+            identity: channel(&mesh.identity, "identity")?,
+            compliance: channel(&mesh.compliance, "compliance")?,
+            observability: channel(&mesh.observability, "observability")?,
         })
     }
 

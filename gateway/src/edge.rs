@@ -20,6 +20,7 @@ use tonic::body::Body;
 use tower::{Layer, ServiceExt};
 
 use crate::{
+    backends::Backends,
     cors::Cors,
     proxy::{Proxy, request_id},
     rest::Rest,
@@ -58,6 +59,14 @@ impl Edge {
             cors,
             openapi,
             peer: None,
+        }
+    }
+
+    /// The same edge, proxying over `backends` (a connection worker's own).
+    pub fn with_backends(&self, backends: Arc<Backends>) -> Edge {
+        Edge {
+            proxy: self.proxy.with_backends(backends),
+            ..self.clone()
         }
     }
 

@@ -21,6 +21,7 @@ mod sharded;
 mod tenants;
 mod usage;
 pub mod web;
+mod workers;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -55,6 +56,9 @@ pub struct GatewayConfig {
     /// With `tenants.example.com`, a public call to `acme.tenants.example.com` is made in
     /// tenant `acme` (besides tenants' own domains, which always work).
     pub tenant_base_domain: Option<String>,
+    /// Connection workers (threads, each serving its connections on a runtime of its own);
+    /// 0 means one per available core.
+    pub workers: usize,
 }
 
 /// Serves the public port until stopped. Readiness follows identity, without which no
@@ -66,7 +70,8 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         None => None,
     };
     let mut kit = ComponentKit::start(COMPONENT, config.tls.clone(), listeners.admin);
-    let backends = backends::Backends::connect(&config.mesh, &kit)?;
+    // The gateway's own calls to identity; proxied calls use each worker's backends.
+    let backends = backends::Backends::connect(&config.mesh, &config.tls, &kit.metrics)?;
     let identity = backends.identity();
     let verifier = auth::ApiKeyVerifier::new(backends.identity(), config.api_key_cache_ttl);
     let usage = Arc::new(usage::UsageMeter::new(backends.identity()));
@@ -111,13 +116,22 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     let openapi = bytes::Bytes::from(serde_json::to_vec(&openapi)?);
     let cors = cors::Cors::new(&config.cors_allowed_origins);
     let edge = edge::Edge::new(proxy, observe, Arc::new(rest), Arc::new(cors), openapi);
+    let (mesh, tls, metrics) = (config.mesh, config.tls, kit.metrics.clone());
+    let workers = workers::Workers::start(
+        config.workers,
+        || {
+            let backends = backends::Backends::connect(&mesh, &tls, &metrics)?;
+            Ok(edge.with_backends(Arc::new(backends)))
+        },
+        public_tls,
+    )?;
     let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     Ok(Running::spawn(
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            server::serve(listener, edge, public_tls, shutdown.wait()).await;
+            server::serve(listener, workers, shutdown.wait()).await;
             // The calls served are counted; report the last of them before going.
             let _ = stop_usage.send(());
             let _ = usage_reports.await;

@@ -80,6 +80,14 @@ impl Proxy {
         Ok((proxy, serving))
     }
 
+    /// The same proxy, calling components over `backends` (a connection worker's own).
+    pub fn with_backends(&self, backends: Arc<Backends>) -> Proxy {
+        Proxy {
+            backends,
+            ..self.clone()
+        }
+    }
+
     async fn handle<B>(self, mut request: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,

@@ -315,6 +315,7 @@ impl LocalMesh {
             tenant_cache_ttl: options.tenant_cache_ttl,
             tenant_base_domain: options.tenant_base_domain.clone(),
             api_key_max_lifetime: options.api_key_max_lifetime,
+            gateway_workers: 0,
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
         if operator_key.is_some() {
@@ -339,6 +340,8 @@ pub struct ComponentSettings {
     pub tenant_cache_ttl: Duration,
     pub tenant_base_domain: Option<String>,
     pub api_key_max_lifetime: Duration,
+    /// The gateway's connection workers; 0 means one per available core.
+    pub gateway_workers: usize,
 }
 
 /// Starts one component on `listeners`; identity also returns the operator key when its
@@ -359,6 +362,7 @@ pub async fn start_component(
         tenant_cache_ttl,
         tenant_base_domain,
         api_key_max_lifetime,
+        gateway_workers,
     } = settings;
     let started = match component {
         Component::Identity => {
@@ -394,6 +398,7 @@ pub async fn start_component(
                 public_tls,
                 tenant_cache_ttl,
                 tenant_base_domain,
+                workers: gateway_workers,
             };
             palisade_gateway::start(listeners, config)
                 .await

@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// calls to `acme.tenants.example.com` (e.g. Login) are made in tenant `acme`.
     #[arg(long, env = "PALISADE_TENANT_BASE_DOMAIN")]
     tenant_base_domain: Option<String>,
+    /// gateway: connection workers, each a thread serving its connections start to end
+    /// (0: one per available core, which respects a container's CPU limit).
+    #[arg(long, env = "PALISADE_GATEWAY_WORKERS", default_value_t = 0)]
+    gateway_workers: usize,
 }
 
 #[derive(Args)]
@@ -170,6 +174,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tenant_cache_ttl: Duration::from_secs(args.tenant_cache_ttl),
         tenant_base_domain: args.tenant_base_domain,
         api_key_max_lifetime: Duration::from_secs(args.api_key_max_lifetime.max(1) * 86_400),
+        gateway_workers: args.gateway_workers,
     };
     let listeners = Listeners {
         grpc,

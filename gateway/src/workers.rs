@@ -1,0 +1,232 @@
+//! Connection workers: threads with a single-threaded runtime each, one per core by default.
+//! A public connection lives on one worker from accept to close, and so do the tasks of its
+//! calls and the backend connections they are proxied over (each worker has its own), so a
+//! call through the gateway is handled on one thread. On a shared multi-threaded runtime each
+//! call woke other threads several times over (request task, channel buffer, backend
+//! connection), which cost more CPU than the call itself at moderate load; see the
+//! `gateway_overhead` bench. The acceptor hands each new connection to the worker with the
+//! fewest open ones.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
+    service::TowerToHyperService,
+};
+use palisade_grpc::BoxError;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, mpsc, oneshot},
+    task::JoinSet,
+};
+
+use crate::{edge::Edge, public_tls::PublicTls};
+
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The running workers, fed by the acceptor.
+pub struct Workers {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    connections: mpsc::UnboundedSender<Accepted>,
+    /// Connections handed to this worker and not yet closed.
+    open: Arc<AtomicUsize>,
+    /// Resolves (or fails) when the worker's thread has drained and ended.
+    ended: oneshot::Receiver<()>,
+}
+
+/// A connection on its way to a worker, holding its place among the gateway's connections
+/// (and the worker's count) until it closes.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: OpenConnection,
+}
+
+struct OpenConnection {
+    _permit: OwnedSemaphorePermit,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Workers {
+    /// Starts `count` workers (0: one per available core). Each builds its edge with
+    /// `make_edge` inside its own runtime, so that what the edge spawns (its backend channels'
+    /// tasks) runs on that worker.
+    pub fn start(
+        count: usize,
+        make_edge: impl Fn() -> Result<Edge, BoxError>,
+        tls: Option<PublicTls>,
+    ) -> Result<Workers, BoxError> {
+        let count = match count {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            count => count,
+        };
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let edge = {
+                let _inside = runtime.enter();
+                make_edge()?
+            };
+            let (connections, queue) = mpsc::unbounded_channel();
+            let (done, ended) = oneshot::channel();
+            let tls = tls.clone();
+            std::thread::Builder::new()
+                .name(format!("gateway-worker-{index}"))
+                .spawn(move || {
+                    runtime.block_on(serve_connections(queue, edge, tls));
+                    let _ = done.send(());
+                })?;
+            workers.push(Worker {
+                connections,
+                open: Arc::new(AtomicUsize::new(0)),
+                ended,
+            });
+        }
+        Ok(Workers { workers })
+    }
+
+    /// Hands a new connection to the worker with the fewest open connections.
+    pub fn dispatch(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let worker = self
+            .workers
+            .iter()
+            .min_by_key(|worker| worker.open.load(Ordering::Relaxed))
+            .expect("at least one worker runs");
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        let open = OpenConnection {
+            _permit: permit,
+            open: worker.open.clone(),
+        };
+        // Deregistered from the acceptor's runtime; the worker registers it with its own.
+        match stream.into_std() {
+            Ok(stream) => {
+                let accepted = Accepted {
+                    stream,
+                    peer,
+                    slot: open,
+                };
+                if worker.connections.send(accepted).is_err() {
+                    tracing::warn!(%peer, "connection dropped: its worker has stopped");
+                }
+            }
+            Err(error) => tracing::debug!(%peer, %error, "connection lost before serving"),
+        }
+    }
+
+    /// Takes no more connections; each worker lets in-flight calls finish for a grace period,
+    /// then cuts the rest. Returns once every worker has ended.
+    pub async fn drain(self) {
+        let mut ended = Vec::with_capacity(self.workers.len());
+        for worker in self.workers {
+            drop(worker.connections);
+            ended.push(worker.ended);
+        }
+        for worker in ended {
+            let _ = worker.await;
+        }
+    }
+}
+
+/// One worker's life: serves the connections it is handed until the acceptor stops, then
+/// drains them.
+async fn serve_connections(
+    mut queue: mpsc::UnboundedReceiver<Accepted>,
+    edge: Edge,
+    tls: Option<PublicTls>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    while let Some(Accepted { stream, peer, slot }) = queue.recv().await {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "connection could not be registered");
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(edge.for_peer(peer));
+        // The TLS config current now: a reloaded certificate applies from the next connection.
+        let acceptor = tls.as_ref().map(PublicTls::acceptor);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        connections.spawn(async move {
+            match acceptor {
+                None => serve_connection(&builder, watcher, stream, service, peer).await,
+                // The handshake runs here, under a timeout, so a slow client holds up nothing
+                // but its own connection.
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, watcher, stream, service, peer).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "tls handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                    }
+                }
+            }
+            drop(slot);
+        });
+        // Reap finished connection tasks so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "cutting gateway connections still open after the grace period"
+        );
+    }
+    connections.abort_all();
+}
+
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    service: TowerToHyperService<Edge>,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
