@@ -21,7 +21,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -38,7 +38,10 @@ use palisade_proto::palisade::identity::v1::{
 };
 use palisade_testkit::{free_port_base, with_api_key};
 use palisade_tls::{CertPaths, MeshTls};
+use support::{KillOnDrop, cpu_time, us, wait_for_key};
 use tonic::{metadata::MetadataValue, transport::Channel};
+
+mod support;
 
 const CONCURRENCY: usize = 16;
 const WARMUP: Duration = Duration::from_secs(2);
@@ -215,23 +218,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_key(dir: &std::path::Path) -> anyhow::Result<String> {
-    let key_file = dir.join("operator-api-key");
-    let started = Instant::now();
-    loop {
-        if let Ok(key) = std::fs::read_to_string(&key_file)
-            && !key.trim().is_empty()
-        {
-            return Ok(key.trim().to_owned());
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "palisade dev did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn connect(url: &str) -> anyhow::Result<Channel> {
     let started = Instant::now();
     loop {
@@ -398,22 +384,6 @@ fn sample(mut latencies: Vec<Duration>, run: Duration, cpu: [Duration; 2]) -> Sa
     }
 }
 
-/// The CPU time (user + system, all threads) a process has used so far: `utime` and `stime`
-/// of `/proc/<pid>/stat`, in clock ticks (100 a second on Linux). Zero when unreadable.
-fn cpu_time(pid: u32) -> Duration {
-    let ticks = || -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The fields after the command name, which may itself contain spaces: state is field 3.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-    };
-    Duration::from_millis(ticks().unwrap_or(0) * 10)
-}
-
-fn us(duration: Duration) -> String {
-    format!("{} µs", duration.as_micros())
-}
-
 /// A line of `/proc/<pid>/status`, e.g. `VmRSS:` → `23456 kB`.
 fn proc_status(pid: u32, field: &str) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -446,14 +416,5 @@ async fn relay(listener: std::net::TcpListener, target: u16) -> anyhow::Result<(
             tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await?;
             anyhow::Ok(())
         });
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

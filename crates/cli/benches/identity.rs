@@ -21,7 +21,7 @@
 
 use std::{
     future::Future,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -43,7 +43,10 @@ use palisade_proto::palisade::{
 };
 use palisade_testkit::free_port_base;
 use palisade_tls::{CertPaths, MeshTls};
+use support::{KillOnDrop, cpu_time, us, wait_for_key};
 use tonic::{Code, metadata::MetadataValue, transport::Channel};
+
+mod support;
 
 const TENANT: &str = "bench";
 const ROLE: &str = "bench-reader";
@@ -585,27 +588,6 @@ fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64()
 }
 
-fn us(duration: Duration) -> String {
-    format!("{} µs", duration.as_micros())
-}
-
-async fn wait_for_key(dir: &std::path::Path) -> anyhow::Result<String> {
-    let key_file = dir.join("operator-api-key");
-    let started = Instant::now();
-    loop {
-        if let Ok(key) = std::fs::read_to_string(&key_file)
-            && !key.trim().is_empty()
-        {
-            return Ok(key.trim().to_owned());
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "palisade dev did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits (at most `SETTLE_LIMIT`) until the mesh process uses at most `QUIET_CPU` of one core
 /// over a `QUIET_WINDOW`, and returns how long that took.
 async fn settle(pid: u32) -> Duration {
@@ -618,25 +600,4 @@ async fn settle(pid: u32) -> Duration {
         }
     }
     started.elapsed()
-}
-
-/// The CPU time (user + system, all threads) a process has used so far: `utime` and `stime`
-/// of `/proc/<pid>/stat`, in clock ticks (100 a second on Linux). Zero when unreadable.
-fn cpu_time(pid: u32) -> Duration {
-    let ticks = || -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The fields after the command name, which may itself contain spaces: state is field 3.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-    };
-    Duration::from_millis(ticks().unwrap_or(0) * 10)
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -8,7 +8,7 @@
 //! identity, with API-key verification cached), for `RUN` each.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -16,7 +16,10 @@ use palisade_proto::palisade::identity::v1::{
     CreateTenantRequest, GetTenantRequest, Tenant, tenant_service_client::TenantServiceClient,
 };
 use palisade_testkit::{free_port_base, otlp::OtlpReceiver, with_api_key};
+use support::KillOnDrop;
 use tonic::transport::Channel;
+
+mod support;
 
 const CONCURRENCY: usize = 16;
 const WARMUP: Duration = Duration::from_secs(2);
@@ -179,13 +182,4 @@ async fn load(
         all.extend(task.await??);
     }
     Ok((all.len(), all))
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -1,0 +1,54 @@
+//! What the benches share: the mesh processes they start, the operator key `palisade dev`
+//! leaves in its data directory, CPU time read from `/proc`, and how durations are printed.
+
+#![allow(dead_code)] // Each bench uses only some of these.
+
+use std::{
+    process::Child,
+    time::{Duration, Instant},
+};
+
+/// A child process (a mesh, a gateway) killed and reaped when the bench ends, even on error.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The bootstrap operator key of a `palisade dev` started on `dir`, once it has written it
+/// (at most 30 s).
+pub async fn wait_for_key(dir: &std::path::Path) -> anyhow::Result<String> {
+    let key_file = dir.join("operator-api-key");
+    let started = Instant::now();
+    loop {
+        if let Ok(key) = std::fs::read_to_string(&key_file)
+            && !key.trim().is_empty()
+        {
+            return Ok(key.trim().to_owned());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "palisade dev did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The CPU time (user + system, all threads) a process has used so far: `utime` and `stime`
+/// of `/proc/<pid>/stat`, in clock ticks (100 a second on Linux). Zero when unreadable.
+pub fn cpu_time(pid: u32) -> Duration {
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name, which may itself contain spaces: state is field 3.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    Duration::from_millis(ticks().unwrap_or(0) * 10)
+}
+
+pub fn us(duration: Duration) -> String {
+    format!("{} µs", duration.as_micros())
+}
