@@ -20,6 +20,10 @@ const SQLITE_PRAGMAS: [&str; 3] = [
     "PRAGMA busy_timeout = 5000",
 ];
 
+/// How long a SQLite writer waits for the lock (`busy_timeout` above) or for the writer
+/// connection ([`Db::begin`]).
+const SQLITE_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where a service's database lives and how many connections it may hold.
 #[derive(Clone)]
 pub struct DbConfig {
@@ -69,6 +73,8 @@ impl fmt::Debug for DbConfig {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// SQLite only: the one connection write transactions use (see [`Db::begin`]).
+    writer: Option<AnyPool>,
     backend: Backend,
     schema: Option<Arc<str>>,
     /// The SQLite file, checked by `ping`: pooled connections keep a deleted or moved file
@@ -97,19 +103,16 @@ impl Db {
             Backend::Sqlite => {
                 let url = with_create_mode(&config.url);
                 prepare_sqlite(&url).await?;
-                let pool = options
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            for pragma in SQLITE_PRAGMAS {
-                                sqlx::query(pragma).execute(&mut *conn).await?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await?;
+                let pool = with_sqlite_pragmas(options).connect(&url).await?;
+                // Writers wait for the writer connection as long as `busy_timeout` would have
+                // let them wait for the lock.
+                let writer_options = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(SQLITE_WRITER_WAIT);
+                let writer = with_sqlite_pragmas(writer_options).connect(&url).await?;
                 Ok(Db {
                     pool,
+                    writer: Some(writer),
                     backend,
                     schema: None,
                     sqlite_file: sqlite_path(&url),
@@ -147,6 +150,7 @@ impl Db {
                     .await?;
                 let db = Db {
                     pool,
+                    writer: None,
                     backend,
                     schema,
                     sqlite_file: None,
@@ -171,14 +175,18 @@ impl Db {
 
     /// Starts a write transaction.
     ///
-    /// On SQLite this is `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes
-    /// fails with `SQLITE_BUSY` (without waiting) when another writer committed in between, so
-    /// writers take the lock up front and queue on `busy_timeout`. Read-only work should query
-    /// [`Db::pool`] directly rather than hold the write lock.
+    /// On SQLite this is `BEGIN IMMEDIATE` on the process's one writer connection. SQLite has a
+    /// single writer, so writers queue anyway; they queue here, in order, for that connection,
+    /// rather than in SQLite's busy handler, which sleeps (1, 2, 5, 10 ... ms) while holding a
+    /// pooled connection: a burst of writers (a login flood) would hold every connection and
+    /// make readers wait behind it. (`IMMEDIATE` because a deferred transaction that reads and
+    /// then writes fails with `SQLITE_BUSY`, without waiting, when another process wrote in
+    /// between.) Read-only work should query [`Db::pool`] directly rather than hold the write
+    /// lock; a write transaction must not start another one (it would wait for itself).
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let tx = match &self.writer {
+            Some(writer) => writer.begin_with("BEGIN IMMEDIATE").await?,
+            None => self.pool.begin().await?,
         };
         Ok(tx)
     }
@@ -203,6 +211,9 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -214,6 +225,18 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// `options` with [`SQLITE_PRAGMAS`] run on every new connection.
+fn with_sqlite_pragmas(options: AnyPoolOptions) -> AnyPoolOptions {
+    options.after_connect(|conn, _meta| {
+        Box::pin(async move {
+            for pragma in SQLITE_PRAGMAS {
+                sqlx::query(pragma).execute(&mut *conn).await?;
+            }
+            Ok(())
+        })
+    })
 }
 
 /// Creates the file's directory and switches the file to WAL once, on a connection of its own.
