@@ -195,6 +195,50 @@ async fn refresh_rotates_and_reuse_revokes_the_family() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A refresh that read its family as live while a revocation (what a password change or a
+/// logout does) was being committed must not succeed after it. The test holds the revoking
+/// transaction open while the refresh runs, then commits it: the refresh must wait for it and
+/// be refused, not rotate the token of a session that no longer exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_racing_a_revocation_is_refused() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        acme_with_admin(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let tokens = auth.login(login_request(PASSWORD)).await?.into_inner();
+
+        let db = match mesh.admin_db(Component::Identity).await? {
+            Some(admin) => admin,
+            None => mesh.service_db(Component::Identity).await?,
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let mut revocation = db.begin().await?;
+        sqlx::query(
+            "UPDATE token_families SET revoke_time = $1 \
+             WHERE tenant_id = 'acme' AND revoke_time IS NULL",
+        )
+        .bind(i64::try_from(now.as_micros())?)
+        .execute(&mut *revocation)
+        .await?;
+        let refreshing = tokio::spawn({
+            let (mut auth, request) = (auth.clone(), refresh(&tokens));
+            async move { auth.refresh_token(request).await }
+        });
+        // Time for the refresh to read its family (live: the revocation is not committed yet)
+        // and reach its own transaction. Were it slower, the test would pass without racing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        revocation.commit().await?;
+        let refused = refreshing.await?;
+        assert_eq!(
+            reason(&expect_code(refused, Code::Unauthenticated)),
+            "INVALID_REFRESH_TOKEN"
+        );
+        db.close().await;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_the_session() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {

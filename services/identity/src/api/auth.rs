@@ -339,6 +339,14 @@ impl AuthService for AuthApi {
         let principal = user_principal(&user);
         let resource = user.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        // Revoked since it was read above (a password change, a logout, a reuse elsewhere).
+        if !self
+            .store
+            .lock_live_token_family(&mut tx, &token.family_id)
+            .await?
+        {
+            return Err(invalid_refresh_token().into());
+        }
         if !self
             .store
             .use_refresh_token(&mut tx, &token.id, now)

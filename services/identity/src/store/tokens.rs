@@ -136,6 +136,27 @@ impl IdentityStore {
         }))
     }
 
+    /// Locks a token family for the rest of the transaction, unless it is revoked: false when
+    /// it is, perhaps since the caller last read it. What revokes a family (logout, a password
+    /// change, reuse detection) then waits for this transaction, so a refresh that read its
+    /// family as live cannot commit after the revocation. The write changes nothing; it is how
+    /// both databases take the lock and recheck the newest committed row (PostgreSQL rechecks
+    /// the condition after waiting for the row; SQLite has one writer at a time).
+    pub async fn lock_live_token_family(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<bool, ApiError> {
+        let done = sqlx::query(
+            "UPDATE token_families SET revoke_time = NULL WHERE id = $1 AND revoke_time IS NULL",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks a refresh token used; false when it already was (so exactly one of several
     /// concurrent refreshes with the same token wins).
     pub async fn use_refresh_token(
