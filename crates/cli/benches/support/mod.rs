@@ -1,10 +1,16 @@
 //! What the benches share: the mesh processes they start, the operator key `palisade dev`
-//! leaves in its data directory, CPU time read from `/proc`, and how durations are printed.
+//! leaves in its data directory, CPU time read from `/proc`, threads that keep the cores busy
+//! at idle priority, and how durations are printed.
 
 #![allow(dead_code)] // Each bench uses only some of these.
 
 use std::{
     process::Child,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -47,6 +53,48 @@ pub fn cpu_time(pid: u32) -> Duration {
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     };
     Duration::from_millis(ticks().unwrap_or(0) * 10)
+}
+
+/// Threads spinning on every core under `SCHED_IDLE` until [`IdleSpinners::stop`]: the CPU a
+/// login flood's hashing threads keep busy, without the logins.
+pub struct IdleSpinners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl IdleSpinners {
+    pub fn start() -> IdleSpinners {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || spin(&stop))
+            })
+            .collect();
+        IdleSpinners { stop, threads }
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("a spinning thread panicked");
+        }
+    }
+}
+
+fn spin(stop: &AtomicBool) {
+    thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        thread_priority::ThreadSchedulePolicy::Normal(
+            thread_priority::NormalThreadSchedulePolicy::Idle,
+        ),
+    )
+    .expect("SCHED_IDLE for a spinning thread");
+    while !stop.load(Ordering::Relaxed) {
+        std::hint::spin_loop();
+    }
 }
 
 pub fn us(duration: Duration) -> String {
