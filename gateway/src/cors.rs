@@ -4,7 +4,9 @@
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use tonic::body::Body;
 
-/// Headers a browser script may read from a response: the call's status and the request id.
+/// Headers a browser script may always read from a response: the call's status and the
+/// request id. The response's own metadata headers are added per response (see
+/// [`Cors::decorate`]).
 const EXPOSED: &str =
     "grpc-status, grpc-message, grpc-status-details-bin, x-request-id, retry-after";
 const METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
@@ -74,18 +76,48 @@ impl Cors {
         Some(response)
     }
 
-    /// Marks an actual response as readable by `origin`.
+    /// Marks an actual response as readable by `origin`, with its metadata: the response
+    /// metadata a component sent (`Grpc-Metadata-*` over REST, plain names over gRPC-Web) is
+    /// readable too, as it would be to a client that is not a browser.
     pub fn decorate(origin: Option<HeaderValue>, headers: &mut HeaderMap) {
         let Some(origin) = origin else {
             return;
         };
+        let mut exposed = EXPOSED.to_owned();
+        for name in headers.keys() {
+            if !is_transport_header(name) && !EXPOSED.split(", ").any(|e| e == name.as_str()) {
+                exposed.push_str(", ");
+                exposed.push_str(name.as_str());
+            }
+        }
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        headers.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static(EXPOSED),
-        );
+        if let Ok(exposed) = HeaderValue::from_str(&exposed) {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed);
+        }
         headers.append(header::VARY, HeaderValue::from_static("origin"));
     }
+}
+
+/// Headers about the HTTP exchange itself rather than the call's metadata: browsers expose the
+/// safelisted ones anyway, and the rest are none of a script's business.
+fn is_transport_header(name: &header::HeaderName) -> bool {
+    [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LANGUAGE,
+        header::CACHE_CONTROL,
+        header::DATE,
+        header::EXPIRES,
+        header::LAST_MODIFIED,
+        header::PRAGMA,
+        header::SERVER,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+        header::VARY,
+    ]
+    .contains(name)
+        || name.as_str().starts_with("access-control-")
 }
 
 #[cfg(test)]
@@ -120,5 +152,31 @@ mod tests {
             any.allowed_origin(&with_origin("http://localhost:3000"))
                 .is_some()
         );
+    }
+
+    #[test]
+    fn responses_expose_their_metadata_but_not_transport_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        headers.insert("grpc-metadata-palisade-page", "2".parse().unwrap());
+        headers.insert("x-request-id", "r-1".parse().unwrap());
+        headers.insert("custom-bin", "AAEC".parse().unwrap());
+        Cors::decorate(
+            Some("https://app.example.com".parse().unwrap()),
+            &mut headers,
+        );
+        let exposed = headers[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+            .to_str()
+            .unwrap();
+        let names: Vec<&str> = exposed.split(", ").collect();
+        assert!(names.contains(&"grpc-metadata-palisade-page"), "{exposed}");
+        assert!(names.contains(&"custom-bin"), "{exposed}");
+        assert!(names.contains(&"grpc-status"), "{exposed}");
+        assert_eq!(names.iter().filter(|n| **n == "x-request-id").count(), 1);
+        assert!(!names.contains(&"content-type"), "{exposed}");
+
+        let mut untouched = HeaderMap::new();
+        Cors::decorate(None, &mut untouched);
+        assert!(untouched.is_empty());
     }
 }
