@@ -162,6 +162,11 @@ impl MeshOptions {
         self.data_dir.join("certs")
     }
 
+    /// The key-encryption key that seals identity's token-signing keys, made with the PKI.
+    pub fn signing_key_kek(&self) -> PathBuf {
+        self.certs_dir().join("identity-signing.kek")
+    }
+
     /// Where `component` keeps its data (for PostgreSQL: as the role the services connect as).
     pub fn db_config(&self, component: Component) -> DbConfig {
         match &self.database {
@@ -190,6 +195,8 @@ impl LocalMesh {
         let names: Vec<_> = COMPONENTS.iter().map(|c| c.name()).collect();
         palisade_tls::pki::init(&options.certs_dir(), &options.trust_domain, &names, &[])
             .context("creating the dev PKI")?;
+        palisade_identity::KeySealer::create_kek_file(&options.signing_key_kek())
+            .context("creating the signing-key KEK")?;
         // Bind everything first so each component knows its peers' real addresses.
         let mut listeners = BTreeMap::new();
         let mut bound = BTreeMap::new();
@@ -315,6 +322,7 @@ impl LocalMesh {
             tenant_cache_ttl: options.tenant_cache_ttl,
             tenant_base_domain: options.tenant_base_domain.clone(),
             api_key_max_lifetime: options.api_key_max_lifetime,
+            signing_key_kek: Some(options.signing_key_kek()),
             gateway_workers: 0,
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
@@ -340,6 +348,8 @@ pub struct ComponentSettings {
     pub tenant_cache_ttl: Duration,
     pub tenant_base_domain: Option<String>,
     pub api_key_max_lifetime: Duration,
+    /// identity: the KEK file sealing token-signing keys at rest (`None`: stored plain).
+    pub signing_key_kek: Option<PathBuf>,
     /// The gateway's connection workers; 0 means one per available core.
     pub gateway_workers: usize,
 }
@@ -362,6 +372,7 @@ pub async fn start_component(
         tenant_cache_ttl,
         tenant_base_domain,
         api_key_max_lifetime,
+        signing_key_kek,
         gateway_workers,
     } = settings;
     let started = match component {
@@ -372,6 +383,7 @@ pub async fn start_component(
                 mesh,
                 lockout: login_lockout,
                 api_key_max_lifetime,
+                signing_key_kek,
             };
             palisade_identity::start(listeners, config)
                 .await

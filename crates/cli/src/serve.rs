@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// identity: the longest lifetime of an API key, in days.
     #[arg(long, env = "PALISADE_API_KEY_MAX_LIFETIME", default_value_t = 365)]
     api_key_max_lifetime: u64,
+    /// identity: a file holding the key-encryption key (32 random bytes, base64) that seals
+    /// token-signing keys in the database; without it they are stored plain (with a warning).
+    /// Make one with `head -c 32 /dev/urandom | base64`.
+    #[arg(long, env = "PALISADE_SIGNING_KEY_KEK_FILE")]
+    signing_key_kek_file: Option<PathBuf>,
     /// Seconds a verified API key is cached by the gateway.
     #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
     api_key_cache_ttl: u64,
@@ -174,6 +179,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tenant_cache_ttl: Duration::from_secs(args.tenant_cache_ttl),
         tenant_base_domain: args.tenant_base_domain,
         api_key_max_lifetime: Duration::from_secs(args.api_key_max_lifetime.max(1) * 86_400),
+        signing_key_kek: args.signing_key_kek_file,
         gateway_workers: args.gateway_workers,
     };
     let listeners = Listeners {

@@ -26,6 +26,11 @@ async fn components_in_separate_processes_form_one_mesh() -> anyhow::Result<()> 
         .arg(&certs)
         .status()?;
     assert!(status.success());
+    // identity seals its token-signing keys with it (the others ignore the setting).
+    std::fs::write(
+        dir.path().join("signing.kek"),
+        "c2lnbmluZy1rZXkga2VrIG9mIHRoaXMgdGVzdCBvbmw=\n",
+    )?;
     let ports: Vec<(u16, u16)> = COMPONENTS
         .iter()
         .map(|_| (free_port(), free_port()))
@@ -94,6 +99,12 @@ async fn components_in_separate_processes_form_one_mesh() -> anyhow::Result<()> 
         let (name, exit) = child.wait()?;
         assert!(exit.success(), "{name} exited with {exit}");
     }
+    let identity_log = std::fs::read_to_string(dir.path().join("identity.log"))?;
+    assert!(
+        identity_log.contains("token signing key created")
+            && !identity_log.contains("stored unsealed"),
+        "identity should have sealed its signing key with the KEK file:\n{identity_log}"
+    );
     Ok(())
 }
 
@@ -120,6 +131,7 @@ impl Process {
             .arg(dir)
             .args(["--identity-url", &urls[0], "--compliance-url", &urls[1]])
             .args(["--observability-url", &urls[2], "--gateway-url", &urls[3]])
+            .env("PALISADE_SIGNING_KEY_KEK_FILE", dir.join("signing.kek"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join(format!("{name}.out")))?)
             .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)

@@ -12,6 +12,7 @@ mod lockout;
 mod passwords;
 mod plans;
 mod roles;
+mod sealing;
 mod signing;
 mod store;
 mod tenant_data;
@@ -41,6 +42,7 @@ use tokio::sync::oneshot;
 
 pub use api_keys::DEFAULT_MAX_LIFETIME as DEFAULT_API_KEY_MAX_LIFETIME;
 pub use lockout::LockoutPolicy;
+pub use sealing::KeySealer;
 
 pub const COMPONENT: &str = "identity";
 
@@ -53,6 +55,9 @@ pub struct IdentityConfig {
     pub lockout: LockoutPolicy,
     /// The longest an API key may live (`api_keys::DEFAULT_MAX_LIFETIME` unless configured).
     pub api_key_max_lifetime: std::time::Duration,
+    /// The file of the key-encryption key that seals token-signing keys at rest; `None` stores
+    /// them plain (see `sealing.rs`).
+    pub signing_key_kek: Option<std::path::PathBuf>,
 }
 
 /// A running identity service, and the operator key if this start created it.
@@ -84,7 +89,11 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let roles = Arc::new(roles::Roles::from_catalogue(&policies));
     let key_rules = api_keys::KeyRules::new(&policies, config.api_key_max_lifetime);
     let passwords = passwords::Passwords::new();
-    let keys = Arc::new(signing::Keyring::load(store.clone(), Default::default()).await?);
+    let sealer = match &config.signing_key_kek {
+        Some(path) => sealing::KeySealer::from_file(path)?,
+        None => sealing::KeySealer::unsealed(),
+    };
+    let keys = Arc::new(signing::Keyring::load(store.clone(), Default::default(), sealer).await?);
     let authz = Arc::new(authz::Authz::new(store.clone(), roles));
     let authorizer = Arc::new(authz::LocalAuthorizer(authz.clone()));
     let server = MeshServer::new(

@@ -5,7 +5,8 @@
 //! signs and the old one stays published until every token it signed has expired (the access
 //! token lifetime plus a leeway after it was superseded), after which it is deleted. Replicas
 //! share the keys through the database: each adopts the newest stored key when it checks, so
-//! two replicas rotating at once only leave one extra published key.
+//! two replicas rotating at once only leave one extra published key. Private keys are stored
+//! sealed under the deployment's KEK when it has one (`sealing.rs`).
 
 use std::{
     sync::{Arc, RwLock},
@@ -18,6 +19,7 @@ use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::Jwk};
 use palisade_tenancy::{Principal, PrincipalKind, TenantId};
 
 use crate::{
+    sealing::{KeySealer, is_sealed},
     store::IdentityStore,
     tokens::{ACCESS_TOKEN_TTL_MICROS, Signer, SigningKeyRecord},
 };
@@ -47,21 +49,42 @@ impl Default for RotationPolicy {
 pub struct Keyring {
     store: IdentityStore,
     policy: RotationPolicy,
+    sealer: KeySealer,
     /// The key that signs now and when it was made.
     current: RwLock<(Arc<Signer>, i64)>,
 }
 
 impl Keyring {
     /// Loads the newest stored key, making the first one (or a due replacement) if needed.
-    pub async fn load(store: IdentityStore, policy: RotationPolicy) -> Result<Keyring, ApiError> {
-        let newest = match store.signing_keys().await?.into_iter().next() {
+    /// With a KEK, keys stored plain are sealed first; a key that does not open fails the load.
+    pub async fn load(
+        store: IdentityStore,
+        policy: RotationPolicy,
+        sealer: KeySealer,
+    ) -> Result<Keyring, ApiError> {
+        let mut keys = store.signing_keys().await?;
+        if sealer.seals() {
+            for key in keys.iter_mut().filter(|key| !is_sealed(&key.private_key)) {
+                key.private_key = sealer.seal(&key.kid, &key.private_key)?;
+                store.reseal_signing_key(&key.kid, &key.private_key).await?;
+                tracing::info!(kid = %key.kid, "stored token signing key sealed");
+            }
+        } else {
+            tracing::warn!(
+                "token signing keys are stored unsealed: configure a KEK \
+                 (--signing-key-kek-file) so that a database copy cannot mint tokens"
+            );
+        }
+        let newest = match keys.into_iter().next() {
             Some(key) => key,
-            None => add_key(&store, "bootstrap", None).await?,
+            None => add_key(&store, &sealer, "bootstrap", None).await?,
         };
+        let signer = Signer::new(&newest.kid, &sealer.open(&newest.kid, &newest.private_key)?)?;
         let keyring = Keyring {
-            current: RwLock::new((Arc::new(Signer::new(&newest)?), newest.create_time)),
+            current: RwLock::new((Arc::new(signer), newest.create_time)),
             store,
             policy,
+            sealer,
         };
         keyring.refresh().await?;
         Ok(keyring)
@@ -74,7 +97,7 @@ impl Keyring {
     /// Makes a new key sign from now on (an operator's early rotation, e.g. after a suspected
     /// leak of the old key), and returns its public half.
     pub async fn rotate(&self, actor: &Principal) -> Result<Jwk, ApiError> {
-        let key = add_key(&self.store, "operator", Some(actor)).await?;
+        let key = add_key(&self.store, &self.sealer, "operator", Some(actor)).await?;
         self.adopt(&key)?;
         Ok(key.jwk())
     }
@@ -98,7 +121,7 @@ impl Keyring {
         };
         let rotate_after = i64::try_from(self.policy.rotate_after.as_micros()).unwrap_or(i64::MAX);
         if now.saturating_sub(newest.create_time) >= rotate_after {
-            let key = add_key(&self.store, "scheduled", None).await?;
+            let key = add_key(&self.store, &self.sealer, "scheduled", None).await?;
             self.adopt(&key)?;
         } else {
             self.adopt(newest)?;
@@ -135,11 +158,15 @@ impl Keyring {
         })
     }
 
-    /// Signs with `key` from now on if it is newer than the current one.
+    /// Signs with `key` (as stored) from now on if it is newer than the current one.
     fn adopt(&self, key: &SigningKeyRecord) -> Result<(), ApiError> {
+        if key.create_time <= self.current.read().expect("keyring lock").1 {
+            return Ok(());
+        }
+        let signer = Signer::new(&key.kid, &self.sealer.open(&key.kid, &key.private_key)?)?;
         let mut current = self.current.write().expect("keyring lock");
         if key.create_time > current.1 {
-            *current = (Arc::new(Signer::new(key)?), key.create_time);
+            *current = (Arc::new(signer), key.create_time);
             tracing::info!(kid = %key.kid, "token signing key in use");
         }
         Ok(())
@@ -158,13 +185,16 @@ fn published(keys: &[SigningKeyRecord], now: i64) -> impl Iterator<Item = &Signi
     })
 }
 
-/// Generates and stores a key, audited in the system tenant's log.
+/// Generates and stores a key (sealed if `sealer` seals), audited in the system tenant's log;
+/// returns it as stored.
 async fn add_key(
     store: &IdentityStore,
+    sealer: &KeySealer,
     reason: &str,
     actor: Option<&Principal>,
 ) -> Result<SigningKeyRecord, ApiError> {
-    let key = SigningKeyRecord::generate(now_micros())?;
+    let mut key = SigningKeyRecord::generate(now_micros())?;
+    key.private_key = sealer.seal(&key.kid, &key.private_key)?;
     let identity = Principal {
         id: crate::COMPONENT.to_owned(),
         kind: PrincipalKind::Service,

@@ -57,7 +57,8 @@ impl Claims {
     }
 }
 
-/// A signing key as stored: PKCS#8 private key and the raw 32-byte public key.
+/// A signing key: its PKCS#8 private key (as stored: sealed, see `sealing.rs`, or plain) and
+/// the raw 32-byte public key.
 #[derive(Clone, Debug)]
 pub struct SigningKeyRecord {
     pub kid: String,
@@ -101,11 +102,12 @@ pub struct Signer {
 }
 
 impl Signer {
-    pub fn new(key: &SigningKeyRecord) -> Result<Signer, ApiError> {
-        let pair = Ed25519KeyPair::from_pkcs8(&key.private_key)
+    /// The signer of key `kid`, from its PKCS#8 private key (opened, see `sealing.rs`).
+    pub fn new(kid: &str, pkcs8: &[u8]) -> Result<Signer, ApiError> {
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
             .map_err(|_| ApiError::internal("stored signing key does not parse"))?;
         Ok(Signer {
-            kid: key.kid.clone(),
+            kid: kid.to_owned(),
             pair,
         })
     }
@@ -158,7 +160,7 @@ mod tests {
     #[test]
     fn tokens_verify_with_the_published_key() {
         let key = SigningKeyRecord::generate(0).unwrap();
-        let signer = Signer::new(&key).unwrap();
+        let signer = Signer::new(&key.kid, &key.private_key).unwrap();
         let claims = Claims {
             iss: ISSUER.into(),
             sub: "u".into(),

@@ -59,6 +59,17 @@ impl IdentityStore {
         Ok(())
     }
 
+    /// Replaces the stored private key of `kid` (sealing a key stored plain).
+    pub async fn reseal_signing_key(&self, kid: &str, private_key: &[u8]) -> Result<(), ApiError> {
+        sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
+            .bind(private_key.to_vec())
+            .bind(kid)
+            .execute(self.db.pool())
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
     /// Deletes a signing key no unexpired token can need (see `signing::published`).
     pub async fn delete_signing_key(&self, kid: &str) -> Result<(), ApiError> {
         sqlx::query("DELETE FROM signing_keys WHERE kid = $1")

@@ -1,0 +1,110 @@
+//! Token-signing keys at rest: stored sealed under the deployment's key-encryption key, never
+//! as plain PKCS#8; a key stored plain (before a KEK was configured) is sealed at the next start
+//! and keeps signing; with another KEK identity refuses to start rather than mint new keys.
+
+mod common;
+
+use common::new_tenant;
+use palisade_identity::KeySealer;
+use palisade_proto::palisade::identity::v1::{
+    CreateUserRequest, GetJwksRequest, LoginRequest, Plan, User,
+    auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
+    user_service_client::UserServiceClient,
+};
+use palisade_testkit::{Component, Mesh};
+use sqlx::Row;
+
+const PASSWORD: &str = "correct horse battery staple";
+const SEALED_PREFIX: &[u8] = b"palisade-sealed-v1:";
+
+/// Every stored signing key: (kid, private key as stored).
+async fn stored_keys(mesh: &Mesh) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    // signing_keys is platform data, outside row-level security.
+    let db = mesh.service_db(Component::Identity).await?;
+    let rows = sqlx::query("SELECT kid, private_key FROM signing_keys ORDER BY kid")
+        .fetch_all(db.pool())
+        .await?;
+    db.close().await;
+    rows.iter()
+        .map(|row| Ok((row.try_get("kid")?, row.try_get("private_key")?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mut mesh = builder.start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        UserServiceClient::new(mesh.gateway())
+            .create_user(mesh.as_operator(CreateUserRequest {
+                parent: "tenants/acme".into(),
+                user: Some(User {
+                    email: "ada@example.com".into(),
+                    display_name: "Ada".into(),
+                    roles: vec!["admin".into()],
+                    ..User::default()
+                }),
+                password: PASSWORD.into(),
+            }))
+            .await?;
+        let login = LoginRequest {
+            tenant_id: "acme".into(),
+            email: "ada@example.com".into(),
+            password: PASSWORD.into(),
+        };
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        auth.login(login.clone()).await?;
+
+        let kek = mesh.certs_dir().join("identity-signing.kek");
+        let sealer = KeySealer::from_file(&kek)?;
+        let keys = stored_keys(&mesh).await?;
+        assert!(!keys.is_empty(), "{backend}");
+        for (kid, stored) in &keys {
+            assert!(stored.starts_with(SEALED_PREFIX), "{backend}: {kid}");
+            let pkcs8 = sealer.open(kid, stored)?;
+            assert!(
+                !stored.windows(pkcs8.len()).any(|w| w == pkcs8.as_slice()),
+                "{backend}: the plain key is in the stored bytes"
+            );
+        }
+
+        // A key stored plain, as before a KEK was configured: sealed when identity starts.
+        mesh.stop_component(Component::Identity).await?;
+        let (kid, stored) = &keys[0];
+        let plain = sealer.open(kid, stored)?;
+        let db = match mesh.admin_db(Component::Identity).await? {
+            Some(admin) => admin,
+            None => mesh.service_db(Component::Identity).await?,
+        };
+        sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
+            .bind(plain.clone())
+            .bind(kid)
+            .execute(db.pool())
+            .await?;
+        db.close().await;
+        mesh.restart(Component::Identity).await?;
+        let resealed = stored_keys(&mesh).await?;
+        assert_eq!(resealed.len(), keys.len(), "{backend}");
+        assert!(resealed[0].1.starts_with(SEALED_PREFIX), "{backend}");
+        assert_eq!(sealer.open(kid, &resealed[0].1)?, plain, "{backend}");
+        let jwks = auth.get_jwks(GetJwksRequest {}).await?.into_inner();
+        assert!(jwks.keys.iter().any(|key| &key.kid == kid), "{backend}");
+        auth.login(login.clone()).await?;
+
+        // Another KEK: the stored keys do not open, and identity says so instead of starting.
+        mesh.stop_component(Component::Identity).await?;
+        std::fs::remove_file(&kek)?;
+        KeySealer::create_kek_file(&kek)?;
+        let refused = mesh.restart(Component::Identity).await;
+        let error = format!(
+            "{:#}",
+            refused.expect_err("identity started with another KEK")
+        );
+        assert!(error.contains("does not open"), "{backend}: {error}");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
