@@ -8,7 +8,10 @@ use palisade_proto::palisade::{
     compliance::v1::{
         AuditEvent, ListAuditEventsRequest, audit_service_client::AuditServiceClient,
     },
-    identity::v1::{CreateTenantRequest, Plan, Tenant},
+    identity::v1::{
+        CreateTenantRequest, CreateUserRequest, Plan, Tenant, User,
+        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+    },
 };
 use palisade_testkit::{Mesh, eventually};
 use tonic::{Code, Status};
@@ -53,6 +56,32 @@ pub fn new_tenant(tenant_id: &str, display_name: &str, plan: Plan) -> CreateTena
         }),
         tenant_id: tenant_id.to_owned(),
     }
+}
+
+/// Tenant `tenant_id` on the professional plan with one admin user, made by the operator
+/// through the gateway; returns the user.
+pub async fn tenant_with_admin(
+    mesh: &Mesh,
+    tenant_id: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<User> {
+    TenantServiceClient::new(mesh.gateway())
+        .create_tenant(mesh.as_operator(new_tenant(tenant_id, "Acme", Plan::Professional)))
+        .await?;
+    let user = UserServiceClient::new(mesh.gateway())
+        .create_user(mesh.as_operator(CreateUserRequest {
+            parent: format!("tenants/{tenant_id}"),
+            user: Some(User {
+                email: email.to_owned(),
+                display_name: "Ada".into(),
+                roles: vec!["admin".into()],
+                ..User::default()
+            }),
+            password: password.to_owned(),
+        }))
+        .await?;
+    Ok(user.into_inner())
 }
 
 /// A tenant's audit events once at least one has arrived (they travel through the outbox).

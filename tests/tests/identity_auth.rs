@@ -7,15 +7,15 @@ mod common;
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{expect_code, new_tenant, reason, violated_fields};
+use common::{expect_code, reason, tenant_with_admin, violated_fields};
 use palisade_proto::palisade::{
     compliance::v1::{
         AuditEvent, ListAuditEventsRequest, Outcome, audit_service_client::AuditServiceClient,
     },
     identity::v1::{
-        AuthTokens, CreateUserRequest, GetJwksRequest, GetUserRequest, LoginRequest, LogoutRequest,
-        Plan, RefreshTokenRequest, User, auth_service_client::AuthServiceClient,
-        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+        AuthTokens, GetJwksRequest, GetUserRequest, LoginRequest, LogoutRequest,
+        RefreshTokenRequest, auth_service_client::AuthServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Component, Mesh, eventually, http_request};
@@ -33,23 +33,7 @@ fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 
 /// A mesh with tenant `acme` and its admin `ada@example.com`; returns the admin's name.
 async fn acme_with_admin(mesh: &Mesh) -> anyhow::Result<String> {
-    TenantServiceClient::new(mesh.gateway())
-        .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
-        .await?;
-    let user = UserServiceClient::new(mesh.gateway())
-        .create_user(mesh.as_operator(CreateUserRequest {
-            parent: "tenants/acme".into(),
-            user: Some(User {
-                email: EMAIL.into(),
-                display_name: "Ada".into(),
-                roles: vec!["admin".into()],
-                ..User::default()
-            }),
-            password: PASSWORD.into(),
-        }))
-        .await?
-        .into_inner();
-    Ok(user.name)
+    Ok(tenant_with_admin(mesh, "acme", EMAIL, PASSWORD).await?.name)
 }
 
 fn login_request(password: &str) -> LoginRequest {

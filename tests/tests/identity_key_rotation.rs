@@ -5,11 +5,10 @@
 mod common;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{expect_code, new_tenant, reason};
+use common::{expect_code, reason, tenant_with_admin};
 use palisade_proto::palisade::identity::v1::{
-    CreateUserRequest, GetJwksRequest, GetUserRequest, LoginRequest, Plan, RotateSigningKeyRequest,
-    User, auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
-    user_service_client::UserServiceClient,
+    GetJwksRequest, GetUserRequest, LoginRequest, RotateSigningKeyRequest,
+    auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
 };
 use palisade_testkit::Mesh;
 use tonic::Code;
@@ -36,22 +35,7 @@ async fn rotation_keeps_issued_tokens_working() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mesh = builder.start().await?;
-        TenantServiceClient::new(mesh.gateway())
-            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
-            .await?;
-        let user = UserServiceClient::new(mesh.gateway())
-            .create_user(mesh.as_operator(CreateUserRequest {
-                parent: "tenants/acme".into(),
-                user: Some(User {
-                    email: "ada@example.com".into(),
-                    display_name: "Ada".into(),
-                    roles: vec!["admin".into()],
-                    ..User::default()
-                }),
-                password: PASSWORD.into(),
-            }))
-            .await?
-            .into_inner();
+        let user = tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
         let mut auth = AuthServiceClient::new(mesh.gateway());
         let login = || LoginRequest {
             tenant_id: "acme".into(),

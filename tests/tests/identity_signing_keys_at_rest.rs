@@ -4,12 +4,10 @@
 
 mod common;
 
-use common::new_tenant;
+use common::tenant_with_admin;
 use palisade_identity::KeySealer;
 use palisade_proto::palisade::identity::v1::{
-    CreateUserRequest, GetJwksRequest, LoginRequest, Plan, User,
-    auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
-    user_service_client::UserServiceClient,
+    GetJwksRequest, LoginRequest, auth_service_client::AuthServiceClient,
 };
 use palisade_testkit::{Component, Mesh};
 use sqlx::Row;
@@ -35,21 +33,7 @@ async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mut mesh = builder.start().await?;
-        TenantServiceClient::new(mesh.gateway())
-            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
-            .await?;
-        UserServiceClient::new(mesh.gateway())
-            .create_user(mesh.as_operator(CreateUserRequest {
-                parent: "tenants/acme".into(),
-                user: Some(User {
-                    email: "ada@example.com".into(),
-                    display_name: "Ada".into(),
-                    roles: vec!["admin".into()],
-                    ..User::default()
-                }),
-                password: PASSWORD.into(),
-            }))
-            .await?;
+        tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
         let login = LoginRequest {
             tenant_id: "acme".into(),
             email: "ada@example.com".into(),

@@ -22,10 +22,7 @@ use std::{
     future::Future,
     pin::Pin,
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -38,8 +35,8 @@ use palisade_proto::palisade::identity::v1::{
 };
 use palisade_testkit::{free_port_base, with_api_key};
 use palisade_tls::{CertPaths, MeshTls};
-use support::{KillOnDrop, cpu_time, us, wait_for_key};
-use tonic::{metadata::MetadataValue, transport::Channel};
+use support::{KillOnDrop, cpu_time, us, wait_for_key, with_context};
+use tonic::transport::Channel;
 
 mod support;
 
@@ -120,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         .into_inner()
         .principal
         .ok_or_else(|| anyhow::anyhow!("no principal"))?;
-    let context = Arc::new((principal.tenant_id, principal.id));
+    let context = Arc::new((principal.tenant_id, principal.id, "api-key"));
 
     let direct_call: Call = {
         let (channel, context) = (direct.clone(), context.clone());
@@ -245,27 +242,12 @@ async fn gateway_call(channel: Channel, key: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
-
-async fn direct_call(channel: Channel, context: Arc<(String, String)>) -> anyhow::Result<()> {
-    let mut request = tonic::Request::new(get_tenant());
-    let metadata = request.metadata_mut();
-    metadata.insert("palisade-tenant-id", MetadataValue::try_from(&context.0)?);
-    metadata.insert(
-        "palisade-principal-id",
-        MetadataValue::try_from(&context.1)?,
-    );
-    metadata.insert(
-        "palisade-principal-type",
-        MetadataValue::from_static("api-key"),
-    );
-    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-    metadata.insert(
-        "x-request-id",
-        MetadataValue::try_from(format!("bench-{id}"))?,
-    );
+async fn direct_call(
+    channel: Channel,
+    context: Arc<(String, String, &'static str)>,
+) -> anyhow::Result<()> {
     TenantServiceClient::new(channel)
-        .get_tenant(request)
+        .get_tenant(with_context(get_tenant(), &context)?)
         .await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Instant,
 };
@@ -21,9 +21,9 @@ use palisade_proto::palisade::{
         user_service_client::UserServiceClient,
     },
 };
-use tonic::{Code, metadata::MetadataValue, transport::Channel};
+use tonic::{Code, transport::Channel};
 
-use crate::{COLD_PRINCIPALS, FLOOD_CLIENTS, PERMISSION, ROLE, TENANT};
+use crate::{COLD_PRINCIPALS, FLOOD_CLIENTS, PERMISSION, ROLE, TENANT, support::with_context};
 
 const PASSWORD: &str = "correct horse battery staple";
 const WRONG_PASSWORD: &str = "incorrect horse battery staple";
@@ -119,32 +119,6 @@ pub async fn populate(identity: &Channel, key: &str) -> anyhow::Result<People> {
         cold: ids[1..=COLD_PRINCIPALS].to_vec(),
         flood: Arc::new(emails[1 + COLD_PRINCIPALS..].to_vec()),
     })
-}
-
-pub static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
-
-/// `message` with the tenant context the gateway would write: (tenant, principal id, type).
-pub fn with_context<T>(
-    message: T,
-    context: &(String, String, &'static str),
-) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    let metadata = request.metadata_mut();
-    metadata.insert("palisade-tenant-id", MetadataValue::try_from(&context.0)?);
-    metadata.insert(
-        "palisade-principal-id",
-        MetadataValue::try_from(&context.1)?,
-    );
-    metadata.insert(
-        "palisade-principal-type",
-        MetadataValue::from_static(context.2),
-    );
-    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-    metadata.insert(
-        "x-request-id",
-        MetadataValue::try_from(format!("bench-{id}"))?,
-    );
-    Ok(request)
 }
 
 pub fn user_context(user: &str) -> (String, String, &'static str) {

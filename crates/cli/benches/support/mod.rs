@@ -1,6 +1,7 @@
 //! What the benches share: the mesh processes they start, the operator key `palisade dev`
-//! leaves in its data directory, CPU time read from `/proc`, threads that keep the cores busy
-//! at idle priority, and how durations are printed.
+//! leaves in its data directory, the tenant context of calls made directly on a component, CPU
+//! time read from `/proc`, threads that keep the cores busy at idle priority, and how durations
+//! are printed.
 
 #![allow(dead_code)] // Each bench uses only some of these.
 
@@ -8,11 +9,13 @@ use std::{
     process::Child,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use tonic::metadata::MetadataValue;
 
 /// A child process (a mesh, a gateway) killed and reaped when the bench ends, even on error.
 pub struct KillOnDrop(pub Child);
@@ -53,6 +56,32 @@ pub fn cpu_time(pid: u32) -> Duration {
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     };
     Duration::from_millis(ticks().unwrap_or(0) * 10)
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// `message` with the tenant context the gateway would write: (tenant, principal id, type).
+pub fn with_context<T>(
+    message: T,
+    context: &(String, String, &'static str),
+) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("palisade-tenant-id", MetadataValue::try_from(&context.0)?);
+    metadata.insert(
+        "palisade-principal-id",
+        MetadataValue::try_from(&context.1)?,
+    );
+    metadata.insert(
+        "palisade-principal-type",
+        MetadataValue::from_static(context.2),
+    );
+    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    metadata.insert(
+        "x-request-id",
+        MetadataValue::try_from(format!("bench-{id}"))?,
+    );
+    Ok(request)
 }
 
 /// Threads spinning on every core under `SCHED_IDLE` until [`IdleSpinners::stop`]: the CPU a
