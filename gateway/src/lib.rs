@@ -135,7 +135,7 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
             // The calls served are counted; report the last of them before going.
             let _ = stop_usage.send(());
             let _ = usage_reports.await;
-            kit.stop();
+            kit.stop().await;
             Ok(())
         },
     ))

@@ -129,13 +129,18 @@ impl ComponentKit {
         });
     }
 
-    /// Stops the admin port and background tasks.
-    pub fn stop(mut self) {
+    /// Stops the admin port and background tasks, and returns once they have ended, so the
+    /// admin port is free again (a component restarted at once binds it anew).
+    pub async fn stop(mut self) {
         if let Some(stop) = self.admin_stop.take() {
             let _ = stop.send(());
         }
-        for task in self.background.drain(..) {
+        let tasks: Vec<_> = self.background.drain(..).collect();
+        for task in &tasks {
             task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
         }
     }
 
@@ -156,5 +161,15 @@ impl ComponentKit {
                 tokio::time::sleep(GAUGE_INTERVAL).await;
             }
         }));
+    }
+}
+
+/// A kit dropped without [`ComponentKit::stop`] (its component failed to start) stops its
+/// tasks too, so a failed start leaves no admin port bound behind it.
+impl Drop for ComponentKit {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
     }
 }

@@ -60,7 +60,7 @@ pub async fn start(listeners: Listeners, config: ComplianceConfig) -> Result<Run
             let (health, serving) = server.serve(listener, shutdown.wait()).await?;
             kit.watch_database_readiness(health, db.clone());
             let served = serving.await;
-            kit.stop();
+            kit.stop().await;
             db.close().await;
             Ok(served?)
         },

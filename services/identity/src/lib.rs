@@ -159,7 +159,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         let _ = rotation.await;
         let _ = stop_relay.send(());
         let _ = relay_task.await;
-        kit.stop();
+        kit.stop().await;
         db.close().await;
         Ok(served?)
     });

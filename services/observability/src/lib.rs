@@ -46,7 +46,7 @@ pub async fn start(listeners: Listeners, config: ObservabilityConfig) -> Result<
         move |shutdown| async move {
             let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
             let served = serving.await;
-            kit.stop();
+            kit.stop().await;
             Ok(served?)
         },
     ))
