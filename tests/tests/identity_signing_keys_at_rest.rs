@@ -59,10 +59,7 @@ async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
         mesh.stop_component(Component::Identity).await?;
         let (kid, stored) = &keys[0];
         let plain = sealer.open(kid, stored)?;
-        let db = match mesh.admin_db(Component::Identity).await? {
-            Some(admin) => admin,
-            None => mesh.service_db(Component::Identity).await?,
-        };
+        let db = mesh.service_db(Component::Identity).await?;
         sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
             .bind(plain.clone())
             .bind(kid)

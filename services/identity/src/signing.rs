@@ -79,9 +79,8 @@ impl Keyring {
             Some(key) => key,
             None => add_key(&store, &sealer, "bootstrap", None).await?,
         };
-        let signer = Signer::new(&newest.kid, &sealer.open(&newest.kid, &newest.private_key)?)?;
         let keyring = Keyring {
-            current: RwLock::new((Arc::new(signer), newest.create_time)),
+            current: RwLock::new((Arc::new(signer(&sealer, &newest)?), newest.create_time)),
             store,
             policy,
             sealer,
@@ -163,7 +162,7 @@ impl Keyring {
         if key.create_time <= self.current.read().expect("keyring lock").1 {
             return Ok(());
         }
-        let signer = Signer::new(&key.kid, &self.sealer.open(&key.kid, &key.private_key)?)?;
+        let signer = signer(&self.sealer, key)?;
         let mut current = self.current.write().expect("keyring lock");
         if key.create_time > current.1 {
             *current = (Arc::new(signer), key.create_time);
@@ -171,6 +170,11 @@ impl Keyring {
         }
         Ok(())
     }
+}
+
+/// The signer of a stored key, opened with `sealer`.
+fn signer(sealer: &KeySealer, key: &SigningKeyRecord) -> Result<Signer, ApiError> {
+    Signer::new(&key.kid, &sealer.open(&key.kid, &key.private_key)?)
 }
 
 /// The keys (given newest first) that are still published at `now`: the newest, and each
