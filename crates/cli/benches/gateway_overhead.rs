@@ -35,7 +35,7 @@ use palisade_proto::palisade::identity::v1::{
 };
 use palisade_testkit::{free_port_base, with_api_key};
 use palisade_tls::{CertPaths, MeshTls};
-use support::{KillOnDrop, cpu_time, us, wait_for_key, with_context};
+use support::{KillOnDrop, cpu_time, us, wait_for_key, with_context, write_syscalls};
 use tonic::transport::Channel;
 
 mod support;
@@ -52,6 +52,8 @@ struct Sample {
     p99: Duration,
     /// CPU time (user + system) per call of the gateway and of the mesh during the run.
     cpu: [Duration; 2],
+    /// Write system calls per call of the gateway and of the mesh during the run.
+    writes: [f64; 2],
 }
 
 #[tokio::main]
@@ -202,6 +204,10 @@ async fn main() -> anyhow::Result<()> {
         us(half_gateway.cpu[1]),
     );
     println!(
+        "  half load write syscalls per call: gateway {:.2}, mesh {:.2} direct / {:.2} through the gateway",
+        half_gateway.writes[0], half_direct.writes[1], half_gateway.writes[1],
+    );
+    println!(
         "  gateway process (palisade serve gateway) RSS after the load: {} (peak {})",
         rss.as_deref().unwrap_or("?"),
         hwm.as_deref().unwrap_or("?")
@@ -294,23 +300,25 @@ async fn interleaved(
     pids: [u32; 2],
 ) -> anyhow::Result<Vec<Sample>> {
     let slice = RUN / ROUNDS as u32;
-    let mut runs: Vec<(Vec<Duration>, [Duration; 2])> = vec![Default::default(); calls.len()];
+    let mut runs: Vec<(Vec<Duration>, [Duration; 2], [u64; 2])> =
+        vec![Default::default(); calls.len()];
     for call in calls {
         load(call, rate, WARMUP).await?;
     }
     for _ in 0..ROUNDS {
-        for (call, (latencies, cpu)) in calls.iter().zip(&mut runs) {
-            let before = pids.map(cpu_time);
+        for (call, (latencies, cpu, writes)) in calls.iter().zip(&mut runs) {
+            let before = (pids.map(cpu_time), pids.map(write_syscalls));
             latencies.extend(load(call, rate, slice).await?);
-            let after = pids.map(cpu_time);
+            let after = (pids.map(cpu_time), pids.map(write_syscalls));
             for i in 0..2 {
-                cpu[i] += after[i].saturating_sub(before[i]);
+                cpu[i] += after.0[i].saturating_sub(before.0[i]);
+                writes[i] += after.1[i].saturating_sub(before.1[i]);
             }
         }
     }
     Ok(runs
         .into_iter()
-        .map(|(latencies, cpu)| sample(latencies, RUN, cpu))
+        .map(|(latencies, cpu, writes)| sample(latencies, RUN, cpu, writes))
         .collect())
 }
 
@@ -354,7 +362,12 @@ async fn collect(
     Ok(all)
 }
 
-fn sample(mut latencies: Vec<Duration>, run: Duration, cpu: [Duration; 2]) -> Sample {
+fn sample(
+    mut latencies: Vec<Duration>,
+    run: Duration,
+    cpu: [Duration; 2],
+    writes: [u64; 2],
+) -> Sample {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let calls = latencies.len().max(1) as u32;
@@ -363,6 +376,7 @@ fn sample(mut latencies: Vec<Duration>, run: Duration, cpu: [Duration; 2]) -> Sa
         p50: at(0.50),
         p99: at(0.99),
         cpu: cpu.map(|cpu| cpu / calls),
+        writes: writes.map(|writes| writes as f64 / f64::from(calls)),
     }
 }
 
