@@ -32,6 +32,8 @@ use tokio::{
     task::JoinSet,
 };
 
+use palisade_tls::CoalescedWrites;
+
 use crate::{edge::Edge, public_tls::PublicTls};
 
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -225,7 +227,7 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection(TokioIo::new(CoalescedWrites::new(io)), service);
     if let Err(error) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }

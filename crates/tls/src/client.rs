@@ -16,7 +16,7 @@ use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint};
 use tower_service::Service;
 
-use crate::{Error, MeshTls, Result};
+use crate::{CoalescedWrites, Error, MeshTls, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -52,7 +52,7 @@ impl fmt::Debug for MeshConnector {
 }
 
 impl Service<Uri> for MeshConnector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Response = TokioIo<CoalescedWrites<TlsStream<TcpStream>>>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -68,7 +68,7 @@ impl Service<Uri> for MeshConnector {
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
-            Ok(TokioIo::new(tls))
+            Ok(TokioIo::new(CoalescedWrites::new(tls)))
         })
     }
 }

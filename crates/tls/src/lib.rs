@@ -11,6 +11,7 @@
 //! - [`MeshConnector`] and [`channel`] dial other components over mTLS.
 
 mod client;
+mod coalesce;
 mod config;
 mod error;
 pub mod pki;
@@ -19,6 +20,7 @@ mod server;
 mod spiffe;
 
 pub use client::{MeshConnector, channel};
+pub use coalesce::CoalescedWrites;
 pub use config::{CertPaths, MeshTls};
 pub use error::{Error, Result};
 pub use reload::Reloading;

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-use crate::{MeshTls, SpiffeId, spiffe};
+use crate::{CoalescedWrites, MeshTls, SpiffeId, spiffe};
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +43,8 @@ pub struct PeerIdentity {
 
 /// An accepted connection whose mTLS handshake has completed.
 pub struct MeshStream {
-    inner: TlsStream<TcpStream>,
+    /// Writes coalesced: a response's HEADERS, DATA and trailers leave in one TLS record.
+    inner: CoalescedWrites<TlsStream<TcpStream>>,
     peer: PeerIdentity,
 }
 
@@ -205,7 +206,7 @@ async fn handshake(
         None => None,
     };
     Some(MeshStream {
-        inner,
+        inner: CoalescedWrites::new(inner),
         peer: PeerIdentity {
             remote_addr: Some(remote),
             spiffe_id,

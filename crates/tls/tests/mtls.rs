@@ -210,7 +210,14 @@ async fn reloads_changed_certificates() {
     let mut connector = MeshConnector::new(gateway.clone(), "identity").unwrap();
     let uri: http::Uri = server.url().parse().unwrap();
     let io = connector.call(uri).await.unwrap();
-    let presented = io.inner().get_ref().1.peer_certificates().unwrap()[0].clone();
+    let presented = io
+        .inner()
+        .get_ref()
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap()[0]
+        .clone();
     let on_disk = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
     assert_eq!(presented, on_disk);
 
