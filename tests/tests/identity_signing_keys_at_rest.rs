@@ -1,6 +1,7 @@
 //! Token-signing keys at rest: stored sealed under the deployment's key-encryption key, never
 //! as plain PKCS#8; a key stored plain (before a KEK was configured) is sealed at the next start
-//! and keeps signing; with another KEK identity refuses to start rather than mint new keys.
+//! and keeps signing; the KEK rotates (the old one as the previous one for a start); with
+//! another KEK identity refuses to start rather than mint new keys.
 
 mod common;
 
@@ -73,6 +74,36 @@ async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
         assert_eq!(sealer.open(kid, &resealed[0].1)?, plain, "{backend}");
         let jwks = auth.get_jwks(GetJwksRequest {}).await?.into_inner();
         assert!(jwks.keys.iter().any(|key| &key.kid == kid), "{backend}");
+        auth.login(login.clone()).await?;
+
+        // Rotating the KEK: the old one becomes the previous one beside a new one; at start the
+        // keys are sealed again under the new one, which alone then opens them.
+        mesh.stop_component(Component::Identity).await?;
+        let previous = mesh.certs_dir().join("identity-signing.previous.kek");
+        std::fs::rename(&kek, &previous)?;
+        KeySealer::create_kek_file(&kek)?;
+        mesh.restart(Component::Identity).await?;
+        let new_sealer = KeySealer::from_file(&kek)?;
+        let rotated = stored_keys(&mesh).await?;
+        assert_eq!(rotated.len(), keys.len(), "{backend}");
+        for (kid, stored) in &rotated {
+            assert!(stored.starts_with(SEALED_PREFIX), "{backend}: {kid}");
+            assert!(new_sealer.open(kid, stored).is_ok(), "{backend}: {kid}");
+            assert!(
+                sealer.open(kid, stored).is_err(),
+                "{backend}: {kid} still opens with the old KEK"
+            );
+        }
+        auth.login(login.clone()).await?;
+        // The old KEK dropped: the keys open with the new one alone.
+        mesh.stop_component(Component::Identity).await?;
+        std::fs::remove_file(&previous)?;
+        mesh.restart(Component::Identity).await?;
+        assert_eq!(
+            stored_keys(&mesh).await?,
+            rotated,
+            "{backend}: nothing left to reseal"
+        );
         auth.login(login.clone()).await?;
 
         // Another KEK: the stored keys do not open, and identity says so instead of starting.

@@ -167,6 +167,12 @@ impl MeshOptions {
         self.certs_dir().join("identity-signing.kek")
     }
 
+    /// A KEK being rotated away from, if there is one: to rotate the dev KEK, rename it to
+    /// this and restart; a new KEK is made and the keys are sealed again under it.
+    pub fn signing_key_previous_kek(&self) -> Option<PathBuf> {
+        Some(self.certs_dir().join("identity-signing.previous.kek")).filter(|path| path.exists())
+    }
+
     /// Where `component` keeps its data (for PostgreSQL: as the role the services connect as).
     pub fn db_config(&self, component: Component) -> DbConfig {
         match &self.database {
@@ -323,6 +329,7 @@ impl LocalMesh {
             tenant_base_domain: options.tenant_base_domain.clone(),
             api_key_max_lifetime: options.api_key_max_lifetime,
             signing_key_kek: Some(options.signing_key_kek()),
+            signing_key_previous_kek: options.signing_key_previous_kek(),
             gateway_workers: 0,
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
@@ -350,6 +357,8 @@ pub struct ComponentSettings {
     pub api_key_max_lifetime: Duration,
     /// identity: the KEK file sealing token-signing keys at rest (`None`: stored plain).
     pub signing_key_kek: Option<PathBuf>,
+    /// identity: a KEK being rotated away from (opens keys, never seals).
+    pub signing_key_previous_kek: Option<PathBuf>,
     /// The gateway's connection workers; 0 means one per available core.
     pub gateway_workers: usize,
 }
@@ -373,6 +382,7 @@ pub async fn start_component(
         tenant_base_domain,
         api_key_max_lifetime,
         signing_key_kek,
+        signing_key_previous_kek,
         gateway_workers,
     } = settings;
     let started = match component {
@@ -384,6 +394,7 @@ pub async fn start_component(
                 lockout: login_lockout,
                 api_key_max_lifetime,
                 signing_key_kek,
+                signing_key_previous_kek,
             };
             palisade_identity::start(listeners, config)
                 .await

@@ -72,6 +72,15 @@ pub struct ServeArgs {
     /// Make one with `head -c 32 /dev/urandom | base64`.
     #[arg(long, env = "PALISADE_SIGNING_KEY_KEK_FILE")]
     signing_key_kek_file: Option<PathBuf>,
+    /// identity: the KEK being rotated away from. Keys sealed under it still open, and are
+    /// sealed again under `--signing-key-kek-file` at start; drop it once every replica has
+    /// started with the new KEK.
+    #[arg(
+        long,
+        env = "PALISADE_SIGNING_KEY_PREVIOUS_KEK_FILE",
+        requires = "signing_key_kek_file"
+    )]
+    signing_key_previous_kek_file: Option<PathBuf>,
     /// Seconds a verified API key is cached by the gateway.
     #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
     api_key_cache_ttl: u64,
@@ -180,6 +189,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tenant_base_domain: args.tenant_base_domain,
         api_key_max_lifetime: Duration::from_secs(args.api_key_max_lifetime.max(1) * 86_400),
         signing_key_kek: args.signing_key_kek_file,
+        signing_key_previous_kek: args.signing_key_previous_kek_file,
         gateway_workers: args.gateway_workers,
     };
     let listeners = Listeners {

@@ -58,6 +58,8 @@ pub struct IdentityConfig {
     /// The file of the key-encryption key that seals token-signing keys at rest; `None` stores
     /// them plain (see `sealing.rs`).
     pub signing_key_kek: Option<std::path::PathBuf>,
+    /// A KEK being rotated away from: it opens keys, which are sealed again under the current.
+    pub signing_key_previous_kek: Option<std::path::PathBuf>,
 }
 
 /// A running identity service, and the operator key if this start created it.
@@ -89,9 +91,17 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let roles = Arc::new(roles::Roles::from_catalogue(&policies));
     let key_rules = api_keys::KeyRules::new(&policies, config.api_key_max_lifetime);
     let passwords = passwords::Passwords::new();
-    let sealer = match &config.signing_key_kek {
-        Some(path) => sealing::KeySealer::from_file(path)?,
-        None => sealing::KeySealer::unsealed(),
+    let sealer = match (&config.signing_key_kek, &config.signing_key_previous_kek) {
+        (Some(path), None) => sealing::KeySealer::from_file(path)?,
+        (Some(path), Some(previous)) => {
+            sealing::KeySealer::from_file(path)?.with_previous_file(previous)?
+        }
+        (None, Some(_)) => {
+            return Err(
+                "a previous signing-key KEK needs a current one (--signing-key-kek-file)".into(),
+            );
+        }
+        (None, None) => sealing::KeySealer::unsealed(),
     };
     let keys = Arc::new(signing::Keyring::load(store.clone(), Default::default(), sealer).await?);
     let authz = Arc::new(authz::Authz::new(store.clone(), roles));

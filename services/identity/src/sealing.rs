@@ -8,6 +8,11 @@
 //! Without a KEK, keys are stored as plain PKCS#8 and identity warns at start. Keys stored
 //! plain before a KEK was configured are sealed at the next start. A sealed key without the
 //! KEK, or with another KEK, stops identity from starting with an error that says so.
+//!
+//! The KEK rotates with a previous KEK configured beside the new one: keys open with either,
+//! and those sealed under the previous one are sealed again under the new one at start. With
+//! several identity replicas, first give every replica the new KEK as its previous one (keys
+//! then open anywhere whichever seals them), then swap the two, then drop the old one.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +30,8 @@ const KEK_LEN: usize = 32;
 /// Seals and opens signing keys, or stores them plain when no KEK is configured.
 pub struct KeySealer {
     kek: Option<LessSafeKey>,
+    /// A KEK being rotated away from: it opens keys, it never seals them.
+    previous: Option<LessSafeKey>,
 }
 
 /// Why a KEK file cannot be used.
@@ -42,29 +49,25 @@ pub enum KekError {
 impl KeySealer {
     /// Keys are stored plain.
     pub fn unsealed() -> KeySealer {
-        KeySealer { kek: None }
+        KeySealer {
+            kek: None,
+            previous: None,
+        }
     }
 
     /// Seals with the KEK in `path`: 32 bytes, base64 (surrounding whitespace ignored).
     pub fn from_file(path: &Path) -> Result<KeySealer, KekError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KekError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let malformed = |reason: String| KekError::Malformed {
-            path: path.to_owned(),
-            reason,
-        };
-        let bytes = STANDARD
-            .decode(text.trim())
-            .map_err(|error| malformed(error.to_string()))?;
-        if bytes.len() != KEK_LEN {
-            return Err(malformed(format!("it holds {} bytes", bytes.len())));
-        }
-        let key = UnboundKey::new(&AES_256_GCM, &bytes)
-            .map_err(|_| malformed("not an AES-256 key".to_owned()))?;
         Ok(KeySealer {
-            kek: Some(LessSafeKey::new(key)),
+            kek: Some(read_kek(path)?),
+            previous: None,
+        })
+    }
+
+    /// The same sealer, also opening keys sealed under the KEK in `path` (see the module doc).
+    pub fn with_previous_file(self, path: &Path) -> Result<KeySealer, KekError> {
+        Ok(KeySealer {
+            previous: Some(read_kek(path)?),
+            ..self
         })
     }
 
@@ -111,10 +114,27 @@ impl KeySealer {
         Ok([SEALED_PREFIX, &nonce, &sealed].concat())
     }
 
-    /// The private key of `kid` from what was stored: opened if sealed, as it is if plain.
+    /// The private key of `kid` from what was stored: opened if sealed (with the KEK, or the
+    /// previous one), as it is if plain.
     pub fn open(&self, kid: &str, stored: &[u8]) -> Result<Vec<u8>, ApiError> {
+        self.open_with_which(kid, stored).map(|(pkcs8, _)| pkcs8)
+    }
+
+    /// What to store instead of `stored` so that the key of `kid` is sealed under the current
+    /// KEK: `None` when it already is, or when no KEK is configured.
+    pub fn reseal(&self, kid: &str, stored: &[u8]) -> Result<Option<Vec<u8>>, ApiError> {
+        if !self.seals() {
+            return Ok(None);
+        }
+        match self.open_with_which(kid, stored)? {
+            (_, Opened::WithCurrent) => Ok(None),
+            (pkcs8, Opened::Plain | Opened::WithPrevious) => self.seal(kid, &pkcs8).map(Some),
+        }
+    }
+
+    fn open_with_which(&self, kid: &str, stored: &[u8]) -> Result<(Vec<u8>, Opened), ApiError> {
         let Some(body) = stored.strip_prefix(SEALED_PREFIX) else {
-            return Ok(stored.to_vec());
+            return Ok((stored.to_vec(), Opened::Plain));
         };
         let Some(kek) = &self.kek else {
             return Err(ApiError::internal(format!(
@@ -122,27 +142,69 @@ impl KeySealer {
                  (--signing-key-kek-file)"
             )));
         };
-        let unreadable = || {
-            ApiError::internal(format!(
-                "signing key {kid} does not open with the configured KEK \
-                 (another KEK sealed it, or the stored key was altered)"
-            ))
-        };
-        if body.len() < NONCE_LEN {
-            return Err(unreadable());
+        if let Some(pkcs8) = open_sealed(kek, kid, body) {
+            return Ok((pkcs8, Opened::WithCurrent));
         }
-        let (nonce, sealed) = body.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| unreadable())?;
-        let mut buffer = sealed.to_vec();
-        let opened = kek
-            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buffer)
-            .map_err(|_| unreadable())?;
-        Ok(opened.to_vec())
+        if let Some(pkcs8) = self
+            .previous
+            .as_ref()
+            .and_then(|kek| open_sealed(kek, kid, body))
+        {
+            return Ok((pkcs8, Opened::WithPrevious));
+        }
+        Err(ApiError::internal(format!(
+            "signing key {kid} does not open with the configured KEK{} \
+             (another KEK sealed it, or the stored key was altered)",
+            if self.previous.is_some() { "s" } else { "" }
+        )))
     }
 }
 
+/// Which KEK a stored key opened with.
+enum Opened {
+    Plain,
+    WithCurrent,
+    WithPrevious,
+}
+
+/// `body` (nonce, then ciphertext and tag) opened under `kek` with `kid` as associated data.
+fn open_sealed(kek: &LessSafeKey, kid: &str, body: &[u8]) -> Option<Vec<u8>> {
+    if body.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, sealed) = body.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buffer = sealed.to_vec();
+    let opened = kek
+        .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buffer)
+        .ok()?;
+    Some(opened.to_vec())
+}
+
+/// The KEK in `path`: 32 bytes, base64 (surrounding whitespace ignored).
+fn read_kek(path: &Path) -> Result<LessSafeKey, KekError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KekError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let malformed = |reason: String| KekError::Malformed {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = STANDARD
+        .decode(text.trim())
+        .map_err(|error| malformed(error.to_string()))?;
+    if bytes.len() != KEK_LEN {
+        return Err(malformed(format!("it holds {} bytes", bytes.len())));
+    }
+    let key = UnboundKey::new(&AES_256_GCM, &bytes)
+        .map_err(|_| malformed("not an AES-256 key".to_owned()))?;
+    Ok(LessSafeKey::new(key))
+}
+
 /// Whether a stored private key is sealed.
-pub fn is_sealed(stored: &[u8]) -> bool {
+#[cfg(test)]
+fn is_sealed(stored: &[u8]) -> bool {
     stored.starts_with(SEALED_PREFIX)
 }
 
@@ -181,6 +243,50 @@ mod tests {
         let without = KeySealer::unsealed();
         let refused = without.open("kid-1", &sealed).unwrap_err();
         assert!(refused.to_string().contains("no KEK"), "{refused}");
+    }
+
+    #[test]
+    fn a_previous_kek_opens_keys_and_reseal_moves_them_to_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = sealer_in(dir.path(), "old");
+        let sealed_old = old.seal("kid", b"pkcs8").unwrap();
+        KeySealer::create_kek_file(&dir.path().join("new")).unwrap();
+        let rotating = KeySealer::from_file(&dir.path().join("new"))
+            .unwrap()
+            .with_previous_file(&dir.path().join("old"))
+            .unwrap();
+        assert_eq!(rotating.open("kid", &sealed_old).unwrap(), b"pkcs8");
+        let resealed = rotating
+            .reseal("kid", &sealed_old)
+            .unwrap()
+            .expect("resealed");
+        assert!(
+            old.open("kid", &resealed).is_err(),
+            "the old KEK no longer opens it"
+        );
+        let new = KeySealer::from_file(&dir.path().join("new")).unwrap();
+        assert_eq!(new.open("kid", &resealed).unwrap(), b"pkcs8");
+        assert!(
+            rotating.reseal("kid", &resealed).unwrap().is_none(),
+            "already current"
+        );
+        // Plain keys are sealed too; nothing is sealed without a KEK.
+        assert!(is_sealed(
+            &rotating.reseal("kid", b"pkcs8").unwrap().unwrap()
+        ));
+        assert!(
+            KeySealer::unsealed()
+                .reseal("kid", b"pkcs8")
+                .unwrap()
+                .is_none()
+        );
+        // A third KEK opens neither.
+        let error = sealer_in(dir.path(), "third")
+            .with_previous_file(&dir.path().join("new"))
+            .unwrap()
+            .open("kid", &sealed_old)
+            .unwrap_err();
+        assert!(error.to_string().contains("does not open"), "{error}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::Jwk};
 use palisade_tenancy::{Principal, PrincipalKind, TenantId};
 
 use crate::{
-    sealing::{KeySealer, is_sealed},
+    sealing::KeySealer,
     store::IdentityStore,
     tokens::{ACCESS_TOKEN_TTL_MICROS, Signer, SigningKeyRecord},
 };
@@ -64,10 +64,13 @@ impl Keyring {
     ) -> Result<Keyring, ApiError> {
         let mut keys = store.signing_keys().await?;
         if sealer.seals() {
-            for key in keys.iter_mut().filter(|key| !is_sealed(&key.private_key)) {
-                key.private_key = sealer.seal(&key.kid, &key.private_key)?;
-                store.reseal_signing_key(&key.kid, &key.private_key).await?;
-                tracing::info!(kid = %key.kid, "stored token signing key sealed");
+            // Keys stored plain, or sealed under a previous KEK, are sealed under the current.
+            for key in &mut keys {
+                if let Some(resealed) = sealer.reseal(&key.kid, &key.private_key)? {
+                    store.reseal_signing_key(&key.kid, &resealed).await?;
+                    key.private_key = resealed;
+                    tracing::info!(kid = %key.kid, "stored token signing key sealed under the current KEK");
+                }
             }
         } else {
             tracing::warn!(
