@@ -25,14 +25,13 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_grpc::BoxError;
+use palisade_tls::CoalescedWrites;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::{OwnedSemaphorePermit, mpsc, oneshot},
     task::JoinSet,
 };
-
-use palisade_tls::CoalescedWrites;
 
 use crate::{edge::Edge, public_tls::PublicTls};
 

@@ -191,10 +191,7 @@ async fn a_refresh_racing_a_revocation_is_refused() -> anyhow::Result<()> {
         let mut auth = AuthServiceClient::new(mesh.gateway());
         let tokens = auth.login(login_request(PASSWORD)).await?.into_inner();
 
-        let db = match mesh.admin_db(Component::Identity).await? {
-            Some(admin) => admin,
-            None => mesh.service_db(Component::Identity).await?,
-        };
+        let db = mesh.unrestricted_db(Component::Identity).await?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         let mut revocation = db.begin().await?;
         sqlx::query(

@@ -106,10 +106,7 @@ async fn a_large_tenant_streams_in_batches() -> anyhow::Result<()> {
             .await?;
         // Users planted beneath the API (hashing 1203 passwords would take minutes), all with
         // ada's password and one creation time, so pages must also break ties by id.
-        let db = match mesh.admin_db(Component::Identity).await? {
-            Some(admin) => admin,
-            None => mesh.service_db(Component::Identity).await?,
-        };
+        let db = mesh.unrestricted_db(Component::Identity).await?;
         let hash: String =
             sqlx::query_scalar("SELECT password_hash FROM users WHERE tenant_id = 'acme'")
                 .fetch_one(db.pool())

@@ -91,18 +91,10 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let roles = Arc::new(roles::Roles::from_catalogue(&policies));
     let key_rules = api_keys::KeyRules::new(&policies, config.api_key_max_lifetime);
     let passwords = passwords::Passwords::new();
-    let sealer = match (&config.signing_key_kek, &config.signing_key_previous_kek) {
-        (Some(path), None) => sealing::KeySealer::from_file(path)?,
-        (Some(path), Some(previous)) => {
-            sealing::KeySealer::from_file(path)?.with_previous_file(previous)?
-        }
-        (None, Some(_)) => {
-            return Err(
-                "a previous signing-key KEK needs a current one (--signing-key-kek-file)".into(),
-            );
-        }
-        (None, None) => sealing::KeySealer::unsealed(),
-    };
+    let sealer = sealing::KeySealer::from_files(
+        config.signing_key_kek.as_deref(),
+        config.signing_key_previous_kek.as_deref(),
+    )?;
     let keys = Arc::new(signing::Keyring::load(store.clone(), Default::default(), sealer).await?);
     let authz = Arc::new(authz::Authz::new(store.clone(), roles));
     let authorizer = Arc::new(authz::LocalAuthorizer(authz.clone()));

@@ -44,6 +44,8 @@ pub enum KekError {
     },
     #[error("the signing-key KEK {path} must hold 32 bytes in base64 ({reason})")]
     Malformed { path: PathBuf, reason: String },
+    #[error("a previous signing-key KEK needs a current one (--signing-key-kek-file)")]
+    PreviousWithoutCurrent,
 }
 
 impl KeySealer {
@@ -69,6 +71,22 @@ impl KeySealer {
             previous: Some(read_kek(path)?),
             ..self
         })
+    }
+
+    /// The sealer a deployment configures: the KEK in `current` (none: keys stored plain) and,
+    /// while it rotates, the one in `previous`.
+    pub fn from_files(
+        current: Option<&Path>,
+        previous: Option<&Path>,
+    ) -> Result<KeySealer, KekError> {
+        match (current, previous) {
+            (None, None) => Ok(KeySealer::unsealed()),
+            (None, Some(_)) => Err(KekError::PreviousWithoutCurrent),
+            (Some(current), None) => KeySealer::from_file(current),
+            (Some(current), Some(previous)) => {
+                KeySealer::from_file(current)?.with_previous_file(previous)
+            }
+        }
     }
 
     /// Writes a new random KEK to `path` (readable by its owner only) unless a file is there.

@@ -56,23 +56,22 @@ pub struct Keyring {
 
 impl Keyring {
     /// Loads the newest stored key, making the first one (or a due replacement) if needed.
-    /// With a KEK, keys stored plain are sealed first; a key that does not open fails the load.
+    /// With a KEK, keys stored plain or sealed under the previous KEK are sealed under the
+    /// current one first; a key that does not open fails the load.
     pub async fn load(
         store: IdentityStore,
         policy: RotationPolicy,
         sealer: KeySealer,
     ) -> Result<Keyring, ApiError> {
         let mut keys = store.signing_keys().await?;
-        if sealer.seals() {
-            // Keys stored plain, or sealed under a previous KEK, are sealed under the current.
-            for key in &mut keys {
-                if let Some(resealed) = sealer.reseal(&key.kid, &key.private_key)? {
-                    store.reseal_signing_key(&key.kid, &resealed).await?;
-                    key.private_key = resealed;
-                    tracing::info!(kid = %key.kid, "stored token signing key sealed under the current KEK");
-                }
+        for key in &mut keys {
+            if let Some(resealed) = sealer.reseal(&key.kid, &key.private_key)? {
+                store.reseal_signing_key(&key.kid, &resealed).await?;
+                key.private_key = resealed;
+                tracing::info!(kid = %key.kid, "stored token signing key sealed under the current KEK");
             }
-        } else {
+        }
+        if !sealer.seals() {
             tracing::warn!(
                 "token signing keys are stored unsealed: configure a KEK \
                  (--signing-key-kek-file) so that a database copy cannot mint tokens"

@@ -59,7 +59,7 @@ impl IdentityStore {
         Ok(())
     }
 
-    /// Replaces the stored private key of `kid` (sealing a key stored plain).
+    /// Replaces the stored private key of `kid` (sealed anew: see `KeySealer::reseal`).
     pub async fn reseal_signing_key(&self, kid: &str, private_key: &[u8]) -> Result<(), ApiError> {
         sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
             .bind(private_key.to_vec())
