@@ -9,13 +9,13 @@ mod tenant_data_kit;
 
 use std::time::Duration;
 
-use common::{expect_code, reason, violated_fields};
+use common::{expect_code, new_tenant, reason, violated_fields};
 use identity_kit::{PASSWORD, list_users, login, login_request, with_bearer};
 use palisade_proto::palisade::{
     common::v1::PrincipalType,
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        GetRoleRequest, GetTenantRequest, RefreshTokenRequest, TenantDataChunk,
+        GetRoleRequest, GetTenantRequest, Plan, RefreshTokenRequest, TenantDataChunk,
         auth_service_client::AuthServiceClient, role_service_client::RoleServiceClient,
         tenant_data_chunk::Chunk, tenant_data_record::Record,
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
@@ -181,6 +181,54 @@ async fn a_deleted_tenant_comes_back_from_its_export() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An import reads its whole stream before it writes, so a sender that pauses halfway holds up
+/// no other write; on SQLite, where there is one writer, it used to hold the write lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_still_arriving_holds_up_no_other_write() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = start(builder).await?;
+        populate(&mesh).await?;
+        let mut compliance = as_compliance(&mesh).await?;
+        let chunks = export(&mut compliance, "tenants/acme").await?;
+        delete_acme(&mesh).await?;
+
+        // The header and the first batch go out; the rest waits.
+        let (sender, receiver) = tokio::sync::mpsc::channel(chunks.len());
+        let mut chunks = chunks.into_iter();
+        for chunk in chunks.by_ref().take(2) {
+            sender.send(chunk).await?;
+        }
+        let importing = tokio::spawn({
+            let mut compliance = compliance.clone();
+            async move {
+                compliance
+                    .import_tenant_data(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                    .await
+            }
+        });
+        eventually(Duration::from_secs(10), || async {
+            Ok((sender.capacity() == sender.max_capacity()).then_some(()))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("globex", "Globex", Plan::Standard)))
+            .await?;
+        assert!(!acme_exists(&mesh).await?, "written before its trailer");
+
+        for chunk in chunks {
+            sender.send(chunk).await?;
+        }
+        drop(sender);
+        let imported = importing.await??.into_inner();
+        assert_eq!(imported.counts, counts(1, 1, 3, 1));
+        login(&mesh, "acme", "ada@acme.example").await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_stream_is_refused_and_writes_nothing() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
@@ -254,6 +302,27 @@ async fn a_tampered_stream_is_refused_and_writes_nothing() -> anyhow::Result<()>
                     "batch.records[4].user.roles[0]",
                     "batch.records[5].api_key.name",
                     "batch.records[5].api_key.owner",
+                ],
+            ),
+            (
+                "wider rights, with the trailer made to match",
+                tamper(&|chunks| {
+                    let mut records = batch_of(chunks);
+                    if let Some(Record::Role(role)) = &mut records[1].record {
+                        role.permissions.push("identity.authorization.check".into());
+                    }
+                    if let Some(Record::ApiKey(key)) = &mut records[5].record {
+                        key.scopes = vec!["*".into()];
+                    }
+                    set_batch(chunks, records);
+                    retally(chunks);
+                }),
+                vec![
+                    // Internal permissions are not the catalogue's; `*` is only an operator's.
+                    "batch.records[1].role.permissions[2]",
+                    "batch.records[3].user.roles[0]",
+                    "batch.records[4].user.roles[0]",
+                    "batch.records[5].api_key.scopes[0]",
                 ],
             ),
             (

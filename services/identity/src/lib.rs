@@ -96,7 +96,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         config.signing_key_previous_kek.as_deref(),
     )?;
     let keys = Arc::new(signing::Keyring::load(store.clone(), Default::default(), sealer).await?);
-    let authz = Arc::new(authz::Authz::new(store.clone(), roles));
+    let authz = Arc::new(authz::Authz::new(store.clone(), roles.clone()));
     let authorizer = Arc::new(authz::LocalAuthorizer(authz.clone()));
     let server = MeshServer::new(
         COMPONENT,
@@ -124,6 +124,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     .add_service(TenantDataServiceServer::new(api::TenantDataApi::new(
         store.clone(),
         relay.clone(),
+        roles.clone(),
     )))
     .add_service(AuthServiceServer::new(api::AuthApi::new(
         store.clone(),

@@ -162,6 +162,11 @@ mod tests {
 
     const T0: i64 = 1_795_259_646_000_000;
 
+    fn catalogue() -> std::sync::Arc<crate::roles::Roles> {
+        let policies = palisade_grpc::MethodPolicies::palisade().unwrap();
+        std::sync::Arc::new(crate::roles::Roles::from_catalogue(&policies))
+    }
+
     fn acme() -> TenantId {
         TenantId::parse("acme").unwrap()
     }
@@ -227,7 +232,7 @@ mod tests {
 
     /// The fields an import of `records` (one batch) closed by `trailer` complains about.
     fn import(records: &[TenantDataRecord], trailer: &TenantDataTrailer) -> Vec<String> {
-        let mut import = Import::begin(&header(&acme(), T0)).unwrap();
+        let mut import = Import::begin(&header(&acme(), T0), catalogue()).unwrap();
         let result = import
             .batch(1, records)
             .and_then(|_| import.finish(trailer));
@@ -251,7 +256,7 @@ mod tests {
     fn an_export_imports_back_whole() {
         let records = stream();
         let trailer = trailer_of(&records);
-        let mut import = Import::begin(&header(&acme(), T0)).unwrap();
+        let mut import = Import::begin(&header(&acme(), T0), catalogue()).unwrap();
         let restored = import.batch(1, &records).unwrap();
         let counts = import.finish(&trailer).unwrap();
         assert_eq!(
@@ -345,8 +350,33 @@ mod tests {
     }
 
     #[test]
+    fn roles_and_keys_come_back_only_with_catalogue_permissions() {
+        let mut records = stream();
+        if let Some(Record::Role(role)) = &mut records[1].record {
+            // Internal (service-to-service) permissions are not in the catalogue either.
+            role.permissions = vec![
+                "identity.users.get".into(),
+                "identity.authorization.check".into(),
+            ];
+        }
+        if let Some(Record::ApiKey(key)) = &mut records[3].record {
+            key.scopes = vec!["*".into(), "identity.users.list".into(), "ghost.x".into()];
+        }
+        assert_eq!(
+            import(&records, &trailer_of(&records)),
+            [
+                "batch.records[1].role.permissions[1]",
+                // The role was refused, so holding it is refused too.
+                "batch.records[2].user.roles[0]",
+                "batch.records[3].api_key.scopes[0]",
+                "batch.records[3].api_key.scopes[2]",
+            ]
+        );
+    }
+
+    #[test]
     fn headers_name_a_known_format_and_a_tenant() {
-        let fields = |header: TenantDataHeader| match Import::begin(&header) {
+        let fields = |header: TenantDataHeader| match Import::begin(&header, catalogue()) {
             Err(ApiError::InvalidArgument(violations)) => {
                 violations.into_iter().map(|v| v.field).collect::<Vec<_>>()
             }
@@ -360,7 +390,7 @@ mod tests {
             }),
             ["header.format_version", "header.tenant"]
         );
-        let mut import = Import::begin(&header(&acme(), T0)).unwrap();
+        let mut import = Import::begin(&header(&acme(), T0), catalogue()).unwrap();
         let oversized = vec![TenantDataRecord::default(); BATCH_SIZE + 1];
         assert!(matches!(
             import.batch(1, &oversized),

@@ -170,3 +170,40 @@ pub async fn verify_key(mesh: &Mesh, key: &str) -> anyhow::Result<Result<(), Sta
         .await;
     Ok(verified.map(|_| ()))
 }
+
+/// Gives a (changed) stream the trailer its records now call for, as whoever changed it could:
+/// the checksum shows that a stream arrived as sent, not who made it.
+pub fn retally(chunks: &mut [TenantDataChunk]) {
+    use palisade_proto::palisade::identity::v1::{
+        TenantDataTrailer, tenant_data_chunk::Chunk, tenant_data_record::Record,
+    };
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+
+    let mut hasher = Sha256::new();
+    let mut tally = TenantDataCounts::default();
+    for chunk in chunks.iter() {
+        let Some(Chunk::Batch(batch)) = &chunk.chunk else {
+            continue;
+        };
+        for record in &batch.records {
+            let bytes = record.encode_to_vec();
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(&bytes);
+            match &record.record {
+                Some(Record::Tenant(_)) => tally.tenants += 1,
+                Some(Record::Role(_)) => tally.roles += 1,
+                Some(Record::User(_)) => tally.users += 1,
+                Some(Record::ApiKey(_)) => tally.api_keys += 1,
+                None => {}
+            }
+        }
+    }
+    let trailer = TenantDataTrailer {
+        counts: Some(tally),
+        sha256: hasher.finalize().to_vec(),
+    };
+    if let Some(last) = chunks.last_mut() {
+        last.chunk = Some(Chunk::Trailer(trailer));
+    }
+}

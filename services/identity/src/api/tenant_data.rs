@@ -2,7 +2,7 @@
 //! such a stream back. Internal: the policy layer admits only compliance, over mTLS. The
 //! stream's format and checks are `tenant_data`; the SQL is `store::tenant_data`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures::stream::BoxStream;
 use palisade_audit::AuditRecord;
@@ -24,14 +24,20 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::{
+    roles::Roles,
     store::{IdentityStore, TenantSnapshot},
-    tenant_data::{self, BATCH_SIZE, FORMAT_VERSION, Import, Restored, Tally},
+    tenant_data::{self, BATCH_SIZE, Counts, FORMAT_VERSION, Import, Restored, Tally},
     tenants::{self, TenantRecord},
 };
 
-/// An import holds its transaction open while it reads (on SQLite: the database's write
-/// lock), so a stream that stops sending is abandoned after this long.
+/// An import stream that stops sending is abandoned after this long (nothing is written).
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An import reads and checks its whole stream before it opens its transaction, so a slow or
+/// stalled sender never holds the write lock (on SQLite, every writer's) and a bad stream is
+/// refused before anything is written. The records wait in memory, up to this much of their
+/// encoding: a few hundred thousand users, well above any plan's limit.
+const MAX_IMPORT_BYTES: usize = 256 << 20;
 
 /// Chunks an export prepares ahead of its reader: with one page read at a time, an export's
 /// memory stays a few batches, whatever the tenant's size.
@@ -46,11 +52,17 @@ type ChunkSender = mpsc::Sender<Result<TenantDataChunk, Status>>;
 pub struct TenantDataApi {
     store: IdentityStore,
     relay: Relay,
+    /// The permission catalogue an import's roles and api key scopes are checked against.
+    roles: Arc<Roles>,
 }
 
 impl TenantDataApi {
-    pub fn new(store: IdentityStore, relay: Relay) -> TenantDataApi {
-        TenantDataApi { store, relay }
+    pub fn new(store: IdentityStore, relay: Relay, roles: Arc<Roles>) -> TenantDataApi {
+        TenantDataApi {
+            store,
+            relay,
+            roles,
+        }
     }
 }
 
@@ -123,7 +135,7 @@ impl TenantDataService for TenantDataApi {
             )
             .into());
         };
-        let mut import = Import::begin(&header)?;
+        let import = Import::begin(&header, self.roles.clone())?;
         let tenant = import.tenant().clone();
         if tenant.is_system() {
             return Err(ApiError::FailedPrecondition {
@@ -134,6 +146,11 @@ impl TenantDataService for TenantDataApi {
             .into());
         }
         let resource = format!("tenants/{tenant}");
+        // Refused before the stream is read; checked again under the lock below.
+        if !import.replace() && self.store.get_tenant(&tenant).await?.is_some() {
+            return Err(ApiError::AlreadyExists { resource }.into());
+        }
+        let (records, counts) = receive(&mut stream, import, &resource).await?;
         let mut tx = self
             .store
             .db()
@@ -142,41 +159,22 @@ impl TenantDataService for TenantDataApi {
             .map_err(ApiError::internal)?;
         let replaced = match self.store.lock_tenant(&mut tx, &tenant).await? {
             None => false,
-            Some(_) if import.replace() => {
+            Some(_) if header.replace => {
                 self.store.delete_tenant(&mut tx, &tenant).await?;
                 true
             }
             Some(_) => return Err(ApiError::AlreadyExists { resource }.into()),
         };
-        let mut chunk = 0;
-        let counts = loop {
-            chunk += 1;
-            match next(&mut stream, chunk).await? {
-                Some(Chunk::Batch(batch)) => {
-                    for (field, record) in import.batch(chunk, &batch.records)? {
-                        self.store
-                            .restore_record(&mut tx, &record)
-                            .await
-                            .map_err(|error| conflict(error, chunk, &field, &record))?;
-                    }
-                }
-                Some(Chunk::Trailer(trailer)) => break import.finish(&trailer)?,
-                Some(Chunk::Header(_)) => {
-                    let message = format!("chunk {chunk}: only the first chunk is a header");
-                    return Err(ApiError::invalid("header", message).into());
-                }
-                None => {
-                    let message = "the stream ended without a trailer: it is incomplete";
-                    return Err(ApiError::invalid("trailer", message).into());
-                }
-            }
-        };
-        if next(&mut stream, chunk + 1).await?.is_some() {
-            let message = format!(
-                "chunk {}: follows the trailer, which must be last",
-                chunk + 1
-            );
-            return Err(ApiError::invalid("trailer", message).into());
+        for Received {
+            chunk,
+            field,
+            record,
+        } in &records
+        {
+            self.store
+                .restore_record(&mut tx, record)
+                .await
+                .map_err(|error| conflict(error, *chunk, field, record))?;
         }
         let audit = actor.record(
             &tenant,
@@ -324,6 +322,72 @@ impl Chunker {
         self.flush().await?;
         let trailer = std::mem::take(&mut self.tally).trailer();
         self.send(Chunk::Trailer(trailer)).await
+    }
+}
+
+/// A checked record of an import, with where it was in the stream (for errors the database
+/// finds when it is written).
+struct Received {
+    chunk: usize,
+    field: String,
+    record: Restored,
+}
+
+/// Reads an import's stream after its header: every batch checked, then the trailer matched
+/// against what arrived, and nothing after it.
+async fn receive(
+    stream: &mut Streaming<TenantDataChunk>,
+    mut import: Import,
+    resource: &str,
+) -> Result<(Vec<Received>, Counts), Status> {
+    let mut records = Vec::new();
+    let mut received_bytes = 0;
+    let mut chunk = 0;
+    let counts = loop {
+        chunk += 1;
+        match next(stream, chunk).await? {
+            Some(Chunk::Batch(batch)) => {
+                received_bytes += batch.encoded_len();
+                if received_bytes > MAX_IMPORT_BYTES {
+                    return Err(too_large(resource).into());
+                }
+                for (field, record) in import.batch(chunk, &batch.records)? {
+                    records.push(Received {
+                        chunk,
+                        field,
+                        record,
+                    });
+                }
+            }
+            Some(Chunk::Trailer(trailer)) => break import.finish(&trailer)?,
+            Some(Chunk::Header(_)) => {
+                let message = format!("chunk {chunk}: only the first chunk is a header");
+                return Err(ApiError::invalid("header", message).into());
+            }
+            None => {
+                let message = "the stream ended without a trailer: it is incomplete";
+                return Err(ApiError::invalid("trailer", message).into());
+            }
+        }
+    };
+    if next(stream, chunk + 1).await?.is_some() {
+        let message = format!(
+            "chunk {}: follows the trailer, which must be last",
+            chunk + 1
+        );
+        return Err(ApiError::invalid("trailer", message).into());
+    }
+    Ok((records, counts))
+}
+
+fn too_large(resource: &str) -> ApiError {
+    let limit = format!("{} MiB", MAX_IMPORT_BYTES >> 20);
+    ApiError::ResourceExhausted {
+        reason: "IMPORT_TOO_LARGE",
+        message: format!("the import stream's records exceed {limit}; nothing was written"),
+        subject: resource.to_owned(),
+        description: format!("an import holds at most {limit} of records"),
+        retry_after: None,
     }
 }
 

@@ -1,7 +1,10 @@
 //! What an import accepts: a known format, the records of one tenant in stream order, each
-//! well formed, and a trailer whose counts and checksum match what arrived.
+//! well formed, and a trailer whose counts and checksum match what arrived. Custom roles and
+//! api keys come back only with permissions of this server's catalogue: the checksum shows a
+//! stream arrived as it was sent, not who made it, so a restore must not be a way to grant
+//! what `CreateRole` and `CreateApiKey` would refuse.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use palisade_grpc::{ApiError, FieldViolation, time::micros_in_range};
 use palisade_proto::palisade::identity::v1::{
@@ -13,7 +16,7 @@ use palisade_tenancy::TenantId;
 use super::{BATCH_SIZE, Counts, FORMAT_VERSION, Tally};
 use crate::{
     api_keys, plans,
-    roles::{self, RoleRecord},
+    roles::{self, RoleRecord, Roles},
     store::ApiKeyRecord,
     tenants::{self, TenantRecord},
     users::UserRecord,
@@ -40,6 +43,8 @@ enum Kind {
 
 /// An import in progress: what the stream has shown so far.
 pub struct Import {
+    /// The permission catalogue that roles and scopes are checked against.
+    roles: Arc<Roles>,
     tenant: TenantId,
     replace: bool,
     tally: Tally,
@@ -51,7 +56,7 @@ pub struct Import {
 
 impl Import {
     /// Starts from the stream's header: a known format and a tenant.
-    pub fn begin(header: &TenantDataHeader) -> Result<Import, ApiError> {
+    pub fn begin(header: &TenantDataHeader, roles: Arc<Roles>) -> Result<Import, ApiError> {
         let mut violations = Vec::new();
         if header.format_version != FORMAT_VERSION {
             violations.push(FieldViolation::new(
@@ -70,6 +75,7 @@ impl Import {
             .ok();
         match tenant {
             Some(tenant) if violations.is_empty() => Ok(Import {
+                roles,
                 tenant,
                 replace: header.replace,
                 tally: Tally::default(),
@@ -296,6 +302,7 @@ impl Import {
         }
         check.display_name("role.display_name", &role.display_name);
         let permissions = check.set("role.permissions", &role.permissions);
+        check.in_catalogue("role.permissions", &role.permissions, &self.roles);
         let create_time = check.time("role.create_time", &role.create_time);
         let update_time = check.time("role.update_time", &role.update_time);
         if check.count() > before {
@@ -392,6 +399,9 @@ impl Import {
         if scopes.is_empty() {
             check.bad("api_key.scopes", "must name at least one permission");
         }
+        // Also refuses `*`: only the system tenant's operator keys hold it, and the system
+        // tenant is never imported.
+        check.in_catalogue("api_key.scopes", &key.scopes, &self.roles);
         let owner = api_keys::parse_owner(&key.owner, &self.tenant);
         if owner.is_none() {
             check.bad(
@@ -496,6 +506,19 @@ impl Check<'_> {
             self.bad(field, "must hold distinct, non-empty values");
         }
         set
+    }
+
+    /// Each of `permissions` is one of the catalogue's.
+    fn in_catalogue(&mut self, field: &str, permissions: &[String], roles: &Roles) {
+        for (index, permission) in permissions.iter().enumerate() {
+            if !roles.in_catalogue(permission) {
+                let shown: String = permission.chars().take(100).collect();
+                self.bad(
+                    &format!("{field}[{index}]"),
+                    format!("unknown permission {shown:?}: not in this server's catalogue"),
+                );
+            }
+        }
     }
 
     fn time(&mut self, field: &str, value: &Option<prost_types::Timestamp>) -> Option<i64> {
