@@ -186,11 +186,7 @@ async fn a_deleted_tenant_comes_back_from_its_export() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_still_arriving_holds_up_no_other_write() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
-        let mesh = start(builder).await?;
-        populate(&mesh).await?;
-        let mut compliance = as_compliance(&mesh).await?;
-        let chunks = export(&mut compliance, "tenants/acme").await?;
-        delete_acme(&mesh).await?;
+        let (mesh, mut compliance, chunks) = exported_and_deleted(builder).await?;
 
         // The header and the first batch go out; the rest waits.
         let (sender, receiver) = tokio::sync::mpsc::channel(chunks.len());
@@ -198,18 +194,16 @@ async fn an_import_still_arriving_holds_up_no_other_write() -> anyhow::Result<()
         for chunk in chunks.by_ref().take(2) {
             sender.send(chunk).await?;
         }
-        let importing = tokio::spawn({
-            let mut compliance = compliance.clone();
-            async move {
-                compliance
-                    .import_tenant_data(tokio_stream::wrappers::ReceiverStream::new(receiver))
-                    .await
-            }
+        let importing = tokio::spawn(async move {
+            let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+            compliance.import_tenant_data(stream).await
         });
         eventually(Duration::from_secs(10), || async {
             Ok((sender.capacity() == sender.max_capacity()).then_some(()))
         })
         .await?;
+        // Time for identity to take them in. Were it slower, the write below would come first
+        // and prove less, but it would not fail wrongly.
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         TenantServiceClient::new(mesh.gateway())
@@ -232,11 +226,7 @@ async fn an_import_still_arriving_holds_up_no_other_write() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_stream_is_refused_and_writes_nothing() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
-        let mesh = start(builder).await?;
-        populate(&mesh).await?;
-        let mut compliance = as_compliance(&mesh).await?;
-        let chunks = export(&mut compliance, "tenants/acme").await?;
-        delete_acme(&mesh).await?;
+        let (mesh, mut compliance, chunks) = exported_and_deleted(builder).await?;
 
         let tamper = |change: &dyn Fn(&mut Vec<TenantDataChunk>)| {
             let mut changed = chunks.clone();

@@ -135,6 +135,19 @@ pub async fn populate(mesh: &Mesh) -> anyhow::Result<String> {
     Ok(key)
 }
 
+/// Acme populated, exported (the stream is returned, with compliance's client) and deleted:
+/// where a restore starts.
+pub async fn exported_and_deleted(
+    builder: palisade_testkit::MeshBuilder,
+) -> anyhow::Result<(Mesh, TenantDataServiceClient<Channel>, Vec<TenantDataChunk>)> {
+    let mesh = start(builder).await?;
+    populate(&mesh).await?;
+    let mut compliance = as_compliance(&mesh).await?;
+    let chunks = export(&mut compliance, "tenants/acme").await?;
+    delete_acme(&mesh).await?;
+    Ok((mesh, compliance, chunks))
+}
+
 /// Suspends and deletes acme as the operator, through the gateway.
 pub async fn delete_acme(mesh: &Mesh) -> anyhow::Result<()> {
     let mut tenants = TenantServiceClient::new(mesh.gateway());
