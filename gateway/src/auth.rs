@@ -1,9 +1,8 @@
 //! Edge authentication: the credential a client presents becomes a tenant context.
 //!
 //! Access tokens come as `authorization: Bearer <jwt>` and are verified here, locally: an
-//! Ed25519 signature (JWS `EdDSA`) by a key from identity's JWKS (`AuthService.GetJwks`,
-//! fetched over the mesh, cached, and fetched again when a token names an unknown `kid`), an
-//! `exp` in the future and the identity issuer. API keys come as `authorization: ApiKey pal_…`
+//! Ed25519 signature (JWS `EdDSA`) by a key identity publishes (`jwks.rs`), an `exp` in the
+//! future and the identity issuer. API keys come as `authorization: ApiKey pal_…`
 //! or `x-api-key: pal_…` and are verified by identity (`ApiKeyService.VerifyApiKey`, an
 //! internal method only the gateway may call); verified keys are cached by the SHA-256 of the
 //! key for a short TTL.
@@ -22,10 +21,7 @@ use http::HeaderMap;
 use palisade_grpc::{ApiError, MeshChannel};
 use palisade_proto::palisade::{
     common::v1::PrincipalType,
-    identity::v1::{
-        GetJwksRequest, VerifyApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
-        auth_service_client::AuthServiceClient,
-    },
+    identity::v1::{VerifyApiKeyRequest, api_key_service_client::ApiKeyServiceClient},
 };
 use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
 use ring::signature::{ED25519, UnparsedPublicKey};
@@ -33,16 +29,15 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use crate::jwks::Jwks;
+
 const MAX_CACHED: usize = 10_000;
 /// The `iss` identity puts in its access tokens.
 const ISSUER: &str = "palisade-identity";
 /// Tolerated clock difference between identity and the gateway when checking `exp`.
 const EXPIRY_LEEWAY_SECS: i64 = 30;
-/// A token naming an unknown `kid` makes the gateway fetch the JWKS again, but not more often
-/// than this, so forged `kid`s cannot turn into a flood of calls to identity. A token that
-/// arrives sooner waits for the next fetch rather than being refused: right after a key
-/// rotation, genuine tokens name a key the gateway has not seen yet.
-const JWKS_MIN_REFETCH: Duration = Duration::from_secs(1);
+/// How long one `VerifyApiKey` call to identity may take.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads the credential a client presented, if any: an access token (`Bearer`) or an API key.
 pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -117,12 +112,16 @@ pub struct ApiKeyVerifier {
 }
 
 impl ApiKeyVerifier {
-    pub fn new(identity: MeshChannel, ttl: Duration) -> ApiKeyVerifier {
+    /// Keys verified by identity are cached for `ttl`; the JWKS is fetched again when older
+    /// than `jwks_refresh`.
+    pub fn new(identity: MeshChannel, ttl: Duration, jwks_refresh: Duration) -> ApiKeyVerifier {
         ApiKeyVerifier {
             identity: ApiKeyServiceClient::new(identity.clone()),
             cache: Mutex::default(),
             ttl,
-            tokens: TokenVerifier::new(identity),
+            tokens: TokenVerifier {
+                jwks: Jwks::new(identity, jwks_refresh),
+            },
         }
     }
 
@@ -135,13 +134,17 @@ impl ApiKeyVerifier {
         if let Some(context) = self.cached(&fingerprint) {
             return Ok(context);
         }
-        let response = self
-            .identity
-            .clone()
-            .verify_api_key(VerifyApiKeyRequest {
-                key: key.to_owned(),
-            })
+        let mut identity = self.identity.clone();
+        let verifying = identity.verify_api_key(VerifyApiKeyRequest {
+            key: key.to_owned(),
+        });
+        let response = tokio::time::timeout(VERIFY_TIMEOUT, verifying)
             .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(
+                    "identity did not verify the key in time",
+                ))
+            })
             .map_err(|status| match status.code() {
                 // A genuine key of a tenant out of service: refused as the proxy refuses a
                 // cached key of that tenant.
@@ -198,28 +201,10 @@ impl ApiKeyVerifier {
 
 /// Verifies access tokens against identity's published keys.
 struct TokenVerifier {
-    identity: AuthServiceClient<MeshChannel>,
-    keys: Mutex<JwksCache>,
-    /// One JWKS fetch at a time; callers that waited find the fresh keys.
-    fetching: tokio::sync::Mutex<()>,
-}
-
-#[derive(Default)]
-struct JwksCache {
-    /// `kid` → raw Ed25519 public key.
-    keys: HashMap<String, Vec<u8>>,
-    fetched: Option<Instant>,
+    jwks: Jwks,
 }
 
 impl TokenVerifier {
-    fn new(identity: MeshChannel) -> TokenVerifier {
-        TokenVerifier {
-            identity: AuthServiceClient::new(identity),
-            keys: Mutex::default(),
-            fetching: tokio::sync::Mutex::new(()),
-        }
-    }
-
     async fn verify(&self, token: &str) -> Result<TenantContext, ApiError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
@@ -232,7 +217,7 @@ impl TokenVerifier {
             return Err(invalid_token());
         }
         let kid = header["kid"].as_str().ok_or_else(invalid_token)?;
-        let key = self.key(kid).await?;
+        let key = self.jwks.key(kid).await?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| invalid_token())?;
@@ -241,53 +226,6 @@ impl TokenVerifier {
             .verify(signing_input.as_bytes(), &signature)
             .map_err(|_| invalid_token())?;
         context_from_claims(&decode_json(payload)?, unix_now())
-    }
-
-    /// The public key named `kid`, fetching the JWKS when it is not known yet.
-    async fn key(&self, kid: &str) -> Result<Vec<u8>, ApiError> {
-        if let Some(key) = self.cached(kid) {
-            return Ok(key);
-        }
-        let _fetching = self.fetching.lock().await;
-        if let Some(key) = self.cached(kid) {
-            return Ok(key);
-        }
-        let next_fetch = {
-            let cache = self.keys.lock().expect("jwks cache lock");
-            cache.fetched.map(|at| at + JWKS_MIN_REFETCH)
-        };
-        if let Some(at) = next_fetch {
-            tokio::time::sleep_until(at.into()).await;
-        }
-        let jwks = self
-            .identity
-            .clone()
-            .get_jwks(GetJwksRequest {})
-            .await
-            .map_err(|status| {
-                tracing::warn!(code = ?status.code(), "jwks fetch failed");
-                ApiError::Unavailable {
-                    message: "cannot verify credentials right now".to_owned(),
-                }
-            })?
-            .into_inner();
-        let keys = jwks
-            .keys
-            .into_iter()
-            .filter(|jwk| jwk.kty == "OKP" && jwk.crv == "Ed25519")
-            .filter_map(|jwk| Some((jwk.kid, URL_SAFE_NO_PAD.decode(jwk.x).ok()?)))
-            .collect();
-        let mut cache = self.keys.lock().expect("jwks cache lock");
-        *cache = JwksCache {
-            keys,
-            fetched: Some(Instant::now()),
-        };
-        cache.keys.get(kid).cloned().ok_or_else(invalid_token)
-    }
-
-    fn cached(&self, kid: &str) -> Option<Vec<u8>> {
-        let cache = self.keys.lock().expect("jwks cache lock");
-        cache.keys.get(kid).cloned()
     }
 }
 
@@ -336,7 +274,7 @@ fn unix_now() -> i64 {
         .map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
-fn invalid_token() -> ApiError {
+pub(crate) fn invalid_token() -> ApiError {
     ApiError::Unauthenticated {
         reason: "INVALID_TOKEN",
         message: "the access token is invalid".to_owned(),

@@ -12,6 +12,7 @@ mod cors;
 mod edge;
 pub mod frames;
 pub mod fuzzing;
+mod jwks;
 mod limits;
 mod proxy;
 mod public_tls;
@@ -44,6 +45,9 @@ pub struct GatewayConfig {
     /// How long a verified API key is trusted without asking identity again; a revoked key
     /// keeps working for at most this long.
     pub api_key_cache_ttl: Duration,
+    /// How old identity's JWKS may grow before it is fetched again: a signing key identity
+    /// stops publishing stops verifying tokens here within about this long.
+    pub jwks_refresh: Duration,
     /// Origins (`https://app.example.com`, or `*`) whose browser scripts may call REST and
     /// gRPC-Web; empty means no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
@@ -73,7 +77,11 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     // The gateway's own calls to identity; proxied calls use each worker's backends.
     let backends = backends::Backends::connect(&config.mesh, &config.tls, &kit.metrics)?;
     let identity = backends.identity();
-    let verifier = auth::ApiKeyVerifier::new(backends.identity(), config.api_key_cache_ttl);
+    let verifier = auth::ApiKeyVerifier::new(
+        backends.identity(),
+        config.api_key_cache_ttl,
+        config.jwks_refresh,
+    );
     let usage = Arc::new(usage::UsageMeter::new(backends.identity()));
     let limits = proxy::TenantLimits {
         directory: tenants::TenantDirectory::new(

@@ -125,6 +125,8 @@ pub struct MeshOptions {
     pub admin_ports: Option<Ports>,
     pub host: IpAddr,
     pub api_key_cache_ttl: Duration,
+    /// How old the gateway lets identity's JWKS grow before fetching it again.
+    pub jwks_refresh: Duration,
     /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
     pub cors_allowed_origins: Vec<String>,
     /// PEM certificate chain and key for TLS on the gateway's public port; `None`: h2c.
@@ -149,6 +151,7 @@ impl MeshOptions {
             admin_ports: Some(Ports::DEV_ADMIN),
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             api_key_cache_ttl: Duration::from_secs(30),
+            jwks_refresh: Duration::from_secs(60),
             cors_allowed_origins: Vec::new(),
             public_tls: None,
             login_lockout: LockoutPolicy::default(),
@@ -322,6 +325,7 @@ impl LocalMesh {
             db: options.db_config(component),
             mesh: self.addresses.clone(),
             api_key_cache_ttl: options.api_key_cache_ttl,
+            jwks_refresh: options.jwks_refresh,
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
             login_lockout: options.login_lockout,
@@ -348,6 +352,7 @@ pub struct ComponentSettings {
     pub db: DbConfig,
     pub mesh: MeshAddresses,
     pub api_key_cache_ttl: Duration,
+    pub jwks_refresh: Duration,
     pub cors_allowed_origins: Vec<String>,
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
@@ -375,6 +380,7 @@ pub async fn start_component(
         db,
         mesh,
         api_key_cache_ttl,
+        jwks_refresh,
         cors_allowed_origins,
         public_tls,
         login_lockout,
@@ -417,6 +423,7 @@ pub async fn start_component(
                 tls,
                 mesh,
                 api_key_cache_ttl,
+                jwks_refresh,
                 cors_allowed_origins,
                 public_tls,
                 tenant_cache_ttl,

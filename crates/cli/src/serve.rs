@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// Seconds a verified API key is cached by the gateway.
     #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
     api_key_cache_ttl: u64,
+    /// gateway: seconds before identity's JWKS is fetched again; a signing key identity stops
+    /// publishing stops verifying access tokens within about this long.
+    #[arg(long, env = "PALISADE_JWKS_REFRESH", default_value_t = 60)]
+    jwks_refresh: u64,
     /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST and
     /// gRPC-Web routes; none by default, which sends no CORS headers.
     #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -178,6 +182,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             gateway: args.gateway_url,
         },
         api_key_cache_ttl: Duration::from_secs(args.api_key_cache_ttl),
+        jwks_refresh: Duration::from_secs(args.jwks_refresh.max(1)),
         cors_allowed_origins: args.cors_allowed_origins,
         public_tls: args.public_tls_cert.zip(args.public_tls_key),
         login_lockout: LockoutPolicy {

@@ -32,6 +32,7 @@ pub const POSTGRES_ENV: &str = "PALISADE_TEST_POSTGRES_URL";
 pub struct MeshBuilder {
     postgres: Option<String>,
     api_key_cache_ttl: Option<Duration>,
+    jwks_refresh: Option<Duration>,
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
@@ -88,6 +89,11 @@ impl MeshBuilder {
     }
 
     /// Browser origins the gateway answers CORS requests for.
+    pub fn with_jwks_refresh(mut self, refresh: Duration) -> MeshBuilder {
+        self.jwks_refresh = Some(refresh);
+        self
+    }
+
     pub fn with_cors_allowed_origins(mut self, origins: &[&str]) -> MeshBuilder {
         self.cors_allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
         self
@@ -110,6 +116,9 @@ impl MeshBuilder {
         options.admin_ports = Some(Ports::ANY);
         if let Some(ttl) = self.api_key_cache_ttl {
             options.api_key_cache_ttl = ttl;
+        }
+        if let Some(refresh) = self.jwks_refresh {
+            options.jwks_refresh = refresh;
         }
         if let Some(policy) = self.login_lockout {
             options.login_lockout = policy;
