@@ -111,6 +111,17 @@ impl Proxy {
         response
     }
 
+    /// The tenant context of the credential the request presents, if it presents one.
+    async fn verify_credential(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<TenantContext>, ApiError> {
+        match presented_api_key(headers)? {
+            Some(key) => self.verifier.verify(&key).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     async fn route<B>(
         &self,
         mut request: Request<B>,
@@ -141,10 +152,16 @@ impl Proxy {
             }
             .into());
         }
-        let key = presented_api_key(request.headers())?;
-        let context = match (key, policy.public) {
-            (Some(key), _) => {
-                let context = self.verifier.verify(&key).await?;
+        let verified = match self.verify_credential(request.headers()).await {
+            Ok(verified) => verified,
+            // A public method needs no credential, so one that does not verify is ignored
+            // rather than refused: a client that sends its access token with every call must
+            // still reach `RefreshToken` once that token has expired.
+            Err(ApiError::Unauthenticated { .. }) if policy.public => None,
+            Err(error) => return Err(error.into()),
+        };
+        let context = match (verified, policy.public) {
+            (Some(context), _) => {
                 self.admit(&context.tenant_id).await?;
                 Some(context)
             }

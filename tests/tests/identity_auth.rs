@@ -179,6 +179,42 @@ async fn refresh_rotates_and_reuse_revokes_the_family() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Public methods need no credential, so one that does not verify (an expired access token a
+/// client sends with every call, a garbled one, another scheme) does not stop them: a client
+/// can always refresh or sign in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_methods_ignore_a_credential_that_does_not_verify() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let admin = acme_with_admin(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let first = auth.login(login_request(PASSWORD)).await?.into_inner();
+        let token = &first.access_token;
+        let garbled = format!("{}.AA", &token[..token.rfind('.').expect("a jwt")]);
+
+        // Refused where a credential is needed ...
+        let refused = UserServiceClient::new(mesh.gateway())
+            .get_user(with_bearer(GetUserRequest { name: admin }, &garbled))
+            .await;
+        assert_eq!(
+            reason(&expect_code(refused, Code::Unauthenticated)),
+            "INVALID_TOKEN"
+        );
+        // ... and ignored where none is.
+        auth.refresh_token(with_bearer(refresh(&first), &garbled))
+            .await?;
+        auth.login(with_bearer(login_request(PASSWORD), &garbled))
+            .await?;
+        let mut basic = tonic::Request::new(login_request(PASSWORD));
+        basic
+            .metadata_mut()
+            .insert("authorization", "Basic dXNlcg==".parse()?);
+        auth.login(basic).await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
 /// A refresh that read its family as live while a revocation (what a password change or a
 /// logout does) was being committed must not succeed after it. The test holds the revoking
 /// transaction open while the refresh runs, then commits it: the refresh must wait for it and
