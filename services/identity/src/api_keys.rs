@@ -3,15 +3,15 @@
 //! names and owners, and what a valid new key looks like: scopes from the permission catalogue
 //! and a mandatory expiry within the maximum lifetime.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use palisade_grpc::{ApiError, FieldViolation, MethodPolicies, time};
+use palisade_grpc::{ApiError, FieldViolation, time};
 use palisade_proto::palisade::identity::v1::{ApiKeyState, CreateApiKeyRequest};
 use palisade_tenancy::{PrincipalKind, TenantContext, TenantId};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::{authz::ALL_PERMISSIONS, store::ApiKeyRecord};
+use crate::{authz::ALL_PERMISSIONS, roles::Roles, store::ApiKeyRecord};
 
 const PREFIX: &str = "pal_";
 
@@ -113,20 +113,16 @@ pub fn parse_owner(owner: &str, tenant: &TenantId) -> Option<Option<String>> {
 /// The server's rules for new keys: which scopes exist and how long a key may live.
 #[derive(Clone, Debug)]
 pub struct KeyRules {
-    catalogue: BTreeSet<String>,
+    /// Scopes are permissions of the catalogue roles grant from, which holds no internal,
+    /// service-to-service permission.
+    roles: Arc<Roles>,
     max_lifetime_micros: i64,
 }
 
 impl KeyRules {
-    /// Scopes are the permissions of the catalogue that a principal can hold: internal,
-    /// service-to-service permissions are not among them.
-    pub fn new(policies: &MethodPolicies, max_lifetime: Duration) -> KeyRules {
+    pub fn new(roles: Arc<Roles>, max_lifetime: Duration) -> KeyRules {
         KeyRules {
-            catalogue: policies
-                .iter()
-                .filter(|policy| !policy.internal)
-                .filter_map(|policy| policy.permission.clone())
-                .collect(),
+            roles,
             max_lifetime_micros: i64::try_from(max_lifetime.as_micros()).unwrap_or(i64::MAX),
         }
     }
@@ -209,7 +205,7 @@ fn check_scopes(
                     "`*` is only for keys of the system tenant (platform operators)",
                 ));
             }
-        } else if rules.catalogue.contains(scope) {
+        } else if rules.roles.in_catalogue(scope) {
             valid.insert(scope.clone());
         } else {
             violations.push(FieldViolation::new(
@@ -342,6 +338,11 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000_000;
     const DAY: i64 = 86_400;
 
+    fn roles() -> Arc<Roles> {
+        let policies = palisade_grpc::MethodPolicies::palisade().unwrap();
+        Arc::new(Roles::from_catalogue(&policies))
+    }
+
     #[test]
     fn minted_keys_parse_and_verify() {
         let key = mint();
@@ -425,7 +426,7 @@ mod tests {
     }
 
     fn violations(request: &CreateApiKeyRequest, caller: &TenantContext) -> Vec<String> {
-        let rules = KeyRules::new(&MethodPolicies::palisade().unwrap(), DEFAULT_MAX_LIFETIME);
+        let rules = KeyRules::new(roles(), DEFAULT_MAX_LIFETIME);
         match validate_create(request, &rules, caller, NOW) {
             Ok(_) => Vec::new(),
             Err(ApiError::InvalidArgument(violations)) => {
@@ -438,7 +439,7 @@ mod tests {
     #[test]
     fn a_users_key_defaults_to_its_own_and_keeps_sorted_unique_scopes() {
         let caller = user_of("acme");
-        let rules = KeyRules::new(&MethodPolicies::palisade().unwrap(), DEFAULT_MAX_LIFETIME);
+        let rules = KeyRules::new(roles(), DEFAULT_MAX_LIFETIME);
         let scopes = [
             "identity.users.list",
             "identity.users.get",
@@ -458,6 +459,19 @@ mod tests {
         at.api_key.as_mut().unwrap().expire_time = Some(time::timestamp(NOW + 1_000_000));
         let key = validate_create(&at, &rules, &caller, NOW).unwrap();
         assert_eq!(key.expire_time, NOW + 1_000_000);
+    }
+
+    #[test]
+    fn scopes_are_the_permissions_roles_grant() {
+        // Checked by a handler rather than named by a method's policy, yet a role can grant
+        // it, so a key can hold it too; internal permissions are neither's.
+        let caller = user_of("acme");
+        let scopes = |scope: &str| request("tenants/acme", &[scope], Some(1));
+        assert!(violations(&scopes("identity.users.update"), &caller).is_empty());
+        assert_eq!(
+            violations(&scopes("identity.authorization.check"), &caller),
+            ["api_key.scopes[0]"]
+        );
     }
 
     #[test]
@@ -527,7 +541,7 @@ mod tests {
 
     #[test]
     fn the_built_in_roles_pick_up_the_key_permissions_by_verb() {
-        let roles = crate::roles::Roles::from_catalogue(&MethodPolicies::palisade().unwrap());
+        let roles = roles();
         let has = |role: &str, permission: &str| roles.grant(&[role.to_owned()], permission);
         for verb in ["create", "get", "list", "revoke"] {
             let permission = format!("identity.apikeys.{verb}");

@@ -89,7 +89,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let compliance = kit.channel(&config.mesh.compliance, "compliance")?;
     let policies = MethodPolicies::palisade()?;
     let roles = Arc::new(roles::Roles::from_catalogue(&policies));
-    let key_rules = api_keys::KeyRules::new(&policies, config.api_key_max_lifetime);
+    let key_rules = api_keys::KeyRules::new(roles.clone(), config.api_key_max_lifetime);
     let passwords = passwords::Passwords::new();
     let sealer = sealing::KeySealer::from_files(
         config.signing_key_kek.as_deref(),
