@@ -81,13 +81,24 @@ async fn suspension_stops_every_credential_until_reactivated() -> anyhow::Result
             denied.message()
         );
         assert_eq!(reason(&denied), "TENANT_SUSPENDED");
-        // Identity itself tells the gateway the key's tenant is not active.
+        // Identity itself tells the gateway the key's tenant is suspended, and the gateway
+        // passes the reason on for a key it has not cached, as for one it has.
         let verify = ApiKeyServiceClient::new(mesh.direct(Component::Identity, "gateway").await?)
             .verify_api_key(VerifyApiKeyRequest { key: key.clone() })
             .await;
         assert_eq!(
             reason(&expect_code(verify, Code::Unauthenticated)),
-            "TENANT_NOT_ACTIVE"
+            "TENANT_SUSPENDED"
+        );
+        let db = mesh.service_db(Component::Identity).await?;
+        let uncached = plant_api_key(&db, "acme", A_DAY, false).await?;
+        db.close().await;
+        let refused = users
+            .list_users(with_api_key(list_users("acme"), &uncached))
+            .await;
+        assert_eq!(
+            reason(&expect_code(refused, Code::PermissionDenied)),
+            "TENANT_SUSPENDED"
         );
         // Signing in and refreshing are refused with the reason, but only to the password's
         // or refresh token's holder: a wrong password learns nothing.

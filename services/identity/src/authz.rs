@@ -254,6 +254,13 @@ impl Authz {
         }
         match self.store.get_tenant(&key.tenant_id).await? {
             Some(tenant) if tenant.state == TenantState::Active => {}
+            // The reason the gateway gives for a key it has cached, so clients see one answer.
+            Some(tenant) if tenant.state == TenantState::Suspended => {
+                return Err(ApiError::Unauthenticated {
+                    reason: "TENANT_SUSPENDED",
+                    message: format!("tenant {} is suspended", key.tenant_id),
+                });
+            }
             _ => {
                 return Err(ApiError::Unauthenticated {
                     reason: "TENANT_NOT_ACTIVE",
