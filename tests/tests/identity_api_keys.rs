@@ -417,7 +417,8 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
             with_bearer(service_key(&["identity.users.list"]), &manager),
         )
         .await?;
-        assert_eq!(robot.api_key.expect("the key").owner, "tenants/acme");
+        let robot_key = robot.api_key.expect("the key");
+        assert_eq!(robot_key.owner, "tenants/acme");
         UserServiceClient::new(mesh.gateway())
             .list_users(with_api_key(list_users("acme"), &robot.key))
             .await?;
@@ -425,6 +426,22 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
             .create_api_key(with_bearer(service_key(&["identity.users.list"]), &admin))
             .await;
         expect_code(taken, Code::AlreadyExists);
+        // Revoked, it gives up its name: a key is replaced by one of the same name.
+        keys.revoke_api_key(with_bearer(
+            RevokeApiKeyRequest {
+                name: robot_key.name,
+            },
+            &admin,
+        ))
+        .await?;
+        let successor = create(
+            &mut keys,
+            with_bearer(service_key(&["identity.users.list"]), &admin),
+        )
+        .await?;
+        UserServiceClient::new(mesh.gateway())
+            .list_users(with_api_key(list_users("acme"), &successor.key))
+            .await?;
         // REST, with the lifetime as a JSON duration; the secret is in this response only.
         let body = r#"{"ttl": "3600s", "apiKey": {"displayName": "rest", "scopes": ["identity.users.get"]}}"#;
         let rest = http_request(
