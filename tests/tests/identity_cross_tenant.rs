@@ -188,6 +188,11 @@ const CASES: &[(&str, &str, &[Code])] = &[
         &[Code::NotFound],
     ),
     (
+        "UserService/UpdateUser",
+        r#"{"user": {"name": "{user}", "state": "USER_STATE_DISABLED"}, "update_mask": "state"}"#,
+        &[Code::NotFound],
+    ),
+    (
         "UserService/ChangePassword",
         r#"{"name": "{user}", "new_password": "now it is mine, all mine"}"#,
         &[Code::NotFound, Code::PermissionDenied],

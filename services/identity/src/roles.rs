@@ -39,11 +39,6 @@ pub const BUILT_IN: [&str; 5] = ["admin", "manager", "analyst", "auditor", "view
 /// handler of the method that needs one checks that the account is the caller's own.
 pub const SELF_SERVICE: [&str; 1] = ["identity.users.changePassword"];
 
-/// Permissions that handlers check besides their method's own, so they belong in the
-/// catalogue although no policy option names them: `identity.users.update` lets a caller set
-/// another user's password (`UserService.ChangePassword`).
-const HANDLER_CHECKED: [&str; 1] = ["identity.users.update"];
-
 /// The permission catalogue and each built-in role's permission set.
 #[derive(Clone, Debug)]
 pub struct Roles {
@@ -57,7 +52,6 @@ impl Roles {
             .iter()
             .filter(|policy| !policy.internal)
             .filter_map(|policy| policy.permission.clone())
-            .chain(HANDLER_CHECKED.map(str::to_owned))
             .collect();
         let grants = BUILT_IN
             .into_iter()
@@ -209,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn the_catalogue_holds_policy_and_handler_permissions_but_nothing_internal() {
+    fn the_catalogue_holds_policy_permissions_but_nothing_internal() {
         let roles = roles();
         assert!(roles.in_catalogue("identity.users.list"));
         assert!(roles.in_catalogue("identity.users.update"));

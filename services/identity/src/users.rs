@@ -1,10 +1,15 @@
-//! User rules: what a valid user looks like, user names, and the state vocabulary.
+//! User rules: what a valid user looks like, user names, and the state vocabulary; (in
+//! `update`) what `UpdateUser` may change.
 
 use palisade_grpc::{ApiError, FieldViolation};
 use palisade_proto::palisade::identity::v1::{CreateUserRequest, UserState};
 use palisade_tenancy::TenantId;
 
 use crate::passwords;
+
+mod update;
+
+pub use update::apply_update;
 
 /// A user as stored (without its password hash).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,18 +52,7 @@ pub fn validate_create(
             "must be an email address such as ada@example.com",
         ));
     }
-    let display_name = user.display_name.trim();
-    if display_name.is_empty() {
-        violations.push(FieldViolation::new(
-            "user.display_name",
-            "must not be empty",
-        ));
-    } else if display_name.chars().count() > 200 {
-        violations.push(FieldViolation::new(
-            "user.display_name",
-            "must be at most 200 characters",
-        ));
-    }
+    let display_name = check_display_name(&user.display_name, &mut violations);
     let mut user_roles = Vec::new();
     for (index, role) in user.roles.iter().enumerate() {
         if !is_role(role) {
@@ -72,12 +66,12 @@ pub fn validate_create(
     }
     user_roles.sort();
     violations.extend(passwords::check_policy("password", &request.password));
-    match tenant {
-        Some(tenant_id) if violations.is_empty() => Ok(UserRecord {
+    match (tenant, display_name) {
+        (Some(tenant_id), Some(display_name)) if violations.is_empty() => Ok(UserRecord {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id,
             email,
-            display_name: display_name.to_owned(),
+            display_name,
             state: UserState::Active,
             roles: user_roles,
             create_time: now,
@@ -85,6 +79,20 @@ pub fn validate_create(
         }),
         _ => Err(ApiError::InvalidArgument(violations)),
     }
+}
+
+/// `user.display_name` trimmed, or a violation: 1 to 200 characters.
+fn check_display_name(value: &str, violations: &mut Vec<FieldViolation>) -> Option<String> {
+    let display_name = value.trim();
+    let problem = if display_name.is_empty() {
+        "must not be empty"
+    } else if display_name.chars().count() > 200 {
+        "must be at most 200 characters"
+    } else {
+        return Some(display_name.to_owned());
+    };
+    violations.push(FieldViolation::new("user.display_name", problem));
+    None
 }
 
 /// Why `role` is refused: it is neither built-in nor a custom role of the tenant.

@@ -9,6 +9,7 @@ mod tenant;
 mod tenant_data;
 mod user;
 mod user_password;
+mod user_update;
 
 pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;

@@ -1,5 +1,5 @@
 //! `UserService`: users, their roles and effective permissions (password changes are in
-//! `user_password`).
+//! `user_password`, updates in `user_update`).
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -15,7 +15,7 @@ use palisade_proto::palisade::{
     identity::v1::{
         AssignRoleRequest, ChangePasswordRequest, ChangePasswordResponse, CreateUserRequest,
         GetEffectivePermissionsRequest, GetEffectivePermissionsResponse, GetUserRequest,
-        ListUsersRequest, ListUsersResponse, RevokeRoleRequest, User, UserState,
+        ListUsersRequest, ListUsersResponse, RevokeRoleRequest, UpdateUserRequest, User, UserState,
         user_service_server::UserService,
     },
 };
@@ -343,6 +343,15 @@ impl UserService for UserApi {
             users: records.into_iter().map(to_proto).collect(),
             next_page_token,
         }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let caller = Caller::of(&request)?;
+        let user = self.apply_user_update(caller, request.into_inner()).await?;
+        Ok(Response::new(to_proto(user)))
     }
 
     async fn assign_role(

@@ -17,7 +17,8 @@ const BATCH_MEMORY_MICROS: i64 = 24 * 3600 * 1_000_000;
 const COUNTS: &[(&str, &str, bool)] = &[
     (
         "users",
-        "SELECT COUNT(*) FROM users WHERE tenant_id = $1",
+        // Disabled users do not take a place: disabling one makes room.
+        "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND state = 'active'",
         false,
     ),
     (
@@ -149,7 +150,8 @@ impl IdentityStore {
             reason: "LIMIT_EXCEEDED",
             message: format!(
                 "tenants/{tenant} has reached its {limit} limit of {max}; \
-                 remove one or ask for a higher limit"
+                 free one (disabled users and revoked keys \
+                 do not count) or ask for a higher limit"
             ),
             subject: format!("tenants/{tenant}"),
             description: format!("{limit} limit of {max} reached"),

@@ -297,6 +297,27 @@ impl IdentityStore {
             .transpose()
     }
 
+    /// Writes a user's display name, state and update time (`UpdateUser`).
+    pub async fn update_user(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE users SET display_name = $1, state = $2, update_time = $3 \
+             WHERE tenant_id = $4 AND id = $5",
+        )
+        .bind(&user.display_name)
+        .bind(users::state_key(user.state))
+        .bind(user.update_time)
+        .bind(user.tenant_id.as_str())
+        .bind(&user.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+
     /// Replaces a user's password hash.
     pub async fn set_password_hash(
         &self,

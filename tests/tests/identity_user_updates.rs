@@ -1,0 +1,220 @@
+//! `UserService.UpdateUser`: an admin renames and disables a user through the gateway; the
+//! disabled user's access token, refresh token, sign-in and API key stop at once and come back
+//! when it is enabled; nobody changes a user with more rights or disables itself; disabled
+//! users make room under the `users` limit.
+
+mod common;
+mod identity_kit;
+
+use std::collections::HashMap;
+
+use common::{audit_events_arrived, expect_code, new_tenant, reason, violated_fields};
+use identity_kit::{list_users, login, login_request, new_user, update, with_bearer};
+use palisade_proto::palisade::identity::v1::{
+    ApiKey, CreateApiKeyRequest, Plan, RefreshTokenRequest, Tenant, UpdateUserRequest, User,
+    UserState, api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
+    tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+};
+use palisade_testkit::{Mesh, with_api_key};
+use prost_types::FieldMask;
+use tonic::Code;
+
+fn change(user: &User, paths: &[&str], edit: impl FnOnce(&mut User)) -> UpdateUserRequest {
+    let mut user = User {
+        name: user.name.clone(),
+        ..User::default()
+    };
+    edit(&mut user);
+    UpdateUserRequest {
+        user: Some(user),
+        update_mask: Some(FieldMask {
+            paths: paths.iter().map(|path| (*path).to_owned()).collect(),
+        }),
+    }
+}
+
+fn set_state(user: &User, state: UserState) -> UpdateUserRequest {
+    change(user, &["state"], |user| user.state = state as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_is_refused_everywhere_until_enabled() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let mut tenants = TenantServiceClient::new(mesh.gateway());
+        tenants
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let mut created = HashMap::new();
+        for (email, role) in [
+            ("ada@acme.example", "admin"),
+            ("bob@acme.example", "manager"),
+            ("cyd@acme.example", "manager"),
+        ] {
+            let user = users
+                .create_user(mesh.as_operator(new_user("acme", email, &[role])))
+                .await?
+                .into_inner();
+            created.insert(email, user);
+        }
+        let (ada, bob, cyd) = (
+            &created["ada@acme.example"],
+            &created["bob@acme.example"],
+            &created["cyd@acme.example"],
+        );
+        let (admin, _) = login(&mesh, "acme", &ada.email).await?;
+        let (bob_token, bob_refresh) = login(&mesh, "acme", &bob.email).await?;
+        let bob_key = ApiKeyServiceClient::new(mesh.gateway())
+            .create_api_key(with_bearer(
+                CreateApiKeyRequest {
+                    parent: "tenants/acme".into(),
+                    api_key: Some(ApiKey {
+                        display_name: "bob's".into(),
+                        scopes: vec!["identity.users.list".into()],
+                        ..ApiKey::default()
+                    }),
+                    ttl: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    }),
+                },
+                &bob_token,
+            ))
+            .await?
+            .into_inner()
+            .key;
+
+        // A rename: trimmed, and the update time moves.
+        let renamed = users
+            .update_user(with_bearer(
+                change(bob, &["display_name"], |user| {
+                    user.display_name = "  Bob B.  ".into();
+                    // Not in the mask: ignored.
+                    user.state = UserState::Disabled as i32;
+                }),
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(renamed.display_name, "Bob B.", "{backend}");
+        assert_eq!(renamed.state(), UserState::Active, "{backend}");
+        let micros = |user: &User| {
+            let time = user.update_time.expect("an update time");
+            time.seconds * 1_000_000 + i64::from(time.nanos / 1_000)
+        };
+        assert!(micros(&renamed) > micros(bob), "{backend}");
+
+        let disabled = users
+            .update_user(with_bearer(set_state(bob, UserState::Disabled), &admin))
+            .await?
+            .into_inner();
+        assert_eq!(disabled.state(), UserState::Disabled, "{backend}");
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let refused = users
+            .list_users(with_bearer(list_users("acme"), &bob_token))
+            .await;
+        expect_code(refused, Code::PermissionDenied);
+        let refused = users
+            .list_users(with_api_key(list_users("acme"), &bob_key))
+            .await;
+        assert!(refused.is_err(), "{backend}: a disabled user's key works");
+        let refused = auth
+            .refresh_token(RefreshTokenRequest {
+                refresh_token: bob_refresh,
+            })
+            .await;
+        expect_code(refused, Code::Unauthenticated);
+        let refused = auth.login(login_request("acme", &bob.email)).await;
+        assert!(refused.is_err(), "{backend}: a disabled user signs in");
+        let events = audit_events_arrived(&mesh, "acme").await?;
+        let event = events
+            .iter()
+            .find(|event| {
+                event.action == "identity.users.update"
+                    && event.attributes.get("state").map(String::as_str) == Some("disabled")
+            })
+            .expect("the disabling is audited");
+        assert_eq!(event.resource, bob.name, "{backend}");
+        assert_eq!(event.attributes["fields"], "state", "{backend}");
+        assert_eq!(event.attributes["revoked_sessions"], "1", "{backend}");
+
+        // Nobody disables itself; a manager does not touch an admin; bad masks are named.
+        let own = users
+            .update_user(with_bearer(set_state(ada, UserState::Disabled), &admin))
+            .await;
+        assert_eq!(
+            reason(&expect_code(own, Code::FailedPrecondition)),
+            "OWN_ACCOUNT"
+        );
+        let (manager, _) = login(&mesh, "acme", &cyd.email).await?;
+        let escalation = users
+            .update_user(with_bearer(set_state(ada, UserState::Disabled), &manager))
+            .await;
+        assert_eq!(
+            reason(&expect_code(escalation, Code::PermissionDenied)),
+            "ROLE_ESCALATION"
+        );
+        let bad = users
+            .update_user(with_bearer(
+                change(bob, &["email", "state"], |_| {}),
+                &admin,
+            ))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(bad, Code::InvalidArgument)),
+            ["update_mask"],
+            "{backend}"
+        );
+
+        // Enabled again, Bob signs in and his key works again.
+        users
+            .update_user(with_bearer(set_state(bob, UserState::Active), &admin))
+            .await?;
+        login(&mesh, "acme", &bob.email).await?;
+        users
+            .list_users(with_api_key(list_users("acme"), &bob_key))
+            .await?;
+
+        // At a limit of three users, a disabled one makes room and enabling it needs room.
+        tenants
+            .update_tenant(mesh.as_operator(update(
+                Tenant {
+                    name: "tenants/acme".into(),
+                    limit_overrides: [("users".to_owned(), 3)].into(),
+                    ..Tenant::default()
+                },
+                &["limit_overrides"],
+            )))
+            .await?;
+        let full = users
+            .create_user(with_bearer(
+                new_user("acme", "dee@acme.example", &["viewer"]),
+                &admin,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(full, Code::ResourceExhausted)),
+            "LIMIT_EXCEEDED"
+        );
+        users
+            .update_user(with_bearer(set_state(cyd, UserState::Disabled), &admin))
+            .await?;
+        users
+            .create_user(with_bearer(
+                new_user("acme", "dee@acme.example", &["viewer"]),
+                &admin,
+            ))
+            .await?;
+        let no_room = users
+            .update_user(with_bearer(set_state(cyd, UserState::Active), &admin))
+            .await;
+        assert_eq!(
+            reason(&expect_code(no_room, Code::ResourceExhausted)),
+            "LIMIT_EXCEEDED"
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
