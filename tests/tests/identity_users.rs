@@ -286,6 +286,21 @@ async fn bad_user_input_names_the_fields() -> anyhow::Result<()> {
                 },
                 vec!["password"],
             ),
+            // Long enough, but among the first an attacker tries.
+            (
+                CreateUserRequest {
+                    password: "P@ssw0rd2024!".into(),
+                    ..new_user("acme", "a@example.com", &[])
+                },
+                vec!["password"],
+            ),
+            (
+                CreateUserRequest {
+                    password: "grace hopper at acme".into(),
+                    ..new_user("acme", "grace.hopper@example.com", &[])
+                },
+                vec!["password"],
+            ),
             (
                 new_user("acme", "a@example.com", &["viewer", "root"]),
                 vec!["user.roles[1]"],

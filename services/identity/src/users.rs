@@ -65,7 +65,16 @@ pub fn validate_create(
         }
     }
     user_roles.sort();
-    violations.extend(passwords::check_policy("password", &request.password));
+    // Words of the account itself are the first an attacker tries.
+    let account_words = [
+        email.split('@').next().unwrap_or_default(),
+        tenant.as_ref().map_or("", TenantId::as_str),
+    ];
+    violations.extend(passwords::check_policy(
+        "password",
+        &request.password,
+        &account_words,
+    ));
     match (tenant, display_name) {
         (Some(tenant_id), Some(display_name)) if violations.is_empty() => Ok(UserRecord {
             id: uuid::Uuid::now_v7().to_string(),

@@ -35,7 +35,7 @@ impl UserApi {
             && principal.id == id
             && caller.context.tenant_id == tenant;
         let mut violations: Vec<FieldViolation> =
-            passwords::check_policy("new_password", &request.new_password)
+            passwords::check_policy("new_password", &request.new_password, &[tenant.as_str()])
                 .into_iter()
                 .collect();
         if own && request.current_password.is_empty() {

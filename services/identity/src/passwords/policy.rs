@@ -1,0 +1,225 @@
+//! The password policy, after NIST SP 800-63B (5.1.1.2): a length of 12 to 128 characters,
+//! and no password that is easy to guess — a handful of characters repeated, a keyboard or
+//! alphabet run, a common password's word dressed up with digits and symbols
+//! (`Password1234!`), or a word of the account itself (the email's name, the tenant id).
+//! No composition rules (a digit, a capital): the standard advises against them.
+
+use palisade_grpc::FieldViolation;
+
+pub const MIN_LENGTH: usize = 12;
+pub const MAX_LENGTH: usize = 128;
+
+/// Fewer different characters than this is a repetition (`abababababab`, `111111111111`).
+const MIN_DISTINCT: usize = 5;
+
+/// Words of the account shorter than this are not looked for (`ada` is inside `cicada`).
+const MIN_CONTEXT_WORD: usize = 4;
+
+/// Runs of keys and letters that people type as passwords, forwards (backwards is checked too).
+const RUNS: [&str; 5] = [
+    "1234567890",
+    "qwertyuiop",
+    "asdfghjkl",
+    "zxcvbnm",
+    "abcdefghijklmnopqrstuvwxyz",
+];
+
+/// The words inside the most used passwords (from the published breach-frequency lists),
+/// letters only: a password whose letters are one of these, whatever digits and symbols
+/// surround them, is among the first an attacker tries.
+const COMMON_WORDS: &[&str] = &[
+    "abc",
+    "access",
+    "admin",
+    "administrator",
+    "angel",
+    "ashley",
+    "autumn",
+    "azerty",
+    "bailey",
+    "baseball",
+    "basketball",
+    "batman",
+    "charlie",
+    "changeme",
+    "cheese",
+    "computer",
+    "default",
+    "dragon",
+    "football",
+    "freedom",
+    "guest",
+    "hello",
+    "helloworld",
+    "hockey",
+    "hunter",
+    "iloveyou",
+    "jennifer",
+    "jordan",
+    "killer",
+    "letmein",
+    "login",
+    "love",
+    "master",
+    "michael",
+    "monkey",
+    "mustang",
+    "palisade",
+    "pass",
+    "passw",
+    "passwd",
+    "password",
+    "passwort",
+    "pepper",
+    "princess",
+    "qazwsx",
+    "qwerty",
+    "qwertyuiop",
+    "root",
+    "secret",
+    "shadow",
+    "soccer",
+    "spring",
+    "starwars",
+    "summer",
+    "sunshine",
+    "superman",
+    "test",
+    "trustno",
+    "welcome",
+    "whatever",
+    "winter",
+    "zaq",
+];
+
+/// `Some(violation)` when `password` (the field `field`) breaks the policy. `context` holds
+/// words of the account (the email's local part, the tenant id) that it must not contain.
+pub fn check_policy(field: &str, password: &str, context: &[&str]) -> Option<FieldViolation> {
+    let length = password.chars().count();
+    let problem = if length < MIN_LENGTH {
+        format!("must be at least {MIN_LENGTH} characters")
+    } else if length > MAX_LENGTH {
+        format!("must be at most {MAX_LENGTH} characters")
+    } else {
+        weakness(password, context)?.to_owned()
+    };
+    Some(FieldViolation::new(field, problem))
+}
+
+/// Why a password of an acceptable length is still easy to guess, if it is.
+fn weakness(password: &str, context: &[&str]) -> Option<&'static str> {
+    let lower = password.to_lowercase();
+    let mut distinct: Vec<char> = lower.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < MIN_DISTINCT {
+        return Some("is too repetitive: use more different characters, e.g. a few random words");
+    }
+    if is_run(&lower) {
+        return Some("is a keyboard or alphabet sequence");
+    }
+    // The word in the middle: digits and symbols around it dropped (`Summer2024!`), those
+    // inside read as the letters they stand for (`p@ssw0rd`).
+    let core: String = lower
+        .trim_matches(|c: char| !c.is_alphabetic())
+        .chars()
+        .filter_map(unleet)
+        .collect();
+    let common = COMMON_WORDS.iter().any(|word| {
+        core.len().is_multiple_of(word.len()) && core == word.repeat(core.len() / word.len())
+    });
+    if !core.is_empty() && common {
+        return Some("is a common password: use a few random words instead");
+    }
+    // Whole words only, of four letters or more: shorter ones turn up inside anything.
+    let personal = context
+        .iter()
+        .flat_map(|text| text.split(|c: char| !c.is_alphanumeric()))
+        .map(str::to_lowercase)
+        .any(|word| word.chars().count() >= MIN_CONTEXT_WORD && lower.contains(&word));
+    if personal {
+        return Some("must not contain the account's name or tenant");
+    }
+    None
+}
+
+/// Whether `text` is a stretch of one of `RUNS`, forwards or backwards, wrapping around
+/// (`123456789012`).
+fn is_run(text: &str) -> bool {
+    RUNS.iter().any(|run| {
+        let forwards = run.repeat(1 + MAX_LENGTH / run.len());
+        let backwards: String = forwards.chars().rev().collect();
+        forwards.contains(text) || backwards.contains(text)
+    })
+}
+
+/// The letter a character stands for, as people write them in passwords (`p@ssw0rd`); digits
+/// and symbols that stand for none are dropped.
+fn unleet(c: char) -> Option<char> {
+    match c {
+        '0' => Some('o'),
+        '1' | '!' => Some('i'),
+        '3' => Some('e'),
+        '4' | '@' => Some('a'),
+        '5' | '$' => Some('s'),
+        '7' => Some('t'),
+        c if c.is_alphabetic() => Some(c),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(password: &str) -> bool {
+        check_policy("password", password, &["ada.lovelace", "acme"]).is_some()
+    }
+
+    #[test]
+    fn the_policy_bounds_the_length() {
+        assert!(refused("short"));
+        assert!(refused(&"x".repeat(129)));
+        assert!(!refused("correct horse battery staple"));
+        // Characters, not bytes: 128 two-byte letters are within the limit.
+        assert!(!refused(&"éèêëç".repeat(128 / 5)));
+    }
+
+    #[test]
+    fn guessable_passwords_are_refused() {
+        for weak in [
+            "aaaaaaaaaaaa",
+            "abababababab",
+            "121212121212",
+            "123456789012",
+            "0987654321098",
+            "Qwerty123456!",
+            "abcdefghijklm",
+            "Password1234",
+            "P@ssw0rd2024!",
+            "Summer2024!!",
+            "iloveyou12345",
+            "passwordpassword",
+            "lovelace rules 2024",
+            "ACME corp rocks 1",
+        ] {
+            assert!(refused(weak), "{weak} passed");
+        }
+    }
+
+    #[test]
+    fn passphrases_and_random_strings_pass() {
+        for strong in [
+            "correct horse battery staple",
+            "tps reports every friday",
+            "a brand new passphrase",
+            "set by the manager",
+            "ada, countess of cicadas",
+            "k8#Vq2!zR9wLm",
+            "5821 9034 7716",
+            "2024-12-04 12:00",
+        ] {
+            assert!(!refused(strong), "{strong} refused");
+        }
+    }
+}
