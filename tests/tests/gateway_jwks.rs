@@ -3,11 +3,13 @@
 //! tokens naming made-up key ids cost identity one fetch between them rather than one each.
 
 mod common;
+mod identity_kit;
 
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::{expect_code, reason, tenant_with_admin};
+use identity_kit::{PASSWORD, kid, with_bearer};
 use palisade_proto::palisade::identity::v1::{
     GetJwksRequest, GetUserRequest, LoginRequest, RotateSigningKeyRequest,
     auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
@@ -15,26 +17,10 @@ use palisade_proto::palisade::identity::v1::{
 use palisade_testkit::{Component, Mesh, eventually};
 use tonic::Code;
 
-const PASSWORD: &str = "correct horse battery staple";
 /// How old the gateway lets its JWKS copy grow in these tests.
 const JWKS_REFRESH: Duration = Duration::from_millis(300);
 /// A token lives 15 minutes and a superseded key stays published a minute beyond that.
 const RETIRED_AFTER_MICROS: i64 = 17 * 60 * 1_000_000;
-
-fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-/// The `kid` in a JWT's header.
-fn kid(token: &str) -> String {
-    let header = token.split('.').next().expect("a header");
-    let header: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("json");
-    header["kid"].as_str().expect("a kid").to_owned()
-}
 
 async fn login(mesh: &Mesh) -> anyhow::Result<String> {
     let response = AuthServiceClient::new(mesh.gateway())

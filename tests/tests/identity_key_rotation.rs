@@ -3,32 +3,16 @@
 //! only platform operators may rotate.
 
 mod common;
+mod identity_kit;
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::{expect_code, reason, tenant_with_admin};
+use identity_kit::{PASSWORD, kid, with_bearer};
 use palisade_proto::palisade::identity::v1::{
     GetJwksRequest, GetUserRequest, LoginRequest, RotateSigningKeyRequest,
     auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
 };
 use palisade_testkit::Mesh;
 use tonic::Code;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-/// The `kid` in a JWT's header.
-fn kid(token: &str) -> String {
-    let header = token.split('.').next().expect("a header");
-    let header: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("json");
-    header["kid"].as_str().expect("a kid").to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_issued_tokens_working() -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use palisade_db::{Db, Scope};
 use palisade_proto::palisade::identity::v1::{
     CreateUserRequest, ListUsersRequest, LoginRequest, ReportUsageRequest, Tenant, TenantCalls,
@@ -34,6 +35,14 @@ pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     let value = format!("Bearer {token}").parse().expect("tokens are ascii");
     request.metadata_mut().insert("authorization", value);
     request
+}
+
+/// The `kid` in a JWT's header.
+pub fn kid(token: &str) -> String {
+    let header = token.split('.').next().expect("a header");
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("json");
+    header["kid"].as_str().expect("a kid").to_owned()
 }
 
 pub fn login_request(tenant: &str, email: &str) -> LoginRequest {

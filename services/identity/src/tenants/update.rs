@@ -1,7 +1,7 @@
 //! `UpdateTenant`'s rules: which fields a mask names (AIP-134), who may change which, and
 //! the validated tenant after the change with the fields that actually changed.
 
-use palisade_grpc::{ApiError, FieldViolation};
+use palisade_grpc::{ApiError, aip};
 use palisade_proto::palisade::identity::v1::{Tenant, TenantState};
 use palisade_tenancy::TenantContext;
 use prost_types::FieldMask;
@@ -30,47 +30,16 @@ pub fn update_paths(
     tenant: &Tenant,
     mask: Option<&FieldMask>,
 ) -> Result<Vec<&'static str>, ApiError> {
-    let paths: Vec<&str> = mask
-        .map(|mask| mask.paths.iter().map(String::as_str).collect())
-        .unwrap_or_default();
-    if paths.is_empty() {
-        let set = [
-            !tenant.display_name.is_empty(),
-            tenant.plan != 0,
-            tenant.state != 0,
-            !tenant.region.is_empty(),
-            !tenant.domain.is_empty(),
-            !tenant.feature_overrides.is_empty(),
-            !tenant.limit_overrides.is_empty(),
-        ];
-        return Ok(UPDATABLE
-            .into_iter()
-            .zip(set)
-            .filter_map(|(path, set)| set.then_some(path))
-            .collect());
-    }
-    if paths.contains(&"*") {
-        return Ok(UPDATABLE.to_vec());
-    }
-    let mut known = Vec::new();
-    let mut violations = Vec::new();
-    for path in paths {
-        match UPDATABLE.into_iter().find(|updatable| *updatable == path) {
-            Some(path) if !known.contains(&path) => known.push(path),
-            Some(_) => {}
-            None => violations.push(FieldViolation::new(
-                "update_mask",
-                format!("unknown path {path:?}; updatable: {}", UPDATABLE.join(", ")),
-            )),
-        }
-    }
-    if violations.is_empty() {
-        // The documented order, whatever order the mask used: audit attributes stay stable.
-        known.sort_by_key(|path| UPDATABLE.iter().position(|updatable| updatable == path));
-        Ok(known)
-    } else {
-        Err(ApiError::InvalidArgument(violations))
-    }
+    let set = [
+        !tenant.display_name.is_empty(),
+        tenant.plan != 0,
+        tenant.state != 0,
+        !tenant.region.is_empty(),
+        !tenant.domain.is_empty(),
+        !tenant.feature_overrides.is_empty(),
+        !tenant.limit_overrides.is_empty(),
+    ];
+    aip::update_paths(mask, &UPDATABLE, &set)
 }
 
 /// Tenant principals change only `display_name`; everything else is for platform operators.

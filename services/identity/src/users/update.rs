@@ -1,7 +1,7 @@
 //! `UpdateUser`'s rules: which fields a mask names (AIP-134) and the user after the change,
 //! with the fields whose values actually change.
 
-use palisade_grpc::{ApiError, FieldViolation};
+use palisade_grpc::{ApiError, FieldViolation, aip};
 use palisade_proto::palisade::identity::v1::{User, UserState};
 use prost_types::FieldMask;
 
@@ -33,7 +33,8 @@ pub fn apply_update(
     mask: Option<&FieldMask>,
     now: i64,
 ) -> Result<UserUpdate, ApiError> {
-    let paths = update_paths(user, mask)?;
+    let set = [!user.display_name.is_empty(), user.state != 0];
+    let paths = aip::update_paths(mask, &UPDATABLE, &set)?;
     let mut violations = Vec::new();
     let mut updated = current.clone();
     for path in &paths {
@@ -69,44 +70,6 @@ pub fn apply_update(
         user: updated,
         changed,
     })
-}
-
-fn update_paths(user: &User, mask: Option<&FieldMask>) -> Result<Vec<&'static str>, ApiError> {
-    let paths: Vec<&str> = mask
-        .map(|mask| mask.paths.iter().map(String::as_str).collect())
-        .unwrap_or_default();
-    if paths.is_empty() {
-        let set = [!user.display_name.is_empty(), user.state != 0];
-        return Ok(UPDATABLE
-            .into_iter()
-            .zip(set)
-            .filter_map(|(path, set)| set.then_some(path))
-            .collect());
-    }
-    if paths.contains(&"*") {
-        return Ok(UPDATABLE.to_vec());
-    }
-    let mut violations = Vec::new();
-    for path in &paths {
-        if !UPDATABLE.contains(path) {
-            let shown: String = path.chars().take(64).collect();
-            violations.push(FieldViolation::new(
-                "update_mask",
-                format!(
-                    "unknown path {shown:?}; updatable: {}",
-                    UPDATABLE.join(", ")
-                ),
-            ));
-        }
-    }
-    if violations.is_empty() {
-        Ok(UPDATABLE
-            .into_iter()
-            .filter(|path| paths.contains(path))
-            .collect())
-    } else {
-        Err(ApiError::InvalidArgument(violations))
-    }
 }
 
 #[cfg(test)]
