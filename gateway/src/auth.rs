@@ -112,8 +112,8 @@ pub struct ApiKeyVerifier {
 }
 
 impl ApiKeyVerifier {
-    /// Keys verified by identity are cached for `ttl`; the JWKS is fetched again when older
-    /// than `jwks_refresh`.
+    /// Keys verified by identity are cached for `ttl`; the JWKS is fetched every
+    /// `jwks_refresh`.
     pub fn new(identity: MeshChannel, ttl: Duration, jwks_refresh: Duration) -> ApiKeyVerifier {
         ApiKeyVerifier {
             identity: ApiKeyServiceClient::new(identity.clone()),

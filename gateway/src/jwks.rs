@@ -1,11 +1,11 @@
 //! Identity's token-signing public keys as the gateway knows them (`AuthService.GetJwks`).
 //!
-//! The set is fetched on first use and kept current two ways: a token naming a `kid` the set
-//! does not hold makes the gateway fetch at once (identity has just rotated), and a set older
-//! than `refresh_after` is fetched again in the background while it goes on serving, so a key
-//! identity has stopped publishing stops verifying tokens within that time. When identity
-//! cannot be reached, the last set serves for [`MAX_STALE`]; after that tokens are refused as
-//! `UNAVAILABLE` rather than checked against keys identity may have withdrawn.
+//! The set is kept current two ways: a task fetches it every `refresh_after`, so a key identity
+//! has stopped publishing stops verifying tokens within about that time, and a token naming a
+//! `kid` the set does not hold makes the gateway fetch at once (identity has just rotated).
+//! When identity cannot be reached, the last set serves for [`MAX_STALE`]; after that tokens
+//! are refused as `UNAVAILABLE` rather than checked against keys identity may have withdrawn,
+//! and so is a token whose `kid` a failed fetch could not settle.
 //!
 //! Fetches run one at a time and at least [`MIN_REFETCH`] apart, so tokens with made-up `kid`s
 //! cannot become a flood of calls to identity; and a caller that waited while a fetch ran takes
@@ -14,7 +14,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -38,103 +38,101 @@ pub struct Jwks {
     set: Arc<Mutex<KeySet>>,
     /// Held by the fetch under way.
     fetching: Arc<tokio::sync::Mutex<()>>,
-    refresh_after: Duration,
 }
 
 #[derive(Default)]
 struct KeySet {
     /// `kid` → raw Ed25519 public key.
     keys: HashMap<String, Vec<u8>>,
-    /// When the fetch that brought `keys` began.
+    /// When the last fetch that identity answered began.
     fetched: Option<Instant>,
     /// When the last fetch began, answered or not.
     attempted: Option<Instant>,
 }
 
-/// What the set says about a `kid` at some instant.
-enum Lookup {
-    /// Known, in a set younger than `refresh_after`.
-    Fresh(Vec<u8>),
-    /// Known, in a set due for a refresh but still usable.
-    Aging(Vec<u8>),
-    /// Not in a usable set.
-    Unknown,
-    /// No set fetched within `MAX_STALE`.
-    NoUsableSet,
-}
-
 impl Jwks {
+    /// The set, fetched every `refresh_after` by a task of the current runtime that ends when
+    /// the set is dropped.
     pub fn new(identity: MeshChannel, refresh_after: Duration) -> Jwks {
-        Jwks {
+        let jwks = Jwks {
             identity: AuthServiceClient::new(identity),
             set: Arc::default(),
             fetching: Arc::default(),
+        };
+        tokio::spawn(refresh_every(
             refresh_after,
-        }
+            jwks.identity.clone(),
+            Arc::downgrade(&jwks.set),
+            jwks.fetching.clone(),
+        ));
+        jwks
     }
 
-    /// The public key named `kid`, as identity publishes it now (within `refresh_after`).
+    /// The public key named `kid`, as identity publishes it (within `refresh_after`).
     /// `INVALID_TOKEN` when identity does not publish it, `UNAVAILABLE` when identity has not
-    /// answered for too long.
+    /// answered for too long or could not be asked about a new `kid`.
     pub async fn key(&self, kid: &str) -> Result<Vec<u8>, ApiError> {
         let arrived = Instant::now();
-        match self.lookup(kid, arrived) {
-            Lookup::Fresh(key) => return Ok(key),
-            Lookup::Aging(key) => {
-                self.refresh_in_background();
-                return Ok(key);
-            }
-            Lookup::Unknown | Lookup::NoUsableSet => {}
+        if let Some(key) = self.lookup(kid, arrived) {
+            return Ok(key);
         }
         {
             let _one_at_a_time = self.fetching.lock().await;
-            let answered_since = self
+            let attempted_since = self
                 .lock()
                 .attempted
                 .is_some_and(|attempted| attempted >= arrived);
-            if !answered_since {
+            if !attempted_since {
                 fetch(&self.identity, &self.set).await;
             }
         }
-        match self.lookup(kid, Instant::now()) {
-            Lookup::Fresh(key) | Lookup::Aging(key) => Ok(key),
-            Lookup::Unknown => Err(super::auth::invalid_token()),
-            Lookup::NoUsableSet => Err(ApiError::Unavailable {
+        if let Some(key) = self.lookup(kid, Instant::now()) {
+            return Ok(key);
+        }
+        // Unknown to identity only if identity answered since this token arrived.
+        let answered_since = self
+            .lock()
+            .fetched
+            .is_some_and(|fetched| fetched >= arrived);
+        if answered_since {
+            Err(crate::auth::invalid_token())
+        } else {
+            Err(ApiError::Unavailable {
                 message: "cannot verify credentials right now".to_owned(),
-            }),
+            })
         }
     }
 
-    fn lookup(&self, kid: &str, now: Instant) -> Lookup {
+    /// The key named `kid` in a set fetched within `MAX_STALE`.
+    fn lookup(&self, kid: &str, now: Instant) -> Option<Vec<u8>> {
         let set = self.lock();
-        let age = match set.fetched {
-            Some(fetched) if now.saturating_duration_since(fetched) < MAX_STALE => {
-                now.saturating_duration_since(fetched)
-            }
-            _ => return Lookup::NoUsableSet,
-        };
-        match set.keys.get(kid) {
-            None => Lookup::Unknown,
-            Some(key) if age < self.refresh_after => Lookup::Fresh(key.clone()),
-            Some(key) => Lookup::Aging(key.clone()),
-        }
-    }
-
-    /// Starts a fetch unless one is under way; the caller goes on with the set it has.
-    fn refresh_in_background(&self) {
-        let Ok(one_at_a_time) = self.fetching.clone().try_lock_owned() else {
-            return;
-        };
-        let identity = self.identity.clone();
-        let set = self.set.clone();
-        tokio::spawn(async move {
-            let _one_at_a_time = one_at_a_time;
-            fetch(&identity, &set).await;
-        });
+        let usable = set
+            .fetched
+            .is_some_and(|fetched| now.saturating_duration_since(fetched) < MAX_STALE);
+        usable.then(|| set.keys.get(kid).cloned()).flatten()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, KeySet> {
         self.set.lock().expect("jwks lock")
+    }
+}
+
+/// Fetches the set every `period` until it is dropped.
+async fn refresh_every(
+    period: Duration,
+    identity: AuthServiceClient<MeshChannel>,
+    set: Weak<Mutex<KeySet>>,
+    fetching: Arc<tokio::sync::Mutex<()>>,
+) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(set) = set.upgrade() else {
+            return;
+        };
+        let _one_at_a_time = fetching.lock().await;
+        fetch(&identity, &set).await;
     }
 }
 

@@ -45,8 +45,8 @@ pub struct GatewayConfig {
     /// How long a verified API key is trusted without asking identity again; a revoked key
     /// keeps working for at most this long.
     pub api_key_cache_ttl: Duration,
-    /// How old identity's JWKS may grow before it is fetched again: a signing key identity
-    /// stops publishing stops verifying tokens here within about this long.
+    /// How often identity's JWKS is fetched: a signing key identity stops publishing stops
+    /// verifying tokens here within about this long.
     pub jwks_refresh: Duration,
     /// Origins (`https://app.example.com`, or `*`) whose browser scripts may call REST and
     /// gRPC-Web; empty means no CORS headers at all.

@@ -101,13 +101,19 @@ async fn a_key_identity_retired_stops_verifying_at_the_gateway() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn made_up_key_ids_share_one_jwks_fetch() -> anyhow::Result<()> {
+async fn made_up_key_ids_share_one_jwks_fetch_and_an_unanswered_one_is_unavailable()
+-> anyhow::Result<()> {
     const FORGED: usize = 20;
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
-        let mesh = builder.with_jwks_refresh(JWKS_REFRESH).start().await?;
+        // The default refresh (a minute): only tokens make the gateway fetch here.
+        let mut mesh = builder.start().await?;
         let user = tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
         let token = login(&mesh).await?;
+        let made_up = |kid: &str| {
+            let header = format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#);
+            format!("{}.e30.AA", URL_SAFE_NO_PAD.encode(header))
+        };
         let get_user = |token: String| {
             let request = with_bearer(
                 GetUserRequest {
@@ -121,11 +127,7 @@ async fn made_up_key_ids_share_one_jwks_fetch() -> anyhow::Result<()> {
         get_user(token.clone()).await?;
 
         let fetches = jwks_fetches(&mesh).await?;
-        let forged = (0..FORGED).map(|i| {
-            let header = format!(r#"{{"alg":"EdDSA","kid":"made-up-{i}"}}"#);
-            let token = format!("{}.e30.AA", URL_SAFE_NO_PAD.encode(header));
-            get_user(token)
-        });
+        let forged = (0..FORGED).map(|i| get_user(made_up(&format!("made-up-{i}"))));
         for refused in futures::future::join_all(forged).await {
             let status = expect_code(refused, Code::Unauthenticated);
             assert_eq!(reason(&status), "INVALID_TOKEN", "{backend}");
@@ -137,6 +139,21 @@ async fn made_up_key_ids_share_one_jwks_fetch() -> anyhow::Result<()> {
         assert!((1..=3).contains(&fetched), "{backend}: {fetched} fetches");
         // The genuine token still passes.
         get_user(token.clone()).await?;
+
+        // With identity away, a new kid is not called invalid: nobody could say.
+        let late = with_bearer(
+            GetUserRequest {
+                name: user.name.clone(),
+            },
+            &made_up("made-up-late"),
+        );
+        mesh.stop_component(Component::Identity).await?;
+        let refused = UserServiceClient::new(mesh.gateway()).get_user(late).await;
+        let status = expect_code(refused, Code::Unavailable);
+        assert!(
+            status.message().contains("cannot verify credentials"),
+            "{backend}: {status:?}"
+        );
         mesh.stop().await?;
     }
     Ok(())

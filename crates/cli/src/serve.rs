@@ -84,7 +84,7 @@ pub struct ServeArgs {
     /// Seconds a verified API key is cached by the gateway.
     #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
     api_key_cache_ttl: u64,
-    /// gateway: seconds before identity's JWKS is fetched again; a signing key identity stops
+    /// gateway: seconds between fetches of identity's JWKS; a signing key identity stops
     /// publishing stops verifying access tokens within about this long.
     #[arg(long, env = "PALISADE_JWKS_REFRESH", default_value_t = 60)]
     jwks_refresh: u64,
