@@ -6,16 +6,17 @@
 mod common;
 mod identity_kit;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use common::{audit_events_arrived, expect_code, new_tenant, reason, violated_fields};
 use identity_kit::{list_users, login, login_request, new_user, update, with_bearer};
 use palisade_proto::palisade::identity::v1::{
-    ApiKey, CreateApiKeyRequest, Plan, RefreshTokenRequest, Tenant, UpdateUserRequest, User,
-    UserState, api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
-    tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+    ApiKey, CreateApiKeyRequest, GetUserRequest, Plan, RefreshTokenRequest, Tenant,
+    UpdateUserRequest, User, UserState, api_key_service_client::ApiKeyServiceClient,
+    auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
+    user_service_client::UserServiceClient,
 };
-use palisade_testkit::{Mesh, with_api_key};
+use palisade_testkit::{Component, Mesh, with_api_key};
 use prost_types::FieldMask;
 use tonic::Code;
 
@@ -148,6 +149,33 @@ async fn a_disabled_user_is_refused_everywhere_until_enabled() -> anyhow::Result
             reason(&expect_code(own, Code::FailedPrecondition)),
             "OWN_ACCOUNT"
         );
+        // Not through one of its own keys either.
+        let ada_key = ApiKeyServiceClient::new(mesh.gateway())
+            .create_api_key(with_bearer(
+                CreateApiKeyRequest {
+                    parent: "tenants/acme".into(),
+                    api_key: Some(ApiKey {
+                        display_name: "ada's".into(),
+                        scopes: vec!["identity.users.update".into()],
+                        ..ApiKey::default()
+                    }),
+                    ttl: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    }),
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .key;
+        let own_key = users
+            .update_user(with_api_key(set_state(ada, UserState::Disabled), &ada_key))
+            .await;
+        assert_eq!(
+            reason(&expect_code(own_key, Code::FailedPrecondition)),
+            "OWN_ACCOUNT"
+        );
         let (manager, _) = login(&mesh, "acme", &cyd.email).await?;
         let escalation = users
             .update_user(with_bearer(set_state(ada, UserState::Disabled), &manager))
@@ -214,6 +242,56 @@ async fn a_disabled_user_is_refused_everywhere_until_enabled() -> anyhow::Result
             reason(&expect_code(no_room, Code::ResourceExhausted)),
             "LIMIT_EXCEEDED"
         );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A rename that read the user before a disable committed must not write the old state back:
+/// the test holds the disabling transaction open while the rename runs, then commits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_racing_a_disable_keeps_the_user_disabled() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let bob = users
+            .create_user(mesh.as_operator(new_user("acme", "bob@acme.example", &["viewer"])))
+            .await?
+            .into_inner();
+        let bob_id = bob.name.rsplit('/').next().expect("an id").to_owned();
+
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut disabling = db.begin().await?;
+        sqlx::query("UPDATE users SET state = 'disabled' WHERE tenant_id = 'acme' AND id = $1")
+            .bind(&bob_id)
+            .execute(&mut *disabling)
+            .await?;
+        let renaming = tokio::spawn({
+            let mut users = users.clone();
+            let request = mesh.as_operator(change(&bob, &["display_name"], |user| {
+                user.display_name = "Bob B.".into();
+            }));
+            async move { users.update_user(request).await }
+        });
+        // Time for the rename to read Bob (active: the disable is not committed yet) and reach
+        // its own transaction. Were it slower, the test would pass without racing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        disabling.commit().await?;
+        let renamed = renaming.await??.into_inner();
+        assert_eq!(renamed.display_name, "Bob B.", "{backend}");
+        assert_eq!(renamed.state(), UserState::Disabled, "{backend}");
+        let stored = users
+            .get_user(mesh.as_operator(GetUserRequest {
+                name: bob.name.clone(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(stored.state(), UserState::Disabled, "{backend}");
+        db.close().await;
         mesh.stop().await?;
     }
     Ok(())

@@ -40,15 +40,12 @@ impl UserApi {
             .await?
             .ok_or_else(not_found)?;
         let now = now_micros();
+        // Checked on the user as read, so bad input is told before any refusal ...
         let update = users::apply_update(&current, user, request.update_mask.as_ref(), now)?;
         if update.changed.is_empty() {
             return Ok(current);
         }
-        let principal = caller.principal();
-        let own = principal.kind == PrincipalKind::User
-            && principal.id == current.id
-            && caller.context.tenant_id == tenant;
-        if own && update.user.state != UserState::Active {
+        if update.user.state != UserState::Active && self.is_own_account(&caller, &current).await? {
             return Err(ApiError::FailedPrecondition {
                 reason: "OWN_ACCOUNT",
                 message: "a user cannot disable itself; another admin or an operator can"
@@ -57,13 +54,25 @@ impl UserApi {
         }
         // Changing a user takes power over it: only of users with no more rights.
         let held = self.authz.user_permissions(&current).await?;
-        if !own && !self.authz.holds_all(&caller.context, &held).await? {
+        if !self.authz.holds_all(&caller.context, &held).await? {
             return Err(ApiError::PermissionDenied {
                 reason: "ROLE_ESCALATION",
                 message: "the user holds permissions the caller does not hold".to_owned(),
             });
         }
+        // ... and applied to the user as it is under the lock, so a concurrent update (a
+        // disable, say) is never written over with what was read before it.
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut locked = self
+            .store
+            .lock_user(&mut tx, &tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        locked.roles = current.roles;
+        let update = users::apply_update(&locked, user, request.update_mask.as_ref(), now)?;
+        if update.changed.is_empty() {
+            return Ok(locked);
+        }
         let enabling = update.changes_state() && update.user.state == UserState::Active;
         if enabling {
             // Disabled users do not count towards the limit: enabling one takes a place.
@@ -79,15 +88,15 @@ impl UserApi {
         if update.changes_state() && !enabling {
             let revoked = self
                 .store
-                .revoke_user_sessions(&mut tx, &current, now)
+                .revoke_user_sessions(&mut tx, &locked, now)
                 .await?;
             attributes.push(("revoked_sessions", revoked.to_string()));
         }
-        let resource = current.name();
+        let resource = locked.name();
         let audit = AuditRecord {
             tenant: &tenant,
             actor_tenant: &caller.context.tenant_id,
-            actor: Some(principal),
+            actor: Some(caller.principal()),
             action: caller.action("identity.users.update"),
             resource: &resource,
             outcome: Outcome::Success,
@@ -98,7 +107,24 @@ impl UserApi {
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
             .map_err(ApiError::internal)?;
-        tracing::info!(tenant = %tenant, user = %current.id, fields = %update.changed.join(" "), "user updated");
+        tracing::info!(tenant = %tenant, user = %locked.id, fields = %update.changed.join(" "), "user updated");
         Ok(update.user)
+    }
+
+    /// Whether the caller is the user itself, signed in or through one of its own API keys.
+    async fn is_own_account(&self, caller: &Caller, user: &UserRecord) -> Result<bool, ApiError> {
+        let principal = caller.principal();
+        if caller.context.tenant_id != user.tenant_id {
+            return Ok(false);
+        }
+        Ok(match principal.kind {
+            PrincipalKind::User => principal.id == user.id,
+            PrincipalKind::ApiKey => self
+                .store
+                .get_api_key(&principal.id)
+                .await?
+                .is_some_and(|key| key.owner_user_id.as_deref() == Some(user.id.as_str())),
+            _ => false,
+        })
     }
 }

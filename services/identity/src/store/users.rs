@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use palisade_db::Backend;
 use palisade_grpc::{
     ApiError,
     aip::{Comparison, CreatedCursor},
@@ -88,6 +89,30 @@ impl IdentityStore {
             }
             None => Ok(None),
         }
+    }
+
+    /// The user, read inside the caller's write transaction and locked until it ends
+    /// (PostgreSQL `FOR UPDATE`; SQLite write transactions hold the database lock already), so
+    /// a read-change-write of it cannot interleave with another. Without its roles.
+    pub async fn lock_user(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, ApiError> {
+        let lock = match self.db.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2{lock}"
+        )))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(internal)?;
+        row.as_ref().map(user_from_row).transpose()
     }
 
     /// Gives a user a role; false when it held it already.
