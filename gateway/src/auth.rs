@@ -160,9 +160,7 @@ impl ApiKeyVerifier {
                 },
                 code => {
                     tracing::warn!(?code, "api key verification failed");
-                    ApiError::Unavailable {
-                        message: "cannot verify credentials right now".to_owned(),
-                    }
+                    cannot_verify()
                 }
             })?;
         let principal = response
@@ -272,6 +270,13 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+/// Identity could not be asked, so a credential can be neither accepted nor refused.
+pub(crate) fn cannot_verify() -> ApiError {
+    ApiError::Unavailable {
+        message: "cannot verify credentials right now".to_owned(),
+    }
 }
 
 pub(crate) fn invalid_token() -> ApiError {

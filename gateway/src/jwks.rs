@@ -26,13 +26,13 @@ use palisade_proto::palisade::identity::v1::{
 
 /// The least time between two fetches. A token that needs a fetch sooner waits for it rather
 /// than being refused: right after a rotation, genuine tokens name a key not fetched yet.
-pub const MIN_REFETCH: Duration = Duration::from_secs(1);
+const MIN_REFETCH: Duration = Duration::from_secs(1);
 /// How long the last fetched set serves while identity does not answer.
-pub const MAX_STALE: Duration = Duration::from_secs(600);
+const MAX_STALE: Duration = Duration::from_secs(600);
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The key set and how it is fetched; cheap to share (the gateway has one).
+/// The key set and how it is fetched (the gateway has one, shared by its workers).
 pub struct Jwks {
     identity: AuthServiceClient<MeshChannel>,
     set: Arc<Mutex<KeySet>>,
@@ -97,9 +97,7 @@ impl Jwks {
         if answered_since {
             Err(crate::auth::invalid_token())
         } else {
-            Err(ApiError::Unavailable {
-                message: "cannot verify credentials right now".to_owned(),
-            })
+            Err(crate::auth::cannot_verify())
         }
     }
 

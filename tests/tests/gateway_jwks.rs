@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::{expect_code, reason, tenant_with_admin};
-use identity_kit::{PASSWORD, kid, with_bearer};
+use identity_kit::{PASSWORD, kid, published_kids, with_bearer};
 use palisade_proto::palisade::identity::v1::{
-    GetJwksRequest, GetUserRequest, LoginRequest, RotateSigningKeyRequest,
-    auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
+    GetUserRequest, RotateSigningKeyRequest, auth_service_client::AuthServiceClient,
+    user_service_client::UserServiceClient,
 };
 use palisade_testkit::{Component, Mesh, eventually};
 use tonic::Code;
@@ -22,15 +22,11 @@ const JWKS_REFRESH: Duration = Duration::from_millis(300);
 /// A token lives 15 minutes and a superseded key stays published a minute beyond that.
 const RETIRED_AFTER_MICROS: i64 = 17 * 60 * 1_000_000;
 
+/// A fresh access token of acme's admin.
 async fn login(mesh: &Mesh) -> anyhow::Result<String> {
-    let response = AuthServiceClient::new(mesh.gateway())
-        .login(LoginRequest {
-            tenant_id: "acme".into(),
-            email: "ada@example.com".into(),
-            password: PASSWORD.into(),
-        })
-        .await?;
-    Ok(response.into_inner().access_token)
+    Ok(identity_kit::login(mesh, "acme", "ada@example.com")
+        .await?
+        .0)
 }
 
 /// `GetJwks` calls identity has answered, from its metrics.
@@ -77,14 +73,7 @@ async fn a_key_identity_retired_stops_verifying_at_the_gateway() -> anyhow::Resu
             .bind(RETIRED_AFTER_MICROS)
             .execute(db.pool())
             .await?;
-        let published: Vec<String> = auth
-            .get_jwks(GetJwksRequest {})
-            .await?
-            .into_inner()
-            .keys
-            .into_iter()
-            .map(|key| key.kid)
-            .collect();
+        let published = published_kids(&mesh).await?;
         assert_eq!(published, std::slice::from_ref(&new_key.kid), "{backend}");
         assert_ne!(kid(&before), new_key.kid, "{backend}");
 

@@ -6,10 +6,10 @@ mod common;
 mod identity_kit;
 
 use common::{expect_code, reason, tenant_with_admin};
-use identity_kit::{PASSWORD, kid, with_bearer};
+use identity_kit::{PASSWORD, kid, published_kids, with_bearer};
 use palisade_proto::palisade::identity::v1::{
-    GetJwksRequest, GetUserRequest, LoginRequest, RotateSigningKeyRequest,
-    auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
+    GetUserRequest, LoginRequest, RotateSigningKeyRequest, auth_service_client::AuthServiceClient,
+    user_service_client::UserServiceClient,
 };
 use palisade_testkit::Mesh;
 use tonic::Code;
@@ -45,14 +45,7 @@ async fn rotation_keeps_issued_tokens_working() -> anyhow::Result<()> {
             .await?
             .into_inner();
         assert_ne!(new_key.kid, kid(&before), "{backend}");
-        let published: Vec<String> = auth
-            .get_jwks(GetJwksRequest {})
-            .await?
-            .into_inner()
-            .keys
-            .into_iter()
-            .map(|key| key.kid)
-            .collect();
+        let published = published_kids(&mesh).await?;
         assert!(published.contains(&new_key.kid), "{backend}: {published:?}");
         assert!(
             published.contains(&kid(&before)),

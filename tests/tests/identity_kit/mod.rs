@@ -8,8 +8,8 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use palisade_db::{Db, Scope};
 use palisade_proto::palisade::identity::v1::{
-    CreateUserRequest, ListUsersRequest, LoginRequest, ReportUsageRequest, Tenant, TenantCalls,
-    TenantState, UpdateTenantRequest, User, auth_service_client::AuthServiceClient,
+    CreateUserRequest, GetJwksRequest, ListUsersRequest, LoginRequest, ReportUsageRequest, Tenant,
+    TenantCalls, TenantState, UpdateTenantRequest, User, auth_service_client::AuthServiceClient,
 };
 use palisade_testkit::Mesh;
 use prost_types::FieldMask;
@@ -43,6 +43,15 @@ pub fn kid(token: &str) -> String {
     let header: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("json");
     header["kid"].as_str().expect("a kid").to_owned()
+}
+
+/// The key ids identity publishes now (`GetJwks`, through the gateway).
+pub async fn published_kids(mesh: &Mesh) -> anyhow::Result<Vec<String>> {
+    let jwks = AuthServiceClient::new(mesh.gateway())
+        .get_jwks(GetJwksRequest {})
+        .await?
+        .into_inner();
+    Ok(jwks.keys.into_iter().map(|key| key.kid).collect())
 }
 
 pub fn login_request(tenant: &str, email: &str) -> LoginRequest {

@@ -147,7 +147,7 @@ impl TenantDataService for TenantDataApi {
         }
         let resource = format!("tenants/{tenant}");
         // Refused before the stream is read; checked again under the lock below.
-        if !import.replace() && self.store.get_tenant(&tenant).await?.is_some() {
+        if !header.replace && self.store.get_tenant(&tenant).await?.is_some() {
             return Err(ApiError::AlreadyExists { resource }.into());
         }
         let (records, counts) = receive(&mut stream, import, &resource).await?;

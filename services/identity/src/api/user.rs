@@ -92,6 +92,24 @@ impl UserApi {
         }
     }
 
+    /// Changing a user (setting its password, renaming or disabling it) takes power over it:
+    /// only of users with no more rights than the caller.
+    pub(super) async fn require_power_over(
+        &self,
+        caller: &Caller,
+        user: &UserRecord,
+    ) -> Result<(), ApiError> {
+        let held = self.authz.user_permissions(user).await?;
+        if self.authz.holds_all(&caller.context, &held).await? {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied {
+                reason: "ROLE_ESCALATION",
+                message: "the user holds permissions the caller does not hold".to_owned(),
+            })
+        }
+    }
+
     /// The custom roles of `tenant` among `roles` (built-in names are skipped).
     async fn custom_roles_among(
         &self,

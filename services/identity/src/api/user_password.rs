@@ -81,14 +81,7 @@ impl UserApi {
                     ),
                 });
             }
-            // Setting a password takes the account over: only of users with no more rights.
-            let held = self.authz.user_permissions(&user).await?;
-            if !self.authz.holds_all(&caller.context, &held).await? {
-                return Err(ApiError::PermissionDenied {
-                    reason: "ROLE_ESCALATION",
-                    message: "the user holds permissions the caller does not hold".to_owned(),
-                });
-            }
+            self.require_power_over(&caller, &user).await?;
         }
         let password_hash = self.passwords.hash(&request.new_password).await?;
         let resource = user.name();

@@ -52,14 +52,7 @@ impl UserApi {
                     .to_owned(),
             });
         }
-        // Changing a user takes power over it: only of users with no more rights.
-        let held = self.authz.user_permissions(&current).await?;
-        if !self.authz.holds_all(&caller.context, &held).await? {
-            return Err(ApiError::PermissionDenied {
-                reason: "ROLE_ESCALATION",
-                message: "the user holds permissions the caller does not hold".to_owned(),
-            });
-        }
+        self.require_power_over(&caller, &current).await?;
         // ... and applied to the user as it is under the lock, so a concurrent update (a
         // disable, say) is never written over with what was read before it.
         let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;

@@ -46,7 +46,6 @@ pub struct Import {
     /// The permission catalogue that roles and scopes are checked against.
     roles: Arc<Roles>,
     tenant: TenantId,
-    replace: bool,
     tally: Tally,
     last: Option<Kind>,
     /// Custom role ids seen, for the users' assignments (roles precede users; a tenant has a
@@ -77,7 +76,6 @@ impl Import {
             Some(tenant) if violations.is_empty() => Ok(Import {
                 roles,
                 tenant,
-                replace: header.replace,
                 tally: Tally::default(),
                 last: None,
                 custom_roles: BTreeSet::new(),
@@ -88,10 +86,6 @@ impl Import {
 
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
-    }
-
-    pub fn replace(&self) -> bool {
-        self.replace
     }
 
     /// Checks the batch that is chunk `chunk` of the stream and returns its records to write,
