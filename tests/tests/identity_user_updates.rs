@@ -38,6 +38,26 @@ fn set_state(user: &User, state: UserState) -> UpdateUserRequest {
     change(user, &["state"], |user| user.state = state as i32)
 }
 
+/// An API key of acme, scoped to `scope`, that the user signed in with `token` makes for itself.
+async fn own_key(mesh: &Mesh, token: &str, name: &str, scope: &str) -> anyhow::Result<String> {
+    let request = CreateApiKeyRequest {
+        parent: "tenants/acme".into(),
+        api_key: Some(ApiKey {
+            display_name: name.to_owned(),
+            scopes: vec![scope.to_owned()],
+            ..ApiKey::default()
+        }),
+        ttl: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+    };
+    let created = ApiKeyServiceClient::new(mesh.gateway())
+        .create_api_key(with_bearer(request, token))
+        .await?;
+    Ok(created.into_inner().key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_user_is_refused_everywhere_until_enabled() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
@@ -67,25 +87,7 @@ async fn a_disabled_user_is_refused_everywhere_until_enabled() -> anyhow::Result
         );
         let (admin, _) = login(&mesh, "acme", &ada.email).await?;
         let (bob_token, bob_refresh) = login(&mesh, "acme", &bob.email).await?;
-        let bob_key = ApiKeyServiceClient::new(mesh.gateway())
-            .create_api_key(with_bearer(
-                CreateApiKeyRequest {
-                    parent: "tenants/acme".into(),
-                    api_key: Some(ApiKey {
-                        display_name: "bob's".into(),
-                        scopes: vec!["identity.users.list".into()],
-                        ..ApiKey::default()
-                    }),
-                    ttl: Some(prost_types::Duration {
-                        seconds: 3600,
-                        nanos: 0,
-                    }),
-                },
-                &bob_token,
-            ))
-            .await?
-            .into_inner()
-            .key;
+        let bob_key = own_key(&mesh, &bob_token, "bob's", "identity.users.list").await?;
 
         // A rename: trimmed, and the update time moves.
         let renamed = users
@@ -150,30 +152,12 @@ async fn a_disabled_user_is_refused_everywhere_until_enabled() -> anyhow::Result
             "OWN_ACCOUNT"
         );
         // Not through one of its own keys either.
-        let ada_key = ApiKeyServiceClient::new(mesh.gateway())
-            .create_api_key(with_bearer(
-                CreateApiKeyRequest {
-                    parent: "tenants/acme".into(),
-                    api_key: Some(ApiKey {
-                        display_name: "ada's".into(),
-                        scopes: vec!["identity.users.update".into()],
-                        ..ApiKey::default()
-                    }),
-                    ttl: Some(prost_types::Duration {
-                        seconds: 3600,
-                        nanos: 0,
-                    }),
-                },
-                &admin,
-            ))
-            .await?
-            .into_inner()
-            .key;
-        let own_key = users
+        let ada_key = own_key(&mesh, &admin, "ada's", "identity.users.update").await?;
+        let through_own_key = users
             .update_user(with_api_key(set_state(ada, UserState::Disabled), &ada_key))
             .await;
         assert_eq!(
-            reason(&expect_code(own_key, Code::FailedPrecondition)),
+            reason(&expect_code(through_own_key, Code::FailedPrecondition)),
             "OWN_ACCOUNT"
         );
         let (manager, _) = login(&mesh, "acme", &cyd.email).await?;
