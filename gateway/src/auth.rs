@@ -175,10 +175,7 @@ impl ApiKeyVerifier {
         };
         let context = TenantContext {
             tenant_id,
-            principal: Some(Principal {
-                id: principal.id,
-                kind,
-            }),
+            principal: Some(Principal::new(principal.id, kind)),
         };
         let mut cache = self.cache.lock().expect("api key cache lock");
         if cache.len() >= MAX_CACHED {
@@ -257,11 +254,22 @@ fn context_from_claims(claims: &serde_json::Value, now: i64) -> Result<TenantCon
         .as_str()
         .filter(|sub| !sub.is_empty())
         .ok_or_else(invalid_token)?;
+    // The session lets services refuse the token once its session ends (logout, revocation);
+    // tokens from before sessions were named carry none.
+    let session_id = match &claims["sid"] {
+        serde_json::Value::Null => None,
+        sid => Some(
+            sid.as_str()
+                .filter(|sid| uuid::Uuid::try_parse(sid).is_ok())
+                .ok_or_else(invalid_token)?
+                .to_owned(),
+        ),
+    };
     Ok(TenantContext {
         tenant_id,
         principal: Some(Principal {
-            id: user.to_owned(),
-            kind: PrincipalKind::User,
+            session_id,
+            ..Principal::new(user, PrincipalKind::User)
         }),
     })
 }
@@ -341,6 +349,19 @@ mod tests {
             (principal.id.as_str(), principal.kind),
             ("u1", PrincipalKind::User)
         );
+        assert_eq!(principal.session_id, None, "a token from before sessions");
+        let mut with_session = claims(ISSUER, 1_000, "user");
+        with_session["sid"] = "0192f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f".into();
+        let principal = context_from_claims(&with_session, 900)
+            .unwrap()
+            .principal
+            .unwrap();
+        assert_eq!(
+            principal.session_id.as_deref(),
+            Some("0192f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f")
+        );
+        with_session["sid"] = "not-a-session".into();
+        assert!(context_from_claims(&with_session, 900).is_err());
         assert!(context_from_claims(&claims("someone-else", 1_000, "user"), 900).is_err());
         assert!(context_from_claims(&claims(ISSUER, 1_000, "service"), 900).is_err());
         assert!(

@@ -1,6 +1,6 @@
 //! Password login through the gateway: access tokens verified at the edge against identity's
 //! JWKS, refresh-token rotation, reuse detection that revokes the family, logout, and the
-//! audit events of each.
+//! audit events of each (sessions ending for access tokens too: `identity_sessions`).
 
 mod common;
 
@@ -374,6 +374,27 @@ async fn login_and_bearer_tokens_work_over_rest() -> anyhow::Result<()> {
         )
         .await?;
         assert_eq!(refused.status, 401);
+        // RFC 7009 over REST: revoking the access token ends its session, so it stops too.
+        let revoke = serde_json::json!({"token": tokens["accessToken"]});
+        let revoked = http_request(
+            gateway,
+            "POST",
+            "/v1/auth:revoke",
+            &json,
+            revoke.to_string().as_bytes(),
+        )
+        .await?;
+        assert_eq!(revoked.status, 200, "{}", revoked.text());
+        let after = http_request(
+            gateway,
+            "GET",
+            "/v1/tenants/acme/users",
+            &[("authorization", bearer.as_str())],
+            b"",
+        )
+        .await?;
+        assert_eq!(after.status, 401, "{}", after.text());
+        assert!(after.text().contains("SESSION_REVOKED"), "{}", after.text());
         mesh.stop().await?;
     }
     Ok(())

@@ -65,6 +65,12 @@ const CASES: &[(&str, &str, &[Code])] = &[
         r#"{"refresh_token": "palrt_0000"}"#,
         &[Code::Unauthenticated],
     ),
+    (
+        // A token of tenant B is revoked by whoever holds it; an unknown one ends nothing.
+        "AuthService/RevokeToken",
+        r#"{"token": "palrt_0000000000000000000000000000000000000000000000000000000000000000"}"#,
+        &[Code::Ok],
+    ),
     ("AuthService/GetJwks", "{}", &[Code::Ok]),
     (
         "AuthService/RotateSigningKey",

@@ -13,7 +13,7 @@ use palisade_proto::palisade::{
         AuditEvent, ListAuditEventsRequest, Outcome, audit_service_client::AuditServiceClient,
     },
     identity::v1::{
-        AuthTokens, ChangePasswordRequest, CreateUserRequest, LoginRequest, Plan,
+        AuthTokens, ChangePasswordRequest, CreateUserRequest, GetUserRequest, LoginRequest, Plan,
         RefreshTokenRequest, User, auth_service_client::AuthServiceClient,
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
@@ -180,6 +180,14 @@ async fn a_password_change_ends_every_session_of_the_user() -> anyhow::Result<()
             );
         }
         refresh(&mesh, &third).await?;
+        // The access tokens of those sessions stop too (their sessions have ended).
+        let stale = users
+            .get_user(with_bearer(GetUserRequest { name: rita.clone() }, token))
+            .await;
+        assert_eq!(
+            reason(&expect_code(stale, Code::Unauthenticated)),
+            "SESSION_REVOKED"
+        );
 
         // Others' passwords need `identity.users.update` and no fewer rights than the user's.
         let viewer = login(&mesh, "acme", "vic@example.com", PASSWORD).await?;

@@ -123,6 +123,7 @@ async fn batch_check_answers_each_pair_as_check_does() -> anyhow::Result<()> {
             tenant_id: "acme".into(),
             id: id.into(),
             r#type: PrincipalType::User as i32,
+            session_id: String::new(),
         };
         let rita_id = rita.name.rsplit('/').next().unwrap_or_default();
         let items: Vec<BatchCheckItem> = [

@@ -125,10 +125,7 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
             // What store code does: a plain query on the pool while handling acme's call.
             let acme = TenantContext {
                 tenant_id: TenantId::parse("acme")?,
-                principal: Some(Principal {
-                    id: "someone".into(),
-                    kind: PrincipalKind::User,
-                }),
+                principal: Some(Principal::new("someone", PrincipalKind::User)),
             };
             let seen = with_context(
                 Some(acme),

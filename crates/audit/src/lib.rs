@@ -51,6 +51,8 @@ impl AuditRecord<'_> {
                 tenant_id: self.actor_tenant.to_string(),
                 id: p.id.clone(),
                 r#type: principal_type(p.kind) as i32,
+                // Not recorded: the chain's canonical bytes are rebuilt from stored columns.
+                session_id: String::new(),
             }),
             resource: self.resource.to_owned(),
             outcome: self.outcome as i32,

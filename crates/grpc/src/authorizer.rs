@@ -90,6 +90,7 @@ impl Authorizer for RemoteAuthorizer {
                 tenant_id: context.tenant_id.to_string(),
                 id: p.id.clone(),
                 r#type: principal_type(p.kind) as i32,
+                session_id: p.session_id.clone().unwrap_or_default(),
             });
             let mut request = tonic::Request::new(CheckRequest {
                 principal,

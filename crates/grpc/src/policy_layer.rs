@@ -128,6 +128,14 @@ impl PolicyLayer {
         let decision = self.authorizer.check(context, permission).await?;
         if decision.allowed {
             Ok(())
+        } else if decision.refusal.as_deref() == Some("SESSION_REVOKED") {
+            // Not a missing right: the credential is dead, and the client must sign in again.
+            Err(ApiError::Unauthenticated {
+                reason: "SESSION_REVOKED",
+                message: "the sign-in session of this access token has ended; sign in again"
+                    .to_owned(),
+            }
+            .into())
         } else {
             // Only reasons the mesh defines pass on; anything else reads as a missing permission.
             let reason = match decision.refusal.as_deref() {

@@ -78,6 +78,22 @@ impl PrincipalKind {
 pub struct Principal {
     pub id: String,
     pub kind: PrincipalKind,
+    /// For a user presenting an access token, the sign-in session (token family) it was issued
+    /// in. Permission checks refuse a session that has ended, so a logout or a revoked refresh
+    /// token stops the access tokens of that session too, not only its refresh tokens.
+    pub session_id: Option<String>,
+}
+
+impl Principal {
+    /// A principal that is not acting within a sign-in session (an API key, a component, or a
+    /// user named by data rather than by its token).
+    pub fn new(id: impl Into<String>, kind: PrincipalKind) -> Principal {
+        Principal {
+            id: id.into(),
+            kind,
+            session_id: None,
+        }
+    }
 }
 
 /// The tenant a call acts for and, unless the call is public, the principal making it.
@@ -141,10 +157,7 @@ mod tests {
     fn operators_cross_tenants_only_explicitly() {
         let acme = TenantId::parse("acme").unwrap();
         let other = TenantId::parse("other").unwrap();
-        let principal = Some(Principal {
-            id: "k1".into(),
-            kind: PrincipalKind::ApiKey,
-        });
+        let principal = Some(Principal::new("k1", PrincipalKind::ApiKey));
         let tenant_admin = TenantContext {
             tenant_id: acme.clone(),
             principal: principal.clone(),

@@ -13,7 +13,8 @@ pub use context::{
 };
 pub use metadata::{
     HEADER_CLIENT_IP, HEADER_CLIENT_USER_AGENT, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE,
-    HEADER_REQUEST_ID, HEADER_TENANT_ID, strip_client_context, write_context, write_origin,
+    HEADER_REQUEST_ID, HEADER_SESSION_ID, HEADER_TENANT_ID, strip_client_context, write_context,
+    write_origin,
 };
 pub use propagate::{
     PropagateContext, PropagateContextLayer, current_call, current_context, current_origin,
@@ -33,6 +34,8 @@ pub enum Error {
     NotAscii(&'static str),
     #[error("{0} is required with {1}")]
     Incomplete(&'static str, &'static str),
+    #[error("invalid session id {0:?}")]
+    InvalidSessionId(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,6 +9,8 @@ use crate::{
 pub const HEADER_TENANT_ID: &str = "palisade-tenant-id";
 pub const HEADER_PRINCIPAL_ID: &str = "palisade-principal-id";
 pub const HEADER_PRINCIPAL_TYPE: &str = "palisade-principal-type";
+/// The sign-in session of a user's access token (see `Principal::session_id`).
+pub const HEADER_SESSION_ID: &str = "palisade-session-id";
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
 /// Where the external call came from, as the gateway saw it (audit events record it).
 pub const HEADER_CLIENT_IP: &str = "palisade-client-ip";
@@ -23,6 +25,7 @@ pub(crate) fn asserts_context(headers: &HeaderMap) -> bool {
         HEADER_TENANT_ID,
         HEADER_PRINCIPAL_ID,
         HEADER_PRINCIPAL_TYPE,
+        HEADER_SESSION_ID,
         HEADER_CLIENT_IP,
         HEADER_CLIENT_USER_AGENT,
     ]
@@ -35,6 +38,17 @@ pub(crate) fn read_context(headers: &HeaderMap) -> Result<Option<TenantContext>>
     let tenant = header_str(headers, HEADER_TENANT_ID)?;
     let principal_id = header_str(headers, HEADER_PRINCIPAL_ID)?;
     let principal_type = header_str(headers, HEADER_PRINCIPAL_TYPE)?;
+    let session_id = header_str(headers, HEADER_SESSION_ID)?
+        .map(|raw| {
+            // Sessions are token families, named by UUIDs.
+            uuid::Uuid::try_parse(raw)
+                .map(|_| raw.to_owned())
+                .map_err(|_| Error::InvalidSessionId(raw.to_owned()))
+        })
+        .transpose()?;
+    if session_id.is_some() && principal_id.is_none() {
+        return Err(Error::Incomplete(HEADER_PRINCIPAL_ID, HEADER_SESSION_ID));
+    }
     let Some(tenant) = tenant else {
         return match (principal_id, principal_type) {
             (None, None) => Ok(None),
@@ -45,6 +59,7 @@ pub(crate) fn read_context(headers: &HeaderMap) -> Result<Option<TenantContext>>
         (Some(id), Some(kind)) => Some(Principal {
             id: id.to_owned(),
             kind: PrincipalKind::parse(kind)?,
+            session_id,
         }),
         (None, None) => None,
         (Some(_), None) => {
@@ -80,7 +95,12 @@ pub fn write_context(
     context: Option<&TenantContext>,
     request_id: Option<&RequestId>,
 ) {
-    for key in [HEADER_TENANT_ID, HEADER_PRINCIPAL_ID, HEADER_PRINCIPAL_TYPE] {
+    for key in [
+        HEADER_TENANT_ID,
+        HEADER_PRINCIPAL_ID,
+        HEADER_PRINCIPAL_TYPE,
+        HEADER_SESSION_ID,
+    ] {
         headers.remove(key);
     }
     if let Some(context) = context {
@@ -88,6 +108,9 @@ pub fn write_context(
         if let Some(principal) = &context.principal {
             insert(headers, HEADER_PRINCIPAL_ID, &principal.id);
             insert(headers, HEADER_PRINCIPAL_TYPE, principal.kind.as_str());
+            if let Some(session_id) = &principal.session_id {
+                insert(headers, HEADER_SESSION_ID, session_id);
+            }
         }
     }
     if let Some(request_id) = request_id {
@@ -178,15 +201,31 @@ mod tests {
     fn round_trip() {
         let context = TenantContext {
             tenant_id: TenantId::parse("acme").unwrap(),
-            principal: Some(Principal {
-                id: "key-1".into(),
-                kind: PrincipalKind::ApiKey,
-            }),
+            principal: Some(Principal::new("key-1", PrincipalKind::ApiKey)),
         };
         let mut map = HeaderMap::new();
         write_context(&mut map, Some(&context), Some(&RequestId("r-1".into())));
         assert_eq!(read_context(&map).unwrap(), Some(context));
         assert_eq!(read_request_id(&map), Some(RequestId("r-1".into())));
+    }
+
+    #[test]
+    fn a_user_session_round_trips_and_a_later_context_without_one_clears_it() {
+        let session = "0192f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f";
+        let mut context = TenantContext {
+            tenant_id: TenantId::parse("acme").unwrap(),
+            principal: Some(Principal {
+                session_id: Some(session.to_owned()),
+                ..Principal::new("u1", PrincipalKind::User)
+            }),
+        };
+        let mut map = HeaderMap::new();
+        write_context(&mut map, Some(&context), None);
+        assert_eq!(map[HEADER_SESSION_ID], session);
+        assert_eq!(read_context(&map).unwrap(), Some(context.clone()));
+        context.principal = Some(Principal::new("key-1", PrincipalKind::ApiKey));
+        write_context(&mut map, Some(&context), None);
+        assert!(!map.contains_key(HEADER_SESSION_ID));
     }
 
     #[test]
@@ -206,6 +245,18 @@ mod tests {
             (HEADER_PRINCIPAL_TYPE, "root"),
         ]);
         assert!(read_context(&bad_kind).is_err());
+        let bad_session = headers(&[
+            (HEADER_TENANT_ID, "acme"),
+            (HEADER_PRINCIPAL_ID, "u"),
+            (HEADER_PRINCIPAL_TYPE, "user"),
+            (HEADER_SESSION_ID, "not-a-uuid"),
+        ]);
+        assert!(read_context(&bad_session).is_err());
+        let session_without_principal = headers(&[
+            (HEADER_TENANT_ID, "acme"),
+            (HEADER_SESSION_ID, "0192f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f"),
+        ]);
+        assert!(read_context(&session_without_principal).is_err());
         assert_eq!(read_context(&HeaderMap::new()), Ok(None));
     }
 

@@ -223,10 +223,7 @@ mod tests {
         let mut request = Request::new(());
         request.extensions_mut().insert(TenantContext {
             tenant_id: TenantId::parse(tenant).expect("valid tenant id"),
-            principal: Some(Principal {
-                id: "key".to_owned(),
-                kind: PrincipalKind::ApiKey,
-            }),
+            principal: Some(Principal::new("key".to_owned(), PrincipalKind::ApiKey)),
         });
         request
     }

@@ -403,10 +403,10 @@ mod tests {
     fn user_of(tenant: &str) -> TenantContext {
         TenantContext {
             tenant_id: TenantId::parse(tenant).unwrap(),
-            principal: Some(Principal {
-                id: uuid::Uuid::now_v7().to_string(),
-                kind: PrincipalKind::User,
-            }),
+            principal: Some(Principal::new(
+                uuid::Uuid::now_v7().to_string(),
+                PrincipalKind::User,
+            )),
         }
     }
 

@@ -72,6 +72,9 @@ impl Authz {
                         crate::users::state_key(user.state)
                     )));
                 }
+                if !self.session_is_live(tenant, principal).await? {
+                    return Ok(session_revoked());
+                }
                 // Built-in roles answer from memory; custom roles cost one query, and only
                 // for users that hold some.
                 let granted = roles::SELF_SERVICE.contains(&permission)
@@ -207,6 +210,7 @@ impl Authz {
                 "user is {}",
                 crate::users::state_key(user.state)
             ))),
+            Some(_) if !self.session_is_live(tenant, principal).await? => Some(session_revoked()),
             Some(_) => None,
         };
         let held = match (&user, &user_refusal) {
@@ -229,6 +233,23 @@ impl Authz {
                 }
             })
             .collect())
+    }
+
+    /// Whether a user principal's sign-in session, if it names one, has not ended. A token
+    /// issued before sessions were named carries none and is trusted until it expires.
+    async fn session_is_live(
+        &self,
+        tenant: &TenantId,
+        principal: &Principal,
+    ) -> Result<bool, ApiError> {
+        match &principal.session_id {
+            Some(session) => {
+                self.store
+                    .session_is_live(tenant, &principal.id, session)
+                    .await
+            }
+            None => Ok(true),
+        }
     }
 
     /// The key behind a presented `pal_…` string, if it is genuine and usable.
@@ -299,10 +320,7 @@ impl Authz {
                     refusal: None,
                 });
             };
-            let owner = Principal {
-                id: owner.clone(),
-                kind: PrincipalKind::User,
-            };
+            let owner = Principal::new(owner.clone(), PrincipalKind::User);
             let decided = self
                 .decide(&key.tenant_id, &owner, permission, None)
                 .await?;
@@ -375,6 +393,16 @@ fn deny(reason: String) -> Decision {
         allowed: false,
         reason,
         refusal: None,
+    }
+}
+
+/// The refusal for an access token whose sign-in session has ended: the caller must sign in
+/// again, so the policy layer answers `UNAUTHENTICATED` rather than a missing permission.
+fn session_revoked() -> Decision {
+    Decision {
+        allowed: false,
+        reason: "the sign-in session has ended".to_owned(),
+        refusal: Some("SESSION_REVOKED".to_owned()),
     }
 }
 

@@ -25,10 +25,7 @@ const OPERATOR_KEY_LIFETIME_MICROS: i64 = 365 * 24 * 3600 * 1_000_000;
 /// when it was created now. Safe to run on every start and from several replicas at once.
 pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError> {
     let system = TenantId::system();
-    let actor = Principal {
-        id: crate::COMPONENT.to_owned(),
-        kind: PrincipalKind::Service,
-    };
+    let actor = Principal::new(crate::COMPONENT.to_owned(), PrincipalKind::Service);
     let now = now_micros();
     if store.get_tenant(&system).await?.is_none() {
         let tenant = TenantRecord {

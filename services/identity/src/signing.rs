@@ -21,7 +21,7 @@ use palisade_tenancy::{Principal, PrincipalKind, TenantId};
 use crate::{
     sealing::KeySealer,
     store::IdentityStore,
-    tokens::{ACCESS_TOKEN_TTL_MICROS, Signer, SigningKeyRecord},
+    tokens::{ACCESS_TOKEN_TTL_MICROS, Claims, Signer, SigningKeyRecord},
 };
 
 /// How long a superseded key stays published beyond the access-token lifetime, for clock skew
@@ -110,6 +110,13 @@ impl Keyring {
         Ok(published(&keys, now_micros())
             .map(SigningKeyRecord::jwk)
             .collect())
+    }
+
+    /// The claims of an access token signed by a key identity still holds, expired or not;
+    /// `None` when it was not (forged, or its key is long retired).
+    pub async fn verified_claims(&self, token: &str) -> Result<Option<Claims>, ApiError> {
+        let keys = self.store.signing_keys().await?;
+        Ok(crate::tokens::verified_claims(token, &keys))
     }
 
     /// One rotation check: adopt a newer stored key, rotate a due one, delete keys no token
@@ -201,10 +208,7 @@ async fn add_key(
 ) -> Result<SigningKeyRecord, ApiError> {
     let mut key = SigningKeyRecord::generate(now_micros())?;
     key.private_key = sealer.seal(&key.kid, &key.private_key)?;
-    let identity = Principal {
-        id: crate::COMPONENT.to_owned(),
-        kind: PrincipalKind::Service,
-    };
+    let identity = Principal::new(crate::COMPONENT.to_owned(), PrincipalKind::Service);
     let system = TenantId::system();
     let resource = format!("tenants/system/signingKeys/{}", key.kid);
     let mut tx = store.db().begin().await.map_err(ApiError::internal)?;

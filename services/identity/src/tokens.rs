@@ -9,7 +9,7 @@ use palisade_proto::palisade::identity::v1::Jwk;
 use rand::RngCore;
 use ring::{
     rand::SystemRandom,
-    signature::{Ed25519KeyPair, KeyPair},
+    signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey},
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -40,10 +40,14 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// The sign-in session (token family) the token was issued in; absent from tokens issued
+    /// before sessions were named, which are then checked without one until they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 impl Claims {
-    pub fn for_user(user: &UserRecord, now: i64) -> Claims {
+    pub fn for_user(user: &UserRecord, session: &str, now: i64) -> Claims {
         Claims {
             iss: ISSUER.to_owned(),
             sub: user.id.clone(),
@@ -53,8 +57,50 @@ impl Claims {
             iat: now / 1_000_000,
             exp: (now + ACCESS_TOKEN_TTL_MICROS) / 1_000_000,
             jti: uuid::Uuid::now_v7().to_string(),
+            sid: Some(session.to_owned()),
         }
     }
+}
+
+/// The claims of `token` if it is an access token signed by one of `keys` and issued by
+/// identity, whether or not it has expired; `None` for anything else.
+pub fn verified_claims(token: &str, keys: &[SigningKeyRecord]) -> Option<Claims> {
+    let (signing_input, signature) = token.rsplit_once('.')?;
+    let (header, payload) = signing_input.split_once('.')?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+    if header["alg"] != "EdDSA" {
+        return None;
+    }
+    let kid = header["kid"].as_str()?;
+    let key = keys.iter().find(|key| key.kid == kid)?;
+    UnparsedPublicKey::new(&ED25519, &key.public_key)
+        .verify(
+            signing_input.as_bytes(),
+            &URL_SAFE_NO_PAD.decode(signature).ok()?,
+        )
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    (claims.iss == ISSUER).then_some(claims)
+}
+
+/// Whether `token` has the shape of an access token: three base64url parts.
+pub fn looks_like_access_token(token: &str) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Whether `token` has the shape of a refresh token.
+pub fn looks_like_refresh_token(token: &str) -> bool {
+    token
+        .strip_prefix(REFRESH_PREFIX)
+        .is_some_and(|secret| secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A signing key: its PKCS#8 private key (as stored: sealed, see `sealing.rs`, or plain) and
@@ -153,8 +199,6 @@ pub fn hash_refresh_token(token: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use ring::signature::{ED25519, UnparsedPublicKey};
-
     use super::*;
 
     #[test]
@@ -170,6 +214,7 @@ mod tests {
             iat: 1,
             exp: 2,
             jti: "j".into(),
+            sid: Some("s".into()),
         };
         let token = signer.sign(&claims).unwrap();
         let (input, signature) = token.rsplit_once('.').unwrap();
@@ -192,11 +237,70 @@ mod tests {
     }
 
     #[test]
+    fn only_genuine_tokens_verify_expired_or_not() {
+        let key = SigningKeyRecord::generate(0).unwrap();
+        let other = SigningKeyRecord::generate(0).unwrap();
+        let signer = Signer::new(&key.kid, &key.private_key).unwrap();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            sub: "u".into(),
+            tenant: "acme".into(),
+            principal_type: "user".into(),
+            roles: vec![],
+            iat: 1,
+            exp: 2,
+            jti: "j".into(),
+            sid: Some("s".into()),
+        };
+        let token = signer.sign(&claims).unwrap();
+        assert!(looks_like_access_token(&token));
+        assert_eq!(
+            verified_claims(&token, std::slice::from_ref(&key)),
+            Some(claims.clone())
+        );
+        assert_eq!(verified_claims(&token, &[other]), None, "unknown kid");
+        let (input, _) = token.rsplit_once('.').unwrap();
+        let (header, _) = input.split_once('.').unwrap();
+        let forged_payload = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&Claims {
+                sid: Some("another".into()),
+                ..claims.clone()
+            })
+            .unwrap(),
+        );
+        let forged = format!(
+            "{header}.{forged_payload}.{}",
+            token.rsplit_once('.').unwrap().1
+        );
+        assert_eq!(
+            verified_claims(&forged, std::slice::from_ref(&key)),
+            None,
+            "payload swapped"
+        );
+        let foreign = Signer::new(
+            &key.kid,
+            &SigningKeyRecord::generate(0).unwrap().private_key,
+        )
+        .unwrap()
+        .sign(&claims)
+        .unwrap();
+        assert_eq!(
+            verified_claims(&foreign, &[key]),
+            None,
+            "signed by another key, same kid"
+        );
+        assert!(!looks_like_access_token("a.b"));
+        assert!(!looks_like_access_token("a.b.c d"));
+    }
+
+    #[test]
     fn refresh_tokens_are_random_and_hashed() {
         let (a, hash) = new_refresh_token();
         let (b, _) = new_refresh_token();
         assert_ne!(a, b);
         assert!(a.starts_with(REFRESH_PREFIX));
+        assert!(looks_like_refresh_token(&a) && !looks_like_access_token(&a));
+        assert!(!looks_like_refresh_token("palrt_xyz"));
         assert_eq!(hash_refresh_token(&a), hash);
     }
 }

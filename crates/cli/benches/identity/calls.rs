@@ -132,6 +132,7 @@ pub async fn check_call(channel: Channel, user: Arc<String>) -> anyhow::Result<(
                 tenant_id: TENANT.into(),
                 id: user.to_string(),
                 r#type: PrincipalType::User as i32,
+                session_id: String::new(),
             }),
             permission: PERMISSION.into(),
             resource: String::new(),

@@ -72,10 +72,7 @@ impl ApiKeyApi {
         requested: &[String],
     ) -> Result<(), ApiError> {
         if let Some(owner) = &key.owner_user_id {
-            let owner = Principal {
-                id: owner.clone(),
-                kind: PrincipalKind::User,
-            };
+            let owner = Principal::new(owner.clone(), PrincipalKind::User);
             let lacking = self
                 .authz
                 .lacking(&key.tenant_id, &owner, &key.scopes)
@@ -164,6 +161,7 @@ impl ApiKeyService for ApiKeyApi {
                 tenant_id: key.tenant_id.to_string(),
                 id: key.id.clone(),
                 r#type: principal_type(PrincipalKind::ApiKey) as i32,
+                session_id: String::new(),
             }),
             key_name: key.name(),
             expire_time: Some(timestamp(key.expire_time)),

@@ -1,4 +1,5 @@
-//! `AuthService`: password login, refresh-token rotation with reuse detection, logout, JWKS.
+//! `AuthService`: password login, refresh-token rotation with reuse detection, logout and
+//! token revocation (both end a sign-in session), JWKS.
 
 use std::sync::Arc;
 
@@ -12,8 +13,8 @@ use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
         AuthTokens, GetJwksRequest, Jwk, Jwks, LoginRequest, LogoutRequest, LogoutResponse,
-        RefreshTokenRequest, RotateSigningKeyRequest, TenantState, UserState,
-        auth_service_server::AuthService,
+        RefreshTokenRequest, RevokeTokenRequest, RevokeTokenResponse, RotateSigningKeyRequest,
+        TenantState, UserState, auth_service_server::AuthService,
     },
 };
 use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantContext, TenantId};
@@ -25,7 +26,7 @@ use crate::{
     lockout::LockoutPolicy,
     passwords::Passwords,
     signing::Keyring,
-    store::IdentityStore,
+    store::{IdentityStore, SessionRecord},
     tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS},
     users::UserRecord,
 };
@@ -67,7 +68,7 @@ impl AuthApi {
         family: &str,
         now: i64,
     ) -> Result<AuthTokens, ApiError> {
-        let claims = Claims::for_user(user, now);
+        let claims = Claims::for_user(user, family, now);
         let access_token = self.keys.signer().sign(&claims)?;
         let (refresh_token, hash) = tokens::new_refresh_token();
         let refresh_expire = now + REFRESH_TOKEN_TTL_MICROS;
@@ -148,6 +149,55 @@ impl AuthApi {
         }
     }
 
+    /// Revokes `session` (a logout or a revocation, named by `action`) and records it, unless
+    /// it had already ended.
+    async fn end_session(
+        &self,
+        session: &SessionRecord,
+        action: &str,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), ApiError> {
+        let principal = Principal::new(session.user_id.clone(), PrincipalKind::User);
+        let resource = format!("tenants/{}/users/{}", session.tenant_id, session.user_id);
+        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        if self
+            .store
+            .revoke_token_family(&mut tx, &session.id, now_micros())
+            .await?
+        {
+            let audit = AuditRecord {
+                tenant: &session.tenant_id,
+                actor_tenant: &session.tenant_id,
+                actor: Some(&principal),
+                action,
+                resource: &resource,
+                outcome: Outcome::Success,
+                request_id,
+                source: crate::COMPONENT,
+                attributes: vec![("token_family", session.id.clone())],
+            };
+            palisade_audit::enqueue(&mut tx, &audit)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.relay.notify();
+        Ok(())
+    }
+
+    /// The session an access token belongs to, if it is genuine and names one.
+    async fn access_token_session(&self, token: &str) -> Result<Option<SessionRecord>, ApiError> {
+        let Some(claims) = self.keys.verified_claims(token).await? else {
+            return Ok(None);
+        };
+        let Some(sid) = claims.sid else {
+            return Ok(None);
+        };
+        Ok(self.store.session(&sid).await?.filter(|session| {
+            session.tenant_id.as_str() == claims.tenant && session.user_id == claims.sub
+        }))
+    }
+
     /// Whether the user and its tenant may still sign in.
     async fn may_sign_in(&self, user: &UserRecord) -> Result<bool, ApiError> {
         let tenant = self.store.get_tenant(&user.tenant_id).await?;
@@ -171,10 +221,7 @@ fn invalid_refresh_token() -> ApiError {
 }
 
 fn user_principal(user: &UserRecord) -> Principal {
-    Principal {
-        id: user.id.clone(),
-        kind: PrincipalKind::User,
-    }
+    Principal::new(user.id.clone(), PrincipalKind::User)
 }
 
 #[tonic::async_trait]
@@ -418,35 +465,44 @@ impl AuthService for AuthApi {
             .refresh_token(&tokens::hash_refresh_token(presented))
             .await?
             .ok_or_else(invalid_refresh_token)?;
-        let principal = Principal {
-            id: token.user_id.clone(),
-            kind: PrincipalKind::User,
-        };
-        let resource = format!("tenants/{}/users/{}", token.tenant_id, token.user_id);
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
-        if self
-            .store
-            .revoke_token_family(&mut tx, &token.family_id, now_micros())
-            .await?
-        {
-            let audit = AuditRecord {
-                tenant: &token.tenant_id,
-                actor_tenant: &token.tenant_id,
-                actor: Some(&principal),
-                action: "identity.auth.logout",
-                resource: &resource,
-                outcome: Outcome::Success,
-                request_id: request_id.as_ref(),
-                source: crate::COMPONENT,
-                attributes: vec![("token_family", token.family_id.clone())],
-            };
-            palisade_audit::enqueue(&mut tx, &audit)
-                .await
-                .map_err(ApiError::internal)?;
-        }
-        tx.commit().await.map_err(ApiError::internal)?;
-        self.relay.notify();
+        self.end_session(
+            &token.session(),
+            "identity.auth.logout",
+            request_id.as_ref(),
+        )
+        .await?;
         Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let request_id = request.extensions().get::<RequestId>().cloned();
+        let token = &request.get_ref().token;
+        let session = if token.is_empty() {
+            return Err(ApiError::invalid("token", "is required").into());
+        } else if tokens::looks_like_refresh_token(token) {
+            self.store
+                .refresh_token(&tokens::hash_refresh_token(token))
+                .await?
+                .map(|token| token.session())
+        } else if tokens::looks_like_access_token(token) {
+            self.access_token_session(token).await?
+        } else {
+            return Err(ApiError::invalid(
+                "token",
+                "is neither a refresh token (palrt_…) nor an access token (a JWT)",
+            )
+            .into());
+        };
+        // RFC 7009: a token that grants nothing (unknown, forged, already revoked) is answered
+        // like one just revoked.
+        if let Some(session) = session {
+            self.end_session(&session, "identity.auth.revoke", request_id.as_ref())
+                .await?;
+        }
+        Ok(Response::new(RevokeTokenResponse {}))
     }
 
     async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {

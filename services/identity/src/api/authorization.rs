@@ -134,12 +134,23 @@ fn validate_principal(
             None
         }
     };
+    let session_id = match principal.map(|p| p.session_id.as_str()) {
+        None | Some("") => None,
+        Some(session) if uuid::Uuid::try_parse(session).is_ok() => Some(session.to_owned()),
+        Some(_) => {
+            violations.push(FieldViolation::new(
+                "principal.session_id",
+                "must be empty or a session id (a UUID)",
+            ));
+            None
+        }
+    };
     match (tenant, kind, principal) {
         (Some(tenant), Some(kind), Some(principal)) => Some((
             tenant,
             Principal {
-                id: principal.id.clone(),
-                kind,
+                session_id,
+                ..Principal::new(principal.id.clone(), kind)
             },
         )),
         _ => None,

@@ -460,10 +460,7 @@ impl Actor {
             .and_then(|context| Some((context.tenant_id.clone(), context.principal.clone()?)));
         let (tenant, principal) = context.unwrap_or_else(|| {
             let id = component.clone().unwrap_or_else(|| "compliance".to_owned());
-            let principal = Principal {
-                id,
-                kind: PrincipalKind::Service,
-            };
+            let principal = Principal::new(id, PrincipalKind::Service);
             (TenantId::system(), principal)
         });
         Actor {

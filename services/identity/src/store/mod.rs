@@ -16,6 +16,7 @@ pub use api_keys::{ApiKeyFilter, ApiKeyRecord};
 pub use roles::{RoleFilter, RoleLock};
 pub use tenant_data::TenantSnapshot;
 pub use tenants::TenantFilter;
+pub use tokens::SessionRecord;
 pub use users::UserFilter;
 
 #[derive(Clone)]

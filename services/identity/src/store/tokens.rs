@@ -18,6 +18,24 @@ pub struct RefreshTokenRecord {
     pub family_revoke_time: Option<i64>,
 }
 
+impl RefreshTokenRecord {
+    pub fn session(&self) -> SessionRecord {
+        SessionRecord {
+            id: self.family_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            user_id: self.user_id.clone(),
+        }
+    }
+}
+
+/// A sign-in session: the token family of one login.
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub user_id: String,
+}
+
 impl IdentityStore {
     /// The signing keys, newest first.
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, ApiError> {
@@ -145,6 +163,45 @@ impl IdentityStore {
             expire_time: row.try_get("expire_time").map_err(internal)?,
             family_revoke_time: row.try_get("revoke_time").map_err(internal)?,
         }))
+    }
+
+    /// The sign-in session `id`, revoked or not.
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, ApiError> {
+        let row = sqlx::query("SELECT id, tenant_id, user_id FROM token_families WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(internal)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let tenant_id: String = row.try_get("tenant_id").map_err(internal)?;
+        Ok(Some(SessionRecord {
+            id: row.try_get("id").map_err(internal)?,
+            tenant_id: TenantId::parse(&tenant_id).map_err(internal)?,
+            user_id: row.try_get("user_id").map_err(internal)?,
+        }))
+    }
+
+    /// Whether the sign-in session (token family) `id` is `user`'s in `tenant` and not revoked:
+    /// the check every permission decision for a session's access token makes.
+    pub async fn session_is_live(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        id: &str,
+    ) -> Result<bool, ApiError> {
+        let row = sqlx::query(
+            "SELECT 1 AS live FROM token_families \
+             WHERE id = $1 AND tenant_id = $2 AND user_id = $3 AND revoke_time IS NULL",
+        )
+        .bind(id)
+        .bind(tenant.as_str())
+        .bind(user)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(internal)?;
+        Ok(row.is_some())
     }
 
     /// Locks a token family for the rest of the transaction, unless it is revoked: false when

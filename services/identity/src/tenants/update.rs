@@ -294,10 +294,10 @@ mod tests {
 
     #[test]
     fn tenant_principals_change_only_the_display_name() {
-        let principal = Some(palisade_tenancy::Principal {
-            id: "u1".into(),
-            kind: palisade_tenancy::PrincipalKind::User,
-        });
+        let principal = Some(palisade_tenancy::Principal::new(
+            "u1",
+            palisade_tenancy::PrincipalKind::User,
+        ));
         let admin = TenantContext {
             tenant_id: TenantId::parse("acme").unwrap(),
             principal: principal.clone(),

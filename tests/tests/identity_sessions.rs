@@ -1,0 +1,202 @@
+//! Sign-in sessions: ending one (logout, `RevokeToken` with either token) stops its access
+//! tokens too, in identity at once and in other components within their permission-check
+//! cache, while the user's other sessions go on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_code, reason, tenant_with_admin, violated_fields};
+use palisade_proto::palisade::{
+    compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
+    identity::v1::{
+        AuthTokens, GetUserRequest, LoginRequest, LogoutRequest, RefreshTokenRequest,
+        RevokeTokenRequest, auth_service_client::AuthServiceClient,
+        user_service_client::UserServiceClient,
+    },
+};
+use palisade_testkit::{Mesh, eventually};
+use tonic::{Code, Status};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("tokens are ascii");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// A session's access token at work: one identity call and one compliance call.
+struct Probe {
+    gateway: tonic::transport::Channel,
+    user: String,
+}
+
+impl Probe {
+    async fn identity(&self, tokens: &AuthTokens) -> Result<(), Status> {
+        let request = GetUserRequest {
+            name: self.user.clone(),
+        };
+        UserServiceClient::new(self.gateway.clone())
+            .get_user(with_bearer(request, &tokens.access_token))
+            .await
+            .map(drop)
+    }
+
+    async fn compliance(&self, tokens: &AuthTokens) -> Result<(), Status> {
+        let request = ListAuditEventsRequest {
+            parent: "tenants/acme".into(),
+            ..Default::default()
+        };
+        AuditServiceClient::new(self.gateway.clone())
+            .list_audit_events(with_bearer(request, &tokens.access_token))
+            .await
+            .map(drop)
+    }
+}
+
+async fn login(auth: &mut AuthServiceClient<tonic::transport::Channel>) -> AuthTokens {
+    auth.login(LoginRequest {
+        tenant_id: "acme".into(),
+        email: "ada@example.com".into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .expect("the admin signs in")
+    .into_inner()
+}
+
+fn assert_session_revoked(result: Result<(), Status>) {
+    assert_eq!(
+        reason(&expect_code(result, Code::Unauthenticated)),
+        "SESSION_REVOKED"
+    );
+}
+
+/// Waits until compliance, whose permission checks are cached for a few seconds, refuses the
+/// session too.
+async fn compliance_refuses(probe: &Probe, tokens: &AuthTokens) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(15), || async {
+        Ok(match probe.compliance(tokens).await {
+            Err(status) if reason(&status) == "SESSION_REVOKED" => Some(()),
+            Err(status) => anyhow::bail!("unexpected refusal {status:?}"),
+            Ok(()) => None,
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_stops_the_sessions_access_tokens_and_no_other() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let admin = tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
+        let probe = Probe {
+            gateway: mesh.gateway(),
+            user: admin.name,
+        };
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let laptop = login(&mut auth).await;
+        let phone = login(&mut auth).await;
+        // Refreshed once: the access token of any generation belongs to the session.
+        let laptop = auth
+            .refresh_token(RefreshTokenRequest {
+                refresh_token: laptop.refresh_token,
+            })
+            .await?
+            .into_inner();
+        for session in [&laptop, &phone] {
+            probe.identity(session).await?;
+            probe.compliance(session).await?;
+        }
+        auth.logout(LogoutRequest {
+            refresh_token: laptop.refresh_token.clone(),
+        })
+        .await?;
+        assert_session_revoked(probe.identity(&laptop).await);
+        compliance_refuses(&probe, &laptop).await?;
+        probe.identity(&phone).await?;
+        probe.compliance(&phone).await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_token_ends_the_session_of_either_kind_of_token() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let admin = tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
+        let probe = Probe {
+            gateway: mesh.gateway(),
+            user: admin.name,
+        };
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let revoke = |token: &str| RevokeTokenRequest {
+            token: token.to_owned(),
+        };
+
+        // By its access token: the refresh token dies with it.
+        let by_access = login(&mut auth).await;
+        auth.revoke_token(revoke(&by_access.access_token)).await?;
+        assert_session_revoked(probe.identity(&by_access).await);
+        let refused = auth
+            .refresh_token(RefreshTokenRequest {
+                refresh_token: by_access.refresh_token.clone(),
+            })
+            .await;
+        assert_eq!(
+            reason(&expect_code(refused, Code::Unauthenticated)),
+            "INVALID_REFRESH_TOKEN"
+        );
+        // Revoking it again, or through its refresh token, is no error (RFC 7009).
+        auth.revoke_token(revoke(&by_access.access_token)).await?;
+        auth.revoke_token(revoke(&by_access.refresh_token)).await?;
+
+        // By its refresh token.
+        let by_refresh = login(&mut auth).await;
+        auth.revoke_token(revoke(&by_refresh.refresh_token)).await?;
+        assert_session_revoked(probe.identity(&by_refresh).await);
+
+        // Tokens that grant nothing are answered alike and end no session: an unknown refresh
+        // token, and an access token whose payload was swapped for another session's.
+        let survivor = login(&mut auth).await;
+        let forged = {
+            let parts: Vec<&str> = by_access.access_token.split('.').collect();
+            let other: Vec<&str> = survivor.access_token.split('.').collect();
+            format!("{}.{}.{}", parts[0], other[1], parts[2])
+        };
+        auth.revoke_token(revoke(&format!("palrt_{}", "0".repeat(64))))
+            .await?;
+        auth.revoke_token(revoke(&forged)).await?;
+        probe.identity(&survivor).await?;
+        probe.compliance(&survivor).await?;
+
+        // What is neither kind of token is bad input.
+        for bad in ["", "hello", "palrt_short", "a.b"] {
+            let refused = auth.revoke_token(revoke(bad)).await;
+            let status = expect_code(refused, Code::InvalidArgument);
+            assert_eq!(violated_fields(&status), ["token"], "{bad:?}");
+        }
+
+        // Each ended session is in the audit log once, with its token family.
+        let audit = AuditServiceClient::new(mesh.gateway());
+        let events = eventually(Duration::from_secs(10), || {
+            let mut audit = audit.clone();
+            let request = mesh.as_operator(ListAuditEventsRequest {
+                parent: "tenants/acme".into(),
+                filter: r#"action = "identity.auth.revoke""#.into(),
+                ..Default::default()
+            });
+            async move {
+                let events = audit.list_audit_events(request).await?.into_inner();
+                Ok((events.audit_events.len() >= 2).then_some(events.audit_events))
+            }
+        })
+        .await?;
+        assert_eq!(events.len(), 2, "{events:?}");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
