@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::{
-    auth, frames,
+    auth, deadline, frames,
     rest::{
         HttpBinding, http_bindings,
         routes::{Router, Template},
@@ -130,12 +130,17 @@ fn frames_of(chunks: &[&[u8]]) -> Result<Vec<(u8, bytes::Bytes)>, frames::TooLar
     Ok(out)
 }
 
-/// `authorization` and `x-api-key` header values: the credential parser never panics, and a
-/// key it returns came from the headers.
+/// `authorization`, `x-api-key` and `grpc-timeout` header values: the credential parser never
+/// panics, and a key it returns came from the headers; a deadline read is written back no
+/// shorter.
 pub fn api_key_header(data: &[u8]) {
-    let parts = split(data, 2);
+    let parts = split(data, 3);
     let mut headers = HeaderMap::new();
-    for (name, value) in [("authorization", parts[0]), ("x-api-key", parts[1])] {
+    for (name, value) in [
+        ("authorization", parts[0]),
+        ("x-api-key", parts[1]),
+        (deadline::GRPC_TIMEOUT, parts[2]),
+    ] {
         if value.is_empty() {
             continue;
         }
@@ -149,6 +154,12 @@ pub fn api_key_header(data: &[u8]) {
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.contains(key.as_str()));
         assert!(presented, "{key:?} is not from the headers");
+    }
+    if let Some(read) = deadline::client_deadline(&headers) {
+        let mut written = HeaderMap::new();
+        written.insert(deadline::GRPC_TIMEOUT, deadline::header_value(read));
+        let again = deadline::client_deadline(&written).expect("written deadlines parse");
+        assert!(again >= read, "{read:?} was written as {again:?}");
     }
 }
 

@@ -9,6 +9,7 @@
 mod auth;
 mod backends;
 mod cors;
+mod deadline;
 mod edge;
 pub mod frames;
 pub mod fuzzing;
@@ -36,6 +37,11 @@ use tonic_health::pb::{
 
 pub const COMPONENT: &str = "gateway";
 
+/// The deadline of a unary call whose client sets none: long enough for any unary RPC of the
+/// mesh, short enough that a stuck backend frees the caller (Envoy's default route timeout is
+/// 15 s). A client that needs longer sends its own `grpc-timeout`.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// What the gateway needs to run.
 #[derive(Clone)]
 pub struct GatewayConfig {
@@ -48,6 +54,9 @@ pub struct GatewayConfig {
     /// How often identity's JWKS is fetched: a signing key identity stops publishing stops
     /// verifying tokens here within about this long.
     pub jwks_refresh: Duration,
+    /// The deadline of a unary call whose client sends no `grpc-timeout` (a client's own
+    /// deadline wins, longer or shorter; streaming calls have none by default).
+    pub default_deadline: Duration,
     /// Origins (`https://app.example.com`, or `*`) whose browser scripts may call REST and
     /// gRPC-Web; empty means no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
@@ -101,8 +110,13 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     let usage_reports = tokio::spawn(usage.run(async {
         let _ = usage_stopped.await;
     }));
-    let (proxy, serving) =
-        proxy::Proxy::new(Arc::new(backends), Arc::new(verifier), Arc::new(limits)).await?;
+    let (proxy, serving) = proxy::Proxy::new(
+        Arc::new(backends),
+        Arc::new(verifier),
+        Arc::new(limits),
+        config.default_deadline,
+    )
+    .await?;
     kit.watch_readiness(serving, move || {
         let mut health = HealthClient::new(identity.clone());
         async move {

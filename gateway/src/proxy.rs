@@ -2,7 +2,8 @@
 //! strip client context → request id → local services (health, reflection) → method policy
 //! (internal methods are never routed) → authentication → the credential's tenant: in
 //! service, within its rate, within its monthly quota (the call is counted) — or, for a public
-//! call without a credential, the tenant its host name names → tenant context → backend.
+//! call without a credential, the tenant its host name names → tenant context → deadline
+//! (`deadline.rs`) → backend.
 //!
 //! Rates and quotas apply to calls made with a tenant's credential. Public calls are not
 //! charged to the tenant their host names: anyone can make them, so charging them would let
@@ -33,6 +34,7 @@ use tower::ServiceExt;
 use crate::{
     auth::{ApiKeyVerifier, presented_api_key},
     backends::Backends,
+    deadline,
     limits::{Rate, RateLimiter},
     tenants::{TenantDirectory, request_host},
     usage::UsageMeter,
@@ -57,6 +59,8 @@ pub struct Proxy {
     limits: Arc<TenantLimits>,
     policies: Arc<MethodPolicies>,
     local: Routes,
+    /// The deadline of a unary call whose client set none.
+    default_deadline: Duration,
 }
 
 impl Proxy {
@@ -65,6 +69,7 @@ impl Proxy {
         backends: Arc<Backends>,
         verifier: Arc<ApiKeyVerifier>,
         limits: Arc<TenantLimits>,
+        default_deadline: Duration,
     ) -> Result<(Proxy, ServingHandle), palisade_grpc::Error> {
         let (reporter, health) = tonic_health::server::health_reporter();
         let serving = ServingHandle::for_reporter(reporter);
@@ -76,6 +81,7 @@ impl Proxy {
             limits,
             policies: Arc::new(MethodPolicies::palisade()?),
             local,
+            default_deadline,
         };
         Ok((proxy, serving))
     }
@@ -202,16 +208,47 @@ impl Proxy {
             write_origin(headers, origin);
         }
 
-        let response = backend
-            .oneshot(request.map(Body::new))
-            .await
-            .map_err(|error| {
-                tracing::warn!(%path, %error, "backend call failed");
-                ApiError::Unavailable {
-                    message: format!("the component serving {path} is unavailable"),
+        let deadline = match deadline::client_deadline(headers) {
+            _ if policy.streaming => None,
+            Some(deadline) => Some(deadline),
+            None => {
+                // The backend learns the deadline too, and gives up its work when it passes.
+                headers.insert(
+                    deadline::GRPC_TIMEOUT,
+                    deadline::header_value(self.default_deadline),
+                );
+                Some(self.default_deadline)
+            }
+        };
+
+        let started = Instant::now();
+        let exceeded = |deadline: Duration| {
+            tracing::info!(%path, ?deadline, "call exceeded its deadline");
+            ApiError::DeadlineExceeded {
+                message: format!("{path} did not complete within its deadline ({deadline:?})"),
+            }
+        };
+        let call = backend.oneshot(request.map(Body::new));
+        let response = match deadline {
+            // A unary response's headers come with its message, so this bounds the whole call;
+            // dropping the call on expiry cancels it at the backend (RST_STREAM).
+            Some(deadline) => tokio::time::timeout(deadline, call)
+                .await
+                .map_err(|_| exceeded(deadline))?,
+            None => call.await,
+        };
+        response
+            .map_err(|error| match deadline {
+                // The backend's own timer (the same deadline, in `grpc-timeout`) won the race.
+                Some(deadline) if started.elapsed() >= deadline => exceeded(deadline),
+                _ => {
+                    tracing::warn!(%path, %error, "backend call failed");
+                    ApiError::Unavailable {
+                        message: format!("the component serving {path} is unavailable"),
+                    }
                 }
-            })?;
-        Ok(response)
+            })
+            .map_err(Status::from)
     }
 }
 

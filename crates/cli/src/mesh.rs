@@ -127,6 +127,8 @@ pub struct MeshOptions {
     pub api_key_cache_ttl: Duration,
     /// How old the gateway lets identity's JWKS grow before fetching it again.
     pub jwks_refresh: Duration,
+    /// The gateway's deadline for unary calls whose client sets none.
+    pub default_deadline: Duration,
     /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
     pub cors_allowed_origins: Vec<String>,
     /// PEM certificate chain and key for TLS on the gateway's public port; `None`: h2c.
@@ -152,6 +154,7 @@ impl MeshOptions {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             api_key_cache_ttl: Duration::from_secs(30),
             jwks_refresh: Duration::from_secs(60),
+            default_deadline: palisade_gateway::DEFAULT_DEADLINE,
             cors_allowed_origins: Vec::new(),
             public_tls: None,
             login_lockout: LockoutPolicy::default(),
@@ -326,6 +329,7 @@ impl LocalMesh {
             mesh: self.addresses.clone(),
             api_key_cache_ttl: options.api_key_cache_ttl,
             jwks_refresh: options.jwks_refresh,
+            default_deadline: options.default_deadline,
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
             login_lockout: options.login_lockout,
@@ -353,6 +357,7 @@ pub struct ComponentSettings {
     pub mesh: MeshAddresses,
     pub api_key_cache_ttl: Duration,
     pub jwks_refresh: Duration,
+    pub default_deadline: Duration,
     pub cors_allowed_origins: Vec<String>,
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
@@ -381,6 +386,7 @@ pub async fn start_component(
         mesh,
         api_key_cache_ttl,
         jwks_refresh,
+        default_deadline,
         cors_allowed_origins,
         public_tls,
         login_lockout,
@@ -424,6 +430,7 @@ pub async fn start_component(
                 mesh,
                 api_key_cache_ttl,
                 jwks_refresh,
+                default_deadline,
                 cors_allowed_origins,
                 public_tls,
                 tenant_cache_ttl,

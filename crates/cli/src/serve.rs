@@ -88,6 +88,14 @@ pub struct ServeArgs {
     /// publishing stops verifying access tokens within about this long.
     #[arg(long, env = "PALISADE_JWKS_REFRESH", default_value_t = 60)]
     jwks_refresh: u64,
+    /// gateway: seconds a unary call may take when its client sends no `grpc-timeout` (a
+    /// client's own deadline wins; streaming calls have none by default).
+    #[arg(
+        long,
+        env = "PALISADE_DEFAULT_DEADLINE",
+        default_value_t = palisade_gateway::DEFAULT_DEADLINE.as_secs()
+    )]
+    default_deadline: u64,
     /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST and
     /// gRPC-Web routes; none by default, which sends no CORS headers.
     #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -183,6 +191,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         api_key_cache_ttl: Duration::from_secs(args.api_key_cache_ttl),
         jwks_refresh: Duration::from_secs(args.jwks_refresh.max(1)),
+        default_deadline: Duration::from_secs(args.default_deadline.max(1)),
         cors_allowed_origins: args.cors_allowed_origins,
         public_tls: args.public_tls_cert.zip(args.public_tls_key),
         login_lockout: LockoutPolicy {

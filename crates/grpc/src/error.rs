@@ -63,6 +63,8 @@ pub enum ApiError {
     #[error("{message}")]
     Unavailable { message: String },
     #[error("{message}")]
+    DeadlineExceeded { message: String },
+    #[error("{message}")]
     Unimplemented { message: String },
     /// Logged in full where it is mapped; the caller sees only that it happened.
     #[error("internal error: {0}")]
@@ -140,6 +142,9 @@ impl From<ApiError> for Status {
             }
             ApiError::Unavailable { message } => {
                 with_info(Code::Unavailable, message, "UNAVAILABLE", [])
+            }
+            ApiError::DeadlineExceeded { message } => {
+                with_info(Code::DeadlineExceeded, message, "DEADLINE_EXCEEDED", [])
             }
             ApiError::Internal(detail) => {
                 // Never leak SQL or internals to the caller; the log keeps the detail.

@@ -20,6 +20,9 @@ pub struct MethodPolicy {
     pub internal: bool,
     pub callers: Vec<String>,
     pub audit: AuditLevel,
+    /// Whether requests or responses stream (so the call may rightly last as long as the
+    /// client keeps it open).
+    pub streaming: bool,
 }
 
 impl MethodPolicy {
@@ -89,6 +92,7 @@ impl MethodPolicies {
                 internal: option.internal,
                 callers: option.callers,
                 audit,
+                streaming: method.is_client_streaming() || method.is_server_streaming(),
             };
             by_path.insert(path, policy);
         }

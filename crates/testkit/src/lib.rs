@@ -33,6 +33,7 @@ pub struct MeshBuilder {
     postgres: Option<String>,
     api_key_cache_ttl: Option<Duration>,
     jwks_refresh: Option<Duration>,
+    default_deadline: Option<Duration>,
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
@@ -88,12 +89,19 @@ impl MeshBuilder {
         self
     }
 
-    /// Browser origins the gateway answers CORS requests for.
+    /// The gateway's deadline for unary calls whose client sets none.
+    pub fn with_default_deadline(mut self, deadline: Duration) -> MeshBuilder {
+        self.default_deadline = Some(deadline);
+        self
+    }
+
+    /// How often the gateway fetches identity's JWKS.
     pub fn with_jwks_refresh(mut self, refresh: Duration) -> MeshBuilder {
         self.jwks_refresh = Some(refresh);
         self
     }
 
+    /// Browser origins the gateway answers CORS requests for.
     pub fn with_cors_allowed_origins(mut self, origins: &[&str]) -> MeshBuilder {
         self.cors_allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
         self
@@ -119,6 +127,9 @@ impl MeshBuilder {
         }
         if let Some(refresh) = self.jwks_refresh {
             options.jwks_refresh = refresh;
+        }
+        if let Some(deadline) = self.default_deadline {
+            options.default_deadline = deadline;
         }
         if let Some(policy) = self.login_lockout {
             options.login_lockout = policy;
