@@ -1,6 +1,7 @@
 //! Deadlines at the gateway: a unary call whose client sets none gets the gateway's default,
 //! gives up with `DEADLINE_EXCEEDED` (HTTP 504 over REST) and cancels the backend's work; a
-//! client's own `grpc-timeout` wins, also when it is longer.
+//! client's own `grpc-timeout` wins, also when it is longer. And a call that outwaits the
+//! database's own lock wait is `UNAVAILABLE` (worth retrying), not an internal error.
 
 mod common;
 
@@ -115,5 +116,32 @@ async fn a_unary_call_without_a_deadline_gets_the_gateways() -> anyhow::Result<(
         );
         mesh.stop().await?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_outwaits_the_databases_lock_wait_is_unavailable() -> anyhow::Result<()> {
+    // PostgreSQL waits for a row lock as long as the call lasts; SQLite gives up after its
+    // busy timeout (5 s).
+    let mesh = Mesh::builder().start().await?;
+    tenant_with_admin(
+        &mesh,
+        "acme",
+        "ada@example.com",
+        "correct horse battery staple",
+    )
+    .await?;
+    let held = hold_acme(&mesh).await?;
+    let mut request = mesh.as_operator(new_user("busy@example.com"));
+    request.set_timeout(Duration::from_secs(30));
+    let busy = UserServiceClient::new(mesh.gateway())
+        .create_user(request)
+        .await;
+    expect_code(busy, Code::Unavailable);
+    held.rollback().await?;
+    UserServiceClient::new(mesh.gateway())
+        .create_user(mesh.as_operator(new_user("busy@example.com")))
+        .await?;
+    mesh.stop().await?;
     Ok(())
 }

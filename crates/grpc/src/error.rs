@@ -71,6 +71,19 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<palisade_db::Error> for ApiError {
+    fn from(error: palisade_db::Error) -> ApiError {
+        if error.is_transient() {
+            tracing::warn!(%error, "database busy");
+            ApiError::Unavailable {
+                message: "the database is busy; retry shortly".to_owned(),
+            }
+        } else {
+            ApiError::internal(error)
+        }
+    }
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> ApiError {
         ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])

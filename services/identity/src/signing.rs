@@ -211,7 +211,7 @@ async fn add_key(
     let identity = Principal::new(crate::COMPONENT.to_owned(), PrincipalKind::Service);
     let system = TenantId::system();
     let resource = format!("tenants/system/signingKeys/{}", key.kid);
-    let mut tx = store.db().begin().await.map_err(ApiError::internal)?;
+    let mut tx = store.db().begin().await.map_err(ApiError::from)?;
     store.insert_signing_key(&mut tx, &key).await?;
     let record = AuditRecord {
         tenant: &system,

@@ -217,7 +217,7 @@ impl ApiKeyService for ApiKeyApi {
         key.id = minted.id;
         key.secret_hash = minted.secret_hash;
         let resource = key.name();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         self.store
             .ensure_within_limit(&mut tx, &key.tenant_id, "api_keys")
             .await?;
@@ -317,7 +317,7 @@ impl ApiKeyService for ApiKeyApi {
             .await?
             .ok_or_else(not_found)?;
         let now = now_micros();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         // Only the call that actually revokes is audited; a repeat changes nothing.
         if self
             .store

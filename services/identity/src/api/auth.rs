@@ -87,7 +87,7 @@ impl AuthApi {
 
     /// Records an event that changes nothing else (a refused login) in its own transaction.
     async fn audit_alone(&self, record: &AuditRecord<'_>) -> Result<(), ApiError> {
-        let tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let tx = self.store.db().begin().await.map_err(ApiError::from)?;
         palisade_audit::commit_with(tx, record, &self.relay)
             .await
             .map_err(ApiError::internal)
@@ -159,7 +159,7 @@ impl AuthApi {
     ) -> Result<(), ApiError> {
         let principal = Principal::new(session.user_id.clone(), PrincipalKind::User);
         let resource = format!("tenants/{}/users/{}", session.tenant_id, session.user_id);
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         if self
             .store
             .revoke_token_family(&mut tx, &session.id, now_micros())
@@ -336,7 +336,7 @@ impl AuthService for AuthApi {
         let family = uuid::Uuid::now_v7().to_string();
         let principal = user_principal(&user);
         let resource = user.name();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         self.store.clear_failed_logins(&mut tx, &user.id).await?;
         self.store
             .insert_token_family(&mut tx, &family, &user, now)
@@ -385,7 +385,7 @@ impl AuthService for AuthApi {
             .ok_or_else(invalid_refresh_token)?;
         let principal = user_principal(&user);
         let resource = user.name();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         // Revoked since it was read above (a password change, a logout, a reuse elsewhere).
         if !self
             .store

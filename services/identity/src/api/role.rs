@@ -132,7 +132,7 @@ impl RoleApi {
             .cloned()
             .collect();
         self.require_holds(caller, &touched).await?;
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let locked = self
             .store
             .lock_role(&mut tx, tenant, id, RoleLock::Update)
@@ -202,7 +202,7 @@ impl RoleService for RoleApi {
             .await?
             .ok_or_else(not_found)?;
         let resource = record.name();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         roles::check_custom_role_plan(&tenant)?;
         self.store
             .ensure_within_limit(&mut tx, &record.tenant_id, "custom_roles")
@@ -370,7 +370,7 @@ impl RoleService for RoleApi {
             self.require_tenant(&tenant, not_found()).await?;
             return Err(built_in_is_read_only(&id).into());
         }
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         // Locked before looking for holders: an assignment in flight either committed (and is
         // seen) or waits, and then finds the role gone.
         let role = self

@@ -68,7 +68,7 @@ impl TenantService for TenantApi {
         }
         let record = tenants::validate_create(request.get_ref(), now_micros())?;
         let resource = format!("tenants/{}", record.id);
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         self.store.insert_tenant(&mut tx, &record).await?;
         let audit = AuditRecord {
             tenant: &record.id,
@@ -151,7 +151,7 @@ impl TenantService for TenantApi {
             return Err(not_found().into());
         }
         let paths = tenants::update_paths(tenant, request.update_mask.as_ref())?;
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let current = self
             .store
             .lock_tenant(&mut tx, &id)
@@ -211,7 +211,7 @@ impl TenantService for TenantApi {
             }
             .into());
         }
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let record = self
             .store
             .lock_tenant(&mut tx, &id)

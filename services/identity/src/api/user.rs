@@ -163,7 +163,7 @@ impl UserApi {
             "identity.roles.revoke"
         };
         let now = now_micros();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         // A custom role being assigned is held (share-locked) until commit, so a concurrent
         // DeleteRole either sees this assignment or has already removed the role.
         if assign
@@ -267,7 +267,7 @@ impl UserService for UserApi {
         }
         let password_hash = self.passwords.hash(&request.password).await?;
         let resource = record.name();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let custom_ids: Vec<String> = custom.iter().map(|c| c.id.clone()).collect();
         let locked = self
             .store

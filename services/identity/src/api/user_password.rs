@@ -85,7 +85,7 @@ impl UserApi {
         }
         let password_hash = self.passwords.hash(&request.new_password).await?;
         let resource = user.name();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         self.store
             .set_password_hash(&mut tx, &user, &password_hash, now)
             .await?;
@@ -142,7 +142,7 @@ impl UserApi {
                 .store
                 .record_failed_login(&user.id, now, &self.lockout)
                 .await?;
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         palisade_audit::enqueue(
             &mut tx,
             &AuditRecord {

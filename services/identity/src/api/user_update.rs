@@ -55,7 +55,7 @@ impl UserApi {
         self.require_power_over(&caller, &current).await?;
         // ... and applied to the user as it is under the lock, so a concurrent update (a
         // disable, say) is never written over with what was read before it.
-        let mut tx = self.store.db().begin().await.map_err(ApiError::internal)?;
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let mut locked = self
             .store
             .lock_user(&mut tx, &tenant, &id)

@@ -53,7 +53,7 @@ impl IdentityStore {
         period: &str,
         now: i64,
     ) -> Result<UsageReport, ApiError> {
-        let mut tx = self.db.begin().await.map_err(internal)?;
+        let mut tx = self.db.begin().await.map_err(ApiError::from)?;
         sqlx::query("DELETE FROM usage_batches WHERE receive_time < $1")
             .bind(now - BATCH_MEMORY_MICROS)
             .execute(&mut *tx)
