@@ -11,7 +11,7 @@ use palisade_proto::palisade::{
     identity::v1::{ListTenantsRequest, Plan, tenant_service_client::TenantServiceClient},
     observability::v1::{GetStatusRequest, status_service_client::StatusServiceClient},
 };
-use palisade_testkit::{Component, Mesh, eventually};
+use palisade_testkit::{Component, Mesh, eventually, http_request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const ALL: [Component; 4] = [
@@ -72,7 +72,21 @@ async fn every_component_serves_metrics_health_and_readiness() -> anyhow::Result
         "{identity}"
     );
 
+    // Made-up methods are counted under one label, whatever the client sends.
+    for made_up in ["/made.up.Service/One", "/made.up.Service/Two"] {
+        let refused = http_request(
+            mesh.addr(Component::Gateway),
+            "POST",
+            made_up,
+            &[("content-type", "application/grpc-web+proto")],
+            &[0, 0, 0, 0, 0],
+        )
+        .await?;
+        assert_eq!(refused.status, 200, "{}", refused.text());
+    }
     let gateway = mesh.admin_get(Component::Gateway, "/metrics").await?.1;
+    assert!(!gateway.contains("made.up"), "{gateway}");
+    assert!(gateway.contains(r#"grpc_server_handled_total{component="gateway",grpc_type="unknown",grpc_service="unknown",grpc_method="unknown",grpc_code="Unimplemented"} 2"#), "{gateway}");
     assert!(
         gateway.contains(r#"grpc_code="Unauthenticated""#),
         "{gateway}"

@@ -140,12 +140,17 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
+        // Anyone can send any path; only methods the mesh serves get labels of their own, so
+        // made-up paths cannot grow the metric series (and memory) without bound.
+        let (service, method, kind) = match (
+            path.trim_start_matches('/').split_once('/'),
+            grpc_type(path),
+        ) {
+            (Some((service, method)), Some(kind)) => (service, method, kind),
+            _ => ("unknown", "unknown", "unknown"),
+        };
         let labels = GrpcLabels {
-            grpc_type: grpc_type(path).to_owned(),
+            grpc_type: kind.to_owned(),
             grpc_service: service.to_owned(),
             grpc_method: method.to_owned(),
         };
@@ -343,8 +348,9 @@ pub fn code_name(code: i32) -> &'static str {
         .unwrap_or("Unknown")
 }
 
-/// `unary`, `client_stream`, `server_stream` or `bidi_stream`, from the descriptors.
-fn grpc_type(path: &str) -> &'static str {
+/// `unary`, `client_stream`, `server_stream` or `bidi_stream`, from the descriptors; `None` for
+/// a path no component serves.
+fn grpc_type(path: &str) -> Option<&'static str> {
     static TYPES: LazyLock<HashMap<String, &'static str>> = LazyLock::new(|| {
         let mut types = HashMap::new();
         for service in palisade_proto::descriptor_pool().services() {
@@ -360,10 +366,11 @@ fn grpc_type(path: &str) -> &'static str {
         }
         types
     });
-    match TYPES.get(path) {
-        Some(kind) => kind,
-        None if path.starts_with("/grpc.reflection.") => "bidi_stream",
-        None if path == "/grpc.health.v1.Health/Watch" => "server_stream",
-        None => "unary",
+    match path {
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Some("bidi_stream"),
+        "/grpc.health.v1.Health/Watch" => Some("server_stream"),
+        "/grpc.health.v1.Health/Check" => Some("unary"),
+        _ => TYPES.get(path).copied(),
     }
 }
