@@ -128,7 +128,8 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         }
     });
     let observe = ServerObserveLayer::new(COMPONENT, kit.metrics.rpc.server.clone())
-        .counting_tenants(Arc::new(kit.metrics.clone()));
+        .counting_tenants(Arc::new(kit.metrics.clone()))
+        .logging_access();
     let rest = rest::Rest::from_pool(palisade_proto::descriptor_pool())?;
     tracing::debug!(routes = rest.route_count(), "rest routes built");
     let openapi = rest::openapi::document(

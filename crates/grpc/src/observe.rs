@@ -52,6 +52,7 @@ pub struct ServerObserveLayer {
     component: &'static str,
     metrics: SideMetrics,
     tenants: Option<std::sync::Arc<dyn TenantCounter>>,
+    access_log: bool,
 }
 
 impl ServerObserveLayer {
@@ -60,7 +61,15 @@ impl ServerObserveLayer {
             component,
             metrics,
             tenants: None,
+            access_log: false,
         }
+    }
+
+    /// Also logs one `palisade::access` line per finished call (method, tenant, code, latency,
+    /// and the span's request id): the gateway's access log. Never a credential or a payload.
+    pub fn logging_access(mut self) -> ServerObserveLayer {
+        self.access_log = true;
+        self
     }
 
     /// Also counts requests per tenant, from responses marked with [`ServedTenant`].
@@ -83,6 +92,7 @@ impl<S> Layer<S> for ServerObserveLayer {
             component: self.component,
             metrics: self.metrics.clone(),
             tenants: self.tenants.clone(),
+            access_log: self.access_log,
         }
     }
 }
@@ -110,6 +120,7 @@ impl<S> Layer<S> for ClientObserveLayer {
             component: self.component,
             metrics: self.metrics.clone(),
             tenants: None,
+            access_log: false,
         }
     }
 }
@@ -121,6 +132,7 @@ pub struct Observe<S> {
     component: &'static str,
     metrics: SideMetrics,
     tenants: Option<std::sync::Arc<dyn TenantCounter>>,
+    access_log: bool,
 }
 
 impl<S, B> Service<http::Request<B>> for Observe<S>
@@ -204,6 +216,7 @@ where
             code: None,
             tenant: None,
             tenants: self.tenants.clone(),
+            access_log: self.access_log,
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -250,15 +263,30 @@ struct Finish {
     code: Option<i32>,
     tenant: Option<String>,
     tenants: Option<std::sync::Arc<dyn TenantCounter>>,
+    access_log: bool,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
         let code = self.code.unwrap_or(tonic::Code::Cancelled as i32);
         let name = code_name(code);
+        let elapsed = self.started.elapsed();
         self.span.record("rpc.grpc.status_code", code);
         self.metrics
-            .finish(&self.labels, name, self.started.elapsed().as_secs_f64());
+            .finish(&self.labels, name, elapsed.as_secs_f64());
+        if self.access_log {
+            // Inside the call's span, so the line carries its request id and trace id too.
+            self.span.in_scope(|| {
+                tracing::info!(
+                    target: "palisade::access",
+                    method = %format_args!("{}/{}", self.labels.grpc_service, self.labels.grpc_method),
+                    tenant = self.tenant.as_deref().unwrap_or("anonymous"),
+                    code = name,
+                    latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                    "call finished"
+                );
+            });
+        }
         if let (Some(counter), Some(tenant)) = (&self.tenants, &self.tenant) {
             counter.count(tenant, name);
         }
@@ -372,5 +400,91 @@ fn grpc_type(path: &str) -> Option<&'static str> {
         "/grpc.health.v1.Health/Watch" => Some("server_stream"),
         "/grpc.health.v1.Health/Check" => Some("unary"),
         _ => TYPES.get(path).copied(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        fmt::Write,
+        sync::{Arc, Mutex},
+    };
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Collects every event as `target field=value ...`.
+    struct Events(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Fields(String);
+            impl tracing::field::Visit for Fields {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    let _ = write!(self.0, " {}={value:?}", field.name());
+                }
+            }
+            let mut fields = Fields(event.metadata().target().to_owned());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+
+    async fn served(path: &str, access_log: bool) -> Vec<String> {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Events(events.clone()));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let metrics = palisade_telemetry::ComponentMetrics::new("test");
+        let mut layer = ServerObserveLayer::new("test", metrics.rpc.server.clone());
+        if access_log {
+            layer = layer.logging_access();
+        }
+        let mut observed = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(tonic::Status::not_found("no such user").into_http())
+        }));
+        let request = http::Request::builder().uri(path).body(()).unwrap();
+        drop(observed.call(request).await.unwrap());
+        events.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn the_access_log_has_one_line_per_call_with_bounded_method_names() {
+        let lines = served("/palisade.identity.v1.UserService/GetUser", true).await;
+        let access: Vec<_> = lines
+            .iter()
+            .filter(|line| line.starts_with("palisade::access"))
+            .collect();
+        assert_eq!(access.len(), 1, "{lines:?}");
+        for part in [
+            "method=palisade.identity.v1.UserService/GetUser",
+            "tenant=\"anonymous\"",
+            "code=\"NotFound\"",
+            "latency_us=",
+        ] {
+            assert!(access[0].contains(part), "{part} in {}", access[0]);
+        }
+        let made_up = served("/made.up.Service/Method", true).await;
+        assert!(
+            made_up
+                .iter()
+                .any(|line| line.contains("method=unknown/unknown")),
+            "{made_up:?}"
+        );
+        assert!(
+            served("/palisade.identity.v1.UserService/GetUser", false)
+                .await
+                .iter()
+                .all(|line| !line.starts_with("palisade::access"))
+        );
     }
 }
