@@ -106,6 +106,7 @@ fn malformed() -> ApiError {
 /// asking identity. (The name predates access tokens; the proxy calls it for both.)
 pub struct ApiKeyVerifier {
     identity: ApiKeyServiceClient<MeshChannel>,
+    /// Verified keys and until when they may be trusted without asking again.
     cache: Mutex<HashMap<[u8; 32], (TenantContext, Instant)>>,
     ttl: Duration,
     tokens: TokenVerifier,
@@ -163,8 +164,19 @@ impl ApiKeyVerifier {
                     cannot_verify()
                 }
             })?;
+        let response = response.into_inner();
+        // Trusted for the cache TTL, but never past the key's own expiry.
+        let key_lifetime = response
+            .expire_time
+            .and_then(|expire| SystemTime::try_from(expire).ok())
+            .map(|expire| {
+                expire
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(Duration::ZERO);
+        let trusted_until = Instant::now() + self.ttl.min(key_lifetime);
         let principal = response
-            .into_inner()
             .principal
             .ok_or_else(|| ApiError::internal("identity verified a key without a principal"))?;
         let tenant_id = TenantId::parse(&principal.tenant_id).map_err(ApiError::internal)?;
@@ -181,7 +193,7 @@ impl ApiKeyVerifier {
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(fingerprint, (context.clone(), Instant::now()));
+        cache.insert(fingerprint, (context.clone(), trusted_until));
         Ok(context)
     }
 
@@ -189,7 +201,7 @@ impl ApiKeyVerifier {
         let cache = self.cache.lock().expect("api key cache lock");
         cache
             .get(fingerprint)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(_, trusted_until)| Instant::now() < *trusted_until)
             .map(|(context, _)| context.clone())
     }
 }

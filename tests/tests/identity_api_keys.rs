@@ -467,3 +467,34 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stops_at_its_expiry_though_the_gateway_cached_it() -> anyhow::Result<()> {
+    // The default cache period (30 s) is far longer than this key lives.
+    let mesh = Mesh::builder().start().await?;
+    let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+    let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+    let mut users = UserServiceClient::new(mesh.gateway());
+    let short_lived = CreateApiKeyRequest {
+        ttl: Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        ..key_request("acme", "brief", READ_USERS, 1)
+    };
+    let secret = create(&mut keys, with_bearer(short_lived, &admin))
+        .await?
+        .key;
+    users
+        .list_users(with_api_key(list_users("acme"), &secret))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let expired = users
+        .list_users(with_api_key(list_users("acme"), &secret))
+        .await;
+    assert_eq!(
+        reason(&expect_code(expired, Code::Unauthenticated)),
+        "INVALID_API_KEY"
+    );
+    mesh.stop().await
+}
