@@ -73,7 +73,18 @@ where
         },
     };
     let headers = &mut parts.headers;
-    // Hop-by-hop and HTTP/1-only headers have no place in the HTTP/2 call to the backend.
+    // Hop-by-hop and HTTP/1-only headers have no place in the HTTP/2 call to the backend
+    // (h2 refuses a request carrying one), nor do those `Connection` names as hop-by-hop.
+    let named_hop_by_hop: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named_hop_by_hop {
+        headers.remove(name);
+    }
     for name in [
         header::CONNECTION,
         header::HOST,
@@ -81,6 +92,7 @@ where
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
     ] {
         headers.remove(name);
     }

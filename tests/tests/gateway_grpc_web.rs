@@ -82,6 +82,8 @@ async fn call(
     }
     let (status, response_headers, body) = match transport {
         Transport::Http1 => {
+            // Sent by some proxies; HTTP/1-only, so it must not reach the HTTP/2 backend call.
+            headers.push(("proxy-connection", "keep-alive"));
             let response = http_request(gateway, "POST", path, &headers, &body).await?;
             (response.status, response.headers, response.body)
         }

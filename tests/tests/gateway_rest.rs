@@ -461,3 +461,29 @@ fn every_grpc_code_maps_to_grpc_gateways_http_status() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_413_not_a_retryable_429() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let huge = format!(
+        r#"{{"tenantId": "big", "tenant": {{"displayName": "{}"}}}}"#,
+        "x".repeat(5 << 20)
+    );
+    let refused = rest(
+        &mesh,
+        "POST",
+        "/v1/tenants",
+        Some(mesh.operator_key()),
+        &huge,
+    )
+    .await?;
+    assert_eq!(refused.status, 413, "{}", refused.text());
+    assert_eq!(json(&refused)["code"], 8);
+    assert!(
+        !refused
+            .headers
+            .iter()
+            .any(|(name, _)| name == "retry-after")
+    );
+    mesh.stop().await
+}

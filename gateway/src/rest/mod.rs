@@ -170,6 +170,13 @@ impl Rest {
         };
         let body = match read_limited(body).await {
             Ok(body) => body,
+            // Too large is not "slow down": 413, so that clients do not send the same body
+            // again, as they would after a 429.
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                let mut response = error_response(&status);
+                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                return response;
+            }
             Err(status) => return error_response(&status),
         };
         let message = match transcode::request_message(
