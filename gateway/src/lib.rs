@@ -11,6 +11,7 @@ mod backends;
 mod cors;
 mod deadline;
 mod edge;
+mod first_bytes;
 pub mod frames;
 pub mod fuzzing;
 mod jwks;

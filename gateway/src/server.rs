@@ -2,8 +2,10 @@
 //! HTTP/1.1 (REST, gRPC-Web) on one port, or both over TLS when a certificate is configured.
 //! The accept loop only accepts: each connection is served by a connection worker (see
 //! `workers.rs`), where the TLS handshake runs too, so a slow client never holds up the loop.
-//! Connections are capped; slow or idle clients are timed out; shutdown lets in-flight calls
-//! finish for a grace period, then cuts the rest.
+//! Connections are capped, so slow or silent clients are timed out: the TLS handshake, the
+//! first bytes (`first_bytes.rs`), HTTP/1 request headers and REST bodies each have a deadline.
+//! (An HTTP/2 connection that has opened and then idles is kept alive by pings; it is not cut.)
+//! Shutdown lets in-flight calls finish for a grace period, then cuts the rest.
 
 use std::{future::Future, sync::Arc, time::Duration};
 

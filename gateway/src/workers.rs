@@ -33,12 +33,14 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{edge::Edge, public_tls::PublicTls};
+use crate::{edge::Edge, first_bytes::FirstBytesDeadline, public_tls::PublicTls};
 
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection (after its TLS handshake, if any) may stay silent.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The running workers, fed by the acceptor.
 pub struct Workers {
@@ -226,7 +228,8 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let connection = builder.serve_connection(TokioIo::new(CoalescedWrites::new(io)), service);
+    let io = FirstBytesDeadline::new(CoalescedWrites::new(io), FIRST_BYTES_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     if let Err(error) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }

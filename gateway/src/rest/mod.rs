@@ -177,6 +177,12 @@ impl Rest {
                 *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
                 return response;
             }
+            // The client was too slow, not a backend: 408 rather than grpc-gateway's 504.
+            Err(status) if status.code() == Code::DeadlineExceeded => {
+                let mut response = error_response(&status);
+                *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                return response;
+            }
             Err(status) => return error_response(&status),
         };
         let message = match transcode::request_message(
@@ -218,16 +224,23 @@ fn routing_error(http: StatusCode, code: Code) -> Response<Body> {
     )
 }
 
-/// Reads a request body of at most [`frames::MAX_MESSAGE`] bytes.
+/// How long a REST or gRPC-Web text body may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a request body of at most [`frames::MAX_MESSAGE`] bytes, within [`BODY_READ_TIMEOUT`].
 pub async fn read_limited<B>(body: B) -> Result<Bytes, Status>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match http_body_util::Limited::new(body, frames::MAX_MESSAGE)
-        .collect()
-        .await
-    {
+    // A body trickled in byte by byte would otherwise hold the connection and its slot.
+    let collecting = http_body_util::Limited::new(body, frames::MAX_MESSAGE).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_READ_TIMEOUT, collecting).await else {
+        return Err(Status::deadline_exceeded(format!(
+            "the request body did not arrive within {BODY_READ_TIMEOUT:?}"
+        )));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(Status::resource_exhausted(format!(
@@ -244,6 +257,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_finishes_is_given_up() {
+        use futures::StreamExt;
+        // One byte, then silence from a client that keeps the request open.
+        let first = futures::stream::once(async {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"{")))
+        });
+        let body = http_body_util::StreamBody::new(first.chain(futures::stream::pending()));
+        let status = read_limited(body).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+    }
 
     #[test]
     fn every_rule_of_the_api_becomes_a_route() {
