@@ -248,6 +248,7 @@ impl Proxy {
                     }
                 }
             })
+            .map(|response| response.map(|body| Body::new(EndsWithStatus::new(body))))
             .map_err(Status::from)
     }
 }
@@ -337,5 +338,80 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}
+
+/// A backend's response body that, should the backend connection break off mid-response,
+/// ends with trailers saying `UNAVAILABLE` instead of an error. Passed on as an error, hyper
+/// would reset the stream: native clients would read `INTERNAL` and gRPC-Web clients would get
+/// no status at all.
+struct EndsWithStatus {
+    inner: Body,
+    ended: bool,
+}
+
+impl EndsWithStatus {
+    fn new(inner: Body) -> EndsWithStatus {
+        EndsWithStatus {
+            inner,
+            ended: false,
+        }
+    }
+}
+
+impl http_body::Body for EndsWithStatus {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(error))) => {
+                self.ended = true;
+                tracing::warn!(%error, "backend broke off a response");
+                let mut trailers = http::HeaderMap::new();
+                Status::unavailable("the component broke off the response")
+                    .add_header(&mut trailers)?;
+                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_response_broken_off_ends_with_unavailable_trailers() {
+        let frames = futures::stream::iter([
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"\0\0\0\0\0",
+            ))),
+            Err(Status::internal("connection reset")),
+        ])
+        .chain(futures::stream::pending());
+        let body = EndsWithStatus::new(Body::new(http_body_util::StreamBody::new(frames)));
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["grpc-status"], "14");
+        assert_eq!(collected.to_bytes().len(), 5);
     }
 }
