@@ -122,6 +122,7 @@ impl ApiKeyVerifier {
             ttl,
             tokens: TokenVerifier {
                 jwks: Jwks::new(identity, jwks_refresh),
+                verified: Mutex::default(),
             },
         }
     }
@@ -209,10 +210,52 @@ impl ApiKeyVerifier {
 /// Verifies access tokens against identity's published keys.
 struct TokenVerifier {
     jwks: Jwks,
+    /// Tokens whose signature verified, by SHA-256: a client sends the same token with every
+    /// call, and hashing it costs far less than an Ed25519 verification and the JSON decoding.
+    verified: Mutex<HashMap<[u8; 32], VerifiedToken>>,
+}
+
+/// What a verified token stands for, and what must still hold for it to stand.
+struct VerifiedToken {
+    context: TenantContext,
+    kid: String,
+    exp: i64,
 }
 
 impl TokenVerifier {
     async fn verify(&self, token: &str) -> Result<TenantContext, ApiError> {
+        let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(context) = self.cached(&fingerprint) {
+            return Ok(context);
+        }
+        let (context, kid, exp) = self.verify_signed(token).await?;
+        let mut verified = self.verified.lock().expect("token cache lock");
+        if verified.len() >= MAX_CACHED {
+            verified.clear();
+        }
+        verified.insert(
+            fingerprint,
+            VerifiedToken {
+                context: context.clone(),
+                kid,
+                exp,
+            },
+        );
+        Ok(context)
+    }
+
+    /// A token verified before, while it is unexpired and its key still published (a key
+    /// identity retires stops its cached tokens at the next JWKS refresh, as it stops new ones).
+    /// Anything else is verified afresh, which gives the precise refusal.
+    fn cached(&self, fingerprint: &[u8; 32]) -> Option<TenantContext> {
+        let verified = self.verified.lock().expect("token cache lock");
+        let token = verified.get(fingerprint)?;
+        (token.exp + EXPIRY_LEEWAY_SECS > unix_now() && self.jwks.publishes(&token.kid))
+            .then(|| token.context.clone())
+    }
+
+    /// Checks the token's signature and claims: its context, `kid` and `exp`.
+    async fn verify_signed(&self, token: &str) -> Result<(TenantContext, String, i64), ApiError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -232,7 +275,10 @@ impl TokenVerifier {
         UnparsedPublicKey::new(&ED25519, key)
             .verify(signing_input.as_bytes(), &signature)
             .map_err(|_| invalid_token())?;
-        context_from_claims(&decode_json(payload)?, unix_now())
+        let claims = decode_json(payload)?;
+        let context = context_from_claims(&claims, unix_now())?;
+        let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
+        Ok((context, kid.to_owned(), exp))
     }
 }
 

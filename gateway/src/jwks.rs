@@ -101,6 +101,14 @@ impl Jwks {
         }
     }
 
+    /// Whether the set, fetched within `MAX_STALE`, still has the key named `kid`.
+    pub fn publishes(&self, kid: &str) -> bool {
+        let set = self.lock();
+        set.fetched
+            .is_some_and(|fetched| fetched.elapsed() < MAX_STALE)
+            && set.keys.contains_key(kid)
+    }
+
     /// The key named `kid` in a set fetched within `MAX_STALE`.
     fn lookup(&self, kid: &str, now: Instant) -> Option<Vec<u8>> {
         let set = self.lock();
