@@ -66,7 +66,8 @@ const CASES: &[(&str, &str, &[Code])] = &[
         &[Code::Unauthenticated],
     ),
     (
-        // A token of tenant B is revoked by whoever holds it; an unknown one ends nothing.
+        // An unknown token ends nothing (revoking tenant B's real tokens from tenant A's
+        // credential is `identity_sessions`' business: whoever holds a token may end it).
         "AuthService/RevokeToken",
         r#"{"token": "palrt_0000000000000000000000000000000000000000000000000000000000000000"}"#,
         &[Code::Ok],

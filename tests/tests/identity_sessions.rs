@@ -6,16 +6,20 @@ mod common;
 
 use std::time::Duration;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::{expect_code, reason, tenant_with_admin, violated_fields};
 use palisade_proto::palisade::{
+    common::v1::{Principal, PrincipalType},
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        AuthTokens, GetUserRequest, LoginRequest, LogoutRequest, RefreshTokenRequest,
-        RevokeTokenRequest, auth_service_client::AuthServiceClient,
+        AuthTokens, BatchCheckItem, BatchCheckRequest, CheckRequest, GetUserRequest, LoginRequest,
+        LogoutRequest, RefreshTokenRequest, RevokeTokenRequest,
+        auth_service_client::AuthServiceClient,
+        authorization_service_client::AuthorizationServiceClient,
         user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::{Mesh, eventually};
+use palisade_testkit::{Component, Mesh, eventually};
 use tonic::{Code, Status};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -57,8 +61,15 @@ impl Probe {
 }
 
 async fn login(auth: &mut AuthServiceClient<tonic::transport::Channel>) -> AuthTokens {
+    login_to(auth, "acme").await
+}
+
+async fn login_to(
+    auth: &mut AuthServiceClient<tonic::transport::Channel>,
+    tenant: &str,
+) -> AuthTokens {
     auth.login(LoginRequest {
-        tenant_id: "acme".into(),
+        tenant_id: tenant.into(),
         email: "ada@example.com".into(),
         password: PASSWORD.into(),
     })
@@ -196,6 +207,113 @@ async fn revoke_token_ends_the_session_of_either_kind_of_token() -> anyhow::Resu
         })
         .await?;
         assert_eq!(events.len(), 2, "{events:?}");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// The principal an access token stands for, as a component's policy layer asks about it.
+fn principal_of(tokens: &AuthTokens) -> Principal {
+    let payload = tokens.access_token.split('.').nth(1).expect("a jwt");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url"))
+            .expect("json claims");
+    Principal {
+        tenant_id: claims["tenant"].as_str().expect("tenant").to_owned(),
+        id: claims["sub"].as_str().expect("sub").to_owned(),
+        r#type: PrincipalType::User as i32,
+        session_id: claims["sid"].as_str().expect("sid").to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_batch_check_refuse_an_ended_session_alike() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let (live, ended) = (login(&mut auth).await, login(&mut auth).await);
+        auth.logout(LogoutRequest {
+            refresh_token: ended.refresh_token.clone(),
+        })
+        .await?;
+        let mut authz =
+            AuthorizationServiceClient::new(mesh.direct(Component::Identity, "compliance").await?);
+        for (session, allowed, refusal) in [(&live, true, ""), (&ended, false, "SESSION_REVOKED")] {
+            let single = authz
+                .check(CheckRequest {
+                    principal: Some(principal_of(session)),
+                    permission: "identity.users.list".into(),
+                    resource: String::new(),
+                })
+                .await?
+                .into_inner();
+            assert_eq!(
+                (single.allowed, single.refusal_reason.as_str()),
+                (allowed, refusal)
+            );
+            let batch = authz
+                .batch_check(BatchCheckRequest {
+                    principal: Some(principal_of(session)),
+                    items: vec![BatchCheckItem {
+                        permission: "identity.users.list".into(),
+                        resource: "tenants/acme".into(),
+                    }],
+                })
+                .await?
+                .into_inner();
+            let answer = &batch.results[0];
+            assert_eq!(
+                (answer.allowed, answer.refusal_reason.as_str()),
+                (allowed, refusal)
+            );
+        }
+        let malformed = authz
+            .check(CheckRequest {
+                principal: Some(Principal {
+                    session_id: "not-a-session".into(),
+                    ..principal_of(&live)
+                }),
+                permission: "identity.users.list".into(),
+                resource: String::new(),
+            })
+            .await;
+        let status = expect_code(malformed, Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), ["principal.session_id"]);
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoever_holds_another_tenants_token_may_end_its_session() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let globex = tenant_with_admin(&mesh, "globex", "ada@example.com", PASSWORD).await?;
+        tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let acme = login(&mut auth).await;
+        let (leaked, leaked_too) = (
+            login_to(&mut auth, "globex").await,
+            login_to(&mut auth, "globex").await,
+        );
+        // Sent by acme's admin, with acme's credential: the tokens still name globex sessions.
+        let revoke = |token: &str| {
+            with_bearer(
+                RevokeTokenRequest {
+                    token: token.to_owned(),
+                },
+                &acme.access_token,
+            )
+        };
+        auth.revoke_token(revoke(&leaked.access_token)).await?;
+        auth.revoke_token(revoke(&leaked_too.refresh_token)).await?;
+        let probe = Probe {
+            gateway: mesh.gateway(),
+            user: globex.name,
+        };
+        assert_session_revoked(probe.identity(&leaked).await);
+        assert_session_revoked(probe.identity(&leaked_too).await);
         mesh.stop().await?;
     }
     Ok(())

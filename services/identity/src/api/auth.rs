@@ -364,6 +364,57 @@ impl AuthService for AuthApi {
         &self,
         request: Request<RefreshTokenRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
+        as_token_holder(self.refresh(request)).await
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        as_token_holder(self.log_out(request)).await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        as_token_holder(self.revoke(request)).await
+    }
+
+    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
+        Ok(Response::new(Jwks {
+            keys: self.keys.jwks().await?,
+        }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<RotateSigningKeyRequest>,
+    ) -> Result<Response<Jwk>, Status> {
+        let caller = Caller::of(&request)?;
+        // The keys sign every tenant's tokens: a platform matter, whatever a tenant admin holds.
+        if !caller.context.is_platform_operator() {
+            return Err(ApiError::PermissionDenied {
+                reason: "PLATFORM_OPERATOR_ONLY",
+                message: "only platform operators rotate the token signing key".to_owned(),
+            }
+            .into());
+        }
+        Ok(Response::new(self.keys.rotate(caller.principal()).await?))
+    }
+}
+
+/// The token-as-credential methods (`RefreshToken`, `Logout`, `RevokeToken`), whose tenant is
+/// known only once the token is found. They run with every tenant's rows in view, as a public
+/// call naming no tenant does: a credential sent along, or the host name, may name another
+/// tenant (a security team revoking a leaked token of a tenant it does not belong to), and on
+/// PostgreSQL row-level security would then hide the token. They find rows by token and family
+/// only, and act for the tenant the token belongs to.
+impl AuthApi {
+    async fn refresh(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<AuthTokens>, Status> {
         let request_id = request.extensions().get::<RequestId>().cloned();
         let presented = &request.get_ref().refresh_token;
         if presented.is_empty() {
@@ -451,7 +502,7 @@ impl AuthService for AuthApi {
         Ok(Response::new(tokens))
     }
 
-    async fn logout(
+    async fn log_out(
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
@@ -474,7 +525,7 @@ impl AuthService for AuthApi {
         Ok(Response::new(LogoutResponse {}))
     }
 
-    async fn revoke_token(
+    async fn revoke(
         &self,
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
@@ -504,26 +555,9 @@ impl AuthService for AuthApi {
         }
         Ok(Response::new(RevokeTokenResponse {}))
     }
+}
 
-    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
-        Ok(Response::new(Jwks {
-            keys: self.keys.jwks().await?,
-        }))
-    }
-
-    async fn rotate_signing_key(
-        &self,
-        request: Request<RotateSigningKeyRequest>,
-    ) -> Result<Response<Jwk>, Status> {
-        let caller = Caller::of(&request)?;
-        // The keys sign every tenant's tokens: a platform matter, whatever a tenant admin holds.
-        if !caller.context.is_platform_operator() {
-            return Err(ApiError::PermissionDenied {
-                reason: "PLATFORM_OPERATOR_ONLY",
-                message: "only platform operators rotate the token signing key".to_owned(),
-            }
-            .into());
-        }
-        Ok(Response::new(self.keys.rotate(caller.principal()).await?))
-    }
+async fn as_token_holder<F: std::future::Future>(work: F) -> F::Output {
+    let request_id = palisade_tenancy::current_request_id().unwrap_or_else(RequestId::generate);
+    palisade_tenancy::with_context(None, request_id, work).await
 }
