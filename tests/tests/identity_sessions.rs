@@ -60,6 +60,15 @@ impl Probe {
     }
 }
 
+/// Tenant acme with its admin `ada@example.com`, whose tokens the probe tries.
+async fn acme_with_probe(mesh: &Mesh) -> anyhow::Result<Probe> {
+    let admin = tenant_with_admin(mesh, "acme", "ada@example.com", PASSWORD).await?;
+    Ok(Probe {
+        gateway: mesh.gateway(),
+        user: admin.name,
+    })
+}
+
 async fn login(auth: &mut AuthServiceClient<tonic::transport::Channel>) -> AuthTokens {
     login_to(auth, "acme").await
 }
@@ -102,11 +111,7 @@ async fn compliance_refuses(probe: &Probe, tokens: &AuthTokens) -> anyhow::Resul
 async fn logout_stops_the_sessions_access_tokens_and_no_other() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let mesh = builder.start().await?;
-        let admin = tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
-        let probe = Probe {
-            gateway: mesh.gateway(),
-            user: admin.name,
-        };
+        let probe = acme_with_probe(&mesh).await?;
         let mut auth = AuthServiceClient::new(mesh.gateway());
         let laptop = login(&mut auth).await;
         let phone = login(&mut auth).await;
@@ -138,11 +143,7 @@ async fn logout_stops_the_sessions_access_tokens_and_no_other() -> anyhow::Resul
 async fn revoke_token_ends_the_session_of_either_kind_of_token() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let mesh = builder.start().await?;
-        let admin = tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
-        let probe = Probe {
-            gateway: mesh.gateway(),
-            user: admin.name,
-        };
+        let probe = acme_with_probe(&mesh).await?;
         let mut auth = AuthServiceClient::new(mesh.gateway());
         let revoke = |token: &str| RevokeTokenRequest {
             token: token.to_owned(),

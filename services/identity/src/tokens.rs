@@ -207,11 +207,9 @@ pub fn hash_refresh_token(token: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tokens_verify_with_the_published_key() {
-        let key = SigningKeyRecord::generate(0).unwrap();
-        let signer = Signer::new(&key.kid, &key.private_key).unwrap();
-        let claims = Claims {
+    /// Claims as a login issues them (long expired).
+    fn claims() -> Claims {
+        Claims {
             iss: ISSUER.into(),
             sub: "u".into(),
             tenant: "acme".into(),
@@ -221,7 +219,14 @@ mod tests {
             exp: 2,
             jti: "j".into(),
             sid: Some("s".into()),
-        };
+        }
+    }
+
+    #[test]
+    fn tokens_verify_with_the_published_key() {
+        let key = SigningKeyRecord::generate(0).unwrap();
+        let signer = Signer::new(&key.kid, &key.private_key).unwrap();
+        let claims = claims();
         let token = signer.sign(&claims).unwrap();
         let (input, signature) = token.rsplit_once('.').unwrap();
         let jwk = key.jwk();
@@ -247,17 +252,7 @@ mod tests {
         let key = SigningKeyRecord::generate(0).unwrap();
         let other = SigningKeyRecord::generate(0).unwrap();
         let signer = Signer::new(&key.kid, &key.private_key).unwrap();
-        let claims = Claims {
-            iss: ISSUER.into(),
-            sub: "u".into(),
-            tenant: "acme".into(),
-            principal_type: "user".into(),
-            roles: vec![],
-            iat: 1,
-            exp: 2,
-            jti: "j".into(),
-            sid: Some("s".into()),
-        };
+        let claims = claims();
         let token = signer.sign(&claims).unwrap();
         assert!(looks_like_access_token(&token));
         assert_eq!(
