@@ -127,28 +127,28 @@ impl PolicyLayer {
             })?;
         let decision = self.authorizer.check(context, permission).await?;
         if decision.allowed {
-            Ok(())
-        } else if decision.refusal.as_deref() == Some("SESSION_REVOKED") {
-            // Not a missing right: the credential is dead, and the client must sign in again.
-            Err(ApiError::Unauthenticated {
-                reason: "SESSION_REVOKED",
-                message: "the sign-in session of this access token has ended; sign in again"
-                    .to_owned(),
-            }
-            .into())
-        } else {
-            // Only reasons the mesh defines pass on; anything else reads as a missing permission.
-            let reason = match decision.refusal.as_deref() {
-                Some("TENANT_SUSPENDED") => "TENANT_SUSPENDED",
-                Some("TENANT_NOT_ACTIVE") => "TENANT_NOT_ACTIVE",
-                _ => "PERMISSION_DENIED",
-            };
-            Err(ApiError::PermissionDenied {
-                reason,
-                message: format!("missing permission {permission}: {}", decision.reason),
-            }
-            .into())
+            return Ok(());
         }
+        // Only reasons the mesh defines pass on; anything else reads as a missing permission.
+        let reason = match decision.refusal.as_deref() {
+            // Not a missing right: the credential is dead, and the client must sign in again.
+            Some("SESSION_REVOKED") => {
+                return Err(ApiError::Unauthenticated {
+                    reason: "SESSION_REVOKED",
+                    message: "the sign-in session of this access token has ended; sign in again"
+                        .to_owned(),
+                }
+                .into());
+            }
+            Some("TENANT_SUSPENDED") => "TENANT_SUSPENDED",
+            Some("TENANT_NOT_ACTIVE") => "TENANT_NOT_ACTIVE",
+            _ => "PERMISSION_DENIED",
+        };
+        Err(ApiError::PermissionDenied {
+            reason,
+            message: format!("missing permission {permission}: {}", decision.reason),
+        }
+        .into())
     }
 
     fn internal_caller<B>(

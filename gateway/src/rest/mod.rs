@@ -170,20 +170,7 @@ impl Rest {
         };
         let body = match read_limited(body).await {
             Ok(body) => body,
-            // Too large is not "slow down": 413, so that clients do not send the same body
-            // again, as they would after a 429.
-            Err(status) if status.code() == Code::ResourceExhausted => {
-                let mut response = error_response(&status);
-                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                return response;
-            }
-            // The client was too slow, not a backend: 408 rather than grpc-gateway's 504.
-            Err(status) if status.code() == Code::DeadlineExceeded => {
-                let mut response = error_response(&status);
-                *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-                return response;
-            }
-            Err(status) => return error_response(&status),
+            Err(status) => return body_refusal(&status),
         };
         let message = match transcode::request_message(
             &binding.input,
@@ -222,6 +209,19 @@ fn routing_error(http: StatusCode, code: Code) -> Response<Body> {
         http,
         &json!({"code": code as i32, "message": message, "details": []}),
     )
+}
+
+/// The answer to a body `read_limited` refused. Both refusals are the client's doing, so
+/// their HTTP statuses say so rather than grpc-gateway's: too large is 413, not 429 ("slow
+/// down", which invites sending the same body again); too slow is 408, not 504.
+fn body_refusal(status: &Status) -> Response<Body> {
+    let mut response = error_response(status);
+    match status.code() {
+        Code::ResourceExhausted => *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE,
+        Code::DeadlineExceeded => *response.status_mut() = StatusCode::REQUEST_TIMEOUT,
+        _ => {}
+    }
+    response
 }
 
 /// How long a REST or gRPC-Web text body may take to arrive.
