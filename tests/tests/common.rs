@@ -105,3 +105,27 @@ pub async fn audit_events_arrived(mesh: &Mesh, tenant: &str) -> anyhow::Result<V
     })
     .await
 }
+
+/// The first audit event of acme with `action` that `matches`, once it has arrived (events
+/// travel through the outbox).
+pub async fn audit_event(
+    mesh: &Mesh,
+    action: &str,
+    matches: impl Fn(&AuditEvent) -> bool,
+) -> anyhow::Result<AuditEvent> {
+    let audit = AuditServiceClient::new(mesh.gateway());
+    eventually(Duration::from_secs(10), || {
+        let mut audit = audit.clone();
+        let request = mesh.as_operator(ListAuditEventsRequest {
+            parent: "tenants/acme".into(),
+            filter: format!(r#"action = "{action}""#),
+            ..Default::default()
+        });
+        let matches = &matches;
+        async move {
+            let events = audit.list_audit_events(request).await?.into_inner();
+            Ok(events.audit_events.into_iter().find(|e| matches(e)))
+        }
+    })
+    .await
+}

@@ -7,18 +7,16 @@ mod common;
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{expect_code, reason, tenant_with_admin, violated_fields};
+use common::{audit_event, expect_code, reason, tenant_with_admin, violated_fields};
 use palisade_proto::palisade::{
-    compliance::v1::{
-        AuditEvent, ListAuditEventsRequest, Outcome, audit_service_client::AuditServiceClient,
-    },
+    compliance::v1::Outcome,
     identity::v1::{
         AuthTokens, GetJwksRequest, GetUserRequest, LoginRequest, LogoutRequest,
         RefreshTokenRequest, auth_service_client::AuthServiceClient,
         user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::{Component, Mesh, eventually, http_request};
+use palisade_testkit::{Component, Mesh, http_request};
 use tonic::Code;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -48,29 +46,6 @@ fn refresh(tokens: &AuthTokens) -> RefreshTokenRequest {
     RefreshTokenRequest {
         refresh_token: tokens.refresh_token.clone(),
     }
-}
-
-/// The first event of `tenant` with `action` that `matches`, once it has arrived.
-async fn audit_event(
-    mesh: &Mesh,
-    action: &str,
-    matches: impl Fn(&AuditEvent) -> bool,
-) -> anyhow::Result<AuditEvent> {
-    let audit = AuditServiceClient::new(mesh.gateway());
-    eventually(Duration::from_secs(10), || {
-        let mut audit = audit.clone();
-        let request = mesh.as_operator(ListAuditEventsRequest {
-            parent: "tenants/acme".into(),
-            filter: format!(r#"action = "{action}""#),
-            ..Default::default()
-        });
-        let matches = &matches;
-        async move {
-            let events = audit.list_audit_events(request).await?.into_inner();
-            Ok(events.audit_events.into_iter().find(|e| matches(e)))
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

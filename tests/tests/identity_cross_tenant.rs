@@ -200,6 +200,11 @@ const CASES: &[(&str, &str, &[Code])] = &[
         &[Code::NotFound],
     ),
     (
+        "UserService/DeleteUser",
+        r#"{"name": "{user}"}"#,
+        &[Code::NotFound],
+    ),
+    (
         "UserService/ChangePassword",
         r#"{"name": "{user}", "new_password": "now it is mine, all mine"}"#,
         &[Code::NotFound, Code::PermissionDenied],

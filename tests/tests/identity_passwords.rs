@@ -7,18 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect_code, new_tenant, reason, violated_fields};
+use common::{audit_event, expect_code, new_tenant, reason, violated_fields};
 use palisade_proto::palisade::{
-    compliance::v1::{
-        AuditEvent, ListAuditEventsRequest, Outcome, audit_service_client::AuditServiceClient,
-    },
+    compliance::v1::Outcome,
     identity::v1::{
         AuthTokens, ChangePasswordRequest, CreateUserRequest, GetUserRequest, LoginRequest, Plan,
         RefreshTokenRequest, User, auth_service_client::AuthServiceClient,
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::{Mesh, eventually};
+use palisade_testkit::Mesh;
 use tonic::{Code, Status};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -98,29 +96,6 @@ fn change(name: &str, current: &str, new: &str) -> ChangePasswordRequest {
         current_password: current.to_owned(),
         new_password: new.to_owned(),
     }
-}
-
-/// The first event of `tenant` with `action` that `matches`, once it has arrived.
-async fn audit_event(
-    mesh: &Mesh,
-    action: &str,
-    matches: impl Fn(&AuditEvent) -> bool,
-) -> anyhow::Result<AuditEvent> {
-    let audit = AuditServiceClient::new(mesh.gateway());
-    eventually(Duration::from_secs(10), || {
-        let mut audit = audit.clone();
-        let request = mesh.as_operator(ListAuditEventsRequest {
-            parent: "tenants/acme".into(),
-            filter: format!(r#"action = "{action}""#),
-            ..Default::default()
-        });
-        let matches = &matches;
-        async move {
-            let events = audit.list_audit_events(request).await?.into_inner();
-            Ok(events.audit_events.into_iter().find(|e| matches(e)))
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

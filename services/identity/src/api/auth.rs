@@ -337,6 +337,16 @@ impl AuthService for AuthApi {
         let principal = user_principal(&user);
         let resource = user.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
+        // Rechecked under the user's lock: a deletion or a disabling that committed since the
+        // checks above wins, rather than a session opening for a user that is gone or stopped.
+        match self
+            .store
+            .lock_user(&mut tx, &user.tenant_id, &user.id)
+            .await?
+        {
+            Some(current) if current.state == UserState::Active => {}
+            _ => return Err(invalid_login().into()),
+        }
         self.store.clear_failed_logins(&mut tx, &user.id).await?;
         self.store
             .insert_token_family(&mut tx, &family, &user, now)

@@ -8,6 +8,7 @@ mod role;
 mod tenant;
 mod tenant_data;
 mod user;
+mod user_delete;
 mod user_password;
 mod user_update;
 

@@ -1,5 +1,5 @@
 //! `UserService`: users, their roles and effective permissions (password changes are in
-//! `user_password`, updates in `user_update`).
+//! `user_password`, updates in `user_update`, deletion in `user_delete`).
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -14,9 +14,9 @@ use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
         AssignRoleRequest, ChangePasswordRequest, ChangePasswordResponse, CreateUserRequest,
-        GetEffectivePermissionsRequest, GetEffectivePermissionsResponse, GetUserRequest,
-        ListUsersRequest, ListUsersResponse, RevokeRoleRequest, UpdateUserRequest, User, UserState,
-        user_service_server::UserService,
+        DeleteUserRequest, GetEffectivePermissionsRequest, GetEffectivePermissionsResponse,
+        GetUserRequest, ListUsersRequest, ListUsersResponse, RevokeRoleRequest, UpdateUserRequest,
+        User, UserState, user_service_server::UserService,
     },
 };
 use palisade_tenancy::TenantId;
@@ -370,6 +370,16 @@ impl UserService for UserApi {
         let caller = Caller::of(&request)?;
         let user = self.apply_user_update(caller, request.into_inner()).await?;
         Ok(Response::new(to_proto(user)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = Caller::of(&request)?;
+        self.delete_user_named(caller, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(()))
     }
 
     async fn assign_role(

@@ -1,7 +1,8 @@
 //! `UserService.UpdateUser`: a user's display name and state. Disabling a user ends its
 //! sessions in the same transaction; its access tokens and API keys stop at once because every
 //! permission check reads the user's current state. Like setting a password, it is refused on
-//! users holding rights the caller lacks, and a user never disables itself.
+//! users holding rights the caller lacks, and a user never disables itself (nor, in
+//! `user_delete`, deletes itself: `is_own_account`).
 
 use palisade_audit::AuditRecord;
 use palisade_grpc::{ApiError, Caller, time::now_micros};
@@ -105,7 +106,11 @@ impl UserApi {
     }
 
     /// Whether the caller is the user itself, signed in or through one of its own API keys.
-    async fn is_own_account(&self, caller: &Caller, user: &UserRecord) -> Result<bool, ApiError> {
+    pub(super) async fn is_own_account(
+        &self,
+        caller: &Caller,
+        user: &UserRecord,
+    ) -> Result<bool, ApiError> {
         let principal = caller.principal();
         if caller.context.tenant_id != user.tenant_id {
             return Ok(false);

@@ -24,6 +24,27 @@ pub enum UserFilter {
 pub(super) const USER_COLUMNS: &str =
     "id, tenant_id, email, display_name, state, create_time, update_time";
 
+/// Everything identity holds for a user, children before parents (foreign keys), the user row
+/// last; each statement takes the tenant id as `$1` and the user id as `$2`. A table that
+/// holds a user's data is one more line here (and in the tenant's list in `tenants`).
+const USER_DATA: &[&str] = &[
+    "DELETE FROM refresh_tokens WHERE family_id IN \
+     (SELECT id FROM token_families WHERE tenant_id = $1 AND user_id = $2)",
+    "DELETE FROM token_families WHERE tenant_id = $1 AND user_id = $2",
+    "DELETE FROM user_roles WHERE tenant_id = $1 AND user_id = $2",
+    "DELETE FROM api_keys WHERE tenant_id = $1 AND owner_user_id = $2",
+    "DELETE FROM users WHERE tenant_id = $1 AND id = $2",
+];
+
+/// What deleting a user ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeletedUser {
+    /// Sign-in sessions that were live.
+    pub sessions: i64,
+    /// API keys that were neither revoked nor expired.
+    pub api_keys: i64,
+}
+
 impl IdentityStore {
     /// Inserts a user and its roles; `ALREADY_EXISTS` when the email is taken in the tenant.
     pub async fn insert_user(
@@ -383,6 +404,49 @@ impl IdentityStore {
         .await
         .map_err(internal)?;
         Ok(done.rows_affected())
+    }
+
+    /// Deletes a user and everything identity holds for it (see `USER_DATA`), on the caller's
+    /// transaction; returns what that ended: the sessions that were live and the API keys that
+    /// still worked.
+    pub async fn delete_user(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        now: i64,
+    ) -> Result<DeletedUser, ApiError> {
+        let sessions = sqlx::query(
+            "SELECT COUNT(*) FROM token_families \
+             WHERE tenant_id = $1 AND user_id = $2 AND revoke_time IS NULL",
+        )
+        .bind(user.tenant_id.as_str())
+        .bind(&user.id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(internal)?;
+        let api_keys = sqlx::query(
+            "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND owner_user_id = $2 \
+             AND revoke_time IS NULL AND expire_time > $3",
+        )
+        .bind(user.tenant_id.as_str())
+        .bind(&user.id)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(internal)?;
+        let ended = DeletedUser {
+            sessions: sessions.try_get(0).map_err(internal)?,
+            api_keys: api_keys.try_get(0).map_err(internal)?,
+        };
+        for statement in USER_DATA {
+            sqlx::query(*statement)
+                .bind(user.tenant_id.as_str())
+                .bind(&user.id)
+                .execute(&mut *conn)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(ended)
     }
 
     /// Until when the user's logins are locked (microseconds), if a lock was ever set.
