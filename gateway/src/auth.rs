@@ -4,19 +4,24 @@
 //! Ed25519 signature (JWS `EdDSA`) by a key identity publishes (`jwks.rs`), an `exp` in the
 //! future and the identity issuer. API keys come as `authorization: ApiKey pal_…`
 //! or `x-api-key: pal_…` and are verified by identity (`ApiKeyService.VerifyApiKey`, an
-//! internal method only the gateway may call); verified keys are cached by the SHA-256 of the
-//! key for a short TTL.
+//! internal method only the gateway may call). Identity's answers are remembered by the
+//! SHA-256 of the key for a short TTL (`lookups.rs`): acceptances, never past the key's expiry,
+//! and refusals too, so a client repeating a bad key costs identity one call per TTL. One call
+//! per key is in flight at a time, and at most `MAX_KEY_LOOKUPS` in all: a flood of made-up
+//! keys waits at the gateway instead of loading identity, while cached keys and access tokens
+//! pass.
 //!
 //! The two are told apart by shape: a JWT has three dot-separated parts, an API key has no
 //! dot, and a scheme presenting the other kind is refused.
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use futures::FutureExt;
 use http::HeaderMap;
 use palisade_grpc::{ApiError, MeshChannel};
 use palisade_proto::palisade::{
@@ -26,18 +31,23 @@ use palisade_proto::palisade::{
 use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
 use ring::signature::{ED25519, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::jwks::Jwks;
+use crate::{jwks::Jwks, lookups::LookupCache};
 
 const MAX_CACHED: usize = 10_000;
 /// The `iss` identity puts in its access tokens.
 const ISSUER: &str = "palisade-identity";
 /// Tolerated clock difference between identity and the gateway when checking `exp`.
 const EXPIRY_LEEWAY_SECS: i64 = 30;
-/// How long one `VerifyApiKey` call to identity may take.
+/// How long verifying one key at identity may take, waiting for a place included.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// `VerifyApiKey` calls in flight at once.
+const MAX_KEY_LOOKUPS: usize = 32;
+/// How long a refusal for the tenant's state (suspended, say) is believed, at most the TTL.
+const TENANT_REFUSAL_TTL: Duration = Duration::from_secs(2);
 
 /// Reads the credential a client presented, if any: an access token (`Bearer`) or an API key.
 pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -106,19 +116,51 @@ fn malformed() -> ApiError {
 /// asking identity. (The name predates access tokens; the proxy calls it for both.)
 pub struct ApiKeyVerifier {
     identity: ApiKeyServiceClient<MeshChannel>,
-    /// Verified keys and until when they may be trusted without asking again.
-    cache: Mutex<HashMap<[u8; 32], (TenantContext, Instant)>>,
+    /// Identity's answers by the SHA-256 of the key, refusals included.
+    answers: Arc<LookupCache<[u8; 32], KeyAnswer>>,
+    /// Calls to identity in flight; further keys wait their turn (within `VERIFY_TIMEOUT`).
+    asking: Arc<Semaphore>,
     ttl: Duration,
     tokens: TokenVerifier,
 }
 
+/// What identity answered for an API key.
+#[derive(Clone, Debug)]
+enum KeyAnswer {
+    /// A key standing for `context`, to be trusted for `trust` (the cache TTL, never past the
+    /// key's own expiry).
+    Accepted {
+        context: TenantContext,
+        trust: Duration,
+    },
+    /// A genuine key of a tenant out of service: refused as the proxy refuses a cached key of
+    /// that tenant. Believed briefly, as the tenant may be reactivated.
+    TenantRefused {
+        reason: &'static str,
+        message: String,
+    },
+    /// No key identity accepts (unknown, revoked, expired, a wrong secret); that never changes.
+    Invalid { message: String },
+}
+
 impl ApiKeyVerifier {
-    /// Keys verified by identity are cached for `ttl`; the JWKS is fetched every
+    /// Identity's answers about keys are believed for `ttl`; the JWKS is fetched every
     /// `jwks_refresh`.
     pub fn new(identity: MeshChannel, ttl: Duration, jwks_refresh: Duration) -> ApiKeyVerifier {
+        let tenant_refusal_ttl = ttl.min(TENANT_REFUSAL_TTL);
         ApiKeyVerifier {
             identity: ApiKeyServiceClient::new(identity.clone()),
-            cache: Mutex::default(),
+            answers: LookupCache::new(
+                MAX_CACHED,
+                move |answer: &KeyAnswer| match answer {
+                    KeyAnswer::Accepted { trust, .. } => *trust,
+                    KeyAnswer::TenantRefused { .. } => tenant_refusal_ttl,
+                    KeyAnswer::Invalid { .. } => ttl,
+                },
+                // A key identity could not be asked about is not trusted on an old answer.
+                None,
+            ),
+            asking: Arc::new(Semaphore::new(MAX_KEY_LOOKUPS)),
             ttl,
             tokens: TokenVerifier {
                 jwks: Jwks::new(identity, jwks_refresh),
@@ -133,78 +175,87 @@ impl ApiKeyVerifier {
             return self.tokens.verify(key).await;
         }
         let fingerprint: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        if let Some(context) = self.cached(&fingerprint) {
-            return Ok(context);
-        }
-        let mut identity = self.identity.clone();
-        let verifying = identity.verify_api_key(VerifyApiKeyRequest {
-            key: key.to_owned(),
-        });
-        let response = tokio::time::timeout(VERIFY_TIMEOUT, verifying)
+        let answer = self
+            .answers
+            .get(&fingerprint, || {
+                ask_identity(
+                    self.identity.clone(),
+                    self.asking.clone(),
+                    key.to_owned(),
+                    self.ttl,
+                )
+                .boxed()
+            })
             .await
-            .unwrap_or_else(|_| {
-                Err(tonic::Status::deadline_exceeded(
-                    "identity did not verify the key in time",
-                ))
-            })
-            .map_err(|status| match status.code() {
-                // A genuine key of a tenant out of service: refused as the proxy refuses a
-                // cached key of that tenant.
-                Code::Unauthenticated if tenant_refusal(&status).is_some() => {
-                    ApiError::PermissionDenied {
-                        reason: tenant_refusal(&status).expect("checked"),
-                        message: status.message().to_owned(),
-                    }
-                }
-                Code::Unauthenticated => ApiError::Unauthenticated {
-                    reason: "INVALID_API_KEY",
-                    message: status.message().to_owned(),
-                },
-                code => {
-                    tracing::warn!(?code, "api key verification failed");
-                    cannot_verify()
-                }
+            .map_err(|error| {
+                tracing::warn!(%error, "api key verification failed");
+                cannot_verify()
             })?;
-        let response = response.into_inner();
-        // Trusted for the cache TTL, but never past the key's own expiry.
-        let key_lifetime = response
-            .expire_time
-            .and_then(|expire| SystemTime::try_from(expire).ok())
-            .map(|expire| {
-                expire
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-            })
-            .unwrap_or(Duration::ZERO);
-        let trusted_until = Instant::now() + self.ttl.min(key_lifetime);
-        let principal = response
-            .principal
-            .ok_or_else(|| ApiError::internal("identity verified a key without a principal"))?;
-        let tenant_id = TenantId::parse(&principal.tenant_id).map_err(ApiError::internal)?;
-        let kind = match principal.r#type() {
-            PrincipalType::User => PrincipalKind::User,
-            PrincipalType::Service => PrincipalKind::Service,
-            _ => PrincipalKind::ApiKey,
-        };
-        let context = TenantContext {
+        match answer {
+            KeyAnswer::Accepted { context, .. } => Ok(context),
+            KeyAnswer::TenantRefused { reason, message } => {
+                Err(ApiError::PermissionDenied { reason, message })
+            }
+            KeyAnswer::Invalid { message } => Err(ApiError::Unauthenticated {
+                reason: "INVALID_API_KEY",
+                message,
+            }),
+        }
+    }
+}
+
+/// Asks identity about `key`, once a place among the `asking` calls is free; an error when it
+/// cannot answer (in time).
+async fn ask_identity(
+    mut identity: ApiKeyServiceClient<MeshChannel>,
+    asking: Arc<Semaphore>,
+    key: String,
+    ttl: Duration,
+) -> Result<KeyAnswer, String> {
+    let asked = tokio::time::timeout(VERIFY_TIMEOUT, async {
+        // Anyone can present any well-formed key, and each unknown one costs identity a
+        // lookup: a flood of them queues here, not at identity.
+        let _permit = asking.acquire().await.map_err(|error| error.to_string())?;
+        Ok::<_, String>(identity.verify_api_key(VerifyApiKeyRequest { key }).await)
+    })
+    .await
+    .map_err(|_| "identity did not verify the key in time".to_owned())?;
+    let response = match asked? {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::Unauthenticated => {
+            let message = status.message().to_owned();
+            return Ok(match tenant_refusal(&status) {
+                Some(reason) => KeyAnswer::TenantRefused { reason, message },
+                None => KeyAnswer::Invalid { message },
+            });
+        }
+        Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
+    };
+    let key_lifetime = response
+        .expire_time
+        .and_then(|expire| SystemTime::try_from(expire).ok())
+        .map(|expire| {
+            expire
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        })
+        .unwrap_or(Duration::ZERO);
+    let principal = response
+        .principal
+        .ok_or("identity verified a key without a principal")?;
+    let tenant_id = TenantId::parse(&principal.tenant_id).map_err(|error| error.to_string())?;
+    let kind = match principal.r#type() {
+        PrincipalType::User => PrincipalKind::User,
+        PrincipalType::Service => PrincipalKind::Service,
+        _ => PrincipalKind::ApiKey,
+    };
+    Ok(KeyAnswer::Accepted {
+        context: TenantContext {
             tenant_id,
             principal: Some(Principal::new(principal.id, kind)),
-        };
-        let mut cache = self.cache.lock().expect("api key cache lock");
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
-        }
-        cache.insert(fingerprint, (context.clone(), trusted_until));
-        Ok(context)
-    }
-
-    fn cached(&self, fingerprint: &[u8; 32]) -> Option<TenantContext> {
-        let cache = self.cache.lock().expect("api key cache lock");
-        cache
-            .get(fingerprint)
-            .filter(|(_, trusted_until)| Instant::now() < *trusted_until)
-            .map(|(context, _)| context.clone())
-    }
+        },
+        trust: ttl.min(key_lifetime),
+    })
 }
 
 /// Verifies access tokens against identity's published keys.

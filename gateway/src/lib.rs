@@ -16,6 +16,7 @@ pub mod frames;
 pub mod fuzzing;
 mod jwks;
 mod limits;
+mod lookups;
 mod proxy;
 mod public_tls;
 pub mod rest;

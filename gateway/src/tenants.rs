@@ -3,24 +3,16 @@
 //!
 //! Answers are kept for a configurable TTL, per tenant id and per host name; "no such tenant"
 //! for a shorter time, so that junk `Host` headers cost identity one call per name and a few
-//! seconds rather than one per request. One lookup per key is in flight at a time (callers
-//! arriving meanwhile wait for it), and lookups run in their own task, so a client that goes
-//! away does not abandon them. When identity cannot answer, the previous answer stands for a
+//! seconds rather than one per request. One lookup per key is in flight at a time, in a task of
+//! its own (`lookups.rs`). When identity cannot answer, the previous answer stands for a
 //! second more: a brief identity outage must not take down calls it has no part in.
 //!
 //! Host names map to tenants two ways: `<tenant_id>.<base domain>` when a base domain is
 //! configured (`palisade serve gateway --tenant-base-domain`), and a tenant's own `domain`.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
-use futures::{
-    FutureExt,
-    future::{BoxFuture, Shared},
-};
+use futures::FutureExt;
 use palisade_grpc::{ApiError, MeshChannel, time::micros};
 use palisade_proto::palisade::identity::v1::{
     EdgeTenant as EdgeTenantProto, ResolveTenantRequest, TenantState,
@@ -30,7 +22,7 @@ use palisade_tenancy::TenantId;
 use tokio::sync::Semaphore;
 use tonic::Code;
 
-use crate::{limits::Rate, sharded::Sharded};
+use crate::{limits::Rate, lookups::LookupCache};
 
 /// Answers kept at once, per map (ids, host names).
 const MAX_ENTRIES: usize = 16_384;
@@ -150,135 +142,18 @@ pub fn normalize_base_domain(base: &str) -> Option<String> {
 
 /// `None`: identity knows no such tenant.
 type Answer = Option<Arc<EdgeTenant>>;
-type Lookup = Shared<BoxFuture<'static, Result<Answer, String>>>;
+type Cache = LookupCache<String, Answer>;
 
-#[derive(Clone)]
-enum Entry {
-    Known {
-        answer: Answer,
-        until: Instant,
-    },
-    Fetching {
-        stale: Option<Answer>,
-        lookup: Lookup,
-    },
-}
-
-/// Answers by key, with one lookup per key in flight.
-struct Cache {
-    entries: Sharded<String, Entry>,
-    ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl Cache {
-    fn new(ttl: Duration) -> Arc<Cache> {
-        Arc::new(Cache {
-            entries: Sharded::with_capacity(MAX_ENTRIES),
-            ttl,
-            negative_ttl: ttl.min(NEGATIVE_TTL),
-        })
-    }
-
-    /// The cached answer for `key`, or the answer of `fetch` (started at most once at a time).
-    async fn get(
-        self: &Arc<Self>,
-        key: &str,
-        fetch: impl FnOnce() -> BoxFuture<'static, Result<Answer, String>>,
-    ) -> Result<Answer, String> {
-        let now = Instant::now();
-        let (stale, lookup) = match self.entries.with(key, |shard| match shard.get(key) {
-            Some(Entry::Known { answer, until }) if now < *until => Step::Hit(answer.clone()),
-            Some(Entry::Fetching { stale, lookup }) => Step::Wait(stale.clone(), lookup.clone()),
-            Some(Entry::Known { answer, .. }) => {
-                let stale = Some(answer.clone());
-                Step::Wait(stale.clone(), self.start(shard, key, stale, fetch, now))
-            }
-            None => Step::Wait(None, self.start(shard, key, None, fetch, now)),
-        }) {
-            Step::Hit(answer) => return Ok(answer),
-            Step::Wait(stale, lookup) => (stale, lookup),
-        };
-        match lookup.await {
-            Ok(answer) => Ok(answer),
-            Err(error) => stale.ok_or(error),
-        }
-    }
-
-    /// Starts the lookup of `key` in its own task and records it in `shard` (locked by the
-    /// caller), making room first if the shard is full.
-    fn start(
-        self: &Arc<Self>,
-        shard: &mut HashMap<String, Entry>,
-        key: &str,
-        stale: Option<Answer>,
-        fetch: impl FnOnce() -> BoxFuture<'static, Result<Answer, String>>,
-        now: Instant,
-    ) -> Lookup {
-        if shard.len() >= self.entries.per_shard() {
-            shard.retain(|_, entry| match entry {
-                Entry::Known { until, .. } => now < *until,
-                Entry::Fetching { .. } => true,
-            });
-            if shard.len() >= self.entries.per_shard() {
-                shard.retain(|_, entry| matches!(entry, Entry::Fetching { .. }));
-            }
-        }
-        let cache = self.clone();
-        let owned_key = key.to_owned();
-        let fallback = stale.clone();
-        let fetch = fetch();
-        let task = tokio::spawn(async move {
-            // Completed whatever happens, or the key would wait on this lookup forever.
-            let result = std::panic::AssertUnwindSafe(fetch)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err("the lookup panicked".to_owned()));
-            cache.complete(owned_key, &result, fallback);
-            result
-        });
-        let lookup = async move { task.await.unwrap_or_else(|e| Err(e.to_string())) }
-            .boxed()
-            .shared();
-        shard.insert(
-            key.to_owned(),
-            Entry::Fetching {
-                stale,
-                lookup: lookup.clone(),
-            },
-        );
-        lookup
-    }
-
-    fn complete(&self, key: String, result: &Result<Answer, String>, stale: Option<Answer>) {
-        let now = Instant::now();
-        let entry = match (result, stale) {
-            (Ok(answer), _) => Entry::Known {
-                answer: answer.clone(),
-                until: now
-                    + if answer.is_some() {
-                        self.ttl
-                    } else {
-                        self.negative_ttl
-                    },
-            },
-            (Err(_), Some(stale)) => Entry::Known {
-                answer: stale,
-                until: now + STALE_AFTER_FAILURE,
-            },
-            (Err(_), None) => {
-                self.entries.with(&key, |shard| shard.remove(&key));
-                return;
-            }
-        };
-        self.entries
-            .with(&key, |shard| shard.insert(key.clone(), entry));
-    }
-}
-
-enum Step {
-    Hit(Answer),
-    Wait(Option<Answer>, Lookup),
+/// Tenant answers kept for `ttl`, "no such tenant" for at most `NEGATIVE_TTL`.
+fn cache(ttl: Duration) -> Arc<Cache> {
+    let negative_ttl = ttl.min(NEGATIVE_TTL);
+    LookupCache::new(
+        MAX_ENTRIES,
+        move |answer: &Answer| {
+            if answer.is_some() { ttl } else { negative_ttl }
+        },
+        Some(STALE_AFTER_FAILURE),
+    )
 }
 
 /// Where the gateway learns what to enforce for a tenant.
@@ -295,8 +170,8 @@ impl TenantDirectory {
     pub fn new(identity: MeshChannel, ttl: Duration, base_domain: Option<&str>) -> TenantDirectory {
         TenantDirectory {
             identity: EdgeServiceClient::new(identity),
-            by_id: Cache::new(ttl),
-            by_domain: Cache::new(ttl),
+            by_id: cache(ttl),
+            by_domain: cache(ttl),
             base_domain: base_domain.and_then(normalize_base_domain),
             host_lookups: Arc::new(Semaphore::new(MAX_HOST_LOOKUPS)),
         }
@@ -429,66 +304,5 @@ mod tests {
             Some("tenants.example.com".to_owned())
         );
         assert_eq!(normalize_base_domain("  "), None);
-    }
-
-    fn edge_tenant(id: &str) -> Answer {
-        Some(Arc::new(EdgeTenant {
-            id: TenantId::parse(id).unwrap(),
-            state: TenantState::Active,
-            rate: None,
-            monthly_calls: None,
-            calls_used: 0,
-            period_end: i64::MAX,
-        }))
-    }
-
-    #[tokio::test]
-    async fn one_lookup_per_key_and_answers_are_kept() {
-        let cache = Cache::new(Duration::from_secs(60));
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let fetch = |calls: Arc<std::sync::atomic::AtomicUsize>| {
-            move || {
-                async move {
-                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    tokio::task::yield_now().await;
-                    Ok(edge_tenant("acme"))
-                }
-                .boxed()
-            }
-        };
-        let (a, b) = tokio::join!(
-            cache.get("acme", fetch(calls.clone())),
-            cache.get("acme", fetch(calls.clone()))
-        );
-        assert_eq!(a.unwrap(), edge_tenant("acme"));
-        assert_eq!(b.unwrap(), edge_tenant("acme"));
-        assert_eq!(
-            cache.get("acme", fetch(calls.clone())).await.unwrap(),
-            edge_tenant("acme")
-        );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn a_failed_lookup_keeps_the_previous_answer() {
-        let cache = Cache::new(Duration::ZERO);
-        let found = cache
-            .get("acme", || async { Ok(edge_tenant("acme")) }.boxed())
-            .await;
-        assert_eq!(found.unwrap(), edge_tenant("acme"));
-        // Expired at once (TTL zero); identity is down now.
-        let stale = cache
-            .get("acme", || {
-                async { Err("identity is down".to_owned()) }.boxed()
-            })
-            .await;
-        assert_eq!(stale.unwrap(), edge_tenant("acme"));
-        // Without a previous answer, the failure is the caller's.
-        let unknown = cache
-            .get("globex", || {
-                async { Err("identity is down".to_owned()) }.boxed()
-            })
-            .await;
-        assert!(unknown.is_err());
     }
 }
