@@ -14,6 +14,7 @@ mod edge;
 mod first_bytes;
 pub mod frames;
 pub mod fuzzing;
+mod idle;
 mod jwks;
 mod limits;
 mod lookups;
@@ -44,6 +45,10 @@ pub const COMPONENT: &str = "gateway";
 /// 15 s). A client that needs longer sends its own `grpc-timeout`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long a public connection may stay without a call in flight before it is closed
+/// (`idle.rs`); nginx closes idle HTTP/2 connections after 3 minutes, Envoy after an hour.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What the gateway needs to run.
 #[derive(Clone)]
 pub struct GatewayConfig {
@@ -59,6 +64,8 @@ pub struct GatewayConfig {
     /// The deadline of a unary call whose client sends no `grpc-timeout` (a client's own
     /// deadline wins, longer or shorter; streaming calls have none by default).
     pub default_deadline: Duration,
+    /// How long a public connection may stay without a call in flight before it is closed.
+    pub idle_timeout: Duration,
     /// Origins (`https://app.example.com`, or `*`) whose browser scripts may call REST and
     /// gRPC-Web; empty means no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
@@ -144,6 +151,7 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     let (mesh, tls, metrics) = (config.mesh, config.tls, kit.metrics.clone());
     let workers = workers::Workers::start(
         config.workers,
+        config.idle_timeout,
         || {
             let backends = backends::Backends::connect(&mesh, &tls, &metrics)?;
             Ok(edge.with_backends(Arc::new(backends)))

@@ -18,10 +18,7 @@ use std::{
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
+    server::conn::auto,
     service::TowerToHyperService,
 };
 use palisade_grpc::BoxError;
@@ -29,11 +26,16 @@ use palisade_tls::CoalescedWrites;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
-    sync::{OwnedSemaphorePermit, mpsc, oneshot},
+    sync::{OwnedSemaphorePermit, mpsc, oneshot, watch},
     task::JoinSet,
 };
 
-use crate::{edge::Edge, first_bytes::FirstBytesDeadline, public_tls::PublicTls};
+use crate::{
+    edge::Edge,
+    first_bytes::FirstBytesDeadline,
+    idle::{Activity, Tracked},
+    public_tls::PublicTls,
+};
 
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,6 +82,7 @@ impl Workers {
     /// tasks) runs on that worker.
     pub fn start(
         count: usize,
+        idle_timeout: Duration,
         make_edge: impl Fn() -> Result<Edge, BoxError>,
         tls: Option<PublicTls>,
     ) -> Result<Workers, BoxError> {
@@ -102,7 +105,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
                 .spawn(move || {
-                    runtime.block_on(serve_connections(queue, edge, tls));
+                    runtime.block_on(serve_connections(queue, edge, tls, idle_timeout));
                     let _ = done.send(());
                 })?;
             workers.push(Worker {
@@ -162,6 +165,7 @@ async fn serve_connections(
     mut queue: mpsc::UnboundedReceiver<Accepted>,
     edge: Edge,
     tls: Option<PublicTls>,
+    idle_timeout: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -172,7 +176,8 @@ async fn serve_connections(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE_INTERVAL);
-    let graceful = GracefulShutdown::new();
+    // Set when the worker drains: every connection then shuts down gracefully.
+    let (drain, draining) = watch::channel(false);
     let mut connections = JoinSet::new();
     while let Some(Accepted { stream, peer, slot }) = queue.recv().await {
         let stream = match TcpStream::from_std(stream) {
@@ -182,20 +187,24 @@ async fn serve_connections(
                 continue;
             }
         };
-        let service = TowerToHyperService::new(edge.for_peer(peer));
+        let service = edge.for_peer(peer);
         // The TLS config current now: a reloaded certificate applies from the next connection.
         let acceptor = tls.as_ref().map(PublicTls::acceptor);
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, draining) = (builder.clone(), draining.clone());
         connections.spawn(async move {
+            let closing = Closing {
+                draining,
+                idle_timeout,
+            };
             match acceptor {
-                None => serve_connection(&builder, watcher, stream, service, peer).await,
+                None => serve_connection(&builder, closing, stream, service, peer).await,
                 // The handshake runs here, under a timeout, so a slow client holds up nothing
                 // but its own connection.
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(&builder, watcher, stream, service, peer).await;
+                            serve_connection(&builder, closing, stream, service, peer).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "tls handshake failed"),
                         Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
@@ -207,10 +216,9 @@ async fn serve_connections(
         // Reap finished connection tasks so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
     }
-    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = drain.send(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
         tracing::warn!(
             open = connections.len(),
             "cutting gateway connections still open after the grace period"
@@ -219,18 +227,46 @@ async fn serve_connections(
     connections.abort_all();
 }
 
+/// When a connection shuts down gracefully before its client closes it.
+struct Closing {
+    /// True once the worker drains.
+    draining: watch::Receiver<bool>,
+    /// How long the connection may stay without a call in flight (`idle.rs`).
+    idle_timeout: Duration,
+}
+
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    mut closing: Closing,
     io: I,
-    service: TowerToHyperService<Edge>,
+    service: Edge,
     peer: SocketAddr,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Activity::new();
+    let service = TowerToHyperService::new(Tracked::new(service, activity.clone()));
     let io = FirstBytesDeadline::new(CoalescedWrites::new(io), FIRST_BYTES_TIMEOUT);
     let connection = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(connection.into_owned()).await {
+    let mut connection = std::pin::pin!(connection);
+    let idle = activity.idle_for(closing.idle_timeout);
+    let mut idle = std::pin::pin!(idle);
+    let mut shutting_down = false;
+    let ended = loop {
+        tokio::select! {
+            ended = connection.as_mut() => break ended,
+            _ = closing.draining.wait_for(|draining| *draining), if !shutting_down => {
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            () = &mut idle, if !shutting_down => {
+                tracing::debug!(%peer, "closing an idle connection");
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+        }
+    };
+    if let Err(error) = ended {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }

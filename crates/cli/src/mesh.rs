@@ -129,6 +129,8 @@ pub struct MeshOptions {
     pub jwks_refresh: Duration,
     /// The gateway's deadline for unary calls whose client sets none.
     pub default_deadline: Duration,
+    /// How long the gateway keeps a public connection with no call in flight.
+    pub idle_timeout: Duration,
     /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
     pub cors_allowed_origins: Vec<String>,
     /// PEM certificate chain and key for TLS on the gateway's public port; `None`: h2c.
@@ -155,6 +157,7 @@ impl MeshOptions {
             api_key_cache_ttl: Duration::from_secs(30),
             jwks_refresh: Duration::from_secs(60),
             default_deadline: palisade_gateway::DEFAULT_DEADLINE,
+            idle_timeout: palisade_gateway::IDLE_TIMEOUT,
             cors_allowed_origins: Vec::new(),
             public_tls: None,
             login_lockout: LockoutPolicy::default(),
@@ -330,6 +333,7 @@ impl LocalMesh {
             api_key_cache_ttl: options.api_key_cache_ttl,
             jwks_refresh: options.jwks_refresh,
             default_deadline: options.default_deadline,
+            idle_timeout: options.idle_timeout,
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
             login_lockout: options.login_lockout,
@@ -358,6 +362,7 @@ pub struct ComponentSettings {
     pub api_key_cache_ttl: Duration,
     pub jwks_refresh: Duration,
     pub default_deadline: Duration,
+    pub idle_timeout: Duration,
     pub cors_allowed_origins: Vec<String>,
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
@@ -387,6 +392,7 @@ pub async fn start_component(
         api_key_cache_ttl,
         jwks_refresh,
         default_deadline,
+        idle_timeout,
         cors_allowed_origins,
         public_tls,
         login_lockout,
@@ -431,6 +437,7 @@ pub async fn start_component(
                 api_key_cache_ttl,
                 jwks_refresh,
                 default_deadline,
+                idle_timeout,
                 cors_allowed_origins,
                 public_tls,
                 tenant_cache_ttl,

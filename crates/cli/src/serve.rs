@@ -96,6 +96,14 @@ pub struct ServeArgs {
         default_value_t = palisade_gateway::DEFAULT_DEADLINE.as_secs()
     )]
     default_deadline: u64,
+    /// gateway: seconds a public connection may stay without a call in flight before it is
+    /// closed (HTTP/2 GOAWAY; clients reconnect when they next call).
+    #[arg(
+        long,
+        env = "PALISADE_IDLE_TIMEOUT",
+        default_value_t = palisade_gateway::IDLE_TIMEOUT.as_secs()
+    )]
+    idle_timeout: u64,
     /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST and
     /// gRPC-Web routes; none by default, which sends no CORS headers.
     #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -192,6 +200,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         api_key_cache_ttl: Duration::from_secs(args.api_key_cache_ttl),
         jwks_refresh: Duration::from_secs(args.jwks_refresh.max(1)),
         default_deadline: Duration::from_secs(args.default_deadline.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         cors_allowed_origins: args.cors_allowed_origins,
         public_tls: args.public_tls_cert.zip(args.public_tls_key),
         login_lockout: LockoutPolicy {

@@ -34,6 +34,7 @@ pub struct MeshBuilder {
     api_key_cache_ttl: Option<Duration>,
     jwks_refresh: Option<Duration>,
     default_deadline: Option<Duration>,
+    idle_timeout: Option<Duration>,
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
@@ -95,6 +96,12 @@ impl MeshBuilder {
         self
     }
 
+    /// How long the gateway keeps a public connection with no call in flight.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> MeshBuilder {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
     /// How often the gateway fetches identity's JWKS.
     pub fn with_jwks_refresh(mut self, refresh: Duration) -> MeshBuilder {
         self.jwks_refresh = Some(refresh);
@@ -130,6 +137,9 @@ impl MeshBuilder {
         }
         if let Some(deadline) = self.default_deadline {
             options.default_deadline = deadline;
+        }
+        if let Some(timeout) = self.idle_timeout {
+            options.idle_timeout = timeout;
         }
         if let Some(policy) = self.login_lockout {
             options.login_lockout = policy;
