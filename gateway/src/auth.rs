@@ -5,11 +5,14 @@
 //! future and the identity issuer. API keys come as `authorization: ApiKey pal_…`
 //! or `x-api-key: pal_…` and are verified by identity (`ApiKeyService.VerifyApiKey`, an
 //! internal method only the gateway may call). Identity's answers are remembered by the
-//! SHA-256 of the key for a short TTL (`lookups.rs`): acceptances, never past the key's expiry,
-//! and refusals too, so a client repeating a bad key costs identity one call per TTL. One call
-//! per key is in flight at a time, and at most `MAX_KEY_LOOKUPS` in all: a flood of made-up
-//! keys waits at the gateway instead of loading identity, while cached keys and access tokens
-//! pass.
+//! SHA-256 of the key for a short TTL: acceptances (never past the key's expiry) in a map of
+//! their own, and refusals (`lookups.rs`), so a client repeating a bad key costs identity one
+//! call per TTL. Strings not shaped like a key are refused without asking. One call per key is
+//! in flight at a time, at most `MAX_KEY_LOOKUPS` in all, with `MAX_KEYS_VERIFYING` keys
+//! waiting or asking; beyond that a key is not verified now (`UNAVAILABLE`). So a flood of
+//! made-up keys costs identity at most `MAX_KEY_LOOKUPS` calls at a time and cannot push
+//! genuine keys out of the cache; keys verified recently and access tokens pass, while keys
+//! not seen for a TTL may be refused as unavailable until the flood ends.
 //!
 //! The two are told apart by shape: a JWT has three dot-separated parts, an API key has no
 //! dot, and a scheme presenting the other kind is refused.
@@ -17,7 +20,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -35,7 +38,7 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{jwks::Jwks, lookups::LookupCache};
+use crate::{jwks::Jwks, lookups::LookupCache, sharded::Sharded};
 
 const MAX_CACHED: usize = 10_000;
 /// The `iss` identity puts in its access tokens.
@@ -46,6 +49,8 @@ const EXPIRY_LEEWAY_SECS: i64 = 30;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
 /// `VerifyApiKey` calls in flight at once.
 const MAX_KEY_LOOKUPS: usize = 32;
+/// Keys being verified at once, waiting for a call or in one.
+const MAX_KEYS_VERIFYING: usize = 256;
 /// How long a refusal for the tenant's state (suspended, say) is believed, at most the TTL.
 const TENANT_REFUSAL_TTL: Duration = Duration::from_secs(2);
 
@@ -116,12 +121,26 @@ fn malformed() -> ApiError {
 /// asking identity. (The name predates access tokens; the proxy calls it for both.)
 pub struct ApiKeyVerifier {
     identity: ApiKeyServiceClient<MeshChannel>,
-    /// Identity's answers by the SHA-256 of the key, refusals included.
+    /// Keys identity accepted, by SHA-256, and until when they are trusted. Kept apart from
+    /// `answers`, which anyone can fill with made-up keys, so those never push genuine keys
+    /// out; only keys identity accepted land here.
+    accepted: Sharded<[u8; 32], (TenantContext, Instant)>,
+    /// Identity's latest answers by the SHA-256 of the key: refusals, and the lookups in
+    /// flight (one per key).
     answers: Arc<LookupCache<[u8; 32], KeyAnswer>>,
-    /// Calls to identity in flight; further keys wait their turn (within `VERIFY_TIMEOUT`).
-    asking: Arc<Semaphore>,
+    lookups: KeyLookups,
     ttl: Duration,
     tokens: TokenVerifier,
+}
+
+/// The bounds on asking identity about keys.
+#[derive(Clone)]
+struct KeyLookups {
+    /// Places for keys being verified (waiting or asking); a key finding none is not verified
+    /// now (`UNAVAILABLE`), so a flood costs neither unbounded memory nor waits behind it.
+    places: Arc<Semaphore>,
+    /// Calls to identity in flight; further keys wait their turn (within `VERIFY_TIMEOUT`).
+    asking: Arc<Semaphore>,
 }
 
 /// What identity answered for an API key.
@@ -139,7 +158,9 @@ enum KeyAnswer {
         reason: &'static str,
         message: String,
     },
-    /// No key identity accepts (unknown, revoked, expired, a wrong secret); that never changes.
+    /// No key identity accepts: unknown, revoked, expired, a wrong secret, or a disabled
+    /// owner's (the one refusal that can change; it is believed for the TTL, as an acceptance
+    /// is).
     Invalid { message: String },
 }
 
@@ -150,17 +171,22 @@ impl ApiKeyVerifier {
         let tenant_refusal_ttl = ttl.min(TENANT_REFUSAL_TTL);
         ApiKeyVerifier {
             identity: ApiKeyServiceClient::new(identity.clone()),
+            accepted: Sharded::with_capacity(MAX_CACHED),
             answers: LookupCache::new(
                 MAX_CACHED,
                 move |answer: &KeyAnswer| match answer {
-                    KeyAnswer::Accepted { trust, .. } => *trust,
+                    // Remembered in `accepted` instead.
+                    KeyAnswer::Accepted { .. } => Duration::ZERO,
                     KeyAnswer::TenantRefused { .. } => tenant_refusal_ttl,
                     KeyAnswer::Invalid { .. } => ttl,
                 },
                 // A key identity could not be asked about is not trusted on an old answer.
                 None,
             ),
-            asking: Arc::new(Semaphore::new(MAX_KEY_LOOKUPS)),
+            lookups: KeyLookups {
+                places: Arc::new(Semaphore::new(MAX_KEYS_VERIFYING)),
+                asking: Arc::new(Semaphore::new(MAX_KEY_LOOKUPS)),
+            },
             ttl,
             tokens: TokenVerifier {
                 jwks: Jwks::new(identity, jwks_refresh),
@@ -174,13 +200,21 @@ impl ApiKeyVerifier {
         if looks_like_jwt(key) {
             return self.tokens.verify(key).await;
         }
+        if !looks_like_api_key(key) {
+            return Err(invalid_api_key(
+                "the api key is invalid, expired or revoked".to_owned(),
+            ));
+        }
         let fingerprint: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if let Some(context) = self.trusted(&fingerprint) {
+            return Ok(context);
+        }
         let answer = self
             .answers
             .get(&fingerprint, || {
                 ask_identity(
                     self.identity.clone(),
-                    self.asking.clone(),
+                    self.lookups.clone(),
                     key.to_owned(),
                     self.ttl,
                 )
@@ -192,15 +226,58 @@ impl ApiKeyVerifier {
                 cannot_verify()
             })?;
         match answer {
-            KeyAnswer::Accepted { context, .. } => Ok(context),
+            KeyAnswer::Accepted { context, trust } => {
+                self.trust(fingerprint, &context, Instant::now() + trust);
+                Ok(context)
+            }
             KeyAnswer::TenantRefused { reason, message } => {
                 Err(ApiError::PermissionDenied { reason, message })
             }
-            KeyAnswer::Invalid { message } => Err(ApiError::Unauthenticated {
-                reason: "INVALID_API_KEY",
-                message,
-            }),
+            KeyAnswer::Invalid { message } => Err(invalid_api_key(message)),
         }
+    }
+
+    /// The context of an accepted key, while it is trusted.
+    fn trusted(&self, fingerprint: &[u8; 32]) -> Option<TenantContext> {
+        let now = Instant::now();
+        self.accepted.with(fingerprint, |shard| {
+            shard
+                .get(fingerprint)
+                .filter(|(_, until)| now < *until)
+                .map(|(context, _)| context.clone())
+        })
+    }
+
+    fn trust(&self, fingerprint: [u8; 32], context: &TenantContext, until: Instant) {
+        let now = Instant::now();
+        let per_shard = self.accepted.per_shard();
+        self.accepted.with(&fingerprint, |shard| {
+            if shard.len() >= per_shard {
+                shard.retain(|_, (_, until)| now < *until);
+                if shard.len() >= per_shard {
+                    shard.clear();
+                }
+            }
+            shard.insert(fingerprint, (context.clone(), until));
+        });
+    }
+}
+
+/// Whether `key` has the shape of an API key, `pal_<32 hex digits>_<64 hex digits>` (the
+/// format identity mints, `services/identity/src/api_keys.rs`); anything else is refused
+/// without asking.
+fn looks_like_api_key(key: &str) -> bool {
+    let hex =
+        |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_hexdigit());
+    key.strip_prefix("pal_")
+        .and_then(|rest| rest.split_once('_'))
+        .is_some_and(|(id, secret)| hex(id, 32) && hex(secret, 64))
+}
+
+fn invalid_api_key(message: String) -> ApiError {
+    ApiError::Unauthenticated {
+        reason: "INVALID_API_KEY",
+        message,
     }
 }
 
@@ -208,14 +285,22 @@ impl ApiKeyVerifier {
 /// cannot answer (in time).
 async fn ask_identity(
     mut identity: ApiKeyServiceClient<MeshChannel>,
-    asking: Arc<Semaphore>,
+    lookups: KeyLookups,
     key: String,
     ttl: Duration,
 ) -> Result<KeyAnswer, String> {
+    // Anyone can present any well-formed key, and each unknown one costs identity a lookup:
+    // a flood of them is bounded here, not at identity.
+    let _place = lookups
+        .places
+        .try_acquire()
+        .map_err(|_| "too many api keys are being verified at once".to_owned())?;
     let asked = tokio::time::timeout(VERIFY_TIMEOUT, async {
-        // Anyone can present any well-formed key, and each unknown one costs identity a
-        // lookup: a flood of them queues here, not at identity.
-        let _permit = asking.acquire().await.map_err(|error| error.to_string())?;
+        let _permit = lookups
+            .asking
+            .acquire()
+            .await
+            .map_err(|error| error.to_string())?;
         Ok::<_, String>(identity.verify_api_key(VerifyApiKeyRequest { key }).await)
     })
     .await
@@ -413,6 +498,25 @@ mod tests {
         let mut map = HeaderMap::new();
         map.insert(key, HeaderValue::from_static(value));
         map
+    }
+
+    #[test]
+    fn only_strings_shaped_like_keys_are_asked_about() {
+        let id = "0123456789abcdef0123456789ABCDEF";
+        let secret = "f".repeat(64);
+        assert!(looks_like_api_key(&format!("pal_{id}_{secret}")));
+        for junk in [
+            String::new(),
+            "pal_".to_owned(),
+            "pal_x_y".to_owned(),
+            format!("pal_{id}_{secret}0"),
+            format!("pal_{id}{secret}"),
+            format!("pal_{}_{secret}", "g".repeat(32)),
+            format!("key_{id}_{secret}"),
+            format!("pal_{id}_{}", "é".repeat(32)),
+        ] {
+            assert!(!looks_like_api_key(&junk), "{junk}");
+        }
     }
 
     #[test]

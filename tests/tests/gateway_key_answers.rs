@@ -1,6 +1,7 @@
 //! What the gateway remembers of identity's answers about API keys: a client repeating a
 //! made-up key, in a burst or one call after another, costs identity one `VerifyApiKey` call,
-//! not one per request, and the answer stays the same refusal; genuine keys are unaffected.
+//! not one per request, and the answer stays the same refusal; what is not shaped like a key
+//! costs identity nothing; genuine keys are unaffected.
 
 use palisade_proto::palisade::identity::v1::{
     ListTenantsRequest, tenant_service_client::TenantServiceClient,
@@ -43,6 +44,11 @@ async fn a_repeated_made_up_key_costs_identity_one_call() -> anyhow::Result<()> 
     assert_eq!(refused_verifications(&mesh).await?, 1);
     let other = call(made_up('b')).await.expect_err("refused");
     assert_eq!(other.code(), Code::Unauthenticated);
+    assert_eq!(refused_verifications(&mesh).await?, 2);
+
+    // What is not shaped like a key is refused without asking.
+    let junk = call("pal_not_a_key".to_owned()).await.expect_err("refused");
+    assert_eq!(junk.code(), Code::Unauthenticated);
     assert_eq!(refused_verifications(&mesh).await?, 2);
 
     // The operator's genuine key works alongside.
