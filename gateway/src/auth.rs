@@ -96,13 +96,21 @@ pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError
     }
 }
 
-/// Identity's reason when it refused a key because of its tenant's state.
-fn tenant_refusal(status: &tonic::Status) -> Option<&'static str> {
+/// What identity's `UNAUTHENTICATED` answer about a key means.
+fn refusal(status: &tonic::Status) -> KeyAnswer {
+    let message = status.message().to_owned();
     let details = status.get_error_details();
-    match details.error_info()?.reason.as_str() {
-        "TENANT_SUSPENDED" => Some("TENANT_SUSPENDED"),
-        "TENANT_NOT_ACTIVE" => Some("TENANT_NOT_ACTIVE"),
-        _ => None,
+    match details.error_info().map(|info| info.reason.as_str()) {
+        Some("TENANT_SUSPENDED") => KeyAnswer::TenantRefused {
+            reason: "TENANT_SUSPENDED",
+            message,
+        },
+        Some("TENANT_NOT_ACTIVE") => KeyAnswer::TenantRefused {
+            reason: "TENANT_NOT_ACTIVE",
+            message,
+        },
+        Some("API_KEY_OWNER_NOT_ACTIVE") => KeyAnswer::OwnerNotActive { message },
+        _ => KeyAnswer::Invalid { message },
     }
 }
 
@@ -158,9 +166,10 @@ enum KeyAnswer {
         reason: &'static str,
         message: String,
     },
-    /// No key identity accepts: unknown, revoked, expired, a wrong secret, or a disabled
-    /// owner's (the one refusal that can change; it is believed for the TTL, as an acceptance
-    /// is).
+    /// A user's key whose owner is disabled: refused as an invalid key, not remembered, as the
+    /// owner may be enabled again any moment.
+    OwnerNotActive { message: String },
+    /// No key identity accepts (unknown, revoked, expired, a wrong secret); that never changes.
     Invalid { message: String },
 }
 
@@ -178,6 +187,7 @@ impl ApiKeyVerifier {
                     // Remembered in `accepted` instead.
                     KeyAnswer::Accepted { .. } => Duration::ZERO,
                     KeyAnswer::TenantRefused { .. } => tenant_refusal_ttl,
+                    KeyAnswer::OwnerNotActive { .. } => Duration::ZERO,
                     KeyAnswer::Invalid { .. } => ttl,
                 },
                 // A key identity could not be asked about is not trusted on an old answer.
@@ -233,7 +243,9 @@ impl ApiKeyVerifier {
             KeyAnswer::TenantRefused { reason, message } => {
                 Err(ApiError::PermissionDenied { reason, message })
             }
-            KeyAnswer::Invalid { message } => Err(invalid_api_key(message)),
+            KeyAnswer::OwnerNotActive { message } | KeyAnswer::Invalid { message } => {
+                Err(invalid_api_key(message))
+            }
         }
     }
 
@@ -307,13 +319,7 @@ async fn ask_identity(
     .map_err(|_| "identity did not verify the key in time".to_owned())?;
     let response = match asked? {
         Ok(response) => response.into_inner(),
-        Err(status) if status.code() == Code::Unauthenticated => {
-            let message = status.message().to_owned();
-            return Ok(match tenant_refusal(&status) {
-                Some(reason) => KeyAnswer::TenantRefused { reason, message },
-                None => KeyAnswer::Invalid { message },
-            });
-        }
+        Err(status) if status.code() == Code::Unauthenticated => return Ok(refusal(&status)),
         Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
     };
     let key_lifetime = response

@@ -100,11 +100,15 @@ async fn a_deleted_user_is_gone_with_its_sessions_and_keys() -> anyhow::Result<(
             listed.users.iter().all(|user| user.name != bob.name),
             "{backend}: a deleted user is listed"
         );
-        // Everything Bob held stops at once, the gateway's key cache notwithstanding.
+        // Everything Bob held stops at once, the gateway's key cache notwithstanding; his
+        // session is over, so his client is told to sign in again.
         let refused = users
             .list_users(with_bearer(list_users("acme"), &bob_token))
             .await;
-        expect_code(refused, Code::PermissionDenied);
+        assert_eq!(
+            reason(&expect_code(refused, Code::Unauthenticated)),
+            "SESSION_REVOKED"
+        );
         let refused = users
             .list_users(with_api_key(list_users("acme"), &bob_key))
             .await;
@@ -142,7 +146,7 @@ async fn a_deleted_user_is_gone_with_its_sessions_and_keys() -> anyhow::Result<(
         let refused = users
             .list_users(with_bearer(list_users("acme"), &bob_token))
             .await;
-        expect_code(refused, Code::PermissionDenied);
+        expect_code(refused, Code::Unauthenticated);
 
         // Nobody deletes itself, signed in or through its own key; a manager does not delete
         // an admin; a viewer deletes nobody; bad names are named.
@@ -191,12 +195,34 @@ async fn a_deleted_user_is_gone_with_its_sessions_and_keys() -> anyhow::Result<(
                 .await?;
         }
 
+        // Platform operators act on any tenant (the operator's key deletes Cyd), but within
+        // the system tenant the usual rule holds: a system manager does not remove a system
+        // admin.
+        users.delete_user(mesh.as_operator(delete(cyd))).await?;
+        let mut system_users = HashMap::new();
+        for (email, role) in [("root@ops.example", "admin"), ("mo@ops.example", "manager")] {
+            let user = users
+                .create_user(mesh.as_operator(new_user("system", email, &[role])))
+                .await?
+                .into_inner();
+            system_users.insert(role, user);
+        }
+        let (system_manager, _) = login(&mesh, "system", "mo@ops.example").await?;
+        let escalation = users
+            .delete_user(with_bearer(delete(&system_users["admin"]), &system_manager))
+            .await;
+        assert_eq!(
+            reason(&expect_code(escalation, Code::PermissionDenied)),
+            "ROLE_ESCALATION",
+            "{backend}"
+        );
+
         // At the `users` limit, a deletion (over REST) makes room.
         tenants
             .update_tenant(mesh.as_operator(update(
                 Tenant {
                     name: "tenants/acme".into(),
-                    limit_overrides: [("users".to_owned(), 4)].into(),
+                    limit_overrides: [("users".to_owned(), 3)].into(),
                     ..Tenant::default()
                 },
                 &["limit_overrides"],

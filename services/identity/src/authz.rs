@@ -64,6 +64,8 @@ impl Authz {
                 // tenant's context is unknown there.
                 let user = match self.store.get_user(tenant, &principal.id).await? {
                     Some(user) => user,
+                    // A deleted user's sessions went with it: its clients must sign in again.
+                    None if principal.session_id.is_some() => return Ok(session_revoked()),
                     None => return Ok(deny("unknown user".to_owned())),
                 };
                 if user.state != UserState::Active {
@@ -107,15 +109,18 @@ impl Authz {
     }
 
     /// Whether the caller holds every permission in `granted` (in its own tenant), so that
-    /// passing them on escalates nothing: granting or revoking a role, putting permissions into
-    /// a role, or taking over an account by setting its password. Platform operators hold every
-    /// right.
+    /// passing them on to someone of `target` escalates nothing: granting or revoking a role,
+    /// putting permissions into a role, or taking over an account (setting its password,
+    /// disabling or deleting it). Platform operators hold every right in the tenants they
+    /// serve; within the system tenant itself they are held to the same rule as everyone, so
+    /// that a system manager cannot take over or remove a system admin.
     pub async fn holds_all(
         &self,
         context: &TenantContext,
+        target: &TenantId,
         granted: &BTreeSet<String>,
     ) -> Result<bool, ApiError> {
-        if context.is_platform_operator() {
+        if context.is_platform_operator() && !target.is_system() {
             return Ok(true);
         }
         let Some(principal) = &context.principal else {
@@ -205,6 +210,7 @@ impl Authz {
             None => self.store.get_user(tenant, &principal.id).await?,
         };
         let user_refusal = match &user {
+            None if principal.session_id.is_some() => Some(session_revoked()),
             None => Some(deny("unknown user".to_owned())),
             Some(user) if user.state != UserState::Active => Some(deny(format!(
                 "user is {}",
@@ -266,11 +272,17 @@ impl Authz {
         {
             return Err(refused());
         }
-        // A user's key works only while its owner may sign in.
+        // A user's key works only while its owner may sign in; told apart for the gateway,
+        // which remembers refusals that never change but not this one.
         if let Some(owner) = &key.owner_user_id {
             match self.store.get_user(&key.tenant_id, owner).await? {
                 Some(user) if user.state == UserState::Active => {}
-                _ => return Err(refused()),
+                _ => {
+                    return Err(ApiError::Unauthenticated {
+                        reason: "API_KEY_OWNER_NOT_ACTIVE",
+                        message: "the api key is invalid, expired or revoked".to_owned(),
+                    });
+                }
             }
         }
         match self.store.get_tenant(&key.tenant_id).await? {

@@ -79,10 +79,15 @@ impl UserApi {
     async fn require_may_grant(
         &self,
         caller: &Caller,
+        tenant: &TenantId,
         role: &str,
         granted: &BTreeSet<String>,
     ) -> Result<(), ApiError> {
-        if self.authz.holds_all(&caller.context, granted).await? {
+        if self
+            .authz
+            .holds_all(&caller.context, tenant, granted)
+            .await?
+        {
             Ok(())
         } else {
             Err(ApiError::PermissionDenied {
@@ -100,7 +105,11 @@ impl UserApi {
         user: &UserRecord,
     ) -> Result<(), ApiError> {
         let held = self.authz.user_permissions(user).await?;
-        if self.authz.holds_all(&caller.context, &held).await? {
+        if self
+            .authz
+            .holds_all(&caller.context, &user.tenant_id, &held)
+            .await?
+        {
             Ok(())
         } else {
             Err(ApiError::PermissionDenied {
@@ -156,7 +165,8 @@ impl UserApi {
             .role_permissions(&tenant, role)
             .await?
             .ok_or_else(unknown)?;
-        self.require_may_grant(&caller, role, &granted).await?;
+        self.require_may_grant(&caller, &tenant, role, &granted)
+            .await?;
         let action = if assign {
             "identity.roles.assign"
         } else {
@@ -164,6 +174,11 @@ impl UserApi {
         };
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
+        // Locked, so a deletion either committed before (the user is not found) or waits.
+        self.store
+            .lock_user(&mut tx, &tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
         // A custom role being assigned is held (share-locked) until commit, so a concurrent
         // DeleteRole either sees this assignment or has already removed the role.
         if assign
@@ -257,7 +272,8 @@ impl UserService for UserApi {
                         .permissions
                 }
             };
-            self.require_may_grant(&caller, role, granted).await?;
+            self.require_may_grant(&caller, &record.tenant_id, role, granted)
+                .await?;
         }
         if self.store.get_tenant(&record.tenant_id).await?.is_none() {
             return Err(ApiError::NotFound {

@@ -24,6 +24,14 @@ impl UserApi {
         if !caller.context.may_access(&tenant) {
             return Err(not_found());
         }
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
+        // Locked first, so what races with the deletion (a login opening a session, a new key
+        // for the user, a role assigned) either committed before and is seen and deleted here,
+        // or waits and then finds no user. The checks below read the user as it is now.
+        self.store
+            .lock_user(&mut tx, &tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
         let user = self
             .store
             .get_user(&tenant, &id)
@@ -36,14 +44,6 @@ impl UserApi {
             });
         }
         self.require_power_over(&caller, &user).await?;
-        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // Locked first, so what races with the deletion (a login opening a session, a new key
-        // for the user, a role assigned) either committed before and is deleted here, or waits
-        // and then finds no user.
-        self.store
-            .lock_user(&mut tx, &tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
         let ended = self.store.delete_user(&mut tx, &user, now_micros()).await?;
         let resource = user.name();
         let audit = AuditRecord {

@@ -86,6 +86,11 @@ impl UserApi {
         let password_hash = self.passwords.hash(&request.new_password).await?;
         let resource = user.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
+        // A user deleted since it was read is not found, rather than "changed".
+        self.store
+            .lock_user(&mut tx, &tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
         self.store
             .set_password_hash(&mut tx, &user, &password_hash, now)
             .await?;

@@ -415,6 +415,18 @@ impl IdentityStore {
         user: &UserRecord,
         now: i64,
     ) -> Result<DeletedUser, ApiError> {
+        // The user's token families are locked before their refresh tokens are deleted: the
+        // order a refresh takes them in (family, then token), so the two cannot deadlock.
+        if matches!(self.db.backend(), Backend::Postgres) {
+            sqlx::query(
+                "SELECT id FROM token_families WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
+            )
+            .bind(user.tenant_id.as_str())
+            .bind(&user.id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(internal)?;
+        }
         let sessions = sqlx::query(
             "SELECT COUNT(*) FROM token_families \
              WHERE tenant_id = $1 AND user_id = $2 AND revoke_time IS NULL",
@@ -487,9 +499,13 @@ impl IdentityStore {
             .bind(i64::from(policy.max_failures))
             .bind(now.saturating_add(policy.lock_micros()))
             .bind(user_id)
-            .fetch_one(self.db.pool())
+            .fetch_optional(self.db.pool())
             .await
             .map_err(internal)?;
+        // A user deleted meanwhile has no failures left to count.
+        let Some(row) = row else {
+            return Ok(false);
+        };
         let count: i64 = row.try_get("failed_logins").map_err(internal)?;
         Ok(count == i64::from(policy.max_failures))
     }
