@@ -72,22 +72,27 @@ impl Error {
     /// connection in time, a serialization failure or deadlock victim): retrying may succeed,
     /// so callers answer `UNAVAILABLE`, not an internal error.
     pub fn is_transient(&self) -> bool {
-        let Error::Sqlx(error) = self else {
-            return false;
-        };
-        if matches!(error, sqlx::Error::PoolTimedOut) {
-            return true;
+        match self {
+            Error::Sqlx(error) => is_transient(error),
+            _ => false,
         }
-        // SQLite: SQLITE_BUSY, SQLITE_LOCKED and their extended codes (busy_timeout ran out);
-        // PostgreSQL: lock_not_available, serialization_failure, deadlock_detected.
-        error
-            .as_database_error()
-            .and_then(|db| db.code())
-            .is_some_and(|code| {
-                matches!(
-                    code.as_ref(),
-                    "5" | "6" | "261" | "262" | "517" | "55P03" | "40001" | "40P01"
-                )
-            })
     }
+}
+
+/// Whether a query failed only because the database was busy (see [`Error::is_transient`]).
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    if matches!(error, sqlx::Error::PoolTimedOut) {
+        return true;
+    }
+    // SQLite: SQLITE_BUSY, SQLITE_LOCKED and their extended codes (busy_timeout ran out);
+    // PostgreSQL: lock_not_available, serialization_failure, deadlock_detected.
+    error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| {
+            matches!(
+                code.as_ref(),
+                "5" | "6" | "261" | "262" | "517" | "55P03" | "40001" | "40P01"
+            )
+        })
 }

@@ -74,10 +74,7 @@ pub enum ApiError {
 impl From<palisade_db::Error> for ApiError {
     fn from(error: palisade_db::Error) -> ApiError {
         if error.is_transient() {
-            tracing::warn!(%error, "database busy");
-            ApiError::Unavailable {
-                message: "the database is busy; retry shortly".to_owned(),
-            }
+            ApiError::database_busy(&error)
         } else {
             ApiError::internal(error)
         }
@@ -91,6 +88,25 @@ impl ApiError {
 
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
         ApiError::Internal(error.to_string())
+    }
+
+    /// A store's query failed: `UNAVAILABLE` when the database was only busy (a lock wait
+    /// ran out, a deadlock or serialization failure chose this transaction; a retry may
+    /// succeed), otherwise internal, its message prefixed with `store`.
+    pub fn from_store(store: &str, error: impl std::fmt::Display + 'static) -> ApiError {
+        let sqlx_error = (&error as &dyn std::any::Any).downcast_ref::<sqlx::Error>();
+        if sqlx_error.is_some_and(palisade_db::is_transient) {
+            ApiError::database_busy(&error)
+        } else {
+            ApiError::Internal(format!("{store}: {error}"))
+        }
+    }
+
+    fn database_busy(error: &dyn std::fmt::Display) -> ApiError {
+        tracing::warn!(%error, "database busy");
+        ApiError::Unavailable {
+            message: "the database is busy; retry shortly".to_owned(),
+        }
     }
 }
 

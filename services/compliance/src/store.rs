@@ -179,6 +179,7 @@ impl AuditStore {
     }
 }
 
-fn internal(error: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("audit store: {error}"))
+/// A failed query as an API error (`UNAVAILABLE` when the database was only busy).
+fn internal(error: impl std::fmt::Display + 'static) -> ApiError {
+    ApiError::from_store("audit store", error)
 }

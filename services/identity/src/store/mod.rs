@@ -39,6 +39,25 @@ pub(crate) enum Bind {
     Int(i64),
 }
 
-pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("identity store: {error}"))
+/// A failed query as an API error (`UNAVAILABLE` when the database was only busy).
+pub(crate) fn internal(error: impl std::fmt::Display + 'static) -> ApiError {
+    ApiError::from_store("identity store", error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_database_is_unavailable_and_anything_else_internal() {
+        assert!(matches!(
+            internal(sqlx::Error::PoolTimedOut),
+            ApiError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            internal(sqlx::Error::RowNotFound),
+            ApiError::Internal(message) if message.starts_with("identity store: ")
+        ));
+        assert!(matches!(internal("a malformed row"), ApiError::Internal(_)));
+    }
 }
