@@ -7,7 +7,8 @@
 //! internal method only the gateway may call). Identity's answers are remembered by the
 //! SHA-256 of the key for a short TTL: acceptances (never past the key's expiry) in a map of
 //! their own, and refusals (`lookups.rs`), so a client repeating a bad key costs identity one
-//! call per TTL. Strings not shaped like a key are refused without asking. One call per key is
+//! call per TTL (a disabled owner's key excepted: it may work again any moment, so it is
+//! asked about each time, one call per key at a time). Strings not shaped like a key are refused without asking. One call per key is
 //! in flight at a time, at most `MAX_KEY_LOOKUPS` in all, with `MAX_KEYS_VERIFYING` keys
 //! waiting or asking; beyond that a key is not verified now (`UNAVAILABLE`). So a flood of
 //! made-up keys costs identity at most `MAX_KEY_LOOKUPS` calls at a time and cannot push
@@ -51,6 +52,8 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_KEY_LOOKUPS: usize = 32;
 /// Keys being verified at once, waiting for a call or in one.
 const MAX_KEYS_VERIFYING: usize = 256;
+/// Why a key was not verified when `MAX_KEYS_VERIFYING` were already.
+const TOO_MANY_LOOKUPS: &str = "too many api keys are being verified at once";
 /// How long a refusal for the tenant's state (suspended, say) is believed, at most the TTL.
 const TENANT_REFUSAL_TTL: Duration = Duration::from_secs(2);
 
@@ -232,7 +235,12 @@ impl ApiKeyVerifier {
             })
             .await
             .map_err(|error| {
-                tracing::warn!(%error, "api key verification failed");
+                // Turned away for want of a place: one per request of a flood, so not a warning.
+                if error == TOO_MANY_LOOKUPS {
+                    tracing::debug!(%error, "api key not verified");
+                } else {
+                    tracing::warn!(%error, "api key verification failed");
+                }
                 cannot_verify()
             })?;
         match answer {
@@ -306,7 +314,7 @@ async fn ask_identity(
     let _place = lookups
         .places
         .try_acquire()
-        .map_err(|_| "too many api keys are being verified at once".to_owned())?;
+        .map_err(|_| TOO_MANY_LOOKUPS.to_owned())?;
     let asked = tokio::time::timeout(VERIFY_TIMEOUT, async {
         let _permit = lookups
             .asking

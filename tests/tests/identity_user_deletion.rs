@@ -216,6 +216,33 @@ async fn a_deleted_user_is_gone_with_its_sessions_and_keys() -> anyhow::Result<(
             "ROLE_ESCALATION",
             "{backend}"
         );
+        // Nor does it mint itself a system key of every permission to get round that; the
+        // operator's own `*` key may.
+        let all_permissions = |display_name: &str| CreateApiKeyRequest {
+            parent: "tenants/system".into(),
+            api_key: Some(ApiKey {
+                display_name: display_name.to_owned(),
+                // A key of the tenant itself, not of its creator.
+                owner: "tenants/system".into(),
+                scopes: vec!["*".into()],
+                ..ApiKey::default()
+            }),
+            ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        };
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let minted = keys
+            .create_api_key(with_bearer(all_permissions("mo's"), &system_manager))
+            .await;
+        assert_eq!(
+            reason(&expect_code(minted, Code::PermissionDenied)),
+            "SCOPE_ESCALATION",
+            "{backend}"
+        );
+        keys.create_api_key(mesh.as_operator(all_permissions("ops")))
+            .await?;
 
         // At the `users` limit, a deletion (over REST) makes room.
         tenants

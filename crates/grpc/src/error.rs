@@ -50,6 +50,12 @@ pub enum ApiError {
         reason: &'static str,
         message: String,
     },
+    /// A concurrent change got in the way; retrying the whole call may succeed.
+    #[error("{message}")]
+    Aborted {
+        reason: &'static str,
+        message: String,
+    },
     /// A rate or quota is used up: `subject` (e.g. `tenants/acme`) has exceeded the limit
     /// `description` names. Carries `QuotaFailure` and, when waiting helps, `RetryInfo`.
     #[error("{message}")]
@@ -81,6 +87,16 @@ impl From<palisade_db::Error> for ApiError {
     }
 }
 
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> ApiError {
+        if palisade_db::is_transient(&error) {
+            ApiError::database_busy(&error)
+        } else {
+            ApiError::internal(error)
+        }
+    }
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> ApiError {
         ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])
@@ -94,8 +110,14 @@ impl ApiError {
     /// ran out, a deadlock or serialization failure chose this transaction; a retry may
     /// succeed), otherwise internal, its message prefixed with `store`.
     pub fn from_store(store: &str, error: impl std::fmt::Display + 'static) -> ApiError {
-        let sqlx_error = (&error as &dyn std::any::Any).downcast_ref::<sqlx::Error>();
-        if sqlx_error.is_some_and(palisade_db::is_transient) {
+        let error_any = &error as &dyn std::any::Any;
+        let busy = error_any
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(palisade_db::is_transient)
+            || error_any
+                .downcast_ref::<palisade_db::Error>()
+                .is_some_and(palisade_db::Error::is_transient);
+        if busy {
             ApiError::database_busy(&error)
         } else {
             ApiError::Internal(format!("{store}: {error}"))
@@ -142,6 +164,7 @@ impl From<ApiError> for Status {
             ApiError::PermissionDenied { reason, message } => {
                 with_info(Code::PermissionDenied, message, reason, [])
             }
+            ApiError::Aborted { reason, message } => with_info(Code::Aborted, message, reason, []),
             ApiError::FailedPrecondition { reason, message } => {
                 with_info(Code::FailedPrecondition, message, reason, [])
             }

@@ -349,8 +349,8 @@ impl Authz {
     }
 
     /// Which of `permissions` `principal` of `tenant` does not hold now (the scopes a new api
-    /// key may not have). `*` is held by no one here: platform operators, who hold every
-    /// permission, are let through by the caller, as in `may_grant`.
+    /// key may not have). `*` is held by whoever holds every catalogue permission: in the
+    /// system tenant, an admin or an operator key of scope `*`.
     pub async fn lacking(
         &self,
         tenant: &TenantId,
@@ -359,11 +359,25 @@ impl Authz {
     ) -> Result<Vec<String>, ApiError> {
         let mut lacking = Vec::new();
         for permission in permissions {
-            let held = permission != ALL_PERMISSIONS
-                && self
-                    .decide(tenant, principal, permission, None)
+            let held = if permission == ALL_PERMISSIONS {
+                // Every permission: held by whoever holds the whole catalogue.
+                let mut all = true;
+                for permission in self.roles.catalogue() {
+                    if !self
+                        .decide(tenant, principal, permission, None)
+                        .await?
+                        .allowed
+                    {
+                        all = false;
+                        break;
+                    }
+                }
+                all
+            } else {
+                self.decide(tenant, principal, permission, None)
                     .await?
-                    .allowed;
+                    .allowed
+            };
             if !held {
                 lacking.push(permission.clone());
             }

@@ -51,7 +51,7 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
             .db()
             .begin_in(Scope::Tenant(TenantId::system().as_str()))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         match store.insert_tenant(&mut tx, &tenant).await {
             // Another replica bootstrapped first: nothing left to do here.
             Err(ApiError::AlreadyExists { .. }) => {}
@@ -65,7 +65,7 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
                     "tenants/system",
                 )
                 .await?;
-                tx.commit().await.map_err(ApiError::internal)?;
+                tx.commit().await.map_err(ApiError::from)?;
             }
         }
     }
@@ -90,7 +90,7 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
         .db()
         .begin_in(Scope::Tenant(TenantId::system().as_str()))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     match store.insert_api_key(&mut tx, &key).await {
         // Another replica minted it between our check and insert; theirs is the one.
         Err(ApiError::AlreadyExists { .. }) => return Ok(None),
@@ -105,7 +105,7 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
         &resource,
     )
     .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::from)?;
     tracing::info!(key = %resource, "bootstrap operator api key created");
     Ok(Some(minted.presented))
 }
@@ -130,5 +130,5 @@ async fn audit(
     };
     palisade_audit::enqueue(tx, &record)
         .await
-        .map_err(ApiError::internal)
+        .map_err(ApiError::from)
 }

@@ -72,6 +72,11 @@ impl Roles {
         self.grants.contains_key(role)
     }
 
+    /// Every permission a role may grant.
+    pub fn catalogue(&self) -> impl Iterator<Item = &str> {
+        self.catalogue.iter().map(String::as_str)
+    }
+
     /// Whether `permission` may be granted by a role: a non-internal permission of the mesh.
     pub fn in_catalogue(&self, permission: &str) -> bool {
         self.catalogue.contains(permission)

@@ -230,8 +230,8 @@ async fn add_key(
     };
     palisade_audit::enqueue(&mut tx, &record)
         .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
+    tx.commit().await.map_err(ApiError::from)?;
     tracing::info!(kid = %key.kid, reason, "token signing key created");
     Ok(key)
 }

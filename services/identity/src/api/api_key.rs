@@ -63,7 +63,8 @@ impl ApiKeyApi {
     }
 
     /// A key's scopes never exceed what its owner holds (a user's key) nor what its creator
-    /// holds (no escalation by minting a key); platform operators hold every permission.
+    /// holds (no escalation by minting a key); platform operators hold every permission, except
+    /// within the system tenant. `*` is held by whoever holds every catalogue permission.
     /// `requested` is the request's own list, which names the fields of a violation.
     async fn require_scopes_held(
         &self,
@@ -94,7 +95,9 @@ impl ApiKeyApi {
                 return Err(ApiError::InvalidArgument(violations));
             }
         }
-        if caller.context.is_platform_operator() {
+        // Operators mint keys for the tenants they serve; within the system tenant they hold
+        // only their own rights, as for roles (`Authz::holds_all`).
+        if caller.context.is_platform_operator() && !key.tenant_id.is_system() {
             return Ok(());
         }
         let lacking = self
@@ -236,7 +239,7 @@ impl ApiKeyService for ApiKeyApi {
         );
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %key.tenant_id, key = %resource, owner = %key.owner_name(), "api key created");
         Ok(Response::new(CreateApiKeyResponse {
             api_key: Some(to_proto(key, now)),
@@ -334,10 +337,10 @@ impl ApiKeyService for ApiKeyApi {
             );
             palisade_audit::commit_with(tx, &audit, &self.relay)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::from)?;
             tracing::info!(tenant = %tenant, key = %resource, "api key revoked");
         } else {
-            tx.commit().await.map_err(ApiError::internal)?;
+            tx.commit().await.map_err(ApiError::from)?;
         }
         let key = self
             .store

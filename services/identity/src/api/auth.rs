@@ -90,7 +90,7 @@ impl AuthApi {
         let tx = self.store.db().begin().await.map_err(ApiError::from)?;
         palisade_audit::commit_with(tx, record, &self.relay)
             .await
-            .map_err(ApiError::internal)
+            .map_err(ApiError::from)
     }
 
     /// Counts a wrong password; the failure that reaches the limit locks the account and is
@@ -178,9 +178,9 @@ impl AuthApi {
             };
             palisade_audit::enqueue(&mut tx, &audit)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::from)?;
         }
-        tx.commit().await.map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::from)?;
         self.relay.notify();
         Ok(())
     }
@@ -365,7 +365,7 @@ impl AuthService for AuthApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %user.tenant_id, user = %user.id, "user signed in");
         Ok(Response::new(tokens))
     }
@@ -477,7 +477,7 @@ impl AuthApi {
             };
             palisade_audit::commit_with(tx, &audit, &self.relay)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::from)?;
             tracing::warn!(
                 tenant = %token.tenant_id,
                 user = %token.user_id,
@@ -508,7 +508,7 @@ impl AuthApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(tokens))
     }
 

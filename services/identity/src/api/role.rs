@@ -171,7 +171,7 @@ impl RoleApi {
         );
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %tenant, role = id, "role updated");
         Ok(Some(next))
     }
@@ -224,7 +224,7 @@ impl RoleService for RoleApi {
         );
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %record.tenant_id, role = %record.id, "role created");
         Ok(Response::new(to_proto(record)))
     }
@@ -396,7 +396,7 @@ impl RoleService for RoleApi {
         let audit = Self::audit(&caller, &role, name, "identity.roles.delete", attributes);
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %tenant, role = id, "role deleted");
         Ok(Response::new(()))
     }

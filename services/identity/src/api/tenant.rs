@@ -83,7 +83,7 @@ impl TenantService for TenantApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %record.id, plan = tenants::plan_key(record.plan), "tenant created");
         Ok(Response::new(to_proto(record)))
     }
@@ -187,7 +187,7 @@ impl TenantService for TenantApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %id, fields = %updated.changed.join(" "), "tenant updated");
         Ok(Response::new(to_proto(updated.record)))
     }
@@ -235,7 +235,7 @@ impl TenantService for TenantApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %id, "tenant deleted");
         Ok(Response::new(()))
     }
@@ -256,7 +256,7 @@ impl TenantService for TenantApi {
             .pool()
             .acquire()
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let mut metrics = Vec::with_capacity(plans::LIMITS.len());
         for limit in plans::LIMITS {
             let used = match limit {

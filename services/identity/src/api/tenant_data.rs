@@ -90,7 +90,7 @@ impl TenantDataService for TenantDataApi {
             .db()
             .begin_in(Scope::Tenant(tenant.as_str()))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let audit = actor.record(
             &tenant,
             "identity.tenantdata.export",
@@ -99,7 +99,7 @@ impl TenantDataService for TenantDataApi {
         );
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let (sender, receiver) = mpsc::channel(EXPORT_BUFFER);
         let task = async move {
             let mut out = Chunker::new(sender);
@@ -156,7 +156,7 @@ impl TenantDataService for TenantDataApi {
             .db()
             .begin_in(Scope::Tenant(tenant.as_str()))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let replaced = match self.store.lock_tenant(&mut tx, &tenant).await? {
             None => false,
             Some(_) if header.replace => {
@@ -190,7 +190,7 @@ impl TenantDataService for TenantDataApi {
         );
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(
             tenant = %tenant,
             replaced,

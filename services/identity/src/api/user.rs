@@ -213,9 +213,9 @@ impl UserApi {
             };
             palisade_audit::enqueue(&mut tx, &audit)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::from)?;
         }
-        tx.commit().await.map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::from)?;
         if changed {
             self.relay.notify();
             tracing::info!(tenant = %user.tenant_id, user = %user.id, role, assign, "user role changed");
@@ -313,7 +313,7 @@ impl UserService for UserApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %record.tenant_id, user = %record.id, "user created");
         Ok(Response::new(to_proto(record)))
     }

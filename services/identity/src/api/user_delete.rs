@@ -24,14 +24,6 @@ impl UserApi {
         if !caller.context.may_access(&tenant) {
             return Err(not_found());
         }
-        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // Locked first, so what races with the deletion (a login opening a session, a new key
-        // for the user, a role assigned) either committed before and is seen and deleted here,
-        // or waits and then finds no user. The checks below read the user as it is now.
-        self.store
-            .lock_user(&mut tx, &tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
         let user = self
             .store
             .get_user(&tenant, &id)
@@ -44,6 +36,22 @@ impl UserApi {
             });
         }
         self.require_power_over(&caller, &user).await?;
+        // Checked on the user as read (no lock is held while the caller's rights are looked
+        // up), then locked: what races with the deletion (a login opening a session, a new key
+        // for the user, a role assigned) either committed before and is deleted here, or
+        // waits and then finds no user. A role that changed in between means the check above
+        // judged another user: the call is aborted, to be retried.
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
+        self.store
+            .lock_user(&mut tx, &tenant, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        if self.store.user_roles_in(&mut tx, &tenant, &id).await? != user.roles {
+            return Err(ApiError::Aborted {
+                reason: "CONCURRENT_CHANGE",
+                message: format!("the roles of {name} changed meanwhile; retry"),
+            });
+        }
         let ended = self.store.delete_user(&mut tx, &user, now_micros()).await?;
         let resource = user.name();
         let audit = AuditRecord {
@@ -63,7 +71,7 @@ impl UserApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %tenant, user = %id, sessions = ended.sessions, api_keys = ended.api_keys, "user deleted");
         Ok(())
     }

@@ -112,7 +112,7 @@ impl UserApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %user.tenant_id, user = %user.id, own, revoked, "password changed");
         Ok(revoked)
     }
@@ -163,7 +163,7 @@ impl UserApi {
             },
         )
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
         let lockout = AuditRecord {
             tenant: &user.tenant_id,
             actor_tenant: &user.tenant_id,
@@ -182,9 +182,9 @@ impl UserApi {
             tracing::warn!(tenant = %user.tenant_id, user = %user.id, "account locked out after repeated failures");
             palisade_audit::enqueue(&mut tx, &lockout)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::from)?;
         }
-        tx.commit().await.map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::from)?;
         self.relay.notify();
         tracing::info!(tenant = %user.tenant_id, user = %user.id, reason = refusal, "password change refused");
         Err(wrong_password())

@@ -100,7 +100,7 @@ impl UserApi {
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tracing::info!(tenant = %tenant, user = %locked.id, fields = %update.changed.join(" "), "user updated");
         Ok(update.user)
     }

@@ -202,12 +202,23 @@ impl IdentityStore {
     }
 
     async fn user_roles(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, ApiError> {
+        let mut conn = self.db.pool().acquire().await.map_err(internal)?;
+        self.user_roles_in(&mut conn, tenant, user).await
+    }
+
+    /// A user's roles, sorted, read on the caller's connection (inside its transaction).
+    pub async fn user_roles_in(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        user: &str,
+    ) -> Result<Vec<String>, ApiError> {
         let rows = sqlx::query(
             "SELECT role FROM user_roles WHERE tenant_id = $1 AND user_id = $2 ORDER BY role",
         )
         .bind(tenant.as_str())
         .bind(user)
-        .fetch_all(self.db.pool())
+        .fetch_all(&mut *conn)
         .await
         .map_err(internal)?;
         rows.iter()
