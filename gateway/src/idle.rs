@@ -1,83 +1,62 @@
-//! Idle public connections are closed. A connection with no call in flight for the idle
-//! timeout (`--idle-timeout`, 5 minutes by default) is shut down gracefully: HTTP/2 sends
-//! GOAWAY and closes, HTTP/1 closes between requests. Without it, a client that opens
-//! connections and leaves them open would hold the gateway's connection slots for good (HTTP/2
-//! keep-alive pings are answered, so an idle HTTP/2 connection never times out by itself).
-//! Clients reconnect when they next call, as gRPC channels do.
+//! Idle public connections are closed. A connection on which nothing has happened for the
+//! idle timeout (`--idle-timeout`, 5 minutes by default) is shut down gracefully: HTTP/2 sends
+//! GOAWAY, HTTP/1 closes after the response in progress; if that does not end it within a
+//! grace period, it is cut. "Something happens" when a call starts or ends, or a frame of a
+//! request or response body goes through. Without this, a client could hold the gateway's
+//! connection slots for good: by opening connections and leaving them open (HTTP/2 keep-alive
+//! pings are answered, so an idle HTTP/2 connection never times out by itself), or by making
+//! a call and never reading its response. A streaming call that sends nothing either way for
+//! the whole timeout is ended too. Clients reconnect when they next call, as gRPC channels do.
 //!
-//! [`Tracked`] wraps a connection's service and counts its calls: one is in flight from the
-//! moment it arrives until its response body has been sent or dropped.
+//! [`Tracked`] wraps a connection's service and records each call's activity in the
+//! connection's [`Activity`].
 
 use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::body::Body;
 
-/// The calls of one connection: how many are in flight, and when the last one ended.
+/// When something last happened on one connection.
 #[derive(Debug)]
 pub struct Activity {
-    in_flight: AtomicUsize,
-    last_end: Mutex<Instant>,
+    last: Mutex<Instant>,
 }
 
 impl Activity {
     /// A connection that opened now.
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            last_end: Mutex::new(Instant::now()),
+            last: Mutex::new(Instant::now()),
         })
     }
 
-    /// Resolves once no call has been in flight for `timeout`.
+    /// Resolves once nothing has happened for `timeout`.
     pub async fn idle_for(&self, timeout: Duration) {
         loop {
-            let now = Instant::now();
-            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
-                // Looked at again a whole timeout later: a long call keeps its connection.
-                now + timeout
-            } else {
-                *self.last_end.lock().expect("activity lock") + timeout
-            };
-            if deadline <= now {
+            let deadline = *self.last.lock().expect("activity lock") + timeout;
+            if deadline <= Instant::now() {
                 return;
             }
             tokio::time::sleep_until(deadline).await;
         }
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+    fn touch(&self) {
+        *self.last.lock().expect("activity lock") = Instant::now();
     }
 }
 
-/// One call in flight; it ends when this is dropped.
-#[derive(Debug)]
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        // The end time first, so a check that sees no call in flight sees when it ended.
-        *self.0.last_end.lock().expect("activity lock") = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A connection's service, its calls counted in an [`Activity`].
+/// A connection's service, its calls' activity recorded in an [`Activity`].
 #[derive(Clone)]
 pub struct Tracked<S> {
     inner: S,
@@ -92,7 +71,7 @@ impl<S> Tracked<S> {
 
 impl<S, B> tower::Service<Request<B>> for Tracked<S>
 where
-    S: tower::Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S: tower::Service<Request<Touching<B>>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -104,35 +83,52 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let in_flight = self.activity.begin();
+        let activity = self.activity.clone();
+        activity.touch();
+        let request = request.map(|body| Touching::new(body, activity.clone()));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| {
-                Body::new(UntilSent {
-                    body,
-                    _in_flight: in_flight,
-                })
-            }))
+            Ok(response.map(|body| Body::new(Touching::new(body, activity))))
         })
     }
 }
 
-/// A response body that holds its call in flight until it is sent or dropped.
-struct UntilSent {
-    body: Body,
-    _in_flight: InFlight,
+pin_project! {
+    /// A body whose frames, and its end (sent, received or dropped), count as activity.
+    pub struct Touching<B> {
+        #[pin]
+        body: B,
+        activity: Arc<Activity>,
+    }
+
+    impl<B> PinnedDrop for Touching<B> {
+        fn drop(this: Pin<&mut Self>) {
+            this.activity.touch();
+        }
+    }
 }
 
-impl HttpBody for UntilSent {
-    type Data = Bytes;
-    type Error = tonic::Status;
+impl<B> Touching<B> {
+    fn new(body: B, activity: Arc<Activity>) -> Touching<B> {
+        Touching { body, activity }
+    }
+}
+
+impl<B: HttpBody> HttpBody for Touching<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+            this.activity.touch();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -146,52 +142,75 @@ impl HttpBody for UntilSent {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use futures::FutureExt;
+    use http_body_util::BodyExt;
 
     use super::*;
 
-    /// Whether `activity` counts as idle for `timeout` now (paused time: sleeps end at once
-    /// only when their deadline has come).
-    async fn idle(activity: &Activity, timeout: Duration) -> bool {
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Whether `activity` counts as idle now (paused time: a sleep ends at once only when its
+    /// deadline has come).
+    async fn idle(activity: &Activity) -> bool {
         tokio::task::yield_now().await;
-        activity.idle_for(timeout).now_or_never().is_some()
+        activity.idle_for(TIMEOUT).now_or_never().is_some()
+    }
+
+    /// A service answering every call with a body of `frames` frames.
+    fn service(
+        frames: usize,
+    ) -> impl tower::Service<
+        Request<Touching<Body>>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone {
+        tower::service_fn(move |_: Request<Touching<Body>>| async move {
+            let chunks = (0..frames).map(|_| Ok::<_, tonic::Status>(Frame::data(Bytes::from("x"))));
+            let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+            Ok::<_, Infallible>(Response::new(Body::new(body)))
+        })
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_is_idle_a_timeout_after_its_last_call_ended() {
-        let timeout = Duration::from_secs(60);
+    async fn a_connection_is_idle_a_timeout_after_the_last_thing_happened() {
         let activity = Activity::new();
-        assert!(!idle(&activity, timeout).await);
-        let call = activity.begin();
-        tokio::time::advance(Duration::from_secs(600)).await;
-        assert!(
-            !idle(&activity, timeout).await,
-            "a call in flight keeps it open"
-        );
-        drop(call);
-        tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(!idle(&activity, timeout).await);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(idle(&activity, timeout).await);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_call_lasts_until_its_response_body_is_dropped() {
-        let activity = Activity::new();
-        let mut service = Tracked::new(
-            tower::service_fn(|_: Request<()>| async {
-                let body = http_body_util::Full::new(Bytes::from_static(b"answer"));
-                Ok::<_, Infallible>(Response::new(Body::new(body)))
-            }),
-            activity.clone(),
-        );
-        let response = tower::Service::call(&mut service, Request::new(()))
+        assert!(!idle(&activity).await);
+        tokio::time::advance(TIMEOUT - Duration::from_secs(1)).await;
+        assert!(!idle(&activity).await);
+        let mut tracked = Tracked::new(service(0), activity.clone());
+        let response = tower::Service::call(&mut tracked, Request::new(Body::empty()))
             .await
             .unwrap();
-        tokio::time::advance(Duration::from_secs(120)).await;
-        assert!(!idle(&activity, Duration::from_secs(60)).await);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!idle(&activity).await, "a call started half a timeout ago");
         drop(response);
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(idle(&activity, Duration::from_secs(60)).await);
+        tokio::time::advance(TIMEOUT - Duration::from_secs(1)).await;
+        assert!(
+            !idle(&activity).await,
+            "a call ended less than a timeout ago"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(idle(&activity).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_sent_count_and_a_stalled_call_does_not_keep_its_connection() {
+        let activity = Activity::new();
+        let mut tracked = Tracked::new(service(3), activity.clone());
+        let response = tower::Service::call(&mut tracked, Request::new(Body::empty()))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        for _ in 0..2 {
+            tokio::time::advance(TIMEOUT - Duration::from_secs(1)).await;
+            body.frame().await.unwrap().unwrap();
+            assert!(!idle(&activity).await, "a frame went through just now");
+        }
+        // The client stops reading: the call is still open, but nothing happens any more.
+        tokio::time::advance(TIMEOUT).await;
+        assert!(idle(&activity).await);
+        drop(body);
     }
 }

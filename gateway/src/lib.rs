@@ -45,7 +45,7 @@ pub const COMPONENT: &str = "gateway";
 /// 15 s). A client that needs longer sends its own `grpc-timeout`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// How long a public connection may stay without a call in flight before it is closed
+/// How long a public connection may stay with nothing happening on it before it is closed
 /// (`idle.rs`); nginx closes idle HTTP/2 connections after 3 minutes, Envoy after an hour.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -64,7 +64,7 @@ pub struct GatewayConfig {
     /// The deadline of a unary call whose client sends no `grpc-timeout` (a client's own
     /// deadline wins, longer or shorter; streaming calls have none by default).
     pub default_deadline: Duration,
-    /// How long a public connection may stay without a call in flight before it is closed.
+    /// How long a public connection may stay with nothing happening on it before it is closed.
     pub idle_timeout: Duration,
     /// Origins (`https://app.example.com`, or `*`) whose browser scripts may call REST and
     /// gRPC-Web; empty means no CORS headers at all.

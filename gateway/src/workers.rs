@@ -231,7 +231,7 @@ async fn serve_connections(
 struct Closing {
     /// True once the worker drains.
     draining: watch::Receiver<bool>,
-    /// How long the connection may stay without a call in flight (`idle.rs`).
+    /// How long the connection may stay without anything happening on it (`idle.rs`).
     idle_timeout: Duration,
 }
 
@@ -251,6 +251,11 @@ async fn serve_connection<I>(
     let mut connection = std::pin::pin!(connection);
     let idle = activity.idle_for(closing.idle_timeout);
     let mut idle = std::pin::pin!(idle);
+    // An idle connection shut down gracefully is cut if that does not end it in time (its
+    // client does not read what is left to send, say). When the worker drains, the worker
+    // keeps the time.
+    let cut = tokio::time::sleep(Duration::MAX);
+    let mut cut = std::pin::pin!(cut);
     let mut shutting_down = false;
     let ended = loop {
         tokio::select! {
@@ -263,6 +268,11 @@ async fn serve_connection<I>(
                 tracing::debug!(%peer, "closing an idle connection");
                 connection.as_mut().graceful_shutdown();
                 shutting_down = true;
+                cut.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+            }
+            () = &mut cut => {
+                tracing::debug!(%peer, "cutting an idle connection that did not close");
+                break Ok(());
             }
         }
     };

@@ -1,6 +1,7 @@
-//! Idle public connections are closed: an HTTP/2 connection with no call in flight for the
+//! Idle public connections are closed: an HTTP/2 connection on which nothing happens for the
 //! idle timeout gets GOAWAY and closes, its keep-alive pings notwithstanding; an HTTP/1
-//! keep-alive connection closes too; a call that outlasts the timeout keeps its connection.
+//! keep-alive connection closes too; a call whose request keeps arriving, however slowly,
+//! outlasts the timeout.
 
 use std::time::Duration;
 
@@ -35,8 +36,8 @@ async fn idle_connections_are_closed_and_busy_ones_kept() -> anyhow::Result<()> 
         .map_err(|_| anyhow::anyhow!("an idle HTTP/2 connection was kept"))???;
     assert!(sender.is_closed());
 
-    // HTTP/1: a request whose body trickles in for longer than the timeout is answered on a
-    // connection kept open, which then closes once idle.
+    // HTTP/1: a request whose body trickles in for longer than the timeout is answered, and
+    // the connection then closes once idle.
     let mut stream = TcpStream::connect(gateway).await?;
     let body = br#"{"tenant_id": "nobody", "email": "ada@example.com", "password": "x"}"#;
     let head = format!(
@@ -44,9 +45,13 @@ async fn idle_connections_are_closed_and_busy_ones_kept() -> anyhow::Result<()> 
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&body[..10]).await?;
-    tokio::time::sleep(IDLE * 3).await;
-    stream.write_all(&body[10..]).await?;
+    // A byte every fifth of the timeout, for three timeouts: slow, but never idle.
+    let (trickled, rest) = body.split_at(15);
+    for byte in trickled {
+        stream.write_all(std::slice::from_ref(byte)).await?;
+        tokio::time::sleep(IDLE / 5).await;
+    }
+    stream.write_all(rest).await?;
     let mut answer = Vec::new();
     let mut buffer = [0u8; 4096];
     let closed = tokio::time::timeout(IDLE * 10, async {

@@ -129,7 +129,7 @@ pub struct MeshOptions {
     pub jwks_refresh: Duration,
     /// The gateway's deadline for unary calls whose client sets none.
     pub default_deadline: Duration,
-    /// How long the gateway keeps a public connection with no call in flight.
+    /// How long the gateway keeps a public connection on which nothing happens.
     pub idle_timeout: Duration,
     /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
     pub cors_allowed_origins: Vec<String>,

@@ -96,7 +96,7 @@ pub struct ServeArgs {
         default_value_t = palisade_gateway::DEFAULT_DEADLINE.as_secs()
     )]
     default_deadline: u64,
-    /// gateway: seconds a public connection may stay without a call in flight before it is
+    /// gateway: seconds a public connection may stay with nothing happening on it before it is
     /// closed (HTTP/2 GOAWAY; clients reconnect when they next call).
     #[arg(
         long,

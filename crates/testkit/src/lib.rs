@@ -96,7 +96,7 @@ impl MeshBuilder {
         self
     }
 
-    /// How long the gateway keeps a public connection with no call in flight.
+    /// How long the gateway keeps a public connection on which nothing happens.
     pub fn with_idle_timeout(mut self, timeout: Duration) -> MeshBuilder {
         self.idle_timeout = Some(timeout);
         self
