@@ -9,7 +9,7 @@ mod identity_kit;
 use std::collections::HashMap;
 
 use common::{audit_event, expect_code, new_tenant, reason, violated_fields};
-use identity_kit::{list_users, login, login_request, new_user, update, with_bearer};
+use identity_kit::{list_users, login, login_request, new_user, own_key, update, with_bearer};
 use palisade_proto::palisade::identity::v1::{
     ApiKey, CreateApiKeyRequest, DeleteUserRequest, GetUserRequest, Plan, RefreshTokenRequest,
     Tenant, User, api_key_service_client::ApiKeyServiceClient,
@@ -23,26 +23,6 @@ fn delete(user: &User) -> DeleteUserRequest {
     DeleteUserRequest {
         name: user.name.clone(),
     }
-}
-
-/// An API key of acme, scoped to `scope`, that the user signed in with `token` makes for itself.
-async fn own_key(mesh: &Mesh, token: &str, name: &str, scope: &str) -> anyhow::Result<String> {
-    let request = CreateApiKeyRequest {
-        parent: "tenants/acme".into(),
-        api_key: Some(ApiKey {
-            display_name: name.to_owned(),
-            scopes: vec![scope.to_owned()],
-            ..ApiKey::default()
-        }),
-        ttl: Some(prost_types::Duration {
-            seconds: 3600,
-            nanos: 0,
-        }),
-    };
-    let created = ApiKeyServiceClient::new(mesh.gateway())
-        .create_api_key(with_bearer(request, token))
-        .await?;
-    Ok(created.into_inner().key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

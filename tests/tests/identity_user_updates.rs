@@ -9,10 +9,9 @@ mod identity_kit;
 use std::{collections::HashMap, time::Duration};
 
 use common::{audit_events_arrived, expect_code, new_tenant, reason, violated_fields};
-use identity_kit::{list_users, login, login_request, new_user, update, with_bearer};
+use identity_kit::{list_users, login, login_request, new_user, own_key, update, with_bearer};
 use palisade_proto::palisade::identity::v1::{
-    ApiKey, CreateApiKeyRequest, GetUserRequest, Plan, RefreshTokenRequest, Tenant,
-    UpdateUserRequest, User, UserState, api_key_service_client::ApiKeyServiceClient,
+    GetUserRequest, Plan, RefreshTokenRequest, Tenant, UpdateUserRequest, User, UserState,
     auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
     user_service_client::UserServiceClient,
 };
@@ -36,26 +35,6 @@ fn change(user: &User, paths: &[&str], edit: impl FnOnce(&mut User)) -> UpdateUs
 
 fn set_state(user: &User, state: UserState) -> UpdateUserRequest {
     change(user, &["state"], |user| user.state = state as i32)
-}
-
-/// An API key of acme, scoped to `scope`, that the user signed in with `token` makes for itself.
-async fn own_key(mesh: &Mesh, token: &str, name: &str, scope: &str) -> anyhow::Result<String> {
-    let request = CreateApiKeyRequest {
-        parent: "tenants/acme".into(),
-        api_key: Some(ApiKey {
-            display_name: name.to_owned(),
-            scopes: vec![scope.to_owned()],
-            ..ApiKey::default()
-        }),
-        ttl: Some(prost_types::Duration {
-            seconds: 3600,
-            nanos: 0,
-        }),
-    };
-    let created = ApiKeyServiceClient::new(mesh.gateway())
-        .create_api_key(with_bearer(request, token))
-        .await?;
-    Ok(created.into_inner().key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,9 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use palisade_db::{Db, Scope};
 use palisade_proto::palisade::identity::v1::{
-    CreateUserRequest, GetJwksRequest, ListUsersRequest, LoginRequest, ReportUsageRequest, Tenant,
-    TenantCalls, TenantState, UpdateTenantRequest, User, auth_service_client::AuthServiceClient,
+    ApiKey, CreateApiKeyRequest, CreateUserRequest, GetJwksRequest, ListUsersRequest, LoginRequest,
+    ReportUsageRequest, Tenant, TenantCalls, TenantState, UpdateTenantRequest, User,
+    api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
 };
 use palisade_testkit::Mesh;
 use prost_types::FieldMask;
@@ -35,6 +36,26 @@ pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     let value = format!("Bearer {token}").parse().expect("tokens are ascii");
     request.metadata_mut().insert("authorization", value);
     request
+}
+
+/// An API key of acme, scoped to `scope`, that the user signed in with `token` makes for itself.
+pub async fn own_key(mesh: &Mesh, token: &str, name: &str, scope: &str) -> anyhow::Result<String> {
+    let request = CreateApiKeyRequest {
+        parent: "tenants/acme".into(),
+        api_key: Some(ApiKey {
+            display_name: name.to_owned(),
+            scopes: vec![scope.to_owned()],
+            ..ApiKey::default()
+        }),
+        ttl: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+    };
+    let created = ApiKeyServiceClient::new(mesh.gateway())
+        .create_api_key(with_bearer(request, token))
+        .await?;
+    Ok(created.into_inner().key)
 }
 
 /// The `kid` in a JWT's header.

@@ -119,6 +119,24 @@ impl UserApi {
         }
     }
 
+    /// The user `id` of `tenant` (named `name`), if the caller may see it: another tenant's
+    /// users are not revealed, they are simply not found.
+    pub(super) async fn visible_user(
+        &self,
+        caller: &Caller,
+        name: &str,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<UserRecord, ApiError> {
+        if !caller.context.may_access(tenant) {
+            return Err(user_not_found(name));
+        }
+        self.store
+            .get_user(tenant, id)
+            .await?
+            .ok_or_else(|| user_not_found(name))
+    }
+
     /// The custom roles of `tenant` among `roles` (built-in names are skipped).
     async fn custom_roles_among(
         &self,
@@ -148,18 +166,8 @@ impl UserApi {
         if role.is_empty() {
             return Err(ApiError::invalid("role", "is required"));
         }
-        let not_found = || ApiError::NotFound {
-            resource: name.to_owned(),
-        };
-        // Isolation first: another tenant's roles are not even looked up.
-        if !caller.context.may_access(&tenant) {
-            return Err(not_found());
-        }
-        let user = self
-            .store
-            .get_user(&tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
+        let not_found = || user_not_found(name);
+        let user = self.visible_user(&caller, name, &tenant, &id).await?;
         let granted = self
             .authz
             .role_permissions(&tenant, role)
@@ -226,6 +234,12 @@ impl UserApi {
             .await?
             .ok_or_else(not_found)?;
         Ok(to_proto(user))
+    }
+}
+
+pub(super) fn user_not_found(name: &str) -> ApiError {
+    ApiError::NotFound {
+        resource: name.to_owned(),
     }
 }
 
@@ -323,17 +337,7 @@ impl UserService for UserApi {
         let name = &request.get_ref().name;
         let (tenant, id) = users::parse_name(name)?;
         // Another tenant's users are not revealed: they are simply not found.
-        let not_found = || ApiError::NotFound {
-            resource: name.clone(),
-        };
-        if !caller.context.may_access(&tenant) {
-            return Err(not_found().into());
-        }
-        let record = self
-            .store
-            .get_user(&tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
+        let record = self.visible_user(&caller, name, &tenant, &id).await?;
         Ok(Response::new(to_proto(record)))
     }
 
@@ -429,17 +433,7 @@ impl UserService for UserApi {
         let caller = Caller::of(&request)?;
         let name = &request.get_ref().name;
         let (tenant, id) = users::parse_name(name)?;
-        let not_found = || ApiError::NotFound {
-            resource: name.clone(),
-        };
-        if !caller.context.may_access(&tenant) {
-            return Err(not_found().into());
-        }
-        let user = self
-            .store
-            .get_user(&tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
+        let user = self.visible_user(&caller, name, &tenant, &id).await?;
         // A disabled user may do nothing, whatever its roles say.
         let permissions = if user.state == UserState::Active {
             self.authz.user_permissions(&user).await?

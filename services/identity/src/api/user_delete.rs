@@ -6,7 +6,7 @@ use palisade_audit::AuditRecord;
 use palisade_grpc::{ApiError, Caller, time::now_micros};
 use palisade_proto::palisade::compliance::v1::Outcome;
 
-use super::UserApi;
+use super::{UserApi, user::user_not_found};
 use crate::users;
 
 impl UserApi {
@@ -17,18 +17,8 @@ impl UserApi {
         name: &str,
     ) -> Result<(), ApiError> {
         let (tenant, id) = users::parse_name(name)?;
-        let not_found = || ApiError::NotFound {
-            resource: name.to_owned(),
-        };
-        // Another tenant's users are not revealed: they are simply not found.
-        if !caller.context.may_access(&tenant) {
-            return Err(not_found());
-        }
-        let user = self
-            .store
-            .get_user(&tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
+        let not_found = || user_not_found(name);
+        let user = self.visible_user(&caller, name, &tenant, &id).await?;
         if self.is_own_account(&caller, &user).await? {
             return Err(ApiError::FailedPrecondition {
                 reason: "OWN_ACCOUNT",

@@ -7,7 +7,7 @@ use palisade_grpc::{ApiError, Caller, FieldViolation, time::now_micros};
 use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::ChangePasswordRequest};
 use palisade_tenancy::PrincipalKind;
 
-use super::UserApi;
+use super::{UserApi, user::user_not_found};
 use crate::{passwords, users};
 
 /// The permission that lets a caller set another user's password.
@@ -47,17 +47,10 @@ impl UserApi {
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
-        let not_found = || ApiError::NotFound {
-            resource: request.name.clone(),
-        };
-        if !caller.context.may_access(&tenant) {
-            return Err(not_found());
-        }
+        let not_found = || user_not_found(&request.name);
         let user = self
-            .store
-            .get_user(&tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
+            .visible_user(&caller, &request.name, &tenant, &id)
+            .await?;
         let now = now_micros();
         if own {
             self.check_current_password(&caller, &user, &request.current_password, now)

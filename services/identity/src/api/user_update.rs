@@ -12,7 +12,7 @@ use palisade_proto::palisade::{
 };
 use palisade_tenancy::PrincipalKind;
 
-use super::UserApi;
+use super::{UserApi, user::user_not_found};
 use crate::users::{self, UserRecord};
 
 impl UserApi {
@@ -28,18 +28,8 @@ impl UserApi {
         let (tenant, id) = users::parse_name(&user.name).map_err(|_| {
             ApiError::invalid("user.name", "must be `tenants/{tenant_id}/users/{user_id}`")
         })?;
-        let not_found = || ApiError::NotFound {
-            resource: user.name.clone(),
-        };
-        // Another tenant's users are not revealed: they are simply not found.
-        if !caller.context.may_access(&tenant) {
-            return Err(not_found());
-        }
-        let current = self
-            .store
-            .get_user(&tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
+        let not_found = || user_not_found(&user.name);
+        let current = self.visible_user(&caller, &user.name, &tenant, &id).await?;
         let now = now_micros();
         // Checked on the user as read, so bad input is told before any refusal ...
         let update = users::apply_update(&current, user, request.update_mask.as_ref(), now)?;
