@@ -19,8 +19,7 @@
 //! dot, and a scheme presenting the other kind is refused.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -203,7 +202,7 @@ impl ApiKeyVerifier {
             ttl,
             tokens: TokenVerifier {
                 jwks: Jwks::new(identity, jwks_refresh),
-                verified: Mutex::default(),
+                verified: Sharded::with_capacity(MAX_CACHED),
             },
         }
     }
@@ -270,14 +269,9 @@ impl ApiKeyVerifier {
 
     fn trust(&self, fingerprint: [u8; 32], context: &TenantContext, until: Instant) {
         let now = Instant::now();
-        let per_shard = self.accepted.per_shard();
         self.accepted.with(&fingerprint, |shard| {
-            if shard.len() >= per_shard {
-                shard.retain(|_, (_, until)| now < *until);
-                if shard.len() >= per_shard {
-                    shard.clear();
-                }
-            }
+            self.accepted
+                .make_room(shard, |(_, until)| now < *until, |_| false);
             shard.insert(fingerprint, (context.clone(), until));
         });
     }
@@ -362,7 +356,7 @@ struct TokenVerifier {
     jwks: Jwks,
     /// Tokens whose signature verified, by SHA-256: a client sends the same token with every
     /// call, and hashing it costs far less than an Ed25519 verification and the JSON decoding.
-    verified: Mutex<HashMap<[u8; 32], VerifiedToken>>,
+    verified: Sharded<[u8; 32], VerifiedToken>,
 }
 
 /// What a verified token stands for, and what must still hold for it to stand.
@@ -372,6 +366,13 @@ struct VerifiedToken {
     exp: i64,
 }
 
+impl VerifiedToken {
+    /// Whether the token is unexpired at `now` (seconds), allowing for clock differences.
+    fn unexpired(&self, now: i64) -> bool {
+        self.exp + EXPIRY_LEEWAY_SECS > now
+    }
+}
+
 impl TokenVerifier {
     async fn verify(&self, token: &str) -> Result<TenantContext, ApiError> {
         let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -379,18 +380,18 @@ impl TokenVerifier {
             return Ok(context);
         }
         let (context, kid, exp) = self.verify_signed(token).await?;
-        let mut verified = self.verified.lock().expect("token cache lock");
-        if verified.len() >= MAX_CACHED {
-            verified.clear();
-        }
-        verified.insert(
-            fingerprint,
-            VerifiedToken {
+        let now = unix_now();
+        self.verified.with(&fingerprint, |shard| {
+            // Expired tokens go first, then all.
+            self.verified
+                .make_room(shard, |token| token.unexpired(now), |_| false);
+            let token = VerifiedToken {
                 context: context.clone(),
                 kid,
                 exp,
-            },
-        );
+            };
+            shard.insert(fingerprint, token);
+        });
         Ok(context)
     }
 
@@ -398,10 +399,11 @@ impl TokenVerifier {
     /// identity retires stops its cached tokens at the next JWKS refresh, as it stops new ones).
     /// Anything else is verified afresh, which gives the precise refusal.
     fn cached(&self, fingerprint: &[u8; 32]) -> Option<TenantContext> {
-        let verified = self.verified.lock().expect("token cache lock");
-        let token = verified.get(fingerprint)?;
-        (token.exp + EXPIRY_LEEWAY_SECS > unix_now() && self.jwks.publishes(&token.kid))
-            .then(|| token.context.clone())
+        let now = unix_now();
+        self.verified.with(fingerprint, |shard| {
+            let token = shard.get(fingerprint)?;
+            (token.unexpired(now) && self.jwks.publishes(&token.kid)).then(|| token.context.clone())
+        })
     }
 
     /// Checks the token's signature and claims: its context, `kid` and `exp`.

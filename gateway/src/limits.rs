@@ -5,7 +5,10 @@
 //! bounded: a bucket that has refilled to its capacity is the same as a new one, so such
 //! buckets are what gets dropped when a shard is full.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use palisade_tenancy::TenantId;
 
@@ -101,36 +104,31 @@ impl RateLimiter {
         rate: Rate,
         now: Instant,
     ) -> Result<(), Option<Duration>> {
-        let per_shard = self.buckets.per_shard();
         self.buckets.with(tenant, |shard| {
             if let Some((bucket, last_rate)) = shard.get_mut(tenant) {
                 *last_rate = rate;
                 return bucket.take(rate, now);
             }
-            if shard.len() >= per_shard {
-                make_room(shard, now, per_shard);
-            }
+            self.make_room(shard, now);
             let mut bucket = Bucket::full(rate, now);
             let taken = bucket.take(rate, now);
             shard.insert(tenant.clone(), (bucket, rate));
             taken
         })
     }
-}
 
-/// Drops the buckets that have refilled (nothing is lost: a new bucket starts full); if every
-/// bucket is still draining, drops them all, which at worst grants those tenants one more burst.
-fn make_room(
-    shard: &mut std::collections::HashMap<TenantId, (Bucket, Rate)>,
-    now: Instant,
-    per_shard: usize,
-) {
-    shard.retain(|_, (bucket, rate)| {
-        bucket.refill(*rate, now);
-        !bucket.is_full(rate.burst)
-    });
-    if shard.len() >= per_shard {
-        shard.clear();
+    /// Makes room in a full shard: buckets that have refilled go first (nothing is lost: a
+    /// new bucket starts full); if every bucket is still draining, all go, which at worst
+    /// grants those tenants one more burst.
+    fn make_room(&self, shard: &mut HashMap<TenantId, (Bucket, Rate)>, now: Instant) {
+        self.buckets.make_room(
+            shard,
+            |(bucket, rate)| {
+                bucket.refill(*rate, now);
+                !bucket.is_full(rate.burst)
+            },
+            |_| false,
+        );
     }
 }
 
@@ -236,17 +234,19 @@ mod tests {
     #[test]
     fn refilled_buckets_are_dropped_first() {
         let now = Instant::now();
-        let mut shard = std::collections::HashMap::new();
+        let mut shard = HashMap::new();
         let mut draining = Bucket::full(RATE, now);
         draining.take(RATE, now).unwrap();
         shard.insert(tenant("acme"), (draining, RATE));
         shard.insert(tenant("globex"), (Bucket::full(RATE, now), RATE));
-        make_room(&mut shard, now, 2);
+        let limiter = RateLimiter::with_capacity(32);
+        limiter.make_room(&mut shard, now);
         // globex's full bucket is the same as none; acme keeps its debt.
         assert_eq!(shard.len(), 1);
         assert!(shard.contains_key(&tenant("acme")));
-        // Once acme has refilled too, it goes as well.
-        make_room(&mut shard, now + Duration::from_secs(1), 2);
+        // Once acme has refilled too, it goes as well (when the shard is full again).
+        shard.insert(tenant("globex"), (Bucket::full(RATE, now), RATE));
+        limiter.make_room(&mut shard, now + Duration::from_secs(1));
         assert!(shard.is_empty());
     }
 }

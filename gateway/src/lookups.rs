@@ -105,15 +105,15 @@ where
     where
         Q: ToOwned<Owned = K> + ?Sized,
     {
-        if shard.len() >= self.entries.per_shard() {
-            shard.retain(|_, entry| match entry {
+        // Expired answers go first, then every answer; lookups in flight stay.
+        self.entries.make_room(
+            shard,
+            |entry| match entry {
                 Entry::Known { until, .. } => now < *until,
                 Entry::Fetching { .. } => true,
-            });
-            if shard.len() >= self.entries.per_shard() {
-                shard.retain(|_, entry| matches!(entry, Entry::Fetching { .. }));
-            }
-        }
+            },
+            |entry| matches!(entry, Entry::Fetching { .. }),
+        );
         let cache = self.clone();
         let owned_key = key.to_owned();
         let fallback = stale.clone();

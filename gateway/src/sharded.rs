@@ -27,7 +27,8 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         }
     }
 
-    /// How many entries one shard may hold before the caller must make room.
+    /// How many entries one shard may hold before room is made.
+    #[cfg(test)]
     pub fn per_shard(&self) -> usize {
         self.per_shard
     }
@@ -41,6 +42,24 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         let mut shard = self.shards[index].lock().expect("shard lock");
         f(&mut shard)
+    }
+
+    /// Makes room for one more entry in `shard` (as [`Sharded::with`] hands it out) if it is
+    /// full: drops the entries `keep` lets go (it may bring them up to date as it looks at
+    /// them); if that is not enough, drops every entry but those `pinned` holds on to.
+    pub fn make_room(
+        &self,
+        shard: &mut HashMap<K, V>,
+        mut keep: impl FnMut(&mut V) -> bool,
+        pinned: impl Fn(&V) -> bool,
+    ) {
+        if shard.len() < self.per_shard {
+            return;
+        }
+        shard.retain(|_, value| keep(value));
+        if shard.len() >= self.per_shard {
+            shard.retain(|_, value| pinned(value));
+        }
     }
 
     /// Runs `f` on every shard in turn (one lock at a time).
@@ -66,5 +85,18 @@ mod tests {
         assert_eq!(total, 100);
         assert_eq!(map.with("t42", |shard| shard.get("t42").copied()), Some(42));
         assert_eq!(map.per_shard(), 4);
+    }
+
+    #[test]
+    fn room_is_made_from_what_is_let_go_then_from_all_but_the_pinned() {
+        let map: Sharded<u32, u32> = Sharded::with_capacity(16 * 4);
+        let mut shard: HashMap<u32, u32> = (0..4).map(|i| (i, i)).collect();
+        map.make_room(&mut shard, |value| *value != 1, |_| false);
+        assert_eq!(shard.len(), 3, "one let go is room enough");
+        shard.insert(1, 1);
+        map.make_room(&mut shard, |_| true, |value| *value >= 2);
+        let mut left: Vec<u32> = shard.into_keys().collect();
+        left.sort();
+        assert_eq!(left, [2, 3], "none let go: all but the pinned");
     }
 }

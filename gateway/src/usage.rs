@@ -88,12 +88,12 @@ impl UsageMeter {
     /// Counts one call of `tenant` at `now` (micros), or refuses it when the month's quota is
     /// used up (`RESOURCE_EXHAUSTED`, reason `QUOTA_EXCEEDED`, retry at the month's end).
     pub fn admit(&self, tenant: &EdgeTenant, now: i64) -> Result<(), ApiError> {
-        let per_shard = self.meters.per_shard();
         self.meters.with(&tenant.id, |shard| {
             if !shard.contains_key(&tenant.id) {
-                if shard.len() >= per_shard {
-                    shard.retain(|_, meter| meter.pending + meter.reporting > 0);
-                }
+                // Meters with calls not yet reported are never dropped.
+                let unreported = |meter: &Meter| meter.pending + meter.reporting > 0;
+                self.meters
+                    .make_room(shard, |meter| unreported(meter), unreported);
                 shard.insert(tenant.id.clone(), Meter::default());
             }
             let meter = shard.get_mut(&tenant.id).expect("inserted above");

@@ -29,14 +29,15 @@ async fn login(mesh: &Mesh) -> anyhow::Result<String> {
         .0)
 }
 
-/// `GetJwks` calls identity has answered, from its metrics.
+/// `GetJwks` calls identity has answered.
 async fn jwks_fetches(mesh: &Mesh) -> anyhow::Result<u64> {
-    let (_, metrics) = mesh.admin_get(Component::Identity, "/metrics").await?;
-    let series = r#"grpc_server_handled_total{component="identity",grpc_type="unary",grpc_service="palisade.identity.v1.AuthService",grpc_method="GetJwks",grpc_code="OK"} "#;
-    Ok(metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series))
-        .map_or(Ok(0), str::parse)?)
+    mesh.unary_calls_handled(
+        Component::Identity,
+        "palisade.identity.v1.AuthService",
+        "GetJwks",
+        "OK",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,14 +9,15 @@ use palisade_proto::palisade::identity::v1::{
 use palisade_testkit::{Component, Mesh, with_api_key};
 use tonic::Code;
 
-/// How many `VerifyApiKey` calls identity has refused, from its metrics.
+/// How many `VerifyApiKey` calls identity has refused.
 async fn refused_verifications(mesh: &Mesh) -> anyhow::Result<u64> {
-    let metrics = mesh.admin_get(Component::Identity, "/metrics").await?.1;
-    let series = r#"grpc_server_handled_total{component="identity",grpc_type="unary",grpc_service="palisade.identity.v1.ApiKeyService",grpc_method="VerifyApiKey",grpc_code="Unauthenticated"} "#;
-    Ok(metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series))
-        .map_or(Ok(0), str::parse)?)
+    mesh.unary_calls_handled(
+        Component::Identity,
+        "palisade.identity.v1.ApiKeyService",
+        "VerifyApiKey",
+        "Unauthenticated",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,21 +79,13 @@ pub enum ApiError {
 
 impl From<palisade_db::Error> for ApiError {
     fn from(error: palisade_db::Error) -> ApiError {
-        if error.is_transient() {
-            ApiError::database_busy(&error)
-        } else {
-            ApiError::internal(error)
-        }
+        ApiError::from_database(error, None)
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> ApiError {
-        if palisade_db::is_transient(&error) {
-            ApiError::database_busy(&error)
-        } else {
-            ApiError::internal(error)
-        }
+        ApiError::from_database(error, None)
     }
 }
 
@@ -110,6 +102,12 @@ impl ApiError {
     /// ran out, a deadlock or serialization failure chose this transaction; a retry may
     /// succeed), otherwise internal, its message prefixed with `store`.
     pub fn from_store(store: &str, error: impl std::fmt::Display + 'static) -> ApiError {
+        ApiError::from_database(error, Some(store))
+    }
+
+    /// The one place a database error (a `sqlx::Error` or `palisade_db::Error`; anything
+    /// else is internal) becomes an API error, its internal message prefixed with `store`.
+    fn from_database(error: impl std::fmt::Display + 'static, store: Option<&str>) -> ApiError {
         let error_any = &error as &dyn std::any::Any;
         let busy = error_any
             .downcast_ref::<sqlx::Error>()
@@ -118,16 +116,14 @@ impl ApiError {
                 .downcast_ref::<palisade_db::Error>()
                 .is_some_and(palisade_db::Error::is_transient);
         if busy {
-            ApiError::database_busy(&error)
-        } else {
-            ApiError::Internal(format!("{store}: {error}"))
+            tracing::warn!(%error, "database busy");
+            return ApiError::Unavailable {
+                message: "the database is busy; retry shortly".to_owned(),
+            };
         }
-    }
-
-    fn database_busy(error: &dyn std::fmt::Display) -> ApiError {
-        tracing::warn!(%error, "database busy");
-        ApiError::Unavailable {
-            message: "the database is busy; retry shortly".to_owned(),
+        match store {
+            Some(store) => ApiError::Internal(format!("{store}: {error}")),
+            None => ApiError::internal(error),
         }
     }
 }

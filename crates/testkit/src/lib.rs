@@ -273,6 +273,27 @@ impl Mesh {
         http_get(self.admin_addr(component), path).await
     }
 
+    /// How many unary calls of `service`/`method` (e.g. `palisade.identity.v1.AuthService`,
+    /// `GetJwks`) `component` has answered with `code` (`OK`, `Unauthenticated`, ...), from its
+    /// Prometheus metrics; 0 before the first.
+    pub async fn unary_calls_handled(
+        &self,
+        component: Component,
+        service: &str,
+        method: &str,
+        code: &str,
+    ) -> anyhow::Result<u64> {
+        let (_, metrics) = self.admin_get(component, "/metrics").await?;
+        let series = format!(
+            r#"grpc_server_handled_total{{component="{}",grpc_type="unary",grpc_service="{service}",grpc_method="{method}",grpc_code="{code}"}} "#,
+            component.name()
+        );
+        Ok(metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map_or(Ok(0), str::parse)?)
+    }
+
     /// The data directory (certificates, SQLite files).
     pub fn data_dir(&self) -> &std::path::Path {
         &self.inner.options.data_dir

@@ -360,19 +360,17 @@ impl Authz {
         let mut lacking = Vec::new();
         for permission in permissions {
             let held = if permission == ALL_PERMISSIONS {
-                // Every permission: held by whoever holds the whole catalogue.
-                let mut all = true;
-                for permission in self.roles.catalogue() {
-                    if !self
-                        .decide(tenant, principal, permission, None)
-                        .await?
-                        .allowed
-                    {
-                        all = false;
-                        break;
-                    }
-                }
-                all
+                // Every permission: held by whoever holds the whole catalogue (decided in one
+                // batch, the principal looked up once).
+                let catalogue: Vec<(String, Option<String>)> = self
+                    .roles
+                    .catalogue()
+                    .map(|permission| (permission.to_owned(), None))
+                    .collect();
+                self.decide_many(tenant, principal, &catalogue)
+                    .await?
+                    .iter()
+                    .all(|decision| decision.allowed)
             } else {
                 self.decide(tenant, principal, permission, None)
                     .await?

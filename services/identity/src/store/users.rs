@@ -426,27 +426,27 @@ impl IdentityStore {
         user: &UserRecord,
         now: i64,
     ) -> Result<DeletedUser, ApiError> {
-        // The user's token families are locked before their refresh tokens are deleted: the
-        // order a refresh takes them in (family, then token), so the two cannot deadlock.
-        if matches!(self.db.backend(), Backend::Postgres) {
-            sqlx::query(
-                "SELECT id FROM token_families WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
-            )
-            .bind(user.tenant_id.as_str())
-            .bind(&user.id)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(internal)?;
-        }
-        let sessions = sqlx::query(
-            "SELECT COUNT(*) FROM token_families \
-             WHERE tenant_id = $1 AND user_id = $2 AND revoke_time IS NULL",
-        )
+        // The user's token families are read locked (PostgreSQL `FOR UPDATE`; SQLite write
+        // transactions hold the database lock already) before their refresh tokens are
+        // deleted: the order a refresh takes them in (family, then token), so the two cannot
+        // deadlock.
+        let lock = match self.db.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let families = sqlx::query(AssertSqlSafe(format!(
+            "SELECT revoke_time FROM token_families WHERE tenant_id = $1 AND user_id = $2{lock}"
+        )))
         .bind(user.tenant_id.as_str())
         .bind(&user.id)
-        .fetch_one(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
         .map_err(internal)?;
+        let mut sessions = 0;
+        for family in &families {
+            let revoke_time: Option<i64> = family.try_get("revoke_time").map_err(internal)?;
+            sessions += i64::from(revoke_time.is_none());
+        }
         let api_keys = sqlx::query(
             "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND owner_user_id = $2 \
              AND revoke_time IS NULL AND expire_time > $3",
@@ -458,7 +458,7 @@ impl IdentityStore {
         .await
         .map_err(internal)?;
         let ended = DeletedUser {
-            sessions: sessions.try_get(0).map_err(internal)?,
+            sessions,
             api_keys: api_keys.try_get(0).map_err(internal)?,
         };
         for statement in USER_DATA {
