@@ -343,6 +343,7 @@ impl LocalMesh {
             signing_key_kek: Some(options.signing_key_kek()),
             signing_key_previous_kek: options.signing_key_previous_kek(),
             gateway_workers: 0,
+            hashing_threads: 0,
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
         if operator_key.is_some() {
@@ -376,6 +377,8 @@ pub struct ComponentSettings {
     pub signing_key_previous_kek: Option<PathBuf>,
     /// The gateway's connection workers; 0 means one per available core.
     pub gateway_workers: usize,
+    /// identity's password hashing threads; 0 means half the available cores.
+    pub hashing_threads: usize,
 }
 
 /// Starts one component on `listeners`; identity also returns the operator key when its
@@ -402,6 +405,7 @@ pub async fn start_component(
         signing_key_kek,
         signing_key_previous_kek,
         gateway_workers,
+        hashing_threads,
     } = settings;
     let started = match component {
         Component::Identity => {
@@ -413,6 +417,7 @@ pub async fn start_component(
                 api_key_max_lifetime,
                 signing_key_kek,
                 signing_key_previous_kek,
+                hashing_threads,
             };
             palisade_identity::start(listeners, config)
                 .await

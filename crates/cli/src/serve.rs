@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// identity: seconds a locked-out user's logins are refused.
     #[arg(long, env = "PALISADE_LOGIN_LOCKOUT", default_value_t = 900)]
     login_lockout: u64,
+    /// identity: threads hashing passwords (Argon2id) at the lowest CPU priority, so the most
+    /// cores a login flood can keep busy (0: half the available cores, at least one).
+    #[arg(long, env = "PALISADE_HASHING_THREADS", default_value_t = 0)]
+    hashing_threads: usize,
     /// identity: the longest lifetime of an API key, in days.
     #[arg(long, env = "PALISADE_API_KEY_MAX_LIFETIME", default_value_t = 365)]
     api_key_max_lifetime: u64,
@@ -214,6 +218,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signing_key_kek: args.signing_key_kek_file,
         signing_key_previous_kek: args.signing_key_previous_kek_file,
         gateway_workers: args.gateway_workers,
+        hashing_threads: args.hashing_threads,
     };
     let listeners = Listeners {
         grpc,

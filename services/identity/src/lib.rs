@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 
 pub use api_keys::DEFAULT_MAX_LIFETIME as DEFAULT_API_KEY_MAX_LIFETIME;
 pub use lockout::LockoutPolicy;
+pub use passwords::default_threads as default_hashing_threads;
 pub use sealing::KeySealer;
 
 pub const COMPONENT: &str = "identity";
@@ -60,6 +61,9 @@ pub struct IdentityConfig {
     pub signing_key_kek: Option<std::path::PathBuf>,
     /// A KEK being rotated away from: it opens keys, which are sealed again under the current.
     pub signing_key_previous_kek: Option<std::path::PathBuf>,
+    /// Threads hashing passwords at the lowest CPU priority; 0 for
+    /// [`default_hashing_threads`] (half the cores).
+    pub hashing_threads: usize,
 }
 
 /// A running identity service, and the operator key if this start created it.
@@ -90,7 +94,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let policies = MethodPolicies::palisade()?;
     let roles = Arc::new(roles::Roles::from_catalogue(&policies));
     let key_rules = api_keys::KeyRules::new(roles.clone(), config.api_key_max_lifetime);
-    let passwords = passwords::Passwords::new();
+    let passwords = passwords::Passwords::new(config.hashing_threads);
     let sealer = sealing::KeySealer::from_files(
         config.signing_key_kek.as_deref(),
         config.signing_key_previous_kek.as_deref(),

@@ -78,7 +78,7 @@ pub async fn populate(identity: &Channel, key: &str) -> anyhow::Result<People> {
     let mut emails = vec!["reader@example.com".to_owned()];
     emails.extend((0..COLD_PRINCIPALS).map(|i| format!("cold-{i}@example.com")));
     emails.extend((0..FLOOD_CLIENTS).map(|i| format!("flood-{i}@example.com")));
-    // A few creations at a time: each hashes a password, and identity hashes one per core.
+    // A few creations at a time: each hashes a password, and identity hashes few at once.
     let workers: Vec<_> = (emails.chunks(emails.len().div_ceil(4)))
         .map(|chunk| {
             let (identity, operator, chunk) = (identity.clone(), operator.clone(), chunk.to_vec());

@@ -97,18 +97,17 @@ pub fn with_context<T>(
     Ok(request)
 }
 
-/// Threads spinning on every core under `SCHED_IDLE` until [`IdleSpinners::stop`]: the CPU a
-/// login flood's hashing threads keep busy, without the logins.
+/// Threads spinning under `SCHED_IDLE` until [`IdleSpinners::stop`]: the CPU a login flood's
+/// hashing threads keep busy, without the logins.
 pub struct IdleSpinners {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl IdleSpinners {
-    pub fn start() -> IdleSpinners {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    pub fn start(count: usize) -> IdleSpinners {
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..cores)
+        let threads = (0..count)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || spin(&stop))
