@@ -9,7 +9,7 @@ use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{Plan, TenantState},
 };
-use palisade_tenancy::{Principal, PrincipalKind, TenantId};
+use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantContext, TenantId};
 
 use crate::{
     api_keys,
@@ -24,6 +24,17 @@ const OPERATOR_KEY_LIFETIME_MICROS: i64 = 365 * 24 * 3600 * 1_000_000;
 /// Makes the system tenant and the operator key if they do not exist yet. Returns the key
 /// when it was created now. Safe to run on every start and from several replicas at once.
 pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError> {
+    // Work outside any call sees no tenant's rows on PostgreSQL (row-level security): the
+    // checks below must see the system tenant's, or every start would find no operator key
+    // and, once the first was revoked, mint a new one.
+    let system = TenantContext {
+        tenant_id: TenantId::system(),
+        principal: None,
+    };
+    palisade_tenancy::with_context(Some(system), RequestId::generate(), create_missing(store)).await
+}
+
+async fn create_missing(store: &IdentityStore) -> Result<Option<String>, ApiError> {
     let system = TenantId::system();
     let actor = Principal::new(crate::COMPONENT.to_owned(), PrincipalKind::Service);
     let now = now_micros();

@@ -1,0 +1,75 @@
+//! First start: the system tenant and one bootstrap operator key. Later starts mint no other,
+//! also once that key has been revoked: an operator who revokes a leaked bootstrap key must
+//! not find a fresh one in the next start's log.
+
+mod common;
+mod keys_kit;
+
+use palisade_proto::palisade::identity::v1::{
+    ApiKey, ApiKeyState, ListApiKeysRequest, RevokeApiKeyRequest,
+    api_key_service_client::ApiKeyServiceClient,
+};
+use palisade_testkit::{Component, Mesh, with_api_key};
+use tonic::transport::Channel;
+
+use keys_kit::{create, key_request};
+
+const BOOTSTRAP_KEY: &str = "bootstrap-operator";
+
+async fn bootstrap_keys(
+    keys: &mut ApiKeyServiceClient<Channel>,
+    credential: &str,
+) -> anyhow::Result<Vec<ApiKey>> {
+    let request = ListApiKeysRequest {
+        parent: "tenants/system".into(),
+        page_size: 100,
+        ..Default::default()
+    };
+    let listed = keys
+        .list_api_keys(with_api_key(request, credential))
+        .await?
+        .into_inner();
+    Ok(listed
+        .api_keys
+        .into_iter()
+        .filter(|key| key.display_name == BOOTSTRAP_KEY)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mints_no_new_operator_key_even_once_it_was_revoked() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mut mesh = builder.start().await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        // A second operator key, to look with once the bootstrap key is revoked.
+        let mut request = key_request("system", "second", &["*"], 30);
+        if let Some(key) = request.api_key.as_mut() {
+            key.owner = "tenants/system".into();
+        }
+        let second = create(&mut keys, mesh.as_operator(request)).await?.key;
+        let first = bootstrap_keys(&mut keys, &second).await?;
+        assert_eq!(first.len(), 1, "{backend}: {first:?}");
+
+        mesh.stop_component(Component::Identity).await?;
+        mesh.restart(Component::Identity).await?;
+        assert_eq!(
+            bootstrap_keys(&mut keys, &second).await?,
+            first,
+            "{backend}"
+        );
+
+        let revoke = RevokeApiKeyRequest {
+            name: first[0].name.clone(),
+        };
+        keys.revoke_api_key(with_api_key(revoke, &second)).await?;
+        mesh.stop_component(Component::Identity).await?;
+        mesh.restart(Component::Identity).await?;
+        let after = bootstrap_keys(&mut keys, &second).await?;
+        assert_eq!(after.len(), 1, "{backend}: a new key was minted: {after:?}");
+        assert_eq!(after[0].name, first[0].name, "{backend}");
+        assert_eq!(after[0].state(), ApiKeyState::Revoked, "{backend}");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
