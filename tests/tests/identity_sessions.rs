@@ -319,3 +319,40 @@ async fn whoever_holds_another_tenants_token_may_end_its_session() -> anyhow::Re
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_of_another_tenant_sent_along_does_not_stop_a_login() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        tenant_with_admin(&mesh, "globex", "ada@example.com", PASSWORD).await?;
+        tenant_with_admin(&mesh, "acme", "ada@example.com", PASSWORD).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let acme = login(&mut auth).await;
+        // A client that sends its current access token with every call signs in to a second
+        // tenant; on PostgreSQL the token's tenant must not hide the other one's rows.
+        let request = LoginRequest {
+            tenant_id: "globex".into(),
+            email: "ada@example.com".into(),
+            password: PASSWORD.into(),
+        };
+        let globex = auth
+            .login(with_bearer(request.clone(), &acme.access_token))
+            .await
+            .map_err(|status| anyhow::anyhow!("{backend}: {status:?}"))?
+            .into_inner();
+        assert!(globex.user.starts_with("tenants/globex/"), "{backend}");
+        // A wrong password under the same circumstances is still refused.
+        let wrong = LoginRequest {
+            password: "not the password at all".into(),
+            ..request
+        };
+        let refused = auth.login(with_bearer(wrong, &acme.access_token)).await;
+        assert_eq!(
+            reason(&expect_code(refused, Code::Unauthenticated)),
+            "INVALID_LOGIN"
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}

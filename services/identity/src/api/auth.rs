@@ -95,20 +95,13 @@ impl AuthApi {
 
     /// Counts a wrong password; the failure that reaches the limit locks the account and is
     /// audited as a lockout (exactly once per lock, whatever the parallelism).
-    async fn count_failure(
+    /// Records that `user` has just been locked out.
+    async fn audit_lockout(
         &self,
         tenant: &TenantId,
         user: &UserRecord,
-        now: i64,
         request_id: Option<&RequestId>,
     ) -> Result<(), ApiError> {
-        if !self
-            .store
-            .record_failed_login(&user.id, now, &self.lockout)
-            .await?
-        {
-            return Ok(());
-        }
         tracing::warn!(tenant = %tenant, user = %user.id, "login locked out after repeated failures");
         let lock_seconds = self.lockout.lock_for.as_secs().to_string();
         self.audit_alone(&AuditRecord {
@@ -227,6 +220,58 @@ fn user_principal(user: &UserRecord) -> Principal {
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<AuthTokens>, Status> {
+        as_public_call(self.log_in(request)).await
+    }
+
+    async fn refresh_token(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<AuthTokens>, Status> {
+        as_public_call(self.refresh(request)).await
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        as_public_call(self.log_out(request)).await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        as_public_call(self.revoke(request)).await
+    }
+
+    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
+        Ok(Response::new(Jwks {
+            keys: self.keys.jwks().await?,
+        }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<RotateSigningKeyRequest>,
+    ) -> Result<Response<Jwk>, Status> {
+        let caller = Caller::of(&request)?;
+        // The keys sign every tenant's tokens: a platform matter, whatever a tenant admin holds.
+        if !caller.context.is_platform_operator() {
+            return Err(ApiError::PermissionDenied {
+                reason: "PLATFORM_OPERATOR_ONLY",
+                message: "only platform operators rotate the token signing key".to_owned(),
+            }
+            .into());
+        }
+        Ok(Response::new(self.keys.rotate(caller.principal()).await?))
+    }
+}
+
+/// `Login`, run with every tenant's rows in view ([`as_public_call`]): a client may send its
+/// current credential along, and when that is another tenant's, row-level security would hide
+/// the tenant being signed into on PostgreSQL. It reads only the named tenant's rows.
+impl AuthApi {
+    async fn log_in(&self, request: Request<LoginRequest>) -> Result<Response<AuthTokens>, Status> {
         let request_id = request.extensions().get::<RequestId>().cloned();
         // The tenant the gateway resolved from the host name (a context without principal).
         let host_tenant = request
@@ -270,8 +315,8 @@ impl AuthService for AuthApi {
             None => None,
         };
         let now = now_micros();
-        // A locked account is refused before any hashing: no password is checked, so an
-        // attacker learns nothing more and spends none of our CPU.
+        // A locked account's password is still hashed, and the answer ignored: refusing it
+        // sooner than an unknown email (hashed against a decoy) would tell the email exists.
         let locked = match &found {
             Some((user, _)) => self
                 .store
@@ -280,13 +325,13 @@ impl AuthService for AuthApi {
                 .is_some_and(|until| until > now),
             None => false,
         };
-        let matches = !locked
-            && self
-                .password_matches(
-                    found.as_ref().map(|(_, hash)| hash.as_str()),
-                    &request.password,
-                )
-                .await?;
+        let matches = self
+            .password_matches(
+                found.as_ref().map(|(_, hash)| hash.as_str()),
+                &request.password,
+            )
+            .await?
+            && !locked;
         let refusal = match &found {
             None => Some("unknown_email"),
             Some(_) if locked => Some("locked"),
@@ -304,6 +349,16 @@ impl AuthService for AuthApi {
         };
         let action = "identity.auth.login";
         if let Some(refusal) = refusal {
+            // Counted first: a failure whose audit event cannot be written (a busy database)
+            // must still count, or a guesser could slip wrong passwords past the lockout.
+            let locked_out = match (&found, refusal) {
+                (Some((user, _)), "wrong_password") => {
+                    self.store
+                        .record_failed_login(&user.id, now, &self.lockout)
+                        .await?
+                }
+                _ => false,
+            };
             // An unknown tenant has no audit log to write to; the refusal is only logged.
             if let Some(tenant) = &tenant {
                 let resource = found
@@ -322,8 +377,8 @@ impl AuthService for AuthApi {
                 })
                 .await?;
             }
-            if let (Some(tenant), Some((user, _)), "wrong_password") = (&tenant, &found, refusal) {
-                self.count_failure(tenant, user, now, request_id.as_ref())
+            if let (Some(tenant), Some((user, _)), true) = (&tenant, &found, locked_out) {
+                self.audit_lockout(tenant, user, request_id.as_ref())
                     .await?;
             }
             tracing::info!(tenant = %request.tenant_id, reason = refusal, "login refused");
@@ -368,49 +423,6 @@ impl AuthService for AuthApi {
             .map_err(ApiError::from)?;
         tracing::info!(tenant = %user.tenant_id, user = %user.id, "user signed in");
         Ok(Response::new(tokens))
-    }
-
-    async fn refresh_token(
-        &self,
-        request: Request<RefreshTokenRequest>,
-    ) -> Result<Response<AuthTokens>, Status> {
-        as_token_holder(self.refresh(request)).await
-    }
-
-    async fn logout(
-        &self,
-        request: Request<LogoutRequest>,
-    ) -> Result<Response<LogoutResponse>, Status> {
-        as_token_holder(self.log_out(request)).await
-    }
-
-    async fn revoke_token(
-        &self,
-        request: Request<RevokeTokenRequest>,
-    ) -> Result<Response<RevokeTokenResponse>, Status> {
-        as_token_holder(self.revoke(request)).await
-    }
-
-    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
-        Ok(Response::new(Jwks {
-            keys: self.keys.jwks().await?,
-        }))
-    }
-
-    async fn rotate_signing_key(
-        &self,
-        request: Request<RotateSigningKeyRequest>,
-    ) -> Result<Response<Jwk>, Status> {
-        let caller = Caller::of(&request)?;
-        // The keys sign every tenant's tokens: a platform matter, whatever a tenant admin holds.
-        if !caller.context.is_platform_operator() {
-            return Err(ApiError::PermissionDenied {
-                reason: "PLATFORM_OPERATOR_ONLY",
-                message: "only platform operators rotate the token signing key".to_owned(),
-            }
-            .into());
-        }
-        Ok(Response::new(self.keys.rotate(caller.principal()).await?))
     }
 }
 
@@ -567,7 +579,9 @@ impl AuthApi {
     }
 }
 
-async fn as_token_holder<F: std::future::Future>(work: F) -> F::Output {
+/// Runs a public auth call with every tenant's rows in view, whatever credential came with it;
+/// the call itself names, or finds by token, the one tenant it acts in.
+async fn as_public_call<F: std::future::Future>(work: F) -> F::Output {
     let request_id = palisade_tenancy::current_request_id().unwrap_or_else(RequestId::generate);
     palisade_tenancy::with_context(None, request_id, work).await
 }
