@@ -26,7 +26,9 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct HashingThreads {
     jobs: mpsc::Sender<Job>,
     /// One per thread: a caller waits here (asynchronously) rather than in the queue, so that
-    /// a job is only queued when a thread is free to take it.
+    /// a job is only queued when a thread is free to take it. The job holds its permit until
+    /// it ends, also when its caller stops waiting (a deadline, a cancelled call): otherwise
+    /// callers that give up would queue hashes without bound.
     free: Arc<Semaphore>,
 }
 
@@ -71,10 +73,14 @@ impl HashingThreads {
         &self,
         work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit = self.free.acquire().await.map_err(ApiError::internal)?;
+        let permit = (self.free.clone().acquire_owned().await).map_err(ApiError::internal)?;
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = done.send(work());
+            let _permit = permit;
+            // A caller that has stopped waiting wants no answer: its hash is not worth a core.
+            if !done.is_closed() {
+                let _ = done.send(work());
+            }
         });
         self.jobs
             .send(job)
@@ -132,6 +138,33 @@ mod tests {
         assert_eq!(policy, IDLE);
         // The caller's own thread keeps its policy.
         assert_ne!(thread_priority::thread_schedule_policy().unwrap(), IDLE);
+    }
+
+    #[tokio::test]
+    async fn a_job_keeps_its_thread_when_its_caller_stops_waiting() {
+        let threads = HashingThreads::new(1);
+        let (started, has_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let caller = threads.clone();
+        let cancelled = tokio::spawn(async move {
+            caller
+                .run(move || {
+                    let _ = started.send(());
+                    let _ = released.recv();
+                    Ok(())
+                })
+                .await
+        });
+        tokio::task::spawn_blocking(move || has_started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        cancelled.abort();
+        let _ = cancelled.await;
+        // The hash still runs, so no other may start beside it.
+        assert_eq!(threads.free.available_permits(), 0);
+        release.send(()).unwrap();
+        assert_eq!(threads.run(|| Ok(7)).await.unwrap(), 7);
     }
 
     #[tokio::test]
