@@ -127,6 +127,17 @@ async fn a_password_change_ends_every_session_of_the_user() -> anyhow::Result<()
             violated_fields(&expect_code(bad, Code::InvalidArgument)),
             ["new_password", "current_password"]
         );
+        // A password made of the account's own email is refused here as at creation.
+        let own_word = users
+            .change_password(with_bearer(
+                change(rita, PASSWORD, "rita-rita-2026!"),
+                token,
+            ))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(own_word, Code::InvalidArgument)),
+            ["new_password"]
+        );
         let wrong = users
             .change_password(with_bearer(
                 change(rita, "not my password", NEW_PASSWORD),

@@ -137,6 +137,37 @@ impl UserApi {
             .ok_or_else(|| user_not_found(name))
     }
 
+    /// Locks `user` (as read when the caller's rights over it were judged) for the rest of
+    /// `tx`, and returns it as it is now, with those roles. Not found if it was deleted
+    /// meanwhile; aborted (to be retried) if its roles changed, since the judgement was about
+    /// a user holding the old ones: a manager must not set the password of a user just made
+    /// an admin.
+    pub(super) async fn lock_as_judged(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        user: &UserRecord,
+    ) -> Result<UserRecord, ApiError> {
+        let name = user.name();
+        let mut locked = self
+            .store
+            .lock_user(tx, &user.tenant_id, &user.id)
+            .await?
+            .ok_or_else(|| user_not_found(&name))?;
+        if self
+            .store
+            .user_roles_in(tx, &user.tenant_id, &user.id)
+            .await?
+            != user.roles
+        {
+            return Err(ApiError::Aborted {
+                reason: "CONCURRENT_CHANGE",
+                message: format!("the roles of {name} changed meanwhile; retry"),
+            });
+        }
+        locked.roles = user.roles.clone();
+        Ok(locked)
+    }
+
     /// The custom roles of `tenant` among `roles` (built-in names are skipped).
     async fn custom_roles_among(
         &self,

@@ -6,7 +6,7 @@ use palisade_audit::AuditRecord;
 use palisade_grpc::{ApiError, Caller, time::now_micros};
 use palisade_proto::palisade::compliance::v1::Outcome;
 
-use super::{UserApi, user::user_not_found};
+use super::UserApi;
 use crate::users;
 
 impl UserApi {
@@ -17,7 +17,6 @@ impl UserApi {
         name: &str,
     ) -> Result<(), ApiError> {
         let (tenant, id) = users::parse_name(name)?;
-        let not_found = || user_not_found(name);
         let user = self.visible_user(&caller, name, &tenant, &id).await?;
         if self.is_own_account(&caller, &user).await? {
             return Err(ApiError::FailedPrecondition {
@@ -32,16 +31,7 @@ impl UserApi {
         // waits and then finds no user. A role that changed in between means the check above
         // judged another user: the call is aborted, to be retried.
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        self.store
-            .lock_user(&mut tx, &tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
-        if self.store.user_roles_in(&mut tx, &tenant, &id).await? != user.roles {
-            return Err(ApiError::Aborted {
-                reason: "CONCURRENT_CHANGE",
-                message: format!("the roles of {name} changed meanwhile; retry"),
-            });
-        }
+        self.lock_as_judged(&mut tx, &user).await?;
         let ended = self.store.delete_user(&mut tx, &user, now_micros()).await?;
         let resource = user.name();
         let audit = AuditRecord {

@@ -7,7 +7,7 @@ use palisade_grpc::{ApiError, Caller, FieldViolation, time::now_micros};
 use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::ChangePasswordRequest};
 use palisade_tenancy::PrincipalKind;
 
-use super::{UserApi, user::user_not_found};
+use super::UserApi;
 use crate::{passwords, users};
 
 /// The permission that lets a caller set another user's password.
@@ -47,10 +47,17 @@ impl UserApi {
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
-        let not_found = || user_not_found(&request.name);
         let user = self
             .visible_user(&caller, &request.name, &tenant, &id)
             .await?;
+        // The email is known only now: a password made of its local part is refused here as it
+        // is when the user is created.
+        let local_part = user.email.split('@').next().unwrap_or_default();
+        if let Some(violation) =
+            passwords::check_policy("new_password", &request.new_password, &[local_part])
+        {
+            return Err(ApiError::InvalidArgument(vec![violation]));
+        }
         let now = now_micros();
         if own {
             self.check_current_password(&caller, &user, &request.current_password, now)
@@ -79,11 +86,9 @@ impl UserApi {
         let password_hash = self.passwords.hash(&request.new_password).await?;
         let resource = user.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // A user deleted since it was read is not found, rather than "changed".
-        self.store
-            .lock_user(&mut tx, &tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
+        // A user deleted since it was read is not found, rather than "changed"; one whose
+        // roles changed is judged again on retry.
+        self.lock_as_judged(&mut tx, &user).await?;
         self.store
             .set_password_hash(&mut tx, &user, &password_hash, now)
             .await?;

@@ -12,7 +12,7 @@ use palisade_proto::palisade::{
 };
 use palisade_tenancy::PrincipalKind;
 
-use super::{UserApi, user::user_not_found};
+use super::UserApi;
 use crate::users::{self, UserRecord};
 
 impl UserApi {
@@ -28,7 +28,6 @@ impl UserApi {
         let (tenant, id) = users::parse_name(&user.name).map_err(|_| {
             ApiError::invalid("user.name", "must be `tenants/{tenant_id}/users/{user_id}`")
         })?;
-        let not_found = || user_not_found(&user.name);
         let current = self.visible_user(&caller, &user.name, &tenant, &id).await?;
         let now = now_micros();
         // Checked on the user as read, so bad input is told before any refusal ...
@@ -47,12 +46,7 @@ impl UserApi {
         // ... and applied to the user as it is under the lock, so a concurrent update (a
         // disable, say) is never written over with what was read before it.
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        let mut locked = self
-            .store
-            .lock_user(&mut tx, &tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
-        locked.roles = current.roles;
+        let locked = self.lock_as_judged(&mut tx, &current).await?;
         let update = users::apply_update(&locked, user, request.update_mask.as_ref(), now)?;
         if update.changed.is_empty() {
             return Ok(locked);
