@@ -168,6 +168,32 @@ impl UserApi {
         Ok(locked)
     }
 
+    /// Whether the custom role `locked`, as it is under its lock, still grants `judged`: what
+    /// the caller's right to grant it was checked against. If an `UpdateRole` committed in
+    /// between, the call is aborted, to be retried (and judged again).
+    fn grants_as_judged(
+        &self,
+        locked: &RoleRecord,
+        judged: &BTreeSet<String>,
+    ) -> Result<(), ApiError> {
+        let enforced = |permissions: &BTreeSet<String>| -> BTreeSet<String> {
+            (permissions.iter())
+                .filter(|permission| self.roles().in_catalogue(permission))
+                .cloned()
+                .collect()
+        };
+        if enforced(&locked.permissions) != enforced(judged) {
+            return Err(ApiError::Aborted {
+                reason: "CONCURRENT_CHANGE",
+                message: format!(
+                    "the permissions of role {} changed meanwhile; retry",
+                    locked.id
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The custom roles of `tenant` among `roles` (built-in names are skipped).
     async fn custom_roles_among(
         &self,
@@ -220,15 +246,12 @@ impl UserApi {
             .ok_or_else(not_found)?;
         // A custom role being assigned is held (share-locked) until commit, so a concurrent
         // DeleteRole either sees this assignment or has already removed the role.
-        if assign
-            && !self.roles().is_known(role)
-            && self
-                .store
+        if assign && !self.roles().is_known(role) {
+            let locked = (self.store)
                 .lock_roles(&mut tx, &tenant, &[role.to_owned()], RoleLock::Share)
-                .await?
-                == 0
-        {
-            return Err(unknown());
+                .await?;
+            let locked = locked.first().ok_or_else(unknown)?;
+            self.grants_as_judged(locked, &granted)?;
         }
         let changed = if assign {
             self.store.add_user_role(&mut tx, &user, role, now).await?
@@ -334,10 +357,13 @@ impl UserService for UserApi {
             .store
             .lock_roles(&mut tx, &record.tenant_id, &custom_ids, RoleLock::Share)
             .await?;
-        if locked != custom_ids.len() {
+        if locked.len() != custom_ids.len() {
             return Err(
                 ApiError::invalid("user.roles", "a custom role was deleted meanwhile").into(),
             );
+        }
+        for (role, judged) in locked.iter().zip(&custom) {
+            self.grants_as_judged(role, &judged.permissions)?;
         }
         self.store
             .ensure_within_limit(&mut tx, &record.tenant_id, "users")

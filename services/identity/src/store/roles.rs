@@ -106,26 +106,23 @@ impl IdentityStore {
         id: &str,
         lock: RoleLock,
     ) -> Result<Option<RoleRecord>, ApiError> {
-        let locked = self
+        let mut locked = self
             .lock_roles(conn, tenant, &[id.to_owned()], lock)
             .await?;
-        if locked == 0 {
-            return Ok(None);
-        }
-        let mut found = self.roles_by_id(conn, tenant, &[id.to_owned()]).await?;
-        Ok(found.pop())
+        Ok(locked.pop())
     }
 
-    /// Locks those of the custom roles `ids` of `tenant` that exist; returns how many did.
+    /// Locks those of the custom roles `ids` of `tenant` that exist for the rest of the
+    /// transaction, and reads them (ordered by id).
     pub async fn lock_roles(
         &self,
         conn: &mut AnyConnection,
         tenant: &TenantId,
         ids: &[String],
         lock: RoleLock,
-    ) -> Result<usize, ApiError> {
+    ) -> Result<Vec<RoleRecord>, ApiError> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let suffix = match (self.db.backend(), lock) {
             (Backend::Postgres, RoleLock::Share) => " FOR SHARE",
@@ -142,7 +139,10 @@ impl IdentityStore {
             query = query.bind(id);
         }
         let rows = query.fetch_all(&mut *conn).await.map_err(internal)?;
-        Ok(rows.len())
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.roles_by_id(conn, tenant, ids).await
     }
 
     /// The custom roles among `ids` of `tenant`, with their permissions, ordered by id.
