@@ -49,6 +49,24 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 /// (`idle.rs`); nginx closes idle HTTP/2 connections after 3 minutes, Envoy after an hour.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How many public calls (`Login`, `RefreshToken`, ...) one client address may make without a
+/// credential: `per_second` on average, `burst` at once. Calls with a credential pay their
+/// tenant's rate instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublicCallRate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl PublicCallRate {
+    /// Far above what a person signing in needs, low enough that one client cannot keep
+    /// identity's password hashing busy for everyone else.
+    pub const DEFAULT: PublicCallRate = PublicCallRate {
+        per_second: 20,
+        burst: 100,
+    };
+}
+
 /// What the gateway needs to run.
 #[derive(Clone)]
 pub struct GatewayConfig {
@@ -81,6 +99,9 @@ pub struct GatewayConfig {
     /// Connection workers (threads, each serving its connections on a runtime of its own);
     /// 0 means one per available core.
     pub workers: usize,
+    /// The rate of public calls each client address may make without a credential; `None`
+    /// is unlimited (behind a proxy that hides clients' addresses, all share one rate).
+    pub public_call_rate: Option<PublicCallRate>,
 }
 
 /// Serves the public port until stopped. Readiness follows identity, without which no
@@ -108,6 +129,11 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
             config.tenant_base_domain.as_deref(),
         ),
         rates: limits::RateLimiter::default(),
+        public_rate: config.public_call_rate.map(|rate| limits::Rate {
+            per_second: f64::from(rate.per_second),
+            burst: f64::from(rate.burst.max(1)),
+        }),
+        clients: limits::RateLimiter::default(),
         usage: usage.clone(),
         throttled: kit.metrics.labeled_counter(
             "palisade_gateway_throttled",

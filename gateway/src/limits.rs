@@ -1,5 +1,6 @@
-//! Per-tenant request rates: a token bucket per tenant that refills at the plan's
-//! `requests_per_second` and holds at most `request_burst` tokens; each call takes one.
+//! Request rates: a token bucket per tenant that refills at the plan's `requests_per_second`
+//! and holds at most `request_burst` tokens, each call taking one; and the same per client
+//! address for public calls made without a credential, which no tenant's bucket pays for.
 //!
 //! The clock is a parameter (`now`), so the arithmetic is tested without sleeping. Memory is
 //! bounded: a bucket that has refilled to its capacity is the same as a new one, so such
@@ -7,6 +8,8 @@
 
 use std::{
     collections::HashMap,
+    hash::Hash,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -14,7 +17,7 @@ use palisade_tenancy::TenantId;
 
 use crate::sharded::Sharded;
 
-/// Tenants with a bucket at once, across all shards.
+/// Tenants (or client addresses) with a bucket at once, across all shards.
 const MAX_BUCKETS: usize = 65_536;
 
 /// A tenant's rate: `per_second` tokens added per second, at most `burst` held.
@@ -79,48 +82,43 @@ impl Bucket {
     }
 }
 
-/// Every tenant's bucket.
-pub struct RateLimiter {
-    buckets: Sharded<TenantId, (Bucket, Rate)>,
+/// A bucket per key: per tenant (the default) or per [`ClientKey`].
+pub struct RateLimiter<K = TenantId> {
+    buckets: Sharded<K, (Bucket, Rate)>,
 }
 
-impl Default for RateLimiter {
-    fn default() -> RateLimiter {
+impl<K: Hash + Eq + Clone> Default for RateLimiter<K> {
+    fn default() -> RateLimiter<K> {
         RateLimiter::with_capacity(MAX_BUCKETS)
     }
 }
 
-impl RateLimiter {
-    fn with_capacity(capacity: usize) -> RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    fn with_capacity(capacity: usize) -> RateLimiter<K> {
         RateLimiter {
             buckets: Sharded::with_capacity(capacity),
         }
     }
 
-    /// Lets one call of `tenant` through at `now`, or says how long until one may pass.
-    pub fn check(
-        &self,
-        tenant: &TenantId,
-        rate: Rate,
-        now: Instant,
-    ) -> Result<(), Option<Duration>> {
-        self.buckets.with(tenant, |shard| {
-            if let Some((bucket, last_rate)) = shard.get_mut(tenant) {
+    /// Lets one call of `key` through at `now`, or says how long until one may pass.
+    pub fn check(&self, key: &K, rate: Rate, now: Instant) -> Result<(), Option<Duration>> {
+        self.buckets.with(key, |shard| {
+            if let Some((bucket, last_rate)) = shard.get_mut(key) {
                 *last_rate = rate;
                 return bucket.take(rate, now);
             }
             self.make_room(shard, now);
             let mut bucket = Bucket::full(rate, now);
             let taken = bucket.take(rate, now);
-            shard.insert(tenant.clone(), (bucket, rate));
+            shard.insert(key.clone(), (bucket, rate));
             taken
         })
     }
 
     /// Makes room in a full shard: buckets that have refilled go first (nothing is lost: a
     /// new bucket starts full); if every bucket is still draining, all go, which at worst
-    /// grants those tenants one more burst.
-    fn make_room(&self, shard: &mut HashMap<TenantId, (Bucket, Rate)>, now: Instant) {
+    /// grants those keys one more burst.
+    fn make_room(&self, shard: &mut HashMap<K, (Bucket, Rate)>, now: Instant) {
         self.buckets.make_room(
             shard,
             |(bucket, rate)| {
@@ -129,6 +127,33 @@ impl RateLimiter {
             },
             |_| false,
         );
+    }
+}
+
+/// Who a public call without a credential is counted against: its client's address, or for
+/// IPv6 the address's /64 network, since one host usually holds a whole /64 and could
+/// otherwise take a fresh bucket per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    pub fn of(address: IpAddr) -> ClientKey {
+        match address.to_canonical() {
+            IpAddr::V6(v6) => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                ClientKey(IpAddr::V6(network.into()))
+            }
+            v4 => ClientKey(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V6(network) => write!(f, "{network}/64"),
+            v4 => write!(f, "{v4}"),
+        }
     }
 }
 
@@ -248,5 +273,25 @@ mod tests {
         shard.insert(tenant("globex"), (Bucket::full(RATE, now), RATE));
         limiter.make_room(&mut shard, now + Duration::from_secs(1));
         assert!(shard.is_empty());
+    }
+
+    #[test]
+    fn clients_are_keyed_by_address_and_ipv6_hosts_by_their_64() {
+        let key = |text: &str| ClientKey::of(text.parse().unwrap());
+        assert_eq!(key("192.0.2.7").to_string(), "192.0.2.7");
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        // An IPv4 client seen through a dual-stack socket is the same client.
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::/64");
+
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        for _ in 0..3 {
+            limiter.check(&key("2001:db8::1"), RATE, now).unwrap();
+        }
+        assert!(limiter.check(&key("2001:db8::2"), RATE, now).is_err());
+        assert_eq!(limiter.check(&key("192.0.2.7"), RATE, now), Ok(()));
     }
 }

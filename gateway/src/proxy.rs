@@ -35,18 +35,23 @@ use crate::{
     auth::{ApiKeyVerifier, presented_api_key},
     backends::Backends,
     deadline,
-    limits::{Rate, RateLimiter},
+    limits::{ClientKey, Rate, RateLimiter},
     tenants::{TenantDirectory, request_host},
     usage::UsageMeter,
 };
 
-/// What the gateway enforces per tenant, and the counter of what it refused.
+/// What the gateway enforces per tenant (and, for public calls without a credential, per
+/// client), and the counter of what it refused.
 pub struct TenantLimits {
     pub directory: TenantDirectory,
     pub rates: RateLimiter,
     pub usage: Arc<UsageMeter>,
+    /// The rate of public calls (`Login`, `RefreshToken`, ...) each client address may make
+    /// without a credential; `None` is unlimited.
+    pub public_rate: Option<Rate>,
+    pub clients: RateLimiter<ClientKey>,
     /// Refusals by reason (`tenant_suspended`, `tenant_not_active`, `rate_limited`,
-    /// `quota_exceeded`).
+    /// `quota_exceeded`, `client_rate_limited`).
     pub throttled: LabeledCounter,
 }
 
@@ -172,19 +177,22 @@ impl Proxy {
                 Some(context)
             }
             // No principal: the tenant only tells public calls such as `Login` whose they are.
-            (None, true) => match request_host(&request) {
-                Some(host) => {
-                    self.limits
-                        .directory
-                        .by_host(host)
-                        .await
-                        .map(|tenant| TenantContext {
-                            tenant_id: tenant.id.clone(),
-                            principal: None,
-                        })
+            (None, true) => {
+                self.admit_client(request.extensions().get::<ClientOrigin>())?;
+                match request_host(&request) {
+                    Some(host) => {
+                        self.limits
+                            .directory
+                            .by_host(host)
+                            .await
+                            .map(|tenant| TenantContext {
+                                tenant_id: tenant.id.clone(),
+                                principal: None,
+                            })
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
             (None, false) => {
                 return Err(ApiError::Unauthenticated {
                     reason: "UNAUTHENTICATED",
@@ -291,6 +299,46 @@ impl Proxy {
             .usage
             .admit(&edge, now_micros())
             .map_err(|error| refuse("quota_exceeded", error))
+    }
+}
+
+impl Proxy {
+    /// A public call without a credential pays no tenant's rate, so its client's address
+    /// has one: a client cannot flood `Login` (whose password hashing is what a flood makes
+    /// scarce) or the other public methods for everyone else. Behind a proxy that hides
+    /// clients' addresses, that proxy is one client; the rate is a setting for that reason.
+    fn admit_client(&self, origin: Option<&ClientOrigin>) -> Result<(), ApiError> {
+        let limits = &*self.limits;
+        let Some(rate) = limits.public_rate else {
+            return Ok(());
+        };
+        let Some(address) = origin
+            .and_then(|origin| origin.ip.as_deref())
+            .and_then(|ip| ip.parse().ok())
+        else {
+            return Ok(());
+        };
+        let client = ClientKey::of(address);
+        limits
+            .clients
+            .check(&client, rate, Instant::now())
+            .map_err(|wait| {
+                limits.throttled.inc("client_rate_limited");
+                tracing::debug!(%client, "public call refused at the edge");
+                ApiError::ResourceExhausted {
+                    reason: "CLIENT_RATE_LIMITED",
+                    message: format!(
+                        "client {client} is over its rate of {} public calls per second without a credential",
+                        rate.per_second
+                    ),
+                    subject: format!("clients/{client}"),
+                    description: format!(
+                        "public_calls_per_second: {}, public_call_burst: {}",
+                        rate.per_second, rate.burst
+                    ),
+                    retry_after: wait,
+                }
+            })
     }
 }
 

@@ -406,3 +406,74 @@ async fn a_suspended_tenants_tokens_stop_working_within_the_cache_ttl() -> anyho
     }
     Ok(())
 }
+
+/// Public calls without a credential pay no tenant's rate, so each client address has one:
+/// over it, `Login` and the other public methods are refused with the client as the subject,
+/// while calls that carry a credential still pay only their tenant's rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_public_call_rate_is_refused_and_credentials_are_not()
+-> anyhow::Result<()> {
+    let mesh = Mesh::builder().with_public_call_rate(1, 3).start().await?;
+    // Signs the admin in: one of the three public calls the burst allows.
+    let (acme, _) = tenant_with_admin(&mesh, "acme", &[], "").await?;
+    let mut auth = AuthServiceClient::new(mesh.gateway());
+    let mut passed = 0;
+    let refused = loop {
+        match auth.get_jwks(GetJwksRequest {}).await {
+            Ok(_) => passed += 1,
+            Err(status) => break status,
+        }
+        assert!(passed < 10, "{passed} public calls were all let through");
+    };
+    assert!(passed <= 2, "{passed} calls passed after the login");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "CLIENT_RATE_LIMITED");
+    let details = refused.get_error_details();
+    let violations = &details.quota_failure().expect("a QuotaFailure").violations;
+    assert_eq!(violations[0].subject, "clients/127.0.0.1");
+    let retry = details
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a RetryInfo with a delay");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(1),
+        "{retry:?}"
+    );
+
+    // Login shares the client's rate, over REST too (429 with `Retry-After`).
+    let login_refused = expect_code(
+        auth.login(login("acme", &email("acme"))).await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(reason(&login_refused), "CLIENT_RATE_LIMITED");
+    let body =
+        serde_json::json!({"tenantId": "acme", "email": email("acme"), "password": PASSWORD});
+    let answer = http_request(
+        mesh.addr(Component::Gateway),
+        "POST",
+        "/v1/auth:login",
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await?;
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert_eq!(answer.header("retry-after"), Some("1"));
+
+    // A public call with a credential pays its tenant's rate, not the client's.
+    auth.get_jwks(with_bearer(GetJwksRequest {}, &acme)).await?;
+
+    // The client's bucket refills at its rate.
+    tokio::time::sleep(retry + Duration::from_millis(50)).await;
+    auth.get_jwks(GetJwksRequest {}).await?;
+
+    let (_, metrics) = mesh.admin_get(Component::Gateway, "/metrics").await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("palisade_gateway_throttled_total")
+                && line.contains(r#"reason="client_rate_limited""#)),
+        "{metrics}"
+    );
+    mesh.stop().await?;
+    Ok(())
+}

@@ -131,6 +131,8 @@ pub struct MeshOptions {
     pub default_deadline: Duration,
     /// How long the gateway keeps a public connection on which nothing happens.
     pub idle_timeout: Duration,
+    /// Public calls per client address without a credential; `None` is unlimited.
+    pub public_call_rate: Option<palisade_gateway::PublicCallRate>,
     /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
     pub cors_allowed_origins: Vec<String>,
     /// PEM certificate chain and key for TLS on the gateway's public port; `None`: h2c.
@@ -158,6 +160,7 @@ impl MeshOptions {
             jwks_refresh: Duration::from_secs(60),
             default_deadline: palisade_gateway::DEFAULT_DEADLINE,
             idle_timeout: palisade_gateway::IDLE_TIMEOUT,
+            public_call_rate: Some(palisade_gateway::PublicCallRate::DEFAULT),
             cors_allowed_origins: Vec::new(),
             public_tls: None,
             login_lockout: LockoutPolicy::default(),
@@ -334,6 +337,7 @@ impl LocalMesh {
             jwks_refresh: options.jwks_refresh,
             default_deadline: options.default_deadline,
             idle_timeout: options.idle_timeout,
+            public_call_rate: options.public_call_rate,
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
             login_lockout: options.login_lockout,
@@ -364,6 +368,7 @@ pub struct ComponentSettings {
     pub jwks_refresh: Duration,
     pub default_deadline: Duration,
     pub idle_timeout: Duration,
+    pub public_call_rate: Option<palisade_gateway::PublicCallRate>,
     pub cors_allowed_origins: Vec<String>,
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
@@ -396,6 +401,7 @@ pub async fn start_component(
         jwks_refresh,
         default_deadline,
         idle_timeout,
+        public_call_rate,
         cors_allowed_origins,
         public_tls,
         login_lockout,
@@ -448,6 +454,7 @@ pub async fn start_component(
                 tenant_cache_ttl,
                 tenant_base_domain,
                 workers: gateway_workers,
+                public_call_rate,
             };
             palisade_gateway::start(listeners, config)
                 .await

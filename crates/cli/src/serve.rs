@@ -108,6 +108,22 @@ pub struct ServeArgs {
         default_value_t = palisade_gateway::IDLE_TIMEOUT.as_secs()
     )]
     idle_timeout: u64,
+    /// gateway: public calls (`Login`, `RefreshToken`, ...) one client address may make per
+    /// second without a credential; 0 is unlimited (for a gateway behind a proxy that hides
+    /// clients' addresses, whose calls would all share one rate).
+    #[arg(
+        long,
+        env = "PALISADE_PUBLIC_CALLS_PER_SECOND",
+        default_value_t = palisade_gateway::PublicCallRate::DEFAULT.per_second
+    )]
+    public_calls_per_second: u32,
+    /// gateway: public calls without a credential one client address may make at once.
+    #[arg(
+        long,
+        env = "PALISADE_PUBLIC_CALL_BURST",
+        default_value_t = palisade_gateway::PublicCallRate::DEFAULT.burst
+    )]
+    public_call_burst: u32,
     /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST and
     /// gRPC-Web routes; none by default, which sends no CORS headers.
     #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -205,6 +221,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         jwks_refresh: Duration::from_secs(args.jwks_refresh.max(1)),
         default_deadline: Duration::from_secs(args.default_deadline.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        public_call_rate: (args.public_calls_per_second > 0).then_some(
+            palisade_gateway::PublicCallRate {
+                per_second: args.public_calls_per_second,
+                burst: args.public_call_burst,
+            },
+        ),
         cors_allowed_origins: args.cors_allowed_origins,
         public_tls: args.public_tls_cert.zip(args.public_tls_key),
         login_lockout: LockoutPolicy {

@@ -35,6 +35,7 @@ pub struct MeshBuilder {
     jwks_refresh: Option<Duration>,
     default_deadline: Option<Duration>,
     idle_timeout: Option<Duration>,
+    public_call_rate: Option<palisade::PublicCallRate>,
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
@@ -102,6 +103,12 @@ impl MeshBuilder {
         self
     }
 
+    /// How many public calls without a credential the gateway lets one client address make.
+    pub fn with_public_call_rate(mut self, per_second: u32, burst: u32) -> MeshBuilder {
+        self.public_call_rate = Some(palisade::PublicCallRate { per_second, burst });
+        self
+    }
+
     /// How often the gateway fetches identity's JWKS.
     pub fn with_jwks_refresh(mut self, refresh: Duration) -> MeshBuilder {
         self.jwks_refresh = Some(refresh);
@@ -140,6 +147,9 @@ impl MeshBuilder {
         }
         if let Some(timeout) = self.idle_timeout {
             options.idle_timeout = timeout;
+        }
+        if let Some(rate) = self.public_call_rate {
+            options.public_call_rate = Some(rate);
         }
         if let Some(policy) = self.login_lockout {
             options.login_lockout = policy;
