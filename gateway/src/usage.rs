@@ -23,6 +23,11 @@ use crate::{sharded::Sharded, tenants::EdgeTenant};
 
 /// Tenants with a counter at once; counters with nothing unreported are the ones dropped.
 const MAX_METERS: usize = 65_536;
+/// Tenants per batch, so that identity applies one well within `REPORT_TIMEOUT` (identity
+/// takes at most 1,000); more tenants with calls go in further batches right after.
+const MAX_BATCH_TENANTS: usize = 500;
+/// Batches sent per tick at most, the rest waiting for the next tick.
+const MAX_BATCHES_PER_TICK: usize = 64;
 /// How often counts are reported.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one report waits for identity.
@@ -61,6 +66,17 @@ impl Meter {
     }
 }
 
+/// What one report achieved.
+#[derive(Debug, PartialEq, Eq)]
+enum Flushed {
+    /// Acknowledged, and it held every count there was.
+    Done,
+    /// Acknowledged, and counts are left for another batch.
+    More,
+    /// Not acknowledged; it goes again next time.
+    Failed,
+}
+
 /// A batch handed to identity and not yet acknowledged.
 #[derive(Clone, Debug)]
 struct Batch {
@@ -92,12 +108,19 @@ impl UsageMeter {
             if !shard.contains_key(&tenant.id) {
                 // Meters with calls not yet reported are never dropped.
                 let unreported = |meter: &Meter| meter.pending + meter.reporting > 0;
-                self.meters
-                    .make_room(shard, |meter| unreported(meter), unreported);
+                self.meters.make_room(
+                    shard,
+                    |meter| unreported(meter),
+                    |meter| (!unreported(meter)).then_some(()),
+                );
                 shard.insert(tenant.id.clone(), Meter::default());
             }
             let meter = shard.get_mut(&tenant.id).expect("inserted above");
-            meter.learn(tenant.calls_used, tenant.period_end);
+            // While a batch is out, identity's count may already hold it (applied, the answer
+            // not back yet): taking that count in would count the batch twice until then.
+            if meter.reporting == 0 || tenant.period_end > meter.period_end {
+                meter.learn(tenant.calls_used, tenant.period_end);
+            }
             if let Some(limit) = tenant.monthly_calls
                 && meter.total(now) >= limit
             {
@@ -108,15 +131,28 @@ impl UsageMeter {
         })
     }
 
-    /// Reports the calls counted so far: first the batch that failed last time, if any, then
-    /// a new one. Returns whether everything counted is now acknowledged.
-    pub async fn flush(&self) -> bool {
+    /// Reports batches until every call counted so far is acknowledged, one fails, or
+    /// `max_batches` went. Returns whether everything counted is acknowledged.
+    pub async fn flush_all(&self, max_batches: usize) -> bool {
+        for _ in 0..max_batches {
+            match self.flush().await {
+                Flushed::Done => return true,
+                Flushed::More => {}
+                Flushed::Failed => return false,
+            }
+        }
+        false
+    }
+
+    /// Reports one batch: the one that failed last time, if any, else a new one.
+    async fn flush(&self) -> Flushed {
         let mut outstanding = self.outstanding.lock().await;
-        if outstanding.is_none() {
+        let resent = outstanding.is_some();
+        if !resent {
             *outstanding = self.next_batch();
         }
         let Some(batch) = outstanding.clone() else {
-            return true;
+            return Flushed::Done;
         };
         let request = ReportUsageRequest {
             batch_id: batch.id.clone(),
@@ -153,7 +189,11 @@ impl UsageMeter {
                     });
                 }
                 *outstanding = None;
-                true
+                if resent || batch.calls.len() == MAX_BATCH_TENANTS {
+                    Flushed::More
+                } else {
+                    Flushed::Done
+                }
             }
             Err(status) if status.code() == Code::InvalidArgument => {
                 // Refused as a whole, so nothing was applied: drop the entries identity named
@@ -174,21 +214,21 @@ impl UsageMeter {
                     id: uuid::Uuid::now_v7().to_string(),
                     calls: kept.into_iter().map(|(_, entry)| entry).collect(),
                 });
-                false
+                Flushed::Failed
             }
             Err(status) => {
                 tracing::warn!(batch = %batch.id, code = ?status.code(), message = status.message(), "usage report failed; will retry");
-                false
+                Flushed::Failed
             }
         }
     }
 
-    /// Moves every pending count into a new batch.
+    /// Moves pending counts, of at most `MAX_BATCH_TENANTS` tenants, into a new batch.
     fn next_batch(&self) -> Option<Batch> {
         let mut calls = Vec::new();
         self.meters.each(|shard| {
             for (tenant, meter) in shard.iter_mut() {
-                if meter.pending > 0 {
+                if meter.pending > 0 && calls.len() < MAX_BATCH_TENANTS {
                     calls.push((tenant.clone(), meter.pending));
                     meter.reporting += meter.pending;
                     meter.pending = 0;
@@ -208,13 +248,13 @@ impl UsageMeter {
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = ticks.tick() => { self.flush().await; }
+                _ = ticks.tick() => { self.flush_all(MAX_BATCHES_PER_TICK).await; }
                 () = &mut stop => break,
             }
         }
         for _ in 0..FINAL_ATTEMPTS {
-            // Twice when a failed batch was outstanding: it first, then the rest.
-            if self.flush().await && self.flush().await {
+            // A batch that failed goes first, then the rest, as many batches as it takes.
+            if self.flush_all(usize::MAX).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -345,17 +385,47 @@ mod tests {
         let tenant = acme(Some(100), 0);
         usage.admit(&tenant, 0).unwrap();
         usage.admit(&tenant, 0).unwrap();
-        assert!(!usage.flush().await);
+        assert_eq!(usage.flush().await, Flushed::Failed);
         let first = usage.outstanding.lock().await.clone().unwrap();
         assert_eq!(first.calls, vec![(tenant.id.clone(), 2)]);
         // Calls counted meanwhile wait for the next batch; the failed one goes again as it was.
         usage.admit(&tenant, 0).unwrap();
-        assert!(!usage.flush().await);
+        assert!(!usage.flush_all(3).await);
         let again = usage.outstanding.lock().await.clone().unwrap();
         assert_eq!((again.id, again.calls), (first.id, first.calls));
         let meter = usage
             .meters
             .with(&tenant.id, |shard| shard[&tenant.id].clone());
         assert_eq!((meter.pending, meter.reporting), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_a_bounded_number_of_tenants() {
+        let usage = meter();
+        for i in 0..(MAX_BATCH_TENANTS + 7) {
+            let mut tenant = acme(None, 0);
+            tenant.id = TenantId::parse(&format!("tenant-{i:04}")).unwrap();
+            usage.admit(&tenant, 0).unwrap();
+        }
+        assert_eq!(usage.next_batch().unwrap().calls.len(), MAX_BATCH_TENANTS);
+        assert_eq!(usage.next_batch().unwrap().calls.len(), 7);
+        assert!(usage.next_batch().is_none());
+    }
+
+    #[tokio::test]
+    async fn identity_count_is_not_taken_in_while_a_batch_is_out() {
+        let usage = meter();
+        usage.admit(&acme(Some(3), 0), 0).unwrap();
+        usage.admit(&acme(Some(3), 0), 0).unwrap();
+        assert!(usage.next_batch().is_some());
+        // Identity applied the batch, its answer not back yet: the directory already says 2.
+        usage.admit(&acme(Some(3), 2), 0).unwrap();
+        // A new month's count is still taken in.
+        let mut next_month = acme(Some(10), 1);
+        next_month.period_end = MONTH_END * 2;
+        usage.admit(&next_month, MONTH_END).unwrap();
+        let id = &next_month.id;
+        let meter = usage.meters.with(id, |shard| shard[id].clone());
+        assert_eq!((meter.used, meter.period_end), (1, MONTH_END * 2));
     }
 }

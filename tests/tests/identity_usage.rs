@@ -249,6 +249,14 @@ async fn the_gateway_resolves_tenants_and_reports_usage_once_per_batch() -> anyh
             violated_fields(&expect_code(bad, Code::InvalidArgument)),
             ["batch_id", "calls[0].tenant_id", "calls[1].api_calls"]
         );
+        // A batch identity could not apply within the gateway's wait is refused whole.
+        let oversized = edge
+            .report_usage(report("batch-big", vec![calls("acme", 1); 1_001]))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(oversized, Code::InvalidArgument)),
+            ["calls"]
+        );
 
         // Only the gateway may call the edge: another component is refused, and so is
         // everyone through the public port.

@@ -17,6 +17,9 @@ use crate::{plans, store::IdentityStore, tenants};
 
 /// Longer batch ids are refused: a UUID is 36 characters.
 const MAX_BATCH_ID_CHARS: usize = 128;
+/// Tenants one usage batch may count, so that it is applied (one transaction, two statements
+/// per tenant) well within the gateway's wait; the gateway sends at most 500.
+const MAX_REPORT_TENANTS: usize = 1_000;
 
 pub struct EdgeApi {
     store: IdentityStore,
@@ -109,6 +112,13 @@ fn validate_report(request: &ReportUsageRequest) -> Result<Vec<(TenantId, i64)>,
             "batch_id",
             format!("must be at most {MAX_BATCH_ID_CHARS} characters"),
         ));
+    }
+    if request.calls.len() > MAX_REPORT_TENANTS {
+        violations.push(FieldViolation::new(
+            "calls",
+            format!("must have at most {MAX_REPORT_TENANTS} entries"),
+        ));
+        return Err(ApiError::InvalidArgument(violations));
     }
     let mut calls = Vec::with_capacity(request.calls.len());
     for (index, entry) in request.calls.iter().enumerate() {
