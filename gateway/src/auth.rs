@@ -38,7 +38,11 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{jwks::Jwks, lookups::LookupCache, sharded::Sharded};
+use crate::{
+    jwks::Jwks,
+    lookups::{LookupCache, NoAnswer},
+    sharded::Sharded,
+};
 
 const MAX_CACHED: usize = 10_000;
 /// The `iss` identity puts in its access tokens.
@@ -144,7 +148,6 @@ pub struct ApiKeyVerifier {
 }
 
 /// The bounds on asking identity about keys.
-#[derive(Clone)]
 struct KeyLookups {
     /// Places for keys being verified (waiting or asking); a key finding none is not verified
     /// now (`UNAVAILABLE`), so a flood costs neither unbounded memory nor waits behind it.
@@ -207,8 +210,14 @@ impl ApiKeyVerifier {
         }
     }
 
-    /// The tenant context the credential stands for.
-    pub async fn verify(&self, key: &str) -> Result<TenantContext, ApiError> {
+    /// The tenant context the credential stands for. `admit` is asked before identity is
+    /// (only for an API key neither trusted nor refused recently): its refusal is the answer,
+    /// so a client presenting made-up keys pays for the lookups they cost.
+    pub async fn verify(
+        &self,
+        key: &str,
+        admit: impl FnOnce() -> Result<(), ApiError>,
+    ) -> Result<TenantContext, ApiError> {
         if looks_like_jwt(key) {
             return self.tokens.verify(key).await;
         }
@@ -223,24 +232,38 @@ impl ApiKeyVerifier {
         }
         let answer = self
             .answers
-            .get(&fingerprint, || {
-                ask_identity(
+            .get_admitted(&fingerprint, || {
+                // Anyone can present any well-formed key, and each unknown one costs identity
+                // a lookup: a flood of them is bounded here, not at identity.
+                let place = self
+                    .lookups
+                    .places
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| {
+                        tracing::debug!("api key not verified: {TOO_MANY_LOOKUPS}");
+                        cannot_verify()
+                    })?;
+                admit()?;
+                let ask = ask_identity(
                     self.identity.clone(),
-                    self.lookups.clone(),
+                    self.lookups.asking.clone(),
                     key.to_owned(),
                     self.ttl,
-                )
-                .boxed()
+                );
+                Ok(async move {
+                    let _place = place;
+                    ask.await
+                }
+                .boxed())
             })
             .await
-            .map_err(|error| {
-                // Turned away for want of a place: one per request of a flood, so not a warning.
-                if error == TOO_MANY_LOOKUPS {
-                    tracing::debug!(%error, "api key not verified");
-                } else {
+            .map_err(|no_answer| match no_answer {
+                NoAnswer::Refused(error) => error,
+                NoAnswer::Failed(error) => {
                     tracing::warn!(%error, "api key verification failed");
+                    cannot_verify()
                 }
-                cannot_verify()
             })?;
         match answer {
             KeyAnswer::Accepted { context, trust } => {
@@ -270,8 +293,9 @@ impl ApiKeyVerifier {
     fn trust(&self, fingerprint: [u8; 32], context: &TenantContext, until: Instant) {
         let now = Instant::now();
         self.accepted.with(&fingerprint, |shard| {
+            // Expired keys go first, then those trusted for the shortest time.
             self.accepted
-                .make_room(shard, |(_, until)| now < *until, |_| false);
+                .make_room(shard, |(_, until)| now < *until, |(_, until)| Some(*until));
             shard.insert(fingerprint, (context.clone(), until));
         });
     }
@@ -295,26 +319,16 @@ fn invalid_api_key(message: String) -> ApiError {
     }
 }
 
-/// Asks identity about `key`, once a place among the `asking` calls is free; an error when it
+/// Asks identity about `key`, once one of the `asking` calls is free; an error when it
 /// cannot answer (in time).
 async fn ask_identity(
     mut identity: ApiKeyServiceClient<MeshChannel>,
-    lookups: KeyLookups,
+    asking: Arc<Semaphore>,
     key: String,
     ttl: Duration,
 ) -> Result<KeyAnswer, String> {
-    // Anyone can present any well-formed key, and each unknown one costs identity a lookup:
-    // a flood of them is bounded here, not at identity.
-    let _place = lookups
-        .places
-        .try_acquire()
-        .map_err(|_| TOO_MANY_LOOKUPS.to_owned())?;
     let asked = tokio::time::timeout(VERIFY_TIMEOUT, async {
-        let _permit = lookups
-            .asking
-            .acquire()
-            .await
-            .map_err(|error| error.to_string())?;
+        let _permit = asking.acquire().await.map_err(|error| error.to_string())?;
         Ok::<_, String>(identity.verify_api_key(VerifyApiKeyRequest { key }).await)
     })
     .await
@@ -382,9 +396,9 @@ impl TokenVerifier {
         let (context, kid, exp) = self.verify_signed(token).await?;
         let now = unix_now();
         self.verified.with(&fingerprint, |shard| {
-            // Expired tokens go first, then all.
+            // Expired tokens go first, then those expiring soonest.
             self.verified
-                .make_room(shard, |token| token.unexpired(now), |_| false);
+                .make_room(shard, |token| token.unexpired(now), |token| Some(token.exp));
             let token = VerifiedToken {
                 context: context.clone(),
                 kid,

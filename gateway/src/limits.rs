@@ -4,12 +4,16 @@
 //!
 //! The clock is a parameter (`now`), so the arithmetic is tested without sleeping. Memory is
 //! bounded: a bucket that has refilled to its capacity is the same as a new one, so such
-//! buckets are what gets dropped when a shard is full.
+//! buckets are what gets dropped when a shard is full. A bucket still draining is never
+//! dropped (its key would come back with a fresh burst): when a shard holds only those, new
+//! keys share one overflow bucket until room comes back, so a flood of more addresses than
+//! the map holds gains one rate between them, not a burst each.
 
 use std::{
     collections::HashMap,
     hash::Hash,
     net::IpAddr,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -85,6 +89,8 @@ impl Bucket {
 /// A bucket per key: per tenant (the default) or per [`ClientKey`].
 pub struct RateLimiter<K = TenantId> {
     buckets: Sharded<K, (Bucket, Rate)>,
+    /// The bucket of keys that found their shard full of draining buckets.
+    overflow: Mutex<Option<Bucket>>,
 }
 
 impl<K: Hash + Eq + Clone> Default for RateLimiter<K> {
@@ -97,6 +103,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     fn with_capacity(capacity: usize) -> RateLimiter<K> {
         RateLimiter {
             buckets: Sharded::with_capacity(capacity),
+            overflow: Mutex::new(None),
         }
     }
 
@@ -107,7 +114,12 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
                 *last_rate = rate;
                 return bucket.take(rate, now);
             }
-            self.make_room(shard, now);
+            if !self.make_room(shard, now) {
+                let mut overflow = self.overflow.lock().expect("overflow lock");
+                return overflow
+                    .get_or_insert_with(|| Bucket::full(rate, now))
+                    .take(rate, now);
+            }
             let mut bucket = Bucket::full(rate, now);
             let taken = bucket.take(rate, now);
             shard.insert(key.clone(), (bucket, rate));
@@ -115,18 +127,17 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         })
     }
 
-    /// Makes room in a full shard: buckets that have refilled go first (nothing is lost: a
-    /// new bucket starts full); if every bucket is still draining, all go, which at worst
-    /// grants those keys one more burst.
-    fn make_room(&self, shard: &mut HashMap<K, (Bucket, Rate)>, now: Instant) {
+    /// Makes room in a full shard by dropping the buckets that have refilled (nothing is
+    /// lost: a new bucket starts full). Returns whether there is room now.
+    fn make_room(&self, shard: &mut HashMap<K, (Bucket, Rate)>, now: Instant) -> bool {
         self.buckets.make_room(
             shard,
             |(bucket, rate)| {
                 bucket.refill(*rate, now);
                 !bucket.is_full(rate.burst)
             },
-            |_| false,
-        );
+            |_| None::<()>,
+        )
     }
 }
 
@@ -257,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn refilled_buckets_are_dropped_first() {
+    fn refilled_buckets_are_dropped_and_draining_ones_kept() {
         let now = Instant::now();
         let mut shard = HashMap::new();
         let mut draining = Bucket::full(RATE, now);
@@ -265,14 +276,44 @@ mod tests {
         shard.insert(tenant("acme"), (draining, RATE));
         shard.insert(tenant("globex"), (Bucket::full(RATE, now), RATE));
         let limiter = RateLimiter::with_capacity(32);
-        limiter.make_room(&mut shard, now);
+        assert!(limiter.make_room(&mut shard, now));
         // globex's full bucket is the same as none; acme keeps its debt.
         assert_eq!(shard.len(), 1);
         assert!(shard.contains_key(&tenant("acme")));
         // Once acme has refilled too, it goes as well (when the shard is full again).
         shard.insert(tenant("globex"), (Bucket::full(RATE, now), RATE));
-        limiter.make_room(&mut shard, now + Duration::from_secs(1));
+        assert!(limiter.make_room(&mut shard, now + Duration::from_secs(1)));
         assert!(shard.is_empty());
+        // Both draining: neither goes, and there is no room.
+        let mut shard = HashMap::new();
+        for name in ["acme", "globex"] {
+            let mut bucket = Bucket::full(RATE, now);
+            bucket.take(RATE, now).unwrap();
+            shard.insert(tenant(name), (bucket, RATE));
+        }
+        assert!(!limiter.make_room(&mut shard, now));
+        assert_eq!(shard.len(), 2);
+    }
+
+    #[test]
+    fn keys_finding_no_room_share_one_bucket_rather_than_a_burst_each() {
+        let limiter = RateLimiter::with_capacity(16);
+        let now = Instant::now();
+        let mut allowed = 0;
+        for i in 0..1_000 {
+            if limiter
+                .check(&tenant(&format!("t{i:03}")), RATE, now)
+                .is_ok()
+            {
+                allowed += 1;
+            }
+        }
+        // One bucket per shard place, each first call taking a token from a full bucket,
+        // then the overflow bucket's burst, whatever the number of keys.
+        let mut total = 0;
+        limiter.buckets.each(|shard| total += shard.len());
+        assert_eq!(total, 16);
+        assert_eq!(allowed, 16 + 3);
     }
 
     #[test]

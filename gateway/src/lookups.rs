@@ -1,8 +1,11 @@
 //! Answers the gateway asks identity for and remembers: by key, for as long as each answer
 //! says, with one lookup per key in flight at a time (callers arriving meanwhile wait for it).
 //! Lookups run in their own task, so a client that goes away does not abandon them, and the
-//! next caller does not start another. The tenant directory (`tenants.rs`) and the API-key
-//! verifier (`auth.rs`) remember their answers here.
+//! next caller does not start another. A caller may make starting a lookup conditional (a
+//! place among bounded lookups, a client's rate); a refusal changes nothing anyone else sees.
+//! When a lookup fails, the previous answer may stand in for a moment at a time, up to an
+//! age limit. The tenant directory (`tenants.rs`) and the API-key verifier (`auth.rs`)
+//! remember their answers here.
 
 use std::{
     borrow::Borrow,
@@ -20,16 +23,52 @@ use futures::{
 use crate::sharded::Sharded;
 
 type Lookup<A> = Shared<BoxFuture<'static, Result<A, String>>>;
+type Fetch<A> = BoxFuture<'static, Result<A, String>>;
 
 #[derive(Clone)]
 enum Entry<A: Clone> {
-    Known { answer: A, until: Instant },
-    Fetching { stale: Option<A>, lookup: Lookup<A> },
+    Known {
+        answer: A,
+        until: Instant,
+        /// When identity gave the answer (a stand-in keeps its original time).
+        received: Instant,
+    },
+    Fetching {
+        stale: Option<Stale<A>>,
+        lookup: Lookup<A>,
+    },
 }
 
-enum Step<A: Clone> {
+/// A previous answer that may stand in while a lookup fails.
+#[derive(Clone)]
+struct Stale<A> {
+    answer: A,
+    received: Instant,
+}
+
+enum Step<A: Clone, E> {
     Hit(A),
     Wait(Option<A>, Lookup<A>),
+    Refused(E),
+}
+
+/// Why [`LookupCache::get_admitted`] has no answer.
+#[derive(Debug, PartialEq)]
+pub enum NoAnswer<E> {
+    /// No lookup was started: the caller's admission refused it.
+    Refused(E),
+    /// The lookup failed.
+    Failed(String),
+}
+
+/// How a previous answer stands in when a lookup fails.
+#[derive(Clone, Copy, Debug)]
+pub struct StandIn {
+    /// For how long after each failed lookup (the next caller then tries again).
+    pub each: Duration,
+    /// Never beyond this age, counted from when identity gave the answer: an outage may keep
+    /// an answer alive for a while, not forever.
+    pub max_age: Duration,
 }
 
 /// How long an answer is believed.
@@ -39,8 +78,8 @@ type BelieveFor<A> = Box<dyn Fn(&A) -> Duration + Send + Sync>;
 pub struct LookupCache<K, A: Clone> {
     entries: Sharded<K, Entry<A>>,
     believe_for: BelieveFor<A>,
-    /// How long the previous answer stands in when a lookup fails; `None`: it does not.
-    stand_in: Option<Duration>,
+    /// `None`: a previous answer does not stand in for a failed lookup.
+    stand_in: Option<StandIn>,
 }
 
 impl<K, A> LookupCache<K, A>
@@ -49,11 +88,11 @@ where
     A: Clone + Send + Sync + 'static,
 {
     /// A cache of about `capacity` answers, each believed for `believe_for(answer)`; when a
-    /// lookup fails, the previous answer stands in for `stand_in` more, if given.
+    /// lookup fails, the previous answer stands in as `stand_in` says, if given.
     pub fn new(
         capacity: usize,
         believe_for: impl Fn(&A) -> Duration + Send + Sync + 'static,
-        stand_in: Option<Duration>,
+        stand_in: Option<StandIn>,
     ) -> Arc<LookupCache<K, A>> {
         Arc::new(LookupCache {
             entries: Sharded::with_capacity(capacity),
@@ -67,29 +106,79 @@ where
     pub async fn get<Q>(
         self: &Arc<Self>,
         key: &Q,
-        fetch: impl FnOnce() -> BoxFuture<'static, Result<A, String>>,
+        fetch: impl FnOnce() -> Fetch<A>,
     ) -> Result<A, String>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
+        let fetch = || Ok::<_, std::convert::Infallible>(fetch());
+        self.get_admitted(key, fetch)
+            .await
+            .map_err(|no_answer| match no_answer {
+                NoAnswer::Failed(error) => error,
+                NoAnswer::Refused(never) => match never {},
+            })
+    }
+
+    /// As [`LookupCache::get`], but a lookup starts only if `admit` hands out its fetch; when
+    /// it refuses, nothing about `key` changes (a lookup someone else may be waiting on is
+    /// neither started nor failed by it), and a stand-in answer still within its age is
+    /// returned if there is one. Callers arriving while a lookup is in flight wait for it
+    /// without being asked.
+    pub async fn get_admitted<Q, E>(
+        self: &Arc<Self>,
+        key: &Q,
+        admit: impl FnOnce() -> Result<Fetch<A>, E>,
+    ) -> Result<A, NoAnswer<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = Instant::now();
-        let (stale, lookup) = match self.entries.with(key, |shard| match shard.get(key) {
-            Some(Entry::Known { answer, until }) if now < *until => Step::Hit(answer.clone()),
-            Some(Entry::Fetching { stale, lookup }) => Step::Wait(stale.clone(), lookup.clone()),
-            Some(Entry::Known { answer, .. }) => {
-                let stale = self.stand_in.map(|_| answer.clone());
-                Step::Wait(stale.clone(), self.start(shard, key, stale, fetch, now))
+        let step = self.entries.with(key, |shard| {
+            let stale = match shard.get(key) {
+                Some(Entry::Known { answer, until, .. }) if now < *until => {
+                    return Step::Hit(answer.clone());
+                }
+                Some(Entry::Fetching { stale, lookup }) => {
+                    let stale = stale.as_ref().map(|stale| stale.answer.clone());
+                    return Step::Wait(stale, lookup.clone());
+                }
+                Some(Entry::Known {
+                    answer, received, ..
+                }) => self.stale(answer, *received, now),
+                None => None,
+            };
+            match admit() {
+                Ok(fetch) => {
+                    let answer = stale.as_ref().map(|stale| stale.answer.clone());
+                    Step::Wait(answer, self.start(shard, key, stale, fetch, now))
+                }
+                Err(refusal) => match stale {
+                    Some(stale) => Step::Hit(stale.answer),
+                    None => Step::Refused(refusal),
+                },
             }
-            None => Step::Wait(None, self.start(shard, key, None, fetch, now)),
-        }) {
+        });
+        let (stale, lookup) = match step {
             Step::Hit(answer) => return Ok(answer),
+            Step::Refused(refusal) => return Err(NoAnswer::Refused(refusal)),
             Step::Wait(stale, lookup) => (stale, lookup),
         };
         match lookup.await {
             Ok(answer) => Ok(answer),
-            Err(error) => stale.ok_or(error),
+            Err(error) => stale.ok_or(NoAnswer::Failed(error)),
         }
+    }
+
+    /// `answer`, given at `received`, as a stand-in at `now` if it may still stand in.
+    fn stale(&self, answer: &A, received: Instant, now: Instant) -> Option<Stale<A>> {
+        let stand_in = self.stand_in?;
+        (now.saturating_duration_since(received) < stand_in.max_age).then(|| Stale {
+            answer: answer.clone(),
+            received,
+        })
     }
 
     /// Starts the lookup of `key` in its own task and records it in `shard` (locked by the
@@ -98,26 +187,28 @@ where
         self: &Arc<Self>,
         shard: &mut HashMap<K, Entry<A>>,
         key: &Q,
-        stale: Option<A>,
-        fetch: impl FnOnce() -> BoxFuture<'static, Result<A, String>>,
+        stale: Option<Stale<A>>,
+        fetch: Fetch<A>,
         now: Instant,
     ) -> Lookup<A>
     where
         Q: ToOwned<Owned = K> + ?Sized,
     {
-        // Expired answers go first, then every answer; lookups in flight stay.
+        // Expired answers go first, then those expiring soonest; lookups in flight stay.
         self.entries.make_room(
             shard,
             |entry| match entry {
                 Entry::Known { until, .. } => now < *until,
                 Entry::Fetching { .. } => true,
             },
-            |entry| matches!(entry, Entry::Fetching { .. }),
+            |entry| match entry {
+                Entry::Known { until, .. } => Some(*until),
+                Entry::Fetching { .. } => None,
+            },
         );
         let cache = self.clone();
         let owned_key = key.to_owned();
         let fallback = stale.clone();
-        let fetch = fetch();
         let task = tokio::spawn(async move {
             // Completed whatever happens, or the key would wait on this lookup forever.
             let result = std::panic::AssertUnwindSafe(fetch)
@@ -140,26 +231,34 @@ where
         lookup
     }
 
+    /// Remembers `answer` for `key`, learnt on the side (a tenant found by its domain, say).
+    pub fn remember(&self, key: K, answer: A) {
+        self.complete(key, &Ok(answer), None);
+    }
+
     /// Remembers the outcome of a lookup of `key` (`stale`: the answer that stands in if it
-    /// failed). Also for answers learnt on the side, such as a tenant found by its domain.
-    pub fn complete(&self, key: K, result: &Result<A, String>, stale: Option<A>) {
+    /// failed, while it is young enough).
+    fn complete(&self, key: K, result: &Result<A, String>, stale: Option<Stale<A>>) {
         let now = Instant::now();
-        let entry = match (result, stale.zip(self.stand_in)) {
-            (Ok(answer), _) => Entry::Known {
+        let entry = match result {
+            Ok(answer) => Some(Entry::Known {
                 answer: answer.clone(),
                 until: now + (self.believe_for)(answer),
-            },
-            (Err(_), Some((stale, stand_in))) => Entry::Known {
-                answer: stale,
-                until: now + stand_in,
-            },
-            (Err(_), None) => {
-                self.entries.with(&key, |shard| shard.remove(&key));
-                return;
-            }
+                received: now,
+            }),
+            Err(_) => stale
+                .and_then(|stale| self.stale(&stale.answer, stale.received, now))
+                .zip(self.stand_in)
+                .map(|(stale, stand_in)| Entry::Known {
+                    answer: stale.answer,
+                    until: now + stand_in.each,
+                    received: stale.received,
+                }),
         };
-        self.entries
-            .with(&key, |shard| shard.insert(key.clone(), entry));
+        self.entries.with(&key, |shard| match entry {
+            Some(entry) => shard.insert(key.clone(), entry),
+            None => shard.remove(&key),
+        });
     }
 }
 
@@ -212,7 +311,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_lookup_is_not_remembered_and_stands_in_only_if_asked_to() {
-        for stand_in in [None, Some(Duration::from_secs(1))] {
+        let one_second = StandIn {
+            each: Duration::from_secs(1),
+            max_age: Duration::from_secs(60),
+        };
+        for stand_in in [None, Some(one_second)] {
             let cache: Arc<LookupCache<&str, u32>> =
                 LookupCache::new(64, |_| Duration::ZERO, stand_in);
             let calls = Arc::new(AtomicUsize::new(0));
@@ -231,5 +334,50 @@ mod tests {
             let next = cache.get(&"k", counting(calls.clone(), Ok(8))).await;
             assert_eq!(next, if stand_in.is_some() { Ok(7) } else { Ok(8) });
         }
+    }
+
+    #[tokio::test]
+    async fn a_stand_in_ages_out_however_often_lookups_fail() {
+        let stand_in = StandIn {
+            each: Duration::from_millis(10),
+            max_age: Duration::from_millis(150),
+        };
+        let cache: Arc<LookupCache<&str, u32>> =
+            LookupCache::new(64, |_| Duration::ZERO, Some(stand_in));
+        let calls = Arc::new(AtomicUsize::new(0));
+        assert_eq!(cache.get(&"k", counting(calls.clone(), Ok(7))).await, Ok(7));
+        let down = || counting(calls.clone(), Err("down".into()));
+        // Each failed lookup (20 ms) lets the old answer stand for 10 ms more...
+        for _ in 0..3 {
+            assert_eq!(cache.get(&"k", down()).await, Ok(7));
+        }
+        // ...but not past 150 ms after identity gave it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(cache.get(&"k", down()).await, Err("down".into()));
+        assert_eq!(cache.get(&"k", down()).await, Err("down".into()));
+    }
+
+    #[tokio::test]
+    async fn a_refused_admission_starts_nothing_and_fails_no_one_elses_lookup() {
+        let cache: Arc<LookupCache<&str, u32>> =
+            LookupCache::new(64, |_| Duration::from_secs(60), None);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let refuse = || Err::<Fetch<u32>, _>("busy");
+
+        // Nothing known: refused, and nothing recorded, so the next caller looks it up.
+        assert_eq!(
+            cache.get_admitted(&"k", refuse).await,
+            Err(NoAnswer::Refused("busy"))
+        );
+        let in_flight = {
+            let cache = cache.clone();
+            let fetch = counting(calls.clone(), Ok(5));
+            tokio::spawn(async move { cache.get(&"k", fetch).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A lookup in flight: a refused caller waits for it rather than failing it.
+        assert_eq!(cache.get_admitted(&"k", refuse).await, Ok(5));
+        assert_eq!(in_flight.await.unwrap(), Ok(5));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

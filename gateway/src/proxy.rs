@@ -122,15 +122,24 @@ impl Proxy {
         response
     }
 
-    /// The tenant context of the credential the request presents, if it presents one.
+    /// The tenant context of the credential the request presents, if it presents one. An
+    /// API key that identity must be asked about costs its client as a public call does, so
+    /// made-up keys cannot keep identity busy for everyone.
     async fn verify_credential(
         &self,
         headers: &http::HeaderMap,
+        origin: Option<&ClientOrigin>,
     ) -> Result<Option<TenantContext>, ApiError> {
-        match presented_api_key(headers)? {
-            Some(key) => self.verifier.verify(&key).await.map(Some),
-            None => Ok(None),
-        }
+        let Some(key) = presented_api_key(headers)? else {
+            return Ok(None);
+        };
+        let admit = || {
+            self.admit_client(
+                origin,
+                "api keys it presents that the gateway must ask identity about",
+            )
+        };
+        self.verifier.verify(&key, admit).await.map(Some)
     }
 
     async fn route<B>(
@@ -163,7 +172,8 @@ impl Proxy {
             }
             .into());
         }
-        let verified = match self.verify_credential(request.headers()).await {
+        let origin = request.extensions().get::<ClientOrigin>();
+        let verified = match self.verify_credential(request.headers(), origin).await {
             Ok(verified) => verified,
             // A public method needs no credential, so one that does not verify is ignored
             // rather than refused: a client that sends its access token with every call must
@@ -178,7 +188,8 @@ impl Proxy {
             }
             // No principal: the tenant only tells public calls such as `Login` whose they are.
             (None, true) => {
-                self.admit_client(request.extensions().get::<ClientOrigin>())?;
+                let origin = request.extensions().get::<ClientOrigin>();
+                self.admit_client(origin, "public calls without a credential")?;
                 match request_host(&request) {
                     Some(host) => {
                         self.limits
@@ -305,9 +316,10 @@ impl Proxy {
 impl Proxy {
     /// A public call without a credential pays no tenant's rate, so its client's address
     /// has one: a client cannot flood `Login` (whose password hashing is what a flood makes
-    /// scarce) or the other public methods for everyone else. Behind a proxy that hides
+    /// scarce) or the other public methods for everyone else. An API key identity must be
+    /// asked about (`what` says which it is) costs the same. Behind a proxy that hides
     /// clients' addresses, that proxy is one client; the rate is a setting for that reason.
-    fn admit_client(&self, origin: Option<&ClientOrigin>) -> Result<(), ApiError> {
+    fn admit_client(&self, origin: Option<&ClientOrigin>, what: &str) -> Result<(), ApiError> {
         let limits = &*self.limits;
         let Some(rate) = limits.public_rate else {
             return Ok(());
@@ -324,11 +336,11 @@ impl Proxy {
             .check(&client, rate, Instant::now())
             .map_err(|wait| {
                 limits.throttled.inc("client_rate_limited");
-                tracing::debug!(%client, "public call refused at the edge");
+                tracing::debug!(%client, what, "call refused at the edge");
                 ApiError::ResourceExhausted {
                     reason: "CLIENT_RATE_LIMITED",
                     message: format!(
-                        "client {client} is over its rate of {} public calls per second without a credential",
+                        "client {client} is over its rate of {} calls per second for {what}",
                         rate.per_second
                     ),
                     subject: format!("clients/{client}"),

@@ -46,20 +46,32 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
 
     /// Makes room for one more entry in `shard` (as [`Sharded::with`] hands it out) if it is
     /// full: drops the entries `keep` lets go (it may bring them up to date as it looks at
-    /// them); if that is not enough, drops every entry but those `pinned` holds on to.
-    pub fn make_room(
+    /// them); if that is not enough, drops the lowest-ranked quarter of the rest (ties with the
+    /// last one dropped go too), never an entry `rank` gives no rank. So a flood of new keys
+    /// costs the entries already there a fraction at a time, and the least valuable first.
+    /// Returns whether there is room now (not so when every entry is pinned).
+    pub fn make_room<R: Ord>(
         &self,
         shard: &mut HashMap<K, V>,
         mut keep: impl FnMut(&mut V) -> bool,
-        pinned: impl Fn(&V) -> bool,
-    ) {
+        rank: impl Fn(&V) -> Option<R>,
+    ) -> bool {
         if shard.len() < self.per_shard {
-            return;
+            return true;
         }
         shard.retain(|_, value| keep(value));
-        if shard.len() >= self.per_shard {
-            shard.retain(|_, value| pinned(value));
+        if shard.len() < self.per_shard {
+            return true;
         }
+        let mut ranks: Vec<R> = shard.values().filter_map(&rank).collect();
+        let drop = (self.per_shard / 4).max(1).min(ranks.len());
+        if drop == 0 {
+            return false;
+        }
+        let (_, last_dropped, _) = ranks.select_nth_unstable(drop - 1);
+        let last_dropped = &*last_dropped;
+        shard.retain(|_, value| rank(value).is_none_or(|rank| rank > *last_dropped));
+        shard.len() < self.per_shard
     }
 
     /// Runs `f` on every shard in turn (one lock at a time).
@@ -88,15 +100,29 @@ mod tests {
     }
 
     #[test]
-    fn room_is_made_from_what_is_let_go_then_from_all_but_the_pinned() {
-        let map: Sharded<u32, u32> = Sharded::with_capacity(16 * 4);
-        let mut shard: HashMap<u32, u32> = (0..4).map(|i| (i, i)).collect();
-        map.make_room(&mut shard, |value| *value != 1, |_| false);
-        assert_eq!(shard.len(), 3, "one let go is room enough");
-        shard.insert(1, 1);
-        map.make_room(&mut shard, |_| true, |value| *value >= 2);
+    fn room_is_made_from_what_is_let_go_then_from_the_lowest_ranked() {
+        let map: Sharded<u32, u32> = Sharded::with_capacity(16 * 8);
+        let full = || (0..8).map(|i| (i, i)).collect::<HashMap<u32, u32>>();
+        let mut shard = full();
+        assert!(map.make_room(&mut shard, |value| *value != 1, |_| Some(0)));
+        assert_eq!(shard.len(), 7, "one let go is room enough");
+
+        // None let go: the lowest-ranked quarter goes, never a pinned one.
+        let mut shard = full();
+        let rank = |value: &u32| (*value >= 1).then_some(*value);
+        assert!(map.make_room(&mut shard, |_| true, rank));
         let mut left: Vec<u32> = shard.into_keys().collect();
         left.sort();
-        assert_eq!(left, [2, 3], "none let go: all but the pinned");
+        assert_eq!(left, [0, 3, 4, 5, 6, 7]);
+
+        // Everything pinned: no room, nothing dropped.
+        let mut shard = full();
+        assert!(!map.make_room(&mut shard, |_| true, |_| None::<u32>));
+        assert_eq!(shard.len(), 8);
+
+        // Ties with the last one dropped go too.
+        let mut shard = full();
+        assert!(map.make_room(&mut shard, |_| true, |_| Some(())));
+        assert!(shard.is_empty());
     }
 }

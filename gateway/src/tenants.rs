@@ -5,7 +5,9 @@
 //! for a shorter time, so that junk `Host` headers cost identity one call per name and a few
 //! seconds rather than one per request. One lookup per key is in flight at a time, in a task of
 //! its own (`lookups.rs`). When identity cannot answer, the previous answer stands for a
-//! second more: a brief identity outage must not take down calls it has no part in.
+//! second more at a time, for at most `MAX_STALE` past the TTL: a brief identity outage must
+//! not take down calls it has no part in, and a long one must not keep a suspended tenant in
+//! service on an old answer.
 //!
 //! Host names map to tenants two ways: `<tenant_id>.<base domain>` when a base domain is
 //! configured (`palisade serve gateway --tenant-base-domain`), and a tenant's own `domain`.
@@ -22,7 +24,10 @@ use palisade_tenancy::TenantId;
 use tokio::sync::Semaphore;
 use tonic::Code;
 
-use crate::{limits::Rate, lookups::LookupCache};
+use crate::{
+    limits::Rate,
+    lookups::{LookupCache, StandIn},
+};
 
 /// Answers kept at once, per map (ids, host names).
 const MAX_ENTRIES: usize = 16_384;
@@ -30,10 +35,12 @@ const MAX_ENTRIES: usize = 16_384;
 const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// How long a previous answer stands in after a failed lookup, before the next attempt.
 const STALE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// How long past its TTL a previous answer may stand in, however many lookups fail.
+const MAX_STALE: Duration = Duration::from_secs(30);
 /// How long a lookup waits for identity; everyone waiting on it waits at most this long.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Host-name lookups in flight at once; beyond it a host resolves to no tenant, so a flood of
-/// distinct junk names cannot queue up calls to identity.
+/// Host-name lookups in flight at once; beyond it a host not cached resolves to no tenant, so
+/// a flood of distinct junk names cannot queue up calls to identity.
 const MAX_HOST_LOOKUPS: usize = 16;
 
 /// A tenant as the gateway enforces it.
@@ -152,7 +159,10 @@ fn cache(ttl: Duration) -> Arc<Cache> {
         move |answer: &Answer| {
             if answer.is_some() { ttl } else { negative_ttl }
         },
-        Some(STALE_AFTER_FAILURE),
+        Some(StandIn {
+            each: STALE_AFTER_FAILURE,
+            max_age: ttl + MAX_STALE,
+        }),
     )
 }
 
@@ -210,23 +220,25 @@ impl TenantDirectory {
                 Some(self.by_id.clone()),
             ),
         };
+        let identity = self.identity.clone();
+        let permits = &self.host_lookups;
         let answer = cache
-            .get(&cache_key, || {
-                let identity = self.identity.clone();
-                let permits = self.host_lookups.clone();
-                async move {
-                    // Anyone can send any host name: lookups for them are bounded, and one
-                    // refused here is not cached, so the name is tried again next time.
-                    let _permit = permits
-                        .try_acquire_owned()
-                        .map_err(|_| "too many host lookups at once".to_owned())?;
+            .get_admitted(&cache_key, || {
+                // Anyone can send any host name: lookups for them are bounded. A name refused
+                // a place starts no lookup, so it neither fails nor holds up the lookup a
+                // signed-in call of that tenant may be waiting on, and is tried again next time.
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    return Err("too many host lookups at once");
+                };
+                Ok(async move {
+                    let _permit = permit;
                     resolve(identity, key, remember).await
                 }
-                .boxed()
+                .boxed())
             })
             .await;
         answer
-            .inspect_err(|error| tracing::debug!(host = %cache_key, %error, "host lookup failed"))
+            .inspect_err(|error| tracing::debug!(host = %cache_key, ?error, "host lookup failed"))
             .ok()
             .flatten()
     }
@@ -251,7 +263,7 @@ async fn resolve(
         Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
     };
     if let Some(by_id) = by_id {
-        by_id.complete(answer.id.to_string(), &Ok(Some(answer.clone())), None);
+        by_id.remember(answer.id.to_string(), Some(answer.clone()));
     }
     Ok(Some(answer))
 }

@@ -459,6 +459,21 @@ async fn a_client_over_its_public_call_rate_is_refused_and_credentials_are_not()
     assert_eq!(answer.status, 429, "{}", answer.text());
     assert_eq!(answer.header("retry-after"), Some("1"));
 
+    // A made-up API key would cost identity a lookup, so the client pays for it as for a
+    // public call, and over its rate is refused before identity is asked.
+    let made_up = format!("pal_{}_{}", "a".repeat(32), "b".repeat(64));
+    let mut request = tonic::Request::new(GetUserRequest {
+        name: "tenants/acme/users/nobody".to_owned(),
+    });
+    request.metadata_mut().insert("x-api-key", made_up.parse()?);
+    let key_refused = expect_code(
+        UserServiceClient::new(mesh.gateway())
+            .get_user(request)
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(reason(&key_refused), "CLIENT_RATE_LIMITED");
+
     // A public call with a credential pays its tenant's rate, not the client's.
     auth.get_jwks(with_bearer(GetJwksRequest {}, &acme)).await?;
 
