@@ -3,7 +3,7 @@
 //! work forever. Streaming calls keep only the client's deadline: they last as long as the
 //! client keeps them open.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
 
@@ -27,6 +27,13 @@ pub fn client_deadline(headers: &HeaderMap) -> Option<Duration> {
         "n" => Duration::from_nanos(value),
         _ => return None,
     })
+}
+
+/// What is left at `now` of a `budget` counted from `arrived`; `None` when nothing is.
+pub fn left(budget: Duration, arrived: Instant, now: Instant) -> Option<Duration> {
+    budget
+        .checked_sub(now.saturating_duration_since(arrived))
+        .filter(|left| !left.is_zero())
 }
 
 /// `deadline` as a `grpc-timeout` value, in the finest unit that fits in 8 digits (rounded up,
@@ -71,6 +78,20 @@ mod tests {
             assert_eq!(parsed(bad), None, "{bad:?}");
         }
         assert_eq!(client_deadline(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn time_spent_comes_out_of_the_budget() {
+        let arrived = Instant::now();
+        let budget = Duration::from_millis(100);
+        let at = |ms| arrived + Duration::from_millis(ms);
+        assert_eq!(left(budget, arrived, at(0)), Some(budget));
+        assert_eq!(
+            left(budget, arrived, at(30)),
+            Some(Duration::from_millis(70))
+        );
+        assert_eq!(left(budget, arrived, at(100)), None);
+        assert_eq!(left(budget, arrived, at(250)), None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! (internal methods are never routed) → authentication → the credential's tenant: in
 //! service, within its rate, within its monthly quota (the call is counted) — or, for a public
 //! call without a credential, the tenant its host name names → tenant context → deadline
-//! (`deadline.rs`) → backend.
+//! (`deadline.rs`; counted from the call's arrival, so the backend gets what is left) →
+//! backend.
 //!
 //! Rates and quotas apply to calls made with a tenant's credential. Public calls are not
 //! charged to the tenant their host names: anyone can make them, so charging them would let
@@ -152,6 +153,8 @@ impl Proxy {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // The call's deadline counts from here, not from when its backend is called.
+        let arrived = Instant::now();
         let path = request.uri().path().to_owned();
         if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
             let response = self.local.clone().oneshot(request.map(Body::new)).await;
@@ -227,39 +230,43 @@ impl Proxy {
             write_origin(headers, origin);
         }
 
-        let deadline = match deadline::client_deadline(headers) {
-            _ if policy.streaming => None,
+        // The call's budget: the client's deadline, else for a unary call the gateway's default
+        // (a streaming call lasts as long as its client keeps it open).
+        let budget = match deadline::client_deadline(headers) {
             Some(deadline) => Some(deadline),
-            None => {
-                // The backend learns the deadline too, and gives up its work when it passes.
-                headers.insert(
-                    deadline::GRPC_TIMEOUT,
-                    deadline::header_value(self.default_deadline),
-                );
-                Some(self.default_deadline)
-            }
+            None if policy.streaming => None,
+            None => Some(self.default_deadline),
         };
-
-        let started = Instant::now();
         let exceeded = |deadline: Duration| {
             tracing::info!(%path, ?deadline, "call exceeded its deadline");
             ApiError::DeadlineExceeded {
                 message: format!("{path} did not complete within its deadline ({deadline:?})"),
             }
         };
+        // Time spent here (a credential or a tenant looked up) comes out of the budget: the
+        // backend learns what is left (`grpc-timeout`) and gives up its work when it passes.
+        let mut deadline = None;
+        if let Some(budget) = budget {
+            let left =
+                deadline::left(budget, arrived, Instant::now()).ok_or_else(|| exceeded(budget))?;
+            headers.insert(deadline::GRPC_TIMEOUT, deadline::header_value(left));
+            deadline = Some((left, budget)).filter(|_| !policy.streaming);
+        }
+
+        let started = Instant::now();
         let call = backend.oneshot(request.map(Body::new));
         let response = match deadline {
             // A unary response's headers come with its message, so this bounds the whole call;
             // dropping the call on expiry cancels it at the backend (RST_STREAM).
-            Some(deadline) => tokio::time::timeout(deadline, call)
+            Some((left, budget)) => tokio::time::timeout(left, call)
                 .await
-                .map_err(|_| exceeded(deadline))?,
+                .map_err(|_| exceeded(budget))?,
             None => call.await,
         };
         response
             .map_err(|error| match deadline {
                 // The backend's own timer (the same deadline, in `grpc-timeout`) won the race.
-                Some(deadline) if started.elapsed() >= deadline => exceeded(deadline),
+                Some((left, budget)) if started.elapsed() >= left => exceeded(budget),
                 _ => {
                     tracing::warn!(%path, %error, "backend call failed");
                     ApiError::Unavailable {
