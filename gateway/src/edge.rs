@@ -22,6 +22,7 @@ use tower::{Layer, ServiceExt};
 use crate::{
     backends::Backends,
     cors::Cors,
+    forwarded::TrustedProxies,
     proxy::{Proxy, request_id},
     rest::Rest,
     tenants::{ClientHost, request_host},
@@ -39,6 +40,8 @@ pub struct Edge {
     openapi: Bytes,
     /// The address of the client on this connection (see [`Edge::for_peer`]).
     peer: Option<std::net::IpAddr>,
+    /// Peers believed about the client behind them.
+    trusted_proxies: Arc<TrustedProxies>,
 }
 
 /// Where the OpenAPI document of the REST API is served, without a credential.
@@ -51,6 +54,7 @@ impl Edge {
         rest: Arc<Rest>,
         cors: Arc<Cors>,
         openapi: Bytes,
+        trusted_proxies: Arc<TrustedProxies>,
     ) -> Edge {
         Edge {
             proxy,
@@ -59,6 +63,7 @@ impl Edge {
             cors,
             openapi,
             peer: None,
+            trusted_proxies,
         }
     }
 
@@ -106,9 +111,13 @@ impl Edge {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // Audit events record where a call came from; translation keeps extensions.
+        // Audit events record where a call came from, and public calls are limited per
+        // client address; translation keeps extensions.
+        let client = self
+            .peer
+            .map(|peer| self.trusted_proxies.client(peer, request.headers()));
         let origin = ClientOrigin {
-            ip: self.peer.map(|ip| ip.to_string()),
+            ip: client.map(|ip| ip.to_string()),
             user_agent: request
                 .headers()
                 .get(http::header::USER_AGENT)

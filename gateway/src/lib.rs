@@ -12,6 +12,7 @@ mod cors;
 mod deadline;
 mod edge;
 mod first_bytes;
+mod forwarded;
 pub mod frames;
 pub mod fuzzing;
 mod idle;
@@ -37,6 +38,8 @@ use palisade_tls::MeshTls;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+pub use forwarded::IpBlock;
 
 pub const COMPONENT: &str = "gateway";
 
@@ -102,6 +105,9 @@ pub struct GatewayConfig {
     /// The rate of public calls each client address may make without a credential; `None`
     /// is unlimited (behind a proxy that hides clients' addresses, all share one rate).
     pub public_call_rate: Option<PublicCallRate>,
+    /// Proxies in front of the gateway (load balancers) whose `X-Forwarded-For` names the
+    /// client; a client's own address otherwise, whatever it sends.
+    pub trusted_proxies: Vec<IpBlock>,
 }
 
 /// Serves the public port until stopped. Readiness follows identity, without which no
@@ -173,7 +179,15 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     )?;
     let openapi = bytes::Bytes::from(serde_json::to_vec(&openapi)?);
     let cors = cors::Cors::new(&config.cors_allowed_origins);
-    let edge = edge::Edge::new(proxy, observe, Arc::new(rest), Arc::new(cors), openapi);
+    let trusted_proxies = forwarded::TrustedProxies::new(config.trusted_proxies.clone());
+    let edge = edge::Edge::new(
+        proxy,
+        observe,
+        Arc::new(rest),
+        Arc::new(cors),
+        openapi,
+        Arc::new(trusted_proxies),
+    );
     let (mesh, tls, metrics) = (config.mesh, config.tls, kit.metrics.clone());
     let workers = workers::Workers::start(
         config.workers,

@@ -440,6 +440,18 @@ async fn a_client_over_its_public_call_rate_is_refused_and_credentials_are_not()
         "{retry:?}"
     );
 
+    // A client cannot pass for another by naming it: the gateway trusts no proxy here.
+    let mut spoofed = tonic::Request::new(GetJwksRequest {});
+    spoofed
+        .metadata_mut()
+        .insert("x-forwarded-for", "198.51.100.1".parse()?);
+    let spoof_refused = expect_code(auth.get_jwks(spoofed).await, Code::ResourceExhausted);
+    let details = spoof_refused.get_error_details();
+    assert_eq!(
+        details.quota_failure().expect("a QuotaFailure").violations[0].subject,
+        "clients/127.0.0.1"
+    );
+
     // Login shares the client's rate, over REST too (429 with `Retry-After`).
     let login_refused = expect_code(
         auth.login(login("acme", &email("acme"))).await,
@@ -489,6 +501,45 @@ async fn a_client_over_its_public_call_rate_is_refused_and_credentials_are_not()
                 && line.contains(r#"reason="client_rate_limited""#)),
         "{metrics}"
     );
+    mesh.stop().await?;
+    Ok(())
+}
+
+/// Behind a load balancer the gateway is told to trust, each client it forwards for has its
+/// own public-call rate (and is the address audit records), read from `X-Forwarded-For`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate() -> anyhow::Result<()> {
+    let mesh = Mesh::builder()
+        .with_public_call_rate(1, 2)
+        .with_trusted_proxies(&["127.0.0.0/8"])
+        .start()
+        .await?;
+    let mut auth = AuthServiceClient::new(mesh.gateway());
+    let forwarded_for = |chain: &str| -> anyhow::Result<tonic::Request<GetJwksRequest>> {
+        let mut request = tonic::Request::new(GetJwksRequest {});
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", chain.parse()?);
+        Ok(request)
+    };
+    // The first entry is the client's own claim; the balancer appended what it saw.
+    for _ in 0..2 {
+        auth.get_jwks(forwarded_for("192.0.2.1, 203.0.113.7")?)
+            .await?;
+    }
+    let refused = expect_code(
+        auth.get_jwks(forwarded_for("192.0.2.2, 203.0.113.7")?)
+            .await,
+        Code::ResourceExhausted,
+    );
+    let details = refused.get_error_details();
+    assert_eq!(
+        details.quota_failure().expect("a QuotaFailure").violations[0].subject,
+        "clients/203.0.113.7"
+    );
+    // Another client behind the same balancer is unaffected, and so is the balancer itself.
+    auth.get_jwks(forwarded_for("203.0.113.8")?).await?;
+    auth.get_jwks(GetJwksRequest {}).await?;
     mesh.stop().await?;
     Ok(())
 }

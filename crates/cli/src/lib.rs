@@ -8,6 +8,6 @@ pub use mesh::{
     start_component,
 };
 
-pub use palisade_gateway::PublicCallRate;
+pub use palisade_gateway::{IpBlock, PublicCallRate};
 /// Re-exported so tests and embedders configure lockout without depending on identity.
 pub use palisade_identity::LockoutPolicy;

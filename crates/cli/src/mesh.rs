@@ -133,6 +133,8 @@ pub struct MeshOptions {
     pub idle_timeout: Duration,
     /// Public calls per client address without a credential; `None` is unlimited.
     pub public_call_rate: Option<palisade_gateway::PublicCallRate>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<palisade_gateway::IpBlock>,
     /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
     pub cors_allowed_origins: Vec<String>,
     /// PEM certificate chain and key for TLS on the gateway's public port; `None`: h2c.
@@ -161,6 +163,7 @@ impl MeshOptions {
             default_deadline: palisade_gateway::DEFAULT_DEADLINE,
             idle_timeout: palisade_gateway::IDLE_TIMEOUT,
             public_call_rate: Some(palisade_gateway::PublicCallRate::DEFAULT),
+            trusted_proxies: Vec::new(),
             cors_allowed_origins: Vec::new(),
             public_tls: None,
             login_lockout: LockoutPolicy::default(),
@@ -338,6 +341,7 @@ impl LocalMesh {
             default_deadline: options.default_deadline,
             idle_timeout: options.idle_timeout,
             public_call_rate: options.public_call_rate,
+            trusted_proxies: options.trusted_proxies.clone(),
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
             login_lockout: options.login_lockout,
@@ -369,6 +373,7 @@ pub struct ComponentSettings {
     pub default_deadline: Duration,
     pub idle_timeout: Duration,
     pub public_call_rate: Option<palisade_gateway::PublicCallRate>,
+    pub trusted_proxies: Vec<palisade_gateway::IpBlock>,
     pub cors_allowed_origins: Vec<String>,
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
@@ -402,6 +407,7 @@ pub async fn start_component(
         default_deadline,
         idle_timeout,
         public_call_rate,
+        trusted_proxies,
         cors_allowed_origins,
         public_tls,
         login_lockout,
@@ -455,6 +461,7 @@ pub async fn start_component(
                 tenant_base_domain,
                 workers: gateway_workers,
                 public_call_rate,
+                trusted_proxies,
             };
             palisade_gateway::start(listeners, config)
                 .await

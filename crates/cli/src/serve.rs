@@ -124,6 +124,11 @@ pub struct ServeArgs {
         default_value_t = palisade_gateway::PublicCallRate::DEFAULT.burst
     )]
     public_call_burst: u32,
+    /// gateway: proxies in front of the gateway (comma-separated addresses or blocks such as
+    /// `10.0.0.0/8`) whose `X-Forwarded-For` names the client, for per-client limits and
+    /// audit records; from any other peer the header is ignored. None by default.
+    #[arg(long, env = "PALISADE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<palisade_gateway::IpBlock>,
     /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST and
     /// gRPC-Web routes; none by default, which sends no CORS headers.
     #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -227,6 +232,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 burst: args.public_call_burst,
             },
         ),
+        trusted_proxies: args.trusted_proxies,
         cors_allowed_origins: args.cors_allowed_origins,
         public_tls: args.public_tls_cert.zip(args.public_tls_key),
         login_lockout: LockoutPolicy {

@@ -36,6 +36,7 @@ pub struct MeshBuilder {
     default_deadline: Option<Duration>,
     idle_timeout: Option<Duration>,
     public_call_rate: Option<palisade::PublicCallRate>,
+    trusted_proxies: Vec<palisade::IpBlock>,
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
@@ -104,6 +105,15 @@ impl MeshBuilder {
     }
 
     /// How many public calls without a credential the gateway lets one client address make.
+    /// The gateway believes `X-Forwarded-For` from peers in `blocks` (`127.0.0.1` for tests).
+    pub fn with_trusted_proxies(mut self, blocks: &[&str]) -> MeshBuilder {
+        self.trusted_proxies = blocks
+            .iter()
+            .map(|block| block.parse().expect("an address block"))
+            .collect();
+        self
+    }
+
     pub fn with_public_call_rate(mut self, per_second: u32, burst: u32) -> MeshBuilder {
         self.public_call_rate = Some(palisade::PublicCallRate { per_second, burst });
         self
@@ -158,6 +168,7 @@ impl MeshBuilder {
             options.tenant_cache_ttl = ttl;
         }
         options.tenant_base_domain = self.tenant_base_domain.clone();
+        options.trusted_proxies = self.trusted_proxies.clone();
         if let Some(lifetime) = self.api_key_max_lifetime {
             options.api_key_max_lifetime = lifetime;
         }
