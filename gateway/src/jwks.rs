@@ -95,9 +95,9 @@ impl Jwks {
             .fetched
             .is_some_and(|fetched| fetched >= arrived);
         if answered_since {
-            Err(crate::auth::invalid_token())
+            Err(crate::access_tokens::invalid_token())
         } else {
-            Err(crate::auth::cannot_verify())
+            Err(crate::access_tokens::cannot_verify())
         }
     }
 

@@ -6,6 +6,7 @@
 //! text) on the same port are translated into gRPC calls down that same path. It serves health
 //! and reflection for the whole mesh itself.
 
+mod access_tokens;
 mod auth;
 mod backends;
 mod cors;

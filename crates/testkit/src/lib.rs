@@ -104,7 +104,6 @@ impl MeshBuilder {
         self
     }
 
-    /// How many public calls without a credential the gateway lets one client address make.
     /// The gateway believes `X-Forwarded-For` from peers in `blocks` (`127.0.0.1` for tests).
     pub fn with_trusted_proxies(mut self, blocks: &[&str]) -> MeshBuilder {
         self.trusted_proxies = blocks
@@ -114,6 +113,7 @@ impl MeshBuilder {
         self
     }
 
+    /// How many public calls without a credential the gateway lets one client address make.
     pub fn with_public_call_rate(mut self, per_second: u32, burst: u32) -> MeshBuilder {
         self.public_call_rate = Some(palisade::PublicCallRate { per_second, burst });
         self

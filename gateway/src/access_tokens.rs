@@ -1,0 +1,221 @@
+//! Access tokens verified at the edge, without asking identity: an Ed25519 signature (JWS
+//! `EdDSA`) by a key identity publishes (`jwks.rs`), an `exp` in the future and the identity
+//! issuer. A verified token is remembered by its SHA-256 until it expires, while its `kid`
+//! stays published.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use palisade_grpc::ApiError;
+use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
+use ring::signature::{ED25519, UnparsedPublicKey};
+use sha2::{Digest, Sha256};
+
+use crate::{jwks::Jwks, sharded::Sharded};
+
+/// The `iss` identity puts in its access tokens.
+const ISSUER: &str = "palisade-identity";
+/// Tolerated clock difference between identity and the gateway when checking `exp`.
+const EXPIRY_LEEWAY_SECS: i64 = 30;
+
+/// Verifies access tokens against identity's published keys.
+pub struct TokenVerifier {
+    jwks: Jwks,
+    /// Tokens whose signature verified, by SHA-256: a client sends the same token with every
+    /// call, and hashing it costs far less than an Ed25519 verification and the JSON decoding.
+    verified: Sharded<[u8; 32], VerifiedToken>,
+}
+
+/// What a verified token stands for, and what must still hold for it to stand.
+struct VerifiedToken {
+    context: TenantContext,
+    kid: String,
+    exp: i64,
+}
+
+impl VerifiedToken {
+    /// Whether the token is unexpired at `now` (seconds), allowing for clock differences.
+    fn unexpired(&self, now: i64) -> bool {
+        self.exp + EXPIRY_LEEWAY_SECS > now
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier remembering about `capacity` verified tokens.
+    pub fn new(jwks: Jwks, capacity: usize) -> TokenVerifier {
+        TokenVerifier {
+            jwks,
+            verified: Sharded::with_capacity(capacity),
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<TenantContext, ApiError> {
+        let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(context) = self.cached(&fingerprint) {
+            return Ok(context);
+        }
+        let (context, kid, exp) = self.verify_signed(token).await?;
+        let now = unix_now();
+        self.verified.with(&fingerprint, |shard| {
+            // Expired tokens go first, then those expiring soonest.
+            self.verified
+                .make_room(shard, |token| token.unexpired(now), |token| Some(token.exp));
+            let token = VerifiedToken {
+                context: context.clone(),
+                kid,
+                exp,
+            };
+            shard.insert(fingerprint, token);
+        });
+        Ok(context)
+    }
+
+    /// A token verified before, while it is unexpired and its key still published (a key
+    /// identity retires stops its cached tokens at the next JWKS refresh, as it stops new ones).
+    /// Anything else is verified afresh, which gives the precise refusal.
+    fn cached(&self, fingerprint: &[u8; 32]) -> Option<TenantContext> {
+        let now = unix_now();
+        self.verified.with(fingerprint, |shard| {
+            let token = shard.get(fingerprint)?;
+            (token.unexpired(now) && self.jwks.publishes(&token.kid)).then(|| token.context.clone())
+        })
+    }
+
+    /// Checks the token's signature and claims: its context, `kid` and `exp`.
+    async fn verify_signed(&self, token: &str) -> Result<(TenantContext, String, i64), ApiError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid_token());
+        };
+        let header = decode_json(header)?;
+        if header["alg"] != "EdDSA" {
+            return Err(invalid_token());
+        }
+        let kid = header["kid"].as_str().ok_or_else(invalid_token)?;
+        let key = self.jwks.key(kid).await?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| invalid_token())?;
+        let signing_input = &token[..header_and_payload_len(token)];
+        UnparsedPublicKey::new(&ED25519, key)
+            .verify(signing_input.as_bytes(), &signature)
+            .map_err(|_| invalid_token())?;
+        let claims = decode_json(payload)?;
+        let context = context_from_claims(&claims, unix_now())?;
+        let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
+        Ok((context, kid.to_owned(), exp))
+    }
+}
+
+fn header_and_payload_len(token: &str) -> usize {
+    token.rfind('.').expect("three parts were checked")
+}
+
+fn decode_json(part: &str) -> Result<serde_json::Value, ApiError> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| invalid_token())?;
+    serde_json::from_slice(&bytes).map_err(|_| invalid_token())
+}
+
+/// The tenant context of a token whose signature has been verified: the issuer must be
+/// identity, the token unexpired, and the principal a user of a valid tenant.
+fn context_from_claims(claims: &serde_json::Value, now: i64) -> Result<TenantContext, ApiError> {
+    let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
+    if claims["iss"] != ISSUER || claims["principal_type"] != "user" {
+        return Err(invalid_token());
+    }
+    if exp + EXPIRY_LEEWAY_SECS <= now {
+        return Err(ApiError::Unauthenticated {
+            reason: "TOKEN_EXPIRED",
+            message: "the access token has expired; refresh it".to_owned(),
+        });
+    }
+    let tenant_id = claims["tenant"]
+        .as_str()
+        .and_then(|tenant| TenantId::parse(tenant).ok())
+        .ok_or_else(invalid_token)?;
+    let user = claims["sub"]
+        .as_str()
+        .filter(|sub| !sub.is_empty())
+        .ok_or_else(invalid_token)?;
+    // The session lets services refuse the token once its session ends (logout, revocation);
+    // tokens from before sessions were named carry none.
+    let session_id = match &claims["sid"] {
+        serde_json::Value::Null => None,
+        sid => Some(
+            sid.as_str()
+                .filter(|sid| uuid::Uuid::try_parse(sid).is_ok())
+                .ok_or_else(invalid_token)?
+                .to_owned(),
+        ),
+    };
+    Ok(TenantContext {
+        tenant_id,
+        principal: Some(Principal {
+            session_id,
+            ..Principal::new(user, PrincipalKind::User)
+        }),
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+/// Identity could not be asked, so a credential can be neither accepted nor refused.
+pub(crate) fn cannot_verify() -> ApiError {
+    ApiError::Unavailable {
+        message: "cannot verify credentials right now".to_owned(),
+    }
+}
+
+pub(crate) fn invalid_token() -> ApiError {
+    ApiError::Unauthenticated {
+        reason: "INVALID_TOKEN",
+        message: "the access token is invalid".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_checked() {
+        let claims = |iss: &str, exp: i64, kind: &str| {
+            serde_json::json!({
+                "iss": iss, "sub": "u1", "tenant": "acme", "principal_type": kind,
+                "roles": ["admin"], "iat": 0, "exp": exp, "jti": "j",
+            })
+        };
+        let context = context_from_claims(&claims(ISSUER, 1_000, "user"), 900).unwrap();
+        assert_eq!(context.tenant_id.as_str(), "acme");
+        let principal = context.principal.unwrap();
+        assert_eq!(
+            (principal.id.as_str(), principal.kind),
+            ("u1", PrincipalKind::User)
+        );
+        assert_eq!(principal.session_id, None, "a token from before sessions");
+        let mut with_session = claims(ISSUER, 1_000, "user");
+        with_session["sid"] = "0192f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f".into();
+        let principal = context_from_claims(&with_session, 900)
+            .unwrap()
+            .principal
+            .unwrap();
+        assert_eq!(
+            principal.session_id.as_deref(),
+            Some("0192f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f")
+        );
+        with_session["sid"] = "not-a-session".into();
+        assert!(context_from_claims(&with_session, 900).is_err());
+        assert!(context_from_claims(&claims("someone-else", 1_000, "user"), 900).is_err());
+        assert!(context_from_claims(&claims(ISSUER, 1_000, "service"), 900).is_err());
+        assert!(
+            context_from_claims(&claims(ISSUER, 1_000, "user"), 1_000 + EXPIRY_LEEWAY_SECS)
+                .is_err()
+        );
+    }
+}
