@@ -150,6 +150,16 @@ struct KeyLookups {
     asking: Arc<Semaphore>,
 }
 
+/// What the gateway knows of a key before asking identity.
+enum Trust {
+    /// Accepted, and trusted still.
+    Trusted(TenantContext),
+    /// Accepted once, but trusted no longer: to be asked about again. (Lapsed entries are the
+    /// first `accepted` drops when full.)
+    Lapsed,
+    Unknown,
+}
+
 /// What identity answered for an API key.
 #[derive(Clone, Debug)]
 enum KeyAnswer {
@@ -218,9 +228,11 @@ impl ApiKeyVerifier {
             ));
         }
         let fingerprint: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        if let Some(context) = self.trusted(&fingerprint) {
-            return Ok(context);
-        }
+        let accepted_before = match self.trusted(&fingerprint) {
+            Trust::Trusted(context) => return Ok(context),
+            Trust::Lapsed => true,
+            Trust::Unknown => false,
+        };
         let answer = self
             .answers
             .get_admitted(&fingerprint, || {
@@ -235,7 +247,11 @@ impl ApiKeyVerifier {
                         tracing::debug!("api key not verified: {TOO_MANY_LOOKUPS}");
                         cannot_verify()
                     })?;
-                admit()?;
+                // A key identity accepted before is one the client holds, not made up: asking
+                // again when its trust lapses is the gateway's doing, not charged to the client.
+                if !accepted_before {
+                    admit()?;
+                }
                 let ask = ask_identity(
                     self.identity.clone(),
                     self.lookups.asking.clone(),
@@ -264,21 +280,25 @@ impl ApiKeyVerifier {
             KeyAnswer::TenantRefused { reason, message } => {
                 Err(ApiError::PermissionDenied { reason, message })
             }
-            KeyAnswer::OwnerNotActive { message } | KeyAnswer::Invalid { message } => {
+            KeyAnswer::OwnerNotActive { message } => Err(invalid_api_key(message)),
+            KeyAnswer::Invalid { message } => {
+                // Revoked or expired: from now on asking about it is charged again.
+                self.accepted
+                    .with(&fingerprint, |shard| shard.remove(&fingerprint));
                 Err(invalid_api_key(message))
             }
         }
     }
 
-    /// The context of an accepted key, while it is trusted.
-    fn trusted(&self, fingerprint: &[u8; 32]) -> Option<TenantContext> {
+    /// Whether identity accepted the key, and whether that still stands.
+    fn trusted(&self, fingerprint: &[u8; 32]) -> Trust {
         let now = Instant::now();
-        self.accepted.with(fingerprint, |shard| {
-            shard
-                .get(fingerprint)
-                .filter(|(_, until)| now < *until)
-                .map(|(context, _)| context.clone())
-        })
+        self.accepted
+            .with(fingerprint, |shard| match shard.get(fingerprint) {
+                Some((context, until)) if now < *until => Trust::Trusted(context.clone()),
+                Some(_) => Trust::Lapsed,
+                None => Trust::Unknown,
+            })
     }
 
     fn trust(&self, fingerprint: [u8; 32], context: &TenantContext, until: Instant) {

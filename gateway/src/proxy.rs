@@ -125,16 +125,18 @@ impl Proxy {
 
     /// The tenant context of the credential the request presents, if it presents one. An
     /// API key that identity must be asked about costs its client as a public call does, so
-    /// made-up keys cannot keep identity busy for everyone.
+    /// made-up keys cannot keep identity busy for everyone; `charged` says whether it did.
     async fn verify_credential(
         &self,
         headers: &http::HeaderMap,
         origin: Option<&ClientOrigin>,
+        charged: &mut bool,
     ) -> Result<Option<TenantContext>, ApiError> {
         let Some(key) = presented_api_key(headers)? else {
             return Ok(None);
         };
         let admit = || {
+            *charged = true;
             self.admit_client(
                 origin,
                 "api keys it presents that the gateway must ask identity about",
@@ -176,7 +178,11 @@ impl Proxy {
             .into());
         }
         let origin = request.extensions().get::<ClientOrigin>();
-        let verified = match self.verify_credential(request.headers(), origin).await {
+        let mut charged = false;
+        let verified = match self
+            .verify_credential(request.headers(), origin, &mut charged)
+            .await
+        {
             Ok(verified) => verified,
             // A public method needs no credential, so one that does not verify is ignored
             // rather than refused: a client that sends its access token with every call must
@@ -191,8 +197,11 @@ impl Proxy {
             }
             // No principal: the tenant only tells public calls such as `Login` whose they are.
             (None, true) => {
-                let origin = request.extensions().get::<ClientOrigin>();
-                self.admit_client(origin, "public calls without a credential")?;
+                // Unless the client already paid for this call, asking about its key.
+                if !charged {
+                    let origin = request.extensions().get::<ClientOrigin>();
+                    self.admit_client(origin, "public calls without a credential")?;
+                }
                 match request_host(&request) {
                     Some(host) => {
                         self.limits

@@ -1,10 +1,17 @@
 //! What the gateway remembers of identity's answers about API keys: a client repeating a
 //! made-up key, in a burst or one call after another, costs identity one `VerifyApiKey` call,
 //! not one per request, and the answer stays the same refusal; what is not shaped like a key
-//! costs identity nothing; genuine keys are unaffected.
+//! costs identity nothing; genuine keys are unaffected. Asking identity about a key costs the
+//! client a public call, unless identity accepted that key before.
 
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_code, reason};
 use palisade_proto::palisade::identity::v1::{
-    ListTenantsRequest, tenant_service_client::TenantServiceClient,
+    GetJwksRequest, ListTenantsRequest, auth_service_client::AuthServiceClient,
+    tenant_service_client::TenantServiceClient,
 };
 use palisade_testkit::{Component, Mesh, with_api_key};
 use tonic::Code;
@@ -54,5 +61,82 @@ async fn a_repeated_made_up_key_costs_identity_one_call() -> anyhow::Result<()> 
 
     // The operator's genuine key works alongside.
     call(mesh.operator_key().to_owned()).await?;
+    mesh.stop().await
+}
+
+/// `request` as if a trusted balancer forwarded it for `client`.
+fn forwarded_for<T>(mut request: tonic::Request<T>, client: &str) -> tonic::Request<T> {
+    let client = client.parse().expect("an address");
+    request.metadata_mut().insert("x-forwarded-for", client);
+    request
+}
+
+/// A genuine key whose trust lapsed is asked about again at the gateway's cost, not its
+/// client's; a made-up key on a public call costs the client that one call, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_again_about_a_genuine_key_costs_its_client_nothing() -> anyhow::Result<()> {
+    const TTL: Duration = Duration::from_millis(200);
+    let mesh = Mesh::builder()
+        .with_public_call_rate(1, 1)
+        .with_api_key_cache_ttl(TTL)
+        .with_trusted_proxies(&["127.0.0.0/8"])
+        .start()
+        .await?;
+    let mut tenants = TenantServiceClient::new(mesh.gateway());
+    let mut auth = AuthServiceClient::new(mesh.gateway());
+    let accepted = || {
+        mesh.unary_calls_handled(
+            Component::Identity,
+            "palisade.identity.v1.ApiKeyService",
+            "VerifyApiKey",
+            "OK",
+        )
+    };
+    let key = mesh.operator_key().to_owned();
+    let list =
+        |client: &str| forwarded_for(with_api_key(ListTenantsRequest::default(), &key), client);
+
+    // Identity accepts the key (asked from elsewhere); each time its trust lapses, it is
+    // asked again.
+    tenants
+        .list_tenants(with_api_key(ListTenantsRequest::default(), &key))
+        .await?;
+    let before = accepted().await?;
+    for _ in 0..3 {
+        tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+        tenants.list_tenants(list("203.0.113.20")).await?;
+    }
+    assert_eq!(accepted().await? - before, 3);
+    // None of that came out of the client's public calls: its one is still there.
+    auth.get_jwks(forwarded_for(
+        tonic::Request::new(GetJwksRequest {}),
+        "203.0.113.20",
+    ))
+    .await?;
+    let refused = expect_code(
+        auth.get_jwks(forwarded_for(
+            tonic::Request::new(GetJwksRequest {}),
+            "203.0.113.20",
+        ))
+        .await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(reason(&refused), "CLIENT_RATE_LIMITED");
+
+    // A public call presenting a made-up key pays for asking about it, and that is all.
+    let made_up = format!("pal_{}_{}", "0".repeat(32), "c".repeat(64));
+    auth.get_jwks(forwarded_for(
+        with_api_key(GetJwksRequest {}, &made_up),
+        "203.0.113.21",
+    ))
+    .await?;
+    expect_code(
+        auth.get_jwks(forwarded_for(
+            tonic::Request::new(GetJwksRequest {}),
+            "203.0.113.21",
+        ))
+        .await,
+        Code::ResourceExhausted,
+    );
     mesh.stop().await
 }
