@@ -49,11 +49,10 @@ impl FromStr for IpBlock {
     fn from_str(text: &str) -> Result<IpBlock, String> {
         let text = text.trim();
         let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
-        let network: IpAddr = address
+        let written: IpAddr = address
             .parse()
             .map_err(|_| format!("{text:?} is not an address or an address block (a.b.c.d/n)"))?;
-        let network = network.to_canonical();
-        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let bits = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             "" => bits,
             digits => digits
@@ -61,6 +60,18 @@ impl FromStr for IpBlock {
                 .ok()
                 .filter(|prefix| *prefix <= bits)
                 .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {bits}"))?,
+        };
+        // Addresses are compared in canonical form, so an IPv4-mapped block (`::ffff:a.b.c.d/n`,
+        // n ≥ 96) is the IPv4 block it maps.
+        let network = written.to_canonical();
+        let prefix = match (written, network) {
+            (IpAddr::V6(_), IpAddr::V4(_)) if prefix >= 96 => prefix - 96,
+            (IpAddr::V6(_), IpAddr::V4(_)) => {
+                return Err(format!(
+                    "{text:?}: an IPv4-mapped block needs a prefix length of 96 to 128"
+                ));
+            }
+            _ => prefix,
         };
         Ok(IpBlock { network, prefix })
     }
@@ -97,10 +108,9 @@ impl TrustedProxies {
         let mut client = peer;
         // Proxies append: later header lines, and later entries in a line, are nearer.
         for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
-            let Ok(line) = line.to_str() else {
-                return client;
-            };
-            for entry in line.rsplit(',') {
+            // Entries are read one by one: bytes that are not text in an entry the client
+            // wrote must not make the proxies' entries after it unreadable too.
+            for entry in line.as_bytes().rsplit(|byte| *byte == b',') {
                 let Some(address) = forwarded_address(entry) else {
                     return client;
                 };
@@ -115,8 +125,8 @@ impl TrustedProxies {
 }
 
 /// An `X-Forwarded-For` entry: an address, perhaps with a port (`[v6]:port` for IPv6).
-fn forwarded_address(entry: &str) -> Option<IpAddr> {
-    let entry = entry.trim();
+fn forwarded_address(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim();
     let address = entry
         .parse::<IpAddr>()
         .or_else(|_| entry.parse::<SocketAddr>().map(|socket| socket.ip()))
@@ -149,6 +159,10 @@ mod tests {
         assert!(block("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
         assert!(!block("::/0").contains(ip("10.1.2.3")));
         assert_eq!(block(" 10.1.2.3/8 ").to_string(), "10.1.2.3/8");
+        // An IPv4-mapped block is the IPv4 block it maps.
+        assert_eq!(block("::ffff:10.0.0.0/104"), block("10.0.0.0/8"));
+        assert_eq!(block("::ffff:10.1.2.3"), block("10.1.2.3"));
+        assert!(block("::ffff:10.0.0.0/104").contains(ip("10.9.9.9")));
         for bad in [
             "",
             "10.0.0.0/33",
@@ -156,6 +170,7 @@ mod tests {
             "2001:db8::/129",
             "example.com",
             "10/8",
+            "::ffff:10.0.0.0/64",
         ] {
             assert!(bad.parse::<IpBlock>().is_err(), "{bad:?}");
         }
@@ -190,6 +205,13 @@ mod tests {
         assert_eq!(client(&["203.0.113.7, unknown"]), lb);
         assert_eq!(client(&["unknown, 10.0.0.9"]), ip("10.0.0.9"));
         assert_eq!(client(&[]), lb);
+        // Bytes that are not text in the client's own entry spoil only that entry.
+        let mut obs_text = HeaderMap::new();
+        obs_text.append(
+            X_FORWARDED_FOR,
+            http::HeaderValue::from_bytes(b"caf\xe9, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(trusted.client(lb, &obs_text), ip("203.0.113.7"));
         // A peer that is not a trusted proxy is the client, whatever it says.
         let stranger = ip("198.51.100.1");
         assert_eq!(

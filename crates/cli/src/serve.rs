@@ -126,7 +126,9 @@ pub struct ServeArgs {
     public_call_burst: u32,
     /// gateway: proxies in front of the gateway (comma-separated addresses or blocks such as
     /// `10.0.0.0/8`) whose `X-Forwarded-For` names the client, for per-client limits and
-    /// audit records; from any other peer the header is ignored. None by default.
+    /// audit records; from any other peer the header is ignored. None by default. List only
+    /// proxies that append the address they saw to `X-Forwarded-For`: one that passes the
+    /// client's header on untouched would let clients choose the address they are counted as.
     #[arg(long, env = "PALISADE_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<palisade_gateway::IpBlock>,
     /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST and
