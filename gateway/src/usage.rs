@@ -9,7 +9,15 @@
 //! gateways each add their own unreported calls to the count identity last gave them, so a
 //! tenant may overshoot by what the others counted within about a second.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    ops::ControlFlow,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use palisade_grpc::{ApiError, MeshChannel, time::micros};
 use palisade_proto::palisade::identity::v1::{
@@ -90,6 +98,8 @@ pub struct UsageMeter {
     identity: EdgeServiceClient<MeshChannel>,
     /// Only the flusher touches it; a tokio mutex because it is held across the report.
     outstanding: tokio::sync::Mutex<Option<Batch>>,
+    /// The shard the next batch starts from (only the flusher touches it).
+    next_shard: AtomicUsize,
 }
 
 impl UsageMeter {
@@ -98,6 +108,7 @@ impl UsageMeter {
             meters: Sharded::with_capacity(MAX_METERS),
             identity: EdgeServiceClient::new(identity),
             outstanding: tokio::sync::Mutex::new(None),
+            next_shard: AtomicUsize::new(0),
         }
     }
 
@@ -223,18 +234,26 @@ impl UsageMeter {
         }
     }
 
-    /// Moves pending counts, of at most `MAX_BATCH_TENANTS` tenants, into a new batch.
+    /// Moves pending counts, of at most `MAX_BATCH_TENANTS` tenants, into a new batch. The
+    /// walk resumes at the shard where the last full batch ended, so when more tenants have
+    /// calls than a tick's batches hold, the same ones do not go first every tick.
     fn next_batch(&self) -> Option<Batch> {
         let mut calls = Vec::new();
-        self.meters.each(|shard| {
+        let start = self.next_shard.load(Ordering::Relaxed);
+        let stopped = self.meters.each_from(start, |shard| {
             for (tenant, meter) in shard.iter_mut() {
-                if meter.pending > 0 && calls.len() < MAX_BATCH_TENANTS {
+                if calls.len() == MAX_BATCH_TENANTS {
+                    return ControlFlow::Break(());
+                }
+                if meter.pending > 0 {
                     calls.push((tenant.clone(), meter.pending));
                     meter.reporting += meter.pending;
                     meter.pending = 0;
                 }
             }
+            ControlFlow::Continue(())
         });
+        self.next_shard.store(stopped, Ordering::Relaxed);
         (!calls.is_empty()).then(|| Batch {
             id: uuid::Uuid::now_v7().to_string(),
             calls,
@@ -377,6 +396,40 @@ mod tests {
         let unlimited = acme(None, 1_000_000);
         usage.admit(&unlimited, 0).unwrap();
         assert_eq!(usage.next_batch().unwrap().calls[0].1, 1);
+    }
+
+    /// More tenants with calls than a batch holds: the ones left out go first next time,
+    /// even when those that went have calls again.
+    #[tokio::test]
+    async fn batches_take_turns_across_tenants() {
+        let usage = meter();
+        let tenants: Vec<EdgeTenant> = (0..MAX_BATCH_TENANTS + 100)
+            .map(|i| EdgeTenant {
+                id: TenantId::parse(&format!("tenant-{i}")).unwrap(),
+                ..acme(None, 0)
+            })
+            .collect();
+        let count_all = || {
+            for tenant in &tenants {
+                usage.admit(tenant, 0).unwrap();
+            }
+        };
+        count_all();
+        let first = usage.next_batch().unwrap();
+        assert_eq!(first.calls.len(), MAX_BATCH_TENANTS);
+        count_all();
+        let second = usage.next_batch().unwrap();
+        let in_second: std::collections::HashSet<_> =
+            second.calls.iter().map(|(tenant, _)| tenant).collect();
+        for tenant in &tenants {
+            if !first.calls.iter().any(|(went, _)| *went == tenant.id) {
+                assert!(
+                    in_second.contains(&tenant.id),
+                    "{} left out twice",
+                    tenant.id
+                );
+            }
+        }
     }
 
     #[tokio::test]
