@@ -135,12 +135,12 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
             config.tenant_cache_ttl,
             config.tenant_base_domain.as_deref(),
         ),
-        rates: limits::RateLimiter::default(),
+        rates: limits::RateLimiter::for_tenants(),
         public_rate: config.public_call_rate.map(|rate| limits::Rate {
             per_second: f64::from(rate.per_second),
             burst: f64::from(rate.burst.max(1)),
         }),
-        clients: limits::RateLimiter::default(),
+        clients: limits::RateLimiter::for_clients(),
         usage: usage.clone(),
         throttled: kit.metrics.labeled_counter(
             "palisade_gateway_throttled",

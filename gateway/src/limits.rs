@@ -6,8 +6,10 @@
 //! bounded: a bucket that has refilled to its capacity is the same as a new one, so such
 //! buckets are what gets dropped when a shard is full. A bucket still draining is never
 //! dropped (its key would come back with a fresh burst): when a shard holds only those, new
-//! keys share one overflow bucket until room comes back, so a flood of more addresses than
-//! the map holds gains one rate between them, not a burst each.
+//! client addresses share one overflow bucket until room comes back, so a flood of more
+//! addresses than the map holds gains one rate between them, not a burst each. Tenants never
+//! share: only verified credentials name one, so there are no more of them than the mesh
+//! holds, and a tenant sharing a bucket would be refused for calls others made.
 
 use std::{
     collections::HashMap,
@@ -86,24 +88,31 @@ impl Bucket {
     }
 }
 
-/// A bucket per key: per tenant (the default) or per [`ClientKey`].
-pub struct RateLimiter<K = TenantId> {
+/// A bucket per key: per tenant or per [`ClientKey`].
+pub struct RateLimiter<K> {
     buckets: Sharded<K, (Bucket, Rate)>,
-    /// The bucket of keys that found their shard full of draining buckets.
-    overflow: Mutex<Option<Bucket>>,
+    /// The bucket of keys that found their shard full of draining buckets; `None` for keys
+    /// that never share (their shard grows instead).
+    overflow: Option<Mutex<Option<Bucket>>>,
 }
 
-impl<K: Hash + Eq + Clone> Default for RateLimiter<K> {
-    fn default() -> RateLimiter<K> {
-        RateLimiter::with_capacity(MAX_BUCKETS)
+impl RateLimiter<TenantId> {
+    pub fn for_tenants() -> RateLimiter<TenantId> {
+        RateLimiter::with_capacity(MAX_BUCKETS, false)
+    }
+}
+
+impl RateLimiter<ClientKey> {
+    pub fn for_clients() -> RateLimiter<ClientKey> {
+        RateLimiter::with_capacity(MAX_BUCKETS, true)
     }
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
-    fn with_capacity(capacity: usize) -> RateLimiter<K> {
+    fn with_capacity(capacity: usize, share_when_full: bool) -> RateLimiter<K> {
         RateLimiter {
             buckets: Sharded::with_capacity(capacity),
-            overflow: Mutex::new(None),
+            overflow: share_when_full.then(|| Mutex::new(None)),
         }
     }
 
@@ -114,8 +123,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
                 *last_rate = rate;
                 return bucket.take(rate, now);
             }
-            if !self.make_room(shard, now) {
-                let mut overflow = self.overflow.lock().expect("overflow lock");
+            if !self.make_room(shard, now)
+                && let Some(overflow) = &self.overflow
+            {
+                let mut overflow = overflow.lock().expect("overflow lock");
                 return overflow
                     .get_or_insert_with(|| Bucket::full(rate, now))
                     .take(rate, now);
@@ -183,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_the_rate() {
-        let limiter = RateLimiter::default();
+        let limiter = RateLimiter::for_tenants();
         let t0 = Instant::now();
         let acme = tenant("acme");
         for _ in 0..3 {
@@ -212,7 +223,7 @@ mod tests {
 
     #[test]
     fn tenants_do_not_share_a_bucket() {
-        let limiter = RateLimiter::default();
+        let limiter = RateLimiter::for_tenants();
         let now = Instant::now();
         for _ in 0..3 {
             limiter.check(&tenant("acme"), RATE, now).unwrap();
@@ -223,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_clock_going_backwards_adds_nothing() {
-        let limiter = RateLimiter::default();
+        let limiter = RateLimiter::for_tenants();
         let t0 = Instant::now() + Duration::from_secs(10);
         let acme = tenant("acme");
         for _ in 0..3 {
@@ -245,7 +256,7 @@ mod tests {
             })
         );
         // A zero rate lets the burst through once and then never again.
-        let limiter = RateLimiter::default();
+        let limiter = RateLimiter::for_tenants();
         let now = Instant::now();
         let zero = Rate::of_limits(0, 1).unwrap();
         assert_eq!(limiter.check(&tenant("acme"), zero, now), Ok(()));
@@ -255,12 +266,16 @@ mod tests {
         );
     }
 
+    fn client(i: u32) -> ClientKey {
+        ClientKey::of(IpAddr::V4(i.into()))
+    }
+
     #[test]
     fn memory_stays_bounded() {
-        let limiter = RateLimiter::with_capacity(32);
+        let limiter = RateLimiter::with_capacity(32, true);
         let now = Instant::now();
         for i in 0..1_000 {
-            let _ = limiter.check(&tenant(&format!("t{i:03}")), RATE, now);
+            let _ = limiter.check(&client(i), RATE, now);
         }
         let mut total = 0;
         limiter.buckets.each(|shard| total += shard.len());
@@ -275,7 +290,7 @@ mod tests {
         draining.take(RATE, now).unwrap();
         shard.insert(tenant("acme"), (draining, RATE));
         shard.insert(tenant("globex"), (Bucket::full(RATE, now), RATE));
-        let limiter = RateLimiter::with_capacity(32);
+        let limiter = RateLimiter::with_capacity(32, false);
         assert!(limiter.make_room(&mut shard, now));
         // globex's full bucket is the same as none; acme keeps its debt.
         assert_eq!(shard.len(), 1);
@@ -296,24 +311,35 @@ mod tests {
     }
 
     #[test]
-    fn keys_finding_no_room_share_one_bucket_rather_than_a_burst_each() {
-        let limiter = RateLimiter::with_capacity(16);
+    fn clients_finding_no_room_share_one_bucket_rather_than_a_burst_each() {
+        let limiter = RateLimiter::with_capacity(16, true);
         let now = Instant::now();
-        let mut allowed = 0;
-        for i in 0..1_000 {
-            if limiter
-                .check(&tenant(&format!("t{i:03}")), RATE, now)
-                .is_ok()
-            {
-                allowed += 1;
-            }
-        }
+        let allowed = (0..1_000)
+            .filter(|i| limiter.check(&client(*i), RATE, now).is_ok())
+            .count();
         // One bucket per shard place, each first call taking a token from a full bucket,
         // then the overflow bucket's burst, whatever the number of keys.
         let mut total = 0;
         limiter.buckets.each(|shard| total += shard.len());
         assert_eq!(total, 16);
         assert_eq!(allowed, 16 + 3);
+    }
+
+    #[test]
+    fn tenants_finding_no_room_still_get_their_own_bucket() {
+        let limiter = RateLimiter::with_capacity(16, false);
+        let now = Instant::now();
+        let tenants: Vec<TenantId> = (0..100).map(|i| tenant(&format!("t{i:03}"))).collect();
+        for tenant in &tenants {
+            limiter.check(tenant, RATE, now).unwrap();
+        }
+        // Every tenant's bucket is draining and kept, each with its own burst left.
+        for tenant in &tenants {
+            for _ in 0..2 {
+                limiter.check(tenant, RATE, now).unwrap();
+            }
+            assert!(limiter.check(tenant, RATE, now).is_err());
+        }
     }
 
     #[test]
@@ -327,7 +353,7 @@ mod tests {
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::/64");
 
-        let limiter = RateLimiter::default();
+        let limiter = RateLimiter::for_clients();
         let now = Instant::now();
         for _ in 0..3 {
             limiter.check(&key("2001:db8::1"), RATE, now).unwrap();

@@ -45,7 +45,7 @@ use crate::{
 /// client), and the counter of what it refused.
 pub struct TenantLimits {
     pub directory: TenantDirectory,
-    pub rates: RateLimiter,
+    pub rates: RateLimiter<TenantId>,
     pub usage: Arc<UsageMeter>,
     /// The rate of public calls (`Login`, `RefreshToken`, ...) each client address may make
     /// without a credential; `None` is unlimited.
