@@ -1,7 +1,7 @@
 //! `UserService.UpdateUser`: an admin renames and disables a user through the gateway; the
 //! disabled user's access token, refresh token, sign-in and API key stop at once and come back
-//! when it is enabled; nobody changes a user with more rights or disables itself; disabled
-//! users make room under the `users` limit.
+//! when it is enabled; nobody changes a user with more rights or disables itself, not even one
+//! promoted while the change was being judged; disabled users make room under the `users` limit.
 
 mod common;
 mod identity_kit;
@@ -260,6 +260,94 @@ async fn a_rename_racing_a_disable_keeps_the_user_disabled() -> anyhow::Result<(
             .await?
             .into_inner();
         assert_eq!(stored.state(), UserState::Disabled, "{backend}");
+        db.close().await;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A manager renaming a viewer while an admin makes that viewer an admin: the manager's right
+/// was judged on the viewer, so the rename must not land on the admin. The test holds the role
+/// change open (the user's row locked, as identity's own writes lock it) while the rename runs,
+/// then commits it: the rename is aborted (`CONCURRENT_CHANGE`), to be judged again on retry.
+/// On PostgreSQL the test commits once the rename waits for that lock, so the race is hit
+/// every time; on SQLite after a pause, and a rename slower than that reads the admin and is
+/// refused outright, which is as safe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_judged_before_a_promotion_is_aborted() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        let mut users = UserServiceClient::new(mesh.gateway());
+        users
+            .create_user(mesh.as_operator(new_user("acme", "mo@acme.example", &["manager"])))
+            .await?;
+        let bob = users
+            .create_user(mesh.as_operator(new_user("acme", "bob@acme.example", &["viewer"])))
+            .await?
+            .into_inner();
+        let bob_id = bob.name.rsplit('/').next().expect("an id").to_owned();
+        let (manager, _) = login(&mesh, "acme", "mo@acme.example").await?;
+
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut promoting = db.begin().await?;
+        sqlx::query(
+            "UPDATE users SET display_name = display_name WHERE tenant_id = 'acme' AND id = $1",
+        )
+        .bind(&bob_id)
+        .execute(&mut *promoting)
+        .await?;
+        sqlx::query(
+            "INSERT INTO user_roles (user_id, tenant_id, role) VALUES ($1, 'acme', 'admin')",
+        )
+        .bind(&bob_id)
+        .execute(&mut *promoting)
+        .await?;
+        let renaming = tokio::spawn({
+            let mut users = users.clone();
+            let request = with_bearer(
+                change(&bob, &["display_name"], |user| {
+                    user.display_name = "Bobby".into()
+                }),
+                &manager,
+            );
+            async move { users.update_user(request).await }
+        });
+        if backend == "postgres" {
+            // The rename judged Bob a viewer and now waits for his row.
+            let waiting = "SELECT count(*) FROM pg_stat_activity \
+                           WHERE wait_event_type = 'Lock' AND datname = current_database()";
+            palisade_testkit::eventually(Duration::from_secs(10), || async {
+                let waiting: i64 = sqlx::query_scalar(waiting).fetch_one(db.pool()).await?;
+                Ok((waiting > 0).then_some(()))
+            })
+            .await?;
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        promoting.commit().await?;
+        let refused = renaming
+            .await?
+            .expect_err("a rename of an admin by a manager");
+        if backend == "postgres" {
+            assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+        }
+        match refused.code() {
+            Code::Aborted => assert_eq!(reason(&refused), "CONCURRENT_CHANGE"),
+            Code::PermissionDenied => assert_eq!(reason(&refused), "ROLE_ESCALATION"),
+            _ => panic!("{backend}: {refused:?}"),
+        }
+        let stored = users
+            .get_user(mesh.as_operator(GetUserRequest {
+                name: bob.name.clone(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(stored.display_name, bob.display_name, "{backend}");
+        assert!(stored.roles.contains(&"admin".to_owned()), "{backend}");
         db.close().await;
         mesh.stop().await?;
     }
