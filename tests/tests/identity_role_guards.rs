@@ -1,19 +1,20 @@
 //! The walls around roles: nobody puts into a role, or grants, permissions it does not hold
-//! itself, and another tenant's principals neither read nor change a tenant's roles.
+//! itself (not even by granting a role widened while the grant was being judged), and another
+//! tenant's principals neither read nor change a tenant's roles.
 
 mod common;
 mod roles_kit;
 
-use common::{expect_code, reason, violated_fields};
+use common::{expect_code, reason, until_a_call_waits_for_a_lock, violated_fields};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
         AssignRoleRequest, DeleteRoleRequest, GetEffectivePermissionsRequest, GetRoleRequest,
-        ListRolesRequest, Role, UpdateRoleRequest, role_service_client::RoleServiceClient,
-        user_service_client::UserServiceClient,
+        GetUserRequest, ListRolesRequest, Role, UpdateRoleRequest,
+        role_service_client::RoleServiceClient, user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::Mesh;
+use palisade_testkit::{Component, Mesh};
 use prost_types::FieldMask;
 use roles_kit::{login, new_role, new_user, populate, with_bearer};
 use tonic::Code;
@@ -254,6 +255,78 @@ async fn another_tenant_neither_reads_nor_changes_roles() -> anyhow::Result<()> 
             .await?
             .into_inner();
         assert_eq!(unchanged, role);
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A manager granting a custom role while an admin widens it past the manager's rights: the
+/// grant was judged on the role as it was, so it is aborted (`CONCURRENT_CHANGE`), to be judged
+/// again on retry, rather than handing out the wider role. The test holds the widening open
+/// (the role's row locked, as `UpdateRole` locks it) while the grant runs, then commits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_judged_before_its_role_widens_is_aborted() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let people = populate(
+            &mesh,
+            &[
+                ("acme", "mo@acme.example", "manager"),
+                ("acme", "bob@acme.example", "viewer"),
+            ],
+        )
+        .await?;
+        let bob = &people[1];
+        RoleServiceClient::new(mesh.gateway())
+            .create_role(mesh.as_operator(new_role("acme", "reporter", &["identity.users.get"])))
+            .await?;
+        let manager = login(mesh.gateway(), "acme", "mo@acme.example").await?;
+
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut widening = db.begin().await?;
+        sqlx::query("UPDATE roles SET update_time = update_time + 1 WHERE tenant_id = 'acme' AND id = 'reporter'")
+            .execute(&mut *widening)
+            .await?;
+        sqlx::query(
+            "INSERT INTO role_permissions (tenant_id, role_id, permission) \
+             VALUES ('acme', 'reporter', 'identity.tenants.update')",
+        )
+        .execute(&mut *widening)
+        .await?;
+        let granting = tokio::spawn({
+            let mut users = UserServiceClient::new(mesh.gateway());
+            let request = with_bearer(
+                AssignRoleRequest {
+                    name: bob.name.clone(),
+                    role: "reporter".into(),
+                },
+                &manager,
+            );
+            async move { users.assign_role(request).await }
+        });
+        // The grant judged the role narrow and now waits for its row.
+        until_a_call_waits_for_a_lock(&db, backend).await?;
+        widening.commit().await?;
+        let refused = granting
+            .await?
+            .expect_err("a grant wider than the manager's rights");
+        if backend == "postgres" {
+            assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+        }
+        match refused.code() {
+            Code::Aborted => assert_eq!(reason(&refused), "CONCURRENT_CHANGE"),
+            Code::PermissionDenied => {}
+            _ => panic!("{backend}: {refused:?}"),
+        }
+        let bob_now = UserServiceClient::new(mesh.gateway())
+            .get_user(mesh.as_operator(GetUserRequest {
+                name: bob.name.clone(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(bob_now.roles, ["viewer"], "{backend}");
+        db.close().await;
         mesh.stop().await?;
     }
     Ok(())

@@ -8,7 +8,10 @@ mod identity_kit;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{audit_events_arrived, expect_code, new_tenant, reason, violated_fields};
+use common::{
+    audit_events_arrived, expect_code, new_tenant, reason, until_a_call_waits_for_a_lock,
+    violated_fields,
+};
 use identity_kit::{list_users, login, login_request, new_user, own_key, update, with_bearer};
 use palisade_proto::palisade::identity::v1::{
     GetUserRequest, Plan, RefreshTokenRequest, Tenant, UpdateUserRequest, User, UserState,
@@ -316,18 +319,8 @@ async fn a_rename_judged_before_a_promotion_is_aborted() -> anyhow::Result<()> {
             );
             async move { users.update_user(request).await }
         });
-        if backend == "postgres" {
-            // The rename judged Bob a viewer and now waits for his row.
-            let waiting = "SELECT count(*) FROM pg_stat_activity \
-                           WHERE wait_event_type = 'Lock' AND datname = current_database()";
-            palisade_testkit::eventually(Duration::from_secs(10), || async {
-                let waiting: i64 = sqlx::query_scalar(waiting).fetch_one(db.pool()).await?;
-                Ok((waiting > 0).then_some(()))
-            })
-            .await?;
-        } else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        // The rename judged Bob a viewer and now waits for his row.
+        until_a_call_waits_for_a_lock(&db, backend).await?;
         promoting.commit().await?;
         let refused = renaming
             .await?
