@@ -130,23 +130,31 @@ pub async fn audit_event(
     .await
 }
 
-/// Returns once a call racing a transaction the test holds open in `db` is where the race
-/// matters. On PostgreSQL: once some statement of the database waits for a lock, i.e. the
-/// call has judged what it read and now waits for the row the test holds, so committing then
-/// hits the race every time. On SQLite (one writer, no lock waits to see): after a pause, and
-/// a call slower than that sees the committed change instead.
+/// Returns once a call racing `holder`, a transaction the test holds open in `db`, is where
+/// the race matters. On PostgreSQL: once some session waits for a lock `holder` holds, i.e. the
+/// call has judged what it read and now waits for the row the test changed, so committing
+/// then hits the race every time (other tests' sessions on the same server are not counted:
+/// only `holder` can block on its rows). On SQLite (one writer, no lock waits to see): after a
+/// pause, and a call slower than that sees the committed change instead.
 pub async fn until_a_call_waits_for_a_lock(
     db: &palisade_db::Db,
+    holder: &mut sqlx::Transaction<'static, sqlx::Any>,
     backend: &str,
 ) -> anyhow::Result<()> {
     if backend != "postgres" {
         tokio::time::sleep(Duration::from_millis(500)).await;
         return Ok(());
     }
-    let waiting = "SELECT count(*) FROM pg_stat_activity \
-                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut **holder)
+        .await?;
     eventually(Duration::from_secs(10), || async {
-        let waiting: i64 = sqlx::query_scalar(waiting).fetch_one(db.pool()).await?;
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(holder_pid)
+        .fetch_one(db.pool())
+        .await?;
         Ok((waiting > 0).then_some(()))
     })
     .await

@@ -306,7 +306,7 @@ async fn a_grant_judged_before_its_role_widens_is_aborted() -> anyhow::Result<()
             async move { users.assign_role(request).await }
         });
         // The grant judged the role narrow and now waits for its row.
-        until_a_call_waits_for_a_lock(&db, backend).await?;
+        until_a_call_waits_for_a_lock(&db, &mut widening, backend).await?;
         widening.commit().await?;
         let refused = granting
             .await?

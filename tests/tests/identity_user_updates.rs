@@ -320,7 +320,7 @@ async fn a_rename_judged_before_a_promotion_is_aborted() -> anyhow::Result<()> {
             async move { users.update_user(request).await }
         });
         // The rename judged Bob a viewer and now waits for his row.
-        until_a_call_waits_for_a_lock(&db, backend).await?;
+        until_a_call_waits_for_a_lock(&db, &mut promoting, backend).await?;
         promoting.commit().await?;
         let refused = renaming
             .await?
