@@ -212,8 +212,9 @@ impl ApiKeyVerifier {
     }
 
     /// The tenant context the credential stands for. `admit` is asked before identity is
-    /// (only for an API key neither trusted nor refused recently): its refusal is the answer,
-    /// so a client presenting made-up keys pays for the lookups they cost.
+    /// (only for an API key neither trusted nor refused recently, nor accepted last time it
+    /// was asked about): its refusal is the answer, so a client presenting made-up or refused
+    /// keys pays for the lookups they cost.
     pub async fn verify(
         &self,
         key: &str,
@@ -272,6 +273,13 @@ impl ApiKeyVerifier {
                     cannot_verify()
                 }
             })?;
+        if !matches!(answer, KeyAnswer::Accepted { .. }) {
+            // Refused (revoked, expired, its owner or tenant out of service): asking about it
+            // again is charged to the client from now on, so the free re-check happens once
+            // per acceptance, however often the client presents the key.
+            self.accepted
+                .with(&fingerprint, |shard| shard.remove(&fingerprint));
+        }
         match answer {
             KeyAnswer::Accepted { context, trust } => {
                 self.trust(fingerprint, &context, Instant::now() + trust);
@@ -280,11 +288,7 @@ impl ApiKeyVerifier {
             KeyAnswer::TenantRefused { reason, message } => {
                 Err(ApiError::PermissionDenied { reason, message })
             }
-            KeyAnswer::OwnerNotActive { message } => Err(invalid_api_key(message)),
-            KeyAnswer::Invalid { message } => {
-                // Revoked or expired: from now on asking about it is charged again.
-                self.accepted
-                    .with(&fingerprint, |shard| shard.remove(&fingerprint));
+            KeyAnswer::OwnerNotActive { message } | KeyAnswer::Invalid { message } => {
                 Err(invalid_api_key(message))
             }
         }

@@ -124,8 +124,9 @@ impl Proxy {
     }
 
     /// The tenant context of the credential the request presents, if it presents one. An
-    /// API key that identity must be asked about costs its client as a public call does, so
-    /// made-up keys cannot keep identity busy for everyone; `charged` says whether it did.
+    /// API key that identity must be asked about costs its client as a public call does
+    /// (unless identity accepted it last time), so made-up keys cannot keep identity busy for
+    /// everyone; `charged` says whether it did.
     async fn verify_credential(
         &self,
         headers: &http::HeaderMap,

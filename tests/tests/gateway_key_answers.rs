@@ -2,18 +2,22 @@
 //! made-up key, in a burst or one call after another, costs identity one `VerifyApiKey` call,
 //! not one per request, and the answer stays the same refusal; what is not shaped like a key
 //! costs identity nothing; genuine keys are unaffected. Asking identity about a key costs the
-//! client a public call, unless identity accepted that key before.
+//! client a public call, unless identity accepted that key when last asked.
 
 mod common;
+mod identity_kit;
 
 use std::time::Duration;
 
-use common::{expect_code, reason};
+use common::{expect_code, new_tenant, reason};
+use identity_kit::{login_request, new_user, own_key};
 use palisade_proto::palisade::identity::v1::{
-    GetJwksRequest, ListTenantsRequest, auth_service_client::AuthServiceClient,
-    tenant_service_client::TenantServiceClient,
+    GetJwksRequest, GetUserRequest, ListTenantsRequest, Plan, UpdateUserRequest, UserState,
+    auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
+    user_service_client::UserServiceClient,
 };
 use palisade_testkit::{Component, Mesh, with_api_key};
+use prost_types::FieldMask;
 use tonic::Code;
 
 /// How many `VerifyApiKey` calls identity has refused.
@@ -137,6 +141,80 @@ async fn asking_again_about_a_genuine_key_costs_its_client_nothing() -> anyhow::
         ))
         .await,
         Code::ResourceExhausted,
+    );
+    mesh.stop().await
+}
+
+/// The free second look is once per acceptance: a key identity refuses on it (here, its owner
+/// was disabled) costs its client a public call each time it is asked about again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_costs_its_client_again() -> anyhow::Result<()> {
+    const TTL: Duration = Duration::from_millis(200);
+    let mesh = Mesh::builder()
+        .with_public_call_rate(1, 1)
+        .with_api_key_cache_ttl(TTL)
+        .with_trusted_proxies(&["127.0.0.0/8"])
+        .start()
+        .await?;
+    TenantServiceClient::new(mesh.gateway())
+        .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+        .await?;
+    let mut users = UserServiceClient::new(mesh.gateway());
+    let kim = users
+        .create_user(mesh.as_operator(new_user("acme", "kim@acme.example", &["manager"])))
+        .await?
+        .into_inner();
+    // Each setup call from a client of its own: the one under test starts with a full bucket.
+    let token = AuthServiceClient::new(mesh.gateway())
+        .login(forwarded_for(
+            tonic::Request::new(login_request("acme", "kim@acme.example")),
+            "203.0.113.31",
+        ))
+        .await?
+        .into_inner()
+        .access_token;
+    let key = own_key(&mesh, &token, "kim's key", "identity.users.get").await?;
+    let get_kim = || {
+        with_api_key(
+            GetUserRequest {
+                name: kim.name.clone(),
+            },
+            &key,
+        )
+    };
+    // Accepted (asked from elsewhere), then its owner is disabled.
+    users
+        .get_user(forwarded_for(get_kim(), "203.0.113.32"))
+        .await?;
+    let mut disabled = kim.clone();
+    disabled.state = UserState::Disabled as i32;
+    users
+        .update_user(mesh.as_operator(UpdateUserRequest {
+            user: Some(disabled),
+            update_mask: Some(FieldMask {
+                paths: vec!["state".into()],
+            }),
+        }))
+        .await?;
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+
+    // The lapsed key's second look is free and refused; the next look costs the client its
+    // one public call, and the one after that is over its rate.
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let status = users
+            .get_user(forwarded_for(get_kim(), "203.0.113.30"))
+            .await
+            .expect_err("a disabled owner's key is refused");
+        codes.push(status.code());
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::ResourceExhausted
+        ]
     );
     mesh.stop().await
 }
