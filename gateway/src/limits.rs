@@ -3,7 +3,7 @@
 //! address for public calls made without a credential, which no tenant's bucket pays for.
 //!
 //! The clock is a parameter (`now`), so the arithmetic is tested without sleeping. Memory is
-//! bounded: a bucket that has refilled to its capacity is the same as a new one, so such
+//! bounded (for tenants, by the number of tenants as well): a bucket that has refilled to its capacity is the same as a new one, so such
 //! buckets are what gets dropped when a shard is full. A bucket still draining is never
 //! dropped (its key would come back with a fresh burst): when a shard holds only those, new
 //! client addresses share one overflow bucket until room comes back, so a flood of more
@@ -23,7 +23,8 @@ use palisade_tenancy::TenantId;
 
 use crate::sharded::Sharded;
 
-/// Tenants (or client addresses) with a bucket at once, across all shards.
+/// Client addresses with a bucket at once, across all shards; past it, tenants' map grows
+/// rather than make them share.
 const MAX_BUCKETS: usize = 65_536;
 
 /// A tenant's rate: `per_second` tokens added per second, at most `burst` held.

@@ -9,15 +9,7 @@
 //! gateways each add their own unreported calls to the count identity last gave them, so a
 //! tenant may overshoot by what the others counted within about a second.
 
-use std::{
-    collections::HashMap,
-    ops::ControlFlow,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use palisade_grpc::{ApiError, MeshChannel, time::micros};
 use palisade_proto::palisade::identity::v1::{
@@ -27,7 +19,10 @@ use palisade_tenancy::TenantId;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{sharded::Sharded, tenants::EdgeTenant};
+use crate::{
+    sharded::{SHARDS, Sharded},
+    tenants::EdgeTenant,
+};
 
 /// Tenants with a counter at once; counters with nothing unreported are the ones dropped.
 const MAX_METERS: usize = 65_536;
@@ -98,8 +93,8 @@ pub struct UsageMeter {
     identity: EdgeServiceClient<MeshChannel>,
     /// Only the flusher touches it; a tokio mutex because it is held across the report.
     outstanding: tokio::sync::Mutex<Option<Batch>>,
-    /// The shard the next batch starts from (only the flusher touches it).
-    next_shard: AtomicUsize,
+    /// Where the next batch's walk starts: a shard, and a position in it.
+    resume: std::sync::Mutex<(usize, usize)>,
 }
 
 impl UsageMeter {
@@ -108,7 +103,7 @@ impl UsageMeter {
             meters: Sharded::with_capacity(MAX_METERS),
             identity: EdgeServiceClient::new(identity),
             outstanding: tokio::sync::Mutex::new(None),
-            next_shard: AtomicUsize::new(0),
+            resume: std::sync::Mutex::new((0, 0)),
         }
     }
 
@@ -235,25 +230,44 @@ impl UsageMeter {
     }
 
     /// Moves pending counts, of at most `MAX_BATCH_TENANTS` tenants, into a new batch. The
-    /// walk resumes at the shard where the last full batch ended, so when more tenants have
-    /// calls than a tick's batches hold, the same ones do not go first every tick.
+    /// walk resumes where the last full batch stopped (a shard and a position in it), takes
+    /// the rest of the shards in turn and that shard's beginning last, so when more tenants
+    /// have calls than a tick's batches hold, each waits at most a lap, not forever.
+    /// (Positions shift as tenants come and go; a lap is then only about fair.)
     fn next_batch(&self) -> Option<Batch> {
         let mut calls = Vec::new();
-        let start = self.next_shard.load(Ordering::Relaxed);
-        let stopped = self.meters.each_from(start, |shard| {
-            for (tenant, meter) in shard.iter_mut() {
-                if calls.len() == MAX_BATCH_TENANTS {
-                    return ControlFlow::Break(());
+        let mut resume = self.resume.lock().expect("resume lock");
+        let (first, skip) = *resume;
+        *resume = (first, 0);
+        for step in 0..=SHARDS {
+            let index = (first + step) % SHARDS;
+            let full = self.meters.with_shard(index, |shard| {
+                let lap = shard
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(position, _)| match step {
+                        0 => *position >= skip,
+                        SHARDS => *position < skip,
+                        _ => true,
+                    });
+                for (position, (tenant, meter)) in lap {
+                    if calls.len() == MAX_BATCH_TENANTS {
+                        *resume = (index, position);
+                        return true;
+                    }
+                    if meter.pending > 0 {
+                        calls.push((tenant.clone(), meter.pending));
+                        meter.reporting += meter.pending;
+                        meter.pending = 0;
+                    }
                 }
-                if meter.pending > 0 {
-                    calls.push((tenant.clone(), meter.pending));
-                    meter.reporting += meter.pending;
-                    meter.pending = 0;
-                }
+                false
+            });
+            if full {
+                break;
             }
-            ControlFlow::Continue(())
-        });
-        self.next_shard.store(stopped, Ordering::Relaxed);
+        }
+        drop(resume);
         (!calls.is_empty()).then(|| Batch {
             id: uuid::Uuid::now_v7().to_string(),
             calls,
@@ -398,38 +412,32 @@ mod tests {
         assert_eq!(usage.next_batch().unwrap().calls[0].1, 1);
     }
 
-    /// More tenants with calls than a batch holds: the ones left out go first next time,
-    /// even when those that went have calls again.
+    /// Many more tenants with calls than a batch holds, more in each shard than a batch
+    /// holds too, every tenant calling again before each batch: within a lap of batches,
+    /// every tenant has gone, though those that went have calls again at once.
     #[tokio::test]
     async fn batches_take_turns_across_tenants() {
         let usage = meter();
-        let tenants: Vec<EdgeTenant> = (0..MAX_BATCH_TENANTS + 100)
+        let tenants: Vec<EdgeTenant> = (0..SHARDS * 750)
             .map(|i| EdgeTenant {
                 id: TenantId::parse(&format!("tenant-{i}")).unwrap(),
                 ..acme(None, 0)
             })
             .collect();
-        let count_all = || {
+        let mut gone = std::collections::HashSet::new();
+        for _ in 0..tenants.len().div_ceil(MAX_BATCH_TENANTS) + 1 {
             for tenant in &tenants {
                 usage.admit(tenant, 0).unwrap();
             }
-        };
-        count_all();
-        let first = usage.next_batch().unwrap();
-        assert_eq!(first.calls.len(), MAX_BATCH_TENANTS);
-        count_all();
-        let second = usage.next_batch().unwrap();
-        let in_second: std::collections::HashSet<_> =
-            second.calls.iter().map(|(tenant, _)| tenant).collect();
-        for tenant in &tenants {
-            if !first.calls.iter().any(|(went, _)| *went == tenant.id) {
-                assert!(
-                    in_second.contains(&tenant.id),
-                    "{} left out twice",
-                    tenant.id
-                );
-            }
+            let batch = usage.next_batch().unwrap();
+            assert_eq!(batch.calls.len(), MAX_BATCH_TENANTS);
+            gone.extend(batch.calls.into_iter().map(|(tenant, _)| tenant));
         }
+        assert_eq!(
+            gone.len(),
+            tenants.len(),
+            "tenants left out for a whole lap"
+        );
     }
 
     #[tokio::test]
