@@ -75,17 +75,25 @@ fn forwarded_for<T>(mut request: tonic::Request<T>, client: &str) -> tonic::Requ
     request
 }
 
-/// A genuine key whose trust lapsed is asked about again at the gateway's cost, not its
-/// client's; a made-up key on a public call costs the client that one call, not two.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn asking_again_about_a_genuine_key_costs_its_client_nothing() -> anyhow::Result<()> {
-    const TTL: Duration = Duration::from_millis(200);
-    let mesh = Mesh::builder()
+/// How long the gateway trusts identity's answers about keys in the tests below.
+const TTL: Duration = Duration::from_millis(200);
+
+/// A mesh whose gateway trusts key answers for `TTL` and lets each client one public call a
+/// second, believing `X-Forwarded-For` from loopback so each test client has its own rate.
+async fn mesh_with_lapsing_keys() -> anyhow::Result<Mesh> {
+    Mesh::builder()
         .with_public_call_rate(1, 1)
         .with_api_key_cache_ttl(TTL)
         .with_trusted_proxies(&["127.0.0.0/8"])
         .start()
-        .await?;
+        .await
+}
+
+/// A genuine key whose trust lapsed is asked about again at the gateway's cost, not its
+/// client's; a made-up key on a public call costs the client that one call, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_again_about_a_genuine_key_costs_its_client_nothing() -> anyhow::Result<()> {
+    let mesh = mesh_with_lapsing_keys().await?;
     let mut tenants = TenantServiceClient::new(mesh.gateway());
     let mut auth = AuthServiceClient::new(mesh.gateway());
     let accepted = || {
@@ -149,13 +157,7 @@ async fn asking_again_about_a_genuine_key_costs_its_client_nothing() -> anyhow::
 /// was disabled) costs its client a public call each time it is asked about again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_key_costs_its_client_again() -> anyhow::Result<()> {
-    const TTL: Duration = Duration::from_millis(200);
-    let mesh = Mesh::builder()
-        .with_public_call_rate(1, 1)
-        .with_api_key_cache_ttl(TTL)
-        .with_trusted_proxies(&["127.0.0.0/8"])
-        .start()
-        .await?;
+    let mesh = mesh_with_lapsing_keys().await?;
     TenantServiceClient::new(mesh.gateway())
         .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
         .await?;
