@@ -3,13 +3,13 @@
 //! address for public calls made without a credential, which no tenant's bucket pays for.
 //!
 //! The clock is a parameter (`now`), so the arithmetic is tested without sleeping. Memory is
-//! bounded (for tenants, by the number of tenants as well): a bucket that has refilled to its capacity is the same as a new one, so such
+//! bounded: a bucket that has refilled to its capacity is the same as a new one, so such
 //! buckets are what gets dropped when a shard is full. A bucket still draining is never
 //! dropped (its key would come back with a fresh burst): when a shard holds only those, new
 //! client addresses share one overflow bucket until room comes back, so a flood of more
 //! addresses than the map holds gains one rate between them, not a burst each. Tenants never
-//! share: only verified credentials name one, so there are no more of them than the mesh
-//! holds, and a tenant sharing a bucket would be refused for calls others made.
+//! share: only verified credentials name one, so their map is bounded by the tenants there
+//! are, and a tenant sharing a bucket would be refused for calls others made.
 
 use std::{
     collections::HashMap,
@@ -23,8 +23,8 @@ use palisade_tenancy::TenantId;
 
 use crate::sharded::Sharded;
 
-/// Client addresses with a bucket at once, across all shards; past it, tenants' map grows
-/// rather than make them share.
+/// Buckets kept at once, across all shards, before refilled ones are dropped (past it, with
+/// none refilled, client addresses share the overflow bucket and tenants' map grows).
 const MAX_BUCKETS: usize = 65_536;
 
 /// A tenant's rate: `per_second` tokens added per second, at most `burst` held.

@@ -267,7 +267,6 @@ impl UsageMeter {
                 break;
             }
         }
-        drop(resume);
         (!calls.is_empty()).then(|| Batch {
             id: uuid::Uuid::now_v7().to_string(),
             calls,

@@ -75,6 +75,11 @@ fn forwarded_for<T>(mut request: tonic::Request<T>, client: &str) -> tonic::Requ
     request
 }
 
+/// `GetJwks` without a credential, as if forwarded for `client`.
+fn jwks_request_from(client: &str) -> tonic::Request<GetJwksRequest> {
+    forwarded_for(tonic::Request::new(GetJwksRequest {}), client)
+}
+
 /// How long the gateway trusts identity's answers about keys in the tests below.
 const TTL: Duration = Duration::from_millis(200);
 
@@ -120,17 +125,9 @@ async fn asking_again_about_a_genuine_key_costs_its_client_nothing() -> anyhow::
     }
     assert_eq!(accepted().await? - before, 3);
     // None of that came out of the client's public calls: its one is still there.
-    auth.get_jwks(forwarded_for(
-        tonic::Request::new(GetJwksRequest {}),
-        "203.0.113.20",
-    ))
-    .await?;
+    auth.get_jwks(jwks_request_from("203.0.113.20")).await?;
     let refused = expect_code(
-        auth.get_jwks(forwarded_for(
-            tonic::Request::new(GetJwksRequest {}),
-            "203.0.113.20",
-        ))
-        .await,
+        auth.get_jwks(jwks_request_from("203.0.113.20")).await,
         Code::ResourceExhausted,
     );
     assert_eq!(reason(&refused), "CLIENT_RATE_LIMITED");
@@ -143,11 +140,7 @@ async fn asking_again_about_a_genuine_key_costs_its_client_nothing() -> anyhow::
     ))
     .await?;
     expect_code(
-        auth.get_jwks(forwarded_for(
-            tonic::Request::new(GetJwksRequest {}),
-            "203.0.113.21",
-        ))
-        .await,
+        auth.get_jwks(jwks_request_from("203.0.113.21")).await,
         Code::ResourceExhausted,
     );
     mesh.stop().await
