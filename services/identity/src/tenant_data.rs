@@ -14,8 +14,10 @@ use sha2::{Digest, Sha256};
 use crate::{roles::RoleRecord, store::ApiKeyRecord, tenants::TenantRecord, users::UserRecord};
 
 mod import;
+mod spool;
 
 pub use import::{Import, Restored};
+pub use spool::Spool;
 
 /// The format this server writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::{
     roles::Roles,
     store::{IdentityStore, TenantSnapshot},
-    tenant_data::{self, BATCH_SIZE, Counts, FORMAT_VERSION, Import, Restored, Tally},
+    tenant_data::{self, BATCH_SIZE, Counts, FORMAT_VERSION, Import, Restored, Spool, Tally},
     tenants::{self, TenantRecord},
 };
 
@@ -35,9 +35,9 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An import reads and checks its whole stream before it opens its transaction, so a slow or
 /// stalled sender never holds the write lock (on SQLite, every writer's) and a bad stream is
-/// refused before anything is written. The records wait in memory, up to this much of their
-/// encoding: a few hundred thousand users, well above any plan's limit.
-const MAX_IMPORT_BYTES: usize = 256 << 20;
+/// refused before anything is written. Meanwhile its batches wait on disk (`Spool`), up to this
+/// much of their encoding: millions of users, well above any plan's limit.
+const MAX_IMPORT_BYTES: u64 = 1 << 30;
 
 /// Chunks an export prepares ahead of its reader: with one page read at a time, an export's
 /// memory stays a few batches, whatever the tenant's size.
@@ -150,7 +150,10 @@ impl TenantDataService for TenantDataApi {
         if !header.replace && self.store.get_tenant(&tenant).await?.is_some() {
             return Err(ApiError::AlreadyExists { resource }.into());
         }
-        let (records, counts) = receive(&mut stream, import, &resource).await?;
+        let (spool, counts) = receive(&mut stream, import, &resource).await?;
+        let mut batches = spool.replay().await.map_err(spool_failed)?;
+        // The records are converted again as they are written: the same checks, passed once.
+        let mut import = Import::begin(&header, self.roles.clone())?;
         let mut tx = self
             .store
             .db()
@@ -165,16 +168,13 @@ impl TenantDataService for TenantDataApi {
             }
             Some(_) => return Err(ApiError::AlreadyExists { resource }.into()),
         };
-        for Received {
-            chunk,
-            field,
-            record,
-        } in &records
-        {
-            self.store
-                .restore_record(&mut tx, record)
-                .await
-                .map_err(|error| conflict(error, *chunk, field, record))?;
+        while let Some((chunk, batch)) = batches.next().await.map_err(spool_failed)? {
+            for (field, record) in import.batch(chunk, &batch.records)? {
+                self.store
+                    .restore_record(&mut tx, &record)
+                    .await
+                    .map_err(|error| conflict(error, chunk, &field, &record))?;
+            }
         }
         let audit = actor.record(
             &tenant,
@@ -325,38 +325,23 @@ impl Chunker {
     }
 }
 
-/// A checked record of an import, with where it was in the stream (for errors the database
-/// finds when it is written).
-struct Received {
-    chunk: usize,
-    field: String,
-    record: Restored,
-}
-
-/// Reads an import's stream after its header: every batch checked, then the trailer matched
-/// against what arrived, and nothing after it.
+/// Reads an import's stream after its header: every batch checked and spooled, then the
+/// trailer matched against what arrived, and nothing after it.
 async fn receive(
     stream: &mut Streaming<TenantDataChunk>,
     mut import: Import,
     resource: &str,
-) -> Result<(Vec<Received>, Counts), Status> {
-    let mut records = Vec::new();
-    let mut received_bytes = 0;
+) -> Result<(Spool, Counts), Status> {
+    let mut spool = Spool::new().await.map_err(spool_failed)?;
     let mut chunk = 0;
     let counts = loop {
         chunk += 1;
         match next(stream, chunk).await? {
             Some(Chunk::Batch(batch)) => {
-                received_bytes += batch.encoded_len();
-                if received_bytes > MAX_IMPORT_BYTES {
+                import.batch(chunk, &batch.records)?;
+                spool.push(chunk, &batch).await.map_err(spool_failed)?;
+                if spool.bytes() > MAX_IMPORT_BYTES {
                     return Err(too_large(resource).into());
-                }
-                for (field, record) in import.batch(chunk, &batch.records)? {
-                    records.push(Received {
-                        chunk,
-                        field,
-                        record,
-                    });
                 }
             }
             Some(Chunk::Trailer(trailer)) => break import.finish(&trailer)?,
@@ -377,11 +362,17 @@ async fn receive(
         );
         return Err(ApiError::invalid("trailer", message).into());
     }
-    Ok((records, counts))
+    Ok((spool, counts))
+}
+
+/// The import's spool file could not be written or read back (the temporary directory is
+/// full or unwritable, usually); nothing was written to the store.
+fn spool_failed(error: std::io::Error) -> ApiError {
+    ApiError::internal(format!("an import's spool file: {error}"))
 }
 
 fn too_large(resource: &str) -> ApiError {
-    let limit = format!("{} MiB", MAX_IMPORT_BYTES >> 20);
+    let limit = format!("{} GiB", MAX_IMPORT_BYTES >> 30);
     ApiError::ResourceExhausted {
         reason: "IMPORT_TOO_LARGE",
         message: format!("the import stream's records exceed {limit}; nothing was written"),
