@@ -140,6 +140,18 @@ impl PolicyLayer {
                 }
                 .into());
             }
+            // The key was revoked or expired (or went with its tenant) after the gateway last
+            // verified it; the gateway says the same once its cached answer lapses.
+            Some("INVALID_API_KEY") => {
+                return Err(ApiError::Unauthenticated {
+                    reason: "INVALID_API_KEY",
+                    message: format!(
+                        "the api key is invalid, expired or revoked ({})",
+                        decision.reason
+                    ),
+                }
+                .into());
+            }
             Some("TENANT_SUSPENDED") => "TENANT_SUSPENDED",
             Some("TENANT_NOT_ACTIVE") => "TENANT_NOT_ACTIVE",
             _ => "PERMISSION_DENIED",

@@ -52,10 +52,10 @@ impl Authz {
             PrincipalKind::ApiKey => {
                 let key = match self.store.get_api_key(&principal.id).await? {
                     Some(key) if &key.tenant_id == tenant => key,
-                    _ => return Ok(deny("unknown api key".to_owned())),
+                    _ => return Ok(key_refused("unknown api key")),
                 };
                 if let Some(problem) = unusable(&key, now_micros()) {
-                    return Ok(deny(problem.to_owned()));
+                    return Ok(key_refused(problem));
                 }
                 self.key_decision(&key, permission).await
             }
@@ -427,6 +427,18 @@ fn session_revoked() -> Decision {
         allowed: false,
         reason: "the sign-in session has ended".to_owned(),
         refusal: Some("SESSION_REVOKED".to_owned()),
+    }
+}
+
+/// The refusal for an API key that is unknown (deleted with its tenant), revoked or expired,
+/// which a gateway may still hold as verified for a few seconds: the credential is dead, so
+/// the policy layer answers `UNAUTHENTICATED` as the gateway does once it asks again, not a
+/// missing permission.
+fn key_refused(problem: &str) -> Decision {
+    Decision {
+        allowed: false,
+        reason: problem.to_owned(),
+        refusal: Some("INVALID_API_KEY".to_owned()),
     }
 }
 
