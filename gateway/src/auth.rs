@@ -67,6 +67,16 @@ pub fn presented_api_key(headers: &HeaderMap) -> Result<Option<String>, ApiError
             Ok(Some(key.to_owned()))
         }
     };
+    // With two credentials (one of each header, or either header twice) the principal a call
+    // runs as would hang on header order: RFC 6750 §2 allows one method per request.
+    let presented = headers.get_all("x-api-key").iter().count()
+        + headers.get_all(http::header::AUTHORIZATION).iter().count();
+    if presented > 1 {
+        return Err(ApiError::Unauthenticated {
+            reason: "MALFORMED_CREDENTIAL",
+            message: "send one credential: either `authorization` or `x-api-key`, once".to_owned(),
+        });
+    }
     if let Some(value) = headers.get("x-api-key") {
         return api_key(value.to_str().map_err(|_| malformed())?);
     }
@@ -437,5 +447,29 @@ mod tests {
         assert!(presented_api_key(&headers("authorization", "Bearer pal_x")).is_err());
         assert!(presented_api_key(&headers("authorization", "ApiKey a.b.c")).is_err());
         assert!(presented_api_key(&headers("x-api-key", "a.b.c")).is_err());
+    }
+
+    #[test]
+    fn two_credentials_are_refused_whichever_headers_carry_them() {
+        let two = |first: (&'static str, &'static str), second: (&'static str, &'static str)| {
+            let mut map = headers(first.0, first.1);
+            map.append(second.0, HeaderValue::from_static(second.1));
+            map
+        };
+        for map in [
+            two(("authorization", "Bearer a.b.c"), ("x-api-key", "pal_x")),
+            two(
+                ("authorization", "ApiKey pal_x"),
+                ("authorization", "ApiKey pal_y"),
+            ),
+            two(("x-api-key", "pal_x"), ("x-api-key", "pal_y")),
+        ] {
+            match presented_api_key(&map) {
+                Err(ApiError::Unauthenticated { reason, .. }) => {
+                    assert_eq!(reason, "MALFORMED_CREDENTIAL")
+                }
+                other => panic!("{map:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -109,6 +109,9 @@ check "the key reads its tenant" OK '"name": "tenants/acme"' -- -plaintext \
   palisade.identity.v1.TenantService/GetTenant
 check "the key may do nothing else" PermissionDenied '"reason":"PERMISSION_DENIED"' -- -plaintext \
   -H "x-api-key: $robot" -d '{"parent": "tenants/acme"}' "$gw" palisade.identity.v1.UserService/ListUsers
+check "two credentials are refused, never chosen between" Unauthenticated '"reason":"MALFORMED_CREDENTIAL"' -- \
+  -plaintext "${auth[@]}" -H "x-api-key: $robot" -d '{"parent": "tenants/acme"}' "$gw" \
+  palisade.identity.v1.UserService/ListUsers
 check "list the tenant's keys" OK "\"name\": \"$robot_name\"" -- -plaintext "${auth[@]}" \
   -d '{"parent": "tenants/acme", "filter": "state = \"API_KEY_STATE_ACTIVE\""}' "$gw" \
   palisade.identity.v1.ApiKeyService/ListApiKeys
