@@ -1,7 +1,8 @@
 //! `UserService.UpdateUser`: an admin renames and disables a user through the gateway; the
 //! disabled user's access token, refresh token, sign-in and API key stop at once and come back
-//! when it is enabled; nobody changes a user with more rights or disables itself, not even one
-//! promoted while the change was being judged; disabled users make room under the `users` limit.
+//! when it is enabled; nobody changes a user with more rights, disables itself or revokes its
+//! own roles, not even one promoted while the change was being judged; disabled users make room
+//! under the `users` limit.
 
 mod common;
 mod identity_kit;
@@ -14,8 +15,8 @@ use common::{
 };
 use identity_kit::{list_users, login, login_request, new_user, own_key, update, with_bearer};
 use palisade_proto::palisade::identity::v1::{
-    GetUserRequest, Plan, RefreshTokenRequest, Tenant, UpdateUserRequest, User, UserState,
-    auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
+    GetUserRequest, Plan, RefreshTokenRequest, RevokeRoleRequest, Tenant, UpdateUserRequest, User,
+    UserState, auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
     user_service_client::UserServiceClient,
 };
 use palisade_testkit::{Component, Mesh, with_api_key};
@@ -146,6 +147,16 @@ async fn a_disabled_user_is_refused_everywhere_until_enabled() -> anyhow::Result
             .await;
         assert_eq!(
             reason(&expect_code(through_own_key, Code::FailedPrecondition)),
+            "OWN_ACCOUNT"
+        );
+        // Nor takes a role from itself: the tenant's only admin would leave it without one.
+        let demote = RevokeRoleRequest {
+            name: ada.name.clone(),
+            role: "admin".to_owned(),
+        };
+        let demoted = users.revoke_role(with_bearer(demote, &admin)).await;
+        assert_eq!(
+            reason(&expect_code(demoted, Code::FailedPrecondition)),
             "OWN_ACCOUNT"
         );
         let (manager, _) = login(&mesh, "acme", &cyd.email).await?;

@@ -230,6 +230,15 @@ impl UserApi {
             .role_permissions(&tenant, role)
             .await?
             .ok_or_else(unknown)?;
+        // As nobody disables or deletes itself: a tenant's only admin would leave it with none.
+        let held = user.roles.iter().any(|held| held == role);
+        if !assign && held && self.is_own_account(&caller, &user).await? {
+            return Err(ApiError::FailedPrecondition {
+                reason: "OWN_ACCOUNT",
+                message: "a user cannot revoke its own roles; another admin or an operator can"
+                    .to_owned(),
+            });
+        }
         self.require_may_grant(&caller, &tenant, role, &granted)
             .await?;
         let action = if assign {
