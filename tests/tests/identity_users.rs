@@ -269,6 +269,13 @@ async fn bad_user_input_names_the_fields() -> anyhow::Result<()> {
             .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
             .await?;
         let mut users = UserServiceClient::new(mesh.gateway());
+        let named = |display_name: &str| {
+            let mut request = new_user("acme", "a@example.com", &[]);
+            if let Some(user) = request.user.as_mut() {
+                user.display_name = display_name.to_owned();
+            }
+            request
+        };
         let cases: Vec<(CreateUserRequest, Vec<&str>)> = vec![
             (new_user("acme", "not-an-email", &[]), vec!["user.email"]),
             (new_user("acme", "a@b", &[]), vec!["user.email"]),
@@ -301,6 +308,18 @@ async fn bad_user_input_names_the_fields() -> anyhow::Result<()> {
                 },
                 vec!["password"],
             ),
+            // A walk over the keyboard, rows run together.
+            (
+                CreateUserRequest {
+                    password: "qwertyuiopasdfgh".into(),
+                    ..new_user("acme", "a@example.com", &[])
+                },
+                vec!["password"],
+            ),
+            // Names blank to the eye, or that reorder the text around them.
+            (named("\u{200b}\u{feff}"), vec!["user.display_name"]),
+            (named("\u{202e}gnp.exe"), vec!["user.display_name"]),
+            (named("a\u{7}b"), vec!["user.display_name"]),
             (
                 new_user("acme", "a@example.com", &["viewer", "root"]),
                 vec!["user.roles[1]"],

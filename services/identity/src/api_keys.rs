@@ -144,18 +144,9 @@ pub fn validate_create(
         violations.push(FieldViolation::new("api_key", "is required"));
         return Err(ApiError::InvalidArgument(violations));
     };
-    let display_name = key.display_name.trim();
-    if display_name.is_empty() {
-        violations.push(FieldViolation::new(
-            "api_key.display_name",
-            "must not be empty",
-        ));
-    } else if display_name.chars().count() > 200 {
-        violations.push(FieldViolation::new(
-            "api_key.display_name",
-            "must be at most 200 characters",
-        ));
-    }
+    let display_name = crate::display_names::check(&key.display_name)
+        .map_err(|problem| violations.push(FieldViolation::new("api_key.display_name", problem)))
+        .unwrap_or_default();
     let scopes = check_scopes(&key.scopes, tenant.as_ref(), rules, &mut violations);
     let owner = tenant
         .as_ref()
@@ -166,7 +157,7 @@ pub fn validate_create(
             Ok(ApiKeyRecord {
                 id: String::new(),
                 tenant_id,
-                display_name: display_name.to_owned(),
+                display_name,
                 secret_hash: Vec::new(),
                 scopes,
                 owner_user_id,

@@ -7,6 +7,7 @@ mod api;
 mod api_keys;
 mod authz;
 mod bootstrap;
+mod display_names;
 mod hashing_threads;
 mod lockout;
 mod passwords;

@@ -90,18 +90,11 @@ pub fn validate_create(
     }
 }
 
-/// `user.display_name` trimmed, or a violation: 1 to 200 characters.
+/// `user.display_name` trimmed (`display_names`), or a violation.
 fn check_display_name(value: &str, violations: &mut Vec<FieldViolation>) -> Option<String> {
-    let display_name = value.trim();
-    let problem = if display_name.is_empty() {
-        "must not be empty"
-    } else if display_name.chars().count() > 200 {
-        "must be at most 200 characters"
-    } else {
-        return Some(display_name.to_owned());
-    };
-    violations.push(FieldViolation::new("user.display_name", problem));
-    None
+    crate::display_names::check(value)
+        .map_err(|problem| violations.push(FieldViolation::new("user.display_name", problem)))
+        .ok()
 }
 
 /// Why `role` is refused: it is neither built-in nor a custom role of the tenant.

@@ -208,20 +208,12 @@ pub fn check_custom_role_plan(tenant: &TenantRecord) -> Result<(), ApiError> {
     }
 }
 
+/// `role.display_name` trimmed (`display_names`); as given, with a violation, when refused.
 fn check_display_name(value: &str, violations: &mut Vec<FieldViolation>) -> String {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        violations.push(FieldViolation::new(
-            "role.display_name",
-            "must not be empty",
-        ));
-    } else if trimmed.chars().count() > 200 {
-        violations.push(FieldViolation::new(
-            "role.display_name",
-            "must be at most 200 characters",
-        ));
-    }
-    trimmed.to_owned()
+    crate::display_names::check(value).unwrap_or_else(|problem| {
+        violations.push(FieldViolation::new("role.display_name", problem));
+        value.to_owned()
+    })
 }
 
 fn check_description(value: &str, violations: &mut Vec<FieldViolation>) -> String {
