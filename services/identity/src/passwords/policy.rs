@@ -24,6 +24,18 @@ const RUNS: [&str; 5] = [
     "abcdefghijklmnopqrstuvwxyz",
 ];
 
+/// The keyboard's rows (US layout), each key unshifted and shifted: a walk over the keys is
+/// the same walk whichever characters it types.
+const KEY_ROWS: [[&str; 2]; 4] = [
+    ["1234567890-=", "!@#$%^&*()_+"],
+    ["qwertyuiop[]\\", "QWERTYUIOP{}|"],
+    ["asdfghjkl;'", "ASDFGHJKL:\""],
+    ["zxcvbnm,./", "ZXCVBNM<>?"],
+];
+
+/// A keyboard walk moves to a neighbouring key at every step but at most one in this many.
+const MIN_WALK: usize = 4;
+
 /// The words inside the most used passwords (from the published breach-frequency lists),
 /// letters only: a password whose letters are one of these, whatever digits and symbols
 /// surround them, is among the first an attacker tries.
@@ -115,7 +127,7 @@ fn weakness(password: &str, context: &[&str]) -> Option<&'static str> {
     if distinct.len() < MIN_DISTINCT {
         return Some("is too repetitive: use more different characters, e.g. a few random words");
     }
-    if is_run(&lower) {
+    if is_run(&lower) || is_keyboard_walk(password) {
         return Some("is a keyboard or alphabet sequence");
     }
     // The word in the middle: digits and symbols around it dropped (`Summer2024!`), those
@@ -151,6 +163,45 @@ fn is_run(text: &str) -> bool {
         let backwards: String = forwards.chars().rev().collect();
         forwards.contains(text) || backwards.contains(text)
     })
+}
+
+/// Whether `password` is typed by walking the keyboard, one key to the next beside, above or
+/// below it, with few jumps: rows run together (`qwertyuiopasdfgh`, `mnbvcxzlkjhg`) or
+/// columns (`1qaz2wsx3edc`). Text has a jump at nearly every step.
+fn is_keyboard_walk(password: &str) -> bool {
+    let keys: Vec<Option<(usize, usize)>> = password.chars().map(key_of).collect();
+    let jumps = keys
+        .windows(2)
+        .filter(|pair| !neighbours(pair[0], pair[1]))
+        .count();
+    (jumps + 1) * MIN_WALK <= keys.len()
+}
+
+/// The row and column of the key that types `c`, if the keyboard has one.
+fn key_of(c: char) -> Option<(usize, usize)> {
+    KEY_ROWS.iter().enumerate().find_map(|(row, forms)| {
+        forms
+            .iter()
+            .find_map(|form| form.chars().position(|key| key == c))
+            .map(|column| (row, column))
+    })
+}
+
+/// Whether two keys are the same or touch. Each row sits half a key right of the one above,
+/// so key `c` of a row touches keys `c` and `c + 1` of the row above.
+fn neighbours(a: Option<(usize, usize)>, b: Option<(usize, usize)>) -> bool {
+    let (Some((row_a, col_a)), Some((row_b, col_b))) = (a, b) else {
+        return false;
+    };
+    if row_a == row_b {
+        col_a.abs_diff(col_b) <= 1
+    } else if row_b == row_a + 1 {
+        col_b == col_a || col_b + 1 == col_a
+    } else if row_a == row_b + 1 {
+        col_a == col_b || col_a + 1 == col_b
+    } else {
+        false
+    }
 }
 
 /// The letter a character stands for, as people write them in passwords (`p@ssw0rd`); digits
@@ -202,6 +253,13 @@ mod tests {
             "passwordpassword",
             "lovelace rules 2024",
             "ACME corp rocks 1",
+            // Keyboard walks: rows run together, columns, shifted or not.
+            "qwertyuiopasdfgh",
+            "asdfghjkl;zx",
+            "1qaz2wsx3edc",
+            "!QAZ@WSX#EDC",
+            "mnbvcxzlkjhg",
+            "zaq1xsw2cde3",
         ] {
             assert!(refused(weak), "{weak} passed");
         }
