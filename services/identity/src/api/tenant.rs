@@ -69,7 +69,7 @@ impl TenantService for TenantApi {
         let record = tenants::validate_create(request.get_ref(), now_micros())?;
         let resource = format!("tenants/{}", record.id);
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        self.store.insert_tenant(&mut tx, &record).await?;
+        self.store.create_tenant(&mut tx, &record).await?;
         let audit = AuditRecord {
             tenant: &record.id,
             actor_tenant: &caller.context.tenant_id,
@@ -218,9 +218,10 @@ impl TenantService for TenantApi {
             .await?
             .ok_or_else(not_found)?;
         tenants::ensure_deletable(&record)?;
-        self.store.delete_tenant(&mut tx, &id).await?;
+        self.store.delete_tenant(&mut tx, &id, now_micros()).await?;
         // The event goes to the deleted tenant's own log: compliance keeps logs by tenant id
-        // and needs no tenant row, so the record of the deletion outlives the tenant.
+        // and needs no tenant row, so the record of the deletion outlives the tenant. For the
+        // same reason the id is retired with it: no new tenant is created under it.
         let resource = format!("tenants/{id}");
         let audit = AuditRecord {
             tenant: &id,

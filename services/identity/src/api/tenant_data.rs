@@ -163,11 +163,15 @@ impl TenantDataService for TenantDataApi {
         let replaced = match self.store.lock_tenant(&mut tx, &tenant).await? {
             None => false,
             Some(_) if header.replace => {
-                self.store.delete_tenant(&mut tx, &tenant).await?;
+                self.store.clear_tenant(&mut tx, &tenant).await?;
                 true
             }
             Some(_) => return Err(ApiError::AlreadyExists { resource }.into()),
         };
+        // A restore is the deleted tenant itself coming back, to the audit log that is its own:
+        // its id, retired by `DeleteTenant` so that no other tenant would get that log, is
+        // live again (and retired again if it is deleted again).
+        self.store.reinstate_tenant_id(&mut tx, &tenant).await?;
         while let Some((chunk, batch)) = batches.next().await.map_err(spool_failed)? {
             for (field, record) in import.batch(chunk, &batch.records)? {
                 self.store

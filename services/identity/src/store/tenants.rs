@@ -27,7 +27,7 @@ pub(super) const TENANT_COLUMNS: &str = "id, display_name, plan, state, region, 
 /// statement takes the tenant id as `$1`. A table that holds tenant data is one more line here;
 /// `DeleteTenant` and a replacing `ImportTenantData` both clear a tenant with it. The outbox is
 /// not in the list: the tenant's last audit events (its deletion among them) must still reach
-/// compliance.
+/// compliance. Nor is `deleted_tenants`: it is not the tenant's data but what outlives it.
 const TENANT_DATA: &[&str] = &[
     "DELETE FROM refresh_tokens \
      WHERE family_id IN (SELECT id FROM token_families WHERE tenant_id = $1)",
@@ -42,6 +42,38 @@ const TENANT_DATA: &[&str] = &[
 ];
 
 impl IdentityStore {
+    /// Inserts a new tenant, unless its id belonged to a deleted tenant (`ALREADY_EXISTS`):
+    /// compliance keeps that tenant's audit log under the id, and a newcomer must not read it.
+    /// The insert comes first. A `DeleteTenant` of the id still in progress holds its tenant
+    /// row, so the insert waits for it and, once it has committed, the check (a statement of
+    /// its own, on PostgreSQL's read-committed snapshot) sees the id it retired; checked
+    /// first, it could have found nothing and let the insert through.
+    pub async fn create_tenant(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantRecord,
+    ) -> Result<(), ApiError> {
+        self.insert_tenant(conn, tenant).await?;
+        let retired = sqlx::query("SELECT 1 FROM deleted_tenants WHERE id = $1")
+            .bind(tenant.id.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(internal)?;
+        if retired.is_some() {
+            // The caller's transaction is dropped on this error, the insert with it.
+            return Err(ApiError::AlreadyExists {
+                resource: format!(
+                    "tenants/{} (the id of a deleted tenant, whose audit log is kept; choose \
+                     another tenant_id)",
+                    tenant.id
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Inserts a tenant as it is: a new one (`create_tenant`), the system tenant at bootstrap,
+    /// or a restored one, which may come back under its retired id.
     pub async fn insert_tenant(
         &self,
         conn: &mut AnyConnection,
@@ -110,8 +142,31 @@ impl IdentityStore {
     }
 
     /// Deletes the tenant and everything identity holds for it (see `TENANT_DATA`), on the
-    /// caller's transaction.
+    /// caller's transaction, and retires its id (`deleted_tenants`): `create_tenant` refuses it
+    /// from then on. An id retired before (its tenant was restored since) is retired again.
     pub async fn delete_tenant(
+        &self,
+        conn: &mut AnyConnection,
+        id: &TenantId,
+        delete_time: i64,
+    ) -> Result<(), ApiError> {
+        self.clear_tenant(conn, id).await?;
+        sqlx::query(
+            "INSERT INTO deleted_tenants (id, delete_time) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET delete_time = excluded.delete_time",
+        )
+        .bind(id.as_str())
+        .bind(delete_time)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+
+    /// Deletes everything identity holds for the tenant (see `TENANT_DATA`), the tenant row
+    /// included, on the caller's transaction, without retiring its id: a replacing import
+    /// writes the same tenant back at once.
+    pub async fn clear_tenant(
         &self,
         conn: &mut AnyConnection,
         id: &TenantId,
@@ -123,6 +178,22 @@ impl IdentityStore {
                 .await
                 .map_err(internal)?;
         }
+        Ok(())
+    }
+
+    /// Un-retires the id of a deleted tenant that a restore brings back, on the restore's
+    /// transaction: the tenant and its audit log are one again. Nothing when it was never
+    /// deleted.
+    pub async fn reinstate_tenant_id(
+        &self,
+        conn: &mut AnyConnection,
+        id: &TenantId,
+    ) -> Result<(), ApiError> {
+        sqlx::query("DELETE FROM deleted_tenants WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 
