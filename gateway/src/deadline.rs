@@ -6,25 +6,42 @@
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
+use palisade_grpc::ApiError;
 
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// The client's deadline from `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit
-/// `H`, `M`, `S`, `m`, `u` or `n`); `None` when absent or malformed, as gRPC servers treat it.
-pub fn client_deadline(headers: &HeaderMap) -> Option<Duration> {
-    let raw = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
-    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+/// `H`, `M`, `S`, `m`, `u` or `n`), `None` when absent. A malformed one is refused rather than
+/// ignored (as grpc-gateway refuses it): the client asked for a deadline and would not get it.
+pub fn client_deadline(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(GRPC_TIMEOUT) else {
+        return Ok(None);
+    };
+    parse(value.as_bytes()).map(Some).ok_or_else(|| {
+        let shown = String::from_utf8_lossy(value.as_bytes());
+        let shown: String = shown.chars().take(32).collect();
+        ApiError::invalid(
+            GRPC_TIMEOUT,
+            format!(
+                "malformed grpc-timeout {shown:?}: at most 8 digits and a unit (H, M, S, m, u or n), e.g. `10S`"
+            ),
+        )
+    })
+}
+
+fn parse(raw: &[u8]) -> Option<Duration> {
+    let (unit, digits) = raw.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let value: u64 = digits.parse().ok()?;
+    let value: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(value * 3600),
-        "M" => Duration::from_secs(value * 60),
-        "S" => Duration::from_secs(value),
-        "m" => Duration::from_millis(value),
-        "u" => Duration::from_micros(value),
-        "n" => Duration::from_nanos(value),
+        b'H' => Duration::from_secs(value * 3600),
+        b'M' => Duration::from_secs(value * 60),
+        b'S' => Duration::from_secs(value),
+        b'm' => Duration::from_millis(value),
+        b'u' => Duration::from_micros(value),
+        b'n' => Duration::from_nanos(value),
         _ => return None,
     })
 }
@@ -63,7 +80,7 @@ mod tests {
     fn parsed(raw: &'static str) -> Option<Duration> {
         let mut headers = HeaderMap::new();
         headers.insert(GRPC_TIMEOUT, HeaderValue::from_static(raw));
-        client_deadline(&headers)
+        client_deadline(&headers).ok()?
     }
 
     #[test]
@@ -74,10 +91,27 @@ mod tests {
         assert_eq!(parsed("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parsed("7u"), Some(Duration::from_micros(7)));
         assert_eq!(parsed("99999999n"), Some(Duration::from_nanos(99_999_999)));
-        for bad in ["", "S", "10", "10s", "123456789S", "-1S", "1.5S", "1 S"] {
-            assert_eq!(parsed(bad), None, "{bad:?}");
+        for bad in [
+            "",
+            "S",
+            "10",
+            "10s",
+            "123456789S",
+            "-1S",
+            "1.5S",
+            "1 S",
+            "abc",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(GRPC_TIMEOUT, HeaderValue::from_static(bad));
+            match client_deadline(&headers) {
+                Err(ApiError::InvalidArgument(violations)) => {
+                    assert_eq!(violations[0].field, GRPC_TIMEOUT, "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
-        assert_eq!(client_deadline(&HeaderMap::new()), None);
+        assert_eq!(client_deadline(&HeaderMap::new()).ok(), Some(None));
     }
 
     #[test]
@@ -105,7 +139,7 @@ mod tests {
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(GRPC_TIMEOUT, header_value(deadline));
-            let back = client_deadline(&headers).unwrap();
+            let back = client_deadline(&headers).ok().flatten().expect("parses");
             assert!(back >= deadline, "{deadline:?} became {back:?}");
             assert!(back - deadline < deadline / 1000 + Duration::from_nanos(1));
         }

@@ -242,7 +242,7 @@ impl Proxy {
 
         // The call's budget: the client's deadline, else for a unary call the gateway's default
         // (a streaming call lasts as long as its client keeps it open).
-        let budget = match deadline::client_deadline(headers) {
+        let budget = match deadline::client_deadline(headers)? {
             Some(deadline) => Some(deadline),
             None if policy.streaming => None,
             None => Some(self.default_deadline),

@@ -1,13 +1,14 @@
 //! Deadlines at the gateway: a unary call whose client sets none gets the gateway's default,
 //! gives up with `DEADLINE_EXCEEDED` (HTTP 504 over REST) and cancels the backend's work; a
 //! client's own `grpc-timeout` wins, also when it is longer. And a call that outwaits the
-//! database's own lock wait is `UNAVAILABLE` (worth retrying), not an internal error.
+//! database's own lock wait is `UNAVAILABLE` (worth retrying), not an internal error. A
+//! malformed `grpc-timeout` is `INVALID_ARGUMENT` (HTTP 400), never silently dropped.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{expect_code, tenant_with_admin};
+use common::{expect_code, tenant_with_admin, violated_fields};
 use palisade_proto::palisade::identity::v1::{
     CreateUserRequest, ListUsersRequest, User, user_service_client::UserServiceClient,
 };
@@ -144,4 +145,36 @@ async fn a_write_that_outwaits_the_databases_lock_wait_is_unavailable() -> anyho
         .await?;
     mesh.stop().await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_deadline_is_refused_not_ignored() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let list = ListUsersRequest {
+        parent: "tenants/system".into(),
+        ..Default::default()
+    };
+    for malformed in ["abc", "-1S", "1x", "123456789S"] {
+        let mut request = mesh.as_operator(list.clone());
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", malformed.parse()?);
+        let refused = UserServiceClient::new(mesh.gateway())
+            .list_users(request)
+            .await;
+        let status = expect_code(refused, Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), ["grpc-timeout"], "{malformed}");
+
+        let operator = format!("ApiKey {}", mesh.operator_key());
+        let over_rest = http_request(
+            mesh.addr(Component::Gateway),
+            "GET",
+            "/v1/tenants/system/users",
+            &[("authorization", &operator), ("grpc-timeout", malformed)],
+            b"",
+        )
+        .await?;
+        assert_eq!(over_rest.status, 400, "{malformed}: {}", over_rest.text());
+    }
+    mesh.stop().await
 }
