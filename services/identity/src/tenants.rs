@@ -140,21 +140,10 @@ fn collect<T>(
     result.map_err(|violation| violations.push(violation)).ok()
 }
 
+/// `tenant.display_name` trimmed (`display_names`), or a violation.
 fn display_name_of(value: &str) -> Result<String, FieldViolation> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        Err(FieldViolation::new(
-            "tenant.display_name",
-            "must not be empty",
-        ))
-    } else if trimmed.chars().count() > 200 {
-        Err(FieldViolation::new(
-            "tenant.display_name",
-            "must be at most 200 characters",
-        ))
-    } else {
-        Ok(trimmed.to_owned())
-    }
+    crate::display_names::check(value)
+        .map_err(|problem| FieldViolation::new("tenant.display_name", problem))
 }
 
 fn plan_of(value: i32) -> Result<Plan, FieldViolation> {
@@ -337,6 +326,10 @@ mod tests {
     fn bad_input_names_every_field() {
         assert_eq!(
             violated_fields(create("  ", "", "")),
+            ["tenant.display_name"]
+        );
+        assert_eq!(
+            violated_fields(create("\u{0}\u{200b}", "", "")),
             ["tenant.display_name"]
         );
         assert_eq!(violated_fields(create("Acme", "system", "")), ["tenant_id"]);
