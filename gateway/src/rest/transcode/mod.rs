@@ -1,0 +1,303 @@
+//! JSON ⇄ protobuf for one REST call, with the proto3 JSON mapping of prost-reflect
+//! (lowerCamelCase names, 64-bit integers as strings, enums by name, well-known types).
+//!
+//! The request message is assembled as one JSON object (the body, or the body under its
+//! field, then query parameters, then path variables, later sources winning) and decoded
+//! once with unknown fields denied, so every source gets the same proto3 JSON rules and an
+//! unknown name anywhere is `INVALID_ARGUMENT`. A value from the URL is also checked on its
+//! own as it is set, so a bad one is reported against its field, not against the body.
+//! Query parameters are refused, as unknown names are, where `google/api/http.proto` gives
+//! them no meaning: inside the body field, or a second value for a field that takes one.
+//! Pure functions over bytes and strings.
+
+use std::collections::HashMap;
+
+use palisade_grpc::ApiError;
+use prost::Message;
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+};
+use serde_json::{Map, Value};
+
+/// Where the HTTP body goes: `body: "*"` (the whole request), `body: "field"`, or nowhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyRule {
+    None,
+    Whole,
+    Field(String),
+}
+
+impl BodyRule {
+    pub fn from_rule(body: &str) -> BodyRule {
+        match body {
+            "" => BodyRule::None,
+            "*" => BodyRule::Whole,
+            field => BodyRule::Field(field.to_owned()),
+        }
+    }
+}
+
+/// The encoded request message for `input` from the path bindings, the query string (without
+/// `?`) and the body.
+pub fn request_message(
+    input: &MessageDescriptor,
+    body_rule: &BodyRule,
+    bindings: &[(String, String)],
+    query: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    let mut root = Map::new();
+    match body_rule {
+        BodyRule::None => {}
+        BodyRule::Whole => match parse_body(body)? {
+            Some(Value::Object(object)) => root = object,
+            Some(_) => return Err(ApiError::invalid("body", "must be a JSON object")),
+            None => {}
+        },
+        BodyRule::Field(field) => {
+            if let Some(value) = parse_body(body)? {
+                set(&mut root, &resolve(input, field)?, Leaf::Json(value))?;
+            }
+        }
+    }
+    // With `body: "*"` every field comes from the body or the path (google/api/http.proto).
+    if *body_rule != BodyRule::Whole {
+        // The first value of each singular field, so a second one can be refused.
+        let mut singular: HashMap<String, String> = HashMap::new();
+        for (name, value) in parse_query(query)? {
+            let fields = resolve(input, &name)?;
+            let path = proto_path(&fields);
+            // The body field is the top-level field the rule names (google/api/http.proto).
+            if let BodyRule::Field(body) = body_rule
+                && fields[0].name() == body
+            {
+                return Err(ApiError::invalid(
+                    path,
+                    format!("is part of the request body (`{body}`); send it there"),
+                ));
+            }
+            let last = fields.last().expect("a path has at least one field");
+            if !last.is_list() {
+                if let Some(first) = singular.get(&path) {
+                    return Err(too_many_values(last, path, first, &value));
+                }
+                singular.insert(path, value.clone());
+            }
+            set(&mut root, &fields, Leaf::Text(value))?;
+        }
+    }
+    for (field, value) in bindings {
+        set(
+            &mut root,
+            &resolve(input, field)?,
+            Leaf::Text(value.clone()),
+        )?;
+    }
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let message =
+        DynamicMessage::deserialize_with_options(input.clone(), Value::Object(root), &options)
+            .map_err(|error| ApiError::invalid("body", error.to_string()))?;
+    Ok(message.encode_to_vec())
+}
+
+/// The proto3 JSON of an encoded `output` message, or of its field with JSON name `field`
+/// (`response_body`). Fields at their default value are omitted, as protojson does by
+/// default, except a chosen field, which is always sent.
+pub fn response_json(
+    output: &MessageDescriptor,
+    encoded: &[u8],
+    field: Option<&str>,
+) -> Result<Value, ApiError> {
+    let message = DynamicMessage::decode(output.clone(), encoded).map_err(ApiError::internal)?;
+    let options = SerializeOptions::new().skip_default_fields(field.is_none());
+    let json = message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(ApiError::internal)?;
+    Ok(match (field, json) {
+        (Some(field), Value::Object(mut object)) => object.remove(field).unwrap_or(Value::Null),
+        (_, json) => json,
+    })
+}
+
+fn parse_body(body: &[u8]) -> Result<Option<Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|error| ApiError::invalid("body", format!("not valid JSON: {error}")))
+}
+
+/// `a=1&b.c=x%20y&r=1&r=2` → pairs, `+` as space, percent-decoded.
+pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |text: &str| {
+        super::routes::percent_decode(&text.replace('+', " "), false)
+            .ok_or_else(|| ApiError::invalid("query", format!("bad escape in `{text}`")))
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
+enum Leaf {
+    /// A value from the path or the query string, typed by the field it lands in.
+    Text(String),
+    /// A JSON value from the body.
+    Json(Value),
+}
+
+/// The fields along dotted `path` (proto or JSON names) from `message`, each but the last a
+/// singular message field.
+fn resolve(message: &MessageDescriptor, path: &str) -> Result<Vec<FieldDescriptor>, ApiError> {
+    let mut fields = Vec::new();
+    let mut descriptor = message.clone();
+    let mut names = path.split('.').peekable();
+    while let Some(name) = names.next() {
+        let field = find_field(&descriptor, name).ok_or_else(|| {
+            ApiError::invalid(
+                path,
+                format!("no field `{name}` in {}", descriptor.full_name()),
+            )
+        })?;
+        if names.peek().is_some() {
+            let Kind::Message(child) = field.kind() else {
+                return Err(ApiError::invalid(
+                    path,
+                    format!("`{name}` is not a message"),
+                ));
+            };
+            if field.is_list() || field.is_map() {
+                return Err(ApiError::invalid(
+                    path,
+                    format!("`{name}` cannot be addressed by path"),
+                ));
+            }
+            descriptor = child;
+        }
+        fields.push(field);
+    }
+    Ok(fields)
+}
+
+/// `tenant.display_name`: how field violations name a field, whichever spelling was sent.
+fn proto_path(fields: &[FieldDescriptor]) -> String {
+    fields
+        .iter()
+        .map(FieldDescriptor::name)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// grpc-gateway's refusal of a repeated query parameter for a singular field: keeping either
+/// value would silently drop the other.
+fn too_many_values(field: &FieldDescriptor, path: String, first: &str, second: &str) -> ApiError {
+    let hint = match field.kind() {
+        Kind::Message(message) if message.full_name() == "google.protobuf.FieldMask" => {
+            "; a field mask takes its paths comma-separated (`a,b`)"
+        }
+        _ => "",
+    };
+    ApiError::invalid(
+        path,
+        format!("too many values (`{first}`, `{second}`): the field takes one{hint}"),
+    )
+}
+
+/// Sets the field at the end of `fields` (from [`resolve`]) in the JSON object `root`. A
+/// repeated field collects every value given for it.
+fn set(
+    root: &mut Map<String, Value>,
+    fields: &[FieldDescriptor],
+    leaf: Leaf,
+) -> Result<(), ApiError> {
+    let (field, parents) = fields.split_last().expect("a path has at least one field");
+    let mut object = root;
+    for parent in parents {
+        // Whichever spelling the body used, the value set here replaces it.
+        if parent.name() != parent.json_name() {
+            object.remove(parent.name());
+        }
+        let entry = object
+            .entry(parent.json_name())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        object = entry.as_object_mut().expect("just made an object");
+    }
+    let value = match leaf {
+        Leaf::Json(value) => value,
+        Leaf::Text(text) => text_value(field, text, &proto_path(fields))?,
+    };
+    if field.name() != field.json_name() {
+        object.remove(field.name());
+    }
+    let key = field.json_name().to_owned();
+    if field.is_list() && !matches!(value, Value::Array(_)) {
+        match object
+            .entry(key)
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            Value::Array(values) => values.push(value),
+            other => *other = Value::Array(vec![value]),
+        }
+    } else {
+        object.insert(key, value);
+    }
+    Ok(())
+}
+
+fn find_field(message: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+    message
+        .get_field_by_name(name)
+        .or_else(|| message.get_field_by_json_name(name))
+}
+
+/// Text from a URL as the JSON value proto3 JSON expects for `field`: numbers stay strings
+/// (proto3 JSON accepts quoted numbers, and 64-bit ones need it), booleans become booleans,
+/// enums go by name or number, well-known message types parse from their string form. The
+/// value is decoded on its own here, as the whole message is later, so that a bad one is
+/// blamed on `path` rather than on the body.
+fn text_value(field: &FieldDescriptor, text: String, path: &str) -> Result<Value, ApiError> {
+    if field.is_map() {
+        return Err(ApiError::invalid(
+            path,
+            "map fields cannot be set from the URL",
+        ));
+    }
+    let value = match field.kind() {
+        Kind::Bool => match text.as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => {
+                return Err(ApiError::invalid(
+                    path,
+                    format!("invalid value `{text}`: must be `true` or `false`"),
+                ));
+            }
+        },
+        Kind::Enum(_) => match text.parse::<i32>() {
+            Ok(number) => Value::from(number),
+            Err(_) => Value::String(text.clone()),
+        },
+        _ => Value::String(text.clone()),
+    };
+    let alone = if field.is_list() {
+        Value::Array(vec![value.clone()])
+    } else {
+        value.clone()
+    };
+    let mut object = Map::new();
+    object.insert(field.json_name().to_owned(), alone);
+    DynamicMessage::deserialize(field.parent_message().clone(), Value::Object(object))
+        .map_err(|error| ApiError::invalid(path, format!("invalid value `{text}`: {error}")))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests;

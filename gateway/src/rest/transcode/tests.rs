@@ -1,0 +1,339 @@
+//! Tests of the parent module.
+
+use palisade_grpc::FieldViolation;
+use palisade_proto::palisade::{
+    compliance::v1::ListAuditEventsRequest,
+    identity::v1::{
+        CreateRoleRequest, CreateTenantRequest, ListTenantsRequest, Plan, Tenant,
+        UpdateTenantRequest,
+    },
+};
+use serde_json::json;
+
+use super::*;
+
+fn descriptor(name: &str) -> MessageDescriptor {
+    palisade_proto::descriptor_pool()
+        .get_message_by_name(name)
+        .unwrap()
+}
+
+fn bindings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn invalid(result: Result<Vec<u8>, ApiError>) -> String {
+    match result {
+        Err(error @ ApiError::InvalidArgument(_)) => error.to_string(),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_field_body_and_query_parameters_fill_the_request() {
+    let input = descriptor("palisade.identity.v1.CreateTenantRequest");
+    let encoded = request_message(
+        &input,
+        &BodyRule::Field("tenant".into()),
+        &[],
+        "tenantId=acme",
+        br#"{"displayName": "Acme", "plan": "PLAN_PROFESSIONAL"}"#,
+    )
+    .unwrap();
+    let request = CreateTenantRequest::decode(encoded.as_slice()).unwrap();
+    assert_eq!(request.tenant_id, "acme");
+    let tenant = request.tenant.unwrap();
+    assert_eq!(tenant.display_name, "Acme");
+    assert_eq!(tenant.plan(), Plan::Professional);
+}
+
+#[test]
+fn query_parameters_take_proto_or_json_names_and_typed_values() {
+    let input = descriptor("palisade.identity.v1.ListTenantsRequest");
+    let encoded = request_message(
+        &input,
+        &BodyRule::None,
+        &[],
+        "page_size=2&filter=plan+%3D+%22PLAN_FREE%22&pageToken=abc",
+        b"",
+    )
+    .unwrap();
+    let request = ListTenantsRequest::decode(encoded.as_slice()).unwrap();
+    assert_eq!(request.page_size, 2);
+    assert_eq!(request.filter, r#"plan = "PLAN_FREE""#);
+    assert_eq!(request.page_token, "abc");
+}
+
+#[test]
+fn path_bindings_win_over_the_body() {
+    let input = descriptor("palisade.compliance.v1.ListAuditEventsRequest");
+    let encoded = request_message(
+        &input,
+        &BodyRule::Whole,
+        &bindings(&[("parent", "tenants/acme")]),
+        "ignored=1",
+        br#"{"parent": "tenants/other", "pageSize": 5}"#,
+    )
+    .unwrap();
+    let request = ListAuditEventsRequest::decode(encoded.as_slice()).unwrap();
+    assert_eq!(request.parent, "tenants/acme");
+    assert_eq!(request.page_size, 5);
+}
+
+#[test]
+fn nested_and_repeated_query_parameters() {
+    let input = descriptor("palisade.identity.v1.CreateTenantRequest");
+    let encoded = request_message(
+        &input,
+        &BodyRule::None,
+        &[],
+        "tenant.display_name=Acme&tenant.plan=2&tenantId=acme",
+        b"",
+    )
+    .unwrap();
+    let request = CreateTenantRequest::decode(encoded.as_slice()).unwrap();
+    assert_eq!(request.tenant.as_ref().unwrap().display_name, "Acme");
+    assert_eq!(request.tenant.unwrap().plan, 2);
+    // A repeated field collects every occurrence (google.rpc.BadRequest has one).
+    let bad = descriptor("google.rpc.BadRequest");
+    let field_violations = find_field(&bad, "field_violations").unwrap();
+    assert!(field_violations.is_list());
+    let status = descriptor("google.rpc.Status");
+    let mut root = Map::new();
+    set(
+        &mut root,
+        &resolve(&status, "details").unwrap(),
+        Leaf::Json(json!({"@type": "type.googleapis.com/google.rpc.BadRequest"})),
+    )
+    .unwrap();
+    set(
+        &mut root,
+        &resolve(&status, "details").unwrap(),
+        Leaf::Json(json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo"})),
+    )
+    .unwrap();
+    assert_eq!(root["details"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn unknown_fields_are_invalid_arguments_wherever_they_appear() {
+    let input = descriptor("palisade.identity.v1.CreateTenantRequest");
+    let field = BodyRule::Field("tenant".into());
+    assert!(
+        invalid(request_message(
+            &input,
+            &field,
+            &[],
+            "",
+            br#"{"colour": "red"}"#
+        ))
+        .contains("colour")
+    );
+    assert!(
+        invalid(request_message(
+            &input,
+            &BodyRule::Whole,
+            &[],
+            "",
+            br#"{"tenant": {"nope": 1}}"#
+        ))
+        .contains("nope")
+    );
+    assert!(invalid(request_message(&input, &BodyRule::None, &[], "nope=1", b"")).contains("nope"));
+    assert!(invalid(request_message(&input, &field, &[], "", b"{not json")).contains("JSON"));
+    assert!(invalid(request_message(&input, &BodyRule::Whole, &[], "", b"[1]")).contains("object"));
+    assert!(
+        invalid(request_message(
+            &input,
+            &BodyRule::None,
+            &[],
+            "tenant.plan=PLAN_NOPE",
+            b""
+        ))
+        .contains("PLAN_NOPE")
+    );
+}
+
+/// The one field violation of a refused request.
+fn violation(result: Result<Vec<u8>, ApiError>) -> FieldViolation {
+    match result {
+        Err(ApiError::InvalidArgument(violations)) if violations.len() == 1 => {
+            violations[0].clone()
+        }
+        other => panic!("expected one field violation, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_query_parameters_are_refused_against_their_own_field() {
+    let role = r#"{"displayName": "Body", "permissions": ["identity.users.get"]}"#;
+    // [request message, `body` of the rule, query, body, field, part of the description]
+    let cases = [
+        [
+            "ListTenantsRequest",
+            "",
+            "pageSize=abc",
+            "",
+            "page_size",
+            "invalid value `abc`",
+        ],
+        [
+            "ListTenantsRequest",
+            "",
+            "pageSize=1&pageSize=2",
+            "",
+            "page_size",
+            "too many values (`1`, `2`)",
+        ],
+        // Either spelling names the same field.
+        [
+            "ListTenantsRequest",
+            "",
+            "page_size=1&pageSize=1",
+            "",
+            "page_size",
+            "too many values",
+        ],
+        [
+            "UpdateTenantRequest",
+            "tenant",
+            "updateMask=display_name",
+            "{}",
+            "update_mask",
+            "invalid value `display_name`",
+        ],
+        [
+            "UpdateTenantRequest",
+            "tenant",
+            "updateMask=displayName&updateMask=region",
+            "{}",
+            "update_mask",
+            "comma-separated",
+        ],
+        [
+            "CreateTenantRequest",
+            "",
+            "tenant.plan=PLAN_NOPE",
+            "",
+            "tenant.plan",
+            "invalid value `PLAN_NOPE`",
+        ],
+        [
+            "CreateRoleRequest",
+            "role",
+            "roleId=x&role.displayName=Query",
+            role,
+            "role.display_name",
+            "is part of the request body (`role`); send it there",
+        ],
+        [
+            "CreateRoleRequest",
+            "role",
+            "roleId=x&role.permissions=identity.users.list",
+            role,
+            "role.permissions",
+            "is part of the request body (`role`)",
+        ],
+        [
+            "CreateRoleRequest",
+            "role",
+            "role=x",
+            role,
+            "role",
+            "is part of the request body (`role`)",
+        ],
+    ];
+    for [message, rule, query, body, field, description] in cases {
+        let input = descriptor(&format!("palisade.identity.v1.{message}"));
+        let rule = BodyRule::from_rule(rule);
+        let refused = violation(request_message(&input, &rule, &[], query, body.as_bytes()));
+        assert_eq!(refused.field, field, "{query}");
+        assert!(
+            refused.description.contains(description),
+            "{query}: {}",
+            refused.description
+        );
+    }
+}
+
+#[test]
+fn a_bad_path_variable_is_refused_against_its_own_field() {
+    let input = descriptor("palisade.identity.v1.ListTenantsRequest");
+    let bindings = bindings(&[("page_size", "abc")]);
+    let refused = violation(request_message(&input, &BodyRule::None, &bindings, "", b""));
+    assert_eq!(refused.field, "page_size");
+    assert!(refused.description.contains("`abc`"));
+}
+
+#[test]
+fn repeated_fields_and_field_masks_take_many_values_from_the_query() {
+    let input = descriptor("palisade.identity.v1.CreateRoleRequest");
+    let encoded = request_message(
+        &input,
+        &BodyRule::None,
+        &[],
+        "roleId=x&role.permissions=identity.users.get&role.permissions=identity.users.list",
+        b"",
+    )
+    .unwrap();
+    let request = CreateRoleRequest::decode(encoded.as_slice()).unwrap();
+    assert_eq!(
+        request.role.unwrap().permissions,
+        ["identity.users.get", "identity.users.list"]
+    );
+    // With `body: "role"` the rest of the request still comes from the query.
+    let encoded = request_message(
+        &input,
+        &BodyRule::Field("role".into()),
+        &bindings(&[("parent", "tenants/acme")]),
+        "roleId=x",
+        br#"{"displayName": "Body"}"#,
+    )
+    .unwrap();
+    let request = CreateRoleRequest::decode(encoded.as_slice()).unwrap();
+    assert_eq!(request.role_id, "x");
+    assert_eq!(request.role.unwrap().display_name, "Body");
+    let input = descriptor("palisade.identity.v1.UpdateTenantRequest");
+    let encoded = request_message(
+        &input,
+        &BodyRule::Field("tenant".into()),
+        &[],
+        "updateMask=displayName,region",
+        b"{}",
+    )
+    .unwrap();
+    let request = UpdateTenantRequest::decode(encoded.as_slice()).unwrap();
+    assert_eq!(
+        request.update_mask.unwrap().paths,
+        ["display_name", "region"]
+    );
+}
+
+#[test]
+fn responses_use_the_proto3_json_mapping() {
+    let output = descriptor("palisade.identity.v1.Tenant");
+    let tenant = Tenant {
+        name: "tenants/acme".into(),
+        display_name: "Acme".into(),
+        plan: Plan::Enterprise as i32,
+        create_time: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let json = response_json(&output, &tenant.encode_to_vec(), None).unwrap();
+    assert_eq!(json["displayName"], "Acme");
+    assert_eq!(json["plan"], "PLAN_ENTERPRISE");
+    assert_eq!(json["createTime"], "2023-11-14T22:13:20Z");
+    assert!(json.get("updateTime").is_none());
+    assert!(json.get("region").is_none());
+    // `response_body: "region"` sends that one field, even at its default.
+    let region = response_json(&output, &tenant.encode_to_vec(), Some("region")).unwrap();
+    assert_eq!(region, json!(""));
+    let plan = response_json(&output, &tenant.encode_to_vec(), Some("plan")).unwrap();
+    assert_eq!(plan, json!("PLAN_ENTERPRISE"));
+}
