@@ -10,8 +10,9 @@ use common::{expect_code, new_tenant, reason, violated_fields};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        AssignRoleRequest, CreateUserRequest, GetUserRequest, ListUsersRequest, LoginRequest, Plan,
-        RevokeRoleRequest, User, UserState, auth_service_client::AuthServiceClient,
+        AssignRoleRequest, CreateUserRequest, GetUserRequest, ListApiKeysRequest, ListUsersRequest,
+        LoginRequest, Plan, RevokeRoleRequest, User, UserState,
+        api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
 };
@@ -152,6 +153,16 @@ async fn an_admin_signs_in_and_roles_decide_what_users_may_do() -> anyhow::Resul
             .into_inner();
         assert_eq!(second.users, std::slice::from_ref(&analyst));
         assert!(second.next_page_token.is_empty());
+        // A token belongs to its list: brought to another, it is refused, not read there.
+        let elsewhere = ApiKeyServiceClient::new(mesh.gateway())
+            .list_api_keys(mesh.as_operator(ListApiKeysRequest {
+                parent: "tenants/acme".into(),
+                page_token: first.next_page_token.clone(),
+                ..Default::default()
+            }))
+            .await;
+        let status = expect_code(elsewhere, Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), ["page_token"]);
 
         // Other components ask identity (`Check`) about users too: the admin reads the audit
         // log that compliance keeps, the analyst may not.

@@ -76,7 +76,12 @@ impl AuditService for AuditApi {
         let tenant = readable_log(&request, &request.get_ref().parent)?;
         let request = request.into_inner();
         let page_size = aip::page_size(request.page_size)?;
-        let after = match aip::decode_page_token(&request.page_token, &request.filter)? {
+        let query = aip::ListQuery {
+            collection: "auditEvents",
+            parent: &request.parent,
+            filter: &request.filter,
+        };
+        let after = match aip::decode_page_token(&request.page_token, &query)? {
             Some(cursor) => cursor
                 .parse::<i64>()
                 .map_err(|_| ApiError::invalid("page_token", "malformed page token"))?,
@@ -87,7 +92,7 @@ impl AuditService for AuditApi {
             .store
             .list(&tenant, after, &filters, page_size + 1)
             .await?;
-        let next_page_token = aip::finish_page(&mut events, page_size, &request.filter, |last| {
+        let next_page_token = aip::finish_page(&mut events, page_size, &query, |last| {
             last.sequence.to_string()
         });
         Ok(Response::new(ListAuditEventsResponse {

@@ -8,7 +8,7 @@ mod update_mask;
 
 pub use filter::{Comparison, FilterField, Term, parse_filter};
 pub use paging::{
-    CreatedCursor, DEFAULT_PAGE_SIZE, EQUALITY, MAX_PAGE_SIZE, decode_page_token,
+    CreatedCursor, DEFAULT_PAGE_SIZE, EQUALITY, ListQuery, MAX_PAGE_SIZE, decode_page_token,
     encode_page_token, finish_page, page_size,
 };
 pub use update_mask::update_paths;

@@ -264,7 +264,12 @@ impl RoleService for RoleApi {
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
         require_own_tenant(&caller, &tenant)?;
         let page_size = aip::page_size(request.page_size)?;
-        let after = aip::decode_page_token(&request.page_token, &request.filter)?
+        let query = aip::ListQuery {
+            collection: "roles",
+            parent: &request.parent,
+            filter: &request.filter,
+        };
+        let after = aip::decode_page_token(&request.page_token, &query)?
             .map(|cursor| Cursor::decode(&cursor))
             .transpose()?;
         let filter = parse_filter(&request.filter)?;
@@ -303,7 +308,7 @@ impl RoleService for RoleApi {
                     .await?,
             );
         }
-        let next_page_token = aip::finish_page(&mut records, page_size, &request.filter, |last| {
+        let next_page_token = aip::finish_page(&mut records, page_size, &query, |last| {
             if last.built_in {
                 let index = roles::BUILT_IN
                     .iter()

@@ -112,7 +112,12 @@ impl TenantService for TenantApi {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let page_size = aip::page_size(request.page_size)?;
-        let after = aip::decode_page_token(&request.page_token, &request.filter)?
+        let query = aip::ListQuery {
+            collection: "tenants",
+            parent: "",
+            filter: &request.filter,
+        };
+        let after = aip::decode_page_token(&request.page_token, &query)?
             .map(|cursor| CreatedCursor::decode(&cursor))
             .transpose()?;
         let filters = parse_filters(&request.filter)?;
@@ -121,7 +126,7 @@ impl TenantService for TenantApi {
             .store
             .list_tenants(only, after.as_ref(), &filters, page_size + 1)
             .await?;
-        let next_page_token = aip::finish_page(&mut records, page_size, &request.filter, |last| {
+        let next_page_token = aip::finish_page(&mut records, page_size, &query, |last| {
             CreatedCursor {
                 create_time: last.create_time,
                 id: last.id.to_string(),

@@ -417,7 +417,12 @@ impl UserService for UserApi {
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
         require_own_tenant(&caller, &tenant)?;
         let page_size = aip::page_size(request.page_size)?;
-        let after = aip::decode_page_token(&request.page_token, &request.filter)?
+        let query = aip::ListQuery {
+            collection: "users",
+            parent: &request.parent,
+            filter: &request.filter,
+        };
+        let after = aip::decode_page_token(&request.page_token, &query)?
             .map(|cursor| CreatedCursor::decode(&cursor))
             .transpose()?;
         let filters = parse_filters(&request.filter)?;
@@ -436,7 +441,7 @@ impl UserService for UserApi {
             .store
             .list_users(&tenant, after.as_ref(), &filters, page_size + 1)
             .await?;
-        let next_page_token = aip::finish_page(&mut records, page_size, &request.filter, |last| {
+        let next_page_token = aip::finish_page(&mut records, page_size, &query, |last| {
             CreatedCursor {
                 create_time: last.create_time,
                 id: last.id.to_string(),
