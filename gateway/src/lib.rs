@@ -20,6 +20,7 @@ mod idle;
 mod jwks;
 mod limits;
 mod lookups;
+mod message_limit;
 mod proxy;
 mod public_tls;
 pub mod rest;

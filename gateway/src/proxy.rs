@@ -37,6 +37,7 @@ use crate::{
     backends::Backends,
     deadline,
     limits::{ClientKey, Rate, RateLimiter},
+    message_limit,
     tenants::{TenantDirectory, request_host},
     usage::UsageMeter,
 };
@@ -253,18 +254,30 @@ impl Proxy {
                 message: format!("{path} did not complete within its deadline ({deadline:?})"),
             }
         };
+        // The message's size is known before any backend is asked, within the call's budget.
+        let request = request.map(Body::new);
+        let mut request = match budget {
+            Some(budget) => {
+                let left = deadline::left(budget, arrived, Instant::now())
+                    .ok_or_else(|| exceeded(budget))?;
+                tokio::time::timeout(left, message_limit::within_limit(request))
+                    .await
+                    .map_err(|_| exceeded(budget))??
+            }
+            None => message_limit::within_limit(request).await?,
+        };
         // Time spent here (a credential or a tenant looked up) comes out of the budget: the
         // backend learns what is left (`grpc-timeout`) and gives up its work when it passes.
         let mut deadline = None;
         if let Some(budget) = budget {
             let left =
                 deadline::left(budget, arrived, Instant::now()).ok_or_else(|| exceeded(budget))?;
-            headers.insert(deadline::GRPC_TIMEOUT, deadline::header_value(left));
+            (request.headers_mut()).insert(deadline::GRPC_TIMEOUT, deadline::header_value(left));
             deadline = Some((left, budget)).filter(|_| !policy.streaming);
         }
 
         let started = Instant::now();
-        let call = backend.oneshot(request.map(Body::new));
+        let call = backend.oneshot(request);
         let response = match deadline {
             // A unary response's headers come with its message, so this bounds the whole call;
             // dropping the call on expiry cancels it at the backend (RST_STREAM).

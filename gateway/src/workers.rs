@@ -43,6 +43,9 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection (after its TLS handshake, if any) may stay silent.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's headers, at most, over either protocol (HTTP/1: the request line and headers;
+/// HTTP/2: the header list as RFC 9113 counts it); more is `431`. A JWT is about 1 KiB.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The running workers, fed by the acceptor.
 pub struct Workers {
@@ -171,11 +174,14 @@ async fn serve_connections(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The read buffer bounds what headers may take (hyper's default is ~400 KiB).
+        .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE_INTERVAL);
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     // Set when the worker drains: every connection then shuts down gracefully.
     let (drain, draining) = watch::channel(false);
     let mut connections = JoinSet::new();

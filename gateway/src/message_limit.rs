@@ -1,0 +1,174 @@
+//! The size limit on a gRPC call's request message, at the edge. Every public method takes one
+//! request message (the only client-streaming method, the internal `ImportTenantData`, is
+//! never routed), so the gateway reads the message's 5-byte prefix before it calls a backend
+//! and refuses one declared larger than [`frames::MAX_MESSAGE`] as `RESOURCE_EXHAUSTED`, the
+//! code gRPC gives an exceeded message size (and that a REST body over the limit gets: 413).
+//! Left to the component, tonic would answer `OUT_OF_RANGE`, after receiving all of it.
+//!
+//! What was read to find the prefix goes on to the backend unchanged, ahead of the rest.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf, Bytes};
+use http::Request;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use palisade_grpc::ApiError;
+use tonic::{Status, body::Body};
+
+use crate::frames::MAX_MESSAGE;
+
+/// The length prefix of a gRPC message: a flag byte and a big-endian `u32`.
+const PREFIX: usize = 5;
+
+/// `request` once its first message's declared length is known to be within the limit; its
+/// body is the same bytes. A body that ends before a whole prefix goes on as it is: the
+/// component says what is wrong with it.
+pub async fn within_limit(request: Request<Body>) -> Result<Request<Body>, Status> {
+    let (parts, mut body) = request.into_parts();
+    let mut read = VecDeque::new();
+    let mut buffered = 0;
+    while buffered < PREFIX {
+        match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    buffered += data.len();
+                    read.push_back(Frame::data(data));
+                }
+                Err(trailers) => {
+                    read.push_back(trailers);
+                    break;
+                }
+            },
+            Some(Err(error)) => return Err(error),
+            None => break,
+        }
+    }
+    if let Some(length) = declared_length(&read).filter(|length| *length > MAX_MESSAGE) {
+        return Err(too_large(length).into());
+    }
+    let body = Body::new(Replayed { read, rest: body });
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The length in the first message's prefix, once the data read holds a whole one.
+fn declared_length(read: &VecDeque<Frame<Bytes>>) -> Option<usize> {
+    let mut prefix = [0; PREFIX];
+    let mut filled = 0;
+    for data in read.iter().filter_map(Frame::data_ref) {
+        let take = (PREFIX - filled).min(data.len());
+        prefix[filled..filled + take].copy_from_slice(&data[..take]);
+        filled += take;
+        if filled == PREFIX {
+            let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
+            return Some(length as usize);
+        }
+    }
+    None
+}
+
+fn too_large(length: usize) -> ApiError {
+    let limit = format!("{} MiB", MAX_MESSAGE >> 20);
+    ApiError::ResourceExhausted {
+        reason: "MESSAGE_TOO_LARGE",
+        message: format!("the request message is {length} bytes; the limit is {limit}"),
+        subject: "request".to_owned(),
+        description: format!("a request message holds at most {limit}"),
+        retry_after: None,
+    }
+}
+
+/// A body whose first frames were read already: those, then the rest.
+struct Replayed {
+    read: VecDeque<Frame<Bytes>>,
+    rest: Body,
+}
+
+impl HttpBody for Replayed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match self.read.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let read: u64 = (self.read.iter())
+            .filter_map(Frame::data_ref)
+            .map(|data| data.remaining() as u64)
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + read);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + read);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::StreamBody;
+
+    use super::*;
+    use crate::frames;
+
+    /// A request whose body arrives in `chunks`.
+    fn request(chunks: Vec<Bytes>) -> Request<Body> {
+        let frames = chunks
+            .into_iter()
+            .map(|chunk| Ok::<_, Status>(Frame::data(chunk)));
+        Request::new(Body::new(StreamBody::new(futures::stream::iter(frames))))
+    }
+
+    async fn body_of(request: Request<Body>) -> Bytes {
+        request.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_message_within_the_limit_goes_on_whole_however_it_was_split() {
+        let message = frames::encode(0, b"hello");
+        for split in 0..message.len() {
+            let chunks = vec![message.slice(..split), message.slice(split..)];
+            let passed = within_limit(request(chunks)).await.unwrap();
+            assert_eq!(body_of(passed).await, message, "split at {split}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_declared_over_the_limit_is_refused_before_it_arrives() {
+        let mut prefix = vec![0];
+        prefix.extend_from_slice(&((MAX_MESSAGE + 1) as u32).to_be_bytes());
+        let chunks = vec![
+            Bytes::from(prefix[..2].to_vec()),
+            Bytes::from(prefix[2..].to_vec()),
+        ];
+        let refused = within_limit(request(chunks)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        let exactly = frames::encode(0, &vec![0; MAX_MESSAGE]);
+        assert!(within_limit(request(vec![exactly])).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_a_prefix_goes_on_as_it_is() {
+        for body in [vec![], vec![Bytes::from_static(b"\0\0")]] {
+            let passed = within_limit(request(body.clone())).await.unwrap();
+            assert_eq!(body_of(passed).await, body.concat());
+        }
+    }
+}
