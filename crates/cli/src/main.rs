@@ -27,6 +27,10 @@ enum Command {
         /// ports; their admin HTTP ports (metrics, health, readiness) ten above each.
         #[arg(long, env = "PALISADE_PORT_BASE", default_value_t = Ports::DEV.gateway)]
         port_base: u16,
+        /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST
+        /// and gRPC-Web routes, e.g. a web app's dev server; none by default.
+        #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+        cors_allowed_origins: Vec<String>,
     },
     /// Serve one component (identity, compliance, observability or gateway).
     // Boxed: the flags make it far larger than the other commands (clippy's large_enum_variant).
@@ -63,12 +67,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev {
             data_dir,
             port_base,
+            cors_allowed_origins,
         } => {
             let telemetry =
                 palisade_telemetry::init(TelemetryConfig::new(LogFormat::Pretty, "palisade"));
             let mut options = MeshOptions::new(data_dir);
             options.ports = Ports::starting_at(port_base)?;
             options.admin_ports = Some(Ports::starting_at(port_base.saturating_add(10))?);
+            options.cors_allowed_origins = cors_allowed_origins;
             let mut mesh = LocalMesh::start(options)
                 .await
                 .context("starting the mesh")?;
