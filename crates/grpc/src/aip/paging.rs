@@ -133,7 +133,7 @@ mod tests {
         assert!(page_size(-1).is_err());
     }
 
-    const USERS: ListQuery = ListQuery {
+    const USERS: ListQuery<'static> = ListQuery {
         collection: "users",
         parent: "tenants/acme",
         filter: "",
