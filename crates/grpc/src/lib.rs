@@ -7,6 +7,7 @@ pub mod aip;
 mod authorizer;
 mod caller;
 mod client;
+mod denial_audit;
 mod error;
 mod kit;
 mod observe;
@@ -20,6 +21,7 @@ pub mod time;
 pub use authorizer::{Authorizer, Decision, RemoteAuthorizer, principal_type};
 pub use caller::Caller;
 pub use client::{MeshChannel, mesh_channel};
+pub use denial_audit::{DenialAuditLayer, DenialAuditService, DenialSink, DeniedCall};
 pub use error::{ApiError, ERROR_DOMAIN, FieldViolation};
 pub use kit::{ComponentKit, Listeners};
 pub use observe::{

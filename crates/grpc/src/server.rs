@@ -18,7 +18,10 @@ use tower::ServiceBuilder;
 
 use palisade_telemetry::ComponentMetrics;
 
-use crate::{Authorizer, MethodPolicies, PolicyLayer, Result, ServerObserveLayer};
+use crate::{
+    Authorizer, DenialAuditLayer, DenialSink, MethodPolicies, PolicyLayer, Result,
+    ServerObserveLayer,
+};
 
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -37,6 +40,8 @@ pub struct MeshServer {
     policies: Arc<MethodPolicies>,
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
+    /// Where refused calls to audited methods are recorded (`denial_audit.rs`), if anywhere.
+    denials: Option<Arc<dyn DenialSink>>,
 }
 
 /// Flips the health status the component reports (readiness follows dependencies).
@@ -86,7 +91,14 @@ impl MeshServer {
             policies: Arc::new(MethodPolicies::palisade()?),
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
+            denials: None,
         })
+    }
+
+    /// Records refused calls to the component's audited methods in `sink`.
+    pub fn with_denial_audit(mut self, sink: Arc<dyn DenialSink>) -> MeshServer {
+        self.denials = Some(sink);
+        self
     }
 
     pub fn add_service<S>(mut self, service: S) -> MeshServer
@@ -123,14 +135,17 @@ impl MeshServer {
         let routes = add_reflection(routes, Some(&self.service_names))?.add_service(health);
 
         // Layers in the order a request meets them: tonic inserts the peer identity, the call
-        // is traced and measured, the tenant context is accepted (or refused), then the
-        // method's policy is enforced.
+        // is traced and measured, the tenant context is accepted (or refused), refusals of
+        // audited calls are recorded on the way out, and the method's policy is enforced.
+        let denials =
+            (self.denials.clone()).map(|sink| DenialAuditLayer::new(self.policies.clone(), sink));
         let layers = ServiceBuilder::new()
             .layer(ServerObserveLayer::new(
                 self.component,
                 self.metrics.rpc.server.clone(),
             ))
             .layer(TenantContextLayer::new(self.trust.clone()))
+            .option_layer(denials)
             .layer(PolicyLayer::new(
                 self.policies.clone(),
                 self.authorizer.clone(),

@@ -109,6 +109,10 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         authorizer,
         kit.metrics.clone(),
     )?
+    .with_denial_audit(Arc::new(api::AuditDenials::new(
+        store.clone(),
+        relay.clone(),
+    )))
     .add_service(TenantServiceServer::new(api::TenantApi::new(
         store.clone(),
         relay.clone(),

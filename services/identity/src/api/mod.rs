@@ -3,6 +3,7 @@
 mod api_key;
 mod auth;
 mod authorization;
+mod denials;
 mod edge;
 mod role;
 mod tenant;
@@ -15,6 +16,7 @@ mod user_update;
 pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;
 pub use authorization::AuthorizationApi;
+pub use denials::AuditDenials;
 pub use edge::EdgeApi;
 pub use role::RoleApi;
 pub use tenant::TenantApi;
