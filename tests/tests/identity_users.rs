@@ -352,6 +352,21 @@ async fn bad_user_input_names_the_fields() -> anyhow::Result<()> {
             let status = expect_code(result, Code::InvalidArgument);
             assert_eq!(violated_fields(&status), fields, "{request:?}");
         }
+        // An operator listing a tenant that does not exist is told so, not given no one.
+        let missing = users
+            .list_users(mesh.as_operator(ListUsersRequest {
+                parent: "tenants/nobody".into(),
+                ..Default::default()
+            }))
+            .await;
+        expect_code(missing, Code::NotFound);
+        let missing = ApiKeyServiceClient::new(mesh.gateway())
+            .list_api_keys(mesh.as_operator(ListApiKeysRequest {
+                parent: "tenants/nobody".into(),
+                ..Default::default()
+            }))
+            .await;
+        expect_code(missing, Code::NotFound);
         for name in ["tenants/acme/users/nobody", "users/x", "tenants/acme"] {
             let result = users
                 .get_user(mesh.as_operator(GetUserRequest { name: name.into() }))

@@ -22,6 +22,7 @@ use palisade_proto::palisade::{
 use palisade_tenancy::{Principal, PrincipalKind, TenantId};
 use tonic::{Request, Response, Status};
 
+use super::user::{require_listed_tenant, require_own_tenant};
 use crate::{
     api_keys::{self, KeyRules},
     authz::Authz,
@@ -136,19 +137,6 @@ impl ApiKeyApi {
             source: crate::COMPONENT,
             attributes,
         }
-    }
-}
-
-/// Tenant isolation (DESIGN §4.3), as for users: a principal acts only within its own
-/// tenant; platform operators of the `system` tenant act on any.
-fn require_own_tenant(caller: &Caller, tenant: &TenantId) -> Result<(), ApiError> {
-    if caller.context.may_access(tenant) {
-        Ok(())
-    } else {
-        Err(ApiError::PermissionDenied {
-            reason: "CROSS_TENANT",
-            message: format!("the caller may not act on tenants/{tenant}"),
-        })
     }
 }
 
@@ -277,7 +265,7 @@ impl ApiKeyService for ApiKeyApi {
         let request = request.into_inner();
         let tenant = users::parse_parent(&request.parent)
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
-        require_own_tenant(&caller, &tenant)?;
+        require_listed_tenant(&self.store, &caller, &tenant).await?;
         let page_size = aip::page_size(request.page_size)?;
         let query = aip::ListQuery {
             collection: "apiKeys",

@@ -319,6 +319,23 @@ pub(super) fn require_own_tenant(caller: &Caller, tenant: &TenantId) -> Result<(
     }
 }
 
+/// A list's parent tenant, which the caller may read (`require_own_tenant`) and which exists:
+/// an operator listing a tenant that does not is told so (`NOT_FOUND`), not handed an empty
+/// page. A caller's own tenant exists, or its call was refused before it got here.
+pub(super) async fn require_listed_tenant(
+    store: &IdentityStore,
+    caller: &Caller,
+    tenant: &TenantId,
+) -> Result<(), ApiError> {
+    require_own_tenant(caller, tenant)?;
+    if &caller.context.tenant_id != tenant && store.get_tenant(tenant).await?.is_none() {
+        return Err(ApiError::NotFound {
+            resource: format!("tenants/{tenant}"),
+        });
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn create_user(
@@ -415,7 +432,7 @@ impl UserService for UserApi {
         let request = request.into_inner();
         let tenant = users::parse_parent(&request.parent)
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
-        require_own_tenant(&caller, &tenant)?;
+        require_listed_tenant(&self.store, &caller, &tenant).await?;
         let page_size = aip::page_size(request.page_size)?;
         let query = aip::ListQuery {
             collection: "users",
