@@ -7,7 +7,8 @@
 //! unknown name anywhere is `INVALID_ARGUMENT`. A value from the URL is also checked on its
 //! own as it is set, so a bad one is reported against its field, not against the body.
 //! Query parameters are refused, as unknown names are, where `google/api/http.proto` gives
-//! them no meaning: inside the body field, or a second value for a field that takes one.
+//! them no meaning: a field the path binds, inside the body field, or a second value for a
+//! field that takes one.
 //! Pure functions over bytes and strings.
 
 use std::collections::HashMap;
@@ -62,11 +63,27 @@ pub fn request_message(
     }
     // With `body: "*"` every field comes from the body or the path (google/api/http.proto).
     if *body_rule != BodyRule::Whole {
+        // The fields the URL path binds are not query parameters either.
+        let bound = (bindings.iter())
+            .map(|(field, _)| resolve(input, field).map(|fields| proto_path(&fields)))
+            .collect::<Result<Vec<_>, _>>()?;
         // The first value of each singular field, so a second one can be refused.
         let mut singular: HashMap<String, String> = HashMap::new();
         for (name, value) in parse_query(query)? {
             let fields = resolve(input, &name)?;
             let path = proto_path(&fields);
+            let within = |bound: &String| {
+                path == *bound
+                    || path
+                        .strip_prefix(bound.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            };
+            if bound.iter().any(within) {
+                return Err(ApiError::invalid(
+                    path,
+                    "is bound by the URL path; it cannot be set in the query as well",
+                ));
+            }
             // The body field is the top-level field the rule names (google/api/http.proto).
             if let BodyRule::Field(body) = body_rule
                 && fields[0].name() == body

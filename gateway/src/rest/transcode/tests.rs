@@ -84,6 +84,32 @@ fn path_bindings_win_over_the_body() {
 }
 
 #[test]
+fn a_field_the_path_binds_is_not_a_query_parameter() {
+    let input = descriptor("palisade.identity.v1.GetTenantRequest");
+    let path = bindings(&[("name", "tenants/acme")]);
+    let refused = violation(request_message(
+        &input,
+        &BodyRule::None,
+        &path,
+        "name=tenants/other",
+        b"",
+    ));
+    assert_eq!(refused.field, "name");
+    assert!(refused.description.contains("bound by the URL path"));
+    // Nested fields under a bound one too (`{tenant.name=tenants/*}` of UpdateTenant).
+    let input = descriptor("palisade.identity.v1.UpdateTenantRequest");
+    let path = bindings(&[("tenant.name", "tenants/acme")]);
+    let refused = violation(request_message(
+        &input,
+        &BodyRule::Field("tenant".into()),
+        &path,
+        "tenant.name=tenants/other",
+        b"{}",
+    ));
+    assert_eq!(refused.field, "tenant.name");
+}
+
+#[test]
 fn nested_and_repeated_query_parameters() {
     let input = descriptor("palisade.identity.v1.CreateTenantRequest");
     let encoded = request_message(
