@@ -19,6 +19,8 @@ pub struct MethodPolicy {
     pub public: bool,
     pub internal: bool,
     pub callers: Vec<String>,
+    /// Only principals of the `system` tenant may call it (`platform_only`).
+    pub platform_only: bool,
     pub audit: AuditLevel,
     /// Whether requests or responses stream (so the call may rightly last as long as the
     /// client keeps it open).
@@ -79,6 +81,11 @@ impl MethodPolicies {
                     "{path} cannot be both `public` and `internal`"
                 )));
             }
+            if option.platform_only && (option.public || option.internal) {
+                return Err(Error::Descriptors(format!(
+                    "{path} is `platform_only`, so it needs a principal: not `public` or `internal`"
+                )));
+            }
             if !option.callers.is_empty() && !option.internal {
                 return Err(Error::Descriptors(format!(
                     "{path} lists `callers` but is not `internal`"
@@ -91,6 +98,7 @@ impl MethodPolicies {
                 public: option.public,
                 internal: option.internal,
                 callers: option.callers,
+                platform_only: option.platform_only,
                 audit,
                 streaming: method.is_client_streaming() || method.is_server_streaming(),
             };

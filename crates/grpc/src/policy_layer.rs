@@ -125,6 +125,16 @@ impl PolicyLayer {
                 reason: "UNAUTHENTICATED",
                 message: "this method needs an authenticated principal".to_owned(),
             })?;
+        if policy.platform_only && !context.is_platform_operator() {
+            return Err(ApiError::PermissionDenied {
+                reason: "PLATFORM_OPERATOR_ONLY",
+                message: format!(
+                    "{} is for platform operators of the system tenant only",
+                    policy.path
+                ),
+            }
+            .into());
+        }
         let decision = self.authorizer.check(context, permission).await?;
         if decision.allowed {
             return Ok(());

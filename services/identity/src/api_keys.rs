@@ -197,7 +197,17 @@ fn check_scopes(
                 ));
             }
         } else if rules.roles.in_catalogue(scope) {
-            valid.insert(scope.clone());
+            match tenant {
+                Some(tenant) if !rules.roles.held_in(tenant, scope) => {
+                    violations.push(FieldViolation::new(
+                        field(),
+                        format!("{scope} is for platform operators of the system tenant only"),
+                    ));
+                }
+                _ => {
+                    valid.insert(scope.clone());
+                }
+            }
         } else {
             violations.push(FieldViolation::new(
                 field(),

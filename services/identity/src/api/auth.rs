@@ -254,15 +254,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<RotateSigningKeyRequest>,
     ) -> Result<Response<Jwk>, Status> {
+        // The keys sign every tenant's tokens: platform operators only (`platform_only`,
+        // enforced by the policy layer), whatever a tenant admin holds.
         let caller = Caller::of(&request)?;
-        // The keys sign every tenant's tokens: a platform matter, whatever a tenant admin holds.
-        if !caller.context.is_platform_operator() {
-            return Err(ApiError::PermissionDenied {
-                reason: "PLATFORM_OPERATOR_ONLY",
-                message: "only platform operators rotate the token signing key".to_owned(),
-            }
-            .into());
-        }
         Ok(Response::new(self.keys.rotate(caller.principal()).await?))
     }
 }

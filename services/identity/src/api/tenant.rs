@@ -56,16 +56,9 @@ impl TenantService for TenantApi {
         &self,
         request: Request<CreateTenantRequest>,
     ) -> Result<Response<Tenant>, Status> {
+        // Platform operators only (`platform_only`, enforced by the policy layer): creating a
+        // tenant acts on another tenant by definition (DESIGN §4.3).
         let caller = Caller::of(&request)?;
-        // Creating a tenant acts on another tenant by definition: platform operators only,
-        // whatever permissions a tenant's own principal holds (DESIGN §4.3).
-        if !caller.context.is_platform_operator() {
-            return Err(ApiError::PermissionDenied {
-                reason: "PLATFORM_OPERATOR_ONLY",
-                message: "only platform operators of the system tenant create tenants".to_owned(),
-            }
-            .into());
-        }
         let record = tenants::validate_create(request.get_ref(), now_micros())?;
         let resource = format!("tenants/{}", record.id);
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
@@ -206,16 +199,7 @@ impl TenantService for TenantApi {
         let not_found = || ApiError::NotFound {
             resource: format!("tenants/{id}"),
         };
-        if !caller.context.may_access(&id) {
-            return Err(not_found().into());
-        }
-        if !caller.context.is_platform_operator() {
-            return Err(ApiError::PermissionDenied {
-                reason: "PLATFORM_OPERATOR_ONLY",
-                message: "only platform operators of the system tenant delete tenants".to_owned(),
-            }
-            .into());
-        }
+        // Only platform operators get here (`platform_only`, enforced by the policy layer).
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let record = self
             .store
