@@ -197,17 +197,7 @@ fn check_scopes(
                 ));
             }
         } else if rules.roles.in_catalogue(scope) {
-            match tenant {
-                Some(tenant) if !rules.roles.held_in(tenant, scope) => {
-                    violations.push(FieldViolation::new(
-                        field(),
-                        format!("{scope} is for platform operators of the system tenant only"),
-                    ));
-                }
-                _ => {
-                    valid.insert(scope.clone());
-                }
-            }
+            valid.insert(scope.clone());
         } else {
             violations.push(FieldViolation::new(
                 field(),

@@ -92,25 +92,18 @@ impl Authz {
     }
 
     /// The permissions the role `role` of `tenant` grants: a built-in role's, or a custom
-    /// role's as stored and still in the catalogue, either as far as `tenant`'s principals may
-    /// hold them (`Roles::held_in`); `None` for an unknown role.
+    /// role's as stored and still in the catalogue; `None` for an unknown role.
     pub async fn role_permissions(
         &self,
         tenant: &TenantId,
         role: &str,
     ) -> Result<Option<BTreeSet<String>>, ApiError> {
-        let held_in_tenant = |permission: &String| self.roles.held_in(tenant, permission);
         if let Some(granted) = self.roles.permissions(role) {
-            return Ok(Some(
-                granted
-                    .iter()
-                    .filter(|p| held_in_tenant(p))
-                    .cloned()
-                    .collect(),
-            ));
+            return Ok(Some(granted.clone()));
         }
         Ok(self.store.get_role(tenant, role).await?.map(|mut role| {
-            role.permissions.retain(held_in_tenant);
+            role.permissions
+                .retain(|permission| self.roles.in_catalogue(permission));
             role.permissions
         }))
     }
@@ -177,7 +170,6 @@ impl Authz {
         if self.roles.any_custom(&user.roles) {
             held.extend(self.custom_permissions(user).await?);
         }
-        held.retain(|permission| self.roles.held_in(&user.tenant_id, permission));
         Ok(held)
     }
 

@@ -43,8 +43,6 @@ pub const SELF_SERVICE: [&str; 1] = ["identity.users.changePassword"];
 #[derive(Clone, Debug)]
 pub struct Roles {
     catalogue: BTreeSet<String>,
-    /// The permissions of `platform_only` methods: only the `system` tenant's roles hold them.
-    platform_only: BTreeSet<String>,
     grants: BTreeMap<&'static str, BTreeSet<String>>,
 }
 
@@ -53,11 +51,6 @@ impl Roles {
         let catalogue: BTreeSet<String> = policies
             .iter()
             .filter(|policy| !policy.internal)
-            .filter_map(|policy| policy.permission.clone())
-            .collect();
-        let platform_only = policies
-            .iter()
-            .filter(|policy| policy.platform_only)
             .filter_map(|policy| policy.permission.clone())
             .collect();
         let grants = BUILT_IN
@@ -71,11 +64,7 @@ impl Roles {
                 (role, granted)
             })
             .collect();
-        Roles {
-            catalogue,
-            platform_only,
-            grants,
-        }
+        Roles { catalogue, grants }
     }
 
     /// Whether `role` names a built-in role.
@@ -91,14 +80,6 @@ impl Roles {
     /// Whether `permission` may be granted by a role: a non-internal permission of the mesh.
     pub fn in_catalogue(&self, permission: &str) -> bool {
         self.catalogue.contains(permission)
-    }
-
-    /// Whether principals of `tenant` may hold `permission`: any of the catalogue in the
-    /// `system` tenant, any but those of platform-only methods elsewhere (a tenant's admin
-    /// could never use them: the policy layer refuses such calls from outside `system`).
-    pub fn held_in(&self, tenant: &TenantId, permission: &str) -> bool {
-        self.in_catalogue(permission)
-            && (tenant.is_system() || !self.platform_only.contains(permission))
     }
 
     /// Whether some of `roles` are not built-in, i.e. name custom roles of the user's tenant.
@@ -137,10 +118,7 @@ impl Roles {
             id: (*name).to_owned(),
             display_name: capitalized(name),
             description: description(name).to_owned(),
-            permissions: (granted.iter())
-                .filter(|permission| self.held_in(tenant, permission))
-                .cloned()
-                .collect(),
+            permissions: granted.clone(),
             built_in: true,
             create_time: None,
             update_time: None,
@@ -249,27 +227,6 @@ mod tests {
                 .unwrap()
                 .contains("identity.users.update")
         );
-    }
-
-    #[test]
-    fn platform_operator_permissions_stay_in_the_system_tenant() {
-        let roles = roles();
-        let (acme, system) = (TenantId::parse("acme").unwrap(), TenantId::system());
-        for permission in [
-            "identity.tenants.create",
-            "identity.tenants.delete",
-            "identity.signingkeys.rotate",
-        ] {
-            assert!(roles.held_in(&system, permission), "{permission}");
-            assert!(!roles.held_in(&acme, permission), "{permission}");
-            let admin = |tenant| roles.built_in(tenant, "admin").unwrap().permissions;
-            assert!(admin(&system).contains(permission), "{permission}");
-            assert!(!admin(&acme).contains(permission), "{permission}");
-        }
-        // A tenant's admin still holds the rest, reading and updating its own tenant among it.
-        for permission in ["identity.tenants.get", "identity.tenants.update"] {
-            assert!(roles.held_in(&acme, permission), "{permission}");
-        }
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn validate_create(
     };
     let display_name = check_display_name(&role.display_name, &mut violations);
     let description = check_description(&role.description, &mut violations);
-    let permissions = check_permissions(&role.permissions, tenant.as_ref(), roles, &mut violations);
+    let permissions = check_permissions(&role.permissions, roles, &mut violations);
     let Some(tenant_id) = tenant.filter(|_| violations.is_empty()) else {
         return Err(ApiError::InvalidArgument(violations));
     };
@@ -181,12 +181,7 @@ pub fn apply_update(
         next.description = check_description(&update.description, &mut violations);
     }
     if paths.permissions {
-        next.permissions = check_permissions(
-            &update.permissions,
-            Some(&current.tenant_id),
-            roles,
-            &mut violations,
-        );
+        next.permissions = check_permissions(&update.permissions, roles, &mut violations);
     }
     if !violations.is_empty() {
         return Err(ApiError::InvalidArgument(violations));
@@ -232,10 +227,8 @@ fn check_description(value: &str, violations: &mut Vec<FieldViolation>) -> Strin
     trimmed.to_owned()
 }
 
-/// The role's permissions: each of the catalogue, and one `tenant`'s roles may hold.
 fn check_permissions(
     permissions: &[String],
-    tenant: Option<&TenantId>,
     roles: &Roles,
     violations: &mut Vec<FieldViolation>,
 ) -> BTreeSet<String> {
@@ -255,11 +248,6 @@ fn check_permissions(
                      identity.users.list (the admin role holds them all)",
                     shown(permission)
                 ),
-            ));
-        } else if tenant.is_some_and(|tenant| !roles.held_in(tenant, permission)) {
-            violations.push(FieldViolation::new(
-                format!("role.permissions[{index}]"),
-                format!("{permission} is for platform operators of the system tenant only"),
             ));
         }
     }
