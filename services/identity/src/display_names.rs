@@ -13,8 +13,11 @@ pub const MAX_CHARS: usize = 200;
 /// `value` trimmed, or why it is refused (for a field violation).
 pub fn check(value: &str) -> Result<String, &'static str> {
     let trimmed = value.trim();
-    if trimmed.chars().any(char::is_control) {
-        Err("must not contain control characters")
+    if trimmed
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        Err("must not contain control characters or line breaks")
     } else if trimmed.chars().any(reorders_text) {
         Err("must not contain bidirectional embedding, override or isolate characters")
     } else if trimmed.chars().all(is_invisible) {
@@ -82,10 +85,26 @@ mod tests {
             ("\u{200b}\u{200b}", "must not be empty or invisible"),
             ("\u{feff}", "must not be empty or invisible"),
             ("\u{2060}\u{00ad} ", "must not be empty or invisible"),
-            ("a\u{0}b", "must not contain control characters"),
-            ("\u{7}bell", "must not contain control characters"),
-            ("tab\there", "must not contain control characters"),
-            ("line\nbreak", "must not contain control characters"),
+            (
+                "a\u{0}b",
+                "must not contain control characters or line breaks",
+            ),
+            (
+                "\u{7}bell",
+                "must not contain control characters or line breaks",
+            ),
+            (
+                "tab\there",
+                "must not contain control characters or line breaks",
+            ),
+            (
+                "line\nbreak",
+                "must not contain control characters or line breaks",
+            ),
+            (
+                "line\u{2028}separator",
+                "must not contain control characters or line breaks",
+            ),
             (
                 "\u{202e}gnp.exe",
                 "must not contain bidirectional embedding, override or isolate characters",

@@ -167,13 +167,17 @@ fn is_run(text: &str) -> bool {
 
 /// Whether `password` is typed by walking the keyboard, one key to the next beside, above or
 /// below it, with few jumps: rows run together (`qwertyuiopasdfgh`, `mnbvcxzlkjhg`) or
-/// columns (`1qaz2wsx3edc`). Text has a jump at nearly every step.
+/// columns (`1qaz2wsx3edc`). A walk moves on: pressing a key again or going back to the key
+/// before is not a step of one, since words do both on neighbouring keys (`assessed
+/// desserts`). Text has a jump at nearly every step.
 fn is_keyboard_walk(password: &str) -> bool {
     let keys: Vec<Option<(usize, usize)>> = password.chars().map(key_of).collect();
-    let jumps = keys
-        .windows(2)
-        .filter(|pair| !neighbours(pair[0], pair[1]))
-        .count();
+    let steps = (1..keys.len()).filter(|&i| {
+        let (from, to) = (keys[i - 1], keys[i]);
+        let back = i >= 2 && keys[i - 2] == to;
+        neighbours(from, to) && from != to && !back
+    });
+    let jumps = keys.len().saturating_sub(1) - steps.count();
     (jumps + 1) * MIN_WALK <= keys.len()
 }
 
@@ -273,6 +277,10 @@ mod tests {
             "a brand new passphrase",
             "set by the manager",
             "ada, countess of cicadas",
+            // Neighbouring keys, but words: repeats and going back are not walking.
+            "assessed desserts",
+            "reassessed redress",
+            "sassafrasses tree",
             "k8#Vq2!zR9wLm",
             "5821 9034 7716",
             "2024-12-04 12:00",
