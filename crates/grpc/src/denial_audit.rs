@@ -4,8 +4,9 @@
 //! layer sits outside the policy layer and the handlers, so it sees every refusal either
 //! makes: when a call to a method with an audit level, by a principal, ends `PERMISSION_DENIED`
 //! or `UNAUTHENTICATED`, the component's [`DenialSink`] records it (outcome `DENIED`). The
-//! sink decides what it records: a handler that audits its own refusals (a wrong current
-//! password) is skipped there by reason.
+//! sink decides what it records, and how: a handler that audits its own refusals (a wrong
+//! current password) is skipped there by reason, and identity's writes in the background so
+//! a refusal never waits for its record.
 
 use std::{
     sync::Arc,

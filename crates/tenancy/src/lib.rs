@@ -18,7 +18,7 @@ pub use metadata::{
 };
 pub use propagate::{
     PropagateContext, PropagateContextLayer, current_call, current_context, current_origin,
-    current_request_id, with_context,
+    current_request_id, in_this_call, with_context,
 };
 pub use server::{TenantContextLayer, TenantContextService};
 pub use trust::TrustPolicy;

@@ -47,6 +47,21 @@ pub async fn with_context<F: std::future::Future>(
     CURRENT.scope(scope, work).await
 }
 
+/// `work`, to run on another task as part of the call being handled on this one: it keeps
+/// the call's context, request id and origin (taken now, as `with_context` cannot: it reads
+/// the origin on the task that runs it). As it is when no call is being handled.
+pub fn in_this_call<F: std::future::Future>(
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let scope = CURRENT.try_with(CallScope::clone).ok();
+    async move {
+        match scope {
+            Some(scope) => CURRENT.scope(scope, work).await,
+            None => work.await,
+        }
+    }
+}
+
 /// The tenant context of the request being handled on this task, if any.
 pub fn current_context() -> Option<TenantContext> {
     CURRENT
