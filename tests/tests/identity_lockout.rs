@@ -1,5 +1,6 @@
 //! Login lockout: ten wrong passwords in parallel lock the account exactly once; the right
-//! password is then refused until the lock ends, and works again afterwards.
+//! password is then refused until the lock ends, and works again afterwards. An admin who
+//! sets a locked user's password lifts the lock at once.
 
 mod common;
 
@@ -10,8 +11,9 @@ use palisade::LockoutPolicy;
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
-        CreateUserRequest, LoginRequest, Plan, User, auth_service_client::AuthServiceClient,
-        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+        ChangePasswordRequest, CreateUserRequest, LoginRequest, Plan, User,
+        auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Mesh, eventually};
@@ -95,6 +97,56 @@ async fn parallel_wrong_passwords_lock_the_account_exactly_once() -> anyhow::Res
         tokio::time::sleep(LOCK.saturating_sub(locked_at.elapsed()) + Duration::from_millis(300))
             .await;
         let tokens = auth.clone().login(login(PASSWORD)).await?.into_inner();
+        assert!(!tokens.access_token.is_empty());
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_who_sets_a_locked_users_password_unlocks_it() -> anyhow::Result<()> {
+    // A lock far longer than the test: only the reset can lift it.
+    let policy = LockoutPolicy {
+        max_failures: 3,
+        window: Duration::from_secs(60),
+        lock_for: Duration::from_secs(3600),
+    };
+    for builder in Mesh::each_backend() {
+        let mesh = builder.with_login_lockout(policy).start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        let create = CreateUserRequest {
+            parent: "tenants/acme".into(),
+            user: Some(User {
+                email: "ada@example.com".into(),
+                display_name: "Ada".into(),
+                ..User::default()
+            }),
+            password: PASSWORD.into(),
+        };
+        let ada = UserServiceClient::new(mesh.gateway())
+            .create_user(mesh.as_operator(create))
+            .await?
+            .into_inner();
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        for i in 0..3 {
+            let wrong = auth
+                .login(login(&format!("wrong password number {i}")))
+                .await;
+            expect_code(wrong, Code::Unauthenticated);
+        }
+        expect_code(auth.login(login(PASSWORD)).await, Code::Unauthenticated);
+
+        let reset = "a brand new passphrase";
+        UserServiceClient::new(mesh.gateway())
+            .change_password(mesh.as_operator(ChangePasswordRequest {
+                name: ada.name.clone(),
+                current_password: String::new(),
+                new_password: reset.into(),
+            }))
+            .await?;
+        let tokens = auth.login(login(reset)).await?.into_inner();
         assert!(!tokens.access_token.is_empty());
         mesh.stop().await?;
     }

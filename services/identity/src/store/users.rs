@@ -521,14 +521,17 @@ impl IdentityStore {
         Ok(count == i64::from(policy.max_failures))
     }
 
-    /// A successful login forgets earlier failures.
+    /// A successful login, or a new password, forgets earlier failures and lifts a lock: an
+    /// admin who sets a locked user's password unlocks it (a login cannot succeed while
+    /// locked, and changing one's own password needs the current one, refused while locked).
     pub async fn clear_failed_logins(
         &self,
         conn: &mut AnyConnection,
         user_id: &str,
     ) -> Result<(), ApiError> {
         sqlx::query(
-            "UPDATE users SET failed_logins = 0, failure_window_start = NULL WHERE id = $1",
+            "UPDATE users SET failed_logins = 0, failure_window_start = NULL, locked_until = NULL \
+             WHERE id = $1",
         )
         .bind(user_id)
         .execute(&mut *conn)
