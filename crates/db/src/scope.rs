@@ -148,11 +148,17 @@ impl ServiceRole {
         Ok((ServiceRole { name }, url))
     }
 
-    /// Drops the role and everything it owns in the current database.
+    /// Drops the role and everything it owns in the current database, ending its sessions
+    /// first (a sandbox that was not stopped still holds some, whose locks would keep `DROP
+    /// OWNED` waiting).
     pub async fn drop(self, admin: &Db) -> Result<()> {
         let name = &self.name;
         let mut tx = serialized(admin).await?;
         for statement in [
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE usename = '{name}' AND pid <> pg_backend_pid()"
+            ),
             format!(r#"DROP OWNED BY "{name}" CASCADE"#),
             format!(r#"DROP ROLE IF EXISTS "{name}""#),
         ] {

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod otlp;
+mod sandbox_role;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub use palisade::Component;
 use palisade::{DatabaseChoice, LocalMesh, MeshOptions, Ports};
 use palisade_db::{Db, DbConfig, ServiceRole};
 use palisade_tls::{CertPaths, MeshTls, SpiffeId};
+use sandbox_role::SandboxRole;
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 
@@ -183,7 +185,7 @@ impl MeshBuilder {
             let (role, service_url) =
                 ServiceRole::create(&admin, url, &format!("palisade_svc_{schema_prefix}")).await?;
             admin.close().await;
-            service_role = Some((url.clone(), role));
+            service_role = Some(SandboxRole::new(url.clone(), role));
             options.database = DatabaseChoice::Postgres {
                 url: service_url,
                 schema_prefix,
@@ -210,8 +212,9 @@ impl MeshBuilder {
 pub struct Mesh {
     inner: LocalMesh,
     operator_key: String,
-    /// PostgreSQL only: the administrator URL and the ordinary role the services connect as.
-    service_role: Option<(String, ServiceRole)>,
+    /// PostgreSQL only: the ordinary role the services connect as (and the administrator URL
+    /// it was made with), dropped by `stop`, or when the mesh is dropped without it.
+    service_role: Option<SandboxRole>,
     _dir: TempDir,
 }
 
@@ -237,14 +240,14 @@ impl Mesh {
 
     /// PostgreSQL only: the same database as an administrator (row-level security skipped).
     pub async fn admin_db(&self, component: Component) -> anyhow::Result<Option<Db>> {
-        let (Some((admin_url, _)), DatabaseChoice::Postgres { schema_prefix, .. }) =
+        let (Some(role), DatabaseChoice::Postgres { schema_prefix, .. }) =
             (&self.service_role, &self.inner.options.database)
         else {
             return Ok(None);
         };
         let schema = format!("{schema_prefix}_{}", component.name());
         Ok(Some(
-            Db::connect(&DbConfig::postgres(admin_url, Some(schema))).await?,
+            Db::connect(&DbConfig::postgres(role.admin_url(), Some(schema))).await?,
         ))
     }
 
@@ -356,7 +359,7 @@ impl Mesh {
     pub async fn stop(self) -> anyhow::Result<()> {
         let options = self.inner.options.clone();
         let stopped = self.inner.stop().await;
-        if let (DatabaseChoice::Postgres { schema_prefix, .. }, Some((admin_url, role))) =
+        if let (DatabaseChoice::Postgres { schema_prefix, .. }, Some(role)) =
             (&options.database, self.service_role)
         {
             for component in palisade::COMPONENTS
@@ -364,13 +367,12 @@ impl Mesh {
                 .filter(|c| c.has_database())
             {
                 let schema = format!("{schema_prefix}_{}", component.name());
-                let db = Db::connect(&DbConfig::postgres(&admin_url, Some(schema))).await?;
+                let config = DbConfig::postgres(role.admin_url(), Some(schema));
+                let db = Db::connect(&config).await?;
                 db.drop_schema().await?;
                 db.close().await;
             }
-            let admin = Db::connect(&DbConfig::postgres(&admin_url, None)).await?;
-            role.drop(&admin).await?;
-            admin.close().await;
+            role.drop_now().await?;
         }
         stopped
     }
