@@ -255,16 +255,12 @@ impl Proxy {
             }
         };
         // The message's size is known before any backend is asked, within the call's budget.
-        let request = request.map(Body::new);
+        let checked = message_limit::within_limit(request.map(Body::new));
         let mut request = match budget {
-            Some(budget) => {
-                let left = deadline::left(budget, arrived, Instant::now())
-                    .ok_or_else(|| exceeded(budget))?;
-                tokio::time::timeout(left, message_limit::within_limit(request))
-                    .await
-                    .map_err(|_| exceeded(budget))??
-            }
-            None => message_limit::within_limit(request).await?,
+            Some(budget) => tokio::time::timeout_at((arrived + budget).into(), checked)
+                .await
+                .map_err(|_| exceeded(budget))??,
+            None => checked.await?,
         };
         // Time spent here (a credential or a tenant looked up) comes out of the budget: the
         // backend learns what is left (`grpc-timeout`) and gives up its work when it passes.

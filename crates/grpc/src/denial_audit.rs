@@ -28,15 +28,15 @@ pub struct DeniedCall {
     pub context: TenantContext,
     pub policy: MethodPolicy,
     pub request_id: Option<RequestId>,
-    pub code: Code,
     /// The refusal's `ErrorInfo.reason`, e.g. `PERMISSION_DENIED` or `ROLE_ESCALATION`.
     pub reason: String,
     pub message: String,
 }
 
-/// Where a component records refused calls (its audit outbox).
+/// Where a component records refused calls (its audit outbox). Called on the refusal's way
+/// out, so it must not wait: a sink that writes does so on a task of its own.
 pub trait DenialSink: Send + Sync + 'static {
-    fn record(&self, denied: DeniedCall) -> BoxFuture<'static, ()>;
+    fn record(&self, denied: DeniedCall);
 }
 
 #[derive(Clone)]
@@ -118,11 +118,10 @@ where
                     context,
                     policy,
                     request_id,
-                    code: status.code(),
                     reason,
                     message: status.message().to_owned(),
                 };
-                sink.record(denied).await;
+                sink.record(denied);
             }
             Ok(response)
         })

@@ -47,6 +47,9 @@ pub fn request_message(
     query: &str,
     body: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
+    let bindings = (bindings.iter())
+        .map(|(field, value)| Ok((resolve(input, field)?, value)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let mut root = Map::new();
     match body_rule {
         BodyRule::None => {}
@@ -64,9 +67,9 @@ pub fn request_message(
     // With `body: "*"` every field comes from the body or the path (google/api/http.proto).
     if *body_rule != BodyRule::Whole {
         // The fields the URL path binds are not query parameters either.
-        let bound = (bindings.iter())
-            .map(|(field, _)| resolve(input, field).map(|fields| proto_path(&fields)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let bound: Vec<String> = (bindings.iter())
+            .map(|(fields, _)| proto_path(fields))
+            .collect();
         // The first value of each singular field, so a second one can be refused.
         let mut singular: HashMap<String, String> = HashMap::new();
         for (name, value) in parse_query(query)? {
@@ -103,12 +106,8 @@ pub fn request_message(
             set(&mut root, &fields, Leaf::Text(value))?;
         }
     }
-    for (field, value) in bindings {
-        set(
-            &mut root,
-            &resolve(input, field)?,
-            Leaf::Text(value.clone()),
-        )?;
+    for (fields, value) in &bindings {
+        set(&mut root, fields, Leaf::Text((*value).clone()))?;
     }
     let options = DeserializeOptions::new().deny_unknown_fields(true);
     let message =

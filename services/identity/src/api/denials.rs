@@ -13,7 +13,6 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use futures::future::BoxFuture;
 use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{DenialSink, DeniedCall};
@@ -51,14 +50,14 @@ impl AuditDenials {
 }
 
 impl DenialSink for AuditDenials {
-    fn record(&self, denied: DeniedCall) -> BoxFuture<'static, ()> {
+    fn record(&self, denied: DeniedCall) {
         if AUDITED_BY_THE_HANDLER.contains(&denied.reason.as_str()) {
-            return Box::pin(std::future::ready(()));
+            return;
         }
         let Ok(permit) = self.writing.clone().try_acquire_owned() else {
             let skipped = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(skipped, method = %denied.policy.path, "a refused call was not audited: too many being recorded");
-            return Box::pin(std::future::ready(()));
+            return;
         };
         let (store, relay) = (self.store.clone(), self.relay.clone());
         // The record keeps the call's origin (client address, user agent) and trace.
@@ -91,6 +90,5 @@ impl DenialSink for AuditDenials {
             }
         });
         tokio::spawn(write.instrument(tracing::Span::current()));
-        Box::pin(std::future::ready(()))
     }
 }
