@@ -2,7 +2,8 @@
 //! (lowerCamelCase names, 64-bit integers as strings, enums by name, well-known types).
 //!
 //! The request message is assembled as one JSON object (the body, or the body under its
-//! field, then query parameters, then path variables, later sources winning) and decoded
+//! field, then query parameters, then path variables, later sources winning; the body alone
+//! must not name a field twice, see `strict.rs`) and decoded
 //! once with unknown fields denied, so every source gets the same proto3 JSON rules and an
 //! unknown name anywhere is `INVALID_ARGUMENT`. A value from the URL is also checked on its
 //! own as it is set, so a bad one is reported against its field, not against the body.
@@ -54,13 +55,23 @@ pub fn request_message(
     match body_rule {
         BodyRule::None => {}
         BodyRule::Whole => match parse_body(body)? {
-            Some(Value::Object(object)) => root = object,
+            Some(Value::Object(object)) => {
+                strict::check_spellings(input, &object, "")?;
+                root = object;
+            }
             Some(_) => return Err(ApiError::invalid("body", "must be a JSON object")),
             None => {}
         },
         BodyRule::Field(field) => {
             if let Some(value) = parse_body(body)? {
-                set(&mut root, &resolve(input, field)?, Leaf::Json(value))?;
+                let fields = resolve(input, field)?;
+                let last = fields.last().expect("a path has at least one field");
+                if let (Kind::Message(message), Value::Object(object)) = (last.kind(), &value)
+                    && !last.is_map()
+                {
+                    strict::check_spellings(&message, object, &proto_path(&fields))?;
+                }
+                set(&mut root, &fields, Leaf::Json(value))?;
             }
         }
     }
@@ -139,7 +150,7 @@ fn parse_body(body: &[u8]) -> Result<Option<Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(body)
+    strict::parse(body)
         .map(Some)
         .map_err(|error| ApiError::invalid("body", format!("not valid JSON: {error}")))
 }
@@ -315,5 +326,6 @@ fn text_value(field: &FieldDescriptor, text: String, path: &str) -> Result<Value
     Ok(value)
 }
 
+mod strict;
 #[cfg(test)]
 mod tests;

@@ -51,6 +51,24 @@ fn a_field_body_and_query_parameters_fill_the_request() {
 }
 
 #[test]
+fn a_body_that_gives_a_field_twice_is_refused_whichever_way() {
+    let input = descriptor("palisade.identity.v1.CreateTenantRequest");
+    let whole = |body: &[u8]| invalid(request_message(&input, &BodyRule::Whole, &[], "", body));
+    let error = whole(br#"{"tenantId": "a", "tenantId": "b"}"#);
+    assert!(error.contains("duplicate key `tenantId`"), "{error}");
+    let error = whole(br#"{"tenantId": "a", "tenant_id": "b"}"#);
+    assert!(error.contains("tenant_id"), "{error}");
+    let in_field = invalid(request_message(
+        &input,
+        &BodyRule::Field("tenant".into()),
+        &[],
+        "tenantId=acme",
+        br#"{"displayName": "A", "display_name": "B"}"#,
+    ));
+    assert!(in_field.contains("tenant.display_name"), "{in_field}");
+}
+
+#[test]
 fn query_parameters_take_proto_or_json_names_and_typed_values() {
     let input = descriptor("palisade.identity.v1.ListTenantsRequest");
     let encoded = request_message(
