@@ -154,6 +154,47 @@ async fn refresh_rotates_and_reuse_revokes_the_family() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A session ends a fixed time after its login however often it is refreshed (an absolute
+/// timeout): no token it issues outlives that end, and a refresh past it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_at_its_max_lifetime_however_often_refreshed() -> anyhow::Result<()> {
+    const LIFETIME: Duration = Duration::from_secs(4);
+    for builder in Mesh::each_backend() {
+        let mesh = builder.with_session_max_lifetime(LIFETIME).start().await?;
+        acme_with_admin(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let login = auth.login(login_request(PASSWORD)).await?.into_inner();
+        let session_end = login.refresh_token_expire_time.unwrap();
+        let mut tokens = login;
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokens = auth.refresh_token(refresh(&tokens)).await?.into_inner();
+            // Rotation does not move the end: both tokens stop where the session stops.
+            assert_eq!(tokens.refresh_token_expire_time, Some(session_end));
+            let access_end = tokens.access_token_expire_time.unwrap();
+            assert!(access_end.seconds <= session_end.seconds, "{access_end:?}");
+        }
+        let ends_in = u64::try_from(session_end.seconds)? * 1000
+            + u64::try_from(session_end.nanos)? / 1_000_000;
+        let now = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis(),
+        )?;
+        tokio::time::sleep(Duration::from_millis(ends_in.saturating_sub(now) + 200)).await;
+        let late = auth.refresh_token(refresh(&tokens)).await;
+        assert_eq!(
+            reason(&expect_code(late, Code::Unauthenticated)),
+            "INVALID_REFRESH_TOKEN"
+        );
+        // Signing in again starts a new session.
+        let again = auth.login(login_request(PASSWORD)).await?.into_inner();
+        auth.refresh_token(refresh(&again)).await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
 /// Public methods need no credential, so one that does not verify (an expired access token a
 /// client sends with every call, a garbled one, another scheme) does not stop them: a client
 /// can always refresh or sign in again.

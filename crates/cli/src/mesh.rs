@@ -147,6 +147,8 @@ pub struct MeshOptions {
     pub tenant_base_domain: Option<String>,
     /// The longest lifetime identity gives an API key.
     pub api_key_max_lifetime: Duration,
+    /// The longest a sign-in session lasts, however often it is refreshed.
+    pub session_max_lifetime: Duration,
 }
 
 impl MeshOptions {
@@ -170,6 +172,7 @@ impl MeshOptions {
             tenant_cache_ttl: Duration::from_secs(5),
             tenant_base_domain: None,
             api_key_max_lifetime: palisade_identity::DEFAULT_API_KEY_MAX_LIFETIME,
+            session_max_lifetime: palisade_identity::DEFAULT_SESSION_MAX_LIFETIME,
         }
     }
 
@@ -348,6 +351,7 @@ impl LocalMesh {
             tenant_cache_ttl: options.tenant_cache_ttl,
             tenant_base_domain: options.tenant_base_domain.clone(),
             api_key_max_lifetime: options.api_key_max_lifetime,
+            session_max_lifetime: options.session_max_lifetime,
             signing_key_kek: Some(options.signing_key_kek()),
             signing_key_previous_kek: options.signing_key_previous_kek(),
             gateway_workers: 0,
@@ -381,6 +385,7 @@ pub struct ComponentSettings {
     pub tenant_cache_ttl: Duration,
     pub tenant_base_domain: Option<String>,
     pub api_key_max_lifetime: Duration,
+    pub session_max_lifetime: Duration,
     /// identity: the KEK file sealing token-signing keys at rest (`None`: stored plain).
     pub signing_key_kek: Option<PathBuf>,
     /// identity: a KEK being rotated away from (opens keys, never seals).
@@ -414,6 +419,7 @@ pub async fn start_component(
         tenant_cache_ttl,
         tenant_base_domain,
         api_key_max_lifetime,
+        session_max_lifetime,
         signing_key_kek,
         signing_key_previous_kek,
         gateway_workers,
@@ -427,6 +433,7 @@ pub async fn start_component(
                 mesh,
                 lockout: login_lockout,
                 api_key_max_lifetime,
+                session_max_lifetime,
                 signing_key_kek,
                 signing_key_previous_kek,
                 hashing_threads,

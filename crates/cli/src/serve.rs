@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// identity: the longest lifetime of an API key, in days.
     #[arg(long, env = "PALISADE_API_KEY_MAX_LIFETIME", default_value_t = 365)]
     api_key_max_lifetime: u64,
+    /// identity: the longest a sign-in session lasts, in days, however often its refresh
+    /// token is used; then the user signs in again.
+    #[arg(long, env = "PALISADE_SESSION_MAX_LIFETIME", default_value_t = 90)]
+    session_max_lifetime: u64,
     /// identity: a file holding the key-encryption key (32 random bytes, base64) that seals
     /// token-signing keys in the database; without it they are stored plain (with a warning).
     /// Make one with `head -c 32 /dev/urandom | base64`.
@@ -245,6 +249,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tenant_cache_ttl: Duration::from_secs(args.tenant_cache_ttl),
         tenant_base_domain: args.tenant_base_domain,
         api_key_max_lifetime: Duration::from_secs(args.api_key_max_lifetime.max(1) * 86_400),
+        session_max_lifetime: Duration::from_secs(args.session_max_lifetime.max(1) * 86_400),
         signing_key_kek: args.signing_key_kek_file,
         signing_key_previous_kek: args.signing_key_previous_kek_file,
         gateway_workers: args.gateway_workers,

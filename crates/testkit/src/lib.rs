@@ -45,6 +45,7 @@ pub struct MeshBuilder {
     tenant_cache_ttl: Option<Duration>,
     tenant_base_domain: Option<String>,
     api_key_max_lifetime: Option<Duration>,
+    session_max_lifetime: Option<Duration>,
 }
 
 impl MeshBuilder {
@@ -57,6 +58,12 @@ impl MeshBuilder {
     /// The longest lifetime identity gives an API key.
     pub fn with_api_key_max_lifetime(mut self, lifetime: Duration) -> MeshBuilder {
         self.api_key_max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// The longest a sign-in session lasts (tests shorten it to watch it end).
+    pub fn with_session_max_lifetime(mut self, lifetime: Duration) -> MeshBuilder {
+        self.session_max_lifetime = Some(lifetime);
         self
     }
 
@@ -173,6 +180,9 @@ impl MeshBuilder {
         options.trusted_proxies = self.trusted_proxies.clone();
         if let Some(lifetime) = self.api_key_max_lifetime {
             options.api_key_max_lifetime = lifetime;
+        }
+        if let Some(lifetime) = self.session_max_lifetime {
+            options.session_max_lifetime = lifetime;
         }
         options.cors_allowed_origins = self.cors_allowed_origins.clone();
         options.public_tls = self.public_tls.clone();

@@ -45,6 +45,7 @@ pub use api_keys::DEFAULT_MAX_LIFETIME as DEFAULT_API_KEY_MAX_LIFETIME;
 pub use lockout::LockoutPolicy;
 pub use passwords::default_threads as default_hashing_threads;
 pub use sealing::KeySealer;
+pub use tokens::DEFAULT_SESSION_MAX_LIFETIME;
 
 pub const COMPONENT: &str = "identity";
 
@@ -57,6 +58,9 @@ pub struct IdentityConfig {
     pub lockout: LockoutPolicy,
     /// The longest an API key may live (`api_keys::DEFAULT_MAX_LIFETIME` unless configured).
     pub api_key_max_lifetime: std::time::Duration,
+    /// The longest a sign-in session lasts, however often its refresh token is used
+    /// ([`DEFAULT_SESSION_MAX_LIFETIME`] unless configured).
+    pub session_max_lifetime: std::time::Duration,
     /// The file of the key-encryption key that seals token-signing keys at rest; `None` stores
     /// them plain (see `sealing.rs`).
     pub signing_key_kek: Option<std::path::PathBuf>,
@@ -141,6 +145,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         passwords,
         keys.clone(),
         config.lockout,
+        config.session_max_lifetime,
     )))
     .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(
         store,

@@ -22,6 +22,11 @@ pub const ISSUER: &str = "palisade-identity";
 pub const ACCESS_TOKEN_TTL_MICROS: i64 = 15 * 60 * 1_000_000;
 /// How long a refresh token is valid (each refresh issues a new one).
 pub const REFRESH_TOKEN_TTL_MICROS: i64 = 30 * 24 * 3600 * 1_000_000;
+/// How long a sign-in session (the token family of one login) lasts at most, however often it
+/// is refreshed, unless configured otherwise: past it, the user signs in again (OWASP's
+/// absolute session timeout). A stolen refresh token that is kept refreshed dies with it.
+pub const DEFAULT_SESSION_MAX_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
 const REFRESH_PREFIX: &str = "palrt_";
 
 /// The claims of an access token.
@@ -47,7 +52,9 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn for_user(user: &UserRecord, session: &str, now: i64) -> Claims {
+    /// An access token for `user` in `session`, valid for [`ACCESS_TOKEN_TTL_MICROS`] or
+    /// until the session ends (`session_end`, microseconds), whichever comes first.
+    pub fn for_user(user: &UserRecord, session: &str, now: i64, session_end: i64) -> Claims {
         Claims {
             iss: ISSUER.to_owned(),
             sub: user.id.clone(),
@@ -55,7 +62,7 @@ impl Claims {
             principal_type: "user".to_owned(),
             roles: user.roles.clone(),
             iat: now / 1_000_000,
-            exp: (now + ACCESS_TOKEN_TTL_MICROS) / 1_000_000,
+            exp: (now + ACCESS_TOKEN_TTL_MICROS).min(session_end) / 1_000_000,
             jti: uuid::Uuid::now_v7().to_string(),
             sid: Some(session.to_owned()),
         }

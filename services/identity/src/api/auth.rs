@@ -37,6 +37,8 @@ pub struct AuthApi {
     passwords: Passwords,
     keys: Arc<Keyring>,
     lockout: LockoutPolicy,
+    /// How long a sign-in session lasts at most, however often it is refreshed.
+    session_max_lifetime: i64,
     /// Checked against when the email is unknown, so a miss costs as much as a wrong password
     /// and response times do not reveal which emails exist.
     decoy_hash: OnceCell<String>,
@@ -49,6 +51,7 @@ impl AuthApi {
         passwords: Passwords,
         keys: Arc<Keyring>,
         lockout: LockoutPolicy,
+        session_max_lifetime: std::time::Duration,
     ) -> AuthApi {
         AuthApi {
             store,
@@ -56,22 +59,31 @@ impl AuthApi {
             passwords,
             keys,
             lockout,
+            session_max_lifetime: i64::try_from(session_max_lifetime.as_micros())
+                .unwrap_or(i64::MAX),
             decoy_hash: OnceCell::new(),
         }
     }
 
-    /// Signs a fresh access token for `user` and stores a fresh refresh token in `family`.
+    /// When a session that began (its login) at `started` ends, however often it is refreshed.
+    fn session_end(&self, started: i64) -> i64 {
+        started.saturating_add(self.session_max_lifetime)
+    }
+
+    /// Signs a fresh access token for `user` and stores a fresh refresh token in `family`
+    /// (whose login was at `started`); neither outlives the session.
     async fn issue(
         &self,
         conn: &mut AnyConnection,
         user: &UserRecord,
-        family: &str,
+        (family, started): (&str, i64),
         now: i64,
     ) -> Result<AuthTokens, ApiError> {
-        let claims = Claims::for_user(user, family, now);
+        let session_end = self.session_end(started);
+        let claims = Claims::for_user(user, family, now, session_end);
         let access_token = self.keys.signer().sign(&claims)?;
         let (refresh_token, hash) = tokens::new_refresh_token();
-        let refresh_expire = now + REFRESH_TOKEN_TTL_MICROS;
+        let refresh_expire = (now + REFRESH_TOKEN_TTL_MICROS).min(session_end);
         self.store
             .insert_refresh_token(conn, family, &hash, now, refresh_expire)
             .await?;
@@ -400,7 +412,7 @@ impl AuthApi {
         self.store
             .insert_token_family(&mut tx, &family, &user, now)
             .await?;
-        let tokens = self.issue(&mut tx, &user, &family, now).await?;
+        let tokens = self.issue(&mut tx, &user, (&family, now), now).await?;
         let audit = AuditRecord {
             tenant: &user.tenant_id,
             actor_tenant: &user.tenant_id,
@@ -442,7 +454,11 @@ impl AuthApi {
             .refresh_token(&tokens::hash_refresh_token(presented))
             .await?
             .ok_or_else(invalid_refresh_token)?;
-        if token.family_revoke_time.is_some() || token.expire_time <= now {
+        // The session's end also bounds tokens issued before it was capped.
+        if token.family_revoke_time.is_some()
+            || token.expire_time <= now
+            || self.session_end(token.family_create_time) <= now
+        {
             return Err(invalid_refresh_token().into());
         }
         let user = self
@@ -500,7 +516,8 @@ impl AuthApi {
         if !self.may_sign_in(&user).await? {
             return Err(invalid_refresh_token().into());
         }
-        let tokens = self.issue(&mut tx, &user, &token.family_id, now).await?;
+        let session = (token.family_id.as_str(), token.family_create_time);
+        let tokens = self.issue(&mut tx, &user, session, now).await?;
         let audit = AuditRecord {
             tenant: &user.tenant_id,
             actor_tenant: &user.tenant_id,

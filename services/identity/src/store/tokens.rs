@@ -15,6 +15,8 @@ pub struct RefreshTokenRecord {
     pub tenant_id: TenantId,
     pub user_id: String,
     pub expire_time: i64,
+    /// When the token family's login was.
+    pub family_create_time: i64,
     pub family_revoke_time: Option<i64>,
 }
 
@@ -144,7 +146,7 @@ impl IdentityStore {
     pub async fn refresh_token(&self, hash: &[u8]) -> Result<Option<RefreshTokenRecord>, ApiError> {
         let row = sqlx::query(
             "SELECT t.id, t.family_id, f.tenant_id, f.user_id, t.expire_time, \
-             f.revoke_time FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
+             f.create_time AS family_create_time, f.revoke_time FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
              WHERE t.token_hash = $1",
         )
         .bind(hash.to_vec())
@@ -161,6 +163,7 @@ impl IdentityStore {
             tenant_id: TenantId::parse(&tenant_id).map_err(internal)?,
             user_id: row.try_get("user_id").map_err(internal)?,
             expire_time: row.try_get("expire_time").map_err(internal)?,
+            family_create_time: row.try_get("family_create_time").map_err(internal)?,
             family_revoke_time: row.try_get("revoke_time").map_err(internal)?,
         }))
     }
