@@ -269,19 +269,24 @@ impl Proxy {
             let left =
                 deadline::left(budget, arrived, Instant::now()).ok_or_else(|| exceeded(budget))?;
             (request.headers_mut()).insert(deadline::GRPC_TIMEOUT, deadline::header_value(left));
-            deadline = Some((left, budget)).filter(|_| !policy.streaming);
+            deadline = Some((left, budget));
         }
 
         let started = Instant::now();
         let call = backend.oneshot(request);
         let response = match deadline {
             // A unary response's headers come with its message, so this bounds the whole call;
-            // dropping the call on expiry cancels it at the backend (RST_STREAM).
+            // a streaming one's are bounded here and the rest of its response below. Dropping
+            // the call on expiry cancels it at the backend (RST_STREAM).
             Some((left, budget)) => tokio::time::timeout(left, call)
                 .await
                 .map_err(|_| exceeded(budget))?,
             None => call.await,
         };
+        // The backend learns its deadline too, but a server stream's messages are sent until
+        // it checks, and each client (curl, a browser) would have to cut the stream itself.
+        let stream_deadline = (deadline.filter(|_| policy.streaming))
+            .map(|(left, budget)| (started + left, Status::from(exceeded(budget))));
         response
             .map_err(|error| match deadline {
                 // The backend's own timer (the same deadline, in `grpc-timeout`) won the race.
@@ -293,7 +298,9 @@ impl Proxy {
                     }
                 }
             })
-            .map(|response| response.map(|body| Body::new(EndsWithStatus::new(body))))
+            .map(|response| {
+                response.map(|body| Body::new(EndsWithStatus::new(body, stream_deadline)))
+            })
             .map_err(Status::from)
     }
 }
@@ -430,18 +437,35 @@ where
 /// A backend's response body that, should the backend connection break off mid-response,
 /// ends with trailers saying `UNAVAILABLE` instead of an error. Passed on as an error, hyper
 /// would reset the stream: native clients would read `INTERNAL` and gRPC-Web clients would get
-/// no status at all.
+/// no status at all. A streaming call's response that is still going at its deadline ends
+/// there with trailers saying `DEADLINE_EXCEEDED`, and the backend's stream is dropped
+/// (cancelled at the backend).
 struct EndsWithStatus {
     inner: Body,
     ended: bool,
+    /// When the response must have ended, and the status it ends with if it has not.
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Status)>,
 }
 
 impl EndsWithStatus {
-    fn new(inner: Body) -> EndsWithStatus {
+    fn new(inner: Body, deadline: Option<(Instant, Status)>) -> EndsWithStatus {
         EndsWithStatus {
             inner,
             ended: false,
+            deadline: deadline
+                .map(|(due, status)| (Box::pin(tokio::time::sleep_until(due.into())), status)),
         }
+    }
+
+    /// The trailers that end the response with `status`, in place of the rest of it.
+    fn end_with(&mut self, status: &Status) -> http_body::Frame<bytes::Bytes> {
+        self.ended = true;
+        self.inner = Body::empty();
+        let mut trailers = http::HeaderMap::new();
+        if let Err(error) = status.add_header(&mut trailers) {
+            tracing::warn!(%error, "a status could not be written as trailers");
+        }
+        http_body::Frame::trailers(trailers)
     }
 }
 
@@ -456,14 +480,21 @@ impl http_body::Body for EndsWithStatus {
         if self.ended {
             return Poll::Ready(None);
         }
+        if let Some((due, status)) = &mut self.deadline
+            && due.as_mut().poll(cx).is_ready()
+        {
+            let status = status.clone();
+            tracing::info!(
+                message = status.message(),
+                "streaming call exceeded its deadline"
+            );
+            return Poll::Ready(Some(Ok(self.end_with(&status))));
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(error))) => {
-                self.ended = true;
                 tracing::warn!(%error, "backend broke off a response");
-                let mut trailers = http::HeaderMap::new();
-                Status::unavailable("the component broke off the response")
-                    .add_header(&mut trailers)?;
-                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+                let status = Status::unavailable("the component broke off the response");
+                Poll::Ready(Some(Ok(self.end_with(&status))))
             }
             other => other,
         }
@@ -494,10 +525,45 @@ mod tests {
             Err(Status::internal("connection reset")),
         ])
         .chain(futures::stream::pending());
-        let body = EndsWithStatus::new(Body::new(http_body_util::StreamBody::new(frames)));
+        let body = EndsWithStatus::new(Body::new(http_body_util::StreamBody::new(frames)), None);
         let collected = body.collect().await.unwrap();
         let trailers = collected.trailers().cloned().unwrap();
         assert_eq!(trailers["grpc-status"], "14");
         assert_eq!(collected.to_bytes().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_still_going_at_its_deadline_ends_deadline_exceeded() {
+        let message = http_body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\0"));
+        // One message now, then a backend that sends nothing more.
+        let frames =
+            futures::stream::iter([Ok::<_, Status>(message)]).chain(futures::stream::pending());
+        let due = Instant::now() + Duration::from_secs(5);
+        let status = Status::deadline_exceeded("too slow");
+        let body = EndsWithStatus::new(
+            Body::new(http_body_util::StreamBody::new(frames)),
+            Some((due, status)),
+        );
+        let collected = body.collect().await.unwrap();
+        // Paused time moves tokio's clock only.
+        assert!(tokio::time::Instant::now() >= due.into());
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["grpc-status"], "4");
+        assert_eq!(trailers["grpc-message"], "too%20slow");
+        assert_eq!(collected.to_bytes().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_ends_in_time_keeps_its_own_status() {
+        let mut ok = http::HeaderMap::new();
+        ok.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames = futures::stream::iter([Ok::<_, Status>(http_body::Frame::trailers(ok))]);
+        let due = Instant::now() + Duration::from_secs(5);
+        let body = EndsWithStatus::new(
+            Body::new(http_body_util::StreamBody::new(frames)),
+            Some((due, Status::deadline_exceeded("too slow"))),
+        );
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
     }
 }
