@@ -90,7 +90,14 @@ pub fn transcode(data: &[u8]) {
             .fields()
             .map(|field| (field.to_owned(), value.to_owned()))
             .collect();
-        if let Ok(encoded) = transcode::request_message(&input, &binding.body, &path, query, body) {
+        if let Ok(encoded) = transcode::request_message(
+            &input,
+            &binding.body,
+            binding.implied_mask.as_ref(),
+            &path,
+            query,
+            body,
+        ) {
             prost_reflect::DynamicMessage::decode(input, encoded.as_slice())
                 .expect("an accepted request is a valid message");
         }

@@ -404,7 +404,7 @@ async fn bad_role_input_names_the_fields() -> anyhow::Result<()> {
                     ..Role::default()
                 }),
                 update_mask: Some(FieldMask {
-                    paths: vec!["name".into(), "display_name".into()],
+                    paths: vec!["etag".into(), "display_name".into()],
                 }),
             }))
             .await;

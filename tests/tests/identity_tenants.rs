@@ -268,12 +268,23 @@ async fn updates_follow_the_mask_and_who_may_change_what() -> anyhow::Result<()>
         assert_eq!(upgraded.limits.get("api_keys"), Some(&5_000));
         assert_eq!(upgraded.display_name, "Acme Inc", "unmasked fields stay");
 
-        // Masks name known fields; values are validated; domains stay unique.
+        // Masks name known fields; values are validated; domains stay unique. A read-only
+        // field may be named with the value it has (AIP-161), not with another.
         let unknown = tenants
-            .update_tenant(mesh.as_operator(update(named("tenants/acme"), &["name"])))
+            .update_tenant(mesh.as_operator(update(named("tenants/acme"), &["usage"])))
             .await;
         assert_eq!(
             violated_fields(&expect_code(unknown, Code::InvalidArgument)),
+            ["update_mask"]
+        );
+        tenants
+            .update_tenant(mesh.as_operator(update(named("tenants/acme"), &["name"])))
+            .await?;
+        let output_only = tenants
+            .update_tenant(mesh.as_operator(update(named("tenants/acme"), &["create_time"])))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(output_only, Code::InvalidArgument)),
             ["update_mask"]
         );
         let invalid = tenants

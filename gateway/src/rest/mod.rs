@@ -46,6 +46,7 @@ pub struct Binding {
     input: MessageDescriptor,
     output: MessageDescriptor,
     body: BodyRule,
+    implied_mask: Option<FieldDescriptor>,
     /// `response_body`: the JSON name of the one response field sent instead of the message.
     response_body: Option<String>,
     server_streaming: bool,
@@ -67,6 +68,9 @@ pub struct HttpBinding {
     pub body: BodyRule,
     /// `response_body`: the response field sent instead of the message.
     pub response_body: Option<FieldDescriptor>,
+    /// A PATCH's field mask, filled from the body when the request sends none
+    /// ([`transcode::implied_update_mask`]).
+    pub implied_mask: Option<FieldDescriptor>,
 }
 
 /// Every `google.api.http` rule (and additional binding) of the `palisade.*` services, in
@@ -117,13 +121,16 @@ pub fn http_bindings(pool: &DescriptorPool) -> Result<Vec<HttpBinding>, String> 
                         .ok_or_else(|| format!("{grpc_path}: no response field `{field}`"))?,
                 ),
             };
+            let body = BodyRule::from_rule(&rule.body);
+            let implied_mask = transcode::implied_update_mask(&http_method, &method.input(), &body);
             bindings.push(HttpBinding {
                 method: method.clone(),
                 grpc_path: grpc_path.clone(),
                 http_method,
                 template,
-                body: BodyRule::from_rule(&rule.body),
+                body,
                 response_body,
+                implied_mask,
             });
         }
     }
@@ -140,6 +147,7 @@ impl Rest {
                 input: rule.method.input(),
                 output: rule.method.output(),
                 body: rule.body,
+                implied_mask: rule.implied_mask,
                 response_body: rule.response_body.map(|f| f.json_name().to_owned()),
                 server_streaming: rule.method.is_server_streaming(),
             };
@@ -175,6 +183,7 @@ impl Rest {
         let message = match transcode::request_message(
             &binding.input,
             &binding.body,
+            binding.implied_mask.as_ref(),
             &bindings,
             parts.uri.query().unwrap_or(""),
             &body,

@@ -235,6 +235,7 @@ mod tests {
             input: method.input(),
             output: method.output(),
             body: BodyRule::None,
+            implied_mask: None,
             response_body: None,
             server_streaming: method.is_server_streaming(),
         }

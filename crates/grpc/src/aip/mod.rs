@@ -11,4 +11,4 @@ pub use paging::{
     CreatedCursor, DEFAULT_PAGE_SIZE, EQUALITY, ListQuery, MAX_PAGE_SIZE, decode_page_token,
     encode_page_token, finish_page, page_size,
 };
-pub use update_mask::update_paths;
+pub use update_mask::{require_read_back, update_paths};

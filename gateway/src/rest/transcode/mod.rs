@@ -39,11 +39,39 @@ impl BodyRule {
     }
 }
 
+/// The field mask of a PATCH whose body is one message field of the request (the resource) and
+/// whose request has exactly one `google.protobuf.FieldMask` field: grpc-gateway fills that
+/// mask from the body's keys when the client sends none (its "patch feature").
+pub fn implied_update_mask(
+    http_method: &http::Method,
+    input: &MessageDescriptor,
+    body_rule: &BodyRule,
+) -> Option<FieldDescriptor> {
+    let BodyRule::Field(body) = body_rule else {
+        return None;
+    };
+    let body = input.get_field_by_name(body)?;
+    if *http_method != http::Method::PATCH || !matches!(body.kind(), Kind::Message(_)) {
+        return None;
+    }
+    let mut masks = input.fields().filter(|field| {
+        !field.is_list()
+            && matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
+    });
+    match (masks.next(), masks.next()) {
+        (Some(mask), None) => Some(mask),
+        _ => None,
+    }
+}
+
 /// The encoded request message for `input` from the path bindings, the query string (without
-/// `?`) and the body.
+/// `?`) and the body. With `implied_mask` (see [`implied_update_mask`]), a request that sends
+/// no mask paths gets one path per field the body names, as with grpc-gateway: a PATCH of
+/// `{"domain": ""}` clears the domain instead of changing nothing.
 pub fn request_message(
     input: &MessageDescriptor,
     body_rule: &BodyRule,
+    implied_mask: Option<&FieldDescriptor>,
     bindings: &[(String, String)],
     query: &str,
     body: &[u8],
@@ -52,6 +80,7 @@ pub fn request_message(
         .map(|(field, value)| Ok((resolve(input, field)?, value)))
         .collect::<Result<Vec<_>, ApiError>>()?;
     let mut root = Map::new();
+    let mut body_paths = None;
     match body_rule {
         BodyRule::None => {}
         BodyRule::Whole => match parse_body(body)? {
@@ -70,6 +99,9 @@ pub fn request_message(
                     && !last.is_map()
                 {
                     strict::check_spellings(&message, object, &proto_path(&fields))?;
+                    if implied_mask.is_some() {
+                        body_paths = Some(mask_paths(&message, object, ""));
+                    }
                 }
                 set(&mut root, &fields, Leaf::Json(value))?;
             }
@@ -121,10 +153,66 @@ pub fn request_message(
         set(&mut root, fields, Leaf::Text((*value).clone()))?;
     }
     let options = DeserializeOptions::new().deny_unknown_fields(true);
-    let message =
+    let mut message =
         DynamicMessage::deserialize_with_options(input.clone(), Value::Object(root), &options)
             .map_err(|error| ApiError::invalid("body", error.to_string()))?;
+    if let (Some(mask), Some(paths)) = (implied_mask, body_paths) {
+        imply_mask(&mut message, mask, paths);
+    }
     Ok(message.encode_to_vec())
+}
+
+/// The field mask paths (proto names) of what a body `object` of `message` sets: a nested
+/// message's fields each, a map, list, well-known type or empty object as a whole. As
+/// grpc-gateway's `FieldMaskFromRequestBody`. Unknown names are left out (the body is refused
+/// for them anyway).
+fn mask_paths(
+    message: &MessageDescriptor,
+    object: &Map<String, Value>,
+    prefix: &str,
+) -> Vec<String> {
+    let mut paths = Vec::new();
+    for (key, value) in object {
+        let Some(field) = find_field(message, key) else {
+            continue;
+        };
+        let path = format!("{prefix}{}", field.name());
+        match (field.kind(), value) {
+            (Kind::Message(child), Value::Object(entries))
+                if !field.is_map()
+                    && !field.is_list()
+                    && !entries.is_empty()
+                    && !child.full_name().starts_with("google.protobuf.") =>
+            {
+                paths.extend(mask_paths(&child, entries, &format!("{path}.")));
+            }
+            _ => paths.push(path),
+        }
+    }
+    paths
+}
+
+/// Sets `mask` in `message` to `paths` unless the request already names some.
+fn imply_mask(message: &mut DynamicMessage, mask: &FieldDescriptor, paths: Vec<String>) {
+    let sent = match message.get_field(mask).as_message() {
+        Some(sent) => sent
+            .get_field_by_name("paths")
+            .is_some_and(|paths| paths.as_list().is_some_and(|list| !list.is_empty())),
+        None => false,
+    };
+    let Kind::Message(mask_message) = mask.kind() else {
+        return;
+    };
+    if sent || paths.is_empty() {
+        return;
+    }
+    let mut implied = DynamicMessage::new(mask_message);
+    let paths = paths
+        .into_iter()
+        .map(prost_reflect::Value::String)
+        .collect();
+    implied.set_field_by_name("paths", prost_reflect::Value::List(paths));
+    message.set_field(mask, prost_reflect::Value::Message(implied));
 }
 
 /// The proto3 JSON of an encoded `output` message, or of its field with JSON name `field`

@@ -38,6 +38,7 @@ fn a_field_body_and_query_parameters_fill_the_request() {
     let encoded = request_message(
         &input,
         &BodyRule::Field("tenant".into()),
+        None,
         &[],
         "tenantId=acme",
         br#"{"displayName": "Acme", "plan": "PLAN_PROFESSIONAL"}"#,
@@ -53,7 +54,16 @@ fn a_field_body_and_query_parameters_fill_the_request() {
 #[test]
 fn a_body_that_gives_a_field_twice_is_refused_whichever_way() {
     let input = descriptor("palisade.identity.v1.CreateTenantRequest");
-    let whole = |body: &[u8]| invalid(request_message(&input, &BodyRule::Whole, &[], "", body));
+    let whole = |body: &[u8]| {
+        invalid(request_message(
+            &input,
+            &BodyRule::Whole,
+            None,
+            &[],
+            "",
+            body,
+        ))
+    };
     let error = whole(br#"{"tenantId": "a", "tenantId": "b"}"#);
     assert!(error.contains("duplicate key `tenantId`"), "{error}");
     let error = whole(br#"{"tenantId": "a", "tenant_id": "b"}"#);
@@ -61,6 +71,7 @@ fn a_body_that_gives_a_field_twice_is_refused_whichever_way() {
     let in_field = invalid(request_message(
         &input,
         &BodyRule::Field("tenant".into()),
+        None,
         &[],
         "tenantId=acme",
         br#"{"displayName": "A", "display_name": "B"}"#,
@@ -74,6 +85,7 @@ fn query_parameters_take_proto_or_json_names_and_typed_values() {
     let encoded = request_message(
         &input,
         &BodyRule::None,
+        None,
         &[],
         "page_size=2&filter=plan+%3D+%22PLAN_FREE%22&pageToken=abc",
         b"",
@@ -91,6 +103,7 @@ fn path_bindings_win_over_the_body() {
     let encoded = request_message(
         &input,
         &BodyRule::Whole,
+        None,
         &bindings(&[("parent", "tenants/acme")]),
         "ignored=1",
         br#"{"parent": "tenants/other", "pageSize": 5}"#,
@@ -108,6 +121,7 @@ fn a_field_the_path_binds_is_not_a_query_parameter() {
     let refused = violation(request_message(
         &input,
         &BodyRule::None,
+        None,
         &path,
         "name=tenants/other",
         b"",
@@ -120,6 +134,7 @@ fn a_field_the_path_binds_is_not_a_query_parameter() {
     let refused = violation(request_message(
         &input,
         &BodyRule::Field("tenant".into()),
+        None,
         &path,
         "tenant.name=tenants/other",
         b"{}",
@@ -133,6 +148,7 @@ fn nested_and_repeated_query_parameters() {
     let encoded = request_message(
         &input,
         &BodyRule::None,
+        None,
         &[],
         "tenant.display_name=Acme&tenant.plan=2&tenantId=acme",
         b"",
@@ -170,6 +186,7 @@ fn unknown_fields_are_invalid_arguments_wherever_they_appear() {
         invalid(request_message(
             &input,
             &field,
+            None,
             &[],
             "",
             br#"{"colour": "red"}"#
@@ -180,19 +197,41 @@ fn unknown_fields_are_invalid_arguments_wherever_they_appear() {
         invalid(request_message(
             &input,
             &BodyRule::Whole,
+            None,
             &[],
             "",
             br#"{"tenant": {"nope": 1}}"#
         ))
         .contains("nope")
     );
-    assert!(invalid(request_message(&input, &BodyRule::None, &[], "nope=1", b"")).contains("nope"));
-    assert!(invalid(request_message(&input, &field, &[], "", b"{not json")).contains("JSON"));
-    assert!(invalid(request_message(&input, &BodyRule::Whole, &[], "", b"[1]")).contains("object"));
     assert!(
         invalid(request_message(
             &input,
             &BodyRule::None,
+            None,
+            &[],
+            "nope=1",
+            b""
+        ))
+        .contains("nope")
+    );
+    assert!(invalid(request_message(&input, &field, None, &[], "", b"{not json")).contains("JSON"));
+    assert!(
+        invalid(request_message(
+            &input,
+            &BodyRule::Whole,
+            None,
+            &[],
+            "",
+            b"[1]"
+        ))
+        .contains("object")
+    );
+    assert!(
+        invalid(request_message(
+            &input,
+            &BodyRule::None,
+            None,
             &[],
             "tenant.plan=PLAN_NOPE",
             b""
@@ -293,7 +332,14 @@ fn bad_query_parameters_are_refused_against_their_own_field() {
     for [message, rule, query, body, field, description] in cases {
         let input = descriptor(&format!("palisade.identity.v1.{message}"));
         let rule = BodyRule::from_rule(rule);
-        let refused = violation(request_message(&input, &rule, &[], query, body.as_bytes()));
+        let refused = violation(request_message(
+            &input,
+            &rule,
+            None,
+            &[],
+            query,
+            body.as_bytes(),
+        ));
         assert_eq!(refused.field, field, "{query}");
         assert!(
             refused.description.contains(description),
@@ -307,7 +353,14 @@ fn bad_query_parameters_are_refused_against_their_own_field() {
 fn a_bad_path_variable_is_refused_against_its_own_field() {
     let input = descriptor("palisade.identity.v1.ListTenantsRequest");
     let bindings = bindings(&[("page_size", "abc")]);
-    let refused = violation(request_message(&input, &BodyRule::None, &bindings, "", b""));
+    let refused = violation(request_message(
+        &input,
+        &BodyRule::None,
+        None,
+        &bindings,
+        "",
+        b"",
+    ));
     assert_eq!(refused.field, "page_size");
     assert!(refused.description.contains("`abc`"));
 }
@@ -318,6 +371,7 @@ fn repeated_fields_and_field_masks_take_many_values_from_the_query() {
     let encoded = request_message(
         &input,
         &BodyRule::None,
+        None,
         &[],
         "roleId=x&role.permissions=identity.users.get&role.permissions=identity.users.list",
         b"",
@@ -332,6 +386,7 @@ fn repeated_fields_and_field_masks_take_many_values_from_the_query() {
     let encoded = request_message(
         &input,
         &BodyRule::Field("role".into()),
+        None,
         &bindings(&[("parent", "tenants/acme")]),
         "roleId=x",
         br#"{"displayName": "Body"}"#,
@@ -344,6 +399,7 @@ fn repeated_fields_and_field_masks_take_many_values_from_the_query() {
     let encoded = request_message(
         &input,
         &BodyRule::Field("tenant".into()),
+        None,
         &[],
         "updateMask=displayName,region",
         b"{}",
@@ -354,6 +410,43 @@ fn repeated_fields_and_field_masks_take_many_values_from_the_query() {
         request.update_mask.unwrap().paths,
         ["display_name", "region"]
     );
+}
+
+/// grpc-gateway's PATCH: without a mask in the query, the body's keys are the mask, so an
+/// empty value clears its field; a mask the client sends wins.
+#[test]
+fn a_patch_without_a_mask_updates_what_its_body_names() {
+    let input = descriptor("palisade.identity.v1.UpdateTenantRequest");
+    let body_rule = BodyRule::Field("tenant".into());
+    let mask = implied_update_mask(&http::Method::PATCH, &input, &body_rule);
+    assert_eq!(
+        mask.as_ref().map(FieldDescriptor::name),
+        Some("update_mask")
+    );
+    let patch = |query: &str, body: &[u8]| {
+        let bindings = bindings(&[("tenant.name", "tenants/acme")]);
+        let encoded =
+            request_message(&input, &body_rule, mask.as_ref(), &bindings, query, body).unwrap();
+        UpdateTenantRequest::decode(encoded.as_slice()).unwrap()
+    };
+    let request = patch(
+        "",
+        br#"{"domain": "", "displayName": "Acme", "createTime": "2026-01-01T00:00:00Z", "limitOverrides": {"users": "5"}}"#,
+    );
+    assert_eq!(
+        request.update_mask.unwrap().paths,
+        ["create_time", "display_name", "domain", "limit_overrides"]
+    );
+    // The path's `tenant.name` is not the body's.
+    assert_eq!(request.tenant.unwrap().name, "tenants/acme");
+    let request = patch("updateMask=region", br#"{"domain": ""}"#);
+    assert_eq!(request.update_mask.unwrap().paths, ["region"]);
+    // Nothing named, nothing implied (the method's own rule for an empty mask applies).
+    assert_eq!(patch("", b"{}").update_mask, None);
+
+    // Not for other verbs, nor where the whole body is the request.
+    assert!(implied_update_mask(&http::Method::POST, &input, &body_rule).is_none());
+    assert!(implied_update_mask(&http::Method::PATCH, &input, &BodyRule::Whole).is_none());
 }
 
 #[test]

@@ -549,7 +549,7 @@ impl UserService for UserApi {
     }
 }
 
-fn to_proto(record: UserRecord) -> User {
+pub(super) fn to_proto(record: UserRecord) -> User {
     User {
         name: record.name(),
         email: record.email,

@@ -5,7 +5,7 @@
 //! `user_delete`, deletes itself: `is_own_account`).
 
 use palisade_audit::AuditRecord;
-use palisade_grpc::{ApiError, Caller, time::now_micros};
+use palisade_grpc::{ApiError, Caller, aip, time::now_micros};
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{UpdateUserRequest, UserState},
@@ -31,6 +31,13 @@ impl UserApi {
         let current = self.visible_user(&caller, &user.name, &tenant, &id).await?;
         let now = now_micros();
         // Checked on the user as read, so bad input is told before any refusal ...
+        aip::require_read_back(
+            request.update_mask.as_ref(),
+            &users::READ_ONLY,
+            "palisade.identity.v1.User",
+            &super::user::to_proto(current.clone()),
+            user,
+        )?;
         let update = users::apply_update(&current, user, request.update_mask.as_ref(), now)?;
         if update.changed.is_empty() {
             return Ok(current);

@@ -122,6 +122,10 @@ pub struct UpdatePaths {
     pub permissions: bool,
 }
 
+/// A role's other fields: a mask may name them if the request sends their current values
+/// (`aip::require_read_back`).
+pub const READ_ONLY: [&str; 4] = ["name", "built_in", "create_time", "update_time"];
+
 impl UpdatePaths {
     /// The paths of `mask` (`display_name`, `description`, `permissions`, or `*` for all); an
     /// empty mask means every field `role` sets to a non-default value (AIP-134).
@@ -147,6 +151,7 @@ impl UpdatePaths {
                         permissions: true,
                     }
                 }
+                read_only if READ_ONLY.contains(&read_only) => {}
                 other => violations.push(FieldViolation::new(
                     "update_mask",
                     format!(
@@ -410,7 +415,7 @@ mod tests {
         assert_eq!(same, current);
 
         assert_eq!(
-            violated(UpdatePaths::parse(&["name".into()], &update)),
+            violated(UpdatePaths::parse(&["etag".into()], &update)),
             ["update_mask"]
         );
         let all = UpdatePaths::parse(&["*".into()], &update).unwrap();

@@ -20,6 +20,10 @@ pub const UPDATABLE: [&str; 7] = [
     "limit_overrides",
 ];
 
+/// The tenant's other fields: a mask may name them if the request sends their current values
+/// (`aip::require_read_back`).
+pub const READ_ONLY: [&str; 5] = ["name", "create_time", "update_time", "features", "limits"];
+
 /// What a tenant's own principals may change about their tenant; the rest (plan, state,
 /// region, domain, overrides) decides what the tenant gets and is for platform operators.
 const SELF_SERVICE: [&str; 1] = ["display_name"];
@@ -39,7 +43,7 @@ pub fn update_paths(
         !tenant.feature_overrides.is_empty(),
         !tenant.limit_overrides.is_empty(),
     ];
-    aip::update_paths(mask, &UPDATABLE, &set)
+    aip::update_paths(mask, &UPDATABLE, &READ_ONLY, &set)
 }
 
 /// Tenant principals change only `display_name`; everything else is for platform operators.
@@ -207,7 +211,7 @@ mod tests {
             UPDATABLE
         );
         assert_eq!(
-            violated_fields(update_paths(&tenant, mask(&["name", "plan"]).as_ref())),
+            violated_fields(update_paths(&tenant, mask(&["usage", "plan"]).as_ref())),
             ["update_mask"]
         );
     }

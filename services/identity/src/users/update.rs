@@ -10,6 +10,10 @@ use super::{UserRecord, check_display_name};
 /// The `update_mask` paths of `UpdateUser`, in the order the API documents them.
 pub const UPDATABLE: [&str; 2] = ["display_name", "state"];
 
+/// The user's other fields (`roles` change by `AssignRole`/`RevokeRole`): a mask may name them
+/// if the request sends their current values (`aip::require_read_back`).
+pub const READ_ONLY: [&str; 5] = ["name", "email", "roles", "create_time", "update_time"];
+
 /// A validated update: the user as it will be stored and what changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserUpdate {
@@ -34,7 +38,7 @@ pub fn apply_update(
     now: i64,
 ) -> Result<UserUpdate, ApiError> {
     let set = [!user.display_name.is_empty(), user.state != 0];
-    let paths = aip::update_paths(mask, &UPDATABLE, &set)?;
+    let paths = aip::update_paths(mask, &UPDATABLE, &READ_ONLY, &set)?;
     let mut violations = Vec::new();
     let mut updated = current.clone();
     for path in &paths {
@@ -141,7 +145,7 @@ mod tests {
             display_name: " ".into(),
             ..User::default()
         };
-        let error = apply_update(&ada(), &blank, mask(&["email", "roles"]).as_ref(), 9);
+        let error = apply_update(&ada(), &blank, mask(&["etag", "password"]).as_ref(), 9);
         assert_eq!(fields(error.unwrap_err()), ["update_mask", "update_mask"]);
         let error = apply_update(&ada(), &blank, mask(&["display_name", "state"]).as_ref(), 9);
         assert_eq!(
