@@ -11,12 +11,13 @@ use common::{audit_event, expect_code, new_tenant, reason, violated_fields};
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
-        AuthTokens, ChangePasswordRequest, CreateUserRequest, GetUserRequest, LoginRequest, Plan,
-        RefreshTokenRequest, User, auth_service_client::AuthServiceClient,
+        ApiKey, AuthTokens, ChangePasswordRequest, CreateApiKeyRequest, CreateUserRequest,
+        GetUserRequest, LoginRequest, Plan, RefreshTokenRequest, User,
+        api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::Mesh;
+use palisade_testkit::{Mesh, with_api_key};
 use tonic::{Code, Status};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -247,6 +248,62 @@ async fn a_password_change_ends_every_session_of_the_user() -> anyhow::Result<()
         for secret in [PASSWORD, NEW_PASSWORD, RESET_PASSWORD] {
             assert!(!recorded.contains(secret), "{recorded}");
         }
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A user's own API key acts as the user: it changes the user's password only with the current
+/// one, as a session does (a leaked key must not become the account's password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_own_key_needs_the_current_password_too() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let names = populate(&mesh, &[("acme", "ada@example.com", "admin")]).await?;
+        let ada = &names[0];
+        let tokens = login(&mesh, "acme", "ada@example.com", PASSWORD).await?;
+        let scopes = ["identity.users.update", "identity.users.changePassword"];
+        let key = ApiKeyServiceClient::new(mesh.gateway())
+            .create_api_key(with_bearer(
+                CreateApiKeyRequest {
+                    parent: "tenants/acme".into(),
+                    api_key: Some(ApiKey {
+                        display_name: "ada's key".into(),
+                        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                        ..ApiKey::default()
+                    }),
+                    ttl: Some(prost_types::Duration {
+                        seconds: 86_400,
+                        nanos: 0,
+                    }),
+                },
+                &tokens.access_token,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(key.api_key.unwrap().owner, *ada);
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let without = users
+            .change_password(with_api_key(change(ada, "", NEW_PASSWORD), &key.key))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(without, Code::InvalidArgument)),
+            ["current_password"]
+        );
+        let wrong = users
+            .change_password(with_api_key(
+                change(ada, "not the password", NEW_PASSWORD),
+                &key.key,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(wrong, Code::PermissionDenied)),
+            "WRONG_PASSWORD"
+        );
+        users
+            .change_password(with_api_key(change(ada, PASSWORD, NEW_PASSWORD), &key.key))
+            .await?;
+        login(&mesh, "acme", "ada@example.com", NEW_PASSWORD).await?;
         mesh.stop().await?;
     }
     Ok(())

@@ -1,11 +1,11 @@
-//! `UserService.ChangePassword`: users change their own password with the current one; callers
-//! with `identity.users.update` set other users' passwords, never of accounts with more rights
-//! than their own. Either way every session of the user ends.
+//! `UserService.ChangePassword`: users change their own password (signed in, or through one of
+//! their own API keys) with the current one; callers with `identity.users.update` set other
+//! users' passwords, never of accounts with more rights than their own. Either way every
+//! session of the user ends.
 
 use palisade_audit::AuditRecord;
 use palisade_grpc::{ApiError, Caller, FieldViolation, time::now_micros};
 use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::ChangePasswordRequest};
-use palisade_tenancy::PrincipalKind;
 
 use super::UserApi;
 use crate::{passwords, users};
@@ -31,9 +31,9 @@ impl UserApi {
     ) -> Result<u64, ApiError> {
         let (tenant, id) = users::parse_name(&request.name)?;
         let principal = caller.principal();
-        let own = principal.kind == PrincipalKind::User
-            && principal.id == id
-            && caller.context.tenant_id == tenant;
+        // A user's own key is the user too: it needs the current password like a session
+        // does, or a leaked key would be a takeover of the account's password.
+        let own = self.acts_as(&caller, &tenant, &id).await?;
         let mut violations: Vec<FieldViolation> =
             passwords::check_policy("new_password", &request.new_password, &[tenant.as_str()])
                 .into_iter()

@@ -10,7 +10,7 @@ use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{UpdateUserRequest, UserState},
 };
-use palisade_tenancy::PrincipalKind;
+use palisade_tenancy::{PrincipalKind, TenantId};
 
 use super::UserApi;
 use crate::users::{self, UserRecord};
@@ -102,17 +102,28 @@ impl UserApi {
         caller: &Caller,
         user: &UserRecord,
     ) -> Result<bool, ApiError> {
+        self.acts_as(caller, &user.tenant_id, &user.id).await
+    }
+
+    /// Whether the caller is user `id` of `tenant`, signed in or through one of its own API
+    /// keys (which act for their owner, so they are held to what the owner is).
+    pub(super) async fn acts_as(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<bool, ApiError> {
         let principal = caller.principal();
-        if caller.context.tenant_id != user.tenant_id {
+        if caller.context.tenant_id != *tenant {
             return Ok(false);
         }
         Ok(match principal.kind {
-            PrincipalKind::User => principal.id == user.id,
+            PrincipalKind::User => principal.id == id,
             PrincipalKind::ApiKey => self
                 .store
                 .get_api_key(&principal.id)
                 .await?
-                .is_some_and(|key| key.owner_user_id.as_deref() == Some(user.id.as_str())),
+                .is_some_and(|key| key.owner_user_id.as_deref() == Some(id)),
             _ => false,
         })
     }
