@@ -49,6 +49,42 @@ pub struct ApiKeyApi {
 }
 
 impl ApiKeyApi {
+    /// A key made with an API key expires no later than that key: a service-account key
+    /// (which outlives whoever made it) could otherwise mint its successor before it expires,
+    /// and so on, keeping access forever without any person renewing it.
+    async fn require_not_outliving_the_callers_key(
+        &self,
+        caller: &Caller,
+        request: &CreateApiKeyRequest,
+        key: &ApiKeyRecord,
+    ) -> Result<(), ApiError> {
+        let principal = caller.principal();
+        if principal.kind != PrincipalKind::ApiKey {
+            return Ok(());
+        }
+        let Some(callers_key) = self.store.get_api_key(&principal.id).await? else {
+            return Ok(());
+        };
+        if key.expire_time <= callers_key.expire_time {
+            return Ok(());
+        }
+        let field = match request
+            .api_key
+            .as_ref()
+            .and_then(|k| k.expire_time.as_ref())
+        {
+            Some(_) => "api_key.expire_time",
+            None => "ttl",
+        };
+        let until = timestamp(callers_key.expire_time);
+        Err(ApiError::invalid(
+            field,
+            format!(
+                "a key created with an api key expires no later than that key (it expires at {until})"
+            ),
+        ))
+    }
+
     pub fn new(
         store: IdentityStore,
         relay: Relay,
@@ -203,6 +239,8 @@ impl ApiKeyService for ApiKeyApi {
             .map(|key| key.scopes.as_slice())
             .unwrap_or_default();
         self.require_scopes_held(&caller, &key, requested).await?;
+        self.require_not_outliving_the_callers_key(&caller, &request, &key)
+            .await?;
 
         let minted = api_keys::mint();
         key.id = minted.id;
