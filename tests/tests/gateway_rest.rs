@@ -479,11 +479,67 @@ async fn an_oversized_body_is_413_not_a_retryable_429() -> anyhow::Result<()> {
     .await?;
     assert_eq!(refused.status, 413, "{}", refused.text());
     assert_eq!(json(&refused)["code"], 8);
+    let body = json(&refused);
+    let info = (body["details"].as_array().unwrap().iter())
+        .find(|detail| detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        .unwrap_or_else(|| panic!("no ErrorInfo in {body}"));
+    assert_eq!(info["reason"], "BODY_TOO_LARGE");
     assert!(
         !refused
             .headers
             .iter()
             .any(|(name, _)| name == "retry-after")
+    );
+    mesh.stop().await
+}
+
+/// REST answers carry tokens, key secrets and one principal's data: no HTTP cache keeps them
+/// (RFC 6749 §5.1). A 401 names the scheme, and `invalid_token` when a bearer token was sent
+/// (RFC 6750 §3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_not_cached_and_a_401_names_its_scheme() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let header = |response: &HttpResponse, name: &str| {
+        (response.headers.iter())
+            .find(|(header, _)| header == name)
+            .map(|(_, value)| value.clone())
+    };
+    let tenant = rest(
+        &mesh,
+        "GET",
+        "/v1/tenants/system",
+        Some(mesh.operator_key()),
+        "",
+    )
+    .await?;
+    assert_eq!(tenant.status, 200, "{}", tenant.text());
+    assert_eq!(
+        header(&tenant, "cache-control").as_deref(),
+        Some("no-store")
+    );
+
+    let anonymous = rest(&mesh, "GET", "/v1/tenants/system", None, "").await?;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(
+        header(&anonymous, "www-authenticate").as_deref(),
+        Some(r#"Bearer realm="palisade""#)
+    );
+    assert_eq!(
+        header(&anonymous, "cache-control").as_deref(),
+        Some("no-store")
+    );
+    let forged = http_request(
+        mesh.addr(Component::Gateway),
+        "GET",
+        "/v1/tenants/system",
+        &[("authorization", "Bearer not.a.token")],
+        b"",
+    )
+    .await?;
+    assert_eq!(forged.status, 401);
+    assert_eq!(
+        header(&forged, "www-authenticate").as_deref(),
+        Some(r#"Bearer realm="palisade", error="invalid_token""#)
     );
     mesh.stop().await
 }

@@ -19,7 +19,7 @@ pub mod transcode;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use palisade_proto::google::api::{HttpRule, http_rule::Pattern};
 use prost_reflect::{DescriptorPool, FieldDescriptor, MessageDescriptor, MethodDescriptor, Value};
@@ -32,6 +32,7 @@ use self::{
     routes::{NoRoute, Router, Template},
     transcode::BodyRule,
 };
+use palisade_grpc::ApiError;
 use palisade_tenancy::ClientOrigin;
 
 use crate::{edge::Edge, frames, tenants::ClientHost};
@@ -161,8 +162,41 @@ impl Rest {
         self.router.len()
     }
 
-    /// Answers one REST request.
+    /// Answers one REST request. Answers are never stored by HTTP caches (they carry tokens,
+    /// key secrets and one principal's data; RFC 6749 §5.1 asks as much of token responses),
+    /// and a 401 says which scheme to authenticate with (RFC 6750 §3): `invalid_token` when
+    /// the request brought a bearer token that did not verify.
     pub async fn serve<B>(&self, edge: &Edge, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let sent_bearer = (request.headers().get(http::header::AUTHORIZATION))
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer "));
+        let mut response = self.answer(edge, request).await;
+        let headers = response.headers_mut();
+        if !headers.contains_key(http::header::CACHE_CONTROL) {
+            headers.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+        }
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let challenge = if sent_bearer {
+                r#"Bearer realm="palisade", error="invalid_token""#
+            } else {
+                r#"Bearer realm="palisade""#
+            };
+            (response.headers_mut()).insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+
+    async fn answer<B>(&self, edge: &Edge, request: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -252,10 +286,15 @@ where
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(Status::resource_exhausted(format!(
-                "the request body is larger than {} bytes",
-                frames::MAX_MESSAGE
-            )))
+            let limit = format!("{} MiB", frames::MAX_MESSAGE >> 20);
+            Err(ApiError::ResourceExhausted {
+                reason: "BODY_TOO_LARGE",
+                message: format!("the request body is larger than {limit}"),
+                subject: "request".to_owned(),
+                description: format!("a request body holds at most {limit}"),
+                retry_after: None,
+            }
+            .into())
         }
         Err(error) => Err(Status::cancelled(format!(
             "reading the request failed: {error}"
