@@ -125,7 +125,11 @@ async fn usage_counts_against_the_plan_and_limits_hold() -> anyhow::Result<()> {
         .await?;
         assert_eq!(feature.status, 200, "{}", feature.text());
         let body: serde_json::Value = serde_json::from_slice(&feature.body)?;
-        assert_eq!(body, serde_json::json!({"source": "plan free"}));
+        // Every field, `false` too, as grpc-gateway sends it.
+        assert_eq!(
+            body,
+            serde_json::json!({"enabled": false, "source": "plan free"})
+        );
 
         // Raising the limit lets the sixth in.
         tenants

@@ -216,15 +216,16 @@ fn imply_mask(message: &mut DynamicMessage, mask: &FieldDescriptor, paths: Vec<S
 }
 
 /// The proto3 JSON of an encoded `output` message, or of its field with JSON name `field`
-/// (`response_body`). Fields at their default value are omitted, as protojson does by
-/// default, except a chosen field, which is always sent.
+/// (`response_body`). Fields at their default value are sent too (`"enabled": false`, `[]`),
+/// as grpc-gateway v2's marshaler sends them (`EmitUnpopulated`), so a client finds every
+/// field it reads; a message field that is not set is left out.
 pub fn response_json(
     output: &MessageDescriptor,
     encoded: &[u8],
     field: Option<&str>,
 ) -> Result<Value, ApiError> {
     let message = DynamicMessage::decode(output.clone(), encoded).map_err(ApiError::internal)?;
-    let options = SerializeOptions::new().skip_default_fields(field.is_none());
+    let options = SerializeOptions::new().skip_default_fields(false);
     let json = message
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(ApiError::internal)?;

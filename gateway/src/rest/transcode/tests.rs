@@ -466,9 +466,13 @@ fn responses_use_the_proto3_json_mapping() {
     assert_eq!(json["displayName"], "Acme");
     assert_eq!(json["plan"], "PLAN_ENTERPRISE");
     assert_eq!(json["createTime"], "2023-11-14T22:13:20Z");
+    // Every field is sent, at its default too, as grpc-gateway sends it; an unset message
+    // field is left out.
+    assert_eq!(json["region"], "");
+    assert_eq!(json["featureOverrides"], json!({}));
+    assert_eq!(json["state"], "TENANT_STATE_UNSPECIFIED");
     assert!(json.get("updateTime").is_none());
-    assert!(json.get("region").is_none());
-    // `response_body: "region"` sends that one field, even at its default.
+    // `response_body: "region"` sends that one field.
     let region = response_json(&output, &tenant.encode_to_vec(), Some("region")).unwrap();
     assert_eq!(region, json!(""));
     let plan = response_json(&output, &tenant.encode_to_vec(), Some("plan")).unwrap();
