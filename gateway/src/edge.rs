@@ -130,6 +130,9 @@ impl Edge {
             .get(CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
+        if let Some(refusal) = web::Mode::refuse_unsupported(content_type) {
+            return refusal;
+        }
         let web = web::Mode::of(content_type);
         if web.is_none() && content_type.starts_with("application/grpc") {
             return self.grpc(request).await;

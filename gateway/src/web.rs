@@ -47,6 +47,40 @@ impl Mode {
         }
     }
 
+    /// A gRPC or gRPC-Web `content-type` whose message encoding is not protobuf
+    /// (`application/grpc-web+json`, `application/grpc+thrift`): the mesh speaks protobuf
+    /// only, so such a request is refused, with a status saying why, rather than misread. The
+    /// refusal, in the request's own protocol where it can be read: a gRPC status for native
+    /// gRPC, HTTP 415 for gRPC-Web (whose framing the client expects in another encoding).
+    pub fn refuse_unsupported(content_type: &str) -> Option<Response<Body>> {
+        let media = (content_type.split(';').next().unwrap_or_default())
+            .trim()
+            .to_ascii_lowercase();
+        const SPOKEN: [&str; 6] = [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpc-web-text",
+            "application/grpc-web-text+proto",
+        ];
+        if !media.starts_with("application/grpc") || SPOKEN.contains(&media.as_str()) {
+            return None;
+        }
+        let status = Status::unimplemented(format!(
+            "content-type {media} is not supported: messages are protobuf \
+             (application/grpc, application/grpc-web or application/grpc-web-text, optionally +proto)"
+        ));
+        Some(if media.starts_with("application/grpc-web") {
+            crate::rest::errors::json_response(
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &crate::rest::errors::status_json(&status),
+            )
+        } else {
+            status.into_http()
+        })
+    }
+
     fn content_type(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Mode::Binary => "application/grpc-web+proto",
@@ -212,6 +246,25 @@ mod tests {
         );
         assert_eq!(Mode::of("application/grpc"), None);
         assert_eq!(Mode::of("application/json"), None);
+    }
+
+    #[test]
+    fn encodings_other_than_protobuf_are_refused_in_the_requests_protocol() {
+        for spoken in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/gRPC-Web+proto",
+            "application/grpc-web-text; charset=utf-8",
+            "application/json",
+            "",
+        ] {
+            assert!(Mode::refuse_unsupported(spoken).is_none(), "{spoken}");
+        }
+        let native = Mode::refuse_unsupported("application/grpc+json").unwrap();
+        assert_eq!(native.status(), http::StatusCode::OK);
+        assert_eq!(native.headers()["grpc-status"], "12");
+        let web = Mode::refuse_unsupported("application/grpc-web+json").unwrap();
+        assert_eq!(web.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 
     #[test]

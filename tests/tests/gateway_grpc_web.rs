@@ -347,3 +347,24 @@ async fn cors_is_answered_only_for_configured_origins() -> anyhow::Result<()> {
     mesh.stop().await?;
     Ok(())
 }
+
+/// The mesh's messages are protobuf: a gRPC-Web or gRPC request in another encoding is
+/// refused, saying so, instead of being misread as protobuf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encodings_other_than_protobuf_are_refused() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let gateway = mesh.addr(Component::Gateway);
+    let path = "/palisade.observability.v1.StatusService/GetStatus";
+    let web = http_request(
+        gateway,
+        "POST",
+        path,
+        &[("content-type", "application/grpc-web+json")],
+        b"\0\0\0\0\x02{}",
+    )
+    .await?;
+    assert_eq!(web.status, 415, "{}", web.text());
+    let body: serde_json::Value = serde_json::from_slice(&web.body)?;
+    assert_eq!(body["code"], 12, "{body}");
+    mesh.stop().await
+}
