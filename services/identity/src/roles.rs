@@ -135,11 +135,13 @@ fn capitalized(word: &str) -> String {
 
 fn description(role: &str) -> &'static str {
     match role {
-        "admin" => "Every permission a tenant may hold.",
-        "manager" => {
-            "Everything of identity and observability except changing tenants, plus every read."
+        "admin" => {
+            "Every permission of the catalogue (platform-only methods work only in the system tenant)."
         }
-        "analyst" => "Every read, plus everything of observability.",
+        "manager" => {
+            "Everything of identity and observability except changing tenants, plus every get and list outside compliance."
+        }
+        "analyst" => "Every get and list outside compliance, plus everything of observability.",
         "auditor" => "The reads of compliance (including export and verify) and of identity.",
         "viewer" => "Every get and list outside compliance.",
         _ => "",
