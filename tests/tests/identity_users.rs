@@ -137,6 +137,17 @@ async fn an_admin_signs_in_and_roles_decide_what_users_may_do() -> anyhow::Resul
             .await?
             .into_inner();
         assert_eq!(by_email.users, std::slice::from_ref(&admin));
+        // `state`, the resource's field, filters as `status` does.
+        let by_state = users
+            .list_users(mesh.as_operator(list(r#"state = "USER_STATE_ACTIVE""#, 0, "")))
+            .await?
+            .into_inner();
+        assert!(by_state.users.contains(&admin) && by_state.users.contains(&analyst));
+        let disabled = users
+            .list_users(mesh.as_operator(list(r#"state = "USER_STATE_DISABLED""#, 0, "")))
+            .await?
+            .into_inner();
+        assert!(disabled.users.is_empty(), "{:?}", disabled.users);
         let not_admin = users
             .list_users(mesh.as_operator(list(r#"role != "admin""#, 0, "")))
             .await?

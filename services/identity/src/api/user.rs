@@ -31,9 +31,15 @@ use crate::{
     users::{self, UserRecord},
 };
 
+/// `status` and `state` are one filter: `state` is the resource's field (AIP-160 filters on
+/// resource fields, as `ListApiKeys` does), `status` what the API first documented.
 const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
         name: "status",
+        comparisons: aip::EQUALITY,
+    },
+    FilterField {
+        name: "state",
         comparisons: aip::EQUALITY,
     },
     FilterField {
@@ -565,7 +571,7 @@ fn parse_filters(filter: &str) -> Result<Vec<UserFilter>, ApiError> {
     aip::parse_filter(filter, FILTER_FIELDS)?
         .into_iter()
         .map(|term| match term.field {
-            "status" => match UserState::from_str_name(&term.value) {
+            "status" | "state" => match UserState::from_str_name(&term.value) {
                 Some(state) if state != UserState::Unspecified => Ok(UserFilter::State(
                     term.comparison,
                     users::state_key(state).to_owned(),
