@@ -173,9 +173,11 @@ async fn a_disabled_user_is_refused_everywhere_until_enabled() -> anyhow::Result
                 &admin,
             ))
             .await;
+        // The email is not changed here (nor anywhere): a new one is refused, reported with
+        // the other bad fields.
         assert_eq!(
             violated_fields(&expect_code(bad, Code::InvalidArgument)),
-            ["update_mask"],
+            ["user.email", "user.state"],
             "{backend}"
         );
 

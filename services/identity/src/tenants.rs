@@ -11,7 +11,7 @@ use crate::plans::{self, Entitlements};
 
 mod update;
 
-pub use update::{READ_ONLY, apply_update, require_may_change, update_paths};
+pub use update::{apply_update, require_may_change, update_paths};
 
 /// A tenant as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use crate::passwords;
 
 mod update;
 
-pub use update::{READ_ONLY, apply_update};
+pub use update::{SET_ELSEWHERE, apply_update};
 
 /// A user as stored (without its password hash).
 #[derive(Clone, Debug, PartialEq, Eq)]

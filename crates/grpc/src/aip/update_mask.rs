@@ -1,11 +1,12 @@
 //! The fields an Update method changes (AIP-134): those its `update_mask` names, `*` for every
 //! updatable one, or, with no mask, every field the request sets.
 //!
-//! A mask may also name the resource's other fields (output only, or changed by another
-//! method): a mask valid for reading is valid for writing, and writing back what was read
-//! changes nothing (AIP-161). So a client that reads a resource, changes a field and sends it
-//! all back (a REST PATCH whose mask is the body's keys) succeeds, while one that tries to
-//! change such a field is told so rather than ignored ([`require_read_back`]).
+//! A mask may also name the resource's other fields: a mask valid for reading is valid for
+//! writing, and writing back what was read changes nothing (AIP-161). So a client that reads a
+//! resource, changes a field and sends it all back (a REST PATCH whose mask is the body's keys)
+//! succeeds. Output-only fields are ignored (AIP-203); a field another method changes (a
+//! user's roles) must come back as it is, and a new value is refused rather than dropped
+//! ([`require_read_back`]).
 
 use prost::Message;
 use prost_reflect::DynamicMessage;
@@ -15,8 +16,9 @@ use crate::{ApiError, FieldViolation};
 
 /// The paths an update names, in `updatable`'s order whatever order the mask used (so audit
 /// attributes read the same every time), each once. `set` says, per updatable field, whether
-/// the request sets it, for an empty mask. A `read_only` path is left out (see
-/// [`require_read_back`]); any other is a violation of `update_mask`.
+/// the request sets it, for an empty mask. A `read_only` path (output only, or changed by
+/// another method: see [`require_read_back`]) is left out; any other is a violation of
+/// `update_mask`.
 pub fn update_paths(
     mask: Option<&FieldMask>,
     updatable: &[&'static str],
@@ -61,19 +63,22 @@ pub fn update_paths(
     }
 }
 
-/// Refuses an update whose mask names a `read_only` field of the resource with a value other
-/// than the one it has: sending back what was read is fine (AIP-161), but a new value would
-/// otherwise be dropped without a word. Without a mask, the read-only fields the request sets
-/// are checked, as the mask implied is what the request sets (AIP-134). `resource` is the
-/// message's full proto name; `current` is the resource as a read returns it, `requested` as
-/// the update request carries it.
+/// Refuses an update that would change a field this method does not change but another one
+/// does (`set_elsewhere`: a user's roles change by `AssignRole`), rather than drop the new
+/// value without a word; the value the resource has may be sent back (AIP-161). Checked are
+/// the fields the mask names, or with no mask or `*`, those the request sets. (Output-only
+/// fields are only ever ignored, AIP-203: a time a client read earlier is no error.)
+/// `resource` is the message's full proto name and `field` the request field holding it
+/// (violations name `user.roles`); `current` is the resource as a read returns it,
+/// `requested` as the request carries it. Returns the violations, for the caller to report
+/// with its own.
 pub fn require_read_back<M: Message>(
     mask: Option<&FieldMask>,
-    read_only: &[&str],
-    resource: &str,
+    set_elsewhere: &[&str],
+    (resource, field): (&str, &str),
     current: &M,
     requested: &M,
-) -> Result<(), ApiError> {
+) -> Result<Vec<FieldViolation>, ApiError> {
     let descriptor = palisade_proto::descriptor_pool()
         .get_message_by_name(resource)
         .ok_or_else(|| ApiError::internal(format!("no message {resource}")))?;
@@ -86,30 +91,22 @@ pub fn require_read_back<M: Message>(
         .map(|mask| mask.paths.iter().map(String::as_str).collect())
         .unwrap_or_default();
     let checked = |path: &&&str| {
-        if named.is_empty() {
+        if named.is_empty() || named.contains(&"*") {
             requested.has_field_by_name(path)
         } else {
             named.contains(path)
         }
     };
-    let violations: Vec<FieldViolation> = (read_only.iter())
+    Ok((set_elsewhere.iter())
         .filter(checked)
         .filter(|path| current.get_field_by_name(path) != requested.get_field_by_name(path))
         .map(|path| {
             FieldViolation::new(
-                "update_mask",
-                format!(
-                    "{path} cannot be changed by this method: leave it out of the mask or send \
-                     its current value"
-                ),
+                format!("{field}.{path}"),
+                "is not changed by this method: send its current value, or leave it out",
             )
         })
-        .collect();
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidArgument(violations))
-    }
+        .collect())
 }
 
 #[cfg(test)]
@@ -146,48 +143,35 @@ mod tests {
     }
 
     #[test]
-    fn a_read_only_field_may_be_sent_back_but_not_changed() {
-        use palisade_proto::palisade::identity::v1::Tenant;
-        const TENANT: &str = "palisade.identity.v1.Tenant";
-        let current = Tenant {
-            name: "tenants/acme".into(),
-            create_time: Some(prost_types::Timestamp {
-                seconds: 1,
-                nanos: 5,
-            }),
-            ..Tenant::default()
+    fn a_field_set_elsewhere_may_be_sent_back_but_not_changed() {
+        use palisade_proto::palisade::identity::v1::User;
+        const USER: (&str, &str) = ("palisade.identity.v1.User", "user");
+        let current = User {
+            name: "tenants/acme/users/1".into(),
+            email: "ada@example.com".into(),
+            roles: vec!["admin".into()],
+            ..User::default()
         };
         let mask = |paths: &[&str]| FieldMask {
             paths: paths.iter().map(|path| (*path).to_owned()).collect(),
         };
-        let read_only = ["name", "create_time"];
-        let check = |paths: &[&str], requested: &Tenant| {
-            require_read_back(Some(&mask(paths)), &read_only, TENANT, &current, requested)
+        let elsewhere = ["email", "roles"];
+        let check = |mask: Option<&FieldMask>, requested: &User| {
+            let violations = require_read_back(mask, &elsewhere, USER, &current, requested);
+            let fields: Vec<String> = violations.unwrap().into_iter().map(|v| v.field).collect();
+            fields
         };
-        check(&["name", "create_time", "display_name"], &current).unwrap();
-        // Without a mask, what the request sets is checked.
-        let unmasked =
-            |requested: &Tenant| require_read_back(None, &read_only, TENANT, &current, requested);
-        unmasked(&Tenant {
-            name: "tenants/acme".into(),
-            display_name: "New".into(),
-            ..Tenant::default()
-        })
-        .unwrap();
-        let mut other_time = current.clone();
-        other_time.create_time = Some(prost_types::Timestamp::default());
-        assert!(unmasked(&other_time).is_err());
-        let mut changed = current.clone();
-        changed.create_time = None;
-        changed.name = "tenants/other".into();
-        // Only what the mask names is compared.
-        check(&["display_name"], &changed).unwrap();
-        match check(&["create_time"], &changed) {
-            Err(ApiError::InvalidArgument(violations)) => {
-                assert_eq!(violations.len(), 1);
-                assert!(violations[0].description.starts_with("create_time"));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        assert!(check(Some(&mask(&["email", "roles", "display_name"])), &current).is_empty());
+        let changed = User {
+            roles: vec!["viewer".into()],
+            email: String::new(),
+            ..current.clone()
+        };
+        // What the mask names is compared ...
+        assert!(check(Some(&mask(&["display_name"])), &changed).is_empty());
+        assert_eq!(check(Some(&mask(&["roles"])), &changed), ["user.roles"]);
+        // ... and without a mask, or with `*`, what the request sets (not the empty email).
+        assert_eq!(check(None, &changed), ["user.roles"]);
+        assert_eq!(check(Some(&mask(&["*"])), &changed), ["user.roles"]);
     }
 }

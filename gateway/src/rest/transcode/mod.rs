@@ -218,7 +218,7 @@ fn imply_mask(message: &mut DynamicMessage, mask: &FieldDescriptor, paths: Vec<S
 /// The proto3 JSON of an encoded `output` message, or of its field with JSON name `field`
 /// (`response_body`). Fields at their default value are sent too (`"enabled": false`, `[]`),
 /// as grpc-gateway v2's marshaler sends them (`EmitUnpopulated`), so a client finds every
-/// field it reads; a message field that is not set is left out.
+/// field it reads; a message field that is not set is left out (protojson sends `null`).
 pub fn response_json(
     output: &MessageDescriptor,
     encoded: &[u8],

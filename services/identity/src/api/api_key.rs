@@ -62,8 +62,13 @@ impl ApiKeyApi {
         if principal.kind != PrincipalKind::ApiKey {
             return Ok(());
         }
+        // Gone since the call was let in (revoked and purged, or the tenant restored): the
+        // caller has no key to be bounded by, so it makes none.
         let Some(callers_key) = self.store.get_api_key(&principal.id).await? else {
-            return Ok(());
+            return Err(ApiError::Unauthenticated {
+                reason: "INVALID_API_KEY",
+                message: "the api key this call was made with no longer exists".to_owned(),
+            });
         };
         if key.expire_time <= callers_key.expire_time {
             return Ok(());

@@ -115,7 +115,7 @@ impl RoleApi {
         tenant: &TenantId,
         id: &str,
         update: &Role,
-        (mask, paths): (Option<&prost_types::FieldMask>, UpdatePaths),
+        paths: UpdatePaths,
     ) -> Result<Option<RoleRecord>, ApiError> {
         let not_found = || ApiError::NotFound {
             resource: format!("tenants/{tenant}/roles/{id}"),
@@ -125,13 +125,6 @@ impl RoleApi {
             .get_role(tenant, id)
             .await?
             .ok_or_else(not_found)?;
-        aip::require_read_back(
-            mask,
-            &roles::READ_ONLY,
-            "palisade.identity.v1.Role",
-            &to_proto(current.clone()),
-            update,
-        )?;
         let next = roles::apply_update(&current, update, paths, self.roles(), now_micros())?;
         if next == current {
             return Ok(Some(current));
@@ -359,13 +352,7 @@ impl RoleService for RoleApi {
         }
         for _ in 0..UPDATE_ATTEMPTS {
             if let Some(updated) = self
-                .try_update(
-                    &caller,
-                    &tenant,
-                    &id,
-                    update,
-                    (request.update_mask.as_ref(), paths),
-                )
+                .try_update(&caller, &tenant, &id, update, paths)
                 .await?
             {
                 return Ok(Response::new(to_proto(updated)));

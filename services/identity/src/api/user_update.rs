@@ -31,14 +31,25 @@ impl UserApi {
         let current = self.visible_user(&caller, &user.name, &tenant, &id).await?;
         let now = now_micros();
         // Checked on the user as read, so bad input is told before any refusal ...
-        aip::require_read_back(
+        let mut sent_back = user.clone();
+        sent_back.roles.sort();
+        sent_back.roles.dedup();
+        let mut violations = aip::require_read_back(
             request.update_mask.as_ref(),
-            &users::READ_ONLY,
-            "palisade.identity.v1.User",
+            &users::SET_ELSEWHERE,
+            ("palisade.identity.v1.User", "user"),
             &super::user::to_proto(current.clone()),
-            user,
+            &sent_back,
         )?;
-        let update = users::apply_update(&current, user, request.update_mask.as_ref(), now)?;
+        let update = match users::apply_update(&current, user, request.update_mask.as_ref(), now) {
+            Ok(update) if violations.is_empty() => update,
+            Ok(_) => return Err(ApiError::InvalidArgument(violations)),
+            Err(ApiError::InvalidArgument(more)) => {
+                violations.extend(more);
+                return Err(ApiError::InvalidArgument(violations));
+            }
+            Err(error) => return Err(error),
+        };
         if update.changed.is_empty() {
             return Ok(current);
         }

@@ -122,8 +122,8 @@ pub struct UpdatePaths {
     pub permissions: bool,
 }
 
-/// A role's other fields: a mask may name them if the request sends their current values
-/// (`aip::require_read_back`).
+/// A role's output-only fields: a mask may name them (a role read and sent back whole), and
+/// they are ignored (AIP-203).
 pub const READ_ONLY: [&str; 4] = ["name", "built_in", "create_time", "update_time"];
 
 impl UpdatePaths {

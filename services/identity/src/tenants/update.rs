@@ -20,8 +20,8 @@ pub const UPDATABLE: [&str; 7] = [
     "limit_overrides",
 ];
 
-/// The tenant's other fields: a mask may name them if the request sends their current values
-/// (`aip::require_read_back`).
+/// The tenant's output-only fields: a mask may name them (a tenant read and sent back whole),
+/// and they are ignored (AIP-203).
 pub const READ_ONLY: [&str; 5] = ["name", "create_time", "update_time", "features", "limits"];
 
 /// What a tenant's own principals may change about their tenant; the rest (plan, state,

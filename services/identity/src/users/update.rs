@@ -10,9 +10,13 @@ use super::{UserRecord, check_display_name};
 /// The `update_mask` paths of `UpdateUser`, in the order the API documents them.
 pub const UPDATABLE: [&str; 2] = ["display_name", "state"];
 
-/// The user's other fields (`roles` change by `AssignRole`/`RevokeRole`): a mask may name them
-/// if the request sends their current values (`aip::require_read_back`).
+/// The user's other fields, which a mask may name (a user read and sent back whole): output
+/// only (ignored, AIP-203), or [`SET_ELSEWHERE`].
 pub const READ_ONLY: [&str; 5] = ["name", "email", "roles", "create_time", "update_time"];
+
+/// Fields other methods change (`roles` by `AssignRole`/`RevokeRole`; the email never): sent
+/// to `UpdateUser`, they must be what the user has (`aip::require_read_back`).
+pub const SET_ELSEWHERE: [&str; 2] = ["email", "roles"];
 
 /// A validated update: the user as it will be stored and what changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
