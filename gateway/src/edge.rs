@@ -130,11 +130,10 @@ impl Edge {
             .get(CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        if let Some(refusal) = web::Mode::refuse_unsupported(content_type) {
-            return refusal;
-        }
+        // Answered as any other response below, so a browser can read it (CORS).
+        let refusal = web::Mode::refuse_unsupported(content_type);
         let web = web::Mode::of(content_type);
-        if web.is_none() && content_type.starts_with("application/grpc") {
+        if refusal.is_none() && web.is_none() && content_type.starts_with("application/grpc") {
             return self.grpc(request).await;
         }
         let origin = self.cors.allowed_origin(request.headers());
@@ -153,14 +152,16 @@ impl Edge {
         if let Some(host) = request_host(&request).map(str::to_owned) {
             request.extensions_mut().insert(ClientHost(host));
         }
-        let mut response = match web {
-            Some(mode) => web::serve(&self, request, mode).await,
-            None if request.method() == http::Method::GET
-                && request.uri().path() == OPENAPI_PATH =>
+        let mut response = match (refusal, web) {
+            (Some(refusal), _) => refusal,
+            (None, Some(mode)) => web::serve(&self, request, mode).await,
+            (None, None)
+                if request.method() == http::Method::GET
+                    && request.uri().path() == OPENAPI_PATH =>
             {
                 self.openapi_response()
             }
-            None => self.rest.serve(&self, request).await,
+            (None, None) => self.rest.serve(&self, request).await,
         };
         response.headers_mut().insert(HEADER_REQUEST_ID, id);
         Cors::decorate(origin, response.headers_mut());

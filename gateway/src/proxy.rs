@@ -248,11 +248,12 @@ impl Proxy {
             None if policy.streaming => None,
             None => Some(self.default_deadline),
         };
+        let deadline_error = |deadline: Duration| ApiError::DeadlineExceeded {
+            message: format!("{path} did not complete within its deadline ({deadline:?})"),
+        };
         let exceeded = |deadline: Duration| {
             tracing::info!(%path, ?deadline, "call exceeded its deadline");
-            ApiError::DeadlineExceeded {
-                message: format!("{path} did not complete within its deadline ({deadline:?})"),
-            }
+            deadline_error(deadline)
         };
         // The message's size is known before any backend is asked, within the call's budget.
         let checked = message_limit::within_limit(request.map(Body::new));
@@ -286,7 +287,7 @@ impl Proxy {
         // The backend learns its deadline too, but a server stream's messages are sent until
         // it checks, and each client (curl, a browser) would have to cut the stream itself.
         let stream_deadline = (deadline.filter(|_| policy.streaming))
-            .map(|(left, budget)| (started + left, Status::from(exceeded(budget))));
+            .map(|(left, budget)| (started + left, Status::from(deadline_error(budget))));
         response
             .map_err(|error| match deadline {
                 // The backend's own timer (the same deadline, in `grpc-timeout`) won the race.
@@ -496,7 +497,16 @@ impl http_body::Body for EndsWithStatus {
                 let status = Status::unavailable("the component broke off the response");
                 Poll::Ready(Some(Ok(self.end_with(&status))))
             }
-            other => other,
+            // Ended by the backend: nothing follows, whatever time it is when polled again.
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                self.ended = frame.is_trailers();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -551,6 +561,22 @@ mod tests {
         assert_eq!(trailers["grpc-status"], "4");
         assert_eq!(trailers["grpc-message"], "too%20slow");
         assert_eq!(collected.to_bytes().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_has_ended_stays_ended_after_its_deadline() {
+        let mut ok = http::HeaderMap::new();
+        ok.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames = futures::stream::iter([Ok::<_, Status>(http_body::Frame::trailers(ok))]);
+        let due = Instant::now() + Duration::from_secs(5);
+        let mut body = EndsWithStatus::new(
+            Body::new(http_body_util::StreamBody::new(frames)),
+            Some((due, Status::deadline_exceeded("too slow"))),
+        );
+        let trailers = body.frame().await.unwrap().unwrap();
+        assert!(trailers.is_trailers());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]
