@@ -95,6 +95,16 @@ pub fn request_message(
             if let Some(value) = parse_body(body)? {
                 let fields = resolve(input, field)?;
                 let last = fields.last().expect("a path has at least one field");
+                // A path variable inside it would otherwise replace a body of another shape.
+                if matches!(last.kind(), Kind::Message(_))
+                    && !last.is_list()
+                    && !matches!(value, Value::Object(_) | Value::Null)
+                {
+                    return Err(ApiError::invalid(
+                        "body",
+                        format!("must be a JSON object (the `{}` message)", last.name()),
+                    ));
+                }
                 if let (Kind::Message(message), Value::Object(object)) = (last.kind(), &value)
                     && !last.is_map()
                 {

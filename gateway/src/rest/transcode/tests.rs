@@ -478,3 +478,22 @@ fn responses_use_the_proto3_json_mapping() {
     let plan = response_json(&output, &tenant.encode_to_vec(), Some("plan")).unwrap();
     assert_eq!(plan, json!("PLAN_ENTERPRISE"));
 }
+
+#[test]
+fn a_body_field_that_is_not_an_object_is_refused() {
+    let input = descriptor("palisade.identity.v1.UpdateTenantRequest");
+    let body_rule = BodyRule::Field("tenant".into());
+    let bindings = bindings(&[("tenant.name", "tenants/acme")]);
+    for body in [
+        &b"[]"[..],
+        b"[{\"displayName\": \"x\"}]",
+        b"\"x\"",
+        b"123",
+        b"true",
+    ] {
+        let error = invalid(request_message(
+            &input, &body_rule, None, &bindings, "", body,
+        ));
+        assert!(error.contains("body"), "{error}");
+    }
+}
