@@ -23,6 +23,7 @@ mod lookups;
 mod message_limit;
 mod proxy;
 mod public_tls;
+mod response_end;
 pub mod rest;
 mod server;
 mod sharded;
