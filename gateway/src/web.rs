@@ -67,10 +67,12 @@ impl Mode {
         if !media.starts_with("application/grpc") || SPOKEN.contains(&media.as_str()) {
             return None;
         }
-        let status = Status::unimplemented(format!(
-            "content-type {media} is not supported: messages are protobuf \
-             (application/grpc, application/grpc-web or application/grpc-web-text, optionally +proto)"
-        ));
+        let status = Status::from(palisade_grpc::ApiError::Unimplemented {
+            message: format!(
+                "content-type {media} is not supported: messages are protobuf \
+                 (application/grpc, application/grpc-web or application/grpc-web-text, optionally +proto)"
+            ),
+        });
         Some(if media.starts_with("application/grpc-web") {
             crate::rest::errors::json_response(
                 http::StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -366,6 +366,7 @@ async fn encodings_other_than_protobuf_are_refused() -> anyhow::Result<()> {
     assert_eq!(web.status, 415, "{}", web.text());
     let body: serde_json::Value = serde_json::from_slice(&web.body)?;
     assert_eq!(body["code"], 12, "{body}");
+    assert_eq!(body["details"][0]["reason"], "UNIMPLEMENTED", "{body}");
     // Answered as other answers are (request id, CORS), so a browser can read why.
     assert!(web.headers.iter().any(|(name, _)| name == "x-request-id"));
     mesh.stop().await

@@ -578,7 +578,7 @@ fn parse_filters(filter: &str) -> Result<Vec<UserFilter>, ApiError> {
                 )),
                 _ => Err(ApiError::invalid(
                     "filter",
-                    format!("unknown status {:?}", term.value),
+                    format!("unknown {} {:?}", term.field, term.value),
                 )),
             },
             "email" => Ok(UserFilter::Email(
