@@ -11,7 +11,13 @@ pub const COMPRESSED_FLAG: u8 = 0x01;
 /// gateway buffer more than this for one frame.
 pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
-const HEADER: usize = 5;
+/// A frame's prefix: the flag byte, then the payload's length in 4 bytes.
+pub const HEADER: usize = 5;
+
+/// The payload length a frame's prefix declares.
+pub fn declared_length(prefix: &[u8; HEADER]) -> usize {
+    u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
+}
 
 /// One frame with `flag` around `payload`.
 pub fn encode(flag: u8, payload: &[u8]) -> Bytes {
@@ -41,13 +47,8 @@ impl Decoder {
         if self.buffer.len() < HEADER {
             return Ok(None);
         }
-        let flag = self.buffer[0];
-        let length = u32::from_be_bytes([
-            self.buffer[1],
-            self.buffer[2],
-            self.buffer[3],
-            self.buffer[4],
-        ]) as usize;
+        let prefix: &[u8; HEADER] = self.buffer[..HEADER].try_into().expect("HEADER bytes");
+        let (flag, length) = (prefix[0], declared_length(prefix));
         if length > MAX_MESSAGE {
             return Err(TooLarge(length));
         }

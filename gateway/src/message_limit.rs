@@ -20,10 +20,7 @@ use http_body_util::BodyExt;
 use palisade_grpc::ApiError;
 use tonic::{Status, body::Body};
 
-use crate::frames::MAX_MESSAGE;
-
-/// The length prefix of a gRPC message: a flag byte and a big-endian `u32`.
-const PREFIX: usize = 5;
+use crate::frames::{self, HEADER as PREFIX, MAX_MESSAGE};
 
 /// `request` once its first message's declared length is known to be within the limit; its
 /// body is the same bytes. A body that ends before a whole prefix goes on as it is: the
@@ -64,8 +61,7 @@ fn declared_length(read: &VecDeque<Frame<Bytes>>) -> Option<usize> {
         prefix[filled..filled + take].copy_from_slice(&data[..take]);
         filled += take;
         if filled == PREFIX {
-            let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
-            return Some(length as usize);
+            return Some(frames::declared_length(&prefix));
         }
     }
     None

@@ -19,6 +19,8 @@ use bytes::Bytes;
 use http_body::Frame;
 use tonic::{Status, body::Body};
 
+use crate::frames;
+
 pub struct EndsWithStatus {
     inner: Body,
     ended: bool,
@@ -128,7 +130,7 @@ impl http_body::Body for EndsWithStatus {
 /// are the message's length, then the message).
 #[derive(Debug, Default)]
 struct Framing {
-    /// The bytes of a prefix read so far (fewer than 5).
+    /// The bytes of a prefix read so far (fewer than `frames::HEADER`).
     prefix: Vec<u8>,
     /// Bytes of the current message still to come.
     remaining: usize,
@@ -151,14 +153,8 @@ impl Framing {
             } else {
                 self.prefix.push(data[at]);
                 at += 1;
-                if self.prefix.len() == 5 {
-                    let length = [
-                        self.prefix[1],
-                        self.prefix[2],
-                        self.prefix[3],
-                        self.prefix[4],
-                    ];
-                    self.remaining = u32::from_be_bytes(length) as usize;
+                if let Ok(prefix) = <&[u8; frames::HEADER]>::try_from(self.prefix.as_slice()) {
+                    self.remaining = frames::declared_length(prefix);
                     self.prefix.clear();
                 }
             }

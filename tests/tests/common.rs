@@ -13,7 +13,7 @@ use palisade_proto::palisade::{
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::{Mesh, eventually};
+use palisade_testkit::{Component, HttpResponse, Mesh, eventually, http_request};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -157,5 +157,28 @@ pub async fn until_a_call_waits_for_a_lock(
         .await?;
         Ok((waiting > 0).then_some(()))
     })
+    .await
+}
+
+/// A REST request to the gateway with a JSON body, with `key` as `authorization: ApiKey`.
+pub async fn rest(
+    mesh: &Mesh,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> anyhow::Result<HttpResponse> {
+    let auth = key.map(|key| format!("ApiKey {key}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    http_request(
+        mesh.addr(Component::Gateway),
+        method,
+        path,
+        &headers,
+        body.as_bytes(),
+    )
     .await
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::new_tenant;
+use common::{new_tenant, rest};
 use palisade_proto::palisade::{
     compliance::v1::{
         AuditEvent, ExportAuditEventsRequest, ListAuditEventsRequest, ListAuditEventsResponse,
@@ -41,28 +41,6 @@ fn decode<T: prost::Message + Default>(full_name: &str, json: &Value) -> T {
 fn json(response: &HttpResponse) -> Value {
     serde_json::from_slice(&response.body)
         .unwrap_or_else(|e| panic!("not json ({e}): {}", response.text()))
-}
-
-async fn rest(
-    mesh: &Mesh,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: &str,
-) -> anyhow::Result<HttpResponse> {
-    let auth = key.map(|key| format!("ApiKey {key}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("authorization", auth));
-    }
-    http_request(
-        mesh.addr(Component::Gateway),
-        method,
-        path,
-        &headers,
-        body.as_bytes(),
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

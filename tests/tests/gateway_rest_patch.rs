@@ -10,24 +10,18 @@ use common::{expect_code, tenant_with_admin, violated_fields};
 use palisade_proto::palisade::identity::v1::{
     UpdateUserRequest, User, user_service_client::UserServiceClient,
 };
-use palisade_testkit::{Component, HttpResponse, Mesh, http_request};
+use palisade_testkit::{HttpResponse, Mesh};
 use serde_json::Value;
 use tonic::Code;
 
-async fn rest(mesh: &Mesh, method: &str, path: &str, body: &str) -> anyhow::Result<HttpResponse> {
-    let auth = format!("ApiKey {}", mesh.operator_key());
-    let headers = [
-        ("content-type", "application/json"),
-        ("authorization", auth.as_str()),
-    ];
-    http_request(
-        mesh.addr(Component::Gateway),
-        method,
-        path,
-        &headers,
-        body.as_bytes(),
-    )
-    .await
+/// A REST request made with the operator's key.
+async fn as_operator(
+    mesh: &Mesh,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<HttpResponse> {
+    common::rest(mesh, method, path, Some(mesh.operator_key()), body).await
 }
 
 fn json(response: &HttpResponse) -> Value {
@@ -69,7 +63,7 @@ async fn a_patch_body_is_its_own_mask_and_a_read_resource_can_be_sent_back() -> 
         .await?;
 
         // An empty value clears its field when the body names it.
-        let set = rest(
+        let set = as_operator(
             &mesh,
             "PATCH",
             "/v1/tenants/acme",
@@ -77,15 +71,17 @@ async fn a_patch_body_is_its_own_mask_and_a_read_resource_can_be_sent_back() -> 
         )
         .await?;
         assert_eq!(json(&set)["domain"], "acme.example.com");
-        let cleared = json(&rest(&mesh, "PATCH", "/v1/tenants/acme", r#"{"domain": ""}"#).await?);
+        let cleared =
+            json(&as_operator(&mesh, "PATCH", "/v1/tenants/acme", r#"{"domain": ""}"#).await?);
         assert_eq!(cleared["domain"], "", "{cleared}");
         assert_eq!(cleared["displayName"], "Acme");
 
         // Read, change one field, send it all back: output-only fields (name, times, the
         // features and limits in effect) come back as they were and change nothing.
-        let mut tenant = json(&rest(&mesh, "GET", "/v1/tenants/acme", "").await?);
+        let mut tenant = json(&as_operator(&mesh, "GET", "/v1/tenants/acme", "").await?);
         tenant["displayName"] = "Acme Corp".into();
-        let updated = json(&rest(&mesh, "PATCH", "/v1/tenants/acme", &tenant.to_string()).await?);
+        let updated =
+            json(&as_operator(&mesh, "PATCH", "/v1/tenants/acme", &tenant.to_string()).await?);
         assert_eq!(updated["displayName"], "Acme Corp");
         assert_eq!(updated["createTime"], tenant["createTime"]);
 
@@ -94,22 +90,23 @@ async fn a_patch_body_is_its_own_mask_and_a_read_resource_can_be_sent_back() -> 
         let mut stale = tenant.clone();
         stale["createTime"] = "2020-01-01T00:00:00Z".into();
         stale["displayName"] = "Acme Again".into();
-        let again = json(&rest(&mesh, "PATCH", "/v1/tenants/acme", &stale.to_string()).await?);
+        let again =
+            json(&as_operator(&mesh, "PATCH", "/v1/tenants/acme", &stale.to_string()).await?);
         assert_eq!(again["displayName"], "Acme Again");
         assert_eq!(again["createTime"], tenant["createTime"]);
 
         // A user's roles change by AssignRole/RevokeRole: sent back as they are, fine; changed
         // through UpdateUser, refused.
         let path = format!("/v1/{}", admin.name);
-        let mut user = json(&rest(&mesh, "GET", &path, "").await?);
+        let mut user = json(&as_operator(&mesh, "GET", &path, "").await?);
         user["displayName"] = "Ada L.".into();
-        let updated = json(&rest(&mesh, "PATCH", &path, &user.to_string()).await?);
+        let updated = json(&as_operator(&mesh, "PATCH", &path, &user.to_string()).await?);
         assert_eq!(updated["displayName"], "Ada L.");
         user["roles"] = serde_json::json!(["admin", "viewer"]);
-        let refused = violations(&rest(&mesh, "PATCH", &path, &user.to_string()).await?);
+        let refused = violations(&as_operator(&mesh, "PATCH", &path, &user.to_string()).await?);
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert_eq!(refused[0].0, "user.roles");
-        let roles = json(&rest(&mesh, "GET", &path, "").await?)["roles"].clone();
+        let roles = json(&as_operator(&mesh, "GET", &path, "").await?)["roles"].clone();
         assert_eq!(roles, serde_json::json!(["admin"]));
         // So over gRPC without a mask: the mask implied is what the request sets.
         let unmasked = UserServiceClient::new(mesh.gateway())

@@ -204,15 +204,12 @@ fn mask_paths(
 
 /// Sets `mask` in `message` to `paths` unless the request already names some.
 fn imply_mask(message: &mut DynamicMessage, mask: &FieldDescriptor, paths: Vec<String>) {
-    let sent = match message.get_field(mask).as_message() {
-        Some(sent) => sent
-            .get_field_by_name("paths")
-            .is_some_and(|paths| paths.as_list().is_some_and(|list| !list.is_empty())),
-        None => false,
-    };
     let Kind::Message(mask_message) = mask.kind() else {
         return;
     };
+    let sent = (message.get_field(mask).as_message())
+        .and_then(|sent| sent.get_field_by_name("paths"))
+        .is_some_and(|sent| sent.as_list().is_some_and(|list| !list.is_empty()));
     if sent || paths.is_empty() {
         return;
     }

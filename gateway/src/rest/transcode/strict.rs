@@ -29,10 +29,7 @@ pub fn check_spellings(
     }
     let mut seen: HashMap<u32, &str> = HashMap::new();
     for (key, value) in object {
-        let Some(field) = message
-            .get_field_by_json_name(key)
-            .or_else(|| message.get_field_by_name(key))
-        else {
+        let Some(field) = super::find_field(message, key) else {
             // Unknown names are refused when the message is decoded.
             continue;
         };
