@@ -98,7 +98,13 @@ impl Db {
         // Idempotent; the Any pool panics on first use without it.
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(&config.url)?;
-        let options = AnyPoolOptions::new().max_connections(config.max_connections.max(1));
+        // No `ping` before each acquire (sqlx's default): it is a round trip per query, to the
+        // connection's worker thread on SQLite (a local file, which cannot hang up) and to the
+        // server on PostgreSQL, where the `before_acquire` hook below already runs a statement
+        // on the connection and sqlx discards it and takes another when that fails.
+        let options = AnyPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .test_before_acquire(false);
         match backend {
             Backend::Sqlite => {
                 let url = with_create_mode(&config.url);
@@ -108,6 +114,7 @@ impl Db {
                 // let them wait for the lock.
                 let writer_options = AnyPoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(SQLITE_WRITER_WAIT);
                 let writer = with_sqlite_pragmas(writer_options).connect(&url).await?;
                 Ok(Db {

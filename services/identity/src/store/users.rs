@@ -23,6 +23,9 @@ pub enum UserFilter {
 
 pub(super) const USER_COLUMNS: &str =
     "id, tenant_id, email, display_name, state, create_time, update_time";
+/// [`USER_COLUMNS`] of a query that calls the users table `u`.
+const USER_COLUMNS_OF_U: &str =
+    "u.id, u.tenant_id, u.email, u.display_name, u.state, u.create_time, u.update_time";
 
 /// Everything identity holds for a user, children before parents (foreign keys), the user row
 /// last; each statement takes the tenant id as `$1` and the user id as `$2`. A table that
@@ -88,28 +91,34 @@ impl IdentityStore {
         Ok(())
     }
 
-    /// The user `id` of `tenant`; a user of another tenant is not found.
+    /// The user `id` of `tenant` with its roles; a user of another tenant is not found. One
+    /// statement (a row per role, or one with no role), because every permission decision for a
+    /// user starts here: a second query would be a second round trip on each of them.
     pub async fn get_user(
         &self,
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<UserRecord>, ApiError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS_OF_U}, r.role FROM users u LEFT JOIN user_roles r \
+             ON r.tenant_id = u.tenant_id AND r.user_id = u.id \
+             WHERE u.tenant_id = $1 AND u.id = $2 ORDER BY r.role"
         )))
         .bind(tenant.as_str())
         .bind(id)
-        .fetch_optional(self.db.pool())
+        .fetch_all(self.db.pool())
         .await
         .map_err(internal)?;
-        match row {
-            Some(row) => {
-                let mut user = user_from_row(&row)?;
-                user.roles = self.user_roles(tenant, &user.id).await?;
-                Ok(Some(user))
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut user = user_from_row(first)?;
+        for row in &rows {
+            if let Some(role) = row.try_get::<Option<String>, _>("role").map_err(internal)? {
+                user.roles.push(role);
             }
-            None => Ok(None),
         }
+        Ok(Some(user))
     }
 
     /// The user, read inside the caller's write transaction and locked until it ends
