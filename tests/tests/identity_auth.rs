@@ -195,6 +195,38 @@ async fn a_session_ends_at_its_max_lifetime_however_often_refreshed() -> anyhow:
     Ok(())
 }
 
+/// A session's end is computed from its login at every refresh, so shortening the configured
+/// lifetime ends sessions begun under the longer one, although their refresh tokens were
+/// issued to last longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_session_lifetime_ends_sessions_already_begun() -> anyhow::Result<()> {
+    const SHORTER: Duration = Duration::from_secs(1);
+    for builder in Mesh::each_backend() {
+        let mut mesh = builder
+            .with_session_max_lifetime(Duration::from_secs(3600))
+            .start()
+            .await?;
+        acme_with_admin(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let login = auth.login(login_request(PASSWORD)).await?.into_inner();
+        let tokens = auth.refresh_token(refresh(&login)).await?.into_inner();
+
+        mesh.reconfigure(Component::Identity, |options| {
+            options.session_max_lifetime = SHORTER;
+        })
+        .await?;
+        tokio::time::sleep(SHORTER + Duration::from_millis(200)).await;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        let late = auth.refresh_token(refresh(&tokens)).await;
+        assert_eq!(
+            reason(&expect_code(late, Code::Unauthenticated)),
+            "INVALID_REFRESH_TOKEN"
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
 /// Public methods need no credential, so one that does not verify (an expired access token a
 /// client sends with every call, a garbled one, another scheme) does not stop them: a client
 /// can always refresh or sign in again.

@@ -364,6 +364,18 @@ impl Mesh {
         self.inner.restart(component).await
     }
 
+    /// Stops `component` and starts it again, on its data, with its settings changed by
+    /// `change`: what an operator's redeploy with another configuration does.
+    pub async fn reconfigure(
+        &mut self,
+        component: Component,
+        change: impl FnOnce(&mut MeshOptions),
+    ) -> anyhow::Result<()> {
+        self.inner.stop_component(component).await?;
+        change(&mut self.inner.options);
+        self.inner.restart(component).await
+    }
+
     /// Drains every component, then drops the sandbox's PostgreSQL schemas (also when
     /// draining failed, so a failing test leaves nothing behind).
     pub async fn stop(self) -> anyhow::Result<()> {
