@@ -82,12 +82,14 @@ impl Proxy {
         let (reporter, health) = tonic_health::server::health_reporter();
         let serving = ServingHandle::for_reporter(reporter);
         serving.set_serving(true).await;
-        let local = add_reflection(Routes::new(health), None)?;
+        let policies = MethodPolicies::palisade()?;
+        // The mesh's services, less those of internal methods only (not routed here).
+        let local = add_reflection(Routes::new(health), &policies.public_services())?;
         let proxy = Proxy {
             backends,
             verifier,
             limits,
-            policies: Arc::new(MethodPolicies::palisade()?),
+            policies: Arc::new(policies),
             local,
             default_deadline,
         };

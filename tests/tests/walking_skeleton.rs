@@ -195,8 +195,23 @@ async fn the_gateway_reflects_the_whole_mesh_and_reports_status() -> anyhow::Res
         panic!("expected a service list, got {response:?}");
     };
     let services: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    // Services of internal methods only are for mesh components, not routed here.
+    for internal in [
+        "palisade.identity.v1.AuthorizationService",
+        "palisade.identity.v1.EdgeService",
+        "palisade.identity.v1.TenantDataService",
+    ] {
+        assert!(
+            !services.iter().any(|s| s == internal),
+            "{internal} listed in {services:?}"
+        );
+    }
     for expected in [
         "palisade.identity.v1.TenantService",
+        "palisade.identity.v1.UserService",
+        "palisade.identity.v1.AuthService",
+        "palisade.identity.v1.ApiKeyService",
+        "palisade.identity.v1.RoleService",
         "palisade.compliance.v1.AuditService",
         "palisade.observability.v1.StatusService",
         "grpc.health.v1.Health",

@@ -120,6 +120,21 @@ impl MethodPolicies {
         self.by_path.values()
     }
 
+    /// The services with a method the gateway routes (one not `internal`), sorted: what the
+    /// public port offers. A service of internal methods only is for mesh components.
+    pub fn public_services(&self) -> Vec<String> {
+        let mut services: Vec<String> = (self.by_path.values())
+            .filter(|policy| !policy.internal)
+            .filter_map(|policy| {
+                let (service, _method) = policy.path.strip_prefix('/')?.split_once('/')?;
+                Some(service.to_owned())
+            })
+            .collect();
+        services.sort();
+        services.dedup();
+        services
+    }
+
     /// Every permission some RPC requires: the catalogue identity grants from.
     pub fn permissions(&self) -> Vec<String> {
         let mut all: Vec<_> = self
@@ -153,6 +168,17 @@ mod tests {
                 policy.path
             );
         }
+    }
+
+    #[test]
+    fn public_services_leave_out_those_of_internal_methods_only() {
+        let services = MethodPolicies::palisade().unwrap().public_services();
+        // Some methods internal, some not: still offered.
+        assert!(services.contains(&"palisade.identity.v1.ApiKeyService".to_owned()));
+        assert!(services.contains(&"palisade.compliance.v1.AuditService".to_owned()));
+        // Internal methods only.
+        assert!(!services.contains(&"palisade.identity.v1.AuthorizationService".to_owned()));
+        assert!(!services.contains(&"palisade.identity.v1.TenantDataService".to_owned()));
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl MeshServer {
         handle.set_serving(true).await;
 
         let routes = self.routes.routes();
-        let routes = add_reflection(routes, Some(&self.service_names))?.add_service(health);
+        let routes = add_reflection(routes, &self.service_names)?.add_service(health);
 
         // Layers in the order a request meets them: tonic inserts the peer identity, the call
         // is traced and measured, the tenant context is accepted (or refused), refusals of
@@ -188,22 +188,17 @@ impl MeshServer {
     }
 }
 
-/// Adds reflection v1 and v1alpha over the Palisade descriptor set and the health service's.
-/// With `services`, only those (plus health and reflection) are advertised; with `None`, every
-/// service of the descriptor set is (the gateway reflects the whole mesh).
-pub fn add_reflection(routes: Routes, services: Option<&[&'static str]>) -> Result<Routes> {
+/// Adds reflection v1 and v1alpha over the Palisade descriptor set and the health service's,
+/// advertising `services` (plus health and reflection). Every file stays resolvable, so a
+/// client can describe any message or method it meets.
+pub fn add_reflection(routes: Routes, services: &[impl AsRef<str>]) -> Result<Routes> {
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        if let Some(services) = services {
-            for name in services
-                .iter()
-                .copied()
-                .chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA])
-            {
-                builder = builder.with_service_name(name);
-            }
+        let names = services.iter().map(AsRef::as_ref);
+        for name in names.chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]) {
+            builder = builder.with_service_name(name);
         }
         builder
     };
