@@ -1,6 +1,7 @@
-//! Login lockout: ten wrong passwords in parallel lock the account exactly once; the right
-//! password is then refused until the lock ends, and works again afterwards. An admin who
-//! sets a locked user's password lifts the lock at once.
+//! Login lockout: ten wrong passwords in parallel lock the account exactly once, and only as
+//! many of them as the limit allows are checked at all; the right password is then refused
+//! until the lock ends, and works again afterwards. An admin who sets a locked user's password
+//! lifts the lock at once.
 
 mod common;
 
@@ -76,22 +77,32 @@ async fn parallel_wrong_passwords_lock_the_account_exactly_once() -> anyhow::Res
             Code::Unauthenticated,
         );
 
-        let lockouts = eventually(Duration::from_secs(10), || async {
+        let (logins, lockouts) = eventually(Duration::from_secs(10), || async {
             let events = audit_events_arrived(&mesh, "acme").await?;
-            let failures = events
-                .iter()
-                .filter(|e| e.action == "identity.auth.login")
-                .count();
-            let lockouts: Vec<_> = events
-                .into_iter()
+            let (logins, others): (Vec<_>, Vec<_>) =
+                (events.into_iter()).partition(|e| e.action == "identity.auth.login");
+            let lockouts: Vec<_> = (others.into_iter())
                 .filter(|e| e.action == "identity.auth.lockout")
                 .collect();
             // Ten wrong passwords and the refused right one are all audited as failures.
-            Ok((failures >= 11).then_some(lockouts))
+            Ok((logins.len() >= 11).then_some((logins, lockouts)))
         })
         .await?;
         assert_eq!(lockouts.len(), 1, "exactly one lockout: {lockouts:#?}");
         assert_eq!(lockouts[0].outcome(), Outcome::Denied);
+        // Attempts in flight count before their password is checked: five of the ten parallel
+        // guesses were checked (and wrong), the other five refused unchecked as locked, like
+        // the right password after them.
+        let reasons = |reason: &str| {
+            (logins.iter())
+                .filter(|e| e.attributes.get("reason").map(String::as_str) == Some(reason))
+                .count()
+        };
+        assert_eq!(
+            (reasons("wrong_password"), reasons("locked")),
+            (5, 6),
+            "{logins:#?}"
+        );
 
         // The lock ends by itself; then the right password works again.
         tokio::time::sleep(LOCK.saturating_sub(locked_at.elapsed()) + Duration::from_millis(300))

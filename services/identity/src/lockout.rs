@@ -1,7 +1,9 @@
 //! Login lockout: after `max_failures` wrong passwords within `window`, a user's logins are
-//! refused for `lock_for`, whatever the password. Failures are counted by one atomic UPDATE in
-//! the store, so parallel attempts cannot slip past the limit, and exactly one of them (the one
-//! that reaches it) locks the account.
+//! refused for `lock_for`, whatever the password. Each attempt is claimed by one atomic UPDATE
+//! in the store before its password is checked (`claim_password_attempt`) and counts as a
+//! failure unless it proves right, so attempts in flight use up the limit: however many arrive
+//! at once, at most `max_failures` passwords are checked per window, and exactly one attempt
+//! (the one that reaches the limit) locks the account.
 
 use std::time::Duration;
 

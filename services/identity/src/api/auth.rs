@@ -26,7 +26,7 @@ use crate::{
     lockout::LockoutPolicy,
     passwords::Passwords,
     signing::Keyring,
-    store::{IdentityStore, SessionRecord},
+    store::{IdentityStore, PasswordAttempt, SessionRecord},
     tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS},
     users::UserRecord,
 };
@@ -105,9 +105,8 @@ impl AuthApi {
             .map_err(ApiError::from)
     }
 
-    /// Counts a wrong password; the failure that reaches the limit locks the account and is
-    /// audited as a lockout (exactly once per lock, whatever the parallelism).
-    /// Records that `user` has just been locked out.
+    /// Records that `user` has just been locked out: by the wrong password whose attempt
+    /// reached the limit (exactly once per lock, whatever the parallelism).
     async fn audit_lockout(
         &self,
         tenant: &TenantId,
@@ -321,16 +320,19 @@ impl AuthApi {
             None => None,
         };
         let now = now_micros();
-        // A locked account's password is still hashed, and the answer ignored: refusing it
-        // sooner than an unknown email (hashed against a decoy) would tell the email exists.
-        let locked = match &found {
-            Some((user, _)) => self
-                .store
-                .locked_until(&user.id)
-                .await?
-                .is_some_and(|until| until > now),
-            None => false,
+        // The attempt is claimed (counted as a failure) before the password is checked, so
+        // parallel guesses cannot outnumber the lockout's limit. A locked account's password
+        // is still hashed, and the answer ignored: refusing it sooner than an unknown email
+        // (hashed against a decoy) would tell the email exists.
+        let attempt = match &found {
+            Some((user, _)) => Some(
+                self.store
+                    .claim_password_attempt(&user.id, now, &self.lockout)
+                    .await?,
+            ),
+            None => None,
         };
+        let locked = attempt == Some(PasswordAttempt::Refused);
         let matches = self
             .password_matches(
                 found.as_ref().map(|(_, hash)| hash.as_str()),
@@ -355,16 +357,11 @@ impl AuthApi {
         };
         let action = "identity.auth.login";
         if let Some(refusal) = refusal {
-            // Counted first: a failure whose audit event cannot be written (a busy database)
-            // must still count, or a guesser could slip wrong passwords past the lockout.
-            let locked_out = match (&found, refusal) {
-                (Some((user, _)), "wrong_password") => {
-                    self.store
-                        .record_failed_login(&user.id, now, &self.lockout)
-                        .await?
-                }
-                _ => false,
-            };
+            // Already counted by the claim, also when the audit event below cannot be written.
+            // A right password refused for another reason (a suspended tenant, a disabled
+            // user) stays counted: such a user cannot sign in either way.
+            let locked_out = refusal == "wrong_password"
+                && attempt == Some(PasswordAttempt::Counted { locks: true });
             // An unknown tenant has no audit log to write to; the refusal is only logged.
             if let Some(tenant) = &tenant {
                 let resource = found

@@ -8,7 +8,7 @@ use palisade_grpc::{ApiError, Caller, FieldViolation, time::now_micros};
 use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::ChangePasswordRequest};
 
 use super::UserApi;
-use crate::{passwords, users};
+use crate::{passwords, store::PasswordAttempt, users};
 
 /// The permission that lets a caller set another user's password.
 const UPDATE_USERS: &str = "identity.users.update";
@@ -125,26 +125,24 @@ impl UserApi {
         current: &str,
         now: i64,
     ) -> Result<(), ApiError> {
-        let locked = self
+        // Claimed before the password is checked, as at login (see `claim_password_attempt`).
+        let attempt = self
             .store
-            .locked_until(&user.id)
-            .await?
-            .is_some_and(|until| until > now);
+            .claim_password_attempt(&user.id, now, &self.lockout)
+            .await?;
+        let locked = attempt == PasswordAttempt::Refused;
         let stored = self
             .store
             .password_hash(&user.tenant_id, &user.id)
             .await?
             .ok_or_else(|| ApiError::internal("a user without a password hash"))?;
         if !locked && self.passwords.verify(&stored, current).await? {
+            // The change that follows clears the claim with the other failures.
             return Ok(());
         }
         let resource = user.name();
         let refusal = if locked { "locked" } else { "wrong_password" };
-        let locks_now = !locked
-            && self
-                .store
-                .record_failed_login(&user.id, now, &self.lockout)
-                .await?;
+        let locks_now = attempt == PasswordAttempt::Counted { locks: true };
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         palisade_audit::enqueue(
             &mut tx,

@@ -17,7 +17,7 @@ pub use roles::{RoleFilter, RoleLock};
 pub use tenant_data::TenantSnapshot;
 pub use tenants::TenantFilter;
 pub use tokens::SessionRecord;
-pub use users::UserFilter;
+pub use users::{PasswordAttempt, UserFilter};
 
 #[derive(Clone)]
 pub struct IdentityStore {

@@ -23,6 +23,16 @@ pub enum UserFilter {
 
 pub(super) const USER_COLUMNS: &str =
     "id, tenant_id, email, display_name, state, create_time, update_time";
+/// What [`IdentityStore::claim_password_attempt`] allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasswordAttempt {
+    /// The account is locked (or gone): the password must not be checked.
+    Refused,
+    /// Counted as a failure until the password proves right; `locks` when this attempt is the
+    /// one that reached the limit (the account is locked from now on, unless it succeeds).
+    Counted { locks: bool },
+}
+
 /// [`USER_COLUMNS`] of a query that calls the users table `u`.
 const USER_COLUMNS_OF_U: &str =
     "u.id, u.tenant_id, u.email, u.display_name, u.state, u.create_time, u.update_time";
@@ -481,25 +491,22 @@ impl IdentityStore {
         Ok(ended)
     }
 
-    /// Until when the user's logins are locked (microseconds), if a lock was ever set.
-    pub async fn locked_until(&self, user_id: &str) -> Result<Option<i64>, ApiError> {
-        let row = sqlx::query("SELECT locked_until FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(self.db.pool())
-            .await
-            .map_err(internal)?;
-        Ok(row.and_then(|row| row.try_get::<Option<i64>, _>("locked_until").ok().flatten()))
-    }
-
-    /// Counts one failed login in a single atomic statement: a failure outside the window (or
-    /// after an expired lock) starts a new window at 1; the failure that makes the count reach
-    /// `max_failures` sets the lock. Returns whether this failure set it.
-    pub async fn record_failed_login(
+    /// Claims one password attempt for the user before its password is checked, in a single
+    /// atomic statement: refused while the account is locked; otherwise counted as a failure
+    /// until the password proves right (a success clears the count, [`clear_failed_logins`]).
+    /// Counting before checking is what bounds parallel guesses: attempts in flight have
+    /// already used up their share of the limit, so at most `max_failures` passwords are
+    /// checked per window however many arrive at once. A claim outside the window (or after an
+    /// expired lock) starts a new window at 1; the claim that reaches `max_failures` sets the
+    /// lock.
+    ///
+    /// [`clear_failed_logins`]: Self::clear_failed_logins
+    pub async fn claim_password_attempt(
         &self,
         user_id: &str,
         now: i64,
         policy: &crate::lockout::LockoutPolicy,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<PasswordAttempt, ApiError> {
         // CASE expressions read the row as it was before this UPDATE, on both backends.
         const NEW_WINDOW: &str = "(failure_window_start IS NULL OR failure_window_start < $2 \
              OR (locked_until IS NOT NULL AND locked_until <= $1))";
@@ -511,7 +518,8 @@ impl IdentityStore {
                  WHEN (CASE WHEN {NEW_WINDOW} THEN 1 ELSE failed_logins + 1 END) = $3 THEN $4 \
                  WHEN {NEW_WINDOW} THEN NULL \
                  ELSE locked_until END \
-             WHERE id = $5 RETURNING failed_logins"
+             WHERE id = $5 AND (locked_until IS NULL OR locked_until <= $1) \
+             RETURNING failed_logins"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
@@ -522,12 +530,14 @@ impl IdentityStore {
             .fetch_optional(self.db.pool())
             .await
             .map_err(internal)?;
-        // A user deleted meanwhile has no failures left to count.
+        // No row: locked, or deleted meanwhile; either way no password is checked.
         let Some(row) = row else {
-            return Ok(false);
+            return Ok(PasswordAttempt::Refused);
         };
         let count: i64 = row.try_get("failed_logins").map_err(internal)?;
-        Ok(count == i64::from(policy.max_failures))
+        Ok(PasswordAttempt::Counted {
+            locks: count == i64::from(policy.max_failures),
+        })
     }
 
     /// A successful login, or a new password, forgets earlier failures and lifts a lock: an
