@@ -178,6 +178,39 @@ async fn batch_check_answers_each_pair_as_check_does() -> anyhow::Result<()> {
             "{stranger:?}"
         );
 
+        // A resource spelled unlike a resource name is refused, not answered as if it named
+        // no tenant (another tenant's resource in disguise would be allowed).
+        for disguised in [
+            "Tenants/globex",
+            "/tenants/globex",
+            "tenants/acme/../globex",
+        ] {
+            let asked = authz
+                .check(CheckRequest {
+                    principal: Some(principal(rita_id)),
+                    permission: "identity.users.list".into(),
+                    resource: disguised.into(),
+                })
+                .await;
+            assert_eq!(
+                violated_fields(&expect_code(asked, Code::InvalidArgument)),
+                ["resource"],
+                "{disguised}"
+            );
+        }
+        let mut disguised = items.clone();
+        disguised[1].resource = "//identity.palisade.dev/tenants/globex".into();
+        let asked = authz
+            .batch_check(BatchCheckRequest {
+                principal: Some(principal(rita_id)),
+                items: disguised,
+            })
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(asked, Code::InvalidArgument)),
+            ["items[1].resource"]
+        );
+
         let too_many = authz
             .batch_check(BatchCheckRequest {
                 principal: Some(principal(rita_id)),

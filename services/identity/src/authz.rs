@@ -38,12 +38,14 @@ impl Authz {
         permission: &str,
         resource: Option<&str>,
     ) -> Result<Decision, ApiError> {
-        let owner = resource.and_then(resource_tenant);
-        if owner.is_some_and(|owner| &owner != tenant && !tenant.is_system()) {
-            return Ok(deny(format!(
-                "{} belongs to another tenant",
-                resource.unwrap_or_default()
-            )));
+        if let Some(resource) = resource {
+            match resource_tenant(resource) {
+                None => return Ok(malformed_resource(resource)),
+                Some(owner) if &owner != tenant && !tenant.is_system() => {
+                    return Ok(deny(format!("{resource} belongs to another tenant")));
+                }
+                Some(_) => {}
+            }
         }
         if let Some(refusal) = tenant_refusal(tenant, self.store.get_tenant(tenant).await?) {
             return Ok(refusal);
@@ -226,12 +228,14 @@ impl Authz {
         Ok(items
             .iter()
             .map(|(permission, resource)| {
-                let owner = resource.as_deref().and_then(resource_tenant);
-                if owner.is_some_and(|owner| &owner != tenant && !tenant.is_system()) {
-                    deny(format!(
-                        "{} belongs to another tenant",
-                        resource.as_deref().unwrap_or_default()
-                    ))
+                let owner = resource.as_deref().map(|r| (r, resource_tenant(r)));
+                if let Some((resource, None)) = owner {
+                    malformed_resource(resource)
+                } else if let Some((resource, Some(owner))) = owner
+                    && &owner != tenant
+                    && !tenant.is_system()
+                {
+                    deny(format!("{resource} belongs to another tenant"))
                 } else if let Some(refusal) = tenant_refusal.as_ref().or(user_refusal.as_ref()) {
                     refusal.clone()
                 } else {
@@ -473,10 +477,29 @@ fn tenant_refusal(
     })
 }
 
-/// The tenant a resource name belongs to: `tenants/{id}/...` → id.
-fn resource_tenant(resource: &str) -> Option<TenantId> {
-    let rest = resource.strip_prefix("tenants/")?;
-    TenantId::parse(rest.split('/').next()?).ok()
+/// The tenant a resource name belongs to: `tenants/{id}` or `tenants/{id}/{collection}/{id}…`
+/// → id; `None` for anything else. Strict, so that a decision cannot be talked past the
+/// tenant check by a name spelled another way (`Tenants/b`, `/tenants/b`, `tenants//b`,
+/// `tenants/a/../b`, a full `//service/tenants/b` name): whoever asks about such a name is
+/// refused rather than answered as if it named no tenant.
+pub fn resource_tenant(resource: &str) -> Option<TenantId> {
+    let mut segments = resource.strip_prefix("tenants/")?.split('/');
+    let tenant = TenantId::parse(segments.next()?).ok()?;
+    let rest: Vec<&str> = segments.collect();
+    let well_formed = rest.len() % 2 == 0
+        && rest.iter().all(|segment| {
+            !segment.is_empty()
+                && *segment != "."
+                && *segment != ".."
+                && (segment.bytes())
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+        });
+    well_formed.then_some(tenant)
+}
+
+/// The refusal of a resource named unlike any resource of the mesh.
+fn malformed_resource(resource: &str) -> Decision {
+    deny(format!("{resource:?} is not a resource name"))
 }
 
 /// Identity's policy layer decides locally, without a network hop.
@@ -500,5 +523,47 @@ impl Authorizer for LocalAuthorizer {
                 .decide(&context.tenant_id, principal, &permission, None)
                 .await?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_tenant;
+
+    #[test]
+    fn resource_names_name_their_tenant_and_nothing_else_does() {
+        for (name, tenant) in [
+            ("tenants/acme", "acme"),
+            ("tenants/acme/users/0190-ab", "acme"),
+            ("tenants/acme/roles/bench-reader", "acme"),
+            ("tenants/acme/apiKeys/k_1.x~y", "acme"),
+        ] {
+            assert_eq!(
+                resource_tenant(name).map(|t| t.to_string()),
+                Some(tenant.to_owned())
+            );
+        }
+        for name in [
+            "",
+            "acme",
+            "tenants/",
+            "tenants/*",
+            "Tenants/acme",
+            "tenants/ACME",
+            " tenants/acme",
+            "/tenants/acme",
+            "tenants//acme",
+            "tenants/acme/",
+            "tenants/acme/users",
+            "tenants/acme/users/",
+            "tenants/acme/../globex",
+            "tenants/acme/users/../../globex",
+            "tenants/acme?x",
+            "tenants/acme/users/a%2F",
+            "x/tenants/acme",
+            "//identity.palisade.dev/tenants/acme",
+        ] {
+            assert_eq!(resource_tenant(name), None, "{name:?}");
+        }
     }
 }

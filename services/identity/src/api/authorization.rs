@@ -11,7 +11,7 @@ use palisade_proto::palisade::{
 use palisade_tenancy::{Principal, PrincipalKind, TenantId};
 use tonic::{Request, Response, Status};
 
-use crate::authz::Authz;
+use crate::authz::{Authz, resource_tenant};
 
 /// The most pairs one `BatchCheck` answers.
 const MAX_BATCH: usize = 100;
@@ -68,6 +68,11 @@ impl AuthorizationService for AuthorizationApi {
                         "must not be empty",
                     ));
                 }
+                check_resource(
+                    &item.resource,
+                    &format!("items[{index}].resource"),
+                    &mut violations,
+                );
             }
         }
         let Some((tenant, principal)) = principal.filter(|_| violations.is_empty()) else {
@@ -101,9 +106,20 @@ fn validate(request: &CheckRequest) -> Result<(TenantId, Principal), ApiError> {
     if request.permission.is_empty() {
         violations.push(FieldViolation::new("permission", "must not be empty"));
     }
+    check_resource(&request.resource, "resource", &mut violations);
     match principal {
         Some(principal) if violations.is_empty() => Ok(principal),
         _ => Err(ApiError::InvalidArgument(violations)),
+    }
+}
+
+/// An optional resource must be named as the mesh names resources (see `resource_tenant`).
+fn check_resource(resource: &str, field: &str, violations: &mut Vec<FieldViolation>) {
+    if !resource.is_empty() && resource_tenant(resource).is_none() {
+        violations.push(FieldViolation::new(
+            field,
+            "must be empty or a resource name such as tenants/acme or tenants/acme/users/{id}",
+        ));
     }
 }
 
