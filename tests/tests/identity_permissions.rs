@@ -104,8 +104,15 @@ async fn effective_permissions_are_the_union_of_the_roles() -> anyhow::Result<()
 async fn batch_check_answers_each_pair_as_check_does() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let mesh = builder.start().await?;
-        let people = populate(&mesh, &[("acme", "rita@example.com", "")]).await?;
-        let rita = &people[0];
+        let people = populate(
+            &mesh,
+            &[
+                ("acme", "rita@example.com", ""),
+                ("acme", "ada@example.com", "admin"),
+            ],
+        )
+        .await?;
+        let (rita, ada) = (&people[0], &people[1]);
         RoleServiceClient::new(mesh.gateway())
             .create_role(mesh.as_operator(new_role(
                 "acme",
@@ -165,6 +172,27 @@ async fn batch_check_answers_each_pair_as_check_does() -> anyhow::Result<()> {
                 .into_inner();
             assert_eq!(&single, answer, "{item:?}");
         }
+        // A tenant's admin role names every permission, but those of platform-only methods
+        // work only in the system tenant: Check answers as the method would.
+        let ada_id = ada.name.rsplit('/').next().unwrap_or_default();
+        let answers = authz
+            .batch_check(BatchCheckRequest {
+                principal: Some(principal(ada_id)),
+                items: ["identity.users.create", "identity.tenants.create"]
+                    .map(|permission| BatchCheckItem {
+                        permission: permission.into(),
+                        resource: String::new(),
+                    })
+                    .to_vec(),
+            })
+            .await?
+            .into_inner()
+            .results;
+        let refusals: Vec<_> = (answers.iter())
+            .map(|answer| (answer.allowed, answer.refusal_reason.as_str()))
+            .collect();
+        assert_eq!(refusals, [(true, ""), (false, "PLATFORM_OPERATOR_ONLY")]);
+
         let stranger = authz
             .batch_check(BatchCheckRequest {
                 principal: Some(principal("nobody")),

@@ -164,6 +164,7 @@ impl PolicyLayer {
             }
             Some("TENANT_SUSPENDED") => "TENANT_SUSPENDED",
             Some("TENANT_NOT_ACTIVE") => "TENANT_NOT_ACTIVE",
+            Some("PLATFORM_OPERATOR_ONLY") => "PLATFORM_OPERATOR_ONLY",
             _ => "PERMISSION_DENIED",
         };
         Err(ApiError::PermissionDenied {

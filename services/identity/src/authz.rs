@@ -50,6 +50,9 @@ impl Authz {
         if let Some(refusal) = tenant_refusal(tenant, self.store.get_tenant(tenant).await?) {
             return Ok(refusal);
         }
+        if !tenant.is_system() && self.roles.platform_only(permission) {
+            return Ok(platform_operators_only(permission));
+        }
         match principal.kind {
             PrincipalKind::ApiKey => {
                 let key = match self.store.get_api_key(&principal.id).await? {
@@ -236,7 +239,11 @@ impl Authz {
                     && !tenant.is_system()
                 {
                     deny(format!("{resource} belongs to another tenant"))
-                } else if let Some(refusal) = tenant_refusal.as_ref().or(user_refusal.as_ref()) {
+                } else if let Some(refusal) = &tenant_refusal {
+                    refusal.clone()
+                } else if !tenant.is_system() && self.roles.platform_only(permission) {
+                    platform_operators_only(permission)
+                } else if let Some(refusal) = &user_refusal {
                     refusal.clone()
                 } else {
                     user_decision(held.contains(permission), permission)
@@ -421,6 +428,16 @@ fn deny(reason: String) -> Decision {
         allowed: false,
         reason,
         refusal: None,
+    }
+}
+
+/// The refusal of a permission only platform-only methods require, for a principal outside
+/// the system tenant: what the policy layer answers when such a principal calls the method.
+fn platform_operators_only(permission: &str) -> Decision {
+    Decision {
+        allowed: false,
+        reason: format!("{permission} is for platform operators of the system tenant only"),
+        refusal: Some("PLATFORM_OPERATOR_ONLY".to_owned()),
     }
 }
 

@@ -43,6 +43,9 @@ pub const SELF_SERVICE: [&str; 1] = ["identity.users.changePassword"];
 #[derive(Clone, Debug)]
 pub struct Roles {
     catalogue: BTreeSet<String>,
+    /// Permissions that only `platform_only` methods require: nobody outside the system
+    /// tenant can use them, whatever their roles grant.
+    platform_only: BTreeSet<String>,
     grants: BTreeMap<&'static str, BTreeSet<String>>,
 }
 
@@ -64,7 +67,25 @@ impl Roles {
                 (role, granted)
             })
             .collect();
-        Roles { catalogue, grants }
+        let platform_only = (catalogue.iter())
+            .filter(|permission| {
+                (policies.iter())
+                    .filter(|policy| policy.permission.as_ref() == Some(*permission))
+                    .all(|policy| policy.platform_only)
+            })
+            .cloned()
+            .collect();
+        Roles {
+            catalogue,
+            platform_only,
+            grants,
+        }
+    }
+
+    /// Whether `permission` is of use only to platform operators (principals of the system
+    /// tenant): every method requiring it is `platform_only`.
+    pub fn platform_only(&self, permission: &str) -> bool {
+        self.platform_only.contains(permission)
     }
 
     /// Whether `role` names a built-in role.
