@@ -13,11 +13,13 @@ use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
         ApiKey, ApiKeyState, AssignRoleRequest, CreateApiKeyRequest, GetApiKeyRequest,
-        ListApiKeysRequest, RevokeApiKeyRequest, RevokeRoleRequest,
-        api_key_service_client::ApiKeyServiceClient, user_service_client::UserServiceClient,
+        ListApiKeysRequest, RevokeApiKeyRequest, RevokeRoleRequest, UpdateUserRequest, User,
+        UserState, api_key_service_client::ApiKeyServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Component, Mesh, eventually, http_request, with_api_key};
+use prost_types::FieldMask;
 use tonic::Code;
 
 use keys_kit::*;
@@ -247,6 +249,52 @@ async fn a_demoted_owners_key_loses_its_write_scope() -> anyhow::Result<()> {
             ))
             .await;
         expect_code(denied, Code::PermissionDenied);
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A user's key stops with its owner, and is refused as an invalid key at once, as the gateway
+/// refuses it once its cached verification lapses: its clients learn nothing of the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_owners_key_is_refused_as_invalid_at_once() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let (bob, bob_name) = signed_in_user(&mesh, "acme", "bob@example.com", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let created = create(
+            &mut keys,
+            with_bearer(
+                key_request("acme", "bob-ci", &["identity.users.list"], 7),
+                &bob,
+            ),
+        )
+        .await?;
+        // Verified, and remembered by the gateway.
+        users
+            .list_users(with_api_key(list_users("acme"), &created.key))
+            .await?;
+        let bob_user = User {
+            name: bob_name,
+            state: UserState::Disabled as i32,
+            ..User::default()
+        };
+        users
+            .update_user(mesh.as_operator(UpdateUserRequest {
+                user: Some(bob_user),
+                update_mask: Some(FieldMask {
+                    paths: vec!["state".into()],
+                }),
+            }))
+            .await?;
+        let refused = users
+            .list_users(with_api_key(list_users("acme"), &created.key))
+            .await;
+        assert_eq!(
+            reason(&expect_code(refused, Code::Unauthenticated)),
+            "INVALID_API_KEY"
+        );
         mesh.stop().await?;
     }
     Ok(())

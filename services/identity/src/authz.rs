@@ -47,7 +47,12 @@ impl Authz {
                 Some(_) => {}
             }
         }
-        if let Some(refusal) = tenant_refusal(tenant, self.store.get_tenant(tenant).await?) {
+        let record = self.store.get_tenant(tenant).await?;
+        if record.is_none() && principal.kind == PrincipalKind::ApiKey {
+            // Its keys went with the tenant: the gateway's answer once its cache lapses.
+            return Ok(key_refused("unknown api key"));
+        }
+        if let Some(refusal) = tenant_refusal(tenant, record) {
             return Ok(refusal);
         }
         if !tenant.is_system() && self.roles.platform_only(permission) {
@@ -82,12 +87,7 @@ impl Authz {
                 if !self.session_is_live(tenant, principal).await? {
                     return Ok(session_revoked());
                 }
-                // Built-in roles answer from memory; custom roles cost one query, and only
-                // for users that hold some.
-                let granted = roles::SELF_SERVICE.contains(&permission)
-                    || self.roles.grant(&user.roles, permission)
-                    || (self.roles.any_custom(&user.roles)
-                        && self.custom_permissions(&user).await?.contains(permission));
+                let granted = self.user_holds(&user, permission).await?;
                 Ok(user_decision(granted, permission))
             }
             PrincipalKind::Service => Ok(deny(
@@ -343,20 +343,32 @@ impl Authz {
                     refusal: None,
                 });
             };
-            let owner = Principal::new(owner.clone(), PrincipalKind::User);
-            let decided = self
-                .decide(&key.tenant_id, &owner, permission, None)
-                .await?;
-            Ok(if decided.allowed {
+            // A user's key works only while its owner may sign in: refused as the gateway
+            // refuses it once its cached verification lapses (`verify_api_key`), telling
+            // nothing of the owner.
+            let owner = match self.store.get_user(&key.tenant_id, owner).await? {
+                Some(user) if user.state == UserState::Active => user,
+                _ => return Ok(key_refused("the api key's owner may not sign in")),
+            };
+            Ok(if self.user_holds(&owner, permission).await? {
                 Decision {
                     allowed: true,
                     reason: "granted by api key scope and its owner's roles".to_owned(),
                     refusal: None,
                 }
             } else {
-                deny(format!("the api key's owner may not: {}", decided.reason))
+                deny(format!("the api key's owner does not hold {permission}"))
             })
         })
+    }
+
+    /// Whether the active `user` holds `permission`: by self-service, a built-in role (from
+    /// memory) or a custom role (one query, only for users that hold some).
+    async fn user_holds(&self, user: &UserRecord, permission: &str) -> Result<bool, ApiError> {
+        Ok(roles::SELF_SERVICE.contains(&permission)
+            || self.roles.grant(&user.roles, permission)
+            || (self.roles.any_custom(&user.roles)
+                && self.custom_permissions(user).await?.contains(permission)))
     }
 
     /// Which of `permissions` `principal` of `tenant` does not hold now (the scopes a new api
