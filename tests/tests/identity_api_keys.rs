@@ -185,6 +185,11 @@ async fn a_read_only_key_reads_is_shown_once_and_stops_when_revoked() -> anyhow:
             let actor = events[0].actor.clone().expect("the admin acted");
             assert_eq!(format!("tenants/acme/users/{}", actor.id), admin_name);
             assert!(!format!("{events:?}").contains(secret_part));
+            if action == "identity.apikeys.create" {
+                // Times in RFC 3339, as the API shows them.
+                let expiry = key.expire_time.expect("a key expires");
+                assert_eq!(events[0].attributes["expire_time"], expiry.to_string());
+            }
         }
         mesh.stop().await?;
     }

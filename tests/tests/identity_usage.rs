@@ -7,14 +7,15 @@ mod identity_kit;
 
 use std::time::Duration;
 
-use common::{expect_code, new_tenant, reason, violated_fields};
+use common::{audit_events_arrived, expect_code, new_tenant, reason, violated_fields};
 use identity_kit::{A_DAY, calls, new_user, plant_api_key, report, update};
+use palisade_proto::palisade::compliance::v1::Outcome;
 use palisade_proto::palisade::identity::v1::{
     EdgeTenant, GetUsageRequest, Plan, ResolveTenantRequest, Tenant, TenantState, Usage,
     edge_service_client::EdgeServiceClient, resolve_tenant_request::Key,
     tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
 };
-use palisade_testkit::{Component, Mesh, http_request};
+use palisade_testkit::{Component, Mesh, eventually, http_request};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -63,6 +64,16 @@ async fn usage_counts_against_the_plan_and_limits_hold() -> anyhow::Result<()> {
         let quota = details.quota_failure().expect("a QuotaFailure");
         assert_eq!(quota.violations[0].subject, "tenants/acme");
         assert_eq!(quota.violations[0].description, "users limit of 5 reached");
+        // The refusal is audited, in the caller's tenant, as refused calls are.
+        let refused = eventually(Duration::from_secs(10), || async {
+            let events = audit_events_arrived(&mesh, "system").await?;
+            Ok(events.into_iter().find(|event| {
+                event.action == "identity.users.create"
+                    && event.attributes.get("reason").map(String::as_str) == Some("LIMIT_EXCEEDED")
+            }))
+        })
+        .await?;
+        assert_eq!(refused.outcome(), Outcome::Denied);
 
         let db = mesh.service_db(Component::Identity).await?;
         plant_api_key(&db, "acme", A_DAY, false).await?;

@@ -3,7 +3,8 @@
 //! security event its tenant's auditors should see, not only a status its client got. This
 //! layer sits outside the policy layer and the handlers, so it sees every refusal either
 //! makes: when a call to a method with an audit level, by a principal, ends `PERMISSION_DENIED`
-//! or `UNAUTHENTICATED`, the component's [`DenialSink`] records it (outcome `DENIED`). The
+//! or `UNAUTHENTICATED`, or `RESOURCE_EXHAUSTED` (a plan's limit reached: capacity and abuse
+//! show there too), the component's [`DenialSink`] records it (outcome `DENIED`). The
 //! sink decides what it records, and how: a handler that audits its own refusals (a wrong
 //! current password) is skipped there by reason, and identity's writes in the background so
 //! a refusal never waits for its record.
@@ -107,7 +108,7 @@ where
             let refused = Status::from_header_map(response.headers()).filter(|status| {
                 matches!(
                     status.code(),
-                    Code::PermissionDenied | Code::Unauthenticated
+                    Code::PermissionDenied | Code::Unauthenticated | Code::ResourceExhausted
                 )
             });
             if let Some(status) = refused {

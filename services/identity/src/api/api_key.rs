@@ -259,7 +259,8 @@ impl ApiKeyService for ApiKeyApi {
         let attributes = vec![
             ("owner", key.owner_name()),
             ("scopes", key.scopes.join(" ")),
-            ("expire_time", key.expire_time.to_string()),
+            // RFC 3339, as every time the API shows.
+            ("expire_time", timestamp(key.expire_time).to_string()),
         ];
         let audit = self.audit(
             &caller,
