@@ -134,6 +134,14 @@ async fn a_custom_role_grants_exactly_its_permissions_from_creation_to_deletion(
             .await?
             .into_inner();
         assert_eq!(ids(&readers.roles), ["user-reader"]);
+        // A permission no role could hold is a mistake, as an unknown role is to ListUsers.
+        let unknown = roles
+            .list_roles(with_bearer(list(r#"permission = "nope.x""#, 0, ""), &admin))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(unknown, Code::InvalidArgument)),
+            ["filter"]
+        );
 
         // Built-in roles are read-only.
         let viewer = || Role {

@@ -272,7 +272,7 @@ impl RoleService for RoleApi {
         let after = aip::decode_page_token(&request.page_token, &query)?
             .map(|cursor| Cursor::decode(&cursor))
             .transpose()?;
-        let filter = parse_filter(&request.filter)?;
+        let filter = parse_filter(&request.filter, self.roles())?;
         self.require_tenant(
             &tenant,
             ApiError::NotFound {
@@ -458,7 +458,9 @@ impl ListFilter {
     }
 }
 
-fn parse_filter(filter: &str) -> Result<ListFilter, ApiError> {
+/// A permission outside the catalogue is refused, as an unknown role is by `ListUsers`: no role
+/// could hold it, so the filter can only be a mistake.
+fn parse_filter(filter: &str, roles: &Roles) -> Result<ListFilter, ApiError> {
     let mut parsed = ListFilter {
         built_in: true,
         custom: true,
@@ -481,6 +483,15 @@ fn parse_filter(filter: &str) -> Result<ListFilter, ApiError> {
                 let wants_built_in = value == (term.comparison == Comparison::Eq);
                 parsed.built_in &= wants_built_in;
                 parsed.custom &= !wants_built_in;
+            }
+            _ if !roles.in_catalogue(&term.value) => {
+                let shown: String = term.value.chars().take(64).collect();
+                return Err(ApiError::invalid(
+                    "filter",
+                    format!(
+                        "unknown permission {shown:?}; the catalogue is the admin role's permissions"
+                    ),
+                ));
             }
             _ => parsed.permissions.push((term.comparison, term.value)),
         }
@@ -520,14 +531,18 @@ mod tests {
 
     #[test]
     fn filters_select_kinds_and_permissions() {
-        let only_custom = parse_filter("built_in = false").unwrap();
+        let roles = Roles::from_catalogue(&palisade_grpc::MethodPolicies::palisade().unwrap());
+        let parse = |filter| parse_filter(filter, &roles);
+        let only_custom = parse("built_in = false").unwrap();
         assert!(!only_custom.built_in && only_custom.custom);
-        let only_built_in = parse_filter("built_in != false").unwrap();
+        let only_built_in = parse("built_in != false").unwrap();
         assert!(only_built_in.built_in && !only_built_in.custom);
-        let granting = parse_filter(r#"permission = "identity.users.list""#).unwrap();
+        let granting = parse(r#"permission = "identity.users.list""#).unwrap();
         assert!(granting.matches(&BTreeSet::from(["identity.users.list".to_owned()])));
         assert!(!granting.matches(&BTreeSet::new()));
-        assert!(parse_filter("built_in = maybe").is_err());
-        assert!(parse_filter("display_name = x").is_err());
+        assert!(parse("built_in = maybe").is_err());
+        assert!(parse("display_name = x").is_err());
+        // No role could hold it.
+        assert!(parse(r#"permission = "nope.x""#).is_err());
     }
 }
