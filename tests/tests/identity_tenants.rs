@@ -12,9 +12,10 @@ use identity_kit::{login, new_user, state_change, update, with_bearer};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        CheckFeatureRequest, CreateTenantRequest, DeleteTenantRequest, GetTenantRequest,
-        GetUsageRequest, Plan, Tenant, TenantState, UpdateTenantRequest,
-        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+        CheckFeatureRequest, CreateRoleRequest, CreateTenantRequest, DeleteTenantRequest,
+        GetTenantRequest, GetUsageRequest, Plan, Role, Tenant, TenantState, UpdateTenantRequest,
+        role_service_client::RoleServiceClient, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Mesh, eventually};
@@ -149,6 +150,32 @@ async fn plans_set_features_and_limits_and_overrides_replace_them() -> anyhow::R
             .check_feature(mesh.as_operator(check("nowhere", "sso")))
             .await;
         expect_code(nowhere, Code::NotFound);
+
+        // A feature that is off refuses what needs it, naming what switched it off.
+        tenants
+            .create_tenant(mesh.as_operator(with_overrides(
+                new_tenant("hooli", "Hooli", Plan::Professional),
+                &[("custom_roles", false)],
+                &[],
+            )))
+            .await?;
+        for (tenant, source) in [("globex", "plan free"), ("hooli", "tenant override")] {
+            let role = CreateRoleRequest {
+                parent: format!("tenants/{tenant}"),
+                role_id: "user-reader".into(),
+                role: Some(Role {
+                    display_name: "User reader".into(),
+                    permissions: vec!["identity.users.list".into()],
+                    ..Role::default()
+                }),
+            };
+            let refused = RoleServiceClient::new(mesh.gateway())
+                .create_role(mesh.as_operator(role))
+                .await;
+            let refused = expect_code(refused, Code::FailedPrecondition);
+            assert_eq!(reason(&refused), "FEATURE_NOT_ENABLED");
+            assert!(refused.message().contains(source), "{refused:?}");
+        }
         mesh.stop().await?;
     }
     Ok(())

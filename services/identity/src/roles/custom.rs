@@ -202,12 +202,13 @@ pub fn apply_update(
 pub fn check_custom_role_plan(tenant: &TenantRecord) -> Result<(), ApiError> {
     match tenant.entitlements().feature("custom_roles") {
         Some((true, _)) => Ok(()),
-        _ => Err(ApiError::FailedPrecondition {
+        // Says what switched it off, the plan or an override, as `CheckFeature` does.
+        answer => Err(ApiError::FailedPrecondition {
             reason: "FEATURE_NOT_ENABLED",
             message: format!(
-                "custom roles are not part of tenants/{}'s plan ({}); built-in roles remain available",
+                "custom roles are off for tenants/{} ({}); built-in roles remain available",
                 tenant.id,
-                crate::tenants::plan_key(tenant.plan)
+                answer.map_or_else(|| "unknown feature".to_owned(), |(_, source)| source)
             ),
         }),
     }
