@@ -134,6 +134,10 @@ async fn refused_mutations_are_audited_as_denied() -> anyhow::Result<()> {
         let assign = denied(&events, "identity.roles.assign");
         assert_eq!(assign.len(), 1, "{backend}: {assign:?}");
         assert_eq!(assign[0].attributes["reason"], "ROLE_ESCALATION");
+        // Refused by the handler, which knows whom the call was about: the user, not the tenant.
+        assert_eq!(assign[0].resource, ann.name, "{backend}");
+        // Refused before that (no name read yet): the tenant.
+        assert_eq!(create.resource, "tenants/acme", "{backend}");
         assert!(
             denied(&events, "identity.users.get").is_empty(),
             "{backend}: a refused read was audited"

@@ -7,9 +7,12 @@
 //! show there too), the component's [`DenialSink`] records it (outcome `DENIED`). The
 //! sink decides what it records, and how: a handler that audits its own refusals (a wrong
 //! current password) is skipped there by reason, and identity's writes in the background so
-//! a refusal never waits for its record.
+//! a refusal never waits for its record. A handler names the resource the call acts on with
+//! [`note_target`] (identity does as it parses a user, role or key name), so that a refusal
+//! says whom it protected, not only which tenant.
 
 use std::{
+    cell::RefCell,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -22,6 +25,17 @@ use tower::{Layer, Service};
 
 use crate::{MethodPolicies, MethodPolicy, policy::AuditLevel};
 
+tokio::task_local! {
+    /// The resource an audited call acts on, once its handler has named it.
+    static TARGET: RefCell<Option<String>>;
+}
+
+/// Names the resource the current call acts on (e.g. `tenants/acme/users/…`), for the record
+/// of its refusal. Does nothing outside an audited call.
+pub fn note_target(resource: &str) {
+    let _ = TARGET.try_with(|target| *target.borrow_mut() = Some(resource.to_owned()));
+}
+
 /// A refused call to an audited method.
 #[derive(Clone, Debug)]
 pub struct DeniedCall {
@@ -32,6 +46,8 @@ pub struct DeniedCall {
     /// The refusal's `ErrorInfo.reason`, e.g. `PERMISSION_DENIED` or `ROLE_ESCALATION`.
     pub reason: String,
     pub message: String,
+    /// The resource the call acted on, if its handler named one ([`note_target`]).
+    pub target: Option<String>,
 }
 
 /// Where a component records refused calls (its audit outbox). Called on the refusal's way
@@ -102,7 +118,7 @@ where
         let (policy, context) = (policy.clone(), context.clone());
         let request_id = request.extensions().get::<RequestId>().cloned();
         let sink = self.layer.sink.clone();
-        Box::pin(async move {
+        Box::pin(TARGET.scope(RefCell::new(None), async move {
             let response = inner.call(request).await?;
             // A refusal is a trailers-only response: its status is in the headers.
             let refused = Status::from_header_map(response.headers()).filter(|status| {
@@ -121,10 +137,11 @@ where
                     request_id,
                     reason,
                     message: status.message().to_owned(),
+                    target: TARGET.with(|target| target.borrow_mut().take()),
                 };
                 sink.record(denied);
             }
             Ok(response)
-        })
+        }))
     }
 }

@@ -83,13 +83,14 @@ impl ApiKeyRecord {
 }
 
 /// `tenants/{tenant}/apiKeys/{key id}` → (tenant, key id); the id in its canonical form, 32
-/// lower-case hex digits.
+/// lower-case hex digits. Noted as the call's target (`note_target`).
 pub fn parse_name(name: &str) -> Result<(TenantId, String), ApiError> {
     let malformed = || ApiError::invalid("name", "must be `tenants/{tenant_id}/apiKeys/{key_id}`");
     let rest = name.strip_prefix("tenants/").ok_or_else(malformed)?;
     let (tenant, id) = rest.split_once("/apiKeys/").ok_or_else(malformed)?;
     let tenant = TenantId::parse(tenant).map_err(|_| malformed())?;
     if is_hex(id, 32) && !id.bytes().any(|b| b.is_ascii_uppercase()) {
+        palisade_grpc::note_target(name);
         Ok((tenant, id.to_owned()))
     } else {
         Err(malformed())

@@ -114,14 +114,18 @@ pub fn parse_parent(parent: &str) -> Result<TenantId, FieldViolation> {
         .ok_or_else(|| FieldViolation::new("parent", "must be `tenants/{tenant_id}`"))
 }
 
-/// `tenants/{tenant}/users/{user}` → (tenant, user id).
+/// `tenants/{tenant}/users/{user}` → (tenant, user id), noted as the call's target
+/// (`note_target`: a refusal of the call is recorded against the user).
 pub fn parse_name(name: &str) -> Result<(TenantId, String), ApiError> {
     let malformed = || ApiError::invalid("name", "must be `tenants/{tenant_id}/users/{user_id}`");
     let rest = name.strip_prefix("tenants/").ok_or_else(malformed)?;
     let (tenant, user) = rest.split_once("/users/").ok_or_else(malformed)?;
     let tenant = TenantId::parse(tenant).map_err(|_| malformed())?;
     match uuid::Uuid::parse_str(user) {
-        Ok(id) if id.to_string() == user => Ok((tenant, user.to_owned())),
+        Ok(id) if id.to_string() == user => {
+            palisade_grpc::note_target(name);
+            Ok((tenant, user.to_owned()))
+        }
         _ => Err(malformed()),
     }
 }

@@ -64,7 +64,15 @@ impl DenialSink for AuditDenials {
         let write = palisade_tenancy::in_this_call(async move {
             let _permit = permit;
             let tenant = &denied.context.tenant_id;
-            let resource = format!("tenants/{tenant}");
+            // The user, role or key the call was refused on, when it is the caller's to name
+            // (its own tenant's, or any for a platform operator); otherwise the tenant, and
+            // another tenant's name the caller tried is kept as an attribute.
+            let own = |target: &&String| {
+                denied.context.is_platform_operator()
+                    || target.starts_with(&format!("tenants/{tenant}/"))
+            };
+            let resource = (denied.target.as_ref().filter(own).cloned())
+                .unwrap_or_else(|| format!("tenants/{tenant}"));
             let record = AuditRecord {
                 tenant,
                 actor_tenant: tenant,
@@ -74,11 +82,14 @@ impl DenialSink for AuditDenials {
                 outcome: Outcome::Denied,
                 request_id: denied.request_id.as_ref(),
                 source: crate::COMPONENT,
-                attributes: vec![
+                attributes: [
                     ("method", denied.policy.path.clone()),
                     ("reason", denied.reason.clone()),
                     ("message", denied.message.clone()),
-                ],
+                ]
+                .into_iter()
+                .chain(denied.target.clone().map(|target| ("target", target)))
+                .collect(),
             };
             let recorded = async {
                 let tx = store.db().begin().await?;

@@ -57,13 +57,15 @@ pub fn parse_parent(parent: &str) -> Result<TenantId, FieldViolation> {
     crate::users::parse_parent(parent)
 }
 
-/// `tenants/{tenant}/roles/{role}` (the request field `field`) → (tenant, role id).
+/// `tenants/{tenant}/roles/{role}` (the request field `field`) → (tenant, role id), noted as
+/// the call's target (`note_target`).
 pub fn parse_role_name(field: &str, name: &str) -> Result<(TenantId, String), ApiError> {
     let malformed = || ApiError::invalid(field, "must be `tenants/{tenant_id}/roles/{role_id}`");
     let rest = name.strip_prefix("tenants/").ok_or_else(malformed)?;
     let (tenant, role) = rest.split_once("/roles/").ok_or_else(malformed)?;
     let tenant = TenantId::parse(tenant).map_err(|_| malformed())?;
     if is_role_id(role) {
+        palisade_grpc::note_target(name);
         Ok((tenant, role.to_owned()))
     } else {
         Err(malformed())
