@@ -515,7 +515,7 @@ pub fn resource_tenant(resource: &str) -> Option<TenantId> {
     let mut segments = resource.strip_prefix("tenants/")?.split('/');
     let tenant = TenantId::parse(segments.next()?).ok()?;
     let rest: Vec<&str> = segments.collect();
-    let well_formed = rest.len() % 2 == 0
+    let well_formed = rest.len().is_multiple_of(2)
         && rest.iter().all(|segment| {
             !segment.is_empty()
                 && *segment != "."
