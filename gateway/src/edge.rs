@@ -152,11 +152,12 @@ impl Edge {
         if let Some(host) = request_host(&request).map(str::to_owned) {
             request.extensions_mut().insert(ClientHost(host));
         }
+        let head = request.method() == http::Method::HEAD;
         let mut response = match (refusal, web) {
             (Some(refusal), _) => refusal,
             (None, Some(mode)) => web::serve(&self, request, mode).await,
             (None, None)
-                if request.method() == http::Method::GET
+                if matches!(*request.method(), http::Method::GET | http::Method::HEAD)
                     && request.uri().path() == OPENAPI_PATH =>
             {
                 self.openapi_response()
@@ -165,6 +166,12 @@ impl Edge {
         };
         response.headers_mut().insert(HEADER_REQUEST_ID, id);
         Cors::decorate(origin, response.headers_mut());
+        if head {
+            // A HEAD answer has no content (RFC 9110 §9.3.2). HTTP/1.1 drops it on the wire,
+            // but HTTP/2 would send it as DATA, which a client must treat as an error.
+            let (parts, _content) = response.into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
         response
     }
 }

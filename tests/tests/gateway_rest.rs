@@ -277,12 +277,50 @@ async fn rest_errors_have_grpc_gateway_statuses_and_bodies() -> anyhow::Result<(
     let wrong_method = rest(&mesh, "DELETE", "/v1/tenants", key, "").await?;
     assert_eq!(wrong_method.status, 405);
     assert_eq!(json(&wrong_method)["code"], Code::Unimplemented as i32);
+    // RFC 9110 §15.5.6: a 405 says what the resource takes.
+    assert_eq!(wrong_method.header("allow"), Some("GET, HEAD, POST"));
+
+    // HEAD is GET without content, over HTTP/1.1 and HTTP/2 (where content would be DATA
+    // frames, which a client must refuse), for routes and refusals alike.
+    let head = rest(&mesh, "HEAD", "/v1/status", key, "").await?;
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    let gateway = mesh.addr(Component::Gateway);
+    for (path, status) in [
+        ("/v1/status", 200),
+        ("/openapi.json", 200),
+        ("/v1/nowhere", 404),
+        ("/v1/apiKeys:verify", 405),
+    ] {
+        let (answered, content) = h2_head(gateway, path, key.unwrap_or_default()).await?;
+        assert_eq!((answered, content.len()), (status, 0), "{path}");
+    }
 
     // Public methods need no key.
     let status = rest(&mesh, "GET", "/v1/status", None, "").await?;
     assert_eq!(status.status, 200, "{}", status.text());
     mesh.stop().await?;
     Ok(())
+}
+
+/// A HEAD request over a fresh h2c connection: the status and the content received.
+async fn h2_head(
+    gateway: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = tokio::net::TcpStream::connect(gateway).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::head(format!("http://{gateway}{path}"))
+        .header("authorization", format!("ApiKey {key}"))
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let content = response.into_body().collect().await?.to_bytes().to_vec();
+    Ok((status, content))
 }
 
 /// Stands in for observability on its address, with its certificate: `GetStatus` answers with

@@ -206,8 +206,19 @@ impl Rest {
             Ok(found) => found,
             // grpc-gateway's routing errors: the HTTP status kept, the body a google.rpc.Status.
             Err(NoRoute::NotFound) => return routing_error(StatusCode::NOT_FOUND, Code::NotFound),
-            Err(NoRoute::MethodNotAllowed) => {
-                return routing_error(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented);
+            Err(NoRoute::MethodNotAllowed(allowed)) => {
+                let mut refusal =
+                    routing_error(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented);
+                // RFC 9110 §15.5.6: a 405 says which methods the resource takes.
+                let allow = allowed
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Ok(allow) = HeaderValue::from_str(&allow) {
+                    refusal.headers_mut().insert(http::header::ALLOW, allow);
+                }
+                return refusal;
             }
         };
         let body = match read_limited(body).await {

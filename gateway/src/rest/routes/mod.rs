@@ -352,8 +352,9 @@ pub type Bindings = Vec<(String, String)>;
 pub enum NoRoute {
     /// No template matches the path.
     NotFound,
-    /// A template matches the path, but not with this HTTP method.
-    MethodNotAllowed,
+    /// A template matches the path, but not with this HTTP method: the methods it takes
+    /// (for `Allow`), `HEAD` wherever `GET` is.
+    MethodNotAllowed(Vec<http::Method>),
 }
 
 /// HTTP method + template → `T`, searched most specific first.
@@ -384,22 +385,32 @@ impl<T> Router<T> {
         self.routes.is_empty()
     }
 
-    /// The target for `method` and `path`, with the path's variable bindings.
+    /// The target for `method` and `path`, with the path's variable bindings. `HEAD` finds
+    /// the `GET` route (RFC 9110 §9.3.2: the same answer without content).
     pub fn find(&self, method: &http::Method, path: &str) -> Result<(&T, Bindings), NoRoute> {
-        let mut path_matched = false;
+        let wanted = if method == http::Method::HEAD {
+            &http::Method::GET
+        } else {
+            method
+        };
+        let mut allowed = Vec::new();
         for (route_method, template, target) in &self.routes {
             if let Some(bindings) = template.matches(path) {
-                if route_method == method {
+                if route_method == wanted {
                     return Ok((target, bindings));
                 }
-                path_matched = true;
+                allowed.push(route_method.clone());
+                if route_method == http::Method::GET {
+                    allowed.push(http::Method::HEAD);
+                }
             }
         }
-        Err(if path_matched {
-            NoRoute::MethodNotAllowed
-        } else {
-            NoRoute::NotFound
-        })
+        if allowed.is_empty() {
+            return Err(NoRoute::NotFound);
+        }
+        allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        allowed.dedup();
+        Err(NoRoute::MethodNotAllowed(allowed))
     }
 }
 

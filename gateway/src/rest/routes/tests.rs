@@ -192,7 +192,17 @@ fn the_router_prefers_specific_routes_and_tells_404_from_405() {
     );
     assert_eq!(
         router.find(&Method::DELETE, "/v1/tenants").unwrap_err(),
-        NoRoute::MethodNotAllowed
+        NoRoute::MethodNotAllowed(vec![Method::GET, Method::HEAD, Method::POST])
+    );
+    // HEAD is GET without content.
+    assert_eq!(
+        router.find(&Method::HEAD, "/v1/tenants").unwrap().0,
+        &"list"
+    );
+    router.add(Method::POST, t("/v1/things"), "make");
+    assert_eq!(
+        router.find(&Method::HEAD, "/v1/things").unwrap_err(),
+        NoRoute::MethodNotAllowed(vec![Method::POST])
     );
     assert_eq!(
         router.find(&Method::GET, "/v2/tenants").unwrap_err(),
