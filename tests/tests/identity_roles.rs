@@ -246,6 +246,21 @@ async fn a_custom_role_grants_exactly_its_permissions_from_creation_to_deletion(
         let body: serde_json::Value = serde_json::from_slice(&response.body)?;
         assert_eq!(body["description"], "For the help desk");
         assert_eq!(body["displayName"], "Reads users");
+        // The mask in proto names, as grpc-gateway clients send it, or in JSON names.
+        for mask in ["display_name", "displayName"] {
+            let response = http_request(
+                mesh.addr(Component::Gateway),
+                "PATCH",
+                &format!("/v1/tenants/acme/roles/user-reader?updateMask={mask}"),
+                &[
+                    ("authorization", &format!("Bearer {admin}")),
+                    ("content-type", "application/json"),
+                ],
+                br#"{"displayName": "Reads users"}"#,
+            )
+            .await?;
+            assert_eq!(response.status, 200, "{mask}: {}", response.text());
+        }
         roles
             .update_role(with_bearer(
                 UpdateRoleRequest {

@@ -408,6 +408,11 @@ fn text_value(field: &FieldDescriptor, text: String, path: &str) -> Result<Value
             Ok(number) => Value::from(number),
             Err(_) => Value::String(text.clone()),
         },
+        // grpc-gateway passes a mask's paths from the URL as written, so its clients send the
+        // proto names (`display_name`); proto3 JSON spells them `displayName`. Both are taken.
+        Kind::Message(message) if message.full_name() == "google.protobuf.FieldMask" => {
+            Value::String(camel_case_paths(&text))
+        }
         _ => Value::String(text.clone()),
     };
     let alone = if field.is_list() {
@@ -420,6 +425,25 @@ fn text_value(field: &FieldDescriptor, text: String, path: &str) -> Result<Value
     DynamicMessage::deserialize(field.parent_message().clone(), Value::Object(object))
         .map_err(|error| ApiError::invalid(path, format!("invalid value `{text}`: {error}")))?;
     Ok(value)
+}
+
+/// A field mask's comma-separated paths in proto3 JSON's lowerCamelCase: `display_name,a.b_c`
+/// → `displayName,a.bC` (as protoc derives JSON names: an underscore dropped, the next
+/// character upper-cased); camelCase paths pass unchanged.
+fn camel_case_paths(paths: &str) -> String {
+    let mut out = String::with_capacity(paths.len());
+    let mut upper_next = false;
+    for c in paths.chars() {
+        match c {
+            '_' => upper_next = true,
+            _ if upper_next => {
+                out.push(c.to_ascii_uppercase());
+                upper_next = false;
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 mod strict;
