@@ -9,7 +9,8 @@ use tonic::body::Body;
 /// [`Cors::decorate`]).
 const EXPOSED: &str =
     "grpc-status, grpc-message, grpc-status-details-bin, x-request-id, retry-after";
-const METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
+/// The methods the REST routes and gRPC-Web use (no route takes PUT).
+const METHODS: &str = "GET, HEAD, POST, PATCH, DELETE, OPTIONS";
 const ALLOWED_HEADERS: &str = "authorization, x-api-key, content-type, x-grpc-web, x-user-agent, \
                                grpc-timeout, x-request-id, traceparent, tracestate";
 /// How long a browser may cache a preflight answer, in seconds.
@@ -72,14 +73,26 @@ impl Cors {
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static(MAX_AGE),
         );
-        out.insert(header::VARY, HeaderValue::from_static("origin"));
+        // The answer echoes the requested headers: a cache must key on them too.
+        out.insert(
+            header::VARY,
+            HeaderValue::from_static(
+                "origin, access-control-request-method, access-control-request-headers",
+            ),
+        );
         Some(response)
     }
 
     /// Marks an actual response as readable by `origin`, with its metadata: the response
     /// metadata a component sent (`Grpc-Metadata-*` over REST, plain names over gRPC-Web) is
     /// readable too, as it would be to a client that is not a browser.
-    pub fn decorate(origin: Option<HeaderValue>, headers: &mut HeaderMap) {
+    /// Where CORS is on, every answer varies on `Origin`, also one for an origin that is not
+    /// allowed, so that a shared cache never hands it to an allowed origin or the reverse.
+    pub fn decorate(&self, origin: Option<HeaderValue>, headers: &mut HeaderMap) {
+        if self.origins.is_empty() {
+            return;
+        }
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
         let Some(origin) = origin else {
             return;
         };
@@ -94,7 +107,6 @@ impl Cors {
         if let Ok(exposed) = HeaderValue::from_str(&exposed) {
             headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed);
         }
-        headers.append(header::VARY, HeaderValue::from_static("origin"));
     }
 }
 
@@ -161,7 +173,8 @@ mod tests {
         headers.insert("grpc-metadata-palisade-page", "2".parse().unwrap());
         headers.insert("x-request-id", "r-1".parse().unwrap());
         headers.insert("custom-bin", "AAEC".parse().unwrap());
-        Cors::decorate(
+        let cors = Cors::new(&["https://app.example.com".to_owned()]);
+        cors.decorate(
             Some("https://app.example.com".parse().unwrap()),
             &mut headers,
         );
@@ -175,8 +188,14 @@ mod tests {
         assert_eq!(names.iter().filter(|n| **n == "x-request-id").count(), 1);
         assert!(!names.contains(&"content-type"), "{exposed}");
 
+        // An origin that is not allowed reads nothing, but the answer still varies on it.
+        let mut refused = HeaderMap::new();
+        cors.decorate(None, &mut refused);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[header::VARY], "origin");
+        // Without CORS, nothing is added.
         let mut untouched = HeaderMap::new();
-        Cors::decorate(None, &mut untouched);
+        Cors::new(&[]).decorate(None, &mut untouched);
         assert!(untouched.is_empty());
     }
 }

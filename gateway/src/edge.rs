@@ -165,7 +165,7 @@ impl Edge {
             (None, None) => self.rest.serve(&self, request).await,
         };
         response.headers_mut().insert(HEADER_REQUEST_ID, id);
-        Cors::decorate(origin, response.headers_mut());
+        self.cors.decorate(origin, response.headers_mut());
         if head {
             // A HEAD answer has no content (RFC 9110 §9.3.2). HTTP/1.1 drops it on the wire,
             // but HTTP/2 would send it as DATA, which a client must treat as an error.
