@@ -407,16 +407,46 @@ fn rate_limited(tenant: &TenantId, rate: Rate, wait: Option<Duration>) -> ApiErr
     }
 }
 
-/// The client's `x-request-id` if it is sane (non-empty, at most 128 visible ASCII characters),
-/// else a new one.
+/// The client's `x-request-id` if it is sane, else a new one: non-empty, at most 128
+/// characters of those request ids are made of (letters, digits, `-_.:/+=`: UUIDs, ULIDs,
+/// hex, base64, `host:counter`). It travels into logs, audit events and log viewers, where
+/// quotes, angle brackets or spaces have no business.
 pub fn request_id(headers: &http::HeaderMap) -> RequestId {
     headers
         .get(HEADER_REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|value| {
-            !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
+            !value.is_empty()
+                && value.len() <= 128
+                && (value.bytes()).all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
         })
         .map_or_else(RequestId::generate, |value| RequestId(value.to_owned()))
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::*;
+
+    fn given(value: &str) -> String {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(HEADER_REQUEST_ID, value.parse().unwrap());
+        request_id(&headers).0
+    }
+
+    #[test]
+    fn a_clients_request_id_is_kept_only_when_sane() {
+        for kept in [
+            "req-1",
+            "0190b2c4-7e1f-7a44-9c3e-1f2a3b4c5d6e",
+            "host:42",
+            "aGk+Lw==",
+        ] {
+            assert_eq!(given(kept), kept);
+        }
+        for replaced in ["a\"b<script>", "two words", "x".repeat(129).as_str(), "a'b"] {
+            assert_ne!(given(replaced), replaced);
+        }
+    }
 }
 
 impl<B> tower::Service<Request<B>> for Proxy
