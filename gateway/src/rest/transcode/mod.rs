@@ -413,6 +413,10 @@ fn text_value(field: &FieldDescriptor, text: String, path: &str) -> Result<Value
         Kind::Message(message) if message.full_name() == "google.protobuf.FieldMask" => {
             Value::String(camel_case_paths(&text))
         }
+        Kind::Message(message) => match strict::time_problem(message.full_name(), &text) {
+            Some(problem) => return Err(ApiError::invalid(path, problem)),
+            None => Value::String(text.clone()),
+        },
         _ => Value::String(text.clone()),
     };
     let alone = if field.is_list() {

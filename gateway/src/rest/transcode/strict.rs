@@ -3,6 +3,8 @@
 //! serde_json keeps the last of two equal keys and prost-reflect the last spelling it meets,
 //! so without these checks a body could mean one thing to a proxy or firewall that reads the
 //! first value and another to the mesh. Go's protojson, which grpc-gateway uses, refuses both.
+//! Durations and timestamps are held to proto3 JSON's forms as protojson holds them (at most
+//! nine fractional digits, no leap second), where prost-reflect reads more.
 
 use std::{collections::HashMap, fmt};
 
@@ -62,12 +64,39 @@ pub fn check_spellings(
             child
         };
         for value in children {
-            if let Value::Object(entries) = value {
-                check_spellings(&child, entries, &field_path)?;
+            match value {
+                Value::Object(entries) => check_spellings(&child, entries, &field_path)?,
+                Value::String(text) => {
+                    if let Some(problem) = time_problem(child.full_name(), text) {
+                        return Err(ApiError::invalid(field_path, problem));
+                    }
+                }
+                _ => {}
             }
         }
     }
     Ok(())
+}
+
+/// What proto3 JSON refuses in the string form of a `google.protobuf.Duration` (`"1.5s"`) or
+/// `Timestamp` (`"2026-01-02T03:04:05.123Z"`) that prost-reflect accepts: more than nine
+/// fractional digits (finer than nanoseconds, silently cut), and a timestamp's second 60
+/// (a leap second). Anything else wrong is refused when the message is decoded.
+pub fn time_problem(type_name: &str, text: &str) -> Option<&'static str> {
+    let time = match type_name {
+        "google.protobuf.Duration" => text,
+        "google.protobuf.Timestamp" => {
+            let time = &text[text.find(['T', 't'])? + 1..];
+            if time.get(6..8) == Some("60") {
+                return Some("leap seconds are not allowed (second 60)");
+            }
+            time
+        }
+        _ => return None,
+    };
+    let fraction = &time[time.find('.')? + 1..];
+    let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+    (digits > 9).then_some("at most nine fractional digits (nanoseconds) are allowed")
 }
 
 /// A JSON value read with every object's keys checked for repeats.

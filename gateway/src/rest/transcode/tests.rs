@@ -504,3 +504,35 @@ fn a_body_field_that_is_not_an_object_is_refused() {
         assert!(error.contains("body"), "{error}");
     }
 }
+
+#[test]
+fn times_are_held_to_the_proto3_json_forms() {
+    let input = descriptor("palisade.identity.v1.CreateApiKeyRequest");
+    let body =
+        |body: &str| request_message(&input, &BodyRule::Whole, None, &[], "", body.as_bytes());
+    for (good, field) in [
+        (r#"{"ttl": "3600.000000001s"}"#, "ttl"),
+        (
+            r#"{"apiKey": {"expireTime": "2026-12-20T23:59:59.123456789Z"}}"#,
+            "api_key",
+        ),
+    ] {
+        assert!(body(good).is_ok(), "{field}: {good}");
+    }
+    for (bad, field) in [
+        (r#"{"ttl": "3600.0000000001s"}"#, "ttl"),
+        (
+            r#"{"apiKey": {"expireTime": "2026-12-20T00:00:00.123456789123Z"}}"#,
+            "api_key.expire_time",
+        ),
+        (
+            r#"{"apiKey": {"expireTime": "2026-12-20T23:59:60Z"}}"#,
+            "api_key.expire_time",
+        ),
+    ] {
+        assert_eq!(violation(body(bad)).field, field, "{bad}");
+    }
+    // From the URL too.
+    let query = request_message(&input, &BodyRule::None, None, &[], "ttl=1.0000000001s", b"");
+    assert_eq!(violation(query).field, "ttl");
+}
