@@ -98,6 +98,19 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut parts, body) = request.into_parts();
+    // gRPC-Web calls are POSTs (its protocol spec); a GET would reach the method with no
+    // message at all.
+    if parts.method != http::Method::POST {
+        let mut refusal = error(
+            Status::unimplemented("gRPC-Web calls are POST requests"),
+            mode,
+        );
+        *refusal.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+        refusal
+            .headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+        return refusal;
+    }
     let body = match mode {
         // The frames are gRPC's own: stream them through untouched.
         Mode::Binary => Body::new(body),

@@ -369,5 +369,17 @@ async fn encodings_other_than_protobuf_are_refused() -> anyhow::Result<()> {
     assert_eq!(body["details"][0]["reason"], "UNIMPLEMENTED", "{body}");
     // Answered as other answers are (request id, CORS), so a browser can read why.
     assert!(web.headers.iter().any(|(name, _)| name == "x-request-id"));
+    // gRPC-Web calls are POSTs; a GET would reach the method with no message.
+    let get = http_request(
+        gateway,
+        "GET",
+        path,
+        &[("content-type", "application/grpc-web+proto")],
+        b"",
+    )
+    .await?;
+    assert_eq!(get.status, 405, "{}", get.text());
+    assert_eq!(get.header("allow"), Some("POST"));
+    assert_eq!(get.header("grpc-status"), Some("12"));
     mesh.stop().await
 }
