@@ -1,5 +1,6 @@
-//! A request body whose meaning is not in doubt: no object names a key twice, and no message
-//! object sets a field twice under its two spellings (`displayName` and `display_name`).
+//! A request body whose meaning is not in doubt: no object names a key twice, no message
+//! object sets a field twice under its two spellings (`displayName` and `display_name`), and
+//! none names a field its message does not have (refused with the field's path).
 //! serde_json keeps the last of two equal keys and prost-reflect the last spelling it meets,
 //! so without these checks a body could mean one thing to a proxy or firewall that reads the
 //! first value and another to the mesh. Go's protojson, which grpc-gateway uses, refuses both.
@@ -30,16 +31,22 @@ pub fn check_spellings(
         return Ok(());
     }
     let mut seen: HashMap<u32, &str> = HashMap::new();
+    let within = |name: &str| {
+        if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
     for (key, value) in object {
         let Some(field) = super::find_field(message, key) else {
-            // Unknown names are refused when the message is decoded.
-            continue;
+            // Named where it is, as the decoder (which would refuse it too) cannot.
+            return Err(ApiError::invalid(
+                within(key),
+                format!("unknown field `{key}` in {}", message.full_name()),
+            ));
         };
-        let field_path = if path.is_empty() {
-            field.name().to_owned()
-        } else {
-            format!("{path}.{}", field.name())
-        };
+        let field_path = within(field.name());
         if let Some(first) = seen.insert(field.number(), key) {
             return Err(ApiError::invalid(
                 field_path,

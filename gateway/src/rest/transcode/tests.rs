@@ -193,17 +193,25 @@ fn unknown_fields_are_invalid_arguments_wherever_they_appear() {
         ))
         .contains("colour")
     );
-    assert!(
-        invalid(request_message(
-            &input,
-            &BodyRule::Whole,
-            None,
-            &[],
-            "",
-            br#"{"tenant": {"nope": 1}}"#
-        ))
-        .contains("nope")
+    // Named by its path in the request, as other violations are.
+    let nested = request_message(
+        &input,
+        &BodyRule::Whole,
+        None,
+        &[],
+        "",
+        br#"{"tenant": {"nope": 1}}"#,
     );
+    assert_eq!(violation(nested).field, "tenant.nope");
+    let in_field = request_message(
+        &input,
+        &field,
+        None,
+        &[],
+        "",
+        br#"{"limitOverrides": {"users": 1}, "colour": 1}"#,
+    );
+    assert_eq!(violation(in_field).field, "tenant.colour");
     assert!(
         invalid(request_message(
             &input,
