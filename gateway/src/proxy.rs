@@ -423,6 +423,25 @@ pub fn request_id(headers: &http::HeaderMap) -> RequestId {
         .map_or_else(RequestId::generate, |value| RequestId(value.to_owned()))
 }
 
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}
+
 #[cfg(test)]
 mod request_id_tests {
     use super::*;
@@ -446,24 +465,5 @@ mod request_id_tests {
         for replaced in ["a\"b<script>", "two words", "x".repeat(129).as_str(), "a'b"] {
             assert_ne!(given(replaced), replaced);
         }
-    }
-}
-
-impl<B> tower::Service<Request<B>> for Proxy
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(request).await) })
     }
 }
