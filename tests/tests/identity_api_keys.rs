@@ -13,9 +13,9 @@ use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
         ApiKey, ApiKeyState, AssignRoleRequest, CreateApiKeyRequest, GetApiKeyRequest,
-        ListApiKeysRequest, RevokeApiKeyRequest, RevokeRoleRequest, UpdateUserRequest, User,
-        UserState, api_key_service_client::ApiKeyServiceClient,
-        user_service_client::UserServiceClient,
+        GetRoleRequest, ListApiKeysRequest, RevokeApiKeyRequest, RevokeRoleRequest,
+        UpdateUserRequest, User, UserState, api_key_service_client::ApiKeyServiceClient,
+        role_service_client::RoleServiceClient, user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Component, Mesh, eventually, http_request, with_api_key};
@@ -254,6 +254,49 @@ async fn a_demoted_owners_key_loses_its_write_scope() -> anyhow::Result<()> {
             ))
             .await;
         expect_code(denied, Code::PermissionDenied);
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A tenant admin's key may carry every permission the admin role names, platform-only ones
+/// included (held, though usable only by operators), so that it can grant the admin role as
+/// its owner can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_admins_key_can_grant_what_its_owner_grants() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let (ada, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let (_, bob_name) = signed_in_user(&mesh, "acme", "bob@example.com", &["viewer"]).await?;
+        let admin_role = RoleServiceClient::new(mesh.gateway())
+            .get_role(with_bearer(
+                GetRoleRequest {
+                    name: "tenants/acme/roles/admin".into(),
+                },
+                &ada,
+            ))
+            .await?
+            .into_inner();
+        assert!(
+            (admin_role.permissions.iter()).any(|p| p == "identity.tenants.create"),
+            "the admin role names platform-only permissions"
+        );
+        let scopes: Vec<&str> = admin_role.permissions.iter().map(String::as_str).collect();
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let created = create(
+            &mut keys,
+            with_bearer(key_request("acme", "ada-admin", &scopes, 7), &ada),
+        )
+        .await?;
+        UserServiceClient::new(mesh.gateway())
+            .assign_role(with_api_key(
+                AssignRoleRequest {
+                    name: bob_name,
+                    role: "admin".into(),
+                },
+                &created.key,
+            ))
+            .await?;
         mesh.stop().await?;
     }
     Ok(())

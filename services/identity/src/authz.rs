@@ -30,8 +30,34 @@ impl Authz {
         Authz { store, roles }
     }
 
-    /// Whether `principal` of `tenant` holds `permission`, on `resource` if one is named.
+    /// Whether `principal` of `tenant` may use `permission`, on `resource` if one is named: it
+    /// holds it ([`Authz::decide_held`]), and a permission only `platform_only` methods need
+    /// is of use in the system tenant alone, whatever a tenant's roles name.
     pub async fn decide(
+        &self,
+        tenant: &TenantId,
+        principal: &Principal,
+        permission: &str,
+        resource: Option<&str>,
+    ) -> Result<Decision, ApiError> {
+        let held = (self.decide_held(tenant, principal, permission, resource)).await?;
+        Ok(self.platform_rule(tenant, permission, held))
+    }
+
+    /// A decision on a held permission, refused as the method would refuse it when only
+    /// platform operators can use it (`PLATFORM_OPERATOR_ONLY`).
+    fn platform_rule(&self, tenant: &TenantId, permission: &str, held: Decision) -> Decision {
+        if held.allowed && !tenant.is_system() && self.roles.platform_only(permission) {
+            platform_operators_only(permission)
+        } else {
+            held
+        }
+    }
+
+    /// Whether `principal` of `tenant` holds `permission` by its roles, scopes and state, on
+    /// `resource` if one is named: what it may pass on (key scopes), whether or not the mesh
+    /// lets it use it.
+    async fn decide_held(
         &self,
         tenant: &TenantId,
         principal: &Principal,
@@ -54,9 +80,6 @@ impl Authz {
         }
         if let Some(refusal) = tenant_refusal(tenant, record) {
             return Ok(refusal);
-        }
-        if !tenant.is_system() && self.roles.platform_only(permission) {
-            return Ok(platform_operators_only(permission));
         }
         match principal.kind {
             PrincipalKind::ApiKey => {
@@ -239,14 +262,11 @@ impl Authz {
                     && !tenant.is_system()
                 {
                     deny(format!("{resource} belongs to another tenant"))
-                } else if let Some(refusal) = &tenant_refusal {
-                    refusal.clone()
-                } else if !tenant.is_system() && self.roles.platform_only(permission) {
-                    platform_operators_only(permission)
-                } else if let Some(refusal) = &user_refusal {
+                } else if let Some(refusal) = tenant_refusal.as_ref().or(user_refusal.as_ref()) {
                     refusal.clone()
                 } else {
-                    user_decision(held.contains(permission), permission)
+                    let decision = user_decision(held.contains(permission), permission);
+                    self.platform_rule(tenant, permission, decision)
                 }
             })
             .collect())
@@ -395,7 +415,9 @@ impl Authz {
                     .iter()
                     .all(|decision| decision.allowed)
             } else {
-                self.decide(tenant, principal, permission, None)
+                // Held, though perhaps not usable here: a tenant admin's key may carry what
+                // the admin role names, so that it can grant that role as its owner can.
+                self.decide_held(tenant, principal, permission, None)
                     .await?
                     .allowed
             };

@@ -64,13 +64,10 @@ impl DenialSink for AuditDenials {
         let write = palisade_tenancy::in_this_call(async move {
             let _permit = permit;
             let tenant = &denied.context.tenant_id;
-            // The user, role or key the call was refused on, when it is the caller's to name
-            // (its own tenant's, or any for a platform operator); otherwise the tenant, and
-            // another tenant's name the caller tried is kept as an attribute.
-            let own = |target: &&String| {
-                denied.context.is_platform_operator()
-                    || target.starts_with(&format!("tenants/{tenant}/"))
-            };
+            // The user, role or key the call was refused on, when it is of the caller's tenant,
+            // whose log this is; otherwise the tenant, and the other tenant's name (an
+            // operator's, or one a caller tried) is kept as an attribute.
+            let own = |target: &&String| target.starts_with(&format!("tenants/{tenant}/"));
             let resource = (denied.target.as_ref().filter(own).cloned())
                 .unwrap_or_else(|| format!("tenants/{tenant}"));
             let record = AuditRecord {
