@@ -359,9 +359,9 @@ impl AuthApi {
         if let Some(refusal) = refusal {
             // Already counted by the claim, also when the audit event below cannot be written.
             // A right password refused for another reason (a suspended tenant, a disabled
-            // user) stays counted: such a user cannot sign in either way.
-            let locked_out = refusal == "wrong_password"
-                && attempt == Some(PasswordAttempt::Counted { locks: true });
+            // user) stays counted: such a user cannot sign in either way. Whichever refused
+            // attempt reached the limit locked the account, and that is audited.
+            let locked_out = attempt == Some(PasswordAttempt::Counted { locks: true });
             // An unknown tenant has no audit log to write to; the refusal is only logged.
             if let Some(tenant) = &tenant {
                 let resource = found
