@@ -14,7 +14,7 @@
 //!    rounds whose latencies are pooled per condition. Each flood client alternates on its own
 //!    user, and a successful login clears the failure count, so the default lockout never
 //!    triggers (a locked user's right password would fail the run). A third condition is the
-//!    control: no logins, but as many cores kept busy at idle priority as identity has hashing
+//!    control: no logins, but as many cores kept busy at nice 19 as identity has hashing
 //!    threads (half the cores by default), by threads that only spin. If the control's p99
 //!    matches the flood's, the tail comes from the cores being busy on this machine, not from
 //!    anything logins do.
@@ -36,7 +36,7 @@ use std::{
 use calls::{check_call, get_user_call, list_call, login_call, login_flood, populate};
 use palisade_testkit::free_port_base;
 use palisade_tls::{CertPaths, MeshTls};
-use support::{IdleSpinners, KillOnDrop, cpu_time, us, wait_for_key};
+use support::{KillOnDrop, LowPrioritySpinners, cpu_time, us, wait_for_key};
 use tonic::transport::Channel;
 
 #[path = "identity/calls.rs"]
@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
         move |_| get_user_call(links.identity.clone(), reader.clone())
     };
     // Alternating rounds, pooled, so drift on a shared machine hits both sides alike. The
-    // third condition is the control: cores kept busy at idle priority as the flood's
+    // third condition is the control: cores kept busy at nice 19 as the flood's
     // hashing threads keep them, without any login.
     // Latencies of GetUser and Check per condition (alone, flood, spin).
     let mut pooled: [Vec<Duration>; 6] = Default::default();
@@ -173,7 +173,8 @@ async fn main() -> anyhow::Result<()> {
                     tokio::spawn(login_flood(channel, email, stop.clone()))
                 })
                 .collect();
-            let spinners = (condition == Condition::Spin).then(|| IdleSpinners::start(hashing));
+            let spinners =
+                (condition == Condition::Spin).then(|| LowPrioritySpinners::start(hashing));
             let (get_users, checks) = tokio::try_join!(
                 paced(get_user.clone(), PACED_RATE, ROUND),
                 paced(check.clone(), PACED_RATE, ROUND)
@@ -241,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
         ratio(first.p50, second.p50)
     );
     println!(
-        "\n2. Login (Argon2id m=19 MiB t=2 p=1, {hashing} hashing thread(s) under SCHED_IDLE), {LOGIN_CLIENTS} closed-loop clients, right passwords"
+        "\n2. Login (Argon2id m=19 MiB t=2 p=1, {hashing} hashing thread(s) at nice 19), {LOGIN_CLIENTS} closed-loop clients, right passwords"
     );
     println!(
         "  {:.1} logins/s  p50 {}  p99 {}  ({:.1} ms of a busy hashing thread per login)",
@@ -253,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\n3. p99 at {PACED_RATE:.0} calls/s each (paced, {PACED_CLIENTS} clients per RPC), alone, during a login flood \
          ({FLOOD_CLIENTS} clients alternating right and wrong passwords, {flood_rate:.1} logins/s), and with {hashing} \
-         core(s) spinning at idle priority; {ROUNDS} alternating rounds of {ROUND:?}, pooled; each round began once the mesh was quiet \
+         core(s) spinning at nice 19; {ROUNDS} alternating rounds of {ROUND:?}, pooled; each round began once the mesh was quiet \
          (waited {settling:.1?} in all)"
     );
     println!(
@@ -287,7 +288,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "  spin (the control): no logins, {hashing} thread(s) spinning under SCHED_IDLE as the \
+        "  spin (the control): no logins, {hashing} thread(s) spinning at nice 19 as the \
          hashing threads do; where its p99 is as high as the flood's, the tail is what busy cores \
          cost on this machine, not what logins do"
     );

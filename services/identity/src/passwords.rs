@@ -68,11 +68,12 @@ impl Passwords {
 /// Half the available cores (which respects a container's CPU limit), at least one.
 ///
 /// Even at the lowest priority a hash is not free for other RPCs: a call woken on a core that
-/// is hashing waits for the hash to be preempted. With every core hashing, every call pays
-/// that; with half of them, the scheduler puts most calls on a core that is really idle. On 2
-/// cores, one hashing thread instead of two took other RPCs' p99 during a login flood from
-/// about 2.9x to 1.9x of their p99 alone, for about 60% of the login throughput
-/// (`cargo bench -p palisade --bench identity`).
+/// is hashing waits for the hash to be preempted, and Argon2's memory traffic slows the core
+/// beside it. With every core hashing, every call pays that; with half of them, most calls run
+/// beside a hash rather than after one. On 2 cores, one hashing thread instead of two took
+/// other RPCs' p99 during a login flood from about 2.9x to 1.9x of their p99 alone, for about
+/// 60% of the login throughput (`cargo bench -p palisade --bench identity`, measured when the
+/// threads ran under `SCHED_IDLE`; at nice 19 the two-thread runs were too noisy to compare).
 pub fn default_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     cores.div_ceil(2)

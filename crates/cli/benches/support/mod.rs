@@ -1,6 +1,6 @@
 //! What the benches share: the mesh processes they start, the operator key `palisade dev`
 //! leaves in its data directory, the tenant context of calls made directly on a component, CPU
-//! time read from `/proc`, threads that keep the cores busy at idle priority, and how durations
+//! time read from `/proc`, threads that keep the cores busy at the lowest priority, and how durations
 //! are printed.
 
 #![allow(dead_code)] // Each bench uses only some of these.
@@ -97,15 +97,15 @@ pub fn with_context<T>(
     Ok(request)
 }
 
-/// Threads spinning under `SCHED_IDLE` until [`IdleSpinners::stop`]: the CPU a login flood's
+/// Threads spinning at nice 19 until [`LowPrioritySpinners::stop`]: the CPU a login flood's
 /// hashing threads keep busy, without the logins.
-pub struct IdleSpinners {
+pub struct LowPrioritySpinners {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl IdleSpinners {
-    pub fn start(count: usize) -> IdleSpinners {
+impl LowPrioritySpinners {
+    pub fn start(count: usize) -> LowPrioritySpinners {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..count)
             .map(|_| {
@@ -113,7 +113,7 @@ impl IdleSpinners {
                 std::thread::spawn(move || spin(&stop))
             })
             .collect();
-        IdleSpinners { stop, threads }
+        LowPrioritySpinners { stop, threads }
     }
 
     pub fn stop(self) {
@@ -129,10 +129,10 @@ fn spin(stop: &AtomicBool) {
         thread_priority::thread_native_id(),
         thread_priority::ThreadPriority::Min,
         thread_priority::ThreadSchedulePolicy::Normal(
-            thread_priority::NormalThreadSchedulePolicy::Idle,
+            thread_priority::NormalThreadSchedulePolicy::Other,
         ),
     )
-    .expect("SCHED_IDLE for a spinning thread");
+    .expect("nice 19 for a spinning thread");
     // Plain arithmetic, as a hash does: a PAUSE loop (`spin_loop`) is what a hypervisor's
     // pause-loop exiting watches for, and would make the vCPU yield to the host.
     let mut count = 0u64;
