@@ -119,16 +119,7 @@ impl IdentityStore {
         .fetch_all(self.db.pool())
         .await
         .map_err(internal)?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let mut user = user_from_row(first)?;
-        for row in &rows {
-            if let Some(role) = row.try_get::<Option<String>, _>("role").map_err(internal)? {
-                user.roles.push(role);
-            }
-        }
-        Ok(Some(user))
+        user_with_roles(&rows)
     }
 
     /// The user, read inside the caller's write transaction and locked until it ends
@@ -218,11 +209,6 @@ impl IdentityStore {
             .await
             .map_err(internal)?;
         Ok(())
-    }
-
-    async fn user_roles(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, ApiError> {
-        let mut conn = self.db.pool().acquire().await.map_err(internal)?;
-        self.user_roles_in(&mut conn, tenant, user).await
     }
 
     /// A user's roles, sorted, read on the caller's connection (inside its transaction).
@@ -340,20 +326,20 @@ impl IdentityStore {
         tenant: &TenantId,
         email: &str,
     ) -> Result<Option<(UserRecord, String)>, ApiError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE tenant_id = $1 AND email = $2"
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS_OF_U}, u.password_hash, r.role FROM users u \
+             LEFT JOIN user_roles r ON r.tenant_id = u.tenant_id AND r.user_id = u.id \
+             WHERE u.tenant_id = $1 AND u.email = $2 ORDER BY r.role"
         )))
         .bind(tenant.as_str())
         .bind(email)
-        .fetch_optional(self.db.pool())
+        .fetch_all(self.db.pool())
         .await
         .map_err(internal)?;
-        let Some(row) = row else {
+        let Some(user) = user_with_roles(&rows)? else {
             return Ok(None);
         };
-        let mut user = user_from_row(&row)?;
-        user.roles = self.user_roles(tenant, &user.id).await?;
-        let hash = row.try_get("password_hash").map_err(internal)?;
+        let hash = rows[0].try_get("password_hash").map_err(internal)?;
         Ok(Some((user, hash)))
     }
 
@@ -558,6 +544,21 @@ impl IdentityStore {
         .map_err(internal)?;
         Ok(())
     }
+}
+
+/// The user of rows that each carry it and one of its roles (`role`, NULL for a user without
+/// any: a LEFT JOIN of `user_roles`), or `None` for no rows.
+fn user_with_roles(rows: &[AnyRow]) -> Result<Option<UserRecord>, ApiError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut user = user_from_row(first)?;
+    for row in rows {
+        if let Some(role) = row.try_get::<Option<String>, _>("role").map_err(internal)? {
+            user.roles.push(role);
+        }
+    }
+    Ok(Some(user))
 }
 
 pub(super) fn user_from_row(row: &AnyRow) -> Result<UserRecord, ApiError> {
