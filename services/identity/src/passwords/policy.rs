@@ -107,6 +107,8 @@ const COMMON_WORDS: &[&str] = &[
 /// `Some(violation)` when `password` (the field `field`) breaks the policy. `context` holds
 /// words of the account (the email's local part, the tenant id) that it must not contain.
 pub fn check_policy(field: &str, password: &str, context: &[&str]) -> Option<FieldViolation> {
+    // Judged as it will be hashed.
+    let password = &*super::normalized(password);
     let length = password.chars().count();
     let problem = if length < MIN_LENGTH {
         format!("must be at least {MIN_LENGTH} characters")
@@ -238,6 +240,13 @@ mod tests {
         assert!(!refused("correct horse battery staple"));
         // Characters, not bytes: 128 two-byte letters are within the limit.
         assert!(!refused(&"éèêëç".repeat(128 / 5)));
+    }
+
+    #[test]
+    fn the_length_is_that_of_the_normalized_password() {
+        // 12 code points as typed, 11 characters once the accent is composed.
+        assert!(refused("cafe\u{301} au lai"));
+        assert!(!refused("cafe\u{301} au lait"));
     }
 
     #[test]
