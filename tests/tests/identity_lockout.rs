@@ -1,7 +1,8 @@
 //! Login lockout: ten wrong passwords in parallel lock the account exactly once, and only as
 //! many of them as the limit allows are checked at all; the right password is then refused
 //! until the lock ends, and works again afterwards. An admin who sets a locked user's password
-//! lifts the lock at once.
+//! lifts the lock at once. A right password refused for another reason counts too, and the
+//! lock it sets is audited.
 
 mod common;
 
@@ -12,12 +13,13 @@ use palisade::LockoutPolicy;
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
-        ChangePasswordRequest, CreateUserRequest, LoginRequest, Plan, User,
-        auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
-        user_service_client::UserServiceClient,
+        ChangePasswordRequest, CreateUserRequest, LoginRequest, Plan, UpdateUserRequest, User,
+        UserState, auth_service_client::AuthServiceClient,
+        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Mesh, eventually};
+use prost_types::FieldMask;
 use tonic::Code;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -159,6 +161,79 @@ async fn an_admin_who_sets_a_locked_users_password_unlocks_it() -> anyhow::Resul
             .await?;
         let tokens = auth.login(login(reset)).await?.into_inner();
         assert!(!tokens.access_token.is_empty());
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_password_refused_for_a_disabled_user_counts_and_its_lock_is_audited()
+-> anyhow::Result<()> {
+    let policy = LockoutPolicy {
+        max_failures: 3,
+        window: Duration::from_secs(60),
+        lock_for: Duration::from_secs(3600),
+    };
+    for builder in Mesh::each_backend() {
+        let mesh = builder.with_login_lockout(policy).start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        let create = CreateUserRequest {
+            parent: "tenants/acme".into(),
+            user: Some(User {
+                email: "ada@example.com".into(),
+                display_name: "Ada".into(),
+                ..User::default()
+            }),
+            password: PASSWORD.into(),
+        };
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let ada = users
+            .create_user(mesh.as_operator(create))
+            .await?
+            .into_inner();
+        let disable = UpdateUserRequest {
+            user: Some(User {
+                name: ada.name.clone(),
+                state: UserState::Disabled as i32,
+                ..User::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["state".into()],
+            }),
+        };
+        users.update_user(mesh.as_operator(disable)).await?;
+
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        for i in 0..2 {
+            let wrong = auth
+                .login(login(&format!("wrong password number {i}")))
+                .await;
+            expect_code(wrong, Code::Unauthenticated);
+        }
+        // The third attempt reaches the limit, whatever refuses it.
+        expect_code(auth.login(login(PASSWORD)).await, Code::Unauthenticated);
+
+        let (logins, lockouts) = eventually(Duration::from_secs(10), || async {
+            let events = audit_events_arrived(&mesh, "acme").await?;
+            let logins: Vec<_> = (events.iter())
+                .filter(|e| e.action == "identity.auth.login")
+                .map(|e| e.attributes.get("reason").cloned().unwrap_or_default())
+                .collect();
+            let lockouts: Vec<_> = (events.into_iter())
+                .filter(|e| e.action == "identity.auth.lockout")
+                .collect();
+            Ok((logins.len() >= 3 && !lockouts.is_empty()).then_some((logins, lockouts)))
+        })
+        .await?;
+        assert_eq!(
+            logins,
+            ["wrong_password", "wrong_password", "not_active"],
+            "in order"
+        );
+        assert_eq!(lockouts.len(), 1, "{lockouts:#?}");
+        assert_eq!(lockouts[0].resource, ada.name);
         mesh.stop().await?;
     }
     Ok(())
