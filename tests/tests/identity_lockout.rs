@@ -24,6 +24,12 @@ use tonic::Code;
 
 const PASSWORD: &str = "correct horse battery staple";
 const LOCK: Duration = Duration::from_secs(3);
+/// A lock far longer than a test, after three failures.
+const LOCKED_FOR_AN_HOUR_AFTER_THREE: LockoutPolicy = LockoutPolicy {
+    max_failures: 3,
+    window: Duration::from_secs(60),
+    lock_for: Duration::from_secs(3600),
+};
 
 fn login(password: &str) -> LoginRequest {
     LoginRequest {
@@ -31,6 +37,26 @@ fn login(password: &str) -> LoginRequest {
         email: "ada@example.com".into(),
         password: password.into(),
     }
+}
+
+/// The tenant `acme` with the user Ada (`ada@example.com`, password [`PASSWORD`]).
+async fn acme_with_ada(mesh: &Mesh) -> anyhow::Result<User> {
+    TenantServiceClient::new(mesh.gateway())
+        .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+        .await?;
+    let create = CreateUserRequest {
+        parent: "tenants/acme".into(),
+        user: Some(User {
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            ..User::default()
+        }),
+        password: PASSWORD.into(),
+    };
+    let ada = UserServiceClient::new(mesh.gateway())
+        .create_user(mesh.as_operator(create))
+        .await?;
+    Ok(ada.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,22 +68,7 @@ async fn parallel_wrong_passwords_lock_the_account_exactly_once() -> anyhow::Res
     };
     for builder in Mesh::each_backend() {
         let mesh = builder.with_login_lockout(policy).start().await?;
-        TenantServiceClient::new(mesh.gateway())
-            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
-            .await?;
-        let user = User {
-            email: "ada@example.com".into(),
-            display_name: "Ada".into(),
-            ..User::default()
-        };
-        let create = CreateUserRequest {
-            parent: "tenants/acme".into(),
-            user: Some(user),
-            password: PASSWORD.into(),
-        };
-        UserServiceClient::new(mesh.gateway())
-            .create_user(mesh.as_operator(create))
-            .await?;
+        acme_with_ada(&mesh).await?;
         let auth = AuthServiceClient::new(mesh.gateway());
 
         let attempts: Vec<_> = (0..10)
@@ -118,30 +129,11 @@ async fn parallel_wrong_passwords_lock_the_account_exactly_once() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_who_sets_a_locked_users_password_unlocks_it() -> anyhow::Result<()> {
-    // A lock far longer than the test: only the reset can lift it.
-    let policy = LockoutPolicy {
-        max_failures: 3,
-        window: Duration::from_secs(60),
-        lock_for: Duration::from_secs(3600),
-    };
+    // The lock outlasts the test: only the reset can lift it.
+    let policy = LOCKED_FOR_AN_HOUR_AFTER_THREE;
     for builder in Mesh::each_backend() {
         let mesh = builder.with_login_lockout(policy).start().await?;
-        TenantServiceClient::new(mesh.gateway())
-            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
-            .await?;
-        let create = CreateUserRequest {
-            parent: "tenants/acme".into(),
-            user: Some(User {
-                email: "ada@example.com".into(),
-                display_name: "Ada".into(),
-                ..User::default()
-            }),
-            password: PASSWORD.into(),
-        };
-        let ada = UserServiceClient::new(mesh.gateway())
-            .create_user(mesh.as_operator(create))
-            .await?
-            .into_inner();
+        let ada = acme_with_ada(&mesh).await?;
         let mut auth = AuthServiceClient::new(mesh.gateway());
         for i in 0..3 {
             let wrong = auth
@@ -169,30 +161,11 @@ async fn an_admin_who_sets_a_locked_users_password_unlocks_it() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_right_password_refused_for_a_disabled_user_counts_and_its_lock_is_audited()
 -> anyhow::Result<()> {
-    let policy = LockoutPolicy {
-        max_failures: 3,
-        window: Duration::from_secs(60),
-        lock_for: Duration::from_secs(3600),
-    };
+    let policy = LOCKED_FOR_AN_HOUR_AFTER_THREE;
     for builder in Mesh::each_backend() {
         let mesh = builder.with_login_lockout(policy).start().await?;
-        TenantServiceClient::new(mesh.gateway())
-            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
-            .await?;
-        let create = CreateUserRequest {
-            parent: "tenants/acme".into(),
-            user: Some(User {
-                email: "ada@example.com".into(),
-                display_name: "Ada".into(),
-                ..User::default()
-            }),
-            password: PASSWORD.into(),
-        };
+        let ada = acme_with_ada(&mesh).await?;
         let mut users = UserServiceClient::new(mesh.gateway());
-        let ada = users
-            .create_user(mesh.as_operator(create))
-            .await?
-            .into_inner();
         let disable = UpdateUserRequest {
             user: Some(User {
                 name: ada.name.clone(),
