@@ -1,7 +1,7 @@
 //! What the benches share: the mesh processes they start, the operator key `palisade dev`
 //! leaves in its data directory, the tenant context of calls made directly on a component, CPU
-//! time read from `/proc`, threads that keep the cores busy at the lowest priority, and how durations
-//! are printed.
+//! time read from `/proc`, threads that keep the cores busy at the lowest priority, and how
+//! durations are printed.
 
 #![allow(dead_code)] // Each bench uses only some of these.
 

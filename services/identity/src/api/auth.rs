@@ -105,8 +105,9 @@ impl AuthApi {
             .map_err(ApiError::from)
     }
 
-    /// Records that `user` has just been locked out: by the wrong password whose attempt
-    /// reached the limit (exactly once per lock, whatever the parallelism).
+    /// Records that `user` has just been locked out: by the refused attempt whose claim
+    /// reached the limit, whatever refused it (exactly once per lock, whatever the
+    /// parallelism).
     async fn audit_lockout(
         &self,
         tenant: &TenantId,
