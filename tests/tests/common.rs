@@ -84,26 +84,33 @@ pub async fn tenant_with_admin(
     Ok(user.into_inner())
 }
 
-/// A tenant's audit events once at least one has arrived (they travel through the outbox).
+/// A tenant's audit events once they have arrived: at least one, and no more arriving. They
+/// travel through the outbox, whose relay ships what was committed within its linger (50 ms)
+/// as one batch, so the list is taken as complete once it stays the same for well over that.
 pub async fn audit_events_arrived(mesh: &Mesh, tenant: &str) -> anyhow::Result<Vec<AuditEvent>> {
-    let audit = AuditServiceClient::new(mesh.gateway());
-    eventually(Duration::from_secs(10), || {
-        let request = ListAuditEventsRequest {
+    const SETTLED: Duration = Duration::from_millis(250);
+    let mut audit = AuditServiceClient::new(mesh.gateway());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut previous: Option<Vec<AuditEvent>> = None;
+    loop {
+        let request = mesh.as_operator(ListAuditEventsRequest {
             parent: format!("tenants/{tenant}"),
             ..Default::default()
-        };
-        let mut audit = audit.clone();
-        let request = mesh.as_operator(request);
-        async move {
-            let events = audit
-                .list_audit_events(request)
-                .await?
-                .into_inner()
-                .audit_events;
-            Ok((!events.is_empty()).then_some(events))
+        });
+        let events = audit
+            .list_audit_events(request)
+            .await?
+            .into_inner()
+            .audit_events;
+        if !events.is_empty() && previous.as_ref() == Some(&events) {
+            return Ok(events);
         }
-    })
-    .await
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("the audit events of {tenant} did not arrive and settle within 10 s");
+        }
+        previous = Some(events);
+        tokio::time::sleep(SETTLED).await;
+    }
 }
 
 /// The first audit event of acme with `action` that `matches`, once it has arrived (events

@@ -113,7 +113,7 @@ pub struct DeliveryError(pub String);
 
 /// Upper bound on a batch: its ids become bind parameters of one statement, and both engines
 /// cap those (SQLite at 32766).
-const MAX_BATCH: usize = 1000;
+pub(crate) const MAX_BATCH: usize = 1000;
 
 /// What one relay step did.
 #[derive(Debug)]

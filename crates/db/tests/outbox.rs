@@ -137,6 +137,33 @@ async fn delivery_preserves_creation_order_across_batches_and_failures() {
 }
 
 #[tokio::test]
+async fn messages_committed_while_the_relay_lingers_ship_in_one_delivery() {
+    on_each_backend(|db| async move {
+        let sink = Arc::new(RecordingSink::default());
+        let config = RelayConfig {
+            linger: Duration::from_millis(400),
+            ..quiet_relay_config("audit")
+        };
+        let running = RunningRelay::start(&db, config, sink.clone());
+        // Let the relay find the outbox empty and settle into its idle wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // One commit after another, each notifying, as a flood of audited calls does.
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            ids.extend(enqueue_committed(&db, "audit", &format!("e{n}-"), 1).await);
+            running.relay.notify();
+        }
+        eventually("delivery", || async { sink.delivered().len() == 5 }).await;
+
+        assert_eq!(sink.delivered_ids(), ids);
+        assert_eq!(sink.calls(), 1, "one delivery for the five messages");
+        running.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn depth_counts_waiting_messages_of_all_topics() {
     on_each_backend(|db| async move {
         assert_eq!(depth(&db).await, 0);

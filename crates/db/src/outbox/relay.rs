@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::{OutboxSink, Shipped, ship_batch};
+use super::{MAX_BATCH, OutboxSink, Shipped, ship_batch};
 use crate::{Db, Result};
 
 /// First wait after a failure; doubles per consecutive failure up to `max_backoff`.
@@ -26,15 +26,20 @@ pub struct RelayConfig {
     pub batch_size: usize,
     /// Poll interval when the outbox looks empty; [`Relay::notify`] cuts it short.
     pub idle_poll: Duration,
+    /// How long a notified relay waits before shipping, so that messages committed meanwhile
+    /// travel in the same batch rather than one delivery (and one sink transaction) each.
+    pub linger: Duration,
     pub max_backoff: Duration,
 }
 
 impl RelayConfig {
-    /// Defaults: batches of 100, polling every 500ms, backing off up to 5s.
+    /// Defaults: batches of 100, lingering 50ms after a notify, polling every 500ms, backing
+    /// off up to 5s.
     pub fn new(topic: impl Into<String>) -> RelayConfig {
         RelayConfig {
             topic: topic.into(),
             batch_size: 100,
+            linger: Duration::from_millis(50),
             idle_poll: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
         }
@@ -42,7 +47,9 @@ impl RelayConfig {
 }
 
 /// Ships messages of one topic in creation order (`created_at`, `id`) in batches, and deletes
-/// them only after the sink acknowledges. On failure it bumps `attempts`, backs off
+/// them only after the sink acknowledges. A notify starts a delivery after the `linger`: under
+/// a steady stream of commits (a login flood writes an audit event per attempt) a batch
+/// carries what arrived in that time, where shipping at once would make a delivery of each. On failure it bumps `attempts`, backs off
 /// exponentially (from 100ms up to `max_backoff`) and retries from the same oldest message, so
 /// nothing is dropped or reordered. [`Relay::notify`] wakes it early; when `shutdown` resolves it
 /// finishes the batch in flight and makes one final flush attempt bounded to 2s.
@@ -114,8 +121,13 @@ impl Inner {
                 Ok(Shipped::Delivered(count)) => {
                     failures = 0;
                     debug!(topic, count, "outbox batch delivered");
-                    // More may be waiting: poll again at once.
-                    continue;
+                    // A full batch may have left more behind: ship again at once. What was
+                    // committed since a partial one was read has notified (a notify while
+                    // shipping is kept), so the wait below ends at once for it.
+                    if count >= self.config.batch_size.clamp(1, MAX_BATCH) {
+                        continue;
+                    }
+                    (self.config.idle_poll, true)
                 }
                 Ok(Shipped::Empty) => {
                     failures = 0;
@@ -134,14 +146,24 @@ impl Inner {
                     (self.backoff(failures), false)
                 }
             };
-            tokio::select! {
+            let notified = tokio::select! {
                 biased;
                 () = &mut shutdown => {
                     self.stop(self.drain(&sink)).await;
                     return;
                 }
-                () = self.notify.notified(), if wake_on_notify => {}
-                () = tokio::time::sleep(wait) => {}
+                () = self.notify.notified(), if wake_on_notify => true,
+                () = tokio::time::sleep(wait) => false,
+            };
+            if notified {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => {
+                        self.stop(self.drain(&sink)).await;
+                        return;
+                    }
+                    () = tokio::time::sleep(self.config.linger) => {}
+                }
             }
         }
     }
