@@ -113,7 +113,12 @@ pub struct DeliveryError(pub String);
 
 /// Upper bound on a batch: its ids become bind parameters of one statement, and both engines
 /// cap those (SQLite at 32766).
-pub(crate) const MAX_BATCH: usize = 1000;
+const MAX_BATCH: usize = 1000;
+
+/// How many messages a step ships at most for a configured `batch_size`.
+pub(crate) fn batch_limit(batch_size: usize) -> usize {
+    batch_size.clamp(1, MAX_BATCH)
+}
 
 /// What one relay step did.
 #[derive(Debug)]
@@ -201,7 +206,7 @@ async fn select_batch(
         "SELECT id, topic, payload, created_at, attempts, trace_context FROM outbox \
          WHERE topic = $1 ORDER BY created_at, id LIMIT $2{lock_clause}"
     );
-    let limit = i64::try_from(batch_size.clamp(1, MAX_BATCH)).unwrap_or(1);
+    let limit = i64::try_from(batch_limit(batch_size)).unwrap_or(1);
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(topic)
         .bind(limit)

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::{MAX_BATCH, OutboxSink, Shipped, ship_batch};
+use super::{OutboxSink, Shipped, batch_limit, ship_batch};
 use crate::{Db, Result};
 
 /// First wait after a failure; doubles per consecutive failure up to `max_backoff`.
@@ -49,8 +49,8 @@ impl RelayConfig {
 /// Ships messages of one topic in creation order (`created_at`, `id`) in batches, and deletes
 /// them only after the sink acknowledges. A notify starts a delivery after the `linger`: under
 /// a steady stream of commits (a login flood writes an audit event per attempt) a batch
-/// carries what arrived in that time, where shipping at once would make a delivery of each. On failure it bumps `attempts`, backs off
-/// exponentially (from 100ms up to `max_backoff`) and retries from the same oldest message, so
+/// carries what arrived in that time, where shipping at once would make a delivery of each.
+/// On failure it bumps `attempts`, backs off exponentially (from 100ms up to `max_backoff`) and retries from the same oldest message, so
 /// nothing is dropped or reordered. [`Relay::notify`] wakes it early; when `shutdown` resolves it
 /// finishes the batch in flight and makes one final flush attempt bounded to 2s.
 ///
@@ -124,7 +124,7 @@ impl Inner {
                     // A full batch may have left more behind: ship again at once. What was
                     // committed since a partial one was read has notified (a notify while
                     // shipping is kept), so the wait below ends at once for it.
-                    if count >= self.config.batch_size.clamp(1, MAX_BATCH) {
+                    if count >= batch_limit(self.config.batch_size) {
                         continue;
                     }
                     (self.config.idle_poll, true)
@@ -146,24 +146,21 @@ impl Inner {
                     (self.backoff(failures), false)
                 }
             };
-            let notified = tokio::select! {
+            let next_step = async {
+                tokio::select! {
+                    () = self.notify.notified(), if wake_on_notify => {
+                        tokio::time::sleep(self.config.linger).await;
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                }
+            };
+            tokio::select! {
                 biased;
                 () = &mut shutdown => {
                     self.stop(self.drain(&sink)).await;
                     return;
                 }
-                () = self.notify.notified(), if wake_on_notify => true,
-                () = tokio::time::sleep(wait) => false,
-            };
-            if notified {
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown => {
-                        self.stop(self.drain(&sink)).await;
-                        return;
-                    }
-                    () = tokio::time::sleep(self.config.linger) => {}
-                }
+                () = next_step => {}
             }
         }
     }
