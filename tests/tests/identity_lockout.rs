@@ -20,7 +20,7 @@ use palisade_proto::palisade::{
 };
 use palisade_testkit::{Mesh, eventually};
 use prost_types::FieldMask;
-use tonic::Code;
+use tonic::{Code, transport::Channel};
 
 const PASSWORD: &str = "correct horse battery staple";
 /// Long enough that the ten parallel attempts' hashes (all of them hashed, on one low-priority
@@ -38,6 +38,16 @@ fn login(password: &str) -> LoginRequest {
         tenant_id: "acme".into(),
         email: "ada@example.com".into(),
         password: password.into(),
+    }
+}
+
+/// `count` wrong passwords for Ada, one after another, each refused.
+async fn wrong_passwords(auth: &mut AuthServiceClient<Channel>, count: usize) {
+    for i in 0..count {
+        let wrong = auth
+            .login(login(&format!("wrong password number {i}")))
+            .await;
+        expect_code(wrong, Code::Unauthenticated);
     }
 }
 
@@ -137,12 +147,7 @@ async fn an_admin_who_sets_a_locked_users_password_unlocks_it() -> anyhow::Resul
         let mesh = builder.with_login_lockout(policy).start().await?;
         let ada = acme_with_ada(&mesh).await?;
         let mut auth = AuthServiceClient::new(mesh.gateway());
-        for i in 0..3 {
-            let wrong = auth
-                .login(login(&format!("wrong password number {i}")))
-                .await;
-            expect_code(wrong, Code::Unauthenticated);
-        }
+        wrong_passwords(&mut auth, 3).await;
         expect_code(auth.login(login(PASSWORD)).await, Code::Unauthenticated);
 
         let reset = "a brand new passphrase";
@@ -181,12 +186,7 @@ async fn a_right_password_refused_for_a_disabled_user_counts_and_its_lock_is_aud
         users.update_user(mesh.as_operator(disable)).await?;
 
         let mut auth = AuthServiceClient::new(mesh.gateway());
-        for i in 0..2 {
-            let wrong = auth
-                .login(login(&format!("wrong password number {i}")))
-                .await;
-            expect_code(wrong, Code::Unauthenticated);
-        }
+        wrong_passwords(&mut auth, 2).await;
         // The third attempt reaches the limit, whatever refuses it.
         expect_code(auth.login(login(PASSWORD)).await, Code::Unauthenticated);
 
