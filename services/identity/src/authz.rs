@@ -19,7 +19,7 @@ use decisions::{
 
 use crate::{
     api_keys,
-    roles::{self, Roles},
+    roles::{self, Roles, custom_roles_grant},
     store::{ApiKeyRecord, IdentityStore},
     users::UserRecord,
 };
@@ -82,6 +82,7 @@ impl Authz {
             }
         }
         let record = self.store.get_tenant(tenant).await?;
+        let custom_roles = custom_roles_grant(record.as_ref());
         if record.is_none() && principal.kind == PrincipalKind::ApiKey {
             // Its keys went with the tenant: the gateway's answer once its cache lapses.
             return Ok(key_refused("unknown api key"));
@@ -98,7 +99,7 @@ impl Authz {
                 if let Some(problem) = unusable(&key, now_micros()) {
                     return Ok(key_refused(problem));
                 }
-                self.key_decision(&key, permission).await
+                self.key_decision(&key, permission, custom_roles).await
             }
             PrincipalKind::User => {
                 // The user is looked up within `tenant`: a user id asserted with another
@@ -118,7 +119,7 @@ impl Authz {
                 if !self.session_is_live(tenant, principal).await? {
                     return Ok(session_revoked());
                 }
-                let granted = self.user_holds(&user, permission).await?;
+                let granted = self.user_holds(&user, permission, custom_roles).await?;
                 Ok(user_decision(granted, permission))
             }
             PrincipalKind::Service => Ok(deny(
@@ -175,8 +176,10 @@ impl Authz {
                 };
                 // A user's key holds a permission only while its owner does, which takes a
                 // lookup per permission: decided here rather than in a synchronous `holds`.
+                let custom_roles =
+                    custom_roles_grant(self.store.get_tenant(tenant).await?.as_ref());
                 for permission in granted {
-                    if !self.key_decision(&key, permission).await?.allowed {
+                    if !(self.key_decision(&key, permission, custom_roles).await?).allowed {
                         return Ok(false);
                     }
                 }
@@ -198,12 +201,24 @@ impl Authz {
         &self.roles
     }
 
-    /// Every permission `user` holds: its roles' (built-in and custom) and the self-service
-    /// ones. A disabled user's roles still name these; `decide` refuses it everything anyway.
+    /// Every permission `user` holds: its roles' (built-in, and custom while its tenant's plan
+    /// has them on) and the self-service ones. A disabled user's roles still name these;
+    /// `decide` refuses it everything anyway.
     pub async fn user_permissions(&self, user: &UserRecord) -> Result<BTreeSet<String>, ApiError> {
+        let custom_roles = self.roles.any_custom(&user.roles)
+            && custom_roles_grant(self.store.get_tenant(&user.tenant_id).await?.as_ref());
+        self.permissions_of(user, custom_roles).await
+    }
+
+    /// [`Authz::user_permissions`], told whether custom roles grant in the user's tenant.
+    async fn permissions_of(
+        &self,
+        user: &UserRecord,
+        custom_roles: bool,
+    ) -> Result<BTreeSet<String>, ApiError> {
         let mut held = self.roles.built_in_grants(&user.roles);
         held.extend(roles::SELF_SERVICE.map(str::to_owned));
-        if self.roles.any_custom(&user.roles) {
+        if custom_roles && self.roles.any_custom(&user.roles) {
             held.extend(self.custom_permissions(user).await?);
         }
         Ok(held)
@@ -240,7 +255,9 @@ impl Authz {
             return Ok(decisions);
         }
         // The same checks as `decide`, in the same order, with the lookups hoisted.
-        let tenant_refusal = tenant_refusal(tenant, self.store.get_tenant(tenant).await?);
+        let record = self.store.get_tenant(tenant).await?;
+        let custom_roles = custom_roles_grant(record.as_ref());
+        let tenant_refusal = tenant_refusal(tenant, record);
         let user = match &tenant_refusal {
             Some(_) => None,
             None => self.store.get_user(tenant, &principal.id).await?,
@@ -256,7 +273,7 @@ impl Authz {
             Some(_) => None,
         };
         let held = match (&user, &user_refusal) {
-            (Some(user), None) => self.user_permissions(user).await?,
+            (Some(user), None) => self.permissions_of(user, custom_roles).await?,
             _ => BTreeSet::new(),
         };
         Ok(items
@@ -355,6 +372,7 @@ impl Authz {
         &'a self,
         key: &'a ApiKeyRecord,
         permission: &'a str,
+        custom_roles: bool,
     ) -> BoxFuture<'a, Result<Decision, ApiError>> {
         Box::pin(async move {
             let in_scope = key
@@ -378,24 +396,33 @@ impl Authz {
                 Some(user) if user.state == UserState::Active => user,
                 _ => return Ok(key_refused("the api key's owner may not sign in")),
             };
-            Ok(if self.user_holds(&owner, permission).await? {
-                Decision {
-                    allowed: true,
-                    reason: "granted by api key scope and its owner's roles".to_owned(),
-                    refusal: None,
-                }
-            } else {
-                deny(format!("the api key's owner does not hold {permission}"))
-            })
+            Ok(
+                if self.user_holds(&owner, permission, custom_roles).await? {
+                    Decision {
+                        allowed: true,
+                        reason: "granted by api key scope and its owner's roles".to_owned(),
+                        refusal: None,
+                    }
+                } else {
+                    deny(format!("the api key's owner does not hold {permission}"))
+                },
+            )
         })
     }
 
     /// Whether the active `user` holds `permission`: by self-service, a built-in role (from
-    /// memory) or a custom role (one query, only for users that hold some).
-    async fn user_holds(&self, user: &UserRecord, permission: &str) -> Result<bool, ApiError> {
+    /// memory) or, while `custom_roles` grant in its tenant, a custom role (one query, only
+    /// for users that hold some).
+    async fn user_holds(
+        &self,
+        user: &UserRecord,
+        permission: &str,
+        custom_roles: bool,
+    ) -> Result<bool, ApiError> {
         Ok(roles::SELF_SERVICE.contains(&permission)
             || self.roles.grant(&user.roles, permission)
-            || (self.roles.any_custom(&user.roles)
+            || (custom_roles
+                && self.roles.any_custom(&user.roles)
                 && self.custom_permissions(user).await?.contains(permission)))
     }
 

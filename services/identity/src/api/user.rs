@@ -216,6 +216,15 @@ impl UserApi {
         self.store.custom_roles(tenant, &custom).await
     }
 
+    /// Custom roles are assigned only while `tenant`'s plan has them on: they would grant
+    /// nothing (`Authz::user_permissions`). A missing tenant is left to the caller to refuse.
+    async fn require_custom_roles_on(&self, tenant: &TenantId) -> Result<(), ApiError> {
+        match self.store.get_tenant(tenant).await? {
+            Some(record) => crate::roles::check_custom_role_plan(&record),
+            None => Ok(()),
+        }
+    }
+
     /// `AssignRole` (`assign`) and `RevokeRole`.
     async fn change_role(
         &self,
@@ -244,6 +253,9 @@ impl UserApi {
                 message: "a user cannot revoke its own roles; another admin or an operator can"
                     .to_owned(),
             });
+        }
+        if assign && !self.roles().is_known(role) {
+            self.require_custom_roles_on(&tenant).await?;
         }
         self.require_may_grant(&caller, &tenant, role, &granted)
             .await?;
@@ -361,6 +373,9 @@ impl UserService for UserApi {
         let is_role =
             |role: &str| self.roles().is_known(role) || custom.iter().any(|c| c.id == role);
         let record = users::validate_create(&request, is_role, now_micros())?;
+        if !custom.is_empty() {
+            self.require_custom_roles_on(&record.tenant_id).await?;
+        }
         for role in &record.roles {
             let granted = match self.roles().permissions(role) {
                 Some(granted) => granted,

@@ -199,6 +199,18 @@ pub fn apply_update(
     Ok(next)
 }
 
+/// Whether custom roles grant anything in `tenant` now. They are a plan feature: a tenant moved
+/// to a plan without them (or whose override turns them off) keeps its roles and their
+/// assignments, but they grant nothing until the feature is on again.
+pub fn custom_roles_grant(tenant: Option<&TenantRecord>) -> bool {
+    tenant.is_some_and(|tenant| {
+        matches!(
+            tenant.entitlements().feature("custom_roles"),
+            Some((true, _))
+        )
+    })
+}
+
 /// Custom roles are a plan feature (`custom_roles`); the number a tenant may define is a
 /// limit of the same name, checked by the store when the role is inserted.
 pub fn check_custom_role_plan(tenant: &TenantRecord) -> Result<(), ApiError> {
