@@ -198,6 +198,13 @@ impl Db {
         Ok(tx)
     }
 
+    /// Where a write that is one statement runs, in autocommit: SQLite's writer connection
+    /// (as [`Db::begin`], for the same reason, without its `BEGIN` and `COMMIT` round trips),
+    /// or PostgreSQL's pool.
+    pub fn single_write(&self) -> &AnyPool {
+        self.writer.as_ref().unwrap_or(&self.pool)
+    }
+
     /// Readiness probe.
     /// Whether the database answers: `SELECT 1`, and for SQLite also that its file can still
     /// be opened for reading and writing.

@@ -164,3 +164,42 @@ async fn rejects_unknown_schemes_and_unsafe_schema_names() {
     .unwrap_err();
     assert!(err.to_string().contains("invalid schema name"), "{err}");
 }
+
+#[tokio::test]
+async fn a_single_write_on_sqlite_waits_for_the_writer_holding_no_reader_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&DbConfig::sqlite_in(dir.path(), "svc"))
+        .await
+        .unwrap();
+    db.migrate(&migrations()).await.unwrap();
+    let id = Uuid::now_v7().to_string();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO widgets (id, name, data, created_at, active) VALUES ($1, 'gear', $2, 0, true)",
+    )
+    .bind(id.as_str())
+    .bind(Vec::<u8>::new())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let rename = tokio::spawn({
+        let (db, id) = (db.clone(), id.clone());
+        async move {
+            sqlx::query("UPDATE widgets SET name = 'cog' WHERE id = $1")
+                .bind(id.as_str())
+                .execute(db.single_write())
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !rename.is_finished(),
+        "the writer is still in a transaction"
+    );
+    // Waiting in the writer's queue, not in SQLite's busy handler on a pooled connection.
+    assert_eq!(db.pool().num_idle() as u32, db.pool().size());
+    tx.commit().await.unwrap();
+    let renamed = rename.await.unwrap().unwrap();
+    assert_eq!(renamed.rows_affected(), 1);
+    db.close().await;
+}

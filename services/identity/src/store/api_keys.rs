@@ -134,15 +134,13 @@ impl IdentityStore {
     }
 
     pub async fn touch_api_key(&self, id: &str, now: i64) -> Result<(), ApiError> {
-        // On the writer (`Db::begin`), as every write: see `claim_password_attempt`.
-        let mut tx = self.db.begin().await.map_err(ApiError::from)?;
+        // On SQLite's writer connection, as every write: see `claim_password_attempt`.
         sqlx::query("UPDATE api_keys SET last_use_time = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(self.db.single_write())
             .await
             .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
         Ok(())
     }
 

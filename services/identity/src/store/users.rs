@@ -507,20 +507,18 @@ impl IdentityStore {
              WHERE id = $5 AND (locked_until IS NULL OR locked_until <= $1) \
              RETURNING failed_logins"
         );
-        // A write transaction of its own (`Db::begin`), not a pooled connection: on SQLite an
-        // autocommit write there waits for the lock in SQLite's busy handler, asleep while
-        // holding a connection that readers need, and a login flood then starves them.
-        let mut tx = self.db.begin().await.map_err(ApiError::from)?;
+        // On SQLite's writer connection (`Db::single_write`), not a pooled one: an autocommit
+        // write there waits for the lock in SQLite's busy handler, asleep while holding a
+        // connection that readers need, and a login flood then starves them.
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(now - policy.window_micros())
             .bind(i64::from(policy.max_failures))
             .bind(now.saturating_add(policy.lock_micros()))
             .bind(user_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(self.db.single_write())
             .await
             .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
         // No row: locked, or deleted meanwhile; either way no password is checked.
         let Some(row) = row else {
             return Ok(PasswordAttempt::Refused);
