@@ -102,6 +102,20 @@ pub async fn commit_with(
     Ok(())
 }
 
+/// Records an event that is the whole write (a refused login, a refused call): one insert in
+/// autocommit on [`palisade_db::Db::single_write`], without a transaction's `BEGIN` and
+/// `COMMIT` round trips, then wakes the relay.
+pub async fn record_alone(
+    db: &palisade_db::Db,
+    record: &AuditRecord<'_>,
+    relay: &palisade_db::outbox::Relay,
+) -> palisade_db::Result<()> {
+    let mut conn = db.single_write().acquire().await?;
+    enqueue(&mut conn, record).await?;
+    relay.notify();
+    Ok(())
+}
+
 /// How long one delivery may take before the relay backs off and retries (on PostgreSQL it
 /// holds the batch's row locks meanwhile).
 const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

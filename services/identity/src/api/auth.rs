@@ -97,10 +97,9 @@ impl AuthApi {
         })
     }
 
-    /// Records an event that changes nothing else (a refused login) in its own transaction.
+    /// Records an event that changes nothing else (a refused login) on its own.
     async fn audit_alone(&self, record: &AuditRecord<'_>) -> Result<(), ApiError> {
-        let tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        palisade_audit::commit_with(tx, record, &self.relay)
+        palisade_audit::record_alone(self.store.db(), record, &self.relay)
             .await
             .map_err(ApiError::from)
     }

@@ -88,10 +88,7 @@ impl DenialSink for AuditDenials {
                 .chain(denied.target.clone().map(|target| ("target", target)))
                 .collect(),
             };
-            let recorded = async {
-                let tx = store.db().begin().await?;
-                palisade_audit::commit_with(tx, &record, &relay).await
-            };
+            let recorded = palisade_audit::record_alone(store.db(), &record, &relay);
             // The caller's refusal stands either way; a lost record is logged, not an error.
             if let Err(error) = recorded.await {
                 tracing::error!(%error, method = %denied.policy.path, "a refused call could not be audited");
