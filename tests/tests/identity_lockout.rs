@@ -1,8 +1,8 @@
 //! Login lockout: ten wrong passwords in parallel lock the account exactly once, and only as
 //! many of them as the limit allows are checked at all; the right password is then refused
 //! until the lock ends, and works again afterwards. An admin who sets a locked user's password
-//! lifts the lock at once. A right password refused for another reason counts too, and the
-//! lock it sets is audited.
+//! lifts the lock at once, and a successful login forgets earlier failures. A right password
+//! refused for another reason counts too, and the lock it sets is audited.
 
 mod common;
 
@@ -134,6 +134,26 @@ async fn parallel_wrong_passwords_lock_the_account_exactly_once() -> anyhow::Res
             .await;
         let tokens = auth.clone().login(login(PASSWORD)).await?.into_inner();
         assert!(!tokens.access_token.is_empty());
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_login_forgets_earlier_failures() -> anyhow::Result<()> {
+    let policy = LOCKED_FOR_AN_HOUR_AFTER_THREE;
+    for builder in Mesh::each_backend() {
+        let mesh = builder.with_login_lockout(policy).start().await?;
+        acme_with_ada(&mesh).await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        // Two failures, a success, two more: never three in a row, so never locked.
+        wrong_passwords(&mut auth, 2).await;
+        auth.login(login(PASSWORD)).await?;
+        wrong_passwords(&mut auth, 2).await;
+        auth.login(login(PASSWORD)).await?;
+        // The count still locks: three failures in a row do.
+        wrong_passwords(&mut auth, 3).await;
+        expect_code(auth.login(login(PASSWORD)).await, Code::Unauthenticated);
         mesh.stop().await?;
     }
     Ok(())

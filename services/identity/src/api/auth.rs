@@ -397,15 +397,15 @@ impl AuthApi {
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         // Rechecked under the user's lock: a deletion or a disabling that committed since the
         // checks above wins, rather than a session opening for a user that is gone or stopped.
+        // The same statement forgets the failures (the claim counted this attempt as one).
         match self
             .store
-            .lock_user(&mut tx, &user.tenant_id, &user.id)
+            .lock_user_for_sign_in(&mut tx, &user.tenant_id, &user.id)
             .await?
         {
             Some(current) if current.state == UserState::Active => {}
             _ => return Err(invalid_login().into()),
         }
-        self.store.clear_failed_logins(&mut tx, &user.id).await?;
         self.store
             .insert_token_family(&mut tx, &family, &user, now)
             .await?;

@@ -529,6 +529,31 @@ impl IdentityStore {
         })
     }
 
+    /// A successful login's first write: [`lock_user`] and [`clear_failed_logins`] in one
+    /// statement (an `UPDATE` locks the row as `FOR UPDATE` does). The user as it is now;
+    /// `None` when it is gone. A login that then refuses rolls the clearing back with its
+    /// transaction.
+    ///
+    /// [`lock_user`]: Self::lock_user
+    /// [`clear_failed_logins`]: Self::clear_failed_logins
+    pub async fn lock_user_for_sign_in(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, ApiError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE users SET failed_logins = 0, failure_window_start = NULL, locked_until = NULL \
+             WHERE tenant_id = $1 AND id = $2 RETURNING {USER_COLUMNS}"
+        )))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(internal)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
     /// A successful login, or a new password, forgets earlier failures and lifts a lock: an
     /// admin who sets a locked user's password unlocks it (a login cannot succeed while
     /// locked, and changing one's own password needs the current one, refused while locked).
