@@ -179,7 +179,11 @@ impl Authz {
                 let custom_roles =
                     custom_roles_grant(self.store.get_tenant(tenant).await?.as_ref());
                 for permission in granted {
-                    if !(self.key_decision(&key, permission, custom_roles).await?).allowed {
+                    if !self
+                        .key_decision(&key, permission, custom_roles)
+                        .await?
+                        .allowed
+                    {
                         return Ok(false);
                     }
                 }

@@ -50,9 +50,10 @@ impl RelayConfig {
 /// them only after the sink acknowledges. A notify starts a delivery after the `linger`: under
 /// a steady stream of commits (a login flood writes an audit event per attempt) a batch
 /// carries what arrived in that time, where shipping at once would make a delivery of each.
-/// On failure it bumps `attempts`, backs off exponentially (from 100ms up to `max_backoff`) and retries from the same oldest message, so
-/// nothing is dropped or reordered. [`Relay::notify`] wakes it early; when `shutdown` resolves it
-/// finishes the batch in flight and makes one final flush attempt bounded to 2s.
+/// On failure it bumps `attempts`, backs off exponentially (from 100ms up to `max_backoff`)
+/// and retries from the same oldest message, so nothing is dropped or reordered.
+/// [`Relay::notify`] wakes it early; when `shutdown` resolves it finishes the batch in flight
+/// and makes one final flush attempt bounded to 2s.
 ///
 /// Run one relay per topic and database in a process. On PostgreSQL, replicas may each run one:
 /// a per-topic advisory lock lets only one of them ship at a time.

@@ -1,5 +1,6 @@
 //! `UserService`: users, their roles and effective permissions (password changes are in
-//! `user_password`, updates in `user_update`, deletion in `user_delete`).
+//! `user_password`, updates in `user_update`, deletion in `user_delete`, role assignment in
+//! `user_roles`).
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -77,12 +78,12 @@ impl UserApi {
         }
     }
 
-    fn roles(&self) -> &Roles {
+    pub(super) fn roles(&self) -> &Roles {
         self.authz.roles()
     }
 
     /// A caller passes on only rights it holds itself (see `Authz::holds_all`).
-    async fn require_may_grant(
+    pub(super) async fn require_may_grant(
         &self,
         caller: &Caller,
         tenant: &TenantId,
@@ -177,7 +178,7 @@ impl UserApi {
     /// Whether the custom role `locked`, as it is under its lock, still grants `judged`: what
     /// the caller's right to grant it was checked against. If an `UpdateRole` committed in
     /// between, the call is aborted, to be retried (and judged again).
-    fn grants_as_judged(
+    pub(super) fn grants_as_judged(
         &self,
         locked: &RoleRecord,
         judged: &BTreeSet<String>,
@@ -218,103 +219,11 @@ impl UserApi {
 
     /// Custom roles are assigned only while `tenant`'s plan has them on: they would grant
     /// nothing (`Authz::user_permissions`). A missing tenant is left to the caller to refuse.
-    async fn require_custom_roles_on(&self, tenant: &TenantId) -> Result<(), ApiError> {
+    pub(super) async fn require_custom_roles_on(&self, tenant: &TenantId) -> Result<(), ApiError> {
         match self.store.get_tenant(tenant).await? {
             Some(record) => crate::roles::check_custom_role_plan(&record),
             None => Ok(()),
         }
-    }
-
-    /// `AssignRole` (`assign`) and `RevokeRole`.
-    async fn change_role(
-        &self,
-        caller: Caller,
-        name: &str,
-        role: &str,
-        assign: bool,
-    ) -> Result<User, ApiError> {
-        let (tenant, id) = users::parse_name(name)?;
-        let unknown = || ApiError::invalid("role", users::unknown_role(role));
-        if role.is_empty() {
-            return Err(ApiError::invalid("role", "is required"));
-        }
-        let not_found = || user_not_found(name);
-        let user = self.visible_user(&caller, name, &tenant, &id).await?;
-        let granted = self
-            .authz
-            .role_permissions(&tenant, role)
-            .await?
-            .ok_or_else(unknown)?;
-        // As nobody disables or deletes itself: a tenant's only admin would leave it with none.
-        let held = user.roles.iter().any(|held| held == role);
-        if !assign && held && self.is_own_account(&caller, &user).await? {
-            return Err(ApiError::FailedPrecondition {
-                reason: "OWN_ACCOUNT",
-                message: "a user cannot revoke its own roles; another admin or an operator can"
-                    .to_owned(),
-            });
-        }
-        if assign && !self.roles().is_known(role) {
-            self.require_custom_roles_on(&tenant).await?;
-        }
-        self.require_may_grant(&caller, &tenant, role, &granted)
-            .await?;
-        let action = if assign {
-            "identity.roles.assign"
-        } else {
-            "identity.roles.revoke"
-        };
-        let now = now_micros();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // Locked, so a deletion either committed before (the user is not found) or waits.
-        self.store
-            .lock_user(&mut tx, &tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
-        // A custom role being assigned is held (share-locked) until commit, so a concurrent
-        // DeleteRole either sees this assignment or has already removed the role.
-        if assign && !self.roles().is_known(role) {
-            let locked = (self.store)
-                .lock_roles(&mut tx, &tenant, &[role.to_owned()], RoleLock::Share)
-                .await?;
-            let locked = locked.first().ok_or_else(unknown)?;
-            self.grants_as_judged(locked, &granted)?;
-        }
-        let changed = if assign {
-            self.store.add_user_role(&mut tx, &user, role, now).await?
-        } else {
-            self.store
-                .remove_user_role(&mut tx, &user, role, now)
-                .await?
-        };
-        if changed {
-            let resource = user.name();
-            let audit = AuditRecord {
-                tenant: &user.tenant_id,
-                actor_tenant: &caller.context.tenant_id,
-                actor: Some(caller.principal()),
-                action: caller.action(action),
-                resource: &resource,
-                outcome: Outcome::Success,
-                request_id: caller.request_id.as_ref(),
-                source: crate::COMPONENT,
-                attributes: vec![("role", role.to_owned())],
-            };
-            palisade_audit::enqueue(&mut tx, &audit)
-                .await
-                .map_err(ApiError::from)?;
-        }
-        tx.commit().await.map_err(ApiError::from)?;
-        if changed {
-            self.relay.notify();
-            tracing::info!(tenant = %user.tenant_id, user = %user.id, role, assign, "user role changed");
-        }
-        let user = self
-            .store
-            .get_user(&tenant, &id)
-            .await?
-            .ok_or_else(not_found)?;
-        Ok(to_proto(user))
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod roles;
+mod sign_in;
 mod tenant_data;
 mod tenants;
 mod tokens;
@@ -14,10 +15,11 @@ use palisade_grpc::ApiError;
 
 pub use api_keys::{ApiKeyFilter, ApiKeyRecord};
 pub use roles::{RoleFilter, RoleLock};
+pub use sign_in::PasswordAttempt;
 pub use tenant_data::TenantSnapshot;
 pub use tenants::TenantFilter;
 pub use tokens::SessionRecord;
-pub use users::{PasswordAttempt, UserFilter};
+pub use users::UserFilter;
 
 #[derive(Clone)]
 pub struct IdentityStore {

@@ -23,15 +23,6 @@ pub enum UserFilter {
 
 pub(super) const USER_COLUMNS: &str =
     "id, tenant_id, email, display_name, state, create_time, update_time";
-/// What [`IdentityStore::claim_password_attempt`] allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PasswordAttempt {
-    /// The account is locked (or gone): the password must not be checked.
-    Refused,
-    /// Counted as a failure until the password proves right; `locks` when this attempt is the
-    /// one that reached the limit (the account is locked from now on, unless it succeeds).
-    Counted { locks: bool },
-}
 
 /// [`USER_COLUMNS`] of a query that calls the users table `u`.
 const USER_COLUMNS_OF_U: &str =
@@ -135,15 +126,9 @@ impl IdentityStore {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",
         };
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2{lock}"
-        )))
-        .bind(tenant.as_str())
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(internal)?;
-        row.as_ref().map(user_from_row).transpose()
+        let sql =
+            format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2{lock}");
+        one_user(conn, sql, tenant, id).await
     }
 
     /// Gives a user a role; false when it held it already.
@@ -476,102 +461,23 @@ impl IdentityStore {
         }
         Ok(ended)
     }
+}
 
-    /// Claims one password attempt for the user before its password is checked, in a single
-    /// atomic statement: refused while the account is locked; otherwise counted as a failure
-    /// until the password proves right (a success clears the count, [`clear_failed_logins`]).
-    /// Counting before checking is what bounds parallel guesses: attempts in flight have
-    /// already used up their share of the limit, so at most `max_failures` passwords are
-    /// checked per window however many arrive at once. A claim outside the window (or after an
-    /// expired lock) starts a new window at 1; the claim that reaches `max_failures` sets the
-    /// lock.
-    ///
-    /// [`clear_failed_logins`]: Self::clear_failed_logins
-    pub async fn claim_password_attempt(
-        &self,
-        user_id: &str,
-        now: i64,
-        policy: &crate::lockout::LockoutPolicy,
-    ) -> Result<PasswordAttempt, ApiError> {
-        // CASE expressions read the row as it was before this UPDATE, on both backends.
-        const NEW_WINDOW: &str = "(failure_window_start IS NULL OR failure_window_start < $2 \
-             OR (locked_until IS NOT NULL AND locked_until <= $1))";
-        let sql = format!(
-            "UPDATE users SET \
-               failed_logins = CASE WHEN {NEW_WINDOW} THEN 1 ELSE failed_logins + 1 END, \
-               failure_window_start = CASE WHEN {NEW_WINDOW} THEN $1 ELSE failure_window_start END, \
-               locked_until = CASE \
-                 WHEN (CASE WHEN {NEW_WINDOW} THEN 1 ELSE failed_logins + 1 END) = $3 THEN $4 \
-                 WHEN {NEW_WINDOW} THEN NULL \
-                 ELSE locked_until END \
-             WHERE id = $5 AND (locked_until IS NULL OR locked_until <= $1) \
-             RETURNING failed_logins"
-        );
-        // On SQLite's writer connection (`Db::single_write`), not a pooled one: an autocommit
-        // write there waits for the lock in SQLite's busy handler, asleep while holding a
-        // connection that readers need, and a login flood then starves them.
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(now)
-            .bind(now - policy.window_micros())
-            .bind(i64::from(policy.max_failures))
-            .bind(now.saturating_add(policy.lock_micros()))
-            .bind(user_id)
-            .fetch_optional(self.db.single_write())
-            .await
-            .map_err(internal)?;
-        // No row: locked, or deleted meanwhile; either way no password is checked.
-        let Some(row) = row else {
-            return Ok(PasswordAttempt::Refused);
-        };
-        let count: i64 = row.try_get("failed_logins").map_err(internal)?;
-        Ok(PasswordAttempt::Counted {
-            locks: count == i64::from(policy.max_failures),
-        })
-    }
-
-    /// A successful login's first write: [`lock_user`] and [`clear_failed_logins`] in one
-    /// statement (an `UPDATE` locks the row as `FOR UPDATE` does). The user as it is now;
-    /// `None` when it is gone. A login that then refuses rolls the clearing back with its
-    /// transaction.
-    ///
-    /// [`lock_user`]: Self::lock_user
-    /// [`clear_failed_logins`]: Self::clear_failed_logins
-    pub async fn lock_user_for_sign_in(
-        &self,
-        conn: &mut AnyConnection,
-        tenant: &TenantId,
-        id: &str,
-    ) -> Result<Option<UserRecord>, ApiError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE users SET failed_logins = 0, failure_window_start = NULL, locked_until = NULL \
-             WHERE tenant_id = $1 AND id = $2 RETURNING {USER_COLUMNS}"
-        )))
+/// The user a statement returns that takes the tenant id as `$1` and the user id as `$2` and
+/// returns [`USER_COLUMNS`]; `None` for no row.
+pub(super) async fn one_user(
+    conn: &mut AnyConnection,
+    sql: String,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<Option<UserRecord>, ApiError> {
+    let row = sqlx::query(AssertSqlSafe(sql))
         .bind(tenant.as_str())
         .bind(id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(conn)
         .await
         .map_err(internal)?;
-        row.as_ref().map(user_from_row).transpose()
-    }
-
-    /// A successful login, or a new password, forgets earlier failures and lifts a lock: an
-    /// admin who sets a locked user's password unlocks it (a login cannot succeed while
-    /// locked, and changing one's own password needs the current one, refused while locked).
-    pub async fn clear_failed_logins(
-        &self,
-        conn: &mut AnyConnection,
-        user_id: &str,
-    ) -> Result<(), ApiError> {
-        sqlx::query(
-            "UPDATE users SET failed_logins = 0, failure_window_start = NULL, locked_until = NULL \
-             WHERE id = $1",
-        )
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(internal)?;
-        Ok(())
-    }
+    row.as_ref().map(user_from_row).transpose()
 }
 
 /// The user of rows that each carry it and one of its roles (`role`, NULL for a user without
