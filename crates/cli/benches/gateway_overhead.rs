@@ -8,15 +8,20 @@
 //!
 //! at `CONCURRENCY` closed-loop clients (throughput, p50, p99), then direct and gateway gRPC
 //! again at half the gateway's throughput, paced (open loop), for the p50 the gateway adds
-//! when it is not saturated. Each path's run is cut into slices taken in turns with the other
-//! paths', so a burst of other work on the machine lands on all of them rather than on one
-//! (ratios between paths are what these numbers are good for). The mesh runs as `palisade dev`; the gateway measured is a
-//! separate `palisade serve gateway` process in front of it, so its RSS (`VmRSS`, and the peak
-//! `VmHWM`) is the gateway's alone, and so is the CPU time per call reported for it (the mesh's
-//! is the `palisade dev` process: identity and the rest). CPU per call is the steadiest figure on
-//! a busy machine; latencies move with whatever else runs. Everything shares one machine, so the
-//! load generator competes with the processes it measures. Run with
-//! `cargo bench -p palisade --bench gateway_overhead`.
+//! when it is not saturated. Beside them at half load, the floors that added p50 is read
+//! against (`gateway_overhead/floors.rs`): the direct call through a bare TCP relay, and
+//! through a minimal HTTP/2 proxy (hyper and a tonic channel, no gateway code). Each path's
+//! run is cut into slices taken in turns with the other paths', so a burst of other work on the
+//! machine lands on all of them rather than on one (ratios between paths are what these
+//! numbers are good for). The mesh runs as `palisade dev`; the gateway measured is a separate
+//! `palisade serve gateway` process in front of it, so its RSS (`VmRSS`, and the peak `VmHWM`)
+//! is the gateway's alone, and so is the CPU time per call reported for it (the mesh's is the
+//! `palisade dev` process: identity and the rest; a floor's is its thread's). CPU per call is
+//! the steadiest figure on a busy machine; latencies move with whatever else runs. Everything
+//! shares one machine, so the load generator competes with the processes it measures. Run
+//! with `cargo bench -p palisade --bench gateway_overhead`; with
+//! `PALISADE_BENCH_OTHER_BUILD=<path to another palisade binary>`, that build's gateway is
+//! measured at half load too, in the same run.
 
 use std::{
     future::Future,
@@ -35,9 +40,11 @@ use palisade_proto::palisade::identity::v1::{
 };
 use palisade_testkit::{free_port_base, with_api_key};
 use palisade_tls::{CertPaths, MeshTls};
-use support::{KillOnDrop, cpu_time, us, wait_for_key, with_context, write_syscalls};
+use support::{KillOnDrop, cpu_time_of, us, wait_for_key, with_context, write_syscalls_of};
 use tonic::transport::Channel;
 
+#[path = "gateway_overhead/floors.rs"]
+mod floors;
 mod support;
 
 const CONCURRENCY: usize = 16;
@@ -45,6 +52,10 @@ const WARMUP: Duration = Duration::from_secs(2);
 const RUN: Duration = Duration::from_secs(5);
 /// `RUN` is taken in this many slices per path, the paths in turns.
 const ROUNDS: usize = 5;
+/// Names another `palisade` binary whose gateway is measured at half load beside this build's,
+/// for an A/B comparison within one run (latencies move between runs more than most changes
+/// move them).
+const OTHER_BUILD: &str = "PALISADE_BENCH_OTHER_BUILD";
 
 struct Sample {
     throughput: f64,
@@ -73,14 +84,14 @@ async fn main() -> anyhow::Result<()> {
     );
     let key = wait_for_key(dir.path()).await?;
     let certs = dir.path().join("certs");
-    let gateway_port = free_port_base();
     let url = |port: u16| format!("http://127.0.0.1:{port}");
-    let gateway = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_palisade"))
+    let gateway_of = |binary: &std::path::Path| -> anyhow::Result<(KillOnDrop, u16)> {
+        let port = free_port_base();
+        let child = Command::new(binary)
             .args(["serve", "gateway", "--listen"])
-            .arg(format!("127.0.0.1:{gateway_port}"))
+            .arg(format!("127.0.0.1:{port}"))
             .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{}", gateway_port + 10))
+            .arg(format!("127.0.0.1:{}", port + 10))
             .arg("--certs-dir")
             .arg(&certs)
             .arg("--data-dir")
@@ -88,15 +99,21 @@ async fn main() -> anyhow::Result<()> {
             .args(["--identity-url", &url(base + 1)])
             .args(["--compliance-url", &url(base + 2)])
             .args(["--observability-url", &url(base + 3)])
-            .args(["--gateway-url", &url(gateway_port)])
+            .args(["--gateway-url", &url(port)])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let gateway_pid = gateway.0.id();
-    let pids = [gateway_pid, _mesh.0.id()];
+            .spawn()?;
+        Ok((KillOnDrop(child), port))
+    };
+    let (gateway, gateway_port) = gateway_of(env!("CARGO_BIN_EXE_palisade").as_ref())?;
+    // A/B within one run: a gateway of another build (say, main's) measured beside this one.
+    let other_build = std::env::var_os(OTHER_BUILD)
+        .map(|binary| gateway_of(binary.as_ref()))
+        .transpose()?;
+    let gateway_proc = Some(format!("/proc/{}", gateway.0.id()));
+    let mesh_proc = format!("/proc/{}", _mesh.0.id());
 
     let via_gateway = connect(&url(gateway_port)).await?;
     let create = CreateTenantRequest {
@@ -121,21 +138,24 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no principal"))?;
     let context = Arc::new((principal.tenant_id, principal.id, "api-key"));
 
-    let direct_call: Call = {
-        let (channel, context) = (direct.clone(), context.clone());
-        Arc::new(move |_| Box::pin(direct_call(channel.clone(), context.clone())))
+    let direct = Path {
+        call: direct_path(direct, &context),
+        proxy: None,
     };
-    let gateway_call: Call = {
-        let (channel, key) = (via_gateway.clone(), key.clone());
-        Arc::new(move |_| Box::pin(gateway_call(channel.clone(), key.clone())))
+    let gateway_grpc = Path {
+        call: gateway_path(via_gateway, &key),
+        proxy: gateway_proc.clone(),
     };
-    let rest_call = rest_call(&format!("127.0.0.1:{gateway_port}"), &key).await?;
+    let gateway_rest = Path {
+        call: rest_call(&format!("127.0.0.1:{gateway_port}"), &key).await?,
+        proxy: gateway_proc,
+    };
 
     let names = ["direct (mTLS)", "gateway gRPC", "gateway REST"];
     let rows = interleaved(
-        &[direct_call.clone(), gateway_call.clone(), rest_call],
+        &[direct.clone(), gateway_grpc.clone(), gateway_rest],
         None,
-        pids,
+        &mesh_proc,
     )
     .await?;
     for (name, sample) in names.iter().zip(&rows) {
@@ -144,25 +164,37 @@ async fn main() -> anyhow::Result<()> {
             sample.throughput, sample.p50, sample.p99
         );
     }
-    let rss = proc_status(gateway_pid, "VmRSS:");
-    let hwm = proc_status(gateway_pid, "VmHWM:");
+    let rss = proc_status(gateway.0.id(), "VmRSS:");
+    let hwm = proc_status(gateway.0.id(), "VmHWM:");
 
-    // The floor any separate proxy process pays on this machine: the direct call through a
-    // bare TCP relay (one more hop, no gateway code; the mTLS session passes through it).
-    let relay_port = spawn_tcp_relay(base + 1)?;
-    let relayed = palisade_tls::channel(&url(relay_port), &tls, "identity")?;
-    let relayed_call: Call = {
-        let context = context.clone();
-        Arc::new(move |_| Box::pin(crate::direct_call(relayed.clone(), context.clone())))
+    // At half load, beside direct and the gateway: the floors (floors.rs), the same direct
+    // call through a bare TCP relay and through a minimal HTTP/2 proxy.
+    let through_floor = |floor: floors::Floor, channel: Channel| Path {
+        call: direct_path(channel, &context),
+        proxy: Some(floor.proc_dir),
     };
+    let relay = floors::tcp_relay(base + 1)?;
+    let relayed = palisade_tls::channel(&url(relay.port), &tls, "identity")?;
+    let h2_proxy = floors::h2_proxy(url(base + 1), tls.clone())?;
+    let h2_proxied = connect(&url(h2_proxy.port)).await?;
+    let mut paths = vec![
+        direct,
+        gateway_grpc,
+        through_floor(relay, relayed),
+        through_floor(h2_proxy, h2_proxied),
+    ];
+    if let Some((other, port)) = &other_build {
+        paths.push(Path {
+            call: gateway_path(connect(&url(*port)).await?, &key),
+            proxy: Some(format!("/proc/{}", other.0.id())),
+        });
+    }
     let half_rate = rows[1].throughput / 2.0;
-    let half = interleaved(
-        &[direct_call, gateway_call, relayed_call],
-        Some(half_rate),
-        pids,
-    )
-    .await?;
-    let (half_direct, half_gateway, half_relayed) = (&half[0], &half[1], &half[2]);
+    let half = interleaved(&paths, Some(half_rate), &mesh_proc).await?;
+    let [half_direct, half_gateway, half_relayed, half_h2_proxied] = &half[..4] else {
+        unreachable!("one sample per path")
+    };
+    let added = |sample: &Sample| us(sample.p50.saturating_sub(half_direct.p50));
 
     let baseline = rows[0].throughput;
     println!(
@@ -187,16 +219,32 @@ async fn main() -> anyhow::Result<()> {
         "  half load ({half_rate:.0} calls/s paced): p50 direct {}, gateway gRPC {}, added {} (p99 {} vs {})",
         us(half_direct.p50),
         us(half_gateway.p50),
-        us(half_gateway.p50.saturating_sub(half_direct.p50)),
+        added(half_gateway),
         us(half_direct.p99),
         us(half_gateway.p99),
     );
     println!(
-        "  a bare TCP relay hop at the same rate adds {} (p50 {}): the share of the added p50 that \
-         any separate proxy process pays here",
-        us(half_relayed.p50.saturating_sub(half_direct.p50)),
+        "  a bare TCP relay hop at the same rate adds {} (p50 {}, relay CPU {}/call): the share \
+         of the added p50 that any separate proxy process pays here",
+        added(half_relayed),
         us(half_relayed.p50),
+        us(half_relayed.cpu[0]),
     );
+    println!(
+        "  a minimal HTTP/2 proxy hop (hyper server, tonic mTLS channel, nothing else) adds {} \
+         (p50 {}, proxy CPU {}/call): what proxying costs before any gateway code runs",
+        added(half_h2_proxied),
+        us(half_h2_proxied.p50),
+        us(half_h2_proxied.cpu[0]),
+    );
+    if let Some(other) = half.get(4) {
+        println!(
+            "  the gateway of the other build ({OTHER_BUILD}) adds {} (p50 {}, gateway CPU {}/call)",
+            added(other),
+            us(other.p50),
+            us(other.cpu[0]),
+        );
+    }
     println!(
         "  half load CPU per call: gateway {}, mesh {} direct / {} through the gateway",
         us(half_gateway.cpu[0]),
@@ -216,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
         "  targets: gRPC >= 0.6x direct ({:.2}x), REST >= 0.5x ({:.2}x), added p50 <= 150 µs at half load ({}), RSS <= 40 MiB",
         rows[1].throughput / baseline,
         rows[2].throughput / baseline,
-        us(half_gateway.p50.saturating_sub(half_direct.p50)),
+        added(half_gateway),
     );
     Ok(())
 }
@@ -258,6 +306,26 @@ async fn direct_call(
     Ok(())
 }
 
+/// The direct call (`context` in its headers) over `channel`.
+fn direct_path(channel: Channel, context: &Arc<(String, String, &'static str)>) -> Call {
+    let context = context.clone();
+    Arc::new(move |_| Box::pin(direct_call(channel.clone(), context.clone())))
+}
+
+/// A gateway call (with `key`) over `channel`.
+fn gateway_path(channel: Channel, key: &str) -> Call {
+    let key = key.to_owned();
+    Arc::new(move |_| Box::pin(gateway_call(channel.clone(), key.clone())))
+}
+
+/// A path measured: how a call is made on it, and the `/proc` directory of the proxy on it (a
+/// gateway process, a floor's thread), if any.
+#[derive(Clone)]
+struct Path {
+    call: Call,
+    proxy: Option<String>,
+}
+
 /// One call on a path, made by client number `client` (`0..CONCURRENCY`).
 type Call =
     Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
@@ -293,26 +361,32 @@ async fn rest_call(addr: &str, key: &str) -> anyhow::Result<Call> {
 
 /// Each path in turn: a warm-up of `WARMUP`, then `RUN` each in `ROUNDS` slices taken in turns
 /// (direct, gateway, direct, …), so that whatever else the machine is doing meanwhile weighs
-/// on every path alike. Closed loop (`rate` `None`), or paced at `rate` calls a second.
-async fn interleaved(
-    calls: &[Call],
-    rate: Option<f64>,
-    pids: [u32; 2],
-) -> anyhow::Result<Vec<Sample>> {
+/// on every path alike. Closed loop (`rate` `None`), or paced at `rate` calls a second. The
+/// CPU time and write system calls counted for a path are those of its proxy and of the mesh
+/// (`mesh` is its `/proc` directory) during the path's slices.
+async fn interleaved(paths: &[Path], rate: Option<f64>, mesh: &str) -> anyhow::Result<Vec<Sample>> {
     let slice = RUN / ROUNDS as u32;
     let mut runs: Vec<(Vec<Duration>, [Duration; 2], [u64; 2])> =
-        vec![Default::default(); calls.len()];
-    for call in calls {
-        load(call, rate, WARMUP).await?;
+        vec![Default::default(); paths.len()];
+    for path in paths {
+        load(&path.call, rate, WARMUP).await?;
     }
     for _ in 0..ROUNDS {
-        for (call, (latencies, cpu, writes)) in calls.iter().zip(&mut runs) {
-            let before = (pids.map(cpu_time), pids.map(write_syscalls));
-            latencies.extend(load(call, rate, slice).await?);
-            let after = (pids.map(cpu_time), pids.map(write_syscalls));
+        for (path, (latencies, cpu, writes)) in paths.iter().zip(&mut runs) {
+            let procs = [path.proxy.as_deref(), Some(mesh)];
+            let read = || {
+                procs.map(|dir| {
+                    dir.map_or((Duration::ZERO, 0), |dir| {
+                        (cpu_time_of(dir), write_syscalls_of(dir))
+                    })
+                })
+            };
+            let before = read();
+            latencies.extend(load(&path.call, rate, slice).await?);
+            let after = read();
             for i in 0..2 {
-                cpu[i] += after.0[i].saturating_sub(before.0[i]);
-                writes[i] += after.1[i].saturating_sub(before.1[i]);
+                cpu[i] += after[i].0.saturating_sub(before[i].0);
+                writes[i] += after[i].1.saturating_sub(before[i].1);
             }
         }
     }
@@ -386,31 +460,4 @@ fn proc_status(pid: u32, field: &str) -> Option<String> {
     let line = status.lines().find(|line| line.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(format!("{:.1} MiB", kb / 1024.0))
-}
-
-/// A TCP relay to `127.0.0.1:target` on a thread of its own (as a proxy process would have its
-/// own), returning the port it listens on.
-fn spawn_tcp_relay(target: u16) -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let port = listener.local_addr()?.port();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    std::thread::spawn(move || runtime.block_on(relay(listener, target)));
-    Ok(port)
-}
-
-/// Accepts connections on `listener` and copies each, both ways, to `127.0.0.1:target`.
-async fn relay(listener: std::net::TcpListener, target: u16) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    loop {
-        let (mut inbound, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let mut outbound = tokio::net::TcpStream::connect(("127.0.0.1", target)).await?;
-            let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
-            tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await?;
-            anyhow::Ok(())
-        });
-    }
 }

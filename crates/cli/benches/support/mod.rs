@@ -46,11 +46,17 @@ pub async fn wait_for_key(dir: &std::path::Path) -> anyhow::Result<String> {
     }
 }
 
-/// The CPU time (user + system, all threads) a process has used so far: `utime` and `stime`
-/// of `/proc/<pid>/stat`, in clock ticks (100 a second on Linux). Zero when unreadable.
+/// The CPU time (user + system, all threads) a process has used so far; see [`cpu_time_of`].
 pub fn cpu_time(pid: u32) -> Duration {
+    cpu_time_of(&format!("/proc/{pid}"))
+}
+
+/// The CPU time (user + system) used so far by the process or thread whose `/proc` directory
+/// is `dir` (`/proc/<pid>`, `/proc/<pid>/task/<tid>`): `utime` and `stime` of its `stat`, in
+/// clock ticks (100 a second on Linux). Zero when unreadable.
+pub fn cpu_time_of(dir: &str) -> Duration {
     let ticks = || -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
         // The fields after the command name, which may itself contain spaces: state is field 3.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
@@ -58,10 +64,10 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks().unwrap_or(0) * 10)
 }
 
-/// How many write system calls process `pid` has made (`syscw` in `/proc/<pid>/io`), 0 if
-/// unknown: each one also wakes whoever reads the other end.
-pub fn write_syscalls(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
+/// How many write system calls the process or thread whose `/proc` directory is `dir` has made
+/// (`syscw` in its `io`), 0 if unknown: each one also wakes whoever reads the other end.
+pub fn write_syscalls_of(dir: &str) -> u64 {
+    std::fs::read_to_string(format!("{dir}/io"))
         .ok()
         .and_then(|io| {
             io.lines()
