@@ -1,25 +1,26 @@
 //! Login lockout: ten wrong passwords in parallel lock the account exactly once, and only as
 //! many of them as the limit allows are checked at all; the right password is then refused
 //! until the lock ends, and works again afterwards. An admin who sets a locked user's password
-//! lifts the lock at once, and a successful login forgets earlier failures. A right password
+//! lifts the lock at once, and a successful login forgets earlier failures. A user shows its
+//! lock, while it lasts, as `lock_expire_time`. A right password
 //! refused for another reason counts too, and the lock it sets is audited.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::{audit_events_arrived, expect_code, new_tenant};
 use palisade::LockoutPolicy;
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
-        ChangePasswordRequest, CreateUserRequest, LoginRequest, Plan, UpdateUserRequest, User,
-        UserState, auth_service_client::AuthServiceClient,
+        ChangePasswordRequest, CreateUserRequest, GetUserRequest, LoginRequest, Plan,
+        UpdateUserRequest, User, UserState, auth_service_client::AuthServiceClient,
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Mesh, eventually};
-use prost_types::FieldMask;
+use prost_types::{FieldMask, Timestamp};
 use tonic::{Code, transport::Channel};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -52,6 +53,16 @@ async fn wrong_passwords(auth: &mut AuthServiceClient<Channel>, count: usize) {
 }
 
 /// The tenant `acme` with the user Ada (`ada@example.com`, password [`PASSWORD`]).
+/// The user's `lock_expire_time`, read by the operator.
+async fn lock_expire_time(mesh: &Mesh, user: &User) -> anyhow::Result<Option<Timestamp>> {
+    let user = UserServiceClient::new(mesh.gateway())
+        .get_user(mesh.as_operator(GetUserRequest {
+            name: user.name.clone(),
+        }))
+        .await?;
+    Ok(user.into_inner().lock_expire_time)
+}
+
 async fn acme_with_ada(mesh: &Mesh) -> anyhow::Result<User> {
     TenantServiceClient::new(mesh.gateway())
         .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
@@ -80,7 +91,7 @@ async fn parallel_wrong_passwords_lock_the_account_exactly_once() -> anyhow::Res
     };
     for builder in Mesh::each_backend() {
         let mesh = builder.with_login_lockout(policy).start().await?;
-        acme_with_ada(&mesh).await?;
+        let ada = acme_with_ada(&mesh).await?;
         let auth = AuthServiceClient::new(mesh.gateway());
 
         let attempts: Vec<_> = (0..10)
@@ -132,6 +143,8 @@ async fn parallel_wrong_passwords_lock_the_account_exactly_once() -> anyhow::Res
         // The lock ends by itself; then the right password works again.
         tokio::time::sleep(LOCK.saturating_sub(locked_at.elapsed()) + Duration::from_millis(300))
             .await;
+        // A lock run out is not shown, though no sign-in has cleared it yet.
+        assert_eq!(lock_expire_time(&mesh, &ada).await?, None);
         let tokens = auth.clone().login(login(PASSWORD)).await?.into_inner();
         assert!(!tokens.access_token.is_empty());
         mesh.stop().await?;
@@ -166,9 +179,18 @@ async fn an_admin_who_sets_a_locked_users_password_unlocks_it() -> anyhow::Resul
     for builder in Mesh::each_backend() {
         let mesh = builder.with_login_lockout(policy).start().await?;
         let ada = acme_with_ada(&mesh).await?;
+        assert_eq!(ada.lock_expire_time, None);
         let mut auth = AuthServiceClient::new(mesh.gateway());
+        let before = SystemTime::now();
         wrong_passwords(&mut auth, 3).await;
         expect_code(auth.login(login(PASSWORD)).await, Code::Unauthenticated);
+        // Admins see the lock and when it ends by itself.
+        let ends = lock_expire_time(&mesh, &ada).await?.expect("ada is locked");
+        let ends = SystemTime::try_from(ends)?;
+        assert!(
+            ends >= before + policy.lock_for && ends <= SystemTime::now() + policy.lock_for,
+            "{ends:?}"
+        );
 
         let reset = "a brand new passphrase";
         UserServiceClient::new(mesh.gateway())
@@ -178,6 +200,7 @@ async fn an_admin_who_sets_a_locked_users_password_unlocks_it() -> anyhow::Resul
                 new_password: reset.into(),
             }))
             .await?;
+        assert_eq!(lock_expire_time(&mesh, &ada).await?, None);
         let tokens = auth.login(login(reset)).await?.into_inner();
         assert!(!tokens.access_token.is_empty());
         mesh.stop().await?;

@@ -205,6 +205,7 @@ mod tests {
             roles: vec!["user-reader".into(), "viewer".into()],
             create_time: T0,
             update_time: T0,
+            locked_until: None,
         };
         let key = ApiKeyRecord {
             id: "0192f3c47a1e7b3c9d2e4f5a6b7c8d9e".into(),

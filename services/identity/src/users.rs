@@ -22,6 +22,9 @@ pub struct UserRecord {
     pub roles: Vec<String>,
     pub create_time: i64,
     pub update_time: i64,
+    /// Until when sign-ins are refused after repeated failures (microseconds); a time past
+    /// means no lock. Only the lockout (`store/sign_in.rs`) and new passwords change it.
+    pub locked_until: Option<i64>,
 }
 
 impl UserRecord {
@@ -85,6 +88,7 @@ pub fn validate_create(
             roles: user_roles,
             create_time: now,
             update_time: now,
+            locked_until: None,
         }),
         _ => Err(ApiError::InvalidArgument(violations)),
     }

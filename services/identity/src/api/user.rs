@@ -488,6 +488,10 @@ pub(super) fn to_proto(record: UserRecord) -> User {
         roles: record.roles,
         create_time: Some(timestamp(record.create_time)),
         update_time: Some(timestamp(record.update_time)),
+        // A lock that has run out is no lock: the next sign-in starts a new window.
+        lock_expire_time: (record.locked_until)
+            .filter(|&until| until > now_micros())
+            .map(timestamp),
     }
 }
 

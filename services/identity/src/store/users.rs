@@ -22,11 +22,11 @@ pub enum UserFilter {
 }
 
 pub(super) const USER_COLUMNS: &str =
-    "id, tenant_id, email, display_name, state, create_time, update_time";
+    "id, tenant_id, email, display_name, state, create_time, update_time, locked_until";
 
 /// [`USER_COLUMNS`] of a query that calls the users table `u`.
-const USER_COLUMNS_OF_U: &str =
-    "u.id, u.tenant_id, u.email, u.display_name, u.state, u.create_time, u.update_time";
+const USER_COLUMNS_OF_U: &str = "u.id, u.tenant_id, u.email, u.display_name, u.state, u.create_time, u.update_time, \
+     u.locked_until";
 
 /// Everything identity holds for a user, children before parents (foreign keys), the user row
 /// last; each statement takes the tenant id as `$1` and the user id as `$2`. A table that
@@ -506,5 +506,6 @@ pub(super) fn user_from_row(row: &AnyRow) -> Result<UserRecord, ApiError> {
         roles: Vec::new(),
         create_time: row.try_get("create_time").map_err(internal)?,
         update_time: row.try_get("update_time").map_err(internal)?,
+        locked_until: row.try_get("locked_until").map_err(internal)?,
     })
 }

@@ -369,6 +369,8 @@ impl Import {
             roles: roles.into_iter().collect(),
             create_time: create_time?,
             update_time: update_time?,
+            // A lock is a passing state of sign-ins, not exported: a restored user has none.
+            locked_until: None,
         };
         Some((record, user.password_hash.clone()))
     }

@@ -12,7 +12,14 @@ pub const UPDATABLE: [&str; 2] = ["display_name", "state"];
 
 /// The user's other fields, which a mask may name (a user read and sent back whole): output
 /// only (ignored, AIP-203), or [`SET_ELSEWHERE`].
-pub const READ_ONLY: [&str; 5] = ["name", "email", "roles", "create_time", "update_time"];
+pub const READ_ONLY: [&str; 6] = [
+    "name",
+    "email",
+    "roles",
+    "create_time",
+    "update_time",
+    "lock_expire_time",
+];
 
 /// Fields other methods change (`roles` by `AssignRole`/`RevokeRole`; the email never): sent
 /// to `UpdateUser`, they must be what the user has (`aip::require_read_back`).
@@ -96,6 +103,7 @@ mod tests {
             roles: vec!["viewer".into()],
             create_time: 1,
             update_time: 1,
+            locked_until: None,
         }
     }
 
