@@ -151,29 +151,19 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
         // Anyone can send any path; only methods the mesh serves get labels of their own, so
         // made-up paths cannot grow the metric series (and memory) without bound.
-        let (service, method, kind) = match (
-            path.trim_start_matches('/').split_once('/'),
-            grpc_type(path),
-        ) {
-            (Some((service, method)), Some(kind)) => (service, method, kind),
-            _ => ("unknown", "unknown", "unknown"),
-        };
-        let labels = GrpcLabels {
-            grpc_type: kind.to_owned(),
-            grpc_service: service.to_owned(),
-            grpc_method: method.to_owned(),
-        };
+        let known = KnownMethod::of(request.uri().path());
+        let (labels, span_name) = (known.labels, &known.span_name);
+        let (service, method) = (labels.grpc_service, labels.grpc_method);
         let span = match self.side {
             Side::Server => tracing::info_span!(
                 "grpc.server",
-                otel.name = %format!("{service}/{method}"),
+                otel.name = span_name.as_str(),
                 otel.kind = "server",
                 rpc.system = "grpc",
-                rpc.service = %service,
-                rpc.method = %method,
+                rpc.service = service,
+                rpc.method = method,
                 rpc.grpc.status_code = Empty,
                 palisade.component = self.component,
                 palisade.tenant_id = Empty,
@@ -183,11 +173,11 @@ where
             ),
             Side::Client => tracing::info_span!(
                 "grpc.client",
-                otel.name = %format!("{service}/{method}"),
+                otel.name = span_name.as_str(),
                 otel.kind = "client",
                 rpc.system = "grpc",
-                rpc.service = %service,
-                rpc.method = %method,
+                rpc.service = service,
+                rpc.method = method,
                 rpc.grpc.status_code = Empty,
                 palisade.component = self.component,
             ),
@@ -212,6 +202,7 @@ where
             span: span.clone(),
             metrics: self.metrics.clone(),
             labels,
+            method: &known.span_name,
             started: Instant::now(),
             code: None,
             tenant: None,
@@ -259,6 +250,8 @@ struct Finish {
     span: Span,
     metrics: SideMetrics,
     labels: GrpcLabels,
+    /// `service/method`, for the access log.
+    method: &'static str,
     started: Instant,
     code: Option<i32>,
     tenant: Option<String>,
@@ -279,7 +272,7 @@ impl Drop for Finish {
             self.span.in_scope(|| {
                 tracing::info!(
                     target: "palisade::access",
-                    method = %format_args!("{}/{}", self.labels.grpc_service, self.labels.grpc_method),
+                    method = %self.method,
                     tenant = self.tenant.as_deref().unwrap_or("anonymous"),
                     code = name,
                     latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
@@ -376,30 +369,61 @@ pub fn code_name(code: i32) -> &'static str {
         .unwrap_or("Unknown")
 }
 
-/// `unary`, `client_stream`, `server_stream` or `bidi_stream`, from the descriptors; `None` for
-/// a path no component serves.
-fn grpc_type(path: &str) -> Option<&'static str> {
-    static TYPES: LazyLock<HashMap<String, &'static str>> = LazyLock::new(|| {
-        let mut types = HashMap::new();
-        for service in palisade_proto::descriptor_pool().services() {
-            for method in service.methods() {
-                let kind = match (method.is_client_streaming(), method.is_server_streaming()) {
-                    (false, false) => "unary",
-                    (true, false) => "client_stream",
-                    (false, true) => "server_stream",
-                    (true, true) => "bidi_stream",
-                };
-                types.insert(format!("/{}/{}", service.full_name(), method.name()), kind);
+/// A method as metrics and spans name it, made once per method the mesh serves (and for all
+/// other paths), so that observing a call allocates none of it.
+struct KnownMethod {
+    /// `grpc_type` is `unary`, `client_stream`, `server_stream` or `bidi_stream`.
+    labels: GrpcLabels,
+    /// `service/method`, the span's name.
+    span_name: String,
+}
+
+impl KnownMethod {
+    /// The method a gRPC path names, from the descriptors, or `unknown` for a path no component
+    /// serves.
+    fn of(path: &str) -> &'static KnownMethod {
+        static METHODS: LazyLock<HashMap<String, KnownMethod>> = LazyLock::new(|| {
+            let mut methods = HashMap::new();
+            let mut add = |service: &str, method: &str, kind: &'static str| {
+                let path = format!("/{service}/{method}");
+                // Leaked once at start, a few bytes per method: every call's labels borrow them.
+                let service: &'static str = Box::leak(service.into());
+                let method: &'static str = Box::leak(method.into());
+                methods.insert(path, KnownMethod::new(service, method, kind));
+            };
+            for service in palisade_proto::descriptor_pool().services() {
+                for method in service.methods() {
+                    let kind = match (method.is_client_streaming(), method.is_server_streaming()) {
+                        (false, false) => "unary",
+                        (true, false) => "client_stream",
+                        (false, true) => "server_stream",
+                        (true, true) => "bidi_stream",
+                    };
+                    add(service.full_name(), method.name(), kind);
+                }
             }
+            for reflection in ["grpc.reflection.v1", "grpc.reflection.v1alpha"] {
+                let service = format!("{reflection}.ServerReflection");
+                add(&service, "ServerReflectionInfo", "bidi_stream");
+            }
+            add("grpc.health.v1.Health", "Watch", "server_stream");
+            add("grpc.health.v1.Health", "Check", "unary");
+            methods
+        });
+        static UNKNOWN: LazyLock<KnownMethod> =
+            LazyLock::new(|| KnownMethod::new("unknown", "unknown", "unknown"));
+        METHODS.get(path).unwrap_or(&UNKNOWN)
+    }
+
+    fn new(service: &'static str, method: &'static str, kind: &'static str) -> KnownMethod {
+        KnownMethod {
+            labels: GrpcLabels {
+                grpc_type: kind,
+                grpc_service: service,
+                grpc_method: method,
+            },
+            span_name: format!("{service}/{method}"),
         }
-        types
-    });
-    match path {
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-        | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Some("bidi_stream"),
-        "/grpc.health.v1.Health/Watch" => Some("server_stream"),
-        "/grpc.health.v1.Health/Check" => Some("unary"),
-        _ => TYPES.get(path).copied(),
     }
 }
 
