@@ -44,6 +44,16 @@ fn default_limits(plan: Plan) -> [i64; 6] {
     }
 }
 
+/// Whether a known `feature` (one of [`FEATURES`]) is on for a tenant on `plan` with
+/// `overrides`: its override if it has one, else the plan's default. Nothing is copied, for
+/// callers on a hot path (every permission decision asks about `custom_roles`).
+pub fn feature_enabled(plan: Plan, overrides: &BTreeMap<String, bool>, feature: &str) -> bool {
+    overrides
+        .get(feature)
+        .copied()
+        .unwrap_or_else(|| default_feature(plan, feature))
+}
+
 /// Whether a plan enables a feature by default: each tier adds to the one below it.
 fn default_feature(plan: Plan, feature: &str) -> bool {
     let tier = match plan {
@@ -85,12 +95,14 @@ impl Entitlements {
         if !FEATURES.contains(&feature) {
             return None;
         }
-        Some(match self.feature_overrides.get(feature) {
-            Some(enabled) => (*enabled, "tenant override".to_owned()),
-            None => (
-                default_feature(self.plan, feature),
+        let enabled = feature_enabled(self.plan, &self.feature_overrides, feature);
+        Some(if self.feature_overrides.contains_key(feature) {
+            (enabled, "tenant override".to_owned())
+        } else {
+            (
+                enabled,
                 format!("plan {}", crate::tenants::plan_key(self.plan)),
-            ),
+            )
         })
     }
 

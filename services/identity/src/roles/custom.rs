@@ -199,22 +199,22 @@ pub fn apply_update(
     Ok(next)
 }
 
+/// The plan feature (and limit) custom roles are.
+const CUSTOM_ROLES: &str = "custom_roles";
+
 /// Whether custom roles grant anything in `tenant` now. They are a plan feature: a tenant moved
 /// to a plan without them (or whose override turns them off) keeps its roles and their
 /// assignments, but they grant nothing until the feature is on again.
 pub fn custom_roles_grant(tenant: Option<&TenantRecord>) -> bool {
     tenant.is_some_and(|tenant| {
-        matches!(
-            tenant.entitlements().feature("custom_roles"),
-            Some((true, _))
-        )
+        crate::plans::feature_enabled(tenant.plan, &tenant.feature_overrides, CUSTOM_ROLES)
     })
 }
 
 /// Custom roles are a plan feature (`custom_roles`); the number a tenant may define is a
 /// limit of the same name, checked by the store when the role is inserted.
 pub fn check_custom_role_plan(tenant: &TenantRecord) -> Result<(), ApiError> {
-    match tenant.entitlements().feature("custom_roles") {
+    match tenant.entitlements().feature(CUSTOM_ROLES) {
         Some((true, _)) => Ok(()),
         // Says what switched it off, the plan or an override, as `CheckFeature` does.
         answer => Err(ApiError::FailedPrecondition {

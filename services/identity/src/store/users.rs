@@ -25,8 +25,8 @@ pub(super) const USER_COLUMNS: &str =
     "id, tenant_id, email, display_name, state, create_time, update_time, locked_until";
 
 /// [`USER_COLUMNS`] of a query that calls the users table `u`.
-const USER_COLUMNS_OF_U: &str = "u.id, u.tenant_id, u.email, u.display_name, u.state, u.create_time, u.update_time, \
-     u.locked_until";
+const USER_COLUMNS_OF_U: &str = "u.id, u.tenant_id, u.email, u.display_name, u.state, \
+     u.create_time, u.update_time, u.locked_until";
 
 /// Everything identity holds for a user, children before parents (foreign keys), the user row
 /// last; each statement takes the tenant id as `$1` and the user id as `$2`. A table that
