@@ -1,6 +1,7 @@
 //! The hash chain under concurrency: batches that touch the same tenants in opposite orders,
 //! and the same batch delivered twice at once (a relay retry racing its first attempt), all
-//! succeed; every event is stored once, and each tenant's chain is contiguous and verifies.
+//! succeed; every event is stored once, and each tenant's chain is contiguous and verifies. A
+//! large batch chains each tenant's events in the batch's order, each id once.
 
 use std::time::SystemTime;
 
@@ -63,40 +64,105 @@ async fn concurrent_appends_keep_every_chain_whole() -> anyhow::Result<()> {
             "each event once; each redelivery counted as a duplicate"
         );
 
-        let channel = mesh.gateway();
         for tenant in ["alpha", "bravo"] {
-            let mut audit = AuditServiceClient::new(channel.clone());
-            let request = ListAuditEventsRequest {
-                parent: format!("tenants/{tenant}"),
-                page_size: 1000,
-                ..Default::default()
-            };
-            let events = audit
-                .list_audit_events(mesh.as_operator(request))
-                .await?
-                .into_inner()
-                .audit_events;
+            let events = stored_chain(&mesh, tenant).await?;
             assert_eq!(events.len(), 20, "{tenant}");
-            let mut previous = GENESIS_HASH.to_vec();
-            for (index, stored) in events.iter().enumerate() {
-                assert_eq!(
-                    stored.sequence,
-                    index as i64 + 1,
-                    "{tenant}: contiguous sequences"
-                );
-                assert_eq!(
-                    stored.previous_hash, previous,
-                    "{tenant}: linked to the previous hash"
-                );
-                assert_eq!(
-                    stored.hash,
-                    chain_hash(&previous, &canonical_bytes(stored)),
-                    "{tenant}: hash verifies"
-                );
-                previous = stored.hash.clone();
-            }
+            assert_chain_verifies(tenant, &events);
         }
         mesh.stop().await?;
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_chains_each_tenant_in_order_and_each_id_once() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let channel = mesh.direct(Component::Compliance, "identity").await?;
+        let mut client = AuditServiceClient::new(channel);
+        let earlier = event("alpha", "earlier");
+        client
+            .append_events(AppendEventsRequest {
+                events: vec![earlier.clone()],
+            })
+            .await?;
+        // Two tenants interleaved, more of alpha's events than one insert statement takes,
+        // an id twice, and one that is stored already.
+        let mut batch = Vec::new();
+        for index in 0..300 {
+            let tenant = if index % 3 == 2 { "bravo" } else { "alpha" };
+            batch.push(event(tenant, &format!("e{index}")));
+        }
+        batch.insert(7, batch[3].clone());
+        batch.insert(150, earlier);
+        let response = client
+            .append_events(AppendEventsRequest { events: batch })
+            .await?
+            .into_inner();
+        assert_eq!(
+            (response.appended_count, response.duplicate_count),
+            (300, 2)
+        );
+
+        let alpha = stored_chain(&mesh, "alpha").await?;
+        let bravo = stored_chain(&mesh, "bravo").await?;
+        assert_chain_verifies("alpha", &alpha);
+        assert_chain_verifies("bravo", &bravo);
+        let actions = |events: &[AuditEvent]| -> Vec<String> {
+            events.iter().map(|event| event.action.clone()).collect()
+        };
+        let expected = |tenant_of: fn(usize) -> bool| -> Vec<String> {
+            (0..300)
+                .filter(|&index| tenant_of(index))
+                .map(|index| format!("e{index}"))
+                .collect()
+        };
+        let mut alpha_expected = vec!["earlier".to_owned()];
+        alpha_expected.extend(expected(|index| index % 3 != 2));
+        assert_eq!(actions(&alpha), alpha_expected, "alpha, in batch order");
+        assert_eq!(
+            actions(&bravo),
+            expected(|index| index % 3 == 2),
+            "bravo, in batch order"
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A tenant's whole audit log, read through the gateway as the operator.
+async fn stored_chain(mesh: &Mesh, tenant: &str) -> anyhow::Result<Vec<AuditEvent>> {
+    let mut audit = AuditServiceClient::new(mesh.gateway());
+    let request = ListAuditEventsRequest {
+        parent: format!("tenants/{tenant}"),
+        page_size: 1000,
+        ..Default::default()
+    };
+    Ok(audit
+        .list_audit_events(mesh.as_operator(request))
+        .await?
+        .into_inner()
+        .audit_events)
+}
+
+/// Sequences from 1 without a gap, each event linked to the one before and its hash right.
+fn assert_chain_verifies(tenant: &str, events: &[AuditEvent]) {
+    let mut previous = GENESIS_HASH.to_vec();
+    for (index, stored) in events.iter().enumerate() {
+        assert_eq!(
+            stored.sequence,
+            index as i64 + 1,
+            "{tenant}: contiguous sequences"
+        );
+        assert_eq!(
+            stored.previous_hash, previous,
+            "{tenant}: linked to the previous hash"
+        );
+        assert_eq!(
+            stored.hash,
+            chain_hash(&previous, &canonical_bytes(stored)),
+            "{tenant}: hash verifies"
+        );
+        previous = stored.hash.clone();
+    }
 }

@@ -1,11 +1,13 @@
 //! All SQL of the compliance service. Errors are mapped to API errors here, at the boundary.
 
+use std::collections::{BTreeMap, HashSet};
+
 use palisade_db::{Backend, Db, Scope};
 use palisade_grpc::{ApiError, aip::Comparison};
 use palisade_proto::palisade::compliance::v1::{AuditEvent, RequestOrigin};
 use palisade_tenancy::TenantId;
 use prost::Message;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use crate::chain::{GENESIS_HASH, canonical_bytes, chain_hash};
 
@@ -34,92 +36,101 @@ impl AuditStore {
     }
 
     /// Appends `events` to their tenants' chains in one transaction, skipping event ids that
-    /// are already stored. Concurrent appends to one tenant serialise on its chain head row.
-    /// The batch comes from a component's outbox relay and spans tenants by nature.
+    /// are already stored (or earlier in the batch). Concurrent appends to one tenant serialise
+    /// on its chain head row. The batch comes from a component's outbox relay and spans tenants
+    /// by nature. A tenant's events cost a fixed handful of statements however many there are
+    /// (its head made and read, their ids looked up, the rows inserted, the head moved): a
+    /// relay's batch under a login flood carries an event per attempt.
     pub async fn append(&self, events: &[AuditEvent]) -> Result<AppendOutcome, ApiError> {
+        // Tenants in one global order, each keeping its events' order, so two batches touching
+        // the same tenants lock their chain heads in the same order and can never deadlock on
+        // PostgreSQL.
+        let mut by_tenant: BTreeMap<&str, Vec<&AuditEvent>> = BTreeMap::new();
+        for event in events {
+            by_tenant.entry(&event.tenant_id).or_default().push(event);
+        }
         let mut tx = self
             .db
             .begin_in(Scope::AllTenants)
             .await
             .map_err(internal)?;
-        let mut outcome = AppendOutcome::default();
         let recorded_at = palisade_grpc::time::now_micros();
-        // Visit tenants in one global order (a stable sort keeps each tenant's own order), so
-        // two batches touching the same tenants lock their chain heads in the same order and
-        // can never deadlock on PostgreSQL.
-        let mut in_lock_order: Vec<&AuditEvent> = events.iter().collect();
-        in_lock_order.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
-        for event in in_lock_order {
-            // Write first: on SQLite this takes the write lock at once, so a concurrent writer
-            // waits (busy timeout) instead of failing to upgrade a read transaction.
-            sqlx::query("INSERT INTO audit_chain_heads (tenant_id, sequence, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant_id) DO NOTHING")
-                .bind(&event.tenant_id)
-                .bind(GENESIS_HASH.to_vec())
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
-            let lock = match self.db.backend() {
-                Backend::Postgres => " FOR UPDATE",
-                Backend::Sqlite => "",
-            };
-            // Only a constant suffix is spliced in; values are bound.
-            let head_sql =
-                format!("SELECT sequence, hash FROM audit_chain_heads WHERE tenant_id = $1{lock}");
-            let head = sqlx::query(AssertSqlSafe(head_sql))
-                .bind(&event.tenant_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(internal)?;
-            // Checked under the head lock: a concurrent redelivery of the same event has either
-            // committed (and is seen here) or waits for this transaction.
-            let seen = sqlx::query("SELECT 1 FROM audit_events WHERE event_id = $1")
-                .bind(&event.event_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(internal)?;
-            if seen.is_some() {
-                outcome.duplicates += 1;
+        let mut outcome = AppendOutcome::default();
+        // Event ids are unique across tenants: one appended here is a duplicate anywhere after.
+        let mut appended_ids = HashSet::new();
+        for (tenant, events) in by_tenant {
+            let (mut sequence, mut hash) = self.lock_chain_head(&mut tx, tenant).await?;
+            let stored = stored_event_ids(&mut tx, &events).await?;
+            let mut links = Vec::with_capacity(events.len());
+            for event in events {
+                if stored.contains(&event.event_id) || !appended_ids.insert(&event.event_id) {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                let canonical = canonical_bytes(event);
+                let next_hash = chain_hash(&hash, &canonical);
+                let previous_hash = std::mem::replace(&mut hash, next_hash.clone());
+                sequence += 1;
+                links.push(ChainLink {
+                    event,
+                    sequence,
+                    canonical,
+                    previous_hash,
+                    hash: next_hash,
+                });
+            }
+            if links.is_empty() {
                 continue;
             }
-            let sequence: i64 = head.try_get::<i64, _>("sequence").map_err(internal)? + 1;
-            let previous_hash: Vec<u8> = head.try_get("hash").map_err(internal)?;
-            let canonical = canonical_bytes(event);
-            let hash = chain_hash(&previous_hash, &canonical);
-            let occur_time = event
-                .occur_time
-                .as_ref()
-                .map(palisade_grpc::time::micros)
-                .unwrap_or_default();
-            sqlx::query(
-                "INSERT INTO audit_events (tenant_id, sequence, event_id, action, occur_time, canonical, previous_hash, hash, recorded_at, origin) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&event.tenant_id)
-            .bind(sequence)
-            .bind(&event.event_id)
-            .bind(&event.action)
-            .bind(occur_time)
-            .bind(canonical)
-            .bind(previous_hash)
-            .bind(hash.clone())
-            .bind(recorded_at)
-            .bind(event.origin.as_ref().map(Message::encode_to_vec))
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
+            for chunk in links.chunks(LINKS_PER_INSERT) {
+                insert_links(&mut tx, chunk, recorded_at).await?;
+            }
             sqlx::query(
                 "UPDATE audit_chain_heads SET sequence = $1, hash = $2 WHERE tenant_id = $3",
             )
             .bind(sequence)
             .bind(hash)
-            .bind(&event.tenant_id)
+            .bind(tenant)
             .execute(&mut *tx)
             .await
             .map_err(internal)?;
-            outcome.appended += 1;
+            outcome.appended += links.len();
         }
         tx.commit().await.map_err(internal)?;
         Ok(outcome)
+    }
+
+    /// The tenant's chain head (last sequence and hash), made at the genesis if the tenant has
+    /// none yet, and locked for the rest of the transaction.
+    async fn lock_chain_head(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+    ) -> Result<(i64, Vec<u8>), ApiError> {
+        // Write first: on SQLite this takes the write lock at once, so a concurrent writer
+        // waits (busy timeout) instead of failing to upgrade a read transaction.
+        sqlx::query("INSERT INTO audit_chain_heads (tenant_id, sequence, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant_id) DO NOTHING")
+            .bind(tenant)
+            .bind(GENESIS_HASH.to_vec())
+            .execute(&mut *conn)
+            .await
+            .map_err(internal)?;
+        let lock = match self.db.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        // Only a constant suffix is spliced in; values are bound.
+        let head_sql =
+            format!("SELECT sequence, hash FROM audit_chain_heads WHERE tenant_id = $1{lock}");
+        let head = sqlx::query(AssertSqlSafe(head_sql))
+            .bind(tenant)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(internal)?;
+        Ok((
+            head.try_get("sequence").map_err(internal)?,
+            head.try_get("hash").map_err(internal)?,
+        ))
     }
 
     /// One page of a tenant's events after `after_sequence`, in chain order; `limit` rows at most.
@@ -177,6 +188,89 @@ impl AuditStore {
             })
             .collect()
     }
+}
+
+/// Rows per multi-row `INSERT` of events: ten values each, far below either backend's limit
+/// on bound parameters.
+const LINKS_PER_INSERT: usize = 100;
+
+/// An event placed in its tenant's chain, ready to insert.
+struct ChainLink<'a> {
+    event: &'a AuditEvent,
+    sequence: i64,
+    canonical: Vec<u8>,
+    previous_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// Which of `events`' ids are stored already. Checked under the tenant's head lock: a
+/// concurrent redelivery of the same events has either committed (and is seen here) or waits
+/// for this transaction.
+async fn stored_event_ids(
+    conn: &mut AnyConnection,
+    events: &[&AuditEvent],
+) -> Result<HashSet<String>, ApiError> {
+    let mut stored = HashSet::new();
+    for chunk in events.chunks(LINKS_PER_INSERT) {
+        let placeholders = placeholders(1, chunk.len());
+        let sql = format!("SELECT event_id FROM audit_events WHERE event_id IN {placeholders}");
+        // Numbered placeholders only; every value is bound. The statement's shape depends on
+        // the count, so it is not kept in the connection's statement cache.
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for event in chunk {
+            query = query.bind(&event.event_id);
+        }
+        for row in query.fetch_all(&mut *conn).await.map_err(internal)? {
+            stored.insert(row.try_get("event_id").map_err(internal)?);
+        }
+    }
+    Ok(stored)
+}
+
+/// Inserts `links` in one statement.
+async fn insert_links(
+    conn: &mut AnyConnection,
+    links: &[ChainLink<'_>],
+    recorded_at: i64,
+) -> Result<(), ApiError> {
+    const COLUMNS: usize = 10;
+    let values: Vec<String> = (0..links.len())
+        .map(|row| placeholders(row * COLUMNS + 1, COLUMNS))
+        .collect();
+    let sql = format!(
+        "INSERT INTO audit_events (tenant_id, sequence, event_id, action, occur_time, canonical, previous_hash, hash, recorded_at, origin) \
+         VALUES {}",
+        values.join(", ")
+    );
+    // As in `stored_event_ids`: placeholders only, and not cached.
+    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+    for link in links {
+        let event = link.event;
+        let occur_time = event
+            .occur_time
+            .as_ref()
+            .map(palisade_grpc::time::micros)
+            .unwrap_or_default();
+        query = query
+            .bind(&event.tenant_id)
+            .bind(link.sequence)
+            .bind(&event.event_id)
+            .bind(&event.action)
+            .bind(occur_time)
+            .bind(&link.canonical)
+            .bind(&link.previous_hash)
+            .bind(&link.hash)
+            .bind(recorded_at)
+            .bind(event.origin.as_ref().map(Message::encode_to_vec));
+    }
+    query.execute(&mut *conn).await.map_err(internal)?;
+    Ok(())
+}
+
+/// `count` numbered placeholders from `first`, in parentheses: `placeholders(3, 2)` is `($3, $4)`.
+fn placeholders(first: usize, count: usize) -> String {
+    let numbers: Vec<String> = (first..first + count).map(|n| format!("${n}")).collect();
+    format!("({})", numbers.join(", "))
 }
 
 /// A failed query as an API error (`UNAVAILABLE` when the database was only busy).
