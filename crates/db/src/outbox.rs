@@ -180,9 +180,9 @@ pub(crate) async fn ship_batch<S: OutboxSink>(
             }
             let ids = ids_of(&batch);
             let shipped = deliver(sink, batch).await;
-            let mut tx = db.begin().await?;
-            settle(&mut tx, &ids, &shipped).await?;
-            tx.commit().await?;
+            // One statement: in autocommit on the writer, without `BEGIN` and `COMMIT`.
+            let mut conn = db.single_write().acquire().await?;
+            settle(&mut conn, &ids, &shipped).await?;
             Ok(shipped)
         }
     }
