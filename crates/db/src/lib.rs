@@ -20,6 +20,16 @@ pub use migrate::Migrations;
 pub use pool::{Db, DbConfig};
 pub use scope::{Scope, ServiceRole, TENANT_SETTING};
 
+/// `$first, $first+1, …` for `count` values: the numbered placeholders of an `IN (...)` list or
+/// a multi-row `VALUES` group, written the one way both backends (through `sqlx::Any`) accept.
+/// `placeholders(3, 2)` is `$3, $4`.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Which database engine a [`Db`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -13,7 +13,6 @@
 //! late can surface behind messages already shipped; the receiver must not infer causality from
 //! arrival order alone.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -242,12 +241,10 @@ async fn settle(conn: &mut AnyConnection, ids: &[String], shipped: &Shipped) -> 
         Shipped::Empty | Shipped::Busy => return Ok(()),
     };
     // Placeholders are generated, values bound: a batch is small enough for one statement.
-    let mut sql = format!("{action} WHERE id IN (");
-    for n in 1..=ids.len() {
-        let sep = if n == 1 { "" } else { ", " };
-        let _ = write!(sql, "{sep}${n}");
-    }
-    sql.push(')');
+    let sql = format!(
+        "{action} WHERE id IN ({})",
+        crate::placeholders(1, ids.len())
+    );
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for id in ids {
         query = query.bind(id.as_str());

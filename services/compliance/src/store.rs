@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use palisade_db::{Backend, Db, Scope};
+use palisade_db::{Backend, Db, Scope, placeholders};
 use palisade_grpc::{ApiError, aip::Comparison};
 use palisade_proto::palisade::compliance::v1::{AuditEvent, RequestOrigin};
 use palisade_tenancy::TenantId;
@@ -82,7 +82,7 @@ impl AuditStore {
             if links.is_empty() {
                 continue;
             }
-            for chunk in links.chunks(LINKS_PER_INSERT) {
+            for chunk in links.chunks(EVENTS_PER_STATEMENT) {
                 insert_links(&mut tx, chunk, recorded_at).await?;
             }
             sqlx::query(
@@ -190,9 +190,9 @@ impl AuditStore {
     }
 }
 
-/// Rows per multi-row `INSERT` of events: ten values each, far below either backend's limit
-/// on bound parameters.
-const LINKS_PER_INSERT: usize = 100;
+/// Events per statement (a multi-row `INSERT` binds ten values each, the duplicate lookup one):
+/// far below either backend's limit on bound parameters.
+const EVENTS_PER_STATEMENT: usize = 100;
 
 /// An event placed in its tenant's chain, ready to insert.
 struct ChainLink<'a> {
@@ -211,9 +211,11 @@ async fn stored_event_ids(
     events: &[&AuditEvent],
 ) -> Result<HashSet<String>, ApiError> {
     let mut stored = HashSet::new();
-    for chunk in events.chunks(LINKS_PER_INSERT) {
-        let placeholders = placeholders(1, chunk.len());
-        let sql = format!("SELECT event_id FROM audit_events WHERE event_id IN {placeholders}");
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT event_id FROM audit_events WHERE event_id IN ({})",
+            placeholders(1, chunk.len())
+        );
         // Numbered placeholders only; every value is bound. The statement's shape depends on
         // the count, so it is not kept in the connection's statement cache.
         let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
@@ -235,7 +237,7 @@ async fn insert_links(
 ) -> Result<(), ApiError> {
     const COLUMNS: usize = 10;
     let values: Vec<String> = (0..links.len())
-        .map(|row| placeholders(row * COLUMNS + 1, COLUMNS))
+        .map(|row| format!("({})", placeholders(row * COLUMNS + 1, COLUMNS)))
         .collect();
     let sql = format!(
         "INSERT INTO audit_events (tenant_id, sequence, event_id, action, occur_time, canonical, previous_hash, hash, recorded_at, origin) \
@@ -265,12 +267,6 @@ async fn insert_links(
     }
     query.execute(&mut *conn).await.map_err(internal)?;
     Ok(())
-}
-
-/// `count` numbered placeholders from `first`, in parentheses: `placeholders(3, 2)` is `($3, $4)`.
-fn placeholders(first: usize, count: usize) -> String {
-    let numbers: Vec<String> = (first..first + count).map(|n| format!("${n}")).collect();
-    format!("({})", numbers.join(", "))
 }
 
 /// A failed query as an API error (`UNAVAILABLE` when the database was only busy).

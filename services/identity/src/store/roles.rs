@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use palisade_db::Backend;
+use palisade_db::{Backend, placeholders};
 use palisade_grpc::{ApiError, aip::Comparison};
 use palisade_tenancy::TenantId;
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
@@ -353,14 +353,6 @@ impl IdentityStore {
             .map(|row| row.try_get("permission").map_err(internal))
             .collect()
     }
-}
-
-/// `$first, $first+1, …` for `count` values.
-pub(super) fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub(super) fn role_from_row(row: &AnyRow) -> Result<RoleRecord, ApiError> {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use palisade_db::Scope;
+use palisade_db::{Scope, placeholders};
 use palisade_grpc::{ApiError, aip::CreatedCursor};
 use palisade_tenancy::TenantId;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
@@ -13,7 +13,7 @@ use super::{
     IdentityStore,
     api_keys::{API_KEY_COLUMNS, api_key_from_row},
     internal,
-    roles::{ROLE_COLUMNS, placeholders, role_from_row},
+    roles::{ROLE_COLUMNS, role_from_row},
     tenants::{TENANT_COLUMNS, tenant_from_row},
     users::{USER_COLUMNS, user_from_row},
 };

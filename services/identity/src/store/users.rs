@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use palisade_db::Backend;
+use palisade_db::{Backend, placeholders};
 use palisade_grpc::{
     ApiError,
     aip::{Comparison, CreatedCursor},
@@ -281,11 +281,10 @@ impl IdentityStore {
             return Ok(users);
         }
         // The page's roles in one query rather than one per user.
-        let placeholders: Vec<String> = (0..users.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
             "SELECT user_id, role FROM user_roles WHERE tenant_id = $1 AND user_id IN ({}) \
              ORDER BY role",
-            placeholders.join(", ")
+            placeholders(2, users.len())
         );
         // Built from numbered placeholders only; every value is bound.
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
