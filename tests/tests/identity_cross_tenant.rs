@@ -209,6 +209,11 @@ const CASES: &[(&str, &str, &[Code])] = &[
         r#"{"name": "{user}", "new_password": "now it is mine, all mine"}"#,
         &[Code::NotFound, Code::PermissionDenied],
     ),
+    (
+        "UserService/UnlockUser",
+        r#"{"name": "{user}"}"#,
+        &[Code::NotFound],
+    ),
 ];
 
 /// Encodes dynamic requests and decodes dynamic responses of one method.

@@ -3,20 +3,22 @@
 //! until the lock ends, and works again afterwards. An admin who sets a locked user's password
 //! lifts the lock at once, and a successful login forgets earlier failures. A user shows its
 //! lock, while it lasts, as `lock_expire_time`. A right password
-//! refused for another reason counts too, and the lock it sets is audited.
+//! refused for another reason counts too, and the lock it sets is audited. `UnlockUser` lifts
+//! a lock and keeps the password, for callers with power over the user, never the user itself.
 
 mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{audit_events_arrived, expect_code, new_tenant};
+use common::{audit_event, audit_events_arrived, expect_code, new_tenant, reason, rest};
 use palisade::LockoutPolicy;
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
         ChangePasswordRequest, CreateUserRequest, GetUserRequest, LoginRequest, Plan,
-        UpdateUserRequest, User, UserState, auth_service_client::AuthServiceClient,
-        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+        UnlockUserRequest, UpdateUserRequest, User, UserState,
+        auth_service_client::AuthServiceClient, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Mesh, eventually};
@@ -206,6 +208,129 @@ async fn an_admin_who_sets_a_locked_users_password_unlocks_it() -> anyhow::Resul
         mesh.stop().await?;
     }
     Ok(())
+}
+
+/// A user of acme holding `role`, with the password [`PASSWORD`], and a request carrying an
+/// access token of its.
+async fn signed_in_member(
+    mesh: &Mesh,
+    email: &str,
+    role: &str,
+) -> anyhow::Result<(
+    User,
+    impl Fn(UnlockUserRequest) -> tonic::Request<UnlockUserRequest> + use<>,
+)> {
+    let create = CreateUserRequest {
+        parent: "tenants/acme".into(),
+        user: Some(User {
+            email: email.into(),
+            display_name: email.into(),
+            roles: vec![role.into()],
+            ..User::default()
+        }),
+        password: PASSWORD.into(),
+    };
+    let user = UserServiceClient::new(mesh.gateway())
+        .create_user(mesh.as_operator(create))
+        .await?
+        .into_inner();
+    let tokens = AuthServiceClient::new(mesh.gateway())
+        .login(LoginRequest {
+            tenant_id: "acme".into(),
+            email: email.into(),
+            password: PASSWORD.into(),
+        })
+        .await?
+        .into_inner();
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", tokens.access_token).parse()?;
+    let signed = move |message| {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        request
+    };
+    Ok((user, signed))
+}
+
+fn unlock(user: &User) -> UnlockUserRequest {
+    UnlockUserRequest {
+        name: user.name.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_unlocks_a_locked_user_who_keeps_its_password() -> anyhow::Result<()> {
+    // The lock outlasts the test: only the unlock can lift it.
+    let policy = LOCKED_FOR_AN_HOUR_AFTER_THREE;
+    for builder in Mesh::each_backend() {
+        let mesh = builder.with_login_lockout(policy).start().await?;
+        let ada = acme_with_ada(&mesh).await?;
+        let (manager, as_manager) = signed_in_member(&mesh, "max@example.com", "manager").await?;
+        let (admin, _) = signed_in_member(&mesh, "ann@example.com", "admin").await?;
+        let (_, as_viewer) = signed_in_member(&mesh, "vic@example.com", "viewer").await?;
+        let mut auth = AuthServiceClient::new(mesh.gateway());
+        wrong_passwords(&mut auth, 3).await;
+        expect_code(auth.login(login(PASSWORD)).await, Code::Unauthenticated);
+        let mut users = UserServiceClient::new(mesh.gateway());
+
+        // Without `identity.users.unlock`, nothing happens.
+        let denied = expect_code(
+            users.unlock_user(as_viewer(unlock(&ada))).await,
+            Code::PermissionDenied,
+        );
+        assert_eq!(reason(&denied), "PERMISSION_DENIED", "{denied:?}");
+        assert!(lock_expire_time(&mesh, &ada).await?.is_some());
+        // Nobody unlocks itself, nor a user with more rights than its own.
+        let own = expect_code(
+            users.unlock_user(as_manager(unlock(&manager))).await,
+            Code::PermissionDenied,
+        );
+        assert_eq!(reason(&own), "OWN_ACCOUNT", "{own:?}");
+        let above = expect_code(
+            users.unlock_user(as_manager(unlock(&admin))).await,
+            Code::PermissionDenied,
+        );
+        assert_eq!(reason(&above), "ROLE_ESCALATION", "{above:?}");
+
+        let unlocked = users
+            .unlock_user(as_manager(unlock(&ada)))
+            .await?
+            .into_inner();
+        assert_eq!(unlocked.name, ada.name);
+        assert_eq!(unlocked.lock_expire_time, None);
+        assert_eq!(lock_expire_time(&mesh, &ada).await?, None);
+        // The same password as before the lock, and a fresh count of failures: two more wrong
+        // ones do not lock again.
+        wrong_passwords(&mut auth, 2).await;
+        let tokens = auth.login(login(PASSWORD)).await?.into_inner();
+        assert!(!tokens.access_token.is_empty());
+
+        // Over REST too, as the operator.
+        wrong_passwords(&mut auth, 3).await;
+        assert!(lock_expire_time(&mesh, &ada).await?.is_some());
+        let path = format!("/v1/{}:unlock", ada.name);
+        let answer = rest(&mesh, "POST", &path, Some(mesh.operator_key()), "{}").await?;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert!(answer.text().contains(&ada.name), "{}", answer.text());
+        auth.login(login(PASSWORD)).await?;
+
+        let event = audit_event(&mesh, "identity.users.unlock", |e| e.resource == ada.name).await?;
+        assert_eq!(event.outcome(), Outcome::Success);
+        assert_eq!(
+            event.attributes.get("was_locked").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(event.actor.map(|actor| actor.id), Some(user_id(&manager)));
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// The user id in a user's resource name.
+fn user_id(user: &User) -> String {
+    user.name.rsplit('/').next().unwrap_or_default().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@ use palisade_proto::palisade::{
     identity::v1::{
         AssignRoleRequest, ChangePasswordRequest, ChangePasswordResponse, CreateUserRequest,
         DeleteUserRequest, GetEffectivePermissionsRequest, GetEffectivePermissionsResponse,
-        GetUserRequest, ListUsersRequest, ListUsersResponse, RevokeRoleRequest, UpdateUserRequest,
-        User, UserState, user_service_server::UserService,
+        GetUserRequest, ListUsersRequest, ListUsersResponse, RevokeRoleRequest, UnlockUserRequest,
+        UpdateUserRequest, User, UserState, user_service_server::UserService,
     },
 };
 use palisade_tenancy::TenantId;
@@ -476,6 +476,15 @@ impl UserService for UserApi {
         Ok(Response::new(ChangePasswordResponse {
             revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX),
         }))
+    }
+
+    async fn unlock_user(
+        &self,
+        request: Request<UnlockUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let caller = Caller::of(&request)?;
+        let user = self.unlock(caller, request.into_inner()).await?;
+        Ok(Response::new(to_proto(user)))
     }
 }
 

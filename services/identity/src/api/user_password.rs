@@ -1,10 +1,12 @@
 //! `UserService.ChangePassword`: users change their own password (signed in, or through one of
 //! their own API keys) with the current one; callers with `identity.users.update` set other
 //! users' passwords, never of accounts with more rights than their own. Either way every
-//! session of the user ends.
+//! session of the user ends. And `UserService.UnlockUser`: such callers lift another user's
+//! lockout without changing its password.
 
 use palisade_audit::AuditRecord;
 use palisade_grpc::{ApiError, Caller, FieldViolation, time::now_micros};
+use palisade_proto::palisade::identity::v1::UnlockUserRequest;
 use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::ChangePasswordRequest};
 
 use super::UserApi;
@@ -113,6 +115,52 @@ impl UserApi {
             .map_err(ApiError::from)?;
         tracing::info!(tenant = %user.tenant_id, user = %user.id, own, revoked, "password changed");
         Ok(revoked)
+    }
+
+    /// Lifts the lockout of another user the caller has power over, and audits it; returns
+    /// the user as it is now.
+    pub(super) async fn unlock(
+        &self,
+        caller: Caller,
+        request: UnlockUserRequest,
+    ) -> Result<users::UserRecord, ApiError> {
+        let (tenant, id) = users::parse_name(&request.name)?;
+        let user = self
+            .visible_user(&caller, &request.name, &tenant, &id)
+            .await?;
+        if self.acts_as(&caller, &tenant, &id).await? {
+            return Err(ApiError::PermissionDenied {
+                reason: "OWN_ACCOUNT",
+                message: "a user cannot lift its own lockout: another admin can, or the lock ends by itself"
+                    .to_owned(),
+            });
+        }
+        // Unlocking reopens the account's password to guessing: as much power over the user
+        // as setting that password takes.
+        self.require_power_over(&caller, &user).await?;
+        let now = now_micros();
+        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
+        let mut current = self.lock_as_judged(&mut tx, &user).await?;
+        let was_locked = current.locked_until.is_some_and(|until| until > now);
+        self.store.clear_failed_logins(&mut tx, &user.id).await?;
+        current.locked_until = None;
+        let resource = user.name();
+        let audit = AuditRecord {
+            tenant: &user.tenant_id,
+            actor_tenant: &caller.context.tenant_id,
+            actor: Some(caller.principal()),
+            action: caller.action("identity.users.unlock"),
+            resource: &resource,
+            outcome: Outcome::Success,
+            request_id: caller.request_id.as_ref(),
+            source: crate::COMPONENT,
+            attributes: vec![("was_locked", was_locked.to_string())],
+        };
+        palisade_audit::commit_with(tx, &audit, &self.relay)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(tenant = %user.tenant_id, user = %user.id, was_locked, "user unlocked");
+        Ok(current)
     }
 
     /// A user proves it knows its password as at login: a locked account is refused before any
