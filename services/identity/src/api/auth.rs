@@ -27,6 +27,7 @@ use crate::{
     passwords::Passwords,
     signing::Keyring,
     store::{IdentityStore, PasswordAttempt, SessionRecord},
+    tenants::TenantRecord,
     tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS},
     users::UserRecord,
 };
@@ -202,12 +203,17 @@ impl AuthApi {
         }))
     }
 
-    /// Whether the user and its tenant may still sign in.
-    async fn may_sign_in(&self, user: &UserRecord) -> Result<bool, ApiError> {
+    /// Whether the user and its tenant, read again now, may still sign in.
+    async fn may_still_sign_in(&self, user: &UserRecord) -> Result<bool, ApiError> {
         let tenant = self.store.get_tenant(&user.tenant_id).await?;
-        Ok(user.state == UserState::Active
-            && tenant.is_some_and(|tenant| tenant.state == TenantState::Active))
+        Ok(may_sign_in(user, tenant.as_ref()))
     }
+}
+
+/// Whether `user` may sign in to `tenant` (its tenant, `None` when that is gone).
+fn may_sign_in(user: &UserRecord, tenant: Option<&TenantRecord>) -> bool {
+    user.state == UserState::Active
+        && tenant.is_some_and(|tenant| tenant.state == TenantState::Active)
 }
 
 fn invalid_login() -> ApiError {
@@ -352,7 +358,8 @@ impl AuthApi {
             {
                 Some("tenant_not_active")
             }
-            Some((user, _)) if !self.may_sign_in(user).await? => Some("not_active"),
+            // Read again: a suspension or deletion that landed during the hash wins.
+            Some((user, _)) if !self.may_still_sign_in(user).await? => Some("not_active"),
             Some(_) => None,
         };
         let action = "identity.auth.login";
@@ -507,10 +514,11 @@ impl AuthApi {
         }
         // Refused before use is recorded (the transaction is dropped), so the token works
         // again once the tenant is reactivated.
-        if let Some(tenant) = self.store.get_tenant(&user.tenant_id).await? {
-            crate::tenants::ensure_active(&tenant)?;
+        let tenant = self.store.get_tenant(&user.tenant_id).await?;
+        if let Some(tenant) = &tenant {
+            crate::tenants::ensure_active(tenant)?;
         }
-        if !self.may_sign_in(&user).await? {
+        if !may_sign_in(&user, tenant.as_ref()) {
             return Err(invalid_refresh_token().into());
         }
         let session = (token.family_id.as_str(), token.family_create_time);
