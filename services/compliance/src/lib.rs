@@ -12,6 +12,7 @@ use palisade_grpc::{
 };
 use palisade_proto::palisade::compliance::v1::audit_service_server::AuditServiceServer;
 use palisade_tls::MeshTls;
+use tonic::codec::CompressionEncoding::Gzip;
 
 pub use chain::{GENESIS_HASH, canonical_bytes, chain_hash};
 
@@ -50,7 +51,11 @@ pub async fn start(listeners: Listeners, config: ComplianceConfig) -> Result<Run
         authorizer,
         kit.metrics.clone(),
     )?
-    .add_service(AuditServiceServer::new(api::AuditApi::new(store)));
+    .add_service(
+        AuditServiceServer::new(api::AuditApi::new(store))
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip),
+    );
     let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     Ok(Running::spawn(

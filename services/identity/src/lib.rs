@@ -40,6 +40,7 @@ use palisade_proto::palisade::identity::v1::{
 };
 use palisade_tls::MeshTls;
 use tokio::sync::oneshot;
+use tonic::codec::CompressionEncoding::Gzip;
 
 pub use api_keys::DEFAULT_MAX_LIFETIME as DEFAULT_API_KEY_MAX_LIFETIME;
 pub use lockout::LockoutPolicy;
@@ -117,45 +118,75 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         store.clone(),
         relay.clone(),
     )))
-    .add_service(TenantServiceServer::new(api::TenantApi::new(
-        store.clone(),
-        relay.clone(),
-    )))
-    .add_service(UserServiceServer::new(api::UserApi::new(
-        store.clone(),
-        relay.clone(),
-        authz.clone(),
-        passwords.clone(),
-        config.lockout,
-    )))
-    .add_service(RoleServiceServer::new(api::RoleApi::new(
-        store.clone(),
-        relay.clone(),
-        authz.clone(),
-    )))
-    .add_service(EdgeServiceServer::new(api::EdgeApi::new(store.clone())))
-    .add_service(TenantDataServiceServer::new(api::TenantDataApi::new(
-        store.clone(),
-        relay.clone(),
-        roles.clone(),
-    )))
-    .add_service(AuthServiceServer::new(api::AuthApi::new(
-        store.clone(),
-        relay.clone(),
-        passwords,
-        keys.clone(),
-        config.lockout,
-        config.session_max_lifetime,
-    )))
-    .add_service(ApiKeyServiceServer::new(api::ApiKeyApi::new(
-        store,
-        relay.clone(),
-        authz.clone(),
-        key_rules,
-    )))
-    .add_service(AuthorizationServiceServer::new(api::AuthorizationApi::new(
-        authz,
-    )));
+    // Every service takes and gives gzip, which clients ask for with `grpc-encoding` and
+    // `grpc-accept-encoding`; the gateway passes both through (tonic's 4 MiB message limit
+    // applies to a message once decompressed).
+    .add_service(
+        TenantServiceServer::new(api::TenantApi::new(store.clone(), relay.clone()))
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip),
+    )
+    .add_service(
+        UserServiceServer::new(api::UserApi::new(
+            store.clone(),
+            relay.clone(),
+            authz.clone(),
+            passwords.clone(),
+            config.lockout,
+        ))
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip),
+    )
+    .add_service(
+        RoleServiceServer::new(api::RoleApi::new(
+            store.clone(),
+            relay.clone(),
+            authz.clone(),
+        ))
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip),
+    )
+    .add_service(
+        EdgeServiceServer::new(api::EdgeApi::new(store.clone()))
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip),
+    )
+    .add_service(
+        TenantDataServiceServer::new(api::TenantDataApi::new(
+            store.clone(),
+            relay.clone(),
+            roles.clone(),
+        ))
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip),
+    )
+    .add_service(
+        AuthServiceServer::new(api::AuthApi::new(
+            store.clone(),
+            relay.clone(),
+            passwords,
+            keys.clone(),
+            config.lockout,
+            config.session_max_lifetime,
+        ))
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip),
+    )
+    .add_service(
+        ApiKeyServiceServer::new(api::ApiKeyApi::new(
+            store,
+            relay.clone(),
+            authz.clone(),
+            key_rules,
+        ))
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip),
+    )
+    .add_service(
+        AuthorizationServiceServer::new(api::AuthorizationApi::new(authz))
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip),
+    );
 
     let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;

@@ -12,6 +12,7 @@ use palisade_grpc::{
 };
 use palisade_proto::palisade::observability::v1::status_service_server::StatusServiceServer;
 use palisade_tls::MeshTls;
+use tonic::codec::CompressionEncoding::Gzip;
 
 pub const COMPONENT: &str = "observability";
 
@@ -37,7 +38,11 @@ pub async fn start(listeners: Listeners, config: ObservabilityConfig) -> Result<
         authorizer,
         kit.metrics.clone(),
     )?
-    .add_service(StatusServiceServer::new(status::StatusApi::new(prober)));
+    .add_service(
+        StatusServiceServer::new(status::StatusApi::new(prober))
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip),
+    );
     let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
     Ok(Running::spawn(
