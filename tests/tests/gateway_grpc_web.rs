@@ -1,10 +1,11 @@
 //! gRPC-Web through the gateway's public port, with a hand-rolled client (frames, base64 text
 //! mode, trailers in the body) over HTTP/1.1 and over h2: the same calls give what native gRPC
-//! gives, and CORS is answered only when the deployment configures it.
+//! gives, gzip-compressed messages pass through both ways, and CORS is answered only when the
+//! deployment configures it.
 
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::Read, net::SocketAddr, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use bytes::Bytes;
@@ -381,5 +382,57 @@ async fn encodings_other_than_protobuf_are_refused() -> anyhow::Result<()> {
     assert_eq!(get.status, 405, "{}", get.text());
     assert_eq!(get.header("allow"), Some("POST"));
     assert_eq!(get.header("grpc-status"), Some("12"));
+    mesh.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_compressed_grpc_web_calls_pass_through_both_ways() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    TenantServiceClient::new(mesh.gateway())
+        .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+        .await?;
+    let request = GetTenantRequest {
+        name: "tenants/acme".into(),
+    };
+    let mut compressed = Vec::new();
+    flate2::read::GzEncoder::new(
+        request.encode_to_vec().as_slice(),
+        flate2::Compression::default(),
+    )
+    .read_to_end(&mut compressed)?;
+    let mut frame = vec![1u8];
+    frame.extend_from_slice(&u32::try_from(compressed.len())?.to_be_bytes());
+    frame.extend_from_slice(&compressed);
+    let auth = format!("ApiKey {}", mesh.operator_key());
+    let headers = [
+        ("content-type", "application/grpc-web+proto"),
+        ("x-grpc-web", "1"),
+        ("grpc-encoding", "gzip"),
+        ("grpc-accept-encoding", "gzip"),
+        ("authorization", auth.as_str()),
+    ];
+    let gateway = mesh.addr(Component::Gateway);
+    let response = http_request(
+        gateway,
+        "POST",
+        "/palisade.identity.v1.TenantService/GetTenant",
+        &headers,
+        &frame,
+    )
+    .await?;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("grpc-encoding"), Some("gzip"));
+    // The tenant, in one compressed message frame, then the trailers frame.
+    let body = response.body.as_slice();
+    assert_eq!(body[0], 1, "a compressed message frame");
+    let length = u32::from_be_bytes(body[1..5].try_into()?) as usize;
+    let mut message = Vec::new();
+    flate2::read::GzDecoder::new(&body[5..5 + length]).read_to_end(&mut message)?;
+    assert_eq!(Tenant::decode(message.as_slice())?.display_name, "Acme");
+    let trailers = std::str::from_utf8(&body[5 + length + 5..])?;
+    assert!(
+        trailers.split("\r\n").any(|line| line == "grpc-status: 0"),
+        "{trailers}"
+    );
     mesh.stop().await
 }
