@@ -1,5 +1,5 @@
-//! `AuthService`: password login, refresh-token rotation with reuse detection, logout and
-//! token revocation (both end a sign-in session), JWKS.
+//! `AuthService`: password login, JWKS and signing-key rotation here; refresh-token rotation
+//! with reuse detection, logout and token revocation in `auth_tokens.rs`.
 
 use std::sync::Arc;
 
@@ -26,17 +26,17 @@ use crate::{
     lockout::LockoutPolicy,
     passwords::Passwords,
     signing::Keyring,
-    store::{IdentityStore, PasswordAttempt, SessionRecord},
+    store::{IdentityStore, PasswordAttempt},
     tenants::TenantRecord,
     tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS},
     users::UserRecord,
 };
 
 pub struct AuthApi {
-    store: IdentityStore,
-    relay: Relay,
+    pub(super) store: IdentityStore,
+    pub(super) relay: Relay,
     passwords: Passwords,
-    keys: Arc<Keyring>,
+    pub(super) keys: Arc<Keyring>,
     lockout: LockoutPolicy,
     /// How long a sign-in session lasts at most, however often it is refreshed.
     session_max_lifetime: i64,
@@ -67,13 +67,13 @@ impl AuthApi {
     }
 
     /// When a session that began (its login) at `started` ends, however often it is refreshed.
-    fn session_end(&self, started: i64) -> i64 {
+    pub(super) fn session_end(&self, started: i64) -> i64 {
         started.saturating_add(self.session_max_lifetime)
     }
 
     /// Signs a fresh access token for `user` and stores a fresh refresh token in `family`
     /// (whose login was at `started`); neither outlives the session.
-    async fn issue(
+    pub(super) async fn issue(
         &self,
         conn: &mut AnyConnection,
         user: &UserRecord,
@@ -154,55 +154,6 @@ impl AuthApi {
         }
     }
 
-    /// Revokes `session` (a logout or a revocation, named by `action`) and records it, unless
-    /// it had already ended.
-    async fn end_session(
-        &self,
-        session: &SessionRecord,
-        action: &str,
-        request_id: Option<&RequestId>,
-    ) -> Result<(), ApiError> {
-        let principal = Principal::new(session.user_id.clone(), PrincipalKind::User);
-        let resource = format!("tenants/{}/users/{}", session.tenant_id, session.user_id);
-        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        if self
-            .store
-            .revoke_token_family(&mut tx, &session.id, now_micros())
-            .await?
-        {
-            let audit = AuditRecord {
-                tenant: &session.tenant_id,
-                actor_tenant: &session.tenant_id,
-                actor: Some(&principal),
-                action,
-                resource: &resource,
-                outcome: Outcome::Success,
-                request_id,
-                source: crate::COMPONENT,
-                attributes: vec![("token_family", session.id.clone())],
-            };
-            palisade_audit::enqueue(&mut tx, &audit)
-                .await
-                .map_err(ApiError::from)?;
-        }
-        tx.commit().await.map_err(ApiError::from)?;
-        self.relay.notify();
-        Ok(())
-    }
-
-    /// The session an access token belongs to, if it is genuine and names one.
-    async fn access_token_session(&self, token: &str) -> Result<Option<SessionRecord>, ApiError> {
-        let Some(claims) = self.keys.verified_claims(token).await? else {
-            return Ok(None);
-        };
-        let Some(sid) = claims.sid else {
-            return Ok(None);
-        };
-        Ok(self.store.session(&sid).await?.filter(|session| {
-            session.tenant_id.as_str() == claims.tenant && session.user_id == claims.sub
-        }))
-    }
-
     /// Whether the user and its tenant, read again now, may still sign in.
     async fn may_still_sign_in(&self, user: &UserRecord) -> Result<bool, ApiError> {
         let tenant = self.store.get_tenant(&user.tenant_id).await?;
@@ -211,7 +162,7 @@ impl AuthApi {
 }
 
 /// Whether `user` may sign in to `tenant` (its tenant, `None` when that is gone).
-fn may_sign_in(user: &UserRecord, tenant: Option<&TenantRecord>) -> bool {
+pub(super) fn may_sign_in(user: &UserRecord, tenant: Option<&TenantRecord>) -> bool {
     user.state == UserState::Active
         && tenant.is_some_and(|tenant| tenant.state == TenantState::Active)
 }
@@ -223,14 +174,7 @@ fn invalid_login() -> ApiError {
     }
 }
 
-fn invalid_refresh_token() -> ApiError {
-    ApiError::Unauthenticated {
-        reason: "INVALID_REFRESH_TOKEN",
-        message: "the refresh token is invalid, expired, used or revoked".to_owned(),
-    }
-}
-
-fn user_principal(user: &UserRecord) -> Principal {
+pub(super) fn user_principal(user: &UserRecord) -> Principal {
     Principal::new(user.id.clone(), PrincipalKind::User)
 }
 
@@ -433,165 +377,6 @@ impl AuthApi {
             .map_err(ApiError::from)?;
         tracing::info!(tenant = %user.tenant_id, user = %user.id, "user signed in");
         Ok(Response::new(tokens))
-    }
-}
-
-/// The token-as-credential methods (`RefreshToken`, `Logout`, `RevokeToken`), whose tenant is
-/// known only once the token is found. They run with every tenant's rows in view, as a public
-/// call naming no tenant does: a credential sent along, or the host name, may name another
-/// tenant (a security team revoking a leaked token of a tenant it does not belong to), and on
-/// PostgreSQL row-level security would then hide the token. They find rows by token and family
-/// only, and act for the tenant the token belongs to.
-impl AuthApi {
-    async fn refresh(
-        &self,
-        request: Request<RefreshTokenRequest>,
-    ) -> Result<Response<AuthTokens>, Status> {
-        let request_id = request.extensions().get::<RequestId>().cloned();
-        let presented = &request.get_ref().refresh_token;
-        if presented.is_empty() {
-            return Err(ApiError::invalid("refresh_token", "is required").into());
-        }
-        let now = now_micros();
-        let token = self
-            .store
-            .refresh_token(&tokens::hash_refresh_token(presented))
-            .await?
-            .ok_or_else(invalid_refresh_token)?;
-        // The session's end also bounds tokens issued before it was capped.
-        if token.family_revoke_time.is_some()
-            || token.expire_time <= now
-            || self.session_end(token.family_create_time) <= now
-        {
-            return Err(invalid_refresh_token().into());
-        }
-        let user = self
-            .store
-            .get_user(&token.tenant_id, &token.user_id)
-            .await?
-            .ok_or_else(invalid_refresh_token)?;
-        let principal = user_principal(&user);
-        let resource = user.name();
-        let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // Revoked since it was read above (a password change, a logout, a reuse elsewhere).
-        if !self
-            .store
-            .lock_live_token_family(&mut tx, &token.family_id)
-            .await?
-        {
-            return Err(invalid_refresh_token().into());
-        }
-        if !self
-            .store
-            .use_refresh_token(&mut tx, &token.id, now)
-            .await?
-        {
-            // A used token came back: someone holds a copy. End the whole family.
-            self.store
-                .revoke_token_family(&mut tx, &token.family_id, now)
-                .await?;
-            let audit = AuditRecord {
-                tenant: &token.tenant_id,
-                actor_tenant: &token.tenant_id,
-                actor: Some(&principal),
-                action: "identity.auth.refresh_token_reuse",
-                resource: &resource,
-                outcome: Outcome::Denied,
-                request_id: request_id.as_ref(),
-                source: crate::COMPONENT,
-                attributes: vec![("token_family", token.family_id.clone())],
-            };
-            palisade_audit::commit_with(tx, &audit, &self.relay)
-                .await
-                .map_err(ApiError::from)?;
-            tracing::warn!(
-                tenant = %token.tenant_id,
-                user = %token.user_id,
-                family = %token.family_id,
-                "refresh token reused; token family revoked"
-            );
-            return Err(invalid_refresh_token().into());
-        }
-        // Refused before use is recorded (the transaction is dropped), so the token works
-        // again once the tenant is reactivated.
-        let tenant = self.store.get_tenant(&user.tenant_id).await?;
-        if let Some(tenant) = &tenant {
-            crate::tenants::ensure_active(tenant)?;
-        }
-        if !may_sign_in(&user, tenant.as_ref()) {
-            return Err(invalid_refresh_token().into());
-        }
-        let session = (token.family_id.as_str(), token.family_create_time);
-        let tokens = self.issue(&mut tx, &user, session, now).await?;
-        let audit = AuditRecord {
-            tenant: &user.tenant_id,
-            actor_tenant: &user.tenant_id,
-            actor: Some(&principal),
-            action: "identity.auth.refresh",
-            resource: &resource,
-            outcome: Outcome::Success,
-            request_id: request_id.as_ref(),
-            source: crate::COMPONENT,
-            attributes: vec![("token_family", token.family_id.clone())],
-        };
-        palisade_audit::commit_with(tx, &audit, &self.relay)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(tokens))
-    }
-
-    async fn log_out(
-        &self,
-        request: Request<LogoutRequest>,
-    ) -> Result<Response<LogoutResponse>, Status> {
-        let request_id = request.extensions().get::<RequestId>().cloned();
-        let presented = &request.get_ref().refresh_token;
-        if presented.is_empty() {
-            return Err(ApiError::invalid("refresh_token", "is required").into());
-        }
-        let token = self
-            .store
-            .refresh_token(&tokens::hash_refresh_token(presented))
-            .await?
-            .ok_or_else(invalid_refresh_token)?;
-        self.end_session(
-            &token.session(),
-            "identity.auth.logout",
-            request_id.as_ref(),
-        )
-        .await?;
-        Ok(Response::new(LogoutResponse {}))
-    }
-
-    async fn revoke(
-        &self,
-        request: Request<RevokeTokenRequest>,
-    ) -> Result<Response<RevokeTokenResponse>, Status> {
-        let request_id = request.extensions().get::<RequestId>().cloned();
-        let token = &request.get_ref().token;
-        let session = if token.is_empty() {
-            return Err(ApiError::invalid("token", "is required").into());
-        } else if tokens::looks_like_refresh_token(token) {
-            self.store
-                .refresh_token(&tokens::hash_refresh_token(token))
-                .await?
-                .map(|token| token.session())
-        } else if tokens::looks_like_access_token(token) {
-            self.access_token_session(token).await?
-        } else {
-            return Err(ApiError::invalid(
-                "token",
-                "is neither a refresh token (palrt_…) nor an access token (a JWT)",
-            )
-            .into());
-        };
-        // RFC 7009: a token that grants nothing (unknown, forged, already revoked) is answered
-        // like one just revoked.
-        if let Some(session) = session {
-            self.end_session(&session, "identity.auth.revoke", request_id.as_ref())
-                .await?;
-        }
-        Ok(Response::new(RevokeTokenResponse {}))
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod api_key;
 mod auth;
+mod auth_tokens;
 mod authorization;
 mod denials;
 mod edge;
