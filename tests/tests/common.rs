@@ -14,7 +14,8 @@ use palisade_proto::palisade::{
     },
 };
 use palisade_testkit::{Component, HttpResponse, Mesh, eventually, http_request};
-use tonic::{Code, Status};
+use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
+use tonic::{Code, Status, codec::Codec};
 use tonic_types::StatusExt;
 
 /// The fields named by a status's `BadRequest` details.
@@ -188,4 +189,69 @@ pub async fn rest(
         body.as_bytes(),
     )
     .await
+}
+
+/// The method `package.Service/Method` of the mesh's descriptor set, and `json` (proto3 JSON)
+/// as a request to it; panics on a name or request the test got wrong.
+pub fn dynamic_request(path: &str, json: &str) -> (MethodDescriptor, DynamicMessage) {
+    let (service, method) = path.split_once('/').expect("package.Service/Method");
+    let method = palisade_proto::descriptor_pool()
+        .get_service_by_name(service)
+        .and_then(|service| service.methods().find(|m| m.name() == method))
+        .unwrap_or_else(|| panic!("no method {path}"));
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let message = DynamicMessage::deserialize(method.input(), &mut deserializer)
+        .unwrap_or_else(|error| panic!("{path}: bad test request: {error}"));
+    (method, message)
+}
+
+/// Encodes dynamic requests and decodes dynamic responses of one method (its output type), so
+/// a test can call any RPC of the descriptor set, e.g. every RPC it lists.
+#[derive(Clone)]
+pub struct DynamicCodec(pub MessageDescriptor);
+
+pub struct DynamicEncoder;
+pub struct DynamicDecoder(MessageDescriptor);
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> DynamicEncoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> DynamicDecoder {
+        DynamicDecoder(self.0.clone())
+    }
+}
+
+impl tonic::codec::Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: DynamicMessage,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::Message::encode(&item, dst)
+            .map_err(|error| tonic::Status::internal(error.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<DynamicMessage>, tonic::Status> {
+        DynamicMessage::decode(self.0.clone(), src)
+            .map(Some)
+            .map_err(|error| tonic::Status::internal(error.to_string()))
+    }
 }

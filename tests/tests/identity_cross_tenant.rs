@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::new_tenant;
+use common::{DynamicCodec, dynamic_request, new_tenant};
 use palisade_proto::palisade::identity::v1::ApiKey;
 use palisade_proto::palisade::identity::v1::{
     CreateApiKeyRequest, CreateRoleRequest, CreateUserRequest, GetApiKeyRequest, GetRoleRequest,
@@ -16,8 +16,7 @@ use palisade_proto::palisade::identity::v1::{
     user_service_client::UserServiceClient,
 };
 use palisade_testkit::Mesh;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
-use tonic::{Code, codec::Codec, transport::Channel};
+use tonic::{Code, transport::Channel};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -216,56 +215,6 @@ const CASES: &[(&str, &str, &[Code])] = &[
     ),
 ];
 
-/// Encodes dynamic requests and decodes dynamic responses of one method.
-#[derive(Clone)]
-struct DynamicCodec(MessageDescriptor);
-
-struct DynamicEncoder;
-struct DynamicDecoder(MessageDescriptor);
-
-impl Codec for DynamicCodec {
-    type Encode = DynamicMessage;
-    type Decode = DynamicMessage;
-    type Encoder = DynamicEncoder;
-    type Decoder = DynamicDecoder;
-
-    fn encoder(&mut self) -> DynamicEncoder {
-        DynamicEncoder
-    }
-
-    fn decoder(&mut self) -> DynamicDecoder {
-        DynamicDecoder(self.0.clone())
-    }
-}
-
-impl tonic::codec::Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: DynamicMessage,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        prost::Message::encode(&item, dst)
-            .map_err(|error| tonic::Status::internal(error.to_string()))
-    }
-}
-
-impl tonic::codec::Decoder for DynamicDecoder {
-    type Item = DynamicMessage;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<DynamicMessage>, tonic::Status> {
-        DynamicMessage::decode(self.0.clone(), src)
-            .map(Some)
-            .map_err(|error| tonic::Status::internal(error.to_string()))
-    }
-}
-
 /// Calls `service/method` of `palisade.identity.v1` with `json` as a bearer of `token`; the
 /// response as JSON, or the status.
 async fn call(
@@ -274,15 +223,7 @@ async fn call(
     json: &str,
     token: &str,
 ) -> Result<String, tonic::Status> {
-    let pool = palisade_proto::descriptor_pool();
-    let (service, method) = path.split_once('/').expect("service/method");
-    let method = pool
-        .get_service_by_name(&format!("palisade.identity.v1.{service}"))
-        .and_then(|service| service.methods().find(|m| m.name() == method))
-        .unwrap_or_else(|| panic!("no method {path}"));
-    let mut deserializer = serde_json::Deserializer::from_str(json);
-    let message = DynamicMessage::deserialize(method.input(), &mut deserializer)
-        .unwrap_or_else(|error| panic!("{path}: bad test request: {error}"));
+    let (method, message) = dynamic_request(&format!("palisade.identity.v1.{path}"), json);
     let mut request = tonic::Request::new(message);
     let value = format!("Bearer {token}").parse().expect("ascii");
     request.metadata_mut().insert("authorization", value);
