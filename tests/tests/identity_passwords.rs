@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{audit_event, expect_code, new_tenant, reason, violated_fields};
+use common::{
+    audit_event, expect_code, new_tenant, reason, until_a_call_waits_for_a_lock, violated_fields,
+};
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{
@@ -17,7 +19,7 @@ use palisade_proto::palisade::{
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::{Mesh, with_api_key};
+use palisade_testkit::{Component, Mesh, with_api_key};
 use tonic::{Code, Status};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -357,6 +359,73 @@ async fn wrong_current_passwords_count_towards_the_lockout() -> anyhow::Result<(
             refused.attributes.get("reason").map(String::as_str),
             Some("wrong_password")
         );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A login that proved the old password while a change of it committed opens no session: the
+/// change ended the sessions it saw, and one opened after it on the old password would outlive
+/// it. The test holds a change open (the new hash written and the user's row locked, as
+/// `ChangePassword`'s transaction holds them) while the login reads the old hash, then commits
+/// it. On PostgreSQL the commit comes once the login waits for that lock, so the race is hit
+/// every time; on SQLite after a pause (a login slower than that reads the new hash and is
+/// refused all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_racing_a_password_change_opens_no_session() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let names = populate(&mesh, &[("acme", "ada@acme.example", "viewer")]).await?;
+        let ada_id = names[0].rsplit('/').next().expect("an id").to_owned();
+        // A hash of NEW_PASSWORD, made by identity for another user.
+        UserServiceClient::new(mesh.gateway())
+            .create_user(mesh.as_operator(CreateUserRequest {
+                parent: "tenants/acme".into(),
+                user: Some(User {
+                    email: "bob@acme.example".into(),
+                    display_name: "Bob".into(),
+                    ..User::default()
+                }),
+                password: NEW_PASSWORD.to_owned(),
+            }))
+            .await?;
+
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut changing = db.begin().await?;
+        sqlx::query(
+            "UPDATE users SET password_hash = (SELECT password_hash FROM users \
+             WHERE tenant_id = 'acme' AND email = 'bob@acme.example') \
+             WHERE tenant_id = 'acme' AND id = $1",
+        )
+        .bind(&ada_id)
+        .execute(&mut *changing)
+        .await?;
+        let logging_in = tokio::spawn({
+            let gateway = mesh.gateway();
+            async move {
+                AuthServiceClient::new(gateway)
+                    .login(LoginRequest {
+                        tenant_id: "acme".into(),
+                        email: "ada@acme.example".into(),
+                        password: PASSWORD.to_owned(),
+                    })
+                    .await
+            }
+        });
+        until_a_call_waits_for_a_lock(&db, &mut changing, backend).await?;
+        changing.commit().await?;
+        let refused = logging_in.await?;
+        expect_code(refused, Code::Unauthenticated);
+        let sessions: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM token_families WHERE tenant_id = 'acme' AND user_id = $1",
+        )
+        .bind(&ada_id)
+        .fetch_one(db.pool())
+        .await?;
+        assert_eq!(sessions, 0, "{backend}");
+        login(&mesh, "acme", "ada@acme.example", NEW_PASSWORD).await?;
+        db.close().await;
         mesh.stop().await?;
     }
     Ok(())

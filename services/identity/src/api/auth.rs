@@ -341,21 +341,26 @@ impl AuthApi {
             }
             return Err(invalid_login().into());
         }
-        let (user, _) = found.expect("refused above when missing");
+        let (user, verified_hash) = found.expect("refused above when missing");
         let family = uuid::Uuid::now_v7().to_string();
         let principal = user_principal(&user);
         let resource = user.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // Rechecked under the user's lock: a deletion or a disabling that committed since the
-        // checks above wins, rather than a session opening for a user that is gone or stopped.
-        // The same statement forgets the failures (the claim counted this attempt as one).
+        // Rechecked under the user's lock: a deletion, a disabling or a password change that
+        // committed since the checks above wins, rather than a session opening for a user that
+        // is gone or stopped, or on a password that no longer is (the change ended every
+        // session it saw). The same statement forgets the failures (the claim counted this
+        // attempt as one).
         match self
             .store
-            .lock_user_for_sign_in(&mut tx, &user.tenant_id, &user.id)
+            .lock_user_for_sign_in(&mut tx, &user.tenant_id, &user.id, &verified_hash)
             .await?
         {
             Some(current) if current.state == UserState::Active => {}
-            _ => return Err(invalid_login().into()),
+            _ => {
+                tracing::info!(tenant = %user.tenant_id, user = %user.id, "login refused: the user changed while its password was checked");
+                return Err(invalid_login().into());
+            }
         }
         self.store
             .insert_token_family(&mut tx, &family, &user, now)

@@ -7,7 +7,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::{
     IdentityStore, internal,
-    users::{USER_COLUMNS, one_user},
+    users::{USER_COLUMNS, user_from_row},
 };
 use crate::users::UserRecord;
 
@@ -78,9 +78,13 @@ impl IdentityStore {
     }
 
     /// A successful login's first write: [`lock_user`] and [`clear_failed_logins`] in one
-    /// statement (an `UPDATE` locks the row as `FOR UPDATE` does). The user as it is now;
-    /// `None` when it is gone. A login that then refuses rolls the clearing back with its
-    /// transaction.
+    /// statement (an `UPDATE` locks the row as `FOR UPDATE` does), on the condition that the
+    /// user's password hash is still `verified_hash`, the one the login checked. The user as it
+    /// is now; `None` when it is gone or its password changed since it was read, so a login
+    /// that proved the old password while a change committed opens no session (the change
+    /// revoked those before it; on PostgreSQL an `UPDATE` waiting for the change's lock
+    /// judges the row as the change left it). A login that then refuses rolls the clearing
+    /// back with its transaction.
     ///
     /// [`lock_user`]: Self::lock_user
     /// [`clear_failed_logins`]: Self::clear_failed_logins
@@ -89,12 +93,21 @@ impl IdentityStore {
         conn: &mut AnyConnection,
         tenant: &TenantId,
         id: &str,
+        verified_hash: &str,
     ) -> Result<Option<UserRecord>, ApiError> {
         let sql = format!(
-            "UPDATE users SET {FORGET_FAILURES} WHERE tenant_id = $1 AND id = $2 \
+            "UPDATE users SET {FORGET_FAILURES} \
+             WHERE tenant_id = $1 AND id = $2 AND password_hash = $3 \
              RETURNING {USER_COLUMNS}"
         );
-        one_user(conn, sql, tenant, id).await
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id)
+            .bind(verified_hash)
+            .fetch_optional(conn)
+            .await
+            .map_err(internal)?;
+        row.as_ref().map(user_from_row).transpose()
     }
 
     /// A successful login, or a new password, forgets earlier failures and lifts a lock: an
