@@ -1,14 +1,15 @@
 //! Custom roles follow the tenant's plan: moved to a plan without them, a tenant keeps its
 //! roles and their assignments, but they grant nothing and cannot be handed out; moved back,
-//! they grant again.
+//! they grant again. Meanwhile their holders are still judged by them when someone takes
+//! power over them.
 
 mod common;
 mod roles_kit;
 
 use common::{expect_code, reason};
 use palisade_proto::palisade::identity::v1::{
-    AssignRoleRequest, GetEffectivePermissionsRequest, ListUsersRequest, Plan, Tenant,
-    UpdateTenantRequest, role_service_client::RoleServiceClient,
+    AssignRoleRequest, ChangePasswordRequest, GetEffectivePermissionsRequest, ListUsersRequest,
+    Plan, Tenant, UpdateTenantRequest, role_service_client::RoleServiceClient,
     tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
 };
 use palisade_testkit::Mesh;
@@ -120,6 +121,63 @@ async fn custom_roles_grant_only_while_the_plan_has_them() -> anyhow::Result<()>
         users
             .assign_role(with_bearer(assign(&bob.name), &admin))
             .await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// Power over a user is judged on every permission its roles name, custom ones too while they
+/// grant nothing: a manager must not set the password of a user whose custom role makes it
+/// more than a manager once the plan has custom roles again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switched_off_custom_roles_still_count_for_power_over_their_holders() -> anyhow::Result<()>
+{
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let people = populate(
+            &mesh,
+            &[
+                ("acme", "ada@example.com", "admin"),
+                ("acme", "mo@example.com", "manager"),
+                ("acme", "sam@example.com", ""),
+            ],
+        )
+        .await?;
+        let sam = &people[2];
+        let admin = login(mesh.gateway(), "acme", "ada@example.com").await?;
+        // Reading the audit log is beyond a manager.
+        RoleServiceClient::new(mesh.gateway())
+            .create_role(with_bearer(
+                new_role("acme", "audit-lead", &["compliance.audit.list"]),
+                &admin,
+            ))
+            .await?;
+        let mut users = UserServiceClient::new(mesh.gateway());
+        users
+            .assign_role(with_bearer(
+                AssignRoleRequest {
+                    name: sam.name.clone(),
+                    role: "audit-lead".into(),
+                },
+                &admin,
+            ))
+            .await?;
+        TenantServiceClient::new(mesh.gateway())
+            .update_tenant(mesh.as_operator(move_to(Plan::Standard)))
+            .await?;
+
+        let manager = login(mesh.gateway(), "acme", "mo@example.com").await?;
+        let reset = ChangePasswordRequest {
+            name: sam.name.clone(),
+            current_password: String::new(),
+            new_password: "chosen by the manager".into(),
+        };
+        let refused = users.change_password(with_bearer(reset, &manager)).await;
+        assert_eq!(
+            reason(&expect_code(refused, Code::PermissionDenied)),
+            "ROLE_ESCALATION"
+        );
+        login(mesh.gateway(), "acme", "sam@example.com").await?;
         mesh.stop().await?;
     }
     Ok(())

@@ -214,6 +214,14 @@ impl Authz {
         self.permissions_of(user, custom_roles).await
     }
 
+    /// Every permission `user`'s roles name, custom roles counted whether or not its tenant's
+    /// plan has them on, and the self-service ones: what the user holds whenever they grant.
+    /// Power over a user is judged on these, so a plan without custom roles for a while does
+    /// not let a manager take over an account that gets more rights back with them.
+    pub async fn permissions_named(&self, user: &UserRecord) -> Result<BTreeSet<String>, ApiError> {
+        self.permissions_of(user, true).await
+    }
+
     /// [`Authz::user_permissions`], told whether custom roles grant in the user's tenant.
     async fn permissions_of(
         &self,

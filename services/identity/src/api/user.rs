@@ -105,13 +105,14 @@ impl UserApi {
     }
 
     /// Changing a user (setting its password, renaming or disabling it) takes power over it:
-    /// only of users with no more rights than the caller.
+    /// only of users with no more rights than the caller, counting the rights of custom roles
+    /// its tenant's plan switched off for now.
     pub(super) async fn require_power_over(
         &self,
         caller: &Caller,
         user: &UserRecord,
     ) -> Result<(), ApiError> {
-        let held = self.authz.user_permissions(user).await?;
+        let held = self.authz.permissions_named(user).await?;
         if self
             .authz
             .holds_all(&caller.context, &user.tenant_id, &held)
