@@ -37,7 +37,11 @@ fn is_custom(key: &str) -> bool {
 
 /// The gRPC metadata of a REST call: the credential and tracing headers as they are, and
 /// `Grpc-Metadata-<name>` as `<name>` (the proxy then strips `palisade-*` again, whichever way
-/// it came, so this is not the only wall).
+/// it came, so this is not the only wall). A header passed under its own name and given so
+/// wins over its `Grpc-Metadata-` form: `Grpc-Metadata-X-Request-Id` beside the gateway's
+/// `x-request-id` would give the call two ids, the component's log one and the client's
+/// answer the other. Alone, the `Grpc-Metadata-` form stands for the header, as with
+/// grpc-gateway.
 pub fn request_metadata(rest: &HeaderMap) -> HeaderMap {
     const PASSED: [&str; 6] = [
         "authorization",
@@ -58,6 +62,7 @@ pub fn request_metadata(rest: &HeaderMap) -> HeaderMap {
             headers.append(name.clone(), value.clone());
         } else if let Some(key) = name.as_str().strip_prefix(HEADER_PREFIX)
             && is_custom(key)
+            && !(PASSED.contains(&key) && rest.contains_key(key))
             && let Ok(key) = HeaderName::from_bytes(key.as_bytes())
         {
             headers.append(key, value.clone());
@@ -149,5 +154,22 @@ mod tests {
             ["authorization", "content-type", "te", "x-client"]
         );
         assert_eq!(grpc["content-type"], "application/grpc");
+    }
+
+    #[test]
+    fn a_header_passed_by_its_own_name_wins_over_its_metadata_header_form() {
+        let rest = map(&[
+            ("x-request-id", "edge-1"),
+            ("grpc-metadata-x-request-id", "forged"),
+            ("grpc-metadata-authorization", "ApiKey alone"),
+        ]);
+        let grpc = request_metadata(&rest);
+        let ids: Vec<_> = grpc.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["edge-1"]);
+        assert_eq!(grpc["authorization"], "ApiKey alone");
+        assert_eq!(
+            names(&grpc),
+            ["authorization", "content-type", "te", "x-request-id"]
+        );
     }
 }
