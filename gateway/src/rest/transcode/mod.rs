@@ -341,9 +341,13 @@ fn set(
     let (field, parents) = fields.split_last().expect("a path has at least one field");
     let mut object = root;
     for parent in parents {
-        // Whichever spelling the body used, the value set here replaces it.
-        if parent.name() != parent.json_name() {
-            object.remove(parent.name());
+        // A parent the body spelled the proto way (`user_profile`) is kept, under the JSON
+        // name the value is set beneath, with its other fields (the body spells a field one
+        // way only: `strict::check_spellings`).
+        if parent.name() != parent.json_name()
+            && let Some(spelled) = object.remove(parent.name())
+        {
+            object.insert(parent.json_name().to_owned(), spelled);
         }
         let entry = object
             .entry(parent.json_name())

@@ -544,3 +544,31 @@ fn times_are_held_to_the_proto3_json_forms() {
     let query = request_message(&input, &BodyRule::None, None, &[], "ttl=1.0000000001s", b"");
     assert_eq!(violation(query).field, "ttl");
 }
+
+/// A path binding beneath a parent the body spells the proto way (`api_key`, not `apiKey`)
+/// joins the body's other fields of that parent rather than replacing them.
+#[test]
+fn a_binding_beneath_a_parent_spelled_the_proto_way_keeps_the_parents_other_fields() {
+    let input = descriptor("palisade.identity.v1.CreateApiKeyRequest");
+    for body in [
+        &br#"{"parent": "tenants/acme", "api_key": {"display_name": "ci", "scopes": ["identity.users.list"]}}"#[..],
+        br#"{"parent": "tenants/acme", "apiKey": {"displayName": "ci", "scopes": ["identity.users.list"]}}"#,
+    ] {
+        let encoded = request_message(
+            &input,
+            &BodyRule::Whole,
+            None,
+            &bindings(&[("api_key.owner", "tenants/acme/users/u1")]),
+            "",
+            body,
+        )
+        .unwrap();
+        let request =
+            palisade_proto::palisade::identity::v1::CreateApiKeyRequest::decode(encoded.as_slice())
+                .unwrap();
+        let key = request.api_key.unwrap();
+        assert_eq!(key.owner, "tenants/acme/users/u1");
+        assert_eq!(key.display_name, "ci", "{}", String::from_utf8_lossy(body));
+        assert_eq!(key.scopes, ["identity.users.list"]);
+    }
+}
