@@ -20,16 +20,22 @@ use crate::frames;
 /// `Grpc-Metadata-*` (its headers) and `Grpc-Trailer-*` (its trailers) headers.
 pub(super) async fn respond(binding: &Binding, response: Response<Body>) -> Response<Body> {
     let (parts, body) = response.into_parts();
-    // Trailers-only: the call failed before any message (the proxy's own refusals, too); its
-    // one header block is its trailers.
-    if let Some(status) = Status::from_header_map(&parts.headers)
+    // Trailers-only: the call failed before any message (the proxy's own refusals, too), or
+    // (from servers that answer so) a stream ended empty; its one header block is its
+    // trailers.
+    let trailers_only = Status::from_header_map(&parts.headers);
+    if let Some(status) = &trailers_only
         && status.code() != Code::Ok
     {
-        let mut response = error_response(&status);
+        let mut response = error_response(status);
         metadata::forward_response(&parts.headers, TRAILER_PREFIX, response.headers_mut());
         return response;
     }
     let mut reader = GrpcReader::new(body);
+    if trailers_only.is_some() {
+        reader.trailers = parts.headers.clone();
+        reader.ended_in_headers = true;
+    }
     let mut response = if binding.server_streaming {
         stream_response(binding, reader).await
     } else {
@@ -40,7 +46,9 @@ pub(super) async fn respond(binding: &Binding, response: Response<Body>) -> Resp
         metadata::forward_response(&reader.trailers, TRAILER_PREFIX, response.headers_mut());
         response
     };
-    metadata::forward_response(&parts.headers, HEADER_PREFIX, response.headers_mut());
+    if trailers_only.is_none() {
+        metadata::forward_response(&parts.headers, HEADER_PREFIX, response.headers_mut());
+    }
     response
 }
 
@@ -157,6 +165,9 @@ struct GrpcReader {
     finished: bool,
     /// The call's trailers, once they arrived.
     trailers: HeaderMap,
+    /// The response was trailers-only, with `OK`: its headers are `trailers`, and its body
+    /// ends without trailers of its own.
+    ended_in_headers: bool,
 }
 
 impl GrpcReader {
@@ -166,6 +177,7 @@ impl GrpcReader {
             decoder: frames::Decoder::default(),
             finished: false,
             trailers: HeaderMap::new(),
+            ended_in_headers: false,
         }
     }
 
@@ -199,6 +211,7 @@ impl GrpcReader {
                     }
                 },
                 Some(Err(status)) => return self.end(status),
+                None if self.ended_in_headers => return self.end(Status::ok("")),
                 None => {
                     return self.end(Status::unknown("the call ended without a grpc-status"));
                 }
@@ -396,5 +409,24 @@ mod tests {
             .await
             .unwrap();
         assert!(collected.trailers().is_none());
+    }
+
+    /// grpc-go and grpc-java end an empty stream trailers-only, with `OK`: an empty answer,
+    /// as when the status comes in trailers after empty headers.
+    #[tokio::test]
+    async fn an_empty_stream_answered_trailers_only_is_an_empty_answer() {
+        let mut ended = HeaderMap::new();
+        Status::ok("").add_header(&mut ended).unwrap();
+        ended.insert("content-type", HeaderValue::from_static("application/grpc"));
+        ended.insert("x-cost", HeaderValue::from_static("0"));
+        let mut trailers_only = grpc_response(vec![]);
+        *trailers_only.headers_mut() = ended;
+        let response = respond(&export_binding(), trailers_only).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("grpc-metadata-x-cost").is_none());
+        let collected = response.into_body().collect().await.unwrap();
+        let sent = collected.trailers().cloned().unwrap_or_default();
+        assert_eq!(sent["grpc-trailer-x-cost"], "0");
+        assert!(collected.to_bytes().is_empty());
     }
 }
