@@ -239,6 +239,8 @@ async fn rest_errors_have_grpc_gateway_statuses_and_bodies() -> anyhow::Result<(
             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
             "reason": "UNAUTHENTICATED",
             "domain": "palisade.dev",
+            // Fields at their default value are sent, in errors as in answers.
+            "metadata": {},
         })
     );
     assert_eq!(

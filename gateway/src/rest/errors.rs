@@ -46,15 +46,12 @@ pub fn status_json(status: &Status) -> serde_json::Value {
         .unwrap_or_else(|_| DynamicMessage::new(descriptor.clone()));
     message.set_field_by_name("code", Value::I32(status.code() as i32));
     message.set_field_by_name("message", Value::String(status.message().to_owned()));
-    match message.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new()) {
-        Ok(serde_json::Value::Object(mut json)) => {
-            // grpc-gateway's bodies always carry all three keys, even when empty.
-            json.entry("code").or_insert_with(|| 0.into());
-            json.entry("message").or_insert_with(|| "".into());
-            json.entry("details")
-                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
-            serde_json::Value::Object(json)
-        }
+    // Fields at their default value are sent, as in answers (`transcode::response_json`) and
+    // as grpc-gateway renders errors with the same marshaler: `code`, `message` and `details`
+    // are always there, and so is a detail's `"reason": ""`.
+    let options = SerializeOptions::new().skip_default_fields(false);
+    match message.serialize_with_options(serde_json::value::Serializer, &options) {
+        Ok(json @ serde_json::Value::Object(_)) => json,
         other => {
             // A detail whose type the gateway does not know cannot be rendered as JSON;
             // the code and message still reach the client.
@@ -193,7 +190,8 @@ mod tests {
                 "details": [{
                     "@type": "type.googleapis.com/google.rpc.BadRequest",
                     "fieldViolations": [
-                        {"field": "tenant.display_name", "description": "must not be empty"}
+                        // Defaults are sent, as in answers.
+                        {"field": "tenant.display_name", "description": "must not be empty", "reason": ""}
                     ]
                 }]
             })
