@@ -32,6 +32,10 @@ use crate::{
     users::UserRecord,
 };
 
+/// The user id an unknown email's login claims its attempt for: user ids are UUIDs, so it
+/// matches no row.
+const NO_USER: &str = "";
+
 pub struct AuthApi {
     pub(super) store: IdentityStore,
     pub(super) relay: Relay,
@@ -273,15 +277,16 @@ impl AuthApi {
         // The attempt is claimed (counted as a failure) before the password is checked, so
         // parallel guesses cannot outnumber the lockout's limit. A locked account's password
         // is still hashed, and the answer ignored: refusing it sooner than an unknown email
-        // (hashed against a decoy) would tell the email exists.
-        let attempt = match &found {
-            Some((user, _)) => Some(
-                self.store
-                    .claim_password_attempt(&user.id, now, &self.lockout)
-                    .await?,
-            ),
-            None => None,
-        };
+        // (hashed against a decoy) would tell the email exists. For the same reason an
+        // unknown email makes the same claim on a user id that matches no row: on SQLite the
+        // claim waits for the one writer, so skipping it would answer unknown emails faster
+        // whenever writes queue.
+        let claimed_for = found.as_ref().map_or(NO_USER, |(user, _)| user.id.as_str());
+        let claim = self
+            .store
+            .claim_password_attempt(claimed_for, now, &self.lockout)
+            .await?;
+        let attempt = found.is_some().then_some(claim);
         let locked = attempt == Some(PasswordAttempt::Refused);
         let matches = self
             .password_matches(
