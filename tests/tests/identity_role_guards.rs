@@ -1,6 +1,7 @@
 //! The walls around roles: nobody puts into a role, or grants, permissions it does not hold
-//! itself (not even by granting a role widened while the grant was being judged), and another
-//! tenant's principals neither read nor change a tenant's roles.
+//! itself (not even by granting a role widened while the grant was being judged, nor by taking
+//! over a user whose role widened meanwhile), and another tenant's principals neither read nor
+//! change a tenant's roles.
 
 mod common;
 mod roles_kit;
@@ -9,9 +10,10 @@ use common::{expect_code, reason, until_a_call_waits_for_a_lock, violated_fields
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        AssignRoleRequest, DeleteRoleRequest, GetEffectivePermissionsRequest, GetRoleRequest,
-        GetUserRequest, ListRolesRequest, Role, UpdateRoleRequest,
-        role_service_client::RoleServiceClient, user_service_client::UserServiceClient,
+        AssignRoleRequest, ChangePasswordRequest, DeleteRoleRequest,
+        GetEffectivePermissionsRequest, GetRoleRequest, GetUserRequest, ListRolesRequest, Role,
+        UpdateRoleRequest, role_service_client::RoleServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Component, Mesh};
@@ -326,6 +328,81 @@ async fn a_grant_judged_before_its_role_widens_is_aborted() -> anyhow::Result<()
             .await?
             .into_inner();
         assert_eq!(bob_now.roles, ["viewer"], "{backend}");
+        db.close().await;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// The same race on power over a user: a manager resets the password of Bob, who holds a
+/// custom role, while an admin widens that role beyond the manager's rights. The reset judged
+/// Bob on the role as it was, so it is aborted (`CONCURRENT_CHANGE`) rather than taking over
+/// a user who now holds more than the manager. The test holds the widening open (the role's
+/// row locked, as `UpdateRole` locks it) while the reset runs, then commits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_reset_judged_before_the_users_role_widens_is_aborted() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let people = populate(
+            &mesh,
+            &[
+                ("acme", "mo@acme.example", "manager"),
+                ("acme", "bob@acme.example", "viewer"),
+            ],
+        )
+        .await?;
+        let bob = &people[1];
+        RoleServiceClient::new(mesh.gateway())
+            .create_role(mesh.as_operator(new_role("acme", "reporter", &["identity.users.get"])))
+            .await?;
+        UserServiceClient::new(mesh.gateway())
+            .assign_role(mesh.as_operator(AssignRoleRequest {
+                name: bob.name.clone(),
+                role: "reporter".into(),
+            }))
+            .await?;
+        let manager = login(mesh.gateway(), "acme", "mo@acme.example").await?;
+
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut widening = db.begin().await?;
+        sqlx::query("UPDATE roles SET update_time = update_time + 1 WHERE tenant_id = 'acme' AND id = 'reporter'")
+            .execute(&mut *widening)
+            .await?;
+        sqlx::query(
+            "INSERT INTO role_permissions (tenant_id, role_id, permission) \
+             VALUES ('acme', 'reporter', 'identity.tenants.update')",
+        )
+        .execute(&mut *widening)
+        .await?;
+        let resetting = tokio::spawn({
+            let mut users = UserServiceClient::new(mesh.gateway());
+            let request = with_bearer(
+                ChangePasswordRequest {
+                    name: bob.name.clone(),
+                    current_password: String::new(),
+                    new_password: "chosen by the manager".into(),
+                },
+                &manager,
+            );
+            async move { users.change_password(request).await }
+        });
+        // The reset judged Bob's role narrow and now waits for it.
+        until_a_call_waits_for_a_lock(&db, &mut widening, backend).await?;
+        widening.commit().await?;
+        let refused = resetting
+            .await?
+            .expect_err("a reset of a user with more rights than the manager");
+        if backend == "postgres" {
+            assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+        }
+        match refused.code() {
+            Code::Aborted => assert_eq!(reason(&refused), "CONCURRENT_CHANGE"),
+            Code::PermissionDenied => assert_eq!(reason(&refused), "ROLE_ESCALATION"),
+            _ => panic!("{backend}: {refused:?}"),
+        }
+        // Bob's password is as it was.
+        login(mesh.gateway(), "acme", "bob@acme.example").await?;
         db.close().await;
         mesh.stop().await?;
     }

@@ -19,7 +19,7 @@ use decisions::{
 
 use crate::{
     api_keys,
-    roles::{self, Roles, custom_roles_grant},
+    roles::{self, RoleRecord, Roles, custom_roles_grant},
     store::{ApiKeyRecord, IdentityStore},
     users::UserRecord,
 };
@@ -222,18 +222,40 @@ impl Authz {
         self.permissions_of(user, true).await
     }
 
+    /// [`Authz::permissions_named`] with `custom`, the user's custom roles as the caller read
+    /// them (under a lock, say), instead of reading them.
+    pub fn permissions_named_with(
+        &self,
+        user: &UserRecord,
+        custom: &[RoleRecord],
+    ) -> BTreeSet<String> {
+        let mut held = self.built_in_and_self_service(user);
+        let granted = custom.iter().flat_map(|role| &role.permissions);
+        held.extend(
+            granted
+                .filter(|permission| self.roles.in_catalogue(permission))
+                .cloned(),
+        );
+        held
+    }
+
     /// [`Authz::user_permissions`], told whether custom roles grant in the user's tenant.
     async fn permissions_of(
         &self,
         user: &UserRecord,
         custom_roles: bool,
     ) -> Result<BTreeSet<String>, ApiError> {
-        let mut held = self.roles.built_in_grants(&user.roles);
-        held.extend(roles::SELF_SERVICE.map(str::to_owned));
+        let mut held = self.built_in_and_self_service(user);
         if custom_roles && self.roles.any_custom(&user.roles) {
             held.extend(self.custom_permissions(user).await?);
         }
         Ok(held)
+    }
+
+    fn built_in_and_self_service(&self, user: &UserRecord) -> BTreeSet<String> {
+        let mut held = self.roles.built_in_grants(&user.roles);
+        held.extend(roles::SELF_SERVICE.map(str::to_owned));
+        held
     }
 
     /// The permissions `user` holds through custom roles, limited to the catalogue (a role

@@ -106,19 +106,20 @@ impl UserApi {
 
     /// Changing a user (setting its password, renaming or disabling it) takes power over it:
     /// only of users with no more rights than the caller, counting the rights of custom roles
-    /// its tenant's plan switched off for now.
+    /// its tenant's plan switched off for now. Returns the permissions the user was judged on,
+    /// for [`Self::lock_as_judged`].
     pub(super) async fn require_power_over(
         &self,
         caller: &Caller,
         user: &UserRecord,
-    ) -> Result<(), ApiError> {
+    ) -> Result<BTreeSet<String>, ApiError> {
         let held = self.authz.permissions_named(user).await?;
         if self
             .authz
             .holds_all(&caller.context, &user.tenant_id, &held)
             .await?
         {
-            Ok(())
+            Ok(held)
         } else {
             Err(ApiError::PermissionDenied {
                 reason: "ROLE_ESCALATION",
@@ -149,11 +150,14 @@ impl UserApi {
     /// `tx`, and returns it as it is now, with those roles. Not found if it was deleted
     /// meanwhile; aborted (to be retried) if its roles changed, since the judgement was about
     /// a user holding the old ones: a manager must not set the password of a user just made
-    /// an admin.
+    /// an admin. With `judged`, the permissions [`Self::require_power_over`] judged the user
+    /// on, its custom roles are share-locked too (an `UpdateRole` waits, or has committed),
+    /// and the call is aborted as well if they now grant more than that.
     pub(super) async fn lock_as_judged(
         &self,
         tx: &mut sqlx::AnyConnection,
         user: &UserRecord,
+        judged: Option<&BTreeSet<String>>,
     ) -> Result<UserRecord, ApiError> {
         let name = user.name();
         let mut locked = self
@@ -171,6 +175,22 @@ impl UserApi {
                 reason: "CONCURRENT_CHANGE",
                 message: format!("the roles of {name} changed meanwhile; retry"),
             });
+        }
+        if let Some(judged) = judged {
+            let custom = self.custom_role_ids(&user.roles);
+            let custom = (self.store)
+                .lock_roles(tx, &user.tenant_id, &custom, RoleLock::Share)
+                .await?;
+            if !self
+                .authz
+                .permissions_named_with(user, &custom)
+                .is_subset(judged)
+            {
+                return Err(ApiError::Aborted {
+                    reason: "CONCURRENT_CHANGE",
+                    message: format!("the roles of {name} grant more than they did; retry"),
+                });
+            }
         }
         locked.roles = user.roles.clone();
         Ok(locked)
@@ -208,6 +228,12 @@ impl UserApi {
         tenant: &TenantId,
         roles: &[String],
     ) -> Result<Vec<RoleRecord>, ApiError> {
+        let custom = self.custom_role_ids(roles);
+        self.store.custom_roles(tenant, &custom).await
+    }
+
+    /// The ids of the custom roles among `roles` (built-in names are skipped), sorted, once.
+    fn custom_role_ids(&self, roles: &[String]) -> Vec<String> {
         let mut custom: Vec<String> = roles
             .iter()
             .filter(|role| !self.roles().is_known(role) && crate::roles::is_role_id(role))
@@ -215,7 +241,7 @@ impl UserApi {
             .collect();
         custom.sort();
         custom.dedup();
-        self.store.custom_roles(tenant, &custom).await
+        custom
     }
 
     /// Custom roles are assigned only while `tenant`'s plan has them on: they would grant

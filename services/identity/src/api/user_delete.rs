@@ -24,14 +24,14 @@ impl UserApi {
                 message: "a user cannot delete itself; another admin or an operator can".to_owned(),
             });
         }
-        self.require_power_over(&caller, &user).await?;
+        let judged = self.require_power_over(&caller, &user).await?;
         // Checked on the user as read (no lock is held while the caller's rights are looked
         // up), then locked: what races with the deletion (a login opening a session, a new key
         // for the user, a role assigned) either committed before and is deleted here, or
         // waits and then finds no user. A role that changed in between means the check above
         // judged another user: the call is aborted, to be retried.
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        self.lock_as_judged(&mut tx, &user).await?;
+        self.lock_as_judged(&mut tx, &user, Some(&judged)).await?;
         let ended = self.store.delete_user(&mut tx, &user, now_micros()).await?;
         let resource = user.name();
         let audit = AuditRecord {

@@ -61,9 +61,11 @@ impl UserApi {
             return Err(ApiError::InvalidArgument(vec![violation]));
         }
         let now = now_micros();
-        if own {
+        // Changing one's own password needs the current one, not power over oneself.
+        let judged = if own {
             self.check_current_password(&caller, &user, &request.current_password, now)
                 .await?;
+            None
         } else {
             let decision = self
                 .authz
@@ -83,14 +85,14 @@ impl UserApi {
                     ),
                 });
             }
-            self.require_power_over(&caller, &user).await?;
-        }
+            Some(self.require_power_over(&caller, &user).await?)
+        };
         let password_hash = self.passwords.hash(&request.new_password).await?;
         let resource = user.name();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         // A user deleted since it was read is not found, rather than "changed"; one whose
         // roles changed is judged again on retry.
-        self.lock_as_judged(&mut tx, &user).await?;
+        self.lock_as_judged(&mut tx, &user, judged.as_ref()).await?;
         self.store
             .set_password_hash(&mut tx, &user, &password_hash, now)
             .await?;
@@ -137,10 +139,10 @@ impl UserApi {
         }
         // Unlocking reopens the account's password to guessing: as much power over the user
         // as setting that password takes.
-        self.require_power_over(&caller, &user).await?;
+        let judged = self.require_power_over(&caller, &user).await?;
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        let mut current = self.lock_as_judged(&mut tx, &user).await?;
+        let mut current = self.lock_as_judged(&mut tx, &user, Some(&judged)).await?;
         let was_locked = current.locked_until.is_some_and(|until| until > now);
         self.store.clear_failed_logins(&mut tx, &user.id).await?;
         current.locked_until = None;

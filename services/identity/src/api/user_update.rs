@@ -60,11 +60,13 @@ impl UserApi {
                     .to_owned(),
             });
         }
-        self.require_power_over(&caller, &current).await?;
+        let judged = self.require_power_over(&caller, &current).await?;
         // ... and applied to the user as it is under the lock, so a concurrent update (a
         // disable, say) is never written over with what was read before it.
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        let locked = self.lock_as_judged(&mut tx, &current).await?;
+        let locked = self
+            .lock_as_judged(&mut tx, &current, Some(&judged))
+            .await?;
         let update = users::apply_update(&locked, user, request.update_mask.as_ref(), now)?;
         if update.changed.is_empty() {
             return Ok(locked);
