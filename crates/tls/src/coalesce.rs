@@ -28,9 +28,8 @@ const HIGH_WATER: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct CoalescedWrites<T> {
     inner: T,
-    /// Bytes written to us and not yet to `inner`, from `sent` on.
+    /// Bytes written to us and not yet to `inner`: never more than `HIGH_WATER` and one write.
     held: Vec<u8>,
-    sent: usize,
     /// Whether the current flush has already let the other ready tasks run once.
     deferred: bool,
 }
@@ -40,7 +39,6 @@ impl<T> CoalescedWrites<T> {
         CoalescedWrites {
             inner,
             held: Vec::new(),
-            sent: 0,
             deferred: false,
         }
     }
@@ -51,23 +49,34 @@ impl<T> CoalescedWrites<T> {
 }
 
 impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
-    /// Writes everything held through to `inner`.
+    /// Writes everything held through to `inner`. What went out leaves `held` however the
+    /// attempt ends: a peer that reads slowly takes part of it per turn, and more is appended
+    /// behind the rest, so keeping the written part until all of it had gone would let a
+    /// connection that never drains fully keep every byte it ever sent.
     fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.held.len() {
-            let written =
-                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[self.sent..]))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        let mut sent = 0;
+        let outcome = loop {
+            if sent == self.held.len() {
+                break Poll::Ready(Ok(()));
             }
-            self.sent += written;
+            match Pin::new(&mut self.inner).poll_write(cx, &self.held[sent..]) {
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(written)) => sent += written,
+                Poll::Ready(Err(error)) => break Poll::Ready(Err(error)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        self.held.drain(..sent);
+        // One large write (a big message's frames at once) must not keep its buffer for the
+        // connection's life.
+        if self.held.is_empty() && self.held.capacity() > 4 * HIGH_WATER {
+            self.held = Vec::new();
         }
-        self.held.clear();
-        self.sent = 0;
-        Poll::Ready(Ok(()))
+        outcome
     }
 
     fn poll_make_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.held.len() - self.sent >= HIGH_WATER {
+        if self.held.len() >= HIGH_WATER {
             ready!(self.poll_write_held(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -117,7 +126,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.sent < this.held.len() && !this.deferred {
+        if !this.held.is_empty() && !this.deferred {
             // Waking ourselves while running is a yield in tokio: this task goes to the back
             // of the run queue, behind the tasks about to queue more frames.
             this.deferred = true;
@@ -220,5 +229,70 @@ mod tests {
         let mut rest = Vec::new();
         far.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest.len(), HIGH_WATER);
+    }
+
+    /// A peer that reads slowly: it takes at most `per_turn` bytes, then is not ready until
+    /// it is asked again.
+    struct Trickle {
+        per_turn: usize,
+        ready: bool,
+        taken: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if !this.ready {
+                this.ready = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.ready = false;
+            let taken = buf.len().min(this.per_turn);
+            this.taken += taken;
+            Poll::Ready(Ok(taken))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Frames come faster than the peer takes them, so what is held never drains fully: what
+    /// went out must still leave the buffer, which then holds at most `HIGH_WATER` and one
+    /// write however much passes through.
+    #[test]
+    fn a_slow_reader_never_makes_the_buffer_keep_what_it_already_took() {
+        let mut near = CoalescedWrites::new(Trickle {
+            per_turn: 1000,
+            ready: false,
+            taken: 0,
+        });
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let frame = [1u8; 1500];
+        for _ in 0..2000 {
+            // Refused (pending) while over the high-water mark; offered again next turn.
+            let _ = Pin::new(&mut near).poll_write(&mut cx, &frame);
+            let _ = Pin::new(&mut near).poll_flush(&mut cx);
+            assert!(
+                near.held.len() <= HIGH_WATER + frame.len(),
+                "{} bytes held after {} went out",
+                near.held.len(),
+                near.inner.taken
+            );
+        }
+        assert!(
+            near.inner.taken > 1_000_000,
+            "{} went out",
+            near.inner.taken
+        );
     }
 }
