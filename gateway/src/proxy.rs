@@ -1,10 +1,11 @@
 //! The per-request path through the gateway, in the order a request meets it:
 //! strip client context → request id → local services (health, reflection) → method policy
-//! (internal methods are never routed) → authentication → the credential's tenant: in
-//! service, within its rate, within its monthly quota (the call is counted) — or, for a public
-//! call without a credential, the tenant its host name names → tenant context → deadline
-//! (`deadline.rs`; counted from the call's arrival, so the backend gets what is left) →
-//! backend.
+//! (internal methods are never routed) → deadline (`deadline.rs`; read before anything is
+//! charged, so a malformed `grpc-timeout` costs no quota, and counted from the call's arrival:
+//! it bounds the steps below, and the backend gets what is left) → authentication → the
+//! credential's tenant: in service, within its rate, within its monthly quota (the call is
+//! counted) — or, for a public call without a credential, the tenant its host name names →
+//! tenant context → message size → backend.
 //!
 //! Rates and quotas apply to calls made with a tenant's credential. Public calls are not
 //! charged to the tenant their host names: anyone can make them, so charging them would let
@@ -150,6 +151,61 @@ impl Proxy {
         self.verifier.verify(&key, admit).await.map(Some)
     }
 
+    /// The tenant context a request is made in, once its client and tenant are admitted: the
+    /// verified credential's, within its tenant's rate and quota; for a public method without
+    /// one, the tenant its host name names (if any), within the client's own rate.
+    async fn admitted_context(
+        &self,
+        headers: &http::HeaderMap,
+        origin: Option<&ClientOrigin>,
+        host: Option<&str>,
+        public: bool,
+    ) -> Result<Option<TenantContext>, ApiError> {
+        let mut charged = false;
+        let verified = match self.verify_credential(headers, origin, &mut charged).await {
+            Ok(verified) => verified,
+            // A public method needs no credential, so one that does not verify is ignored
+            // rather than refused: a client that sends its access token with every call must
+            // still reach `RefreshToken` once that token has expired.
+            Err(ApiError::Unauthenticated { .. }) if public => None,
+            Err(error) => return Err(error),
+        };
+        let context = match (verified, public) {
+            (Some(context), _) => {
+                self.admit(&context.tenant_id).await?;
+                Some(context)
+            }
+            // No principal: the tenant only tells public calls such as `Login` whose they are.
+            (None, true) => {
+                // Unless the client already paid for this call, asking about its key.
+                if !charged {
+                    self.admit_client(origin, "public calls without a credential")?;
+                }
+                match host {
+                    Some(host) => {
+                        self.limits
+                            .directory
+                            .by_host(host)
+                            .await
+                            .map(|tenant| TenantContext {
+                                tenant_id: tenant.id.clone(),
+                                principal: None,
+                            })
+                    }
+                    None => None,
+                }
+            }
+            (None, false) => {
+                return Err(ApiError::Unauthenticated {
+                    reason: "UNAUTHENTICATED",
+                    message: "this method needs a credential: `authorization: Bearer <token>` or `authorization: ApiKey <key>`"
+                        .to_owned(),
+                });
+            }
+        };
+        Ok(context)
+    }
+
     async fn route<B>(
         &self,
         mut request: Request<B>,
@@ -182,53 +238,33 @@ impl Proxy {
             }
             .into());
         }
-        let origin = request.extensions().get::<ClientOrigin>();
-        let mut charged = false;
-        let verified = match self
-            .verify_credential(request.headers(), origin, &mut charged)
-            .await
-        {
-            Ok(verified) => verified,
-            // A public method needs no credential, so one that does not verify is ignored
-            // rather than refused: a client that sends its access token with every call must
-            // still reach `RefreshToken` once that token has expired.
-            Err(ApiError::Unauthenticated { .. }) if policy.public => None,
-            Err(error) => return Err(error.into()),
+        // The call's budget, read before anything is charged for it: the client's deadline,
+        // else for a unary call the gateway's default (a streaming call lasts as long as its
+        // client keeps it open).
+        let budget = match deadline::client_deadline(request.headers())? {
+            Some(deadline) => Some(deadline),
+            None if policy.streaming => None,
+            None => Some(self.default_deadline),
         };
-        let context = match (verified, policy.public) {
-            (Some(context), _) => {
-                self.admit(&context.tenant_id).await?;
-                Some(context)
-            }
-            // No principal: the tenant only tells public calls such as `Login` whose they are.
-            (None, true) => {
-                // Unless the client already paid for this call, asking about its key.
-                if !charged {
-                    let origin = request.extensions().get::<ClientOrigin>();
-                    self.admit_client(origin, "public calls without a credential")?;
-                }
-                match request_host(&request) {
-                    Some(host) => {
-                        self.limits
-                            .directory
-                            .by_host(host)
-                            .await
-                            .map(|tenant| TenantContext {
-                                tenant_id: tenant.id.clone(),
-                                principal: None,
-                            })
-                    }
-                    None => None,
-                }
-            }
-            (None, false) => {
-                return Err(ApiError::Unauthenticated {
-                    reason: "UNAUTHENTICATED",
-                    message: "this method needs a credential: `authorization: Bearer <token>` or `authorization: ApiKey <key>`"
-                        .to_owned(),
-                }
-                .into());
-            }
+        let deadline_error = |deadline: Duration| ApiError::DeadlineExceeded {
+            message: format!("{path} did not complete within its deadline ({deadline:?})"),
+        };
+        let exceeded = |deadline: Duration| {
+            tracing::info!(%path, ?deadline, "call exceeded its deadline");
+            deadline_error(deadline)
+        };
+        // Within the budget too: a credential or a tenant looked up while identity is slow.
+        let admitted = self.admitted_context(
+            request.headers(),
+            request.extensions().get::<ClientOrigin>(),
+            request_host(&request),
+            policy.public,
+        );
+        let context = match budget {
+            Some(budget) => tokio::time::timeout_at((arrived + budget).into(), admitted)
+                .await
+                .map_err(|_| exceeded(budget))??,
+            None => admitted.await?,
         };
         if let Some(context) = context.as_ref().filter(|c| c.principal.is_some()) {
             tracing::Span::current().record("palisade.tenant_id", context.tenant_id.as_str());
@@ -244,20 +280,6 @@ impl Proxy {
             write_origin(headers, origin);
         }
 
-        // The call's budget: the client's deadline, else for a unary call the gateway's default
-        // (a streaming call lasts as long as its client keeps it open).
-        let budget = match deadline::client_deadline(headers)? {
-            Some(deadline) => Some(deadline),
-            None if policy.streaming => None,
-            None => Some(self.default_deadline),
-        };
-        let deadline_error = |deadline: Duration| ApiError::DeadlineExceeded {
-            message: format!("{path} did not complete within its deadline ({deadline:?})"),
-        };
-        let exceeded = |deadline: Duration| {
-            tracing::info!(%path, ?deadline, "call exceeded its deadline");
-            deadline_error(deadline)
-        };
         // The message's size is known before any backend is asked, within the call's budget.
         let checked = message_limit::within_limit(request.map(Body::new));
         let mut request = match budget {

@@ -125,6 +125,35 @@ async fn rest_get(
     .await
 }
 
+/// A call refused for a malformed `grpc-timeout` is refused before it is charged: it uses up
+/// none of its tenant's rate (nor, counted in the same step, its monthly quota).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_with_a_malformed_deadline_costs_no_rate() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let limits = [("requests_per_second", 1), ("request_burst", 3)];
+    let (acme, acme_admin) = tenant_with_admin(&mesh, "acme", &limits, "").await?;
+    for _ in 0..10 {
+        let mut request = with_bearer(
+            GetUserRequest {
+                name: acme_admin.clone(),
+            },
+            &acme,
+        );
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", "soon".parse()?);
+        let refused = UserServiceClient::new(mesh.gateway())
+            .get_user(request)
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(refused, Code::InvalidArgument)),
+            ["grpc-timeout"]
+        );
+    }
+    get_self(&mesh, &acme, &acme_admin).await?;
+    mesh.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_rate_is_refused_and_others_are_not() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
