@@ -133,7 +133,10 @@ impl Edge {
         // Answered as any other response below, so a browser can read it (CORS).
         let refusal = web::Mode::refuse_unsupported(content_type);
         let web = web::Mode::of(content_type);
-        if refusal.is_none() && web.is_none() && content_type.starts_with("application/grpc") {
+        // Media types are case-insensitive (RFC 9110 8.3.1), as `web::Mode::of` reads them.
+        let grpc =
+            (content_type.get(..16)).is_some_and(|t| t.eq_ignore_ascii_case("application/grpc"));
+        if refusal.is_none() && web.is_none() && grpc {
             return self.grpc(request).await;
         }
         let origin = self.cors.allowed_origin(request.headers());

@@ -27,6 +27,11 @@ use crate::{
     rest::{errors::retry_after, read_limited},
 };
 
+/// The most a text-mode body may hold: a message frame of the largest message the gateway
+/// takes ([`frames::MAX_MESSAGE`] and its 5-byte prefix) in base64, so text mode takes what
+/// binary mode and native gRPC take (the message itself is then checked as theirs are).
+const TEXT_BODY_LIMIT: usize = (frames::MAX_MESSAGE + 5).div_ceil(3) * 4;
+
 /// The two encodings of gRPC-Web.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -114,7 +119,7 @@ where
     let body = match mode {
         // The frames are gRPC's own: stream them through untouched.
         Mode::Binary => Body::new(body),
-        Mode::Text => match read_limited(body).await.and_then(|text| {
+        Mode::Text => match read_limited(body, TEXT_BODY_LIMIT).await.and_then(|text| {
             decode_text(&text).ok_or_else(|| Status::invalid_argument("the body is not base64"))
         }) {
             Ok(bytes) => Body::new(http_body_util::Full::new(Bytes::from(bytes))),

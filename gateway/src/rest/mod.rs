@@ -221,7 +221,7 @@ impl Rest {
                 return refusal;
             }
         };
-        let body = match read_limited(body).await {
+        let body = match read_limited(body, frames::MAX_MESSAGE).await {
             Ok(body) => body,
             Err(status) => return body_refusal(&status),
         };
@@ -281,14 +281,14 @@ fn body_refusal(status: &Status) -> Response<Body> {
 /// How long a REST or gRPC-Web text body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Reads a request body of at most [`frames::MAX_MESSAGE`] bytes, within [`BODY_READ_TIMEOUT`].
-pub async fn read_limited<B>(body: B) -> Result<Bytes, Status>
+/// Reads a request body of at most `limit` bytes, within [`BODY_READ_TIMEOUT`].
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, Status>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // A body trickled in byte by byte would otherwise hold the connection and its slot.
-    let collecting = http_body_util::Limited::new(body, frames::MAX_MESSAGE).collect();
+    let collecting = http_body_util::Limited::new(body, limit).collect();
     let Ok(collected) = tokio::time::timeout(BODY_READ_TIMEOUT, collecting).await else {
         return Err(Status::deadline_exceeded(format!(
             "the request body did not arrive within {BODY_READ_TIMEOUT:?}"
@@ -297,7 +297,10 @@ where
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            let limit = format!("{} MiB", frames::MAX_MESSAGE >> 20);
+            let limit = match limit % (1 << 20) {
+                0 => format!("{} MiB", limit >> 20),
+                _ => format!("{limit} bytes"),
+            };
             Err(ApiError::ResourceExhausted {
                 reason: "BODY_TOO_LARGE",
                 message: format!("the request body is larger than {limit}"),
@@ -325,7 +328,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"{")))
         });
         let body = http_body_util::StreamBody::new(first.chain(futures::stream::pending()));
-        let status = read_limited(body).await.unwrap_err();
+        let status = read_limited(body, frames::MAX_MESSAGE).await.unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded);
     }
 
