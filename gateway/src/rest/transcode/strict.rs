@@ -5,7 +5,8 @@
 //! so without these checks a body could mean one thing to a proxy or firewall that reads the
 //! first value and another to the mesh. Go's protojson, which grpc-gateway uses, refuses both.
 //! Durations and timestamps are held to proto3 JSON's forms as protojson holds them (at most
-//! nine fractional digits, no leap second), where prost-reflect reads more.
+//! nine fractional digits, no leap second), where prost-reflect reads more, and so are 64-bit
+//! integers sent as JSON numbers (whole and exact, where prost-reflect rounds and clamps).
 
 use std::{collections::HashMap, fmt};
 
@@ -53,6 +54,21 @@ pub fn check_spellings(
                 format!("is given twice, as `{first}` and as `{key}`"),
             ));
         }
+        let value_kind = match field.kind() {
+            Kind::Message(entry) if field.is_map() => entry.map_entry_value_field().kind(),
+            kind => kind,
+        };
+        if is_64_bit_integer(&value_kind) {
+            let values: Vec<&Value> = match value {
+                Value::Array(items) => items.iter().collect(),
+                Value::Object(entries) if field.is_map() => entries.values().collect(),
+                value => vec![value],
+            };
+            if let Some(problem) = values.into_iter().find_map(inexact_integer) {
+                return Err(ApiError::invalid(field_path, problem));
+            }
+            continue;
+        }
         let Kind::Message(child) = field.kind() else {
             continue;
         };
@@ -83,6 +99,32 @@ pub fn check_spellings(
         }
     }
     Ok(())
+}
+
+fn is_64_bit_integer(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64
+    )
+}
+
+/// What is wrong with `value` for a 64-bit integer field, when it is a JSON number that was
+/// not read as an integer (a fraction, an exponent, or beyond 64 bits): serde_json holds it
+/// as a double, and prost-reflect would round it, or clamp it to the type's range, where
+/// protojson refuses. Within 2^53 a double is exact, so `1e3` still means 1000.
+fn inexact_integer(value: &Value) -> Option<&'static str> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let Value::Number(number) = value else {
+        return None;
+    };
+    let float = number.as_f64().filter(|_| number.is_f64())?;
+    if float.fract() != 0.0 {
+        Some("must be a whole number")
+    } else if float.abs() >= EXACT {
+        Some("is out of range or inexact as a JSON number; 64-bit integers are sent as strings")
+    } else {
+        None
+    }
 }
 
 /// What proto3 JSON refuses in the string form of a `google.protobuf.Duration` (`"1.5s"`) or
@@ -221,5 +263,30 @@ mod tests {
             check(json!({"tenant": {"displayName": "A", "display_name": "B"}})).unwrap_err();
         assert!(error.contains("tenant.display_name"), "{error}");
         check(json!({"tenantId": "a", "tenant": {"display_name": "A"}})).unwrap();
+    }
+
+    /// A 64-bit integer sent as a JSON number that is not an exact integer is refused, as
+    /// protojson refuses it, instead of being rounded or clamped to the type's range (here in
+    /// a map, `Tenant.limit_overrides`).
+    #[test]
+    fn inexact_numbers_for_64_bit_integers_are_refused() {
+        let tenant = descriptor("palisade.identity.v1.Tenant");
+        let check = |users: &str| {
+            let body = format!(r#"{{"limitOverrides": {{"users": {users}}}}}"#);
+            let Value::Object(object) = parse(body.as_bytes()).unwrap() else {
+                panic!("an object");
+            };
+            check_spellings(&tenant, &object, "tenant")
+        };
+        for inexact in ["-9223372036854775809", "1e30", "12345678901234567.5", "2.5"] {
+            let refused = check(inexact).unwrap_err().to_string();
+            assert!(
+                refused.contains("tenant.limit_overrides"),
+                "{inexact}: {refused}"
+            );
+        }
+        for exact in ["1e3", "9223372036854775807", "\"9007199254740993\""] {
+            check(exact).unwrap();
+        }
     }
 }
