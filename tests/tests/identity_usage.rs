@@ -297,3 +297,31 @@ async fn the_gateway_resolves_tenants_and_reports_usage_once_per_batch() -> anyh
     }
     Ok(())
 }
+
+/// Many `GetUsage` calls at once, more than identity's database pool has connections, all
+/// answer: each reads the usage on one connection. (Holding one while waiting for a second,
+/// as many calls as the pool holds could wait on each other until the pool's timeout, with
+/// every other query of identity waiting behind them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_usage_reads_at_once_all_answer() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        let reads = (0..48).map(|_| {
+            let mut tenants = TenantServiceClient::new(mesh.gateway());
+            let request = mesh.as_operator(GetUsageRequest {
+                name: "tenants/acme/usage".into(),
+            });
+            tokio::spawn(async move { tenants.get_usage(request).await })
+        });
+        for read in futures::future::join_all(reads).await {
+            let usage = read?.map_err(|status| anyhow::anyhow!("{backend}: {status:?}"))?;
+            assert!(!usage.into_inner().metrics.is_empty());
+        }
+        mesh.stop().await?;
+    }
+    Ok(())
+}

@@ -240,27 +240,19 @@ impl TenantService for TenantApi {
         let now = now_micros();
         let period = plans::period_at(now);
         let entitlements = record.entitlements();
-        let mut conn = self
+        // Rates are enforced by the gateway per second; nothing accrues to report.
+        let used = self
             .store
-            .db()
-            .pool()
-            .acquire()
-            .await
-            .map_err(ApiError::from)?;
-        let mut metrics = Vec::with_capacity(plans::LIMITS.len());
-        for limit in plans::LIMITS {
-            let used = match limit {
-                "api_calls_per_month" => self.store.api_calls(&id, &period.key).await?,
-                // Rates are enforced by the gateway per second; nothing accrues to report.
-                "requests_per_second" | "request_burst" => 0,
-                _ => self.store.count_limited(&mut conn, &id, limit, now).await?,
-            };
-            metrics.push(UsageMetric {
+            .used(&id, &plans::LIMITS, &period.key, now)
+            .await?;
+        let metrics = used
+            .into_iter()
+            .map(|(limit, used)| UsageMetric {
                 metric: limit.to_owned(),
                 used,
                 limit: entitlements.limit(limit).expect("a known limit"),
-            });
-        }
+            })
+            .collect();
         Ok(Response::new(Usage {
             name: format!("tenants/{id}/usage"),
             period_start: Some(timestamp(period.start)),

@@ -101,6 +101,29 @@ impl IdentityStore {
         api_calls_on(&mut conn, tenant, period).await
     }
 
+    /// What `tenant` has used of each of `limits` now: API calls reported in `period`, or how
+    /// many of the resources a limit caps it holds (0 for rates, which accrue nothing). All
+    /// read on one connection: a call holding one while it waits for a second would, with as
+    /// many such calls as the pool has connections, leave every query of identity waiting.
+    pub async fn used(
+        &self,
+        tenant: &TenantId,
+        limits: &[&'static str],
+        period: &str,
+        now: i64,
+    ) -> Result<Vec<(&'static str, i64)>, ApiError> {
+        let mut conn = self.db.pool().acquire().await.map_err(internal)?;
+        let mut used = Vec::with_capacity(limits.len());
+        for &limit in limits {
+            let count = match limit {
+                "api_calls_per_month" => api_calls_on(&mut conn, tenant, period).await?,
+                _ => self.count_limited(&mut conn, tenant, limit, now).await?,
+            };
+            used.push((limit, count));
+        }
+        Ok(used)
+    }
+
     /// How many of the resources `limit` caps `tenant` has now; 0 for limits that cap no
     /// stored resource (rates, monthly calls) and for resources not stored yet.
     pub async fn count_limited(
