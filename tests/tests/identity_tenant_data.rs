@@ -1,7 +1,8 @@
 //! Tenant data export and import (`TenantDataService`): compliance exports a tenant over mTLS,
 //! the tenant is deleted, and importing the stream brings back its users (who sign in with
 //! their old passwords), custom roles, assignments and API keys; a tampered stream is refused
-//! and writes nothing; nobody but compliance reaches either method.
+//! and writes nothing, also one that ties a key to another tenant's user; nobody but
+//! compliance reaches either method.
 
 mod common;
 mod identity_kit;
@@ -15,10 +16,11 @@ use palisade_proto::palisade::{
     common::v1::PrincipalType,
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        GetRoleRequest, GetTenantRequest, Plan, RefreshTokenRequest, TenantDataChunk,
-        auth_service_client::AuthServiceClient, role_service_client::RoleServiceClient,
-        tenant_data_chunk::Chunk, tenant_data_record::Record,
-        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+        DeleteUserRequest, GetRoleRequest, GetTenantRequest, Plan, RefreshTokenRequest,
+        TenantDataChunk, auth_service_client::AuthServiceClient,
+        role_service_client::RoleServiceClient, tenant_data_chunk::Chunk,
+        tenant_data_record::Record, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Mesh, eventually, with_api_key};
@@ -362,6 +364,56 @@ async fn a_tampered_stream_is_refused_and_writes_nothing() -> anyhow::Result<()>
         // The stream as exported still restores: only the tampering was refused.
         import(&mut compliance, chunks).await?;
         login(&mesh, "acme", "ada@acme.example").await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A stream whose API key names as owner a user of another tenant (by that user's id, under
+/// the imported tenant's name) is refused and writes nothing: user ids are unique across
+/// tenants, so the database alone would take it, and the key would then keep globex from
+/// deleting its user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_tied_to_another_tenants_user_is_refused() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let (mesh, mut compliance, chunks) = exported_and_deleted(builder).await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("globex", "Globex", Plan::Professional)))
+            .await?;
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let gil = users
+            .create_user(mesh.as_operator(identity_kit::new_user(
+                "globex",
+                "gil@globex.example",
+                &["viewer"],
+            )))
+            .await?
+            .into_inner();
+        let gil_id = gil.name.rsplit('/').next().expect("an id").to_owned();
+
+        let mut tampered = chunks.clone();
+        for chunk in &mut tampered {
+            if let Some(Chunk::Batch(batch)) = &mut chunk.chunk {
+                for record in &mut batch.records {
+                    if let Some(Record::ApiKey(key)) = &mut record.record {
+                        key.owner = format!("tenants/acme/users/{gil_id}");
+                    }
+                }
+            }
+        }
+        retally(&mut tampered);
+        let refused = import(&mut compliance, tampered).await;
+        let status = expect_code(refused, Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), ["batch.records[5]"], "{backend}");
+        assert!(status.message().contains(&gil_id), "{backend}: {status:?}");
+        assert!(!acme_exists(&mesh).await?, "{backend}");
+        users
+            .delete_user(mesh.as_operator(DeleteUserRequest {
+                name: gil.name.clone(),
+            }))
+            .await?;
+        import(&mut compliance, chunks).await?;
         mesh.stop().await?;
     }
     Ok(())

@@ -195,11 +195,16 @@ fn page_after(select: &str, after: Option<&CreatedCursor>, limit: usize) -> (Str
     }
 }
 
-/// An API key exactly as exported, with its revocation and last use.
+/// An API key exactly as exported, with its revocation and last use. Its owner must be a
+/// user of the same tenant, restored before it: the foreign key only says that some user has
+/// the id (user ids are unique across tenants, and on PostgreSQL foreign keys see past
+/// row-level security), and a key tied to another tenant's user would keep that user, and its
+/// tenant, from being deleted.
 async fn restore_api_key(conn: &mut AnyConnection, key: &ApiKeyRecord) -> Result<(), ApiError> {
-    sqlx::query(AssertSqlSafe(format!(
+    let restored = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO api_keys ({API_KEY_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+         WHERE $6 IS NULL OR EXISTS (SELECT 1 FROM users WHERE tenant_id = $2 AND id = $6)"
     )))
     .bind(&key.id)
     .bind(key.tenant_id.as_str())
@@ -227,5 +232,10 @@ async fn restore_api_key(conn: &mut AnyConnection, key: &ApiKeyRecord) -> Result
         },
         _ => internal(error),
     })?;
+    if restored.rows_affected() == 0 {
+        return Err(ApiError::NotFound {
+            resource: key.owner_name(),
+        });
+    }
     Ok(())
 }
