@@ -30,7 +30,8 @@ use crate::{
     tenants::{self, TenantRecord},
 };
 
-/// An import stream that stops sending is abandoned after this long (nothing is written).
+/// An import stream that stops sending is abandoned after this long (nothing is written), and
+/// so is an export whose reader stops reading (it holds a snapshot and a pooled connection).
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An import reads and checks its whole stream before it opens its transaction, so a slow or
@@ -100,18 +101,36 @@ impl TenantDataService for TenantDataApi {
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await
             .map_err(ApiError::from)?;
-        let (sender, receiver) = mpsc::channel(EXPORT_BUFFER);
+        // One place more than the chunks prepared ahead, kept for the stream's last word: an
+        // error reaches the client even when the chunks before it fill the channel.
+        let (sender, receiver) = mpsc::channel(EXPORT_BUFFER + 1);
+        let last_word = (sender.clone().try_reserve_owned())
+            .map_err(|_| ApiError::internal("a new channel has room"))?;
         let task = async move {
             let mut out = Chunker::new(sender);
-            match export(snapshot, record, &mut out).await {
-                Ok(()) => tracing::info!(tenant = %tenant, "tenant data exported"),
+            let failure = match export(snapshot, record, &mut out).await {
+                Ok(()) => {
+                    tracing::info!(tenant = %tenant, "tenant data exported");
+                    None
+                }
                 Err(Stop::Gone) => {
-                    tracing::info!(tenant = %tenant, "tenant data export abandoned by the client")
+                    tracing::info!(tenant = %tenant, "tenant data export abandoned by the client");
+                    None
                 }
-                Err(Stop::Failed(error)) => {
-                    // The client sees the error as the stream's status; it may be gone already.
-                    let _ = out.sender.send(Err(error.into())).await;
+                Err(Stop::Stalled) => {
+                    tracing::warn!(tenant = %tenant, "tenant data export abandoned: its reader stopped reading");
+                    Some(ApiError::Unavailable {
+                        message: format!(
+                            "the export was not read for {}s and was abandoned; export again",
+                            STALL_TIMEOUT.as_secs()
+                        ),
+                    })
                 }
+                Err(Stop::Failed(error)) => Some(error),
+            };
+            // The client sees it as the stream's status (it may be gone already).
+            if let Some(error) = failure {
+                last_word.send(Err(error.into()));
             }
         };
         // The stream outlives the handler; its reads stay in the call's span.
@@ -270,6 +289,8 @@ async fn export(
 enum Stop {
     /// The client went away; nobody is left to tell.
     Gone,
+    /// The client read nothing for `STALL_TIMEOUT`.
+    Stalled,
     Failed(ApiError),
 }
 
@@ -319,7 +340,10 @@ impl Chunker {
 
     async fn send(&self, chunk: Chunk) -> Result<(), Stop> {
         let chunk = TenantDataChunk { chunk: Some(chunk) };
-        self.sender.send(Ok(chunk)).await.map_err(|_| Stop::Gone)
+        match tokio::time::timeout(STALL_TIMEOUT, self.sender.send(Ok(chunk))).await {
+            Ok(sent) => sent.map_err(|_| Stop::Gone),
+            Err(_) => Err(Stop::Stalled),
+        }
     }
 
     async fn finish(&mut self) -> Result<(), Stop> {
@@ -488,5 +512,23 @@ impl Actor {
             source: crate::COMPONENT,
             attributes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that stops reading gets the export abandoned once `STALL_TIMEOUT` passes, so
+    /// the snapshot and its connection are let go.
+    #[tokio::test(start_paused = true)]
+    async fn an_export_nobody_reads_is_abandoned() {
+        let (sender, _unread) = mpsc::channel(1);
+        let out = Chunker::new(sender);
+        out.send(Chunk::Trailer(Default::default())).await.ok();
+        let started = tokio::time::Instant::now();
+        let stalled = out.send(Chunk::Trailer(Default::default())).await;
+        assert!(matches!(stalled, Err(Stop::Stalled)));
+        assert_eq!(started.elapsed(), STALL_TIMEOUT);
     }
 }
