@@ -35,12 +35,11 @@ pub fn update_paths(
             .filter_map(|(path, set)| set.then_some(*path))
             .collect());
     }
-    if paths.contains(&"*") {
-        return Ok(updatable.to_vec());
-    }
+    // Every other path is checked beside `*` too: `["*", "no_such_field"]` is a mistake the
+    // wildcard must not hide.
     let violations: Vec<FieldViolation> = paths
         .iter()
-        .filter(|path| !updatable.contains(path) && !read_only.contains(path))
+        .filter(|path| **path != "*" && !updatable.contains(path) && !read_only.contains(path))
         .map(|path| {
             let shown: String = path.chars().take(64).collect();
             FieldViolation::new(
@@ -52,7 +51,9 @@ pub fn update_paths(
             )
         })
         .collect();
-    if violations.is_empty() {
+    if violations.is_empty() && paths.contains(&"*") {
+        Ok(updatable.to_vec())
+    } else if violations.is_empty() {
         Ok(updatable
             .iter()
             .copied()
@@ -140,6 +141,12 @@ mod tests {
         }
         // A read-only field may be named; it is not among what the update changes.
         assert_eq!(paths(&["name", "plan"], [false; 3]).unwrap(), ["plan"]);
+        // Beside `*`, a path still has to be a field.
+        assert_eq!(paths(&["*", "name"], [false; 3]).unwrap(), UPDATABLE);
+        match paths(&["*", "no_such_field"], [false; 3]) {
+            Err(ApiError::InvalidArgument(violations)) => assert_eq!(violations.len(), 1),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
