@@ -318,6 +318,22 @@ async fn a_tampered_stream_is_refused_and_writes_nothing() -> anyhow::Result<()>
                 ],
             ),
             (
+                "a role description longer than CreateRole takes",
+                tamper(&|chunks| {
+                    let mut records = batch_of(chunks);
+                    if let Some(Record::Role(role)) = &mut records[1].record {
+                        role.description = "x".repeat(1001);
+                    }
+                    set_batch(chunks, records);
+                    retally(chunks);
+                }),
+                vec![
+                    "batch.records[1].role.description",
+                    "batch.records[3].user.roles[0]",
+                    "batch.records[4].user.roles[0]",
+                ],
+            ),
+            (
                 "an unknown format",
                 tamper(&|chunks| {
                     if let Some(Chunk::Header(header)) = &mut chunks[0].chunk {

@@ -28,8 +28,8 @@ use palisade_grpc::MethodPolicies;
 use palisade_tenancy::TenantId;
 
 pub use custom::{
-    RoleRecord, UpdatePaths, apply_update, check_custom_role_plan, custom_roles_grant, is_role_id,
-    parse_parent, parse_role_name, validate_create,
+    MAX_DESCRIPTION_CHARS, RoleRecord, UpdatePaths, apply_update, check_custom_role_plan,
+    custom_roles_grant, is_role_id, parse_parent, parse_role_name, validate_create,
 };
 
 /// The built-in role names, in the order they are documented (and listed).

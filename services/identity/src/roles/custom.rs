@@ -236,12 +236,15 @@ fn check_display_name(value: &str, violations: &mut Vec<FieldViolation>) -> Stri
     })
 }
 
+/// The most characters a role's description holds.
+pub const MAX_DESCRIPTION_CHARS: usize = 1000;
+
 fn check_description(value: &str, violations: &mut Vec<FieldViolation>) -> String {
     let trimmed = value.trim();
-    if trimmed.chars().count() > 1000 {
+    if trimmed.chars().count() > MAX_DESCRIPTION_CHARS {
         violations.push(FieldViolation::new(
             "role.description",
-            "must be at most 1000 characters",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
         ));
     }
     trimmed.to_owned()

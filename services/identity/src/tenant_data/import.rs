@@ -295,6 +295,15 @@ impl Import {
             }
         }
         check.display_name("role.display_name", &role.display_name);
+        // As `CreateRole` holds it: a longer one could make a batch of the tenant's next
+        // export larger than a gRPC message may be.
+        if role.description.chars().count() > roles::MAX_DESCRIPTION_CHARS {
+            let limit = roles::MAX_DESCRIPTION_CHARS;
+            check.bad(
+                "role.description",
+                format!("must be at most {limit} characters"),
+            );
+        }
         let permissions = check.set("role.permissions", &role.permissions);
         check.in_catalogue("role.permissions", &role.permissions, &self.roles);
         let create_time = check.time("role.create_time", &role.create_time);
