@@ -195,8 +195,15 @@ fn validate_batch(events: &[AuditEvent]) -> Result<(), ApiError> {
     }
     for (index, event) in events.iter().enumerate() {
         let field = |name: &str| format!("events[{index}].{name}");
-        if uuid::Uuid::parse_str(&event.event_id).is_err() {
-            violations.push(FieldViolation::new(field("event_id"), "must be a UUID"));
+        // One spelling only (lower-case, hyphenated), as ids are compared as text: the same
+        // event under another spelling (`{…}`, upper case, `urn:uuid:`) would be chained twice.
+        let canonical = uuid::Uuid::parse_str(&event.event_id)
+            .is_ok_and(|id| id.hyphenated().to_string() == event.event_id);
+        if !canonical {
+            violations.push(FieldViolation::new(
+                field("event_id"),
+                "must be a UUID in lower-case hyphenated form",
+            ));
         }
         if TenantId::parse(&event.tenant_id).is_err() {
             violations.push(FieldViolation::new(
@@ -253,5 +260,28 @@ mod tests {
             readable_log(&as_tenant("acme"), "acme"),
             Err(ApiError::InvalidArgument(_))
         ));
+    }
+
+    /// The same event id under another spelling would be another event to the chain, which
+    /// compares ids as text: only the lower-case hyphenated form is taken.
+    #[test]
+    fn an_event_id_has_one_spelling() {
+        let id = "0190c6e2-6a3b-7c1d-8e2f-3a4b5c6d7e8f";
+        let event = |event_id: &str| AuditEvent {
+            event_id: event_id.to_owned(),
+            tenant_id: "acme".into(),
+            action: "identity.users.create".into(),
+            occur_time: Some(prost_types::Timestamp::default()),
+            ..AuditEvent::default()
+        };
+        assert!(validate_batch(&[event(id)]).is_ok());
+        for spelling in [
+            id.to_uppercase(),
+            id.replace('-', ""),
+            format!("{{{id}}}"),
+            format!("urn:uuid:{id}"),
+        ] {
+            assert!(validate_batch(&[event(&spelling)]).is_err(), "{spelling}");
+        }
     }
 }
