@@ -286,16 +286,7 @@ async fn a_grant_judged_before_its_role_widens_is_aborted() -> anyhow::Result<()
         let manager = login(mesh.gateway(), "acme", "mo@acme.example").await?;
 
         let db = mesh.unrestricted_db(Component::Identity).await?;
-        let mut widening = db.begin().await?;
-        sqlx::query("UPDATE roles SET update_time = update_time + 1 WHERE tenant_id = 'acme' AND id = 'reporter'")
-            .execute(&mut *widening)
-            .await?;
-        sqlx::query(
-            "INSERT INTO role_permissions (tenant_id, role_id, permission) \
-             VALUES ('acme', 'reporter', 'identity.tenants.update')",
-        )
-        .execute(&mut *widening)
-        .await?;
+        let mut widening = widen_reporter(&db).await?;
         let granting = tokio::spawn({
             let mut users = UserServiceClient::new(mesh.gateway());
             let request = with_bearer(
@@ -365,16 +356,7 @@ async fn a_password_reset_judged_before_the_users_role_widens_is_aborted() -> an
         let manager = login(mesh.gateway(), "acme", "mo@acme.example").await?;
 
         let db = mesh.unrestricted_db(Component::Identity).await?;
-        let mut widening = db.begin().await?;
-        sqlx::query("UPDATE roles SET update_time = update_time + 1 WHERE tenant_id = 'acme' AND id = 'reporter'")
-            .execute(&mut *widening)
-            .await?;
-        sqlx::query(
-            "INSERT INTO role_permissions (tenant_id, role_id, permission) \
-             VALUES ('acme', 'reporter', 'identity.tenants.update')",
-        )
-        .execute(&mut *widening)
-        .await?;
+        let mut widening = widen_reporter(&db).await?;
         let resetting = tokio::spawn({
             let mut users = UserServiceClient::new(mesh.gateway());
             let request = with_bearer(
@@ -407,4 +389,25 @@ async fn a_password_reset_judged_before_the_users_role_widens_is_aborted() -> an
         mesh.stop().await?;
     }
     Ok(())
+}
+
+/// Acme's custom role `reporter` widened beyond a manager's rights (`identity.tenants.update`
+/// added), in a transaction the test holds open with the role's row locked, as `UpdateRole`
+/// locks it.
+async fn widen_reporter(
+    db: &palisade_db::Db,
+) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Any>> {
+    let mut widening = db.begin().await?;
+    sqlx::query(
+        "UPDATE roles SET update_time = update_time + 1 WHERE tenant_id = 'acme' AND id = 'reporter'",
+    )
+    .execute(&mut *widening)
+    .await?;
+    sqlx::query(
+        "INSERT INTO role_permissions (tenant_id, role_id, permission) \
+         VALUES ('acme', 'reporter', 'identity.tenants.update')",
+    )
+    .execute(&mut *widening)
+    .await?;
+    Ok(widening)
 }
