@@ -308,7 +308,7 @@ impl UserService for UserApi {
         };
         let is_role =
             |role: &str| self.roles().is_known(role) || custom.iter().any(|c| c.id == role);
-        let record = users::validate_create(&request, is_role, now_micros())?;
+        let mut record = users::validate_create(&request, is_role, now_micros())?;
         if !custom.is_empty() {
             self.require_custom_roles_on(&record.tenant_id).await?;
         }
@@ -351,6 +351,12 @@ impl UserService for UserApi {
         self.store
             .ensure_within_limit(&mut tx, &record.tenant_id, "users")
             .await?;
+        // Stamped now that the tenant's row is locked (the limit's count locks it), so a
+        // tenant's users are stamped in the order they commit. Stamped when the request was
+        // read, a user whose hash queued behind others would commit after later-stamped ones,
+        // behind where a list paging by creation time may have passed already.
+        let created = now_micros();
+        (record.create_time, record.update_time) = (created, created);
         self.store
             .insert_user(&mut tx, &record, &password_hash)
             .await?;
