@@ -34,7 +34,6 @@ pub(super) async fn respond(binding: &Binding, response: Response<Body>) -> Resp
     let mut reader = GrpcReader::new(body);
     if trailers_only.is_some() {
         reader.trailers = parts.headers.clone();
-        reader.ended_in_headers = true;
     }
     let mut response = if binding.server_streaming {
         stream_response(binding, reader).await
@@ -163,11 +162,9 @@ struct GrpcReader {
     body: Body,
     decoder: frames::Decoder,
     finished: bool,
-    /// The call's trailers, once they arrived.
+    /// The call's trailers, once they arrived (for a trailers-only response, its headers:
+    /// its body then ends without trailers of its own).
     trailers: HeaderMap,
-    /// The response was trailers-only, with `OK`: its headers are `trailers`, and its body
-    /// ends without trailers of its own.
-    ended_in_headers: bool,
 }
 
 impl GrpcReader {
@@ -177,7 +174,6 @@ impl GrpcReader {
             decoder: frames::Decoder::default(),
             finished: false,
             trailers: HeaderMap::new(),
-            ended_in_headers: false,
         }
     }
 
@@ -204,19 +200,20 @@ impl GrpcReader {
                     Ok(data) => self.decoder.push(&data),
                     Err(frame) => {
                         self.trailers = frame.into_trailers().unwrap_or_default();
-                        let status = Status::from_header_map(&self.trailers).unwrap_or_else(|| {
-                            Status::unknown("the call ended without a grpc-status")
-                        });
-                        return self.end(status);
+                        return self.end_with_trailers();
                     }
                 },
                 Some(Err(status)) => return self.end(status),
-                None if self.ended_in_headers => return self.end(Status::ok("")),
-                None => {
-                    return self.end(Status::unknown("the call ended without a grpc-status"));
-                }
+                None => return self.end_with_trailers(),
             }
         }
+    }
+
+    /// The end, with the status `trailers` hold (none when the body ended without them).
+    fn end_with_trailers(&mut self) -> Item {
+        let status = Status::from_header_map(&self.trailers)
+            .unwrap_or_else(|| Status::unknown("the call ended without a grpc-status"));
+        self.end(status)
     }
 
     fn end(&mut self, status: Status) -> Item {
