@@ -7,7 +7,7 @@ use http::{
     HeaderValue, Response, StatusCode,
     header::{CONTENT_TYPE, RETRY_AFTER},
 };
-use prost_reflect::{DynamicMessage, SerializeOptions, Value};
+use prost_reflect::{DynamicMessage, Value};
 use tonic::{Code, Status, body::Body};
 use tonic_types::StatusExt;
 
@@ -46,10 +46,9 @@ pub fn status_json(status: &Status) -> serde_json::Value {
         .unwrap_or_else(|_| DynamicMessage::new(descriptor.clone()));
     message.set_field_by_name("code", Value::I32(status.code() as i32));
     message.set_field_by_name("message", Value::String(status.message().to_owned()));
-    // Fields at their default value are sent, as in answers (`transcode::response_json`) and
-    // as grpc-gateway renders errors with the same marshaler: `code`, `message` and `details`
-    // are always there, and so is a detail's `"reason": ""`.
-    let options = SerializeOptions::new().skip_default_fields(false);
+    // Written as answers are, as grpc-gateway renders errors with the same marshaler:
+    // `code`, `message` and `details` are always there, and so is a detail's `"reason": ""`.
+    let options = super::transcode::json_options();
     match message.serialize_with_options(serde_json::value::Serializer, &options) {
         Ok(json @ serde_json::Value::Object(_)) => json,
         other => {

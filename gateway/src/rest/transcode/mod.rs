@@ -222,19 +222,24 @@ fn imply_mask(message: &mut DynamicMessage, mask: &FieldDescriptor, paths: Vec<S
     message.set_field(mask, prost_reflect::Value::Message(implied));
 }
 
+/// How answers and error bodies are written: fields at their default value are sent too
+/// (`"enabled": false`, `[]`), as grpc-gateway v2's marshaler sends them (`EmitUnpopulated`),
+/// so a client finds every field it reads; a message field that is not set is left out
+/// (protojson sends `null`).
+pub fn json_options() -> SerializeOptions {
+    SerializeOptions::new().skip_default_fields(false)
+}
+
 /// The proto3 JSON of an encoded `output` message, or of its field with JSON name `field`
-/// (`response_body`). Fields at their default value are sent too (`"enabled": false`, `[]`),
-/// as grpc-gateway v2's marshaler sends them (`EmitUnpopulated`), so a client finds every
-/// field it reads; a message field that is not set is left out (protojson sends `null`).
+/// (`response_body`), written with [`json_options`].
 pub fn response_json(
     output: &MessageDescriptor,
     encoded: &[u8],
     field: Option<&str>,
 ) -> Result<Value, ApiError> {
     let message = DynamicMessage::decode(output.clone(), encoded).map_err(ApiError::internal)?;
-    let options = SerializeOptions::new().skip_default_fields(false);
     let json = message
-        .serialize_with_options(serde_json::value::Serializer, &options)
+        .serialize_with_options(serde_json::value::Serializer, &json_options())
         .map_err(ApiError::internal)?;
     Ok(match (field, json) {
         (Some(field), Value::Object(mut object)) => object.remove(field).unwrap_or(Value::Null),
