@@ -227,9 +227,6 @@ async fn restore_api_key(conn: &mut AnyConnection, key: &ApiKeyRecord) -> Result
                 key.tenant_id
             ),
         },
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound {
-            resource: key.owner_name(),
-        },
         _ => internal(error),
     })?;
     if restored.rows_affected() == 0 {
