@@ -240,7 +240,6 @@ impl TenantService for TenantApi {
         let now = now_micros();
         let period = plans::period_at(now);
         let entitlements = record.entitlements();
-        // Rates are enforced by the gateway per second; nothing accrues to report.
         let used = self
             .store
             .used(&id, &plans::LIMITS, &period.key, now)

@@ -6,8 +6,10 @@
 
 use palisade_audit::AuditRecord;
 use palisade_grpc::{ApiError, Caller, FieldViolation, time::now_micros};
-use palisade_proto::palisade::identity::v1::UnlockUserRequest;
-use palisade_proto::palisade::{compliance::v1::Outcome, identity::v1::ChangePasswordRequest};
+use palisade_proto::palisade::{
+    compliance::v1::Outcome,
+    identity::v1::{ChangePasswordRequest, UnlockUserRequest},
+};
 
 use super::UserApi;
 use crate::{passwords, store::PasswordAttempt, users};
