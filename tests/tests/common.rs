@@ -138,6 +138,26 @@ pub async fn audit_event(
     .await
 }
 
+/// Checks the refusal of a call that raced a change to what it had judged (the test held the
+/// change open until the call waited, `until_a_call_waits_for_a_lock`): on PostgreSQL it is
+/// aborted (`CONCURRENT_CHANGE`), to be judged again on retry; on SQLite a call slower than the
+/// test's pause may read the change and be refused outright (`PERMISSION_DENIED`, with
+/// `refused_reason` when given), which is as safe.
+pub fn expect_judged_again(refused: &Status, backend: &str, refused_reason: Option<&str>) {
+    if backend == "postgres" {
+        assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+    }
+    match refused.code() {
+        Code::Aborted => assert_eq!(reason(refused), "CONCURRENT_CHANGE"),
+        Code::PermissionDenied => {
+            if let Some(expected) = refused_reason {
+                assert_eq!(reason(refused), expected);
+            }
+        }
+        _ => panic!("{backend}: {refused:?}"),
+    }
+}
+
 /// Returns once a call racing `holder`, a transaction the test holds open in `db`, is where
 /// the race matters. On PostgreSQL: once some session waits for a lock `holder` holds, i.e. the
 /// call has judged what it read and now waits for the row the test changed, so committing

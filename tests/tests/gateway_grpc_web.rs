@@ -57,6 +57,15 @@ impl WebReply {
     }
 }
 
+/// `message` as one uncompressed gRPC message frame: flag, length, bytes.
+fn message_frame(message: &impl Message) -> anyhow::Result<Vec<u8>> {
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(encoded.len())?.to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    Ok(frame)
+}
+
 async fn call(
     gateway: SocketAddr,
     transport: Transport,
@@ -65,10 +74,7 @@ async fn call(
     key: Option<&str>,
     request: &impl Message,
 ) -> anyhow::Result<WebReply> {
-    let mut frame = vec![0u8];
-    let encoded = request.encode_to_vec();
-    frame.extend_from_slice(&u32::try_from(encoded.len())?.to_be_bytes());
-    frame.extend_from_slice(&encoded);
+    let frame = message_frame(request)?;
     let (content_type, body) = match mode {
         Mode::Binary => ("application/grpc-web+proto", frame),
         Mode::Text => (
@@ -305,12 +311,9 @@ async fn cors_is_answered_only_for_configured_origins() -> anyhow::Result<()> {
     assert_eq!(rest_preflight.status, 204);
 
     // The actual call exposes the status headers to the page.
-    let get = GetTenantRequest {
+    let frame = message_frame(&GetTenantRequest {
         name: "tenants/system".into(),
-    };
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(get.encoded_len())?.to_be_bytes());
-    frame.extend_from_slice(&get.encode_to_vec());
+    })?;
     let auth = format!("ApiKey {}", mesh.operator_key());
     let headers = [
         ("origin", APP),
@@ -357,13 +360,9 @@ async fn cors_is_answered_only_for_configured_origins() -> anyhow::Result<()> {
 async fn a_grpc_content_type_in_any_case_is_native_grpc() -> anyhow::Result<()> {
     let mesh = Mesh::builder().start().await?;
     let auth = format!("ApiKey {}", mesh.operator_key());
-    let get = GetTenantRequest {
+    let frame = message_frame(&GetTenantRequest {
         name: "tenants/system".into(),
-    }
-    .encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(get.len())?.to_be_bytes());
-    frame.extend_from_slice(&get);
+    })?;
     let headers = [
         ("content-type", "Application/gRPC"),
         ("te", "trailers"),
