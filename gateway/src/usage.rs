@@ -5,13 +5,18 @@
 //!
 //! A batch that fails is sent again with the same `batch_id` (identity applies a batch once),
 //! and the calls counted meanwhile wait for the next batch, so no count is lost or doubled.
+//! Each entry says when its calls were counted, and calls from a month that has ended go in an
+//! entry of their own, so they count in their month even when identity hears of them later.
 //! Until identity acknowledges a batch its calls still count against the quota here. Several
 //! gateways each add their own unreported calls to the count identity last gave them, so a
 //! tenant may overshoot by what the others counted within about a second.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use palisade_grpc::{ApiError, MeshChannel, time::micros};
+use palisade_grpc::{
+    ApiError, MeshChannel,
+    time::{micros, month_at, timestamp},
+};
 use palisade_proto::palisade::identity::v1::{
     ReportUsageRequest, TenantCalls, edge_service_client::EdgeServiceClient,
 };
@@ -43,14 +48,58 @@ const FINAL_ATTEMPTS: u32 = 3;
 struct Meter {
     /// Identity's count for the month ending at `period_end`.
     used: i64,
-    /// Counted here, not yet in a batch.
+    /// Counted here, not yet in a batch, all in the month ending at `pending_until`.
     pending: i64,
+    /// When the first of `pending` was counted (micros): the count time reported for them.
+    pending_since: i64,
+    pending_until: i64,
+    /// Counted here in months that ended before the calls went in a batch, as (count time,
+    /// calls): empty but for a tenant called across a month's end since the last batch.
+    earlier: Vec<(i64, i64)>,
     /// Counted here, in the batch being reported.
     reporting: i64,
     period_end: i64,
 }
 
 impl Meter {
+    /// Counts one call at `now`. Pending calls of a month that has ended are set aside first,
+    /// so that they are reported as that month's.
+    fn count(&mut self, now: i64) {
+        self.close_ended_month(now);
+        if self.pending == 0 {
+            self.pending_since = now;
+            self.pending_until = month_at(now).end;
+        }
+        self.pending += 1;
+    }
+
+    fn close_ended_month(&mut self, now: i64) {
+        if self.pending > 0 && now >= self.pending_until {
+            self.earlier.push((self.pending_since, self.pending));
+            self.pending = 0;
+        }
+    }
+
+    /// Whether calls counted here wait for identity: such a meter is never dropped.
+    fn unreported(&self) -> bool {
+        self.pending + self.reporting > 0 || !self.earlier.is_empty()
+    }
+
+    /// Moves every unreported count into `entries`, as one entry per month counted in.
+    fn report(&mut self, tenant: &TenantId, entries: &mut Vec<Counted>) {
+        let months = std::mem::take(&mut self.earlier);
+        let current = (self.pending > 0).then_some((self.pending_since, self.pending));
+        for (count_time, calls) in months.into_iter().chain(current) {
+            entries.push(Counted {
+                tenant: tenant.clone(),
+                calls,
+                count_time,
+            });
+            self.reporting += calls;
+        }
+        self.pending = 0;
+    }
+
     /// Takes in a newer count from identity (it includes other gateways' reports).
     fn learn(&mut self, used: i64, period_end: i64) {
         if period_end > self.period_end {
@@ -65,7 +114,12 @@ impl Meter {
     fn total(&self, now: i64) -> i64 {
         // A new month began and identity has not said so yet: its count is last month's.
         let used = if now >= self.period_end { 0 } else { self.used };
-        used + self.pending + self.reporting
+        let pending = if now >= self.pending_until {
+            0
+        } else {
+            self.pending
+        };
+        used + pending + self.reporting
     }
 }
 
@@ -84,7 +138,16 @@ enum Flushed {
 #[derive(Clone, Debug)]
 struct Batch {
     id: String,
-    calls: Vec<(TenantId, i64)>,
+    calls: Vec<Counted>,
+}
+
+/// One entry of a batch: a tenant's calls counted in one month.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Counted {
+    tenant: TenantId,
+    calls: i64,
+    /// When the first of them was counted (micros).
+    count_time: i64,
 }
 
 /// Every tenant's count, and the batch in flight.
@@ -113,11 +176,10 @@ impl UsageMeter {
         self.meters.with(&tenant.id, |shard| {
             if !shard.contains_key(&tenant.id) {
                 // Meters with calls not yet reported are never dropped.
-                let unreported = |meter: &Meter| meter.pending + meter.reporting > 0;
                 self.meters.make_room(
                     shard,
-                    |meter| unreported(meter),
-                    |meter| (!unreported(meter)).then_some(()),
+                    |meter| meter.unreported(),
+                    |meter| (!meter.unreported()).then_some(()),
                 );
                 shard.insert(tenant.id.clone(), Meter::default());
             }
@@ -132,7 +194,7 @@ impl UsageMeter {
             {
                 return Err(quota_exceeded(tenant, limit, meter.period_end, now));
             }
-            meter.pending += 1;
+            meter.count(now);
             Ok(())
         })
     }
@@ -165,9 +227,10 @@ impl UsageMeter {
             calls: batch
                 .calls
                 .iter()
-                .map(|(tenant, calls)| TenantCalls {
-                    tenant_id: tenant.to_string(),
-                    api_calls: *calls,
+                .map(|counted| TenantCalls {
+                    tenant_id: counted.tenant.to_string(),
+                    api_calls: counted.calls,
+                    count_time: Some(timestamp(counted.count_time)),
                 })
                 .collect(),
         };
@@ -185,7 +248,7 @@ impl UsageMeter {
                     .iter()
                     .map(|total| (total.tenant_id.as_str(), total.api_calls))
                     .collect();
-                for (tenant, calls) in &batch.calls {
+                for Counted { tenant, calls, .. } in &batch.calls {
                     self.meters.with(tenant, |shard| {
                         let meter = shard.entry(tenant.clone()).or_default();
                         meter.reporting -= calls;
@@ -195,7 +258,7 @@ impl UsageMeter {
                     });
                 }
                 *outstanding = None;
-                if resent || batch.calls.len() == MAX_BATCH_TENANTS {
+                if resent || batch.calls.len() >= MAX_BATCH_TENANTS {
                     Flushed::More
                 } else {
                     Flushed::Done
@@ -211,7 +274,7 @@ impl UsageMeter {
                     .into_iter()
                     .enumerate()
                     .partition(|(index, _)| bad.is_empty() || bad.contains(index));
-                for (_, (tenant, calls)) in dropped {
+                for (_, Counted { tenant, calls, .. }) in dropped {
                     self.meters.with(&tenant, |shard| {
                         shard.entry(tenant.clone()).or_default().reporting -= calls
                     });
@@ -229,7 +292,8 @@ impl UsageMeter {
         }
     }
 
-    /// Moves pending counts, of at most `MAX_BATCH_TENANTS` tenants, into a new batch. The
+    /// Moves pending counts, of at most `MAX_BATCH_TENANTS` tenants (an entry for each month
+    /// a tenant's calls were counted in), into a new batch. The
     /// walk resumes where the last full batch stopped (a shard and a position in it), takes
     /// the rest of the shards in turn and that shard's beginning last, so when more tenants
     /// have calls than a tick's batches hold, each waits at most a lap, not forever.
@@ -251,15 +315,11 @@ impl UsageMeter {
                         _ => true,
                     });
                 for (position, (tenant, meter)) in lap {
-                    if calls.len() == MAX_BATCH_TENANTS {
+                    if calls.len() >= MAX_BATCH_TENANTS {
                         *resume = (index, position);
                         return true;
                     }
-                    if meter.pending > 0 {
-                        calls.push((tenant.clone(), meter.pending));
-                        meter.reporting += meter.pending;
-                        meter.pending = 0;
-                    }
+                    meter.report(tenant, &mut calls);
                 }
                 false
             });
@@ -353,21 +413,30 @@ mod tests {
         }
     }
 
+    /// A batch's entries as (tenant, calls).
+    fn entries(batch: &Batch) -> Vec<(TenantId, i64)> {
+        let entry = |counted: &Counted| (counted.tenant.clone(), counted.calls);
+        batch.calls.iter().map(entry).collect()
+    }
+
     #[test]
     fn meters_learn_newer_counts_and_new_months() {
         let mut meter = Meter {
             used: 10,
             pending: 2,
+            pending_until: MONTH_END,
             reporting: 3,
             period_end: MONTH_END,
+            ..Meter::default()
         };
         assert_eq!(meter.total(0), 15);
         meter.learn(8, MONTH_END); // an older answer changes nothing
         assert_eq!(meter.used, 10);
         meter.learn(12, MONTH_END);
         assert_eq!(meter.used, 12);
-        // The month ended: identity's count no longer applies, ours still does.
-        assert_eq!(meter.total(MONTH_END), 5);
+        // The month ended: identity's count and the calls counted here in it no longer apply;
+        // a batch in flight still counts until identity acknowledges it.
+        assert_eq!(meter.total(MONTH_END), 3);
         meter.learn(1, MONTH_END * 2);
         assert_eq!((meter.used, meter.period_end), (1, MONTH_END * 2));
     }
@@ -402,13 +471,13 @@ mod tests {
         );
         // In a batch, not yet acknowledged: still counted.
         let batch = usage.next_batch().unwrap();
-        assert_eq!(batch.calls, vec![(tenant.id.clone(), 2)]);
+        assert_eq!(entries(&batch), vec![(tenant.id.clone(), 2)]);
         assert!(usage.admit(&tenant, 0).is_err());
         assert!(usage.next_batch().is_none());
         // Unlimited tenants are counted but never refused.
         let unlimited = acme(None, 1_000_000);
         usage.admit(&unlimited, 0).unwrap();
-        assert_eq!(usage.next_batch().unwrap().calls[0].1, 1);
+        assert_eq!(usage.next_batch().unwrap().calls[0].calls, 1);
     }
 
     /// Many more tenants with calls than a batch holds, more in each shard than a batch
@@ -430,7 +499,7 @@ mod tests {
             }
             let batch = usage.next_batch().unwrap();
             assert_eq!(batch.calls.len(), MAX_BATCH_TENANTS);
-            gone.extend(batch.calls.into_iter().map(|(tenant, _)| tenant));
+            gone.extend(batch.calls.into_iter().map(|counted| counted.tenant));
         }
         assert_eq!(
             gone.len(),
@@ -447,7 +516,7 @@ mod tests {
         usage.admit(&tenant, 0).unwrap();
         assert_eq!(usage.flush().await, Flushed::Failed);
         let first = usage.outstanding.lock().await.clone().unwrap();
-        assert_eq!(first.calls, vec![(tenant.id.clone(), 2)]);
+        assert_eq!(entries(&first), vec![(tenant.id.clone(), 2)]);
         // Calls counted meanwhile wait for the next batch; the failed one goes again as it was.
         usage.admit(&tenant, 0).unwrap();
         assert!(!usage.flush_all(3).await);
@@ -487,5 +556,37 @@ mod tests {
         let id = &next_month.id;
         let meter = usage.meters.with(id, |shard| shard[id].clone());
         assert_eq!((meter.used, meter.period_end), (1, MONTH_END * 2));
+    }
+
+    /// Calls on both sides of a month's end, not reported in between (identity was down, or
+    /// the month ended within a flush interval): each month's calls go in an entry of their
+    /// own, timed in that month, and last month's no longer count against this month's quota.
+    #[tokio::test]
+    async fn calls_across_a_month_end_are_reported_in_their_months() {
+        let usage = meter();
+        let november = month_at(1_795_259_646_000_000);
+        let december = month_at(november.end);
+        let mut tenant = acme(Some(3), 0);
+        tenant.period_end = november.end;
+        for time in [
+            november.end - 2_000_000,
+            november.end - 1_000_000,
+            november.end - 1,
+        ] {
+            usage.admit(&tenant, time).unwrap();
+        }
+        assert!(usage.admit(&tenant, november.end - 1).is_err());
+        // A new month: the quota starts again although November's calls are unreported.
+        usage.admit(&tenant, december.start).unwrap();
+        usage.admit(&tenant, december.start + 5).unwrap();
+        let batch = usage.next_batch().unwrap();
+        let counted: Vec<(i64, String)> = (batch.calls.iter())
+            .map(|counted| (counted.calls, month_at(counted.count_time).key))
+            .collect();
+        assert_eq!(counted, [(3, november.key), (2, december.key)]);
+        let id = &tenant.id;
+        let meter = usage.meters.with(id, |shard| shard[id].clone());
+        assert_eq!((meter.pending, meter.reporting), (0, 5));
+        assert!(meter.earlier.is_empty());
     }
 }

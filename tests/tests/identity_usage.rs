@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use common::{audit_events_arrived, expect_code, new_tenant, reason, violated_fields};
 use identity_kit::{A_DAY, calls, new_user, plant_api_key, report, update};
+use palisade_grpc::time::{month_at, timestamp};
 use palisade_proto::palisade::compliance::v1::Outcome;
 use palisade_proto::palisade::identity::v1::{
-    EdgeTenant, GetUsageRequest, Plan, ResolveTenantRequest, Tenant, TenantState, Usage,
-    edge_service_client::EdgeServiceClient, resolve_tenant_request::Key,
+    EdgeTenant, GetUsageRequest, Plan, ResolveTenantRequest, Tenant, TenantCalls, TenantState,
+    Usage, edge_service_client::EdgeServiceClient, resolve_tenant_request::Key,
     tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
 };
 use palisade_testkit::{Component, Mesh, eventually, http_request};
@@ -257,12 +258,42 @@ async fn the_gateway_resolves_tenants_and_reports_usage_once_per_batch() -> anyh
             12
         );
 
+        // Calls count in the month they were counted in: last month's (a gateway that could
+        // not report before the month ended) leave this month's total alone; a count time
+        // ahead of identity's clock counts as now.
+        let month_start = this_month_start(&mesh, "acme").await?;
+        let late = edge
+            .report_usage(report(
+                "batch-late",
+                vec![
+                    counted_at("acme", 100, month_start - 1_000_000),
+                    counted_at("acme", 1, 4_102_444_800_000_000), // 2100-01-01
+                ],
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(late.totals, [calls("acme", 13), calls("acme", 13)]);
+        assert_eq!(monthly_calls(&mesh).await?, [(100, true), (13, false)]);
+
+        let mut out_of_range = counted_at("acme", 1, 0);
+        out_of_range.count_time = Some(prost_types::Timestamp {
+            seconds: 253_402_300_800, // 10000-01-01
+            nanos: 0,
+        });
         let bad = edge
-            .report_usage(report("", vec![calls("Not Valid", 1), calls("acme", -1)]))
+            .report_usage(report(
+                "",
+                vec![calls("Not Valid", 1), calls("acme", -1), out_of_range],
+            ))
             .await;
         assert_eq!(
             violated_fields(&expect_code(bad, Code::InvalidArgument)),
-            ["batch_id", "calls[0].tenant_id", "calls[1].api_calls"]
+            [
+                "batch_id",
+                "calls[0].tenant_id",
+                "calls[1].api_calls",
+                "calls[2].count_time"
+            ]
         );
         // A batch identity could not apply within the gateway's wait is refused whole.
         let oversized = edge
@@ -296,6 +327,44 @@ async fn the_gateway_resolves_tenants_and_reports_usage_once_per_batch() -> anyh
         mesh.stop().await?;
     }
     Ok(())
+}
+
+/// `calls` counted at `micros` since the epoch.
+fn counted_at(tenant_id: &str, api_calls: i64, micros: i64) -> TenantCalls {
+    TenantCalls {
+        count_time: Some(timestamp(micros)),
+        ..calls(tenant_id, api_calls)
+    }
+}
+
+/// When the current month began, as `GetUsage` of `tenant` says (micros).
+async fn this_month_start(mesh: &Mesh, tenant: &str) -> anyhow::Result<i64> {
+    let usage = TenantServiceClient::new(mesh.gateway())
+        .get_usage(mesh.as_operator(GetUsageRequest {
+            name: format!("tenants/{tenant}/usage"),
+        }))
+        .await?
+        .into_inner();
+    let start = usage.period_start.expect("a period start");
+    Ok(start.seconds * 1_000_000)
+}
+
+/// acme's stored API calls per month, oldest first, read beneath the API: (calls, whether
+/// the month ended before the current one).
+async fn monthly_calls(mesh: &Mesh) -> anyhow::Result<Vec<(i64, bool)>> {
+    let current = this_month_start(mesh, "acme").await?;
+    let db = mesh.unrestricted_db(Component::Identity).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT period, api_calls FROM tenant_usage WHERE tenant_id = 'acme' ORDER BY period",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    db.close().await;
+    let current_key = month_at(current).key;
+    Ok(rows
+        .into_iter()
+        .map(|(period, api_calls)| (api_calls, period < current_key))
+        .collect())
 }
 
 /// Many `GetUsage` calls at once, more than identity's database pool has connections, all

@@ -85,6 +85,7 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
                 calls: vec![TenantCalls {
                     tenant_id: id.to_owned(),
                     api_calls: 1,
+                    count_time: None,
                 }],
             })
             .await?;

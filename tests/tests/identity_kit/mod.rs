@@ -164,6 +164,7 @@ pub fn calls(tenant_id: &str, api_calls: i64) -> TenantCalls {
     TenantCalls {
         tenant_id: tenant_id.to_owned(),
         api_calls,
+        count_time: None,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use palisade_grpc::{
     ApiError, FieldViolation,
-    time::{now_micros, timestamp},
+    time::{micros_in_range, month_at, now_micros, timestamp},
 };
 use palisade_proto::palisade::identity::v1::{
     EdgeTenant, ReportUsageRequest, ReportUsageResponse, ResolveTenantRequest, TenantCalls,
@@ -13,7 +13,10 @@ use palisade_proto::palisade::identity::v1::{
 use palisade_tenancy::TenantId;
 use tonic::{Request, Response, Status};
 
-use crate::{plans, store::IdentityStore, tenants};
+use crate::{
+    store::{CountedCalls, IdentityStore},
+    tenants,
+};
 
 /// Longer batch ids are refused: a UUID is 36 characters.
 const MAX_BATCH_ID_CHARS: usize = 128;
@@ -57,8 +60,8 @@ impl EdgeService for EdgeApi {
             }
         };
         let record = record.ok_or(ApiError::NotFound { resource })?;
-        let period = plans::period_at(now_micros());
-        let api_calls_used = self.store.api_calls(&record.id, &period.key).await?;
+        let month = month_at(now_micros());
+        let api_calls_used = self.store.api_calls(&record.id, &month.key).await?;
         let entitlements = record.entitlements();
         let limit = |name| entitlements.limit(name).expect("a known limit");
         Ok(Response::new(EdgeTenant {
@@ -68,7 +71,7 @@ impl EdgeService for EdgeApi {
             request_burst: limit("request_burst"),
             api_calls_per_month: limit("api_calls_per_month"),
             api_calls_used,
-            period_end: Some(timestamp(period.end)),
+            period_end: Some(timestamp(month.end)),
         }))
     }
 
@@ -77,12 +80,12 @@ impl EdgeService for EdgeApi {
         request: Request<ReportUsageRequest>,
     ) -> Result<Response<ReportUsageResponse>, Status> {
         let request = request.into_inner();
-        let calls = validate_report(&request)?;
         let now = now_micros();
-        let period = plans::period_at(now);
+        let calls = validate_report(&request, now)?;
+        let month = month_at(now);
         let report = self
             .store
-            .record_usage(&request.batch_id, &calls, &period.key, now)
+            .record_usage(&request.batch_id, &calls, &month.key, now)
             .await?;
         if report.applied {
             tracing::debug!(batch = %request.batch_id, tenants = calls.len(), "usage recorded");
@@ -93,17 +96,20 @@ impl EdgeService for EdgeApi {
             totals: calls
                 .iter()
                 .zip(report.totals)
-                .map(|((tenant, _), api_calls)| TenantCalls {
-                    tenant_id: tenant.to_string(),
+                .map(|(counted, api_calls)| TenantCalls {
+                    tenant_id: counted.tenant.to_string(),
                     api_calls,
+                    count_time: None,
                 })
                 .collect(),
-            period_end: Some(timestamp(period.end)),
+            period_end: Some(timestamp(month.end)),
         }))
     }
 }
 
-fn validate_report(request: &ReportUsageRequest) -> Result<Vec<(TenantId, i64)>, ApiError> {
+/// The report's entries, each with the month its calls count in (a count time ahead of `now`
+/// is a gateway's clock running fast, and counts as now).
+fn validate_report(request: &ReportUsageRequest, now: i64) -> Result<Vec<CountedCalls>, ApiError> {
     let mut violations = Vec::new();
     if request.batch_id.is_empty() {
         violations.push(FieldViolation::new("batch_id", "is required"));
@@ -122,12 +128,29 @@ fn validate_report(request: &ReportUsageRequest) -> Result<Vec<(TenantId, i64)>,
     }
     let mut calls = Vec::with_capacity(request.calls.len());
     for (index, entry) in request.calls.iter().enumerate() {
-        match TenantId::parse(&entry.tenant_id) {
-            Ok(tenant) => calls.push((tenant, entry.api_calls)),
-            Err(_) => violations.push(FieldViolation::new(
-                format!("calls[{index}].tenant_id"),
-                "must be a tenant id",
-            )),
+        let tenant = TenantId::parse(&entry.tenant_id).map_err(|_| {
+            FieldViolation::new(format!("calls[{index}].tenant_id"), "must be a tenant id")
+        });
+        let count_time = match &entry.count_time {
+            None => Ok(now),
+            Some(time) => micros_in_range(time)
+                .map(|time| time.min(now))
+                .ok_or_else(|| {
+                    FieldViolation::new(
+                        format!("calls[{index}].count_time"),
+                        "must be within years 1 to 9999",
+                    )
+                }),
+        };
+        match (tenant, count_time) {
+            (Ok(tenant), Ok(count_time)) => calls.push(CountedCalls {
+                tenant,
+                api_calls: entry.api_calls,
+                month: month_at(count_time).key,
+            }),
+            (tenant, count_time) => {
+                violations.extend(tenant.err().into_iter().chain(count_time.err()))
+            }
         }
         if entry.api_calls < 0 {
             violations.push(FieldViolation::new(

@@ -5,7 +5,7 @@ use palisade_db::outbox::Relay;
 use palisade_grpc::{
     ApiError, Caller,
     aip::{self, CreatedCursor, FilterField},
-    time::{now_micros, timestamp},
+    time::{month_at, now_micros, timestamp},
 };
 use palisade_proto::palisade::{
     compliance::v1::Outcome,
@@ -238,7 +238,7 @@ impl TenantService for TenantApi {
         let id = tenants::parse_usage_name(&request.get_ref().name)?;
         let record = self.visible_tenant(&caller, &id).await?;
         let now = now_micros();
-        let period = plans::period_at(now);
+        let period = month_at(now);
         let entitlements = record.entitlements();
         let used = self
             .store

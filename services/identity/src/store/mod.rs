@@ -19,6 +19,7 @@ pub use sign_in::PasswordAttempt;
 pub use tenant_data::TenantSnapshot;
 pub use tenants::TenantFilter;
 pub use tokens::SessionRecord;
+pub use usage::CountedCalls;
 pub use users::UserFilter;
 
 #[derive(Clone)]

@@ -34,6 +34,14 @@ const COUNTS: &[(&str, &str, bool)] = &[
     ),
 ];
 
+/// A tenant's calls counted in one month (`YYYY-MM`, the key usage is stored under).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedCalls {
+    pub tenant: TenantId,
+    pub api_calls: i64,
+    pub month: String,
+}
+
 /// A report batch as applied: whether it was new, and each reported tenant's total.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageReport {
@@ -42,15 +50,16 @@ pub struct UsageReport {
 }
 
 impl IdentityStore {
-    /// Adds each tenant's calls to its row for `period`, once per `batch_id`, in one
-    /// transaction: a batch seen before changes nothing and still returns the totals. Calls
-    /// for tenants that do not exist (deleted since the gateway counted them) are dropped
-    /// and their total reads 0. Batch ids older than a day are forgotten on the way.
+    /// Adds each tenant's calls to its row for the month they were counted in, once per
+    /// `batch_id`, in one transaction, and returns each tenant's total for `current_month`: a
+    /// batch seen before changes nothing and still returns the totals. Calls for tenants that
+    /// do not exist (deleted since the gateway counted them) are dropped and their total reads
+    /// 0. Batch ids older than a day are forgotten on the way.
     pub async fn record_usage(
         &self,
         batch_id: &str,
-        calls: &[(TenantId, i64)],
-        period: &str,
+        calls: &[CountedCalls],
+        current_month: &str,
         now: i64,
     ) -> Result<UsageReport, ApiError> {
         let mut tx = self.db.begin().await.map_err(ApiError::from)?;
@@ -72,24 +81,24 @@ impl IdentityStore {
         .rows_affected()
             == 1;
         if applied {
-            for (tenant, api_calls) in calls.iter().filter(|(_, calls)| *calls > 0) {
+            for counted in calls.iter().filter(|counted| counted.api_calls > 0) {
                 sqlx::query(
                     "INSERT INTO tenant_usage (tenant_id, period, api_calls) \
                      SELECT id, $2, $3 FROM tenants WHERE id = $1 \
                      ON CONFLICT (tenant_id, period) \
                      DO UPDATE SET api_calls = tenant_usage.api_calls + excluded.api_calls",
                 )
-                .bind(tenant.as_str())
-                .bind(period)
-                .bind(*api_calls)
+                .bind(counted.tenant.as_str())
+                .bind(&counted.month)
+                .bind(counted.api_calls)
                 .execute(&mut *tx)
                 .await
                 .map_err(internal)?;
             }
         }
         let mut totals = Vec::with_capacity(calls.len());
-        for (tenant, _) in calls {
-            totals.push(api_calls_on(&mut tx, tenant, period).await?);
+        for counted in calls {
+            totals.push(api_calls_on(&mut tx, &counted.tenant, current_month).await?);
         }
         tx.commit().await.map_err(internal)?;
         Ok(UsageReport { applied, totals })
