@@ -7,7 +7,7 @@ mod identity_kit;
 
 use std::time::Duration;
 
-use common::{expect_code, new_tenant, reason, violated_fields};
+use common::{expect_code, new_tenant, reason, until_a_call_waits_for_a_lock, violated_fields};
 use identity_kit::{login, new_user, state_change, update, with_bearer};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
@@ -18,7 +18,7 @@ use palisade_proto::palisade::{
         user_service_client::UserServiceClient,
     },
 };
-use palisade_testkit::{Mesh, eventually};
+use palisade_testkit::{Component, Mesh, eventually};
 use tonic::Code;
 
 fn with_overrides(
@@ -394,6 +394,46 @@ async fn updates_follow_the_mask_and_who_may_change_what() -> anyhow::Result<()>
             Some("enterprise")
         );
         assert_eq!(event.actor.expect("an actor").tenant_id, "system");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// Two tenants created at once with one domain: the domain check of the second runs while the
+/// first's row is not committed, so the unique index decides, and the refusal names the domain
+/// (not the new tenant's id, which exists nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_taken_by_a_racing_creation_is_named_in_the_refusal() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut racing = db.begin().await?;
+        sqlx::query(
+            "INSERT INTO tenants (id, display_name, plan, state, region, domain, create_time, \
+             update_time) VALUES ('globex', 'Globex', 'free', 'active', 'eu', 'shared.example.com', 1, 1)",
+        )
+        .execute(&mut *racing)
+        .await?;
+        let mut create = new_tenant("initech", "Initech", Plan::Free);
+        create.tenant.as_mut().expect("a tenant").domain = "shared.example.com".into();
+        let call = tokio::spawn({
+            let (gateway, create) = (mesh.gateway(), mesh.as_operator(create));
+            async move {
+                TenantServiceClient::new(gateway)
+                    .create_tenant(create)
+                    .await
+            }
+        });
+        until_a_call_waits_for_a_lock(&db, &mut racing, backend).await?;
+        racing.commit().await?;
+        let refused = expect_code(call.await?, Code::AlreadyExists);
+        assert_eq!(
+            refused.message(),
+            "a tenant with domain shared.example.com already exists",
+            "{backend}"
+        );
+        db.close().await;
         mesh.stop().await?;
     }
     Ok(())

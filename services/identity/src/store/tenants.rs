@@ -96,9 +96,7 @@ impl IdentityStore {
         .execute(&mut *conn)
         .await
         .map_err(|error| match &error {
-            sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::AlreadyExists {
-                resource: format!("tenants/{}", tenant.id),
-            },
+            sqlx::Error::Database(db) if db.is_unique_violation() => conflict(&**db, tenant),
             _ => internal(error),
         })?;
         Ok(())
@@ -129,13 +127,7 @@ impl IdentityStore {
         .execute(&mut *conn)
         .await
         .map_err(|error| match &error {
-            // Two updates raced for one domain; the unique index decided.
-            sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::AlreadyExists {
-                resource: format!(
-                    "a tenant with domain {}",
-                    tenant.domain.as_deref().unwrap_or("")
-                ),
-            },
+            sqlx::Error::Database(db) if db.is_unique_violation() => conflict(&**db, tenant),
             _ => internal(error),
         })?;
         Ok(())
@@ -288,6 +280,26 @@ impl IdentityStore {
         }
         let rows = query.fetch_all(self.db.pool()).await.map_err(internal)?;
         rows.iter().map(tenant_from_row).collect()
+    }
+}
+
+/// What a unique violation writing `tenant` means: another tenant took its domain since
+/// `ensure_domain_free` looked (two writes raced for one domain, and the unique index decided),
+/// or, on insert, its id exists.
+fn conflict(db: &dyn sqlx::error::DatabaseError, tenant: &TenantRecord) -> ApiError {
+    // PostgreSQL names the index (`tenants_domain_key`); SQLite says it only in its message
+    // (`UNIQUE constraint failed: tenants.domain`).
+    let on_domain = match db.constraint() {
+        Some(constraint) => constraint.contains("domain"),
+        None => db.message().contains("tenants.domain"),
+    };
+    match &tenant.domain {
+        Some(domain) if on_domain => ApiError::AlreadyExists {
+            resource: format!("a tenant with domain {domain}"),
+        },
+        _ => ApiError::AlreadyExists {
+            resource: format!("tenants/{}", tenant.id),
+        },
     }
 }
 
