@@ -255,6 +255,14 @@ impl ApiKeyService for ApiKeyApi {
         self.store
             .ensure_within_limit(&mut tx, &key.tenant_id, "api_keys")
             .await?;
+        // Stamped now that the limit's count holds the tenant's row, not when the request was
+        // read: keys list by (create time, id), and a key stamped before a later-stamped one
+        // commits would appear behind a page already read. A `ttl` counts from the stamp.
+        let waited = now_micros().saturating_sub(key.create_time).max(0);
+        key.create_time += waited;
+        if request.ttl.is_some() {
+            key.expire_time = key.expire_time.saturating_add(waited);
+        }
         self.store.insert_api_key(&mut tx, &key).await?;
         let attributes = vec![
             ("owner", key.owner_name()),
@@ -274,7 +282,7 @@ impl ApiKeyService for ApiKeyApi {
             .map_err(ApiError::from)?;
         tracing::info!(tenant = %key.tenant_id, key = %resource, owner = %key.owner_name(), "api key created");
         Ok(Response::new(CreateApiKeyResponse {
-            api_key: Some(to_proto(key, now)),
+            api_key: Some(to_proto(key, now_micros())),
             key: minted.presented,
         }))
     }
