@@ -5,6 +5,8 @@
 mod common;
 mod keys_kit;
 
+use std::time::Duration;
+
 use palisade_proto::palisade::identity::v1::{
     ApiKey, ApiKeyState, ListApiKeysRequest, RevokeApiKeyRequest,
     api_key_service_client::ApiKeyServiceClient,
@@ -69,6 +71,28 @@ async fn a_restart_mints_no_new_operator_key_even_once_it_was_revoked() -> anyho
         assert_eq!(after.len(), 1, "{backend}: a new key was minted: {after:?}");
         assert_eq!(after[0].name, first[0].name, "{backend}");
         assert_eq!(after[0].state(), ApiKeyState::Revoked, "{backend}");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// The bootstrap key lives as long as any API key may (`--api-key-max-lifetime`), not longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_key_lives_at_most_the_api_key_lifetime() -> anyhow::Result<()> {
+    const DAY: i64 = 86_400;
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder
+            .with_api_key_max_lifetime(Duration::from_secs(10 * DAY as u64))
+            .start()
+            .await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let bootstrap = bootstrap_keys(&mut keys, mesh.operator_key()).await?;
+        let (create, expire) = (
+            bootstrap[0].create_time.expect("a create time"),
+            bootstrap[0].expire_time.expect("an expire time"),
+        );
+        assert_eq!(expire.seconds - create.seconds, 10 * DAY, "{backend}");
         mesh.stop().await?;
     }
     Ok(())

@@ -2,6 +2,8 @@
 //! whose secret is returned exactly once (only its hash is stored), and the key that signs
 //! access tokens.
 
+use std::time::Duration;
+
 use palisade_audit::AuditRecord;
 use palisade_db::Scope;
 use palisade_grpc::{ApiError, time::now_micros};
@@ -19,11 +21,14 @@ use crate::{
 };
 
 const OPERATOR_KEY_NAME: &str = "bootstrap-operator";
-const OPERATOR_KEY_LIFETIME_MICROS: i64 = 365 * 24 * 3600 * 1_000_000;
 
-/// Makes the system tenant and the operator key if they do not exist yet. Returns the key
+/// Makes the system tenant and the operator key if they do not exist yet; the key lives
+/// `key_lifetime` (the longest any API key may: `--api-key-max-lifetime`). Returns the key
 /// when it was created now. Safe to run on every start and from several replicas at once.
-pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError> {
+pub async fn bootstrap(
+    store: &IdentityStore,
+    key_lifetime: Duration,
+) -> Result<Option<String>, ApiError> {
     // Work outside any call sees no tenant's rows on PostgreSQL (row-level security): the
     // checks below must see the system tenant's, or every start would find no operator key
     // and, once the first was revoked, mint a new one.
@@ -31,10 +36,14 @@ pub async fn bootstrap(store: &IdentityStore) -> Result<Option<String>, ApiError
         tenant_id: TenantId::system(),
         principal: None,
     };
-    palisade_tenancy::with_context(Some(system), RequestId::generate(), create_missing(store)).await
+    let missing = create_missing(store, key_lifetime);
+    palisade_tenancy::with_context(Some(system), RequestId::generate(), missing).await
 }
 
-async fn create_missing(store: &IdentityStore) -> Result<Option<String>, ApiError> {
+async fn create_missing(
+    store: &IdentityStore,
+    key_lifetime: Duration,
+) -> Result<Option<String>, ApiError> {
     let system = TenantId::system();
     let actor = Principal::new(crate::COMPONENT.to_owned(), PrincipalKind::Service);
     let now = now_micros();
@@ -93,7 +102,8 @@ async fn create_missing(store: &IdentityStore) -> Result<Option<String>, ApiErro
         // Owned by the system tenant itself: a service-account key.
         owner_user_id: None,
         create_time: now,
-        expire_time: now + OPERATOR_KEY_LIFETIME_MICROS,
+        expire_time: now
+            .saturating_add(i64::try_from(key_lifetime.as_micros()).unwrap_or(i64::MAX)),
         revoke_time: None,
         last_use_time: None,
     };

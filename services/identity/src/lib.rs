@@ -92,7 +92,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let db = Db::connect(&config.db).await?;
     db.migrate(&migrations()).await?;
     let store = store::IdentityStore::new(db.clone());
-    let operator_key = bootstrap::bootstrap(&store).await?;
+    let operator_key = bootstrap::bootstrap(&store, config.api_key_max_lifetime).await?;
     kit.watch_database(db.clone(), true);
 
     let relay = Relay::new(db.clone(), RelayConfig::new(palisade_audit::TOPIC));
