@@ -23,7 +23,7 @@ const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// A connector for `tonic::transport::Endpoint::connect_with_connector(_lazy)`: TCP to the uri's
 /// host and port, then mTLS with the client config current at that moment (so reloads apply to
-/// new connections), verifying the server certificate for `server_name`.
+/// new connections), verifying the server as the component `server_name`.
 ///
 /// The uri's scheme only picks a default port; use `http://` so that tonic does not try its own
 /// TLS on top.
@@ -34,8 +34,8 @@ pub struct MeshConnector {
 }
 
 impl MeshConnector {
-    /// `server_name` is a DNS name or IP address the server's certificate must carry; mesh
-    /// components are dialled by component name (e.g. `identity`).
+    /// `server_name` is the component dialled (e.g. `identity`): the server's certificate must
+    /// carry it as a DNS name and be that component's by its SPIFFE ID.
     pub fn new(tls: MeshTls, server_name: &str) -> Result<MeshConnector> {
         let server_name = ServerName::try_from(server_name.to_owned())
             .map_err(|_| Error::InvalidServerName(server_name.to_owned()))?;

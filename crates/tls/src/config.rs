@@ -10,6 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use crate::verify::ComponentVerifier;
 use crate::{ALPN_H2, Error, Reloading, Result, SpiffeId, provider, spiffe};
 
 /// How often the watcher polls file mtimes when no interval is given.
@@ -134,9 +135,12 @@ impl Material {
             .with_single_cert(chain.clone(), key.clone_key())?;
         server.alpn_protocols = vec![ALPN_H2.to_vec()];
 
+        // Servers are verified as the component dialled, in this component's trust domain.
+        let server_verifier = ComponentVerifier::new(roots, identity.trust_domain())?;
         let mut client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(server_verifier))
             .with_client_auth_cert(chain, key)?;
         client.alpn_protocols = vec![ALPN_H2.to_vec()];
 

@@ -8,7 +8,8 @@
 //!   ([`Reloading`], which other certificates a component serves use too);
 //! - [`incoming`] turns a TCP listener into mTLS streams for tonic, carrying a [`PeerIdentity`]
 //!   into every request's extensions;
-//! - [`MeshConnector`] and [`channel`] dial other components over mTLS.
+//! - [`MeshConnector`] and [`channel`] dial other components over mTLS, verifying the server
+//!   as the component dialled by its SPIFFE ID (`verify.rs`).
 
 mod client;
 mod coalesce;
@@ -18,6 +19,7 @@ pub mod pki;
 mod reload;
 mod server;
 mod spiffe;
+mod verify;
 
 pub use client::{MeshConnector, channel};
 pub use coalesce::CoalescedWrites;

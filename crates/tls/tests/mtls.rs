@@ -192,6 +192,41 @@ async fn client_refuses_a_server_with_the_wrong_name() {
     assert!(status.is_err(), "{status:?}");
 }
 
+/// A certificate of the mesh CA that carries the dialled name but another SPIFFE ID (a
+/// workload that is not a component, or a component whose leaf has the name as an extra DNS
+/// name) does not pass for the component.
+#[tokio::test]
+async fn client_refuses_a_server_that_is_another_workload_by_its_spiffe_id() {
+    let dir = mesh_dir(&["identity", "gateway"]);
+    let workload = SpiffeId::parse("spiffe://palisade.local/workload/batch-job").unwrap();
+    pki::issue(dir.path(), "identity", &workload, &[]).unwrap();
+    let impostor = TestServer::start(load(dir.path(), "identity").await).await;
+    let gateway = load(dir.path(), "gateway").await;
+    let status = check(channel(&impostor.url(), &gateway, "identity").unwrap()).await;
+    assert!(status.is_err(), "{status:?}");
+    assert!(
+        impostor.peers.lock().unwrap().is_empty(),
+        "no call got through"
+    );
+
+    // compliance's own certificate, with `identity` as an extra DNS name.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["identity".to_owned()];
+    pki::init(
+        dir.path(),
+        DEFAULT_TRUST_DOMAIN,
+        &["compliance", "gateway"],
+        &extra,
+    )
+    .unwrap();
+    let compliance = TestServer::start(load(dir.path(), "compliance").await).await;
+    let gateway = load(dir.path(), "gateway").await;
+    let status = check(channel(&compliance.url(), &gateway, "identity").unwrap()).await;
+    assert!(status.is_err(), "{status:?}");
+    let status = check(channel(&compliance.url(), &gateway, "compliance").unwrap()).await;
+    assert_eq!(status.unwrap(), ServingStatus::Serving);
+}
+
 #[tokio::test]
 async fn reloads_changed_certificates() {
     let dir = mesh_dir(&["identity", "gateway"]);
@@ -200,26 +235,30 @@ async fn reloads_changed_certificates() {
     let server = TestServer::start(identity.clone()).await;
     let old_expiry = identity.not_after();
 
+    // identity gets a new certificate of its own; the gateway's now names another workload,
+    // which the test server (no trust policy) lets call.
     let untrusted = SpiffeId::parse("spiffe://palisade.local/workload/untrusted").unwrap();
-    pki::issue(dir.path(), "identity", &untrusted, &[]).unwrap();
+    let identity_id = SpiffeId::component(DEFAULT_TRUST_DOMAIN, "identity");
+    pki::issue(dir.path(), "identity", &identity_id, &[]).unwrap();
     pki::issue(dir.path(), "gateway", &untrusted, &[]).unwrap();
-    eventually(|| identity.identity() == untrusted && gateway.identity() == untrusted).await;
+    eventually(|| gateway.identity() == untrusted).await;
     assert!(identity.not_after() >= old_expiry);
 
-    // A new connection presents the new server certificate ...
+    // A new connection presents the new server certificate (once identity has re-read it) ...
+    let on_disk = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
     let mut connector = MeshConnector::new(gateway.clone(), "identity").unwrap();
     let uri: http::Uri = server.url().parse().unwrap();
-    let io = connector.call(uri).await.unwrap();
-    let presented = io
-        .inner()
-        .get_ref()
-        .get_ref()
-        .1
-        .peer_certificates()
-        .unwrap()[0]
-        .clone();
-    let on_disk = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
-    assert_eq!(presented, on_disk);
+    let mut presented = None;
+    for _ in 0..100 {
+        let io = connector.call(uri.clone()).await.unwrap();
+        let (_, session) = io.inner().get_ref().get_ref();
+        presented = Some(session.peer_certificates().unwrap()[0].clone());
+        if presented.as_ref() == Some(&on_disk) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(presented, Some(on_disk));
 
     // ... and the client presents its new one.
     let status = check(channel(&server.url(), &gateway, "identity").unwrap()).await;
@@ -229,7 +268,7 @@ async fn reloads_changed_certificates() {
     // A broken file keeps the previous material.
     std::fs::write(dir.path().join("identity.crt"), "garbage").unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(identity.identity(), untrusted);
+    assert_eq!(identity.identity(), identity_id);
     let status = check(channel(&server.url(), &gateway, "identity").unwrap()).await;
     assert_eq!(status.unwrap(), ServingStatus::Serving);
 }
