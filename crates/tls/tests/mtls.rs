@@ -12,7 +12,7 @@ use palisade_tls::{
     incoming, pki,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -162,14 +162,20 @@ async fn refuses_clients_without_a_mesh_certificate() {
     let err = check_with(anonymous, server.addr).await.unwrap_err();
     assert!(err.contains("CertificateRequired"), "{err}");
 
-    // Trusts the mesh CA but presents a certificate from another CA.
+    // Trusts the mesh CA but presents a certificate from another CA. (`MeshTls` refuses to
+    // load such material, so the client is put together by hand.)
     let other = mesh_dir(&["gateway"]);
-    let paths = CertPaths {
-        ca: ca.clone(),
-        ..CertPaths::in_dir(other.path(), "gateway")
-    };
-    let foreign = MeshTls::load(paths).await.unwrap();
-    let status = check(channel(&server.url(), &foreign, "identity").unwrap()).await;
+    let foreign = CertPaths::in_dir(other.path(), "gateway");
+    let chain = CertificateDer::pem_file_iter(&foreign.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&foreign.key).unwrap();
+    let mut foreign = client_config(&ca)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    foreign.alpn_protocols = vec![b"h2".to_vec()];
+    let status = check_with(foreign, server.addr).await;
     assert!(status.is_err(), "{status:?}");
 
     // Plaintext HTTP/2.
@@ -265,7 +271,18 @@ async fn reloads_changed_certificates() {
     assert_eq!(status.unwrap(), ServingStatus::Serving);
     assert_eq!(server.last_peer(), Some(untrusted.clone()));
 
-    // A broken file keeps the previous material.
+    // A broken file keeps the previous material, and so does a certificate that does not
+    // chain to the CA bundle (here one of another CA: a CA rotated before its leaves).
+    let elsewhere = tempfile::tempdir().unwrap();
+    pki::init(elsewhere.path(), DEFAULT_TRUST_DOMAIN, &[], &[]).unwrap();
+    pki::issue(elsewhere.path(), "identity", &untrusted, &[]).unwrap();
+    for file in ["identity.key", "identity.crt"] {
+        std::fs::copy(elsewhere.path().join(file), dir.path().join(file)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(identity.identity(), identity_id);
+    let status = check(channel(&server.url(), &gateway, "identity").unwrap()).await;
+    assert_eq!(status.unwrap(), ServingStatus::Serving);
     std::fs::write(dir.path().join("identity.crt"), "garbage").unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(identity.identity(), identity_id);
