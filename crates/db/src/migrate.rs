@@ -2,7 +2,7 @@
 
 use sqlx::migrate::Migrator;
 
-use crate::{Backend, Db, Result};
+use crate::{Backend, Db, Result, Scope, TENANT_SETTING};
 
 /// A service's migrations for both backends, e.g.
 /// `Migrations { sqlite: sqlx::migrate!("./migrations/sqlite"), postgres: sqlx::migrate!("./migrations/postgres") }`.
@@ -49,7 +49,19 @@ impl Db {
             Backend::Sqlite => &migrations.sqlite,
             Backend::Postgres => &migrations.postgres,
         };
-        migrator.run(self.pool()).await?;
+        let mut conn = self.pool().acquire().await?;
+        if self.backend() == Backend::Postgres {
+            // Migrations are platform work: they see every tenant's rows (for this session; the
+            // pool sets the scope again when it hands the connection out next). Under the empty
+            // scope of work outside a call, a data migration on a table with row-level security
+            // would change no row and report success.
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(TENANT_SETTING)
+                .bind(Scope::AllTenants.setting())
+                .execute(&mut *conn)
+                .await?;
+        }
+        migrator.run(&mut *conn).await?;
         Ok(())
     }
 

@@ -29,7 +29,7 @@ pub enum Scope<'a> {
 }
 
 impl Scope<'_> {
-    fn setting(&self) -> &str {
+    pub(crate) fn setting(&self) -> &str {
         match self {
             Scope::Tenant(tenant) => tenant,
             Scope::AllTenants => "*",

@@ -2,7 +2,7 @@
 
 mod support;
 
-use palisade_db::{Backend, Db, DbConfig};
+use palisade_db::{Backend, Db, DbConfig, Migrations, Scope, ServiceRole};
 use sqlx::Row;
 use support::{migrations, on_each_backend, postgres_url, random_schema};
 use uuid::Uuid;
@@ -202,4 +202,36 @@ async fn a_single_write_on_sqlite_waits_for_the_writer_holding_no_reader_connect
     let renamed = rename.await.unwrap().unwrap();
     assert_eq!(renamed.rows_affected(), 1);
     db.close().await;
+}
+
+/// Migrations run as the service's own role, which row-level security binds, and still reach
+/// every tenant's rows: a data migration on a tenant table changes them all.
+#[tokio::test]
+async fn postgres_data_migrations_reach_every_tenants_rows() {
+    let Some(url) = postgres_url() else { return };
+    let admin = Db::connect(&DbConfig::postgres(&url, None)).await.unwrap();
+    let role_name = format!("palisade_svc_{}", Uuid::new_v4().simple());
+    let (role, role_url) = ServiceRole::create(&admin, &url, &role_name).await.unwrap();
+    let db = Db::connect(&DbConfig::postgres(&role_url, Some(random_schema())))
+        .await
+        .unwrap();
+    assert!(!db.bypasses_row_security().await.unwrap());
+    let migrations = Migrations {
+        sqlite: sqlx::migrate!("tests/migrations/sqlite"),
+        postgres: sqlx::migrate!("tests/migrations/postgres_rls"),
+    };
+    db.migrate(&migrations).await.unwrap();
+
+    let mut tx = db.read_in(Scope::AllTenants).await.unwrap();
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM notes ORDER BY tenant_id")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(bodies, ["HELLO", "WORLD"]);
+
+    db.drop_schema().await.unwrap();
+    db.close().await;
+    role.drop(&admin).await.unwrap();
+    admin.close().await;
 }
