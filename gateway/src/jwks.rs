@@ -10,7 +10,8 @@
 //! Fetches run one at a time and at least [`MIN_REFETCH`] apart, so tokens with made-up `kid`s
 //! cannot become a flood of calls to identity; and a caller that waited while a fetch ran takes
 //! that fetch's answer instead of starting another, so such tokens cannot queue genuine ones
-//! behind them either.
+//! behind them either. A fetch runs in a task of its own, so one whose caller went away still
+//! answers those who waited for it.
 
 use std::{
     collections::HashMap,
@@ -76,15 +77,24 @@ impl Jwks {
         if let Some(key) = self.lookup(kid, arrived) {
             return Ok(key);
         }
-        {
-            let _one_at_a_time = self.fetching.lock().await;
-            let attempted_since = self
-                .lock()
-                .attempted
-                .is_some_and(|attempted| attempted >= arrived);
-            if !attempted_since {
-                fetch(&self.identity, &self.set).await;
-            }
+        let one_at_a_time = self.fetching.clone().lock_owned().await;
+        let attempted_since = self
+            .lock()
+            .attempted
+            .is_some_and(|attempted| attempted >= arrived);
+        if attempted_since {
+            drop(one_at_a_time);
+        } else {
+            // In a task of its own, which holds the lock until the fetch ends: a caller that
+            // goes away (its deadline, a reset stream) does not abandon the fetch whose answer
+            // the callers queued behind it will take.
+            let (identity, set) = (self.identity.clone(), self.set.clone());
+            let fetched = tokio::spawn(async move {
+                fetch(&identity, &set).await;
+                drop(one_at_a_time);
+            });
+            // A fetch cannot panic but for a poisoned lock; the lookup below then answers.
+            let _ = fetched.await;
         }
         if let Some(key) = self.lookup(kid, Instant::now()) {
             return Ok(key);
@@ -177,4 +187,126 @@ async fn fetch(identity: &AuthServiceClient<MeshChannel>, set: &Mutex<KeySet>) {
     let mut set = set.lock().expect("jwks lock");
     set.keys = keys;
     set.fetched = Some(began);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use palisade_proto::palisade::identity::v1::{
+        AuthTokens, GetJwksRequest, Jwk, Jwks as JwkSet, LoginRequest, LogoutRequest,
+        LogoutResponse, RefreshTokenRequest, RevokeTokenRequest, RevokeTokenResponse,
+        RotateSigningKeyRequest,
+        auth_service_server::{AuthService, AuthServiceServer},
+    };
+    use tonic::{Request, Response, Status};
+    use tower::Layer;
+
+    use super::*;
+
+    /// Identity as far as the key set goes: the first fetch answers `old` at once, every later
+    /// one answers `old` and `new` after `SLOW`.
+    struct SlowIdentity {
+        fetches: AtomicUsize,
+    }
+
+    const SLOW: Duration = Duration::from_millis(600);
+
+    fn jwk(kid: &str) -> Jwk {
+        Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            kid: kid.into(),
+            x: URL_SAFE_NO_PAD.encode([7u8; 32]),
+            ..Jwk::default()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl AuthService for SlowIdentity {
+        async fn get_jwks(&self, _: Request<GetJwksRequest>) -> Result<Response<JwkSet>, Status> {
+            if self.fetches.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Ok(Response::new(JwkSet {
+                    keys: vec![jwk("old")],
+                }));
+            }
+            tokio::time::sleep(SLOW).await;
+            Ok(Response::new(JwkSet {
+                keys: vec![jwk("old"), jwk("new")],
+            }))
+        }
+        async fn login(&self, _: Request<LoginRequest>) -> Result<Response<AuthTokens>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
+        async fn refresh_token(
+            &self,
+            _: Request<RefreshTokenRequest>,
+        ) -> Result<Response<AuthTokens>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
+        async fn logout(
+            &self,
+            _: Request<LogoutRequest>,
+        ) -> Result<Response<LogoutResponse>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
+        async fn revoke_token(
+            &self,
+            _: Request<RevokeTokenRequest>,
+        ) -> Result<Response<RevokeTokenResponse>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
+        async fn rotate_signing_key(
+            &self,
+            _: Request<RotateSigningKeyRequest>,
+        ) -> Result<Response<Jwk>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
+    }
+
+    /// A call naming the new key goes away (its deadline) while the fetch it started is under
+    /// way; a genuine token that queued behind it still gets the key from that fetch.
+    #[tokio::test]
+    async fn a_fetch_whose_caller_went_away_still_answers_those_who_waited() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let identity = SlowIdentity {
+            fetches: AtomicUsize::new(0),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AuthServiceServer::new(identity))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_lazy();
+        let metrics = palisade_telemetry::ComponentMetrics::new("gateway");
+        let channel = palisade_grpc::ClientObserveLayer::new("gateway", metrics.rpc.client.clone())
+            .layer(palisade_tenancy::PropagateContext::new(channel));
+        // The refresh task fetches at once (the quick answer), then not for an hour.
+        let jwks = Arc::new(Jwks::new(channel, Duration::from_secs(3600)));
+        while !jwks.publishes("old") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // Its fetch waits out MIN_REFETCH, then asks; the deadline lands while identity answers.
+        let impatient = tokio::time::timeout(MIN_REFETCH + SLOW / 2, jwks.key("new"));
+        let patient = tokio::spawn({
+            let jwks = jwks.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                jwks.key("new").await
+            }
+        });
+        assert!(
+            impatient.await.is_err(),
+            "the first caller's deadline passed"
+        );
+        let key = patient
+            .await
+            .unwrap()
+            .expect("the key from the fetch it waited for");
+        assert_eq!(key, [7u8; 32]);
+    }
 }
