@@ -212,26 +212,34 @@ async fn postgres_data_migrations_reach_every_tenants_rows() {
     let admin = Db::connect(&DbConfig::postgres(&url, None)).await.unwrap();
     let role_name = format!("palisade_svc_{}", Uuid::new_v4().simple());
     let (role, role_url) = ServiceRole::create(&admin, &url, &role_name).await.unwrap();
-    let db = Db::connect(&DbConfig::postgres(&role_url, Some(random_schema())))
+    // Everything that can fail runs before the cleanup, which runs whatever happened, so a
+    // failing run leaves no role or schema behind.
+    let schema = random_schema();
+    let migrated_bodies = async {
+        let db = Db::connect(&DbConfig::postgres(&role_url, Some(schema.clone()))).await?;
+        let bypasses = db.bypasses_row_security().await?;
+        let migrations = Migrations {
+            sqlite: sqlx::migrate!("tests/migrations/sqlite"),
+            postgres: sqlx::migrate!("tests/migrations/postgres_rls"),
+        };
+        db.migrate(&migrations).await?;
+        let mut tx = db.read_in(Scope::AllTenants).await?;
+        let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM notes ORDER BY tenant_id")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        db.close().await;
+        Ok::<_, palisade_db::Error>((bypasses, bodies))
+    }
+    .await;
+    let drop_schema = format!(r#"DROP SCHEMA IF EXISTS "{schema}" CASCADE"#);
+    sqlx::query(sqlx::AssertSqlSafe(drop_schema))
+        .execute(admin.pool())
         .await
         .unwrap();
-    assert!(!db.bypasses_row_security().await.unwrap());
-    let migrations = Migrations {
-        sqlite: sqlx::migrate!("tests/migrations/sqlite"),
-        postgres: sqlx::migrate!("tests/migrations/postgres_rls"),
-    };
-    db.migrate(&migrations).await.unwrap();
-
-    let mut tx = db.read_in(Scope::AllTenants).await.unwrap();
-    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM notes ORDER BY tenant_id")
-        .fetch_all(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    assert_eq!(bodies, ["HELLO", "WORLD"]);
-
-    db.drop_schema().await.unwrap();
-    db.close().await;
     role.drop(&admin).await.unwrap();
     admin.close().await;
+    let (bypasses, bodies) = migrated_bodies.unwrap();
+    assert!(!bypasses, "the service role is bound by row-level security");
+    assert_eq!(bodies, ["HELLO", "WORLD"]);
 }
