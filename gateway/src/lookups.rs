@@ -30,7 +30,8 @@ enum Entry<A: Clone> {
     Known {
         answer: A,
         until: Instant,
-        /// When identity gave the answer (a stand-in keeps its original time).
+        /// When identity was asked for the answer (a stand-in keeps its original time): the
+        /// answer is as of then, and is believed and stands in counting from then.
         received: Instant,
     },
     Fetching {
@@ -215,7 +216,7 @@ where
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err("the lookup panicked".to_owned()));
-            cache.complete(owned_key, &result, fallback);
+            cache.complete(owned_key, &result, fallback, now);
             result
         });
         let lookup = async move { task.await.unwrap_or_else(|e| Err(e.to_string())) }
@@ -231,20 +232,29 @@ where
         lookup
     }
 
-    /// Remembers `answer` for `key`, learnt on the side (a tenant found by its domain, say).
-    pub fn remember(&self, key: K, answer: A) {
-        self.complete(key, &Ok(answer), None);
+    /// Remembers `answer` for `key`, learnt on the side (a tenant found by its domain, say)
+    /// from identity asked at `asked`.
+    pub fn remember(&self, key: K, answer: A, asked: Instant) {
+        self.complete(key, &Ok(answer), None, asked);
     }
 
-    /// Remembers the outcome of a lookup of `key` (`stale`: the answer that stands in if it
-    /// failed, while it is young enough).
-    fn complete(&self, key: K, result: &Result<A, String>, stale: Option<Stale<A>>) {
+    /// Remembers the outcome of a lookup of `key` asked at `asked` (`stale`: the answer that
+    /// stands in if it failed, while it is young enough), unless an answer asked for later is
+    /// known already: lookups of one key by two routes (a tenant by id and by its domain)
+    /// race, and a slow answer read before a change must not replace one read after it.
+    fn complete(
+        &self,
+        key: K,
+        result: &Result<A, String>,
+        stale: Option<Stale<A>>,
+        asked: Instant,
+    ) {
         let now = Instant::now();
         let entry = match result {
             Ok(answer) => Some(Entry::Known {
                 answer: answer.clone(),
-                until: now + (self.believe_for)(answer),
-                received: now,
+                until: asked + (self.believe_for)(answer),
+                received: asked,
             }),
             Err(_) => stale
                 .and_then(|stale| self.stale(&stale.answer, stale.received, now))
@@ -255,9 +265,18 @@ where
                     received: stale.received,
                 }),
         };
-        self.entries.with(&key, |shard| match entry {
-            Some(entry) => shard.insert(key.clone(), entry),
-            None => shard.remove(&key),
+        self.entries.with(&key, |shard| {
+            let newer_known = matches!(
+                shard.get(&key),
+                Some(Entry::Known { received, .. }) if *received > asked
+            );
+            if newer_known {
+                return;
+            }
+            match entry {
+                Some(entry) => shard.insert(key.clone(), entry),
+                None => shard.remove(&key),
+            };
         });
     }
 }
@@ -378,6 +397,28 @@ mod tests {
         // A lookup in flight: a refused caller waits for it rather than failing it.
         assert_eq!(cache.get_admitted(&"k", refuse).await, Ok(5));
         assert_eq!(in_flight.await.unwrap(), Ok(5));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A lookup asked before an answer learnt on the side, and answered after it, does not
+    /// replace it; an answer learnt on the side asked for earlier does not replace a lookup's.
+    #[tokio::test]
+    async fn an_answer_asked_for_later_is_never_replaced_by_an_older_one() {
+        let cache: Arc<LookupCache<&str, u32>> =
+            LookupCache::new(64, |_| Duration::from_secs(60), None);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let slow = {
+            let cache = cache.clone();
+            let fetch = counting(calls.clone(), Ok(1)); // asked now, answers in 20 ms
+            tokio::spawn(async move { cache.get(&"k", fetch).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache.remember("k", 2, Instant::now());
+        assert_eq!(slow.await.unwrap(), Ok(1));
+        assert_eq!(cache.get(&"k", counting(calls.clone(), Ok(3))).await, Ok(2));
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        cache.remember("k", 4, long_ago);
+        assert_eq!(cache.get(&"k", counting(calls.clone(), Ok(3))).await, Ok(2));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

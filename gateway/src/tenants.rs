@@ -12,7 +12,10 @@
 //! Host names map to tenants two ways: `<tenant_id>.<base domain>` when a base domain is
 //! configured (`palisade serve gateway --tenant-base-domain`), and a tenant's own `domain`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::FutureExt;
 use palisade_grpc::{ApiError, MeshChannel, time::micros};
@@ -251,6 +254,7 @@ async fn resolve(
     by_id: Option<Arc<Cache>>,
 ) -> Result<Answer, String> {
     let request = ResolveTenantRequest { key: Some(key) };
+    let asked = Instant::now();
     let answer = tokio::time::timeout(IDENTITY_TIMEOUT, identity.resolve_tenant(request))
         .await
         .map_err(|_| "identity did not answer in time".to_owned())?;
@@ -263,7 +267,7 @@ async fn resolve(
         Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
     };
     if let Some(by_id) = by_id {
-        by_id.remember(answer.id.to_string(), Some(answer.clone()));
+        by_id.remember(answer.id.to_string(), Some(answer.clone()), asked);
     }
     Ok(Some(answer))
 }
