@@ -178,6 +178,11 @@ fn header_str<'h>(headers: &'h HeaderMap, key: &'static str) -> Result<Option<&'
         .transpose()
 }
 
+/// Writes the request id alone (a call that states its own tenant context keeps it).
+pub(crate) fn write_request_id(headers: &mut HeaderMap, request_id: &RequestId) {
+    insert(headers, HEADER_REQUEST_ID, &request_id.0);
+}
+
 fn insert(headers: &mut HeaderMap, key: &'static str, value: &str) {
     // Every value written here was validated on the way in (ids, enums, uuids), so it is ASCII.
     if let Ok(value) = HeaderValue::from_str(value) {

@@ -10,8 +10,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    ClientOrigin, HEADER_TENANT_ID, RequestId, TenantContext,
-    metadata::{write_context, write_origin},
+    ClientOrigin, HEADER_CLIENT_IP, HEADER_CLIENT_USER_AGENT, HEADER_REQUEST_ID, HEADER_TENANT_ID,
+    RequestId, TenantContext,
+    metadata::{write_context, write_origin, write_request_id},
 };
 
 #[derive(Clone, Debug)]
@@ -95,8 +96,8 @@ impl<S> Layer<S> for PropagateContextLayer {
     }
 }
 
-/// A client transport that writes the current context into outgoing metadata, unless the
-/// caller set a tenant explicitly.
+/// A client transport that writes the current context into outgoing metadata. A caller that
+/// set a tenant explicitly keeps its context; the request id and client origin still follow.
 #[derive(Clone, Debug)]
 pub struct PropagateContext<S> {
     inner: S,
@@ -121,16 +122,25 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if !request.headers().contains_key(HEADER_TENANT_ID) {
-            let _ = CURRENT.try_with(|scope| {
-                write_context(
-                    request.headers_mut(),
-                    scope.context.as_ref(),
-                    Some(&scope.request_id),
-                );
-                write_origin(request.headers_mut(), &scope.origin);
-            });
-        }
+        let headers = request.headers_mut();
+        let _ = CURRENT.try_with(|scope| {
+            if !headers.contains_key(HEADER_TENANT_ID) {
+                write_context(headers, scope.context.as_ref(), Some(&scope.request_id));
+                write_origin(headers, &scope.origin);
+                return;
+            }
+            // The caller stated the tenant context itself; the call it makes is still part of
+            // this request (its id ties the logs together, its origin goes into audit
+            // events), unless the caller set those too.
+            if !headers.contains_key(HEADER_REQUEST_ID) {
+                write_request_id(headers, &scope.request_id);
+            }
+            if !headers.contains_key(HEADER_CLIENT_IP)
+                && !headers.contains_key(HEADER_CLIENT_USER_AGENT)
+            {
+                write_origin(headers, &scope.origin);
+            }
+        });
         self.inner.call(request)
     }
 }
