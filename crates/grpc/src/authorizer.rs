@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::future::BoxFuture;
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
 use palisade_proto::palisade::{
     common::v1::{Principal as WirePrincipal, PrincipalType},
     identity::v1::{CheckRequest, authorization_service_client::AuthorizationServiceClient},
@@ -40,13 +43,18 @@ pub trait Authorizer: Send + Sync + 'static {
 
 type CacheKey = (TenantContext, String);
 
+/// A question to identity on its way, which every caller asking the same one meanwhile awaits.
+type Asking = Shared<BoxFuture<'static, Result<Decision, Status>>>;
+
 /// Asks identity over mTLS and remembers answers for `ttl`, so a hot path pays one round trip
 /// per principal and permission per TTL. A revoked grant therefore takes up to `ttl` to bite:
 /// an answer counts from when identity was asked, and never replaces one asked for later.
+/// Concurrent misses for one principal and permission share one question.
 #[derive(Clone)]
 pub struct RemoteAuthorizer {
     client: AuthorizationServiceClient<MeshChannel>,
     cache: Arc<Mutex<HashMap<CacheKey, (Decision, Instant)>>>,
+    asking: Arc<Mutex<HashMap<CacheKey, Asking>>>,
     ttl: Duration,
 }
 
@@ -62,6 +70,7 @@ impl RemoteAuthorizer {
         RemoteAuthorizer {
             client: AuthorizationServiceClient::new(identity),
             cache: Arc::default(),
+            asking: Arc::default(),
             ttl,
         }
     }
@@ -102,36 +111,67 @@ impl Authorizer for RemoteAuthorizer {
         if let Some(decision) = self.cached(&key) {
             return Box::pin(async move { Ok(decision) });
         }
-        let this = self.clone();
-        Box::pin(async move {
-            let (context, permission) = &key;
-            let principal = context.principal.as_ref().map(|p| WirePrincipal {
-                tenant_id: context.tenant_id.to_string(),
-                id: p.id.clone(),
-                r#type: principal_type(p.kind) as i32,
-                session_id: p.session_id.clone().unwrap_or_default(),
-            });
-            let mut request = tonic::Request::new(CheckRequest {
-                principal,
-                permission: permission.clone(),
-                resource: String::new(),
-            });
-            request.set_timeout(CHECK_TIMEOUT);
-            let asked = Instant::now();
-            let response = this.client.clone().check(request).await.map_err(|status| {
-                tracing::warn!(code = ?status.code(), "permission check failed");
-                Status::from(ApiError::Unavailable {
+        let mut asking = self.asking.lock().expect("authorizer asking lock");
+        if let Some(question) = asking.get(&key) {
+            return question.clone().boxed();
+        }
+        // The question runs in a task of its own, so it is answered, remembered and forgotten
+        // as asking even when every caller awaiting it has gone away (a short deadline, a reset
+        // stream); identity's answer is bounded by `CHECK_TIMEOUT`.
+        let task = tokio::spawn(self.clone().ask(key.clone()));
+        let question = async move {
+            task.await.unwrap_or_else(|_| {
+                Err(Status::from(ApiError::Unavailable {
                     message: "permission check unavailable".to_owned(),
-                })
-            })?;
-            let response = response.into_inner();
-            let decision = Decision {
-                allowed: response.allowed,
-                reason: response.reason,
-                refusal: (!response.refusal_reason.is_empty()).then_some(response.refusal_reason),
-            };
-            this.remember(key, &decision, asked);
-            Ok(decision)
+                }))
+            })
+        }
+        .boxed()
+        .shared();
+        asking.insert(key, question.clone());
+        question.boxed()
+    }
+}
+
+impl RemoteAuthorizer {
+    /// Asks identity, remembers its answer and stops counting the question as asking.
+    async fn ask(self, key: CacheKey) -> Result<Decision, Status> {
+        let asked = Instant::now();
+        let answer = self.ask_identity(&key).await;
+        if let Ok(decision) = &answer {
+            self.remember(key.clone(), decision, asked);
+        }
+        self.asking
+            .lock()
+            .expect("authorizer asking lock")
+            .remove(&key);
+        answer
+    }
+
+    async fn ask_identity(&self, (context, permission): &CacheKey) -> Result<Decision, Status> {
+        let principal = context.principal.as_ref().map(|p| WirePrincipal {
+            tenant_id: context.tenant_id.to_string(),
+            id: p.id.clone(),
+            r#type: principal_type(p.kind) as i32,
+            session_id: p.session_id.clone().unwrap_or_default(),
+        });
+        let mut request = tonic::Request::new(CheckRequest {
+            principal,
+            permission: permission.clone(),
+            resource: String::new(),
+        });
+        request.set_timeout(CHECK_TIMEOUT);
+        let response = self.client.clone().check(request).await.map_err(|status| {
+            tracing::warn!(code = ?status.code(), "permission check failed");
+            Status::from(ApiError::Unavailable {
+                message: "permission check unavailable".to_owned(),
+            })
+        })?;
+        let response = response.into_inner();
+        Ok(Decision {
+            allowed: response.allowed,
+            reason: response.reason,
+            refusal: (!response.refusal_reason.is_empty()).then_some(response.refusal_reason),
         })
     }
 }
@@ -159,22 +199,20 @@ mod tests {
 
     use super::*;
 
-    /// Identity before and after a revocation: the first check is read while the grant holds
-    /// and answered slowly; every later one is refused at once.
-    struct RevokedMeanwhile {
-        checks: AtomicUsize,
+    /// An identity that takes `delay` over every check, grants it, and counts the checks.
+    struct SlowIdentity {
+        delay: Duration,
+        checks: Arc<AtomicUsize>,
     }
 
     #[tonic::async_trait]
-    impl AuthorizationService for RevokedMeanwhile {
+    impl AuthorizationService for SlowIdentity {
         async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-            let first = self.checks.fetch_add(1, Ordering::SeqCst) == 0;
-            if first {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+            let number = self.checks.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.delay).await;
             Ok(Response::new(CheckResponse {
-                allowed: first,
-                reason: if first { "granted" } else { "revoked" }.into(),
+                allowed: true,
+                reason: format!("granted by check {number}"),
                 refusal_reason: String::new(),
             }))
         }
@@ -187,12 +225,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_slow_answer_never_replaces_one_asked_for_later() {
+    /// An authorizer in front of a `SlowIdentity` served on port 0, and that identity's count.
+    async fn authorizer_before(delay: Duration) -> (RemoteAuthorizer, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let identity = RevokedMeanwhile {
-            checks: AtomicUsize::new(0),
+        let checks = Arc::new(AtomicUsize::new(0));
+        let identity = SlowIdentity {
+            delay,
+            checks: checks.clone(),
         };
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -206,21 +246,73 @@ mod tests {
         let channel = crate::ClientObserveLayer::new("compliance", metrics.rpc.client.clone())
             .layer(palisade_tenancy::PropagateContext::new(channel));
         let authorizer = RemoteAuthorizer::new(channel, Duration::from_secs(60));
-        let context = TenantContext {
+        (authorizer, checks)
+    }
+
+    fn ada() -> TenantContext {
+        TenantContext {
             tenant_id: TenantId::parse("acme").unwrap(),
             principal: Some(Principal::new("ada", PrincipalKind::User)),
-        };
+        }
+    }
 
-        let before = authorizer.check(&context, "compliance.audit.list");
-        let before = tokio::spawn(before);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let after = authorizer.check(&context, "compliance.audit.list").await;
-        assert!(!after.unwrap().allowed);
-        assert!(before.await.unwrap().unwrap().allowed, "the slow answer");
-        let kept = authorizer.cached(&(context, "compliance.audit.list".to_owned()));
+    const PERMISSION: &str = "compliance.audit.list";
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_question() {
+        let (authorizer, checks) = authorizer_before(Duration::from_millis(200)).await;
+
+        let callers: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(authorizer.check(&ada(), PERMISSION)))
+            .collect();
+        for caller in callers {
+            let decision = caller.await.unwrap().unwrap();
+            assert_eq!(decision.reason, "granted by check 1");
+        }
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+        assert!(authorizer.asking.lock().unwrap().is_empty());
+
+        let again = authorizer.check(&ada(), PERMISSION).await.unwrap();
+        assert_eq!(again.reason, "granted by check 1", "from the cache");
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_question_whose_callers_went_away_is_still_answered() {
+        let (authorizer, checks) = authorizer_before(Duration::from_millis(200)).await;
+
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            authorizer.check(&ada(), PERMISSION),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the caller's deadline came first");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+
+        let kept = authorizer.cached(&(ada(), PERMISSION.to_owned()));
+        assert_eq!(kept.map(|d| d.reason), Some("granted by check 1".into()));
+        assert!(authorizer.asking.lock().unwrap().is_empty());
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_never_replaces_one_asked_for_later() {
+        let (authorizer, _) = authorizer_before(Duration::ZERO).await;
+        let key = (ada(), PERMISSION.to_owned());
+        let decision = |allowed: bool, reason: &str| Decision {
+            allowed,
+            reason: reason.to_owned(),
+            refusal: None,
+        };
+        let before_revocation = Instant::now();
+        let after_revocation = before_revocation + Duration::from_millis(1);
+
+        authorizer.remember(key.clone(), &decision(false, "revoked"), after_revocation);
+        authorizer.remember(key.clone(), &decision(true, "granted"), before_revocation);
+
         assert_eq!(
-            kept.map(|decision| decision.reason),
-            Some("revoked".to_owned())
+            authorizer.cached(&key).map(|d| d.reason),
+            Some("revoked".into())
         );
     }
 }
