@@ -1,19 +1,22 @@
 //! The admin HTTP port of a component: `/metrics` (OpenMetrics text), `/healthz` (the process
 //! answers) and `/readyz` (its dependencies are reachable). Plain HTTP/1.1, for Prometheus and
-//! Kubernetes probes; it carries no tenant data.
+//! Kubernetes probes; it carries no tenant data. Each connection answers one request within
+//! [`CONNECTION_DEADLINE`], and at most [`MAX_CONNECTIONS`] are open at once, so a client that
+//! connects and says nothing holds a task and a file descriptor for seconds, not forever.
 
 use std::{
     convert::Infallible,
     future::Future,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::ComponentMetrics;
 
@@ -32,6 +35,16 @@ impl Readiness {
     }
 }
 
+/// Scrapes and probes open a connection or two at a time; more are someone else.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client has to send a request's headers.
+const HEADER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a connection lives, request and response included: a scrape of a component's
+/// metrics takes milliseconds.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Serves the admin endpoints until `shutdown` resolves.
 pub async fn serve_admin(
     listener: TcpListener,
@@ -39,13 +52,20 @@ pub async fn serve_admin(
     readiness: Readiness,
     shutdown: impl Future<Output = ()>,
 ) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => return,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::debug!(%error, "admin accept failed");
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -58,9 +78,13 @@ pub async fn serve_admin(
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_DEADLINE)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
+            drop(permit);
         });
     }
 }
@@ -96,4 +120,55 @@ fn respond(
         .header(http::header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+        time::Instant,
+    };
+
+    use super::*;
+
+    async fn admin_port() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let metrics = ComponentMetrics::new("identity");
+        tokio::spawn(serve_admin(
+            listener,
+            metrics,
+            Readiness::default(),
+            std::future::pending(),
+        ));
+        address
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_says_nothing_is_disconnected() {
+        let mut silent = TcpStream::connect(admin_port().await).await.unwrap();
+        let connected = Instant::now();
+
+        let mut buffer = [0; 64];
+        let read = tokio::time::timeout(Duration::from_secs(3600), silent.read(&mut buffer))
+            .await
+            .expect("the admin port closes a silent connection");
+        assert!(matches!(read, Ok(0) | Err(_)));
+        assert!(connected.elapsed() >= HEADER_DEADLINE);
+        assert!(connected.elapsed() <= HEADER_DEADLINE + Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_probe_is_answered_and_the_connection_closed() {
+        let mut probe = TcpStream::connect(admin_port().await).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        probe.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok\n"), "{answer}");
+    }
 }

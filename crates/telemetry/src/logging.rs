@@ -46,9 +46,14 @@ impl TelemetryConfig {
             otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .ok()
                 .filter(|v| !v.is_empty()),
-            tracing_enabled: true,
+            tracing_enabled: tracing_wanted(std::env::var("PALISADE_TRACING").ok().as_deref()),
         }
     }
+}
+
+/// Whether `PALISADE_TRACING` leaves tracing on: only `off` (any case) switches it off.
+fn tracing_wanted(setting: Option<&str>) -> bool {
+    !setting.is_some_and(|value| value.trim().eq_ignore_ascii_case("off"))
 }
 
 /// Keeps the tracer provider alive; flushes spans on [`Telemetry::shutdown`].
@@ -155,4 +160,18 @@ pub fn init_test_logging() {
         .with(fmt::layer().with_test_writer().compact())
         .with(otel)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tracing_wanted;
+
+    #[test]
+    fn palisade_tracing_off_switches_tracing_off() {
+        assert!(!tracing_wanted(Some("off")));
+        assert!(!tracing_wanted(Some("OFF")));
+        assert!(tracing_wanted(None));
+        assert!(tracing_wanted(Some("on")));
+        assert!(tracing_wanted(Some("")));
+    }
 }
