@@ -27,11 +27,24 @@ use crate::frames::{self, HEADER as PREFIX, MAX_MESSAGE};
 /// component says what is wrong with it.
 pub async fn within_limit(request: Request<Body>) -> Result<Request<Body>, Status> {
     let (parts, mut body) = request.into_parts();
+    let read = read_prefix(&mut body).await?;
+    if let Some(length) = declared_length(&read).filter(|length| *length > MAX_MESSAGE) {
+        return Err(too_large(length).into());
+    }
+    let body = Body::new(Replayed { read, rest: body });
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The frames that hold the first message's prefix: at most one per prefix byte, and trailers
+/// if they came first. Empty data frames are dropped: HTTP/2 lets a client send them without
+/// end, and kept they would grow this queue for as long as the client likes.
+async fn read_prefix(body: &mut Body) -> Result<VecDeque<Frame<Bytes>>, Status> {
     let mut read = VecDeque::new();
     let mut buffered = 0;
     while buffered < PREFIX {
         match body.frame().await {
             Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
                 Ok(data) => {
                     buffered += data.len();
                     read.push_back(Frame::data(data));
@@ -45,11 +58,7 @@ pub async fn within_limit(request: Request<Body>) -> Result<Request<Body>, Statu
             None => break,
         }
     }
-    if let Some(length) = declared_length(&read).filter(|length| *length > MAX_MESSAGE) {
-        return Err(too_large(length).into());
-    }
-    let body = Body::new(Replayed { read, rest: body });
-    Ok(Request::from_parts(parts, body))
+    Ok(read)
 }
 
 /// The length in the first message's prefix, once the data read holds a whole one.
@@ -158,6 +167,17 @@ mod tests {
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         let exactly = frames::encode(0, &vec![0; MAX_MESSAGE]);
         assert!(within_limit(request(vec![exactly])).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn empty_frames_before_the_prefix_are_not_kept() {
+        let message = frames::encode(0, b"hello");
+        let mut chunks = vec![Bytes::new(); 100_000];
+        chunks.push(message.clone());
+        let mut body = request(chunks).into_body();
+        let read = read_prefix(&mut body).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].data_ref(), Some(&message));
     }
 
     #[tokio::test]
