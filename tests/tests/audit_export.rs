@@ -128,7 +128,7 @@ fn event(tenant_id: &str, index: usize) -> AuditEvent {
         action: format!("demo.things.{verb}"),
         resource: format!("tenants/{tenant_id}/things/{index}"),
         occur_time: Some(Default::default()),
-        source: "demo".to_owned(),
+        source: "identity".to_owned(),
         ..AuditEvent::default()
     }
 }

@@ -108,5 +108,19 @@ async fn the_gateway_never_routes_internal_methods() -> anyhow::Result<()> {
         reason(&expect_code(forged, Code::PermissionDenied)),
         "INTERNAL_METHOD"
     );
+
+    // Nor may a component other than identity, the producer of audit events, append any: the
+    // gateway faces the internet, and a log anyone in the mesh can write proves nothing.
+    for impostor in ["gateway", "observability"] {
+        let channel = mesh.direct(Component::Compliance, impostor).await?;
+        let forged = AuditServiceClient::new(channel)
+            .append_events(AppendEventsRequest::default())
+            .await;
+        assert_eq!(
+            reason(&expect_code(forged, Code::PermissionDenied)),
+            "INTERNAL_METHOD",
+            "{impostor}"
+        );
+    }
     mesh.stop().await
 }

@@ -3,8 +3,9 @@
 use std::str::FromStr;
 
 use palisade_grpc::{
-    ApiError, FieldViolation,
+    ApiError, CallerComponent, FieldViolation,
     aip::{self, Comparison, FilterField},
+    time::micros_in_range,
 };
 use palisade_proto::palisade::compliance::v1::{
     AppendEventsRequest, AppendEventsResponse, AuditEvent, ExportAuditEventsRequest,
@@ -55,8 +56,13 @@ impl AuditService for AuditApi {
         &self,
         request: Request<AppendEventsRequest>,
     ) -> Result<Response<AppendEventsResponse>, Status> {
+        // The policy names the components that may append; the policy layer says which one
+        // this is, and every event must say it came from there.
+        let caller = (request.extensions().get::<CallerComponent>())
+            .map(|caller| caller.0.clone())
+            .unwrap_or_default();
         let events = request.into_inner().events;
-        validate_batch(&events)?;
+        validate_batch(&events, &caller)?;
         let outcome = self.store.append(&events).await?;
         tracing::debug!(
             appended = outcome.appended,
@@ -185,7 +191,8 @@ fn parse_filters(filter: &str) -> Result<Vec<EventFilter>, ApiError> {
         .collect()
 }
 
-fn validate_batch(events: &[AuditEvent]) -> Result<(), ApiError> {
+/// What makes a batch appendable from the component `caller`.
+fn validate_batch(events: &[AuditEvent], caller: &str) -> Result<(), ApiError> {
     let mut violations = Vec::new();
     if events.is_empty() || events.len() > MAX_BATCH {
         violations.push(FieldViolation::new(
@@ -214,8 +221,23 @@ fn validate_batch(events: &[AuditEvent]) -> Result<(), ApiError> {
         if event.action.is_empty() {
             violations.push(FieldViolation::new(field("action"), "must not be empty"));
         }
-        if event.occur_time.is_none() {
-            violations.push(FieldViolation::new(field("occur_time"), "is required"));
+        match &event.occur_time {
+            None => violations.push(FieldViolation::new(field("occur_time"), "is required")),
+            // Stored as microseconds, which would saturate or skew an instant out of range.
+            Some(time) if !(0..1_000_000_000).contains(&time.nanos) => violations.push(
+                FieldViolation::new(field("occur_time"), "nanos must be 0 to 999999999"),
+            ),
+            Some(time) if micros_in_range(time).is_none() => violations.push(FieldViolation::new(
+                field("occur_time"),
+                "must be within years 1 to 9999",
+            )),
+            Some(_) => {}
+        }
+        if event.source != caller {
+            violations.push(FieldViolation::new(
+                field("source"),
+                format!("must name the calling component ({caller})"),
+            ));
         }
     }
     if violations.is_empty() {
@@ -269,19 +291,78 @@ mod tests {
         let id = "0190c6e2-6a3b-7c1d-8e2f-3a4b5c6d7e8f";
         let event = |event_id: &str| AuditEvent {
             event_id: event_id.to_owned(),
-            tenant_id: "acme".into(),
-            action: "identity.users.create".into(),
-            occur_time: Some(prost_types::Timestamp::default()),
-            ..AuditEvent::default()
+            ..event()
         };
-        assert!(validate_batch(&[event(id)]).is_ok());
+        assert!(validate_batch(&[event(id)], "identity").is_ok());
         for spelling in [
             id.to_uppercase(),
             id.replace('-', ""),
             format!("{{{id}}}"),
             format!("urn:uuid:{id}"),
         ] {
-            assert!(validate_batch(&[event(&spelling)]).is_err(), "{spelling}");
+            assert!(
+                validate_batch(&[event(&spelling)], "identity").is_err(),
+                "{spelling}"
+            );
+        }
+    }
+
+    fn event() -> AuditEvent {
+        AuditEvent {
+            event_id: "0190c6e2-6a3b-7c1d-8e2f-3a4b5c6d7e8f".into(),
+            tenant_id: "acme".into(),
+            action: "identity.users.create".into(),
+            occur_time: Some(prost_types::Timestamp::default()),
+            source: "identity".into(),
+            ..AuditEvent::default()
+        }
+    }
+
+    fn violated_fields(events: &[AuditEvent], caller: &str) -> Vec<String> {
+        match validate_batch(events, caller) {
+            Ok(()) => Vec::new(),
+            Err(ApiError::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_names_the_component_that_appends_it() {
+        assert!(violated_fields(&[event()], "identity").is_empty());
+        let forged = AuditEvent {
+            source: "identity".into(),
+            ..event()
+        };
+        assert_eq!(violated_fields(&[forged], "gateway"), ["events[0].source"]);
+        let unnamed = AuditEvent {
+            source: String::new(),
+            ..event()
+        };
+        assert_eq!(
+            violated_fields(&[unnamed], "identity"),
+            ["events[0].source"]
+        );
+    }
+
+    #[test]
+    fn an_occur_time_outside_the_stored_range_is_refused() {
+        for (seconds, nanos) in [
+            (i64::MAX, 0),
+            (-62_135_596_801, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            let event = AuditEvent {
+                occur_time: Some(prost_types::Timestamp { seconds, nanos }),
+                ..event()
+            };
+            assert_eq!(
+                violated_fields(&[event], "identity"),
+                ["events[0].occur_time"],
+                "{seconds}s {nanos}ns"
+            );
         }
     }
 }
