@@ -3,11 +3,15 @@
 //! The server layer is the outermost layer of every component: it continues the caller's W3C
 //! trace (a `grpc.server` span with the OpenTelemetry RPC attributes), counts the call, and
 //! records latency and status when the status arrives — in the headers of a trailers-only
-//! response, in the trailers, or as `Canceled` when the client goes away first. The client
-//! layer does the same for outgoing calls (`grpc.client` spans) and injects `traceparent`.
+//! response, in the trailers, or as `Canceled` when the client goes away first. A handler that
+//! panics answers `INTERNAL` (logged with the panic's message) instead of a reset stream, which
+//! clients would read as `CANCELLED` and the gateway as `UNAVAILABLE`, a code to retry. The
+//! client layer does the same for outgoing calls (`grpc.client` spans) and injects `traceparent`.
 
 use std::{
+    any::Any,
     collections::HashMap,
+    panic::AssertUnwindSafe,
     pin::Pin,
     sync::LazyLock,
     task::{Context, Poll},
@@ -15,7 +19,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::{FutureExt, future::BoxFuture};
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use palisade_telemetry::{GrpcLabels, SideMetrics, extract_context, inject_current, trace_id_of};
@@ -211,6 +215,7 @@ where
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let side = self.side;
         let future = {
             let _entered = span.enter();
             inner.call(request)
@@ -218,7 +223,15 @@ where
         Box::pin(
             async move {
                 let mut finish = finish;
-                match future.await {
+                let answered = match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(answered) => answered,
+                    Err(panic) if side == Side::Server => {
+                        tracing::error!(panic = panic_message(&*panic), "the handler panicked");
+                        Ok(tonic::Status::internal("internal error").into_http())
+                    }
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                match answered {
                     Ok(response) => {
                         finish.tenant = response
                             .extensions()
@@ -243,6 +256,13 @@ where
             .instrument(span),
         )
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    (panic.downcast_ref::<&str>().copied())
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// Records the outcome once, when the status is known or the call is abandoned.
@@ -479,6 +499,34 @@ mod tests {
         let request = http::Request::builder().uri(path).body(()).unwrap();
         drop(observed.call(request).await.unwrap());
         events.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_internal_and_is_counted_so() {
+        let metrics = palisade_telemetry::ComponentMetrics::new("test");
+        let layer = ServerObserveLayer::new("test", metrics.rpc.server.clone());
+        let mut observed = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+            if true {
+                panic!("a bug");
+            }
+            Ok::<_, Infallible>(http::Response::new(Body::default()))
+        }));
+        let request = (http::Request::builder())
+            .uri("/palisade.identity.v1.UserService/GetUser")
+            .body(())
+            .unwrap();
+
+        let response = observed.call(request).await.unwrap();
+        assert_eq!(
+            status_code(response.headers()),
+            Some(tonic::Code::Internal as i32)
+        );
+        drop(response);
+        let encoded = metrics.encode();
+        assert!(
+            encoded.contains("grpc_method=\"GetUser\",grpc_code=\"Internal\""),
+            "{encoded}"
+        );
     }
 
     #[tokio::test]
