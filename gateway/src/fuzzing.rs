@@ -15,7 +15,7 @@ use crate::{
         routes::{Router, Template},
         transcode,
     },
-    web,
+    web, web_text,
 };
 
 /// Splits fuzz input into `n` byte strings at `0xff` bytes (which no UTF-8 text holds).
@@ -110,7 +110,16 @@ pub fn transcode(data: &[u8]) {
 /// in any chunking gives the same frames, and encoded frames decode to themselves.
 pub fn grpc_web(data: &[u8]) {
     let _ = web::Mode::of(&String::from_utf8_lossy(data));
-    let decoded = web::decode_text(data);
+    let decoded = web_text::decode_text(data);
+    let mut decoder = web_text::TextDecoder::default();
+    let in_pieces = (data.chunks(3).map(|piece| decoder.push(piece)))
+        .collect::<Option<Vec<_>>>()
+        .and_then(|decoded| Some((decoded.concat(), decoder.finish()?)))
+        .map(|(mut decoded, rest)| {
+            decoded.extend(rest);
+            decoded
+        });
+    assert_eq!(in_pieces, decoded, "text decodes the same in pieces");
     for bytes in [Some(data.to_vec()), decoded].into_iter().flatten() {
         let whole = frames_of(&[&bytes]);
         let chunks: Vec<&[u8]> = bytes.chunks(3).collect();

@@ -30,6 +30,7 @@ mod sharded;
 mod tenants;
 mod usage;
 pub mod web;
+mod web_text;
 mod workers;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

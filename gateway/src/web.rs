@@ -12,10 +12,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use base64::{
-    Engine as _, alphabet,
-    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig, general_purpose::STANDARD},
-};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, header};
 use http_body::Frame;
@@ -25,12 +22,13 @@ use crate::{
     edge::Edge,
     frames,
     rest::{errors::retry_after, read_limited},
+    web_text::TextDecoded,
 };
 
-/// The most a text-mode body may hold: a message frame of the largest message the gateway
-/// takes ([`frames::MAX_MESSAGE`] and its 5-byte prefix) in base64, so text mode takes what
-/// binary mode and native gRPC take (the message itself is then checked as theirs are).
-const TEXT_BODY_LIMIT: usize = (frames::MAX_MESSAGE + 5).div_ceil(3) * 4;
+/// The most a text-mode body may hold once decoded: a message frame of the largest message
+/// the gateway takes ([`frames::MAX_MESSAGE`] and its prefix), so text mode takes what binary
+/// mode and native gRPC take (the message itself is then checked as theirs are).
+const TEXT_BODY_LIMIT: usize = frames::MAX_MESSAGE + frames::HEADER;
 
 /// The two encodings of gRPC-Web.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,10 +117,10 @@ where
     let body = match mode {
         // The frames are gRPC's own: stream them through untouched.
         Mode::Binary => Body::new(body),
-        Mode::Text => match read_limited(body, TEXT_BODY_LIMIT).await.and_then(|text| {
-            decode_text(&text).ok_or_else(|| Status::invalid_argument("the body is not base64"))
-        }) {
-            Ok(bytes) => Body::new(http_body_util::Full::new(Bytes::from(bytes))),
+        // Decoded as it arrives, so a body costs its decoded bytes only; read whole before
+        // the call, so that text which is not base64 is refused as such.
+        Mode::Text => match read_limited(TextDecoded::new(body), TEXT_BODY_LIMIT).await {
+            Ok(bytes) => Body::new(http_body_util::Full::new(bytes)),
             Err(status) => return error(status, mode),
         },
     };
@@ -182,32 +180,6 @@ fn error(status: Status, mode: Mode) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, mode.content_type());
     response
-}
-
-/// Base64 as grpc-web clients send it: possibly several padded chunks one after another.
-pub fn decode_text(text: &[u8]) -> Option<Vec<u8>> {
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    let text: Vec<u8> = text
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut start = 0;
-    for (i, byte) in text.iter().enumerate() {
-        // A run of `=` ends one chunk.
-        if *byte == b'=' && text.get(i + 1) != Some(&b'=') {
-            LENIENT.decode_vec(&text[start..=i], &mut out).ok()?;
-            start = i + 1;
-        }
-    }
-    if start < text.len() {
-        LENIENT.decode_vec(&text[start..], &mut out).ok()?;
-    }
-    Some(out)
 }
 
 /// The backend's response body with trailers turned into a final frame, base64 in text mode.
@@ -285,15 +257,5 @@ mod tests {
         assert_eq!(native.headers()["grpc-status"], "12");
         let web = Mode::refuse_unsupported("application/grpc-web+json").unwrap();
         assert_eq!(web.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    }
-
-    #[test]
-    fn text_bodies_may_be_several_padded_chunks() {
-        let joined = format!("{}{}", STANDARD.encode(b"ab"), STANDARD.encode(b"cde"));
-        assert_eq!(decode_text(joined.as_bytes()).unwrap(), b"abcde");
-        let joined = format!("{}{}", STANDARD.encode(b"a"), STANDARD.encode(b"xyz"));
-        assert_eq!(decode_text(joined.as_bytes()).unwrap(), b"axyz");
-        assert_eq!(decode_text(b"").unwrap(), b"");
-        assert!(decode_text(b"!!!!").is_none());
     }
 }

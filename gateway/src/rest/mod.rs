@@ -310,9 +310,13 @@ where
             }
             .into())
         }
-        Err(error) => Err(Status::cancelled(format!(
-            "reading the request failed: {error}"
-        ))),
+        Err(error) => match error.downcast::<Status>() {
+            // The body's own refusal, e.g. gRPC-Web text that is not base64.
+            Ok(status) => Err(*status),
+            Err(error) => Err(Status::cancelled(format!(
+                "reading the request failed: {error}"
+            ))),
+        },
     }
 }
 
