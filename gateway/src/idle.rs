@@ -8,6 +8,9 @@
 //! a call and never reading its response. A streaming call that sends nothing either way for
 //! the whole timeout is ended too. Clients reconnect when they next call, as gRPC channels do.
 //!
+//! A new connection must make its first call within 10 s ([`Activity::no_call_within`]), or
+//! it is shut down the same way.
+//!
 //! [`Tracked`] wraps a connection's service and records each call's activity in the
 //! connection's [`Activity`].
 
@@ -15,7 +18,10 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -26,18 +32,34 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::body::Body;
 
-/// When something last happened on one connection.
+/// When something last happened on one connection, and whether a call has started on it.
 #[derive(Debug)]
 pub struct Activity {
+    opened: Instant,
     last: Mutex<Instant>,
+    called: AtomicBool,
 }
 
 impl Activity {
     /// A connection that opened now.
     pub fn new() -> Arc<Activity> {
+        let now = Instant::now();
         Arc::new(Activity {
-            last: Mutex::new(Instant::now()),
+            opened: now,
+            last: Mutex::new(now),
+            called: AtomicBool::new(false),
         })
+    }
+
+    /// Resolves if no call has started `timeout` after the connection opened; never once one
+    /// has. Until a client's first call, neither hyper (sniffing the protocol, reading an
+    /// HTTP/2 preface) nor the idle timeout would close its connection soon: a client sending
+    /// a byte and nothing more would hold a connection slot for the idle timeout.
+    pub async fn no_call_within(&self, timeout: Duration) {
+        tokio::time::sleep_until(self.opened + timeout).await;
+        if self.called.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Resolves once nothing has happened for `timeout`.
@@ -85,6 +107,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let activity = self.activity.clone();
         activity.touch();
+        activity.called.store(true, Ordering::Relaxed);
         let request = request.map(|body| Touching::new(body, activity.clone()));
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -193,6 +216,25 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(idle(&activity).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_must_make_its_first_call_in_time() {
+        let within = Duration::from_secs(10);
+        let silent = Activity::new();
+        let waited = tokio::time::Instant::now();
+        silent.no_call_within(within).await;
+        assert_eq!(waited.elapsed(), within);
+
+        let calling = Activity::new();
+        let mut tracked = Tracked::new(service(0), calling.clone());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        drop(tower::Service::call(&mut tracked, Request::new(Body::empty())).await);
+        let late = tokio::time::timeout(Duration::from_secs(60), calling.no_call_within(within));
+        assert!(
+            late.await.is_err(),
+            "a connection that called is not refused"
+        );
     }
 
     #[tokio::test(start_paused = true)]

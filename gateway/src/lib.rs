@@ -12,7 +12,6 @@ mod backends;
 mod cors;
 mod deadline;
 mod edge;
-mod first_bytes;
 mod forwarded;
 pub mod frames;
 pub mod fuzzing;

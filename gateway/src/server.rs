@@ -3,7 +3,7 @@
 //! The accept loop only accepts: each connection is served by a connection worker (see
 //! `workers.rs`), where the TLS handshake runs too, so a slow client never holds up the loop.
 //! Connections are capped, so slow or silent clients are timed out: the TLS handshake, the
-//! first bytes (`first_bytes.rs`), HTTP/1 request headers and REST bodies each have a deadline.
+//! first call (`idle.rs`), HTTP/1 request headers and REST bodies each have a deadline.
 //! A connection on which nothing happens for the idle timeout is closed (`idle.rs`).
 //! Shutdown lets in-flight calls finish for a grace period, then cuts the rest.
 

@@ -32,7 +32,6 @@ use tokio::{
 
 use crate::{
     edge::Edge,
-    first_bytes::FirstBytesDeadline,
     idle::{Activity, Tracked},
     public_tls::PublicTls,
 };
@@ -41,8 +40,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a new connection (after its TLS handshake, if any) may stay silent.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection (after its TLS handshake, if any) may go without making a call.
+const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request's headers, at most, over either protocol (HTTP/1: the request line and headers;
 /// HTTP/2: the header list as RFC 9113 counts it); more is `431`. A JWT is about 1 KiB.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -252,11 +251,13 @@ async fn serve_connection<I>(
 {
     let activity = Activity::new();
     let service = TowerToHyperService::new(Tracked::new(service, activity.clone()));
-    let io = FirstBytesDeadline::new(CoalescedWrites::new(io), FIRST_BYTES_TIMEOUT);
+    let io = CoalescedWrites::new(io);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let idle = activity.idle_for(closing.idle_timeout);
     let mut idle = std::pin::pin!(idle);
+    let no_call = activity.no_call_within(FIRST_CALL_TIMEOUT);
+    let mut no_call = std::pin::pin!(no_call);
     // An idle connection shut down gracefully is cut if that does not end it in time (its
     // client does not read what is left to send, say). When the worker drains, the worker
     // keeps the time.
@@ -269,6 +270,12 @@ async fn serve_connection<I>(
             _ = closing.draining.wait_for(|draining| *draining), if !shutting_down => {
                 connection.as_mut().graceful_shutdown();
                 shutting_down = true;
+            }
+            () = &mut no_call, if !shutting_down => {
+                tracing::debug!(%peer, "closing a connection that made no call in time");
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+                cut.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
             }
             () = &mut idle, if !shutting_down => {
                 tracing::debug!(%peer, "closing an idle connection");
