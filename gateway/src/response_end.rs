@@ -1,8 +1,9 @@
 //! How a proxied response ends: with the backend's own trailers, or with a status the gateway
-//! adds in place of the rest. Should the backend connection break off mid-response, the
-//! response ends with trailers saying `UNAVAILABLE` instead of an error (passed on as an
+//! adds in place of the rest. Should the backend connection break off between two messages,
+//! the response ends with trailers saying `UNAVAILABLE` instead of an error (passed on as an
 //! error, hyper would reset the stream: native clients would read `INTERNAL` and gRPC-Web
-//! clients no status at all). A streaming call's response still going at its deadline ends
+//! clients no status at all); in the middle of a message it is broken off too, as trailers
+//! would be read as the rest of the message. A streaming call's response still going at its deadline ends
 //! there with `DEADLINE_EXCEEDED`, and the backend's stream is dropped (cancelled at the
 //! backend). That status comes between two whole messages: the body's chunks do not follow
 //! gRPC's message framing, and trailers after half a message would be read as message bytes
@@ -93,6 +94,12 @@ impl http_body::Body for EndsWithStatus {
             Poll::Ready(Some(Err(error))) => {
                 tracing::warn!(%error, "backend broke off a response");
                 let status = Status::unavailable("the component broke off the response");
+                if !self.framing.at_boundary() {
+                    // Trailers now would be read as the rest of the message: break off too.
+                    self.ended = true;
+                    self.inner = Body::empty();
+                    return Poll::Ready(Some(Err(status)));
+                }
                 Poll::Ready(Some(Ok(self.end_with(&status))))
             }
             // Ended by the backend: nothing follows, whatever time it is when polled again.
@@ -186,6 +193,22 @@ mod tests {
         let trailers = collected.trailers().cloned().unwrap();
         assert_eq!(trailers["grpc-status"], "14");
         assert_eq!(collected.to_bytes().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_response_broken_off_mid_message_is_broken_off_too() {
+        let half_a_message = message(10, 1)[..8].to_vec();
+        let frames = futures::stream::iter([
+            Ok(http_body::Frame::data(bytes::Bytes::from(half_a_message))),
+            Err(Status::internal("connection reset")),
+        ])
+        .chain(futures::stream::pending());
+        let mut body =
+            EndsWithStatus::new(Body::new(http_body_util::StreamBody::new(frames)), None);
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        let broken = body.frame().await.unwrap();
+        assert_eq!(broken.unwrap_err().code(), tonic::Code::Unavailable);
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]
