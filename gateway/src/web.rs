@@ -16,6 +16,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, header};
 use http_body::Frame;
+use palisade_tenancy::HEADER_REQUEST_ID;
 use tonic::{Status, body::Body};
 
 use crate::{
@@ -124,15 +125,39 @@ where
             Err(status) => return error(status, mode),
         },
     };
-    let headers = &mut parts.headers;
+    to_grpc_headers(&mut parts.headers);
+    let version = parts.version;
+    parts.version = http::Version::HTTP_2;
+    let response = edge.grpc(Request::from_parts(parts, body)).await;
+
+    let (mut parts, body) = response.into_parts();
+    parts.version = version;
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, mode.content_type());
+    // A refusal (trailers-only) keeps HTTP 200 with its status in the headers, as gRPC-Web
+    // clients expect: they read `grpc-status` and the details only from a 200 response. When
+    // the status says when to retry, HTTP's `Retry-After` says it too.
+    if let Some(status) = Status::from_header_map(&parts.headers)
+        && let Some(seconds) = retry_after(&status)
+    {
+        parts.headers.insert(header::RETRY_AFTER, seconds);
+    }
+    Response::from_parts(parts, Body::new(WebBody { inner: body, mode }))
+}
+
+/// A gRPC-Web request's headers made those of the gRPC call it becomes.
+fn to_grpc_headers(headers: &mut http::HeaderMap) {
     // Hop-by-hop and HTTP/1-only headers have no place in the HTTP/2 call to the backend
-    // (h2 refuses a request carrying one), nor do those `Connection` names as hop-by-hop.
+    // (h2 refuses a request carrying one), nor do those `Connection` names as hop-by-hop,
+    // except the request id the edge set: the client was answered with that one.
     let named_hop_by_hop: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| name != HEADER_REQUEST_ID)
         .collect();
     for name in named_hop_by_hop {
         headers.remove(name);
@@ -153,24 +178,6 @@ where
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    let version = parts.version;
-    parts.version = http::Version::HTTP_2;
-    let response = edge.grpc(Request::from_parts(parts, body)).await;
-
-    let (mut parts, body) = response.into_parts();
-    parts.version = version;
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, mode.content_type());
-    // A refusal (trailers-only) keeps HTTP 200 with its status in the headers, as gRPC-Web
-    // clients expect: they read `grpc-status` and the details only from a 200 response. When
-    // the status says when to retry, HTTP's `Retry-After` says it too.
-    if let Some(status) = Status::from_header_map(&parts.headers)
-        && let Some(seconds) = retry_after(&status)
-    {
-        parts.headers.insert(header::RETRY_AFTER, seconds);
-    }
-    Response::from_parts(parts, Body::new(WebBody { inner: body, mode }))
 }
 
 /// A refusal before any call was made, in the trailers-only form.
@@ -257,5 +264,25 @@ mod tests {
         assert_eq!(native.headers()["grpc-status"], "12");
         let web = Mode::refuse_unsupported("application/grpc-web+json").unwrap();
         assert_eq!(web.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_but_the_request_id_stays() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            "keep-alive, x-request-id, x-extra".parse().unwrap(),
+        );
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-extra", "1".parse().unwrap());
+        headers.insert(HEADER_REQUEST_ID, "req-1".parse().unwrap());
+        headers.insert(header::HOST, "gateway".parse().unwrap());
+        to_grpc_headers(&mut headers);
+        assert_eq!(headers[HEADER_REQUEST_ID], "req-1");
+        for gone in ["connection", "keep-alive", "x-extra", "host"] {
+            assert!(!headers.contains_key(gone), "{gone}");
+        }
+        assert_eq!(headers[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(headers[header::TE], "trailers");
     }
 }
