@@ -79,16 +79,31 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("starting the mesh")?;
             banner::print(&mesh)?;
-            tokio::select! {
-                () = serve::shutdown_signal() => tracing::info!("shutting down"),
+            let failed = tokio::select! {
+                () = serve::shutdown_signal() => None,
                 failed = async { loop {
                     if let Some(failed) = mesh.take_failed().await { break failed; }
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                } } => tracing::error!(component = failed.0.name(), error = format!("{:#}", failed.1), "component failed"),
+                } } => Some(failed),
+            };
+            match &failed {
+                None => tracing::info!("shutting down"),
+                Some((component, error)) => {
+                    tracing::error!(
+                        component = component.name(),
+                        error = format!("{error:#}"),
+                        "component failed; stopping the mesh"
+                    );
+                }
             }
             let stopped = mesh.stop().await;
             telemetry.shutdown();
-            stopped
+            // A mesh that stopped because a component failed exits with that failure, so
+            // scripts and supervisors see it.
+            match failed {
+                Some((_, error)) => Err(error),
+                None => stopped,
+            }
         }
         Command::Serve(args) => {
             let service = format!("palisade-{}", args.component_name());

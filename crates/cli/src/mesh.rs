@@ -303,7 +303,8 @@ impl LocalMesh {
     }
 
     /// Stops every component: the gateway first (no new calls), compliance last, so identity's
-    /// relay can still make its final flush to it.
+    /// relay can still make its final flush to it. One that fails to stop does not keep the
+    /// rest from stopping; the first failure is the answer.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let order = [
             Component::Gateway,
@@ -311,10 +312,18 @@ impl LocalMesh {
             Component::Identity,
             Component::Compliance,
         ];
+        let mut first_failure = None;
         for component in order {
-            self.stop_component(component).await?;
+            if let Err(error) = self.stop_component(component).await {
+                tracing::error!(
+                    component = component.name(),
+                    error = format!("{error:#}"),
+                    "stopping failed"
+                );
+                first_failure.get_or_insert(error);
+            }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// A component whose task ended without being asked to (it failed), with its error.

@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 pub struct ServeArgs {
     /// identity, compliance, observability or gateway.
     component: String,
-    #[arg(long, env = "PALISADE_LISTEN", default_value = "0.0.0.0:7900")]
-    listen: SocketAddr,
+    /// Where the component serves gRPC. Default: all addresses, on the port its peers dial by
+    /// default (gateway 7900, identity 7901, compliance 7902, observability 7903).
+    #[arg(long, env = "PALISADE_LISTEN")]
+    listen: Option<SocketAddr>,
     #[arg(
         long,
         env = "PALISADE_CERTS_DIR",
@@ -162,8 +164,9 @@ pub struct ServeArgs {
 
 #[derive(Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL; without it the component uses SQLite under --data-dir.
-    #[arg(long, env = "PALISADE_DATABASE_URL")]
+    /// PostgreSQL URL; without it the component uses SQLite under --data-dir. Its value is
+    /// never shown in `--help`: it may hold a password.
+    #[arg(long, env = "PALISADE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// PostgreSQL schema to use (created if missing); defaults to the component's name, so
     /// components sharing one database never share tables.
@@ -213,9 +216,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.certs_dir.display()
             )
         })?;
-    let grpc = TcpListener::bind(args.listen)
+    let listen = (args.listen).unwrap_or_else(|| default_listen(component));
+    let grpc = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let admin = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin port {}", args.admin_listen))?;
@@ -276,6 +280,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Where a component listens unless told: the port the defaults of `--identity-url` and its
+/// siblings dial.
+fn default_listen(component: Component) -> SocketAddr {
+    let port = match component {
+        Component::Gateway => 7900,
+        Component::Identity => 7901,
+        Component::Compliance => 7902,
+        Component::Observability => 7903,
+    };
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let component = Component::parse(&args.component)?;
     let migrations = match component {
@@ -309,5 +325,41 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn each_component_listens_where_its_peers_dial_it_by_default() {
+        let args = Serve::parse_from(["serve", "identity"]).args;
+        for (component, url) in [
+            (Component::Identity, &args.identity_url),
+            (Component::Compliance, &args.compliance_url),
+            (Component::Observability, &args.observability_url),
+            (Component::Gateway, &args.gateway_url),
+        ] {
+            let port = url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+            assert_eq!(default_listen(component).port(), port, "{url}");
+        }
+    }
+
+    #[test]
+    fn help_never_shows_the_database_url() {
+        let command = Serve::command();
+        let database_url = (command.get_arguments())
+            .find(|arg| arg.get_id() == "database_url")
+            .expect("the argument");
+        assert!(database_url.is_hide_env_values_set());
     }
 }
