@@ -1,6 +1,8 @@
 //! The admin HTTP port of a component: `/metrics` (OpenMetrics text), `/healthz` (the process
 //! answers) and `/readyz` (its dependencies are reachable). Plain HTTP/1.1, for Prometheus and
-//! Kubernetes probes; it carries no tenant data. Each connection answers one request within
+//! Kubernetes probes. It carries no secrets, but the gateway's `/metrics` names tenants (its
+//! per-tenant request counts), so the port belongs on the cluster network, never the public
+//! one (it has no authentication). Each connection answers one request within
 //! [`CONNECTION_DEADLINE`], and at most [`MAX_CONNECTIONS`] are open at once, so a client that
 //! connects and says nothing holds a task and a file descriptor for seconds, not forever.
 
