@@ -32,6 +32,8 @@ use tonic_health::pb::{
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle connection to the gateway is pinged.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One component's probe result.
 #[derive(Clone, Debug)]
@@ -74,13 +76,11 @@ impl Prober {
             });
         }
         // The gateway's public port speaks h2c or TLS with a public certificate, not mesh mTLS.
-        if let Some(channel) = public_channel(&mesh.gateway) {
-            targets.push(Target {
-                component: "gateway",
-                endpoint: mesh.gateway.clone(),
-                channel,
-            });
-        }
+        targets.push(Target {
+            component: "gateway",
+            endpoint: mesh.gateway.clone(),
+            channel: public_channel(&mesh.gateway)?,
+        });
         Ok(Prober {
             targets,
             recent: tokio::sync::Mutex::default(),
@@ -102,26 +102,43 @@ impl Prober {
     }
 }
 
-/// A lazy channel to a public endpoint: h2c for `http://`, TLS (ALPN `h2`, the certificate
-/// not verified, see the module docs) for `https://`. `None` for an address that is no uri.
-fn public_channel(url: &str) -> Option<Channel> {
-    let uri: Uri = url.parse().ok()?;
-    let host = uri
-        .host()?
+/// A lazy channel to a public endpoint: h2c for `http://` (or no scheme, as mesh addresses may
+/// be written), TLS (ALPN `h2`, the certificate not verified, see the module docs) for
+/// `https://`. HTTP/2 keep-alive pings find a connection whose peer vanished without a reset
+/// (a replaced pod), which would otherwise fail every probe until the OS gave up on it.
+fn public_channel(url: &str) -> Result<Channel, palisade_tls::Error> {
+    let invalid = |reason: &str| palisade_tls::Error::InvalidUri {
+        uri: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = match url.contains("://") {
+        true => url.to_owned(),
+        false => format!("http://{url}"),
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid("not a uri"))?;
+    let host = (uri.host().filter(|host| !host.is_empty()))
+        .ok_or_else(|| invalid("no host"))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
+    let keep_alive = |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(PROBE_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(PROBE_TIMEOUT)
+            .keep_alive_while_idle(true)
+    };
     if uri.scheme_str() != Some("https") {
-        let endpoint = Endpoint::from(uri).connect_timeout(PROBE_TIMEOUT);
-        return Some(endpoint.connect_lazy());
+        return Ok(keep_alive(Endpoint::from(uri)).connect_lazy());
     }
     let port = uri.port_u16().unwrap_or(443);
     // TLS is ours: an `https` endpoint would make tonic attempt its own on top.
-    let endpoint = Endpoint::from_shared(format!("http://{}", uri.authority()?))
-        .ok()?
-        .connect_timeout(PROBE_TIMEOUT);
+    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+    let endpoint =
+        Endpoint::from_shared(format!("http://{authority}")).map_err(|_| invalid("not a uri"))?;
+    let endpoint = keep_alive(endpoint);
     // SNI: the host name it was given (an IP address sends none).
-    let server_name = ServerName::try_from(host.clone()).ok()?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| invalid("bad host"))?;
     let connector = TlsConnector::from(unverified_client_config());
     let connect = tower::service_fn(move |_: Uri| {
         let (connector, server_name, host) = (connector.clone(), server_name.clone(), host.clone());
@@ -132,7 +149,7 @@ fn public_channel(url: &str) -> Option<Channel> {
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
-    Some(endpoint.connect_with_connector_lazy(connect))
+    Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
 fn unverified_client_config() -> Arc<ClientConfig> {
@@ -229,5 +246,49 @@ async fn probe(target: &Target) -> ProbeResult {
         state,
         latency: started.elapsed(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plaintext HTTP/2 health service on port 0, serving.
+    async fn h2c_health() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        address
+    }
+
+    #[tokio::test]
+    async fn a_gateway_address_without_a_scheme_is_probed_over_h2c() {
+        let address = h2c_health().await;
+        for url in [format!("{address}"), format!("http://{address}")] {
+            let target = Target {
+                component: "gateway",
+                endpoint: url.clone(),
+                channel: public_channel(&url).unwrap(),
+            };
+            let probed = probe(&target).await;
+            assert_eq!(
+                probed.state,
+                ServingState::Serving,
+                "{url}: {}",
+                probed.detail
+            );
+        }
+    }
+
+    #[test]
+    fn a_gateway_address_that_is_no_uri_is_refused() {
+        for url in ["", "http://", "http://exa mple:7900"] {
+            assert!(public_channel(url).is_err(), "{url:?}");
+        }
     }
 }
