@@ -15,8 +15,9 @@ use palisade_proto::palisade::{
     common::v1::{Principal as WirePrincipal, PrincipalType},
     identity::v1::{CheckRequest, authorization_service_client::AuthorizationServiceClient},
 };
-use palisade_tenancy::{PrincipalKind, TenantContext};
+use palisade_tenancy::{PrincipalKind, TenantContext, in_this_call};
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::{ApiError, MeshChannel};
 
@@ -49,7 +50,8 @@ type Asking = Shared<BoxFuture<'static, Result<Decision, Status>>>;
 /// Asks identity over mTLS and remembers answers for `ttl`, so a hot path pays one round trip
 /// per principal and permission per TTL. A revoked grant therefore takes up to `ttl` to bite:
 /// an answer counts from when identity was asked, and never replaces one asked for later.
-/// Concurrent misses for one principal and permission share one question.
+/// Concurrent misses for one principal and permission share one question, so a caller that
+/// joins one may get an answer asked up to `CHECK_TIMEOUT` before it arrived.
 #[derive(Clone)]
 pub struct RemoteAuthorizer {
     client: AuthorizationServiceClient<MeshChannel>,
@@ -117,8 +119,10 @@ impl Authorizer for RemoteAuthorizer {
         }
         // The question runs in a task of its own, so it is answered, remembered and forgotten
         // as asking even when every caller awaiting it has gone away (a short deadline, a reset
-        // stream); identity's answer is bounded by `CHECK_TIMEOUT`.
-        let task = tokio::spawn(self.clone().ask(key.clone()));
+        // stream); identity's answer is bounded by `CHECK_TIMEOUT`. It is part of the first
+        // caller's call: its tenant scope, request id and trace.
+        let question = in_this_call(self.clone().ask(key.clone()));
+        let task = tokio::spawn(question.instrument(tracing::Span::current()));
         let question = async move {
             task.await.unwrap_or_else(|_| {
                 Err(Status::from(ApiError::Unavailable {
@@ -134,17 +138,19 @@ impl Authorizer for RemoteAuthorizer {
 }
 
 impl RemoteAuthorizer {
-    /// Asks identity, remembers its answer and stops counting the question as asking.
+    /// Asks identity, remembers its answer and stops counting the question as asking, however
+    /// the asking ends (a panic, a runtime shutting down): a question left as asking would
+    /// answer every later caller with its failure.
     async fn ask(self, key: CacheKey) -> Result<Decision, Status> {
+        let _asked = Forget {
+            asking: &self.asking,
+            key: &key,
+        };
         let asked = Instant::now();
         let answer = self.ask_identity(&key).await;
         if let Ok(decision) = &answer {
             self.remember(key.clone(), decision, asked);
         }
-        self.asking
-            .lock()
-            .expect("authorizer asking lock")
-            .remove(&key);
         answer
     }
 
@@ -173,6 +179,20 @@ impl RemoteAuthorizer {
             reason: response.reason,
             refusal: (!response.refusal_reason.is_empty()).then_some(response.refusal_reason),
         })
+    }
+}
+
+/// Removes a question from those asking when dropped.
+struct Forget<'a> {
+    asking: &'a Mutex<HashMap<CacheKey, Asking>>,
+    key: &'a CacheKey,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut asking) = self.asking.lock() {
+            asking.remove(self.key);
+        }
     }
 }
 
