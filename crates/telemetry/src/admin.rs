@@ -37,11 +37,13 @@ impl Readiness {
     }
 }
 
-/// Scrapes and probes open a connection or two at a time; more are someone else.
-const MAX_CONNECTIONS: usize = 64;
+/// Scrapes and probes open a connection or two at a time. The cap is far above that, so a
+/// few silent connections cannot keep a kubelet's probe waiting: each costs a descriptor and
+/// a small task for at most [`HEADER_DEADLINE`].
+const MAX_CONNECTIONS: usize = 1024;
 
-/// How long a client has to send a request's headers.
-const HEADER_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a client has to send a request's headers: probes and scrapes send them at once.
+const HEADER_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How long a connection lives, request and response included: a scrape of a component's
 /// metrics takes milliseconds.

@@ -102,8 +102,8 @@ impl Prober {
     }
 }
 
-/// A lazy channel to a public endpoint: h2c for `http://` (or no scheme, as mesh addresses may
-/// be written), TLS (ALPN `h2`, the certificate not verified, see the module docs) for
+/// A lazy channel to a public endpoint: h2c for `http://` (or any other scheme, or none, as
+/// mesh addresses may be written), TLS (ALPN `h2`, the certificate not verified, see the module docs) for
 /// `https://`. HTTP/2 keep-alive pings find a connection whose peer vanished without a reset
 /// (a replaced pod), which would otherwise fail every probe until the OS gave up on it.
 fn public_channel(url: &str) -> Result<Channel, palisade_tls::Error> {
@@ -111,9 +111,10 @@ fn public_channel(url: &str) -> Result<Channel, palisade_tls::Error> {
         uri: url.to_owned(),
         reason: reason.to_owned(),
     };
-    let url = match url.contains("://") {
-        true => url.to_owned(),
-        false => format!("http://{url}"),
+    let url = match url.split_once("://") {
+        Some(("https", _)) => url.to_owned(),
+        Some((_, rest)) => format!("http://{rest}"),
+        None => format!("http://{url}"),
     };
     let uri: Uri = url.parse().map_err(|_| invalid("not a uri"))?;
     let host = (uri.host().filter(|host| !host.is_empty()))
@@ -269,7 +270,11 @@ mod tests {
     #[tokio::test]
     async fn a_gateway_address_without_a_scheme_is_probed_over_h2c() {
         let address = h2c_health().await;
-        for url in [format!("{address}"), format!("http://{address}")] {
+        for url in [
+            format!("{address}"),
+            format!("http://{address}"),
+            format!("grpc://{address}"),
+        ] {
             let target = Target {
                 component: "gateway",
                 endpoint: url.clone(),
