@@ -254,10 +254,15 @@ async fn serve_connection<I>(
     let io = CoalescedWrites::new(io);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
-    let idle = activity.idle_for(closing.idle_timeout);
+    // Resolves, saying why, once the connection should close: no first call in time, or
+    // nothing happening on it for the idle timeout.
+    let idle = async {
+        tokio::select! {
+            () = activity.no_call_within(FIRST_CALL_TIMEOUT) => "closing a connection that made no call in time",
+            () = activity.idle_for(closing.idle_timeout) => "closing an idle connection",
+        }
+    };
     let mut idle = std::pin::pin!(idle);
-    let no_call = activity.no_call_within(FIRST_CALL_TIMEOUT);
-    let mut no_call = std::pin::pin!(no_call);
     // An idle connection shut down gracefully is cut if that does not end it in time (its
     // client does not read what is left to send, say). When the worker drains, the worker
     // keeps the time.
@@ -271,14 +276,8 @@ async fn serve_connection<I>(
                 connection.as_mut().graceful_shutdown();
                 shutting_down = true;
             }
-            () = &mut no_call, if !shutting_down => {
-                tracing::debug!(%peer, "closing a connection that made no call in time");
-                connection.as_mut().graceful_shutdown();
-                shutting_down = true;
-                cut.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
-            }
-            () = &mut idle, if !shutting_down => {
-                tracing::debug!(%peer, "closing an idle connection");
+            why = &mut idle, if !shutting_down => {
+                tracing::debug!(%peer, "{why}");
                 connection.as_mut().graceful_shutdown();
                 shutting_down = true;
                 cut.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);

@@ -105,7 +105,8 @@ impl Ports {
         })
     }
 
-    fn of(&self, component: Component) -> u16 {
+    /// The port of `component`.
+    pub fn of(&self, component: Component) -> u16 {
         match component {
             Component::Identity => self.identity,
             Component::Compliance => self.compliance,

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use palisade::{Component, ComponentSettings, start_component};
+use palisade::{Component, ComponentSettings, Ports, start_component};
 use palisade_db::{Db, DbConfig};
 use palisade_grpc::{Listeners, MeshAddresses};
 use palisade_identity::LockoutPolicy;
@@ -280,16 +280,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Where a component listens unless told: the port the defaults of `--identity-url` and its
-/// siblings dial.
+/// Where a component listens unless told: its `palisade dev` port, which the defaults of
+/// `--identity-url` and its siblings dial.
 fn default_listen(component: Component) -> SocketAddr {
-    let port = match component {
-        Component::Gateway => 7900,
-        Component::Identity => 7901,
-        Component::Compliance => 7902,
-        Component::Observability => 7903,
-    };
-    SocketAddr::from(([0, 0, 0, 0], port))
+    SocketAddr::from(([0, 0, 0, 0], Ports::DEV.of(component)))
 }
 
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {

@@ -123,15 +123,9 @@ impl Authorizer for RemoteAuthorizer {
         // caller's call: its tenant scope, request id and trace.
         let question = in_this_call(self.clone().ask(key.clone()));
         let task = tokio::spawn(question.instrument(tracing::Span::current()));
-        let question = async move {
-            task.await.unwrap_or_else(|_| {
-                Err(Status::from(ApiError::Unavailable {
-                    message: "permission check unavailable".to_owned(),
-                }))
-            })
-        }
-        .boxed()
-        .shared();
+        let question = async move { task.await.unwrap_or_else(|_| Err(unavailable())) }
+            .boxed()
+            .shared();
         asking.insert(key, question.clone());
         question.boxed()
     }
@@ -169,9 +163,7 @@ impl RemoteAuthorizer {
         request.set_timeout(CHECK_TIMEOUT);
         let response = self.client.clone().check(request).await.map_err(|status| {
             tracing::warn!(code = ?status.code(), "permission check failed");
-            Status::from(ApiError::Unavailable {
-                message: "permission check unavailable".to_owned(),
-            })
+            unavailable()
         })?;
         let response = response.into_inner();
         Ok(Decision {
@@ -180,6 +172,13 @@ impl RemoteAuthorizer {
             refusal: (!response.refusal_reason.is_empty()).then_some(response.refusal_reason),
         })
     }
+}
+
+/// A check that could not be decided: never "allowed".
+fn unavailable() -> Status {
+    Status::from(ApiError::Unavailable {
+        message: "permission check unavailable".to_owned(),
+    })
 }
 
 /// Removes a question from those asking when dropped.
