@@ -497,9 +497,24 @@ pub async fn http_request(
     write!(head, "Content-Length: {}\r\n\r\n", body.len())?;
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+    // A server may answer before it has read the whole body (a 413) and close: its answer is
+    // read then, as curl reads it, rather than the request failing on the write.
+    let cut_short = |error: &std::io::Error| {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+        matches!(error.kind(), BrokenPipe | ConnectionReset)
+    };
+    if let Err(error) = stream.write_all(body).await
+        && !cut_short(&error)
+    {
+        return Err(error.into());
+    }
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    // A reset after some of the answer arrived keeps what arrived.
+    if let Err(error) = stream.read_to_end(&mut raw).await
+        && (raw.is_empty() || !cut_short(&error))
+    {
+        return Err(error.into());
+    }
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
