@@ -170,7 +170,8 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
                 Err(status) => Err(format!("identity unreachable: {}", status.message())),
             }
         }
-    });
+    })
+    .await;
     let observe = ServerObserveLayer::new(COMPONENT, kit.metrics.rpc.server.clone())
         .counting_tenants(Arc::new(kit.metrics.clone()))
         .logging_access();

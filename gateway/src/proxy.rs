@@ -298,6 +298,8 @@ impl Proxy {
             deadline = Some((left, budget));
         }
 
+        // The backend's span continues the gateway's (see `backends.rs`).
+        palisade_telemetry::inject_current(request.headers_mut());
         let started = Instant::now();
         let call = backend.oneshot(request);
         let response = match deadline {

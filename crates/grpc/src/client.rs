@@ -21,6 +21,14 @@ pub fn mesh_channel(
     from: &'static str,
     metrics: &ComponentMetrics,
 ) -> crate::Result<MeshChannel> {
-    let channel = PropagateContext::new(palisade_tls::channel(uri, tls, component)?);
-    Ok(ClientObserveLayer::new(from, metrics.rpc.client.clone()).layer(channel))
+    Ok(observed(
+        palisade_tls::channel(uri, tls, component)?,
+        from,
+        metrics,
+    ))
+}
+
+/// `channel` as a mesh channel: its calls made from `from` are observed in `metrics`.
+pub fn observed(channel: Channel, from: &'static str, metrics: &ComponentMetrics) -> MeshChannel {
+    ClientObserveLayer::new(from, metrics.rpc.client.clone()).layer(PropagateContext::new(channel))
 }

@@ -39,7 +39,10 @@ impl ComponentKit {
     /// Registers the component's metrics and starts its admin port (if any).
     pub fn start(name: &'static str, tls: MeshTls, admin: Option<TcpListener>) -> ComponentKit {
         let metrics = ComponentMetrics::new(name);
+        // Not ready until the component says so (`watch_readiness`, `ready`): its admin port
+        // answers while it is still migrating its database.
         let readiness = Readiness::default();
+        readiness.set(Some(crate::readiness::STARTING.to_owned()));
         let mut kit = ComponentKit {
             name,
             tls,
@@ -107,18 +110,25 @@ impl ComponentKit {
         }));
     }
 
-    /// Runs `check` every second; its answer drives gRPC health and `/readyz`.
-    pub fn watch_readiness<F, Fut>(&mut self, serving: crate::ServingHandle, check: F)
+    /// Runs `check` now and then every second; its answer drives gRPC health and `/readyz`.
+    /// Call it before the server answers calls: until it returns, `/readyz` says the
+    /// component is starting.
+    pub async fn watch_readiness<F, Fut>(&mut self, serving: crate::ServingHandle, check: F)
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<(), String>> + Send,
     {
-        let task = crate::watch_readiness(self.name, check, serving, self.readiness.clone());
+        let task = crate::watch_readiness(self.name, check, serving, self.readiness.clone()).await;
         self.background.push(task);
     }
 
+    /// A component whose readiness follows nothing (observability): ready once it serves.
+    pub fn ready(&self) {
+        self.readiness.set(None);
+    }
+
     /// Readiness follows `db`: not ready while it cannot answer `SELECT 1`.
-    pub fn watch_database_readiness(&mut self, serving: crate::ServingHandle, db: Db) {
+    pub async fn watch_database_readiness(&mut self, serving: crate::ServingHandle, db: Db) {
         self.watch_readiness(serving, move || {
             let db = db.clone();
             async move {
@@ -126,7 +136,8 @@ impl ComponentKit {
                     .await
                     .map_err(|error| format!("database unreachable: {error}"))
             }
-        });
+        })
+        .await;
     }
 
     /// Stops the admin port and background tasks, and returns once they have ended, so the

@@ -20,7 +20,7 @@ pub mod time;
 
 pub use authorizer::{Authorizer, Decision, RemoteAuthorizer, principal_type};
 pub use caller::Caller;
-pub use client::{MeshChannel, mesh_channel};
+pub use client::{MeshChannel, mesh_channel, observed};
 pub use denial_audit::{DenialAuditLayer, DenialAuditService, DenialSink, DeniedCall, note_target};
 pub use error::{ApiError, ERROR_DOMAIN, FieldViolation};
 pub use kit::{ComponentKit, Listeners};

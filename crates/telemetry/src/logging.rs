@@ -85,10 +85,20 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
     let provider = config.tracing_enabled.then(|| tracer_provider(&config));
     // Spans have their own filter: `RUST_LOG=warn` quietens logs, it must not switch tracing
     // off. Palisade's RPC spans are at INFO; dependencies' internal spans stay out.
+    //
+    // Each span costs every call (and every poll of an instrumented future enters and exits
+    // it), so spans carry what the RPC conventions ask for and no more: no busy/idle timings,
+    // no source location, thread or target attributes, and no OpenTelemetry context attached
+    // on every enter (nothing here reads `opentelemetry::Context::current()`; trace context
+    // goes out through `propagation.rs`, which asks the span itself).
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("palisade"))
             .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_context_activation(false)
             .with_filter(span_filter())
     });
     let format = match config.log_format {

@@ -63,7 +63,7 @@ pub async fn start(listeners: Listeners, config: ComplianceConfig) -> Result<Run
         local_addr,
         move |shutdown| async move {
             let (health, serving) = server.serve(listener, shutdown.wait()).await?;
-            kit.watch_database_readiness(health, db.clone());
+            kit.watch_database_readiness(health, db.clone()).await;
             let served = serving.await;
             kit.stop().await;
             db.close().await;

@@ -200,7 +200,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
             let _ = relay_stopped.await;
         });
         let (health, serving) = server.serve(listener, shutdown.wait()).await?;
-        kit.watch_database_readiness(health, db.clone());
+        kit.watch_database_readiness(health, db.clone()).await;
         let served = serving.await;
         // The server has drained, so no new events can arrive: the relay makes a last flush.
         let _ = stop_rotation.send(());

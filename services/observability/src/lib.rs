@@ -50,6 +50,7 @@ pub async fn start(listeners: Listeners, config: ObservabilityConfig) -> Result<
         local_addr,
         move |shutdown| async move {
             let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
+            kit.ready();
             let served = serving.await;
             kit.stop().await;
             Ok(served?)
