@@ -6,6 +6,8 @@ mod common;
 use std::{collections::HashSet, time::Duration};
 
 use common::new_tenant;
+use palisade_audit::TOPIC;
+use palisade_db::outbox;
 use palisade_proto::palisade::{
     compliance::v1::{
         AuditEvent, ListAuditEventsRequest, audit_service_client::AuditServiceClient,
@@ -13,6 +15,7 @@ use palisade_proto::palisade::{
     identity::v1::{Plan, tenant_service_client::TenantServiceClient},
 };
 use palisade_testkit::{Component, Mesh, eventually};
+use prost::Message;
 
 const TENANTS: &[&str] = &["before", "during-1", "during-2", "during-3"];
 
@@ -56,6 +59,49 @@ async fn events_written_while_compliance_is_down_arrive_exactly_once() -> anyhow
             );
             assert_eq!(event.previous_hash, vec![0; 32]);
         }
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// Events compliance will never take (a row that is no audit event, an event it finds
+/// malformed) are set aside in identity's `outbox_dead_letters`, and the events behind them
+/// still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_compliance_rejects_are_set_aside_and_the_rest_arrive() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        // Planted beneath the API, ahead of a real event: an undecodable row, and an event
+        // whose id is no UUID (compliance answers INVALID_ARGUMENT for the whole batch).
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let garbage = uuid::Uuid::now_v7();
+        let mut tx = db.begin().await?;
+        outbox::enqueue(&mut tx, TOPIC, garbage, b"\xff\xff not protobuf", None).await?;
+        let malformed = uuid::Uuid::now_v7();
+        let event = AuditEvent {
+            event_id: "not-a-uuid".into(),
+            tenant_id: "before".into(),
+            source: "identity".into(),
+            action: "tenant.create".into(),
+            ..AuditEvent::default()
+        };
+        outbox::enqueue(&mut tx, TOPIC, malformed, &event.encode_to_vec(), None).await?;
+        tx.commit().await?;
+
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("before", "Before", Plan::Free)))
+            .await?;
+        eventually(Duration::from_secs(15), || async {
+            Ok((!list_events(&mesh, &["before"]).await?.is_empty()).then_some(()))
+        })
+        .await?;
+        let dead = outbox::dead_letters(&db, TOPIC).await?;
+        let dead_ids: Vec<_> = dead.iter().map(|letter| letter.message.id).collect();
+        assert_eq!(dead_ids, [garbage, malformed], "{dead:#?}");
+        assert!(dead[0].reason.contains("not an audit event"), "{dead:#?}");
+        assert!(dead[1].reason.contains("InvalidArgument"), "{dead:#?}");
+        assert_eq!(outbox::depth(&db).await?, 0);
+        db.close().await;
         mesh.stop().await?;
     }
     Ok(())

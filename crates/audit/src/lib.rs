@@ -138,10 +138,10 @@ impl OutboxSink for ComplianceSink {
     async fn deliver(&self, batch: Vec<OutboxMessage>) -> Result<(), DeliveryError> {
         let mut events = Vec::with_capacity(batch.len());
         for message in &batch {
-            // A row that does not decode can never be delivered; failing loudly keeps it in the
-            // outbox for an operator instead of silently dropping an audit record.
+            // A row that does not decode can never be delivered: rejected, it is set aside as a
+            // dead letter for an operator, not dropped, and the events behind it still ship.
             let event = AuditEvent::decode(message.payload.as_slice()).map_err(|e| {
-                DeliveryError(format!(
+                DeliveryError::rejected(format!(
                     "outbox row {} is not an audit event: {e}",
                     message.id
                 ))
@@ -176,11 +176,15 @@ impl OutboxSink for ComplianceSink {
             .await
             .map(|_| ())
             .map_err(|status| {
-                DeliveryError(format!(
-                    "append rejected: {:?} {}",
-                    status.code(),
-                    status.message()
-                ))
+                let reason = format!("append refused: {:?} {}", status.code(), status.message());
+                // Compliance validates the whole batch before it appends any: INVALID_ARGUMENT
+                // says an event in it is malformed, and no retry will change that. Any other
+                // code (down, overloaded, a certificate not allowed) may pass.
+                if status.code() == tonic::Code::InvalidArgument {
+                    DeliveryError::rejected(reason)
+                } else {
+                    DeliveryError::failed(reason)
+                }
             })
     }
 }

@@ -17,7 +17,7 @@ pub struct Migrations {
 /// `outbox` is created outside sqlx's migration table on purpose: every service gets it without
 /// copying a migration file, and `IF NOT EXISTS` keeps it idempotent. Changing its shape needs a
 /// new, equally idempotent statement here.
-const SQLITE_OUTBOX: [&str; 2] = [
+const SQLITE_OUTBOX: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS outbox (
         id TEXT PRIMARY KEY,
         topic TEXT NOT NULL,
@@ -27,9 +27,20 @@ const SQLITE_OUTBOX: [&str; 2] = [
         trace_context TEXT
     )",
     "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)",
+    // Messages a sink rejected on their own (see `outbox::DeadLetter`).
+    "CREATE TABLE IF NOT EXISTS outbox_dead_letters (
+        id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL,
+        trace_context TEXT,
+        reason TEXT NOT NULL,
+        dead_at BIGINT NOT NULL
+    )",
 ];
 
-const POSTGRES_OUTBOX: [&str; 2] = [
+const POSTGRES_OUTBOX: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS outbox (
         id TEXT PRIMARY KEY,
         topic TEXT NOT NULL,
@@ -39,6 +50,17 @@ const POSTGRES_OUTBOX: [&str; 2] = [
         trace_context TEXT
     )",
     "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)",
+    // Messages a sink rejected on their own (see `outbox::DeadLetter`).
+    "CREATE TABLE IF NOT EXISTS outbox_dead_letters (
+        id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL,
+        trace_context TEXT,
+        reason TEXT NOT NULL,
+        dead_at BIGINT NOT NULL
+    )",
 ];
 
 impl Db {

@@ -105,10 +105,74 @@ impl<S: OutboxSink> OutboxSink for Arc<S> {
     }
 }
 
-/// Why a sink refused a batch; the relay logs it and retries.
+/// Why a sink did not take a batch; the relay logs it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DeliveryError(pub String);
+#[error("{reason}")]
+pub struct DeliveryError {
+    pub reason: String,
+    /// The sink will never take the batch as it is (it holds a message the sink finds
+    /// malformed), as opposed to not taking it now (unreachable, overloaded, misconfigured).
+    /// Retrying a rejected batch would stall its topic for good, so the relay ships it one
+    /// message at a time and sets the message the sink rejects alone aside as a dead letter.
+    pub rejected: bool,
+}
+
+impl DeliveryError {
+    /// Not taken now; the relay retries after a backoff.
+    pub fn failed(reason: impl Into<String>) -> DeliveryError {
+        DeliveryError {
+            reason: reason.into(),
+            rejected: false,
+        }
+    }
+
+    /// Never to be taken as it is (see [`DeliveryError::rejected`]).
+    pub fn rejected(reason: impl Into<String>) -> DeliveryError {
+        DeliveryError {
+            reason: reason.into(),
+            rejected: true,
+        }
+    }
+}
+
+/// A message its sink rejected on its own, set aside so the rest of its topic could ship: for
+/// an operator to read, fix and enqueue again. Nothing is dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub message: OutboxMessage,
+    /// What the sink said.
+    pub reason: String,
+    /// When it was set aside (microseconds since the epoch).
+    pub dead_at_micros: i64,
+}
+
+/// The dead letters of `topic`, oldest message first.
+pub async fn dead_letters(db: &Db, topic: &str) -> Result<Vec<DeadLetter>> {
+    let rows = sqlx::query(
+        "SELECT id, topic, payload, created_at, attempts, trace_context, reason, dead_at \
+         FROM outbox_dead_letters WHERE topic = $1 ORDER BY created_at, id",
+    )
+    .bind(topic)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                message: message_of(row)?,
+                reason: row.try_get("reason")?,
+                dead_at_micros: row.try_get("dead_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Dead letters across all topics, for metrics.
+pub async fn dead_letter_count(db: &Db) -> Result<i64> {
+    let count = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_dead_letters")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(count)
+}
 
 /// Upper bound on a batch: its ids become bind parameters of one statement, and both engines
 /// cap those (SQLite at 32766).
@@ -127,11 +191,21 @@ pub(crate) enum Shipped {
     /// Another relay holds the topic (PostgreSQL replicas).
     Busy,
     Delivered(usize),
+    /// Not taken now: `attempts` bumped, to be retried after a backoff.
     Refused(DeliveryError),
+    /// A batch of `count` messages rejected: one of them is to blame, to be found by shipping
+    /// them one at a time (`attempts` bumped).
+    Rejected {
+        count: usize,
+        error: DeliveryError,
+    },
+    /// A message rejected on its own, moved to `outbox_dead_letters`.
+    DeadLettered(DeliveryError),
 }
 
 /// Ships the oldest batch of `topic` to `sink` and settles it: deleted on success, `attempts`
-/// bumped on failure.
+/// bumped on failure, set aside as a dead letter when the sink rejects it and it is one
+/// message.
 pub(crate) async fn ship_batch<S: OutboxSink>(
     db: &Db,
     topic: &str,
@@ -191,7 +265,9 @@ async fn deliver<S: OutboxSink>(sink: &S, batch: Vec<OutboxMessage>) -> Shipped 
     let count = batch.len();
     match sink.deliver(batch).await {
         Ok(()) => Shipped::Delivered(count),
-        Err(err) => Shipped::Refused(err),
+        Err(error) if error.rejected && count == 1 => Shipped::DeadLettered(error),
+        Err(error) if error.rejected => Shipped::Rejected { count, error },
+        Err(error) => Shipped::Refused(error),
     }
 }
 
@@ -211,23 +287,23 @@ async fn select_batch(
         .bind(limit)
         .fetch_all(conn)
         .await?;
-    rows.iter()
-        .map(|row| {
-            let id: String = row.try_get("id")?;
-            let parsed = Uuid::parse_str(&id).map_err(|err| Error::CorruptRow {
-                id: id.clone(),
-                reason: err.to_string(),
-            })?;
-            Ok(OutboxMessage {
-                id: parsed,
-                topic: row.try_get("topic")?,
-                payload: row.try_get("payload")?,
-                created_at_micros: row.try_get("created_at")?,
-                attempts: row.try_get("attempts")?,
-                trace_context: row.try_get("trace_context")?,
-            })
-        })
-        .collect()
+    rows.iter().map(message_of).collect()
+}
+
+fn message_of(row: &sqlx::any::AnyRow) -> Result<OutboxMessage> {
+    let id: String = row.try_get("id")?;
+    let parsed = Uuid::parse_str(&id).map_err(|err| Error::CorruptRow {
+        id: id.clone(),
+        reason: err.to_string(),
+    })?;
+    Ok(OutboxMessage {
+        id: parsed,
+        topic: row.try_get("topic")?,
+        payload: row.try_get("payload")?,
+        created_at_micros: row.try_get("created_at")?,
+        attempts: row.try_get("attempts")?,
+        trace_context: row.try_get("trace_context")?,
+    })
 }
 
 fn ids_of(batch: &[OutboxMessage]) -> Vec<String> {
@@ -237,7 +313,26 @@ fn ids_of(batch: &[OutboxMessage]) -> Vec<String> {
 async fn settle(conn: &mut AnyConnection, ids: &[String], shipped: &Shipped) -> Result<()> {
     let action = match shipped {
         Shipped::Delivered(_) => "DELETE FROM outbox",
-        Shipped::Refused(_) => "UPDATE outbox SET attempts = attempts + 1",
+        Shipped::Refused(_) | Shipped::Rejected { .. } => {
+            "UPDATE outbox SET attempts = attempts + 1"
+        }
+        Shipped::DeadLettered(error) => {
+            // Copied, then deleted. Without a transaction (SQLite's writer settles in
+            // autocommit) a crash between the two ships the message again, and the copy is
+            // already there: `DO NOTHING`.
+            sqlx::query(
+                "INSERT INTO outbox_dead_letters \
+                 (id, topic, payload, created_at, attempts, trace_context, reason, dead_at) \
+                 SELECT id, topic, payload, created_at, attempts + 1, trace_context, $2, $3 \
+                 FROM outbox WHERE id = $1 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(ids.first().map(String::as_str))
+            .bind(error.reason.as_str())
+            .bind(now_micros())
+            .execute(&mut *conn)
+            .await?;
+            "DELETE FROM outbox"
+        }
         Shipped::Empty | Shipped::Busy => return Ok(()),
     };
     // Placeholders are generated, values bound: a batch is small enough for one statement.

@@ -91,6 +91,37 @@ async fn failing_sink_is_retried_and_nothing_is_deleted_until_it_acknowledges() 
 }
 
 #[tokio::test]
+async fn a_message_the_sink_rejects_is_set_aside_and_the_rest_ship_in_order() {
+    on_each_backend(|db| async move {
+        let sink = Arc::new(RecordingSink::default());
+        sink.reject_payload(b"event-2");
+        sink.reject_payload(b"event-5");
+        let running = RunningRelay::start(&db, quiet_relay_config("audit"), sink.clone());
+
+        let ids = enqueue_committed(&db, "audit", "event-", 8).await;
+        running.relay.notify();
+        eventually("the rest delivered", || async {
+            sink.delivered().len() == 6
+        })
+        .await;
+        eventually("the outbox emptied", || async { depth(&db).await == 0 }).await;
+
+        let mut expected = ids.clone();
+        expected.retain(|id| *id != ids[2] && *id != ids[5]);
+        assert_eq!(sink.delivered_ids(), expected, "in order, nothing twice");
+        let dead = outbox::dead_letters(&db, "audit").await.unwrap();
+        let dead_ids: Vec<Uuid> = dead.iter().map(|letter| letter.message.id).collect();
+        assert_eq!(dead_ids, [ids[2], ids[5]]);
+        assert_eq!(dead[0].message.payload, b"event-2");
+        assert_eq!(dead[0].reason, "a message is malformed");
+        assert!(dead[0].message.attempts >= 1);
+        assert_eq!(outbox::dead_letter_count(&db).await.unwrap(), 2);
+        running.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn delivery_preserves_creation_order_across_batches_and_failures() {
     on_each_backend(|db| async move {
         let sink = Arc::new(RecordingSink::default());

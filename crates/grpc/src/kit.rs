@@ -90,6 +90,10 @@ impl ComponentKit {
             "palisade_outbox_lag_seconds",
             "Age of the oldest message waiting in the outbox (0 when empty)",
         );
+        let dead_letters = self.metrics.gauge(
+            "palisade_outbox_dead_letters",
+            "Messages set aside because their sink rejected them (table outbox_dead_letters)",
+        );
         self.background.push(tokio::spawn(async move {
             loop {
                 pool_size.set(i64::from(db.pool().size()));
@@ -97,6 +101,9 @@ impl ComponentKit {
                 if has_outbox {
                     if let Ok(waiting) = palisade_db::outbox::depth(&db).await {
                         depth.set(waiting);
+                    }
+                    if let Ok(count) = palisade_db::outbox::dead_letter_count(&db).await {
+                        dead_letters.set(count);
                     }
                     if let Ok(oldest) = palisade_db::outbox::oldest_created_at(&db).await {
                         let age = oldest.map_or(0.0, |micros| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{OutboxSink, Shipped, batch_limit, ship_batch};
 use crate::{Db, Result};
@@ -51,7 +51,11 @@ impl RelayConfig {
 /// a steady stream of commits (a login flood writes an audit event per attempt) a batch
 /// carries what arrived in that time, where shipping at once would make a delivery of each.
 /// On failure it bumps `attempts`, backs off exponentially (from 100ms up to `max_backoff`)
-/// and retries from the same oldest message, so nothing is dropped or reordered.
+/// and retries from the same oldest message, so nothing is dropped or reordered. A batch the
+/// sink rejects (see [`super::DeliveryError::rejected`]) is shipped again one message at a
+/// time, and the message the sink rejects alone is moved to `outbox_dead_letters` with the
+/// sink's reason ([`super::dead_letters`]), logged as an error: one malformed message does not
+/// stall its topic for good.
 /// [`Relay::notify`] wakes it early; when `shutdown` resolves it finishes the batch in flight
 /// and makes one final flush attempt bounded to 2s.
 ///
@@ -100,9 +104,17 @@ impl Inner {
         let topic = self.config.topic.as_str();
         let mut shutdown = pin!(shutdown);
         let mut failures: u32 = 0;
+        // While a rejected batch is searched for the message to blame: how many of its
+        // messages are still to ship one at a time.
+        let mut one_by_one: usize = 0;
         debug!(topic, "outbox relay started");
         loop {
-            let mut step = pin!(self.step(&sink));
+            let batch_size = if one_by_one > 0 {
+                1
+            } else {
+                self.config.batch_size
+            };
+            let mut step = pin!(self.step(&sink, batch_size));
             let shipped = tokio::select! {
                 biased;
                 () = &mut shutdown => None,
@@ -119,6 +131,11 @@ impl Inner {
                 return;
             };
             let (wait, wake_on_notify) = match shipped {
+                Ok(Shipped::Delivered(count)) if one_by_one > 0 => {
+                    failures = 0;
+                    one_by_one = one_by_one.saturating_sub(count);
+                    continue;
+                }
                 Ok(Shipped::Delivered(count)) => {
                     failures = 0;
                     debug!(topic, count, "outbox batch delivered");
@@ -135,6 +152,16 @@ impl Inner {
                     (self.config.idle_poll, true)
                 }
                 Ok(Shipped::Busy) => (self.config.idle_poll, true),
+                Ok(Shipped::Rejected { count, error }) => {
+                    warn!(topic, count, %error, "outbox batch rejected, shipping it one message at a time");
+                    one_by_one = count;
+                    continue;
+                }
+                Ok(Shipped::DeadLettered(reason)) => {
+                    error!(topic, %reason, "outbox message rejected by its sink, moved to outbox_dead_letters");
+                    one_by_one = 0;
+                    continue;
+                }
                 Ok(Shipped::Refused(error)) => {
                     failures = failures.saturating_add(1);
                     warn!(topic, failures, %error, "outbox delivery refused, retrying");
@@ -166,20 +193,24 @@ impl Inner {
         }
     }
 
-    async fn step<S: OutboxSink>(&self, sink: &S) -> Result<Shipped> {
-        let config = &self.config;
-        ship_batch(&self.db, &config.topic, config.batch_size, sink).await
+    async fn step<S: OutboxSink>(&self, sink: &S, batch_size: usize) -> Result<Shipped> {
+        ship_batch(&self.db, &self.config.topic, batch_size, sink).await
     }
 
     /// Ships until the topic is empty or a step fails; `true` when nothing is left behind.
     async fn drain<S: OutboxSink>(&self, sink: &S) -> bool {
         let topic = self.config.topic.as_str();
         loop {
-            match self.step(sink).await {
+            match self.step(sink, self.config.batch_size).await {
                 Ok(Shipped::Delivered(_)) => continue,
+                Ok(Shipped::DeadLettered(reason)) => {
+                    error!(topic, %reason, "outbox message rejected by its sink, moved to outbox_dead_letters");
+                    continue;
+                }
                 // A busy topic is being shipped by another replica, which stays up.
                 Ok(Shipped::Empty | Shipped::Busy) => return true,
-                Ok(Shipped::Refused(error)) => {
+                // Searched for the message to blame after the restart.
+                Ok(Shipped::Refused(error) | Shipped::Rejected { error, .. }) => {
                     warn!(topic, %error, "outbox delivery refused during final flush");
                     return false;
                 }

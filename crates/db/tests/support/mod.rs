@@ -106,6 +106,8 @@ pub struct RecordingSink {
     delivered: Mutex<Vec<OutboxMessage>>,
     failing: AtomicBool,
     calls: AtomicUsize,
+    /// Payloads the sink finds malformed: it rejects any batch that holds one, as a whole.
+    malformed: Mutex<Vec<Vec<u8>>>,
 }
 
 impl RecordingSink {
@@ -113,6 +115,11 @@ impl RecordingSink {
         let sink = RecordingSink::default();
         sink.failing.store(true, Ordering::SeqCst);
         Arc::new(sink)
+    }
+
+    /// Rejects every batch holding a message with this payload.
+    pub fn reject_payload(&self, payload: &[u8]) {
+        self.malformed.lock().unwrap().push(payload.to_vec());
     }
 
     pub fn set_failing(&self, failing: bool) {
@@ -140,13 +147,17 @@ impl OutboxSink for RecordingSink {
         // The flag is read before the call is counted, so `calls() >= n` proves n refusals
         // while failing.
         let failing = self.failing.load(Ordering::SeqCst);
+        let malformed = self.malformed.lock().unwrap();
+        let rejected = (batch.iter()).any(|message| malformed.contains(&message.payload));
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if !failing {
+        if !failing && !rejected {
             self.delivered.lock().unwrap().extend(batch);
         }
         async move {
             if failing {
-                Err(DeliveryError("sink is down".to_owned()))
+                Err(DeliveryError::failed("sink is down"))
+            } else if rejected {
+                Err(DeliveryError::rejected("a message is malformed"))
             } else {
                 Ok(())
             }
