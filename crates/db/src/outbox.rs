@@ -84,7 +84,8 @@ pub async fn oldest_created_at(db: &Db) -> Result<Option<i64>> {
 }
 
 /// Where a relay delivers. Returning `Ok` means every message of the batch is acknowledged and
-/// may be deleted; `Err` means none is, and the same messages come again after a backoff.
+/// may be deleted; `Err` means none is: after a [`DeliveryError::failed`] the same messages
+/// come again after a backoff, after a [`DeliveryError::rejected`] one at a time.
 ///
 /// Implementations should bound their own calls with a timeout: the relay waits as long as
 /// `deliver` takes (on PostgreSQL while holding the batch's row locks).

@@ -55,7 +55,8 @@ impl RelayConfig {
 /// sink rejects (see [`super::DeliveryError::rejected`]) is shipped again one message at a
 /// time, and the message the sink rejects alone is moved to `outbox_dead_letters` with the
 /// sink's reason ([`super::dead_letters`]), logged as an error: one malformed message does not
-/// stall its topic for good.
+/// stall its topic for good. Each one set aside is followed by the failure backoff, which grows
+/// while no message is delivered in between.
 /// [`Relay::notify`] wakes it early; when `shutdown` resolves it finishes the batch in flight
 /// and makes one final flush attempt bounded to 2s.
 ///
@@ -107,6 +108,10 @@ impl Inner {
         // While a rejected batch is searched for the message to blame: how many of its
         // messages are still to ship one at a time.
         let mut one_by_one: usize = 0;
+        // Messages set aside since one was last delivered. A sink that rejects every message
+        // (a stricter receiver mid-upgrade) is slowed down by the backoff, not emptied into
+        // dead letters at full speed.
+        let mut dead_in_a_row: u32 = 0;
         debug!(topic, "outbox relay started");
         loop {
             let batch_size = if one_by_one > 0 {
@@ -132,12 +137,12 @@ impl Inner {
             };
             let (wait, wake_on_notify) = match shipped {
                 Ok(Shipped::Delivered(count)) if one_by_one > 0 => {
-                    failures = 0;
+                    (failures, dead_in_a_row) = (0, 0);
                     one_by_one = one_by_one.saturating_sub(count);
                     continue;
                 }
                 Ok(Shipped::Delivered(count)) => {
-                    failures = 0;
+                    (failures, dead_in_a_row) = (0, 0);
                     debug!(topic, count, "outbox batch delivered");
                     // A full batch may have left more behind: ship again at once. What was
                     // committed since a partial one was read has notified (a notify while
@@ -148,10 +153,14 @@ impl Inner {
                     (self.config.idle_poll, true)
                 }
                 Ok(Shipped::Empty) => {
-                    failures = 0;
+                    (failures, one_by_one) = (0, 0);
                     (self.config.idle_poll, true)
                 }
-                Ok(Shipped::Busy) => (self.config.idle_poll, true),
+                // Another replica ships the topic meanwhile, and searches it itself.
+                Ok(Shipped::Busy) => {
+                    one_by_one = 0;
+                    (self.config.idle_poll, true)
+                }
                 Ok(Shipped::Rejected { count, error }) => {
                     warn!(topic, count, %error, "outbox batch rejected, shipping it one message at a time");
                     one_by_one = count;
@@ -159,8 +168,10 @@ impl Inner {
                 }
                 Ok(Shipped::DeadLettered(reason)) => {
                     error!(topic, %reason, "outbox message rejected by its sink, moved to outbox_dead_letters");
-                    one_by_one = 0;
-                    continue;
+                    dead_in_a_row = dead_in_a_row.saturating_add(1);
+                    // The rest of the rejected batch may hold another one: still one by one.
+                    one_by_one = one_by_one.saturating_sub(1);
+                    (self.backoff(dead_in_a_row), false)
                 }
                 Ok(Shipped::Refused(error)) => {
                     failures = failures.saturating_add(1);
