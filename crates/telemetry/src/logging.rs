@@ -11,9 +11,10 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing::{Level, Metadata};
 use tracing_subscriber::{
     EnvFilter, Layer,
-    filter::{LevelFilter, Targets},
+    filter::{self, FilterFn},
     fmt,
     layer::SubscriberExt,
     util::SubscriberInitExt,
@@ -124,11 +125,22 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
     }
 }
 
-/// Which spans become OpenTelemetry spans: Palisade's own at INFO and above.
-fn span_filter() -> Targets {
-    Targets::new()
-        .with_default(LevelFilter::OFF)
-        .with_target("palisade", LevelFilter::INFO)
+/// What the OpenTelemetry layer sees ([`exported`]).
+fn span_filter() -> FilterFn<fn(&Metadata<'_>) -> bool> {
+    filter::filter_fn(exported)
+}
+
+/// Palisade's own spans at INFO and above, and its events at WARN and above (span events; an
+/// error sets the span's status). INFO events, the gateway's access log line of every call
+/// among them, are logs: as span events they would repeat the span's own attributes, at a
+/// cost per call.
+fn exported(metadata: &Metadata<'_>) -> bool {
+    let most_verbose = if metadata.is_span() {
+        Level::INFO
+    } else {
+        Level::WARN
+    };
+    metadata.target().starts_with("palisade") && *metadata.level() <= most_verbose
 }
 
 fn tracer_provider(config: &TelemetryConfig) -> SdkTracerProvider {
@@ -174,7 +186,58 @@ pub fn init_test_logging() {
 
 #[cfg(test)]
 mod tests {
-    use super::tracing_wanted;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::Context;
+
+    use super::*;
+
+    /// Names of the spans and messages of the events a layer is shown.
+    #[derive(Clone, Default)]
+    struct Shown(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Shown {
+        fn on_new_span(
+            &self,
+            attributes: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: Context<'_, S>,
+        ) {
+            let name = attributes.metadata().name();
+            self.0.lock().unwrap().push(format!("span {name}"));
+        }
+
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let level = event.metadata().level();
+            let target = event.metadata().target();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{level} event from {target}"));
+        }
+    }
+
+    #[test]
+    fn spans_and_warnings_are_exported_not_info_logs() {
+        let shown = Shown::default();
+        let subscriber =
+            tracing_subscriber::registry().with(shown.clone().with_filter(span_filter()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("grpc.server");
+            let _inside = span.enter();
+            tracing::debug_span!("detail").in_scope(|| {});
+            tracing::info!(target: "palisade::access", "call finished");
+            tracing::warn!("backend call failed");
+            tracing::error!(target: "h2", "not ours");
+        });
+        assert_eq!(
+            *shown.0.lock().unwrap(),
+            [
+                "span grpc.server",
+                "WARN event from palisade_telemetry::logging::tests"
+            ]
+        );
+    }
 
     #[test]
     fn palisade_tracing_off_switches_tracing_off() {
