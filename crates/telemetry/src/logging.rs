@@ -125,9 +125,10 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
     }
 }
 
-/// What the OpenTelemetry layer sees ([`exported`]).
+/// What the OpenTelemetry layer sees ([`exported`]). The hint keeps DEBUG and TRACE callsites
+/// (h2's and hyper's, on every frame) off before any filter is asked, as a level filter would.
 fn span_filter() -> FilterFn<fn(&Metadata<'_>) -> bool> {
-    filter::filter_fn(exported)
+    filter::filter_fn(exported as fn(&Metadata<'_>) -> bool).with_max_level_hint(Level::INFO)
 }
 
 /// Palisade's own spans at INFO and above, and its events at WARN and above (span events; an
@@ -188,7 +189,7 @@ pub fn init_test_logging() {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use tracing_subscriber::layer::Context;
+    use tracing_subscriber::{filter::LevelFilter, layer::Context};
 
     use super::*;
 
@@ -222,6 +223,11 @@ mod tests {
         let shown = Shown::default();
         let subscriber =
             tracing_subscriber::registry().with(shown.clone().with_filter(span_filter()));
+        assert_eq!(
+            tracing::Subscriber::max_level_hint(&subscriber),
+            Some(LevelFilter::INFO),
+            "DEBUG and TRACE callsites stay off"
+        );
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("grpc.server");
             let _inside = span.enter();
