@@ -10,7 +10,8 @@
 //! again at half the gateway's throughput, paced (open loop), for the p50 the gateway adds
 //! when it is not saturated. Beside them at half load, the floors that added p50 is read
 //! against (`gateway_overhead/floors.rs`): the direct call through a bare TCP relay, and
-//! through a minimal HTTP/2 proxy (hyper and a tonic channel, no gateway code). Each path's
+//! through a minimal HTTP/2 proxy (hyper and a tonic channel, no gateway code), and the same
+//! proxy on hyper's HTTP/2 client without the tonic channel. Each path's
 //! run is cut into slices taken in turns with the other paths', so a burst of other work on the
 //! machine lands on all of them rather than on one (ratios between paths are what these
 //! numbers are good for). The mesh runs as `palisade dev`; the gateway measured is a separate
@@ -177,11 +178,14 @@ async fn main() -> anyhow::Result<()> {
     let relayed = palisade_tls::channel(&url(relay.port), &tls, "identity")?;
     let h2_proxy = floors::h2_proxy(url(base + 1), tls.clone())?;
     let h2_proxied = connect(&url(h2_proxy.port)).await?;
+    let bare = floors::h2_proxy_bare_client(url(base + 1), tls.clone())?;
+    let bare_proxied = connect(&url(bare.port)).await?;
     let mut paths = vec![
         direct,
         gateway_grpc,
         through_floor(relay, relayed),
         through_floor(h2_proxy, h2_proxied),
+        through_floor(bare, bare_proxied),
     ];
     if let Some((other, port)) = &other_build {
         paths.push(Path {
@@ -191,7 +195,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let half_rate = rows[1].throughput / 2.0;
     let half = interleaved(&paths, Some(half_rate), &mesh_proc).await?;
-    let [half_direct, half_gateway, half_relayed, half_h2_proxied] = &half[..4] else {
+    let [
+        half_direct,
+        half_gateway,
+        half_relayed,
+        half_h2_proxied,
+        half_bare,
+    ] = &half[..5]
+    else {
         unreachable!("one sample per path")
     };
     let added = |sample: &Sample| us(sample.p50.saturating_sub(half_direct.p50));
@@ -237,7 +248,14 @@ async fn main() -> anyhow::Result<()> {
         us(half_h2_proxied.p50),
         us(half_h2_proxied.cpu[0]),
     );
-    if let Some(other) = half.get(4) {
+    println!(
+        "  the same minimal proxy on hyper's HTTP/2 client, without the tonic channel, adds {} \
+         (p50 {}, proxy CPU {}/call)",
+        added(half_bare),
+        us(half_bare.p50),
+        us(half_bare.cpu[0]),
+    );
+    if let Some(other) = half.get(5) {
         println!(
             "  the gateway of the other build ({OTHER_BUILD}) adds {} (p50 {}, gateway CPU {}/call)",
             added(other),

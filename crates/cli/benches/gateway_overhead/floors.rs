@@ -7,7 +7,7 @@
 
 use hyper::{body::Incoming, server::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use palisade_tls::{CoalescedWrites, MeshTls};
+use palisade_tls::{CoalescedWrites, MeshConnector, MeshTls};
 use tower::ServiceExt;
 
 /// A proxy running on a thread of the bench.
@@ -28,6 +28,15 @@ pub fn tcp_relay(target: u16) -> anyhow::Result<Floor> {
 pub fn h2_proxy(target: String, tls: MeshTls) -> anyhow::Result<Floor> {
     on_own_thread("h2-proxy-floor", move |listener| {
         proxy(listener, target, tls)
+    })
+}
+
+/// The same minimal proxy, passing requests to hyper's HTTP/2 client on one mTLS connection
+/// directly, without the tonic channel (whose buffer is a task of its own between a request
+/// and the connection).
+pub fn h2_proxy_bare_client(target: String, tls: MeshTls) -> anyhow::Result<Floor> {
+    on_own_thread("h2-bare-floor", move |listener| {
+        bare_client_proxy(listener, target, tls)
     })
 }
 
@@ -89,6 +98,36 @@ async fn proxy(
         tokio::spawn(async move {
             let forward = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 channel.clone().oneshot(request.map(tonic::body::Body::new))
+            });
+            let io = TokioIo::new(CoalescedWrites::new(inbound));
+            http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, forward)
+                .await
+        });
+    }
+}
+
+async fn bare_client_proxy(
+    listener: tokio::net::TcpListener,
+    target: String,
+    tls: MeshTls,
+) -> anyhow::Result<()> {
+    let uri: http::Uri = target.parse()?;
+    let io = MeshConnector::new(tls, "identity")?.oneshot(uri).await?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+    tokio::spawn(connection);
+    loop {
+        let (inbound, _) = listener.accept().await?;
+        inbound.set_nodelay(true)?;
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let forward = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let mut sender = sender.clone();
+                async move {
+                    let response = sender.send_request(request).await?;
+                    anyhow::Ok(response.map(tonic::body::Body::new))
+                }
             });
             let io = TokioIo::new(CoalescedWrites::new(inbound));
             http2::Builder::new(TokioExecutor::new())
