@@ -1,6 +1,6 @@
 //! Schema migrations: the outbox table this crate owns, then the service's own migrations.
 
-use sqlx::migrate::Migrator;
+use sqlx::{AssertSqlSafe, migrate::Migrator};
 
 use crate::{Backend, Db, Result, Scope, TENANT_SETTING};
 
@@ -16,52 +16,36 @@ pub struct Migrations {
 
 /// `outbox` is created outside sqlx's migration table on purpose: every service gets it without
 /// copying a migration file, and `IF NOT EXISTS` keeps it idempotent. Changing its shape needs a
-/// new, equally idempotent statement here.
-const SQLITE_OUTBOX: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS outbox (
-        id TEXT PRIMARY KEY,
-        topic TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        created_at BIGINT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        trace_context TEXT
-    )",
-    "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)",
-    // Messages a sink rejected on their own (see `outbox::DeadLetter`).
-    "CREATE TABLE IF NOT EXISTS outbox_dead_letters (
-        id TEXT PRIMARY KEY,
-        topic TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        created_at BIGINT NOT NULL,
-        attempts INTEGER NOT NULL,
-        trace_context TEXT,
-        reason TEXT NOT NULL,
-        dead_at BIGINT NOT NULL
-    )",
-];
-
-const POSTGRES_OUTBOX: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS outbox (
-        id TEXT PRIMARY KEY,
-        topic TEXT NOT NULL,
-        payload BYTEA NOT NULL,
-        created_at BIGINT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        trace_context TEXT
-    )",
-    "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)",
-    // Messages a sink rejected on their own (see `outbox::DeadLetter`).
-    "CREATE TABLE IF NOT EXISTS outbox_dead_letters (
-        id TEXT PRIMARY KEY,
-        topic TEXT NOT NULL,
-        payload BYTEA NOT NULL,
-        created_at BIGINT NOT NULL,
-        attempts INTEGER NOT NULL,
-        trace_context TEXT,
-        reason TEXT NOT NULL,
-        dead_at BIGINT NOT NULL
-    )",
-];
+/// new, equally idempotent statement here. `binary` is the engine's byte-string type.
+fn outbox_statements(binary: &str) -> [String; 3] {
+    [
+        format!(
+            "CREATE TABLE IF NOT EXISTS outbox (
+                id TEXT PRIMARY KEY,
+                topic TEXT NOT NULL,
+                payload {binary} NOT NULL,
+                created_at BIGINT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                trace_context TEXT
+            )"
+        ),
+        "CREATE INDEX IF NOT EXISTS outbox_topic_order ON outbox (topic, created_at, id)"
+            .to_owned(),
+        // Messages a sink rejected on their own (see `outbox::DeadLetter`).
+        format!(
+            "CREATE TABLE IF NOT EXISTS outbox_dead_letters (
+                id TEXT PRIMARY KEY,
+                topic TEXT NOT NULL,
+                payload {binary} NOT NULL,
+                created_at BIGINT NOT NULL,
+                attempts INTEGER NOT NULL,
+                trace_context TEXT,
+                reason TEXT NOT NULL,
+                dead_at BIGINT NOT NULL
+            )"
+        ),
+    ]
+}
 
 impl Db {
     /// Ensures the outbox table, then runs the service's migrator for this backend.
@@ -91,18 +75,20 @@ impl Db {
         let mut tx = self.begin().await?;
         let statements = match self.backend() {
             // `BEGIN IMMEDIATE` already serializes concurrent callers.
-            Backend::Sqlite => SQLITE_OUTBOX,
+            Backend::Sqlite => outbox_statements("BLOB"),
             Backend::Postgres => {
                 // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog
                 // (replicas starting together); a transaction-scoped lock makes them take turns.
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext('palisade.db/outbox-ddl'))")
                     .execute(&mut *tx)
                     .await?;
-                POSTGRES_OUTBOX
+                outbox_statements("BYTEA")
             }
         };
         for statement in statements {
-            sqlx::query(statement).execute(&mut *tx).await?;
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

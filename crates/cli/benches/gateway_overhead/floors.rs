@@ -91,20 +91,10 @@ async fn proxy(
     tls: MeshTls,
 ) -> anyhow::Result<()> {
     let channel = palisade_tls::channel(&target, &tls, "identity")?;
-    loop {
-        let (inbound, _) = listener.accept().await?;
-        inbound.set_nodelay(true)?;
-        let channel = channel.clone();
-        tokio::spawn(async move {
-            let forward = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-                channel.clone().oneshot(request.map(tonic::body::Body::new))
-            });
-            let io = TokioIo::new(CoalescedWrites::new(inbound));
-            http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, forward)
-                .await
-        });
-    }
+    serve_h2(listener, move |request| {
+        channel.clone().oneshot(request.map(tonic::body::Body::new))
+    })
+    .await
 }
 
 async fn bare_client_proxy(
@@ -117,21 +107,32 @@ async fn bare_client_proxy(
     let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
     tokio::spawn(connection);
+    serve_h2(listener, move |request| {
+        let mut sender = sender.clone();
+        async move {
+            let response = sender.send_request(request).await?;
+            anyhow::Ok(response.map(tonic::body::Body::new))
+        }
+    })
+    .await
+}
+
+/// Serves h2c on `listener` (writes coalesced as the gateway's are), each request answered by
+/// `forward`.
+async fn serve_h2<F, Fut, E>(listener: tokio::net::TcpListener, forward: F) -> anyhow::Result<()>
+where
+    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let (inbound, _) = listener.accept().await?;
         inbound.set_nodelay(true)?;
-        let sender = sender.clone();
+        let forward = forward.clone();
         tokio::spawn(async move {
-            let forward = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-                let mut sender = sender.clone();
-                async move {
-                    let response = sender.send_request(request).await?;
-                    anyhow::Ok(response.map(tonic::body::Body::new))
-                }
-            });
             let io = TokioIo::new(CoalescedWrites::new(inbound));
             http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, forward)
+                .serve_connection(io, hyper::service::service_fn(forward))
                 .await
         });
     }
