@@ -1,14 +1,15 @@
 //! Password hashing with Argon2id at OWASP's parameters (m = 19 MiB, t = 2, p = 1), on
 //! threads of its own at the lowest CPU priority (see `hashing_threads.rs`), by default one for
 //! every two cores: a flood of logins takes CPU that other RPCs leave idle, never more than half
-//! of it, and queues for a free thread instead of taking the runtime's. Passwords are hashed,
-//! checked and judged by the policy in Unicode NFKC form ([`normalized`]).
+//! of it, and queues for a free thread instead of taking the runtime's. Each thread hashes in
+//! Argon2 memory of its own, allocated once ([`with_memory`]). Passwords are hashed, checked
+//! and judged by the policy in Unicode NFKC form ([`normalized`]).
 
-use std::borrow::Cow;
+use std::{borrow::Cow, cell::RefCell};
 
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version,
-    password_hash::{PasswordHasher as _, SaltString},
+    Algorithm, Argon2, Block, Params, PasswordHash, Version,
+    password_hash::{Output, ParamsString, Salt, SaltString},
 };
 use palisade_grpc::ApiError;
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
@@ -46,10 +47,7 @@ impl Passwords {
             .run(move || {
                 let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
                     .map_err(ApiError::internal)?;
-                argon2()
-                    .hash_password(password.as_bytes(), &salt)
-                    .map(|hash| hash.to_string())
-                    .map_err(ApiError::internal)
+                hash_into_phc(&argon2(), password.as_bytes(), salt.as_salt())
             })
             .await
     }
@@ -65,12 +63,8 @@ impl Passwords {
         self.threads
             .run(move || {
                 let parsed = PasswordHash::new(&stored).map_err(ApiError::internal)?;
-                let matches = |password: &str| {
-                    argon2()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                };
-                Ok(matches(&candidate) || as_typed.is_some_and(|password| matches(&password)))
+                let matches = |password: &str| matches_phc(&parsed, password.as_bytes());
+                Ok(matches(&candidate)? || as_typed.map_or(Ok(false), |typed| matches(&typed))?)
             })
             .await
     }
@@ -106,8 +100,92 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// The PHC string of `password` hashed by `argon2` with `salt`.
+fn hash_into_phc(argon2: &Argon2<'_>, password: &[u8], salt: Salt<'_>) -> Result<String, ApiError> {
+    let params = argon2.params();
+    let mut salt_bytes = [0; Salt::MAX_LENGTH];
+    let salt_bytes = salt
+        .decode_b64(&mut salt_bytes)
+        .map_err(ApiError::internal)?;
+    let output = with_memory(params.block_count(), |memory| {
+        Output::init_with(
+            params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN),
+            |out| {
+                argon2
+                    .hash_password_into_with_memory(password, salt_bytes, out, memory)
+                    .map_err(Into::into)
+            },
+        )
+    })
+    .map_err(ApiError::internal)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(ApiError::internal)?,
+        salt: Some(salt),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
+}
+
+/// Whether `password` hashes to the stored PHC hash, under the algorithm, version and
+/// parameters the hash was made with. Errors only for a stored hash that is not Argon2.
+fn matches_phc(stored: &PasswordHash<'_>, password: &[u8]) -> Result<bool, ApiError> {
+    let (Some(salt), Some(expected)) = (&stored.salt, &stored.hash) else {
+        return Ok(false);
+    };
+    let algorithm = Algorithm::try_from(stored.algorithm).map_err(ApiError::internal)?;
+    let version = match stored.version {
+        Some(version) => Version::try_from(version).map_err(ApiError::internal)?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(stored).map_err(ApiError::internal)?;
+    let mut salt_bytes = [0; Salt::MAX_LENGTH];
+    let salt_bytes = salt
+        .decode_b64(&mut salt_bytes)
+        .map_err(ApiError::internal)?;
+    let argon2 = Argon2::new(algorithm, version, params);
+    let computed = with_memory(argon2.params().block_count(), |memory| {
+        Output::init_with(expected.len(), |out| {
+            argon2
+                .hash_password_into_with_memory(password, salt_bytes, out, memory)
+                .map_err(Into::into)
+        })
+    });
+    // `Output`'s equality is constant-time.
+    Ok(computed.is_ok_and(|computed| &computed == expected))
+}
+
+thread_local! {
+    /// The Argon2 memory of this (hashing) thread, kept from one hash to the next. Each hash
+    /// writes every block before it reads it, so what a previous hash left does not matter.
+    ///
+    /// Allocated afresh for every hash (what `argon2`'s `hash_password` does), 19 MiB of new
+    /// pages were faulted in and zeroed by the kernel, then unmapped, which interrupts every
+    /// other core running one of the process's threads to flush its TLB: a login flood slowed
+    /// the process's other RPCs through the kernel as well as through the cache.
+    static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `hash` with `blocks` blocks of Argon2 memory: this thread's, unless a stored hash asks
+/// for more than identity's own parameters (say, one imported from another system), which gets
+/// memory of its own rather than growing what the thread keeps.
+fn with_memory<T>(blocks: usize, hash: impl FnOnce(&mut [Block]) -> T) -> T {
+    if blocks > argon2().params().block_count() {
+        return hash(&mut vec![Block::default(); blocks]);
+    }
+    MEMORY.with_borrow_mut(|memory| {
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        hash(&mut memory[..blocks])
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use argon2::password_hash::PasswordHasher as _;
+
     use super::*;
 
     #[tokio::test]
@@ -158,6 +236,49 @@ mod tests {
             .to_string();
         let passwords = Passwords::new(1);
         assert!(passwords.verify(&as_typed, DECOMPOSED).await.unwrap());
+    }
+
+    /// The crate's own hasher, which allocates its memory afresh for every hash: what identity
+    /// hashes in kept memory must be what it would have made.
+    fn crate_hash(params: Params, password: &str, salt: &SaltString) -> String {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes(), salt)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn hashes_in_kept_memory_are_the_argon2_crates() {
+        let salt = SaltString::encode_b64(b"a sixteen b salt").unwrap();
+        let ours = hash_into_phc(&argon2(), b"correct horse battery", salt.as_salt()).unwrap();
+        let theirs = crate_hash(argon2().params().clone(), "correct horse battery", &salt);
+        assert_eq!(ours, theirs);
+        // Again, now in memory the first hash left behind.
+        let again = hash_into_phc(&argon2(), b"correct horse battery", salt.as_salt()).unwrap();
+        assert_eq!(again, theirs);
+    }
+
+    #[test]
+    fn hashes_made_with_other_parameters_verify_under_their_own() {
+        let salt = SaltString::encode_b64(b"a sixteen b salt").unwrap();
+        // OWASP's m = 7 MiB, t = 5 (less memory than this thread keeps), and 32 MiB, t = 1
+        // (more than it keeps), each checked after a hash that left the kept memory dirty.
+        for params in [
+            Params::new(7 * 1024, 5, 1, None).unwrap(),
+            Params::new(32 * 1024, 1, 1, None).unwrap(),
+        ] {
+            hash_into_phc(&argon2(), b"something else entirely", salt.as_salt()).unwrap();
+            let stored = crate_hash(params, "correct horse battery", &salt);
+            let stored = PasswordHash::new(&stored).unwrap();
+            assert!(matches_phc(&stored, b"correct horse battery").unwrap());
+            assert!(!matches_phc(&stored, b"correct horse batterY").unwrap());
+        }
+    }
+
+    #[test]
+    fn a_stored_hash_that_is_not_argon2_is_an_error() {
+        let stored = PasswordHash::new("$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E").unwrap();
+        assert!(matches_phc(&stored, b"password").is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What the benches share: the mesh processes they start, the operator key `palisade dev`
 //! leaves in its data directory, the tenant context of calls made directly on a component, CPU
-//! time read from `/proc`, threads that keep the cores busy at the lowest priority, and how
+//! time read from `/proc`, identity's password hashing run without logins, and how
 //! durations are printed.
 
 #![allow(dead_code)] // Each bench uses only some of these.
@@ -11,10 +11,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
+use palisade_identity::Passwords;
 use tonic::metadata::MetadataValue;
 
 /// A child process (a mesh, a gateway) killed and reaped when the bench ends, even on error.
@@ -103,47 +103,39 @@ pub fn with_context<T>(
     Ok(request)
 }
 
-/// Threads spinning at nice 19 until [`LowPrioritySpinners::stop`]: the CPU a login flood's
-/// hashing threads keep busy, without the logins.
-pub struct LowPrioritySpinners {
+/// Identity's own password hashing (its [`Passwords`], with its Argon2id parameters, on
+/// `threads` hashing threads at nice 19), kept busy until [`HashingLoad::stop`]: what a login
+/// flood costs the machine, without any login.
+pub struct HashingLoad {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    loops: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-impl LowPrioritySpinners {
-    pub fn start(count: usize) -> LowPrioritySpinners {
+impl HashingLoad {
+    pub fn start(threads: usize) -> HashingLoad {
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..count)
+        let passwords = Passwords::new(threads);
+        // One loop per thread: each waits for a free thread, so every thread stays busy.
+        let loops = (0..threads)
             .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || spin(&stop))
+                let (stop, passwords) = (stop.clone(), passwords.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        passwords.hash("a bench password, hashed for load").await?;
+                    }
+                    anyhow::Ok(())
+                })
             })
             .collect();
-        LowPrioritySpinners { stop, threads }
+        HashingLoad { stop, loops }
     }
 
-    pub fn stop(self) {
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
-            thread.join().expect("a spinning thread panicked");
+        for hashing in self.loops {
+            hashing.await??;
         }
-    }
-}
-
-fn spin(stop: &AtomicBool) {
-    thread_priority::set_thread_priority_and_policy(
-        thread_priority::thread_native_id(),
-        thread_priority::ThreadPriority::Min,
-        thread_priority::ThreadSchedulePolicy::Normal(
-            thread_priority::NormalThreadSchedulePolicy::Other,
-        ),
-    )
-    .expect("nice 19 for a spinning thread");
-    // Plain arithmetic, as a hash does: a PAUSE loop (`spin_loop`) is what a hypervisor's
-    // pause-loop exiting watches for, and would make the vCPU yield to the host.
-    let mut count = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        count = std::hint::black_box(count.wrapping_add(1));
+        Ok(())
     }
 }
 
