@@ -7,7 +7,7 @@
 //!    on compliance with the same user's context (gateway certificate), whose policy layer asks
 //!    identity's `Check` through `RemoteAuthorizer` and caches the answer for 5 s: closed-loop
 //!    throughput, then the first call per principal (cache miss) against the second (hit);
-//! 2. **Login** with the Argon2id parameters (m = 19 MiB, t = 2, p = 1), closed loop;
+//! 2. **Login** with identity's Argon2id parameters, closed loop;
 //! 3. **p99 of other RPCs during a login flood**: `UserService.GetUser` (the user reading
 //!    itself; identity decides the permission locally) and `Check`, each at a fixed paced rate,
 //!    alone and while clients hammer `Login` with right and wrong passwords, in alternating
@@ -17,7 +17,7 @@
 //!    control: no logins, but identity's own password hashing (its Argon2id parameters, as many
 //!    hashing threads at nice 19 as identity has) kept busy in the bench process. If the
 //!    control's p99 matches the flood's, the tail is what Argon2id costs the machine (a busy
-//!    core, and 19 MiB of memory traffic per pass through the cache the cores share), not
+//!    core, and its memory traffic through the cache the cores share), not
 //!    anything else a login does.
 //!
 //! The tenant is on the enterprise plan (custom roles on, no user limit). Everything shares one
@@ -35,6 +35,7 @@ use std::{
 };
 
 use calls::{check_call, get_user_call, list_call, login_call, login_flood, populate};
+use palisade_identity::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB};
 use palisade_testkit::free_port_base;
 use palisade_tls::{CertPaths, MeshTls};
 use support::{HashingLoad, KillOnDrop, cpu_time, us, wait_for_key};
@@ -242,7 +243,8 @@ async fn main() -> anyhow::Result<()> {
         ratio(first.p50, second.p50)
     );
     println!(
-        "\n2. Login (Argon2id m=19 MiB t=2 p=1, {hashing} hashing thread(s) at nice 19), {LOGIN_CLIENTS} closed-loop clients, right passwords"
+        "\n2. Login (Argon2id m={} MiB t={ARGON2_ITERATIONS} p=1, {hashing} hashing thread(s) at nice 19), {LOGIN_CLIENTS} closed-loop clients, right passwords",
+        ARGON2_MEMORY_KIB / 1024
     );
     println!(
         "  {:.1} logins/s  p50 {}  p99 {}  ({:.1} ms of a busy hashing thread per login)",

@@ -44,7 +44,9 @@ use tonic::codec::CompressionEncoding::Gzip;
 
 pub use api_keys::DEFAULT_MAX_LIFETIME as DEFAULT_API_KEY_MAX_LIFETIME;
 pub use lockout::LockoutPolicy;
-pub use passwords::{Passwords, default_threads as default_hashing_threads};
+pub use passwords::{
+    ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, Passwords, default_threads as default_hashing_threads,
+};
 pub use sealing::KeySealer;
 pub use tokens::DEFAULT_SESSION_MAX_LIFETIME;
 
