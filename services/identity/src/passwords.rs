@@ -1,6 +1,6 @@
-//! Password hashing with Argon2id at one of OWASP's parameter sets ([`ARGON2_MEMORY_KIB`],
-//! [`ARGON2_ITERATIONS`], p = 1), on threads of its own at the lowest CPU priority (see `hashing_threads.rs`), by default one for
-//! every two cores: a flood of logins takes CPU that other RPCs leave idle, never more than half
+//! Password hashing with Argon2id at OWASP's parameters ([`ARGON2_MEMORY_KIB`],
+//! [`ARGON2_ITERATIONS`], p = 1), on threads of its own at the lowest CPU priority (see
+//! `hashing_threads.rs`), by default one for every two cores: a flood of logins takes CPU that other RPCs leave idle, never more than half
 //! of it, and queues for a free thread instead of taking the runtime's. Each thread hashes in
 //! Argon2 memory of its own, allocated once ([`with_memory`]). Passwords are hashed, checked
 //! and judged by the policy in Unicode NFKC form ([`normalized`]).
@@ -16,17 +16,21 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
 
 use crate::hashing_threads::HashingThreads;
 
-/// Argon2id memory: 7 MiB with [`ARGON2_ITERATIONS`] = 5, the least memory of the parameter
-/// sets OWASP's Password Storage Cheat Sheet lists as equally strong (19 MiB with 2 passes is
-/// its first). Identity used 19 MiB, t = 2 until this change; those hashes still verify under
-/// their own parameters. Less memory per pass is less of the cache the cores share evicted per
-/// hash, and more logins per second on the same core: 92 against 68-73 logins/s on 2 cores
-/// (`cargo bench -p palisade --bench identity`, part 2).
-pub const ARGON2_MEMORY_KIB: u32 = 7 * 1024;
-pub const ARGON2_ITERATIONS: u32 = 5;
-/// The most Argon2 memory a hashing thread keeps between hashes ([`with_memory`]): enough for
-/// the hashes identity made with 19 MiB, which its users keep until they change password.
-const LARGEST_KEPT_MEMORY_KIB: usize = 19 * 1024;
+/// Argon2id memory, with [`ARGON2_ITERATIONS`]: OWASP's 19 MiB, t = 2, p = 1.
+///
+/// Not one of the sets with less memory that OWASP rates as strong (7 MiB with t = 5 gave about
+/// 30% more logins per second on 2 cores): users keep the hash they were given, an unknown
+/// email is checked against a decoy made with the current parameters, and the hashes that
+/// existing users hold would then take measurably longer to check than the decoy, telling which
+/// emails exist. A change needs rehashing at sign-in and a decoy for each parameter set first.
+pub const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
+/// Argon2id passes over its memory.
+pub const ARGON2_ITERATIONS: u32 = 2;
+
+/// The most a stored hash may ask of a hashing thread (memory in KiB, passes, lanes): an
+/// imported hash asking for 4 GiB would abort the process when the memory cannot be had, and
+/// one asking for a million passes would hold a thread for hours. Such a hash matches nothing.
+const STORED_HASH_LIMITS: (u32, u32, u32) = (64 * 1024, 16, 8);
 
 mod policy;
 
@@ -52,14 +56,14 @@ impl Passwords {
         }
     }
 
-    /// The PHC string (`$argon2id$v=19$m=7168,t=5,p=1$…`) of `password` with a fresh salt.
+    /// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) of `password` with a fresh salt.
     pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
         let password = normalized(password).into_owned();
         self.threads
             .run(move || {
                 let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
                     .map_err(ApiError::internal)?;
-                hash_into_phc(&argon2(), password.as_bytes(), salt.as_salt())
+                hash_into_phc(password.as_bytes(), salt.as_salt())
             })
             .await
     }
@@ -74,9 +78,8 @@ impl Passwords {
         let as_typed = (candidate != password).then(|| password.to_owned());
         self.threads
             .run(move || {
-                let parsed = PasswordHash::new(&stored).map_err(ApiError::internal)?;
-                let matches = |password: &str| matches_phc(&parsed, password.as_bytes());
-                Ok(matches(&candidate)? || as_typed.map_or(Ok(false), |typed| matches(&typed))?)
+                let matches = |password: &str| matches_phc(&stored, password.as_bytes());
+                Ok(matches(&candidate) || as_typed.is_some_and(|typed| matches(&typed)))
             })
             .await
     }
@@ -113,22 +116,22 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-/// The PHC string of `password` hashed by `argon2` with `salt`.
-fn hash_into_phc(argon2: &Argon2<'_>, password: &[u8], salt: Salt<'_>) -> Result<String, ApiError> {
+/// The PHC string of `password` hashed with identity's parameters and `salt`: what `argon2`'s
+/// `hash_password` makes, in this thread's kept memory.
+fn hash_into_phc(password: &[u8], salt: Salt<'_>) -> Result<String, ApiError> {
+    let argon2 = argon2();
     let params = argon2.params();
     let mut salt_bytes = [0; Salt::MAX_LENGTH];
     let salt_bytes = salt
         .decode_b64(&mut salt_bytes)
         .map_err(ApiError::internal)?;
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
     let output = with_memory(params.block_count(), |memory| {
-        Output::init_with(
-            params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN),
-            |out| {
-                argon2
-                    .hash_password_into_with_memory(password, salt_bytes, out, memory)
-                    .map_err(Into::into)
-            },
-        )
+        Output::init_with(output_len, |out| {
+            argon2
+                .hash_password_into_with_memory(password, salt_bytes, out, memory)
+                .map_err(Into::into)
+        })
     })
     .map_err(ApiError::internal)?;
     let hash = PasswordHash {
@@ -141,22 +144,44 @@ fn hash_into_phc(argon2: &Argon2<'_>, password: &[u8], salt: Salt<'_>) -> Result
     Ok(hash.to_string())
 }
 
-/// Whether `password` hashes to the stored PHC hash, under the algorithm, version and
-/// parameters the hash was made with. Errors only for a stored hash that is not Argon2.
-fn matches_phc(stored: &PasswordHash<'_>, password: &[u8]) -> Result<bool, ApiError> {
+/// Whether `password` hashes to the `stored` PHC string, under the algorithm, version and
+/// parameters it was made with. A stored hash that cannot be checked (not Argon2, beyond
+/// [`STORED_HASH_LIMITS`], a bad salt) matches nothing and is logged: its user cannot sign in
+/// until an admin sets a new password, and the caller is refused as for a wrong password.
+fn matches_phc(stored: &str, password: &[u8]) -> bool {
+    match check_phc(stored, password) {
+        Ok(matches) => matches,
+        Err(reason) => {
+            tracing::error!(%reason, "a stored password hash cannot be checked; it matches no password");
+            false
+        }
+    }
+}
+
+fn check_phc(stored: &str, password: &[u8]) -> Result<bool, String> {
+    let stored = PasswordHash::new(stored).map_err(|error| error.to_string())?;
     let (Some(salt), Some(expected)) = (&stored.salt, &stored.hash) else {
-        return Ok(false);
+        return Err("no salt or no hash".into());
     };
-    let algorithm = Algorithm::try_from(stored.algorithm).map_err(ApiError::internal)?;
+    let algorithm = Algorithm::try_from(stored.algorithm).map_err(|error| error.to_string())?;
     let version = match stored.version {
-        Some(version) => Version::try_from(version).map_err(ApiError::internal)?,
+        Some(version) => Version::try_from(version).map_err(|error| error.to_string())?,
         None => Version::default(),
     };
-    let params = Params::try_from(stored).map_err(ApiError::internal)?;
+    let params = Params::try_from(&stored).map_err(|error| error.to_string())?;
+    let (memory, passes, lanes) = STORED_HASH_LIMITS;
+    if params.m_cost() > memory || params.t_cost() > passes || params.p_cost() > lanes {
+        return Err(format!(
+            "m={}, t={}, p={} is beyond m={memory}, t={passes}, p={lanes}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
     let mut salt_bytes = [0; Salt::MAX_LENGTH];
     let salt_bytes = salt
         .decode_b64(&mut salt_bytes)
-        .map_err(ApiError::internal)?;
+        .map_err(|error| error.to_string())?;
     let argon2 = Argon2::new(algorithm, version, params);
     let computed = with_memory(argon2.params().block_count(), |memory| {
         Output::init_with(expected.len(), |out| {
@@ -164,33 +189,38 @@ fn matches_phc(stored: &PasswordHash<'_>, password: &[u8]) -> Result<bool, ApiEr
                 .hash_password_into_with_memory(password, salt_bytes, out, memory)
                 .map_err(Into::into)
         })
-    });
+    })
+    .map_err(|error| error.to_string())?;
     // `Output`'s equality is constant-time.
-    Ok(computed.is_ok_and(|computed| &computed == expected))
+    Ok(&computed == expected)
 }
 
 thread_local! {
     /// The Argon2 memory of this (hashing) thread, kept from one hash to the next. Each hash
-    /// writes every block before it reads it, so what a previous hash left does not matter.
+    /// writes every block before it reads it, so what a previous hash left does not change a
+    /// result. It does stay readable in the process until the next hash: as it did before, in
+    /// memory freed but not wiped.
     ///
     /// Allocated afresh for every hash (what `argon2`'s `hash_password` does), the whole of it
     /// was faulted in page by page and zeroed by the kernel, then unmapped, which interrupts
-    /// every other core running one of the process's threads to flush its TLB: a login flood
-    /// slowed the process's other RPCs through the kernel as well as through the cache. Other
-    /// RPCs' p99 during the bench's hashing without logins went from 1.96-2.07x to 1.26-1.32x
-    /// of their p99 alone with this change (one run each, 19 MiB hashes).
+    /// every other core running one of the process's threads to flush its TLB. With this
+    /// memory kept, other RPCs' p99 during a login flood went from 2.49-2.56x to 1.57-1.63x of
+    /// their p99 alone (2972 to 2435 µs for `GetUser`; one run each,
+    /// `cargo bench -p palisade --bench identity`, part 3).
     static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `hash` with `blocks` blocks (of 1 KiB) of Argon2 memory: this thread's, unless a stored
-/// hash asks for more than [`LARGEST_KEPT_MEMORY_KIB`] (say, one imported from another system),
-/// which gets memory of its own rather than growing what the thread keeps.
+/// hash asks for more than identity's own parameters use (one made elsewhere, or before a
+/// change of parameters), which gets memory of its own rather than growing what the thread
+/// keeps.
 fn with_memory<T>(blocks: usize, hash: impl FnOnce(&mut [Block]) -> T) -> T {
-    if blocks > LARGEST_KEPT_MEMORY_KIB {
+    if blocks > argon2().params().block_count() {
         return hash(&mut vec![Block::default(); blocks]);
     }
     MEMORY.with_borrow_mut(|memory| {
         if memory.len() < blocks {
+            memory.reserve_exact(blocks - memory.len());
             memory.resize(blocks, Block::default());
         }
         hash(&mut memory[..blocks])
@@ -207,7 +237,7 @@ mod tests {
     async fn hashes_verify_and_use_the_owasp_parameters() {
         let passwords = Passwords::new(1);
         let hash = passwords.hash("correct horse battery").await.unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"));
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(
             passwords
                 .verify(&hash, "correct horse battery")
@@ -265,29 +295,27 @@ mod tests {
     #[test]
     fn hashes_in_kept_memory_are_the_argon2_crates() {
         let salt = SaltString::encode_b64(b"a sixteen b salt").unwrap();
-        let ours = hash_into_phc(&argon2(), b"correct horse battery", salt.as_salt()).unwrap();
+        let ours = hash_into_phc(b"correct horse battery", salt.as_salt()).unwrap();
         let theirs = crate_hash(argon2().params().clone(), "correct horse battery", &salt);
         assert_eq!(ours, theirs);
         // Again, now in memory the first hash left behind.
-        let again = hash_into_phc(&argon2(), b"correct horse battery", salt.as_salt()).unwrap();
+        let again = hash_into_phc(b"correct horse battery", salt.as_salt()).unwrap();
         assert_eq!(again, theirs);
     }
 
     #[test]
     fn hashes_made_with_other_parameters_verify_under_their_own() {
         let salt = SaltString::encode_b64(b"a sixteen b salt").unwrap();
-        // Identity's earlier m = 19 MiB, t = 2 (more memory than its own hashes use), and
-        // 32 MiB, t = 1 (more than a thread keeps), each checked after a hash that left the
-        // kept memory dirty.
+        // OWASP's m = 7 MiB, t = 5 (less memory than a thread keeps), and 32 MiB, t = 1 (more),
+        // each checked after a hash that left the kept memory dirty.
         for params in [
-            Params::new(19 * 1024, 2, 1, None).unwrap(),
+            Params::new(7 * 1024, 5, 1, None).unwrap(),
             Params::new(32 * 1024, 1, 1, None).unwrap(),
         ] {
-            hash_into_phc(&argon2(), b"something else entirely", salt.as_salt()).unwrap();
+            hash_into_phc(b"something else entirely", salt.as_salt()).unwrap();
             let stored = crate_hash(params, "correct horse battery", &salt);
-            let stored = PasswordHash::new(&stored).unwrap();
-            assert!(matches_phc(&stored, b"correct horse battery").unwrap());
-            assert!(!matches_phc(&stored, b"correct horse batterY").unwrap());
+            assert!(matches_phc(&stored, b"correct horse battery"));
+            assert!(!matches_phc(&stored, b"correct horse batterY"));
         }
     }
 
@@ -295,10 +323,10 @@ mod tests {
     fn a_thread_keeps_its_argon2_memory_between_hashes() {
         let salt = SaltString::encode_b64(b"a sixteen b salt").unwrap();
         let kept = || MEMORY.with_borrow(|memory| (memory.as_ptr(), memory.len()));
-        hash_into_phc(&argon2(), b"correct horse battery", salt.as_salt()).unwrap();
+        hash_into_phc(b"correct horse battery", salt.as_salt()).unwrap();
         let first = kept();
         assert_eq!(first.1, argon2().params().block_count());
-        hash_into_phc(&argon2(), b"correct horse battery", salt.as_salt()).unwrap();
+        hash_into_phc(b"correct horse battery", salt.as_salt()).unwrap();
         assert_eq!(
             kept(),
             first,
@@ -306,14 +334,29 @@ mod tests {
         );
         // More than a thread keeps: memory of its own, and the kept memory stays as it was.
         let big = crate_hash(Params::new(32 * 1024, 1, 1, None).unwrap(), "x", &salt);
-        matches_phc(&PasswordHash::new(&big).unwrap(), b"x").unwrap();
+        assert!(matches_phc(&big, b"x"));
         assert_eq!(kept(), first);
     }
 
     #[test]
-    fn a_stored_hash_that_is_not_argon2_is_an_error() {
-        let stored = PasswordHash::new("$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E").unwrap();
-        assert!(matches_phc(&stored, b"password").is_err());
+    fn a_stored_hash_that_cannot_be_checked_matches_nothing() {
+        let salt = SaltString::encode_b64(b"a sixteen b salt").unwrap();
+        let made = crate_hash(Params::new(8, 1, 1, None).unwrap(), "password", &salt);
+        assert!(matches_phc(&made, b"password"));
+        for stored in [
+            "not a PHC string",
+            "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
+            // No such Argon2 version.
+            &made.replace("v=19", "v=18"),
+            // More memory than `STORED_HASH_LIMITS`: refused before anything is allocated.
+            &made.replace("m=8,", "m=4194304,"),
+            // More passes than `STORED_HASH_LIMITS`: refused before a thread is held for long.
+            &made.replace("t=1,", "t=1000000,"),
+            // No hash.
+            made.rsplit_once('$').unwrap().0,
+        ] {
+            assert!(!matches_phc(stored, b"password"), "{stored}");
+        }
     }
 
     #[test]

@@ -103,18 +103,20 @@ pub fn with_context<T>(
     Ok(request)
 }
 
-/// Identity's own password hashing (its [`Passwords`], with its Argon2id parameters, on
-/// `threads` hashing threads at nice 19), kept busy until [`HashingLoad::stop`]: what a login
-/// flood costs the machine, without any login.
+/// Identity's own password hashing (its [`Passwords`], with its Argon2id parameters, on its
+/// hashing threads at nice 19) kept busy until [`HashingLoad::stop`]: what a login flood costs
+/// the machine, without any login. It runs in the bench's process, so it shares the cores and
+/// their cache with identity, not identity's memory map.
 pub struct HashingLoad {
     stop: Arc<AtomicBool>,
     loops: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl HashingLoad {
-    pub fn start(threads: usize) -> HashingLoad {
+    /// Keeps each of `passwords`' `threads` hashing threads busy. Create the `Passwords` once
+    /// for all runs: new threads would fault their Argon2 memory in during the first one.
+    pub fn start(passwords: &Passwords, threads: usize) -> HashingLoad {
         let stop = Arc::new(AtomicBool::new(false));
-        let passwords = Passwords::new(threads);
         // One loop per thread: each waits for a free thread, so every thread stays busy.
         let loops = (0..threads)
             .map(|_| {
@@ -130,12 +132,19 @@ impl HashingLoad {
         HashingLoad { stop, loops }
     }
 
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
-        for hashing in self.loops {
+        for hashing in std::mem::take(&mut self.loops) {
             hashing.await??;
         }
         Ok(())
+    }
+}
+
+/// A bench that fails between start and stop stops the loops too.
+impl Drop for HashingLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
