@@ -95,7 +95,7 @@ async fn events_compliance_rejects_are_set_aside_and_the_rest_arrive() -> anyhow
             Ok((!list_events(&mesh, &["before"]).await?.is_empty()).then_some(()))
         })
         .await?;
-        let dead = outbox::dead_letters(&db, TOPIC).await?;
+        let dead = outbox::dead_letters(&db, Some(TOPIC)).await?;
         let dead_ids: Vec<_> = dead.iter().map(|letter| letter.message.id).collect();
         assert_eq!(dead_ids, [garbage, malformed], "{dead:#?}");
         assert!(dead[0].reason.contains("not an audit event"), "{dead:#?}");

@@ -1,6 +1,8 @@
-//! `palisade`: run the dev mesh, serve one component, make the dev PKI, migrate a database.
+//! `palisade`: run the dev mesh, serve one component, make the dev PKI, migrate a database, and
+//! list or requeue an outbox's dead letters.
 
 mod banner;
+mod dead_letters;
 mod serve;
 
 use std::path::PathBuf;
@@ -42,6 +44,8 @@ enum Command {
     },
     /// Apply a component's database migrations and exit.
     Migrate(serve::MigrateArgs),
+    /// List the outbox messages a component's sink rejected (dead letters), or put them back.
+    DeadLetters(dead_letters::DeadLetterArgs),
 }
 
 #[derive(Subcommand)]
@@ -130,6 +134,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => {
             init_logging(LogFormat::Pretty);
             serve::migrate(args).await
+        }
+        Command::DeadLetters(args) => {
+            init_logging(LogFormat::Pretty);
+            dead_letters::run(args).await
         }
     }
 }

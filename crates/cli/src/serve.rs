@@ -177,7 +177,7 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    fn config(&self, component: Component) -> DbConfig {
+    pub fn config(&self, component: Component) -> DbConfig {
         match &self.database_url {
             Some(url) => {
                 let schema = self

@@ -147,11 +147,11 @@ pub struct DeadLetter {
     pub dead_at_micros: i64,
 }
 
-/// The dead letters of `topic`, oldest message first.
-pub async fn dead_letters(db: &Db, topic: &str) -> Result<Vec<DeadLetter>> {
+/// The dead letters of `topic` (of every topic for `None`), oldest message first.
+pub async fn dead_letters(db: &Db, topic: Option<&str>) -> Result<Vec<DeadLetter>> {
     let rows = sqlx::query(
         "SELECT id, topic, payload, created_at, attempts, trace_context, reason, dead_at \
-         FROM outbox_dead_letters WHERE topic = $1 ORDER BY created_at, id",
+         FROM outbox_dead_letters WHERE $1 IS NULL OR topic = $1 ORDER BY created_at, id",
     )
     .bind(topic)
     .fetch_all(db.pool())
@@ -165,6 +165,30 @@ pub async fn dead_letters(db: &Db, topic: &str) -> Result<Vec<DeadLetter>> {
             })
         })
         .collect()
+}
+
+/// Puts the dead letters of `topic` (of every topic for `None`) back in the outbox with no
+/// attempts counted, once what made the sink reject them is fixed, and returns how many. They
+/// keep their creation time, so each ships before anything newer of its topic; one the sink
+/// still rejects becomes a dead letter again.
+pub async fn requeue_dead_letters(db: &Db, topic: Option<&str>) -> Result<u64> {
+    let mut tx = db.begin().await?;
+    // `DO NOTHING`: a message that is somehow in the outbox too is there already.
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, payload, created_at, attempts, trace_context) \
+         SELECT id, topic, payload, created_at, 0, trace_context FROM outbox_dead_letters \
+         WHERE $1 IS NULL OR topic = $1 ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(topic)
+    .execute(&mut *tx)
+    .await?;
+    let requeued = sqlx::query("DELETE FROM outbox_dead_letters WHERE $1 IS NULL OR topic = $1")
+        .bind(topic)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(requeued)
 }
 
 /// Dead letters across all topics, for metrics.

@@ -109,13 +109,43 @@ async fn a_message_the_sink_rejects_is_set_aside_and_the_rest_ship_in_order() {
         let mut expected = ids.clone();
         expected.retain(|id| *id != ids[2] && *id != ids[5]);
         assert_eq!(sink.delivered_ids(), expected, "in order, nothing twice");
-        let dead = outbox::dead_letters(&db, "audit").await.unwrap();
+        let dead = outbox::dead_letters(&db, Some("audit")).await.unwrap();
         let dead_ids: Vec<Uuid> = dead.iter().map(|letter| letter.message.id).collect();
         assert_eq!(dead_ids, [ids[2], ids[5]]);
         assert_eq!(dead[0].message.payload, b"event-2");
         assert_eq!(dead[0].reason, "a message is malformed");
         assert!(dead[0].message.attempts >= 1);
         assert_eq!(outbox::dead_letter_count(&db).await.unwrap(), 2);
+
+        // Once the sink takes them, an operator puts them back and they ship, oldest first.
+        sink.accept_all_payloads();
+        assert_eq!(
+            outbox::requeue_dead_letters(&db, Some("other"))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            outbox::requeue_dead_letters(&db, Some("audit"))
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(outbox::dead_letter_count(&db).await.unwrap(), 0);
+        running.relay.notify();
+        eventually("the requeued delivered", || async {
+            sink.delivered().len() == 8
+        })
+        .await;
+        eventually("the outbox emptied again", || async {
+            depth(&db).await == 0
+        })
+        .await;
+        let requeued: Vec<_> = sink.delivered()[6..]
+            .iter()
+            .map(|m| (m.id, m.attempts))
+            .collect();
+        assert_eq!(requeued, [(ids[2], 0), (ids[5], 0)]);
         running.stop().await;
     })
     .await;

@@ -122,6 +122,11 @@ impl RecordingSink {
         self.malformed.lock().unwrap().push(payload.to_vec());
     }
 
+    /// The sink was fixed: it takes every payload again.
+    pub fn accept_all_payloads(&self) {
+        self.malformed.lock().unwrap().clear();
+    }
+
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
     }
