@@ -30,6 +30,16 @@ pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
     if component != Component::Identity {
         bail!("{} keeps no outbox", component.name());
     }
+    // Connecting would create an empty database where there was none (a wrong --data-dir).
+    if let Some(file) = args.database.sqlite_file(component)
+        && !file.exists()
+    {
+        bail!(
+            "no {} database at {}; pass its --data-dir or --database-url",
+            component.name(),
+            file.display()
+        );
+    }
     let db = Db::connect(&args.database.config(component)).await?;
     let topic = args.topic.as_deref();
     let done = if args.requeue {

@@ -177,6 +177,12 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    /// The SQLite file `component` would use, unless a PostgreSQL URL is given.
+    pub fn sqlite_file(&self, component: Component) -> Option<PathBuf> {
+        let file = self.data_dir.join(format!("{}.db", component.name()));
+        self.database_url.is_none().then_some(file)
+    }
+
     pub fn config(&self, component: Component) -> DbConfig {
         match &self.database_url {
             Some(url) => {

@@ -61,6 +61,16 @@ async fn dead_letters_are_listed_and_put_back_in_the_outbox() {
     ));
     assert!(other_topic.contains("0 dead letter(s)"), "{other_topic}");
 
+    let other_topic = stdout(&palisade(
+        &["dead-letters", "identity", "--requeue", "--topic", "other"],
+        dir.path(),
+    ));
+    assert!(
+        other_topic.starts_with("0 dead letter(s) back"),
+        "{other_topic}"
+    );
+    assert_eq!(outbox::dead_letter_count(&db).await.unwrap(), 1);
+
     let requeued = stdout(&palisade(
         &["dead-letters", "identity", "--requeue"],
         dir.path(),
@@ -68,13 +78,32 @@ async fn dead_letters_are_listed_and_put_back_in_the_outbox() {
     assert!(requeued.starts_with("1 dead letter(s) back"), "{requeued}");
     assert_eq!(outbox::dead_letter_count(&db).await.unwrap(), 0);
     assert_eq!(outbox::depth(&db).await.unwrap(), 1);
-    let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM outbox WHERE id = $1")
-        .bind(DEAD_ID)
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
-    assert_eq!(attempts, 0);
+    let back: (String, Vec<u8>, i64, i32, Option<String>) = sqlx::query_as(
+        "SELECT topic, payload, created_at, attempts, trace_context FROM outbox WHERE id = $1",
+    )
+    .bind(DEAD_ID)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    let expected = (
+        "audit".to_owned(),
+        b"not an audit event".to_vec(),
+        1_700_000_000_000_000,
+        0,
+        None,
+    );
+    assert_eq!(back, expected);
     db.close().await;
+}
+
+#[test]
+fn a_missing_database_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = palisade(&["dead-letters", "identity"], dir.path());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no identity database at"), "{stderr}");
+    assert!(!dir.path().join("identity.db").exists());
 }
 
 #[test]

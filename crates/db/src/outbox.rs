@@ -169,26 +169,36 @@ pub async fn dead_letters(db: &Db, topic: Option<&str>) -> Result<Vec<DeadLetter
 
 /// Puts the dead letters of `topic` (of every topic for `None`) back in the outbox with no
 /// attempts counted, once what made the sink reject them is fixed, and returns how many. They
-/// keep their creation time, so each ships before anything newer of its topic; one the sink
-/// still rejects becomes a dead letter again.
+/// keep their creation time, so each goes before the messages of its topic still waiting; one
+/// the sink still rejects becomes a dead letter again.
+///
+/// Only what went back is deleted, by id: a dead letter set aside while this runs (PostgreSQL
+/// takes a new snapshot per statement), or one the relay is still moving (on SQLite it copies
+/// and deletes in two statements, so for a moment the message is in both tables and the
+/// insert skips it), stays a dead letter.
 pub async fn requeue_dead_letters(db: &Db, topic: Option<&str>) -> Result<u64> {
     let mut tx = db.begin().await?;
-    // `DO NOTHING`: a message that is somehow in the outbox too is there already.
-    sqlx::query(
+    let requeued: Vec<String> = sqlx::query_scalar(
         "INSERT INTO outbox (id, topic, payload, created_at, attempts, trace_context) \
          SELECT id, topic, payload, created_at, 0, trace_context FROM outbox_dead_letters \
-         WHERE $1 IS NULL OR topic = $1 ON CONFLICT (id) DO NOTHING",
+         WHERE $1 IS NULL OR topic = $1 ON CONFLICT (id) DO NOTHING RETURNING id",
     )
     .bind(topic)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    let requeued = sqlx::query("DELETE FROM outbox_dead_letters WHERE $1 IS NULL OR topic = $1")
-        .bind(topic)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    for ids in requeued.chunks(MAX_BATCH) {
+        let sql = format!(
+            "DELETE FROM outbox_dead_letters WHERE id IN ({})",
+            crate::placeholders(1, ids.len())
+        );
+        let mut delete = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            delete = delete.bind(id.as_str());
+        }
+        delete.execute(&mut *tx).await?;
+    }
     tx.commit().await?;
-    Ok(requeued)
+    Ok(requeued.len() as u64)
 }
 
 /// Dead letters across all topics, for metrics.

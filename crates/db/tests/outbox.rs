@@ -125,12 +125,8 @@ async fn a_message_the_sink_rejects_is_set_aside_and_the_rest_ship_in_order() {
                 .unwrap(),
             0
         );
-        assert_eq!(
-            outbox::requeue_dead_letters(&db, Some("audit"))
-                .await
-                .unwrap(),
-            2
-        );
+        assert_eq!(outbox::dead_letters(&db, None).await.unwrap(), dead);
+        assert_eq!(outbox::requeue_dead_letters(&db, None).await.unwrap(), 2);
         assert_eq!(outbox::dead_letter_count(&db).await.unwrap(), 0);
         running.relay.notify();
         eventually("the requeued delivered", || async {
@@ -147,6 +143,27 @@ async fn a_message_the_sink_rejects_is_set_aside_and_the_rest_ship_in_order() {
             .collect();
         assert_eq!(requeued, [(ids[2], 0), (ids[5], 0)]);
         running.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_the_relay_is_still_moving_is_left_alone() {
+    on_each_backend(|db| async move {
+        enqueue_committed(&db, "audit", "event-", 1).await;
+        // Halfway through the relay's move on SQLite: copied, not yet deleted from the outbox.
+        sqlx::query(
+            "INSERT INTO outbox_dead_letters \
+             (id, topic, payload, created_at, attempts, trace_context, reason, dead_at) \
+             SELECT id, topic, payload, created_at, attempts, trace_context, 'rejected', 0 \
+             FROM outbox",
+        )
+        .execute(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(outbox::requeue_dead_letters(&db, None).await.unwrap(), 0);
+        assert_eq!(outbox::dead_letter_count(&db).await.unwrap(), 1);
+        assert_eq!(depth(&db).await, 1);
     })
     .await;
 }

@@ -153,10 +153,17 @@ fn matches_phc(stored: &str, password: &[u8]) -> bool {
         Ok(matches) => matches,
         Err(reason) => {
             tracing::error!(%reason, "a stored password hash cannot be checked; it matches no password");
+            // As long as a check would have taken: a quick refusal would tell the email has an
+            // account, as an unknown email's answer comes after hashing a decoy.
+            let salt = Salt::from_b64(REFUSAL_SALT).expect("a valid salt");
+            let _ = hash_into_phc(password, salt);
             false
         }
     }
 }
+
+/// Any salt: the hash made with it only takes the time a check would.
+const REFUSAL_SALT: &str = "cmVmdXNhbCBzYWx0IQ";
 
 fn check_phc(stored: &str, password: &[u8]) -> Result<bool, String> {
     let stored = PasswordHash::new(stored).map_err(|error| error.to_string())?;
