@@ -20,6 +20,9 @@
 //!    core, and its memory traffic through the cache the cores share), not anything else a
 //!    login does. (Being another process, it does not show what hashing does to identity's
 //!    own memory map, such as unmapping memory, which interrupts the process's other threads.)
+//!    A fourth condition keeps as many threads spinning at nice 19 (plain arithmetic, no
+//!    memory traffic): where it leaves the p99 as it was alone but hashing does not, what
+//!    costs is Argon2's work on memory, not a busy core.
 //!
 //! The tenant is on the enterprise plan (custom roles on, no user limit). Everything shares one
 //! machine, so the load generator competes with the processes it measures; ratios are against
@@ -39,7 +42,7 @@ use calls::{check_call, get_user_call, list_call, login_call, login_flood, popul
 use palisade_identity::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, Passwords};
 use palisade_testkit::free_port_base;
 use palisade_tls::{CertPaths, MeshTls};
-use support::{HashingLoad, KillOnDrop, cpu_time, us, wait_for_key};
+use support::{HashingLoad, KillOnDrop, LowPrioritySpinners, cpu_time, us, wait_for_key};
 use tonic::transport::Channel;
 
 #[path = "identity/calls.rs"]
@@ -77,6 +80,7 @@ enum Condition {
     Alone,
     Flood,
     Hash,
+    Spin,
 }
 
 struct Sample {
@@ -158,13 +162,18 @@ async fn main() -> anyhow::Result<()> {
     // third condition is the control: identity's hashing kept busy as the flood keeps it,
     // without any login.
     // Latencies of GetUser and Check per condition (alone, flood, hash).
-    let mut pooled: [Vec<Duration>; 6] = Default::default();
+    let mut pooled: [Vec<Duration>; 8] = Default::default();
     let (mut flood_logins, mut flood_time) = (0, Duration::ZERO);
     let mut settling = Duration::ZERO;
     for _ in 0..ROUNDS {
-        for (at, condition) in [Condition::Alone, Condition::Flood, Condition::Hash]
-            .into_iter()
-            .enumerate()
+        for (at, condition) in [
+            Condition::Alone,
+            Condition::Flood,
+            Condition::Hash,
+            Condition::Spin,
+        ]
+        .into_iter()
+        .enumerate()
         {
             // A flood leaves work behind (its audit events are still being relayed to
             // compliance and chained): each round starts on a mesh that has finished it.
@@ -180,6 +189,8 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             let hashes =
                 (condition == Condition::Hash).then(|| HashingLoad::start(&hashing_only, hashing));
+            let spinners =
+                (condition == Condition::Spin).then(|| LowPrioritySpinners::start(hashing));
             let (get_users, checks) = tokio::try_join!(
                 paced(get_user.clone(), PACED_RATE, ROUND),
                 paced(check.clone(), PACED_RATE, ROUND)
@@ -194,6 +205,9 @@ async fn main() -> anyhow::Result<()> {
             if let Some(hashes) = hashes {
                 hashes.stop().await?;
             }
+            if let Some(spinners) = spinners {
+                spinners.stop();
+            }
             pooled[2 * at].extend(get_users);
             pooled[2 * at + 1].extend(checks);
         }
@@ -206,6 +220,8 @@ async fn main() -> anyhow::Result<()> {
         flood_check,
         hash_get,
         hash_check,
+        spin_get,
+        spin_check,
     ] = pooled.map(|latencies| sample(latencies, ROUND * ROUNDS));
 
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -260,11 +276,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\n3. p99 at {PACED_RATE:.0} calls/s each (paced, {PACED_CLIENTS} clients per RPC), alone, during a login flood \
          ({FLOOD_CLIENTS} clients alternating right and wrong passwords, {flood_rate:.1} logins/s), and with {hashing} \
-         hashing thread(s) kept busy without logins; {ROUNDS} alternating rounds of {ROUND:?}, pooled; each round began once the mesh was quiet \
+         hashing thread(s) kept busy without logins, and as many spinning; {ROUNDS} alternating rounds of {ROUND:?}, pooled; each round began once the mesh was quiet \
          (waited {settling:.1?} in all)"
     );
     println!(
-        "  {:<10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>10} {:>11}",
+        "  {:<10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>10} {:>11} {:>10} {:>11}",
         "rpc",
         "alone p50",
         "alone p99",
@@ -274,14 +290,22 @@ async fn main() -> anyhow::Result<()> {
         "p99 ratio",
         "hash p50",
         "hash p99",
+        "p99 ratio",
+        "spin p99",
         "p99 ratio"
     );
-    for (name, alone, flooded, hashing_only) in [
-        ("GetUser", &alone_get, &flood_get, &hash_get),
-        ("Check", &alone_check, &flood_check, &hash_check),
+    for (name, alone, flooded, hashing_only, spinning) in [
+        ("GetUser", &alone_get, &flood_get, &hash_get, &spin_get),
+        (
+            "Check",
+            &alone_check,
+            &flood_check,
+            &hash_check,
+            &spin_check,
+        ),
     ] {
         println!(
-            "  {name:<10} {:>10} {:>10} {:>10} {:>10} {:>10.2}x {:>10.2}x {:>10} {:>10} {:>10.2}x",
+            "  {name:<10} {:>10} {:>10} {:>10} {:>10} {:>10.2}x {:>10.2}x {:>10} {:>10} {:>10.2}x {:>10} {:>10.2}x",
             us(alone.p50),
             us(alone.p99),
             us(flooded.p50),
@@ -291,12 +315,15 @@ async fn main() -> anyhow::Result<()> {
             us(hashing_only.p50),
             us(hashing_only.p99),
             ratio(hashing_only.p99, alone.p99),
+            us(spinning.p99),
+            ratio(spinning.p99, alone.p99),
         );
     }
     println!(
         "  hash (the control): no logins, identity's Argon2id hashing on {hashing} thread(s) at \
          nice 19 in the bench process; where its p99 is as high as the flood's, the tail is what \
-         hashing costs this machine, not what the rest of a login does"
+         hashing costs this machine, not what the rest of a login does; spin: as many threads \
+         at nice 19 doing plain arithmetic, a busy core without Argon2's memory traffic"
     );
     println!(
         "  target: p99 during the flood <= 1.5x alone (GetUser {:.2}x, Check {:.2}x)",

@@ -1,7 +1,7 @@
 //! What the benches share: the mesh processes they start, the operator key `palisade dev`
 //! leaves in its data directory, the tenant context of calls made directly on a component, CPU
-//! time read from `/proc`, identity's password hashing run without logins, and how
-//! durations are printed.
+//! time read from `/proc`, identity's password hashing run without logins, threads that keep
+//! the cores busy at the lowest priority, and how durations are printed.
 
 #![allow(dead_code)] // Each bench uses only some of these.
 
@@ -11,6 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -145,6 +146,50 @@ impl HashingLoad {
 impl Drop for HashingLoad {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Threads spinning at nice 19 until [`LowPrioritySpinners::stop`]: the CPU a login flood's
+/// hashing threads keep busy, without the logins.
+pub struct LowPrioritySpinners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl LowPrioritySpinners {
+    pub fn start(count: usize) -> LowPrioritySpinners {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..count)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || spin(&stop))
+            })
+            .collect();
+        LowPrioritySpinners { stop, threads }
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("a spinning thread panicked");
+        }
+    }
+}
+
+fn spin(stop: &AtomicBool) {
+    thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        thread_priority::ThreadSchedulePolicy::Normal(
+            thread_priority::NormalThreadSchedulePolicy::Other,
+        ),
+    )
+    .expect("nice 19 for a spinning thread");
+    // Plain arithmetic, as a hash does: a PAUSE loop (`spin_loop`) is what a hypervisor's
+    // pause-loop exiting watches for, and would make the vCPU yield to the host.
+    let mut count = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        count = std::hint::black_box(count.wrapping_add(1));
     }
 }
 
