@@ -187,15 +187,9 @@ pub async fn requeue_dead_letters(db: &Db, topic: Option<&str>) -> Result<u64> {
     .fetch_all(&mut *tx)
     .await?;
     for ids in requeued.chunks(MAX_BATCH) {
-        let sql = format!(
-            "DELETE FROM outbox_dead_letters WHERE id IN ({})",
-            crate::placeholders(1, ids.len())
-        );
-        let mut delete = sqlx::query(AssertSqlSafe(sql));
-        for id in ids {
-            delete = delete.bind(id.as_str());
-        }
-        delete.execute(&mut *tx).await?;
+        where_id_in("DELETE FROM outbox_dead_letters", ids)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(requeued.len() as u64)
@@ -370,17 +364,25 @@ async fn settle(conn: &mut AnyConnection, ids: &[String], shipped: &Shipped) -> 
         }
         Shipped::Empty | Shipped::Busy => return Ok(()),
     };
-    // Placeholders are generated, values bound: a batch is small enough for one statement.
+    where_id_in(action, ids).execute(conn).await?;
+    Ok(())
+}
+
+/// `statement WHERE id IN (…)` with `ids` bound. Placeholders are generated, values bound: a
+/// batch is small enough for one statement (at most [`MAX_BATCH`] ids).
+fn where_id_in<'q>(
+    statement: &str,
+    ids: &'q [String],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     let sql = format!(
-        "{action} WHERE id IN ({})",
+        "{statement} WHERE id IN ({})",
         crate::placeholders(1, ids.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for id in ids {
         query = query.bind(id.as_str());
     }
-    query.execute(conn).await?;
-    Ok(())
+    query
 }
 
 fn now_micros() -> i64 {
