@@ -14,9 +14,10 @@
 //! alone with this change (`cargo bench -p palisade --bench identity`, part 3, same machine and
 //! day).
 
-use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
-
-use flume::RecvTimeoutError;
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, mpsc},
+};
 
 use palisade_grpc::ApiError;
 use tokio::sync::{Semaphore, oneshot};
@@ -27,7 +28,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// is dropped.
 #[derive(Clone)]
 pub struct HashingThreads {
-    jobs: flume::Sender<Job>,
+    jobs: mpsc::Sender<Job>,
     /// One per thread: a caller waits here (asynchronously) rather than in the queue, so that
     /// a job is only queued when a thread is free to take it. The job holds its permit until
     /// it ends, also when its caller stops waiting (a deadline, a cancelled call): otherwise
@@ -36,36 +37,28 @@ pub struct HashingThreads {
 }
 
 impl HashingThreads {
-    /// `threads` threads; one that has had no job for `idle` calls `release` (once, until its
-    /// next job): what the jobs keep per thread between them (Argon2's memory) is kept through
-    /// a burst of logins and given back after it.
-    pub fn releasing_when_idle(threads: usize, idle: Duration, release: fn()) -> HashingThreads {
+    pub fn new(threads: usize) -> HashingThreads {
         let threads = threads.max(1);
-        let (jobs, queue) = flume::unbounded::<Job>();
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
         for index in 0..threads {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
                 .spawn(move || {
                     lower_own_priority();
-                    let mut released = false;
                     loop {
-                        let job = if released {
-                            queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                        } else {
-                            queue.recv_timeout(idle)
+                        // The lock is held only while waiting for the next job.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
                         };
                         match job {
                             // A panicking hash fails its own call (see `run`), not the thread.
                             Ok(job) => {
-                                released = false;
                                 let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
                             }
-                            Err(RecvTimeoutError::Timeout) => {
-                                released = true;
-                                release();
-                            }
-                            Err(RecvTimeoutError::Disconnected) => return,
+                            Err(mpsc::RecvError) => return,
                         }
                     }
                 });
@@ -123,12 +116,6 @@ fn lower_own_priority() {
 mod tests {
     use super::*;
 
-    impl HashingThreads {
-        fn new(threads: usize) -> HashingThreads {
-            HashingThreads::releasing_when_idle(threads, Duration::MAX, || {})
-        }
-    }
-
     #[tokio::test]
     async fn runs_work_and_returns_its_result_or_error() {
         let threads = HashingThreads::new(2);
@@ -139,33 +126,6 @@ mod tests {
             .run::<()>(|| Err(ApiError::internal("bad hash")))
             .await;
         assert!(failed.is_err());
-    }
-
-    static RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-    #[tokio::test]
-    async fn an_idle_thread_releases_once_until_its_next_job() {
-        use std::sync::atomic::Ordering::SeqCst;
-        let release = || {
-            RELEASES.fetch_add(1, SeqCst);
-        };
-        // At nice 19 the thread may wait long for a core while other tests run: wait for the
-        // release rather than assume when it comes.
-        let released = |times: usize| async move {
-            for _ in 0..200 {
-                if RELEASES.load(SeqCst) >= times {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            RELEASES.load(SeqCst)
-        };
-        let threads = HashingThreads::releasing_when_idle(1, Duration::from_millis(50), release);
-        threads.run(|| Ok(())).await.unwrap();
-        assert_eq!(released(1).await, 1, "released once, however long idle");
-        threads.run(|| Ok(())).await.unwrap();
-        assert_eq!(released(2).await, 2, "and again after the next job");
     }
 
     #[cfg(target_os = "linux")]

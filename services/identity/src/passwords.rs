@@ -2,11 +2,10 @@
 //! [`ARGON2_ITERATIONS`], p = 1), on threads of its own at the lowest CPU priority (see
 //! `hashing_threads.rs`), by default one for every two cores: a flood of logins takes CPU that other RPCs leave idle, never more than half
 //! of it, and queues for a free thread instead of taking the runtime's. Each thread hashes in
-//! Argon2 memory of its own, kept from one hash to the next while logins keep coming
-//! ([`with_memory`], [`MEMORY_KEPT_IDLE`]). Passwords are hashed, checked
+//! Argon2 memory of its own, allocated once ([`with_memory`]). Passwords are hashed, checked
 //! and judged by the policy in Unicode NFKC form ([`normalized`]).
 
-use std::{borrow::Cow, cell::RefCell, time::Duration};
+use std::{borrow::Cow, cell::RefCell};
 
 use argon2::{
     Algorithm, Argon2, Block, Params, PasswordHash, Version,
@@ -53,7 +52,7 @@ impl Passwords {
             threads
         };
         Passwords {
-            threads: HashingThreads::releasing_when_idle(threads, MEMORY_KEPT_IDLE, release_memory),
+            threads: HashingThreads::new(threads),
         }
     }
 
@@ -218,16 +217,6 @@ thread_local! {
     static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
-/// How long a hashing thread keeps its Argon2 memory after its last hash: through a burst of
-/// logins, where allocating it per hash slowed other RPCs, but not for ever, where it would be
-/// 19 MiB per thread held for nothing.
-const MEMORY_KEPT_IDLE: Duration = Duration::from_secs(10);
-
-/// Gives this thread's kept Argon2 memory back.
-fn release_memory() {
-    MEMORY.with_borrow_mut(|memory| *memory = Vec::new());
-}
-
 /// Runs `hash` with `blocks` blocks (of 1 KiB) of Argon2 memory: this thread's, unless a stored
 /// hash asks for more than identity's own parameters use (one made elsewhere, or before a
 /// change of parameters), which gets memory of its own rather than growing what the thread
@@ -354,9 +343,6 @@ mod tests {
         let big = crate_hash(Params::new(32 * 1024, 1, 1, None).unwrap(), "x", &salt);
         assert!(matches_phc(&big, b"x"));
         assert_eq!(kept(), first);
-        // Given back when the thread is idle.
-        release_memory();
-        assert_eq!(MEMORY.with_borrow(|memory| memory.capacity()), 0);
     }
 
     #[test]
