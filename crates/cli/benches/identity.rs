@@ -158,10 +158,10 @@ async fn main() -> anyhow::Result<()> {
         let (links, reader) = (links.clone(), reader.clone());
         move |_| get_user_call(links.identity.clone(), reader.clone())
     };
-    // Alternating rounds, pooled, so drift on a shared machine hits both sides alike. The
-    // third condition is the control: identity's hashing kept busy as the flood keeps it,
-    // without any login.
-    // Latencies of GetUser and Check per condition (alone, flood, hash).
+    // Alternating rounds, pooled, so drift on a shared machine hits every condition alike. The
+    // third and fourth are the controls: identity's hashing kept busy as the flood keeps it,
+    // without any login, and as many threads merely spinning.
+    // Latencies of GetUser and Check per condition (alone, flood, hash, spin).
     let mut pooled: [Vec<Duration>; 8] = Default::default();
     let (mut flood_logins, mut flood_time) = (0, Duration::ZERO);
     let mut settling = Duration::ZERO;

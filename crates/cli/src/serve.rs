@@ -179,8 +179,8 @@ pub struct DatabaseArgs {
 impl DatabaseArgs {
     /// The SQLite file `component` would use, unless a PostgreSQL URL is given.
     pub fn sqlite_file(&self, component: Component) -> Option<PathBuf> {
-        let file = self.data_dir.join(format!("{}.db", component.name()));
-        self.database_url.is_none().then_some(file)
+        (self.database_url.is_none())
+            .then(|| DbConfig::sqlite_file(&self.data_dir, component.name()))
     }
 
     pub fn config(&self, component: Component) -> DbConfig {

@@ -16,6 +16,13 @@ fn palisade(args: &[&str], data_dir: &std::path::Path) -> Output {
         .expect("palisade runs")
 }
 
+/// What `palisade` said on stderr, having failed as it should.
+fn refusal(args: &[&str], data_dir: &std::path::Path) -> String {
+    let output = palisade(args, data_dir);
+    assert!(!output.status.success(), "palisade {args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
@@ -99,9 +106,7 @@ async fn dead_letters_are_listed_and_put_back_in_the_outbox() {
 #[test]
 fn a_missing_database_is_not_created() {
     let dir = tempfile::tempdir().unwrap();
-    let output = palisade(&["dead-letters", "identity"], dir.path());
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refusal(&["dead-letters", "identity"], dir.path());
     assert!(stderr.contains("no identity database at"), "{stderr}");
     assert!(!dir.path().join("identity.db").exists());
 }
@@ -109,8 +114,6 @@ fn a_missing_database_is_not_created() {
 #[test]
 fn a_component_without_an_outbox_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let output = palisade(&["dead-letters", "gateway"], dir.path());
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refusal(&["dead-letters", "gateway"], dir.path());
     assert!(stderr.contains("gateway keeps no outbox"), "{stderr}");
 }

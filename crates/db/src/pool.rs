@@ -36,9 +36,14 @@ pub struct DbConfig {
 }
 
 impl DbConfig {
-    /// The embedded default: `<data_dir>/<service>.db`, created on connect if missing.
+    /// The file of the embedded default: `<data_dir>/<service>.db`.
+    pub fn sqlite_file(data_dir: &Path, service: &str) -> PathBuf {
+        data_dir.join(format!("{service}.db"))
+    }
+
+    /// The embedded default ([`DbConfig::sqlite_file`]), created on connect if missing.
     pub fn sqlite_in(data_dir: &Path, service: &str) -> DbConfig {
-        let path = data_dir.join(format!("{service}.db"));
+        let path = DbConfig::sqlite_file(data_dir, service);
         // An absolute path keeps the URL unambiguous: `sqlite://data/x.db` would read `data` as a
         // host to a generic URL parser.
         let path = std::path::absolute(&path).unwrap_or(path);

@@ -1,7 +1,8 @@
 //! Password hashing with Argon2id at OWASP's parameters ([`ARGON2_MEMORY_KIB`],
 //! [`ARGON2_ITERATIONS`], p = 1), on threads of its own at the lowest CPU priority (see
-//! `hashing_threads.rs`), by default one for every two cores: a flood of logins takes CPU that other RPCs leave idle, never more than half
-//! of it, and queues for a free thread instead of taking the runtime's. Each thread hashes in
+//! `hashing_threads.rs`), by default one for every two cores: a flood of logins takes CPU that
+//! other RPCs leave idle, never more than half of it, and queues for a free thread instead of
+//! taking the runtime's. Each thread hashes in
 //! Argon2 memory of its own, allocated once ([`with_memory`]). Passwords are hashed, checked
 //! and judged by the policy in Unicode NFKC form ([`normalized`]).
 
@@ -121,19 +122,8 @@ fn argon2() -> Argon2<'static> {
 fn hash_into_phc(password: &[u8], salt: Salt<'_>) -> Result<String, ApiError> {
     let argon2 = argon2();
     let params = argon2.params();
-    let mut salt_bytes = [0; Salt::MAX_LENGTH];
-    let salt_bytes = salt
-        .decode_b64(&mut salt_bytes)
-        .map_err(ApiError::internal)?;
     let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
-    let output = with_memory(params.block_count(), |memory| {
-        Output::init_with(output_len, |out| {
-            argon2
-                .hash_password_into_with_memory(password, salt_bytes, out, memory)
-                .map_err(Into::into)
-        })
-    })
-    .map_err(ApiError::internal)?;
+    let output = argon2_output(&argon2, password, salt, output_len).map_err(ApiError::internal)?;
     let hash = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
@@ -185,21 +175,29 @@ fn check_phc(stored: &str, password: &[u8]) -> Result<bool, String> {
             params.p_cost()
         ));
     }
-    let mut salt_bytes = [0; Salt::MAX_LENGTH];
-    let salt_bytes = salt
-        .decode_b64(&mut salt_bytes)
-        .map_err(|error| error.to_string())?;
     let argon2 = Argon2::new(algorithm, version, params);
-    let computed = with_memory(argon2.params().block_count(), |memory| {
-        Output::init_with(expected.len(), |out| {
+    let computed = argon2_output(&argon2, password, *salt, expected.len())
+        .map_err(|error| error.to_string())?;
+    // `Output`'s equality is constant-time.
+    Ok(&computed == expected)
+}
+
+/// The `len`-byte Argon2 output of `password` with `salt`, computed in [`with_memory`].
+fn argon2_output(
+    argon2: &Argon2<'_>,
+    password: &[u8],
+    salt: Salt<'_>,
+    len: usize,
+) -> argon2::password_hash::Result<Output> {
+    let mut salt_bytes = [0; Salt::MAX_LENGTH];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+    with_memory(argon2.params().block_count(), |memory| {
+        Output::init_with(len, |out| {
             argon2
                 .hash_password_into_with_memory(password, salt_bytes, out, memory)
                 .map_err(Into::into)
         })
     })
-    .map_err(|error| error.to_string())?;
-    // `Output`'s equality is constant-time.
-    Ok(&computed == expected)
 }
 
 thread_local! {
