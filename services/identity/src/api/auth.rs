@@ -21,6 +21,7 @@ use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantContext, Tenan
 use sqlx::AnyConnection;
 use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     lockout::LockoutPolicy,
@@ -137,13 +138,21 @@ impl AuthApi {
         .await
     }
 
+    /// Whether `password` is the one `stored` holds for a user (its id and PHC string), after
+    /// a check against the decoy when there is no such user.
     async fn password_matches(
         &self,
-        stored: Option<&str>,
+        stored: Option<(&str, &str)>,
         password: &str,
     ) -> Result<bool, ApiError> {
         match stored {
-            Some(stored) => self.passwords.verify(stored, password).await,
+            Some((user, stored)) => {
+                let check = tracing::info_span!("password_check", %user);
+                self.passwords
+                    .verify(stored, password)
+                    .instrument(check)
+                    .await
+            }
             None => {
                 let decoy = self
                     .decoy_hash
@@ -290,7 +299,9 @@ impl AuthApi {
         let locked = attempt == Some(PasswordAttempt::Refused);
         let matches = self
             .password_matches(
-                found.as_ref().map(|(_, hash)| hash.as_str()),
+                found
+                    .as_ref()
+                    .map(|(user, hash)| (user.id.as_str(), hash.as_str())),
                 &request.password,
             )
             .await?
