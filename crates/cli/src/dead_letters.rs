@@ -4,7 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use palisade::Component;
 use palisade_db::{Db, outbox};
@@ -30,17 +30,16 @@ pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
     if component != Component::Identity {
         bail!("{} keeps no outbox", component.name());
     }
-    // Connecting would create an empty database where there was none (a wrong --data-dir).
-    if let Some(file) = args.database.sqlite_file(component)
-        && !file.exists()
-    {
-        bail!(
-            "no {} database at {}; pass its --data-dir or --database-url",
-            component.name(),
-            file.display()
-        );
-    }
-    let db = Db::connect(&args.database.config(component)).await?;
+    // Not created when missing: a mistyped --data-dir or schema is an error, not a new,
+    // empty database.
+    let db = Db::connect(&args.database.config(component).existing())
+        .await
+        .with_context(|| {
+            format!(
+                "opening {}'s database (pass its --data-dir, or its --database-url and --database-schema)",
+                component.name()
+            )
+        })?;
     let topic = args.topic.as_deref();
     let done = if args.requeue {
         requeue(&db, component, topic).await

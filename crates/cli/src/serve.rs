@@ -177,12 +177,6 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    /// The SQLite file `component` would use, unless a PostgreSQL URL is given.
-    pub fn sqlite_file(&self, component: Component) -> Option<PathBuf> {
-        (self.database_url.is_none())
-            .then(|| DbConfig::sqlite_file(&self.data_dir, component.name()))
-    }
-
     pub fn config(&self, component: Component) -> DbConfig {
         match &self.database_url {
             Some(url) => {

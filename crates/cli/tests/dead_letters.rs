@@ -107,7 +107,8 @@ async fn dead_letters_are_listed_and_put_back_in_the_outbox() {
 fn a_missing_database_is_not_created() {
     let dir = tempfile::tempdir().unwrap();
     let stderr = refusal(&["dead-letters", "identity"], dir.path());
-    assert!(stderr.contains("no identity database at"), "{stderr}");
+    assert!(stderr.contains("opening identity's database"), "{stderr}");
+    assert!(stderr.contains("no such database"), "{stderr}");
     assert!(!dir.path().join("identity.db").exists());
 }
 

@@ -71,6 +71,9 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// A database that had to exist ([`DbConfig::existing`]) is not there; nothing was created.
+    #[error("no such database: {0}")]
+    Missing(String),
     #[error("corrupt outbox row {id:?}: {reason}")]
     CorruptRow { id: String, reason: String },
 }

@@ -33,6 +33,11 @@ pub struct DbConfig {
     /// several services can share one database. Ignored on SQLite (one file per service).
     pub schema: Option<String>,
     pub max_connections: u32,
+    /// Whether connecting creates what is missing: the SQLite file (and its directory), the
+    /// PostgreSQL schema. Off ([`DbConfig::existing`]) for tools that look at a database that
+    /// must already be there, where a mistyped path or schema should fail, not leave an empty
+    /// database behind.
+    pub create_if_missing: bool,
 }
 
 impl DbConfig {
@@ -51,6 +56,7 @@ impl DbConfig {
             url: format!("sqlite://{}?mode=rwc", encode_path(&path)),
             schema: None,
             max_connections: 8,
+            create_if_missing: true,
         }
     }
 
@@ -59,6 +65,16 @@ impl DbConfig {
             url: url.to_owned(),
             schema,
             max_connections: 10,
+            create_if_missing: true,
+        }
+    }
+
+    /// The same database, which connecting must find rather than create.
+    pub fn existing(self) -> DbConfig {
+        DbConfig {
+            url: self.url.replace("mode=rwc", "mode=rw"),
+            create_if_missing: false,
+            ..self
         }
     }
 }
@@ -70,6 +86,7 @@ impl fmt::Debug for DbConfig {
             .field("url", &redact_password(&self.url))
             .field("schema", &self.schema)
             .field("max_connections", &self.max_connections)
+            .field("create_if_missing", &self.create_if_missing)
             .finish()
     }
 }
@@ -98,7 +115,8 @@ impl fmt::Debug for Db {
 
 impl Db {
     /// Opens the pool. SQLite: creates the parent directory and the file, switches to WAL.
-    /// PostgreSQL: creates the configured schema if missing.
+    /// PostgreSQL: creates the configured schema if missing. Neither is created for a config
+    /// that is [`DbConfig::existing`]: a missing one is [`Error::Missing`].
     pub async fn connect(config: &DbConfig) -> Result<Db> {
         // Idempotent; the Any pool panics on first use without it.
         sqlx::any::install_default_drivers();
@@ -112,7 +130,12 @@ impl Db {
             .test_before_acquire(false);
         match backend {
             Backend::Sqlite => {
-                let url = with_create_mode(&config.url);
+                let url = with_open_mode(&config.url, config.create_if_missing);
+                if !config.create_if_missing
+                    && let Some(file) = sqlite_path(&url).filter(|file| !file.is_file())
+                {
+                    return Err(Error::Missing(file.display().to_string()));
+                }
                 prepare_sqlite(&url).await?;
                 let pool = with_sqlite_pragmas(options).connect(&url).await?;
                 // Writers wait for the writer connection as long as `busy_timeout` would have
@@ -135,8 +158,12 @@ impl Db {
                     Some(name) => Some(validate_schema(name)?.into()),
                     None => None,
                 };
-                if let Some(schema) = &schema {
-                    create_schema(&config.url, schema).await?;
+                match &schema {
+                    Some(schema) if config.create_if_missing => {
+                        create_schema(&config.url, schema).await?;
+                    }
+                    Some(schema) => ensure_schema_exists(&config.url, schema).await?,
+                    None => {}
                 }
                 let search_path = schema.clone();
                 // Both hooks run on the task that asked for the connection, so the row-level
@@ -292,6 +319,22 @@ async fn create_schema(url: &str, schema: &str) -> Result<()> {
     }
 }
 
+async fn ensure_schema_exists(url: &str, schema: &str) -> Result<()> {
+    let mut conn = AnyConnection::connect(url).await?;
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+    )
+    .bind(schema)
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(Error::Missing(format!("schema {schema:?}")))
+    }
+}
+
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .and_then(|db| db.code())
@@ -314,13 +357,16 @@ pub(crate) fn validate_schema(name: &str) -> Result<&str> {
 }
 
 /// Adds `mode=rwc` when a SQLite URL names no mode, so a missing file is created.
-fn with_create_mode(url: &str) -> String {
+/// `url` opening read-write, and creating the file when `create` (a `mode` the URL names
+/// itself is kept).
+fn with_open_mode(url: &str, create: bool) -> String {
+    let mode = if create { "mode=rwc" } else { "mode=rw" };
     match url.split_once('?') {
         Some((_, query)) if query.split('&').any(|pair| pair.starts_with("mode=")) => {
             url.to_owned()
         }
-        Some(_) => format!("{url}&mode=rwc"),
-        None => format!("{url}?mode=rwc"),
+        Some(_) => format!("{url}&{mode}"),
+        None => format!("{url}?{mode}"),
     }
 }
 
@@ -402,19 +448,26 @@ mod tests {
     }
 
     #[test]
-    fn create_mode_is_added_only_when_missing() {
+    fn the_open_mode_is_added_only_when_missing() {
         assert_eq!(
-            with_create_mode("sqlite:///x.db"),
+            with_open_mode("sqlite:///x.db", true),
             "sqlite:///x.db?mode=rwc"
         );
         assert_eq!(
-            with_create_mode("sqlite:///x.db?mode=ro"),
+            with_open_mode("sqlite:///x.db", false),
+            "sqlite:///x.db?mode=rw"
+        );
+        assert_eq!(
+            with_open_mode("sqlite:///x.db?mode=ro", true),
             "sqlite:///x.db?mode=ro"
         );
         assert_eq!(
-            with_create_mode("sqlite:///x.db?cache=shared"),
+            with_open_mode("sqlite:///x.db?cache=shared", true),
             "sqlite:///x.db?cache=shared&mode=rwc"
         );
+        let existing = DbConfig::sqlite_in(Path::new("/data"), "identity").existing();
+        assert!(existing.url.ends_with("?mode=rw"), "{}", existing.url);
+        assert!(!existing.create_if_missing);
     }
 
     #[test]

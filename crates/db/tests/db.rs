@@ -2,7 +2,7 @@
 
 mod support;
 
-use palisade_db::{Backend, Db, DbConfig, Migrations, Scope, ServiceRole};
+use palisade_db::{Backend, Db, DbConfig, Error, Migrations, Scope, ServiceRole};
 use sqlx::Row;
 use support::{migrations, on_each_backend, postgres_url, random_schema};
 use uuid::Uuid;
@@ -148,6 +148,36 @@ async fn postgres_schemas_isolate_services_sharing_a_database() {
         db.drop_schema().await.unwrap();
         db.close().await;
     }
+}
+
+#[tokio::test]
+async fn a_database_that_must_exist_is_found_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = DbConfig::sqlite_in(dir.path(), "identity");
+    let err = Db::connect(&sqlite.clone().existing()).await.unwrap_err();
+    assert!(matches!(err, Error::Missing(_)), "{err}");
+    assert!(!dir.path().join("identity.db").exists());
+    Db::connect(&sqlite).await.unwrap().close().await;
+    Db::connect(&sqlite.existing()).await.unwrap().close().await;
+
+    let Some(url) = postgres_url() else { return };
+    let schema = random_schema();
+    let postgres = DbConfig::postgres(&url, Some(schema.clone()));
+    let err = Db::connect(&postgres.clone().existing()).await.unwrap_err();
+    assert!(matches!(err, Error::Missing(_)), "{err}");
+    let catalog = Db::connect(&DbConfig::postgres(&url, None)).await.unwrap();
+    let schemas: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pg_catalog.pg_namespace WHERE nspname = $1")
+            .bind(&schema)
+            .fetch_one(catalog.pool())
+            .await
+            .unwrap();
+    assert_eq!(schemas, 0, "the schema was created");
+    catalog.close().await;
+    Db::connect(&postgres).await.unwrap().close().await;
+    let existing = Db::connect(&postgres.existing()).await.unwrap();
+    existing.drop_schema().await.unwrap();
+    existing.close().await;
 }
 
 #[tokio::test]
