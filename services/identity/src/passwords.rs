@@ -69,8 +69,15 @@ impl Passwords {
             .await
     }
 
-    /// Whether `password` matches the stored PHC string.
-    pub async fn verify(&self, stored: &str, password: &str) -> Result<bool, ApiError> {
+    /// Whether `password` matches the stored PHC string of `owner` (a user id, named in the log
+    /// should the stored hash be unusable).
+    pub async fn verify(
+        &self,
+        owner: &str,
+        stored: &str,
+        password: &str,
+    ) -> Result<bool, ApiError> {
+        let owner = owner.to_owned();
         let stored = stored.to_owned();
         let candidate = normalized(password).into_owned();
         // Hashes made before passwords were normalized hold the password as it was typed; only
@@ -79,7 +86,7 @@ impl Passwords {
         let as_typed = (candidate != password).then(|| password.to_owned());
         self.threads
             .run(move || {
-                let matches = |password: &str| matches_phc(&stored, password.as_bytes());
+                let matches = |password: &str| matches_phc(&owner, &stored, password.as_bytes());
                 Ok(matches(&candidate) || as_typed.is_some_and(|typed| matches(&typed)))
             })
             .await
@@ -138,11 +145,15 @@ fn hash_into_phc(password: &[u8], salt: Salt<'_>) -> Result<String, ApiError> {
 /// parameters it was made with. A stored hash that cannot be checked (not Argon2, beyond
 /// [`STORED_HASH_LIMITS`], a bad salt) matches nothing and is logged: its user cannot sign in
 /// until an admin sets a new password, and the caller is refused as for a wrong password.
-fn matches_phc(stored: &str, password: &[u8]) -> bool {
+fn matches_phc(owner: &str, stored: &str, password: &[u8]) -> bool {
     match check_phc(stored, password) {
         Ok(matches) => matches,
         Err(reason) => {
-            tracing::error!(%reason, "a stored password hash cannot be checked; it matches no password");
+            tracing::error!(
+                user = owner,
+                %reason,
+                "a stored password hash cannot be checked; it matches no password"
+            );
             // As long as a check would have taken: a quick refusal would tell the email has an
             // account, as an unknown email's answer comes after hashing a decoy.
             let salt = Salt::from_b64(REFUSAL_SALT).expect("a valid salt");
@@ -245,13 +256,13 @@ mod tests {
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(
             passwords
-                .verify(&hash, "correct horse battery")
+                .verify("user", &hash, "correct horse battery")
                 .await
                 .unwrap()
         );
         assert!(
             !passwords
-                .verify(&hash, "wrong horse battery")
+                .verify("user", &hash, "wrong horse battery")
                 .await
                 .unwrap()
         );
@@ -265,13 +276,13 @@ mod tests {
     async fn a_password_matches_however_its_accents_were_typed() {
         let passwords = Passwords::new(1);
         let hash = passwords.hash(DECOMPOSED).await.unwrap();
-        assert!(passwords.verify(&hash, COMPOSED).await.unwrap());
-        assert!(passwords.verify(&hash, DECOMPOSED).await.unwrap());
+        assert!(passwords.verify("user", &hash, COMPOSED).await.unwrap());
+        assert!(passwords.verify("user", &hash, DECOMPOSED).await.unwrap());
         let hash = passwords.hash(COMPOSED).await.unwrap();
-        assert!(passwords.verify(&hash, DECOMPOSED).await.unwrap());
+        assert!(passwords.verify("user", &hash, DECOMPOSED).await.unwrap());
         assert!(
             !passwords
-                .verify(&hash, "cafe au lait, s'il vous plait")
+                .verify("user", &hash, "cafe au lait, s'il vous plait")
                 .await
                 .unwrap()
         );
@@ -285,7 +296,12 @@ mod tests {
             .unwrap()
             .to_string();
         let passwords = Passwords::new(1);
-        assert!(passwords.verify(&as_typed, DECOMPOSED).await.unwrap());
+        assert!(
+            passwords
+                .verify("user", &as_typed, DECOMPOSED)
+                .await
+                .unwrap()
+        );
     }
 
     /// The crate's own hasher, which allocates its memory afresh for every hash: what identity
@@ -319,8 +335,8 @@ mod tests {
         ] {
             hash_into_phc(b"something else entirely", salt.as_salt()).unwrap();
             let stored = crate_hash(params, "correct horse battery", &salt);
-            assert!(matches_phc(&stored, b"correct horse battery"));
-            assert!(!matches_phc(&stored, b"correct horse batterY"));
+            assert!(matches_phc("user", &stored, b"correct horse battery"));
+            assert!(!matches_phc("user", &stored, b"correct horse batterY"));
         }
     }
 
@@ -339,7 +355,7 @@ mod tests {
         );
         // More than a thread keeps: memory of its own, and the kept memory stays as it was.
         let big = crate_hash(Params::new(32 * 1024, 1, 1, None).unwrap(), "x", &salt);
-        assert!(matches_phc(&big, b"x"));
+        assert!(matches_phc("user", &big, b"x"));
         assert_eq!(kept(), first);
     }
 
@@ -347,7 +363,7 @@ mod tests {
     fn a_stored_hash_that_cannot_be_checked_matches_nothing() {
         let salt = SaltString::encode_b64(b"a sixteen b salt").unwrap();
         let made = crate_hash(Params::new(8, 1, 1, None).unwrap(), "password", &salt);
-        assert!(matches_phc(&made, b"password"));
+        assert!(matches_phc("user", &made, b"password"));
         for stored in [
             "not a PHC string",
             "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
@@ -360,7 +376,7 @@ mod tests {
             // No hash.
             made.rsplit_once('$').unwrap().0,
         ] {
-            assert!(!matches_phc(stored, b"password"), "{stored}");
+            assert!(!matches_phc("user", stored, b"password"), "{stored}");
         }
     }
 

@@ -21,7 +21,6 @@ use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantContext, Tenan
 use sqlx::AnyConnection;
 use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::{
     lockout::LockoutPolicy,
@@ -146,13 +145,7 @@ impl AuthApi {
         password: &str,
     ) -> Result<bool, ApiError> {
         match stored {
-            Some((user, stored)) => {
-                let check = tracing::info_span!("password_check", %user);
-                self.passwords
-                    .verify(stored, password)
-                    .instrument(check)
-                    .await
-            }
+            Some((user, stored)) => self.passwords.verify(user, stored, password).await,
             None => {
                 let decoy = self
                     .decoy_hash
@@ -161,7 +154,7 @@ impl AuthApi {
                         self.passwords.hash(&decoy).await
                     })
                     .await?;
-                self.passwords.verify(decoy, password).await?;
+                self.passwords.verify("decoy", decoy, password).await?;
                 Ok(false)
             }
         }

@@ -10,7 +10,6 @@ use palisade_proto::palisade::{
     compliance::v1::Outcome,
     identity::v1::{ChangePasswordRequest, UnlockUserRequest},
 };
-use tracing::Instrument;
 
 use super::UserApi;
 use crate::{passwords, store::PasswordAttempt, users};
@@ -189,12 +188,7 @@ impl UserApi {
             .password_hash(&user.tenant_id, &user.id)
             .await?
             .ok_or_else(|| ApiError::internal("a user without a password hash"))?;
-        let check = tracing::info_span!("password_check", user = %user.id);
-        if !locked
-            && (self.passwords.verify(&stored, current))
-                .instrument(check)
-                .await?
-        {
+        if !locked && self.passwords.verify(&user.id, &stored, current).await? {
             // The change that follows clears the claim with the other failures.
             return Ok(());
         }
