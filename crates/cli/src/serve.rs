@@ -168,8 +168,9 @@ pub struct DatabaseArgs {
     /// never shown in `--help`: it may hold a password.
     #[arg(long, env = "PALISADE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// PostgreSQL schema to use (created if missing); defaults to the component's name, so
-    /// components sharing one database never share tables.
+    /// PostgreSQL schema to use (created if missing; `dead-letters` refuses a missing one);
+    /// defaults to the component's name, so components sharing one database never share
+    /// tables.
     #[arg(long, env = "PALISADE_DATABASE_SCHEMA")]
     database_schema: Option<String>,
     #[arg(long, env = "PALISADE_DATA_DIR", default_value = "/var/lib/palisade")]

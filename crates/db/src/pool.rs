@@ -29,8 +29,8 @@ const SQLITE_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(5
 pub struct DbConfig {
     /// `sqlite://<path>?mode=rwc` or `postgres://user@host:port/db`.
     pub url: String,
-    /// PostgreSQL only: a schema to create and put first on every connection's `search_path`, so
-    /// several services can share one database. Ignored on SQLite (one file per service).
+    /// PostgreSQL only: a schema to put first on every connection's `search_path` (created if
+    /// missing, unless [`DbConfig::existing`]), so several services can share one database. Ignored on SQLite (one file per service).
     pub schema: Option<String>,
     pub max_connections: u32,
     /// Whether connecting creates what is missing: the SQLite file (and its directory), the
@@ -72,7 +72,6 @@ impl DbConfig {
     /// The same database, which connecting must find rather than create.
     pub fn existing(self) -> DbConfig {
         DbConfig {
-            url: self.url.replace("mode=rwc", "mode=rw"),
             create_if_missing: false,
             ..self
         }
@@ -356,18 +355,20 @@ pub(crate) fn validate_schema(name: &str) -> Result<&str> {
     }
 }
 
-/// Adds `mode=rwc` when a SQLite URL names no mode, so a missing file is created.
-/// `url` opening read-write, and creating the file when `create` (a `mode` the URL names
-/// itself is kept).
+/// `url` opening read-write, creating the file when `create`: a `mode` the URL names itself is
+/// kept, but for one that must exist, never `rwc`.
 fn with_open_mode(url: &str, create: bool) -> String {
     let mode = if create { "mode=rwc" } else { "mode=rw" };
-    match url.split_once('?') {
-        Some((_, query)) if query.split('&').any(|pair| pair.starts_with("mode=")) => {
-            url.to_owned()
-        }
-        Some(_) => format!("{url}&{mode}"),
-        None => format!("{url}?{mode}"),
+    let Some((base, query)) = url.split_once('?') else {
+        return format!("{url}?{mode}");
+    };
+    let mut pairs: Vec<&str> = query.split('&').filter(|pair| !pair.is_empty()).collect();
+    match pairs.iter_mut().find(|pair| pair.starts_with("mode=")) {
+        Some(pair) if !create && *pair == "mode=rwc" => *pair = mode,
+        Some(_) => {}
+        None => pairs.push(mode),
     }
+    format!("{base}?{}", pairs.join("&"))
 }
 
 /// The file behind a SQLite URL, or `None` for in-memory databases.
@@ -449,24 +450,28 @@ mod tests {
 
     #[test]
     fn the_open_mode_is_added_only_when_missing() {
-        assert_eq!(
-            with_open_mode("sqlite:///x.db", true),
-            "sqlite:///x.db?mode=rwc"
-        );
-        assert_eq!(
-            with_open_mode("sqlite:///x.db", false),
-            "sqlite:///x.db?mode=rw"
-        );
-        assert_eq!(
-            with_open_mode("sqlite:///x.db?mode=ro", true),
-            "sqlite:///x.db?mode=ro"
-        );
-        assert_eq!(
-            with_open_mode("sqlite:///x.db?cache=shared", true),
-            "sqlite:///x.db?cache=shared&mode=rwc"
-        );
+        let cases = [
+            ("sqlite:///x.db", true, "sqlite:///x.db?mode=rwc"),
+            ("sqlite:///x.db", false, "sqlite:///x.db?mode=rw"),
+            ("sqlite:///x.db?mode=ro", true, "sqlite:///x.db?mode=ro"),
+            ("sqlite:///x.db?mode=ro", false, "sqlite:///x.db?mode=ro"),
+            ("sqlite:///x.db?mode=rwc", false, "sqlite:///x.db?mode=rw"),
+            (
+                "sqlite:///x.db?cache=shared",
+                true,
+                "sqlite:///x.db?cache=shared&mode=rwc",
+            ),
+            // Only the query's `mode` pair: a path may hold the same text.
+            (
+                "sqlite:///mode=rwc/x.db?mode=rwc&cache=shared",
+                false,
+                "sqlite:///mode=rwc/x.db?mode=rw&cache=shared",
+            ),
+        ];
+        for (url, create, opened) in cases {
+            assert_eq!(with_open_mode(url, create), opened, "{url} {create}");
+        }
         let existing = DbConfig::sqlite_in(Path::new("/data"), "identity").existing();
-        assert!(existing.url.ends_with("?mode=rw"), "{}", existing.url);
         assert!(!existing.create_if_missing);
     }
 

@@ -153,10 +153,14 @@ async fn postgres_schemas_isolate_services_sharing_a_database() {
 #[tokio::test]
 async fn a_database_that_must_exist_is_found_not_created() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = DbConfig::sqlite_in(dir.path(), "identity");
+    let data_dir = dir.path().join("data");
+    let sqlite = DbConfig::sqlite_in(&data_dir, "identity");
     let err = Db::connect(&sqlite.clone().existing()).await.unwrap_err();
     assert!(matches!(err, Error::Missing(_)), "{err}");
-    assert!(!dir.path().join("identity.db").exists());
+    assert!(
+        !data_dir.exists(),
+        "neither the file nor its directory is created"
+    );
     Db::connect(&sqlite).await.unwrap().close().await;
     Db::connect(&sqlite.existing()).await.unwrap().close().await;
 
