@@ -70,12 +70,12 @@ pub struct ServeArgs {
     /// cores a login flood can keep busy (0: half the available cores, at least one).
     #[arg(long, env = "PALISADE_HASHING_THREADS", default_value_t = 0)]
     hashing_threads: usize,
-    /// identity: the longest lifetime of an API key, in days.
-    #[arg(long, env = "PALISADE_API_KEY_MAX_LIFETIME", default_value_t = 365)]
+    /// identity: the longest lifetime of an API key, in days (1 to 36500).
+    #[arg(long, env = "PALISADE_API_KEY_MAX_LIFETIME", default_value_t = 365, value_parser = lifetime_days())]
     api_key_max_lifetime: u64,
     /// identity: the longest a sign-in session lasts, in days, however often its refresh
-    /// token is used; then the user signs in again.
-    #[arg(long, env = "PALISADE_SESSION_MAX_LIFETIME", default_value_t = 90)]
+    /// token is used; then the user signs in again (1 to 36500).
+    #[arg(long, env = "PALISADE_SESSION_MAX_LIFETIME", default_value_t = 90, value_parser = lifetime_days())]
     session_max_lifetime: u64,
     /// identity: a file holding the key-encryption key (32 random bytes, base64) that seals
     /// token-signing keys in the database; without it they are stored plain (with a warning).
@@ -160,6 +160,14 @@ pub struct ServeArgs {
     /// (0: one per available core, which respects a container's CPU limit).
     #[arg(long, env = "PALISADE_GATEWAY_WORKERS", default_value_t = 0)]
     gateway_workers: usize,
+}
+
+const DAY_SECS: u64 = 86_400;
+
+/// A lifetime in days, refused when 0 or beyond a century (beyond which, in microseconds, the
+/// arithmetic on expiry times would overflow long before anyone needs it).
+fn lifetime_days() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=36_500)
 }
 
 #[derive(Args)]
@@ -253,8 +261,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         tenant_cache_ttl: Duration::from_secs(args.tenant_cache_ttl),
         tenant_base_domain: args.tenant_base_domain,
-        api_key_max_lifetime: Duration::from_secs(args.api_key_max_lifetime.max(1) * 86_400),
-        session_max_lifetime: Duration::from_secs(args.session_max_lifetime.max(1) * 86_400),
+        api_key_max_lifetime: Duration::from_secs(args.api_key_max_lifetime * DAY_SECS),
+        session_max_lifetime: Duration::from_secs(args.session_max_lifetime * DAY_SECS),
         signing_key_kek: args.signing_key_kek_file,
         signing_key_previous_kek: args.signing_key_previous_kek_file,
         gateway_workers: args.gateway_workers,
@@ -346,6 +354,17 @@ mod tests {
         ] {
             let port = url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
             assert_eq!(default_listen(component).port(), port, "{url}");
+        }
+    }
+
+    #[test]
+    fn lifetimes_in_days_are_refused_when_zero_or_absurd() {
+        for flag in ["--api-key-max-lifetime", "--session-max-lifetime"] {
+            for bad in ["0", "36501", "18446744073709551615"] {
+                let parsed = Serve::try_parse_from(["serve", "identity", flag, bad]);
+                assert!(parsed.is_err(), "{flag} {bad}");
+            }
+            assert!(Serve::try_parse_from(["serve", "identity", flag, "36500"]).is_ok());
         }
     }
 

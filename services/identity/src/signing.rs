@@ -24,9 +24,10 @@ use crate::{
     tokens::{ACCESS_TOKEN_TTL_MICROS, Claims, Signer, SigningKeyRecord},
 };
 
-/// How long a superseded key stays published beyond the access-token lifetime, for clock skew
-/// between identity and the verifiers.
-const PUBLISH_LEEWAY_MICROS: i64 = 60 * 1_000_000;
+/// How long a superseded key stays published beyond the last token it may have signed: for
+/// verifiers that take a token a little past its `exp` (the gateway: 30 s) and for clock skew
+/// between identity and the verifiers (60 s).
+const PUBLISH_LEEWAY_MICROS: i64 = 90 * 1_000_000;
 
 /// When keys rotate.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +36,17 @@ pub struct RotationPolicy {
     pub rotate_after: Duration,
     /// How often each replica looks for a due rotation or a newer key.
     pub check_every: Duration,
+}
+
+impl RotationPolicy {
+    /// How long a key stays published after a newer one is made: other replicas may go on
+    /// signing with it until their next check, and each token signed then lives its lifetime.
+    fn published_for(&self) -> i64 {
+        let check = i64::try_from(self.check_every.as_micros()).unwrap_or(i64::MAX);
+        ACCESS_TOKEN_TTL_MICROS
+            .saturating_add(check)
+            .saturating_add(PUBLISH_LEEWAY_MICROS)
+    }
 }
 
 impl Default for RotationPolicy {
@@ -107,7 +119,7 @@ impl Keyring {
     /// tokens may still be unexpired.
     pub async fn jwks(&self) -> Result<Vec<Jwk>, ApiError> {
         let keys = self.store.signing_keys().await?;
-        Ok(published(&keys, now_micros())
+        Ok(published(&keys, now_micros(), self.policy.published_for())
             .map(SigningKeyRecord::jwk)
             .collect())
     }
@@ -138,7 +150,9 @@ impl Keyring {
         } else {
             self.adopt(newest)?;
         }
-        let keep: Vec<&str> = published(&keys, now).map(|key| key.kid.as_str()).collect();
+        let keep: Vec<&str> = published(&keys, now, self.policy.published_for())
+            .map(|key| key.kid.as_str())
+            .collect();
         for key in &keys {
             if !keep.contains(&key.kid.as_str()) {
                 self.store.delete_signing_key(&key.kid).await?;
@@ -191,14 +205,19 @@ fn signer(sealer: &KeySealer, key: &SigningKeyRecord) -> Result<Signer, ApiError
 }
 
 /// The keys (given newest first) that are still published at `now`: the newest, and each
-/// older one until its successor has been signing for longer than a token lives.
-fn published(keys: &[SigningKeyRecord], now: i64) -> impl Iterator<Item = &SigningKeyRecord> {
+/// older one until `published_for` ([`RotationPolicy::published_for`]) after its successor
+/// was made.
+fn published(
+    keys: &[SigningKeyRecord],
+    now: i64,
+    published_for: i64,
+) -> impl Iterator<Item = &SigningKeyRecord> {
     keys.iter().enumerate().filter_map(move |(index, key)| {
         let superseded_at = match index {
             0 => return Some(key),
             _ => keys[index - 1].create_time,
         };
-        (now < superseded_at + ACCESS_TOKEN_TTL_MICROS + PUBLISH_LEEWAY_MICROS).then_some(key)
+        (now < superseded_at.saturating_add(published_for)).then_some(key)
     })
 }
 
@@ -250,12 +269,15 @@ mod tests {
     }
 
     fn kids(keys: &[SigningKeyRecord], now: i64) -> Vec<&str> {
-        published(keys, now).map(|key| key.kid.as_str()).collect()
+        let published_for = RotationPolicy::default().published_for();
+        published(keys, now, published_for)
+            .map(|key| key.kid.as_str())
+            .collect()
     }
 
     #[test]
     fn a_superseded_key_is_published_until_its_tokens_expire() {
-        let lifetime = ACCESS_TOKEN_TTL_MICROS + PUBLISH_LEEWAY_MICROS;
+        let lifetime = RotationPolicy::default().published_for();
         let t = lifetime + 500;
         let keys = [key("new", t), key("old", 0), key("older", -10)];
         // `older` was superseded at 0, `old` at t.
@@ -264,5 +286,17 @@ mod tests {
         assert_eq!(kids(&keys, t + lifetime - 1), ["new", "old"]);
         assert_eq!(kids(&keys, t + lifetime), ["new"]);
         assert_eq!(kids(&keys[..1], i64::MAX / 2), ["new"]);
+    }
+
+    #[test]
+    fn the_last_token_a_replica_signs_with_a_superseded_key_can_be_verified_until_it_expires() {
+        let t = 1_000_000_000;
+        let keys = [key("new", t), key("old", 0)];
+        // Another replica learns of `new` at its next check, up to `check_every` later, and
+        // signs with `old` until then; the gateway takes a token 30 s past its `exp`.
+        let check = i64::try_from(RotationPolicy::default().check_every.as_micros()).unwrap();
+        let last_signed = t + check - 1;
+        let last_accepted = last_signed + ACCESS_TOKEN_TTL_MICROS + 30 * 1_000_000;
+        assert_eq!(kids(&keys, last_accepted), ["new", "old"]);
     }
 }

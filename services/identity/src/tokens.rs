@@ -117,13 +117,22 @@ pub fn looks_like_refresh_token(token: &str) -> bool {
 }
 
 /// A signing key: its PKCS#8 private key (as stored: sealed, see `sealing.rs`, or plain) and
-/// the raw 32-byte public key.
-#[derive(Clone, Debug)]
+/// the raw 32-byte public key. Its `Debug` leaves the private key out.
+#[derive(Clone)]
 pub struct SigningKeyRecord {
     pub kid: String,
     pub private_key: Vec<u8>,
     pub public_key: Vec<u8>,
     pub create_time: i64,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("create_time", &self.create_time)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SigningKeyRecord {
