@@ -97,7 +97,8 @@ pub struct GatewayConfig {
     /// `None` serves h2c and plain HTTP/1.1.
     pub public_tls: Option<(PathBuf, PathBuf)>,
     /// How long identity's answer about a tenant (state, limits, usage) is trusted: a suspended
-    /// tenant's credentials keep working for at most this long.
+    /// tenant's credentials keep working for at most this long, or up to 30 s more while
+    /// identity cannot answer (see `tenants.rs`).
     pub tenant_cache_ttl: Duration,
     /// With `tenants.example.com`, a public call to `acme.tenants.example.com` is made in
     /// tenant `acme` (besides tenants' own domains, which always work).

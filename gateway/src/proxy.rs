@@ -168,6 +168,14 @@ impl Proxy {
             // rather than refused: a client that sends its access token with every call must
             // still reach `RefreshToken` once that token has expired.
             Err(ApiError::Unauthenticated { .. }) if public => None,
+            // A refused credential costs its client as a public call does: a forged token is
+            // an Ed25519 check, and no tenant pays for it.
+            Err(error @ ApiError::Unauthenticated { .. }) => {
+                if !charged {
+                    self.admit_client(origin, "credentials the gateway refuses")?;
+                }
+                return Err(error);
+            }
             Err(error) => return Err(error),
         };
         let context = match (verified, public) {
@@ -196,6 +204,7 @@ impl Proxy {
                 }
             }
             (None, false) => {
+                self.admit_client(origin, "calls without a credential")?;
                 return Err(ApiError::Unauthenticated {
                     reason: "UNAUTHENTICATED",
                     message: "this method needs a credential: `authorization: Bearer <token>` or `authorization: ApiKey <key>`"
@@ -220,6 +229,15 @@ impl Proxy {
         let arrived = Instant::now();
         let path = request.uri().path().to_owned();
         if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
+            // Reflection needs no credential and answers with the whole mesh's descriptors,
+            // so a client pays for each stream as for a public call. Health stays free for
+            // probes.
+            if path.starts_with("/grpc.reflection.") {
+                self.admit_client(
+                    request.extensions().get::<ClientOrigin>(),
+                    "reflection streams",
+                )?;
+            }
             let response = self.local.clone().oneshot(request.map(Body::new)).await;
             return Ok(response.unwrap_or_else(|never: Infallible| match never {}));
         }

@@ -18,6 +18,10 @@ use palisade_proto::palisade::identity::v1::{
 use palisade_testkit::{Component, Mesh, eventually, http_request};
 use prost::Message;
 use tonic::{Code, Status, transport::Endpoint};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest,
+};
 use tonic_types::StatusExt;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -514,6 +518,35 @@ async fn a_client_over_its_public_call_rate_is_refused_and_credentials_are_not()
         Code::ResourceExhausted,
     );
     assert_eq!(reason(&key_refused), "CLIENT_RATE_LIMITED");
+    // So do a credential the gateway refuses (a forged token costs a signature check), a
+    // call that needs a credential and has none, and reflection, which needs none.
+    for credential in [Some("Bearer not.a.token"), None] {
+        let mut request = tonic::Request::new(GetUserRequest {
+            name: "tenants/acme/users/nobody".to_owned(),
+        });
+        if let Some(credential) = credential {
+            request
+                .metadata_mut()
+                .insert("authorization", credential.parse()?);
+        }
+        let refused = expect_code(
+            UserServiceClient::new(mesh.gateway())
+                .get_user(request)
+                .await,
+            Code::ResourceExhausted,
+        );
+        assert_eq!(reason(&refused), "CLIENT_RATE_LIMITED", "{credential:?}");
+    }
+    let reflection = ServerReflectionClient::new(mesh.gateway())
+        .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await;
+    assert_eq!(
+        reason(&expect_code(reflection, Code::ResourceExhausted)),
+        "CLIENT_RATE_LIMITED"
+    );
 
     // A public call with a credential pays its tenant's rate, not the client's.
     auth.get_jwks(with_bearer(GetJwksRequest {}, &acme)).await?;

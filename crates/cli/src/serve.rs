@@ -149,7 +149,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PALISADE_PUBLIC_TLS_KEY", requires = "public_tls_cert")]
     public_tls_key: Option<PathBuf>,
     /// gateway: seconds a tenant's state, limits and usage are cached (a suspended tenant's
-    /// credentials keep working for at most this long).
+    /// credentials keep working for at most this long, or up to 30 s more while identity
+    /// cannot answer).
     #[arg(long, env = "PALISADE_TENANT_CACHE_TTL", default_value_t = 5)]
     tenant_cache_ttl: u64,
     /// gateway: a domain whose subdomains name tenants: with `tenants.example.com`, public
