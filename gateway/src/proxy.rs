@@ -50,8 +50,8 @@ pub struct TenantLimits {
     pub directory: TenantDirectory,
     pub rates: RateLimiter<TenantId>,
     pub usage: Arc<UsageMeter>,
-    /// The rate of public calls (`Login`, `RefreshToken`, ...) each client address may make
-    /// without a credential; `None` is unlimited.
+    /// The rate of public calls (`Login`, `RefreshToken`, ...) and reflection streams each
+    /// client address may make without a credential; `None` is unlimited.
     pub public_rate: Option<Rate>,
     pub clients: RateLimiter<ClientKey>,
     /// Refusals by reason (`tenant_suspended`, `tenant_not_active`, `rate_limited`,
@@ -168,14 +168,6 @@ impl Proxy {
             // rather than refused: a client that sends its access token with every call must
             // still reach `RefreshToken` once that token has expired.
             Err(ApiError::Unauthenticated { .. }) if public => None,
-            // A refused credential costs its client as a public call does: a forged token is
-            // an Ed25519 check, and no tenant pays for it.
-            Err(error @ ApiError::Unauthenticated { .. }) => {
-                if !charged {
-                    self.admit_client(origin, "credentials the gateway refuses")?;
-                }
-                return Err(error);
-            }
             Err(error) => return Err(error),
         };
         let context = match (verified, public) {
@@ -204,7 +196,6 @@ impl Proxy {
                 }
             }
             (None, false) => {
-                self.admit_client(origin, "calls without a credential")?;
                 return Err(ApiError::Unauthenticated {
                     reason: "UNAUTHENTICATED",
                     message: "this method needs a credential: `authorization: Bearer <token>` or `authorization: ApiKey <key>`"
@@ -396,8 +387,9 @@ impl Proxy {
     /// A public call without a credential pays no tenant's rate, so its client's address
     /// has one: a client cannot flood `Login` (whose password hashing is what a flood makes
     /// scarce) or the other public methods for everyone else. An API key identity must be
-    /// asked about (`what` says which it is) costs the same. Behind a proxy that hides
-    /// clients' addresses, that proxy is one client; the rate is a setting for that reason.
+    /// asked about, and a reflection stream, cost the same (`what` says which it is). Behind
+    /// a proxy that hides clients' addresses, that proxy is one client; the rate is a setting
+    /// for that reason.
     fn admit_client(&self, origin: Option<&ClientOrigin>, what: &str) -> Result<(), ApiError> {
         let limits = &*self.limits;
         let Some(rate) = limits.public_rate else {

@@ -518,25 +518,8 @@ async fn a_client_over_its_public_call_rate_is_refused_and_credentials_are_not()
         Code::ResourceExhausted,
     );
     assert_eq!(reason(&key_refused), "CLIENT_RATE_LIMITED");
-    // So do a credential the gateway refuses (a forged token costs a signature check), a
-    // call that needs a credential and has none, and reflection, which needs none.
-    for credential in [Some("Bearer not.a.token"), None] {
-        let mut request = tonic::Request::new(GetUserRequest {
-            name: "tenants/acme/users/nobody".to_owned(),
-        });
-        if let Some(credential) = credential {
-            request
-                .metadata_mut()
-                .insert("authorization", credential.parse()?);
-        }
-        let refused = expect_code(
-            UserServiceClient::new(mesh.gateway())
-                .get_user(request)
-                .await,
-            Code::ResourceExhausted,
-        );
-        assert_eq!(reason(&refused), "CLIENT_RATE_LIMITED", "{credential:?}");
-    }
+    // So does a reflection stream, which needs no credential and answers with the whole
+    // mesh's descriptors.
     let reflection = ServerReflectionClient::new(mesh.gateway())
         .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
             host: String::new(),

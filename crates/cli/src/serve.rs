@@ -114,8 +114,8 @@ pub struct ServeArgs {
         default_value_t = palisade_gateway::IDLE_TIMEOUT.as_secs()
     )]
     idle_timeout: u64,
-    /// gateway: public calls (`Login`, `RefreshToken`, ...) one client address may make per
-    /// second without a credential; 0 is unlimited (for a gateway behind a proxy that hides
+    /// gateway: public calls (`Login`, `RefreshToken`, ...) and reflection streams one client
+    /// address may make per second without a credential; 0 is unlimited (for a gateway behind a proxy that hides
     /// clients' addresses, whose calls would all share one rate).
     #[arg(
         long,

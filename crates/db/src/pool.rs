@@ -30,7 +30,8 @@ pub struct DbConfig {
     /// `sqlite://<path>?mode=rwc` or `postgres://user@host:port/db`.
     pub url: String,
     /// PostgreSQL only: a schema to put first on every connection's `search_path` (created if
-    /// missing, unless [`DbConfig::existing`]), so several services can share one database. Ignored on SQLite (one file per service).
+    /// missing, unless [`DbConfig::existing`]), so several services can share one database.
+    /// Ignored on SQLite (one file per service).
     pub schema: Option<String>,
     pub max_connections: u32,
     /// Whether connecting creates what is missing: the SQLite file (and its directory), the

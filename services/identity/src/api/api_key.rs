@@ -257,10 +257,12 @@ impl ApiKeyService for ApiKeyApi {
             .await?;
         // Stamped now that the limit's count holds the tenant's row, not when the request was
         // read: keys list by (create time, id), and a key stamped before a later-stamped one
-        // commits would appear behind a page already read. The expiry stays as validated (a
-        // `ttl` counts from the request): moved by the wait, it could pass the maximum
-        // lifetime or the calling key's own expiry.
-        key.create_time = key.create_time.max(now_micros());
+        // commits would appear behind a page already read. A `ttl` counts from the stamp.
+        let waited = now_micros().saturating_sub(key.create_time).max(0);
+        key.create_time += waited;
+        if request.ttl.is_some() {
+            key.expire_time = key.expire_time.saturating_add(waited);
+        }
         self.store.insert_api_key(&mut tx, &key).await?;
         let attributes = vec![
             ("owner", key.owner_name()),
