@@ -92,7 +92,7 @@ impl TrustedProxies {
         TrustedProxies(blocks)
     }
 
-    fn trusts(&self, address: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, address: IpAddr) -> bool {
         self.0.iter().any(|block| block.contains(address))
     }
 

@@ -7,6 +7,7 @@
 //! and reflection for the whole mesh itself.
 
 mod access_tokens;
+mod address_caps;
 mod auth;
 mod backends;
 mod cors;
@@ -42,6 +43,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+pub use address_caps::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
 pub use forwarded::IpBlock;
 
 pub const COMPONENT: &str = "gateway";
@@ -112,6 +114,9 @@ pub struct GatewayConfig {
     /// Proxies in front of the gateway (load balancers) whose `X-Forwarded-For` names the
     /// client; a client's own address otherwise, whatever it sends.
     pub trusted_proxies: Vec<IpBlock>,
+    /// Open connections one client address (IPv6: /64) may hold; trusted proxies are not
+    /// capped; 0 is no cap.
+    pub max_connections_per_address: usize,
 }
 
 /// Serves the public port until stopped. Readiness follows identity, without which no
@@ -184,14 +189,18 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     )?;
     let openapi = bytes::Bytes::from(serde_json::to_vec(&openapi)?);
     let cors = cors::Cors::new(&config.cors_allowed_origins);
-    let trusted_proxies = forwarded::TrustedProxies::new(config.trusted_proxies.clone());
+    let trusted_proxies = Arc::new(forwarded::TrustedProxies::new(
+        config.trusted_proxies.clone(),
+    ));
+    let address_caps =
+        address_caps::AddressCaps::new(config.max_connections_per_address, trusted_proxies.clone());
     let edge = edge::Edge::new(
         proxy,
         observe,
         Arc::new(rest),
         Arc::new(cors),
         openapi,
-        Arc::new(trusted_proxies),
+        trusted_proxies,
     );
     let (mesh, tls, metrics) = (config.mesh, config.tls, kit.metrics.clone());
     let workers = workers::Workers::start(
@@ -209,7 +218,7 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            server::serve(listener, workers, shutdown.wait()).await;
+            server::serve(listener, workers, address_caps, shutdown.wait()).await;
             // The calls served are counted; report the last of them before going.
             let _ = stop_usage.send(());
             let _ = usage_reports.await;

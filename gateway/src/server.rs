@@ -2,7 +2,8 @@
 //! HTTP/1.1 (REST, gRPC-Web) on one port, or both over TLS when a certificate is configured.
 //! The accept loop only accepts: each connection is served by a connection worker (see
 //! `workers.rs`), where the TLS handshake runs too, so a slow client never holds up the loop.
-//! Connections are capped, so slow or silent clients are timed out: the TLS handshake, the
+//! Connections are capped, in all and per client address (`address_caps.rs`), so slow or
+//! silent clients are timed out: the TLS handshake, the
 //! first call (`idle.rs`), HTTP/1 request headers and REST bodies each have a deadline.
 //! A connection on which nothing happens for the idle timeout is closed (`idle.rs`).
 //! Shutdown lets in-flight calls finish for a grace period, then cuts the rest.
@@ -11,11 +12,16 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::workers::Workers;
+use crate::{address_caps::AddressCaps, workers::Workers};
 
 const MAX_CONNECTIONS: usize = 10_000;
 
-pub async fn serve(listener: TcpListener, workers: Workers, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    workers: Workers,
+    address_caps: AddressCaps,
+    shutdown: impl Future<Output = ()>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -35,8 +41,14 @@ pub async fn serve(listener: TcpListener, workers: Workers, shutdown: impl Futur
             },
             () = &mut shutdown => break,
         };
+        // Closed at once (the client sees the connection end before any byte): refused
+        // before any worker spends a TLS handshake or an HTTP parser on it.
+        let Ok(address_slot) = address_caps.admit(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: its address holds its cap of connections");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        workers.dispatch(stream, peer, permit);
+        workers.dispatch(stream, peer, (permit, address_slot));
     }
     drop(listener);
     tracing::info!("draining gateway connections");

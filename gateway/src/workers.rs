@@ -31,6 +31,7 @@ use tokio::{
 };
 
 use crate::{
+    address_caps::AddressSlot,
     edge::Edge,
     idle::{Activity, Tracked},
     public_tls::PublicTls,
@@ -68,7 +69,7 @@ struct Accepted {
 }
 
 struct OpenConnection {
-    _permit: OwnedSemaphorePermit,
+    _places: (OwnedSemaphorePermit, Option<AddressSlot>),
     open: Arc<AtomicUsize>,
 }
 
@@ -120,7 +121,14 @@ impl Workers {
     }
 
     /// Hands a new connection to the worker with the fewest open connections.
-    pub fn dispatch(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    /// `places` are the connection's among all the gateway's and its address's, held until
+    /// it closes.
+    pub fn dispatch(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        places: (OwnedSemaphorePermit, Option<AddressSlot>),
+    ) {
         let worker = self
             .workers
             .iter()
@@ -128,7 +136,7 @@ impl Workers {
             .expect("at least one worker runs");
         worker.open.fetch_add(1, Ordering::Relaxed);
         let open = OpenConnection {
-            _permit: permit,
+            _places: places,
             open: worker.open.clone(),
         };
         // Deregistered from the acceptor's runtime; the worker registers it with its own.

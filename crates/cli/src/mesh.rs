@@ -136,6 +136,8 @@ pub struct MeshOptions {
     pub public_call_rate: Option<palisade_gateway::PublicCallRate>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<palisade_gateway::IpBlock>,
+    /// Open gateway connections per client address; 0 is no cap.
+    pub max_connections_per_address: usize,
     /// Browser origins allowed to call the gateway's REST and gRPC-Web routes (CORS).
     pub cors_allowed_origins: Vec<String>,
     /// PEM certificate chain and key for TLS on the gateway's public port; `None`: h2c.
@@ -167,6 +169,7 @@ impl MeshOptions {
             idle_timeout: palisade_gateway::IDLE_TIMEOUT,
             public_call_rate: Some(palisade_gateway::PublicCallRate::DEFAULT),
             trusted_proxies: Vec::new(),
+            max_connections_per_address: palisade_gateway::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             cors_allowed_origins: Vec::new(),
             public_tls: None,
             login_lockout: LockoutPolicy::default(),
@@ -355,6 +358,7 @@ impl LocalMesh {
             idle_timeout: options.idle_timeout,
             public_call_rate: options.public_call_rate,
             trusted_proxies: options.trusted_proxies.clone(),
+            max_connections_per_address: options.max_connections_per_address,
             cors_allowed_origins: options.cors_allowed_origins.clone(),
             public_tls: options.public_tls.clone(),
             login_lockout: options.login_lockout,
@@ -388,6 +392,7 @@ pub struct ComponentSettings {
     pub idle_timeout: Duration,
     pub public_call_rate: Option<palisade_gateway::PublicCallRate>,
     pub trusted_proxies: Vec<palisade_gateway::IpBlock>,
+    pub max_connections_per_address: usize,
     pub cors_allowed_origins: Vec<String>,
     /// The gateway's public-port certificate and key (PEM), if it speaks TLS.
     pub public_tls: Option<(PathBuf, PathBuf)>,
@@ -423,6 +428,7 @@ pub async fn start_component(
         idle_timeout,
         public_call_rate,
         trusted_proxies,
+        max_connections_per_address,
         cors_allowed_origins,
         public_tls,
         login_lockout,
@@ -479,6 +485,7 @@ pub async fn start_component(
                 workers: gateway_workers,
                 public_call_rate,
                 trusted_proxies,
+                max_connections_per_address,
             };
             palisade_gateway::start(listeners, config)
                 .await

@@ -137,6 +137,15 @@ pub struct ServeArgs {
     /// client's header on untouched would let clients choose the address they are counted as.
     #[arg(long, env = "PALISADE_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<palisade_gateway::IpBlock>,
+    /// gateway: open connections one client address (IPv6: one /64) may hold on the public
+    /// port, so one client cannot take every connection; trusted proxies are not capped; 0 is
+    /// no cap.
+    #[arg(
+        long,
+        env = "PALISADE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = palisade_gateway::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    )]
+    max_connections_per_address: usize,
     /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST and
     /// gRPC-Web routes; none by default, which sends no CORS headers.
     #[arg(long, env = "PALISADE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -253,6 +262,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         ),
         trusted_proxies: args.trusted_proxies,
+        max_connections_per_address: args.max_connections_per_address,
         cors_allowed_origins: args.cors_allowed_origins,
         public_tls: args.public_tls_cert.zip(args.public_tls_key),
         login_lockout: LockoutPolicy {

@@ -41,6 +41,7 @@ pub struct MeshBuilder {
     idle_timeout: Option<Duration>,
     public_call_rate: Option<palisade::PublicCallRate>,
     trusted_proxies: Vec<palisade::IpBlock>,
+    max_connections_per_address: Option<usize>,
     cors_allowed_origins: Vec<String>,
     public_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     login_lockout: Option<palisade::LockoutPolicy>,
@@ -124,6 +125,12 @@ impl MeshBuilder {
         self
     }
 
+    /// How many open connections the gateway lets one client address hold.
+    pub fn with_max_connections_per_address(mut self, limit: usize) -> MeshBuilder {
+        self.max_connections_per_address = Some(limit);
+        self
+    }
+
     /// How many public calls without a credential the gateway lets one client address make.
     pub fn with_public_call_rate(mut self, per_second: u32, burst: u32) -> MeshBuilder {
         self.public_call_rate = Some(palisade::PublicCallRate { per_second, burst });
@@ -180,6 +187,9 @@ impl MeshBuilder {
         }
         options.tenant_base_domain = self.tenant_base_domain.clone();
         options.trusted_proxies = self.trusted_proxies.clone();
+        if let Some(limit) = self.max_connections_per_address {
+            options.max_connections_per_address = limit;
+        }
         if let Some(lifetime) = self.api_key_max_lifetime {
             options.api_key_max_lifetime = lifetime;
         }
