@@ -5,15 +5,25 @@
 //!
 //! Addresses are counted as the public-call rate counts them: IPv4 per address, IPv6 per /64
 //! ([`ClientKey`]). Trusted proxies (`--trusted-proxies`) are not capped: their connections
-//! carry many clients.
+//! carry many clients. This stops one address, not an attacker with many (ten IPv4
+//! addresses, or a /56 of IPv6, fill every slot); the per-call limits still hold for those.
+//! Refusals are counted (`palisade_gateway_throttled_total{reason="connections_per_address"}`)
+//! and logged at most once a minute, so a NAT or a balancer that hides clients' addresses
+//! behind the cap shows up.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
+use palisade_telemetry::LabeledCounter;
+
 use crate::{forwarded::TrustedProxies, limits::ClientKey};
+
+/// At most one warning per this long about refused connections.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The default cap: a tenth of the gateway's connections, far beyond what one browser or
 /// service opens, room for a few hundred users behind one NAT address.
@@ -25,6 +35,8 @@ pub struct AddressCaps {
     limit: usize,
     trusted: Arc<TrustedProxies>,
     open: Arc<Mutex<HashMap<ClientKey, usize>>>,
+    refused: LabeledCounter,
+    last_warning: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A connection's place in its address's count, given back when dropped.
@@ -34,12 +46,15 @@ pub struct AddressSlot {
 }
 
 impl AddressCaps {
-    /// At most `limit` open connections per address; 0 is no cap.
-    pub fn new(limit: usize, trusted: Arc<TrustedProxies>) -> AddressCaps {
+    /// At most `limit` open connections per address; 0 is no cap. Refusals are counted in
+    /// `refused`.
+    pub fn new(limit: usize, trusted: Arc<TrustedProxies>, refused: LabeledCounter) -> AddressCaps {
         AddressCaps {
             limit,
             trusted,
             open: Arc::default(),
+            refused,
+            last_warning: Arc::default(),
         }
     }
 
@@ -56,6 +71,8 @@ impl AddressCaps {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = open.entry(key).or_insert(0);
         if *count >= self.limit {
+            drop(open);
+            self.refuse(key);
             return Err(());
         }
         *count += 1;
@@ -63,6 +80,23 @@ impl AddressCaps {
             key,
             open: self.open.clone(),
         }))
+    }
+}
+
+impl AddressCaps {
+    fn refuse(&self, key: ClientKey) {
+        self.refused.inc("connections_per_address");
+        let now = Instant::now();
+        let mut last = (self.last_warning.lock()).unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
+            *last = Some(now);
+            tracing::warn!(
+                client = %key,
+                limit = self.limit,
+                "connection refused: its address holds --max-connections-per-address \
+                 (behind a NAT or a balancer that hides clients' addresses, raise it or set 0)"
+            );
+        }
     }
 }
 
@@ -88,7 +122,9 @@ mod tests {
 
     fn caps(limit: usize, trusted: &[&str]) -> AddressCaps {
         let blocks = trusted.iter().map(|block| block.parse().unwrap()).collect();
-        AddressCaps::new(limit, Arc::new(TrustedProxies::new(blocks)))
+        let metrics = palisade_telemetry::ComponentMetrics::new("gateway");
+        let refused = metrics.labeled_counter("refused", "refused connections", "reason");
+        AddressCaps::new(limit, Arc::new(TrustedProxies::new(blocks)), refused)
     }
 
     fn ip(text: &str) -> IpAddr {

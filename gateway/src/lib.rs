@@ -137,6 +137,12 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         config.jwks_refresh,
     );
     let usage = Arc::new(usage::UsageMeter::new(backends.identity()));
+    let throttled = kit.metrics.labeled_counter(
+        "palisade_gateway_throttled",
+        "Calls the gateway refused for their tenant's state, rate or monthly quota or their \
+         client's rate, and connections over their address's cap, by reason",
+        "reason",
+    );
     let limits = proxy::TenantLimits {
         directory: tenants::TenantDirectory::new(
             backends.identity(),
@@ -150,11 +156,7 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         }),
         clients: limits::RateLimiter::for_clients(),
         usage: usage.clone(),
-        throttled: kit.metrics.labeled_counter(
-            "palisade_gateway_throttled",
-            "Calls the gateway refused for their tenant's state, rate or monthly quota, by reason",
-            "reason",
-        ),
+        throttled: throttled.clone(),
     };
     let (stop_usage, usage_stopped) = tokio::sync::oneshot::channel::<()>();
     let usage_reports = tokio::spawn(usage.run(async {
@@ -192,8 +194,11 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     let trusted_proxies = Arc::new(forwarded::TrustedProxies::new(
         config.trusted_proxies.clone(),
     ));
-    let address_caps =
-        address_caps::AddressCaps::new(config.max_connections_per_address, trusted_proxies.clone());
+    let address_caps = address_caps::AddressCaps::new(
+        config.max_connections_per_address,
+        trusted_proxies.clone(),
+        throttled,
+    );
     let edge = edge::Edge::new(
         proxy,
         observe,

@@ -1,10 +1,10 @@
 //! The public listener: HTTP/2 with prior knowledge (h2c, what gRPC clients speak) and
 //! HTTP/1.1 (REST, gRPC-Web) on one port, or both over TLS when a certificate is configured.
-//! The accept loop only accepts: each connection is served by a connection worker (see
-//! `workers.rs`), where the TLS handshake runs too, so a slow client never holds up the loop.
-//! Connections are capped, in all and per client address (`address_caps.rs`), so slow or
-//! silent clients are timed out: the TLS handshake, the
-//! first call (`idle.rs`), HTTP/1 request headers and REST bodies each have a deadline.
+//! The accept loop only accepts, or refuses a client address over its cap of connections
+//! (`address_caps.rs`): each connection is served by a connection worker (see `workers.rs`),
+//! where the TLS handshake runs too, so a slow client never holds up the loop. Connections
+//! are capped, so slow or silent clients are timed out: the TLS handshake, the first call
+//! (`idle.rs`), HTTP/1 request headers and REST bodies each have a deadline.
 //! A connection on which nothing happens for the idle timeout is closed (`idle.rs`).
 //! Shutdown lets in-flight calls finish for a grace period, then cuts the rest.
 
@@ -44,7 +44,6 @@ pub async fn serve(
         // Closed at once (the client sees the connection end before any byte): refused
         // before any worker spends a TLS handshake or an HTTP parser on it.
         let Ok(address_slot) = address_caps.admit(peer.ip()) else {
-            tracing::debug!(%peer, "connection refused: its address holds its cap of connections");
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -56,8 +56,16 @@ async fn an_address_over_its_cap_is_closed_until_one_of_its_connections_ends() -
         closed_at_once(&mut third).await?,
         "a third connection was kept"
     );
-    // The two it holds still work.
+    // The two it holds still work, and the refusal is counted.
     assert!(answers(&mut second, gateway).await?);
+    let (_, metrics) = mesh.admin_get(Component::Gateway, "/metrics").await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("palisade_gateway_throttled_total")
+                && line.ends_with(r#"reason="connections_per_address"} 1"#)),
+        "{metrics}"
+    );
 
     // Once one closes (and the gateway has seen it close), a new one is served.
     drop(first);
