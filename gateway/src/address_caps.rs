@@ -81,9 +81,7 @@ impl AddressCaps {
             open: self.open.clone(),
         }))
     }
-}
 
-impl AddressCaps {
     fn refuse(&self, key: ClientKey) {
         self.refused.inc("connections_per_address");
         let now = Instant::now();

@@ -115,8 +115,8 @@ pub struct ServeArgs {
     )]
     idle_timeout: u64,
     /// gateway: public calls (`Login`, `RefreshToken`, ...) and reflection streams one client
-    /// address may make per second without a credential; 0 is unlimited (for a gateway behind a proxy that hides
-    /// clients' addresses, whose calls would all share one rate).
+    /// address may make per second without a credential; 0 is unlimited (for a gateway behind
+    /// a proxy that hides clients' addresses, whose calls would all share one rate).
     #[arg(
         long,
         env = "PALISADE_PUBLIC_CALLS_PER_SECOND",

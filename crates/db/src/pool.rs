@@ -42,14 +42,9 @@ pub struct DbConfig {
 }
 
 impl DbConfig {
-    /// The file of the embedded default: `<data_dir>/<service>.db`.
-    pub fn sqlite_file(data_dir: &Path, service: &str) -> PathBuf {
-        data_dir.join(format!("{service}.db"))
-    }
-
-    /// The embedded default ([`DbConfig::sqlite_file`]), created on connect if missing.
+    /// The embedded default: `<data_dir>/<service>.db`, created on connect if missing.
     pub fn sqlite_in(data_dir: &Path, service: &str) -> DbConfig {
-        let path = DbConfig::sqlite_file(data_dir, service);
+        let path = data_dir.join(format!("{service}.db"));
         // An absolute path keeps the URL unambiguous: `sqlite://data/x.db` would read `data` as a
         // host to a generic URL parser.
         let path = std::path::absolute(&path).unwrap_or(path);

@@ -2,9 +2,9 @@
 //! [`ARGON2_ITERATIONS`], p = 1), on threads of its own at the lowest CPU priority (see
 //! `hashing_threads.rs`), by default one for every two cores: a flood of logins takes CPU that
 //! other RPCs leave idle, never more than half of it, and queues for a free thread instead of
-//! taking the runtime's. Each thread hashes in
-//! Argon2 memory of its own, allocated once ([`with_memory`]). Passwords are hashed, checked
-//! and judged by the policy in Unicode NFKC form ([`normalized`]).
+//! taking the runtime's. Each thread hashes in Argon2 memory of its own, allocated once
+//! ([`with_memory`]). Passwords are hashed, checked and judged by the policy in Unicode NFKC
+//! form ([`normalized`]).
 
 use std::{borrow::Cow, cell::RefCell};
 
