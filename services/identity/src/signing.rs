@@ -5,11 +5,16 @@
 //! signs and the old one stays published until every token it signed has expired (the access
 //! token lifetime plus a leeway after it was superseded), after which it is deleted. Replicas
 //! share the keys through the database: each adopts the newest stored key when it checks, so
-//! two replicas rotating at once only leave one extra published key. Private keys are stored
-//! sealed under the deployment's KEK when it has one (`sealing.rs`).
+//! two replicas rotating at once only leave one extra published key. A replica that cannot
+//! check for a while (a database it cannot read, a newer key sealed under a KEK it lacks) stops
+//! signing before the key it holds could be deleted under it. Private keys are stored sealed
+//! under the deployment's KEK when it has one (`sealing.rs`).
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -29,6 +34,11 @@ use crate::{
 /// between identity and the verifiers (60 s).
 const PUBLISH_LEEWAY_MICROS: i64 = 90 * 1_000_000;
 
+/// How long past its next due check a replica may go on signing when the check fails. Keeps
+/// clear of [`PUBLISH_LEEWAY_MICROS`], whose 60 s for clock skew this spends half of
+/// ([`RotationPolicy::signs_for`]).
+const SIGNING_GRACE_MICROS: i64 = 30 * 1_000_000;
+
 /// When keys rotate.
 #[derive(Clone, Copy, Debug)]
 pub struct RotationPolicy {
@@ -42,10 +52,24 @@ impl RotationPolicy {
     /// How long a key stays published after a newer one is made: other replicas may go on
     /// signing with it until their next check, and each token signed then lives its lifetime.
     fn published_for(&self) -> i64 {
-        let check = i64::try_from(self.check_every.as_micros()).unwrap_or(i64::MAX);
         ACCESS_TOKEN_TTL_MICROS
-            .saturating_add(check)
+            .saturating_add(self.check_every_micros())
             .saturating_add(PUBLISH_LEEWAY_MICROS)
+    }
+
+    /// How long after its last successful check a replica may sign with the key it holds.
+    ///
+    /// The check at `c` found that key newest, so another replica superseded it (if at all) at
+    /// some `r > c`, and deletes it `published_for` after `r`. A token signed before
+    /// `c + check_every + 30 s` expires before `r + TTL + check_every + 30 s`; the gateway takes
+    /// it 30 s longer, which still leaves 30 s before the key is gone.
+    fn signs_for(&self) -> i64 {
+        self.check_every_micros()
+            .saturating_add(SIGNING_GRACE_MICROS)
+    }
+
+    fn check_every_micros(&self) -> i64 {
+        i64::try_from(self.check_every.as_micros()).unwrap_or(i64::MAX)
     }
 }
 
@@ -64,6 +88,8 @@ pub struct Keyring {
     sealer: KeySealer,
     /// The key that signs now and when it was made.
     current: RwLock<(Arc<Signer>, i64)>,
+    /// When the last successful [`Keyring::refresh`] read the stored keys (µs since the epoch).
+    checked_at: AtomicI64,
 }
 
 impl Keyring {
@@ -98,13 +124,31 @@ impl Keyring {
             store,
             policy,
             sealer,
+            checked_at: AtomicI64::new(i64::MIN),
         };
         keyring.refresh().await?;
         Ok(keyring)
     }
 
-    pub fn signer(&self) -> Arc<Signer> {
-        self.current.read().expect("keyring lock").0.clone()
+    /// The key to sign with now; `UNAVAILABLE` while this replica's view of the keys is too old
+    /// to be sure that key stays published as long as a token signed now lives
+    /// ([`RotationPolicy::signs_for`]).
+    pub fn signer(&self) -> Result<Arc<Signer>, ApiError> {
+        self.signer_at(now_micros())
+    }
+
+    fn signer_at(&self, now: i64) -> Result<Arc<Signer>, ApiError> {
+        let checked_at = self.checked_at.load(Ordering::Acquire);
+        if now > checked_at.saturating_add(self.policy.signs_for()) {
+            return Err(ApiError::Unavailable {
+                message: format!(
+                    "identity cannot sign tokens: it has not been able to check its signing \
+                     keys for {} s (see its log); try again later",
+                    now.saturating_sub(checked_at) / 1_000_000
+                ),
+            });
+        }
+        Ok(self.current.read().expect("keyring lock").0.clone())
     }
 
     /// Makes a new key sign from now on (an operator's early rotation, e.g. after a suspected
@@ -138,6 +182,7 @@ impl Keyring {
     /// One rotation check: adopt a newer stored key, rotate a due one, delete keys no token
     /// can need any more.
     pub async fn refresh(&self) -> Result<(), ApiError> {
+        // Taken before the read: the view is as old as the moment it began.
         let now = now_micros();
         let keys = self.store.signing_keys().await?;
         let Some(newest) = keys.first() else {
@@ -150,6 +195,8 @@ impl Keyring {
         } else {
             self.adopt(newest)?;
         }
+        // Signing needs only this far: the key it uses is the newest there was at `now`.
+        self.checked_at.fetch_max(now, Ordering::AcqRel);
         let keep: Vec<&str> = published(&keys, now, self.policy.published_for())
             .map(|key| key.kid.as_str())
             .collect();
@@ -298,5 +345,45 @@ mod tests {
         let last_signed = t + check - 1;
         let last_accepted = last_signed + ACCESS_TOKEN_TTL_MICROS + 30 * 1_000_000;
         assert_eq!(kids(&keys, last_accepted), ["new", "old"]);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_cannot_check_its_keys_stops_signing_before_its_key_may_be_deleted()
+    -> Result<(), palisade_grpc::BoxError> {
+        let dir = tempfile::tempdir()?;
+        let db =
+            palisade_db::Db::connect(&palisade_db::DbConfig::sqlite_in(dir.path(), "id")).await?;
+        db.migrate(&crate::migrations()).await?;
+        let store = IdentityStore::new(db.clone());
+        let policy = RotationPolicy::default();
+        let loaded = now_micros();
+        let keyring = Keyring::load(store.clone(), policy, KeySealer::unsealed()).await?;
+        let signs_until = loaded + policy.signs_for();
+        assert!(keyring.signer_at(signs_until).is_ok());
+
+        // A newer key this replica cannot open (as one sealed under a KEK it lacks): each check
+        // fails, and the key it signs with may be deleted `published_for` after the newer one.
+        let mut unusable = SigningKeyRecord::generate(now_micros())?;
+        unusable.private_key = b"not a key".to_vec();
+        let mut tx = db.begin().await?;
+        store.insert_signing_key(&mut tx, &unusable).await?;
+        tx.commit().await?;
+        assert!(keyring.refresh().await.is_err());
+        let refused = keyring.signer_at(now_micros() + policy.signs_for());
+        assert!(matches!(refused, Err(ApiError::Unavailable { .. })));
+        let superseded_at = unusable.create_time;
+        assert!(
+            now_micros() + policy.signs_for() + ACCESS_TOKEN_TTL_MICROS + 30 * 1_000_000
+                < superseded_at + policy.published_for(),
+            "the last token it could sign outlives its key"
+        );
+
+        // A check that succeeds again lets it sign again.
+        store.delete_signing_key(&unusable.kid).await?;
+        let checked = now_micros();
+        keyring.refresh().await?;
+        assert!(keyring.signer_at(checked + policy.signs_for()).is_ok());
+        db.close().await;
+        Ok(())
     }
 }

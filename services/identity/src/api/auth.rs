@@ -86,7 +86,7 @@ impl AuthApi {
     ) -> Result<AuthTokens, ApiError> {
         let session_end = self.session_end(started);
         let claims = Claims::for_user(user, family, now, session_end);
-        let access_token = self.keys.signer().sign(&claims)?;
+        let access_token = self.keys.signer()?.sign(&claims)?;
         let (refresh_token, hash) = tokens::new_refresh_token();
         let refresh_expire = (now + REFRESH_TOKEN_TTL_MICROS).min(session_end);
         self.store
@@ -283,6 +283,9 @@ impl AuthApi {
         // unknown email makes the same claim on a user id that matches no row: on SQLite the
         // claim waits for the one writer, so skipping it would answer unknown emails faster
         // whenever writes queue.
+        // A login that could not be signed now is refused before it is claimed, so that it
+        // counts as no failed attempt.
+        self.keys.signer()?;
         let claimed_for = found.as_ref().map_or(NO_USER, |(user, _)| user.id.as_str());
         let claim = self
             .store
