@@ -1,6 +1,6 @@
 //! The public listener: HTTP/2 with prior knowledge (h2c, what gRPC clients speak) and
 //! HTTP/1.1 (REST, gRPC-Web) on one port, or both over TLS when a certificate is configured.
-//! The accept loop only accepts, or refuses a client address over its cap of connections
+//! The accept loop only accepts, or resets a connection from a client address over its cap
 //! (`address_caps.rs`): each connection is served by a connection worker (see `workers.rs`),
 //! where the TLS handshake runs too, so a slow client never holds up the loop. Connections
 //! are capped, so slow or silent clients are timed out: the TLS handshake, the first call
@@ -41,9 +41,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        // Closed at once (the client sees the connection end before any byte): refused
-        // before any worker spends a TLS handshake or an HTTP parser on it.
+        // Reset at once (the client sees the connection end before any byte): refused
+        // before any worker spends a TLS handshake or an HTTP parser on it. A reset, not a
+        // close, so a client retrying in a loop leaves the gateway no `TIME_WAIT` per refusal.
         let Ok(address_slot) = address_caps.admit(peer.ip()) else {
+            let _ = stream.set_zero_linger();
             continue;
         };
         let _ = stream.set_nodelay(true);
