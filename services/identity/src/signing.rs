@@ -29,15 +29,19 @@ use crate::{
     tokens::{ACCESS_TOKEN_TTL_MICROS, Claims, Signer, SigningKeyRecord},
 };
 
-/// How long a superseded key stays published beyond the last token it may have signed: for
-/// verifiers that take a token a little past its `exp` (the gateway: 30 s) and for clock skew
-/// between identity and the verifiers (60 s).
+/// How long a superseded key stays published beyond the last token a replica that checks on
+/// time may have signed with it: for verifiers that take a token a little past its `exp` (the
+/// gateway: 30 s), for a replica whose check is late or failing ([`SIGNING_GRACE_MICROS`])
+/// and for clock skew between identity and the verifiers (30 s).
 const PUBLISH_LEEWAY_MICROS: i64 = 90 * 1_000_000;
 
-/// How long past its next due check a replica may go on signing when the check fails. Keeps
-/// clear of [`PUBLISH_LEEWAY_MICROS`], whose 60 s for clock skew this spends half of
-/// ([`RotationPolicy::signs_for`]).
+/// How long past its next due check a replica may go on signing while its checks fail
+/// ([`RotationPolicy::signs_for`]); it retries every [`RETRY_FAILED_CHECK`] meanwhile, so a
+/// short database outage does not stop logins.
 const SIGNING_GRACE_MICROS: i64 = 30 * 1_000_000;
+
+/// How soon a failed check is tried again.
+const RETRY_FAILED_CHECK: Duration = Duration::from_secs(5);
 
 /// When keys rotate.
 #[derive(Clone, Copy, Debug)]
@@ -59,10 +63,12 @@ impl RotationPolicy {
 
     /// How long after its last successful check a replica may sign with the key it holds.
     ///
-    /// The check at `c` found that key newest, so another replica superseded it (if at all) at
-    /// some `r > c`, and deletes it `published_for` after `r`. A token signed before
-    /// `c + check_every + 30 s` expires before `r + TTL + check_every + 30 s`; the gateway takes
-    /// it 30 s longer, which still leaves 30 s before the key is gone.
+    /// The check at `c` found that key newest, so another replica superseded it (if at all)
+    /// with a key stamped `r`, which `c` did not see: `r > c`, or `r` a little before `c` when
+    /// that key's transaction was still committing (`add_key` stamps it once the transaction
+    /// has its connection). The key held is deleted `published_for` after `r`. A token signed
+    /// before `c + check_every + 30 s` expires before `r + TTL + check_every + 30 s`; the
+    /// gateway takes it 30 s longer, which leaves 30 s, less the commit's time, for skew.
     fn signs_for(&self) -> i64 {
         self.check_every_micros()
             .saturating_add(SIGNING_GRACE_MICROS)
@@ -137,15 +143,21 @@ impl Keyring {
         self.signer_at(now_micros())
     }
 
+    /// Whether [`Keyring::signer`] will still answer `within` from now: for work that must not
+    /// begin (and count) when its token could not be signed at its end.
+    pub fn ensure_signing_for(&self, within: Duration) -> Result<(), ApiError> {
+        let within = i64::try_from(within.as_micros()).unwrap_or(i64::MAX);
+        self.signer_at(now_micros().saturating_add(within))
+            .map(drop)
+    }
+
     fn signer_at(&self, now: i64) -> Result<Arc<Signer>, ApiError> {
         let checked_at = self.checked_at.load(Ordering::Acquire);
         if now > checked_at.saturating_add(self.policy.signs_for()) {
             return Err(ApiError::Unavailable {
-                message: format!(
-                    "identity cannot sign tokens: it has not been able to check its signing \
-                     keys for {} s (see its log); try again later",
-                    now.saturating_sub(checked_at) / 1_000_000
-                ),
+                message: "identity cannot sign tokens now: its signing keys could not be \
+                          checked lately; try again later"
+                    .to_owned(),
             });
         }
         Ok(self.current.read().expect("keyring lock").0.clone())
@@ -188,15 +200,14 @@ impl Keyring {
         let Some(newest) = keys.first() else {
             return Ok(());
         };
+        self.adopt(newest)?;
+        // Signing needs only this far: the key it uses is the newest there was at `now`.
+        self.checked_at.fetch_max(now, Ordering::AcqRel);
         let rotate_after = i64::try_from(self.policy.rotate_after.as_micros()).unwrap_or(i64::MAX);
         if now.saturating_sub(newest.create_time) >= rotate_after {
             let key = add_key(&self.store, &self.sealer, "scheduled", None).await?;
             self.adopt(&key)?;
-        } else {
-            self.adopt(newest)?;
         }
-        // Signing needs only this far: the key it uses is the newest there was at `now`.
-        self.checked_at.fetch_max(now, Ordering::AcqRel);
         let keep: Vec<&str> = published(&keys, now, self.policy.published_for())
             .map(|key| key.kid.as_str())
             .collect();
@@ -209,24 +220,28 @@ impl Keyring {
         Ok(())
     }
 
-    /// Runs `refresh` every `check_every` until `stop` resolves.
+    /// Runs `refresh` every `check_every`, and every [`RETRY_FAILED_CHECK`] after one fails,
+    /// until `stop` resolves.
     pub fn spawn(
         self: Arc<Self>,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             tokio::pin!(stop);
-            let mut ticks = tokio::time::interval(self.policy.check_every);
-            ticks.tick().await;
+            let mut wait = self.policy.check_every;
             loop {
                 tokio::select! {
                     _ = &mut stop => return,
-                    _ = ticks.tick() => {
-                        if let Err(error) = self.refresh().await {
-                            tracing::warn!(%error, "signing key check failed");
-                        }
-                    }
+                    () = tokio::time::sleep(wait) => {}
                 }
+                wait = match self.refresh().await {
+                    Ok(()) => self.policy.check_every,
+                    Err(error) => {
+                        tracing::warn!(%error, "signing key check failed; tokens are signed for \
+                             30 s past the next due check, then refused until a check succeeds");
+                        RETRY_FAILED_CHECK.min(self.policy.check_every)
+                    }
+                };
             }
         })
     }
@@ -276,12 +291,14 @@ async fn add_key(
     reason: &str,
     actor: Option<&Principal>,
 ) -> Result<SigningKeyRecord, ApiError> {
+    let mut tx = store.db().begin().await.map_err(ApiError::from)?;
+    // Stamped once the transaction has its connection, so that checks see the key soon after
+    // its stamp ([`RotationPolicy::signs_for`]).
     let mut key = SigningKeyRecord::generate(now_micros())?;
     key.private_key = sealer.seal(&key.kid, &key.private_key)?;
     let identity = Principal::new(crate::COMPONENT.to_owned(), PrincipalKind::Service);
     let system = TenantId::system();
     let resource = format!("tenants/system/signingKeys/{}", key.kid);
-    let mut tx = store.db().begin().await.map_err(ApiError::from)?;
     store.insert_signing_key(&mut tx, &key).await?;
     let record = AuditRecord {
         tenant: &system,
@@ -356,10 +373,10 @@ mod tests {
         db.migrate(&crate::migrations()).await?;
         let store = IdentityStore::new(db.clone());
         let policy = RotationPolicy::default();
-        let loaded = now_micros();
+        let loading = now_micros();
         let keyring = Keyring::load(store.clone(), policy, KeySealer::unsealed()).await?;
-        let signs_until = loaded + policy.signs_for();
-        assert!(keyring.signer_at(signs_until).is_ok());
+        let loaded = now_micros();
+        assert!(keyring.signer_at(loading + policy.signs_for()).is_ok());
 
         // A newer key this replica cannot open (as one sealed under a KEK it lacks): each check
         // fails, and the key it signs with may be deleted `published_for` after the newer one.
@@ -368,15 +385,14 @@ mod tests {
         let mut tx = db.begin().await?;
         store.insert_signing_key(&mut tx, &unusable).await?;
         tx.commit().await?;
+        let failing = now_micros();
         assert!(keyring.refresh().await.is_err());
-        let refused = keyring.signer_at(now_micros() + policy.signs_for());
+        let refused = keyring.signer_at(failing + policy.signs_for());
         assert!(matches!(refused, Err(ApiError::Unavailable { .. })));
-        let superseded_at = unusable.create_time;
-        assert!(
-            now_micros() + policy.signs_for() + ACCESS_TOKEN_TTL_MICROS + 30 * 1_000_000
-                < superseded_at + policy.published_for(),
-            "the last token it could sign outlives its key"
-        );
+        // The last token it signs (by `loaded + signs_for` at the latest) expires, and the
+        // gateway's 30 s past that end, before the key it holds may be deleted.
+        let last_accepted = loaded + policy.signs_for() + ACCESS_TOKEN_TTL_MICROS + 30 * 1_000_000;
+        assert!(last_accepted < unusable.create_time + policy.published_for());
 
         // A check that succeeds again lets it sign again.
         store.delete_signing_key(&unusable.kid).await?;

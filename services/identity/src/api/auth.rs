@@ -1,7 +1,7 @@
 //! `AuthService`: password login, JWKS and signing-key rotation here; refresh-token rotation
 //! with reuse detection, logout and token revocation in `auth_tokens.rs`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
@@ -35,6 +35,9 @@ use crate::{
 /// The user id an unknown email's login claims its attempt for: user ids are UUIDs, so it
 /// matches no row.
 const NO_USER: &str = "";
+/// How long a login may take between its claim and its signature (checking a password waits
+/// for a hashing thread, and its writes for the database).
+const SIGNING_MARGIN: Duration = Duration::from_secs(10);
 
 pub struct AuthApi {
     pub(super) store: IdentityStore,
@@ -56,7 +59,7 @@ impl AuthApi {
         passwords: Passwords,
         keys: Arc<Keyring>,
         lockout: LockoutPolicy,
-        session_max_lifetime: std::time::Duration,
+        session_max_lifetime: Duration,
     ) -> AuthApi {
         AuthApi {
             store,
@@ -283,9 +286,9 @@ impl AuthApi {
         // unknown email makes the same claim on a user id that matches no row: on SQLite the
         // claim waits for the one writer, so skipping it would answer unknown emails faster
         // whenever writes queue.
-        // A login that could not be signed now is refused before it is claimed, so that it
-        // counts as no failed attempt.
-        self.keys.signer()?;
+        // A login whose token could not be signed when its password has been checked is
+        // refused before its attempt is claimed, so that it counts as no failure.
+        self.keys.ensure_signing_for(SIGNING_MARGIN)?;
         let claimed_for = found.as_ref().map_or(NO_USER, |(user, _)| user.id.as_str());
         let claim = self
             .store
