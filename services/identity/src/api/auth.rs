@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     lockout::LockoutPolicy,
-    passwords::Passwords,
+    passwords::{Passwords, needs_rehash},
     signing::Keyring,
     store::{IdentityStore, PasswordAttempt},
     tenants::TenantRecord,
@@ -357,6 +357,23 @@ impl AuthApi {
             return Err(invalid_login().into());
         }
         let (user, verified_hash) = found.expect("refused above when missing");
+        // A hash made otherwise than identity makes them now (imported, or from before a change
+        // of parameters) is made again while the password is at hand. A login is not refused
+        // for want of it: the old hash stays until the next one.
+        let rehashed = match needs_rehash(&verified_hash) {
+            false => None,
+            true => match self
+                .passwords
+                .rehash(&verified_hash, &request.password)
+                .await
+            {
+                Ok(rehashed) => Some(rehashed),
+                Err(error) => {
+                    tracing::warn!(%error, user = %user.id, "password hash not upgraded");
+                    None
+                }
+            },
+        };
         let family = uuid::Uuid::now_v7().to_string();
         let principal = user_principal(&user);
         let resource = user.name();
@@ -368,7 +385,13 @@ impl AuthApi {
         // attempt as one).
         match self
             .store
-            .lock_user_for_sign_in(&mut tx, &user.tenant_id, &user.id, &verified_hash)
+            .lock_user_for_sign_in(
+                &mut tx,
+                &user.tenant_id,
+                &user.id,
+                &verified_hash,
+                rehashed.as_deref(),
+            )
             .await?
         {
             Some(current) if current.state == UserState::Active => {}
@@ -390,7 +413,14 @@ impl AuthApi {
             outcome: Outcome::Success,
             request_id: request_id.as_ref(),
             source: crate::COMPONENT,
-            attributes: vec![("token_family", family.clone())],
+            attributes: [("token_family", family.clone())]
+                .into_iter()
+                .chain(
+                    rehashed
+                        .is_some()
+                        .then(|| ("password_rehashed", "true".to_owned())),
+                )
+                .collect(),
         };
         palisade_audit::commit_with(tx, &audit, &self.relay)
             .await

@@ -86,6 +86,11 @@ impl IdentityStore {
     /// judges the row as the change left it). A login that then refuses rolls the clearing
     /// back with its transaction.
     ///
+    /// `rehashed`, the same password hashed with identity's current parameters
+    /// (`Passwords::rehash`), replaces the verified hash. Logins racing to upgrade one hash
+    /// make the same string, so the hash may also be `rehashed` already: that is another
+    /// login's upgrade, not a change of password.
+    ///
     /// [`lock_user`]: Self::lock_user
     /// [`clear_failed_logins`]: Self::clear_failed_logins
     pub async fn lock_user_for_sign_in(
@@ -94,16 +99,18 @@ impl IdentityStore {
         tenant: &TenantId,
         id: &str,
         verified_hash: &str,
+        rehashed: Option<&str>,
     ) -> Result<Option<UserRecord>, ApiError> {
         let sql = format!(
-            "UPDATE users SET {FORGET_FAILURES} \
-             WHERE tenant_id = $1 AND id = $2 AND password_hash = $3 \
+            "UPDATE users SET {FORGET_FAILURES}, password_hash = COALESCE($4, password_hash) \
+             WHERE tenant_id = $1 AND id = $2 AND (password_hash = $3 OR password_hash = $4) \
              RETURNING {USER_COLUMNS}"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(id)
             .bind(verified_hash)
+            .bind(rehashed)
             .fetch_optional(conn)
             .await
             .map_err(internal)?;
