@@ -57,8 +57,10 @@ async fn a_hash_with_old_parameters_is_upgraded_when_its_user_signs_in() -> anyh
             password: password.into(),
         };
         let mut auth = AuthServiceClient::new(mesh.gateway());
-        // Both check the old hash before either stores the new one (one hashing thread
-        // takes their checks, then their rehashes, in turn); the second finds the first's.
+        // With one hashing thread (identity's default on 2 cores), both check the old hash
+        // before either stores the new one: the thread takes their checks, then their
+        // rehashes, in turn, and the second finds the first's. With more threads the logins
+        // may not overlap so; both must sign in either way.
         let (mut one, mut other) = (auth.clone(), auth.clone());
         let (first, second) =
             tokio::join!(one.login(login(PASSWORD)), other.login(login(PASSWORD)));

@@ -64,7 +64,7 @@ impl Passwords {
 
     /// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) of `password` with a fresh salt.
     pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
-        self.hash_with_salt(password, rand::random::<[u8; 16]>())
+        self.hash_with_salt(password, rand::random::<[u8; SALT_LEN]>())
             .await
     }
 
@@ -77,12 +77,16 @@ impl Passwords {
             .chain_update(REHASH_SALT_CONTEXT)
             .chain_update(stored)
             .finalize();
-        let mut salt = [0u8; 16];
-        salt.copy_from_slice(&digest[..16]);
+        let mut salt = [0u8; SALT_LEN];
+        salt.copy_from_slice(&digest[..SALT_LEN]);
         self.hash_with_salt(password, salt).await
     }
 
-    async fn hash_with_salt(&self, password: &str, salt: [u8; 16]) -> Result<String, ApiError> {
+    async fn hash_with_salt(
+        &self,
+        password: &str,
+        salt: [u8; SALT_LEN],
+    ) -> Result<String, ApiError> {
         let password = normalized(password).into_owned();
         self.threads
             .run(move || {
@@ -116,11 +120,16 @@ impl Passwords {
     }
 }
 
+/// Bytes of salt in the hashes identity makes (RFC 9106 recommends 16); a stored hash with
+/// less is made again ([`needs_rehash`]).
+const SALT_LEN: usize = 16;
+
 /// What a rehash's salt is derived from besides the hash it replaces.
 const REHASH_SALT_CONTEXT: &[u8] = b"palisade identity: rehash salt v1\0";
 
 /// Whether `stored`, a PHC string a password has just matched, was made otherwise than
-/// identity makes hashes now: another algorithm, version, parameters or output length (a hash
+/// identity makes hashes now: another algorithm, version, parameters, output length or a
+/// shorter salt (a hash
 /// imported with a tenant's data, or made before a change of parameters). Its user's password
 /// is then hashed again at sign-in ([`Passwords::rehash`]). A string that does not parse
 /// matches no password, so never needs this.
@@ -135,10 +144,16 @@ pub fn needs_rehash(stored: &str) -> bool {
             == (current.m_cost(), current.t_cost(), current.p_cost())
     });
     let output_len = current.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+    let salt_len = stored
+        .salt
+        .and_then(|salt| salt.decode_b64(&mut salt_bytes).ok())
+        .map_or(0, <[u8]>::len);
     stored.algorithm != Algorithm::Argon2id.ident()
         || stored.version != Some(Version::V0x13.into())
         || !same_params
         || stored.hash.is_none_or(|hash| hash.len() != output_len)
+        || salt_len < SALT_LEN
 }
 
 /// Half the available cores (which respects a container's CPU limit), at least one.
@@ -382,6 +397,13 @@ mod tests {
         let long_output = Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, 1, Some(64)).unwrap();
         assert!(needs_rehash(&crate_hash(long_output, "pass word", &salt)));
         assert!(!needs_rehash("not a hash"));
+        let short_salt = SaltString::encode_b64(b"8 bytes!").unwrap();
+        let current_params = argon2().params().clone();
+        assert!(needs_rehash(&crate_hash(
+            current_params,
+            "pass word",
+            &short_salt
+        )));
 
         let rehashed = passwords.rehash(&imported, "pass word").await.unwrap();
         assert!(!needs_rehash(&rehashed));

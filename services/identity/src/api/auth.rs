@@ -38,6 +38,9 @@ const NO_USER: &str = "";
 /// How long a login may take between its claim and its signature (checking a password waits
 /// for a hashing thread, and its writes for the database).
 const SIGNING_MARGIN: Duration = Duration::from_secs(10);
+/// How long a login waits to upgrade its user's password hash (`needs_rehash`); a rehash that
+/// has not begun by then is dropped (`HashingThreads::run`).
+const REHASH_WAIT: Duration = Duration::from_secs(2);
 
 pub struct AuthApi {
     pub(super) store: IdentityStore,
@@ -358,21 +361,25 @@ impl AuthApi {
         }
         let (user, verified_hash) = found.expect("refused above when missing");
         // A hash made otherwise than identity makes them now (imported, or from before a change
-        // of parameters) is made again while the password is at hand. A login is not refused
-        // for want of it: the old hash stays until the next one.
+        // of parameters) is made again while the password is at hand. A login is not refused,
+        // nor held long in a queue of logins, for want of it: the old hash stays until the
+        // next one.
         let rehashed = match needs_rehash(&verified_hash) {
             false => None,
-            true => match self
-                .passwords
-                .rehash(&verified_hash, &request.password)
-                .await
-            {
-                Ok(rehashed) => Some(rehashed),
-                Err(error) => {
-                    tracing::warn!(%error, user = %user.id, "password hash not upgraded");
-                    None
+            true => {
+                let rehash = self.passwords.rehash(&verified_hash, &request.password);
+                match tokio::time::timeout(REHASH_WAIT, rehash).await {
+                    Ok(Ok(rehashed)) => Some(rehashed),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, user = %user.id, "password hash not upgraded");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::info!(user = %user.id, "password hash not upgraded: hashing is busy");
+                        None
+                    }
                 }
-            },
+            }
         };
         let family = uuid::Uuid::now_v7().to_string();
         let principal = user_principal(&user);
