@@ -9,7 +9,9 @@
 //!
 //! Rates and quotas apply to calls made with a tenant's credential. Public calls are not
 //! charged to the tenant their host names: anyone can make them, so charging them would let
-//! strangers use up a tenant's quota.
+//! strangers use up a tenant's quota. For the same reason a public call made with a
+//! credential whose tenant is out of rate or quota is not refused: it is made as a stranger's.
+//! A user can always sign out.
 
 use std::{
     convert::Infallible,
@@ -171,30 +173,11 @@ impl Proxy {
             Err(error) => return Err(error),
         };
         let context = match (verified, public) {
-            (Some(context), _) => {
-                self.admit(&context.tenant_id).await?;
-                Some(context)
-            }
-            // No principal: the tenant only tells public calls such as `Login` whose they are.
-            (None, true) => {
-                // Unless the client already paid for this call, asking about its key.
-                if !charged {
-                    self.admit_client(origin, "public calls without a credential")?;
-                }
-                match host {
-                    Some(host) => {
-                        self.limits
-                            .directory
-                            .by_host(host)
-                            .await
-                            .map(|tenant| TenantContext {
-                                tenant_id: tenant.id.clone(),
-                                principal: None,
-                            })
-                    }
-                    None => None,
-                }
-            }
+            (Some(context), _) => match self.admit(&context.tenant_id, public).await? {
+                Admission::Admitted => Some(context),
+                Admission::AsStranger => self.public_context(origin, host, charged).await?,
+            },
+            (None, true) => self.public_context(origin, host, charged).await?,
             (None, false) => {
                 return Err(ApiError::Unauthenticated {
                     reason: "UNAUTHENTICATED",
@@ -204,6 +187,33 @@ impl Proxy {
             }
         };
         Ok(context)
+    }
+
+    /// The context of a public call made without a principal: no one's, or the tenant its
+    /// host name names, once the client is within its own rate (unless it has `charged` for
+    /// this call already, asking about its key). The tenant only tells public calls such as
+    /// `Login` whose they are.
+    async fn public_context(
+        &self,
+        origin: Option<&ClientOrigin>,
+        host: Option<&str>,
+        charged: bool,
+    ) -> Result<Option<TenantContext>, ApiError> {
+        if !charged {
+            self.admit_client(origin, "public calls without a credential")?;
+        }
+        let Some(host) = host else {
+            return Ok(None);
+        };
+        Ok(self
+            .limits
+            .directory
+            .by_host(host)
+            .await
+            .map(|tenant| TenantContext {
+                tenant_id: tenant.id.clone(),
+                principal: None,
+            }))
     }
 
     async fn route<B>(
@@ -347,8 +357,17 @@ impl Proxy {
     /// tenant's tokens stop working within the directory's TTL), within its rate, and within
     /// its monthly quota, which then counts the call. O(1), without awaiting identity, while
     /// the directory's answer is cached.
-    async fn admit(&self, tenant: &TenantId) -> Result<(), ApiError> {
+    ///
+    /// Anyone may make a `public` call without a credential, so a tenant out of rate or quota
+    /// does not stop one made with its credential (a user signing out, revoking a token): it
+    /// is made as a stranger's would be ([`Admission::AsStranger`]). A suspended tenant's
+    /// credential is still refused.
+    async fn admit(&self, tenant: &TenantId, public: bool) -> Result<Admission, ApiError> {
         let limits = &*self.limits;
+        let as_stranger = |reason: &'static str| {
+            tracing::debug!(%tenant, reason, "public call made as without a credential");
+            Ok(Admission::AsStranger)
+        };
         let refuse = |reason: &'static str, error: ApiError| {
             limits.throttled.inc(reason);
             tracing::debug!(%tenant, reason, "call refused at the edge");
@@ -374,13 +393,25 @@ impl Proxy {
         if let Some(rate) = edge.rate
             && let Err(wait) = limits.rates.check(tenant, rate, Instant::now())
         {
+            if public {
+                return as_stranger("rate_limited");
+            }
             return Err(refuse("rate_limited", rate_limited(tenant, rate, wait)));
         }
-        limits
-            .usage
-            .admit(&edge, now_micros())
-            .map_err(|error| refuse("quota_exceeded", error))
+        match limits.usage.admit(&edge, now_micros()) {
+            Ok(()) => Ok(Admission::Admitted),
+            Err(_) if public => as_stranger("quota_exceeded"),
+            Err(error) => Err(refuse("quota_exceeded", error)),
+        }
     }
+}
+
+/// What [`Proxy::admit`] lets a call with a credential do.
+enum Admission {
+    /// Go on in its tenant's context, counted in its quota.
+    Admitted,
+    /// Go on as a public call without a credential (its tenant is out of rate or quota).
+    AsStranger,
 }
 
 impl Proxy {
