@@ -134,3 +134,94 @@ impl IdentityStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use palisade_db::{Db, DbConfig};
+    use palisade_grpc::BoxError;
+    use palisade_proto::palisade::identity::v1::{Plan, TenantState, UserState};
+
+    use super::*;
+    use crate::tenants::TenantRecord;
+
+    /// Stands for a hash made otherwise, which logins upgrade to `UPGRADED`.
+    const OLD: &str = "$argon2id$v=19$m=1024,t=1,p=1$old";
+    const UPGRADED: &str = "$argon2id$v=19$m=19456,t=2,p=1$upgraded";
+
+    async fn sign_in(
+        store: &IdentityStore,
+        user: &UserRecord,
+        verified: &str,
+        rehashed: Option<&str>,
+    ) -> Result<bool, BoxError> {
+        let mut tx = store.db().begin().await?;
+        let signed_in = store
+            .lock_user_for_sign_in(&mut tx, &user.tenant_id, &user.id, verified, rehashed)
+            .await?
+            .is_some();
+        tx.commit().await?;
+        Ok(signed_in)
+    }
+
+    async fn stored_hash(store: &IdentityStore) -> Result<String, BoxError> {
+        Ok(sqlx::query_scalar("SELECT password_hash FROM users")
+            .fetch_one(store.db().pool())
+            .await?)
+    }
+
+    #[tokio::test]
+    async fn a_login_takes_another_logins_upgrade_of_the_hash_it_checked_but_not_a_new_password()
+    -> Result<(), BoxError> {
+        let dir = tempfile::tempdir()?;
+        let db = Db::connect(&DbConfig::sqlite_in(dir.path(), "identity")).await?;
+        db.migrate(&crate::migrations()).await?;
+        let store = IdentityStore::new(db.clone());
+        let tenant = TenantRecord {
+            id: TenantId::parse("acme")?,
+            display_name: "Acme".into(),
+            plan: Plan::Free,
+            state: TenantState::Active,
+            region: "eu".into(),
+            domain: None,
+            feature_overrides: Default::default(),
+            limit_overrides: Default::default(),
+            create_time: 0,
+            update_time: 0,
+        };
+        let user = UserRecord {
+            id: "ada".into(),
+            tenant_id: tenant.id.clone(),
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            state: UserState::Active,
+            roles: Vec::new(),
+            create_time: 0,
+            update_time: 0,
+            locked_until: None,
+        };
+        let mut tx = db.begin().await?;
+        store.insert_tenant(&mut tx, &tenant).await?;
+        store.insert_user(&mut tx, &user, OLD).await?;
+        tx.commit().await?;
+
+        // Two logins checked the old hash; the first stores the upgrade, the second finds it.
+        assert!(sign_in(&store, &user, OLD, Some(UPGRADED)).await?);
+        assert_eq!(stored_hash(&store).await?, UPGRADED);
+        assert!(sign_in(&store, &user, OLD, Some(UPGRADED)).await?);
+        // A login that checked the upgraded hash keeps it.
+        assert!(sign_in(&store, &user, UPGRADED, None).await?);
+        assert_eq!(stored_hash(&store).await?, UPGRADED);
+
+        // A password changed meanwhile is neither the checked hash nor its upgrade.
+        let mut tx = db.begin().await?;
+        store
+            .set_password_hash(&mut tx, &user, "$argon2id$v=19$m=19456,t=2,p=1$new", 1)
+            .await?;
+        tx.commit().await?;
+        assert!(!sign_in(&store, &user, OLD, Some(UPGRADED)).await?);
+        assert!(!sign_in(&store, &user, UPGRADED, None).await?);
+        assert!(stored_hash(&store).await?.ends_with("$new"));
+        db.close().await;
+        Ok(())
+    }
+}
