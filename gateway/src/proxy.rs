@@ -4,8 +4,9 @@
 //! charged, so a malformed `grpc-timeout` costs no quota, and counted from the call's arrival:
 //! it bounds the steps below, and the backend gets what is left) → authentication → the
 //! credential's tenant: in service, within its rate, within its monthly quota (the call is
-//! counted) — or, for a public call without a credential, the tenant its host name names →
-//! tenant context → message size → backend.
+//! counted) — or, for a public call without a credential (or with one whose tenant is out of
+//! rate or quota), the tenant its host name names, within its client's rate → tenant context →
+//! message size → backend.
 //!
 //! Rates and quotas apply to calls made with a tenant's credential. Public calls are not
 //! charged to the tenant their host names: anyone can make them, so charging them would let
@@ -53,7 +54,8 @@ pub struct TenantLimits {
     pub rates: RateLimiter<TenantId>,
     pub usage: Arc<UsageMeter>,
     /// The rate of public calls (`Login`, `RefreshToken`, ...) and reflection streams each
-    /// client address may make without a credential; `None` is unlimited.
+    /// client address may make without a credential (or with one whose tenant is out of rate
+    /// or quota); `None` is unlimited.
     pub public_rate: Option<Rate>,
     pub clients: RateLimiter<ClientKey>,
     /// Refusals by reason (`tenant_suspended`, `tenant_not_active`, `rate_limited`,
@@ -155,7 +157,8 @@ impl Proxy {
 
     /// The tenant context a request is made in, once its client and tenant are admitted: the
     /// verified credential's, within its tenant's rate and quota; for a public method without
-    /// one, the tenant its host name names (if any), within the client's own rate.
+    /// one, or with one whose tenant is out of rate or quota, the tenant its host name names
+    /// (if any), within the client's own rate.
     async fn admitted_context(
         &self,
         headers: &http::HeaderMap,
@@ -365,7 +368,7 @@ impl Proxy {
     async fn admit(&self, tenant: &TenantId, public: bool) -> Result<Admission, ApiError> {
         let limits = &*self.limits;
         let as_stranger = |reason: &'static str| {
-            tracing::debug!(%tenant, reason, "public call made as without a credential");
+            tracing::debug!(%tenant, reason, "public call made as one without a credential");
             Ok(Admission::AsStranger)
         };
         let refuse = |reason: &'static str, error: ApiError| {
