@@ -206,6 +206,11 @@ async fn deleting_a_tenant_takes_everything_identity_holds() -> anyhow::Result<(
             ["name"]
         );
 
+        // A guess at an email that has no account leaves a row, deleted with the tenant.
+        let unknown_email = AuthServiceClient::new(mesh.gateway())
+            .login(login_request("acme", "nobody@acme.example"))
+            .await;
+        expect_code(unknown_email, Code::Unauthenticated);
         tenants
             .update_tenant(mesh.as_operator(state_change("acme", TenantState::Suspended)))
             .await?;
@@ -235,6 +240,7 @@ async fn deleting_a_tenant_takes_everything_identity_holds() -> anyhow::Result<(
             "api_keys",
             "token_families",
             "tenant_usage",
+            "unknown_email_attempts",
             "tenants",
         ] {
             let column = if table == "tenants" {

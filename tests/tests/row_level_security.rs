@@ -11,9 +11,9 @@ mod common;
 use common::{audit_events_arrived, new_tenant};
 use palisade_db::{Db, Scope};
 use palisade_proto::palisade::identity::v1::{
-    CreateUserRequest, Plan, ReportUsageRequest, TenantCalls, User,
-    edge_service_client::EdgeServiceClient, tenant_service_client::TenantServiceClient,
-    user_service_client::UserServiceClient,
+    CreateUserRequest, LoginRequest, Plan, ReportUsageRequest, TenantCalls, User,
+    auth_service_client::AuthServiceClient, edge_service_client::EdgeServiceClient,
+    tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
 };
 use palisade_tenancy::{
     Principal, PrincipalKind, RequestId, TenantContext, TenantId, with_context,
@@ -89,6 +89,15 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
                 }],
             })
             .await?;
+        // A login attempt on an email that matches no user leaves a row too.
+        let unknown_email = AuthServiceClient::new(mesh.gateway())
+            .login(LoginRequest {
+                tenant_id: id.to_owned(),
+                email: format!("nobody@{id}.example"),
+                password: "a guess at a password".into(),
+            })
+            .await;
+        assert!(unknown_email.is_err());
     }
 
     for (component, tables) in [
@@ -98,7 +107,12 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
         ),
         (
             Component::Identity,
-            &["users", "user_roles", "tenant_usage"][..],
+            &[
+                "users",
+                "user_roles",
+                "tenant_usage",
+                "unknown_email_attempts",
+            ][..],
         ),
     ] {
         let service = mesh.service_db(component).await?;

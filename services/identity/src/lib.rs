@@ -176,7 +176,7 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     )
     .add_service(
         ApiKeyServiceServer::new(api::ApiKeyApi::new(
-            store,
+            store.clone(),
             relay.clone(),
             authz.clone(),
             key_rules,
@@ -197,6 +197,10 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         let rotation = keys.spawn(async {
             let _ = rotation_stopped.await;
         });
+        let (stop_sweeper, sweeper_stopped) = oneshot::channel::<()>();
+        let sweeper = lockout::spawn_sweeper(store, config.lockout, async {
+            let _ = sweeper_stopped.await;
+        });
         let (stop_relay, relay_stopped) = oneshot::channel::<()>();
         let relay_task = relay.spawn(ComplianceSink::new(compliance), async {
             let _ = relay_stopped.await;
@@ -207,6 +211,8 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         // The server has drained, so no new events can arrive: the relay makes a last flush.
         let _ = stop_rotation.send(());
         let _ = rotation.await;
+        let _ = stop_sweeper.send(());
+        let _ = sweeper.await;
         let _ = stop_relay.send(());
         let _ = relay_task.await;
         kit.stop().await;

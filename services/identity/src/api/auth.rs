@@ -115,23 +115,23 @@ impl AuthApi {
             .map_err(ApiError::from)
     }
 
-    /// Records that `user` has just been locked out: by the refused attempt whose claim
-    /// reached the limit, whatever refused it (exactly once per lock, whatever the
-    /// parallelism).
+    /// Records that `resource` (a user, or for an unknown email its tenant) has just been
+    /// locked out: by the refused attempt whose claim reached the limit, whatever refused it
+    /// (exactly once per lock, whatever the parallelism).
     async fn audit_lockout(
         &self,
         tenant: &TenantId,
-        user: &UserRecord,
+        resource: &str,
         request_id: Option<&RequestId>,
     ) -> Result<(), ApiError> {
-        tracing::warn!(tenant = %tenant, user = %user.id, "login locked out after repeated failures");
+        tracing::warn!(tenant = %tenant, resource, "login locked out after repeated failures");
         let lock_seconds = self.lockout.lock_for.as_secs().to_string();
         self.audit_alone(&AuditRecord {
             tenant,
             actor_tenant: tenant,
             actor: None,
             action: "identity.auth.lockout",
-            resource: &user.name(),
+            resource,
             outcome: Outcome::Denied,
             request_id,
             source: crate::COMPONENT,
@@ -282,21 +282,35 @@ impl AuthApi {
             None => None,
         };
         let now = now_micros();
+        // A login whose token could not be signed when its password has been checked is
+        // refused before its attempt is claimed, so that it counts as no failure.
+        self.keys.ensure_signing_for(SIGNING_MARGIN)?;
         // The attempt is claimed (counted as a failure) before the password is checked, so
         // parallel guesses cannot outnumber the lockout's limit. A locked account's password
         // is still hashed, and the answer ignored: refusing it sooner than an unknown email
         // (hashed against a decoy) would tell the email exists. For the same reason an
-        // unknown email makes the same claim on a user id that matches no row: on SQLite the
-        // claim waits for the one writer, so skipping it would answer unknown emails faster
-        // whenever writes queue.
-        // A login whose token could not be signed when its password has been checked is
-        // refused before its attempt is claimed, so that it counts as no failure.
-        self.keys.ensure_signing_for(SIGNING_MARGIN)?;
-        let claimed_for = found.as_ref().map_or(NO_USER, |(user, _)| user.id.as_str());
-        let claim = self
-            .store
-            .claim_password_attempt(claimed_for, now, &self.lockout)
-            .await?;
+        // unknown email's attempt is claimed as a user's is, in a row of its own, and locks
+        // alike: a claim that writes takes longer (on PostgreSQL it waits for the WAL flush,
+        // on SQLite for the one writer), so one that wrote nothing would answer unknown emails
+        // sooner. An unknown tenant's refusal writes no audit event either, so it is quicker
+        // anyway; its claim matches no row, which still waits for SQLite's writer.
+        let claim = match (&found, &tenant) {
+            (Some((user, _)), _) => {
+                (self.store)
+                    .claim_password_attempt(&user.id, now, &self.lockout)
+                    .await?
+            }
+            (None, Some(tenant)) => {
+                (self.store)
+                    .claim_unknown_email_attempt(tenant, &email, now, &self.lockout)
+                    .await?
+            }
+            (None, None) => {
+                (self.store)
+                    .claim_password_attempt(NO_USER, now, &self.lockout)
+                    .await?
+            }
+        };
         let attempt = found.is_some().then_some(claim);
         let locked = attempt == Some(PasswordAttempt::Refused);
         let matches = self
@@ -330,7 +344,8 @@ impl AuthApi {
             // A right password refused for another reason (a suspended tenant, a disabled
             // user) stays counted: such a user cannot sign in either way. Whichever refused
             // attempt reached the limit locked the account, and that is audited.
-            let locked_out = attempt == Some(PasswordAttempt::Counted { locks: true });
+            // An unknown email's lock is audited too, so that its attempt writes as a user's.
+            let locked_out = claim == PasswordAttempt::Counted { locks: true };
             // An unknown tenant has no audit log to write to; the refusal is only logged.
             if let Some(tenant) = &tenant {
                 let resource = found
@@ -349,8 +364,11 @@ impl AuthApi {
                 })
                 .await?;
             }
-            if let (Some(tenant), Some((user, _)), true) = (&tenant, &found, locked_out) {
-                self.audit_lockout(tenant, user, request_id.as_ref())
+            if let (Some(tenant), true) = (&tenant, locked_out) {
+                let resource = found
+                    .as_ref()
+                    .map_or_else(|| format!("tenants/{tenant}"), |(user, _)| user.name());
+                self.audit_lockout(tenant, &resource, request_id.as_ref())
                     .await?;
             }
             tracing::info!(tenant = %request.tenant_id, reason = refusal, "login refused");

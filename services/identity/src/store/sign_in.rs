@@ -1,8 +1,12 @@
 //! Login attempts against the lockout: claiming an attempt before its password is checked, and
-//! forgetting the failures once a password proves right.
+//! forgetting the failures once a password proves right. Attempts on an email that matches no
+//! user are claimed alike, in `unknown_email_attempts`, so that they write what a known
+//! user's do.
 
+use palisade_db::Scope;
 use palisade_grpc::ApiError;
 use palisade_tenancy::TenantId;
+use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::{
@@ -24,6 +28,32 @@ pub enum PasswordAttempt {
 /// The assignments that forget a user's failed logins and lift its lock.
 const FORGET_FAILURES: &str = "failed_logins = 0, failure_window_start = NULL, locked_until = NULL";
 
+/// A claim's assignments to a row of `table` (`users` or `unknown_email_attempts`), whose
+/// columns they read as the row was before the statement (on both backends; named with their
+/// table, which an upsert's PostgreSQL needs): counted, and locked until `$4` by the claim that
+/// reaches `$3` failures. A claim starts a new window of failures when there is none yet, the
+/// last has passed (`$2` is the oldest start still open) or its lock has expired (`$1` is now).
+fn claim_assignments(table: &str) -> String {
+    let new_window = format!(
+        "({table}.failure_window_start IS NULL OR {table}.failure_window_start < $2 \
+         OR ({table}.locked_until IS NOT NULL AND {table}.locked_until <= $1))"
+    );
+    format!(
+        "failed_logins = CASE WHEN {new_window} THEN 1 ELSE {table}.failed_logins + 1 END, \
+         failure_window_start = \
+           CASE WHEN {new_window} THEN $1 ELSE {table}.failure_window_start END, \
+         locked_until = CASE \
+           WHEN (CASE WHEN {new_window} THEN 1 ELSE {table}.failed_logins + 1 END) = $3 THEN $4 \
+           WHEN {new_window} THEN NULL \
+           ELSE {table}.locked_until END"
+    )
+}
+
+/// How an email is kept in `unknown_email_attempts`: the hex SHA-256 of its normalized form.
+fn email_sha256(email: &str) -> String {
+    hex::encode(Sha256::digest(email.as_bytes()))
+}
+
 impl IdentityStore {
     /// Claims one password attempt for the user before its password is checked, in a single
     /// atomic statement: refused while the account is locked; otherwise counted as a failure
@@ -41,29 +71,63 @@ impl IdentityStore {
         now: i64,
         policy: &crate::lockout::LockoutPolicy,
     ) -> Result<PasswordAttempt, ApiError> {
-        // CASE expressions read the row as it was before this UPDATE, on both backends.
-        const NEW_WINDOW: &str = "(failure_window_start IS NULL OR failure_window_start < $2 \
-             OR (locked_until IS NOT NULL AND locked_until <= $1))";
         let sql = format!(
-            "UPDATE users SET \
-               failed_logins = CASE WHEN {NEW_WINDOW} THEN 1 ELSE failed_logins + 1 END, \
-               failure_window_start = CASE WHEN {NEW_WINDOW} THEN $1 ELSE failure_window_start END, \
-               locked_until = CASE \
-                 WHEN (CASE WHEN {NEW_WINDOW} THEN 1 ELSE failed_logins + 1 END) = $3 THEN $4 \
-                 WHEN {NEW_WINDOW} THEN NULL \
-                 ELSE locked_until END \
+            "UPDATE users SET {} \
              WHERE id = $5 AND (locked_until IS NULL OR locked_until <= $1) \
-             RETURNING failed_logins"
+             RETURNING failed_logins",
+            claim_assignments("users")
         );
-        // On SQLite's writer connection (`Db::single_write`), not a pooled one: an autocommit
-        // write there waits for the lock in SQLite's busy handler, asleep while holding a
-        // connection that readers need, and a login flood then starves them.
-        let row = sqlx::query(AssertSqlSafe(sql))
+        self.claim(sql, &[user_id], now, policy).await
+    }
+
+    /// Claims one attempt on `email` (normalized), which matches no user of `tenant`, as
+    /// [`claim_password_attempt`] claims a user's: counted in a row of its own, created by the
+    /// first attempt, and refused while that row is locked. Nothing reads these counts but
+    /// the claims; they make an unknown email's attempt write, and lock, as a known one's does.
+    ///
+    /// [`claim_password_attempt`]: Self::claim_password_attempt
+    pub async fn claim_unknown_email_attempt(
+        &self,
+        tenant: &TenantId,
+        email: &str,
+        now: i64,
+        policy: &crate::lockout::LockoutPolicy,
+    ) -> Result<PasswordAttempt, ApiError> {
+        let sql = format!(
+            "INSERT INTO unknown_email_attempts \
+               (tenant_id, email_sha256, failed_logins, failure_window_start, locked_until) \
+             VALUES ($5, $6, 1, $1, CASE WHEN $3 = 1 THEN $4 END) \
+             ON CONFLICT (tenant_id, email_sha256) DO UPDATE SET {} \
+             WHERE unknown_email_attempts.locked_until IS NULL \
+               OR unknown_email_attempts.locked_until <= $1 \
+             RETURNING failed_logins",
+            claim_assignments("unknown_email_attempts")
+        );
+        let digest = email_sha256(email);
+        self.claim(sql, &[tenant.as_str(), &digest], now, policy)
+            .await
+    }
+
+    /// Runs a claim's statement: `$1` to `$4` as [`claim_assignments`] reads them, then `keys`.
+    async fn claim(
+        &self,
+        sql: String,
+        keys: &[&str],
+        now: i64,
+        policy: &crate::lockout::LockoutPolicy,
+    ) -> Result<PasswordAttempt, ApiError> {
+        let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(now - policy.window_micros())
             .bind(i64::from(policy.max_failures))
-            .bind(now.saturating_add(policy.lock_micros()))
-            .bind(user_id)
+            .bind(now.saturating_add(policy.lock_micros()));
+        for key in keys {
+            query = query.bind(*key);
+        }
+        // On SQLite's writer connection (`Db::single_write`), not a pooled one: an autocommit
+        // write there waits for the lock in SQLite's busy handler, asleep while holding a
+        // connection that readers need, and a login flood then starves them.
+        let row = query
             .fetch_optional(self.db.single_write())
             .await
             .map_err(internal)?;
@@ -75,6 +139,29 @@ impl IdentityStore {
         Ok(PasswordAttempt::Counted {
             locks: count == i64::from(policy.max_failures),
         })
+    }
+
+    /// Forgets unknown emails' attempts whose window has passed and that hold no lock (such a
+    /// row counts as none); how many.
+    pub async fn sweep_unknown_email_attempts(
+        &self,
+        now: i64,
+        policy: &crate::lockout::LockoutPolicy,
+    ) -> Result<u64, ApiError> {
+        // Every tenant's rows: a background job has no tenant of its own.
+        let mut tx = self.db.begin_in(Scope::AllTenants).await?;
+        let swept = sqlx::query(
+            "DELETE FROM unknown_email_attempts \
+             WHERE failure_window_start < $1 AND (locked_until IS NULL OR locked_until <= $2)",
+        )
+        .bind(now - policy.window_micros())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?
+        .rows_affected();
+        tx.commit().await.map_err(internal)?;
+        Ok(swept)
     }
 
     /// A successful login's first write: [`lock_user`] and [`clear_failed_logins`] in one
@@ -169,9 +256,9 @@ mod tests {
             .await?)
     }
 
-    #[tokio::test]
-    async fn a_login_takes_another_logins_upgrade_of_the_hash_it_checked_but_not_a_new_password()
-    -> Result<(), BoxError> {
+    /// A store on a fresh SQLite database (kept while the directory lives) with tenant `acme`
+    /// and its user `ada`, whose password hash is [`OLD`].
+    async fn store_with_user() -> Result<(tempfile::TempDir, IdentityStore, UserRecord), BoxError> {
         let dir = tempfile::tempdir()?;
         let db = Db::connect(&DbConfig::sqlite_in(dir.path(), "identity")).await?;
         db.migrate(&crate::migrations()).await?;
@@ -203,7 +290,14 @@ mod tests {
         store.insert_tenant(&mut tx, &tenant).await?;
         store.insert_user(&mut tx, &user, OLD).await?;
         tx.commit().await?;
+        Ok((dir, store, user))
+    }
 
+    #[tokio::test]
+    async fn a_login_takes_another_logins_upgrade_of_the_hash_it_checked_but_not_a_new_password()
+    -> Result<(), BoxError> {
+        let (_dir, store, user) = store_with_user().await?;
+        let db = store.db().clone();
         // Two logins checked the old hash; the first stores the upgrade, the second finds it.
         assert!(sign_in(&store, &user, OLD, Some(UPGRADED)).await?);
         assert_eq!(stored_hash(&store).await?, UPGRADED);
@@ -222,6 +316,74 @@ mod tests {
         assert!(!sign_in(&store, &user, UPGRADED, None).await?);
         assert!(stored_hash(&store).await?.ends_with("$new"));
         db.close().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_emails_attempts_are_counted_and_locked_as_a_users_then_swept()
+    -> Result<(), BoxError> {
+        let (_dir, store, user) = store_with_user().await?;
+        let policy = crate::lockout::LockoutPolicy::default();
+        let window = policy.window_micros();
+        let now = 1_000_000_000_000;
+        let unknown =
+            |at| store.claim_unknown_email_attempt(&user.tenant_id, "eve@example.com", at, &policy);
+        let known = |at| store.claim_password_attempt(&user.id, at, &policy);
+        let counted = |locks| PasswordAttempt::Counted { locks };
+        for attempt in 1..=policy.max_failures {
+            let locks = attempt == policy.max_failures;
+            assert_eq!(unknown(now).await?, counted(locks), "attempt {attempt}");
+            assert_eq!(known(now).await?, counted(locks), "attempt {attempt}");
+        }
+        assert_eq!(unknown(now).await?, PasswordAttempt::Refused);
+        assert_eq!(known(now).await?, PasswordAttempt::Refused);
+        let rows = || async {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT email_sha256, failed_logins FROM unknown_email_attempts")
+                    .fetch_all(store.db().pool())
+                    .await?;
+            Ok::<_, BoxError>(rows)
+        };
+        // Kept as a digest of the email, never the email.
+        assert_eq!(
+            rows().await?,
+            [(
+                email_sha256("eve@example.com"),
+                i64::from(policy.max_failures)
+            )]
+        );
+
+        // Locked: not swept, though its window has passed. Once the lock has expired too,
+        // the row counts as none, and is swept.
+        // (The default lock lasts as long as a window, so its end is the window's too.)
+        let after_lock = now + policy.lock_micros() + 1;
+        assert_eq!(
+            store
+                .sweep_unknown_email_attempts(now + window, &policy)
+                .await?,
+            0
+        );
+        assert_eq!(
+            store
+                .sweep_unknown_email_attempts(after_lock, &policy)
+                .await?,
+            1
+        );
+        assert!(rows().await?.is_empty());
+        assert_eq!(unknown(after_lock).await?, counted(false));
+        // A row whose window is still open is kept.
+        assert_eq!(
+            store
+                .sweep_unknown_email_attempts(after_lock + window - 1, &policy)
+                .await?,
+            0
+        );
+        assert_eq!(
+            store
+                .sweep_unknown_email_attempts(after_lock + window + 1, &policy)
+                .await?,
+            1
+        );
         Ok(())
     }
 }

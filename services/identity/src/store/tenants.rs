@@ -38,6 +38,7 @@ const TENANT_DATA: &[&str] = &[
     "DELETE FROM role_permissions WHERE tenant_id = $1",
     "DELETE FROM roles WHERE tenant_id = $1",
     "DELETE FROM tenant_usage WHERE tenant_id = $1",
+    "DELETE FROM unknown_email_attempts WHERE tenant_id = $1",
     "DELETE FROM tenants WHERE id = $1",
 ];
 
