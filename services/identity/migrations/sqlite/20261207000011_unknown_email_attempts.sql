@@ -11,3 +11,5 @@ CREATE TABLE unknown_email_attempts (
     locked_until         BIGINT,
     PRIMARY KEY (tenant_id, email_sha256)
 );
+-- What the sweep looks for.
+CREATE INDEX unknown_email_attempts_by_window ON unknown_email_attempts (failure_window_start);

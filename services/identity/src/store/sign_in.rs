@@ -3,7 +3,7 @@
 //! user are claimed alike, in `unknown_email_attempts`, so that they write what a known
 //! user's do.
 
-use palisade_db::Scope;
+use palisade_db::{Backend, Scope};
 use palisade_grpc::ApiError;
 use palisade_tenancy::TenantId;
 use sha2::{Digest, Sha256};
@@ -49,6 +49,9 @@ fn claim_assignments(table: &str) -> String {
     )
 }
 
+/// Rows of `unknown_email_attempts` deleted per transaction by a sweep.
+const SWEEP_BATCH: i64 = 1_000;
+
 /// How an email is kept in `unknown_email_attempts`: the hex SHA-256 of its normalized form.
 fn email_sha256(email: &str) -> String {
     hex::encode(Sha256::digest(email.as_bytes()))
@@ -93,16 +96,39 @@ impl IdentityStore {
         now: i64,
         policy: &crate::lockout::LockoutPolicy,
     ) -> Result<PasswordAttempt, ApiError> {
-        let sql = format!(
-            "INSERT INTO unknown_email_attempts \
-               (tenant_id, email_sha256, failed_logins, failure_window_start, locked_until) \
-             VALUES ($5, $6, 1, $1, CASE WHEN $3 = 1 THEN $4 END) \
-             ON CONFLICT (tenant_id, email_sha256) DO UPDATE SET {} \
-             WHERE unknown_email_attempts.locked_until IS NULL \
-               OR unknown_email_attempts.locked_until <= $1 \
-             RETURNING failed_logins",
-            claim_assignments("unknown_email_attempts")
-        );
+        const KEY: &str = "tenant_id = $5 AND email_sha256 = $6";
+        const UNLOCKED: &str = "(locked_until IS NULL OR locked_until <= $1)";
+        const COLUMNS: &str =
+            "(tenant_id, email_sha256, failed_logins, failure_window_start, locked_until)";
+        const FIRST: &str = "$5, $6, 1, $1, CASE WHEN $3 = 1 THEN $4 END";
+        let assignments = claim_assignments("unknown_email_attempts");
+        // One statement either way, as a user's claim is, and one that neither writes nor
+        // locks anything while the row is locked, as a user's `UPDATE … WHERE` does not. On
+        // PostgreSQL an upsert's `ON CONFLICT DO UPDATE … WHERE` locks the row even when its
+        // condition is false, which makes the commit wait for a WAL flush; so there the
+        // update and the first insert are two parts of one statement. (Two first attempts in a
+        // race: the one whose insert conflicts claims nothing and is refused, which for an
+        // email without an account changes nothing.) SQLite's upsert writes nothing when its
+        // condition is false, and SQLite runs no `UPDATE` in a `WITH`.
+        let sql = match self.db.backend() {
+            Backend::Postgres => format!(
+                "WITH counted AS (\
+                   UPDATE unknown_email_attempts SET {assignments} \
+                   WHERE {KEY} AND {UNLOCKED} RETURNING failed_logins), \
+                 first AS (\
+                   INSERT INTO unknown_email_attempts {COLUMNS} SELECT {FIRST} \
+                   WHERE NOT EXISTS (SELECT 1 FROM unknown_email_attempts WHERE {KEY}) \
+                   ON CONFLICT DO NOTHING RETURNING failed_logins) \
+                 SELECT failed_logins FROM counted UNION ALL SELECT failed_logins FROM first"
+            ),
+            Backend::Sqlite => format!(
+                "INSERT INTO unknown_email_attempts {COLUMNS} VALUES ({FIRST}) \
+                 ON CONFLICT (tenant_id, email_sha256) DO UPDATE SET {assignments} \
+                 WHERE unknown_email_attempts.locked_until IS NULL \
+                   OR unknown_email_attempts.locked_until <= $1 \
+                 RETURNING failed_logins"
+            ),
+        };
         let digest = email_sha256(email);
         self.claim(sql, &[tenant.as_str(), &digest], now, policy)
             .await
@@ -142,26 +168,37 @@ impl IdentityStore {
     }
 
     /// Forgets unknown emails' attempts whose window has passed and that hold no lock (such a
-    /// row counts as none); how many.
+    /// row counts as none); how many. In batches of [`SWEEP_BATCH`], each its own transaction:
+    /// on SQLite a transaction that writes holds the one writer, which logins' claims need.
     pub async fn sweep_unknown_email_attempts(
         &self,
         now: i64,
         policy: &crate::lockout::LockoutPolicy,
     ) -> Result<u64, ApiError> {
-        // Every tenant's rows: a background job has no tenant of its own.
-        let mut tx = self.db.begin_in(Scope::AllTenants).await?;
-        let swept = sqlx::query(
-            "DELETE FROM unknown_email_attempts \
-             WHERE failure_window_start < $1 AND (locked_until IS NULL OR locked_until <= $2)",
-        )
-        .bind(now - policy.window_micros())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?
-        .rows_affected();
-        tx.commit().await.map_err(internal)?;
-        Ok(swept)
+        let mut swept = 0;
+        loop {
+            // Every tenant's rows: a background job has no tenant of its own.
+            let mut tx = self.db.begin_in(Scope::AllTenants).await?;
+            let batch = sqlx::query(
+                "DELETE FROM unknown_email_attempts WHERE (tenant_id, email_sha256) IN (\
+                   SELECT tenant_id, email_sha256 FROM unknown_email_attempts \
+                   WHERE failure_window_start < $1 \
+                     AND (locked_until IS NULL OR locked_until <= $2) \
+                   LIMIT $3)",
+            )
+            .bind(now - policy.window_micros())
+            .bind(now)
+            .bind(SWEEP_BATCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?
+            .rows_affected();
+            tx.commit().await.map_err(internal)?;
+            swept += batch;
+            if batch < SWEEP_BATCH.unsigned_abs() {
+                return Ok(swept);
+            }
+        }
     }
 
     /// A successful login's first write: [`lock_user`] and [`clear_failed_logins`] in one
@@ -224,6 +261,8 @@ impl IdentityStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use palisade_db::{Db, DbConfig};
     use palisade_grpc::BoxError;
     use palisade_proto::palisade::identity::v1::{Plan, TenantState, UserState};
@@ -323,7 +362,11 @@ mod tests {
     async fn an_unknown_emails_attempts_are_counted_and_locked_as_a_users_then_swept()
     -> Result<(), BoxError> {
         let (_dir, store, user) = store_with_user().await?;
-        let policy = crate::lockout::LockoutPolicy::default();
+        // A lock that outlasts its window, so that a row is seen kept for its lock alone.
+        let policy = crate::lockout::LockoutPolicy {
+            lock_for: Duration::from_secs(3600),
+            ..Default::default()
+        };
         let window = policy.window_micros();
         let now = 1_000_000_000_000;
         let unknown =
@@ -355,11 +398,10 @@ mod tests {
 
         // Locked: not swept, though its window has passed. Once the lock has expired too,
         // the row counts as none, and is swept.
-        // (The default lock lasts as long as a window, so its end is the window's too.)
         let after_lock = now + policy.lock_micros() + 1;
         assert_eq!(
             store
-                .sweep_unknown_email_attempts(now + window, &policy)
+                .sweep_unknown_email_attempts(now + window + 1, &policy)
                 .await?,
             0
         );
