@@ -179,9 +179,8 @@ async fn a_deleted_user_is_gone_with_its_sessions_and_keys() -> anyhow::Result<(
                 .await?;
         }
 
-        // Platform operators act on any tenant (the operator's key deletes Cyd), but within
-        // the system tenant the usual rule holds: a system manager does not remove a system
-        // admin.
+        // Platform operators act on any tenant (the operator's key deletes Cyd), held to the
+        // usual rule: a system manager does not remove a system admin.
         users.delete_user(mesh.as_operator(delete(cyd))).await?;
         let mut system_users = HashMap::new();
         for (email, role) in [("root@ops.example", "admin"), ("mo@ops.example", "manager")] {
@@ -227,6 +226,37 @@ async fn a_deleted_user_is_gone_with_its_sessions_and_keys() -> anyhow::Result<(
         );
         keys.create_api_key(mesh.as_operator(all_permissions("ops")))
             .await?;
+        // Nor in another tenant: there too it passes on only what it holds itself, so it makes
+        // neither an acme key that reads the audit log nor an acme admin (compliance's rights).
+        let elsewhere = CreateApiKeyRequest {
+            parent: "tenants/acme".into(),
+            api_key: Some(ApiKey {
+                display_name: "mo's".into(),
+                owner: "tenants/acme".into(),
+                scopes: vec!["compliance.audit.list".into()],
+                ..ApiKey::default()
+            }),
+            ..all_permissions("mo's")
+        };
+        let minted = keys
+            .create_api_key(with_bearer(elsewhere, &system_manager))
+            .await;
+        assert_eq!(
+            reason(&expect_code(minted, Code::PermissionDenied)),
+            "SCOPE_ESCALATION",
+            "{backend}"
+        );
+        let made = users
+            .create_user(with_bearer(
+                new_user("acme", "eve@acme.example", &["admin"]),
+                &system_manager,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(made, Code::PermissionDenied)),
+            "ROLE_ESCALATION",
+            "{backend}"
+        );
 
         // At the `users` limit, a deletion (over REST) makes room.
         tenants

@@ -146,20 +146,16 @@ impl Authz {
     }
 
     /// Whether the caller holds every permission in `granted` (in its own tenant), so that
-    /// passing them on to someone of `target` escalates nothing: granting or revoking a role,
-    /// putting permissions into a role, or taking over an account (setting its password,
-    /// disabling or deleting it). Platform operators hold every right in the tenants they
-    /// serve; within the system tenant itself they are held to the same rule as everyone, so
-    /// that a system manager cannot take over or remove a system admin.
+    /// passing them on to someone escalates nothing: granting or revoking a role, putting
+    /// permissions into a role, or taking over an account (setting its password, disabling or
+    /// deleting it). Platform operators too, in every tenant: what the policy layer lets them
+    /// do in another tenant is what they hold in the system tenant, so a system manager can
+    /// neither make an admin elsewhere nor take over or remove a system admin.
     pub async fn holds_all(
         &self,
         context: &TenantContext,
-        target: &TenantId,
         granted: &BTreeSet<String>,
     ) -> Result<bool, ApiError> {
-        if context.is_platform_operator() && !target.is_system() {
-            return Ok(true);
-        }
         let Some(principal) = &context.principal else {
             return Ok(false);
         };

@@ -105,8 +105,8 @@ impl ApiKeyApi {
     }
 
     /// A key's scopes never exceed what its owner holds (a user's key) nor what its creator
-    /// holds (no escalation by minting a key); platform operators hold every permission, except
-    /// within the system tenant. `*` is held by whoever holds every catalogue permission.
+    /// holds (no escalation by minting a key), platform operators included. `*` is held by
+    /// whoever holds every catalogue permission.
     /// `requested` is the request's own list, which names the fields of a violation.
     async fn require_scopes_held(
         &self,
@@ -137,11 +137,8 @@ impl ApiKeyApi {
                 return Err(ApiError::InvalidArgument(violations));
             }
         }
-        // Operators mint keys for the tenants they serve; within the system tenant they hold
-        // only their own rights, as for roles (`Authz::holds_all`).
-        if caller.context.is_platform_operator() && !key.tenant_id.is_system() {
-            return Ok(());
-        }
+        // Operators too, in every tenant: they hold their own rights, as for roles
+        // (`Authz::holds_all`).
         let lacking = self
             .authz
             .lacking(&caller.context.tenant_id, caller.principal(), &key.scopes)

@@ -63,14 +63,9 @@ impl RoleApi {
     async fn require_holds(
         &self,
         caller: &Caller,
-        tenant: &TenantId,
         permissions: &BTreeSet<String>,
     ) -> Result<(), ApiError> {
-        if self
-            .authz
-            .holds_all(&caller.context, tenant, permissions)
-            .await?
-        {
+        if self.authz.holds_all(&caller.context, permissions).await? {
             Ok(())
         } else {
             Err(ApiError::PermissionDenied {
@@ -136,7 +131,7 @@ impl RoleApi {
             .union(&next.permissions)
             .cloned()
             .collect();
-        self.require_holds(caller, tenant, &touched).await?;
+        self.require_holds(caller, &touched).await?;
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let locked = self
             .store
@@ -197,8 +192,7 @@ impl RoleService for RoleApi {
             require_own_tenant(&caller, &tenant)?;
         }
         let record = roles::validate_create(&request, self.roles(), now_micros())?;
-        self.require_holds(&caller, &record.tenant_id, &record.permissions)
-            .await?;
+        self.require_holds(&caller, &record.permissions).await?;
         let not_found = || ApiError::NotFound {
             resource: format!("tenants/{}", record.tenant_id),
         };

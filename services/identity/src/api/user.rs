@@ -86,15 +86,10 @@ impl UserApi {
     pub(super) async fn require_may_grant(
         &self,
         caller: &Caller,
-        tenant: &TenantId,
         role: &str,
         granted: &BTreeSet<String>,
     ) -> Result<(), ApiError> {
-        if self
-            .authz
-            .holds_all(&caller.context, tenant, granted)
-            .await?
-        {
+        if self.authz.holds_all(&caller.context, granted).await? {
             Ok(())
         } else {
             Err(ApiError::PermissionDenied {
@@ -114,11 +109,7 @@ impl UserApi {
         user: &UserRecord,
     ) -> Result<BTreeSet<String>, ApiError> {
         let held = self.authz.permissions_named(user).await?;
-        if self
-            .authz
-            .holds_all(&caller.context, &user.tenant_id, &held)
-            .await?
-        {
+        if self.authz.holds_all(&caller.context, &held).await? {
             Ok(held)
         } else {
             Err(ApiError::PermissionDenied {
@@ -323,8 +314,7 @@ impl UserService for UserApi {
                         .permissions
                 }
             };
-            self.require_may_grant(&caller, &record.tenant_id, role, granted)
-                .await?;
+            self.require_may_grant(&caller, role, granted).await?;
         }
         if self.store.get_tenant(&record.tenant_id).await?.is_none() {
             return Err(ApiError::NotFound {

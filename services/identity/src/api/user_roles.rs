@@ -45,8 +45,7 @@ impl UserApi {
         if assign && !self.roles().is_known(role) {
             self.require_custom_roles_on(&tenant).await?;
         }
-        self.require_may_grant(&caller, &tenant, role, &granted)
-            .await?;
+        self.require_may_grant(&caller, role, &granted).await?;
         let action = if assign {
             "identity.roles.assign"
         } else {
