@@ -1,11 +1,12 @@
 //! Service-account keys outlive the person who made them, so a key must not be able to keep
 //! itself alive: a key created with an API key expires no later than that key, and a chain of
-//! keys each minting the next ends when the first would have.
+//! keys each minting the next ends when the first would have. Only service-account keys make
+//! keys: a user's key holds the user's rights only while the user does.
 
 mod common;
 mod keys_kit;
 
-use common::{expect_code, violated_fields};
+use common::{expect_code, reason, violated_fields};
 use palisade_proto::palisade::identity::v1::{
     CreateApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
 };
@@ -70,6 +71,25 @@ async fn a_key_made_by_a_key_expires_no_later_than_it() -> anyhow::Result<()> {
             .create_api_key(with_api_key(service_account_key("after", 10), &second.key))
             .await;
         expect_code(third, Code::InvalidArgument);
+
+        // A user's key makes none: a service-account key made with it would keep the user's
+        // rights past a demotion, and outlive the key's revocation.
+        let scopes = ["identity.apikeys.create", "identity.users.list"];
+        let personal = create(
+            &mut keys,
+            with_bearer(key_request("acme", "ada's", &scopes, 5), &admin),
+        )
+        .await?;
+        let made = keys
+            .create_api_key(with_api_key(
+                service_account_key("detour", 1),
+                &personal.key,
+            ))
+            .await;
+        assert_eq!(
+            reason(&expect_code(made, Code::PermissionDenied)),
+            "PERSONAL_KEY"
+        );
         mesh.stop().await?;
     }
     Ok(())

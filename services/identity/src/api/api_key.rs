@@ -49,10 +49,11 @@ pub struct ApiKeyApi {
 }
 
 impl ApiKeyApi {
-    /// A key made with an API key expires no later than that key: a service-account key
-    /// (which outlives whoever made it) could otherwise mint its successor before it expires,
-    /// and so on, keeping access forever without any person renewing it.
-    async fn require_not_outliving_the_callers_key(
+    /// A key made with an API key is made with a service-account key, not a user's, and
+    /// expires no later than that key: a service-account key (which outlives whoever made it)
+    /// could otherwise mint its successor before it expires, and so on, keeping access forever
+    /// without any person renewing it.
+    async fn require_callers_key_may_make(
         &self,
         caller: &Caller,
         request: &CreateApiKeyRequest,
@@ -70,6 +71,17 @@ impl ApiKeyApi {
                 message: "the api key this call was made with no longer exists".to_owned(),
             });
         };
+        // A user's key holds its owner's rights only while the owner does, and ends when
+        // revoked; a service-account key it made would keep those rights past both.
+        if callers_key.owner_user_id.is_some() {
+            return Err(ApiError::PermissionDenied {
+                reason: "PERSONAL_KEY",
+                message: "a user's api key does not create keys: a service-account key made \
+                          with it would outlive its owner's rights and its revocation; sign in \
+                          as the user instead"
+                    .to_owned(),
+            });
+        }
         if key.expire_time <= callers_key.expire_time {
             return Ok(());
         }
@@ -241,7 +253,7 @@ impl ApiKeyService for ApiKeyApi {
             .map(|key| key.scopes.as_slice())
             .unwrap_or_default();
         self.require_scopes_held(&caller, &key, requested).await?;
-        self.require_not_outliving_the_callers_key(&caller, &request, &key)
+        self.require_callers_key_may_make(&caller, &request, &key)
             .await?;
 
         let minted = api_keys::mint();
