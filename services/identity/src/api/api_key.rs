@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use super::user::{require_listed_tenant, require_own_tenant};
 use crate::{
     api_keys::{self, KeyRules},
-    authz::Authz,
+    authz::{ALL_PERMISSIONS, Authz},
     store::{ApiKeyFilter, ApiKeyRecord, IdentityStore},
     users,
 };
@@ -100,6 +100,59 @@ impl ApiKeyApi {
                 "a key created with an api key expires no later than that key (it expires at {until})"
             ),
         ))
+    }
+
+    /// A key is revoked by the user it belongs to, by itself, or by a caller holding all its
+    /// scopes (those still in the catalogue: no one holds a retired one) and, for a user's key,
+    /// every right of that user (`ROLE_ESCALATION`, as disabling the user takes). Otherwise a
+    /// manager could cut an admin's keys, or a system manager the operator's `*` key. Judged
+    /// outside the revoking transaction: a role changed meanwhile at worst lets through a
+    /// revocation, which grants nothing.
+    async fn require_may_revoke(
+        &self,
+        caller: &Caller,
+        key: &ApiKeyRecord,
+    ) -> Result<(), ApiError> {
+        let principal = caller.principal();
+        let own = match principal.kind {
+            PrincipalKind::User => key.owner_user_id.as_ref() == Some(&principal.id),
+            PrincipalKind::ApiKey => principal.id == key.id,
+            PrincipalKind::Service => false,
+        };
+        if own && caller.context.tenant_id == key.tenant_id {
+            return Ok(());
+        }
+        let scopes: Vec<String> = key
+            .scopes
+            .iter()
+            .filter(|scope| *scope == ALL_PERMISSIONS || self.authz.roles().in_catalogue(scope))
+            .cloned()
+            .collect();
+        let lacking = self
+            .authz
+            .lacking(&caller.context.tenant_id, principal, &scopes)
+            .await?;
+        if !lacking.is_empty() {
+            return Err(ApiError::PermissionDenied {
+                reason: "SCOPE_ESCALATION",
+                message: format!(
+                    "the caller does not hold these scopes of the key: {}",
+                    lacking.join(", ")
+                ),
+            });
+        }
+        if let Some(owner) = &key.owner_user_id
+            && let Some(owner) = self.store.get_user(&key.tenant_id, owner).await?
+        {
+            let held = self.authz.permissions_named(&owner).await?;
+            if !self.authz.holds_all(&caller.context, &held).await? {
+                return Err(ApiError::PermissionDenied {
+                    reason: "ROLE_ESCALATION",
+                    message: "the key's user holds rights the caller does not".to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn new(
@@ -373,6 +426,7 @@ impl ApiKeyService for ApiKeyApi {
             .get_tenant_api_key(&tenant, &id)
             .await?
             .ok_or_else(not_found)?;
+        self.require_may_revoke(&caller, &key).await?;
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         // Only the call that actually revokes is audited; a repeat changes nothing.
