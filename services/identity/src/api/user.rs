@@ -20,7 +20,7 @@ use palisade_proto::palisade::{
         UpdateUserRequest, User, UserState, user_service_server::UserService,
     },
 };
-use palisade_tenancy::TenantId;
+use palisade_tenancy::{PrincipalKind, TenantId};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -144,18 +144,39 @@ impl UserApi {
     /// an admin. With `judged`, the permissions [`Self::require_power_over`] judged the user
     /// on, its custom roles are share-locked too (an `UpdateRole` waits, or has committed),
     /// and the call is aborted as well if they now grant more than that.
+    ///
+    /// A caller who is another user of the tenant is locked too, the two rows in id order (so
+    /// that two calls on the same pair cannot deadlock), and the call is aborted if that user
+    /// is gone or disabled by then: otherwise two admins deleting or disabling each other at
+    /// once would both succeed, and leave the tenant with neither.
     pub(super) async fn lock_as_judged(
         &self,
         tx: &mut sqlx::AnyConnection,
+        caller: &Caller,
         user: &UserRecord,
         judged: Option<&BTreeSet<String>>,
     ) -> Result<UserRecord, ApiError> {
         let name = user.name();
+        let principal = caller.principal();
+        let acting_user = (principal.kind == PrincipalKind::User
+            && caller.context.tenant_id == user.tenant_id
+            && principal.id != user.id)
+            .then_some(principal.id.as_str());
+        let caller_first = acting_user.is_some_and(|id| id < user.id.as_str());
+        if caller_first {
+            self.lock_acting_user(tx, &user.tenant_id, &principal.id)
+                .await?;
+        }
         let mut locked = self
             .store
             .lock_user(tx, &user.tenant_id, &user.id)
             .await?
             .ok_or_else(|| user_not_found(&name))?;
+        if let Some(id) = acting_user
+            && !caller_first
+        {
+            self.lock_acting_user(tx, &user.tenant_id, id).await?;
+        }
         if self
             .store
             .user_roles_in(tx, &user.tenant_id, &user.id)
@@ -185,6 +206,23 @@ impl UserApi {
         }
         locked.roles = user.roles.clone();
         Ok(locked)
+    }
+
+    /// Locks the user making the call ([`Self::lock_as_judged`]): aborted if it is gone or
+    /// disabled since the call was let in.
+    async fn lock_acting_user(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<(), ApiError> {
+        match self.store.lock_user(tx, tenant, id).await? {
+            Some(me) if me.state == UserState::Active => Ok(()),
+            _ => Err(ApiError::Aborted {
+                reason: "CONCURRENT_CHANGE",
+                message: "the calling user was deleted or disabled meanwhile".to_owned(),
+            }),
+        }
     }
 
     /// Whether the custom role `locked`, as it is under its lock, still grants `judged`: what

@@ -31,7 +31,8 @@ impl UserApi {
         // waits and then finds no user. A role that changed in between means the check above
         // judged another user: the call is aborted, to be retried.
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        self.lock_as_judged(&mut tx, &user, Some(&judged)).await?;
+        self.lock_as_judged(&mut tx, &caller, &user, Some(&judged))
+            .await?;
         let ended = self.store.delete_user(&mut tx, &user, now_micros()).await?;
         let resource = user.name();
         let audit = AuditRecord {

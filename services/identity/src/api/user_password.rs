@@ -94,7 +94,8 @@ impl UserApi {
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         // A user deleted since it was read is not found, rather than "changed"; one whose
         // roles changed is judged again on retry.
-        self.lock_as_judged(&mut tx, &user, judged.as_ref()).await?;
+        self.lock_as_judged(&mut tx, &caller, &user, judged.as_ref())
+            .await?;
         self.store
             .set_password_hash(&mut tx, &user, &password_hash, now)
             .await?;
@@ -144,7 +145,9 @@ impl UserApi {
         let judged = self.require_power_over(&caller, &user).await?;
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        let mut current = self.lock_as_judged(&mut tx, &user, Some(&judged)).await?;
+        let mut current = self
+            .lock_as_judged(&mut tx, &caller, &user, Some(&judged))
+            .await?;
         let was_locked = current.locked_until.is_some_and(|until| until > now);
         self.store.clear_failed_logins(&mut tx, &user.id).await?;
         current.locked_until = None;

@@ -65,7 +65,7 @@ impl UserApi {
         // disable, say) is never written over with what was read before it.
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let locked = self
-            .lock_as_judged(&mut tx, &current, Some(&judged))
+            .lock_as_judged(&mut tx, &caller, &current, Some(&judged))
             .await?;
         let update = users::apply_update(&locked, user, request.update_mask.as_ref(), now)?;
         if update.changed.is_empty() {
