@@ -145,10 +145,11 @@ impl UserApi {
     /// on, its custom roles are share-locked too (an `UpdateRole` waits, or has committed),
     /// and the call is aborted as well if they now grant more than that.
     ///
-    /// A caller who is another user of the tenant is locked too, the two rows in id order (so
-    /// that two calls on the same pair cannot deadlock), and the call is aborted if that user
-    /// is gone or disabled by then: otherwise two admins deleting or disabling each other at
-    /// once would both succeed, and leave the tenant with neither.
+    /// A caller who is another user of the tenant (or that user's key) is share-locked too,
+    /// the two rows in id order (so that two calls on the same pair cannot deadlock), and with
+    /// `judged` the caller must still hold every one of those permissions then, or the call
+    /// is aborted: otherwise two admins deleting, disabling or demoting each other at once
+    /// would both succeed, and leave the tenant with neither.
     pub(super) async fn lock_as_judged(
         &self,
         tx: &mut sqlx::AnyConnection,
@@ -157,26 +158,10 @@ impl UserApi {
         judged: Option<&BTreeSet<String>>,
     ) -> Result<UserRecord, ApiError> {
         let name = user.name();
-        let principal = caller.principal();
-        let acting_user = (principal.kind == PrincipalKind::User
-            && caller.context.tenant_id == user.tenant_id
-            && principal.id != user.id)
-            .then_some(principal.id.as_str());
-        let caller_first = acting_user.is_some_and(|id| id < user.id.as_str());
-        if caller_first {
-            self.lock_acting_user(tx, &user.tenant_id, &principal.id)
-                .await?;
-        }
         let mut locked = self
-            .store
-            .lock_user(tx, &user.tenant_id, &user.id)
+            .lock_with_caller(tx, caller, &user.tenant_id, &user.id, judged)
             .await?
             .ok_or_else(|| user_not_found(&name))?;
-        if let Some(id) = acting_user
-            && !caller_first
-        {
-            self.lock_acting_user(tx, &user.tenant_id, id).await?;
-        }
         if self
             .store
             .user_roles_in(tx, &user.tenant_id, &user.id)
@@ -208,21 +193,71 @@ impl UserApi {
         Ok(locked)
     }
 
-    /// Locks the user making the call ([`Self::lock_as_judged`]): aborted if it is gone or
-    /// disabled since the call was let in.
+    /// Locks the user `id` of `tenant` for the rest of `tx` and returns it (`None`: gone), and
+    /// share-locks the user making the call if that is another user of the tenant, the two
+    /// rows in id order (see [`Self::lock_as_judged`]). The caller must then still hold all of
+    /// `caller_holds`, or the call is aborted.
+    pub(super) async fn lock_with_caller(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        caller: &Caller,
+        tenant: &TenantId,
+        id: &str,
+        caller_holds: Option<&BTreeSet<String>>,
+    ) -> Result<Option<UserRecord>, ApiError> {
+        let acting_user = self
+            .acting_user(caller)
+            .await?
+            .filter(|acting| caller.context.tenant_id == *tenant && acting != id);
+        let caller_first = acting_user.as_deref().is_some_and(|acting| acting < id);
+        if let Some(acting) = acting_user.as_deref().filter(|_| caller_first) {
+            self.lock_acting_user(tx, caller, tenant, acting, caller_holds)
+                .await?;
+        }
+        let locked = self.store.lock_user(tx, tenant, id).await?;
+        if let Some(acting) = acting_user.as_deref().filter(|_| !caller_first) {
+            self.lock_acting_user(tx, caller, tenant, acting, caller_holds)
+                .await?;
+        }
+        Ok(locked)
+    }
+
+    /// The user a call is made by: the user principal itself, or a user's key's owner.
+    async fn acting_user(&self, caller: &Caller) -> Result<Option<String>, ApiError> {
+        let principal = caller.principal();
+        Ok(match principal.kind {
+            PrincipalKind::User => Some(principal.id.clone()),
+            PrincipalKind::ApiKey => {
+                (self.store.get_api_key(&principal.id).await?).and_then(|key| key.owner_user_id)
+            }
+            PrincipalKind::Service => None,
+        })
+    }
+
+    /// Share-locks the user `id` making the call ([`Self::lock_as_judged`]) and, with
+    /// `judged`, checks that the caller still holds all of it (which also takes the user to be
+    /// there and active): aborted otherwise. Read once the lock holds, a role revoked from the
+    /// caller meanwhile (its assignment locks the caller's row) has committed or waits.
     async fn lock_acting_user(
         &self,
         tx: &mut sqlx::AnyConnection,
+        caller: &Caller,
         tenant: &TenantId,
         id: &str,
+        judged: Option<&BTreeSet<String>>,
     ) -> Result<(), ApiError> {
-        match self.store.lock_user(tx, tenant, id).await? {
-            Some(me) if me.state == UserState::Active => Ok(()),
-            _ => Err(ApiError::Aborted {
-                reason: "CONCURRENT_CHANGE",
-                message: "the calling user was deleted or disabled meanwhile".to_owned(),
-            }),
+        let still_holds = self.store.share_lock_user(tx, tenant, id).await?
+            && match judged {
+                Some(judged) => self.authz.holds_all(&caller.context, judged).await?,
+                None => true,
+            };
+        if still_holds {
+            return Ok(());
         }
+        Err(ApiError::Aborted {
+            reason: "CONCURRENT_CHANGE",
+            message: "the calling user was deleted, disabled or demoted meanwhile".to_owned(),
+        })
     }
 
     /// Whether the custom role `locked`, as it is under its lock, still grants `judged`: what

@@ -53,9 +53,10 @@ impl UserApi {
         };
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // Locked, so a deletion either committed before (the user is not found) or waits.
-        self.store
-            .lock_user(&mut tx, &tenant, &id)
+        // Locked, so a deletion either committed before (the user is not found) or waits. The
+        // caller too, who must still hold the role's permissions then: two admins revoking
+        // each other's admin role at once would otherwise leave the tenant with neither.
+        self.lock_with_caller(&mut tx, &caller, &tenant, &id, Some(&granted))
             .await?
             .ok_or_else(not_found)?;
         // A custom role being assigned is held (share-locked) until commit, so a concurrent

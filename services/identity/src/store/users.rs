@@ -131,6 +131,29 @@ impl IdentityStore {
         one_user(conn, sql, tenant, id).await
     }
 
+    /// Whether the user `id` exists, share-locked for the rest of the transaction on
+    /// PostgreSQL (`FOR SHARE`: changing or deleting it waits, a foreign key naming it does
+    /// not); on SQLite the transaction holds the one writer anyway.
+    pub async fn share_lock_user(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<bool, ApiError> {
+        let lock = match self.db.backend() {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!("SELECT id FROM users WHERE tenant_id = $1 AND id = $2{lock}");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+            .map_err(internal)?;
+        Ok(row.is_some())
+    }
+
     /// Gives a user a role; false when it held it already.
     pub async fn add_user_role(
         &self,
