@@ -73,6 +73,22 @@ async fn hold_row(
     Ok(holder)
 }
 
+/// Asserts that one of two racing calls succeeded and the other was aborted, to be retried.
+fn one_done_and_one_aborted<T: std::fmt::Debug>(
+    results: [Result<T, tonic::Status>; 2],
+    backend: &str,
+) {
+    let done = results.iter().filter(|result| result.is_ok()).count();
+    assert_eq!(done, 1, "{backend}: {results:?}");
+    let [first, second] = results;
+    let refused = if first.is_ok() { second } else { first };
+    assert_eq!(
+        reason(&expect_code(refused, Code::Aborted)),
+        "CONCURRENT_CHANGE",
+        "{backend}"
+    );
+}
+
 /// Returns once two calls wait behind `holder` (directly, or behind a call that waits for it)
 /// or `call` has ended. On SQLite, which shows no lock waits, after a pause.
 async fn both_waiting_or_done<T>(
@@ -129,16 +145,7 @@ async fn two_admins_deleting_each_other_at_once_do_not_both_succeed() -> anyhow:
         both_waiting_or_done(&db, &mut holder, backend, &ada_deletes_bob).await?;
         holder.commit().await?;
 
-        let results = [bob_deletes_ada.await?, ada_deletes_bob.await?];
-        let done = results.iter().filter(|result| result.is_ok()).count();
-        assert_eq!(done, 1, "{backend}: {results:?}");
-        let [first, second] = results;
-        let refused = if first.is_ok() { second } else { first };
-        assert_eq!(
-            reason(&expect_code(refused, Code::Aborted)),
-            "CONCURRENT_CHANGE",
-            "{backend}"
-        );
+        one_done_and_one_aborted([bob_deletes_ada.await?, ada_deletes_bob.await?], backend);
         db.close().await;
         mesh.stop().await?;
     }
@@ -176,21 +183,12 @@ async fn an_admin_demoting_another_who_deletes_it_at_once_do_not_both_succeed() 
 
         // Whichever runs second finds its caller demoted or gone (on PostgreSQL the demotion,
         // which queued first; on SQLite either).
-        let results = [
-            ada_demotes_bob.await?.map(drop),
-            bob_deletes_ada.await?.map(drop),
-        ];
-        assert_eq!(
-            results.iter().filter(|result| result.is_ok()).count(),
-            1,
-            "{backend}: {results:?}"
-        );
-        let [first, second] = results;
-        let refused = if first.is_ok() { second } else { first };
-        assert_eq!(
-            reason(&expect_code(refused, Code::Aborted)),
-            "CONCURRENT_CHANGE",
-            "{backend}"
+        one_done_and_one_aborted(
+            [
+                ada_demotes_bob.await?.map(drop),
+                bob_deletes_ada.await?.map(drop),
+            ],
+            backend,
         );
         db.close().await;
         mesh.stop().await?;
