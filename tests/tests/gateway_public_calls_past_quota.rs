@@ -1,6 +1,6 @@
 //! Public calls (`Login`, `Logout`, `RefreshToken`, `RevokeToken`, …) are never refused for
-//! their tenant's quota, also when made with the tenant's credential: a user of a tenant that
-//! has used its month's calls can still sign out. Such a call is made as one without a
+//! their tenant's quota or rate, also when made with the tenant's credential: a user of a
+//! tenant that has used its month's calls, or its second's, can still sign out. Such a call is made as one without a
 //! credential would be, within its client's rate.
 
 mod common;
@@ -24,13 +24,14 @@ fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_of_a_tenant_past_its_quota_can_still_sign_out() -> anyhow::Result<()> {
-    // Room for the public calls below before the last, which the client's rate refuses.
-    let mesh = Mesh::builder().with_public_call_rate(1, 5).start().await?;
+/// Tenant `initech` on the free plan with `limits` overriding it, and its admin (returned).
+async fn tenant_with_limits(mesh: &Mesh, limits: &[(&str, i64)]) -> anyhow::Result<User> {
     let mut tenant = new_tenant("initech", "Initech", Plan::Free);
     if let Some(tenant) = tenant.tenant.as_mut() {
-        tenant.limit_overrides = [("api_calls_per_month".to_owned(), 1)].into();
+        tenant.limit_overrides = limits
+            .iter()
+            .map(|(limit, value)| ((*limit).to_owned(), *value))
+            .collect();
     }
     TenantServiceClient::new(mesh.gateway())
         .create_tenant(mesh.as_operator(tenant))
@@ -48,6 +49,14 @@ async fn a_user_of_a_tenant_past_its_quota_can_still_sign_out() -> anyhow::Resul
         }))
         .await?
         .into_inner();
+    Ok(admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_of_a_tenant_past_its_quota_can_still_sign_out() -> anyhow::Result<()> {
+    // Room for the public calls below before the last, which the client's rate refuses.
+    let mesh = Mesh::builder().with_public_call_rate(1, 5).start().await?;
+    let admin = tenant_with_limits(&mesh, &[("api_calls_per_month", 1)]).await?;
     let mut auth = AuthServiceClient::new(mesh.gateway());
     let login = LoginRequest {
         tenant_id: "initech".into(),
@@ -98,6 +107,52 @@ async fn a_user_of_a_tenant_past_its_quota_can_still_sign_out() -> anyhow::Resul
     };
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert_eq!(reason(&refused), "CLIENT_RATE_LIMITED");
+    mesh.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_of_a_tenant_past_its_rate_can_still_sign_out() -> anyhow::Result<()> {
+    let mesh = Mesh::builder().start().await?;
+    let admin =
+        tenant_with_limits(&mesh, &[("requests_per_second", 1), ("request_burst", 1)]).await?;
+    let mut auth = AuthServiceClient::new(mesh.gateway());
+    let login = LoginRequest {
+        tenant_id: "initech".into(),
+        email: EMAIL.into(),
+        password: PASSWORD.into(),
+    };
+    let signed_in = auth.login(login.clone()).await?.into_inner();
+    let other_session = auth.login(login).await?.into_inner();
+    let mut users = UserServiceClient::new(mesh.gateway());
+    let get_self = || {
+        with_bearer(
+            GetUserRequest {
+                name: admin.name.clone(),
+            },
+            &signed_in.access_token,
+        )
+    };
+    // Until the tenant's rate refuses (its one token a second spent), then at once a Logout
+    // with the same credential; should a second pass in between, the bucket has a token
+    // again and the Logout passes on the tenant's rate, as it would have anyway.
+    let refused = loop {
+        if let Err(status) = users.get_user(get_self()).await {
+            break status;
+        }
+    };
+    assert_eq!(reason(&refused), "RATE_LIMITED", "{refused:?}");
+    let logout = LogoutRequest {
+        refresh_token: other_session.refresh_token.clone(),
+    };
+    auth.logout(with_bearer(logout, &signed_in.access_token))
+        .await?;
+    let ended = auth
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: other_session.refresh_token,
+        })
+        .await;
+    expect_code(ended, Code::Unauthenticated);
     mesh.stop().await?;
     Ok(())
 }
