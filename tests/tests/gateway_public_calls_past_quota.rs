@@ -52,6 +52,25 @@ async fn tenant_with_limits(mesh: &Mesh, limits: &[(&str, i64)]) -> anyhow::Resu
     Ok(admin)
 }
 
+/// Ends the session of `refresh_token` with `Logout`, sent with `signed_in`'s access token,
+/// and checks that it ended: the refresh token is refused afterwards.
+async fn sign_out(
+    auth: &mut AuthServiceClient<tonic::transport::Channel>,
+    signed_in: &AuthTokens,
+    refresh_token: String,
+) -> anyhow::Result<()> {
+    let logout = LogoutRequest {
+        refresh_token: refresh_token.clone(),
+    };
+    auth.logout(with_bearer(logout, &signed_in.access_token))
+        .await?;
+    let ended = auth
+        .refresh_token(RefreshTokenRequest { refresh_token })
+        .await;
+    expect_code(ended, Code::Unauthenticated);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_of_a_tenant_past_its_quota_can_still_sign_out() -> anyhow::Result<()> {
     // Room for the public calls below before the last, which the client's rate refuses.
@@ -81,17 +100,7 @@ async fn a_user_of_a_tenant_past_its_quota_can_still_sign_out() -> anyhow::Resul
     assert_eq!(reason(&refused), "QUOTA_EXCEEDED");
 
     // Logout, sent with the credential as clients send it with every call, ends the session.
-    let logout = LogoutRequest {
-        refresh_token: other_session.refresh_token.clone(),
-    };
-    auth.logout(with_bearer(logout, &signed_in.access_token))
-        .await?;
-    let ended = auth
-        .refresh_token(RefreshTokenRequest {
-            refresh_token: other_session.refresh_token,
-        })
-        .await;
-    expect_code(ended, Code::Unauthenticated);
+    sign_out(&mut auth, &signed_in, other_session.refresh_token).await?;
 
     // Such calls are the client's to pay for: its rate, not the tenant's quota, refuses them.
     let refused = loop {
@@ -142,17 +151,7 @@ async fn a_user_of_a_tenant_past_its_rate_can_still_sign_out() -> anyhow::Result
         }
     };
     assert_eq!(reason(&refused), "RATE_LIMITED", "{refused:?}");
-    let logout = LogoutRequest {
-        refresh_token: other_session.refresh_token.clone(),
-    };
-    auth.logout(with_bearer(logout, &signed_in.access_token))
-        .await?;
-    let ended = auth
-        .refresh_token(RefreshTokenRequest {
-            refresh_token: other_session.refresh_token,
-        })
-        .await;
-    expect_code(ended, Code::Unauthenticated);
+    sign_out(&mut auth, &signed_in, other_session.refresh_token).await?;
     mesh.stop().await?;
     Ok(())
 }

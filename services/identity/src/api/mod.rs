@@ -11,6 +11,7 @@ mod tenant;
 mod tenant_data;
 mod user;
 mod user_delete;
+mod user_locks;
 mod user_password;
 mod user_roles;
 mod user_update;
