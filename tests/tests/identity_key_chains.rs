@@ -1,17 +1,19 @@
 //! Service-account keys outlive the person who made them, so a key must not be able to keep
 //! itself alive: a key created with an API key expires no later than that key, and a chain of
-//! keys each minting the next ends when the first would have. Only service-account keys make
-//! keys: a user's key holds the user's rights only while the user does.
+//! keys each minting the next ends when the first would have. Nor can it outlive revocation:
+//! revoking a key revokes the keys made with it, down the chain. Only service-account keys
+//! make keys: a user's key holds the user's rights only while the user does.
 
 mod common;
 mod keys_kit;
 
-use common::{expect_code, reason, violated_fields};
+use common::{expect_code, reason, until_a_call_waits_for_a_lock, violated_fields};
 use palisade_proto::palisade::identity::v1::{
-    CreateApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
+    ApiKeyState, CreateApiKeyRequest, GetApiKeyRequest, RevokeApiKeyRequest,
+    api_key_service_client::ApiKeyServiceClient,
 };
-use palisade_testkit::{Mesh, with_api_key};
-use tonic::Code;
+use palisade_testkit::{Component, Mesh, with_api_key};
+use tonic::{Code, transport::Channel};
 
 use keys_kit::*;
 
@@ -90,6 +92,128 @@ async fn a_key_made_by_a_key_expires_no_later_than_it() -> anyhow::Result<()> {
             reason(&expect_code(made, Code::PermissionDenied)),
             "PERSONAL_KEY"
         );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+async fn state_of(
+    keys: &mut ApiKeyServiceClient<Channel>,
+    name: &str,
+    admin: &str,
+) -> anyhow::Result<ApiKeyState> {
+    let request = with_bearer(GetApiKeyRequest { name: name.into() }, admin);
+    Ok(keys.get_api_key(request).await?.into_inner().state())
+}
+
+fn revoke(name: &str, admin: &str) -> tonic::Request<RevokeApiKeyRequest> {
+    with_bearer(RevokeApiKeyRequest { name: name.into() }, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_revokes_the_keys_made_with_it() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let leaked = create(
+            &mut keys,
+            with_bearer(service_account_key("ci", 10), &admin),
+        )
+        .await?;
+        let other = create(
+            &mut keys,
+            with_bearer(service_account_key("cd", 10), &admin),
+        )
+        .await?;
+        let made = create(
+            &mut keys,
+            with_api_key(service_account_key("made", 9), &leaked.key),
+        )
+        .await?;
+        let made_by_made = create(
+            &mut keys,
+            with_api_key(service_account_key("made-by-made", 8), &made.key),
+        )
+        .await?;
+        let [leaked, other, made, made_by_made] =
+            [leaked, other, made, made_by_made].map(|created| created.api_key.unwrap());
+        assert_eq!(leaked.created_with, "", "{backend}: a person made it");
+        assert_eq!(made.created_with, leaked.name, "{backend}");
+        assert_eq!(made_by_made.created_with, made.name, "{backend}");
+
+        let revoked = keys.revoke_api_key(revoke(&leaked.name, &admin)).await?;
+        assert_eq!(revoked.into_inner().state(), ApiKeyState::Revoked);
+        for (key, state) in [
+            (&made, ApiKeyState::Revoked),
+            (&made_by_made, ApiKeyState::Revoked),
+            (&other, ApiKeyState::Active),
+        ] {
+            let found = state_of(&mut keys, &key.name, &admin).await?;
+            assert_eq!(found, state, "{backend}: {}", key.display_name);
+        }
+        // Each revocation is in the audit log; those made with another key name it.
+        let event = common::audit_event(&mesh, "identity.apikeys.revoke", |event| {
+            event.resource == made_by_made.name
+        })
+        .await?;
+        assert_eq!(event.attributes["revoked_with"], made.name, "{backend}");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_while_it_makes_a_key_leaves_no_key_behind() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let leaked = create(
+            &mut keys,
+            with_bearer(service_account_key("ci", 10), &admin),
+        )
+        .await?;
+        let leaked_name = leaked.api_key.unwrap().name;
+        // The tenant's row is held, so the key's call, let in and judged, waits to count the
+        // tenant's keys while the key is revoked.
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut holder = db.begin().await?;
+        sqlx::query("UPDATE tenants SET update_time = update_time WHERE id = 'acme'")
+            .execute(&mut *holder)
+            .await?;
+        let making = tokio::spawn({
+            let mut keys = keys.clone();
+            let request = with_api_key(service_account_key("late", 5), &leaked.key);
+            async move { keys.create_api_key(request).await }
+        });
+        until_a_call_waits_for_a_lock(&db, &mut holder, backend).await?;
+        let revoking = tokio::spawn({
+            let (mut keys, request) = (keys.clone(), revoke(&leaked_name, &admin));
+            async move { keys.revoke_api_key(request).await }
+        });
+        if backend == "postgres" {
+            // The revocation waits for nothing the test holds: it is done first.
+            revoking.await??;
+            holder.commit().await?;
+            let refused = expect_code(making.await?, Code::Unauthenticated);
+            assert_eq!(reason(&refused), "INVALID_API_KEY");
+        } else {
+            // One writer: whichever runs first, no live key is left made by the revoked one.
+            holder.commit().await?;
+            revoking.await??;
+            match making.await? {
+                Ok(made) => {
+                    let name = made.into_inner().api_key.unwrap().name;
+                    let state = state_of(&mut keys, &name, &admin).await?;
+                    assert_eq!(state, ApiKeyState::Revoked, "{backend}");
+                }
+                Err(refused) => assert_eq!(refused.code(), Code::Unauthenticated),
+            }
+        }
+        db.close().await;
         mesh.stop().await?;
     }
     Ok(())

@@ -130,7 +130,8 @@ impl KeyRules {
 }
 
 /// Validates a create request into the key to insert (no id or secret yet), with every bad
-/// field named. `caller` decides what an empty `owner` means: the calling user of the tenant.
+/// field named. `caller` decides what an empty `owner` means (the calling user of the tenant)
+/// and, when it is a key, which key the new one is created with.
 pub fn validate_create(
     request: &CreateApiKeyRequest,
     rules: &KeyRules,
@@ -162,6 +163,12 @@ pub fn validate_create(
                 secret_hash: Vec::new(),
                 scopes,
                 owner_user_id,
+                // The key the call was made with, whose revocation revokes this one.
+                created_with: caller
+                    .principal
+                    .as_ref()
+                    .filter(|principal| principal.kind == PrincipalKind::ApiKey)
+                    .map(|key| format!("tenants/{}/apiKeys/{}", caller.tenant_id, key.id)),
                 create_time: now,
                 expire_time,
                 revoke_time: None,

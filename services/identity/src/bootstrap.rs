@@ -101,6 +101,7 @@ async fn create_missing(
         scopes: vec![ALL_PERMISSIONS.to_owned()],
         // Owned by the system tenant itself: a service-account key.
         owner_user_id: None,
+        created_with: None,
         create_time: now,
         expire_time: now
             .saturating_add(i64::try_from(key_lifetime.as_micros()).unwrap_or(i64::MAX)),

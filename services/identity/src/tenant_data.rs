@@ -143,6 +143,7 @@ pub fn api_key_record(key: &ApiKeyRecord) -> TenantDataRecord {
         expire_time: Some(timestamp(key.expire_time)),
         revoke_time: key.revoke_time.map(timestamp),
         last_use_time: key.last_use_time.map(timestamp),
+        created_with: key.created_with.clone().unwrap_or_default(),
     }))
 }
 
@@ -214,6 +215,7 @@ mod tests {
             secret_hash: vec![7; 32],
             scopes: vec!["identity.users.list".into()],
             owner_user_id: Some(user.id.clone()),
+            created_with: Some("tenants/system/apiKeys/0192f3c47a1e7b3c9d2e4f5a6b7c8d9f".into()),
             create_time: T0,
             expire_time: T0 + 10,
             revoke_time: None,
@@ -285,7 +287,39 @@ mod tests {
             panic!("then the key")
         };
         assert_eq!(key.last_use_time, Some(T0 + 2));
+        // So revoking the operator's key that made it still revokes it.
+        assert_eq!(
+            key.created_with.as_deref(),
+            Some("tenants/system/apiKeys/0192f3c47a1e7b3c9d2e4f5a6b7c8d9f")
+        );
         assert_eq!(restored[3].0, "batch.records[3]");
+    }
+
+    #[test]
+    fn a_key_was_created_with_a_key_of_its_tenant_or_an_operators() {
+        let with_maker = |maker: &str| {
+            let mut records = stream();
+            if let Some(Record::ApiKey(key)) = &mut records[3].record {
+                key.created_with = maker.into();
+            }
+            import(&records, &trailer_of(&records))
+        };
+        let id = "0192f3c47a1e7b3c9d2e4f5a6b7c8d9f";
+        for fine in ["".to_owned(), format!("tenants/acme/apiKeys/{id}")] {
+            assert_eq!(with_maker(&fine), Vec::<String>::new(), "{fine}");
+        }
+        for bad in [
+            format!("tenants/globex/apiKeys/{id}"),
+            format!("tenants/acme/apiKeys/{}", id.to_uppercase()),
+            format!("tenants/acme/users/{id}"),
+            id.to_owned(),
+        ] {
+            assert_eq!(
+                with_maker(&bad),
+                ["batch.records[3].api_key.created_with"],
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -317,6 +317,29 @@ impl ApiKeyService for ApiKeyApi {
         self.store
             .ensure_within_limit(&mut tx, &key.tenant_id, "api_keys")
             .await?;
+        // The calling key was let in live; share-locked until this commits, it stays so, and
+        // revoking it waits for the new key and then revokes that too. A key revoked since the
+        // call was let in makes none.
+        if key.created_with.is_some() {
+            let principal = caller.principal();
+            let live = self
+                .store
+                .share_lock_live_api_key(
+                    &mut tx,
+                    &caller.context.tenant_id,
+                    &principal.id,
+                    now_micros(),
+                )
+                .await?;
+            if !live {
+                return Err(ApiError::Unauthenticated {
+                    reason: "INVALID_API_KEY",
+                    message: "the api key this call was made with was revoked or has expired"
+                        .to_owned(),
+                }
+                .into());
+            }
+        }
         // Stamped now that the limit's count holds the tenant's row, not when the request was
         // read: keys list by (create time, id), and a key stamped before a later-stamped one
         // commits would appear behind a page already read. A `ttl` counts from the stamp.
@@ -429,13 +452,35 @@ impl ApiKeyService for ApiKeyApi {
         self.require_may_revoke(&caller, &key).await?;
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // Only the call that actually revokes is audited; a repeat changes nothing.
+        // Only the call that actually revokes is audited; a repeat changes nothing (the keys
+        // made with the key went with it the first time, and none has been made since).
         if self
             .store
             .revoke_api_key(&mut tx, &tenant, &id, now)
             .await?
         {
             let resource = key.name();
+            let made_with_it = self
+                .store
+                .revoke_keys_created_with(&mut tx, &resource, now)
+                .await?;
+            for made in &made_with_it {
+                let name = made.name();
+                let revoked_with = vec![(
+                    "revoked_with",
+                    made.created_with.clone().unwrap_or_default(),
+                )];
+                let audit = self.audit(
+                    &caller,
+                    made,
+                    &name,
+                    "identity.apikeys.revoke",
+                    revoked_with,
+                );
+                palisade_audit::enqueue(&mut tx, &audit)
+                    .await
+                    .map_err(ApiError::from)?;
+            }
             let audit = self.audit(
                 &caller,
                 &key,
@@ -446,7 +491,12 @@ impl ApiKeyService for ApiKeyApi {
             palisade_audit::commit_with(tx, &audit, &self.relay)
                 .await
                 .map_err(ApiError::from)?;
-            tracing::info!(tenant = %tenant, key = %resource, "api key revoked");
+            tracing::info!(
+                tenant = %tenant,
+                key = %resource,
+                keys_made_with_it = made_with_it.len(),
+                "api key revoked"
+            );
         } else {
             tx.commit().await.map_err(ApiError::from)?;
         }
@@ -470,6 +520,7 @@ fn to_proto(key: ApiKeyRecord, now: i64) -> ApiKey {
         expire_time: Some(timestamp(key.expire_time)),
         revoke_time: key.revoke_time.map(timestamp),
         last_use_time: key.last_use_time.map(timestamp),
+        created_with: key.created_with.unwrap_or_default(),
     }
 }
 

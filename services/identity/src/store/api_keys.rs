@@ -1,6 +1,7 @@
 //! API keys. A key's owner is a user of its tenant (`owner_user_id`) or, when that is NULL,
 //! the tenant itself (a service-account key, like the bootstrap operator key).
 
+use palisade_db::Backend;
 use palisade_grpc::{
     ApiError,
     aip::{Comparison, CreatedCursor},
@@ -21,6 +22,10 @@ pub struct ApiKeyRecord {
     pub scopes: Vec<String>,
     /// The user the key acts for; `None`: the tenant itself (a service-account key).
     pub owner_user_id: Option<String>,
+    /// The key this key was created with, `tenants/{t}/apiKeys/{id}` (a platform operator's
+    /// key is of the system tenant); `None`: made by a person or the bootstrap. Revoking that
+    /// key revokes this one.
+    pub created_with: Option<String>,
     pub create_time: i64,
     pub expire_time: i64,
     pub revoke_time: Option<i64>,
@@ -37,7 +42,7 @@ pub enum ApiKeyFilter {
 }
 
 pub(super) const API_KEY_COLUMNS: &str = "id, tenant_id, display_name, secret_hash, scopes, owner_user_id, \
-     create_time, expire_time, revoke_time, last_use_time";
+     created_with, create_time, expire_time, revoke_time, last_use_time";
 
 impl IdentityStore {
     /// Inserts a key; `ALREADY_EXISTS` when the tenant has a key of this name, `NOT_FOUND`
@@ -49,7 +54,7 @@ impl IdentityStore {
     ) -> Result<(), ApiError> {
         sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, display_name, secret_hash, scopes, owner_user_id, \
-             create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             created_with, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&key.id)
         .bind(key.tenant_id.as_str())
@@ -57,6 +62,7 @@ impl IdentityStore {
         .bind(key.secret_hash.clone())
         .bind(key.scopes.join(" "))
         .bind(key.owner_user_id.clone())
+        .bind(key.created_with.clone())
         .bind(key.create_time)
         .bind(key.expire_time)
         .execute(&mut *conn)
@@ -131,6 +137,74 @@ impl IdentityStore {
         .await
         .map_err(internal)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Revokes, at `now`, every key created with the key named `name`, the keys created with
+    /// those, and so on; returns them. Called on the transaction that revoked `name`. Not
+    /// confined to one tenant: a platform operator's key may have made keys in any tenant.
+    ///
+    /// One statement per key revoked, each with a fresh snapshot, rather than one recursive
+    /// statement: a key being made with a key share-locks that key's row (`share_lock_live_api_key`),
+    /// so revoking that key waited for it to commit, and only a statement begun after that
+    /// sees it. A key made after the revocation commits finds its maker revoked and is not
+    /// made.
+    pub async fn revoke_keys_created_with(
+        &self,
+        conn: &mut AnyConnection,
+        name: &str,
+        now: i64,
+    ) -> Result<Vec<ApiKeyRecord>, ApiError> {
+        let mut revoked = Vec::new();
+        let mut makers = vec![name.to_owned()];
+        // Only keys not yet revoked: each is revoked once, so even a cycle (which only an
+        // import could write) ends.
+        while let Some(maker) = makers.pop() {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE api_keys SET revoke_time = $1 \
+                 WHERE created_with = $2 AND revoke_time IS NULL \
+                 RETURNING {API_KEY_COLUMNS}"
+            )))
+            .bind(now)
+            .bind(&maker)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(internal)?;
+            for row in &rows {
+                let key = api_key_from_row(row)?;
+                makers.push(key.name());
+                revoked.push(key);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Whether the key `id` of `tenant` is neither revoked nor expired at `now`, share-locked
+    /// for the rest of the transaction on PostgreSQL: a key made with it commits before the
+    /// key can be revoked, so revoking it finds the new key (`revoke_keys_created_with`). On
+    /// SQLite the transaction holds the one writer anyway.
+    pub async fn share_lock_live_api_key(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        id: &str,
+        now: i64,
+    ) -> Result<bool, ApiError> {
+        let lock = match self.db.backend() {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT id FROM api_keys WHERE tenant_id = $1 AND id = $2 \
+             AND revoke_time IS NULL AND expire_time > $3{lock}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id)
+            .bind(now)
+            .fetch_optional(conn)
+            .await
+            .map_err(internal)?;
+        Ok(row.is_some())
     }
 
     pub async fn touch_api_key(&self, id: &str, now: i64) -> Result<(), ApiError> {
@@ -227,9 +301,124 @@ pub(super) fn api_key_from_row(row: &AnyRow) -> Result<ApiKeyRecord, ApiError> {
         secret_hash: row.try_get("secret_hash").map_err(internal)?,
         scopes: scopes.split_whitespace().map(str::to_owned).collect(),
         owner_user_id: row.try_get("owner_user_id").map_err(internal)?,
+        created_with: row.try_get("created_with").map_err(internal)?,
         create_time: row.try_get("create_time").map_err(internal)?,
         expire_time: row.try_get("expire_time").map_err(internal)?,
         revoke_time: row.try_get("revoke_time").map_err(internal)?,
         last_use_time: row.try_get("last_use_time").map_err(internal)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_grpc::BoxError;
+
+    use super::*;
+    use crate::store::testing::store_with_tenant;
+
+    /// Inserts a live key `id` of `tenant`, made with the key named `maker`.
+    async fn key(
+        store: &IdentityStore,
+        tenant: &TenantId,
+        id: &str,
+        maker: Option<&str>,
+    ) -> Result<ApiKeyRecord, BoxError> {
+        let key = ApiKeyRecord {
+            id: id.repeat(32),
+            tenant_id: tenant.clone(),
+            display_name: format!("key {id}"),
+            secret_hash: vec![0; 32],
+            scopes: vec!["identity.users.list".into()],
+            owner_user_id: None,
+            created_with: maker.map(str::to_owned),
+            create_time: 0,
+            expire_time: i64::MAX,
+            revoke_time: None,
+            last_use_time: None,
+        };
+        let mut tx = store.db().begin().await?;
+        store.insert_api_key(&mut tx, &key).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    #[tokio::test]
+    async fn revoking_a_key_revokes_the_keys_made_with_it_and_theirs_once() -> Result<(), BoxError>
+    {
+        let (_dir, store, acme) = store_with_tenant().await?;
+        let acme = acme.id;
+        // `a` made `b`, which made `c`, which made `f`, which made `1` and `a`: a cycle, which
+        // only an import could write, and which still ends.
+        let f = format!("tenants/acme/apiKeys/{}", "f".repeat(32));
+        let root = key(&store, &acme, "a", Some(&f)).await?;
+        let child = key(&store, &acme, "b", Some(&root.name())).await?;
+        let grandchild = key(&store, &acme, "c", Some(&child.name())).await?;
+        key(&store, &acme, "f", Some(&grandchild.name())).await?;
+        key(&store, &acme, "1", Some(&f)).await?;
+        let sibling = key(&store, &acme, "d", None).await?;
+        let unrelated = key(&store, &acme, "e", Some(&sibling.name())).await?;
+
+        let mut tx = store.db().begin().await?;
+        assert!(store.revoke_api_key(&mut tx, &acme, &root.id, 7).await?);
+        let revoked = store
+            .revoke_keys_created_with(&mut tx, &root.name(), 7)
+            .await?;
+        tx.commit().await?;
+        let mut ids: Vec<char> = revoked
+            .iter()
+            .map(|key| key.id.chars().next().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ['1', 'b', 'c', 'f']);
+        assert!(revoked.iter().all(|key| key.revoke_time == Some(7)));
+        for (key, revoked) in [(&sibling, false), (&unrelated, false), (&grandchild, true)] {
+            let stored = store.get_api_key(&key.id).await?.expect("kept");
+            assert_eq!(stored.revoke_time.is_some(), revoked, "{}", key.id);
+        }
+
+        // Revoked already, none is revoked again.
+        let mut tx = store.db().begin().await?;
+        assert!(
+            store
+                .revoke_keys_created_with(&mut tx, &root.name(), 9)
+                .await?
+                .is_empty()
+        );
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_revoked_or_expired_key_is_not_live() -> Result<(), BoxError> {
+        let (_dir, store, acme) = store_with_tenant().await?;
+        let acme = acme.id;
+        let live = key(&store, &acme, "a", None).await?;
+        let mut tx = store.db().begin().await?;
+        assert!(
+            store
+                .share_lock_live_api_key(&mut tx, &acme, &live.id, 5)
+                .await?
+        );
+        // Expired at `expire_time`, as the gateway judges it.
+        let never = i64::MAX;
+        assert!(
+            !store
+                .share_lock_live_api_key(&mut tx, &acme, &live.id, never)
+                .await?
+        );
+        let other = TenantId::parse("globex")?;
+        assert!(
+            !store
+                .share_lock_live_api_key(&mut tx, &other, &live.id, 5)
+                .await?
+        );
+        assert!(store.revoke_api_key(&mut tx, &acme, &live.id, 6).await?);
+        assert!(
+            !store
+                .share_lock_live_api_key(&mut tx, &acme, &live.id, 7)
+                .await?
+        );
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -47,6 +47,43 @@ pub(crate) fn internal(error: impl std::fmt::Display + 'static) -> ApiError {
     ApiError::from_store("identity store", error)
 }
 
+/// What the store's own tests start from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use palisade_db::{Db, DbConfig};
+    use palisade_grpc::BoxError;
+    use palisade_proto::palisade::identity::v1::{Plan, TenantState};
+    use palisade_tenancy::TenantId;
+
+    use super::IdentityStore;
+    use crate::tenants::TenantRecord;
+
+    /// A store on a fresh SQLite database (kept while the directory lives) with tenant `acme`.
+    pub async fn store_with_tenant()
+    -> Result<(tempfile::TempDir, IdentityStore, TenantRecord), BoxError> {
+        let dir = tempfile::tempdir()?;
+        let db = Db::connect(&DbConfig::sqlite_in(dir.path(), "identity")).await?;
+        db.migrate(&crate::migrations()).await?;
+        let store = IdentityStore::new(db.clone());
+        let tenant = TenantRecord {
+            id: TenantId::parse("acme")?,
+            display_name: "Acme".into(),
+            plan: Plan::Free,
+            state: TenantState::Active,
+            region: "eu".into(),
+            domain: None,
+            feature_overrides: Default::default(),
+            limit_overrides: Default::default(),
+            create_time: 0,
+            update_time: 0,
+        };
+        let mut tx = db.begin().await?;
+        store.insert_tenant(&mut tx, &tenant).await?;
+        tx.commit().await?;
+        Ok((dir, store, tenant))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

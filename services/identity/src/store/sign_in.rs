@@ -263,12 +263,10 @@ impl IdentityStore {
 mod tests {
     use std::time::Duration;
 
-    use palisade_db::{Db, DbConfig};
     use palisade_grpc::BoxError;
-    use palisade_proto::palisade::identity::v1::{Plan, TenantState, UserState};
+    use palisade_proto::palisade::identity::v1::UserState;
 
     use super::*;
-    use crate::tenants::TenantRecord;
 
     /// Stands for a hash made otherwise, which logins upgrade to `UPGRADED`.
     const OLD: &str = "$argon2id$v=19$m=1024,t=1,p=1$old";
@@ -298,22 +296,7 @@ mod tests {
     /// A store on a fresh SQLite database (kept while the directory lives) with tenant `acme`
     /// and its user `ada`, whose password hash is [`OLD`].
     async fn store_with_user() -> Result<(tempfile::TempDir, IdentityStore, UserRecord), BoxError> {
-        let dir = tempfile::tempdir()?;
-        let db = Db::connect(&DbConfig::sqlite_in(dir.path(), "identity")).await?;
-        db.migrate(&crate::migrations()).await?;
-        let store = IdentityStore::new(db.clone());
-        let tenant = TenantRecord {
-            id: TenantId::parse("acme")?,
-            display_name: "Acme".into(),
-            plan: Plan::Free,
-            state: TenantState::Active,
-            region: "eu".into(),
-            domain: None,
-            feature_overrides: Default::default(),
-            limit_overrides: Default::default(),
-            create_time: 0,
-            update_time: 0,
-        };
+        let (dir, store, tenant) = crate::store::testing::store_with_tenant().await?;
         let user = UserRecord {
             id: "ada".into(),
             tenant_id: tenant.id.clone(),
@@ -325,8 +308,7 @@ mod tests {
             update_time: 0,
             locked_until: None,
         };
-        let mut tx = db.begin().await?;
-        store.insert_tenant(&mut tx, &tenant).await?;
+        let mut tx = store.db().begin().await?;
         store.insert_user(&mut tx, &user, OLD).await?;
         tx.commit().await?;
         Ok((dir, store, user))

@@ -203,7 +203,7 @@ fn page_after(select: &str, after: Option<&CreatedCursor>, limit: usize) -> (Str
 async fn restore_api_key(conn: &mut AnyConnection, key: &ApiKeyRecord) -> Result<(), ApiError> {
     let restored = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO api_keys ({API_KEY_COLUMNS}) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
          WHERE $6 IS NULL OR EXISTS (SELECT 1 FROM users WHERE tenant_id = $2 AND id = $6)"
     )))
     .bind(&key.id)
@@ -212,6 +212,7 @@ async fn restore_api_key(conn: &mut AnyConnection, key: &ApiKeyRecord) -> Result
     .bind(key.secret_hash.clone())
     .bind(key.scopes.join(" "))
     .bind(key.owner_user_id.clone())
+    .bind(key.created_with.clone())
     .bind(key.create_time)
     .bind(key.expire_time)
     .bind(key.revoke_time)

@@ -11,7 +11,7 @@ use palisade_proto::palisade::identity::v1::{
     ExportedApiKey, ExportedRole, ExportedTenant, ExportedUser, Plan, TenantDataHeader,
     TenantDataRecord, TenantDataTrailer, TenantState, UserState, tenant_data_record::Record,
 };
-use palisade_tenancy::TenantId;
+use palisade_tenancy::{SYSTEM_TENANT, TenantId};
 
 use super::{BATCH_SIZE, Counts, FORMAT_VERSION, Tally};
 use crate::{
@@ -387,16 +387,21 @@ impl Import {
     fn api_key_record(&self, key: &ExportedApiKey, check: &mut Check<'_>) -> Option<ApiKeyRecord> {
         let before = check.count();
         let id = check.child_id("api_key.name", &key.name, &self.tenant, "apiKeys");
-        let hex_id = |id: &str| {
-            id.len() == 32
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        if id.is_some_and(|id| !hex_id(id)) {
+        if id.is_some_and(|id| !is_key_id(id)) {
             check.bad(
                 "api_key.name",
                 "the key id must be 32 lower-case hex digits",
+            );
+        }
+        let created_with = (!key.created_with.is_empty()).then(|| key.created_with.clone());
+        if created_with.is_some() && !names_a_maker(&key.created_with, &self.tenant) {
+            check.bad(
+                "api_key.created_with",
+                format!(
+                    "must be empty or a key of tenants/{} or of tenants/{SYSTEM_TENANT}, \
+                     `tenants/{{tenant_id}}/apiKeys/{{key_id}}`",
+                    self.tenant
+                ),
             );
         }
         check.display_name("api_key.display_name", &key.display_name);
@@ -434,6 +439,7 @@ impl Import {
             secret_hash: key.secret_sha256.clone(),
             scopes: scopes.into_iter().collect(),
             owner_user_id: owner?,
+            created_with,
             create_time: create_time?,
             expire_time: expire_time?,
             revoke_time,
@@ -541,6 +547,24 @@ impl Check<'_> {
     ) -> Option<i64> {
         value.as_ref().and_then(|_| self.time(field, value))
     }
+}
+
+/// Whether `name` may have made a key of `tenant`: a key of `tenant` itself or a platform
+/// operator's (only those make keys in another tenant).
+fn names_a_maker(name: &str, tenant: &TenantId) -> bool {
+    name.strip_prefix("tenants/")
+        .and_then(|rest| rest.split_once("/apiKeys/"))
+        .is_some_and(|(owner, id)| {
+            (owner == tenant.as_str() || owner == SYSTEM_TENANT) && is_key_id(id)
+        })
+}
+
+/// A key id in its canonical form: 32 lower-case hex digits.
+fn is_key_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn is_uuid(id: &str) -> bool {
