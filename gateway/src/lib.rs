@@ -57,9 +57,9 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 /// (`idle.rs`); nginx closes idle HTTP/2 connections after 3 minutes, Envoy after an hour.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How many public calls (`Login`, `RefreshToken`, ...) one client address may make without a
-/// credential: `per_second` on average, `burst` at once. Calls with a credential pay their
-/// tenant's rate instead.
+/// How many public calls (`Login`, `RefreshToken`, ...) one client address may make:
+/// `per_second` on average, `burst` at once. A public call with a credential pays its tenant's
+/// rate as well.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PublicCallRate {
     pub per_second: u32,

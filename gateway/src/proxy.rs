@@ -158,7 +158,7 @@ impl Proxy {
     /// The tenant context a request is made in, once its client and tenant are admitted: the
     /// verified credential's, within its tenant's rate and quota; for a public method without
     /// one, or with one whose tenant is out of rate or quota, the tenant its host name names
-    /// (if any), within the client's own rate.
+    /// (if any). A public call is within its client's own rate first, credential or not.
     async fn admitted_context(
         &self,
         headers: &http::HeaderMap,
@@ -175,12 +175,17 @@ impl Proxy {
             Err(ApiError::Unauthenticated { .. }) if public => None,
             Err(error) => return Err(error),
         };
+        // Whatever it carries: a credential of a tenant with a generous rate (or none) must
+        // not let one client keep identity's password hashing busy with logins for everyone.
+        if public && !charged {
+            self.admit_client(origin, "public calls")?;
+        }
         let context = match (verified, public) {
             (Some(context), _) => match self.admit(&context.tenant_id, public).await? {
                 Admission::Admitted => Some(context),
-                Admission::AsStranger => self.public_context(origin, host, charged).await?,
+                Admission::AsStranger => self.public_context(host).await,
             },
-            (None, true) => self.public_context(origin, host, charged).await?,
+            (None, true) => self.public_context(host).await,
             (None, false) => {
                 return Err(ApiError::Unauthenticated {
                     reason: "UNAUTHENTICATED",
@@ -192,31 +197,18 @@ impl Proxy {
         Ok(context)
     }
 
-    /// The context of a public call made without a principal: no one's, or the tenant its
-    /// host name names, once the client is within its own rate (unless it has `charged` for
-    /// this call already, asking about its key). The tenant only tells public calls such as
-    /// `Login` whose they are.
-    async fn public_context(
-        &self,
-        origin: Option<&ClientOrigin>,
-        host: Option<&str>,
-        charged: bool,
-    ) -> Result<Option<TenantContext>, ApiError> {
-        if !charged {
-            self.admit_client(origin, "public calls without a credential")?;
-        }
-        let Some(host) = host else {
-            return Ok(None);
-        };
-        Ok(self
-            .limits
+    /// The context of a public call made without a principal (its client already paid for
+    /// it): no one's, or the tenant its host name names. The tenant only tells public calls
+    /// such as `Login` whose they are.
+    async fn public_context(&self, host: Option<&str>) -> Option<TenantContext> {
+        self.limits
             .directory
-            .by_host(host)
+            .by_host(host?)
             .await
             .map(|tenant| TenantContext {
                 tenant_id: tenant.id.clone(),
                 principal: None,
-            }))
+            })
     }
 
     async fn route<B>(
