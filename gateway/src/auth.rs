@@ -142,7 +142,7 @@ pub struct ApiKeyVerifier {
     /// Keys identity accepted, by SHA-256, and until when they are trusted. Kept apart from
     /// `answers`, which anyone can fill with made-up keys, so those never push genuine keys
     /// out; only keys identity accepted land here.
-    accepted: Sharded<[u8; 32], (TenantContext, Instant)>,
+    accepted: Arc<Accepted>,
     /// Identity's latest answers by the SHA-256 of the key: refusals, and the lookups in
     /// flight (one per key).
     answers: Arc<LookupCache<[u8; 32], KeyAnswer>>,
@@ -150,6 +150,9 @@ pub struct ApiKeyVerifier {
     ttl: Duration,
     tokens: TokenVerifier,
 }
+
+/// Keys identity accepted, by SHA-256: the context each stands for and until when it is trusted.
+type Accepted = Sharded<[u8; 32], (TenantContext, Instant)>;
 
 /// The bounds on asking identity about keys.
 struct KeyLookups {
@@ -173,11 +176,11 @@ enum Trust {
 /// What identity answered for an API key.
 #[derive(Clone, Debug)]
 enum KeyAnswer {
-    /// A key standing for `context`, to be trusted for `trust` (the cache TTL, never past the
-    /// key's own expiry).
+    /// A key standing for `context`, to be trusted `until` (the cache TTL from when identity
+    /// was asked, never past the key's own expiry).
     Accepted {
         context: TenantContext,
-        trust: Duration,
+        until: Instant,
     },
     /// A genuine key of a tenant out of service: refused as the proxy refuses a cached key of
     /// that tenant. Believed briefly, as the tenant may be reactivated.
@@ -199,7 +202,7 @@ impl ApiKeyVerifier {
         let tenant_refusal_ttl = ttl.min(TENANT_REFUSAL_TTL);
         ApiKeyVerifier {
             identity: ApiKeyServiceClient::new(identity.clone()),
-            accepted: Sharded::with_capacity(MAX_CACHED),
+            accepted: Arc::new(Sharded::with_capacity(MAX_CACHED)),
             answers: LookupCache::new(
                 MAX_CACHED,
                 move |answer: &KeyAnswer| match answer {
@@ -269,9 +272,17 @@ impl ApiKeyVerifier {
                     key.to_owned(),
                     self.ttl,
                 );
+                let accepted = self.accepted.clone();
                 Ok(async move {
                     let _place = place;
-                    ask.await
+                    let answer = ask.await;
+                    // Remembered here, by the one lookup of the key in flight, so answers land
+                    // in the order identity gave them: a caller resuming late cannot put back
+                    // a key that a later lookup found revoked.
+                    if let Ok(answer) = &answer {
+                        remember(&accepted, fingerprint, answer);
+                    }
+                    answer
                 }
                 .boxed())
             })
@@ -283,18 +294,8 @@ impl ApiKeyVerifier {
                     cannot_verify()
                 }
             })?;
-        if !matches!(answer, KeyAnswer::Accepted { .. }) {
-            // Refused (revoked, expired, its owner or tenant out of service): asking about it
-            // again is charged to the client from now on, so the free re-check happens once
-            // per acceptance, however often the client presents the key.
-            self.accepted
-                .with(&fingerprint, |shard| shard.remove(&fingerprint));
-        }
         match answer {
-            KeyAnswer::Accepted { context, trust } => {
-                self.trust(fingerprint, &context, Instant::now() + trust);
-                Ok(context)
-            }
+            KeyAnswer::Accepted { context, .. } => Ok(context),
             KeyAnswer::TenantRefused { reason, message } => {
                 Err(ApiError::PermissionDenied { reason, message })
             }
@@ -314,16 +315,24 @@ impl ApiKeyVerifier {
                 None => Trust::Unknown,
             })
     }
+}
 
-    fn trust(&self, fingerprint: [u8; 32], context: &TenantContext, until: Instant) {
-        let now = Instant::now();
-        self.accepted.with(&fingerprint, |shard| {
+/// Keeps identity's `answer` about the key `fingerprint` in `accepted`: trusted until its time
+/// if accepted; otherwise (revoked, expired, its owner or tenant out of service) dropped, so
+/// asking about it again is charged to the client from now on and the free re-check happens
+/// once per acceptance, however often the client presents the key.
+fn remember(accepted: &Accepted, fingerprint: [u8; 32], answer: &KeyAnswer) {
+    let now = Instant::now();
+    accepted.with(&fingerprint, |shard| match answer {
+        KeyAnswer::Accepted { context, until } => {
             // Expired keys go first, then those trusted for the shortest time.
-            self.accepted
-                .make_room(shard, |(_, until)| now < *until, |(_, until)| Some(*until));
-            shard.insert(fingerprint, (context.clone(), until));
-        });
-    }
+            accepted.make_room(shard, |(_, until)| now < *until, |(_, until)| Some(*until));
+            shard.insert(fingerprint, (context.clone(), *until));
+        }
+        _ => {
+            shard.remove(&fingerprint);
+        }
+    });
 }
 
 /// Whether `key` has the shape of an API key, `pal_<32 hex digits>_<64 hex digits>` (the
@@ -352,18 +361,22 @@ async fn ask_identity(
     key: String,
     ttl: Duration,
 ) -> Result<KeyAnswer, String> {
-    let asked = tokio::time::timeout(VERIFY_TIMEOUT, async {
+    let (asked_at, answered) = tokio::time::timeout(VERIFY_TIMEOUT, async {
         let _permit = asking.acquire().await.map_err(|error| error.to_string())?;
-        Ok::<_, String>(identity.verify_api_key(VerifyApiKeyRequest { key }).await)
+        let asked_at = Instant::now();
+        let answered = identity.verify_api_key(VerifyApiKeyRequest { key }).await;
+        Ok::<_, String>((asked_at, answered))
     })
     .await
-    .map_err(|_| "identity did not verify the key in time".to_owned())?;
-    let response = match asked? {
+    .map_err(|_| "identity did not verify the key in time".to_owned())??;
+    let response = match answered {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == Code::Unauthenticated => return Ok(refusal(&status)),
         Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
     };
-    let key_lifetime = response
+    // Trusted for the TTL from when identity was asked (what it answered held then, not
+    // when the answer arrived) and never past the key's expiry.
+    let key_left = response
         .expire_time
         .and_then(|expire| SystemTime::try_from(expire).ok())
         .map(|expire| {
@@ -372,6 +385,7 @@ async fn ask_identity(
                 .unwrap_or(Duration::ZERO)
         })
         .unwrap_or(Duration::ZERO);
+    let until = (asked_at + ttl).min(Instant::now() + key_left);
     let principal = response
         .principal
         .ok_or("identity verified a key without a principal")?;
@@ -386,7 +400,7 @@ async fn ask_identity(
             tenant_id,
             principal: Some(Principal::new(principal.id, kind)),
         },
-        trust: ttl.min(key_lifetime),
+        until,
     })
 }
 
