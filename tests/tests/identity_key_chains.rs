@@ -144,7 +144,9 @@ async fn revoking_a_key_revokes_the_keys_made_with_it() -> anyhow::Result<()> {
         assert_eq!(made_by_made.created_with, made.name, "{backend}");
 
         let revoked = keys.revoke_api_key(revoke(&leaked.name, &admin)).await?;
-        assert_eq!(revoked.into_inner().state(), ApiKeyState::Revoked);
+        let revoked = revoked.into_inner();
+        assert_eq!(revoked.state(), ApiKeyState::Revoked);
+        let leaked_revoked_at = revoked.revoke_time;
         for (key, state) in [
             (&made, ApiKeyState::Revoked),
             (&made_by_made, ApiKeyState::Revoked),
@@ -159,6 +161,26 @@ async fn revoking_a_key_revokes_the_keys_made_with_it() -> anyhow::Result<()> {
         })
         .await?;
         assert_eq!(event.attributes["revoked_with"], made.name, "{backend}");
+
+        // A key made with a revoked key that is live again (as a restore of an export taken
+        // before the revocation brings it back) is caught by revoking its maker again.
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        sqlx::query("UPDATE api_keys SET revoke_time = NULL WHERE id = $1")
+            .bind(made.name.rsplit('/').next().expect("an id"))
+            .execute(db.pool())
+            .await?;
+        db.close().await;
+        assert_eq!(
+            state_of(&mut keys, &made.name, &admin).await?,
+            ApiKeyState::Active
+        );
+        let again = keys.revoke_api_key(revoke(&leaked.name, &admin)).await?;
+        assert_eq!(again.into_inner().revoke_time, leaked_revoked_at);
+        assert_eq!(
+            state_of(&mut keys, &made.name, &admin).await?,
+            ApiKeyState::Revoked,
+            "{backend}"
+        );
         mesh.stop().await?;
     }
     Ok(())
@@ -214,6 +236,48 @@ async fn a_key_revoked_while_it_makes_a_key_leaves_no_key_behind() -> anyhow::Re
             }
         }
         db.close().await;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A platform operator's key may make keys in any tenant; revoking it revokes them there too
+/// (on PostgreSQL, past the row-level scope a tenant's caller would have).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_operators_key_revokes_what_it_made_in_other_tenants() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let mut operators = service_account_key("operators", 10);
+        operators.parent = "tenants/system".into();
+        if let Some(key) = operators.api_key.as_mut() {
+            key.owner = "tenants/system".into();
+        }
+        let operators = create(&mut keys, mesh.as_operator(operators)).await?;
+        let in_acme = create(
+            &mut keys,
+            with_api_key(service_account_key("from-operators", 5), &operators.key),
+        )
+        .await?;
+        let (operators, in_acme) = (operators.api_key.unwrap(), in_acme.api_key.unwrap());
+        assert_eq!(in_acme.created_with, operators.name, "{backend}");
+
+        keys.revoke_api_key(mesh.as_operator(RevokeApiKeyRequest {
+            name: operators.name.clone(),
+        }))
+        .await?;
+        let state = state_of(&mut keys, &in_acme.name, &admin).await?;
+        assert_eq!(state, ApiKeyState::Revoked, "{backend}");
+        let event = common::audit_event(&mesh, "identity.apikeys.revoke", |event| {
+            event.resource == in_acme.name
+        })
+        .await?;
+        assert_eq!(
+            event.attributes["revoked_with"], operators.name,
+            "{backend}"
+        );
         mesh.stop().await?;
     }
     Ok(())

@@ -1,4 +1,5 @@
--- The key a key was created with (`tenants/{tenant_id}/apiKeys/{key_id}`), NULL for a key a person or the bootstrap made.
+-- The key a key was created with (`tenants/{tenant_id}/apiKeys/{key_id}`), NULL for a key a
+-- person or the bootstrap made, and for keys made before this column.
 -- Revoking a key revokes the keys created with it, and theirs (`revoke_keys_created_with`):
 -- a leaked service-account key must not leave behind keys it minted that outlive its
 -- revocation. A platform operator's key may make keys in any tenant, so the index is not per

@@ -452,35 +452,37 @@ impl ApiKeyService for ApiKeyApi {
         self.require_may_revoke(&caller, &key).await?;
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
-        // Only the call that actually revokes is audited; a repeat changes nothing (the keys
-        // made with the key went with it the first time, and none has been made since).
-        if self
+        let revoked = self
             .store
             .revoke_api_key(&mut tx, &tenant, &id, now)
-            .await?
-        {
-            let resource = key.name();
-            let made_with_it = self
-                .store
-                .revoke_keys_created_with(&mut tx, &resource, now)
-                .await?;
-            for made in &made_with_it {
-                let name = made.name();
-                let revoked_with = vec![(
-                    "revoked_with",
-                    made.created_with.clone().unwrap_or_default(),
-                )];
-                let audit = self.audit(
-                    &caller,
-                    made,
-                    &name,
-                    "identity.apikeys.revoke",
-                    revoked_with,
-                );
-                palisade_audit::enqueue(&mut tx, &audit)
-                    .await
-                    .map_err(ApiError::from)?;
-            }
+            .await?;
+        // Even when the key was revoked already: a restore may have brought back a live key
+        // it made (its maker revoked since the export), and revoking it again catches that.
+        let resource = key.name();
+        let made_with_it = self
+            .store
+            .revoke_keys_created_with(&mut tx, &resource, now)
+            .await?;
+        for made in &made_with_it {
+            let name = made.name();
+            let revoked_with = vec![(
+                "revoked_with",
+                made.created_with.clone().unwrap_or_default(),
+            )];
+            let audit = self.audit(
+                &caller,
+                made,
+                &name,
+                "identity.apikeys.revoke",
+                revoked_with,
+            );
+            palisade_audit::enqueue(&mut tx, &audit)
+                .await
+                .map_err(ApiError::from)?;
+        }
+        // Only the call that actually revokes the key is audited for it; a repeat changes
+        // nothing about it.
+        if revoked {
             let audit = self.audit(
                 &caller,
                 &key,
@@ -491,14 +493,17 @@ impl ApiKeyService for ApiKeyApi {
             palisade_audit::commit_with(tx, &audit, &self.relay)
                 .await
                 .map_err(ApiError::from)?;
+        } else {
+            tx.commit().await.map_err(ApiError::from)?;
+            self.relay.notify();
+        }
+        if revoked || !made_with_it.is_empty() {
             tracing::info!(
                 tenant = %tenant,
                 key = %resource,
                 keys_made_with_it = made_with_it.len(),
                 "api key revoked"
             );
-        } else {
-            tx.commit().await.map_err(ApiError::from)?;
         }
         let key = self
             .store
