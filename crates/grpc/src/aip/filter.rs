@@ -42,12 +42,20 @@ pub struct Term {
     pub value: String,
 }
 
+/// Comparisons one filter may join: more than any real query needs (each field has a few
+/// useful ones), few enough that a filter cannot make a statement of thousands of conditions
+/// and bound values for the database to plan.
+pub const MAX_TERMS: usize = 16;
+
 /// Parses `filter` against the allowed `fields`; an empty filter is no terms.
 pub fn parse_filter(filter: &str, fields: &[FilterField]) -> Result<Vec<Term>, ApiError> {
     let tokens = tokenize(filter)?;
     let mut terms = Vec::new();
     let mut rest = tokens.as_slice();
     while !rest.is_empty() {
+        if terms.len() == MAX_TERMS {
+            return Err(invalid(&format!("joins more than {MAX_TERMS} comparisons")));
+        }
         let [Token::Word(name), Token::Op(comparison), value, tail @ ..] = rest else {
             return Err(invalid("expected `field operator value`"));
         };
@@ -222,5 +230,13 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown field `colour`")
         );
+    }
+
+    #[test]
+    fn a_filter_joins_a_bounded_number_of_comparisons() {
+        let joined = |n: usize| vec!["action = x"; n].join(" AND ");
+        assert_eq!(check(&joined(MAX_TERMS)).unwrap().len(), MAX_TERMS);
+        let error = check(&joined(MAX_TERMS + 1)).unwrap_err();
+        assert!(error.contains("more than 16 comparisons"), "{error}");
     }
 }
