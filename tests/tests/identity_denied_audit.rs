@@ -2,7 +2,8 @@
 //! missing permission, refused by the policy layer) and a manager's grant of `admin` (refused
 //! by the handler) are recorded in the caller's tenant, outcome `DENIED`, with the reason;
 //! refused reads are not audited, and a wrong current password is recorded once, by its
-//! handler, not twice.
+//! handler, not twice. A flood of refusals is counted whole, whether recorded one by one or,
+//! while the writers are busy, as a count (`identity.denials.unrecorded`).
 
 mod common;
 mod identity_kit;
@@ -10,7 +11,9 @@ mod identity_kit;
 use common::{audit_events_arrived, expect_code, new_tenant, reason};
 use identity_kit::{PASSWORD, list_users, login, new_user, with_bearer};
 use palisade_proto::palisade::{
-    compliance::v1::{AuditEvent, Outcome},
+    compliance::v1::{
+        AuditEvent, ListAuditEventsRequest, Outcome, audit_service_client::AuditServiceClient,
+    },
     identity::v1::{
         AssignRoleRequest, ChangePasswordRequest, GetUserRequest, Plan,
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
@@ -147,6 +150,94 @@ async fn refused_mutations_are_audited_as_denied() -> anyhow::Result<()> {
             denied(&events, "identity.users.changePassword").len(),
             1,
             "{backend}"
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// The number of acme's refusals with `action`, and the sum of their `refusals` attributes.
+async fn events_of(mesh: &Mesh, action: &str) -> anyhow::Result<(usize, u64)> {
+    let mut audit = AuditServiceClient::new(mesh.gateway());
+    let (mut events, mut refusals, mut page_token) = (0, 0, String::new());
+    loop {
+        let page = audit
+            .list_audit_events(mesh.as_operator(ListAuditEventsRequest {
+                parent: "tenants/acme".into(),
+                filter: format!(r#"action = "{action}""#),
+                page_size: 1000,
+                page_token,
+            }))
+            .await?
+            .into_inner();
+        let denied = page
+            .audit_events
+            .iter()
+            .filter(|e| e.outcome() == Outcome::Denied);
+        for event in denied {
+            events += 1;
+            refusals += event
+                .attributes
+                .get("refusals")
+                .map_or(Ok(0), |n| n.parse())?;
+        }
+        if page.next_page_token.is_empty() {
+            return Ok((events, refusals));
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_is_counted_whole_in_the_log() -> anyhow::Result<()> {
+    const FLOOD: usize = 400;
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Enterprise)))
+            .await?;
+        let users = UserServiceClient::new(mesh.gateway());
+        users
+            .clone()
+            .create_user(mesh.as_operator(new_user("acme", "ann@acme.example", &["analyst"])))
+            .await?;
+        let (analyst, _) = login(&mesh, "acme", "ann@acme.example").await?;
+        let calls = (0..FLOOD).map(|n| {
+            let mut users = users.clone();
+            let request = with_bearer(
+                new_user("acme", &format!("u{n}@acme.example"), &[]),
+                &analyst,
+            );
+            async move { users.create_user(request).await }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let refused = answers
+            .iter()
+            .filter(
+                |answer| matches!(answer, Err(status) if status.code() == Code::PermissionDenied),
+            )
+            .count();
+        assert!(
+            refused > FLOOD / 2,
+            "{backend}: {refused} of {FLOOD} refused by identity"
+        );
+
+        // Every refusal is in the log: on its own, or in a count of those that were not.
+        let (one_by_one, counted) = eventually(std::time::Duration::from_secs(20), || {
+            let mesh = &mesh;
+            async move {
+                let (one_by_one, _) = events_of(mesh, "identity.users.create").await?;
+                let (_, counted) = events_of(mesh, "identity.denials.unrecorded").await?;
+                let whole = one_by_one as u64 + counted == refused as u64;
+                Ok(whole.then_some((one_by_one, counted)))
+            }
+        })
+        .await?;
+        // The flood outran the writers, so the counts were needed.
+        assert!(
+            counted > 0,
+            "{backend}: all {one_by_one} recorded one by one"
         );
         mesh.stop().await?;
     }
