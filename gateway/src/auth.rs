@@ -242,11 +242,9 @@ impl ApiKeyVerifier {
             ));
         }
         let fingerprint: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let accepted_before = match self.trusted(&fingerprint) {
-            Trust::Trusted(context) => return Ok(context),
-            Trust::Lapsed => true,
-            Trust::Unknown => false,
-        };
+        if let Trust::Trusted(context) = self.trusted(&fingerprint) {
+            return Ok(context);
+        }
         let answer = self
             .answers
             .get_admitted(&fingerprint, || {
@@ -263,6 +261,8 @@ impl ApiKeyVerifier {
                     })?;
                 // A key identity accepted before is one the client holds, not made up: asking
                 // again when its trust lapses is the gateway's doing, not charged to the client.
+                // Read here, where no lookup of the key can end meanwhile.
+                let accepted_before = !matches!(self.trusted(&fingerprint), Trust::Unknown);
                 if !accepted_before {
                     admit()?;
                 }
@@ -376,16 +376,17 @@ async fn ask_identity(
     };
     // Trusted for the TTL from when identity was asked (what it answered held then, not
     // when the answer arrived) and never past the key's expiry.
+    let (now, wall_clock) = (Instant::now(), SystemTime::now());
     let key_left = response
         .expire_time
         .and_then(|expire| SystemTime::try_from(expire).ok())
-        .map(|expire| {
-            expire
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        })
+        .map(|expire| expire.duration_since(wall_clock).unwrap_or(Duration::ZERO))
         .unwrap_or(Duration::ZERO);
-    let until = (asked_at + ttl).min(Instant::now() + key_left);
+    let until = [asked_at.checked_add(ttl), now.checked_add(key_left)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now);
     let principal = response
         .principal
         .ok_or("identity verified a key without a principal")?;

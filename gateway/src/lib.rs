@@ -108,7 +108,7 @@ pub struct GatewayConfig {
     /// Connection workers (threads, each serving its connections on a runtime of its own);
     /// 0 means one per available core.
     pub workers: usize,
-    /// The rate of public calls each client address may make without a credential; `None`
+    /// The rate of public calls each client address may make, credential or not; `None`
     /// is unlimited (behind a proxy that hides clients' addresses, all share one rate).
     pub public_call_rate: Option<PublicCallRate>,
     /// Proxies in front of the gateway (load balancers) whose `X-Forwarded-For` names the

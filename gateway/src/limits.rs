@@ -1,6 +1,6 @@
 //! Request rates: a token bucket per tenant that refills at the plan's `requests_per_second`
 //! and holds at most `request_burst` tokens, each call taking one; and the same per client
-//! address for public calls made without a credential, which no tenant's bucket pays for.
+//! address for public calls, which anyone can make, credential or not.
 //!
 //! The clock is a parameter (`now`), so the arithmetic is tested without sleeping. Memory is
 //! bounded: a bucket that has refilled to its capacity is the same as a new one, so such
@@ -153,7 +153,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
-/// Who a public call without a credential is counted against: its client's address, or for
+/// Who a public call is counted against: its client's address, or for
 /// IPv6 the address's /64 network, since one host usually holds a whole /64 and could
 /// otherwise take a fresh bucket per call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

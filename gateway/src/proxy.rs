@@ -2,11 +2,11 @@
 //! strip client context → request id → local services (health, reflection) → method policy
 //! (internal methods are never routed) → deadline (`deadline.rs`; read before anything is
 //! charged, so a malformed `grpc-timeout` costs no quota, and counted from the call's arrival:
-//! it bounds the steps below, and the backend gets what is left) → authentication → the
-//! credential's tenant: in service, within its rate, within its monthly quota (the call is
-//! counted) — or, for a public call without a credential (or with one whose tenant is out of
-//! rate or quota), the tenant its host name names, within its client's rate → tenant context →
-//! message size → backend.
+//! it bounds the steps below, and the backend gets what is left) → authentication → for a
+//! public call, its client's rate → the credential's tenant: in service, within its rate,
+//! within its monthly quota (the call is counted) — or, for a public call without a credential
+//! (or with one whose tenant is out of rate or quota), the tenant its host name names →
+//! tenant context → message size → backend.
 //!
 //! Rates and quotas apply to calls made with a tenant's credential. Public calls are not
 //! charged to the tenant their host names: anyone can make them, so charging them would let
@@ -47,15 +47,14 @@ use crate::{
     usage::UsageMeter,
 };
 
-/// What the gateway enforces per tenant (and, for public calls without a credential, per
-/// client), and the counter of what it refused.
+/// What the gateway enforces per tenant (and, for public calls, per client), and the counter
+/// of what it refused.
 pub struct TenantLimits {
     pub directory: TenantDirectory,
     pub rates: RateLimiter<TenantId>,
     pub usage: Arc<UsageMeter>,
-    /// The rate of public calls (`Login`, `RefreshToken`, ...) and reflection streams each
-    /// client address may make without a credential (or with one whose tenant is out of rate
-    /// or quota); `None` is unlimited.
+    /// The rate of public calls (`Login`, `RefreshToken`, ...), credential or not, and
+    /// reflection streams each client address may make; `None` is unlimited.
     pub public_rate: Option<Rate>,
     pub clients: RateLimiter<ClientKey>,
     /// Refusals by reason (`tenant_suspended`, `tenant_not_active`, `rate_limited`,
@@ -410,12 +409,12 @@ enum Admission {
 }
 
 impl Proxy {
-    /// A public call without a credential pays no tenant's rate, so its client's address
-    /// has one: a client cannot flood `Login` (whose password hashing is what a flood makes
-    /// scarce) or the other public methods for everyone else. An API key identity must be
-    /// asked about, and a reflection stream, cost the same (`what` says which it is). Behind
-    /// a proxy that hides clients' addresses, that proxy is one client; the rate is a setting
-    /// for that reason.
+    /// A public call pays its client's address's rate, whatever credential it carries: a
+    /// client cannot flood `Login` (whose password hashing is what a flood makes scarce) or
+    /// the other public methods for everyone else, with or without some tenant's token. An
+    /// API key identity must be asked about, and a reflection stream, cost the same (`what`
+    /// says which it is). Behind a proxy that hides clients' addresses, that proxy is one
+    /// client; the rate is a setting for that reason.
     fn admit_client(&self, origin: Option<&ClientOrigin>, what: &str) -> Result<(), ApiError> {
         let limits = &*self.limits;
         let Some(rate) = limits.public_rate else {

@@ -443,7 +443,7 @@ async fn a_suspended_tenants_tokens_stop_working_within_the_cache_ttl() -> anyho
 /// Public calls without a credential pay no tenant's rate, so each client address has one:
 /// over it, `Login` and the other public methods are refused with the client as the subject,
 /// whatever credential they carry, while calls that need a credential pay only their tenant's
-/// rate.
+/// rate (once their key, if any, is trusted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_public_call_rate_is_refused_whatever_it_carries() -> anyhow::Result<()> {
     let mesh = Mesh::builder().with_public_call_rate(1, 3).start().await?;
@@ -461,6 +461,14 @@ async fn a_client_over_its_public_call_rate_is_refused_whatever_it_carries() -> 
     assert!(passed <= 2, "{passed} calls passed after the login");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert_eq!(reason(&refused), "CLIENT_RATE_LIMITED");
+    // A credential does not lift it (its tenant's rate may be far higher, or unlimited).
+    let with_token = auth
+        .login(with_bearer(login("acme", &email("acme")), &acme))
+        .await;
+    assert_eq!(
+        reason(&expect_code(with_token, Code::ResourceExhausted)),
+        "CLIENT_RATE_LIMITED"
+    );
     let details = refused.get_error_details();
     let violations = &details.quota_failure().expect("a QuotaFailure").violations;
     assert_eq!(violations[0].subject, "clients/127.0.0.1");
@@ -531,16 +539,7 @@ async fn a_client_over_its_public_call_rate_is_refused_whatever_it_carries() -> 
         "CLIENT_RATE_LIMITED"
     );
 
-    // A credential does not lift the client's rate on a public call (its tenant's rate may
-    // be far higher, or unlimited) ...
-    let with_token = auth
-        .login(with_bearer(login("acme", &email("acme")), &acme))
-        .await;
-    assert_eq!(
-        reason(&expect_code(with_token, Code::ResourceExhausted)),
-        "CLIENT_RATE_LIMITED"
-    );
-    // ... while a call that needs its credential pays only its tenant's rate.
+    // A call that needs its credential pays only its tenant's rate.
     UserServiceClient::new(mesh.gateway())
         .get_user(with_bearer(GetUserRequest { name: acme_admin }, &acme))
         .await?;

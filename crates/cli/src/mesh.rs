@@ -132,7 +132,7 @@ pub struct MeshOptions {
     pub default_deadline: Duration,
     /// How long the gateway keeps a public connection on which nothing happens.
     pub idle_timeout: Duration,
-    /// Public calls per client address without a credential; `None` is unlimited.
+    /// Public calls per client address, credential or not; `None` is unlimited.
     pub public_call_rate: Option<palisade_gateway::PublicCallRate>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<palisade_gateway::IpBlock>,

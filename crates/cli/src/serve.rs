@@ -91,8 +91,14 @@ pub struct ServeArgs {
         requires = "signing_key_kek_file"
     )]
     signing_key_previous_kek_file: Option<PathBuf>,
-    /// Seconds a verified API key is cached by the gateway.
-    #[arg(long, env = "PALISADE_API_KEY_CACHE_TTL", default_value_t = 30)]
+    /// Seconds a verified API key is cached by the gateway (1 to 3600): a revoked key works
+    /// for up to this long.
+    #[arg(
+        long,
+        env = "PALISADE_API_KEY_CACHE_TTL",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
     api_key_cache_ttl: u64,
     /// gateway: seconds between fetches of identity's JWKS; a signing key identity stops
     /// publishing stops verifying access tokens within about this long.
@@ -114,8 +120,8 @@ pub struct ServeArgs {
         default_value_t = palisade_gateway::IDLE_TIMEOUT.as_secs()
     )]
     idle_timeout: u64,
-    /// gateway: public calls (`Login`, `RefreshToken`, ...) and reflection streams one client
-    /// address may make per second without a credential; 0 is unlimited (for a gateway behind
+    /// gateway: public calls (`Login`, `RefreshToken`, ...; credential or not) and reflection
+    /// streams one client address may make per second; 0 is unlimited (for a gateway behind
     /// a proxy that hides clients' addresses, whose calls would all share one rate).
     #[arg(
         long,
@@ -123,7 +129,7 @@ pub struct ServeArgs {
         default_value_t = palisade_gateway::PublicCallRate::DEFAULT.per_second
     )]
     public_calls_per_second: u32,
-    /// gateway: public calls without a credential one client address may make at once.
+    /// gateway: public calls one client address may make at once.
     #[arg(
         long,
         env = "PALISADE_PUBLIC_CALL_BURST",
@@ -377,6 +383,20 @@ mod tests {
             }
             assert!(Serve::try_parse_from(["serve", "identity", flag, "36500"]).is_ok());
         }
+    }
+
+    #[test]
+    fn the_api_key_cache_ttl_is_refused_when_zero_or_absurd() {
+        // Zero would trust no answer (each call asks again); an hour is as long as a revoked
+        // key should go on working.
+        let flag = "--api-key-cache-ttl";
+        for bad in ["0", "3601", "18446744073709551615"] {
+            assert!(
+                Serve::try_parse_from(["serve", "gateway", flag, bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Serve::try_parse_from(["serve", "gateway", flag, "3600"]).is_ok());
     }
 
     #[test]

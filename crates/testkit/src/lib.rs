@@ -131,7 +131,7 @@ impl MeshBuilder {
         self
     }
 
-    /// How many public calls without a credential the gateway lets one client address make.
+    /// How many public calls the gateway lets one client address make.
     pub fn with_public_call_rate(mut self, per_second: u32, burst: u32) -> MeshBuilder {
         self.public_call_rate = Some(palisade::PublicCallRate { per_second, burst });
         self
