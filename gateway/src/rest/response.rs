@@ -10,7 +10,7 @@ use tonic::{Code, Status, body::Body};
 
 use super::{
     Binding,
-    errors::{error_response, json_response, status_json},
+    errors::{error_response, http_status, json_response, retry_after, status_json},
     metadata::{self, HEADER_PREFIX, TRAILER_PREFIX},
     transcode,
 };
@@ -82,14 +82,28 @@ enum Phase {
 }
 
 async fn stream_response(binding: &Binding, mut reader: GrpcReader) -> Response<Body> {
-    // Like grpc-gateway, a stream that fails before its first message is a plain error
-    // response with its HTTP status; once a message is out, the status is 200 and a failure
-    // becomes the last line.
+    // As grpc-gateway answers: a call refused outright (trailers-only, handled above) is a
+    // plain error response; a stream that opened and failed before its first message has the
+    // failure's HTTP status and the failure as its one line; once a message is out, the
+    // status is 200 and a failure becomes the last line.
     let (first, phase) = match reader.next().await {
         Item::Message(payload) => (Some(payload), Phase::Messages),
         Item::End(status) if status.code() != Code::Ok => {
-            let mut response = error_response(&status);
-            metadata::forward_response(&reader.trailers, TRAILER_PREFIX, response.headers_mut());
+            let mut line = serde_json::to_vec(&json!({ "error": status_json(&status) }))
+                .expect("a json value serializes");
+            line.push(b'\n');
+            let body = Body::new(http_body_util::Full::new(Bytes::from(line)));
+            let mut response = Response::new(body);
+            *response.status_mut() = http_status(status.code());
+            let headers = response.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(seconds) = retry_after(&status) {
+                headers.insert(http::header::RETRY_AFTER, seconds);
+            }
+            metadata::forward_response(&reader.trailers, TRAILER_PREFIX, headers);
             return response;
         }
         Item::End(_) => (None, Phase::Trailers),
@@ -321,8 +335,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_fails_at_once_is_an_http_error() {
+        // Opened (its headers came), then failed: grpc-gateway's error line, with the
+        // failure's HTTP status.
         let response = grpc_response(vec![trailers(Code::NotFound, "no such tenant")]);
         let (status, lines) = read_lines(respond(&export_binding(), response).await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            lines,
+            vec![json!({"error": {"code": 5, "message": "no such tenant", "details": []}})]
+        );
+        // Refused outright (trailers-only): a plain error body, as for a unary call.
+        let mut refused = Response::new(Body::empty());
+        Status::not_found("no such tenant")
+            .add_header(refused.headers_mut())
+            .unwrap();
+        let (status, lines) = read_lines(respond(&export_binding(), refused).await).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(
             lines,
