@@ -6,7 +6,7 @@ mod filter;
 mod paging;
 mod update_mask;
 
-pub use filter::{Comparison, FilterField, Term, parse_filter};
+pub use filter::{Comparison, FilterField, MAX_TERMS, Term, parse_filter};
 pub use paging::{
     CreatedCursor, DEFAULT_PAGE_SIZE, EQUALITY, ListQuery, MAX_PAGE_SIZE, decode_page_token,
     encode_page_token, finish_page, page_size,

@@ -9,6 +9,8 @@
 //! records, nor slow the refusals themselves. Nor can it hide a refusal from the log: those
 //! not recorded are counted per tenant, and once a writer is free the count is recorded, one
 //! event per tenant (`identity.denials.unrecorded`, with how many and of which methods).
+//! The counts are kept in memory: a restart loses those not yet recorded, and beyond
+//! `MAX_TENANTS_COUNTED` tenants at once refusals are only logged.
 //! Each writer looks for counts after it is done, and a refusal goes uncounted only while
 //! every writer is busy (and looks again if one freed up meanwhile), so the count is always
 //! found.
@@ -106,14 +108,27 @@ impl Writer {
     /// counts are not that call's.
     async fn record_unrecorded(&self) {
         loop {
-            let Ok(_place) = self.writing.try_acquire() else {
+            let Ok(place) = self.writing.try_acquire() else {
                 // Every writer is busy, and each will look once done.
                 return;
             };
             let counts =
                 std::mem::take(&mut self.unrecorded.lock().expect("not poisoned").by_tenant);
             if counts.is_empty() {
-                return;
+                // Counted while this held its place, a refusal may have seen no writer free;
+                // so the place is given back before looking again (a refusal counts, then
+                // looks for a free place; this frees its place, then looks for counts).
+                drop(place);
+                if self
+                    .unrecorded
+                    .lock()
+                    .expect("not poisoned")
+                    .by_tenant
+                    .is_empty()
+                {
+                    return;
+                }
+                continue;
             }
             for (tenant, count) in counts {
                 let methods: Vec<String> = count.methods.into_iter().collect();
@@ -157,7 +172,8 @@ impl DenialSink for AuditDenials {
             // the count: then a free writer records it now.
             if writer.writing.available_permits() > 0 {
                 let writer = writer.clone();
-                tokio::spawn(async move { writer.record_unrecorded().await });
+                let counts = tracing::info_span!(parent: None, "unrecorded_denials");
+                tokio::spawn(async move { writer.record_unrecorded().await }.instrument(counts));
             }
             return;
         };
@@ -198,10 +214,12 @@ impl DenialSink for AuditDenials {
         });
         let writer = writer.clone();
         let written = async move {
-            write.await;
-            writer.record_unrecorded().await;
+            write.instrument(tracing::Span::current()).await;
+            // Not this call's: recorded under no call's trace.
+            let counts = tracing::info_span!(parent: None, "unrecorded_denials");
+            writer.record_unrecorded().instrument(counts).await;
         };
-        tokio::spawn(written.instrument(tracing::Span::current()));
+        tokio::spawn(written);
     }
 }
 
