@@ -38,7 +38,10 @@ async fn tenants_never_see_each_others_keys() -> anyhow::Result<()> {
         expect_code(get, Code::NotFound);
         let revoke = keys
             .revoke_api_key(with_bearer(
-                RevokeApiKeyRequest { name: name.clone() },
+                RevokeApiKeyRequest {
+                    name: name.clone(),
+                    ..Default::default()
+                },
                 &globex,
             ))
             .await;

@@ -124,6 +124,7 @@ async fn a_read_only_key_reads_is_shown_once_and_stops_when_revoked() -> anyhow:
         assert!(revoked.text().contains("API_KEY_STATE_REVOKED"));
         let revoke = RevokeApiKeyRequest {
             name: key.name.clone(),
+            ..Default::default()
         };
         let again = keys
             .revoke_api_key(with_bearer(revoke.clone(), &admin))
@@ -443,7 +444,13 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
                 ["name"]
             );
             let revoke = keys
-                .revoke_api_key(with_bearer(RevokeApiKeyRequest { name }, &admin))
+                .revoke_api_key(with_bearer(
+                    RevokeApiKeyRequest {
+                        name,
+                        ..Default::default()
+                    },
+                    &admin,
+                ))
                 .await;
             assert_eq!(
                 violated_fields(&expect_code(revoke, Code::InvalidArgument)),
@@ -527,6 +534,7 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
         keys.revoke_api_key(with_bearer(
             RevokeApiKeyRequest {
                 name: robot_key.name,
+                ..Default::default()
             },
             &admin,
         ))

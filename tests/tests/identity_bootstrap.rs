@@ -1,6 +1,7 @@
 //! First start: the system tenant and one bootstrap operator key. Later starts mint no other,
 //! also once that key has been revoked: an operator who revokes a leaked bootstrap key must
-//! not find a fresh one in the next start's log.
+//! not find a fresh one in the next start's log. The key that replaces it, made with it,
+//! retires it and stays.
 
 mod common;
 mod keys_kit;
@@ -61,9 +62,19 @@ async fn a_restart_mints_no_new_operator_key_even_once_it_was_revoked() -> anyho
             "{backend}"
         );
 
-        let revoke = RevokeApiKeyRequest {
+        // The second key was made with the bootstrap key, so revoking that would revoke it
+        // too (and leave the operator with no key): it retires the bootstrap key only when
+        // told to keep the keys made with it.
+        let mut revoke = RevokeApiKeyRequest {
             name: first[0].name.clone(),
+            keep_keys_created_with_it: false,
         };
+        let refused = keys
+            .revoke_api_key(with_api_key(revoke.clone(), &second))
+            .await;
+        let refused = common::expect_code(refused, tonic::Code::FailedPrecondition);
+        assert_eq!(common::reason(&refused), "WOULD_REVOKE_CALLER", "{backend}");
+        revoke.keep_keys_created_with_it = true;
         keys.revoke_api_key(with_api_key(revoke, &second)).await?;
         mesh.stop_component(Component::Identity).await?;
         mesh.restart(Component::Identity).await?;

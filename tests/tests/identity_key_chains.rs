@@ -107,7 +107,13 @@ async fn state_of(
 }
 
 fn revoke(name: &str, admin: &str) -> tonic::Request<RevokeApiKeyRequest> {
-    with_bearer(RevokeApiKeyRequest { name: name.into() }, admin)
+    with_bearer(
+        RevokeApiKeyRequest {
+            name: name.into(),
+            ..Default::default()
+        },
+        admin,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +272,7 @@ async fn revoking_an_operators_key_revokes_what_it_made_in_other_tenants() -> an
 
         keys.revoke_api_key(mesh.as_operator(RevokeApiKeyRequest {
             name: operators.name.clone(),
+            ..Default::default()
         }))
         .await?;
         let state = state_of(&mut keys, &in_acme.name, &admin).await?;

@@ -27,6 +27,7 @@ fn service_account_key(name: &str, scopes: &[&str]) -> CreateApiKeyRequest {
 fn revoke(made: &CreateApiKeyResponse) -> RevokeApiKeyRequest {
     RevokeApiKeyRequest {
         name: made.api_key.as_ref().expect("the key").name.clone(),
+        ..Default::default()
     }
 }
 

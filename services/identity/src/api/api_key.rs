@@ -5,7 +5,7 @@ use std::sync::Arc;
 use palisade_audit::AuditRecord;
 use palisade_db::outbox::Relay;
 use palisade_grpc::{
-    ApiError, Caller, FieldViolation,
+    ApiError, Caller,
     aip::{self, CreatedCursor, FilterField},
     principal_type,
     time::{now_micros, timestamp},
@@ -19,13 +19,13 @@ use palisade_proto::palisade::{
         VerifyApiKeyResponse, api_key_service_server::ApiKeyService,
     },
 };
-use palisade_tenancy::{Principal, PrincipalKind, TenantId};
+use palisade_tenancy::{PrincipalKind, TenantId};
 use tonic::{Request, Response, Status};
 
 use super::user::{require_listed_tenant, require_own_tenant};
 use crate::{
     api_keys::{self, KeyRules},
-    authz::{ALL_PERMISSIONS, Authz},
+    authz::Authz,
     store::{ApiKeyFilter, ApiKeyRecord, IdentityStore},
     users,
 };
@@ -41,6 +41,8 @@ const FILTER_FIELDS: &[FilterField] = &[
     },
 ];
 
+mod checks;
+
 pub struct ApiKeyApi {
     store: IdentityStore,
     relay: Relay,
@@ -49,112 +51,6 @@ pub struct ApiKeyApi {
 }
 
 impl ApiKeyApi {
-    /// A key made with an API key is made with a service-account key, not a user's, and
-    /// expires no later than that key: a service-account key (which outlives whoever made it)
-    /// could otherwise mint its successor before it expires, and so on, keeping access forever
-    /// without any person renewing it.
-    async fn require_callers_key_may_make(
-        &self,
-        caller: &Caller,
-        request: &CreateApiKeyRequest,
-        key: &ApiKeyRecord,
-    ) -> Result<(), ApiError> {
-        let principal = caller.principal();
-        if principal.kind != PrincipalKind::ApiKey {
-            return Ok(());
-        }
-        // Gone since the call was let in (revoked and purged, or the tenant restored): the
-        // caller has no key to be bounded by, so it makes none.
-        let Some(callers_key) = self.store.get_api_key(&principal.id).await? else {
-            return Err(ApiError::Unauthenticated {
-                reason: "INVALID_API_KEY",
-                message: "the api key this call was made with no longer exists".to_owned(),
-            });
-        };
-        // A user's key holds its owner's rights only while the owner does, and ends when
-        // revoked; a service-account key it made would keep those rights past both.
-        if callers_key.owner_user_id.is_some() {
-            return Err(ApiError::PermissionDenied {
-                reason: "PERSONAL_KEY",
-                message: "a user's api key does not create keys: a service-account key made \
-                          with it would outlive its owner's rights and its revocation; sign in \
-                          as the user instead"
-                    .to_owned(),
-            });
-        }
-        if key.expire_time <= callers_key.expire_time {
-            return Ok(());
-        }
-        let field = match request
-            .api_key
-            .as_ref()
-            .and_then(|k| k.expire_time.as_ref())
-        {
-            Some(_) => "api_key.expire_time",
-            None => "ttl",
-        };
-        let until = timestamp(callers_key.expire_time);
-        Err(ApiError::invalid(
-            field,
-            format!(
-                "a key created with an api key expires no later than that key (it expires at {until})"
-            ),
-        ))
-    }
-
-    /// A key is revoked by the user it belongs to, by itself, or by a caller holding all its
-    /// scopes (those still in the catalogue: no one holds a retired one) and, for a user's key,
-    /// every right of that user (`ROLE_ESCALATION`, as disabling the user takes). Otherwise a
-    /// manager could cut an admin's keys, or a system manager the operator's `*` key. Judged
-    /// outside the revoking transaction: a role changed meanwhile at worst lets through a
-    /// revocation, which grants nothing.
-    async fn require_may_revoke(
-        &self,
-        caller: &Caller,
-        key: &ApiKeyRecord,
-    ) -> Result<(), ApiError> {
-        let principal = caller.principal();
-        let own = match principal.kind {
-            PrincipalKind::User => key.owner_user_id.as_ref() == Some(&principal.id),
-            PrincipalKind::ApiKey => principal.id == key.id,
-            PrincipalKind::Service => false,
-        };
-        if own && caller.context.tenant_id == key.tenant_id {
-            return Ok(());
-        }
-        let scopes: Vec<String> = key
-            .scopes
-            .iter()
-            .filter(|scope| *scope == ALL_PERMISSIONS || self.authz.roles().in_catalogue(scope))
-            .cloned()
-            .collect();
-        let lacking = self
-            .authz
-            .lacking(&caller.context.tenant_id, principal, &scopes)
-            .await?;
-        if !lacking.is_empty() {
-            return Err(ApiError::PermissionDenied {
-                reason: "SCOPE_ESCALATION",
-                message: format!(
-                    "the caller does not hold these scopes of the key: {}",
-                    lacking.join(", ")
-                ),
-            });
-        }
-        if let Some(owner) = &key.owner_user_id
-            && let Some(owner) = self.store.get_user(&key.tenant_id, owner).await?
-        {
-            let held = self.authz.permissions_named(&owner).await?;
-            if !self.authz.holds_all(&caller.context, &held).await? {
-                return Err(ApiError::PermissionDenied {
-                    reason: "ROLE_ESCALATION",
-                    message: "the key's user holds rights the caller does not".to_owned(),
-                });
-            }
-        }
-        Ok(())
-    }
-
     pub fn new(
         store: IdentityStore,
         relay: Relay,
@@ -166,58 +62,6 @@ impl ApiKeyApi {
             relay,
             authz,
             rules,
-        }
-    }
-
-    /// A key's scopes never exceed what its owner holds (a user's key) nor what its creator
-    /// holds (no escalation by minting a key), platform operators included. `*` is held by
-    /// whoever holds every catalogue permission.
-    /// `requested` is the request's own list, which names the fields of a violation.
-    async fn require_scopes_held(
-        &self,
-        caller: &Caller,
-        key: &ApiKeyRecord,
-        requested: &[String],
-    ) -> Result<(), ApiError> {
-        if let Some(owner) = &key.owner_user_id {
-            let owner = Principal::new(owner.clone(), PrincipalKind::User);
-            let lacking = self
-                .authz
-                .lacking(&key.tenant_id, &owner, &key.scopes)
-                .await?;
-            // Bad input, named per scope: the request asks for more than its owner could
-            // ever use, whoever sends it.
-            if !lacking.is_empty() {
-                let violations = requested
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, scope)| lacking.contains(scope))
-                    .map(|(index, scope)| {
-                        FieldViolation::new(
-                            format!("api_key.scopes[{index}]"),
-                            format!("the key's owner does not hold {scope}"),
-                        )
-                    })
-                    .collect();
-                return Err(ApiError::InvalidArgument(violations));
-            }
-        }
-        // Operators too, in every tenant: they hold their own rights, as for roles
-        // (`Authz::holds_all`).
-        let lacking = self
-            .authz
-            .lacking(&caller.context.tenant_id, caller.principal(), &key.scopes)
-            .await?;
-        if lacking.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::PermissionDenied {
-                reason: "SCOPE_ESCALATION",
-                message: format!(
-                    "the caller does not hold these scopes: {}",
-                    lacking.join(", ")
-                ),
-            })
         }
     }
 
@@ -450,6 +294,10 @@ impl ApiKeyService for ApiKeyApi {
             .await?
             .ok_or_else(not_found)?;
         self.require_may_revoke(&caller, &key).await?;
+        let keep_made_with_it = request.get_ref().keep_keys_created_with_it;
+        if !keep_made_with_it {
+            self.require_not_made_with(&caller, &key).await?;
+        }
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let revoked = self
@@ -459,10 +307,14 @@ impl ApiKeyService for ApiKeyApi {
         // Even when the key was revoked already: a restore may have brought back a live key
         // it made (its maker revoked since the export), and revoking it again catches that.
         let resource = key.name();
-        let made_with_it = self
-            .store
-            .revoke_keys_created_with(&mut tx, &resource, now)
-            .await?;
+        let made_with_it = match keep_made_with_it {
+            true => Vec::new(),
+            false => {
+                self.store
+                    .revoke_keys_created_with(&mut tx, &resource, now)
+                    .await?
+            }
+        };
         for made in &made_with_it {
             let name = made.name();
             let revoked_with = vec![(
@@ -483,12 +335,13 @@ impl ApiKeyService for ApiKeyApi {
         // Only the call that actually revokes the key is audited for it; a repeat changes
         // nothing about it.
         if revoked {
+            let kept = keep_made_with_it.then(|| ("kept_keys_created_with_it", "true".to_owned()));
             let audit = self.audit(
                 &caller,
                 &key,
                 &resource,
                 "identity.apikeys.revoke",
-                Vec::new(),
+                kept.into_iter().collect(),
             );
             palisade_audit::commit_with(tx, &audit, &self.relay)
                 .await

@@ -1,0 +1,219 @@
+//! Who may create and revoke which API key: the checks `ApiKeyService`'s handlers make
+//! before they write, each refusing with its own reason.
+
+use std::collections::BTreeSet;
+
+use palisade_grpc::{ApiError, Caller, FieldViolation, time::timestamp};
+use palisade_proto::palisade::identity::v1::CreateApiKeyRequest;
+use palisade_tenancy::{Principal, PrincipalKind};
+
+use super::ApiKeyApi;
+use crate::{authz::ALL_PERMISSIONS, store::ApiKeyRecord};
+
+impl ApiKeyApi {
+    /// A key made with an API key is made with a service-account key, not a user's, and
+    /// expires no later than that key: a service-account key (which outlives whoever made it)
+    /// could otherwise mint its successor before it expires, and so on, keeping access forever
+    /// without any person renewing it.
+    pub(super) async fn require_callers_key_may_make(
+        &self,
+        caller: &Caller,
+        request: &CreateApiKeyRequest,
+        key: &ApiKeyRecord,
+    ) -> Result<(), ApiError> {
+        let principal = caller.principal();
+        if principal.kind != PrincipalKind::ApiKey {
+            return Ok(());
+        }
+        // Gone since the call was let in (revoked and purged, or the tenant restored): the
+        // caller has no key to be bounded by, so it makes none.
+        let Some(callers_key) = self.store.get_api_key(&principal.id).await? else {
+            return Err(ApiError::Unauthenticated {
+                reason: "INVALID_API_KEY",
+                message: "the api key this call was made with no longer exists".to_owned(),
+            });
+        };
+        // A user's key holds its owner's rights only while the owner does, and ends when
+        // revoked; a service-account key it made would keep those rights past both.
+        if callers_key.owner_user_id.is_some() {
+            return Err(ApiError::PermissionDenied {
+                reason: "PERSONAL_KEY",
+                message: "a user's api key does not create keys: a service-account key made \
+                          with it would outlive its owner's rights and its revocation; sign in \
+                          as the user instead"
+                    .to_owned(),
+            });
+        }
+        if key.expire_time <= callers_key.expire_time {
+            return Ok(());
+        }
+        let field = match request
+            .api_key
+            .as_ref()
+            .and_then(|k| k.expire_time.as_ref())
+        {
+            Some(_) => "api_key.expire_time",
+            None => "ttl",
+        };
+        let until = timestamp(callers_key.expire_time);
+        Err(ApiError::invalid(
+            field,
+            format!(
+                "a key created with an api key expires no later than that key (it expires at {until})"
+            ),
+        ))
+    }
+
+    /// A key is revoked by the user it belongs to, by itself, or by a caller holding all its
+    /// scopes (those still in the catalogue: no one holds a retired one) and, for a user's key,
+    /// every right of that user (`ROLE_ESCALATION`, as disabling the user takes). Otherwise a
+    /// manager could cut an admin's keys, or a system manager the operator's `*` key. Judged
+    /// outside the revoking transaction: a role changed meanwhile at worst lets through a
+    /// revocation, which grants nothing.
+    pub(super) async fn require_may_revoke(
+        &self,
+        caller: &Caller,
+        key: &ApiKeyRecord,
+    ) -> Result<(), ApiError> {
+        let principal = caller.principal();
+        let own = match principal.kind {
+            PrincipalKind::User => key.owner_user_id.as_ref() == Some(&principal.id),
+            PrincipalKind::ApiKey => principal.id == key.id,
+            PrincipalKind::Service => false,
+        };
+        if own && caller.context.tenant_id == key.tenant_id {
+            return Ok(());
+        }
+        let scopes: Vec<String> = key
+            .scopes
+            .iter()
+            .filter(|scope| *scope == ALL_PERMISSIONS || self.authz.roles().in_catalogue(scope))
+            .cloned()
+            .collect();
+        let lacking = self
+            .authz
+            .lacking(&caller.context.tenant_id, principal, &scopes)
+            .await?;
+        if !lacking.is_empty() {
+            return Err(ApiError::PermissionDenied {
+                reason: "SCOPE_ESCALATION",
+                message: format!(
+                    "the caller does not hold these scopes of the key: {}",
+                    lacking.join(", ")
+                ),
+            });
+        }
+        if let Some(owner) = &key.owner_user_id
+            && let Some(owner) = self.store.get_user(&key.tenant_id, owner).await?
+        {
+            let held = self.authz.permissions_named(&owner).await?;
+            if !self.authz.holds_all(&caller.context, &held).await? {
+                return Err(ApiError::PermissionDenied {
+                    reason: "ROLE_ESCALATION",
+                    message: "the key's user holds rights the caller does not".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A key's scopes never exceed what its owner holds (a user's key) nor what its creator
+    /// holds (no escalation by minting a key), platform operators included. `*` is held by
+    /// whoever holds every catalogue permission.
+    /// `requested` is the request's own list, which names the fields of a violation.
+    pub(super) async fn require_scopes_held(
+        &self,
+        caller: &Caller,
+        key: &ApiKeyRecord,
+        requested: &[String],
+    ) -> Result<(), ApiError> {
+        if let Some(owner) = &key.owner_user_id {
+            let owner = Principal::new(owner.clone(), PrincipalKind::User);
+            let lacking = self
+                .authz
+                .lacking(&key.tenant_id, &owner, &key.scopes)
+                .await?;
+            // Bad input, named per scope: the request asks for more than its owner could
+            // ever use, whoever sends it.
+            if !lacking.is_empty() {
+                let violations = requested
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, scope)| lacking.contains(scope))
+                    .map(|(index, scope)| {
+                        FieldViolation::new(
+                            format!("api_key.scopes[{index}]"),
+                            format!("the key's owner does not hold {scope}"),
+                        )
+                    })
+                    .collect();
+                return Err(ApiError::InvalidArgument(violations));
+            }
+        }
+        // Operators too, in every tenant: they hold their own rights, as for roles
+        // (`Authz::holds_all`).
+        let lacking = self
+            .authz
+            .lacking(&caller.context.tenant_id, caller.principal(), &key.scopes)
+            .await?;
+        if lacking.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied {
+                reason: "SCOPE_ESCALATION",
+                message: format!(
+                    "the caller does not hold these scopes: {}",
+                    lacking.join(", ")
+                ),
+            })
+        }
+    }
+
+    /// Revoking `key` with the keys made with it must not revoke the calling key: a successor
+    /// made with a key, retiring it, would revoke itself (and with the bootstrap operator key
+    /// an operator's only credential). Walks up from the calling key through the keys it was
+    /// made with; such a caller keeps the keys made with `key` instead
+    /// (`keep_keys_created_with_it`).
+    pub(super) async fn require_not_made_with(
+        &self,
+        caller: &Caller,
+        key: &ApiKeyRecord,
+    ) -> Result<(), ApiError> {
+        let principal = caller.principal();
+        if principal.kind != PrincipalKind::ApiKey || principal.id == key.id {
+            return Ok(());
+        }
+        let target = key.name();
+        let mut seen = BTreeSet::new();
+        let mut maker = self.made_with(&principal.id).await?;
+        while let Some(name) = maker {
+            if name == target {
+                return Err(ApiError::FailedPrecondition {
+                    reason: "WOULD_REVOKE_CALLER",
+                    message: format!(
+                        "the key making this call was created with {target} (or with a key \
+                         created with it), so revoking it would revoke this key too; to retire \
+                         {target} and keep the keys created with it, set \
+                         keep_keys_created_with_it"
+                    ),
+                });
+            }
+            // A cycle, which only an import could write, ends the walk.
+            if !seen.insert(name.clone()) {
+                break;
+            }
+            let id = name.rsplit('/').next().unwrap_or_default();
+            maker = self.made_with(id).await?;
+        }
+        Ok(())
+    }
+
+    /// The name of the key the key `id` was created with, if any.
+    async fn made_with(&self, id: &str) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .store
+            .get_api_key(id)
+            .await?
+            .and_then(|key| key.created_with))
+    }
+}
