@@ -67,14 +67,14 @@ async fn a_restart_mints_no_new_operator_key_even_once_it_was_revoked() -> anyho
         // told to keep the keys made with it.
         let mut revoke = RevokeApiKeyRequest {
             name: first[0].name.clone(),
-            keep_keys_created_with_it: false,
+            keep_calling_key: false,
         };
         let refused = keys
             .revoke_api_key(with_api_key(revoke.clone(), &second))
             .await;
         let refused = common::expect_code(refused, tonic::Code::FailedPrecondition);
         assert_eq!(common::reason(&refused), "WOULD_REVOKE_CALLER", "{backend}");
-        revoke.keep_keys_created_with_it = true;
+        revoke.keep_calling_key = true;
         keys.revoke_api_key(with_api_key(revoke, &second)).await?;
         mesh.stop_component(Component::Identity).await?;
         mesh.restart(Component::Identity).await?;

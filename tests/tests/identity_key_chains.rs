@@ -238,7 +238,15 @@ async fn a_key_revoked_while_it_makes_a_key_leaves_no_key_behind() -> anyhow::Re
                     let state = state_of(&mut keys, &name, &admin).await?;
                     assert_eq!(state, ApiKeyState::Revoked, "{backend}");
                 }
-                Err(refused) => assert_eq!(refused.code(), Code::Unauthenticated),
+                // Refused once revoked: as a key no longer live, or (judged after the
+                // revocation) as one holding none of the scopes it asks for.
+                Err(refused) => assert!(
+                    matches!(
+                        refused.code(),
+                        Code::Unauthenticated | Code::PermissionDenied
+                    ),
+                    "{refused:?}"
+                ),
             }
         }
         db.close().await;
@@ -283,6 +291,85 @@ async fn revoking_an_operators_key_revokes_what_it_made_in_other_tenants() -> an
         .await?;
         assert_eq!(
             event.attributes["revoked_with"], operators.name,
+            "{backend}"
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A key made with a key may retire it once it has taken its place: it stays (cut from the
+/// retired key), and every other key made with the retired one goes with it. No other key may
+/// keep itself so, and without asking to, a key cannot revoke the key it was made with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_retires_the_key_it_was_made_with_and_keeps_only_itself() -> anyhow::Result<()>
+{
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let rotating = |name: &str, ttl_days| {
+            let mut request = service_account_key(name, ttl_days);
+            if let Some(key) = request.api_key.as_mut() {
+                key.scopes.push("identity.apikeys.revoke".into());
+            }
+            request
+        };
+        let old = create(&mut keys, with_bearer(rotating("old", 10), &admin)).await?;
+        let new = create(&mut keys, with_api_key(rotating("new", 9), &old.key)).await?;
+        let other = create(&mut keys, with_api_key(rotating("other", 9), &old.key)).await?;
+        let old_name = old.api_key.as_ref().unwrap().name.clone();
+        let retire = |keep_calling_key| RevokeApiKeyRequest {
+            name: old_name.clone(),
+            keep_calling_key,
+        };
+
+        // The old key cannot keep itself, and the new one must ask to.
+        let keeping_itself = keys
+            .revoke_api_key(with_api_key(retire(true), &old.key))
+            .await;
+        let refused = expect_code(keeping_itself, Code::InvalidArgument);
+        assert_eq!(violated_fields(&refused), ["keep_calling_key"], "{backend}");
+        let unasked = keys
+            .revoke_api_key(with_api_key(retire(false), &new.key))
+            .await;
+        let refused = expect_code(unasked, Code::FailedPrecondition);
+        assert_eq!(reason(&refused), "WOULD_REVOKE_CALLER", "{backend}");
+
+        keys.revoke_api_key(with_api_key(retire(true), &new.key))
+            .await?;
+        let new_name = new.api_key.unwrap().name;
+        let other_name = other.api_key.unwrap().name;
+        for (name, state) in [
+            (&old_name, ApiKeyState::Revoked),
+            (&other_name, ApiKeyState::Revoked),
+            (&new_name, ApiKeyState::Active),
+        ] {
+            assert_eq!(
+                state_of(&mut keys, name, &admin).await?,
+                state,
+                "{backend}: {name}"
+            );
+        }
+        let event = common::audit_event(&mesh, "identity.apikeys.revoke", |event| {
+            event.resource == old_name
+        })
+        .await?;
+        assert_eq!(event.attributes["kept_calling_key"], new_name, "{backend}");
+
+        // Cut from the old key: revoking that again leaves the new one be.
+        keys.revoke_api_key(revoke(&old_name, &admin)).await?;
+        let request = with_bearer(
+            GetApiKeyRequest {
+                name: new_name.clone(),
+            },
+            &admin,
+        );
+        let kept = keys.get_api_key(request).await?.into_inner();
+        assert_eq!(
+            (kept.state(), kept.created_with.as_str()),
+            (ApiKeyState::Active, ""),
             "{backend}"
         );
         mesh.stop().await?;

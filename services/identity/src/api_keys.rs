@@ -85,16 +85,19 @@ impl ApiKeyRecord {
 /// `tenants/{tenant}/apiKeys/{key id}` → (tenant, key id); the id in its canonical form, 32
 /// lower-case hex digits. Noted as the call's target (`note_target`).
 pub fn parse_name(name: &str) -> Result<(TenantId, String), ApiError> {
-    let malformed = || ApiError::invalid("name", "must be `tenants/{tenant_id}/apiKeys/{key_id}`");
-    let rest = name.strip_prefix("tenants/").ok_or_else(malformed)?;
-    let (tenant, id) = rest.split_once("/apiKeys/").ok_or_else(malformed)?;
-    let tenant = TenantId::parse(tenant).map_err(|_| malformed())?;
-    if is_hex(id, 32) && !id.bytes().any(|b| b.is_ascii_uppercase()) {
-        palisade_grpc::note_target(name);
-        Ok((tenant, id.to_owned()))
-    } else {
-        Err(malformed())
-    }
+    let parsed = split_name(name).ok_or_else(|| {
+        ApiError::invalid("name", "must be `tenants/{tenant_id}/apiKeys/{key_id}`")
+    })?;
+    palisade_grpc::note_target(name);
+    Ok(parsed)
+}
+
+/// `tenants/{tenant}/apiKeys/{key id}` → (tenant, key id), as [`parse_name`] but without
+/// taking it for the call's target: for names read from the store.
+pub fn split_name(name: &str) -> Option<(TenantId, String)> {
+    let (tenant, id) = name.strip_prefix("tenants/")?.split_once("/apiKeys/")?;
+    let tenant = TenantId::parse(tenant).ok()?;
+    (is_hex(id, 32) && !id.bytes().any(|b| b.is_ascii_uppercase())).then(|| (tenant, id.to_owned()))
 }
 
 /// A key's owner as given in a request or filter, within `tenant`: `tenants/{tenant}` (the

@@ -294,10 +294,8 @@ impl ApiKeyService for ApiKeyApi {
             .await?
             .ok_or_else(not_found)?;
         self.require_may_revoke(&caller, &key).await?;
-        let keep_made_with_it = request.get_ref().keep_keys_created_with_it;
-        if !keep_made_with_it {
-            self.require_not_made_with(&caller, &key).await?;
-        }
+        let keep_calling_key = request.get_ref().keep_calling_key;
+        let spared = (self.spared_by_revoking(&caller, &key, keep_calling_key)).await?;
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         let revoked = self
@@ -307,14 +305,16 @@ impl ApiKeyService for ApiKeyApi {
         // Even when the key was revoked already: a restore may have brought back a live key
         // it made (its maker revoked since the export), and revoking it again catches that.
         let resource = key.name();
-        let made_with_it = match keep_made_with_it {
-            true => Vec::new(),
-            false => {
-                self.store
-                    .revoke_keys_created_with(&mut tx, &resource, now)
-                    .await?
-            }
-        };
+        let made_with_it = self
+            .store
+            .revoke_keys_created_with(&mut tx, &resource, now, &spared)
+            .await?;
+        // The calling key takes the revoked key's place: revoking that again leaves it be.
+        if let Some(top) = spared.last() {
+            (self.store)
+                .detach_api_key(&mut tx, &top.tenant_id, &top.id)
+                .await?;
+        }
         for made in &made_with_it {
             let name = made.name();
             let revoked_with = vec![(
@@ -335,7 +335,9 @@ impl ApiKeyService for ApiKeyApi {
         // Only the call that actually revokes the key is audited for it; a repeat changes
         // nothing about it.
         if revoked {
-            let kept = keep_made_with_it.then(|| ("kept_keys_created_with_it", "true".to_owned()));
+            let kept = spared
+                .first()
+                .map(|calling| ("kept_calling_key", calling.name()));
             let audit = self.audit(
                 &caller,
                 &key,

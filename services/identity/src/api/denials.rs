@@ -213,8 +213,9 @@ impl DenialSink for AuditDenials {
             }
         });
         let writer = writer.clone();
+        let call = tracing::Span::current();
         let written = async move {
-            write.instrument(tracing::Span::current()).await;
+            write.instrument(call).await;
             // Not this call's: recorded under no call's trace.
             let counts = tracing::info_span!(parent: None, "unrecorded_denials");
             writer.record_unrecorded().instrument(counts).await;

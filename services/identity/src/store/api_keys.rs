@@ -1,7 +1,7 @@
 //! API keys. A key's owner is a user of its tenant (`owner_user_id`) or, when that is NULL,
 //! the tenant itself (a service-account key, like the bootstrap operator key).
 
-use palisade_db::Backend;
+use palisade_db::{Backend, placeholders};
 use palisade_grpc::{
     ApiError,
     aip::{Comparison, CreatedCursor},
@@ -140,8 +140,10 @@ impl IdentityStore {
     }
 
     /// Revokes, at `now`, every key created with the key named `name`, the keys created with
-    /// those, and so on; returns them. Called on the transaction that revoked `name`. Not
-    /// confined to one tenant: a platform operator's key may have made keys in any tenant.
+    /// those, and so on, but the `spared` ones (a calling key and the keys between it and
+    /// `name`, each made with the next: their other keys are revoked); returns those revoked.
+    /// Called on the transaction that revoked `name`. Not confined to one tenant: a platform
+    /// operator's key may have made keys in any tenant.
     ///
     /// One statement per key revoked, each with a fresh snapshot, rather than one recursive
     /// statement: a key being made with a key share-locks that key's row (`share_lock_live_api_key`),
@@ -153,22 +155,32 @@ impl IdentityStore {
         conn: &mut AnyConnection,
         name: &str,
         now: i64,
+        spared: &[ApiKeyRecord],
     ) -> Result<Vec<ApiKeyRecord>, ApiError> {
         let mut revoked = Vec::new();
-        let mut makers = vec![name.to_owned()];
+        // The spared keys' other keys are revoked too; a calling key spared keeps its own.
+        let mut makers: Vec<String> = std::iter::once(name.to_owned())
+            .chain(spared.iter().skip(1).map(ApiKeyRecord::name))
+            .collect();
+        let spared_ids = placeholders(3, spared.len());
+        let but_spared = match spared.is_empty() {
+            true => String::new(),
+            false => format!(" AND id NOT IN ({spared_ids})"),
+        };
         // Only keys not yet revoked: each is revoked once, so even a cycle (which only an
         // import could write) ends.
         while let Some(maker) = makers.pop() {
-            let rows = sqlx::query(AssertSqlSafe(format!(
+            let sql = format!(
                 "UPDATE api_keys SET revoke_time = $1 \
-                 WHERE created_with = $2 AND revoke_time IS NULL \
+                 WHERE created_with = $2 AND revoke_time IS NULL{but_spared} \
                  RETURNING {API_KEY_COLUMNS}"
-            )))
-            .bind(now)
-            .bind(&maker)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(internal)?;
+            );
+            // Built from constants and numbered placeholders only; every value is bound.
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(&maker);
+            for key in spared {
+                query = query.bind(&key.id);
+            }
+            let rows = query.fetch_all(&mut *conn).await.map_err(internal)?;
             for row in &rows {
                 let key = api_key_from_row(row)?;
                 makers.push(key.name());
@@ -176,6 +188,23 @@ impl IdentityStore {
             }
         }
         Ok(revoked)
+    }
+
+    /// Cuts the key `id` from the key it was created with, which is being revoked without it:
+    /// revoking that key again must not reach it.
+    pub async fn detach_api_key(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<(), ApiError> {
+        sqlx::query("UPDATE api_keys SET created_with = NULL WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(internal)?;
+        Ok(())
     }
 
     /// Whether the key `id` of `tenant` is neither revoked nor expired at `now`, share-locked
@@ -361,7 +390,7 @@ mod tests {
         let mut tx = store.db().begin().await?;
         assert!(store.revoke_api_key(&mut tx, &acme, &root.id, 7).await?);
         let revoked = store
-            .revoke_keys_created_with(&mut tx, &root.name(), 7)
+            .revoke_keys_created_with(&mut tx, &root.name(), 7, &[])
             .await?;
         tx.commit().await?;
         let mut ids: Vec<char> = revoked
@@ -380,11 +409,42 @@ mod tests {
         let mut tx = store.db().begin().await?;
         assert!(
             store
-                .revoke_keys_created_with(&mut tx, &root.name(), 9)
+                .revoke_keys_created_with(&mut tx, &root.name(), 9, &[])
                 .await?
                 .is_empty()
         );
         tx.commit().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_calling_key_revoking_its_maker_keeps_only_its_own_chain() -> Result<(), BoxError> {
+        let (_dir, store, acme) = store_with_tenant().await?;
+        let acme = acme.id;
+        // `a` made `b` and `c`; `b` made `d` (the caller) and `e`; `d` made `f`.
+        let root = key(&store, &acme, "a", None).await?;
+        let between = key(&store, &acme, "b", Some(&root.name())).await?;
+        key(&store, &acme, "c", Some(&root.name())).await?;
+        let calling = key(&store, &acme, "d", Some(&between.name())).await?;
+        key(&store, &acme, "e", Some(&between.name())).await?;
+        key(&store, &acme, "f", Some(&calling.name())).await?;
+
+        let mut tx = store.db().begin().await?;
+        let spared = [calling, between];
+        let revoked = store
+            .revoke_keys_created_with(&mut tx, &root.name(), 7, &spared)
+            .await?;
+        tx.commit().await?;
+        let mut ids: Vec<char> = revoked
+            .iter()
+            .map(|key| key.id.chars().next().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ['c', 'e'],
+            "the others made down the chain, not the chain's own"
+        );
         Ok(())
     }
 

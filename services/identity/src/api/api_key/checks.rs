@@ -1,14 +1,12 @@
 //! Who may create and revoke which API key: the checks `ApiKeyService`'s handlers make
 //! before they write, each refusing with its own reason.
 
-use std::collections::BTreeSet;
-
 use palisade_grpc::{ApiError, Caller, FieldViolation, time::timestamp};
 use palisade_proto::palisade::identity::v1::CreateApiKeyRequest;
 use palisade_tenancy::{Principal, PrincipalKind};
 
 use super::ApiKeyApi;
-use crate::{authz::ALL_PERMISSIONS, store::ApiKeyRecord};
+use crate::{api_keys, authz::ALL_PERMISSIONS, store::ApiKeyRecord};
 
 impl ApiKeyApi {
     /// A key made with an API key is made with a service-account key, not a user's, and
@@ -169,51 +167,78 @@ impl ApiKeyApi {
         }
     }
 
-    /// Revoking `key` with the keys made with it must not revoke the calling key: a successor
-    /// made with a key, retiring it, would revoke itself (and with the bootstrap operator key
-    /// an operator's only credential). Walks up from the calling key through the keys it was
-    /// made with; such a caller keeps the keys made with `key` instead
-    /// (`keep_keys_created_with_it`).
-    pub(super) async fn require_not_made_with(
+    /// The keys revoking `key` spares: none, or with `keep_calling_key` the calling key and
+    /// the keys between it and `key` (each made with the next, up to one made with `key`),
+    /// calling key first. Revoking `key` with the keys made with it must not revoke the
+    /// calling key unasked: a successor made with a key, retiring it, would revoke itself
+    /// (and with the bootstrap operator key an operator's only credential), so that is
+    /// refused, `WOULD_REVOKE_CALLER`. And only a key made with `key` keeps itself: otherwise
+    /// a leaked key could retire itself and leave the keys it made.
+    pub(super) async fn spared_by_revoking(
         &self,
         caller: &Caller,
         key: &ApiKeyRecord,
-    ) -> Result<(), ApiError> {
-        let principal = caller.principal();
-        if principal.kind != PrincipalKind::ApiKey || principal.id == key.id {
-            return Ok(());
-        }
-        let target = key.name();
-        let mut seen = BTreeSet::new();
-        let mut maker = self.made_with(&principal.id).await?;
-        while let Some(name) = maker {
-            if name == target {
-                return Err(ApiError::FailedPrecondition {
+        keep_calling_key: bool,
+    ) -> Result<Vec<ApiKeyRecord>, ApiError> {
+        let chain = self.calling_chain(caller, key).await?;
+        match (chain, keep_calling_key) {
+            (None, false) => Ok(Vec::new()),
+            (Some(chain), true) => Ok(chain),
+            (None, true) => Err(ApiError::invalid(
+                "keep_calling_key",
+                "only a key created with the key it revokes (directly or down a chain of keys) \
+                 keeps itself",
+            )),
+            (Some(_), false) => {
+                let target = key.name();
+                Err(ApiError::FailedPrecondition {
                     reason: "WOULD_REVOKE_CALLER",
                     message: format!(
                         "the key making this call was created with {target} (or with a key \
                          created with it), so revoking it would revoke this key too; to retire \
-                         {target} and keep the keys created with it, set \
-                         keep_keys_created_with_it"
+                         {target} and keep this key, set keep_calling_key"
                     ),
-                });
+                })
             }
-            // A cycle, which only an import could write, ends the walk.
-            if !seen.insert(name.clone()) {
-                break;
-            }
-            let id = name.rsplit('/').next().unwrap_or_default();
-            maker = self.made_with(id).await?;
         }
-        Ok(())
     }
 
-    /// The name of the key the key `id` was created with, if any.
-    async fn made_with(&self, id: &str) -> Result<Option<String>, ApiError> {
-        Ok(self
-            .store
-            .get_api_key(id)
-            .await?
-            .and_then(|key| key.created_with))
+    /// The calling key and the live keys above it, each made with the next, up to one made
+    /// with `key`; `None` if the caller is not a key made (down such a chain) with `key`. The
+    /// walk follows what the revocation's cascade follows: live keys only.
+    async fn calling_chain(
+        &self,
+        caller: &Caller,
+        key: &ApiKeyRecord,
+    ) -> Result<Option<Vec<ApiKeyRecord>>, ApiError> {
+        /// Longer chains are not followed (each link is a read): such a caller is taken as not
+        /// made with `key`.
+        const MAX_LINKS: usize = 64;
+        let principal = caller.principal();
+        if principal.kind != PrincipalKind::ApiKey || principal.id == key.id {
+            return Ok(None);
+        }
+        let target = key.name();
+        let mut chain = Vec::new();
+        let mut next = self.store.get_api_key(&principal.id).await?;
+        while let Some(link) = next.filter(|link| link.revoke_time.is_none()) {
+            let maker = link.created_with.clone();
+            let looped = chain.iter().any(|seen: &ApiKeyRecord| seen.id == link.id);
+            if looped || chain.len() == MAX_LINKS {
+                return Ok(None);
+            }
+            chain.push(link);
+            let Some(maker) = maker else {
+                return Ok(None);
+            };
+            if maker == target {
+                return Ok(Some(chain));
+            }
+            next = match api_keys::split_name(&maker) {
+                Some((tenant, id)) => self.store.get_tenant_api_key(&tenant, &id).await?,
+                None => None,
+            };
+        }
+        Ok(None)
     }
 }
