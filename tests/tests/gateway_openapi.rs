@@ -124,6 +124,12 @@ async fn resource_names_become_path_parameters_that_work_as_documented() -> anyh
         doc["components"]["securitySchemes"]["ApiKeyAuthorization"]["name"],
         "authorization"
     );
+    // A stream's failure before its first message is an `{"error": …}` line.
+    let export = &doc["paths"]["/v1/tenants/{tenant}/auditEvents:export"]["get"];
+    assert_eq!(
+        export["responses"]["default"]["$ref"],
+        "#/components/responses/StreamError"
+    );
     let list = &doc["paths"]["/v1/tenants/{tenant}/auditEvents"]["get"];
     let names: Vec<&str> = list["parameters"]
         .as_array()

@@ -252,7 +252,8 @@ async fn rest_errors_have_grpc_gateway_statuses_and_bodies() -> anyhow::Result<(
     assert_eq!(missing.status, 404);
     assert_eq!(json(&missing)["code"], Code::NotFound as i32);
 
-    // A stream that fails before its first message is a plain error response.
+    // A stream that fails before its first message answers with the failure's status and
+    // the failure as its one line, as grpc-gateway does.
     let export = rest(
         &mesh,
         "GET",
@@ -262,7 +263,7 @@ async fn rest_errors_have_grpc_gateway_statuses_and_bodies() -> anyhow::Result<(
     )
     .await?;
     assert_eq!(export.status, 400, "{}", export.text());
-    assert_eq!(json(&export)["code"], Code::InvalidArgument as i32);
+    assert_eq!(json(&export)["error"]["code"], Code::InvalidArgument as i32);
 
     // Internal methods have REST rules but are refused like over gRPC.
     let internal = rest(&mesh, "POST", "/v1/apiKeys:verify", key, "{}").await?;

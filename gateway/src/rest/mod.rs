@@ -5,7 +5,8 @@
 //! call through the gateway's one request path (policy, authentication, tenant context, request
 //! id, backend), so REST can do nothing native gRPC cannot. The gRPC answer comes back as
 //! proto3 JSON; a server stream as newline-delimited JSON, one `{"result": …}` per message and a
-//! final `{"error": …}` if the stream fails midway (grpc-gateway's shape) ([`response`]).
+//! final `{"error": …}` if the stream fails (grpc-gateway's shape; before its first message,
+//! with the failure's HTTP status) ([`response`]).
 //! Errors are grpc-gateway's ([`errors`]), and so is the metadata mapping ([`metadata`]):
 //! `Grpc-Metadata-*` headers in, the backend's custom metadata out.
 

@@ -27,6 +27,9 @@ pub(super) async fn respond(binding: &Binding, response: Response<Body>) -> Resp
     if let Some(status) = &trailers_only
         && status.code() != Code::Ok
     {
+        if binding.server_streaming {
+            return stream_failed_at_once(status, &parts.headers);
+        }
         let mut response = error_response(status);
         metadata::forward_response(&parts.headers, TRAILER_PREFIX, response.headers_mut());
         return response;
@@ -82,29 +85,11 @@ enum Phase {
 }
 
 async fn stream_response(binding: &Binding, mut reader: GrpcReader) -> Response<Body> {
-    // As grpc-gateway answers: a call refused outright (trailers-only, handled above) is a
-    // plain error response; a stream that opened and failed before its first message has the
-    // failure's HTTP status and the failure as its one line; once a message is out, the
-    // status is 200 and a failure becomes the last line.
+    // Once a message is out, the status is 200 and a failure becomes the last line.
     let (first, phase) = match reader.next().await {
         Item::Message(payload) => (Some(payload), Phase::Messages),
         Item::End(status) if status.code() != Code::Ok => {
-            let mut line = serde_json::to_vec(&json!({ "error": status_json(&status) }))
-                .expect("a json value serializes");
-            line.push(b'\n');
-            let body = Body::new(http_body_util::Full::new(Bytes::from(line)));
-            let mut response = Response::new(body);
-            *response.status_mut() = http_status(status.code());
-            let headers = response.headers_mut();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            if let Some(seconds) = retry_after(&status) {
-                headers.insert(http::header::RETRY_AFTER, seconds);
-            }
-            metadata::forward_response(&reader.trailers, TRAILER_PREFIX, headers);
-            return response;
+            return stream_failed_at_once(&status, &reader.trailers);
         }
         Item::End(_) => (None, Phase::Trailers),
     };
@@ -155,6 +140,28 @@ async fn stream_response(binding: &Binding, mut reader: GrpcReader) -> Response<
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
+    response
+}
+
+/// A stream that failed before its first message, refused outright (trailers-only) or after
+/// it opened: as grpc-gateway answers (its first `Recv` fails either way), the failure's HTTP
+/// status and the failure as the one line, `{"error": …}`. Errors of the REST layer itself (no
+/// route, a bad body) come before any call and are plain error responses.
+fn stream_failed_at_once(status: &Status, trailers: &HeaderMap) -> Response<Body> {
+    let mut line = serde_json::to_vec(&json!({ "error": status_json(status) }))
+        .expect("a json value serializes");
+    line.push(b'\n');
+    let mut response = Response::new(Body::new(http_body_util::Full::new(Bytes::from(line))));
+    *response.status_mut() = http_status(status.code());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(seconds) = retry_after(status) {
+        headers.insert(http::header::RETRY_AFTER, seconds);
+    }
+    metadata::forward_response(trailers, TRAILER_PREFIX, headers);
     response
 }
 
@@ -344,7 +351,7 @@ mod tests {
             lines,
             vec![json!({"error": {"code": 5, "message": "no such tenant", "details": []}})]
         );
-        // Refused outright (trailers-only): a plain error body, as for a unary call.
+        // Refused outright (trailers-only): the same.
         let mut refused = Response::new(Body::empty());
         Status::not_found("no such tenant")
             .add_header(refused.headers_mut())
@@ -353,7 +360,7 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(
             lines,
-            vec![json!({"code": 5, "message": "no such tenant", "details": []})]
+            vec![json!({"error": {"code": 5, "message": "no such tenant", "details": []}})]
         );
         let empty = grpc_response(vec![trailers(Code::Ok, "")]);
         let (status, lines) = read_lines(respond(&export_binding(), empty).await).await;

@@ -12,7 +12,9 @@
 //!   `a.b`); repeated scalars repeat (`r=1&r=2`); maps and repeated messages cannot be sent
 //!   in a query and are left out.
 //! - Server streams answer `application/x-ndjson`, one `{"result": …}` or final
-//!   `{"error": …}` per line. Every error is `{code, message, details}`.
+//!   `{"error": …}` per line; a stream that fails before its first message answers with the
+//!   failure's status and that one `{"error": …}` line. Every other error is
+//!   `{code, message, details}`.
 //! - Descriptions are the proto comments (the descriptor set keeps its source info).
 //! - Internal methods (mesh-only, never routed by the gateway) are left out; public methods
 //!   need no credential, the rest an API key in `authorization: ApiKey …` or `x-api-key`.
@@ -121,6 +123,22 @@ pub fn document(pool: &DescriptorPool, policies: &MethodPolicies) -> Result<Valu
                         "application/json": { "schema": schema_ref(ERROR_SCHEMA) },
                     },
                 },
+                "StreamError": {
+                    "description": "The stream failed before its first message: the HTTP \
+                        status is grpc-gateway's for the gRPC code, the body one \
+                        `{\"error\": …}` line. A request refused before any call (no route, \
+                        a bad query) has a plain `google.rpc.Status` body.",
+                    "content": {
+                        "application/json": { "schema": { "oneOf": [
+                            {
+                                "type": "object",
+                                "required": ["error"],
+                                "properties": { "error": schema_ref(ERROR_SCHEMA) },
+                            },
+                            schema_ref(ERROR_SCHEMA),
+                        ] } },
+                    },
+                },
             },
             "securitySchemes": {
                 "BearerToken": {
@@ -212,7 +230,10 @@ impl Builder {
             "parameters": parameters,
             "responses": {
                 "200": self.response(binding),
-                "default": { "$ref": "#/components/responses/Error" },
+                "default": { "$ref": match binding.method.is_server_streaming() {
+                    true => "#/components/responses/StreamError",
+                    false => "#/components/responses/Error",
+                } },
             },
             "x-grpc-method": binding.grpc_path,
         });
@@ -259,8 +280,8 @@ impl Builder {
         if binding.method.is_server_streaming() {
             json!({
                 "description": "A stream: one JSON object per line, `{\"result\": …}` per \
-                    message; if the stream fails after its first message, a last \
-                    `{\"error\": …}` line (before it, an ordinary error response).",
+                    message; if the stream fails, a last `{\"error\": …}` line (before its \
+                    first message, the only one, with the failure's HTTP status).",
                 "content": {
                     "application/x-ndjson": {
                         "schema": {
