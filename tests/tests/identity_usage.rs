@@ -283,7 +283,12 @@ async fn the_gateway_resolves_tenants_and_reports_usage_once_per_batch() -> anyh
         let bad = edge
             .report_usage(report(
                 "",
-                vec![calls("Not Valid", 1), calls("acme", -1), out_of_range],
+                vec![
+                    calls("Not Valid", 1),
+                    calls("acme", -1),
+                    out_of_range,
+                    calls("acme", i64::MAX),
+                ],
             ))
             .await;
         assert_eq!(
@@ -292,7 +297,8 @@ async fn the_gateway_resolves_tenants_and_reports_usage_once_per_batch() -> anyh
                 "batch_id",
                 "calls[0].tenant_id",
                 "calls[1].api_calls",
-                "calls[2].count_time"
+                "calls[2].count_time",
+                "calls[3].api_calls"
             ]
         );
         // A batch identity could not apply within the gateway's wait is refused whole.

@@ -264,9 +264,13 @@ pub fn domain_violation(field: &str) -> FieldViolation {
     FieldViolation::new(field, "must be a DNS name such as acme.example.com")
 }
 
+/// A DNS name the gateway can route by: dotted labels of letters, digits and inner hyphens,
+/// the last not all digits (so no IPv4 address, which the gateway never takes as a tenant's).
 fn is_domain(value: &str) -> bool {
+    let numeric = |label: &str| label.bytes().all(|b| b.is_ascii_digit());
     value.len() <= 253
         && value.contains('.')
+        && !value.rsplit('.').next().is_some_and(numeric)
         && value.split('.').all(|label| {
             (1..=63).contains(&label.len())
                 && !label.starts_with('-')
@@ -338,6 +342,11 @@ mod tests {
             violated_fields(create("", "Bad_Id", "not a domain")),
             ["tenant.display_name", "tenant_id", "tenant.domain"]
         );
+        for unroutable in ["10.0.0.1", "acme.example.com.", "acme.123", "acme"] {
+            let refused = create("Acme", "acme", unroutable);
+            assert_eq!(violated_fields(refused), ["tenant.domain"], "{unroutable}");
+        }
+        assert!(create("Acme", "acme", "acme.example.c0m").is_ok());
         let missing = validate_create(&CreateTenantRequest::default(), 1);
         assert_eq!(violated_fields(missing), ["tenant"]);
     }

@@ -23,6 +23,9 @@ const MAX_BATCH_ID_CHARS: usize = 128;
 /// Tenants one usage batch may count, so that it is applied (one transaction, two statements
 /// per tenant) well within the gateway's wait; the gateway sends at most 500.
 const MAX_REPORT_TENANTS: usize = 1_000;
+/// Calls one entry may count: a gateway counts one per call, so far more than any gateway
+/// forwards between two reports, and low enough that no run of reports overflows a total.
+const MAX_REPORTED_CALLS: i64 = 1_000_000_000_000;
 
 pub struct EdgeApi {
     store: IdentityStore,
@@ -152,10 +155,10 @@ fn validate_report(request: &ReportUsageRequest, now: i64) -> Result<Vec<Counted
                 violations.extend(tenant.err().into_iter().chain(count_time.err()))
             }
         }
-        if entry.api_calls < 0 {
+        if !(0..=MAX_REPORTED_CALLS).contains(&entry.api_calls) {
             violations.push(FieldViolation::new(
                 format!("calls[{index}].api_calls"),
-                "must not be negative",
+                format!("must be 0 to {MAX_REPORTED_CALLS}"),
             ));
         }
     }

@@ -86,11 +86,16 @@ impl IdentityStore {
                     "INSERT INTO tenant_usage (tenant_id, period, api_calls) \
                      SELECT id, $2, $3 FROM tenants WHERE id = $1 \
                      ON CONFLICT (tenant_id, period) \
-                     DO UPDATE SET api_calls = tenant_usage.api_calls + excluded.api_calls",
+                     DO UPDATE SET api_calls = CASE \
+                         WHEN tenant_usage.api_calls > $4 - excluded.api_calls THEN $4 \
+                         ELSE tenant_usage.api_calls + excluded.api_calls END",
                 )
                 .bind(counted.tenant.as_str())
                 .bind(&counted.month)
                 .bind(counted.api_calls)
+                // Saturating: a total past i64 would fail the batch (PostgreSQL) or turn the
+                // column REAL (SQLite), and the gateway would send that batch again forever.
+                .bind(i64::MAX)
                 .execute(&mut *tx)
                 .await
                 .map_err(internal)?;
@@ -205,4 +210,32 @@ async fn api_calls_on(
             .await
             .map_err(internal)?;
     row.map_or(Ok(0), |row| row.try_get("api_calls").map_err(internal))
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_grpc::BoxError;
+
+    use super::*;
+    use crate::store::testing::store_with_tenant;
+
+    #[tokio::test]
+    async fn a_months_total_stops_at_the_largest_count_rather_than_failing() -> Result<(), BoxError>
+    {
+        let (_dir, store, acme) = store_with_tenant().await?;
+        let half = CountedCalls {
+            tenant: acme.id.clone(),
+            api_calls: i64::MAX / 2 + 10,
+            month: "2026-12".into(),
+        };
+        let first = store
+            .record_usage("b1", std::slice::from_ref(&half), "2026-12", 1)
+            .await?;
+        assert_eq!(first.totals, [i64::MAX / 2 + 10]);
+        // Past i64 the sum would fail the batch, and the gateway would send it forever.
+        let second = store.record_usage("b2", &[half], "2026-12", 2).await?;
+        assert_eq!(second.totals, [i64::MAX]);
+        assert_eq!(store.api_calls(&acme.id, "2026-12").await?, i64::MAX);
+        Ok(())
+    }
 }

@@ -84,6 +84,18 @@ pub fn apply_update(
     paths: &[&'static str],
     now: i64,
 ) -> Result<Updated, ApiError> {
+    // A state this server does not know (written by a newer version) reads as unspecified,
+    // which fails closed; writing the record back would store it as active.
+    if current.state == TenantState::Unspecified && !paths.contains(&"state") {
+        return Err(ApiError::FailedPrecondition {
+            reason: "UNKNOWN_TENANT_STATE",
+            message: format!(
+                "tenants/{} is in a state this server does not know; set `state` in the same \
+                 update",
+                current.id
+            ),
+        });
+    }
     let mut next = current.clone();
     let mut violations = Vec::new();
     for path in paths {
@@ -214,6 +226,23 @@ mod tests {
             violated_fields(update_paths(&tenant, mask(&["usage", "plan"]).as_ref())),
             ["update_mask"]
         );
+    }
+
+    #[test]
+    fn a_tenant_in_an_unknown_state_is_changed_only_with_its_state() {
+        let current = TenantRecord {
+            state: TenantState::Unspecified,
+            ..acme()
+        };
+        let renamed = Tenant {
+            display_name: "Acme Corp".into(),
+            state: TenantState::Suspended as i32,
+            ..Tenant::default()
+        };
+        let refused = apply_update(&current, &renamed, &["display_name"], 7);
+        assert_eq!(reason_of(refused), "UNKNOWN_TENANT_STATE");
+        let updated = apply_update(&current, &renamed, &["display_name", "state"], 7).unwrap();
+        assert_eq!(updated.record.state, TenantState::Suspended);
     }
 
     #[test]
