@@ -119,7 +119,8 @@ impl Meter {
         } else {
             self.pending
         };
-        used + pending + self.reporting
+        // Saturating: identity's total stops at the largest count rather than overflow.
+        used.saturating_add(pending).saturating_add(self.reporting)
     }
 }
 

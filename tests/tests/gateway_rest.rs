@@ -1,6 +1,7 @@
 //! REST/JSON through the gateway's public port with a plain HTTP/1.1 client: the tenant
 //! scenario gives, field for field, what native gRPC gives; errors have grpc-gateway's statuses
-//! and `{code, message, details}` bodies; server streams arrive as newline-delimited JSON; a
+//! and `{code, message, details}` bodies (a stream's, an `{"error": …}` line); server streams
+//! arrive as newline-delimited JSON; a
 //! backend's custom metadata comes back as `Grpc-Metadata-*` / `Grpc-Trailer-*` headers.
 
 mod common;

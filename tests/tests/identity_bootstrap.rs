@@ -64,7 +64,7 @@ async fn a_restart_mints_no_new_operator_key_even_once_it_was_revoked() -> anyho
 
         // The second key was made with the bootstrap key, so revoking that would revoke it
         // too (and leave the operator with no key): it retires the bootstrap key only when
-        // told to keep the keys made with it.
+        // told to keep itself (`keep_calling_key`).
         let mut revoke = RevokeApiKeyRequest {
             name: first[0].name.clone(),
             keep_calling_key: false,

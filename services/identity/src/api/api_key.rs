@@ -302,6 +302,20 @@ impl ApiKeyService for ApiKeyApi {
             .store
             .revoke_api_key(&mut tx, &tenant, &id, now)
             .await?;
+        // The calling key keeps itself only while it is live: revoked meanwhile, it spares
+        // nothing (share-locked, it stays live until this commits). Locked after the key it
+        // revokes, as a revocation's cascade locks keys: from the maker down.
+        if let Some(calling) = spared.first()
+            && !(self.store)
+                .share_lock_live_api_key(&mut tx, &calling.tenant_id, &calling.id, now)
+                .await?
+        {
+            return Err(ApiError::Aborted {
+                reason: "CONCURRENT_CHANGE",
+                message: "the key making this call was revoked meanwhile".to_owned(),
+            }
+            .into());
+        }
         // Even when the key was revoked already: a restore may have brought back a live key
         // it made (its maker revoked since the export), and revoking it again catches that.
         let resource = key.name();
@@ -309,18 +323,9 @@ impl ApiKeyService for ApiKeyApi {
             .store
             .revoke_keys_created_with(&mut tx, &resource, now, &spared)
             .await?;
-        // The calling key takes the revoked key's place: revoking that again leaves it be.
-        if let Some(top) = spared.last() {
-            (self.store)
-                .detach_api_key(&mut tx, &top.tenant_id, &top.id)
-                .await?;
-        }
         for made in &made_with_it {
             let name = made.name();
-            let revoked_with = vec![(
-                "revoked_with",
-                made.created_with.clone().unwrap_or_default(),
-            )];
+            let revoked_with = vec![("revoked_with", resource.clone())];
             let audit = self.audit(
                 &caller,
                 made,

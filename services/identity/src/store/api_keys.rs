@@ -149,7 +149,7 @@ impl IdentityStore {
     /// statement: a key being made with a key share-locks that key's row (`share_lock_live_api_key`),
     /// so revoking that key waited for it to commit, and only a statement begun after that
     /// sees it. A key made after the revocation commits finds its maker revoked and is not
-    /// made.
+    /// made (a spared maker stays live, and what it makes is made after the revocation).
     pub async fn revoke_keys_created_with(
         &self,
         conn: &mut AnyConnection,
@@ -188,23 +188,6 @@ impl IdentityStore {
             }
         }
         Ok(revoked)
-    }
-
-    /// Cuts the key `id` from the key it was created with, which is being revoked without it:
-    /// revoking that key again must not reach it.
-    pub async fn detach_api_key(
-        &self,
-        conn: &mut AnyConnection,
-        tenant: &TenantId,
-        id: &str,
-    ) -> Result<(), ApiError> {
-        sqlx::query("UPDATE api_keys SET created_with = NULL WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.as_str())
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(internal)?;
-        Ok(())
     }
 
     /// Whether the key `id` of `tenant` is neither revoked nor expired at `now`, share-locked

@@ -104,6 +104,8 @@ pub fn apply_update(
             "plan" => plan_of(tenant.plan).map(|v| next.plan = v),
             "state" => state_of(tenant.state).map(|v| next.state = v),
             "region" => region_of(&tenant.region).map(|v| next.region = v),
+            // The domain it has is kept as it is, even one `domain_of` would refuse now.
+            "domain" if Some(tenant.domain.to_ascii_lowercase()) == current.domain => Ok(()),
             "domain" => domain_of(&tenant.domain).map(|v| next.domain = v),
             "feature_overrides" => {
                 next.feature_overrides = tenant.feature_overrides.clone();
@@ -226,6 +228,28 @@ mod tests {
             violated_fields(update_paths(&tenant, mask(&["usage", "plan"]).as_ref())),
             ["update_mask"]
         );
+    }
+
+    #[test]
+    fn a_domain_stored_before_a_rule_refused_it_is_kept_but_not_given_anew() {
+        let current = TenantRecord {
+            domain: Some("acme.123".into()),
+            ..acme()
+        };
+        let whole = Tenant {
+            display_name: "Acme Corp".into(),
+            domain: "ACME.123".into(),
+            ..Tenant::default()
+        };
+        let kept = apply_update(&current, &whole, &["display_name", "domain"], 7).unwrap();
+        assert_eq!(kept.record.domain.as_deref(), Some("acme.123"));
+        assert_eq!(kept.changed, ["display_name"]);
+        let other = Tenant {
+            domain: "acme.456".into(),
+            ..Tenant::default()
+        };
+        let refused = apply_update(&current, &other, &["domain"], 7);
+        assert_eq!(violated_fields(refused), ["tenant.domain"]);
     }
 
     #[test]
