@@ -378,3 +378,47 @@ async fn a_successor_retires_the_key_it_was_made_with_and_keeps_only_itself() ->
     }
     Ok(())
 }
+
+/// A key kept below a key it retired is still reached from the keys above: someone holding a
+/// leaked key who makes a key with it, and with that one a key which retires it, leaves
+/// nothing behind once the leaked key is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_kept_below_a_retired_key_is_revoked_with_the_keys_above() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
+        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let rotating = |name: &str, ttl_days| {
+            let mut request = service_account_key(name, ttl_days);
+            if let Some(key) = request.api_key.as_mut() {
+                key.scopes.push("identity.apikeys.revoke".into());
+            }
+            request
+        };
+        let leaked = create(&mut keys, with_bearer(rotating("leaked", 10), &admin)).await?;
+        let middle = create(&mut keys, with_api_key(rotating("middle", 9), &leaked.key)).await?;
+        let hidden = create(&mut keys, with_api_key(rotating("hidden", 8), &middle.key)).await?;
+        let retire = RevokeApiKeyRequest {
+            name: middle.api_key.unwrap().name,
+            keep_calling_key: true,
+        };
+        keys.revoke_api_key(with_api_key(retire, &hidden.key))
+            .await?;
+        let hidden_name = hidden.api_key.unwrap().name;
+        assert_eq!(
+            state_of(&mut keys, &hidden_name, &admin).await?,
+            ApiKeyState::Active
+        );
+
+        let leaked_name = leaked.api_key.unwrap().name;
+        keys.revoke_api_key(revoke(&leaked_name, &admin)).await?;
+        assert_eq!(
+            state_of(&mut keys, &hidden_name, &admin).await?,
+            ApiKeyState::Revoked,
+            "{backend}"
+        );
+        mesh.stop().await?;
+    }
+    Ok(())
+}

@@ -179,10 +179,10 @@ fn region_of(value: &str) -> Result<String, FieldViolation> {
     }
 }
 
-/// An empty domain is none.
 /// A domain given to a tenant now: a DNS name whose last label is not all digits (an IP
 /// address, which the gateway never takes as a tenant's, would never route). Domains stored
 /// before that rule still parse ([`parse_domain`]): they are looked up, restored and kept.
+/// An empty domain is none.
 fn domain_of(value: &str) -> Result<Option<String>, FieldViolation> {
     if value.is_empty() {
         return Ok(None);

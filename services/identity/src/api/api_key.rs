@@ -302,19 +302,22 @@ impl ApiKeyService for ApiKeyApi {
             .store
             .revoke_api_key(&mut tx, &tenant, &id, now)
             .await?;
-        // The calling key keeps itself only while it is live: revoked meanwhile, it spares
-        // nothing (share-locked, it stays live until this commits). Locked after the key it
-        // revokes, as a revocation's cascade locks keys: from the maker down.
-        if let Some(calling) = spared.first()
-            && !(self.store)
-                .share_lock_live_api_key(&mut tx, &calling.tenant_id, &calling.id, now)
-                .await?
-        {
-            return Err(ApiError::Aborted {
-                reason: "CONCURRENT_CHANGE",
-                message: "the key making this call was revoked meanwhile".to_owned(),
+        // The spared keys are share-locked from the top down, after the key revoked, as a
+        // revocation's cascade locks keys (from the maker down), and the calling key, last,
+        // must be live: it keeps itself only while it is (revoked meanwhile, it spares
+        // nothing, as CreateApiKey refuses a key revoked meanwhile).
+        for spared_key in spared.iter().rev() {
+            let live = (self.store)
+                .share_lock_live_api_key(&mut tx, &spared_key.tenant_id, &spared_key.id, now)
+                .await?;
+            if !live && spared_key.id == caller.principal().id {
+                return Err(ApiError::Unauthenticated {
+                    reason: "INVALID_API_KEY",
+                    message: "the api key this call was made with was revoked or has expired"
+                        .to_owned(),
+                }
+                .into());
             }
-            .into());
         }
         // Even when the key was revoked already: a restore may have brought back a live key
         // it made (its maker revoked since the export), and revoking it again catches that.

@@ -1,6 +1,8 @@
 //! API keys. A key's owner is a user of its tenant (`owner_user_id`) or, when that is NULL,
 //! the tenant itself (a service-account key, like the bootstrap operator key).
 
+use std::collections::HashSet;
+
 use palisade_db::{Backend, placeholders};
 use palisade_grpc::{
     ApiError,
@@ -162,13 +164,14 @@ impl IdentityStore {
         let mut makers: Vec<String> = std::iter::once(name.to_owned())
             .chain(spared.iter().skip(1).map(ApiKeyRecord::name))
             .collect();
+        // Each key is walked through once, so even a cycle (which only an import could
+        // write) ends.
+        let mut walked: HashSet<String> = makers.iter().cloned().collect();
         let spared_ids = placeholders(3, spared.len());
         let but_spared = match spared.is_empty() {
             true => String::new(),
             false => format!(" AND id NOT IN ({spared_ids})"),
         };
-        // Only keys not yet revoked: each is revoked once, so even a cycle (which only an
-        // import could write) ends.
         while let Some(maker) = makers.pop() {
             let sql = format!(
                 "UPDATE api_keys SET revoke_time = $1 \
@@ -183,8 +186,29 @@ impl IdentityStore {
             let rows = query.fetch_all(&mut *conn).await.map_err(internal)?;
             for row in &rows {
                 let key = api_key_from_row(row)?;
-                makers.push(key.name());
+                if walked.insert(key.name()) {
+                    makers.push(key.name());
+                }
                 revoked.push(key);
+            }
+            // Keys made with `maker` and revoked already are walked through too: a key made
+            // with one may have retired it keeping itself (`keep_calling_key`), and is as much
+            // `name`'s. Read after the update, so it sees what committed while that waited.
+            let through = sqlx::query(
+                "SELECT tenant_id, id FROM api_keys \
+                 WHERE created_with = $1 AND revoke_time IS NOT NULL",
+            )
+            .bind(&maker)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(internal)?;
+            for row in &through {
+                let tenant: String = row.try_get("tenant_id").map_err(internal)?;
+                let id: String = row.try_get("id").map_err(internal)?;
+                let name = format!("tenants/{tenant}/apiKeys/{id}");
+                if walked.insert(name.clone()) {
+                    makers.push(name);
+                }
             }
         }
         Ok(revoked)

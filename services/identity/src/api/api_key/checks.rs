@@ -184,9 +184,7 @@ impl ApiKeyApi {
         match (chain, keep_calling_key) {
             (None, false) => Ok(Vec::new()),
             (Some(chain), true) => Ok(chain),
-            // Asked again once done (a retried call), or of a key revoked by other means:
-            // revoking it again reaches no live key of the caller's chain anyway.
-            (None, true) if key.revoke_time.is_some() => Ok(Vec::new()),
+
             (None, true) => Err(ApiError::invalid(
                 "keep_calling_key",
                 "only a key created with the key it revokes (directly or down a chain of keys) \
@@ -206,16 +204,17 @@ impl ApiKeyApi {
         }
     }
 
-    /// The calling key and the live keys above it, each made with the next, up to one made
-    /// with `key`; `None` if the caller is not a key made (down such a chain) with `key`. The
-    /// walk follows what the revocation's cascade follows: live keys only.
+    /// The calling key and the keys above it, each made with the next, up to one made with
+    /// `key`; `None` if the caller is not a live key made (down such a chain) with `key`. The
+    /// walk follows what the revocation's cascade follows, revoked keys included: a key kept
+    /// below a retired one is still revoked with the keys above.
     async fn calling_chain(
         &self,
         caller: &Caller,
         key: &ApiKeyRecord,
     ) -> Result<Option<Vec<ApiKeyRecord>>, ApiError> {
-        /// Longer chains are not followed (each link is a read): such a caller is taken as not
-        /// made with `key`.
+        /// Longer chains are not followed (each link is a read): revoking from the bottom of
+        /// one is refused rather than risk revoking the caller unwarned.
         const MAX_LINKS: usize = 64;
         let principal = caller.principal();
         if principal.kind != PrincipalKind::ApiKey || principal.id == key.id {
@@ -224,11 +223,24 @@ impl ApiKeyApi {
         let target = key.name();
         let mut chain = Vec::new();
         let mut next = self.store.get_api_key(&principal.id).await?;
-        while let Some(link) = next.filter(|link| link.revoke_time.is_none()) {
-            let maker = link.created_with.clone();
-            let looped = chain.iter().any(|seen: &ApiKeyRecord| seen.id == link.id);
-            if looped || chain.len() == MAX_LINKS {
+        while let Some(link) = next {
+            // The calling key itself must be live (the gateway let it in, but it may have been
+            // revoked since); the keys above it need not be.
+            if chain.is_empty() && link.revoke_time.is_some() {
                 return Ok(None);
+            }
+            let maker = link.created_with.clone();
+            if chain.iter().any(|seen: &ApiKeyRecord| seen.id == link.id) {
+                return Ok(None);
+            }
+            if chain.len() == MAX_LINKS {
+                return Err(ApiError::FailedPrecondition {
+                    reason: "KEY_CHAIN_TOO_LONG",
+                    message: format!(
+                        "the key making this call was made down a chain of more than \
+                         {MAX_LINKS} keys; revoke {target} with another credential"
+                    ),
+                });
             }
             chain.push(link);
             let Some(maker) = maker else {
