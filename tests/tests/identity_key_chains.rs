@@ -27,6 +27,16 @@ fn service_account_key(name: &str, ttl_days: i64) -> CreateApiKeyRequest {
     request
 }
 
+/// A service-account key request that may also revoke keys: one that can retire the key it
+/// was made with.
+fn rotating_key(name: &str, ttl_days: i64) -> CreateApiKeyRequest {
+    let mut request = service_account_key(name, ttl_days);
+    if let Some(key) = request.api_key.as_mut() {
+        key.scopes.push("identity.apikeys.revoke".into());
+    }
+    request
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_made_by_a_key_expires_no_later_than_it() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
@@ -311,16 +321,9 @@ async fn a_successor_retires_the_key_it_was_made_with_and_keeps_only_itself() ->
         let mesh = builder.start().await?;
         let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
         let mut keys = ApiKeyServiceClient::new(mesh.gateway());
-        let rotating = |name: &str, ttl_days| {
-            let mut request = service_account_key(name, ttl_days);
-            if let Some(key) = request.api_key.as_mut() {
-                key.scopes.push("identity.apikeys.revoke".into());
-            }
-            request
-        };
-        let old = create(&mut keys, with_bearer(rotating("old", 10), &admin)).await?;
-        let new = create(&mut keys, with_api_key(rotating("new", 9), &old.key)).await?;
-        let other = create(&mut keys, with_api_key(rotating("other", 9), &old.key)).await?;
+        let old = create(&mut keys, with_bearer(rotating_key("old", 10), &admin)).await?;
+        let new = create(&mut keys, with_api_key(rotating_key("new", 9), &old.key)).await?;
+        let other = create(&mut keys, with_api_key(rotating_key("other", 9), &old.key)).await?;
         let old_name = old.api_key.as_ref().unwrap().name.clone();
         let retire = |keep_calling_key| RevokeApiKeyRequest {
             name: old_name.clone(),
@@ -389,16 +392,17 @@ async fn a_key_kept_below_a_retired_key_is_revoked_with_the_keys_above() -> anyh
         let mesh = builder.start().await?;
         let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
         let mut keys = ApiKeyServiceClient::new(mesh.gateway());
-        let rotating = |name: &str, ttl_days| {
-            let mut request = service_account_key(name, ttl_days);
-            if let Some(key) = request.api_key.as_mut() {
-                key.scopes.push("identity.apikeys.revoke".into());
-            }
-            request
-        };
-        let leaked = create(&mut keys, with_bearer(rotating("leaked", 10), &admin)).await?;
-        let middle = create(&mut keys, with_api_key(rotating("middle", 9), &leaked.key)).await?;
-        let hidden = create(&mut keys, with_api_key(rotating("hidden", 8), &middle.key)).await?;
+        let leaked = create(&mut keys, with_bearer(rotating_key("leaked", 10), &admin)).await?;
+        let middle = create(
+            &mut keys,
+            with_api_key(rotating_key("middle", 9), &leaked.key),
+        )
+        .await?;
+        let hidden = create(
+            &mut keys,
+            with_api_key(rotating_key("hidden", 8), &middle.key),
+        )
+        .await?;
         let retire = RevokeApiKeyRequest {
             name: middle.api_key.unwrap().name,
             keep_calling_key: true,
@@ -408,10 +412,26 @@ async fn a_key_kept_below_a_retired_key_is_revoked_with_the_keys_above() -> anyh
         let hidden_name = hidden.api_key.unwrap().name;
         assert_eq!(
             state_of(&mut keys, &hidden_name, &admin).await?,
-            ApiKeyState::Active
+            ApiKeyState::Active,
+            "{backend}"
+        );
+        // Below the leaked key still, the kept key cannot revoke it unwarned.
+        let leaked_name = leaked.api_key.unwrap().name;
+        let from_below = RevokeApiKeyRequest {
+            name: leaked_name.clone(),
+            keep_calling_key: false,
+        };
+        let refused = keys
+            .revoke_api_key(with_api_key(from_below, &hidden.key))
+            .await;
+        let refused = expect_code(refused, Code::FailedPrecondition);
+        assert_eq!(reason(&refused), "WOULD_REVOKE_CALLER", "{backend}");
+        assert_eq!(
+            state_of(&mut keys, &leaked_name, &admin).await?,
+            ApiKeyState::Active,
+            "{backend}: the refused call revoked nothing"
         );
 
-        let leaked_name = leaked.api_key.unwrap().name;
         keys.revoke_api_key(revoke(&leaked_name, &admin)).await?;
         assert_eq!(
             state_of(&mut keys, &hidden_name, &admin).await?,

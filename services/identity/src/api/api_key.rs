@@ -298,6 +298,9 @@ impl ApiKeyService for ApiKeyApi {
         let spared = (self.spared_by_revoking(&caller, &key, keep_calling_key)).await?;
         let now = now_micros();
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
+        // Locked whether revoked already or not, so two revocations of one key (each walking
+        // its keys) take their turns rather than meet halfway down.
+        self.store.lock_api_key(&mut tx, &tenant, &id).await?;
         let revoked = self
             .store
             .revoke_api_key(&mut tx, &tenant, &id, now)
@@ -326,6 +329,23 @@ impl ApiKeyService for ApiKeyApi {
             .store
             .revoke_keys_created_with(&mut tx, &resource, now, &spared)
             .await?;
+        // Made (down a chain) with the key it revokes, the calling key would revoke itself
+        // with it: refused, and nothing is revoked (the transaction is dropped). Retiring the
+        // key it was made with takes `keep_calling_key`.
+        let calling = caller.principal();
+        if calling.kind == PrincipalKind::ApiKey
+            && made_with_it.iter().any(|made| made.id == calling.id)
+        {
+            return Err(ApiError::FailedPrecondition {
+                reason: "WOULD_REVOKE_CALLER",
+                message: format!(
+                    "the key making this call was created with {resource} (or with a key \
+                     created with it), so revoking it would revoke this key too; to retire \
+                     {resource} and keep this key, set keep_calling_key"
+                ),
+            }
+            .into());
+        }
         for made in &made_with_it {
             let name = made.name();
             let revoked_with = vec![("revoked_with", resource.clone())];

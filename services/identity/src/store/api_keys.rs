@@ -167,6 +167,7 @@ impl IdentityStore {
         // Each key is walked through once, so even a cycle (which only an import could
         // write) ends.
         let mut walked: HashSet<String> = makers.iter().cloned().collect();
+        walked.extend(spared.iter().map(ApiKeyRecord::name));
         let spared_ids = placeholders(3, spared.len());
         let but_spared = match spared.is_empty() {
             true => String::new(),
@@ -191,12 +192,15 @@ impl IdentityStore {
                 }
                 revoked.push(key);
             }
-            // Keys made with `maker` and revoked already are walked through too: a key made
-            // with one may have retired it keeping itself (`keep_calling_key`), and is as much
-            // `name`'s. Read after the update, so it sees what committed while that waited.
+            // Keys made with `maker` and revoked already are walked through too, those that made
+            // keys: a key made with one may have retired it keeping itself
+            // (`keep_calling_key`), and is as much `name`'s. Read after the update, so it sees
+            // what committed while that waited.
             let through = sqlx::query(
-                "SELECT tenant_id, id FROM api_keys \
-                 WHERE created_with = $1 AND revoke_time IS NOT NULL",
+                "SELECT k.tenant_id, k.id FROM api_keys k \
+                 WHERE k.created_with = $1 AND k.revoke_time IS NOT NULL AND EXISTS \
+                 (SELECT 1 FROM api_keys c \
+                  WHERE c.created_with = 'tenants/' || k.tenant_id || '/apiKeys/' || k.id)",
             )
             .bind(&maker)
             .fetch_all(&mut *conn)
@@ -212,6 +216,25 @@ impl IdentityStore {
             }
         }
         Ok(revoked)
+    }
+
+    /// Locks the key `id` of `tenant` for the rest of the transaction (on PostgreSQL; on
+    /// SQLite the transaction holds the one writer anyway).
+    pub async fn lock_api_key(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<(), ApiError> {
+        if self.db.backend() == Backend::Postgres {
+            sqlx::query("SELECT id FROM api_keys WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(())
     }
 
     /// Whether the key `id` of `tenant` is neither revoked nor expired at `now`, share-locked

@@ -1,8 +1,11 @@
 //! Who may create and revoke which API key: the checks `ApiKeyService`'s handlers make
 //! before they write, each refusing with its own reason.
 
-use palisade_grpc::{ApiError, Caller, FieldViolation, time::timestamp};
-use palisade_proto::palisade::identity::v1::CreateApiKeyRequest;
+use palisade_grpc::{
+    ApiError, Caller, FieldViolation,
+    time::{now_micros, timestamp},
+};
+use palisade_proto::palisade::identity::v1::{ApiKeyState, CreateApiKeyRequest};
 use palisade_tenancy::{Principal, PrincipalKind};
 
 use super::ApiKeyApi;
@@ -169,79 +172,68 @@ impl ApiKeyApi {
 
     /// The keys revoking `key` spares: none, or with `keep_calling_key` the calling key and
     /// the keys between it and `key` (each made with the next, up to one made with `key`),
-    /// calling key first. Revoking `key` with the keys made with it must not revoke the
-    /// calling key unasked: a successor made with a key, retiring it, would revoke itself
-    /// (and with the bootstrap operator key an operator's only credential), so that is
-    /// refused, `WOULD_REVOKE_CALLER`. And only a key made with `key` keeps itself: otherwise
-    /// a leaked key could retire itself and leave the keys it made.
+    /// calling key first. Only a key made with `key` keeps itself: otherwise a leaked key
+    /// could retire itself and leave the keys it made. (A call without the flag whose cascade
+    /// reaches the calling key is refused in the revocation itself, `WOULD_REVOKE_CALLER`.)
     pub(super) async fn spared_by_revoking(
         &self,
         caller: &Caller,
         key: &ApiKeyRecord,
         keep_calling_key: bool,
     ) -> Result<Vec<ApiKeyRecord>, ApiError> {
-        let chain = self.calling_chain(caller, key).await?;
-        match (chain, keep_calling_key) {
-            (None, false) => Ok(Vec::new()),
-            (Some(chain), true) => Ok(chain),
-
-            (None, true) => Err(ApiError::invalid(
+        if !keep_calling_key {
+            return Ok(Vec::new());
+        }
+        self.calling_chain(caller, key).await?.ok_or_else(|| {
+            ApiError::invalid(
                 "keep_calling_key",
                 "only a key created with the key it revokes (directly or down a chain of keys) \
                  keeps itself",
-            )),
-            (Some(_), false) => {
-                let target = key.name();
-                Err(ApiError::FailedPrecondition {
-                    reason: "WOULD_REVOKE_CALLER",
-                    message: format!(
-                        "the key making this call was created with {target} (or with a key \
-                         created with it), so revoking it would revoke this key too; to retire \
-                         {target} and keep this key, set keep_calling_key"
-                    ),
-                })
-            }
-        }
+            )
+        })
     }
 
     /// The calling key and the keys above it, each made with the next, up to one made with
-    /// `key`; `None` if the caller is not a live key made (down such a chain) with `key`. The
-    /// walk follows what the revocation's cascade follows, revoked keys included: a key kept
-    /// below a retired one is still revoked with the keys above.
+    /// `key`; `None` if the caller is not a key made (down such a chain) with `key`. The walk
+    /// follows what the revocation's cascade follows, revoked keys included; only the calling
+    /// key must be live.
     async fn calling_chain(
         &self,
         caller: &Caller,
         key: &ApiKeyRecord,
     ) -> Result<Option<Vec<ApiKeyRecord>>, ApiError> {
-        /// Longer chains are not followed (each link is a read): revoking from the bottom of
-        /// one is refused rather than risk revoking the caller unwarned.
+        /// Longer chains are not followed (each link is a read). Rotating a key makes a chain
+        /// one link long: the successor retires the key it was made with.
         const MAX_LINKS: usize = 64;
         let principal = caller.principal();
         if principal.kind != PrincipalKind::ApiKey || principal.id == key.id {
             return Ok(None);
         }
         let target = key.name();
-        let mut chain = Vec::new();
+        let mut chain: Vec<ApiKeyRecord> = Vec::new();
         let mut next = self.store.get_api_key(&principal.id).await?;
+        let live = |link: &ApiKeyRecord| link.state(now_micros()) == ApiKeyState::Active;
+        if !next.as_ref().is_some_and(live) {
+            return Err(ApiError::Unauthenticated {
+                reason: "INVALID_API_KEY",
+                message: "the api key this call was made with was revoked or has expired"
+                    .to_owned(),
+            });
+        }
         while let Some(link) = next {
-            // The calling key itself must be live (the gateway let it in, but it may have been
-            // revoked since); the keys above it need not be.
-            if chain.is_empty() && link.revoke_time.is_some() {
-                return Ok(None);
-            }
-            let maker = link.created_with.clone();
-            if chain.iter().any(|seen: &ApiKeyRecord| seen.id == link.id) {
+            if chain.iter().any(|seen| seen.id == link.id) {
                 return Ok(None);
             }
             if chain.len() == MAX_LINKS {
                 return Err(ApiError::FailedPrecondition {
                     reason: "KEY_CHAIN_TOO_LONG",
                     message: format!(
-                        "the key making this call was made down a chain of more than \
-                         {MAX_LINKS} keys; revoke {target} with another credential"
+                        "the key making this call is not within {MAX_LINKS} keys below \
+                         {target}; revoke it with another credential"
                     ),
                 });
             }
+            let maker = link.created_with.clone();
             chain.push(link);
             let Some(maker) = maker else {
                 return Ok(None);
