@@ -41,8 +41,7 @@ fn rotating_key(name: &str, ttl_days: i64) -> CreateApiKeyRequest {
 async fn a_key_made_by_a_key_expires_no_later_than_it() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let mesh = builder.start().await?;
-        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
-        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let (admin, mut keys) = acme_admin(&mesh).await?;
         // A person may make a service-account key for up to the maximum lifetime.
         let first = create(
             &mut keys,
@@ -116,6 +115,25 @@ async fn state_of(
     Ok(keys.get_api_key(request).await?.into_inner().state())
 }
 
+/// Tenant `acme` and its signed-in admin: (the admin's access token, a keys client).
+async fn acme_admin(mesh: &Mesh) -> anyhow::Result<(String, ApiKeyServiceClient<Channel>)> {
+    let (admin, _) = signed_in_user(mesh, "acme", "ada@example.com", &["admin"]).await?;
+    Ok((admin, ApiKeyServiceClient::new(mesh.gateway())))
+}
+
+/// Checks that the key `name` is in `state` now.
+async fn expect_state(
+    keys: &mut ApiKeyServiceClient<Channel>,
+    name: &str,
+    admin: &str,
+    state: ApiKeyState,
+    backend: &str,
+) -> anyhow::Result<()> {
+    let found = state_of(keys, name, admin).await?;
+    assert_eq!(found, state, "{backend}: {name}");
+    Ok(())
+}
+
 fn revoke(name: &str, admin: &str) -> tonic::Request<RevokeApiKeyRequest> {
     with_bearer(
         RevokeApiKeyRequest {
@@ -131,8 +149,7 @@ async fn revoking_a_key_revokes_the_keys_made_with_it() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mesh = builder.start().await?;
-        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
-        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let (admin, mut keys) = acme_admin(&mesh).await?;
         let leaked = create(
             &mut keys,
             with_bearer(service_account_key("ci", 10), &admin),
@@ -186,17 +203,10 @@ async fn revoking_a_key_revokes_the_keys_made_with_it() -> anyhow::Result<()> {
             .execute(db.pool())
             .await?;
         db.close().await;
-        assert_eq!(
-            state_of(&mut keys, &made.name, &admin).await?,
-            ApiKeyState::Active
-        );
+        expect_state(&mut keys, &made.name, &admin, ApiKeyState::Active, backend).await?;
         let again = keys.revoke_api_key(revoke(&leaked.name, &admin)).await?;
         assert_eq!(again.into_inner().revoke_time, leaked_revoked_at);
-        assert_eq!(
-            state_of(&mut keys, &made.name, &admin).await?,
-            ApiKeyState::Revoked,
-            "{backend}"
-        );
+        expect_state(&mut keys, &made.name, &admin, ApiKeyState::Revoked, backend).await?;
         mesh.stop().await?;
     }
     Ok(())
@@ -207,8 +217,7 @@ async fn a_key_revoked_while_it_makes_a_key_leaves_no_key_behind() -> anyhow::Re
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mesh = builder.start().await?;
-        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
-        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let (admin, mut keys) = acme_admin(&mesh).await?;
         let leaked = create(
             &mut keys,
             with_bearer(service_account_key("ci", 10), &admin),
@@ -272,8 +281,7 @@ async fn revoking_an_operators_key_revokes_what_it_made_in_other_tenants() -> an
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mesh = builder.start().await?;
-        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
-        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let (admin, mut keys) = acme_admin(&mesh).await?;
         let mut operators = service_account_key("operators", 10);
         operators.parent = "tenants/system".into();
         if let Some(key) = operators.api_key.as_mut() {
@@ -319,8 +327,7 @@ async fn a_successor_retires_the_key_it_was_made_with_and_keeps_only_itself() ->
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mesh = builder.start().await?;
-        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
-        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let (admin, mut keys) = acme_admin(&mesh).await?;
         let old = create(&mut keys, with_bearer(rotating_key("old", 10), &admin)).await?;
         let new = create(&mut keys, with_api_key(rotating_key("new", 9), &old.key)).await?;
         let other = create(&mut keys, with_api_key(rotating_key("other", 9), &old.key)).await?;
@@ -366,17 +373,10 @@ async fn a_successor_retires_the_key_it_was_made_with_and_keeps_only_itself() ->
         // Asked again (a retried call), it changes nothing.
         keys.revoke_api_key(with_api_key(retire(true), &new.key))
             .await?;
-        assert_eq!(
-            state_of(&mut keys, &new_name, &admin).await?,
-            ApiKeyState::Active
-        );
+        expect_state(&mut keys, &new_name, &admin, ApiKeyState::Active, backend).await?;
         // Still made with the old key: revoking that again from elsewhere reaches it.
         keys.revoke_api_key(revoke(&old_name, &admin)).await?;
-        assert_eq!(
-            state_of(&mut keys, &new_name, &admin).await?,
-            ApiKeyState::Revoked,
-            "{backend}"
-        );
+        expect_state(&mut keys, &new_name, &admin, ApiKeyState::Revoked, backend).await?;
         mesh.stop().await?;
     }
     Ok(())
@@ -390,8 +390,7 @@ async fn a_key_kept_below_a_retired_key_is_revoked_with_the_keys_above() -> anyh
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mesh = builder.start().await?;
-        let (admin, _) = signed_in_user(&mesh, "acme", "ada@example.com", &["admin"]).await?;
-        let mut keys = ApiKeyServiceClient::new(mesh.gateway());
+        let (admin, mut keys) = acme_admin(&mesh).await?;
         let leaked = create(&mut keys, with_bearer(rotating_key("leaked", 10), &admin)).await?;
         let middle = create(
             &mut keys,
@@ -410,11 +409,14 @@ async fn a_key_kept_below_a_retired_key_is_revoked_with_the_keys_above() -> anyh
         keys.revoke_api_key(with_api_key(retire, &hidden.key))
             .await?;
         let hidden_name = hidden.api_key.unwrap().name;
-        assert_eq!(
-            state_of(&mut keys, &hidden_name, &admin).await?,
+        expect_state(
+            &mut keys,
+            &hidden_name,
+            &admin,
             ApiKeyState::Active,
-            "{backend}"
-        );
+            backend,
+        )
+        .await?;
         // Below the leaked key still, the kept key cannot revoke it unwarned.
         let leaked_name = leaked.api_key.unwrap().name;
         let from_below = RevokeApiKeyRequest {
@@ -426,18 +428,24 @@ async fn a_key_kept_below_a_retired_key_is_revoked_with_the_keys_above() -> anyh
             .await;
         let refused = expect_code(refused, Code::FailedPrecondition);
         assert_eq!(reason(&refused), "WOULD_REVOKE_CALLER", "{backend}");
-        assert_eq!(
-            state_of(&mut keys, &leaked_name, &admin).await?,
+        expect_state(
+            &mut keys,
+            &leaked_name,
+            &admin,
             ApiKeyState::Active,
-            "{backend}: the refused call revoked nothing"
-        );
+            backend,
+        )
+        .await?;
 
         keys.revoke_api_key(revoke(&leaked_name, &admin)).await?;
-        assert_eq!(
-            state_of(&mut keys, &hidden_name, &admin).await?,
+        expect_state(
+            &mut keys,
+            &hidden_name,
+            &admin,
             ApiKeyState::Revoked,
-            "{backend}"
-        );
+            backend,
+        )
+        .await?;
         mesh.stop().await?;
     }
     Ok(())

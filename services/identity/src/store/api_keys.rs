@@ -401,6 +401,16 @@ mod tests {
         Ok(key)
     }
 
+    /// The sorted first characters of `keys`' ids (each test key's id is one repeated).
+    fn initials(keys: &[ApiKeyRecord]) -> Vec<char> {
+        let mut initials: Vec<char> = keys
+            .iter()
+            .filter_map(|key| key.id.chars().next())
+            .collect();
+        initials.sort();
+        initials
+    }
+
     #[tokio::test]
     async fn revoking_a_key_revokes_the_keys_made_with_it_and_theirs_once() -> Result<(), BoxError>
     {
@@ -423,11 +433,7 @@ mod tests {
             .revoke_keys_created_with(&mut tx, &root.name(), 7, &[])
             .await?;
         tx.commit().await?;
-        let mut ids: Vec<char> = revoked
-            .iter()
-            .map(|key| key.id.chars().next().unwrap())
-            .collect();
-        ids.sort();
+        let ids = initials(&revoked);
         assert_eq!(ids, ['1', 'b', 'c', 'f']);
         assert!(revoked.iter().all(|key| key.revoke_time == Some(7)));
         for (key, revoked) in [(&sibling, false), (&unrelated, false), (&grandchild, true)] {
@@ -465,11 +471,7 @@ mod tests {
             .revoke_keys_created_with(&mut tx, &root.name(), 7, &spared)
             .await?;
         tx.commit().await?;
-        let mut ids: Vec<char> = revoked
-            .iter()
-            .map(|key| key.id.chars().next().unwrap())
-            .collect();
-        ids.sort();
+        let ids = initials(&revoked);
         assert_eq!(
             ids,
             ['c', 'e'],
