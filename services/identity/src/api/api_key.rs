@@ -325,16 +325,18 @@ impl ApiKeyService for ApiKeyApi {
         // Even when the key was revoked already: a restore may have brought back a live key
         // it made (its maker revoked since the export), and revoking it again catches that.
         let resource = key.name();
+        let calling = caller.principal();
+        let calling_key = (calling.kind == PrincipalKind::ApiKey).then_some(calling.id.as_str());
         let made_with_it = self
             .store
-            .revoke_keys_created_with(&mut tx, &resource, now, &spared)
+            .revoke_keys_created_with(&mut tx, &resource, now, &spared, calling_key)
             .await?;
         // Made (down a chain) with the key it revokes, the calling key would revoke itself
         // with it: refused, and nothing is revoked (the transaction is dropped). Retiring the
         // key it was made with takes `keep_calling_key`.
-        let calling = caller.principal();
-        if calling.kind == PrincipalKind::ApiKey
-            && made_with_it.iter().any(|made| made.id == calling.id)
+        if made_with_it
+            .iter()
+            .any(|made| Some(made.id.as_str()) == calling_key)
         {
             return Err(ApiError::FailedPrecondition {
                 reason: "WOULD_REVOKE_CALLER",

@@ -196,7 +196,7 @@ impl ApiKeyApi {
     /// The calling key and the keys above it, each made with the next, up to one made with
     /// `key`; `None` if the caller is not a key made (down such a chain) with `key`. The walk
     /// follows what the revocation's cascade follows, revoked keys included; only the calling
-    /// key must be live.
+    /// key must be live (`UNAUTHENTICATED INVALID_API_KEY` otherwise).
     async fn calling_chain(
         &self,
         caller: &Caller,
