@@ -5,12 +5,15 @@
 //! code gRPC gives an exceeded message size (and that a REST body over the limit gets: 413).
 //! Left to the component, tonic would answer `OUT_OF_RANGE`, after receiving all of it.
 //!
-//! What was read to find the prefix goes on to the backend unchanged, ahead of the rest.
+//! What was read to find the prefix goes on to the backend unchanged, ahead of the rest. A
+//! request's trailers do not: gRPC gives a request none (its end is the stream's end), so
+//! trailers a client sends mean nothing to the mesh, and passed on they would carry whatever
+//! `palisade-*` metadata the gateway stripped from the headers.
 
 use std::{
     collections::VecDeque,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use bytes::{Buf, Bytes};
@@ -87,7 +90,7 @@ fn too_large(length: usize) -> ApiError {
     }
 }
 
-/// A body whose first frames were read already: those, then the rest.
+/// A body whose first frames were read already: those, then the rest, less any trailers.
 struct Replayed {
     read: VecDeque<Frame<Bytes>>,
     rest: Body,
@@ -101,10 +104,12 @@ impl HttpBody for Replayed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        match self.read.pop_front() {
-            Some(frame) => Poll::Ready(Some(Ok(frame))),
-            None => Pin::new(&mut self.rest).poll_frame(cx),
-        }
+        let frame = match self.read.pop_front() {
+            Some(frame) => Some(Ok(frame)),
+            None => ready!(Pin::new(&mut self.rest).poll_frame(cx)),
+        };
+        // Trailers come last: the body ends where they would have been.
+        Poll::Ready(frame.filter(|frame| !frame.as_ref().is_ok_and(Frame::is_trailers)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -178,6 +183,24 @@ mod tests {
         let read = read_prefix(&mut body).await.unwrap();
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].data_ref(), Some(&message));
+    }
+
+    #[tokio::test]
+    async fn a_clients_request_trailers_are_dropped() {
+        let message = frames::encode(0, b"hello");
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("palisade-tenant-id", "other".parse().unwrap());
+        // Trailers read with the prefix (a body shorter than one), and after it.
+        for data in [message.slice(..2), message.clone()] {
+            let frames = vec![Frame::data(data.clone()), Frame::trailers(trailers.clone())];
+            let body = StreamBody::new(futures::stream::iter(
+                frames.into_iter().map(Ok::<_, Status>),
+            ));
+            let passed = within_limit(Request::new(Body::new(body))).await.unwrap();
+            let collected = passed.into_body().collect().await.unwrap();
+            assert_eq!(collected.trailers(), None);
+            assert_eq!(collected.to_bytes(), data);
+        }
     }
 
     #[tokio::test]
