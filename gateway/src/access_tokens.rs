@@ -1,7 +1,9 @@
 //! Access tokens verified at the edge, without asking identity: an Ed25519 signature (JWS
 //! `EdDSA`) by a key identity publishes (`jwks.rs`), an `exp` in the future and the identity
 //! issuer. A verified token is remembered by its SHA-256 until it expires, while its `kid`
-//! stays published.
+//! stays published. A token that is not remembered is verified only while its client has
+//! failures left at its rate (`ClientBudget`), and one that fails to verify takes one: made-up
+//! tokens cost a flooding client its rate, not the gateway a core, and genuine ones nothing.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,7 +13,7 @@ use palisade_tenancy::{Principal, PrincipalKind, TenantContext, TenantId};
 use ring::signature::{ED25519, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
 
-use crate::{jwks::Jwks, sharded::Sharded};
+use crate::{auth::ClientBudget, jwks::Jwks, sharded::Sharded};
 
 /// The `iss` identity puts in its access tokens.
 const ISSUER: &str = "palisade-identity";
@@ -49,12 +51,25 @@ impl TokenVerifier {
         }
     }
 
-    pub async fn verify(&self, token: &str) -> Result<TenantContext, ApiError> {
+    pub async fn verify(
+        &self,
+        token: &str,
+        budget: &impl ClientBudget,
+    ) -> Result<TenantContext, ApiError> {
         let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(context) = self.cached(&fingerprint) {
             return Ok(context);
         }
-        let (context, kid, exp) = self.verify_signed(token).await?;
+        budget.could_fail()?;
+        let (context, kid, exp) = match self.verify_signed(token).await {
+            Ok(verified) => verified,
+            // Not when identity's keys could not be fetched: that is no fault of the client's.
+            Err(refused @ ApiError::Unauthenticated { .. }) => {
+                budget.failed()?;
+                return Err(refused);
+            }
+            Err(error) => return Err(error),
+        };
         let now = unix_now();
         self.verified.with(&fingerprint, |shard| {
             // Expired tokens go first, then those expiring soonest.
@@ -130,6 +145,13 @@ fn context_from_claims(claims: &serde_json::Value, now: i64) -> Result<TenantCon
             reason: "TOKEN_EXPIRED",
             message: "the access token has expired; refresh it".to_owned(),
         });
+    }
+    // Identity's tokens carry no `nbf`, but one that does is not valid before it (RFC 7519).
+    let not_before = &claims["nbf"];
+    if !not_before.is_null()
+        && (not_before.as_i64()).is_none_or(|nbf| nbf > now + EXPIRY_LEEWAY_SECS)
+    {
+        return Err(invalid_token());
     }
     let tenant_id = claims["tenant"]
         .as_str()
@@ -217,5 +239,15 @@ mod tests {
             context_from_claims(&claims(ISSUER, 1_000, "user"), 1_000 + EXPIRY_LEEWAY_SECS)
                 .is_err()
         );
+        let mut not_yet = claims(ISSUER, 1_000, "user");
+        not_yet["nbf"] = (900 + EXPIRY_LEEWAY_SECS).into();
+        assert!(
+            context_from_claims(&not_yet, 900).is_ok(),
+            "within the leeway"
+        );
+        not_yet["nbf"] = (901 + EXPIRY_LEEWAY_SECS).into();
+        assert!(context_from_claims(&not_yet, 900).is_err());
+        not_yet["nbf"] = "soon".into();
+        assert!(context_from_claims(&not_yet, 900).is_err());
     }
 }

@@ -151,6 +151,19 @@ pub struct ApiKeyVerifier {
     tokens: TokenVerifier,
 }
 
+/// What a client pays for credentials the gateway must work to judge: anyone can send
+/// made-up ones, and each costs an identity lookup (an API key) or an Ed25519 verification
+/// (an access token).
+pub trait ClientBudget {
+    /// Pays for asking identity about an API key, as for a public call, or refuses.
+    fn pay_for_lookup(&self) -> Result<(), ApiError>;
+    /// Refuses as [`ClientBudget::failed`] would now, taking nothing: a client out of
+    /// failures has no access token verified.
+    fn could_fail(&self) -> Result<(), ApiError>;
+    /// Counts an access token that failed to verify, or refuses.
+    fn failed(&self) -> Result<(), ApiError>;
+}
+
 /// Keys identity accepted, by SHA-256: the context each stands for and until when it is trusted.
 type Accepted = Sharded<[u8; 32], (TenantContext, Instant)>;
 
@@ -224,17 +237,18 @@ impl ApiKeyVerifier {
         }
     }
 
-    /// The tenant context the credential stands for. `admit` is asked before identity is
-    /// (only for an API key neither trusted nor refused recently, nor accepted last time it
-    /// was asked about): its refusal is the answer, so a client presenting made-up or refused
-    /// keys pays for the lookups they cost.
+    /// The tenant context the credential stands for. The client pays from `budget` before
+    /// identity is asked about an API key (one neither trusted nor refused recently, nor
+    /// accepted last time it was asked about), and for an access token, not verified before,
+    /// that fails to verify: a refusal of the payment is the answer, so a client presenting
+    /// made-up credentials pays for the work they cost.
     pub async fn verify(
         &self,
         key: &str,
-        admit: impl FnOnce() -> Result<(), ApiError>,
+        budget: &impl ClientBudget,
     ) -> Result<TenantContext, ApiError> {
         if looks_like_jwt(key) {
-            return self.tokens.verify(key).await;
+            return self.tokens.verify(key, budget).await;
         }
         if !looks_like_api_key(key) {
             return Err(invalid_api_key(
@@ -264,7 +278,7 @@ impl ApiKeyVerifier {
                 // Read here, where no lookup of the key can end meanwhile.
                 let accepted_before = !matches!(self.trusted(&fingerprint), Trust::Unknown);
                 if !accepted_before {
-                    admit()?;
+                    budget.pay_for_lookup()?;
                 }
                 let ask = ask_identity(
                     self.identity.clone(),

@@ -155,6 +155,7 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
             burst: f64::from(rate.burst.max(1)),
         }),
         clients: limits::RateLimiter::for_clients(),
+        failed_tokens: limits::RateLimiter::for_clients(),
         usage: usage.clone(),
         throttled: throttled.clone(),
     };

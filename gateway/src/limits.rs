@@ -139,6 +139,24 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         })
     }
 
+    /// Whether one call of `key` could pass at `now` (or how long until one could), taking
+    /// nothing: for work a client pays for only if it fails.
+    pub fn peek(&self, key: &K, rate: Rate, now: Instant) -> Result<(), Option<Duration>> {
+        self.buckets.with(key, |shard| {
+            if let Some((bucket, _)) = shard.get(key) {
+                return bucket.clone().take(rate, now);
+            }
+            // Where `check` would take from the shared bucket, so does the peek.
+            if !self.make_room(shard, now)
+                && let Some(overflow) = &self.overflow
+            {
+                let overflow = overflow.lock().expect("overflow lock");
+                return (overflow.clone()).map_or(Ok(()), |mut bucket| bucket.take(rate, now));
+            }
+            Ok(())
+        })
+    }
+
     /// Makes room in a full shard by dropping the buckets that have refilled (nothing is
     /// lost: a new bucket starts full). Returns whether there is room now.
     fn make_room(&self, shard: &mut HashMap<K, (Bucket, Rate)>, now: Instant) -> bool {
@@ -220,6 +238,28 @@ mod tests {
             assert_eq!(limiter.check(&acme, RATE, t3), Ok(()));
         }
         assert!(limiter.check(&acme, RATE, t3).is_err());
+    }
+
+    #[test]
+    fn a_peek_takes_nothing() {
+        let limiter = RateLimiter::for_tenants();
+        let now = Instant::now();
+        let acme = tenant("acme");
+        assert_eq!(
+            limiter.peek(&acme, RATE, now),
+            Ok(()),
+            "a bucket not made yet"
+        );
+        for _ in 0..3 {
+            assert_eq!(limiter.peek(&acme, RATE, now), Ok(()));
+            limiter.check(&acme, RATE, now).unwrap();
+        }
+        let empty = Err(Some(Duration::from_millis(500)));
+        assert_eq!(limiter.peek(&acme, RATE, now), empty);
+        assert_eq!(limiter.peek(&acme, RATE, now), empty);
+        let later = now + Duration::from_millis(500);
+        assert_eq!(limiter.peek(&acme, RATE, later), Ok(()));
+        assert_eq!(limiter.check(&acme, RATE, later), Ok(()));
     }
 
     #[test]
@@ -324,6 +364,8 @@ mod tests {
         limiter.buckets.each(|shard| total += shard.len());
         assert_eq!(total, 16);
         assert_eq!(allowed, 16 + 3);
+        // A peek looks where the call would be taken from: the spent shared bucket.
+        assert!(limiter.peek(&client(5_000), RATE, now).is_err());
     }
 
     #[test]

@@ -18,7 +18,10 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -37,7 +40,7 @@ use tonic::{Status, body::Body, service::Routes};
 use tower::ServiceExt;
 
 use crate::{
-    auth::{ApiKeyVerifier, presented_api_key},
+    auth::{ApiKeyVerifier, ClientBudget, presented_api_key},
     backends::Backends,
     deadline,
     limits::{ClientKey, Rate, RateLimiter},
@@ -57,6 +60,10 @@ pub struct TenantLimits {
     /// reflection streams each client address may make; `None` is unlimited.
     pub public_rate: Option<Rate>,
     pub clients: RateLimiter<ClientKey>,
+    /// Access tokens each client address presents that fail to verify, at the same rate: an
+    /// Ed25519 verification is work anyone can ask for with made-up tokens. Apart from
+    /// `clients`, so a client busy with public calls can still present its new tokens.
+    pub failed_tokens: RateLimiter<ClientKey>,
     /// Refusals by reason (`tenant_suspended`, `tenant_not_active`, `rate_limited`,
     /// `quota_exceeded`, `client_rate_limited`).
     pub throttled: LabeledCounter,
@@ -134,7 +141,8 @@ impl Proxy {
     /// The tenant context of the credential the request presents, if it presents one. An
     /// API key that identity must be asked about costs its client as a public call does
     /// (unless identity accepted it last time), so made-up keys cannot keep identity busy for
-    /// everyone; `charged` says whether it did.
+    /// everyone; `charged` says whether it did. An access token that fails to verify costs
+    /// its client from a rate of its own.
     async fn verify_credential(
         &self,
         headers: &http::HeaderMap,
@@ -144,14 +152,14 @@ impl Proxy {
         let Some(key) = presented_api_key(headers)? else {
             return Ok(None);
         };
-        let admit = || {
-            *charged = true;
-            self.admit_client(
-                origin,
-                "api keys it presents that the gateway must ask identity about",
-            )
+        let budget = CredentialBudget {
+            proxy: self,
+            origin,
+            charged: AtomicBool::new(false),
         };
-        self.verifier.verify(&key, admit).await.map(Some)
+        let verified = self.verifier.verify(&key, &budget).await;
+        *charged = budget.charged.load(Ordering::Relaxed);
+        verified.map(Some)
     }
 
     /// The tenant context a request is made in, once its client and tenant are admitted: the
@@ -416,6 +424,17 @@ impl Proxy {
     /// says which it is). Behind a proxy that hides clients' addresses, that proxy is one
     /// client; the rate is a setting for that reason.
     fn admit_client(&self, origin: Option<&ClientOrigin>, what: &str) -> Result<(), ApiError> {
+        self.client_rate(&self.limits.clients, origin, what, RateLimiter::check)
+    }
+
+    /// The client's rate in `limiter`, checked by `take` (one call taken, or only looked at).
+    fn client_rate(
+        &self,
+        limiter: &RateLimiter<ClientKey>,
+        origin: Option<&ClientOrigin>,
+        what: &str,
+        take: TakeFromRate,
+    ) -> Result<(), ApiError> {
         let limits = &*self.limits;
         let Some(rate) = limits.public_rate else {
             return Ok(());
@@ -427,26 +446,68 @@ impl Proxy {
             return Ok(());
         };
         let client = ClientKey::of(address);
-        limits
-            .clients
-            .check(&client, rate, Instant::now())
-            .map_err(|wait| {
-                limits.throttled.inc("client_rate_limited");
-                tracing::debug!(%client, what, "call refused at the edge");
-                ApiError::ResourceExhausted {
-                    reason: "CLIENT_RATE_LIMITED",
-                    message: format!(
-                        "client {client} is over its rate of {} calls per second for {what}",
-                        rate.per_second
-                    ),
-                    subject: format!("clients/{client}"),
-                    description: format!(
-                        "public_calls_per_second: {}, public_call_burst: {}",
-                        rate.per_second, rate.burst
-                    ),
-                    retry_after: wait,
-                }
-            })
+        take(limiter, &client, rate, Instant::now()).map_err(|wait| {
+            limits.throttled.inc("client_rate_limited");
+            tracing::debug!(%client, what, "call refused at the edge");
+            ApiError::ResourceExhausted {
+                reason: "CLIENT_RATE_LIMITED",
+                message: format!(
+                    "client {client} is over its rate of {} calls per second for {what}",
+                    rate.per_second
+                ),
+                subject: format!("clients/{client}"),
+                description: format!(
+                    "public_calls_per_second: {}, public_call_burst: {}",
+                    rate.per_second, rate.burst
+                ),
+                retry_after: wait,
+            }
+        })
+    }
+}
+
+/// Takes a call from a client's rate ([`RateLimiter::check`]) or only looks
+/// ([`RateLimiter::peek`]).
+type TakeFromRate =
+    fn(&RateLimiter<ClientKey>, &ClientKey, Rate, Instant) -> Result<(), Option<Duration>>;
+
+/// One call's client, paying for the credential it presents; `charged` once it has.
+struct CredentialBudget<'a> {
+    proxy: &'a Proxy,
+    origin: Option<&'a ClientOrigin>,
+    // Atomic only so that the call's future, which holds it across awaits, is `Send`.
+    charged: AtomicBool,
+}
+
+impl CredentialBudget<'_> {
+    const FAILED_TOKENS: &'static str = "access tokens it presents that fail to verify";
+
+    fn failed_tokens(&self, take: TakeFromRate) -> Result<(), ApiError> {
+        let proxy = self.proxy;
+        proxy.client_rate(
+            &proxy.limits.failed_tokens,
+            self.origin,
+            Self::FAILED_TOKENS,
+            take,
+        )
+    }
+}
+
+impl ClientBudget for CredentialBudget<'_> {
+    fn pay_for_lookup(&self) -> Result<(), ApiError> {
+        self.charged.store(true, Ordering::Relaxed);
+        self.proxy.admit_client(
+            self.origin,
+            "api keys it presents that the gateway must ask identity about",
+        )
+    }
+
+    fn could_fail(&self) -> Result<(), ApiError> {
+        self.failed_tokens(RateLimiter::peek)
+    }
+
+    fn failed(&self) -> Result<(), ApiError> {
+        self.failed_tokens(RateLimiter::check)
     }
 }
 
