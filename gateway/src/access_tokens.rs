@@ -1,9 +1,12 @@
 //! Access tokens verified at the edge, without asking identity: an Ed25519 signature (JWS
 //! `EdDSA`) by a key identity publishes (`jwks.rs`), an `exp` in the future and the identity
-//! issuer. A verified token is remembered by its SHA-256 until it expires, while its `kid`
-//! stays published. A token that is not remembered is verified only while its client has
-//! failures left at its rate (`ClientBudget`), and one that fails to verify takes one: made-up
-//! tokens cost a flooding client its rate, not the gateway a core, and genuine ones nothing.
+//! issuer. A token whose signature verified is remembered by its SHA-256 while its `kid` stays
+//! published (an expired one, to be refused as expired without verifying it again).
+//!
+//! Anyone can make up tokens, and each one not remembered costs an Ed25519 verification, so
+//! each takes one of its client's verifications (`ClientBudget`) before it is verified, given
+//! back if its signature verifies (or it could not be judged): made-up tokens cost a flooding
+//! client its rate, not the gateway a core, and genuine ones cost nothing.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,8 +20,8 @@ use crate::{auth::ClientBudget, jwks::Jwks, sharded::Sharded};
 
 /// The `iss` identity puts in its access tokens.
 const ISSUER: &str = "palisade-identity";
-/// Tolerated clock difference between identity and the gateway when checking `exp`.
-const EXPIRY_LEEWAY_SECS: i64 = 30;
+/// Tolerated clock difference between identity and the gateway when checking `exp` and `nbf`.
+const CLOCK_LEEWAY_SECS: i64 = 30;
 
 /// Verifies access tokens against identity's published keys.
 pub struct TokenVerifier {
@@ -38,7 +41,7 @@ struct VerifiedToken {
 impl VerifiedToken {
     /// Whether the token is unexpired at `now` (seconds), allowing for clock differences.
     fn unexpired(&self, now: i64) -> bool {
-        self.exp + EXPIRY_LEEWAY_SECS > now
+        self.exp + CLOCK_LEEWAY_SECS > now
     }
 }
 
@@ -57,46 +60,54 @@ impl TokenVerifier {
         budget: &impl ClientBudget,
     ) -> Result<TenantContext, ApiError> {
         let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(context) = self.cached(&fingerprint) {
-            return Ok(context);
+        if let Some(known) = self.remembered(&fingerprint) {
+            return known;
         }
-        budget.could_fail()?;
+        // Taken before the work, not charged after it: calls in flight at once cannot all find
+        // the budget unspent.
+        budget.take_verification()?;
         let (context, kid, exp) = match self.verify_signed(token).await {
-            Ok(verified) => verified,
-            // Not when identity's keys could not be fetched: that is no fault of the client's.
-            Err(refused @ ApiError::Unauthenticated { .. }) => {
-                budget.failed()?;
-                return Err(refused);
+            Ok(signed) => signed,
+            Err(refused @ ApiError::Unauthenticated { .. }) => return Err(refused),
+            // Identity's keys could not be fetched: no fault of the client's.
+            Err(error) => {
+                budget.give_back_verification();
+                return Err(error);
             }
-            Err(error) => return Err(error),
         };
+        budget.give_back_verification();
+        let token = VerifiedToken { context, kid, exp };
         let now = unix_now();
+        let answer = match token.unexpired(now) {
+            true => Ok(token.context.clone()),
+            false => Err(token_expired()),
+        };
         self.verified.with(&fingerprint, |shard| {
             // Expired tokens go first, then those expiring soonest.
             self.verified
                 .make_room(shard, |token| token.unexpired(now), |token| Some(token.exp));
-            let token = VerifiedToken {
-                context: context.clone(),
-                kid,
-                exp,
-            };
             shard.insert(fingerprint, token);
         });
-        Ok(context)
+        answer
     }
 
-    /// A token verified before, while it is unexpired and its key still published (a key
-    /// identity retires stops its cached tokens at the next JWKS refresh, as it stops new ones).
+    /// The answer for a token whose signature verified before: its context while it is
+    /// unexpired and its key still published (a key identity retires stops its remembered
+    /// tokens at the next JWKS refresh, as it stops new ones), the refusal once it expired.
     /// Anything else is verified afresh, which gives the precise refusal.
-    fn cached(&self, fingerprint: &[u8; 32]) -> Option<TenantContext> {
+    fn remembered(&self, fingerprint: &[u8; 32]) -> Option<Result<TenantContext, ApiError>> {
         let now = unix_now();
         self.verified.with(fingerprint, |shard| {
             let token = shard.get(fingerprint)?;
-            (token.unexpired(now) && self.jwks.publishes(&token.kid)).then(|| token.context.clone())
+            if !token.unexpired(now) {
+                return Some(Err(token_expired()));
+            }
+            (self.jwks.publishes(&token.kid)).then(|| Ok(token.context.clone()))
         })
     }
 
-    /// Checks the token's signature and claims: its context, `kid` and `exp`.
+    /// Checks the token's signature and claims: its context, `kid` and `exp` (not yet
+    /// checked against the clock).
     async fn verify_signed(&self, token: &str) -> Result<(TenantContext, String, i64), ApiError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
@@ -134,22 +145,19 @@ fn decode_json(part: &str) -> Result<serde_json::Value, ApiError> {
 }
 
 /// The tenant context of a token whose signature has been verified: the issuer must be
-/// identity, the token unexpired, and the principal a user of a valid tenant.
+/// identity, the token valid already (its expiry is the caller's to check) and the principal
+/// a user of a valid tenant.
 fn context_from_claims(claims: &serde_json::Value, now: i64) -> Result<TenantContext, ApiError> {
-    let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
-    if claims["iss"] != ISSUER || claims["principal_type"] != "user" {
+    if claims["exp"].as_i64().is_none()
+        || claims["iss"] != ISSUER
+        || claims["principal_type"] != "user"
+    {
         return Err(invalid_token());
-    }
-    if exp + EXPIRY_LEEWAY_SECS <= now {
-        return Err(ApiError::Unauthenticated {
-            reason: "TOKEN_EXPIRED",
-            message: "the access token has expired; refresh it".to_owned(),
-        });
     }
     // Identity's tokens carry no `nbf`, but one that does is not valid before it (RFC 7519).
     let not_before = &claims["nbf"];
     if !not_before.is_null()
-        && (not_before.as_i64()).is_none_or(|nbf| nbf > now + EXPIRY_LEEWAY_SECS)
+        && (not_before.as_i64()).is_none_or(|nbf| nbf > now + CLOCK_LEEWAY_SECS)
     {
         return Err(invalid_token());
     }
@@ -194,6 +202,13 @@ pub(crate) fn cannot_verify() -> ApiError {
     }
 }
 
+fn token_expired() -> ApiError {
+    ApiError::Unauthenticated {
+        reason: "TOKEN_EXPIRED",
+        message: "the access token has expired; refresh it".to_owned(),
+    }
+}
+
 pub(crate) fn invalid_token() -> ApiError {
     ApiError::Unauthenticated {
         reason: "INVALID_TOKEN",
@@ -235,17 +250,26 @@ mod tests {
         assert!(context_from_claims(&with_session, 900).is_err());
         assert!(context_from_claims(&claims("someone-else", 1_000, "user"), 900).is_err());
         assert!(context_from_claims(&claims(ISSUER, 1_000, "service"), 900).is_err());
-        assert!(
-            context_from_claims(&claims(ISSUER, 1_000, "user"), 1_000 + EXPIRY_LEEWAY_SECS)
-                .is_err()
-        );
+        let mut no_expiry = claims(ISSUER, 1_000, "user");
+        no_expiry["exp"] = serde_json::Value::Null;
+        assert!(context_from_claims(&no_expiry, 900).is_err());
+        let expired = VerifiedToken {
+            context: TenantContext {
+                tenant_id: TenantId::parse("acme").unwrap(),
+                principal: None,
+            },
+            kid: "k".into(),
+            exp: 1_000,
+        };
+        assert!(expired.unexpired(1_000 + CLOCK_LEEWAY_SECS - 1));
+        assert!(!expired.unexpired(1_000 + CLOCK_LEEWAY_SECS));
         let mut not_yet = claims(ISSUER, 1_000, "user");
-        not_yet["nbf"] = (900 + EXPIRY_LEEWAY_SECS).into();
+        not_yet["nbf"] = (900 + CLOCK_LEEWAY_SECS).into();
         assert!(
             context_from_claims(&not_yet, 900).is_ok(),
             "within the leeway"
         );
-        not_yet["nbf"] = (901 + EXPIRY_LEEWAY_SECS).into();
+        not_yet["nbf"] = (901 + CLOCK_LEEWAY_SECS).into();
         assert!(context_from_claims(&not_yet, 900).is_err());
         not_yet["nbf"] = "soon".into();
         assert!(context_from_claims(&not_yet, 900).is_err());

@@ -157,11 +157,11 @@ pub struct ApiKeyVerifier {
 pub trait ClientBudget {
     /// Pays for asking identity about an API key, as for a public call, or refuses.
     fn pay_for_lookup(&self) -> Result<(), ApiError>;
-    /// Refuses as [`ClientBudget::failed`] would now, taking nothing: a client out of
-    /// failures has no access token verified.
-    fn could_fail(&self) -> Result<(), ApiError>;
-    /// Counts an access token that failed to verify, or refuses.
-    fn failed(&self) -> Result<(), ApiError>;
+    /// Takes one of the client's access-token verifications, or refuses.
+    fn take_verification(&self) -> Result<(), ApiError>;
+    /// Gives back the verification taken for a token that turned out genuine (or could not
+    /// be judged): only tokens that fail to verify cost their client.
+    fn give_back_verification(&self);
 }
 
 /// Keys identity accepted, by SHA-256: the context each stands for and until when it is trusted.

@@ -139,22 +139,15 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         })
     }
 
-    /// Whether one call of `key` could pass at `now` (or how long until one could), taking
-    /// nothing: for work a client pays for only if it fails.
-    pub fn peek(&self, key: &K, rate: Rate, now: Instant) -> Result<(), Option<Duration>> {
+    /// Gives back a call taken from `key`'s own bucket, for work that turned out not to be
+    /// the client's doing. A call taken from the shared bucket is not given back: the key
+    /// found no room of its own, which happens only in a flood.
+    pub fn give_back(&self, key: &K, rate: Rate) {
         self.buckets.with(key, |shard| {
-            if let Some((bucket, _)) = shard.get(key) {
-                return bucket.clone().take(rate, now);
+            if let Some((bucket, _)) = shard.get_mut(key) {
+                bucket.tokens = (bucket.tokens + 1.0).min(rate.burst);
             }
-            // Where `check` would take from the shared bucket, so does the peek.
-            if !self.make_room(shard, now)
-                && let Some(overflow) = &self.overflow
-            {
-                let overflow = overflow.lock().expect("overflow lock");
-                return (overflow.clone()).map_or(Ok(()), |mut bucket| bucket.take(rate, now));
-            }
-            Ok(())
-        })
+        });
     }
 
     /// Makes room in a full shard by dropping the buckets that have refilled (nothing is
@@ -241,25 +234,26 @@ mod tests {
     }
 
     #[test]
-    fn a_peek_takes_nothing() {
+    fn a_call_given_back_passes_again_within_the_burst() {
         let limiter = RateLimiter::for_tenants();
         let now = Instant::now();
         let acme = tenant("acme");
-        assert_eq!(
-            limiter.peek(&acme, RATE, now),
-            Ok(()),
-            "a bucket not made yet"
-        );
+        limiter.give_back(&acme, RATE);
         for _ in 0..3 {
-            assert_eq!(limiter.peek(&acme, RATE, now), Ok(()));
             limiter.check(&acme, RATE, now).unwrap();
         }
-        let empty = Err(Some(Duration::from_millis(500)));
-        assert_eq!(limiter.peek(&acme, RATE, now), empty);
-        assert_eq!(limiter.peek(&acme, RATE, now), empty);
-        let later = now + Duration::from_millis(500);
-        assert_eq!(limiter.peek(&acme, RATE, later), Ok(()));
-        assert_eq!(limiter.check(&acme, RATE, later), Ok(()));
+        assert!(limiter.check(&acme, RATE, now).is_err());
+        limiter.give_back(&acme, RATE);
+        assert_eq!(limiter.check(&acme, RATE, now), Ok(()));
+        assert!(limiter.check(&acme, RATE, now).is_err());
+        // Never beyond the burst.
+        for _ in 0..5 {
+            limiter.give_back(&acme, RATE);
+        }
+        for _ in 0..3 {
+            limiter.check(&acme, RATE, now).unwrap();
+        }
+        assert!(limiter.check(&acme, RATE, now).is_err());
     }
 
     #[test]
@@ -364,8 +358,6 @@ mod tests {
         limiter.buckets.each(|shard| total += shard.len());
         assert_eq!(total, 16);
         assert_eq!(allowed, 16 + 3);
-        // A peek looks where the call would be taken from: the spent shared bucket.
-        assert!(limiter.peek(&client(5_000), RATE, now).is_err());
     }
 
     #[test]

@@ -138,28 +138,17 @@ impl Proxy {
         response
     }
 
-    /// The tenant context of the credential the request presents, if it presents one. An
-    /// API key that identity must be asked about costs its client as a public call does
-    /// (unless identity accepted it last time), so made-up keys cannot keep identity busy for
-    /// everyone; `charged` says whether it did. An access token that fails to verify costs
-    /// its client from a rate of its own.
+    /// The tenant context of the credential the request presents, if it presents one, paid
+    /// for from `budget` as far as the gateway must work to judge it (see `ClientBudget`).
     async fn verify_credential(
         &self,
         headers: &http::HeaderMap,
-        origin: Option<&ClientOrigin>,
-        charged: &mut bool,
+        budget: &CredentialBudget<'_>,
     ) -> Result<Option<TenantContext>, ApiError> {
         let Some(key) = presented_api_key(headers)? else {
             return Ok(None);
         };
-        let budget = CredentialBudget {
-            proxy: self,
-            origin,
-            charged: AtomicBool::new(false),
-        };
-        let verified = self.verifier.verify(&key, &budget).await;
-        *charged = budget.charged.load(Ordering::Relaxed);
-        verified.map(Some)
+        self.verifier.verify(&key, budget).await.map(Some)
     }
 
     /// The tenant context a request is made in, once its client and tenant are admitted: the
@@ -173,15 +162,24 @@ impl Proxy {
         host: Option<&str>,
         public: bool,
     ) -> Result<Option<TenantContext>, ApiError> {
-        let mut charged = false;
-        let verified = match self.verify_credential(headers, origin, &mut charged).await {
+        let budget = CredentialBudget {
+            proxy: self,
+            origin,
+            paid_for_lookup: AtomicBool::new(false),
+            verification_refused: AtomicBool::new(false),
+        };
+        let verified = match self.verify_credential(headers, &budget).await {
             Ok(verified) => verified,
             // A public method needs no credential, so one that does not verify is ignored
             // rather than refused: a client that sends its access token with every call must
-            // still reach `RefreshToken` once that token has expired.
+            // still reach `RefreshToken` once that token has expired. So is a token left
+            // unverified because its client's address has no verifications left (someone else
+            // behind the same address may have spent them).
             Err(ApiError::Unauthenticated { .. }) if public => None,
+            Err(_) if public && budget.verification_refused.load(Ordering::Relaxed) => None,
             Err(error) => return Err(error),
         };
+        let charged = budget.paid_for_lookup.load(Ordering::Relaxed);
         // Whatever it carries: a credential of a tenant with a generous rate (or none) must
         // not let one client keep identity's password hashing busy with logins for everyone.
         if public && !charged {
@@ -424,90 +422,84 @@ impl Proxy {
     /// says which it is). Behind a proxy that hides clients' addresses, that proxy is one
     /// client; the rate is a setting for that reason.
     fn admit_client(&self, origin: Option<&ClientOrigin>, what: &str) -> Result<(), ApiError> {
-        self.client_rate(&self.limits.clients, origin, what, RateLimiter::check)
+        self.take_client_call(&self.limits.clients, origin, what)
     }
 
-    /// The client's rate in `limiter`, checked by `take` (one call taken, or only looked at).
-    fn client_rate(
+    /// Takes one call from the client's bucket in `limiter`, or refuses with how long until
+    /// one is there.
+    fn take_client_call(
         &self,
         limiter: &RateLimiter<ClientKey>,
         origin: Option<&ClientOrigin>,
         what: &str,
-        take: TakeFromRate,
     ) -> Result<(), ApiError> {
-        let limits = &*self.limits;
-        let Some(rate) = limits.public_rate else {
+        let Some((client, rate)) = self.client_rate(origin) else {
             return Ok(());
         };
-        let Some(address) = origin
-            .and_then(|origin| origin.ip.as_deref())
-            .and_then(|ip| ip.parse().ok())
-        else {
-            return Ok(());
-        };
-        let client = ClientKey::of(address);
-        take(limiter, &client, rate, Instant::now()).map_err(|wait| {
-            limits.throttled.inc("client_rate_limited");
-            tracing::debug!(%client, what, "call refused at the edge");
-            ApiError::ResourceExhausted {
-                reason: "CLIENT_RATE_LIMITED",
-                message: format!(
-                    "client {client} is over its rate of {} calls per second for {what}",
-                    rate.per_second
-                ),
-                subject: format!("clients/{client}"),
-                description: format!(
-                    "public_calls_per_second: {}, public_call_burst: {}",
-                    rate.per_second, rate.burst
-                ),
-                retry_after: wait,
-            }
-        })
+        limiter
+            .check(&client, rate, Instant::now())
+            .map_err(|wait| {
+                self.limits.throttled.inc("client_rate_limited");
+                tracing::debug!(%client, what, "call refused at the edge");
+                ApiError::ResourceExhausted {
+                    reason: "CLIENT_RATE_LIMITED",
+                    message: format!(
+                        "client {client} is over its rate of {} calls per second for {what}",
+                        rate.per_second
+                    ),
+                    subject: format!("clients/{client}"),
+                    description: format!(
+                        "public_calls_per_second: {}, public_call_burst: {}",
+                        rate.per_second, rate.burst
+                    ),
+                    retry_after: wait,
+                }
+            })
+    }
+
+    /// The client a call is counted against and its rate; `None` when clients are not
+    /// limited, or the call's address is unknown.
+    fn client_rate(&self, origin: Option<&ClientOrigin>) -> Option<(ClientKey, Rate)> {
+        let rate = self.limits.public_rate?;
+        let address = origin?.ip.as_deref()?.parse().ok()?;
+        Some((ClientKey::of(address), rate))
     }
 }
 
-/// Takes a call from a client's rate ([`RateLimiter::check`]) or only looks
-/// ([`RateLimiter::peek`]).
-type TakeFromRate =
-    fn(&RateLimiter<ClientKey>, &ClientKey, Rate, Instant) -> Result<(), Option<Duration>>;
-
-/// One call's client, paying for the credential it presents; `charged` once it has.
+/// One call's client, paying for the credential it presents.
 struct CredentialBudget<'a> {
     proxy: &'a Proxy,
     origin: Option<&'a ClientOrigin>,
-    // Atomic only so that the call's future, which holds it across awaits, is `Send`.
-    charged: AtomicBool,
-}
-
-impl CredentialBudget<'_> {
-    const FAILED_TOKENS: &'static str = "access tokens it presents that fail to verify";
-
-    fn failed_tokens(&self, take: TakeFromRate) -> Result<(), ApiError> {
-        let proxy = self.proxy;
-        proxy.client_rate(
-            &proxy.limits.failed_tokens,
-            self.origin,
-            Self::FAILED_TOKENS,
-            take,
-        )
-    }
+    // Atomic only so that the call's future, which holds them across awaits, is `Send`.
+    paid_for_lookup: AtomicBool,
+    verification_refused: AtomicBool,
 }
 
 impl ClientBudget for CredentialBudget<'_> {
     fn pay_for_lookup(&self) -> Result<(), ApiError> {
-        self.charged.store(true, Ordering::Relaxed);
+        self.paid_for_lookup.store(true, Ordering::Relaxed);
         self.proxy.admit_client(
             self.origin,
             "api keys it presents that the gateway must ask identity about",
         )
     }
 
-    fn could_fail(&self) -> Result<(), ApiError> {
-        self.failed_tokens(RateLimiter::peek)
+    fn take_verification(&self) -> Result<(), ApiError> {
+        let proxy = self.proxy;
+        let taken = proxy.take_client_call(
+            &proxy.limits.failed_tokens,
+            self.origin,
+            "access tokens it presents that fail to verify",
+        );
+        self.verification_refused
+            .store(taken.is_err(), Ordering::Relaxed);
+        taken
     }
 
-    fn failed(&self) -> Result<(), ApiError> {
-        self.failed_tokens(RateLimiter::check)
+    fn give_back_verification(&self) {
+        if let Some((client, rate)) = self.proxy.client_rate(self.origin) {
+            self.proxy.limits.failed_tokens.give_back(&client, rate);
+        }
     }
 }
 
