@@ -224,12 +224,16 @@ pub fn plan_key(plan: Plan) -> &'static str {
     }
 }
 
+/// An unknown stored plan (written by a newer version) reads as `Unspecified`: it shows as
+/// such, gets the free plan's features and limits (the least), and is never written back as
+/// another plan (see `apply_update`).
 pub fn plan_from_key(key: &str) -> Plan {
     match key {
+        "free" => Plan::Free,
         "standard" => Plan::Standard,
         "professional" => Plan::Professional,
         "enterprise" => Plan::Enterprise,
-        _ => Plan::Free,
+        _ => Plan::Unspecified,
     }
 }
 
@@ -310,6 +314,14 @@ mod tests {
             }
             other => panic!("expected invalid argument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn stored_plans_read_back_and_an_unknown_one_reads_as_unspecified() {
+        for plan in [Plan::Free, Plan::Standard, Plan::Professional, Plan::Enterprise] {
+            assert_eq!(plan_from_key(plan_key(plan)), plan);
+        }
+        assert_eq!(plan_from_key("business"), Plan::Unspecified);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the validated tenant after the change with the fields that actually changed.
 
 use palisade_grpc::{ApiError, aip};
-use palisade_proto::palisade::identity::v1::{Tenant, TenantState};
+use palisade_proto::palisade::identity::v1::{Plan, Tenant, TenantState};
 use palisade_tenancy::TenantContext;
 use prost_types::FieldMask;
 
@@ -96,6 +96,17 @@ pub fn apply_update(
             ),
         });
     }
+    // Likewise a plan: the record would be written back on the free plan.
+    if current.plan == Plan::Unspecified && !paths.contains(&"plan") {
+        return Err(ApiError::FailedPrecondition {
+            reason: "UNKNOWN_TENANT_PLAN",
+            message: format!(
+                "tenants/{} is on a plan this server does not know; set `plan` in the same \
+                 update",
+                current.id
+            ),
+        });
+    }
     let mut next = current.clone();
     let mut violations = Vec::new();
     for path in paths {
@@ -161,7 +172,7 @@ fn differs(a: &TenantRecord, b: &TenantRecord, path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use palisade_proto::palisade::identity::v1::{CreateTenantRequest, Plan};
+    use palisade_proto::palisade::identity::v1::CreateTenantRequest;
     use palisade_tenancy::TenantId;
 
     use super::*;
@@ -267,6 +278,23 @@ mod tests {
         assert_eq!(reason_of(refused), "UNKNOWN_TENANT_STATE");
         let updated = apply_update(&current, &renamed, &["display_name", "state"], 7).unwrap();
         assert_eq!(updated.record.state, TenantState::Suspended);
+    }
+
+    #[test]
+    fn a_tenant_on_an_unknown_plan_is_changed_only_with_its_plan() {
+        let current = TenantRecord {
+            plan: Plan::Unspecified,
+            ..acme()
+        };
+        let renamed = Tenant {
+            display_name: "Acme Corp".into(),
+            plan: Plan::Standard as i32,
+            ..Tenant::default()
+        };
+        let refused = apply_update(&current, &renamed, &["display_name"], 7);
+        assert_eq!(reason_of(refused), "UNKNOWN_TENANT_PLAN");
+        let updated = apply_update(&current, &renamed, &["display_name", "plan"], 7).unwrap();
+        assert_eq!(updated.record.plan, Plan::Standard);
     }
 
     #[test]
