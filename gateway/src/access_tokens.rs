@@ -4,9 +4,11 @@
 //! published (an expired one, to be refused as expired without verifying it again).
 //!
 //! Anyone can make up tokens, and each one not remembered costs an Ed25519 verification, so
-//! each takes one of its client's verifications (`ClientBudget`) before it is verified, given
-//! back if its signature verifies (or it could not be judged): made-up tokens cost a flooding
-//! client its rate, not the gateway a core, and genuine ones cost nothing.
+//! each takes one of its client's verifications (`ClientBudget`) before its signature is
+//! checked, and gives it back if the token verifies: made-up tokens cost a flooding client its
+//! rate, not the gateway a core, and genuine ones cost nothing. It is taken once identity's key
+//! is at hand, so nothing is waited for between taking and giving back: a genuine token
+//! waiting for a key fetch holds none, and a call that goes away cannot keep one.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,30 +65,27 @@ impl TokenVerifier {
         if let Some(known) = self.remembered(&fingerprint) {
             return known;
         }
-        // Taken before the work, not charged after it: calls in flight at once cannot all find
-        // the budget unspent.
-        budget.take_verification()?;
-        let (context, kid, exp) = match self.verify_signed(token).await {
-            Ok(signed) => signed,
-            Err(refused @ ApiError::Unauthenticated { .. }) => return Err(refused),
-            // Identity's keys could not be fetched: no fault of the client's.
-            Err(error) => {
-                budget.give_back_verification();
-                return Err(error);
-            }
-        };
-        budget.give_back_verification();
+        let (context, kid, exp) = self.verify_signed(token, budget).await?;
         let token = VerifiedToken { context, kid, exp };
         let now = unix_now();
-        let answer = match token.unexpired(now) {
+        let unexpired = token.unexpired(now);
+        let answer = match unexpired {
             true => Ok(token.context.clone()),
             false => Err(token_expired()),
         };
         self.verified.with(&fingerprint, |shard| {
-            // Expired tokens go first, then those expiring soonest.
-            self.verified
-                .make_room(shard, |token| token.unexpired(now), |token| Some(token.exp));
-            shard.insert(fingerprint, token);
+            let verified = &self.verified;
+            let keep = |token: &mut VerifiedToken| token.unexpired(now);
+            // Expired tokens go first, then those expiring soonest. An expired one is kept
+            // only where that costs no unexpired one its place: a client sending its expired
+            // token again (to `RefreshToken`, say) is answered without a verification.
+            let room = match unexpired {
+                true => verified.make_room(shard, keep, |token| Some(token.exp)),
+                false => verified.make_room(shard, keep, |_| None::<i64>),
+            };
+            if room {
+                shard.insert(fingerprint, token);
+            }
         });
         answer
     }
@@ -107,8 +106,13 @@ impl TokenVerifier {
     }
 
     /// Checks the token's signature and claims: its context, `kid` and `exp` (not yet
-    /// checked against the clock).
-    async fn verify_signed(&self, token: &str) -> Result<(TenantContext, String, i64), ApiError> {
+    /// checked against the clock). The signature's check is paid from `budget`, given back if
+    /// the token verifies.
+    async fn verify_signed(
+        &self,
+        token: &str,
+        budget: &impl ClientBudget,
+    ) -> Result<(TenantContext, String, i64), ApiError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -121,18 +125,35 @@ impl TokenVerifier {
         }
         let kid = header["kid"].as_str().ok_or_else(invalid_token)?;
         let key = self.jwks.key(kid).await?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| invalid_token())?;
-        let signing_input = &token[..header_and_payload_len(token)];
-        UnparsedPublicKey::new(&ED25519, key)
-            .verify(signing_input.as_bytes(), &signature)
-            .map_err(|_| invalid_token())?;
-        let claims = decode_json(payload)?;
-        let context = context_from_claims(&claims, unix_now())?;
-        let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
-        Ok((context, kid.to_owned(), exp))
+        budget.take_verification()?;
+        let verified = signed_claims(token, &key, payload, signature).and_then(|claims| {
+            let context = context_from_claims(&claims, unix_now())?;
+            let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
+            Ok((context, kid.to_owned(), exp))
+        });
+        if verified.is_ok() {
+            budget.give_back_verification();
+        }
+        verified
     }
+}
+
+/// The claims of `token` (whose parts are `payload` and `signature`) once its signature
+/// verifies with `key`.
+fn signed_claims(
+    token: &str,
+    key: &[u8],
+    payload: &str,
+    signature: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| invalid_token())?;
+    let signing_input = &token[..header_and_payload_len(token)];
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(signing_input.as_bytes(), &signature)
+        .map_err(|_| invalid_token())?;
+    decode_json(payload)
 }
 
 fn header_and_payload_len(token: &str) -> usize {
@@ -217,61 +238,4 @@ pub(crate) fn invalid_token() -> ApiError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn claims_are_checked() {
-        let claims = |iss: &str, exp: i64, kind: &str| {
-            serde_json::json!({
-                "iss": iss, "sub": "u1", "tenant": "acme", "principal_type": kind,
-                "roles": ["admin"], "iat": 0, "exp": exp, "jti": "j",
-            })
-        };
-        let context = context_from_claims(&claims(ISSUER, 1_000, "user"), 900).unwrap();
-        assert_eq!(context.tenant_id.as_str(), "acme");
-        let principal = context.principal.unwrap();
-        assert_eq!(
-            (principal.id.as_str(), principal.kind),
-            ("u1", PrincipalKind::User)
-        );
-        assert_eq!(principal.session_id, None, "a token from before sessions");
-        let mut with_session = claims(ISSUER, 1_000, "user");
-        with_session["sid"] = "0192f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f".into();
-        let principal = context_from_claims(&with_session, 900)
-            .unwrap()
-            .principal
-            .unwrap();
-        assert_eq!(
-            principal.session_id.as_deref(),
-            Some("0192f5a2-7c1e-7a4b-9d7e-0a1b2c3d4e5f")
-        );
-        with_session["sid"] = "not-a-session".into();
-        assert!(context_from_claims(&with_session, 900).is_err());
-        assert!(context_from_claims(&claims("someone-else", 1_000, "user"), 900).is_err());
-        assert!(context_from_claims(&claims(ISSUER, 1_000, "service"), 900).is_err());
-        let mut no_expiry = claims(ISSUER, 1_000, "user");
-        no_expiry["exp"] = serde_json::Value::Null;
-        assert!(context_from_claims(&no_expiry, 900).is_err());
-        let expired = VerifiedToken {
-            context: TenantContext {
-                tenant_id: TenantId::parse("acme").unwrap(),
-                principal: None,
-            },
-            kid: "k".into(),
-            exp: 1_000,
-        };
-        assert!(expired.unexpired(1_000 + CLOCK_LEEWAY_SECS - 1));
-        assert!(!expired.unexpired(1_000 + CLOCK_LEEWAY_SECS));
-        let mut not_yet = claims(ISSUER, 1_000, "user");
-        not_yet["nbf"] = (900 + CLOCK_LEEWAY_SECS).into();
-        assert!(
-            context_from_claims(&not_yet, 900).is_ok(),
-            "within the leeway"
-        );
-        not_yet["nbf"] = (901 + CLOCK_LEEWAY_SECS).into();
-        assert!(context_from_claims(&not_yet, 900).is_err());
-        not_yet["nbf"] = "soon".into();
-        assert!(context_from_claims(&not_yet, 900).is_err());
-    }
-}
+mod tests;

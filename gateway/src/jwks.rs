@@ -191,25 +191,12 @@ async fn fetch(identity: &AuthServiceClient<MeshChannel>, set: &Mutex<KeySet>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use palisade_proto::palisade::identity::v1::{
-        AuthTokens, GetJwksRequest, Jwk, Jwks as JwkSet, LoginRequest, LogoutRequest,
-        LogoutResponse, RefreshTokenRequest, RevokeTokenRequest, RevokeTokenResponse,
-        RotateSigningKeyRequest,
-        auth_service_server::{AuthService, AuthServiceServer},
-    };
-    use tonic::{Request, Response, Status};
-    use tower::Layer;
+    use palisade_proto::palisade::identity::v1::Jwk;
 
     use super::*;
+    use crate::test_identity::FakeAuth;
 
-    /// Identity as far as the key set goes: the first fetch answers `old` at once, every later
-    /// one answers `old` and `new` after `SLOW`.
-    struct SlowIdentity {
-        fetches: AtomicUsize,
-    }
-
+    /// How long identity takes to answer every fetch but the first.
     const SLOW: Duration = Duration::from_millis(600);
 
     fn jwk(kid: &str) -> Jwk {
@@ -222,68 +209,17 @@ mod tests {
         }
     }
 
-    #[tonic::async_trait]
-    impl AuthService for SlowIdentity {
-        async fn get_jwks(&self, _: Request<GetJwksRequest>) -> Result<Response<JwkSet>, Status> {
-            if self.fetches.fetch_add(1, Ordering::SeqCst) == 0 {
-                return Ok(Response::new(JwkSet {
-                    keys: vec![jwk("old")],
-                }));
-            }
-            tokio::time::sleep(SLOW).await;
-            Ok(Response::new(JwkSet {
-                keys: vec![jwk("old"), jwk("new")],
-            }))
-        }
-        async fn login(&self, _: Request<LoginRequest>) -> Result<Response<AuthTokens>, Status> {
-            Err(Status::unimplemented("not here"))
-        }
-        async fn refresh_token(
-            &self,
-            _: Request<RefreshTokenRequest>,
-        ) -> Result<Response<AuthTokens>, Status> {
-            Err(Status::unimplemented("not here"))
-        }
-        async fn logout(
-            &self,
-            _: Request<LogoutRequest>,
-        ) -> Result<Response<LogoutResponse>, Status> {
-            Err(Status::unimplemented("not here"))
-        }
-        async fn revoke_token(
-            &self,
-            _: Request<RevokeTokenRequest>,
-        ) -> Result<Response<RevokeTokenResponse>, Status> {
-            Err(Status::unimplemented("not here"))
-        }
-        async fn rotate_signing_key(
-            &self,
-            _: Request<RotateSigningKeyRequest>,
-        ) -> Result<Response<Jwk>, Status> {
-            Err(Status::unimplemented("not here"))
-        }
-    }
-
     /// A call naming the new key goes away (its deadline) while the fetch it started is under
     /// way; a genuine token that queued behind it still gets the key from that fetch.
     #[tokio::test]
     async fn a_fetch_whose_caller_went_away_still_answers_those_who_waited() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let identity = SlowIdentity {
-            fetches: AtomicUsize::new(0),
-        };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(AuthServiceServer::new(identity))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .unwrap()
-            .connect_lazy();
-        let metrics = palisade_telemetry::ComponentMetrics::new("gateway");
-        let channel = palisade_grpc::ClientObserveLayer::new("gateway", metrics.rpc.client.clone())
-            .layer(palisade_tenancy::PropagateContext::new(channel));
+        // The first fetch answers `old` at once, every later one `old` and `new` after SLOW.
+        let channel = FakeAuth::new(|fetch| match fetch {
+            0 => (Duration::ZERO, vec![jwk("old")]),
+            _ => (SLOW, vec![jwk("old"), jwk("new")]),
+        })
+        .serve()
+        .await;
         // The refresh task fetches at once (the quick answer), then not for an hour.
         let jwks = Arc::new(Jwks::new(channel, Duration::from_secs(3600)));
         while !jwks.publishes("old") {

@@ -28,6 +28,8 @@ pub mod rest;
 mod server;
 mod sharded;
 mod tenants;
+#[cfg(test)]
+mod test_identity;
 mod usage;
 pub mod web;
 mod web_text;
@@ -155,7 +157,7 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
             burst: f64::from(rate.burst.max(1)),
         }),
         clients: limits::RateLimiter::for_clients(),
-        failed_tokens: limits::RateLimiter::for_clients(),
+        token_verifications: limits::RateLimiter::for_clients(),
         usage: usage.clone(),
         throttled: throttled.clone(),
     };

@@ -60,10 +60,11 @@ pub struct TenantLimits {
     /// reflection streams each client address may make; `None` is unlimited.
     pub public_rate: Option<Rate>,
     pub clients: RateLimiter<ClientKey>,
-    /// Access tokens each client address presents that fail to verify, at the same rate: an
-    /// Ed25519 verification is work anyone can ask for with made-up tokens. Apart from
-    /// `clients`, so a client busy with public calls can still present its new tokens.
-    pub failed_tokens: RateLimiter<ClientKey>,
+    /// The access-token verifications each client address may have, at the same rate (only
+    /// tokens that fail keep theirs): an Ed25519 verification is work anyone can ask for with
+    /// made-up tokens. Apart from `clients`, so a client busy with public calls can still
+    /// present its new tokens.
+    pub token_verifications: RateLimiter<ClientKey>,
     /// Refusals by reason (`tenant_suspended`, `tenant_not_active`, `rate_limited`,
     /// `quota_exceeded`, `client_rate_limited`).
     pub throttled: LabeledCounter,
@@ -487,9 +488,9 @@ impl ClientBudget for CredentialBudget<'_> {
     fn take_verification(&self) -> Result<(), ApiError> {
         let proxy = self.proxy;
         let taken = proxy.take_client_call(
-            &proxy.limits.failed_tokens,
+            &proxy.limits.token_verifications,
             self.origin,
-            "access tokens it presents that fail to verify",
+            "access-token verifications (only failed ones count)",
         );
         self.verification_refused
             .store(taken.is_err(), Ordering::Relaxed);
@@ -498,7 +499,10 @@ impl ClientBudget for CredentialBudget<'_> {
 
     fn give_back_verification(&self) {
         if let Some((client, rate)) = self.proxy.client_rate(self.origin) {
-            self.proxy.limits.failed_tokens.give_back(&client, rate);
+            self.proxy
+                .limits
+                .token_verifications
+                .give_back(&client, rate);
         }
     }
 }
