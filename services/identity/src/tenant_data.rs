@@ -2,10 +2,10 @@
 //! and import reads — the order of records, the running checksum and counts, the stored records
 //! as wire records and back, and everything an import checks before a record is written.
 
-use palisade_grpc::time::timestamp;
+use palisade_grpc::{ApiError, time::timestamp};
 use palisade_proto::palisade::identity::v1::{
-    ExportedApiKey, ExportedRole, ExportedTenant, ExportedUser, TenantDataCounts, TenantDataHeader,
-    TenantDataRecord, TenantDataTrailer, tenant_data_record::Record,
+    ExportedApiKey, ExportedRole, ExportedTenant, ExportedUser, Plan, TenantDataCounts,
+    TenantDataHeader, TenantDataRecord, TenantDataTrailer, TenantState, tenant_data_record::Record,
 };
 use palisade_tenancy::TenantId;
 use prost::Message;
@@ -93,6 +93,26 @@ pub fn header(tenant: &TenantId, now: i64) -> TenantDataHeader {
     }
 }
 
+/// Refuses to export a tenant whose stored plan or state this server does not know (written
+/// by a newer version): the stream would carry it as unspecified, which no import restores.
+pub fn exportable(tenant: &TenantRecord) -> Result<(), ApiError> {
+    let unknown = |reason, what| ApiError::FailedPrecondition {
+        reason,
+        message: format!(
+            "tenants/{} is {what} this server does not know; export it with the version that \
+             wrote it",
+            tenant.id
+        ),
+    };
+    if tenant.plan == Plan::Unspecified {
+        return Err(unknown("UNKNOWN_TENANT_PLAN", "on a plan"));
+    }
+    if tenant.state == TenantState::Unspecified {
+        return Err(unknown("UNKNOWN_TENANT_STATE", "in a state"));
+    }
+    Ok(())
+}
+
 pub fn tenant_record(tenant: &TenantRecord) -> TenantDataRecord {
     record(Record::Tenant(ExportedTenant {
         name: format!("tenants/{}", tenant.id),
@@ -155,11 +175,7 @@ fn record(record: Record) -> TenantDataRecord {
 
 #[cfg(test)]
 mod tests {
-    use palisade_proto::palisade::identity::v1::{
-        ExportedUser, Plan, TenantDataTrailer, TenantState, UserState,
-    };
-
-    use palisade_grpc::ApiError;
+    use palisade_proto::palisade::identity::v1::{ExportedUser, TenantDataTrailer, UserState};
 
     use super::*;
 
@@ -174,8 +190,8 @@ mod tests {
         TenantId::parse("acme").unwrap()
     }
 
-    fn stream() -> Vec<TenantDataRecord> {
-        let tenant = TenantRecord {
+    fn acme_record() -> TenantRecord {
+        TenantRecord {
             id: acme(),
             display_name: "Acme".into(),
             plan: Plan::Professional,
@@ -186,7 +202,11 @@ mod tests {
             limit_overrides: [("users".to_owned(), 7)].into(),
             create_time: T0,
             update_time: T0 + 1,
-        };
+        }
+    }
+
+    fn stream() -> Vec<TenantDataRecord> {
+        let tenant = acme_record();
         let role = RoleRecord {
             tenant_id: acme(),
             id: "user-reader".into(),
@@ -254,6 +274,32 @@ mod tests {
         match &mut record.record {
             Some(Record::User(user)) => user,
             other => panic!("not a user: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tenant_on_an_unknown_plan_or_state_is_not_exported() {
+        assert!(exportable(&acme_record()).is_ok());
+        for (unknown, reason) in [
+            (
+                TenantRecord {
+                    plan: Plan::Unspecified,
+                    ..acme_record()
+                },
+                "UNKNOWN_TENANT_PLAN",
+            ),
+            (
+                TenantRecord {
+                    state: TenantState::Unspecified,
+                    ..acme_record()
+                },
+                "UNKNOWN_TENANT_STATE",
+            ),
+        ] {
+            match exportable(&unknown) {
+                Err(ApiError::FailedPrecondition { reason: got, .. }) => assert_eq!(got, reason),
+                other => panic!("expected {reason}, got {other:?}"),
+            }
         }
     }
 

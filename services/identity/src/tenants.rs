@@ -318,7 +318,12 @@ mod tests {
 
     #[test]
     fn stored_plans_read_back_and_an_unknown_one_reads_as_unspecified() {
-        for plan in [Plan::Free, Plan::Standard, Plan::Professional, Plan::Enterprise] {
+        for plan in [
+            Plan::Free,
+            Plan::Standard,
+            Plan::Professional,
+            Plan::Enterprise,
+        ] {
             assert_eq!(plan_from_key(plan_key(plan)), plan);
         }
         assert_eq!(plan_from_key("business"), Plan::Unspecified);

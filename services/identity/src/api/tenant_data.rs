@@ -85,6 +85,7 @@ impl TenantDataService for TenantDataApi {
                 .ok_or_else(|| ApiError::NotFound {
                     resource: resource.clone(),
                 })?;
+        tenant_data::exportable(&record)?;
         // Recorded before the first record leaves: an export that breaks off still happened.
         let tx = self
             .store
