@@ -1,13 +1,14 @@
 //! The hash chain under concurrency: batches that touch the same tenants in opposite orders,
 //! and the same batch delivered twice at once (a relay retry racing its first attempt), all
 //! succeed; every event is stored once, and each tenant's chain is contiguous and verifies. A
-//! large batch chains each tenant's events in the batch's order, each id once.
+//! large batch chains each tenant's events in the batch's order, each id once. The database
+//! refuses to change or delete stored events.
 
 use std::time::SystemTime;
 
 use palisade_compliance::{GENESIS_HASH, canonical_bytes, chain_hash};
 use palisade_proto::palisade::compliance::v1::{
-    AppendEventsRequest, AuditEvent, ListAuditEventsRequest,
+    AppendEventsRequest, AuditEvent, ListAuditEventsRequest, RequestOrigin,
     audit_service_client::AuditServiceClient,
 };
 use palisade_testkit::{Component, Mesh};
@@ -125,6 +126,67 @@ async fn a_large_batch_chains_each_tenant_in_order_and_each_id_once() -> anyhow:
             expected(|index| index % 3 == 2),
             "bravo, in batch order"
         );
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// Stored events are never changed or deleted: the database refuses it, even from the
+/// service's own role, and the chain is as it was. Only an event's origin (personal data kept
+/// beside the chain) may be erased, and the chain still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_to_change_or_delete_stored_events() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        let channel = mesh.direct(Component::Compliance, "identity").await?;
+        AuditServiceClient::new(channel)
+            .append_events(AppendEventsRequest {
+                events: vec![
+                    AuditEvent {
+                        origin: Some(RequestOrigin {
+                            ip_address: "203.0.113.7".into(),
+                            user_agent: "curl/8.5.0".into(),
+                        }),
+                        ..event("alpha", "a1")
+                    },
+                    event("alpha", "a2"),
+                ],
+            })
+            .await?;
+        let before = stored_chain(&mesh, "alpha").await?;
+        assert!(before[0].origin.is_some(), "{backend}");
+        let db = mesh.service_db(Component::Compliance).await?;
+        let mut statements = vec![
+            "UPDATE audit_events SET action = 'forged'",
+            "UPDATE audit_events SET origin = NULL, recorded_at = 0",
+            "UPDATE audit_events SET origin = canonical",
+            "DELETE FROM audit_events",
+        ];
+        if backend == "postgres" {
+            statements.push("TRUNCATE audit_events");
+        }
+        for statement in statements {
+            let mut tx = db.begin_in(palisade_db::Scope::AllTenants).await?;
+            let refused = sqlx::query(statement).execute(&mut *tx).await;
+            let error = refused.expect_err(statement).to_string();
+            assert!(
+                error.contains("append-only"),
+                "{backend}: {statement}: {error}"
+            );
+        }
+        let after = stored_chain(&mesh, "alpha").await?;
+        assert_eq!(after, before, "{backend}");
+        assert_eq!(after.len(), 2, "{backend}");
+        let mut tx = db.begin_in(palisade_db::Scope::AllTenants).await?;
+        let erased = sqlx::query("UPDATE audit_events SET origin = NULL")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        assert!(erased.rows_affected() >= 2, "{backend}");
+        let erased = stored_chain(&mesh, "alpha").await?;
+        assert_eq!(erased[0].origin, None, "{backend}");
+        assert_chain_verifies("alpha", &erased);
         mesh.stop().await?;
     }
     Ok(())
