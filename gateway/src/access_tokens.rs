@@ -5,8 +5,9 @@
 //!
 //! Anyone can make up tokens, and each one not remembered costs an Ed25519 verification, so
 //! each takes one of its client's verifications (`ClientBudget`) before its signature is
-//! checked, and gives it back if the token verifies: made-up tokens cost a flooding client its
-//! rate, not the gateway a core, and genuine ones cost nothing. It is taken once identity's key
+//! checked, and gives it back if the token verifies and is unexpired: made-up tokens cost a
+//! flooding client its rate, not the gateway a core, and genuine ones cost nothing (an expired
+//! one its first check). It is taken once identity's key
 //! is at hand, so nothing is waited for between taking and giving back: a genuine token
 //! waiting for a key fetch holds none, and a call that goes away cannot keep one.
 
@@ -69,6 +70,11 @@ impl TokenVerifier {
         let token = VerifiedToken { context, kid, exp };
         let now = unix_now();
         let unexpired = token.unexpired(now);
+        // Only an unexpired token gives back its verification: an expired one may find no room
+        // to be remembered, and a client resending it would have it verified free each time.
+        if unexpired {
+            budget.give_back_verification();
+        }
         let answer = match unexpired {
             true => Ok(token.context.clone()),
             false => Err(token_expired()),
@@ -106,8 +112,8 @@ impl TokenVerifier {
     }
 
     /// Checks the token's signature and claims: its context, `kid` and `exp` (not yet
-    /// checked against the clock). The signature's check is paid from `budget`, given back if
-    /// the token verifies.
+    /// checked against the clock). The signature's check is paid from `budget` (the caller
+    /// gives it back for a token that verified and is unexpired).
     async fn verify_signed(
         &self,
         token: &str,
@@ -126,15 +132,10 @@ impl TokenVerifier {
         let kid = header["kid"].as_str().ok_or_else(invalid_token)?;
         let key = self.jwks.key(kid).await?;
         budget.take_verification()?;
-        let verified = signed_claims(token, &key, payload, signature).and_then(|claims| {
-            let context = context_from_claims(&claims, unix_now())?;
-            let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
-            Ok((context, kid.to_owned(), exp))
-        });
-        if verified.is_ok() {
-            budget.give_back_verification();
-        }
-        verified
+        let claims = signed_claims(token, &key, payload, signature)?;
+        let context = context_from_claims(&claims, unix_now())?;
+        let exp = claims["exp"].as_i64().ok_or_else(invalid_token)?;
+        Ok((context, kid.to_owned(), exp))
     }
 }
 

@@ -159,8 +159,8 @@ pub trait ClientBudget {
     fn pay_for_lookup(&self) -> Result<(), ApiError>;
     /// Takes one of the client's access-token verifications, or refuses.
     fn take_verification(&self) -> Result<(), ApiError>;
-    /// Gives back the verification taken for a token that turned out genuine: only tokens
-    /// that fail to verify cost their client.
+    /// Gives back the verification taken for a token that turned out genuine and unexpired:
+    /// only tokens that fail to verify (or have expired) cost their client.
     fn give_back_verification(&self);
 }
 
