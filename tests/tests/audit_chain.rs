@@ -163,8 +163,10 @@ async fn the_database_refuses_to_change_or_delete_stored_events() -> anyhow::Res
             "UPDATE audit_events SET origin = canonical",
             "DELETE FROM audit_events",
         ];
-        if backend == "postgres" {
-            statements.push("TRUNCATE audit_events");
+        match backend {
+            "postgres" => statements.push("TRUNCATE audit_events"),
+            _ => statements
+                .push("INSERT OR REPLACE INTO audit_events SELECT * FROM audit_events LIMIT 1"),
         }
         for statement in statements {
             let mut tx = db.begin_in(palisade_db::Scope::AllTenants).await?;

@@ -4,6 +4,7 @@
 -- a hand-typed fix) from doing it in the first place. One change is let through: erasing an
 -- event's `origin` (set to NULL, nothing else changed), which lies outside the chained bytes
 -- so that personal data can be erased. Chain heads move on every append and are not covered.
+-- A migration that fills in a column added later must disable the trigger while it does.
 CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' AND NEW.origin IS NULL
