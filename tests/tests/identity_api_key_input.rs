@@ -128,6 +128,8 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
         for filter in [
             r#"state = "SHINY""#,
             r#"owner = "tenants/globex""#,
+            r#"created_with = "tenants/acme""#,
+            r#"created_with > "tenants/acme/apiKeys/x""#,
             "color = red",
         ] {
             let list = keys

@@ -9,8 +9,8 @@ mod keys_kit;
 
 use common::{expect_code, reason, until_a_call_waits_for_a_lock, violated_fields};
 use palisade_proto::palisade::identity::v1::{
-    ApiKeyState, CreateApiKeyRequest, GetApiKeyRequest, RevokeApiKeyRequest,
-    api_key_service_client::ApiKeyServiceClient,
+    ApiKey, ApiKeyState, CreateApiKeyRequest, GetApiKeyRequest, ListApiKeysRequest,
+    RevokeApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
 };
 use palisade_testkit::{Component, Mesh, with_api_key};
 use tonic::{Code, transport::Channel};
@@ -175,6 +175,31 @@ async fn revoking_a_key_revokes_the_keys_made_with_it() -> anyhow::Result<()> {
         assert_eq!(leaked.created_with, "", "{backend}: a person made it");
         assert_eq!(made.created_with, leaked.name, "{backend}");
         assert_eq!(made_by_made.created_with, made.name, "{backend}");
+        // What a key made can be listed, to see what revoking it would reach.
+        for (filter, expected) in [
+            (format!("created_with = {:?}", leaked.name), vec![&made]),
+            (
+                format!("created_with != {:?}", leaked.name),
+                vec![&leaked, &other, &made_by_made],
+            ),
+        ] {
+            let listed = keys
+                .list_api_keys(with_bearer(
+                    ListApiKeysRequest {
+                        parent: "tenants/acme".into(),
+                        filter,
+                        ..Default::default()
+                    },
+                    &admin,
+                ))
+                .await?
+                .into_inner()
+                .api_keys;
+            let names = |keys: Vec<&ApiKey>| -> Vec<String> {
+                keys.into_iter().map(|key| key.name.clone()).collect()
+            };
+            assert_eq!(names(listed.iter().collect()), names(expected), "{backend}");
+        }
 
         let revoked = keys.revoke_api_key(revoke(&leaked.name, &admin)).await?;
         let revoked = revoked.into_inner();

@@ -39,6 +39,10 @@ const FILTER_FIELDS: &[FilterField] = &[
         name: "owner",
         comparisons: aip::EQUALITY,
     },
+    FilterField {
+        name: "created_with",
+        comparisons: aip::EQUALITY,
+    },
 ];
 
 mod checks;
@@ -425,6 +429,15 @@ fn parse_filters(filter: &str, tenant: &TenantId) -> Result<Vec<ApiKeyFilter>, A
                 _ => Err(ApiError::invalid(
                     "filter",
                     format!("unknown state {:?}", term.value),
+                )),
+            },
+            // The key the listed keys were made with, of any tenant: an operator's keys make
+            // keys in every tenant.
+            "created_with" => match api_keys::parse_name(&term.value) {
+                Ok(_) => Ok(ApiKeyFilter::CreatedWith(term.comparison, term.value)),
+                Err(_) => Err(ApiError::invalid(
+                    "filter",
+                    "created_with must be `tenants/{tenant_id}/apiKeys/{key_id}`",
                 )),
             },
             _ => match api_keys::parse_owner(&term.value, tenant) {

@@ -41,6 +41,8 @@ pub enum ApiKeyFilter {
     State(Comparison, ApiKeyState),
     /// `None`: the tenant's own (service-account) keys.
     Owner(Comparison, Option<String>),
+    /// The name of the key the listed keys were made with.
+    CreatedWith(Comparison, String),
 }
 
 pub(super) const API_KEY_COLUMNS: &str = "id, tenant_id, display_name, secret_hash, scopes, owner_user_id, \
@@ -331,6 +333,13 @@ impl IdentityStore {
                     (
                         comparison,
                         format!("owner_user_id IS NOT NULL AND owner_user_id = {p}"),
+                    )
+                }
+                ApiKeyFilter::CreatedWith(comparison, maker) => {
+                    let p = next(Bind::Text(maker.clone()), &mut binds);
+                    (
+                        comparison,
+                        format!("created_with IS NOT NULL AND created_with = {p}"),
                     )
                 }
             };
