@@ -1,17 +1,19 @@
 //! The walking skeleton, end to end through the gateway's public port: reflection, health,
 //! tenants created and listed with the operator key, the audit event that follows through the
-//! outbox, and the status page built from real health probes.
+//! outbox, and the status page built from real health probes (the mesh's addresses on it only
+//! for operators).
 
 mod common;
+mod identity_kit;
 
-use common::{audit_events_arrived, expect_code, new_tenant, reason};
+use common::{audit_events_arrived, expect_code, new_tenant, reason, tenant_with_admin};
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
         GetTenantRequest, ListTenantsRequest, Plan, tenant_service_client::TenantServiceClient,
     },
     observability::v1::{
-        GetStatusRequest, ServingState, status_service_client::StatusServiceClient,
+        GetStatusRequest, MeshStatus, ServingState, status_service_client::StatusServiceClient,
     },
 };
 use palisade_testkit::{Mesh, with_api_key};
@@ -244,6 +246,26 @@ async fn the_gateway_reflects_the_whole_mesh_and_reports_status() -> anyhow::Res
     assert_eq!(
         components,
         ["identity", "compliance", "observability", "gateway"]
+    );
+    // The mesh's addresses are for the platform's operators only, not for strangers nor for
+    // a tenant's users.
+    let endpoints = |report: MeshStatus| -> Vec<String> {
+        report.components.into_iter().map(|c| c.endpoint).collect()
+    };
+    assert_eq!(endpoints(report), ["", "", "", ""]);
+    tenant_with_admin(&mesh, "acme", "ada@example.com", identity_kit::PASSWORD).await?;
+    let (token, _) = identity_kit::login(&mesh, "acme", "ada@example.com").await?;
+    let as_user = status
+        .get_status(identity_kit::with_bearer(GetStatusRequest {}, &token))
+        .await?;
+    assert_eq!(endpoints(as_user.into_inner()), ["", "", "", ""]);
+    let as_operator = status
+        .get_status(mesh.as_operator(GetStatusRequest {}))
+        .await?;
+    assert!(
+        endpoints(as_operator.into_inner())
+            .iter()
+            .all(|endpoint| !endpoint.is_empty())
     );
     mesh.stop().await
 }

@@ -25,11 +25,12 @@ impl StatusService for StatusApi {
         &self,
         request: Request<GetStatusRequest>,
     ) -> Result<Response<MeshStatus>, Status> {
-        // The page is public; addresses and raw transport errors are for authenticated eyes.
+        // The page is public; the mesh's addresses and raw transport errors are for the
+        // platform's operators, not for every tenant's users.
         let detailed = request
             .extensions()
             .get::<TenantContext>()
-            .is_some_and(|context| context.principal.is_some());
+            .is_some_and(TenantContext::is_platform_operator);
         let results = self.prober.probe_all().await;
         let all_serving = results.iter().all(|r| r.state == ServingState::Serving);
         let components = results
