@@ -20,6 +20,8 @@ use crate::{CoalescedWrites, Error, MeshTls, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long a keep-alive ping may go unanswered before the connection is given up.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connector for `tonic::transport::Endpoint::connect_with_connector(_lazy)`: TCP to the uri's
 /// host and port, then mTLS with the client config current at that moment (so reloads apply to
@@ -88,7 +90,10 @@ fn host_port(uri: &Uri) -> io::Result<(&str, u16)> {
 
 /// A lazily connecting tonic channel to `uri` (`http://127.0.0.1:7901`, `identity:7901`) over
 /// mTLS, verifying the server as `server_name`. Connect timeout 3s, TCP_NODELAY, HTTP/2
-/// keepalive every 30s. Requires a tokio runtime.
+/// keep-alive pings every 30s, idle or not, given up after 10s unanswered: a connection whose
+/// peer vanished without a reset (a replaced pod) is found and replaced before calls are put
+/// on it, rather than failing each call (a status probe every few seconds, say) until the OS
+/// gives up on the socket. Requires a tokio runtime.
 pub fn channel(uri: &str, tls: &MeshTls, server_name: &str) -> Result<Channel> {
     let invalid = |reason: String| Error::InvalidUri {
         uri: uri.to_owned(),
@@ -109,6 +114,8 @@ pub fn channel(uri: &str, tls: &MeshTls, server_name: &str) -> Result<Channel> {
     let endpoint = Endpoint::from(parsed)
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(HTTP2_KEEPALIVE);
+        .http2_keep_alive_interval(HTTP2_KEEPALIVE)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
