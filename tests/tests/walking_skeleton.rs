@@ -238,6 +238,9 @@ async fn the_gateway_reflects_the_whole_mesh_and_reports_status() -> anyhow::Res
     let mut status = StatusServiceClient::new(mesh.gateway());
     let report = status.get_status(GetStatusRequest {}).await?.into_inner();
     assert_eq!(report.overall(), ServingState::Serving, "{report:?}");
+    // A round of probes answers for a second, with the time it ran.
+    let again = status.get_status(GetStatusRequest {}).await?.into_inner();
+    assert_eq!(again.check_time, report.check_time);
     let components: Vec<_> = report
         .components
         .iter()

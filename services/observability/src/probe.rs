@@ -10,7 +10,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use http::Uri;
@@ -35,6 +35,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle connection to the gateway is pinged.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// One round of probes: every component's result, and when the round ran.
+#[derive(Clone, Debug)]
+pub struct Round {
+    began: Instant,
+    pub ran_at: SystemTime,
+    pub results: Vec<ProbeResult>,
+}
+
 /// One component's probe result.
 #[derive(Clone, Debug)]
 pub struct ProbeResult {
@@ -54,7 +62,7 @@ struct Target {
 pub struct Prober {
     targets: Vec<Target>,
     /// The last round of probes: a public endpoint must not turn every call into a fan-out.
-    recent: tokio::sync::Mutex<Option<(Instant, Vec<ProbeResult>)>>,
+    recent: tokio::sync::Mutex<Option<Round>>,
 }
 
 /// How long one round of probes answers every `GetStatus`.
@@ -89,16 +97,22 @@ impl Prober {
 
     /// Every component's state, in a fixed order: probed now, or at most a second ago.
     /// Concurrent callers wait for one round instead of starting their own.
-    pub async fn probe_all(&self) -> Vec<ProbeResult> {
+    pub async fn probe_all(&self) -> Round {
         let mut recent = self.recent.lock().await;
-        if let Some((at, results)) = recent.as_ref()
-            && at.elapsed() < REUSE_FOR
+        if let Some(round) = recent.as_ref()
+            && round.began.elapsed() < REUSE_FOR
         {
-            return results.clone();
+            return round.clone();
         }
+        let (began, ran_at) = (Instant::now(), SystemTime::now());
         let results = futures::future::join_all(self.targets.iter().map(probe)).await;
-        *recent = Some((Instant::now(), results.clone()));
-        results
+        let round = Round {
+            began,
+            ran_at,
+            results,
+        };
+        *recent = Some(round.clone());
+        round
     }
 }
 

@@ -31,7 +31,8 @@ impl StatusService for StatusApi {
             .extensions()
             .get::<TenantContext>()
             .is_some_and(TenantContext::is_platform_operator);
-        let results = self.prober.probe_all().await;
+        let round = self.prober.probe_all().await;
+        let results = round.results;
         let all_serving = results.iter().all(|r| r.state == ServingState::Serving);
         let components = results
             .into_iter()
@@ -54,7 +55,8 @@ impl StatusService for StatusApi {
                 ServingState::NotServing
             } as i32,
             components,
-            check_time: Some(std::time::SystemTime::now().into()),
+            // When the round ran: it answers calls for a second after.
+            check_time: Some(round.ran_at.into()),
         }))
     }
 }
