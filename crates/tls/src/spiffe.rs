@@ -95,8 +95,9 @@ impl SpiffeId {
     }
 }
 
-/// The SPIFFE ID in a DER certificate's URI SANs, as an X509-SVID carries it: exactly one
-/// `spiffe://` URI. The error is a reason for a log line or a load error.
+/// The SPIFFE ID in a DER certificate's URI SANs, as an X509-SVID carries it: exactly one URI
+/// SAN, a `spiffe://` one (the X509-SVID spec allows no other URI beside it, whatever its
+/// scheme). The error is a reason for a log line or a load error.
 pub(crate) fn from_certificate(der: &[u8]) -> std::result::Result<SpiffeId, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     let san = cert
@@ -108,13 +109,13 @@ pub(crate) fn from_certificate(der: &[u8]) -> std::result::Result<SpiffeId, Stri
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with(SCHEME) => Some(*uri),
+            GeneralName::URI(uri) => Some(*uri),
             _ => None,
         });
     match (uris.next(), uris.next()) {
         (Some(uri), None) => SpiffeId::parse(uri).map_err(|e| e.to_string()),
         (None, _) => Err("no spiffe uri san".to_owned()),
-        (Some(_), Some(_)) => Err("more than one spiffe uri san".to_owned()),
+        (Some(_), Some(_)) => Err("more than one uri san".to_owned()),
     }
 }
 
@@ -134,7 +135,43 @@ fn is_path_byte(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{CertificateParams, KeyPair, SanType};
+
     use super::*;
+
+    /// A self-signed certificate whose URI SANs are `uris`.
+    fn certificate_with(uris: &[&str]) -> Vec<u8> {
+        let mut params = CertificateParams::new(vec!["identity".to_owned()]).unwrap();
+        for uri in uris {
+            let uri = (*uri).to_owned().try_into().unwrap();
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_carries_exactly_one_uri_and_it_is_a_spiffe_id() {
+        let id = "spiffe://palisade.local/component/identity";
+        assert_eq!(
+            from_certificate(&certificate_with(&[id]))
+                .unwrap()
+                .to_string(),
+            id
+        );
+        for uris in [
+            vec![],
+            vec![id, "https://identity.example.com"],
+            vec!["SPIFFE://palisade.local/component/gateway", id],
+            vec![id, "spiffe://palisade.local/component/gateway"],
+            vec!["https://identity.example.com"],
+        ] {
+            assert!(
+                from_certificate(&certificate_with(&uris)).is_err(),
+                "{uris:?}"
+            );
+        }
+    }
 
     #[test]
     fn component_displays_and_parses_back() {
