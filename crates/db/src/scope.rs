@@ -141,6 +141,9 @@ impl ServiceRole {
             .fetch_one(&mut *tx)
             .await?
             .try_get("name")?;
+        // The database's name is the administrator's to choose, but it is spliced into DDL:
+        // quoted as an identifier, its own quotes doubled.
+        let database = database.replace('"', r#""""#);
         let grant = format!(r#"GRANT CREATE ON DATABASE "{database}" TO "{name}""#);
         sqlx::query(AssertSqlSafe(grant)).execute(&mut *tx).await?;
         tx.commit().await?;
