@@ -129,7 +129,7 @@ async fn bad_key_input_names_the_fields_and_scopes_never_exceed_rights() -> anyh
             r#"state = "SHINY""#,
             r#"owner = "tenants/globex""#,
             r#"created_with = "tenants/acme""#,
-            r#"created_with > "tenants/acme/apiKeys/x""#,
+            r#"created_with > "tenants/acme/apiKeys/0123456789abcdef0123456789abcdef""#,
             "color = red",
         ] {
             let list = keys

@@ -175,7 +175,7 @@ async fn revoking_a_key_revokes_the_keys_made_with_it() -> anyhow::Result<()> {
         assert_eq!(leaked.created_with, "", "{backend}: a person made it");
         assert_eq!(made.created_with, leaked.name, "{backend}");
         assert_eq!(made_by_made.created_with, made.name, "{backend}");
-        // What a key made can be listed, to see what revoking it would reach.
+        // The keys made directly with a key can be listed (revoking it reaches their own too).
         for (filter, expected) in [
             (format!("created_with = {:?}", leaked.name), vec![&made]),
             (

@@ -38,7 +38,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// One round of probes: every component's result, and when the round ran.
 #[derive(Clone, Debug)]
 pub struct Round {
-    began: Instant,
+    ended: Instant,
+    /// When the round began.
     pub ran_at: SystemTime,
     pub results: Vec<ProbeResult>,
 }
@@ -95,19 +96,21 @@ impl Prober {
         })
     }
 
-    /// Every component's state, in a fixed order: probed now, or at most a second ago.
-    /// Concurrent callers wait for one round instead of starting their own.
+    /// Every component's state, in a fixed order: probed now, or by a round that ended at
+    /// most a second ago. Concurrent callers wait for one round instead of starting their own.
     pub async fn probe_all(&self) -> Round {
         let mut recent = self.recent.lock().await;
         if let Some(round) = recent.as_ref()
-            && round.began.elapsed() < REUSE_FOR
+            && round.ended.elapsed() < REUSE_FOR
         {
             return round.clone();
         }
-        let (began, ran_at) = (Instant::now(), SystemTime::now());
+        let ran_at = SystemTime::now();
         let results = futures::future::join_all(self.targets.iter().map(probe)).await;
+        // Counted from the end: a round slowed by a probe timing out (2 s) still answers the
+        // callers queued behind it.
         let round = Round {
-            began,
+            ended: Instant::now(),
             ran_at,
             results,
         };

@@ -433,9 +433,9 @@ fn parse_filters(filter: &str, tenant: &TenantId) -> Result<Vec<ApiKeyFilter>, A
             },
             // The key the listed keys were made with, of any tenant: an operator's keys make
             // keys in every tenant.
-            "created_with" => match api_keys::parse_name(&term.value) {
-                Ok(_) => Ok(ApiKeyFilter::CreatedWith(term.comparison, term.value)),
-                Err(_) => Err(ApiError::invalid(
+            "created_with" => match api_keys::split_name(&term.value) {
+                Some(_) => Ok(ApiKeyFilter::CreatedWith(term.comparison, term.value)),
+                None => Err(ApiError::invalid(
                     "filter",
                     "created_with must be `tenants/{tenant_id}/apiKeys/{key_id}`",
                 )),
