@@ -490,7 +490,7 @@ impl ClientBudget for CredentialBudget<'_> {
         let taken = proxy.take_client_call(
             &proxy.limits.token_verifications,
             self.origin,
-            "access-token verifications (only failed ones count)",
+            "access tokens that fail to verify or have expired",
         );
         self.verification_refused
             .store(taken.is_err(), Ordering::Relaxed);
