@@ -249,6 +249,15 @@ async fn probe(target: &Target) -> ProbeResult {
                 format!("health service answered {}", other.as_str_name()),
             ),
         },
+        // The server answered, with an error (no health service, say): up, not serving.
+        Ok(Err(status)) if answered(&status) => (
+            ServingState::NotServing,
+            format!(
+                "health check answered {:?}: {}",
+                status.code(),
+                status.message()
+            ),
+        ),
         Ok(Err(status)) => (
             ServingState::Unreachable,
             format!("{:?}: {}", status.code(), status.message()),
@@ -267,15 +276,34 @@ async fn probe(target: &Target) -> ProbeResult {
     }
 }
 
+/// Whether an error status is the server's answer rather than a failure to reach it (no
+/// connection, TLS, a protocol error, no answer in time): tonic keeps the transport error it
+/// made a status from as its source, and a status the server sent has none.
+fn answered(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_none()
+        && !matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A plaintext HTTP/2 health service on port 0, serving.
     async fn h2c_health() -> std::net::SocketAddr {
+        h2c_health_with(|_| async {}).await
+    }
+
+    /// The same, its reporter first set up by `setup`.
+    async fn h2c_health_with<F: Future<Output = ()>>(
+        setup: impl FnOnce(tonic_health::server::HealthReporter) -> F,
+    ) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let (_reporter, health) = tonic_health::server::health_reporter();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        setup(reporter).await;
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)
@@ -305,6 +333,44 @@ mod tests {
                 probed.detail
             );
         }
+    }
+
+    /// Unreachable is for a server that could not be reached; one that answers, even with an
+    /// error, is up and not serving.
+    #[tokio::test]
+    async fn an_error_answer_is_not_serving_and_no_answer_is_unreachable() {
+        let probe_of = |url: String| async move {
+            let target = Target {
+                component: "gateway",
+                endpoint: url.clone(),
+                channel: public_channel(&url).unwrap(),
+            };
+            probe(&target).await
+        };
+        // A health service that knows no overall status answers NOT_FOUND.
+        let address = h2c_health_with(|mut reporter| async move {
+            reporter.clear_service_status("").await;
+        })
+        .await;
+        let answered = probe_of(address.to_string()).await;
+        assert_eq!(
+            answered.state,
+            ServingState::NotServing,
+            "{}",
+            answered.detail
+        );
+        assert!(answered.detail.contains("NotFound"), "{}", answered.detail);
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap();
+        drop(closed);
+        let refused = probe_of(address.to_string()).await;
+        assert_eq!(
+            refused.state,
+            ServingState::Unreachable,
+            "{}",
+            refused.detail
+        );
     }
 
     #[test]
