@@ -61,9 +61,9 @@ struct Target {
 }
 
 pub struct Prober {
-    targets: Vec<Target>,
+    targets: Arc<Vec<Target>>,
     /// The last round of probes: a public endpoint must not turn every call into a fan-out.
-    recent: tokio::sync::Mutex<Option<Round>>,
+    recent: Arc<tokio::sync::Mutex<Option<Round>>>,
 }
 
 /// How long one round of probes answers every `GetStatus`.
@@ -91,31 +91,38 @@ impl Prober {
             channel: public_channel(&mesh.gateway)?,
         });
         Ok(Prober {
-            targets,
-            recent: tokio::sync::Mutex::default(),
+            targets: Arc::new(targets),
+            recent: Arc::default(),
         })
     }
 
     /// Every component's state, in a fixed order: probed now, or by a round that ended at
     /// most a second ago. Concurrent callers wait for one round instead of starting their own.
     pub async fn probe_all(&self) -> Round {
-        let mut recent = self.recent.lock().await;
+        let mut recent = self.recent.clone().lock_owned().await;
         if let Some(round) = recent.as_ref()
             && round.ended.elapsed() < REUSE_FOR
         {
             return round.clone();
         }
-        let ran_at = SystemTime::now();
-        let results = futures::future::join_all(self.targets.iter().map(probe)).await;
-        // Counted from the end: a round slowed by a probe timing out (2 s) still answers the
-        // callers queued behind it.
-        let round = Round {
-            ended: Instant::now(),
-            ran_at,
-            results,
-        };
-        *recent = Some(round.clone());
-        round
+        let targets = self.targets.clone();
+        // In a task of its own, which holds the lock until the round ends: a caller that goes
+        // away (its deadline, shorter than a probe's) does not abandon the round that the
+        // callers queued behind it will take.
+        let round = tokio::spawn(async move {
+            let ran_at = SystemTime::now();
+            let results = futures::future::join_all(targets.iter().map(probe)).await;
+            // Counted from the end: a round slowed by a probe timing out (2 s) still answers
+            // the callers queued behind it.
+            let round = Round {
+                ended: Instant::now(),
+                ran_at,
+                results,
+            };
+            *recent = Some(round.clone());
+            round
+        });
+        round.await.expect("a round of probes does not panic")
     }
 }
 
@@ -370,6 +377,70 @@ mod tests {
             ServingState::Unreachable,
             "{}",
             refused.detail
+        );
+    }
+
+    /// A health service answering SERVING after `DELAY`, counting the checks it was asked.
+    struct SlowHealth(Arc<std::sync::atomic::AtomicUsize>);
+
+    const DELAY: Duration = Duration::from_millis(300);
+
+    #[tonic::async_trait]
+    impl tonic_health::pb::health_server::Health for SlowHealth {
+        async fn check(
+            &self,
+            _: tonic::Request<HealthCheckRequest>,
+        ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(DELAY).await;
+            Ok(tonic::Response::new(
+                tonic_health::pb::HealthCheckResponse {
+                    status: ServingStatus::Serving as i32,
+                },
+            ))
+        }
+
+        type WatchStream =
+            futures::stream::Empty<Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>;
+
+        async fn watch(
+            &self,
+            _: tonic::Request<HealthCheckRequest>,
+        ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not here"))
+        }
+    }
+
+    /// A caller whose deadline ends before its round does (a status page asked with a short
+    /// timeout) does not throw the round away: the next caller takes it.
+    #[tokio::test]
+    async fn a_round_whose_caller_went_away_answers_the_next_caller() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = listener.local_addr().unwrap().to_string();
+        let checks = Arc::default();
+        let health =
+            tonic_health::pb::health_server::HealthServer::new(SlowHealth(Arc::clone(&checks)));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let prober = Prober {
+            targets: Arc::new(vec![Target {
+                component: "gateway",
+                endpoint: url.clone(),
+                channel: public_channel(&url).unwrap(),
+            }]),
+            recent: Arc::default(),
+        };
+        let impatient = tokio::time::timeout(DELAY / 3, prober.probe_all()).await;
+        assert!(impatient.is_err(), "the first caller's deadline passed");
+        let round = prober.probe_all().await;
+        assert_eq!(round.results[0].state, ServingState::Serving);
+        assert_eq!(
+            checks.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one round, the first caller's"
         );
     }
 
