@@ -122,7 +122,11 @@ impl Prober {
             *recent = Some(round.clone());
             round
         });
-        round.await.expect("a round of probes does not panic")
+        match round.await {
+            Ok(round) => round,
+            // A probe that panicked (a malformed answer, say): its panic, not a second one.
+            Err(failed) => std::panic::resume_unwind(failed.into_panic()),
+        }
     }
 }
 
@@ -283,14 +287,16 @@ async fn probe(target: &Target) -> ProbeResult {
     }
 }
 
-/// Whether an error status is the server's answer rather than a failure to reach it (no
+/// Whether an error status is the component's answer rather than a failure to reach it (no
 /// connection, TLS, a protocol error, no answer in time): tonic keeps the transport error it
-/// made a status from as its source, and a status the server sent has none.
+/// made a status from as its source, and a status the server sent has none. `UNAVAILABLE` is
+/// never an answer: a proxy in front of the component (a load balancer before the gateway)
+/// sends it, or an HTTP 502/503/504 that tonic reads as it, when the component is gone.
 fn answered(status: &tonic::Status) -> bool {
     std::error::Error::source(status).is_none()
         && !matches!(
             status.code(),
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unavailable
         )
 }
 
@@ -380,19 +386,28 @@ mod tests {
         );
     }
 
-    /// A health service answering SERVING after `DELAY`, counting the checks it was asked.
-    struct SlowHealth(Arc<std::sync::atomic::AtomicUsize>);
+    /// A health service answering after `delay`: SERVING, or the error `refusal` names. It
+    /// counts the checks it was asked.
+    struct FakeHealth {
+        checks: Arc<std::sync::atomic::AtomicUsize>,
+        delay: Duration,
+        refusal: Option<tonic::Code>,
+    }
 
     const DELAY: Duration = Duration::from_millis(300);
 
     #[tonic::async_trait]
-    impl tonic_health::pb::health_server::Health for SlowHealth {
+    impl tonic_health::pb::health_server::Health for FakeHealth {
         async fn check(
             &self,
             _: tonic::Request<HealthCheckRequest>,
         ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::time::sleep(DELAY).await;
+            self.checks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if let Some(code) = self.refusal {
+                return Err(tonic::Status::new(code, "refused"));
+            }
             Ok(tonic::Response::new(
                 tonic_health::pb::HealthCheckResponse {
                     status: ServingStatus::Serving as i32,
@@ -411,30 +426,69 @@ mod tests {
         }
     }
 
+    /// `health` served over h2c on port 0, and its address.
+    async fn serve(health: FakeHealth) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(tonic_health::pb::health_server::HealthServer::new(health))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        url
+    }
+
+    fn target(url: &str) -> Target {
+        Target {
+            component: "gateway",
+            endpoint: url.to_owned(),
+            channel: public_channel(url).unwrap(),
+        }
+    }
+
+    /// UNAVAILABLE is what a proxy in front of a component says when the component is gone:
+    /// unreachable, not an answer; any other error is the component's answer.
+    #[tokio::test]
+    async fn unavailable_is_unreachable_and_other_errors_are_answers() {
+        for (refusal, state) in [
+            (tonic::Code::Unavailable, ServingState::Unreachable),
+            (tonic::Code::Unimplemented, ServingState::NotServing),
+        ] {
+            let url = serve(FakeHealth {
+                checks: Arc::default(),
+                delay: Duration::ZERO,
+                refusal: Some(refusal),
+            })
+            .await;
+            assert_eq!(probe(&target(&url)).await.state, state, "{refusal:?}");
+        }
+    }
+
     /// A caller whose deadline ends before its round does (a status page asked with a short
     /// timeout) does not throw the round away: the next caller takes it.
     #[tokio::test]
     async fn a_round_whose_caller_went_away_answers_the_next_caller() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = listener.local_addr().unwrap().to_string();
         let checks = Arc::default();
-        let health =
-            tonic_health::pb::health_server::HealthServer::new(SlowHealth(Arc::clone(&checks)));
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(health)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let url = serve(FakeHealth {
+            checks: Arc::clone(&checks),
+            delay: DELAY,
+            refusal: None,
+        })
+        .await;
         let prober = Prober {
-            targets: Arc::new(vec![Target {
-                component: "gateway",
-                endpoint: url.clone(),
-                channel: public_channel(&url).unwrap(),
-            }]),
+            targets: Arc::new(vec![target(&url)]),
             recent: Arc::default(),
         };
-        let impatient = tokio::time::timeout(DELAY / 3, prober.probe_all()).await;
-        assert!(impatient.is_err(), "the first caller's deadline passed");
+        // The first caller goes away once its round has asked.
+        let asked = async {
+            while checks.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = prober.probe_all() => panic!("the round outlasts the first caller"),
+            () = asked => {}
+        }
         let round = prober.probe_all().await;
         assert_eq!(round.results[0].state, ServingState::Serving);
         assert_eq!(
