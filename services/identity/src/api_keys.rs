@@ -56,9 +56,14 @@ pub fn hashes_match(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The resource name of the key `id` of `tenant`.
+pub fn key_name(tenant: impl std::fmt::Display, id: &str) -> String {
+    format!("tenants/{tenant}/apiKeys/{id}")
+}
+
 impl ApiKeyRecord {
     pub fn name(&self) -> String {
-        format!("tenants/{}/apiKeys/{}", self.tenant_id, self.id)
+        key_name(&self.tenant_id, &self.id)
     }
 
     /// `tenants/{t}/users/{u}` for a user's key, `tenants/{t}` for a service-account key.

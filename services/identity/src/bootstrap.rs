@@ -118,7 +118,7 @@ async fn create_missing(
         Err(ApiError::AlreadyExists { .. }) => return Ok(None),
         other => other?,
     }
-    let resource = format!("tenants/system/apiKeys/{}", key.id);
+    let resource = crate::api_keys::key_name("system", &key.id);
     audit(
         &mut tx,
         &system,

@@ -4,8 +4,8 @@
 
 use palisade_grpc::{ApiError, time::timestamp};
 use palisade_proto::palisade::identity::v1::{
-    ExportedApiKey, ExportedRole, ExportedTenant, ExportedUser, Plan, TenantDataCounts,
-    TenantDataHeader, TenantDataRecord, TenantDataTrailer, TenantState, tenant_data_record::Record,
+    ExportedApiKey, ExportedRole, ExportedTenant, ExportedUser, TenantDataCounts, TenantDataHeader,
+    TenantDataRecord, TenantDataTrailer, tenant_data_record::Record,
 };
 use palisade_tenancy::TenantId;
 use prost::Message;
@@ -96,21 +96,12 @@ pub fn header(tenant: &TenantId, now: i64) -> TenantDataHeader {
 /// Refuses to export a tenant whose stored plan or state this server does not know (written
 /// by a newer version): the stream would carry it as unspecified, which no import restores.
 pub fn exportable(tenant: &TenantRecord) -> Result<(), ApiError> {
-    let unknown = |reason, what| ApiError::FailedPrecondition {
-        reason,
-        message: format!(
-            "tenants/{} is {what} this server does not know; export it with the version that \
-             wrote it",
-            tenant.id
-        ),
-    };
-    if tenant.plan == Plan::Unspecified {
-        return Err(unknown("UNKNOWN_TENANT_PLAN", "on a plan"));
+    match tenant.unknown_field() {
+        Some(path) => {
+            Err(tenant.unknown_field_refusal(path, "export it with the version that wrote it"))
+        }
+        None => Ok(()),
     }
-    if tenant.state == TenantState::Unspecified {
-        return Err(unknown("UNKNOWN_TENANT_STATE", "in a state"));
-    }
-    Ok(())
 }
 
 pub fn tenant_record(tenant: &TenantRecord) -> TenantDataRecord {
@@ -175,7 +166,9 @@ fn record(record: Record) -> TenantDataRecord {
 
 #[cfg(test)]
 mod tests {
-    use palisade_proto::palisade::identity::v1::{ExportedUser, TenantDataTrailer, UserState};
+    use palisade_proto::palisade::identity::v1::{
+        ExportedUser, Plan, TenantDataTrailer, TenantState, UserState,
+    };
 
     use super::*;
 

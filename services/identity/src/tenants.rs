@@ -37,6 +37,33 @@ impl TenantRecord {
             limit_overrides: self.limit_overrides.clone(),
         }
     }
+
+    /// The first stored field whose value this server does not know (written by a newer
+    /// version; it reads as unspecified), by its update path: `state`, then `plan`.
+    pub fn unknown_field(&self) -> Option<&'static str> {
+        [
+            ("state", self.state == TenantState::Unspecified),
+            ("plan", self.plan == Plan::Unspecified),
+        ]
+        .into_iter()
+        .find_map(|(path, unknown)| unknown.then_some(path))
+    }
+
+    /// The refusal of a call that cannot go on while the tenant's `path` (one
+    /// [`TenantRecord::unknown_field`] names) is unknown; `remedy` says what to do instead.
+    pub fn unknown_field_refusal(&self, path: &'static str, remedy: &str) -> ApiError {
+        let (reason, what) = match path {
+            "state" => ("UNKNOWN_TENANT_STATE", "in a state"),
+            _ => ("UNKNOWN_TENANT_PLAN", "on a plan"),
+        };
+        ApiError::FailedPrecondition {
+            reason,
+            message: format!(
+                "tenants/{} is {what} this server does not know; {remedy}",
+                self.id
+            ),
+        }
+    }
 }
 
 /// Validates a create request into the tenant to insert (times are set by the caller).

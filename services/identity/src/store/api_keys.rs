@@ -217,7 +217,7 @@ impl IdentityStore {
             for row in &through {
                 let tenant: String = row.try_get("tenant_id").map_err(internal)?;
                 let id: String = row.try_get("id").map_err(internal)?;
-                let name = format!("tenants/{tenant}/apiKeys/{id}");
+                let name = crate::api_keys::key_name(tenant, &id);
                 if walked.insert(name.clone()) {
                     makers.push(name);
                 }

@@ -2,7 +2,7 @@
 //! the validated tenant after the change with the fields that actually changed.
 
 use palisade_grpc::{ApiError, aip};
-use palisade_proto::palisade::identity::v1::{Plan, Tenant, TenantState};
+use palisade_proto::palisade::identity::v1::{Tenant, TenantState};
 use palisade_tenancy::TenantContext;
 use prost_types::FieldMask;
 
@@ -84,28 +84,12 @@ pub fn apply_update(
     paths: &[&'static str],
     now: i64,
 ) -> Result<Updated, ApiError> {
-    // A state this server does not know (written by a newer version) reads as unspecified,
-    // which fails closed; writing the record back would store it as active.
-    if current.state == TenantState::Unspecified && !paths.contains(&"state") {
-        return Err(ApiError::FailedPrecondition {
-            reason: "UNKNOWN_TENANT_STATE",
-            message: format!(
-                "tenants/{} is in a state this server does not know; set `state` in the same \
-                 update",
-                current.id
-            ),
-        });
-    }
-    // Likewise a plan: the record would be written back on the free plan.
-    if current.plan == Plan::Unspecified && !paths.contains(&"plan") {
-        return Err(ApiError::FailedPrecondition {
-            reason: "UNKNOWN_TENANT_PLAN",
-            message: format!(
-                "tenants/{} is on a plan this server does not know; set `plan` in the same \
-                 update",
-                current.id
-            ),
-        });
+    // A state or plan this server does not know (written by a newer version) reads as
+    // unspecified, which fails closed; writing the record back would store it as active, or
+    // on the free plan. So the update must set it.
+    if let Some(path) = current.unknown_field().filter(|path| !paths.contains(path)) {
+        let remedy = format!("set `{path}` in the same update");
+        return Err(current.unknown_field_refusal(path, &remedy));
     }
     let mut next = current.clone();
     let mut violations = Vec::new();
@@ -172,7 +156,7 @@ fn differs(a: &TenantRecord, b: &TenantRecord, path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use palisade_proto::palisade::identity::v1::CreateTenantRequest;
+    use palisade_proto::palisade::identity::v1::{CreateTenantRequest, Plan};
     use palisade_tenancy::TenantId;
 
     use super::*;
@@ -264,37 +248,33 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_in_an_unknown_state_is_changed_only_with_its_state() {
-        let current = TenantRecord {
+    fn a_tenant_with_an_unknown_state_or_plan_is_changed_only_with_it() {
+        let unknown_state = TenantRecord {
             state: TenantState::Unspecified,
             ..acme()
         };
-        let renamed = Tenant {
-            display_name: "Acme Corp".into(),
-            state: TenantState::Suspended as i32,
-            ..Tenant::default()
-        };
-        let refused = apply_update(&current, &renamed, &["display_name"], 7);
-        assert_eq!(reason_of(refused), "UNKNOWN_TENANT_STATE");
-        let updated = apply_update(&current, &renamed, &["display_name", "state"], 7).unwrap();
-        assert_eq!(updated.record.state, TenantState::Suspended);
-    }
-
-    #[test]
-    fn a_tenant_on_an_unknown_plan_is_changed_only_with_its_plan() {
-        let current = TenantRecord {
+        let unknown_plan = TenantRecord {
             plan: Plan::Unspecified,
             ..acme()
         };
         let renamed = Tenant {
             display_name: "Acme Corp".into(),
+            state: TenantState::Suspended as i32,
             plan: Plan::Standard as i32,
             ..Tenant::default()
         };
-        let refused = apply_update(&current, &renamed, &["display_name"], 7);
-        assert_eq!(reason_of(refused), "UNKNOWN_TENANT_PLAN");
-        let updated = apply_update(&current, &renamed, &["display_name", "plan"], 7).unwrap();
-        assert_eq!(updated.record.plan, Plan::Standard);
+        for (current, path, reason) in [
+            (unknown_state, "state", "UNKNOWN_TENANT_STATE"),
+            (unknown_plan, "plan", "UNKNOWN_TENANT_PLAN"),
+        ] {
+            let refused = apply_update(&current, &renamed, &["display_name"], 7);
+            assert_eq!(reason_of(refused), reason);
+            let updated = apply_update(&current, &renamed, &["display_name", path], 7).unwrap();
+            match path {
+                "state" => assert_eq!(updated.record.state, TenantState::Suspended),
+                _ => assert_eq!(updated.record.plan, Plan::Standard),
+            }
+        }
     }
 
     #[test]
