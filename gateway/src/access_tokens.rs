@@ -7,9 +7,9 @@
 //! each takes one of its client's verifications (`ClientBudget`) before its signature is
 //! checked, and gives it back if the token verifies and is unexpired: made-up tokens cost a
 //! flooding client its rate, not the gateway a core, and genuine ones cost nothing (an expired
-//! one its first check). It is taken once identity's key
-//! is at hand, so nothing is waited for between taking and giving back: a genuine token
-//! waiting for a key fetch holds none, and a call that goes away cannot keep one.
+//! one its first check). It is taken once identity's key is at hand, so nothing is waited for
+//! between taking and giving back: a genuine token waiting for a key fetch holds none, and a
+//! call that goes away cannot keep one.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -70,14 +70,14 @@ impl TokenVerifier {
         let token = VerifiedToken { context, kid, exp };
         let now = unix_now();
         let unexpired = token.unexpired(now);
-        // Only an unexpired token gives back its verification: an expired one may find no room
-        // to be remembered, and a client resending it would have it verified free each time.
-        if unexpired {
+        let answer = if unexpired {
+            // Only an unexpired token gives back its verification: an expired one may find no
+            // room to be remembered, and a client resending it would have it verified free
+            // each time.
             budget.give_back_verification();
-        }
-        let answer = match unexpired {
-            true => Ok(token.context.clone()),
-            false => Err(token_expired()),
+            Ok(token.context.clone())
+        } else {
+            Err(token_expired())
         };
         self.verified.with(&fingerprint, |shard| {
             let verified = &self.verified;

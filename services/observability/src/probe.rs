@@ -302,43 +302,43 @@ fn answered(status: &tonic::Status) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use tonic_health::pb::health_server::HealthServer;
+
     use super::*;
 
-    /// A plaintext HTTP/2 health service on port 0, serving.
-    async fn h2c_health() -> std::net::SocketAddr {
-        h2c_health_with(|_| async {}).await
-    }
-
-    /// The same, its reporter first set up by `setup`.
-    async fn h2c_health_with<F: Future<Output = ()>>(
-        setup: impl FnOnce(tonic_health::server::HealthReporter) -> F,
-    ) -> std::net::SocketAddr {
+    /// `health` served over plaintext HTTP/2 on port 0, and its address.
+    async fn serve<S: tonic_health::pb::health_server::Health>(
+        health: tonic_health::pb::health_server::HealthServer<S>,
+    ) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let (reporter, health) = tonic_health::server::health_reporter();
-        setup(reporter).await;
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        address
+        address.to_string()
+    }
+
+    /// The gateway, probed at `url`.
+    fn target(url: &str) -> Target {
+        Target {
+            component: "gateway",
+            endpoint: url.to_owned(),
+            channel: public_channel(url).unwrap(),
+        }
     }
 
     #[tokio::test]
     async fn a_gateway_address_without_a_scheme_is_probed_over_h2c() {
-        let address = h2c_health().await;
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let address = serve(health).await;
         for url in [
-            format!("{address}"),
+            address.clone(),
             format!("http://{address}"),
             format!("grpc://{address}"),
         ] {
-            let target = Target {
-                component: "gateway",
-                endpoint: url.clone(),
-                channel: public_channel(&url).unwrap(),
-            };
-            let probed = probe(&target).await;
+            let probed = probe(&target(&url)).await;
             assert_eq!(
                 probed.state,
                 ServingState::Serving,
@@ -352,20 +352,10 @@ mod tests {
     /// error, is up and not serving.
     #[tokio::test]
     async fn an_error_answer_is_not_serving_and_no_answer_is_unreachable() {
-        let probe_of = |url: String| async move {
-            let target = Target {
-                component: "gateway",
-                endpoint: url.clone(),
-                channel: public_channel(&url).unwrap(),
-            };
-            probe(&target).await
-        };
         // A health service that knows no overall status answers NOT_FOUND.
-        let address = h2c_health_with(|mut reporter| async move {
-            reporter.clear_service_status("").await;
-        })
-        .await;
-        let answered = probe_of(address.to_string()).await;
+        let (mut reporter, health) = tonic_health::server::health_reporter();
+        reporter.clear_service_status("").await;
+        let answered = probe(&target(&serve(health).await)).await;
         assert_eq!(
             answered.state,
             ServingState::NotServing,
@@ -377,7 +367,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = closed.local_addr().unwrap();
         drop(closed);
-        let refused = probe_of(address.to_string()).await;
+        let refused = probe(&target(&address.to_string())).await;
         assert_eq!(
             refused.state,
             ServingState::Unreachable,
@@ -426,26 +416,6 @@ mod tests {
         }
     }
 
-    /// `health` served over h2c on port 0, and its address.
-    async fn serve(health: FakeHealth) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(tonic_health::pb::health_server::HealthServer::new(health))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        url
-    }
-
-    fn target(url: &str) -> Target {
-        Target {
-            component: "gateway",
-            endpoint: url.to_owned(),
-            channel: public_channel(url).unwrap(),
-        }
-    }
-
     /// UNAVAILABLE is what a proxy in front of a component says when the component is gone:
     /// unreachable, not an answer; any other error is the component's answer.
     #[tokio::test]
@@ -454,11 +424,11 @@ mod tests {
             (tonic::Code::Unavailable, ServingState::Unreachable),
             (tonic::Code::Unimplemented, ServingState::NotServing),
         ] {
-            let url = serve(FakeHealth {
+            let url = serve(HealthServer::new(FakeHealth {
                 checks: Arc::default(),
                 delay: Duration::ZERO,
                 refusal: Some(refusal),
-            })
+            }))
             .await;
             assert_eq!(probe(&target(&url)).await.state, state, "{refusal:?}");
         }
@@ -469,11 +439,11 @@ mod tests {
     #[tokio::test]
     async fn a_round_whose_caller_went_away_answers_the_next_caller() {
         let checks = Arc::default();
-        let url = serve(FakeHealth {
+        let url = serve(HealthServer::new(FakeHealth {
             checks: Arc::clone(&checks),
             delay: DELAY,
             refusal: None,
-        })
+        }))
         .await;
         let prober = Prober {
             targets: Arc::new(vec![target(&url)]),
