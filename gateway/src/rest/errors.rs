@@ -67,7 +67,22 @@ pub fn status_json(status: &Status) -> serde_json::Value {
 /// The complete HTTP error response for `status`, with `Retry-After` when it says when to
 /// retry.
 pub fn error_response(status: &Status) -> Response<Body> {
-    let mut response = json_response(http_status(status.code()), &status_json(status));
+    let response = json_response(http_status(status.code()), &status_json(status));
+    with_retry_after(response, status)
+}
+
+/// The HTTP response of a server stream that failed before its first message, as
+/// grpc-gateway answers it: the failure's status (and `Retry-After`), and the failure as the
+/// stream's one line, `{"error": …}`.
+pub fn stream_error_response(status: &Status) -> Response<Body> {
+    let mut line = serde_json::to_vec(&serde_json::json!({ "error": status_json(status) }))
+        .expect("a json value serializes");
+    line.push(b'\n');
+    let response = json_bytes_response(http_status(status.code()), line);
+    with_retry_after(response, status)
+}
+
+fn with_retry_after(mut response: Response<Body>, status: &Status) -> Response<Body> {
     if let Some(seconds) = retry_after(status) {
         response.headers_mut().insert(RETRY_AFTER, seconds);
     }
@@ -84,6 +99,10 @@ pub fn retry_after(status: &Status) -> Option<HeaderValue> {
 
 pub fn json_response(status: StatusCode, json: &serde_json::Value) -> Response<Body> {
     let body = serde_json::to_vec(json).expect("a json value serializes");
+    json_bytes_response(status, body)
+}
+
+fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Body::new(http_body_util::Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response

@@ -10,7 +10,7 @@ use tonic::{Code, Status, body::Body};
 
 use super::{
     Binding,
-    errors::{error_response, http_status, json_response, retry_after, status_json},
+    errors::{error_response, json_response, status_json, stream_error_response},
     metadata::{self, HEADER_PREFIX, TRAILER_PREFIX},
     transcode,
 };
@@ -148,20 +148,8 @@ async fn stream_response(binding: &Binding, mut reader: GrpcReader) -> Response<
 /// status and the failure as the one line, `{"error": …}`. Errors of the REST layer itself (no
 /// route, a bad body) come before any call and are plain error responses.
 fn stream_failed_at_once(status: &Status, trailers: &HeaderMap) -> Response<Body> {
-    let mut line = serde_json::to_vec(&json!({ "error": status_json(status) }))
-        .expect("a json value serializes");
-    line.push(b'\n');
-    let mut response = Response::new(Body::new(http_body_util::Full::new(Bytes::from(line))));
-    *response.status_mut() = http_status(status.code());
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(seconds) = retry_after(status) {
-        headers.insert(http::header::RETRY_AFTER, seconds);
-    }
-    metadata::forward_response(trailers, TRAILER_PREFIX, headers);
+    let mut response = stream_error_response(status);
+    metadata::forward_response(trailers, TRAILER_PREFIX, response.headers_mut());
     response
 }
 
