@@ -172,7 +172,7 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         config.default_deadline,
     )
     .await?;
-    kit.watch_readiness(serving, move || {
+    kit.watch_readiness(serving.clone(), move || {
         let mut health = HealthClient::new(identity.clone());
         async move {
             match health.check(HealthCheckRequest::default()).await {
@@ -226,7 +226,12 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            server::serve(listener, workers, address_caps, shutdown.wait()).await;
+            let draining = kit.draining_after(shutdown.wait());
+            let shutdown = async {
+                draining.await;
+                serving.drain().await;
+            };
+            server::serve(listener, workers, address_caps, shutdown).await;
             // The calls served are counted; report the last of them before going.
             let _ = stop_usage.send(());
             let _ = usage_reports.await;

@@ -1,17 +1,17 @@
 //! Every component's admin port: Prometheus metrics that count real traffic with the
 //! go-grpc-prometheus names, `/healthz`, and a `/readyz` (and gRPC health) that follows the
-//! component's database.
+//! component's database and says so when the component drains.
 
 mod common;
 
 use std::time::Duration;
 
-use common::new_tenant;
+use common::{DynamicCodec, dynamic_request, new_tenant};
 use palisade_proto::palisade::{
     identity::v1::{ListTenantsRequest, Plan, tenant_service_client::TenantServiceClient},
     observability::v1::{GetStatusRequest, status_service_client::StatusServiceClient},
 };
-use palisade_testkit::{Component, Mesh, eventually, http_request};
+use palisade_testkit::{Component, Mesh, eventually, http_get, http_request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const ALL: [Component; 4] = [
@@ -132,5 +132,75 @@ async fn readiness_follows_the_database() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(answer.status, 1, "SERVING again");
+    mesh.stop().await
+}
+
+/// How many logins `component` has begun to handle since it started, from its metrics.
+async fn logins_started(mesh: &Mesh, component: Component) -> anyhow::Result<u64> {
+    let (_, metrics) = mesh.admin_get(component, "/metrics").await?;
+    let series = format!(
+        r#"grpc_server_started_total{{component="{}",grpc_type="unary",grpc_service="palisade.identity.v1.AuthService",grpc_method="Login"}} "#,
+        component.name()
+    );
+    Ok(metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(Ok(0), str::parse)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_component_is_not_ready() -> anyhow::Result<()> {
+    let mut mesh = Mesh::builder().start().await?;
+    for component in [Component::Identity, Component::Gateway] {
+        // A login whose request stream stays open: the call is in flight at the gateway and
+        // at identity (which waits for the stream's end) until the sender is dropped.
+        let (method, login) = dynamic_request(
+            "palisade.identity.v1.AuthService/Login",
+            r#"{"tenantId": "acme", "email": "ada@example.com", "password": "not this one"}"#,
+        );
+        let (sender, requests) = tokio::sync::mpsc::channel(1);
+        sender.send(login).await?;
+        let mut grpc = tonic::client::Grpc::new(mesh.gateway());
+        let call = tokio::spawn(async move {
+            grpc.ready()
+                .await
+                .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+            let path =
+                http::uri::PathAndQuery::from_static("/palisade.identity.v1.AuthService/Login");
+            let requests = tokio_stream::wrappers::ReceiverStream::new(requests);
+            grpc.client_streaming(
+                tonic::Request::new(requests),
+                path,
+                DynamicCodec(method.output()),
+            )
+            .await
+        });
+        eventually(Duration::from_secs(10), || async {
+            Ok((logins_started(&mesh, Component::Identity).await? > 0).then_some(()))
+        })
+        .await?;
+
+        let admin = mesh.admin_addr(component);
+        let (stopped, seen) = tokio::join!(mesh.stop_component(component), async move {
+            let seen = eventually(Duration::from_secs(10), || async {
+                let answer = http_get(admin, "/readyz").await?;
+                Ok((answer.0 != 200).then_some(answer))
+            })
+            .await;
+            // The call may end now, and the drain with it.
+            drop(sender);
+            seen
+        });
+        stopped?;
+        let (status, body) = seen?;
+        let name = component.name();
+        assert_eq!(status, 503, "{name}: {body}");
+        assert!(
+            body.contains(palisade_telemetry::DRAINING),
+            "{name}: {body}"
+        );
+        let _ = call.await?;
+        mesh.restart(component).await?;
+    }
     mesh.stop().await
 }

@@ -134,6 +134,20 @@ impl ComponentKit {
         self.readiness.set(None);
     }
 
+    /// `shutdown`, which first makes `/readyz` say, for good, that the component is draining:
+    /// the server is handed this, so the admin port stops calling the component ready the
+    /// moment it stops taking calls, not when its last call has finished.
+    pub fn draining_after<S: std::future::Future<Output = ()>>(
+        &self,
+        shutdown: S,
+    ) -> impl std::future::Future<Output = ()> + use<S> {
+        let readiness = self.readiness.clone();
+        async move {
+            shutdown.await;
+            readiness.drain();
+        }
+    }
+
     /// Readiness follows `db`: not ready while it cannot answer `SELECT 1`.
     pub async fn watch_database_readiness(&mut self, serving: crate::ServingHandle, db: Db) {
         self.watch_readiness(serving, move || {

@@ -105,4 +105,20 @@ mod tests {
         assert_eq!(status(&health).await, ServingStatus::Serving as i32);
         watch.abort();
     }
+
+    #[tokio::test]
+    async fn a_draining_component_never_serves_again() {
+        let reporter = HealthReporter::new();
+        let health = HealthService::from_health_reporter(reporter.clone());
+        let serving = ServingHandle::for_reporter(reporter);
+        serving.set_serving(true).await;
+
+        serving.drain().await;
+        assert_eq!(status(&health).await, ServingStatus::NotServing as i32);
+        // A dependency check that recovers afterwards changes nothing.
+        let watch =
+            watch_readiness("test", || async { Ok(()) }, serving, Readiness::default()).await;
+        assert_eq!(status(&health).await, ServingStatus::NotServing as i32);
+        watch.abort();
+    }
 }

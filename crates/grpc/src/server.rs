@@ -44,11 +44,15 @@ pub struct MeshServer {
     denials: Option<Arc<dyn DenialSink>>,
 }
 
-/// Flips the health status the component reports (readiness follows dependencies).
+/// Flips the health status the component reports (readiness follows dependencies), until
+/// the component drains.
 #[derive(Clone)]
 pub struct ServingHandle {
     reporter: HealthReporter,
     service_names: Arc<Vec<&'static str>>,
+    /// Whether the component is draining. Held while a status is reported, so a readiness
+    /// check that ends as the drain begins cannot report SERVING after it.
+    draining: Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl ServingHandle {
@@ -58,10 +62,26 @@ impl ServingHandle {
         ServingHandle {
             reporter,
             service_names: Arc::default(),
+            draining: Arc::default(),
         }
     }
 
+    /// Reports SERVING or NOT_SERVING; ignored once the component drains.
     pub async fn set_serving(&self, serving: bool) {
+        let draining = self.draining.lock().await;
+        if !*draining {
+            self.report(serving).await;
+        }
+    }
+
+    /// Reports NOT_SERVING for good: the component is shutting down.
+    pub async fn drain(&self) {
+        let mut draining = self.draining.lock().await;
+        *draining = true;
+        self.report(false).await;
+    }
+
+    async fn report(&self, serving: bool) {
         let status = if serving {
             ServingStatus::Serving
         } else {
@@ -117,8 +137,8 @@ impl MeshServer {
         self
     }
 
-    /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting and lets
-    /// in-flight calls finish. The returned handle is live before the first call is accepted.
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING for good, stops accepting
+    /// and lets in-flight calls finish. The returned handle is live before the first call is accepted.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -128,6 +148,7 @@ impl MeshServer {
         let handle = ServingHandle {
             reporter,
             service_names: Arc::new(self.service_names.clone()),
+            draining: Arc::default(),
         };
         handle.set_serving(true).await;
 
@@ -162,7 +183,7 @@ impl MeshServer {
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 let _ = fired.send(());
-                shutdown_handle.set_serving(false).await;
+                shutdown_handle.drain().await;
                 tracing::info!(component, "draining gRPC server");
             });
         let serving = async move {

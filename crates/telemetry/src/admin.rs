@@ -22,18 +22,42 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::ComponentMetrics;
 
+/// What `/readyz` says of a component that is shutting down.
+pub const DRAINING: &str = "shutting down: finishing the calls in flight";
+
 /// Whether the component can serve, and if not, why. Shared by `/readyz` and gRPC health.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<Mutex<Option<String>>>);
+pub struct Readiness(Arc<Mutex<ReadinessState>>);
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    problem: Option<String>,
+    draining: bool,
+}
 
 impl Readiness {
-    /// `None` means ready; `Some(reason)` not ready.
+    /// `None` means ready; `Some(reason)` not ready. A draining component stays not ready
+    /// whatever its dependencies say.
     pub fn set(&self, problem: Option<String>) {
-        *self.0.lock().expect("readiness lock") = problem;
+        self.state().problem = problem;
+    }
+
+    /// The component is shutting down: from now on it is not ready, for good, so a load
+    /// balancer (a Kubernetes Service) sends it no new calls while its last ones finish.
+    pub fn drain(&self) {
+        self.state().draining = true;
     }
 
     pub fn problem(&self) -> Option<String> {
-        self.0.lock().expect("readiness lock").clone()
+        let state = self.state();
+        if state.draining {
+            return Some(DRAINING.to_owned());
+        }
+        state.problem.clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ReadinessState> {
+        self.0.lock().expect("readiness lock")
     }
 }
 
@@ -174,5 +198,15 @@ mod tests {
         probe.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("ok\n"), "{answer}");
+    }
+
+    #[test]
+    fn a_draining_component_stays_not_ready() {
+        let readiness = Readiness::default();
+        readiness.set(Some("database unreachable".to_owned()));
+        readiness.drain();
+        assert_eq!(readiness.problem().as_deref(), Some(DRAINING));
+        readiness.set(None);
+        assert_eq!(readiness.problem().as_deref(), Some(DRAINING));
     }
 }

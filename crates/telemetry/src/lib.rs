@@ -8,7 +8,7 @@ mod logging;
 mod metrics;
 mod propagation;
 
-pub use admin::{Readiness, serve_admin};
+pub use admin::{DRAINING, Readiness, serve_admin};
 pub use logging::{LogFormat, Telemetry, TelemetryConfig, init, init_logging, init_test_logging};
 pub use metrics::{
     ComponentMetrics, GrpcLabels, LabeledCounter, RpcMetrics, SideMetrics, TenantLabels,

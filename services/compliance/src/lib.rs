@@ -62,7 +62,9 @@ pub async fn start(listeners: Listeners, config: ComplianceConfig) -> Result<Run
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            let (health, serving) = server.serve(listener, shutdown.wait()).await?;
+            let (health, serving) = server
+                .serve(listener, kit.draining_after(shutdown.wait()))
+                .await?;
             kit.watch_database_readiness(health, db.clone()).await;
             let served = serving.await;
             kit.stop().await;

@@ -205,7 +205,9 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
         let relay_task = relay.spawn(ComplianceSink::new(compliance), async {
             let _ = relay_stopped.await;
         });
-        let (health, serving) = server.serve(listener, shutdown.wait()).await?;
+        let (health, serving) = server
+            .serve(listener, kit.draining_after(shutdown.wait()))
+            .await?;
         kit.watch_database_readiness(health, db.clone()).await;
         let served = serving.await;
         // The server has drained, so no new events can arrive: the relay makes a last flush.

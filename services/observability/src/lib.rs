@@ -49,7 +49,9 @@ pub async fn start(listeners: Listeners, config: ObservabilityConfig) -> Result<
         COMPONENT,
         local_addr,
         move |shutdown| async move {
-            let (_health, serving) = server.serve(listener, shutdown.wait()).await?;
+            let (_health, serving) = server
+                .serve(listener, kit.draining_after(shutdown.wait()))
+                .await?;
             kit.ready();
             let served = serving.await;
             kit.stop().await;
