@@ -135,19 +135,6 @@ async fn readiness_follows_the_database() -> anyhow::Result<()> {
     mesh.stop().await
 }
 
-/// How many logins `component` has begun to handle since it started, from its metrics.
-async fn logins_started(mesh: &Mesh, component: Component) -> anyhow::Result<u64> {
-    let (_, metrics) = mesh.admin_get(component, "/metrics").await?;
-    let series = format!(
-        r#"grpc_server_started_total{{component="{}",grpc_type="unary",grpc_service="palisade.identity.v1.AuthService",grpc_method="Login"}} "#,
-        component.name()
-    );
-    Ok(metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map_or(Ok(0), str::parse)?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_component_is_not_ready() -> anyhow::Result<()> {
     let mut mesh = Mesh::builder().start().await?;
@@ -176,11 +163,23 @@ async fn a_draining_component_is_not_ready() -> anyhow::Result<()> {
             .await
         });
         eventually(Duration::from_secs(10), || async {
-            Ok((logins_started(&mesh, Component::Identity).await? > 0).then_some(()))
+            let started = mesh
+                .unary_calls_started(
+                    Component::Identity,
+                    "palisade.identity.v1.AuthService",
+                    "Login",
+                )
+                .await?;
+            Ok((started > 0).then_some(()))
+        })
+        .await?;
+        // Ready first (the gateway may still be seeing identity's restart).
+        let admin = mesh.admin_addr(component);
+        eventually(Duration::from_secs(10), || async {
+            Ok((http_get(admin, "/readyz").await?.0 == 200).then_some(()))
         })
         .await?;
 
-        let admin = mesh.admin_addr(component);
         let (stopped, seen) = tokio::join!(mesh.stop_component(component), async move {
             let seen = eventually(Duration::from_secs(10), || async {
                 let answer = http_get(admin, "/readyz").await?;

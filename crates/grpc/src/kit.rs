@@ -134,9 +134,9 @@ impl ComponentKit {
         self.readiness.set(None);
     }
 
-    /// `shutdown`, which first makes `/readyz` say, for good, that the component is draining:
-    /// the server is handed this, so the admin port stops calling the component ready the
-    /// moment it stops taking calls, not when its last call has finished.
+    /// Resolves when `shutdown` does, after marking the component draining for good: the
+    /// server is handed this, so `/readyz` stops calling the component ready the moment it
+    /// stops taking calls, not when its last call has finished.
     pub fn draining_after<S: std::future::Future<Output = ()>>(
         &self,
         shutdown: S,

@@ -138,7 +138,8 @@ impl MeshServer {
     }
 
     /// Serves until `shutdown` resolves, then reports NOT_SERVING for good, stops accepting
-    /// and lets in-flight calls finish. The returned handle is live before the first call is accepted.
+    /// and lets in-flight calls finish. The returned handle is live before the first call is
+    /// accepted.
     pub async fn serve(
         self,
         listener: TcpListener,

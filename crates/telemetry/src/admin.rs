@@ -42,8 +42,8 @@ impl Readiness {
         self.state().problem = problem;
     }
 
-    /// The component is shutting down: from now on it is not ready, for good, so a load
-    /// balancer (a Kubernetes Service) sends it no new calls while its last ones finish.
+    /// The component is shutting down: from now on it is not ready, for good, so probes
+    /// tell the truth while its last calls finish (it takes no new connections meanwhile).
     pub fn drain(&self) {
         self.state().draining = true;
     }

@@ -329,14 +329,31 @@ impl Mesh {
         method: &str,
         code: &str,
     ) -> anyhow::Result<u64> {
+        let labels = format!(r#"grpc_method="{method}",grpc_code="{code}""#);
+        let series = unary_series("handled", component, service, &labels);
+        self.counter(component, &series).await
+    }
+
+    /// How many unary calls of `service`/`method` `component` has begun to handle since it
+    /// started, from its Prometheus metrics; 0 before the first.
+    pub async fn unary_calls_started(
+        &self,
+        component: Component,
+        service: &str,
+        method: &str,
+    ) -> anyhow::Result<u64> {
+        let labels = format!(r#"grpc_method="{method}""#);
+        let series = unary_series("started", component, service, &labels);
+        self.counter(component, &series).await
+    }
+
+    /// The value of the counter `series` (its name and labels) in `component`'s metrics.
+    async fn counter(&self, component: Component, series: &str) -> anyhow::Result<u64> {
         let (_, metrics) = self.admin_get(component, "/metrics").await?;
-        let series = format!(
-            r#"grpc_server_handled_total{{component="{}",grpc_type="unary",grpc_service="{service}",grpc_method="{method}",grpc_code="{code}"}} "#,
-            component.name()
-        );
+        let prefix = format!("{series} ");
         Ok(metrics
             .lines()
-            .find_map(|line| line.strip_prefix(series.as_str()))
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
             .map_or(Ok(0), str::parse)?)
     }
 
@@ -463,4 +480,13 @@ where
 fn init_test_logging() {
     // The harness captures these per test and shows them only when a test fails.
     palisade_telemetry::init_test_logging();
+}
+
+/// `grpc_server_{counter}_total{…}` of `component`'s unary calls to `service`, ending with
+/// `labels`.
+fn unary_series(counter: &str, component: Component, service: &str, labels: &str) -> String {
+    format!(
+        r#"grpc_server_{counter}_total{{component="{}",grpc_type="unary",grpc_service="{service}",{labels}}}"#,
+        component.name()
+    )
 }

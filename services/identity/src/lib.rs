@@ -210,6 +210,8 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
             .await?;
         kit.watch_database_readiness(health, db.clone()).await;
         let served = serving.await;
+        // Not ready while the rest stops, also if the server ended without being asked.
+        kit.readiness.drain();
         // The server has drained, so no new events can arrive: the relay makes a last flush.
         let _ = stop_rotation.send(());
         let _ = rotation.await;
