@@ -2,14 +2,15 @@
 //! keeps tenants apart. Queries here deliberately omit every tenant filter, run as the ordinary
 //! role the services connect as, inside the scope a store opens for one tenant — and still see
 //! only that tenant's rows — both in an explicitly scoped transaction and, as store code runs
-//! them, as plain queries on the pool while handling a tenant's call. Outside any call they
-//! see none; an administrator sees them all, which proves the rows exist. PostgreSQL only:
+//! them, as plain queries on the pool while handling a tenant's call. Outside any call, and in
+//! a call that asserts no tenant, they see none unless the handler declares a scope
+//! (`in_scope`); an administrator sees them all, which proves the rows exist. PostgreSQL only:
 //! SQLite has no such wall.
 
 mod common;
 
 use common::{audit_events_arrived, new_tenant};
-use palisade_db::{Db, Scope};
+use palisade_db::{Db, Scope, in_scope};
 use palisade_proto::palisade::identity::v1::{
     CreateUserRequest, LoginRequest, Plan, ReportUsageRequest, TenantCalls, User,
     auth_service_client::AuthServiceClient, edge_service_client::EdgeServiceClient,
@@ -149,6 +150,23 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
             )
             .await;
             assert_eq!(seen, ["acme"], "{table}: an acme call sees only acme");
+            // A public or mesh-internal call names no tenant: its handler must say which rows
+            // it works on, or it finds none.
+            let unscoped = visible_tenants(&service, None, table);
+            let seen = with_context(None, RequestId::generate(), unscoped).await;
+            assert!(
+                seen.is_empty(),
+                "{table}: a call naming no tenant saw {seen:?}"
+            );
+            let declared = in_scope(Scope::AllTenants, visible_tenants(&service, None, table));
+            let seen = with_context(None, RequestId::generate(), declared).await;
+            assert_eq!(seen, everything, "{table}: a declared all-tenants scope");
+            let declared = in_scope(
+                Scope::Tenant("globex"),
+                visible_tenants(&service, None, table),
+            );
+            let seen = with_context(None, RequestId::generate(), declared).await;
+            assert_eq!(seen, ["globex"], "{table}: a declared tenant scope");
             assert_eq!(
                 visible_tenants(&service, Some(Scope::AllTenants), table).await,
                 everything,

@@ -18,7 +18,7 @@ mod scope;
 
 pub use migrate::Migrations;
 pub use pool::{Db, DbConfig};
-pub use scope::{Scope, ServiceRole, TENANT_SETTING};
+pub use scope::{Scope, ServiceRole, TENANT_SETTING, in_scope};
 
 /// `$first, $first+1, …` for `count` values: the numbered placeholders of an `IN (...)` list or
 /// a multi-row `VALUES` group, written the one way both backends (through `sqlx::Any`) accept.

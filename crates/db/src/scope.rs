@@ -2,13 +2,15 @@
 //! that shows a transaction only the rows of the tenant named in the `palisade.tenant_id`
 //! setting, so a store query that forgets its `tenant_id = $1` still cannot read or change
 //! another tenant's rows. A transaction states its scope when it begins ([`Db::begin_in`],
-//! [`Db::read_in`]); without one, a connection takes the scope of the call the task is
-//! handling ([`ambient_setting`]), set as it leaves the pool, so store code that runs plain
-//! queries is walled in too.
+//! [`Db::read_in`]); without one, a connection takes the scope that the work the task is doing
+//! declared ([`in_scope`]) or else that of the call it is handling ([`ambient_setting`]), set as
+//! the connection leaves the pool, so store code that runs plain queries is walled in too.
 //!
 //! The wall holds only for ordinary roles: superusers and `BYPASSRLS` roles skip policies, so
 //! services connect as an ordinary role ([`ServiceRole`] makes one) and warn at start when
 //! they do not. SQLite has no such wall; there the store's own filters are the only one.
+
+use std::future::Future;
 
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
@@ -37,17 +39,35 @@ impl Scope<'_> {
     }
 }
 
+tokio::task_local! {
+    /// The scope that the work this task is doing declared for itself ([`in_scope`]).
+    static DECLARED: String;
+}
+
+/// Runs `work` in `scope`: every connection it takes from the pool without a scope of its
+/// own sees `scope`'s rows, whatever the call it serves asserts. For handlers whose tenant
+/// comes from the request rather than the call (an authorization check names its principal's
+/// tenant), and for the few that are cross-tenant by nature and say so with
+/// [`Scope::AllTenants`] (sign-in by token, the gateway's key and tenant lookups). Only the
+/// task running `work` is covered: a task it spawns states its own scope.
+pub async fn in_scope<F: Future>(scope: Scope<'_>, work: F) -> F::Output {
+    DECLARED.scope(scope.setting().to_owned(), work).await
+}
+
 /// The scope of whatever this task is doing, for connections that no explicit scope covers:
-/// work handling a tenant principal's call sees that tenant; a platform operator's call, and
-/// public or mesh-internal calls that assert no tenant, see every tenant (their code is
-/// cross-tenant by nature and filters by itself); work outside any call — background jobs,
-/// tasks spawned off a request — sees no tenant rows until it states a scope
-/// ([`Db::begin_in`], or `palisade_tenancy::with_context`).
+/// the scope the work declared ([`in_scope`]), if it did; else work handling a tenant's call
+/// sees that tenant, and a platform operator's call every tenant. A call asserting no tenant
+/// (a public or mesh-internal call that did not declare one) and work outside any call —
+/// background jobs, tasks spawned off a request — see no tenant rows: a handler that forgets
+/// its scope finds nothing rather than everything.
 pub(crate) fn ambient_setting() -> String {
+    if let Ok(declared) = DECLARED.try_with(String::clone) {
+        return declared;
+    }
     match palisade_tenancy::current_call() {
-        None => String::new(),
-        Some(Some(context)) if !context.is_platform_operator() => context.tenant_id.to_string(),
-        Some(_) => "*".to_owned(),
+        Some(Some(context)) if context.is_platform_operator() => "*".to_owned(),
+        Some(Some(context)) => context.tenant_id.to_string(),
+        None | Some(None) => String::new(),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use palisade_audit::AuditRecord;
-use palisade_db::outbox::Relay;
+use palisade_db::{Scope, outbox::Relay};
 use palisade_grpc::{
     ApiError, Caller,
     aip::{self, CreatedCursor, FilterField},
@@ -97,7 +97,9 @@ impl ApiKeyService for ApiKeyApi {
         &self,
         request: Request<VerifyApiKeyRequest>,
     ) -> Result<Response<VerifyApiKeyResponse>, Status> {
-        let key = self.authz.verify_api_key(&request.get_ref().key).await?;
+        // A key names its tenant only once it is found: the gateway asks with no tenant.
+        let key = self.authz.verify_api_key(&request.get_ref().key);
+        let key = palisade_db::in_scope(Scope::AllTenants, key).await?;
         Ok(Response::new(VerifyApiKeyResponse {
             principal: Some(ProtoPrincipal {
                 tenant_id: key.tenant_id.to_string(),

@@ -459,5 +459,6 @@ impl AuthApi {
 /// the call itself names, or finds by token, the one tenant it acts in.
 async fn as_public_call<F: std::future::Future>(work: F) -> F::Output {
     let request_id = palisade_tenancy::current_request_id().unwrap_or_else(RequestId::generate);
+    let work = palisade_db::in_scope(palisade_db::Scope::AllTenants, work);
     palisade_tenancy::with_context(None, request_id, work).await
 }

@@ -1,5 +1,6 @@
 //! `AuthorizationService`: permission checks for other components' policy layers.
 
+use palisade_db::{Scope, in_scope};
 use palisade_grpc::{ApiError, FieldViolation};
 use palisade_proto::palisade::{
     common::v1::PrincipalType,
@@ -35,10 +36,11 @@ impl AuthorizationService for AuthorizationApi {
         let request = request.into_inner();
         let (tenant, principal) = validate(&request)?;
         let resource = (!request.resource.is_empty()).then_some(request.resource.as_str());
+        // The principal's tenant, named in the request, whatever the calling component's call.
         let decision = self
             .authz
-            .decide(&tenant, &principal, &request.permission, resource)
-            .await?;
+            .decide(&tenant, &principal, &request.permission, resource);
+        let decision = in_scope(Scope::Tenant(tenant.as_str()), decision).await?;
         Ok(Response::new(CheckResponse {
             allowed: decision.allowed,
             reason: decision.reason,
@@ -86,7 +88,8 @@ impl AuthorizationService for AuthorizationApi {
                 (item.permission, resource)
             })
             .collect();
-        let decisions = self.authz.decide_many(&tenant, &principal, &items).await?;
+        let decisions = self.authz.decide_many(&tenant, &principal, &items);
+        let decisions = in_scope(Scope::Tenant(tenant.as_str()), decisions).await?;
         Ok(Response::new(BatchCheckResponse {
             results: decisions
                 .into_iter()

@@ -2,6 +2,7 @@
 //! and where it reports the calls it counted. Internal: the policy layer admits only the
 //! gateway, over mTLS.
 
+use palisade_db::{Scope, in_scope};
 use palisade_grpc::{
     ApiError, FieldViolation,
     time::{micros_in_range, month_at, now_micros, timestamp},
@@ -39,11 +40,30 @@ impl EdgeApi {
 
 #[tonic::async_trait]
 impl EdgeService for EdgeApi {
+    /// Across tenants: the gateway asks before it knows the tenant (by domain) or for any
+    /// tenant it serves.
     async fn resolve_tenant(
         &self,
         request: Request<ResolveTenantRequest>,
     ) -> Result<Response<EdgeTenant>, Status> {
-        let (record, resource) = match &request.get_ref().key {
+        in_scope(Scope::AllTenants, self.resolve(request.get_ref())).await
+    }
+
+    /// Across tenants: one batch counts the calls of every tenant the gateway served.
+    async fn report_usage(
+        &self,
+        request: Request<ReportUsageRequest>,
+    ) -> Result<Response<ReportUsageResponse>, Status> {
+        in_scope(Scope::AllTenants, self.record(request.into_inner())).await
+    }
+}
+
+impl EdgeApi {
+    async fn resolve(
+        &self,
+        request: &ResolveTenantRequest,
+    ) -> Result<Response<EdgeTenant>, Status> {
+        let (record, resource) = match &request.key {
             Some(Key::TenantId(id)) => {
                 let id = TenantId::parse(id)
                     .map_err(|_| ApiError::invalid("tenant_id", "must be a tenant id"))?;
@@ -78,11 +98,10 @@ impl EdgeService for EdgeApi {
         }))
     }
 
-    async fn report_usage(
+    async fn record(
         &self,
-        request: Request<ReportUsageRequest>,
+        request: ReportUsageRequest,
     ) -> Result<Response<ReportUsageResponse>, Status> {
-        let request = request.into_inner();
         let now = now_micros();
         let calls = validate_report(&request, now)?;
         let month = month_at(now);

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::stream::BoxStream;
 use palisade_audit::AuditRecord;
-use palisade_db::{Scope, outbox::Relay};
+use palisade_db::{Scope, in_scope, outbox::Relay};
 use palisade_grpc::{
     ApiError, CallerComponent, MethodPolicy, aip::CreatedCursor, time::now_micros,
 };
@@ -167,7 +167,11 @@ impl TenantDataService for TenantDataApi {
         }
         let resource = format!("tenants/{tenant}");
         // Refused before the stream is read; checked again under the lock below.
-        if !header.replace && self.store.get_tenant(&tenant).await?.is_some() {
+        let existing = in_scope(
+            Scope::Tenant(tenant.as_str()),
+            self.store.get_tenant(&tenant),
+        );
+        if !header.replace && existing.await?.is_some() {
             return Err(ApiError::AlreadyExists { resource }.into());
         }
         let (spool, counts) = receive(&mut stream, import, &resource).await?;
