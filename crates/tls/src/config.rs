@@ -64,11 +64,30 @@ impl MeshTls {
 
     /// Like [`MeshTls::load`], polling file metadata every `interval`.
     ///
+    /// A reloaded certificate must name the SPIFFE ID the first one named: the trust policies
+    /// and peers' expectations were set from it, so a mixed-up secret (another component's
+    /// certificate) is refused and the previous material kept; a new identity needs a restart.
+    ///
     /// The watcher holds only a weak reference, so it stops once every clone is dropped.
     pub async fn load_with_interval(paths: CertPaths, interval: Duration) -> Result<MeshTls> {
         let files = vec![paths.ca.clone(), paths.cert.clone(), paths.key.clone()];
         let watched = paths.clone();
-        let material = Reloading::start("mesh", files, interval, move || Material::load(&watched))?;
+        let started_as = std::sync::OnceLock::new();
+        let material = Reloading::start("mesh", files, interval, move || {
+            let material = Material::load(&watched)?;
+            let identity = started_as.get_or_init(|| material.identity.clone());
+            if material.identity != *identity {
+                return Err(Error::Certificate {
+                    path: watched.cert.clone(),
+                    reason: format!(
+                        "names {}, not {identity}, which this component started as (a new \
+                         identity needs a restart)",
+                        material.identity
+                    ),
+                });
+            }
+            Ok(material)
+        })?;
         Ok(MeshTls {
             inner: Arc::new(Inner { paths, material }),
         })

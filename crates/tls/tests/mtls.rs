@@ -239,19 +239,19 @@ async fn reloads_changed_certificates() {
     let identity = load(dir.path(), "identity").await;
     let gateway = load(dir.path(), "gateway").await;
     let server = TestServer::start(identity.clone()).await;
-    let old_expiry = identity.not_after();
+    let on_disk =
+        |name: &str| CertificateDer::from_pem_file(dir.path().join(format!("{name}.crt"))).unwrap();
+    let first_gateway_cert = on_disk("gateway");
 
-    // identity gets a new certificate of its own; the gateway's now names another workload,
-    // which the test server (no trust policy) lets call.
-    let untrusted = SpiffeId::parse("spiffe://palisade.local/workload/untrusted").unwrap();
+    // Both get new certificates of their own.
     let identity_id = SpiffeId::component(DEFAULT_TRUST_DOMAIN, "identity");
+    let gateway_id = SpiffeId::component(DEFAULT_TRUST_DOMAIN, "gateway");
     pki::issue(dir.path(), "identity", &identity_id, &[]).unwrap();
-    pki::issue(dir.path(), "gateway", &untrusted, &[]).unwrap();
-    eventually(|| gateway.identity() == untrusted).await;
-    assert!(identity.not_after() >= old_expiry);
+    pki::issue(dir.path(), "gateway", &gateway_id, &[]).unwrap();
+    let (new_identity_cert, new_gateway_cert) = (on_disk("identity"), on_disk("gateway"));
+    assert_ne!(new_gateway_cert, first_gateway_cert);
 
     // A new connection presents the new server certificate (once identity has re-read it) ...
-    let on_disk = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
     let mut connector = MeshConnector::new(gateway.clone(), "identity").unwrap();
     let uri: http::Uri = server.url().parse().unwrap();
     let mut presented = None;
@@ -259,23 +259,43 @@ async fn reloads_changed_certificates() {
         let io = connector.call(uri.clone()).await.unwrap();
         let (_, session) = io.inner().get_ref().get_ref();
         presented = Some(session.peer_certificates().unwrap()[0].clone());
-        if presented.as_ref() == Some(&on_disk) {
+        if presented.as_ref() == Some(&new_identity_cert) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(presented, Some(on_disk));
+    assert_eq!(presented, Some(new_identity_cert));
 
     // ... and the client presents its new one.
+    let mut presented = None;
+    for _ in 0..100 {
+        presented = Some(client_certificate(&gateway, &identity).await);
+        if presented.as_ref() == Some(&new_gateway_cert) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(presented, Some(new_gateway_cert.clone()));
     let status = check(channel(&server.url(), &gateway, "identity").unwrap()).await;
     assert_eq!(status.unwrap(), ServingStatus::Serving);
-    assert_eq!(server.last_peer(), Some(untrusted.clone()));
+    assert_eq!(server.last_peer(), Some(gateway_id.clone()));
+
+    // A certificate naming another workload (a mixed-up secret) is refused: the gateway stays
+    // what it started as, on its previous certificate.
+    let untrusted = SpiffeId::parse("spiffe://palisade.local/workload/untrusted").unwrap();
+    pki::issue(dir.path(), "gateway", &untrusted, &[]).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gateway.identity(), gateway_id);
+    assert_eq!(
+        client_certificate(&gateway, &identity).await,
+        new_gateway_cert
+    );
 
     // A broken file keeps the previous material, and so does a certificate that does not
     // chain to the CA bundle (here one of another CA: a CA rotated before its leaves).
     let elsewhere = tempfile::tempdir().unwrap();
     pki::init(elsewhere.path(), DEFAULT_TRUST_DOMAIN, &[], &[]).unwrap();
-    pki::issue(elsewhere.path(), "identity", &untrusted, &[]).unwrap();
+    pki::issue(elsewhere.path(), "identity", &identity_id, &[]).unwrap();
     for file in ["identity.key", "identity.crt"] {
         std::fs::copy(elsewhere.path().join(file), dir.path().join(file)).unwrap();
     }
@@ -290,12 +310,20 @@ async fn reloads_changed_certificates() {
     assert_eq!(status.unwrap(), ServingStatus::Serving);
 }
 
-async fn eventually(condition: impl Fn() -> bool) {
-    for _ in 0..100 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not met within 5s");
+/// The leaf certificate `client` presents when it connects to a server of `server`'s
+/// material (named `identity`).
+async fn client_certificate(client: &MeshTls, server: &MeshTls) -> CertificateDer<'static> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config());
+    let accepted = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    });
+    let mut connector = MeshConnector::new(client.clone(), "identity").unwrap();
+    let _connected = connector.call(uri).await.unwrap();
+    accepted.await.unwrap()
 }
