@@ -1,6 +1,7 @@
 //! Dev PKI: a mesh CA and one certificate per component, as PEM files in a certs dir.
 //!
-//! Layout: `ca.crt`, `ca.key`, `<name>.crt`, `<name>.key`. Production deployments bring their
+//! Layout: `ca.crt`, `ca.key`, `<name>.crt`, `<name>.key` (and `.pki.lock`, which writers
+//! hold). Production deployments bring their
 //! own files in the same layout (cert-manager, user secrets); this module only makes dev ones.
 
 use std::fs;
@@ -28,19 +29,36 @@ const BACKDATE: Duration = Duration::minutes(5);
 /// DNS `localhost`, IP `127.0.0.1`, IP `::1` and `extra_dns` (entries that parse as IP addresses
 /// become IP SANs); EKU serverAuth and clientAuth; ECDSA P-256 keys; one year of validity.
 /// The CA is valid for ten years. Keys are written with mode 0600.
+///
+/// Concurrent calls on one dir (two `palisade dev`s starting at once) write under its lock
+/// ([`lock_dir`]), so they agree on one CA; a dir that already holds everything is only read.
 pub fn init(dir: &Path, trust_domain: &str, names: &[&str], extra_dns: &[String]) -> Result<()> {
     // Check everything before writing anything, so a bad name leaves the dir untouched.
-    let mut todo = Vec::new();
+    let mut wanted = Vec::new();
     for &name in names {
         let spiffe = SpiffeId::parse(&SpiffeId::component(trust_domain, name).to_string())?;
-        if !leaf_exists(dir, name)? {
-            todo.push((name, spiffe));
+        wanted.push((name, spiffe));
+    }
+    let missing = || -> Result<Vec<(&str, &SpiffeId)>> {
+        let mut missing = Vec::new();
+        for (name, spiffe) in &wanted {
+            if !leaf_exists(dir, name)? {
+                missing.push((*name, spiffe));
+            }
         }
+        Ok(missing)
+    };
+    let (ca_cert, ca_key) = ca_paths(dir);
+    if missing()?.is_empty() && exists(&ca_cert)? && exists(&ca_key)? {
+        return Ok(());
     }
     fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+    let _lock = lock_dir(dir)?;
+    // Looked at again under the lock: another init may have written some of it meanwhile.
+    let todo = missing()?;
     let ca = load_or_create_ca(dir, trust_domain)?;
     for (name, spiffe) in todo {
-        write_leaf(dir, name, &spiffe, extra_dns, &ca)?;
+        write_leaf(dir, name, spiffe, extra_dns, &ca)?;
         tracing::info!(%spiffe, dir = %dir.display(), "issued component certificate");
     }
     Ok(())
@@ -53,8 +71,25 @@ pub fn init(dir: &Path, trust_domain: &str, names: &[&str], extra_dns: &[String]
 /// half-written file; it may briefly see the new key with the old certificate and retries then.
 pub fn issue(dir: &Path, name: &str, spiffe: &SpiffeId, extra_dns: &[String]) -> Result<()> {
     validate_name(name)?;
+    let _lock = lock_dir(dir)?;
     let ca = load_ca(dir)?;
     write_leaf(dir, name, spiffe, extra_dns, &ca)
+}
+
+/// Takes the certs dir's lock (an exclusive advisory lock on `dir/.pki.lock`), waiting for
+/// it, until the returned file is dropped. Whoever writes holds it, so a CA key never lands
+/// beside another run's CA certificate, nor a leaf key beside another's leaf; the atomic
+/// writes' temporary files are not shared either.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(".pki.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| io_error(&path, source))?;
+    file.lock().map_err(|source| io_error(&path, source))?;
+    Ok(file)
 }
 
 /// Whether `name` already has both files; an error if it has only one of them.

@@ -144,3 +144,32 @@ fn rejects_bad_names_and_missing_ca() {
     let err = pki::init(dir.path(), DEFAULT_TRUST_DOMAIN, &["identity"], &[]).unwrap_err();
     assert!(matches!(err, Error::IncompleteKeyPair { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn concurrent_inits_agree_on_one_ca() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        // Two `palisade dev`s (or an init job and a developer) starting at once.
+        let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let inits: Vec<_> = (0..6)
+            .map(|_| {
+                let (certs, start) = (certs.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    pki::init(&certs, DEFAULT_TRUST_DOMAIN, &["identity", "gateway"], &[])
+                })
+            })
+            .collect();
+        for init in inits {
+            init.join().unwrap().unwrap();
+        }
+        // Every leaf chains to the CA on disk, and the CA key on disk signs for it.
+        let later = SpiffeId::component(DEFAULT_TRUST_DOMAIN, "later");
+        pki::issue(&certs, "later", &later, &[]).unwrap();
+        for name in ["identity", "gateway", "later"] {
+            let loaded = MeshTls::load(CertPaths::in_dir(&certs, name)).await;
+            assert!(loaded.is_ok(), "{name}: {:?}", loaded.err());
+        }
+    }
+}
