@@ -67,7 +67,14 @@ impl Db {
                 .execute(&mut *conn)
                 .await?;
         }
-        migrator.run(&mut *conn).await?;
+        if let Err(error) = migrator.run(&mut *conn).await {
+            // sqlx lets go of its migration lock (session-level, one per database) only on
+            // success: closed, this session releases it, so a retry or another replica or
+            // service migrating in the same database is not left waiting on an idle
+            // connection in this pool.
+            let _ = conn.close().await;
+            return Err(error.into());
+        }
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use palisade_db::{Backend, Db, DbConfig, Error, Migrations, Scope, ServiceRole};
 use sqlx::Row;
 use support::{migrations, on_each_backend, postgres_url, random_schema};
@@ -276,4 +278,35 @@ async fn postgres_data_migrations_reach_every_tenants_rows() {
     let (bypasses, bodies) = migrated_bodies.unwrap();
     assert!(!bypasses, "the service role is bound by row-level security");
     assert_eq!(bodies, ["HELLO", "WORLD"]);
+}
+
+/// A migration that fails leaves no lock behind. sqlx holds a session-level advisory lock
+/// while it migrates (one per database, whatever the schema) and lets it go only on success,
+/// so the failed run's pooled connection would keep every later migration in the database
+/// waiting: a retry's, another replica's, another service's.
+#[tokio::test]
+async fn a_failed_postgres_migration_leaves_no_lock_behind() {
+    let Some(url) = postgres_url() else { return };
+    let broken = Db::connect(&DbConfig::postgres(&url, Some(random_schema())))
+        .await
+        .unwrap();
+    let failing = Migrations {
+        sqlite: sqlx::migrate!("tests/migrations/sqlite"),
+        postgres: sqlx::migrate!("tests/migrations/postgres_broken"),
+    };
+    let failed = broken.migrate(&failing).await;
+    let other = Db::connect(&DbConfig::postgres(&url, Some(random_schema())))
+        .await
+        .unwrap();
+    let waited = Duration::from_secs(10);
+    let migrated = tokio::time::timeout(waited, other.migrate(&migrations())).await;
+    for db in [broken, other] {
+        db.drop_schema().await.unwrap();
+        db.close().await;
+    }
+    assert!(failed.is_err(), "the broken migration fails");
+    assert!(
+        matches!(migrated, Ok(Ok(()))),
+        "the next migration ran: {migrated:?}"
+    );
 }
