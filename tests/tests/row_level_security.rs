@@ -144,7 +144,7 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
                 principal: Some(Principal::new("someone", PrincipalKind::User)),
             };
             let seen = with_context(
-                Some(acme),
+                Some(acme.clone()),
                 RequestId::generate(),
                 visible_tenants(&service, None, table),
             )
@@ -167,6 +167,32 @@ async fn a_query_without_a_tenant_filter_sees_only_its_scope() -> anyhow::Result
             );
             let seen = with_context(None, RequestId::generate(), declared).await;
             assert_eq!(seen, ["globex"], "{table}: a declared tenant scope");
+            // A declared scope holds whatever the call asserts (`Check` names its principal's
+            // tenant, whoever asks).
+            let declared = in_scope(
+                Scope::Tenant("globex"),
+                visible_tenants(&service, None, table),
+            );
+            let seen = with_context(Some(acme.clone()), RequestId::generate(), declared).await;
+            assert_eq!(seen, ["globex"], "{table}: declared inside acme's call");
+            // A platform operator's call sees every tenant; a call naming a tenant without a
+            // principal (a public call on a tenant's host name) sees that tenant.
+            let operator = TenantContext {
+                tenant_id: TenantId::system(),
+                principal: Some(Principal::new("operator", PrincipalKind::User)),
+            };
+            let anonymous = TenantContext {
+                principal: None,
+                ..acme.clone()
+            };
+            for (context, expected) in [
+                (operator, everything.clone()),
+                (anonymous, vec!["acme".to_owned()]),
+            ] {
+                let unscoped = visible_tenants(&service, None, table);
+                let seen = with_context(Some(context.clone()), RequestId::generate(), unscoped);
+                assert_eq!(seen.await, expected, "{table}: {context:?}");
+            }
             assert_eq!(
                 visible_tenants(&service, Some(Scope::AllTenants), table).await,
                 everything,

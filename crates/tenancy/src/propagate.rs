@@ -35,6 +35,7 @@ pub fn current_call() -> Option<Option<TenantContext>> {
 /// Runs `work` as part of handling a call for `context`: what it stores is scoped to that
 /// tenant, and calls it makes carry the context. For work spawned off a request (a stream's
 /// producer task) or done on a tenant's behalf later, which would otherwise act for no one.
+/// (A row-level scope declared around it with `palisade_db::in_scope` holds for all of it.)
 pub async fn with_context<F: std::future::Future>(
     context: Option<TenantContext>,
     request_id: RequestId,
@@ -50,7 +51,8 @@ pub async fn with_context<F: std::future::Future>(
 
 /// `work`, to run on another task as part of the call being handled on this one: it keeps
 /// the call's context, request id and origin (taken now, as `with_context` cannot: it reads
-/// the origin on the task that runs it). As it is when no call is being handled.
+/// the origin on the task that runs it). As it is when no call is being handled. A row-level
+/// scope declared with `palisade_db::in_scope` is not carried: the other task states its own.
 pub fn in_this_call<F: std::future::Future>(
     work: F,
 ) -> impl std::future::Future<Output = F::Output> {
