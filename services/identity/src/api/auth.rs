@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use palisade_audit::AuditRecord;
-use palisade_db::outbox::Relay;
+use palisade_db::{Scope, in_scope, outbox::Relay};
 use palisade_grpc::{
     ApiError, Caller, FieldViolation,
     time::{now_micros, timestamp},
@@ -234,9 +234,10 @@ impl AuthService for AuthApi {
     }
 }
 
-/// `Login`, run with every tenant's rows in view ([`as_public_call`]): a client may send its
-/// current credential along, and when that is another tenant's, row-level security would hide
-/// the tenant being signed into on PostgreSQL. It reads only the named tenant's rows.
+/// `Login`, run as a public call ([`as_public_call`]): a client may send its current
+/// credential along, and when that is another tenant's, row-level security would hide the
+/// tenant being signed into on PostgreSQL. Once the request is whole, only the named tenant's
+/// rows are in view.
 impl AuthApi {
     async fn log_in(&self, request: Request<LoginRequest>) -> Result<Response<AuthTokens>, Status> {
         let request_id = request.extensions().get::<RequestId>().cloned();
@@ -271,6 +272,23 @@ impl AuthApi {
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations).into());
         }
+        // From here only the named tenant's rows are in view (a malformed tenant id names no
+        // tenant, and nothing is read for it).
+        match TenantId::parse(&request.tenant_id) {
+            Ok(tenant) => {
+                let sign_in = self.sign_in(request, request_id);
+                in_scope(Scope::Tenant(tenant.as_str()), sign_in).await
+            }
+            Err(_) => self.sign_in(request, request_id).await,
+        }
+    }
+
+    /// `Login` with a whole request, in the tenant it names.
+    async fn sign_in(
+        &self,
+        request: LoginRequest,
+        request_id: Option<RequestId>,
+    ) -> Result<Response<AuthTokens>, Status> {
         let email = request.email.trim().to_lowercase();
         let tenant_record = match TenantId::parse(&request.tenant_id) {
             Ok(id) => self.store.get_tenant(&id).await?,
