@@ -108,3 +108,40 @@ async fn the_operator_key_lives_at_most_the_api_key_lifetime() -> anyhow::Result
     }
     Ok(())
 }
+
+/// A first start that fails loses no operator key, which no later start would make again:
+/// identity makes it only once nothing else in its start can fail, and the dev mesh saves it
+/// as soon as identity has made it, before the other components start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_that_fails_loses_no_operator_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = palisade::MeshOptions::new(dir.path().to_path_buf());
+    options.ports = palisade::Ports::ANY;
+    options.admin_ports = None;
+    let key_file = palisade::operator_key::path(dir.path());
+
+    // Identity cannot read its KEK: it fails once its database is made, and makes no key.
+    std::fs::create_dir_all(options.certs_dir())?;
+    std::fs::write(options.signing_key_kek(), "not a key\n")?;
+    assert!(palisade::LocalMesh::start(options.clone()).await.is_err());
+    assert!(!key_file.exists());
+    std::fs::remove_file(options.signing_key_kek())?;
+
+    // Identity starts and makes the key; the gateway then fails on a missing certificate.
+    let missing = dir.path().join("missing");
+    options.public_tls = Some((missing.join("public.crt"), missing.join("public.key")));
+    assert!(palisade::LocalMesh::start(options.clone()).await.is_err());
+    let saved = std::fs::read_to_string(&key_file)?.trim().to_owned();
+
+    // The next start makes none, and the saved key is the operator's.
+    options.public_tls = None;
+    let mesh = palisade::LocalMesh::start(options).await?;
+    assert_eq!(mesh.operator_key, None);
+    let gateway = tonic::transport::Endpoint::from_shared(mesh.addresses.gateway.clone())?
+        .connect()
+        .await?;
+    let keys = bootstrap_keys(&mut ApiKeyServiceClient::new(gateway), &saved).await;
+    mesh.stop().await?;
+    assert_eq!(keys?.len(), 1);
+    Ok(())
+}

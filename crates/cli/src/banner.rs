@@ -1,23 +1,11 @@
 //! What `palisade dev` prints once the mesh is up: endpoints and ready-to-paste commands.
 
-use std::{fs, io::Write, path::Path};
+use std::io::Write;
 
-use palisade::{Component, LocalMesh};
-
-/// Where dev keeps the operator key so later starts can print working commands. Dev only:
-/// `palisade serve identity` prints the key once and keeps nothing but its hash.
-const KEY_FILE: &str = "operator-api-key";
+use palisade::{Component, LocalMesh, operator_key};
 
 pub fn print(mesh: &LocalMesh) -> anyhow::Result<()> {
-    let data_dir = &mesh.options.data_dir;
-    let key_path = data_dir.join(KEY_FILE);
-    // The key is shown below whatever happens here: it is its only plaintext copy, and a
-    // later start does not make another.
-    let saved = match &mesh.operator_key {
-        Some(key) => write_private(&key_path, key)
-            .map_err(|error| tracing::warn!(path = %key_path.display(), %error, "the operator key could not be saved")),
-        None => Ok(()),
-    };
+    let key_path = operator_key::path(&mesh.options.data_dir);
     let gateway = mesh.addr(Component::Gateway);
     let certs = mesh.options.certs_dir();
     let mut out = String::new();
@@ -35,7 +23,7 @@ pub fn print(mesh: &LocalMesh) -> anyhow::Result<()> {
         ));
     }
     match &mesh.operator_key {
-        Some(key) if saved.is_ok() => out.push_str(&format!(
+        Some(key) if mesh.operator_key_saved => out.push_str(&format!(
             "\nBootstrap operator API key (shown once; a copy for dev is in {}):\n  {key}\n",
             key_path.display()
         )),
@@ -79,38 +67,4 @@ Ctrl-C stops the mesh.
     print!("{out}");
     std::io::stdout().flush()?;
     Ok(())
-}
-
-/// Writes `secret` readable by its owner only, a file that was there before included (the
-/// mode given at opening applies to a new file only).
-fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    file.write_all(format!("{secret}\n").as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[cfg(unix)]
-    #[test]
-    fn a_key_file_that_was_readable_by_all_is_made_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(KEY_FILE);
-        fs::write(&path, "old\n").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-
-        write_private(&path, "pal_new").unwrap();
-
-        assert_eq!(fs::read_to_string(&path).unwrap(), "pal_new\n");
-        let mode = fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
 }

@@ -2,6 +2,7 @@
 //! ([`LocalMesh`], used by `palisade dev` and by the test sandbox) and the component table.
 
 mod mesh;
+pub mod operator_key;
 
 pub use mesh::{
     COMPONENTS, Component, ComponentSettings, DatabaseChoice, LocalMesh, MeshOptions, Ports,

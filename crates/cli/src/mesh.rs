@@ -212,6 +212,10 @@ pub struct LocalMesh {
     pub addresses: MeshAddresses,
     /// The bootstrap operator key, when this start created it.
     pub operator_key: Option<String>,
+    /// Whether that key was saved to the dev data directory ([`crate::operator_key`]) as soon
+    /// as identity made it, before the other components started: a start that fails later
+    /// must not lose it, as no later start makes another.
+    pub operator_key_saved: bool,
     bound: BTreeMap<Component, SocketAddr>,
     bound_admin: BTreeMap<Component, SocketAddr>,
     running: BTreeMap<Component, Running>,
@@ -258,6 +262,7 @@ impl LocalMesh {
             options,
             addresses,
             operator_key: None,
+            operator_key_saved: false,
             bound,
             bound_admin,
             running: BTreeMap::new(),
@@ -372,8 +377,17 @@ impl LocalMesh {
             hashing_threads: 0,
         };
         let (running, operator_key) = start_component(component, listeners, settings).await?;
-        if operator_key.is_some() {
-            self.operator_key = operator_key;
+        if let Some(key) = operator_key {
+            let data_dir = &self.options.data_dir;
+            self.operator_key_saved = match crate::operator_key::save(data_dir, &key) {
+                Ok(()) => true,
+                Err(error) => {
+                    let path = crate::operator_key::path(data_dir);
+                    tracing::warn!(path = %path.display(), %error, "the operator key could not be saved");
+                    false
+                }
+            };
+            self.operator_key = Some(key);
         }
         tracing::info!(component = component.name(), addr = %running.local_addr, "component started");
         self.running.insert(component, running);

@@ -94,7 +94,6 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
     let db = Db::connect(&config.db).await?;
     db.migrate(&migrations()).await?;
     let store = store::IdentityStore::new(db.clone());
-    let operator_key = bootstrap::bootstrap(&store, config.api_key_max_lifetime).await?;
     kit.watch_database(db.clone(), true);
 
     let relay = Relay::new(db.clone(), RelayConfig::new(palisade_audit::TOPIC));
@@ -192,6 +191,9 @@ pub async fn start(listeners: Listeners, config: IdentityConfig) -> Result<Start
 
     let listener = listeners.grpc;
     let local_addr = listener.local_addr()?;
+    // Last, once nothing else can fail: a key made now is shown only once (to whoever started
+    // identity), and never made again, so a start that failed after making it would lose it.
+    let operator_key = bootstrap::bootstrap(&store, config.api_key_max_lifetime).await?;
     let running = Running::spawn(COMPONENT, local_addr, move |shutdown| async move {
         let (stop_rotation, rotation_stopped) = oneshot::channel::<()>();
         let rotation = keys.spawn(async {
