@@ -57,14 +57,19 @@ pub struct ServeArgs {
         default_value = "http://gateway:7900"
     )]
     gateway_url: String,
-    /// identity: wrong passwords within the failure window that lock a user out.
-    #[arg(long, env = "PALISADE_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    /// identity: wrong passwords within the failure window that lock a user out (1 to 1000).
+    #[arg(
+        long,
+        env = "PALISADE_LOGIN_MAX_FAILURES",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
     login_max_failures: u32,
-    /// identity: seconds in which failed logins are counted.
-    #[arg(long, env = "PALISADE_LOGIN_FAILURE_WINDOW", default_value_t = 900)]
+    /// identity: seconds in which failed logins are counted (1 to 30 days).
+    #[arg(long, env = "PALISADE_LOGIN_FAILURE_WINDOW", default_value_t = 900, value_parser = seconds(MONTH))]
     login_failure_window: u64,
-    /// identity: seconds a locked-out user's logins are refused.
-    #[arg(long, env = "PALISADE_LOGIN_LOCKOUT", default_value_t = 900)]
+    /// identity: seconds a locked-out user's logins are refused (1 to 30 days).
+    #[arg(long, env = "PALISADE_LOGIN_LOCKOUT", default_value_t = 900, value_parser = seconds(MONTH))]
     login_lockout: u64,
     /// identity: threads hashing passwords (Argon2id) at the lowest CPU priority, so the most
     /// cores a login flood can keep busy (0: half the available cores, at least one).
@@ -100,24 +105,26 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     api_key_cache_ttl: u64,
-    /// gateway: seconds between fetches of identity's JWKS; a signing key identity stops
-    /// publishing stops verifying access tokens within about this long.
-    #[arg(long, env = "PALISADE_JWKS_REFRESH", default_value_t = 60)]
+    /// gateway: seconds between fetches of identity's JWKS (1 to 86400); a signing key
+    /// identity stops publishing stops verifying access tokens within about this long.
+    #[arg(long, env = "PALISADE_JWKS_REFRESH", default_value_t = 60, value_parser = seconds(DAY))]
     jwks_refresh: u64,
-    /// gateway: seconds a unary call may take when its client sends no `grpc-timeout` (a
-    /// client's own deadline wins; streaming calls have none by default).
+    /// gateway: seconds a unary call may take when its client sends no `grpc-timeout` (1 to
+    /// 86400; a client's own deadline wins; streaming calls have none by default).
     #[arg(
         long,
         env = "PALISADE_DEFAULT_DEADLINE",
-        default_value_t = palisade_gateway::DEFAULT_DEADLINE.as_secs()
+        default_value_t = palisade_gateway::DEFAULT_DEADLINE.as_secs(),
+        value_parser = seconds(DAY)
     )]
     default_deadline: u64,
     /// gateway: seconds a public connection may stay with nothing happening on it before it is
-    /// closed (HTTP/2 GOAWAY; clients reconnect when they next call).
+    /// closed (1 to 86400; HTTP/2 GOAWAY; clients reconnect when they next call).
     #[arg(
         long,
         env = "PALISADE_IDLE_TIMEOUT",
-        default_value_t = palisade_gateway::IDLE_TIMEOUT.as_secs()
+        default_value_t = palisade_gateway::IDLE_TIMEOUT.as_secs(),
+        value_parser = seconds(DAY)
     )]
     idle_timeout: u64,
     /// gateway: public calls (`Login`, `RefreshToken`, ...; credential or not) and reflection
@@ -163,10 +170,10 @@ pub struct ServeArgs {
     /// PEM private key of --public-tls-cert.
     #[arg(long, env = "PALISADE_PUBLIC_TLS_KEY", requires = "public_tls_cert")]
     public_tls_key: Option<PathBuf>,
-    /// gateway: seconds a tenant's state, limits and usage are cached (a suspended tenant's
-    /// credentials keep working for at most this long, or up to 30 s more while identity
-    /// cannot answer).
-    #[arg(long, env = "PALISADE_TENANT_CACHE_TTL", default_value_t = 5)]
+    /// gateway: seconds a tenant's state, limits and usage are cached (1 to 3600; a suspended
+    /// tenant's credentials keep working for at most this long, or up to 30 s more while
+    /// identity cannot answer).
+    #[arg(long, env = "PALISADE_TENANT_CACHE_TTL", default_value_t = 5, value_parser = seconds(3600))]
     tenant_cache_ttl: u64,
     /// gateway: a domain whose subdomains name tenants: with `tenants.example.com`, public
     /// calls to `acme.tenants.example.com` (e.g. Login) are made in tenant `acme`.
@@ -184,6 +191,14 @@ const DAY_SECS: u64 = 86_400;
 /// arithmetic on expiry times would overflow long before anyone needs it).
 fn lifetime_days() -> clap::builder::RangedU64ValueParser {
     clap::value_parser!(u64).range(1..=36_500)
+}
+
+const DAY: u64 = 86_400;
+const MONTH: u64 = 30 * DAY;
+
+/// Whole seconds from 1 to `most`: no setting here means "off" at 0.
+fn seconds(most: u64) -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=most)
 }
 
 #[derive(Args)]
@@ -258,9 +273,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             gateway: args.gateway_url,
         },
         api_key_cache_ttl: Duration::from_secs(args.api_key_cache_ttl),
-        jwks_refresh: Duration::from_secs(args.jwks_refresh.max(1)),
-        default_deadline: Duration::from_secs(args.default_deadline.max(1)),
-        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        jwks_refresh: Duration::from_secs(args.jwks_refresh),
+        default_deadline: Duration::from_secs(args.default_deadline),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
         public_call_rate: (args.public_calls_per_second > 0).then_some(
             palisade_gateway::PublicCallRate {
                 per_second: args.public_calls_per_second,
@@ -272,7 +287,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cors_allowed_origins: args.cors_allowed_origins,
         public_tls: args.public_tls_cert.zip(args.public_tls_key),
         login_lockout: LockoutPolicy {
-            max_failures: args.login_max_failures.max(1),
+            max_failures: args.login_max_failures,
             window: Duration::from_secs(args.login_failure_window),
             lock_for: Duration::from_secs(args.login_lockout),
         },
@@ -382,6 +397,31 @@ mod tests {
                 assert!(parsed.is_err(), "{flag} {bad}");
             }
             assert!(Serve::try_parse_from(["serve", "identity", flag, "36500"]).is_ok());
+        }
+    }
+
+    #[test]
+    fn durations_and_counts_are_refused_when_zero_or_absurd() {
+        // Zero would not mean "off" but a cut after a second, or a lockout at the first
+        // wrong password; the largest values would overflow the clocks they are added to.
+        for (component, flag, most) in [
+            ("identity", "--login-max-failures", "1000"),
+            ("identity", "--login-failure-window", "2592000"),
+            ("identity", "--login-lockout", "2592000"),
+            ("gateway", "--jwks-refresh", "86400"),
+            ("gateway", "--default-deadline", "86400"),
+            ("gateway", "--idle-timeout", "86400"),
+            ("gateway", "--tenant-cache-ttl", "3600"),
+        ] {
+            let too_many = (most.parse::<u64>().unwrap() + 1).to_string();
+            for bad in ["0", too_many.as_str(), "18446744073709551615"] {
+                let parsed = Serve::try_parse_from(["serve", component, flag, bad]);
+                assert!(parsed.is_err(), "{flag} {bad}");
+            }
+            assert!(
+                Serve::try_parse_from(["serve", component, flag, most]).is_ok(),
+                "{flag}"
+            );
         }
     }
 
