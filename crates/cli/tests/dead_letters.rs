@@ -1,14 +1,14 @@
 //! `palisade dead-letters` on a component's SQLite database: lists what its sink set aside,
 //! and puts it back in the outbox.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use palisade_db::{Db, DbConfig, outbox};
 
 const DEAD_ID: &str = "0190b5a0-0000-7000-8000-00000000dead";
 
 fn palisade(args: &[&str], data_dir: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palisade"))
+    palisade_testkit::palisade_command(env!("CARGO_BIN_EXE_palisade"))
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)

@@ -24,7 +24,7 @@ async fn credentials_never_reach_logs_or_spans() -> anyhow::Result<()> {
     let base = free_port_base();
     let stdout = std::fs::File::create(dir.path().join("dev.out"))?;
     let stderr = std::fs::File::create(dir.path().join("dev.log"))?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+    let mut child = palisade_testkit::palisade_command(env!("CARGO_BIN_EXE_palisade"))
         .args(["dev", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--port-base", &base.to_string()])

@@ -21,7 +21,7 @@ const COMPONENTS: [&str; 4] = ["identity", "compliance", "observability", "gatew
 async fn components_in_separate_processes_form_one_mesh() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    let status = Command::new(env!("CARGO_BIN_EXE_palisade"))
+    let status = palisade_testkit::palisade_command(env!("CARGO_BIN_EXE_palisade"))
         .args(["certs", "init", "--dir"])
         .arg(&certs)
         .status()?;
@@ -121,7 +121,7 @@ impl Process {
         (grpc, admin): (u16, u16),
         urls: [String; 4],
     ) -> anyhow::Result<Process> {
-        let child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        let child = palisade_testkit::palisade_command(env!("CARGO_BIN_EXE_palisade"))
             .args(["serve", name])
             .args(["--listen", &format!("127.0.0.1:{grpc}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])

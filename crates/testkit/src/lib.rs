@@ -490,3 +490,16 @@ fn unary_series(counter: &str, component: Component, service: &str, labels: &str
         component.name()
     )
 }
+
+/// A command running `program` (the `palisade` binary under test) without the `PALISADE_*`
+/// settings of whoever runs the tests: a `PALISADE_DATABASE_URL` exported for real work
+/// must not have a test migrate and write into that database.
+pub fn palisade_command(program: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PALISADE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
