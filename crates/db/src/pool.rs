@@ -281,11 +281,19 @@ fn with_sqlite_pragmas(options: AnyPoolOptions) -> AnyPoolOptions {
 }
 
 /// Creates the file's directory and switches the file to WAL once, on a connection of its own.
+/// Directories it creates are its owner's alone (0700): the database holds password hashes,
+/// API key hashes and, unless a KEK seals them, token-signing keys, and SQLite makes its files
+/// readable by all under the usual umask. A directory that exists is left as it is.
 async fn prepare_sqlite(url: &str) -> Result<()> {
     if let Some(path) = sqlite_path(url)
         && let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
     {
-        tokio::fs::create_dir_all(dir)
+        let mut builder = tokio::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        builder.mode(0o700);
+        builder
+            .create(dir)
             .await
             .map_err(|source| Error::CreateDir {
                 path: dir.to_owned(),

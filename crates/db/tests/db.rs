@@ -97,6 +97,12 @@ async fn sqlite_creates_its_directory_and_applies_pragmas() {
         .unwrap();
     assert_eq!(db.backend(), Backend::Sqlite);
     assert!(data_dir.join("identity.db").is_file());
+    #[cfg(unix)]
+    for made in [&data_dir, &dir.path().join("nested")] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(made).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", made.display());
+    }
 
     let mut conn = db.pool().acquire().await.unwrap();
     let journal: String = sqlx::query_scalar("PRAGMA journal_mode")

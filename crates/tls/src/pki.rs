@@ -52,7 +52,14 @@ pub fn init(dir: &Path, trust_domain: &str, names: &[&str], extra_dns: &[String]
     if missing()?.is_empty() && exists(&ca_cert)? && exists(&ca_key)? {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+    // The owner's alone, like the keys in it (a directory that exists is left as it is).
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|source| io_error(dir, source))?;
     let _lock = lock_dir(dir)?;
     // Looked at again under the lock: another init may have written some of it meanwhile.
     let todo = missing()?;

@@ -18,6 +18,12 @@ async fn init_creates_files_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     pki::init(&certs, DEFAULT_TRUST_DOMAIN, &["identity", "gateway"], &[]).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&certs).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the certs dir is its owner's alone");
+    }
 
     for file in [
         "ca.crt",
