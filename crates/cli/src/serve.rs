@@ -257,6 +257,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let listen = (args.listen).unwrap_or_else(|| default_listen(component));
+    if component == Component::Gateway
+        && args.public_tls_cert.is_none()
+        && !listen.ip().is_loopback()
+    {
+        // Fine behind a proxy or load balancer that terminates TLS; otherwise passwords and
+        // API keys cross the network in clear.
+        tracing::warn!(%listen, "the public port speaks plaintext (h2c, HTTP/1.1): give it --public-tls-cert/--public-tls-key unless TLS ends in front of it");
+    }
     let grpc = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
