@@ -26,8 +26,14 @@ enum Command {
         #[arg(long, env = "PALISADE_DATA_DIR", default_value = ".palisade")]
         data_dir: PathBuf,
         /// The gateway listens here; identity, compliance and observability on the next three
-        /// ports; their admin HTTP ports (metrics, health, readiness) ten above each.
-        #[arg(long, env = "PALISADE_PORT_BASE", default_value_t = Ports::DEV.gateway)]
+        /// ports; their admin HTTP ports (metrics, health, readiness) ten above each (1 to
+        /// 65522, so the last admin port, 13 above, is a port).
+        #[arg(
+            long,
+            env = "PALISADE_PORT_BASE",
+            default_value_t = Ports::DEV.gateway,
+            value_parser = clap::value_parser!(u16).range(1..=65522)
+        )]
         port_base: u16,
         /// Browser origins (comma-separated, `*` for any) allowed to call the gateway's REST
         /// and gRPC-Web routes, e.g. a web app's dev server; none by default.
@@ -139,5 +145,19 @@ async fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Pretty);
             dead_letters::run(args).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_base_leaves_room_for_every_admin_port() {
+        for bad in ["0", "65523", "65535"] {
+            let parsed = Cli::try_parse_from(["palisade", "dev", "--port-base", bad]);
+            assert!(parsed.is_err(), "{bad}");
+        }
+        assert!(Cli::try_parse_from(["palisade", "dev", "--port-base", "65522"]).is_ok());
     }
 }
