@@ -56,6 +56,12 @@ impl Db {
             Backend::Postgres => &migrations.postgres,
         };
         let mut conn = self.pool().acquire().await?;
+        // sqlx lets go of its migration lock (session-level, one per database) only when a
+        // run succeeds: closed after use, this session releases it whatever happened, so a
+        // failed or cancelled run leaves no idle connection in this pool holding it, and a
+        // retry, another replica or another service migrating in the database is not left
+        // waiting.
+        conn.close_on_drop();
         if self.backend() == Backend::Postgres {
             // Migrations are platform work: they see every tenant's rows (for this session; the
             // pool sets the scope again when it hands the connection out next). Under the empty
@@ -67,14 +73,7 @@ impl Db {
                 .execute(&mut *conn)
                 .await?;
         }
-        if let Err(error) = migrator.run(&mut *conn).await {
-            // sqlx lets go of its migration lock (session-level, one per database) only on
-            // success: closed, this session releases it, so a retry or another replica or
-            // service migrating in the same database is not left waiting on an idle
-            // connection in this pool.
-            let _ = conn.close().await;
-            return Err(error.into());
-        }
+        migrator.run(&mut *conn).await?;
         Ok(())
     }
 

@@ -36,6 +36,7 @@ pub fn init(dir: &Path, trust_domain: &str, names: &[&str], extra_dns: &[String]
     // Check everything before writing anything, so a bad name leaves the dir untouched.
     let mut wanted = Vec::new();
     for &name in names {
+        validate_name(name)?;
         let spiffe = SpiffeId::parse(&SpiffeId::component(trust_domain, name).to_string())?;
         wanted.push((name, spiffe));
     }
@@ -48,8 +49,11 @@ pub fn init(dir: &Path, trust_domain: &str, names: &[&str], extra_dns: &[String]
         }
         Ok(missing)
     };
+    // Without the lock this is only a hint: another init may be between a key and its
+    // certificate, which the look under the lock below waits out.
     let (ca_cert, ca_key) = ca_paths(dir);
-    if missing()?.is_empty() && exists(&ca_cert)? && exists(&ca_key)? {
+    let complete = matches!(missing(), Ok(missing) if missing.is_empty());
+    if complete && exists(&ca_cert)? && exists(&ca_key)? {
         return Ok(());
     }
     // The owner's alone, like the keys in it (a directory that exists is left as it is).
