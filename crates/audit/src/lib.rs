@@ -51,7 +51,7 @@ impl AuditRecord<'_> {
                 tenant_id: self.actor_tenant.to_string(),
                 id: p.id.clone(),
                 r#type: principal_type(p.kind) as i32,
-                // Not recorded: the chain's canonical bytes are rebuilt from stored columns.
+                // Not recorded: the audit log names who acted, not which sign-in session.
                 session_id: String::new(),
             }),
             resource: self.resource.to_owned(),
@@ -63,9 +63,9 @@ impl AuditRecord<'_> {
                 ip_address: origin.ip.unwrap_or_default(),
                 user_agent: origin.user_agent.unwrap_or_default(),
             }),
-            attributes: self
-                .attributes
-                .iter()
+            // An empty value says nothing an absent one does not, and the chain leaves it out.
+            attributes: (self.attributes.iter())
+                .filter(|(_, value)| !value.is_empty())
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
             ..AuditEvent::default()

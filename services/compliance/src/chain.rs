@@ -3,8 +3,10 @@
 //! Chain version 1: `hash = SHA-256(previous_hash || canonical_bytes)`, where the canonical
 //! bytes are the protobuf encoding of the `AuditEvent` with its output-only fields (`name`,
 //! `sequence`, `hash`, `previous_hash`) cleared. Prost encodes fields in field-number order and
-//! `attributes` is a sorted map, so the encoding is deterministic. The first event of a tenant
-//! chains from [`GENESIS_HASH`].
+//! `attributes` is a sorted map, so the encoding is deterministic. Attributes with an empty key
+//! or value are left out: prost writes a map entry without its empty half, where most other
+//! encoders (upb, C++, Go, Java) write both, so such an entry would give verifiers in other
+//! languages other bytes. The first event of a tenant chains from [`GENESIS_HASH`].
 
 use palisade_proto::palisade::compliance::v1::AuditEvent;
 use prost::Message;
@@ -20,6 +22,10 @@ pub fn canonical_bytes(event: &AuditEvent) -> Vec<u8> {
         previous_hash: Vec::new(),
         // Personal data lives beside the chain so that erasing it leaves the chain whole.
         origin: None,
+        attributes: (event.attributes.iter())
+            .filter(|(key, value)| !key.is_empty() && !value.is_empty())
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
         ..event.clone()
     };
     canonical.encode_to_vec()
@@ -35,6 +41,22 @@ pub fn chain_hash(previous_hash: &[u8], canonical: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_attributes_are_left_out_and_entries_are_written_whole() {
+        let event = |attributes: &[(&str, &str)]| AuditEvent {
+            event_id: "e1".into(),
+            attributes: (attributes.iter())
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..AuditEvent::default()
+        };
+        let bytes = canonical_bytes(&event(&[("roles", ""), ("", "x"), ("b", "y")]));
+        assert_eq!(bytes, canonical_bytes(&event(&[("b", "y")])));
+        // The one entry as any encoder writes it: field 11, key (field 1) and value (field 2).
+        let entry = [0x5a, 6, 0x0a, 1, b'b', 0x12, 1, b'y'];
+        assert!(bytes.ends_with(&entry), "{bytes:02x?}");
+    }
 
     #[test]
     fn output_fields_do_not_change_the_canonical_bytes() {

@@ -47,8 +47,16 @@ pub struct Term {
 /// and bound values for the database to plan.
 pub const MAX_TERMS: usize = 16;
 
+/// The longest filter, in bytes: room for [`MAX_TERMS`] comparisons with long values. Checked
+/// before the filter is split into tokens, so a request carrying megabytes of filter (a few
+/// kilobytes gzipped) costs no token per word.
+pub const MAX_FILTER_BYTES: usize = 8 * 1024;
+
 /// Parses `filter` against the allowed `fields`; an empty filter is no terms.
 pub fn parse_filter(filter: &str, fields: &[FilterField]) -> Result<Vec<Term>, ApiError> {
+    if filter.len() > MAX_FILTER_BYTES {
+        return Err(invalid(&format!("is longer than {MAX_FILTER_BYTES} bytes")));
+    }
     let tokens = tokenize(filter)?;
     let mut terms = Vec::new();
     let mut rest = tokens.as_slice();
@@ -238,5 +246,8 @@ mod tests {
         assert_eq!(check(&joined(MAX_TERMS)).unwrap().len(), MAX_TERMS);
         let error = check(&joined(MAX_TERMS + 1)).unwrap_err();
         assert!(error.contains("more than 16 comparisons"), "{error}");
+        let long = "a ".repeat(MAX_FILTER_BYTES);
+        let error = check(&long).unwrap_err();
+        assert!(error.contains("longer than 8192 bytes"), "{error}");
     }
 }
