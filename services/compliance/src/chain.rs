@@ -2,11 +2,15 @@
 //!
 //! Chain version 1: `hash = SHA-256(previous_hash || canonical_bytes)`, where the canonical
 //! bytes are the protobuf encoding of the `AuditEvent` with its output-only fields (`name`,
-//! `sequence`, `hash`, `previous_hash`) cleared. Prost encodes fields in field-number order and
-//! `attributes` is a sorted map, so the encoding is deterministic. Attributes with an empty key
-//! or value are left out: prost writes a map entry without its empty half, where most other
-//! encoders (upb, C++, Go, Java) write both, so such an entry would give verifiers in other
-//! languages other bytes. The first event of a tenant chains from [`GENESIS_HASH`].
+//! `sequence`, `hash`, `previous_hash`, `origin`) cleared. Prost encodes fields in field-number
+//! order and `attributes` is a sorted map, so the encoding is deterministic. The first event of
+//! a tenant chains from [`GENESIS_HASH`].
+//!
+//! Events are appended without attributes that have an empty key or value
+//! ([`without_empty_attributes`]): prost writes a map entry without its empty half, where most
+//! other encoders (upb, C++, Go, Java) write both, so such an entry would give verifiers in
+//! other languages other bytes. Events stored before that rule keep theirs, and
+//! [`canonical_bytes`] (plain prost) still reproduces their hash.
 
 use palisade_proto::palisade::compliance::v1::AuditEvent;
 use prost::Message;
@@ -22,13 +26,21 @@ pub fn canonical_bytes(event: &AuditEvent) -> Vec<u8> {
         previous_hash: Vec::new(),
         // Personal data lives beside the chain so that erasing it leaves the chain whole.
         origin: None,
+        ..event.clone()
+    };
+    canonical.encode_to_vec()
+}
+
+/// `event` as it is appended: without attributes whose key or value is empty, which say
+/// nothing an absent one does not and which encoders disagree on.
+pub fn without_empty_attributes(event: &AuditEvent) -> AuditEvent {
+    AuditEvent {
         attributes: (event.attributes.iter())
             .filter(|(key, value)| !key.is_empty() && !value.is_empty())
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect(),
         ..event.clone()
-    };
-    canonical.encode_to_vec()
+    }
 }
 
 pub fn chain_hash(previous_hash: &[u8], canonical: &[u8]) -> Vec<u8> {
@@ -51,7 +63,8 @@ mod tests {
                 .collect(),
             ..AuditEvent::default()
         };
-        let bytes = canonical_bytes(&event(&[("roles", ""), ("", "x"), ("b", "y")]));
+        let appended = without_empty_attributes(&event(&[("roles", ""), ("", "x"), ("b", "y")]));
+        let bytes = canonical_bytes(&appended);
         assert_eq!(bytes, canonical_bytes(&event(&[("b", "y")])));
         // The one entry as any encoder writes it: field 11, key (field 1) and value (field 2).
         let entry = [0x5a, 6, 0x0a, 1, b'b', 0x12, 1, b'y'];

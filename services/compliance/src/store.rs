@@ -9,7 +9,7 @@ use palisade_tenancy::TenantId;
 use prost::Message;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use crate::chain::{GENESIS_HASH, canonical_bytes, chain_hash};
+use crate::chain::{GENESIS_HASH, canonical_bytes, chain_hash, without_empty_attributes};
 
 /// A condition on listed events, already validated.
 #[derive(Clone, Debug)]
@@ -67,7 +67,7 @@ impl AuditStore {
                     outcome.duplicates += 1;
                     continue;
                 }
-                let canonical = canonical_bytes(event);
+                let canonical = canonical_bytes(&without_empty_attributes(event));
                 let next_hash = chain_hash(&hash, &canonical);
                 let previous_hash = std::mem::replace(&mut hash, next_hash.clone());
                 sequence += 1;
