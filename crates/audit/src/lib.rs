@@ -63,9 +63,7 @@ impl AuditRecord<'_> {
                 ip_address: origin.ip.unwrap_or_default(),
                 user_agent: origin.user_agent.unwrap_or_default(),
             }),
-            // An empty value says nothing an absent one does not, and the chain leaves it out.
             attributes: (self.attributes.iter())
-                .filter(|(_, value)| !value.is_empty())
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
             ..AuditEvent::default()
