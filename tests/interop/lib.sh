@@ -52,8 +52,14 @@ start_mesh() {
   for attempt in 1 2 3; do
     PALISADE_PORT_BASE="$(free_port_block)"
     rm -rf "$work/data"
-    "$palisade" dev --data-dir "$work/data" --port-base "$PALISADE_PORT_BASE" \
-      >"$work/dev.out" 2>"$work/dev.log" &
+    # The mesh gets no `PALISADE_*` setting from the caller's environment (an exported
+    # `PALISADE_DATABASE_URL` would point it at that database): only the flags below.
+    local inherited=() name
+    for name in $(compgen -e); do
+      [[ "$name" == PALISADE_* ]] && inherited+=(-u "$name")
+    done
+    env "${inherited[@]}" "$palisade" dev --data-dir "$work/data" \
+      --port-base "$PALISADE_PORT_BASE" >"$work/dev.out" 2>"$work/dev.log" &
     mesh_pid=$!
     local _
     for _ in $(seq 300); do

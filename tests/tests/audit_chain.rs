@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use palisade_compliance::{GENESIS_HASH, canonical_bytes, chain_hash};
 use palisade_proto::palisade::compliance::v1::{
-    AppendEventsRequest, AuditEvent, ListAuditEventsRequest, RequestOrigin,
+    AppendEventsRequest, AuditEvent, ListAuditEventsRequest, Outcome, RequestOrigin,
     audit_service_client::AuditServiceClient,
 };
 use palisade_testkit::{Component, Mesh};
@@ -21,6 +21,7 @@ fn event(tenant: &str, action: &str) -> AuditEvent {
         resource: format!("tenants/{tenant}"),
         occur_time: Some(prost_types::Timestamp::from(SystemTime::now())),
         source: "identity".to_owned(),
+        outcome: Outcome::Success.into(),
         ..AuditEvent::default()
     }
 }

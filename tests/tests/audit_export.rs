@@ -6,7 +6,7 @@ mod common;
 
 use common::{expect_code, reason, violated_fields};
 use palisade_proto::palisade::compliance::v1::{
-    AppendEventsRequest, AuditEvent, ExportAuditEventsRequest,
+    AppendEventsRequest, AuditEvent, ExportAuditEventsRequest, Outcome,
     audit_service_client::AuditServiceClient,
 };
 use palisade_testkit::{Component, Mesh};
@@ -129,6 +129,7 @@ fn event(tenant_id: &str, index: usize) -> AuditEvent {
         resource: format!("tenants/{tenant_id}/things/{index}"),
         occur_time: Some(Default::default()),
         source: "identity".to_owned(),
+        outcome: Outcome::Success.into(),
         ..AuditEvent::default()
     }
 }

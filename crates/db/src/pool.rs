@@ -280,14 +280,16 @@ fn with_sqlite_pragmas(options: AnyPoolOptions) -> AnyPoolOptions {
     })
 }
 
-/// Creates the file's directory and switches the file to WAL once, on a connection of its own.
-/// Directories it creates are its owner's alone (0700): the database holds password hashes,
-/// API key hashes and, unless a KEK seals them, token-signing keys, and SQLite makes its files
-/// readable by all under the usual umask. A directory that exists is left as it is.
+/// Creates the file's directory and the file, and switches it to WAL once, on a connection of
+/// its own. What it creates is its owner's alone (directories 0700, the file 0600): the
+/// database holds password hashes, API key hashes and, unless a KEK seals them, token-signing
+/// keys, and SQLite makes its files readable by all under the usual umask. What exists is left
+/// as it is, with a warning if others may read it.
 async fn prepare_sqlite(url: &str) -> Result<()> {
-    if let Some(path) = sqlite_path(url)
-        && let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
-    {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(());
+    };
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         let mut builder = tokio::fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -300,12 +302,65 @@ async fn prepare_sqlite(url: &str) -> Result<()> {
                 source,
             })?;
     }
+    #[cfg(unix)]
+    {
+        create_private_file(&path).await?;
+        warn_if_others_may_read(&path).await;
+    }
     let mut conn = AnyConnection::connect(url).await?;
     sqlx::query("PRAGMA journal_mode = WAL")
         .execute(&mut conn)
         .await?;
     conn.close().await?;
     Ok(())
+}
+
+/// Creates the database file, unless it exists, readable and writable by its owner only.
+/// SQLite opens a file that exists as it finds it, and gives the `-wal` and `-shm` files it
+/// makes beside it the same mode.
+#[cfg(unix)]
+async fn create_private_file(path: &Path) -> Result<()> {
+    let created = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(Error::Unreachable {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Logs a warning for each of the database's files that others than its owner may read, as
+/// files made before Palisade created them 0600 are (or a restored copy may be).
+#[cfg(unix)]
+async fn warn_if_others_may_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut names = vec![path.to_owned()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        names.push(PathBuf::from(name));
+    }
+    for name in names {
+        let Ok(metadata) = tokio::fs::metadata(&name).await else {
+            continue;
+        };
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %name.display(),
+                mode = format!("{mode:o}"),
+                "the database file may be read by other users; it holds password and API key \
+                 hashes (and token-signing keys unless a KEK seals them): `chmod 600` it"
+            );
+        }
+    }
 }
 
 async fn create_schema(url: &str, schema: &str) -> Result<()> {

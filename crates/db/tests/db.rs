@@ -125,6 +125,20 @@ async fn sqlite_creates_its_directory_and_applies_pragmas() {
     assert_eq!(synchronous, 1, "NORMAL");
     assert_eq!(foreign_keys, 1);
     assert_eq!(busy_timeout, 5000);
+    // A write, so SQLite has made its `-wal` and `-shm` files too: all the owner's alone.
+    sqlx::query("CREATE TABLE written (id INTEGER)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    #[cfg(unix)]
+    for file in ["identity.db", "identity.db-wal", "identity.db-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data_dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
     drop(conn);
     db.close().await;
 }

@@ -9,7 +9,7 @@ use palisade_grpc::{
 };
 use palisade_proto::palisade::compliance::v1::{
     AppendEventsRequest, AppendEventsResponse, AuditEvent, ExportAuditEventsRequest,
-    ListAuditEventsRequest, ListAuditEventsResponse, audit_service_server::AuditService,
+    ListAuditEventsRequest, ListAuditEventsResponse, Outcome, audit_service_server::AuditService,
 };
 use palisade_tenancy::{TenantContext, TenantId};
 // `ReceiverStream` from the `tokio-stream` that tonic re-exports: no extra dependency.
@@ -233,6 +233,18 @@ fn validate_batch(events: &[AuditEvent], caller: &str) -> Result<(), ApiError> {
             )),
             Some(_) => {}
         }
+        // Every producer knows how its action ended; a number outside the enum would be
+        // chained as given and read back as a value no client can name.
+        let outcome_known = matches!(
+            Outcome::try_from(event.outcome),
+            Ok(Outcome::Success | Outcome::Failure | Outcome::Denied)
+        );
+        if !outcome_known {
+            violations.push(FieldViolation::new(
+                field("outcome"),
+                "must be OUTCOME_SUCCESS, OUTCOME_FAILURE or OUTCOME_DENIED",
+            ));
+        }
         if event.source != caller {
             violations.push(FieldViolation::new(
                 field("source"),
@@ -314,6 +326,7 @@ mod tests {
             action: "identity.users.create".into(),
             occur_time: Some(prost_types::Timestamp::default()),
             source: "identity".into(),
+            outcome: Outcome::Success.into(),
             ..AuditEvent::default()
         }
     }
@@ -362,6 +375,28 @@ mod tests {
                 violated_fields(&[event], "identity"),
                 ["events[0].occur_time"],
                 "{seconds}s {nanos}ns"
+            );
+        }
+    }
+
+    #[test]
+    fn an_outcome_must_say_how_the_action_ended() {
+        for outcome in [Outcome::Success, Outcome::Failure, Outcome::Denied] {
+            let event = AuditEvent {
+                outcome: outcome.into(),
+                ..event()
+            };
+            assert!(
+                violated_fields(&[event], "identity").is_empty(),
+                "{outcome:?}"
+            );
+        }
+        for outcome in [Outcome::Unspecified as i32, 4, -1, i32::MAX] {
+            let event = AuditEvent { outcome, ..event() };
+            assert_eq!(
+                violated_fields(&[event], "identity"),
+                ["events[0].outcome"],
+                "{outcome}"
             );
         }
     }
