@@ -13,6 +13,7 @@ use palisade_proto::palisade::identity::v1::{
     RevokeApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
 };
 use palisade_testkit::{Component, Mesh, with_api_key};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, transport::Channel};
 
 use keys_kit::*;
@@ -232,6 +233,57 @@ async fn revoking_a_key_revokes_the_keys_made_with_it() -> anyhow::Result<()> {
         let again = keys.revoke_api_key(revoke(&leaked.name, &admin)).await?;
         assert_eq!(again.into_inner().revoke_time, leaked_revoked_at);
         expect_state(&mut keys, &made.name, &admin, ApiKeyState::Revoked, backend).await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
+/// A `ttl` counts from when the key is stamped, after the call has waited for the tenant's
+/// row; a key made with a key still expires no later than its maker, however long it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_waited_still_expires_no_later_than_its_maker() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        // The gateway trusts the maker once verified, so only the create waits for the lock.
+        let mesh = (builder.with_api_key_cache_ttl(Duration::from_secs(60)))
+            .start()
+            .await?;
+        let (admin, mut keys) = acme_admin(&mesh).await?;
+        let maker = create(
+            &mut keys,
+            with_bearer(service_account_key("ci", 10), &admin),
+        )
+        .await?;
+        let makers_expiry = maker.api_key.unwrap().expire_time.unwrap();
+        let first_use = with_api_key(service_account_key("warm", 1), &maker.key);
+        create(&mut keys, first_use).await?;
+        // A `ttl` ending a second before the maker's expiry, on a call that then waits two.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+        let mut request = service_account_key("late", 1);
+        request.ttl = Some(prost_types::Duration {
+            seconds: makers_expiry.seconds - now - 1,
+            nanos: 0,
+        });
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut holder = db.begin().await?;
+        sqlx::query("UPDATE tenants SET update_time = update_time WHERE id = 'acme'")
+            .execute(&mut *holder)
+            .await?;
+        let making = tokio::spawn({
+            let mut keys = keys.clone();
+            let request = with_api_key(request, &maker.key);
+            async move { keys.create_api_key(request).await }
+        });
+        until_a_call_waits_for_a_lock(&db, &mut holder, backend).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        holder.commit().await?;
+        let made = making.await??.into_inner().api_key.unwrap();
+        let expiry = made.expire_time.unwrap();
+        assert!(
+            (expiry.seconds, expiry.nanos) <= (makers_expiry.seconds, makers_expiry.nanos),
+            "{backend}: {expiry:?} is after the maker's {makers_expiry:?}"
+        );
+        db.close().await;
         mesh.stop().await?;
     }
     Ok(())

@@ -379,6 +379,58 @@ async fn a_password_reset_judged_before_the_users_role_widens_is_aborted() -> an
     Ok(())
 }
 
+/// A permission a custom role stored before it left the catalogue (its method removed or made
+/// internal by an upgrade) grants nothing, so nobody need hold it: the tenant's admin still
+/// renames the role and makes users with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_permission_does_not_lock_a_role_away_from_its_tenant() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        populate(&mesh, &[("acme", "ada@acme.example", "admin")]).await?;
+        RoleServiceClient::new(mesh.gateway())
+            .create_role(mesh.as_operator(new_role("acme", "reporter", &["identity.users.get"])))
+            .await?;
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        sqlx::query(
+            "INSERT INTO role_permissions (tenant_id, role_id, permission) \
+             VALUES ('acme', 'reporter', 'identity.retired.method')",
+        )
+        .execute(db.pool())
+        .await?;
+        db.close().await;
+        let admin = login(mesh.gateway(), "acme", "ada@acme.example").await?;
+
+        let renamed = RoleServiceClient::new(mesh.gateway())
+            .update_role(with_bearer(
+                UpdateRoleRequest {
+                    role: Some(Role {
+                        name: "tenants/acme/roles/reporter".into(),
+                        display_name: "Reporters".into(),
+                        ..Role::default()
+                    }),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["display_name".into()],
+                    }),
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(renamed.display_name, "Reporters", "{backend}");
+        let made = UserServiceClient::new(mesh.gateway())
+            .create_user(with_bearer(
+                new_user("acme", "rita@acme.example", &["reporter"]),
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(made.roles, ["reporter"], "{backend}");
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
 /// Acme's custom role `reporter` widened beyond a manager's rights (`identity.tenants.update`
 /// added), in a transaction the test holds open with the role's row locked, as `UpdateRole`
 /// locks it.

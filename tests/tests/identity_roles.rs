@@ -484,6 +484,17 @@ async fn bad_role_input_names_the_fields() -> anyhow::Result<()> {
             violated_fields(&expect_code(unknown_filter, Code::InvalidArgument)),
             ["filter"]
         );
+        // Too many roles to look up (more than either database takes as query parameters) is
+        // bad input, told before any lookup.
+        let hoarder: Vec<String> = (0..70_000).map(|n| format!("r{n:05}")).collect();
+        let hoarder: Vec<&str> = hoarder.iter().map(String::as_str).collect();
+        let too_many = users
+            .create_user(mesh.as_operator(new_user("acme", "hoarder@example.com", &hoarder)))
+            .await;
+        assert_eq!(
+            violated_fields(&expect_code(too_many, Code::InvalidArgument)),
+            ["user.roles"]
+        );
         mesh.stop().await?;
     }
     Ok(())

@@ -10,6 +10,16 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The `ErrorInfo.domain` of every Palisade error.
 pub const ERROR_DOMAIN: &str = "palisade.dev";
 
+/// Client text echoed in an error message, cut to its first 64 characters (and `…`): a huge
+/// value would otherwise come back whole in the status message and again in its details, which
+/// travel as HTTP/2 trailers a proxy may refuse.
+pub fn echoed(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// One bad field of a request: its path (`tenant.display_name`) and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -224,6 +234,14 @@ fn describe(violations: &[FieldViolation]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_text_is_cut_at_64_characters() {
+        assert_eq!(echoed("ghost-role"), "ghost-role");
+        let long = "é".repeat(64);
+        assert_eq!(echoed(&long), long);
+        assert_eq!(echoed(&format!("{long}x")), format!("{long}…"));
+    }
 
     #[test]
     fn bad_input_carries_field_violations_and_reason() {

@@ -22,7 +22,7 @@ pub use authorizer::{Authorizer, Decision, RemoteAuthorizer, principal_type};
 pub use caller::Caller;
 pub use client::{MeshChannel, mesh_channel, observed};
 pub use denial_audit::{DenialAuditLayer, DenialAuditService, DenialSink, DeniedCall, note_target};
-pub use error::{ApiError, ERROR_DOMAIN, FieldViolation};
+pub use error::{ApiError, ERROR_DOMAIN, FieldViolation, echoed};
 pub use kit::{ComponentKit, Listeners};
 pub use observe::{
     ClientObserveLayer, Observe, ServedTenant, ServerObserveLayer, TenantCounter, code_name,

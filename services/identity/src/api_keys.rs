@@ -187,17 +187,22 @@ pub fn validate_create(
     }
 }
 
+/// More scopes than this on one key is a mistake or an attack: the whole catalogue is a few
+/// dozen permissions. Refused before each is looked at, so the answer stays one violation.
+const MAX_SCOPES: usize = 1000;
+
 fn check_scopes(
     scopes: &[String],
     tenant: Option<&TenantId>,
     rules: &KeyRules,
     violations: &mut Vec<FieldViolation>,
 ) -> Vec<String> {
-    if scopes.is_empty() {
+    if scopes.is_empty() || scopes.len() > MAX_SCOPES {
         violations.push(FieldViolation::new(
             "api_key.scopes",
-            "must name at least one permission",
+            format!("must name 1 to {MAX_SCOPES} permissions"),
         ));
+        return Vec::new();
     }
     let mut valid = BTreeSet::new();
     for (index, scope) in scopes.iter().enumerate() {
@@ -217,7 +222,7 @@ fn check_scopes(
         } else {
             violations.push(FieldViolation::new(
                 field(),
-                format!("unknown permission {scope:?}"),
+                format!("unknown permission {:?}", palisade_grpc::echoed(scope)),
             ));
         }
     }
@@ -441,6 +446,18 @@ mod tests {
             }
             Err(other) => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// Too many scopes is one violation, not one per unknown scope.
+    #[test]
+    fn scopes_are_bounded_before_each_is_checked() {
+        let caller = user_of("acme");
+        let unknown: Vec<String> = (0..=MAX_SCOPES).map(|n| format!("no.such.{n}")).collect();
+        let unknown: Vec<&str> = unknown.iter().map(String::as_str).collect();
+        let too_many = request("tenants/acme", &unknown, Some(30));
+        assert_eq!(violations(&too_many, &caller), ["api_key.scopes"]);
+        let none = request("tenants/acme", &[], Some(30));
+        assert_eq!(violations(&none, &caller), ["api_key.scopes"]);
     }
 
     #[test]

@@ -103,6 +103,16 @@ impl Roles {
         self.catalogue.contains(permission)
     }
 
+    /// Those of a role's stored `permissions` it still grants: a permission that has left the
+    /// catalogue since (its method removed or made internal) grants nothing, so passing it on
+    /// or taking it away needs no one to hold it.
+    pub fn still_granted(&self, permissions: &BTreeSet<String>) -> BTreeSet<String> {
+        (permissions.iter())
+            .filter(|permission| self.in_catalogue(permission))
+            .cloned()
+            .collect()
+    }
+
     /// Whether some of `roles` are not built-in, i.e. name custom roles of the user's tenant.
     pub fn any_custom(&self, roles: &[String]) -> bool {
         roles.iter().any(|role| !self.is_known(role))

@@ -101,11 +101,26 @@ fn check_display_name(value: &str, violations: &mut Vec<FieldViolation>) -> Opti
         .ok()
 }
 
+/// More roles than this on a new user is a mistake or an attack, not a user: a tenant has five
+/// built-in roles and rarely more than a few dozen of its own. More can be assigned later.
+pub const MAX_ROLES_ON_CREATE: usize = 100;
+
+/// Refuses a `user.roles` longer than [`MAX_ROLES_ON_CREATE`].
+pub fn check_role_count(roles: &[String]) -> Result<(), ApiError> {
+    if roles.len() > MAX_ROLES_ON_CREATE {
+        return Err(ApiError::invalid(
+            "user.roles",
+            format!("must name at most {MAX_ROLES_ON_CREATE} roles"),
+        ));
+    }
+    Ok(())
+}
+
 /// Why `role` is refused: it is neither built-in nor a custom role of the tenant.
 pub fn unknown_role(role: &str) -> String {
-    let shown: String = role.chars().take(64).collect();
     format!(
-        "unknown role {shown:?}; roles are the built-in {} and the tenant's custom roles",
+        "unknown role {:?}; roles are the built-in {} and the tenant's custom roles",
+        palisade_grpc::echoed(role),
         crate::roles::BUILT_IN.join(", ")
     )
 }

@@ -41,11 +41,11 @@ pub fn update_paths(
         .iter()
         .filter(|path| **path != "*" && !updatable.contains(path) && !read_only.contains(path))
         .map(|path| {
-            let shown: String = path.chars().take(64).collect();
             FieldViolation::new(
                 "update_mask",
                 format!(
-                    "unknown path {shown:?}; updatable: {}",
+                    "unknown path {:?}; updatable: {}",
+                    crate::echoed(path),
                     updatable.join(", ")
                 ),
             )

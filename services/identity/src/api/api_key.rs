@@ -156,7 +156,8 @@ impl ApiKeyService for ApiKeyApi {
             .map(|key| key.scopes.as_slice())
             .unwrap_or_default();
         self.require_scopes_held(&caller, &key, requested).await?;
-        self.require_callers_key_may_make(&caller, &request, &key)
+        let makers_expiry = self
+            .require_callers_key_may_make(&caller, &request, &key)
             .await?;
 
         let minted = api_keys::mint();
@@ -197,6 +198,11 @@ impl ApiKeyService for ApiKeyApi {
         key.create_time += waited;
         if request.ttl.is_some() {
             key.expire_time = key.expire_time.saturating_add(waited);
+        }
+        // Still no later than the key it was made with, however long the call waited: else
+        // each generation of keys could gain the wait on its maker, and outlive the chain's root.
+        if let Some(makers_expiry) = makers_expiry {
+            key.expire_time = key.expire_time.min(makers_expiry);
         }
         self.store.insert_api_key(&mut tx, &key).await?;
         let attributes = vec![

@@ -65,7 +65,8 @@ impl RoleApi {
         caller: &Caller,
         permissions: &BTreeSet<String>,
     ) -> Result<(), ApiError> {
-        if self.authz.holds_all(&caller.context, permissions).await? {
+        let granted = self.roles().still_granted(permissions);
+        if self.authz.holds_all(&caller.context, &granted).await? {
             Ok(())
         } else {
             Err(ApiError::PermissionDenied {
@@ -479,11 +480,11 @@ fn parse_filter(filter: &str, roles: &Roles) -> Result<ListFilter, ApiError> {
                 parsed.custom &= !wants_built_in;
             }
             _ if !roles.in_catalogue(&term.value) => {
-                let shown: String = term.value.chars().take(64).collect();
                 return Err(ApiError::invalid(
                     "filter",
                     format!(
-                        "unknown permission {shown:?}; the catalogue is the admin role's permissions"
+                        "unknown permission {:?}; the catalogue is the admin role's permissions",
+                        palisade_grpc::echoed(&term.value)
                     ),
                 ));
             }

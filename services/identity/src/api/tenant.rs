@@ -275,7 +275,7 @@ impl TenantService for TenantApi {
                 "feature",
                 format!(
                     "unknown feature {:?}; known: {}",
-                    request.feature,
+                    palisade_grpc::echoed(&request.feature),
                     plans::FEATURES.join(", ")
                 ),
             )

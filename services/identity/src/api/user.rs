@@ -89,7 +89,8 @@ impl UserApi {
         role: &str,
         granted: &BTreeSet<String>,
     ) -> Result<(), ApiError> {
-        if self.authz.holds_all(&caller.context, granted).await? {
+        let granted = self.roles().still_granted(granted);
+        if self.authz.holds_all(&caller.context, &granted).await? {
             Ok(())
         } else {
             Err(ApiError::PermissionDenied {
@@ -216,6 +217,10 @@ impl UserService for UserApi {
         // Isolation comes before validation, so another tenant's callers learn nothing.
         if let Ok(tenant) = users::parse_parent(&request.parent) {
             require_own_tenant(&caller, &tenant)?;
+        }
+        // Bounded before the roles are looked up, one query parameter each.
+        if let Some(user) = &request.user {
+            users::check_role_count(&user.roles)?;
         }
         let custom = match (users::parse_parent(&request.parent), &request.user) {
             (Ok(tenant), Some(user)) => self.custom_roles_among(&tenant, &user.roles).await?,

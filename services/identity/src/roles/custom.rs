@@ -158,7 +158,7 @@ impl UpdatePaths {
                     "update_mask",
                     format!(
                         "cannot update {:?}; updatable: display_name, description, permissions",
-                        shown(other)
+                        palisade_grpc::echoed(other)
                     ),
                 )),
             }
@@ -269,20 +269,12 @@ fn check_permissions(
                 format!(
                     "unknown permission {:?}; a role grants permissions of the catalogue, e.g. \
                      identity.users.list (the admin role holds them all)",
-                    shown(permission)
+                    palisade_grpc::echoed(permission)
                 ),
             ));
         }
     }
     permissions.iter().cloned().collect()
-}
-
-/// Client text echoed in an error, cut short so a huge value cannot bloat the answer.
-fn shown(text: &str) -> String {
-    match text.char_indices().nth(100) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -493,10 +493,12 @@ impl Check<'_> {
                 None
             }
             Some((owner, _)) if owner != tenant.as_str() => {
-                let owner: String = owner.chars().take(64).collect();
                 self.bad(
                     field,
-                    format!("belongs to tenants/{owner}, not to tenants/{tenant}"),
+                    format!(
+                        "belongs to tenants/{}, not to tenants/{tenant}",
+                        palisade_grpc::echoed(owner)
+                    ),
                 );
                 None
             }
@@ -523,10 +525,12 @@ impl Check<'_> {
     fn in_catalogue(&mut self, field: &str, permissions: &[String], roles: &Roles) {
         for (index, permission) in permissions.iter().enumerate() {
             if !roles.in_catalogue(permission) {
-                let shown: String = permission.chars().take(100).collect();
                 self.bad(
                     &format!("{field}[{index}]"),
-                    format!("unknown permission {shown:?}: not in this server's catalogue"),
+                    format!(
+                        "unknown permission {:?}: not in this server's catalogue",
+                        palisade_grpc::echoed(permission)
+                    ),
                 );
             }
         }

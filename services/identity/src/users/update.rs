@@ -50,6 +50,19 @@ pub fn apply_update(
 ) -> Result<UserUpdate, ApiError> {
     let set = [!user.display_name.is_empty(), user.state != 0];
     let paths = aip::update_paths(mask, &UPDATABLE, &READ_ONLY, &set)?;
+    // A state this server does not know (written by a newer version) reads as unspecified,
+    // which fails closed; writing the user back would store it as active, re-enabling it. So
+    // the update must set the state, as for tenants.
+    if current.state == UserState::Unspecified && !paths.contains(&"state") {
+        return Err(ApiError::FailedPrecondition {
+            reason: "UNKNOWN_USER_STATE",
+            message: format!(
+                "tenants/{}/users/{} is in a state this server does not know; set `state` in \
+                 the same update",
+                current.tenant_id, current.id
+            ),
+        });
+    }
     let mut violations = Vec::new();
     let mut updated = current.clone();
     for path in &paths {
@@ -164,5 +177,33 @@ mod tests {
             fields(error.unwrap_err()),
             ["user.display_name", "user.state"]
         );
+    }
+
+    #[test]
+    fn a_user_in_an_unknown_state_is_updated_only_with_its_state() {
+        let unknown = UserRecord {
+            state: UserState::Unspecified,
+            ..ada()
+        };
+        let renamed = User {
+            display_name: "Ada L.".into(),
+            state: UserState::Disabled.into(),
+            ..User::default()
+        };
+        match apply_update(&unknown, &renamed, mask(&["display_name"]).as_ref(), 7) {
+            Err(ApiError::FailedPrecondition { reason, .. }) => {
+                assert_eq!(reason, "UNKNOWN_USER_STATE");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let update = apply_update(
+            &unknown,
+            &renamed,
+            mask(&["display_name", "state"]).as_ref(),
+            7,
+        )
+        .expect("the state set with it");
+        assert_eq!(update.user.state, UserState::Disabled);
+        assert_eq!(update.user.display_name, "Ada L.");
     }
 }

@@ -15,16 +15,17 @@ impl ApiKeyApi {
     /// A key made with an API key is made with a service-account key, not a user's, and
     /// expires no later than that key: a service-account key (which outlives whoever made it)
     /// could otherwise mint its successor before it expires, and so on, keeping access forever
-    /// without any person renewing it.
+    /// without any person renewing it. Returns that key's expiry, the latest the new key may
+    /// keep once stamped, or `None` for a call not made with a key.
     pub(super) async fn require_callers_key_may_make(
         &self,
         caller: &Caller,
         request: &CreateApiKeyRequest,
         key: &ApiKeyRecord,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<i64>, ApiError> {
         let principal = caller.principal();
         if principal.kind != PrincipalKind::ApiKey {
-            return Ok(());
+            return Ok(None);
         }
         // Gone since the call was let in (revoked and purged, or the tenant restored): the
         // caller has no key to be bounded by, so it makes none.
@@ -46,7 +47,7 @@ impl ApiKeyApi {
             });
         }
         if key.expire_time <= callers_key.expire_time {
-            return Ok(());
+            return Ok(Some(callers_key.expire_time));
         }
         let field = match request
             .api_key
