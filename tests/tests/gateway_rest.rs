@@ -283,6 +283,14 @@ async fn rest_errors_have_grpc_gateway_statuses_and_bodies() -> anyhow::Result<(
     assert_eq!(json(&wrong_method)["code"], Code::Unimplemented as i32);
     // RFC 9110 §15.5.6: a 405 says what the resource takes.
     assert_eq!(wrong_method.header("allow"), Some("GET, HEAD, POST"));
+    // A path of a route's shape whose value does not decode is bad input, named as its field.
+    let undecodable = rest(&mesh, "GET", "/v1/tenants/%ff", key, "").await?;
+    assert_eq!(undecodable.status, 400, "{}", undecodable.text());
+    let details = json(&undecodable)["details"].clone();
+    assert!(
+        (details.as_array().unwrap().iter()).any(|d| d["fieldViolations"][0]["field"] == "name"),
+        "{details}"
+    );
 
     // HEAD is GET without content, over HTTP/1.1 and HTTP/2 (where content would be DATA
     // frames, which a client must refuse), for routes and refusals alike.

@@ -221,6 +221,10 @@ impl Rest {
                 }
                 return refusal;
             }
+            Err(NoRoute::MalformedValue(field)) => {
+                let bad = ApiError::invalid(field, "has a bad percent-escape or is not UTF-8");
+                return error_response(&Status::from(bad));
+            }
         };
         let body = match read_limited(body, frames::MAX_MESSAGE).await {
             Ok(body) => body,

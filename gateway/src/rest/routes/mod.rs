@@ -205,10 +205,18 @@ impl Template {
         (self.verb.is_some(), literals, bounded)
     }
 
-    /// The variable bindings `(field path, value)` if `path` (no query string) matches.
-    /// Values are percent-decoded; a multi-segment value keeps `%2F` encoded so its `/`s
-    /// stay distinguishable from the separators (grpc-gateway does the same).
+    /// The variable bindings `(field path, value)` if `path` (no query string) matches and
+    /// every value decodes (see [`Template::match_path`]).
     pub fn matches(&self, path: &str) -> Option<Bindings> {
+        self.match_path(path)?.ok()
+    }
+
+    /// Whether `path` (no query string) has this template's shape, and then its variable
+    /// bindings `(field path, value)`, or the field whose value is a bad percent-escape or not
+    /// UTF-8 (grpc-gateway answers 400 for it, not 404). Values are percent-decoded; a
+    /// multi-segment value keeps `%2F` encoded so its `/`s stay distinguishable from the
+    /// separators (grpc-gateway does the same).
+    pub fn match_path(&self, path: &str) -> Option<Result<Bindings, String>> {
         let mut path = path.strip_prefix('/')?;
         if let Some(verb) = &self.verb {
             path = path.strip_suffix(verb.as_str())?.strip_suffix(':')?;
@@ -255,11 +263,13 @@ impl Template {
             let value = segments[from..to]
                 .iter()
                 .map(|segment| percent_decode(segment, !single))
-                .collect::<Option<Vec<_>>>()?
-                .join("/");
-            bindings.push((variable.field.clone(), value));
+                .collect::<Option<Vec<_>>>();
+            let Some(value) = value else {
+                return Some(Err(variable.field.clone()));
+            };
+            bindings.push((variable.field.clone(), value.join("/")));
         }
-        Some(bindings)
+        Some(Ok(bindings))
     }
 }
 
@@ -355,6 +365,9 @@ pub enum NoRoute {
     /// A template matches the path, but not with this HTTP method: the methods it takes
     /// (for `Allow`), `HEAD` wherever `GET` is.
     MethodNotAllowed(Vec<http::Method>),
+    /// A template and method match, but the value of this field (its path) has a bad
+    /// percent-escape or is not UTF-8.
+    MalformedValue(String),
 }
 
 /// HTTP method + template → `T`, searched most specific first.
@@ -395,9 +408,12 @@ impl<T> Router<T> {
         };
         let mut allowed = Vec::new();
         for (route_method, template, target) in &self.routes {
-            if let Some(bindings) = template.matches(path) {
+            if let Some(bindings) = template.match_path(path) {
                 if route_method == wanted {
-                    return Ok((target, bindings));
+                    return match bindings {
+                        Ok(bindings) => Ok((target, bindings)),
+                        Err(field) => Err(NoRoute::MalformedValue(field)),
+                    };
                 }
                 allowed.push(route_method.clone());
                 if route_method == http::Method::GET {

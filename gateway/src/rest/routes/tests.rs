@@ -208,4 +208,13 @@ fn the_router_prefers_specific_routes_and_tells_404_from_405() {
         router.find(&Method::GET, "/v2/tenants").unwrap_err(),
         NoRoute::NotFound
     );
+    // A path of the right shape whose value does not decode is bad input, not a missing
+    // resource (grpc-gateway answers 400 too).
+    for bad in ["/v1/tenants/%zz:verify", "/v1/tenants/%ff:verify"] {
+        assert_eq!(
+            router.find(&Method::POST, bad).unwrap_err(),
+            NoRoute::MalformedValue("name".into()),
+            "{bad}"
+        );
+    }
 }

@@ -117,8 +117,18 @@ pub fn request_message(
             }
         }
     }
-    // With `body: "*"` every field comes from the body or the path (google/api/http.proto).
-    if *body_rule != BodyRule::Whole {
+    // With `body: "*"` every field comes from the body or the path (google/api/http.proto), so
+    // a query parameter would be dropped, and the call would not do what its client meant
+    // (`?ttl=60s` beside a body's `expireTime`): refused, named as its field if it is one.
+    if *body_rule == BodyRule::Whole {
+        if let Some((name, _)) = parse_query(query)?.into_iter().next() {
+            let fields = resolve(input, &name)?;
+            return Err(ApiError::invalid(
+                proto_path(&fields),
+                "is a query parameter, but this call takes every field from its body; send it there",
+            ));
+        }
+    } else {
         // The fields the URL path binds are not query parameters either.
         let bound: Vec<String> = (bindings.iter())
             .map(|(fields, _)| proto_path(fields))

@@ -105,13 +105,32 @@ fn path_bindings_win_over_the_body() {
         &BodyRule::Whole,
         None,
         &bindings(&[("parent", "tenants/acme")]),
-        "ignored=1",
+        "",
         br#"{"parent": "tenants/other", "pageSize": 5}"#,
     )
     .unwrap();
     let request = ListAuditEventsRequest::decode(encoded.as_slice()).unwrap();
     assert_eq!(request.parent, "tenants/acme");
     assert_eq!(request.page_size, 5);
+}
+
+/// `body: "*"` leaves no field to the query: a parameter is refused, not dropped, as its
+/// field if it names one.
+#[test]
+fn a_call_whose_body_holds_every_field_takes_no_query_parameters() {
+    let input = descriptor("palisade.compliance.v1.ListAuditEventsRequest");
+    let path = bindings(&[("parent", "tenants/acme")]);
+    let body = br#"{"pageSize": 5}"#;
+    for (query, field) in [
+        ("pageSize=7", "page_size"),
+        ("page_size=7&filter=x", "page_size"),
+        ("ignored=1", "ignored"),
+    ] {
+        let refused = request_message(&input, &BodyRule::Whole, None, &path, query, body);
+        assert_eq!(violation(refused).field, field, "{query}");
+    }
+    let bad_escape = request_message(&input, &BodyRule::Whole, None, &path, "%zz", body);
+    assert_eq!(violation(bad_escape).field, "query");
 }
 
 #[test]
