@@ -7,13 +7,14 @@
 mod common;
 mod keys_kit;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use common::{expect_code, reason, until_a_call_waits_for_a_lock, violated_fields};
 use palisade_proto::palisade::identity::v1::{
     ApiKey, ApiKeyState, CreateApiKeyRequest, GetApiKeyRequest, ListApiKeysRequest,
     RevokeApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
 };
 use palisade_testkit::{Component, Mesh, with_api_key};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, transport::Channel};
 
 use keys_kit::*;
@@ -257,12 +258,14 @@ async fn a_key_that_waited_still_expires_no_later_than_its_maker() -> anyhow::Re
         let makers_expiry = maker.api_key.unwrap().expire_time.unwrap();
         let first_use = with_api_key(service_account_key("warm", 1), &maker.key);
         create(&mut keys, first_use).await?;
-        // A `ttl` ending a second before the maker's expiry, on a call that then waits two.
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+        // A `ttl` ending a second before the maker's expiry, on a call that then waits three.
+        let expiry =
+            UNIX_EPOCH + Duration::new(makers_expiry.seconds as u64, makers_expiry.nanos as u32);
+        let ttl = expiry.duration_since(SystemTime::now())? - Duration::from_secs(1);
         let mut request = service_account_key("late", 1);
         request.ttl = Some(prost_types::Duration {
-            seconds: makers_expiry.seconds - now - 1,
-            nanos: 0,
+            seconds: ttl.as_secs() as i64,
+            nanos: ttl.subsec_nanos() as i32,
         });
         let db = mesh.unrestricted_db(Component::Identity).await?;
         let mut holder = db.begin().await?;
@@ -275,7 +278,7 @@ async fn a_key_that_waited_still_expires_no_later_than_its_maker() -> anyhow::Re
             async move { keys.create_api_key(request).await }
         });
         until_a_call_waits_for_a_lock(&db, &mut holder, backend).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         holder.commit().await?;
         let made = making.await??.into_inner().api_key.unwrap();
         let expiry = made.expire_time.unwrap();

@@ -283,8 +283,9 @@ fn with_sqlite_pragmas(options: AnyPoolOptions) -> AnyPoolOptions {
 /// Creates the file's directory and the file, and switches it to WAL once, on a connection of
 /// its own. What it creates is its owner's alone (directories 0700, the file 0600): the
 /// database holds password hashes, API key hashes and, unless a KEK seals them, token-signing
-/// keys, and SQLite makes its files readable by all under the usual umask. What exists is left
-/// as it is, with a warning if others may read it.
+/// keys, and SQLite makes its files readable by all under the usual umask. The file is made
+/// only where SQLite would make it (`mode=rwc`). What exists is left as it is, with a warning
+/// if others have access to it.
 async fn prepare_sqlite(url: &str) -> Result<()> {
     let Some(path) = sqlite_path(url) else {
         return Ok(());
@@ -303,16 +304,28 @@ async fn prepare_sqlite(url: &str) -> Result<()> {
             })?;
     }
     #[cfg(unix)]
-    {
+    if opens_creating(url) {
         create_private_file(&path).await?;
-        warn_if_others_may_read(&path).await;
     }
     let mut conn = AnyConnection::connect(url).await?;
     sqlx::query("PRAGMA journal_mode = WAL")
         .execute(&mut conn)
         .await?;
+    // Looked at while SQLite holds the files open, so its `-wal` and `-shm` exist, and where
+    // they really are (beside the file a symlink names).
+    #[cfg(unix)]
+    if let Ok(file) = tokio::fs::canonicalize(&path).await {
+        warn_if_others_have_access(&file).await;
+    }
     conn.close().await?;
     Ok(())
+}
+
+/// Whether SQLite creates a missing file for `url` (`mode=rwc`, as [`with_open_mode`] sets
+/// for a config that may create its database).
+fn opens_creating(url: &str) -> bool {
+    url.split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "mode=rwc"))
 }
 
 /// Creates the database file, unless it exists, readable and writable by its owner only.
@@ -336,10 +349,10 @@ async fn create_private_file(path: &Path) -> Result<()> {
     }
 }
 
-/// Logs a warning for each of the database's files that others than its owner may read, as
-/// files made before Palisade created them 0600 are (or a restored copy may be).
+/// Logs a warning for each of the database's files that others than its owner have access
+/// to, as files made before Palisade created them 0600 are (or a restored copy may be).
 #[cfg(unix)]
-async fn warn_if_others_may_read(path: &Path) {
+async fn warn_if_others_have_access(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mut names = vec![path.to_owned()];
     for suffix in ["-wal", "-shm"] {
@@ -356,7 +369,7 @@ async fn warn_if_others_may_read(path: &Path) {
             tracing::warn!(
                 path = %name.display(),
                 mode = format!("{mode:o}"),
-                "the database file may be read by other users; it holds password and API key \
+                "other users have access to the database file; it holds password and API key \
                  hashes (and token-signing keys unless a KEK seals them): `chmod 600` it"
             );
         }
@@ -532,6 +545,21 @@ mod tests {
         }
         let existing = DbConfig::sqlite_in(Path::new("/data"), "identity").existing();
         assert!(!existing.create_if_missing);
+    }
+
+    /// The file is made beforehand (0600) only where SQLite would make it.
+    #[test]
+    fn only_a_creating_open_mode_makes_the_file() {
+        assert!(opens_creating("sqlite:///x.db?mode=rwc"));
+        assert!(opens_creating("sqlite:///x.db?cache=shared&mode=rwc"));
+        for url in [
+            "sqlite:///x.db?mode=rw",
+            "sqlite:///x.db?mode=ro",
+            "sqlite:///mode=rwc/x.db?mode=rw",
+            "sqlite:///x.db",
+        ] {
+            assert!(!opens_creating(url), "{url}");
+        }
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub fn parse_filter(filter: &str, fields: &[FilterField]) -> Result<Vec<Term>, A
         let Some(field) = fields.iter().find(|field| field.name == name) else {
             let known: Vec<_> = fields.iter().map(|f| f.name).collect();
             return Err(invalid(&format!(
-                "unknown field `{name}`; filterable fields: {}",
+                "unknown field `{}`; filterable fields: {}",
+                crate::echoed(name),
                 known.join(", ")
             )));
         };

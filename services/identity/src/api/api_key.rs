@@ -436,7 +436,7 @@ fn parse_filters(filter: &str, tenant: &TenantId) -> Result<Vec<ApiKeyFilter>, A
                 }
                 _ => Err(ApiError::invalid(
                     "filter",
-                    format!("unknown state {:?}", term.value),
+                    format!("unknown state {:?}", palisade_grpc::echoed(&term.value)),
                 )),
             },
             // The key the listed keys were made with, of any tenant: an operator's keys make

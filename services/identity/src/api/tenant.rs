@@ -337,7 +337,7 @@ fn parse_filters(filter: &str) -> Result<Vec<TenantFilter>, ApiError> {
                     _ => {
                         return Err(ApiError::invalid(
                             "filter",
-                            format!("unknown plan {:?}", term.value),
+                            format!("unknown plan {:?}", palisade_grpc::echoed(&term.value)),
                         ));
                     }
                 },
@@ -348,7 +348,7 @@ fn parse_filters(filter: &str) -> Result<Vec<TenantFilter>, ApiError> {
                     _ => {
                         return Err(ApiError::invalid(
                             "filter",
-                            format!("unknown state {:?}", term.value),
+                            format!("unknown state {:?}", palisade_grpc::echoed(&term.value)),
                         ));
                     }
                 },

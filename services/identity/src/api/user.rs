@@ -467,7 +467,11 @@ fn parse_filters(filter: &str) -> Result<Vec<UserFilter>, ApiError> {
                 )),
                 _ => Err(ApiError::invalid(
                     "filter",
-                    format!("unknown {} {:?}", term.field, term.value),
+                    format!(
+                        "unknown {} {:?}",
+                        term.field,
+                        palisade_grpc::echoed(&term.value)
+                    ),
                 )),
             },
             "email" => Ok(UserFilter::Email(
