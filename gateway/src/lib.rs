@@ -186,7 +186,14 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     let observe = ServerObserveLayer::new(COMPONENT, kit.metrics.rpc.server.clone())
         .counting_tenants(Arc::new(kit.metrics.clone()))
         .logging_access();
-    let rest = rest::Rest::from_pool(palisade_proto::descriptor_pool())?;
+    let rest = rest::Rest::from_pool(palisade_proto::descriptor_pool())?.counting_refusals(
+        kit.metrics.labeled_counter(
+            "palisade_gateway_rest_refused",
+            "REST requests refused before they became a gRPC call (no route, wrong method, \
+             a malformed path, body or query), by reason",
+            "reason",
+        ),
+    );
     tracing::debug!(routes = rest.route_count(), "rest routes built");
     let openapi = rest::openapi::document(
         palisade_proto::descriptor_pool(),

@@ -291,6 +291,23 @@ async fn rest_errors_have_grpc_gateway_statuses_and_bodies() -> anyhow::Result<(
         (details.as_array().unwrap().iter()).any(|d| d["fieldViolations"][0]["field"] == "name"),
         "{details}"
     );
+    // None of these became a gRPC call, which its own metrics would count: they are counted
+    // by reason (the unknown JSON field above too).
+    let (_, metrics) = mesh.admin_get(Component::Gateway, "/metrics").await?;
+    for reason in [
+        "not_found",
+        "method_not_allowed",
+        "malformed_path",
+        "bad_request",
+    ] {
+        assert!(
+            metrics.lines().any(
+                |line| line.starts_with("palisade_gateway_rest_refused_total")
+                    && line.contains(&format!(r#"reason="{reason}""#))
+            ),
+            "{reason}: {metrics}"
+        );
+    }
 
     // HEAD is GET without content, over HTTP/1.1 and HTTP/2 (where content would be DATA
     // frames, which a client must refuse), for routes and refusals alike.

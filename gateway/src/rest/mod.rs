@@ -34,7 +34,8 @@ use self::{
     transcode::BodyRule,
 };
 use palisade_grpc::ApiError;
-use palisade_tenancy::ClientOrigin;
+use palisade_telemetry::LabeledCounter;
+use palisade_tenancy::{ClientOrigin, HEADER_REQUEST_ID};
 
 use crate::{edge::Edge, frames, tenants::ClientHost};
 
@@ -57,6 +58,8 @@ pub struct Binding {
 /// Every REST route of the API, built once at start.
 pub struct Rest {
     router: Router<Arc<Binding>>,
+    /// Requests refused before they became a gRPC call, by reason (see [`Rest::refused`]).
+    refusals: Option<LabeledCounter>,
 }
 
 /// One `google.api.http` rule (or additional binding) of a `palisade.*` method, parsed.
@@ -155,7 +158,18 @@ impl Rest {
             };
             router.add(rule.http_method, rule.template, Arc::new(binding));
         }
-        Ok(Rest { router })
+        Ok(Rest {
+            router,
+            refusals: None,
+        })
+    }
+
+    /// Counts the requests refused before they became a gRPC call in `refusals`, by reason.
+    pub fn counting_refusals(self, refusals: LabeledCounter) -> Rest {
+        Rest {
+            refusals: Some(refusals),
+            ..self
+        }
     }
 
     /// How many routes there are (for the start-up log).
@@ -206,7 +220,10 @@ impl Rest {
         let (binding, bindings) = match self.router.find(&parts.method, parts.uri.path()) {
             Ok(found) => found,
             // grpc-gateway's routing errors: the HTTP status kept, the body a google.rpc.Status.
-            Err(NoRoute::NotFound) => return routing_error(StatusCode::NOT_FOUND, Code::NotFound),
+            Err(NoRoute::NotFound) => {
+                let refusal = routing_error(StatusCode::NOT_FOUND, Code::NotFound);
+                return self.refused(&parts, "not_found", refusal);
+            }
             Err(NoRoute::MethodNotAllowed(allowed)) => {
                 let mut refusal =
                     routing_error(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented);
@@ -219,16 +236,16 @@ impl Rest {
                 if let Ok(allow) = HeaderValue::from_str(&allow) {
                     refusal.headers_mut().insert(http::header::ALLOW, allow);
                 }
-                return refusal;
+                return self.refused(&parts, "method_not_allowed", refusal);
             }
             Err(NoRoute::MalformedValue(field)) => {
                 let bad = ApiError::invalid(field, "has a bad percent-escape or is not UTF-8");
-                return error_response(&Status::from(bad));
+                return self.refused(&parts, "malformed_path", error_response(&Status::from(bad)));
             }
         };
         let body = match read_limited(body, frames::MAX_MESSAGE).await {
             Ok(body) => body,
-            Err(status) => return body_refusal(&status),
+            Err(status) => return self.refused(&parts, "body", body_refusal(&status)),
         };
         let message = match transcode::request_message(
             &binding.input,
@@ -239,7 +256,9 @@ impl Rest {
             &body,
         ) {
             Ok(message) => message,
-            Err(error) => return error_response(&Status::from(error)),
+            Err(error) => {
+                return self.refused(&parts, "bad_request", error_response(&Status::from(error)));
+            }
         };
         let mut request = Request::new(Body::new(http_body_util::Full::new(frames::encode(
             0, &message,
@@ -259,6 +278,35 @@ impl Rest {
         }
         let response = edge.grpc(request).await;
         respond(binding, response).await
+    }
+}
+
+impl Rest {
+    /// `refusal`, counted by `reason` and logged as the access log logs a finished call: a
+    /// request refused before it became a gRPC call is seen by neither. The path is cut short
+    /// and the query left out (it may carry anything).
+    fn refused(
+        &self,
+        request: &http::request::Parts,
+        reason: &'static str,
+        refusal: Response<Body>,
+    ) -> Response<Body> {
+        if let Some(refusals) = &self.refusals {
+            refusals.inc(reason);
+        }
+        let request_id = (request.headers.get(HEADER_REQUEST_ID))
+            .and_then(|id| id.to_str().ok())
+            .unwrap_or_default();
+        tracing::info!(
+            target: "palisade::access",
+            method = %request.method,
+            path = ?palisade_grpc::echoed(request.uri.path()),
+            status = refusal.status().as_u16(),
+            reason,
+            request_id,
+            "rest request refused"
+        );
+        refusal
     }
 }
 
