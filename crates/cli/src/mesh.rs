@@ -225,8 +225,14 @@ impl LocalMesh {
     /// Makes the dev PKI if absent, binds every port, then starts the components in order.
     pub async fn start(options: MeshOptions) -> anyhow::Result<LocalMesh> {
         let names: Vec<_> = COMPONENTS.iter().map(|c| c.name()).collect();
-        palisade_tls::pki::init(&options.certs_dir(), &options.trust_domain, &names, &[])
-            .context("creating the dev PKI")?;
+        // On a blocking thread: it may wait on the PKI's file lock while another `palisade
+        // dev` writes the same certs, which would stall this runtime's worker.
+        let (certs, trust_domain) = (options.certs_dir(), options.trust_domain.clone());
+        tokio::task::spawn_blocking(move || {
+            palisade_tls::pki::init(&certs, &trust_domain, &names, &[])
+        })
+        .await?
+        .context("creating the dev PKI")?;
         palisade_identity::KeySealer::create_kek_file(&options.signing_key_kek())
             .context("creating the signing-key KEK")?;
         // Bind everything first so each component knows its peers' real addresses.
