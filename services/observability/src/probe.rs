@@ -139,8 +139,9 @@ fn public_channel(url: &str) -> Result<Channel, palisade_tls::Error> {
         uri: url.to_owned(),
         reason: reason.to_owned(),
     };
+    // Schemes are case-insensitive (RFC 3986 §3.1): `HTTPS://` is TLS too.
     let url = match url.split_once("://") {
-        Some(("https", _)) => url.to_owned(),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => format!("https://{rest}"),
         Some((_, rest)) => format!("http://{rest}"),
         None => format!("http://{url}"),
     };
@@ -465,6 +466,33 @@ mod tests {
             checks.load(std::sync::atomic::Ordering::SeqCst),
             1,
             "one round, the first caller's"
+        );
+    }
+
+    /// The first byte a probe of `url` sends to a listener that answers nothing.
+    async fn first_byte_sent(url: impl Fn(std::net::SocketAddr) -> String) -> u8 {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = url(listener.local_addr().unwrap());
+        let probing = tokio::spawn(async move { probe(&target(&url)).await });
+        let (mut connection, _) = listener.accept().await.unwrap();
+        let first = connection.read_u8().await.unwrap();
+        drop(connection);
+        probing.abort();
+        first
+    }
+
+    /// Schemes are case-insensitive: `HTTPS://` is TLS (a handshake record, 0x16), not h2c
+    /// (the preface, `PRI * HTTP/2.0`).
+    #[tokio::test]
+    async fn an_https_address_is_probed_over_tls_whatever_its_case() {
+        for scheme in ["https", "HTTPS", "Https"] {
+            let first = first_byte_sent(|address| format!("{scheme}://{address}")).await;
+            assert_eq!(first, 0x16, "{scheme}");
+        }
+        assert_eq!(
+            first_byte_sent(|address| format!("http://{address}")).await,
+            b'P'
         );
     }
 
