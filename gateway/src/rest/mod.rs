@@ -299,7 +299,8 @@ impl Rest {
             .unwrap_or_default();
         tracing::info!(
             target: "palisade::access",
-            method = %request.method,
+            // An extension method may be any token, as long as the client likes.
+            method = %palisade_grpc::echoed(request.method.as_str()),
             path = ?palisade_grpc::echoed(request.uri.path()),
             status = refusal.status().as_u16(),
             reason,

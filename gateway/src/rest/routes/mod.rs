@@ -407,19 +407,27 @@ impl<T> Router<T> {
             method
         };
         let mut allowed = Vec::new();
+        // A value that does not decode is told only if no less specific route takes the path.
+        let mut malformed = None;
         for (route_method, template, target) in &self.routes {
             if let Some(bindings) = template.match_path(path) {
                 if route_method == wanted {
-                    return match bindings {
-                        Ok(bindings) => Ok((target, bindings)),
-                        Err(field) => Err(NoRoute::MalformedValue(field)),
-                    };
+                    match bindings {
+                        Ok(bindings) => return Ok((target, bindings)),
+                        Err(field) => {
+                            malformed.get_or_insert(field);
+                            continue;
+                        }
+                    }
                 }
                 allowed.push(route_method.clone());
                 if route_method == http::Method::GET {
                     allowed.push(http::Method::HEAD);
                 }
             }
+        }
+        if let Some(field) = malformed {
+            return Err(NoRoute::MalformedValue(field));
         }
         if allowed.is_empty() {
             return Err(NoRoute::NotFound);

@@ -217,4 +217,13 @@ fn the_router_prefers_specific_routes_and_tells_404_from_405() {
             "{bad}"
         );
     }
+    // ... unless a less specific route takes the path without decoding it.
+    router.add(Method::POST, t("/v1/**"), "anything");
+    assert_eq!(
+        router
+            .find(&Method::POST, "/v1/tenants/%zz:verify")
+            .unwrap()
+            .0,
+        &"anything"
+    );
 }

@@ -8,8 +8,8 @@
 //! unknown name anywhere is `INVALID_ARGUMENT`. A value from the URL is also checked on its
 //! own as it is set, so a bad one is reported against its field, not against the body.
 //! Query parameters are refused, as unknown names are, where `google/api/http.proto` gives
-//! them no meaning: a field the path binds, inside the body field, or a second value for a
-//! field that takes one.
+//! them no meaning: a field the path binds, inside the body field, a second value for a
+//! field that takes one, or any at all for `body: "*"`.
 //! Pure functions over bytes and strings.
 
 use std::collections::HashMap;
@@ -122,11 +122,16 @@ pub fn request_message(
     // (`?ttl=60s` beside a body's `expireTime`): refused, named as its field if it is one.
     if *body_rule == BodyRule::Whole {
         if let Some((name, _)) = parse_query(query)?.into_iter().next() {
-            let fields = resolve(input, &name)?;
-            return Err(ApiError::invalid(
-                proto_path(&fields),
-                "is a query parameter, but this call takes every field from its body; send it there",
-            ));
+            let path = proto_path(&resolve(input, &name)?);
+            let bound = bindings
+                .iter()
+                .any(|(fields, _)| proto_path(fields) == path);
+            let problem = if bound {
+                "is bound by the URL path; it cannot be set in the query as well"
+            } else {
+                "is a query parameter, but this call takes every field from its body; send it there"
+            };
+            return Err(ApiError::invalid(path, problem));
         }
     } else {
         // The fields the URL path binds are not query parameters either.
@@ -269,8 +274,10 @@ fn parse_body(body: &[u8]) -> Result<Option<Value>, ApiError> {
 /// `a=1&b.c=x%20y&r=1&r=2` → pairs, `+` as space, percent-decoded.
 pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     let decode = |text: &str| {
-        super::routes::percent_decode(&text.replace('+', " "), false)
-            .ok_or_else(|| ApiError::invalid("query", format!("bad escape in `{text}`")))
+        super::routes::percent_decode(&text.replace('+', " "), false).ok_or_else(|| {
+            let shown = palisade_grpc::echoed(text);
+            ApiError::invalid("query", format!("bad escape in `{shown}`"))
+        })
     };
     query
         .split('&')
@@ -296,16 +303,21 @@ fn resolve(message: &MessageDescriptor, path: &str) -> Result<Vec<FieldDescripto
     let mut descriptor = message.clone();
     let mut names = path.split('.').peekable();
     while let Some(name) = names.next() {
+        // A client's name, echoed cut short.
         let field = find_field(&descriptor, name).ok_or_else(|| {
             ApiError::invalid(
-                path,
-                format!("no field `{name}` in {}", descriptor.full_name()),
+                palisade_grpc::echoed(path),
+                format!(
+                    "no field `{}` in {}",
+                    palisade_grpc::echoed(name),
+                    descriptor.full_name()
+                ),
             )
         })?;
         if names.peek().is_some() {
             let Kind::Message(child) = field.kind() else {
                 return Err(ApiError::invalid(
-                    path,
+                    palisade_grpc::echoed(path),
                     format!("`{name}` is not a message"),
                 ));
             };

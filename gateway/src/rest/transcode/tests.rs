@@ -131,6 +131,10 @@ fn a_call_whose_body_holds_every_field_takes_no_query_parameters() {
     }
     let bad_escape = request_message(&input, &BodyRule::Whole, None, &path, "%zz", body);
     assert_eq!(violation(bad_escape).field, "query");
+    let bound = request_message(&input, &BodyRule::Whole, None, &path, "parent=x", body);
+    let bound = violation(bound);
+    assert_eq!(bound.field, "parent");
+    assert!(bound.description.contains("bound by the URL path"), "{bound:?}");
 }
 
 #[test]

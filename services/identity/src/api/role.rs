@@ -470,7 +470,10 @@ fn parse_filter(filter: &str, roles: &Roles) -> Result<ListFilter, ApiError> {
                     other => {
                         return Err(ApiError::invalid(
                             "filter",
-                            format!("built_in is true or false, not {other:?}"),
+                            format!(
+                                "built_in is true or false, not {:?}",
+                                palisade_grpc::echoed(other)
+                            ),
                         ));
                     }
                 };
