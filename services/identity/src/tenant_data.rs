@@ -5,13 +5,18 @@
 use palisade_grpc::{ApiError, time::timestamp};
 use palisade_proto::palisade::identity::v1::{
     ExportedApiKey, ExportedRole, ExportedTenant, ExportedUser, TenantDataCounts, TenantDataHeader,
-    TenantDataRecord, TenantDataTrailer, tenant_data_record::Record,
+    TenantDataRecord, TenantDataTrailer, UserState, tenant_data_record::Record,
 };
 use palisade_tenancy::TenantId;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::{roles::RoleRecord, store::ApiKeyRecord, tenants::TenantRecord, users::UserRecord};
+use crate::{
+    roles::{RoleRecord, Roles},
+    store::ApiKeyRecord,
+    tenants::TenantRecord,
+    users::UserRecord,
+};
 
 mod import;
 mod spool;
@@ -119,12 +124,30 @@ pub fn tenant_record(tenant: &TenantRecord) -> TenantDataRecord {
     }))
 }
 
-pub fn role_record(role: &RoleRecord) -> TenantDataRecord {
+/// Refuses to export a user whose stored state this server does not know: the stream would
+/// carry it as unspecified, which no import restores (and an import must not guess).
+pub fn user_exportable(user: &UserRecord) -> Result<(), ApiError> {
+    if user.state == UserState::Unspecified {
+        return Err(ApiError::FailedPrecondition {
+            reason: "UNKNOWN_USER_STATE",
+            message: format!(
+                "{} is in a state this server does not know; export it with the version that \
+                 wrote it",
+                user.name()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `role` as exported: the permissions it still grants (`Roles::still_granted`), which an
+/// import restores; one that has left the catalogue grants nothing and an import refuses it.
+pub fn role_record(role: &RoleRecord, roles: &Roles) -> TenantDataRecord {
     record(Record::Role(ExportedRole {
         name: role.name(),
         display_name: role.display_name.clone(),
         description: role.description.clone(),
-        permissions: role.permissions.iter().cloned().collect(),
+        permissions: roles.still_granted(&role.permissions).into_iter().collect(),
         create_time: role.create_time.map(timestamp),
         update_time: role.update_time.map(timestamp),
     }))
@@ -205,7 +228,13 @@ mod tests {
             id: "user-reader".into(),
             display_name: "User reader".into(),
             description: String::new(),
-            permissions: ["identity.users.get".to_owned()].into(),
+            // One that left the catalogue since: it grants nothing, is not exported, and so
+            // does not stop the import.
+            permissions: [
+                "identity.users.get".to_owned(),
+                "identity.retired.method".to_owned(),
+            ]
+            .into(),
             built_in: false,
             create_time: Some(T0),
             update_time: Some(T0),
@@ -236,7 +265,7 @@ mod tests {
         };
         vec![
             tenant_record(&tenant),
-            role_record(&role),
+            role_record(&role, &catalogue()),
             user_record(&user, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
             api_key_record(&key),
         ]
@@ -294,6 +323,36 @@ mod tests {
                 other => panic!("expected {reason}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_user_in_an_unknown_state_is_not_exported() {
+        let Some(Record::User(exported)) = stream().remove(2).record else {
+            panic!("the third record is the user");
+        };
+        let (_, id) = crate::users::parse_name(&exported.name).unwrap();
+        let user = UserRecord {
+            id,
+            tenant_id: acme(),
+            email: exported.email,
+            display_name: exported.display_name,
+            state: UserState::Unspecified,
+            roles: exported.roles,
+            create_time: T0,
+            update_time: T0,
+            locked_until: None,
+        };
+        match user_exportable(&user) {
+            Err(ApiError::FailedPrecondition { reason, .. }) => {
+                assert_eq!(reason, "UNKNOWN_USER_STATE");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let active = UserRecord {
+            state: UserState::Active,
+            ..user
+        };
+        assert!(user_exportable(&active).is_ok());
     }
 
     #[test]

@@ -107,9 +107,10 @@ impl TenantDataService for TenantDataApi {
         let (sender, receiver) = mpsc::channel(EXPORT_BUFFER + 1);
         let last_word = (sender.clone().try_reserve_owned())
             .map_err(|_| ApiError::internal("a new channel has room"))?;
+        let roles = self.roles.clone();
         let task = async move {
             let mut out = Chunker::new(sender);
-            let failure = match export(snapshot, record, &mut out).await {
+            let failure = match export(snapshot, record, &roles, &mut out).await {
                 Ok(()) => {
                     tracing::info!(tenant = %tenant, "tenant data exported");
                     None
@@ -235,10 +236,13 @@ impl TenantDataService for TenantDataApi {
     }
 }
 
-/// Writes the stream of `snapshot`: header, the records in format order, trailer.
+/// Writes the stream of `snapshot`: header, the records in format order, trailer. Only what
+/// an import restores goes out (`tenant_data::exportable`): a role's permissions it still
+/// grants, and no user in a state this server does not know.
 async fn export(
     mut snapshot: TenantSnapshot,
     tenant: TenantRecord,
+    roles: &Roles,
     out: &mut Chunker,
 ) -> Result<(), Stop> {
     out.send(Chunk::Header(tenant_data::header(&tenant.id, now_micros())))
@@ -248,7 +252,7 @@ async fn export(
     loop {
         let page = snapshot.roles(after.as_deref(), BATCH_SIZE).await?;
         for role in &page {
-            out.push(tenant_data::role_record(role)).await?;
+            out.push(tenant_data::role_record(role, roles)).await?;
         }
         match page.last() {
             Some(last) if page.len() == BATCH_SIZE => after = Some(last.id.clone()),
@@ -264,6 +268,7 @@ async fn export(
                 create_time: user.create_time,
                 id: user.id.clone(),
             });
+            tenant_data::user_exportable(&user)?;
             out.push(tenant_data::user_record(&user, password_hash))
                 .await?;
         }
