@@ -53,7 +53,8 @@ start_mesh() {
     PALISADE_PORT_BASE="$(free_port_block)"
     rm -rf "$work/data"
     # The mesh gets no `PALISADE_*` setting from the caller's environment (an exported
-    # `PALISADE_DATABASE_URL` would point it at that database): only the flags below.
+    # `PALISADE_CORS_ALLOWED_ORIGINS` or `PALISADE_TRACING` would change what the tests
+    # see): only the flags below.
     local inherited=() name
     for name in $(compgen -e); do
       [[ "$name" == PALISADE_* ]] && inherited+=(-u "$name")

@@ -22,10 +22,14 @@ IDENTITY = f"127.0.0.1:{PORT_BASE + 1}"
 def worker_credentials():
     """A certificate for `py-worker` issued by the dev CA (`palisade certs init` keeps the
     existing CA and component certificates and adds the new one)."""
+    # Only its flags, as for the mesh (lib.sh): an exported `PALISADE_TRUST_DOMAIN` would
+    # issue a certificate the mesh refuses.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PALISADE_")}
     subprocess.run(
         [os.environ["PALISADE_BIN"], "certs", "init", "--dir", str(CERTS), "--component", "py-worker"],
         check=True,
         capture_output=True,
+        env=env,
     )
     return grpc.ssl_channel_credentials(
         root_certificates=(CERTS / "ca.crt").read_bytes(),
