@@ -44,8 +44,9 @@ fn api_router() -> &'static Router<usize> {
 }
 
 /// A template and a path: parsing never panics; a match binds every variable of the template
-/// once, or names one whose value does not decode; the OpenAPI rendering has one parameter per wildcard. The path is also routed against
-/// the API's real routes, and a route found there really matches.
+/// once, or names one whose value does not decode; the OpenAPI rendering has one parameter
+/// per wildcard. The path is also routed against the API's real routes, and a route found
+/// there really matches.
 pub fn route(data: &[u8]) {
     let parts = split(data, 2);
     let (Ok(template), Ok(path)) = (std::str::from_utf8(parts[0]), std::str::from_utf8(parts[1]))

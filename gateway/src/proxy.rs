@@ -247,7 +247,7 @@ impl Proxy {
             (self.policies.get(&path), self.backends.for_path(&path))
         else {
             return Err(ApiError::Unimplemented {
-                message: format!("unknown method {path}"),
+                message: format!("unknown method {}", palisade_grpc::echoed(&path)),
             }
             .into());
         };

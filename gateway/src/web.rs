@@ -73,8 +73,9 @@ impl Mode {
         }
         let status = Status::from(palisade_grpc::ApiError::Unimplemented {
             message: format!(
-                "content-type {media} is not supported: messages are protobuf \
-                 (application/grpc, application/grpc-web or application/grpc-web-text, optionally +proto)"
+                "content-type {} is not supported: messages are protobuf \
+                 (application/grpc, application/grpc-web or application/grpc-web-text, optionally +proto)",
+                palisade_grpc::echoed(&media)
             ),
         });
         Some(if media.starts_with("application/grpc-web") {

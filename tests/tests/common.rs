@@ -188,6 +188,20 @@ pub async fn until_a_call_waits_for_a_lock(
     .await
 }
 
+/// A transaction holding `tenant`'s row locked, as a create that counts the tenant's users or
+/// keys against its limit locks it: such a call waits until the test commits.
+pub async fn hold_tenant_row(
+    db: &palisade_db::Db,
+    tenant: &str,
+) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Any>> {
+    let mut holder = db.begin().await?;
+    sqlx::query("UPDATE tenants SET update_time = update_time WHERE id = $1")
+        .bind(tenant)
+        .execute(&mut *holder)
+        .await?;
+    Ok(holder)
+}
+
 /// A REST request to the gateway with a JSON body, with `key` as `authorization: ApiKey`.
 pub async fn rest(
     mesh: &Mesh,

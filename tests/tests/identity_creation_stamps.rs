@@ -12,7 +12,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use common::{new_tenant, until_a_call_waits_for_a_lock};
+use common::{hold_tenant_row, new_tenant, until_a_call_waits_for_a_lock};
 use identity_kit::new_user;
 use keys_kit::key_request;
 use palisade_proto::palisade::identity::v1::{
@@ -39,10 +39,7 @@ where
     F: Future<Output = anyhow::Result<prost_types::Timestamp>> + Send + 'static,
 {
     let db = mesh.unrestricted_db(Component::Identity).await?;
-    let mut holding = db.begin().await?;
-    sqlx::query("UPDATE tenants SET update_time = update_time WHERE id = 'acme'")
-        .execute(&mut *holding)
-        .await?;
+    let mut holding = hold_tenant_row(&db, "acme").await?;
     let creating = tokio::spawn(create);
     until_a_call_waits_for_a_lock(&db, &mut holding, backend).await?;
     let released = micros_since_epoch(SystemTime::now());

@@ -9,7 +9,9 @@ mod keys_kit;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{expect_code, reason, until_a_call_waits_for_a_lock, violated_fields};
+use common::{
+    expect_code, hold_tenant_row, reason, until_a_call_waits_for_a_lock, violated_fields,
+};
 use palisade_proto::palisade::identity::v1::{
     ApiKey, ApiKeyState, CreateApiKeyRequest, GetApiKeyRequest, ListApiKeysRequest,
     RevokeApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
@@ -258,6 +260,8 @@ async fn a_key_that_waited_still_expires_no_later_than_its_maker() -> anyhow::Re
         let makers_expiry = maker.api_key.unwrap().expire_time.unwrap();
         let first_use = with_api_key(service_account_key("warm", 1), &maker.key);
         create(&mut keys, first_use).await?;
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut holder = hold_tenant_row(&db, "acme").await?;
         // A `ttl` ending a second before the maker's expiry, on a call that then waits three.
         let expiry =
             UNIX_EPOCH + Duration::new(makers_expiry.seconds as u64, makers_expiry.nanos as u32);
@@ -267,11 +271,6 @@ async fn a_key_that_waited_still_expires_no_later_than_its_maker() -> anyhow::Re
             seconds: ttl.as_secs() as i64,
             nanos: ttl.subsec_nanos() as i32,
         });
-        let db = mesh.unrestricted_db(Component::Identity).await?;
-        let mut holder = db.begin().await?;
-        sqlx::query("UPDATE tenants SET update_time = update_time WHERE id = 'acme'")
-            .execute(&mut *holder)
-            .await?;
         let making = tokio::spawn({
             let mut keys = keys.clone();
             let request = with_api_key(request, &maker.key);
@@ -307,10 +306,7 @@ async fn a_key_revoked_while_it_makes_a_key_leaves_no_key_behind() -> anyhow::Re
         // The tenant's row is held, so the key's call, let in and judged, waits to count the
         // tenant's keys while the key is revoked.
         let db = mesh.unrestricted_db(Component::Identity).await?;
-        let mut holder = db.begin().await?;
-        sqlx::query("UPDATE tenants SET update_time = update_time WHERE id = 'acme'")
-            .execute(&mut *holder)
-            .await?;
+        let mut holder = hold_tenant_row(&db, "acme").await?;
         let making = tokio::spawn({
             let mut keys = keys.clone();
             let request = with_api_key(service_account_key("late", 5), &leaked.key);

@@ -279,9 +279,7 @@ impl Rest {
         let response = edge.grpc(request).await;
         respond(binding, response).await
     }
-}
 
-impl Rest {
     /// `refusal`, counted by `reason` and logged as the access log logs a finished call: a
     /// request refused before it became a gRPC call is seen by neither. The path is cut short
     /// and the query left out (it may carry anything).

@@ -76,7 +76,10 @@ impl Authz {
             match resource_tenant(resource) {
                 None => return Ok(malformed_resource(resource)),
                 Some(owner) if &owner != tenant && !tenant.is_system() => {
-                    return Ok(deny(format!("{resource} belongs to another tenant")));
+                    return Ok(deny(format!(
+                        "{} belongs to another tenant",
+                        palisade_grpc::echoed(resource)
+                    )));
                 }
                 Some(_) => {}
             }
@@ -316,7 +319,10 @@ impl Authz {
                     && &owner != tenant
                     && !tenant.is_system()
                 {
-                    deny(format!("{resource} belongs to another tenant"))
+                    deny(format!(
+                        "{} belongs to another tenant",
+                        palisade_grpc::echoed(resource)
+                    ))
                 } else if let Some(refusal) = tenant_refusal.as_ref().or(user_refusal.as_ref()) {
                     refusal.clone()
                 } else {

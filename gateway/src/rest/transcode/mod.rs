@@ -354,7 +354,11 @@ fn too_many_values(field: &FieldDescriptor, path: String, first: &str, second: &
     };
     ApiError::invalid(
         path,
-        format!("too many values (`{first}`, `{second}`): the field takes one{hint}"),
+        format!(
+            "too many values (`{}`, `{}`): the field takes one{hint}",
+            palisade_grpc::echoed(first),
+            palisade_grpc::echoed(second)
+        ),
     )
 }
 
@@ -431,7 +435,10 @@ fn text_value(field: &FieldDescriptor, text: String, path: &str) -> Result<Value
             _ => {
                 return Err(ApiError::invalid(
                     path,
-                    format!("invalid value `{text}`: must be `true` or `false`"),
+                    format!(
+                        "invalid value `{}`: must be `true` or `false`",
+                        palisade_grpc::echoed(&text)
+                    ),
                 ));
             }
         },
@@ -457,8 +464,12 @@ fn text_value(field: &FieldDescriptor, text: String, path: &str) -> Result<Value
     };
     let mut object = Map::new();
     object.insert(field.json_name().to_owned(), alone);
-    DynamicMessage::deserialize(field.parent_message().clone(), Value::Object(object))
-        .map_err(|error| ApiError::invalid(path, format!("invalid value `{text}`: {error}")))?;
+    DynamicMessage::deserialize(field.parent_message().clone(), Value::Object(object)).map_err(
+        |error| {
+            let shown = palisade_grpc::echoed(&text);
+            ApiError::invalid(path, format!("invalid value `{shown}`: {error}"))
+        },
+    )?;
     Ok(value)
 }
 

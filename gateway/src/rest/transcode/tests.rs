@@ -134,7 +134,10 @@ fn a_call_whose_body_holds_every_field_takes_no_query_parameters() {
     let bound = request_message(&input, &BodyRule::Whole, None, &path, "parent=x", body);
     let bound = violation(bound);
     assert_eq!(bound.field, "parent");
-    assert!(bound.description.contains("bound by the URL path"), "{bound:?}");
+    assert!(
+        bound.description.contains("bound by the URL path"),
+        "{bound:?}"
+    );
 }
 
 #[test]

@@ -143,13 +143,8 @@ impl UserApi {
         locked: &RoleRecord,
         judged: &BTreeSet<String>,
     ) -> Result<(), ApiError> {
-        let enforced = |permissions: &BTreeSet<String>| -> BTreeSet<String> {
-            (permissions.iter())
-                .filter(|permission| self.roles().in_catalogue(permission))
-                .cloned()
-                .collect()
-        };
-        if enforced(&locked.permissions) != enforced(judged) {
+        let roles = self.roles();
+        if roles.still_granted(&locked.permissions) != roles.still_granted(judged) {
             return Err(ApiError::Aborted {
                 reason: "CONCURRENT_CHANGE",
                 message: format!(

@@ -129,7 +129,10 @@ pub fn resource_tenant(resource: &str) -> Option<TenantId> {
 
 /// The refusal of a resource named unlike any resource of the mesh.
 pub(super) fn malformed_resource(resource: &str) -> Decision {
-    deny(format!("{resource:?} is not a resource name"))
+    deny(format!(
+        "{:?} is not a resource name",
+        palisade_grpc::echoed(resource)
+    ))
 }
 
 #[cfg(test)]
