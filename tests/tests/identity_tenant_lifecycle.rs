@@ -16,10 +16,11 @@ use palisade_db::Scope;
 use palisade_proto::palisade::{
     compliance::v1::{ListAuditEventsRequest, audit_service_client::AuditServiceClient},
     identity::v1::{
-        DeleteTenantRequest, GetTenantRequest, LoginRequest, Plan, RefreshTokenRequest,
-        TenantState, VerifyApiKeyRequest, api_key_service_client::ApiKeyServiceClient,
-        auth_service_client::AuthServiceClient, edge_service_client::EdgeServiceClient,
-        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+        DeleteTenantRequest, GetTenantRequest, LoginRequest, Plan, RefreshTokenRequest, Tenant,
+        TenantState, UpdateTenantRequest, VerifyApiKeyRequest,
+        api_key_service_client::ApiKeyServiceClient, auth_service_client::AuthServiceClient,
+        edge_service_client::EdgeServiceClient, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use palisade_testkit::{Component, Mesh, eventually, with_api_key};
@@ -34,6 +35,57 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, Status>) {
             ) => {}
         other => panic!("expected the credential to be refused, got {other:?}"),
     }
+}
+
+/// Two operators read a tenant and each changes it: with the etag it read, the second is
+/// told the tenant changed (AIP-154) instead of writing over the first's change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_with_a_stale_etag_is_aborted() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        let mut tenants = TenantServiceClient::new(mesh.gateway());
+        let read = tenants
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Standard)))
+            .await?
+            .into_inner();
+        let rename = |display_name: &str, etag: &str| UpdateTenantRequest {
+            tenant: Some(Tenant {
+                name: "tenants/acme".into(),
+                display_name: display_name.into(),
+                etag: etag.into(),
+                ..Tenant::default()
+            }),
+            update_mask: None,
+        };
+        let first = tenants
+            .update_tenant(mesh.as_operator(rename("Acme Corp", &read.etag)))
+            .await?
+            .into_inner();
+        assert_ne!(first.etag, read.etag);
+        let second = tenants
+            .update_tenant(mesh.as_operator(rename("Acme Inc", &read.etag)))
+            .await;
+        assert_eq!(reason(&expect_code(second, Code::Aborted)), "ETAG_MISMATCH");
+        let now = tenants
+            .get_tenant(mesh.as_operator(GetTenantRequest {
+                name: "tenants/acme".into(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(
+            (now.display_name.as_str(), &now.etag),
+            ("Acme Corp", &first.etag)
+        );
+        // With the current etag, or none, it applies.
+        tenants
+            .update_tenant(mesh.as_operator(rename("Acme Inc", &now.etag)))
+            .await?;
+        tenants
+            .update_tenant(mesh.as_operator(rename("Acme", "")))
+            .await?;
+        mesh.stop().await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,6 +155,16 @@ impl TenantService for TenantApi {
             .lock_tenant(&mut tx, &id)
             .await?
             .ok_or_else(not_found)?;
+        // Checked under the lock, so it holds until this commits (AIP-154).
+        if !tenant.etag.is_empty() && tenant.etag != current.etag() {
+            return Err(ApiError::Aborted {
+                reason: "ETAG_MISMATCH",
+                message: format!(
+                    "tenants/{id} changed since the etag was read; read it again and retry"
+                ),
+            }
+            .into());
+        }
         let updated = tenants::apply_update(&current, tenant, &paths, now_micros())?;
         // Judged on what changes, so a tenant fetched, renamed and sent back whole passes.
         tenants::require_may_change(&caller.context, &updated.changed)?;
@@ -309,7 +319,9 @@ impl TenantApi {
 
 fn to_proto(record: TenantRecord) -> Tenant {
     let entitlements = record.entitlements();
+    let etag = record.etag();
     Tenant {
+        etag,
         name: format!("tenants/{}", record.id),
         display_name: record.display_name,
         plan: record.plan as i32,

@@ -21,8 +21,15 @@ pub const UPDATABLE: [&str; 7] = [
 ];
 
 /// The tenant's output-only fields: a mask may name them (a tenant read and sent back whole),
-/// and they are ignored (AIP-203).
-pub const READ_ONLY: [&str; 5] = ["name", "create_time", "update_time", "features", "limits"];
+/// and they are ignored (AIP-203); `etag` too, which is a condition, not a value.
+pub const READ_ONLY: [&str; 6] = [
+    "name",
+    "create_time",
+    "update_time",
+    "features",
+    "limits",
+    "etag",
+];
 
 /// What a tenant's own principals may change about their tenant; the rest (plan, state,
 /// region, domain, overrides) decides what the tenant gets and is for platform operators.
