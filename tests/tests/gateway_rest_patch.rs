@@ -85,11 +85,16 @@ async fn a_patch_body_is_its_own_mask_and_a_read_resource_can_be_sent_back() -> 
         assert_eq!(updated["displayName"], "Acme Corp");
         assert_eq!(updated["createTime"], tenant["createTime"]);
 
-        // Output-only fields are ignored whatever they say (AIP-203): a copy read before
-        // another change (an older `updateTime`) is no error.
+        // A copy read before another change carries that read's etag: sent back, it is told
+        // the tenant changed (AIP-154, 409) rather than undoing the change.
         let mut stale = tenant.clone();
-        stale["createTime"] = "2020-01-01T00:00:00Z".into();
         stale["displayName"] = "Acme Again".into();
+        let conflict = as_operator(&mesh, "PATCH", "/v1/tenants/acme", &stale.to_string()).await?;
+        assert_eq!(conflict.status, 409, "{}", conflict.text());
+        // Without its etag it applies, and output-only fields are ignored whatever they say
+        // (AIP-203).
+        stale.as_object_mut().unwrap().remove("etag");
+        stale["createTime"] = "2020-01-01T00:00:00Z".into();
         let again =
             json(&as_operator(&mesh, "PATCH", "/v1/tenants/acme", &stale.to_string()).await?);
         assert_eq!(again["displayName"], "Acme Again");

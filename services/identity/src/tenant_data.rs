@@ -12,6 +12,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::{
+    authz::ALL_PERMISSIONS,
     roles::{RoleRecord, Roles},
     store::ApiKeyRecord,
     tenants::TenantRecord,
@@ -128,16 +129,21 @@ pub fn tenant_record(tenant: &TenantRecord) -> TenantDataRecord {
 /// carry it as unspecified, which no import restores (and an import must not guess).
 pub fn user_exportable(user: &UserRecord) -> Result<(), ApiError> {
     if user.state == UserState::Unspecified {
-        return Err(ApiError::FailedPrecondition {
-            reason: "UNKNOWN_USER_STATE",
-            message: format!(
-                "{} is in a state this server does not know; export it with the version that \
-                 wrote it",
-                user.name()
-            ),
-        });
+        let what = format!("{} is in a state", user.name());
+        return Err(unknown_user_state(&what));
     }
     Ok(())
+}
+
+/// The refusal to export a user in a state this server does not know; `what` says which,
+/// e.g. `tenants/acme holds a user in a state`.
+pub fn unknown_user_state(what: &str) -> ApiError {
+    ApiError::FailedPrecondition {
+        reason: "UNKNOWN_USER_STATE",
+        message: format!(
+            "{what} this server does not know; export it with the version that wrote it"
+        ),
+    }
 }
 
 /// `role` as exported: the permissions it still grants (`Roles::still_granted`), which an
@@ -166,11 +172,21 @@ pub fn user_record(user: &UserRecord, password_hash: String) -> TenantDataRecord
     }))
 }
 
-pub fn api_key_record(key: &ApiKeyRecord) -> TenantDataRecord {
-    record(Record::ApiKey(ExportedApiKey {
+/// `key` as exported: the scopes it still grants (`*` or permissions of the catalogue), which
+/// an import restores; `None` for a key left with none, which grants nothing and which no
+/// import would take.
+pub fn api_key_record(key: &ApiKeyRecord, roles: &Roles) -> Option<TenantDataRecord> {
+    let scopes: Vec<String> = (key.scopes.iter())
+        .filter(|scope| *scope == ALL_PERMISSIONS || roles.in_catalogue(scope))
+        .cloned()
+        .collect();
+    if scopes.is_empty() {
+        return None;
+    }
+    Some(record(Record::ApiKey(ExportedApiKey {
         name: key.name(),
         display_name: key.display_name.clone(),
-        scopes: key.scopes.clone(),
+        scopes,
         owner: key.owner_name(),
         secret_sha256: key.secret_hash.clone(),
         create_time: Some(timestamp(key.create_time)),
@@ -178,7 +194,7 @@ pub fn api_key_record(key: &ApiKeyRecord) -> TenantDataRecord {
         revoke_time: key.revoke_time.map(timestamp),
         last_use_time: key.last_use_time.map(timestamp),
         created_with: key.created_with.clone().unwrap_or_default(),
-    }))
+    })))
 }
 
 fn record(record: Record) -> TenantDataRecord {
@@ -255,7 +271,11 @@ mod tests {
             tenant_id: acme(),
             display_name: "ci".into(),
             secret_hash: vec![7; 32],
-            scopes: vec!["identity.users.list".into()],
+            // As for the role: a retired scope is not exported.
+            scopes: vec![
+                "identity.users.list".into(),
+                "identity.retired.method".into(),
+            ],
             owner_user_id: Some(user.id.clone()),
             created_with: Some("tenants/system/apiKeys/0192f3c47a1e7b3c9d2e4f5a6b7c8d9f".into()),
             create_time: T0,
@@ -267,7 +287,7 @@ mod tests {
             tenant_record(&tenant),
             role_record(&role, &catalogue()),
             user_record(&user, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
-            api_key_record(&key),
+            api_key_record(&key, &catalogue()).expect("a key with catalogue scopes"),
         ]
     }
 
@@ -323,6 +343,34 @@ mod tests {
                 other => panic!("expected {reason}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_key_left_with_no_scope_it_grants_is_not_exported() {
+        let Some(Record::ApiKey(exported)) = stream().remove(3).record else {
+            panic!("the fourth record is the key");
+        };
+        assert_eq!(exported.scopes, ["identity.users.list"]);
+        let key = ApiKeyRecord {
+            id: "0192f3c47a1e7b3c9d2e4f5a6b7c8d9e".into(),
+            tenant_id: TenantId::system(),
+            display_name: "operator".into(),
+            secret_hash: vec![7; 32],
+            scopes: vec!["identity.retired.method".into()],
+            owner_user_id: None,
+            created_with: None,
+            create_time: T0,
+            expire_time: T0 + 10,
+            revoke_time: None,
+            last_use_time: None,
+        };
+        assert!(api_key_record(&key, &catalogue()).is_none());
+        // An operator's `*` is no catalogue permission, and is exported.
+        let operator = ApiKeyRecord {
+            scopes: vec![ALL_PERMISSIONS.into()],
+            ..key
+        };
+        assert!(api_key_record(&operator, &catalogue()).is_some());
     }
 
     #[test]

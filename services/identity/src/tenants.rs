@@ -35,22 +35,39 @@ impl TenantRecord {
     pub fn etag(&self) -> String {
         use base64::Engine;
         use sha2::{Digest, Sha256};
-        // Strings and maps in their Debug form: escaped, and maps in key order.
-        let stored = format!(
-            "{}|{:?}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}",
-            self.id,
-            self.display_name,
-            self.plan as i32,
-            self.state as i32,
-            self.region,
-            self.domain,
-            self.feature_overrides,
-            self.limit_overrides,
-            self.create_time,
-            self.update_time,
+        // Each field length-prefixed, maps in key order: one encoding for one record, the
+        // same in every build.
+        fn field(hasher: &mut Sha256, bytes: &[u8]) {
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        }
+        let mut hasher = Sha256::new();
+        field(&mut hasher, self.id.as_str().as_bytes());
+        field(&mut hasher, self.display_name.as_bytes());
+        field(&mut hasher, &(self.plan as i32).to_be_bytes());
+        field(&mut hasher, &(self.state as i32).to_be_bytes());
+        field(&mut hasher, self.region.as_bytes());
+        // A domain is never empty, so "" stands for none.
+        field(&mut hasher, self.domain.as_deref().unwrap_or("").as_bytes());
+        field(
+            &mut hasher,
+            &(self.feature_overrides.len() as u64).to_be_bytes(),
         );
-        let digest = Sha256::digest(stored.as_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+        for (feature, enabled) in &self.feature_overrides {
+            field(&mut hasher, feature.as_bytes());
+            field(&mut hasher, &[u8::from(*enabled)]);
+        }
+        field(
+            &mut hasher,
+            &(self.limit_overrides.len() as u64).to_be_bytes(),
+        );
+        for (limit, value) in &self.limit_overrides {
+            field(&mut hasher, limit.as_bytes());
+            field(&mut hasher, &value.to_be_bytes());
+        }
+        field(&mut hasher, &self.create_time.to_be_bytes());
+        field(&mut hasher, &self.update_time.to_be_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hasher.finalize()[..16])
     }
 
     /// The plan with this tenant's overrides: its effective features and limits.

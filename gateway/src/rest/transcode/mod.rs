@@ -323,7 +323,7 @@ fn resolve(message: &MessageDescriptor, path: &str) -> Result<Vec<FieldDescripto
             };
             if field.is_list() || field.is_map() {
                 return Err(ApiError::invalid(
-                    path,
+                    palisade_grpc::echoed(path),
                     format!("`{name}` cannot be addressed by path"),
                 ));
             }

@@ -42,8 +42,9 @@ pub fn check_spellings(
     for (key, value) in object {
         let Some(field) = super::find_field(message, key) else {
             // Named where it is, as the decoder (which would refuse it too) cannot.
+            let key = palisade_grpc::echoed(key);
             return Err(ApiError::invalid(
-                within(key),
+                within(&key),
                 format!("unknown field `{key}` in {}", message.full_name()),
             ));
         };
@@ -206,6 +207,7 @@ impl<'de> Visitor<'de> for UniqueVisitor {
         let mut object = Map::new();
         while let Some(key) = entries.next_key::<String>()? {
             if object.contains_key(&key) {
+                let key = palisade_grpc::echoed(&key);
                 return Err(A::Error::custom(format!("duplicate key `{key}`")));
             }
             let Unique(value) = entries.next_value()?;

@@ -78,7 +78,7 @@ impl TenantDataService for TenantDataApi {
         let actor = Actor::of(&request);
         let tenant = tenants::parse_field(&request.get_ref().tenant, "tenant")?;
         let resource = format!("tenants/{tenant}");
-        let (snapshot, record) =
+        let (mut snapshot, record) =
             self.store
                 .tenant_snapshot(&tenant)
                 .await?
@@ -86,6 +86,11 @@ impl TenantDataService for TenantDataApi {
                     resource: resource.clone(),
                 })?;
         tenant_data::exportable(&record)?;
+        // Refused before anything leaves or is recorded; `user_exportable` is the backstop.
+        if snapshot.has_user_in_unknown_state().await? {
+            let what = format!("{resource} holds a user in a state");
+            return Err(tenant_data::unknown_user_state(&what).into());
+        }
         // Recorded before the first record leaves: an export that breaks off still happened.
         let tx = self
             .store
@@ -237,8 +242,9 @@ impl TenantDataService for TenantDataApi {
 }
 
 /// Writes the stream of `snapshot`: header, the records in format order, trailer. Only what
-/// an import restores goes out (`tenant_data::exportable`): a role's permissions it still
-/// grants, and no user in a state this server does not know.
+/// an import restores goes out: a role's permissions and a key's scopes it still grants
+/// (`tenant_data::role_record`, `tenant_data::api_key_record`), and no user in a state this
+/// server does not know (`tenant_data::user_exportable`).
 async fn export(
     mut snapshot: TenantSnapshot,
     tenant: TenantRecord,
@@ -280,7 +286,9 @@ async fn export(
     loop {
         let page = snapshot.api_keys(after.as_ref(), BATCH_SIZE).await?;
         for key in &page {
-            out.push(tenant_data::api_key_record(key)).await?;
+            if let Some(record) = tenant_data::api_key_record(key, roles) {
+                out.push(record).await?;
+            }
         }
         match page.last() {
             Some(last) if page.len() == BATCH_SIZE => {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use palisade_db::{Scope, placeholders};
 use palisade_grpc::{ApiError, aip::CreatedCursor};
+use palisade_proto::palisade::identity::v1::UserState;
 use palisade_tenancy::TenantId;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 
@@ -18,8 +19,11 @@ use super::{
     users::{USER_COLUMNS, user_from_row},
 };
 use crate::{
-    roles::RoleRecord, store::ApiKeyRecord, tenant_data::Restored, tenants::TenantRecord,
-    users::UserRecord,
+    roles::RoleRecord,
+    store::ApiKeyRecord,
+    tenant_data::Restored,
+    tenants::TenantRecord,
+    users::{self, UserRecord},
 };
 
 /// One tenant's rows as of one moment, read page by page: every page comes from the same
@@ -80,6 +84,22 @@ impl IdentityStore {
 }
 
 impl TenantSnapshot {
+    /// Whether some user of the tenant is in a state this server does not know (written by a
+    /// newer version), which no export may carry (`tenant_data::user_exportable`).
+    pub async fn has_user_in_unknown_state(&mut self) -> Result<bool, ApiError> {
+        let known = [UserState::Active, UserState::Disabled].map(users::state_key);
+        let found = sqlx::query(
+            "SELECT 1 FROM users WHERE tenant_id = $1 AND state <> $2 AND state <> $3 LIMIT 1",
+        )
+        .bind(self.tenant.as_str())
+        .bind(known[0])
+        .bind(known[1])
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(internal)?;
+        Ok(found.is_some())
+    }
+
     /// Custom roles with their permissions, by id, after `after`, `limit` at most.
     pub async fn roles(
         &mut self,
