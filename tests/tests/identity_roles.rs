@@ -356,6 +356,55 @@ async fn a_custom_role_grants_exactly_its_permissions_from_creation_to_deletion(
     Ok(())
 }
 
+/// Two admins change one role from the same read: with the etag it read, the second is told
+/// the role changed (AIP-154) instead of putting back a permission the first took away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_update_with_a_stale_etag_is_aborted() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let mesh = builder.start().await?;
+        populate(&mesh, &[("acme", "ada@example.com", "admin")]).await?;
+        let mut roles = RoleServiceClient::new(mesh.gateway());
+        let scopes = ["identity.users.list", "identity.users.get"];
+        let read = roles
+            .create_role(mesh.as_operator(new_role("acme", "reader", &scopes)))
+            .await?
+            .into_inner();
+        let set_permissions = |permissions: &[&str], etag: &str| UpdateRoleRequest {
+            role: Some(Role {
+                name: read.name.clone(),
+                permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+                etag: etag.to_owned(),
+                ..Role::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["permissions".into()],
+            }),
+        };
+        let narrowed = roles
+            .update_role(mesh.as_operator(set_permissions(&scopes[..1], &read.etag)))
+            .await?
+            .into_inner();
+        assert_ne!(narrowed.etag, read.etag);
+        let stale = roles
+            .update_role(mesh.as_operator(set_permissions(&scopes, &read.etag)))
+            .await;
+        assert_eq!(reason(&expect_code(stale, Code::Aborted)), "ETAG_MISMATCH");
+        let now = roles
+            .get_role(mesh.as_operator(GetRoleRequest {
+                name: read.name.clone(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(now.permissions, ["identity.users.list"]);
+        assert_eq!(now.etag, narrowed.etag);
+        roles
+            .update_role(mesh.as_operator(set_permissions(&scopes, &now.etag)))
+            .await?;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_role_input_names_the_fields() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
@@ -427,7 +476,7 @@ async fn bad_role_input_names_the_fields() -> anyhow::Result<()> {
                     ..Role::default()
                 }),
                 update_mask: Some(FieldMask {
-                    paths: vec!["etag".into(), "display_name".into()],
+                    paths: vec!["colour".into(), "display_name".into()],
                 }),
             }))
             .await;

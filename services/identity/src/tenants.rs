@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use palisade_grpc::{ApiError, FieldViolation};
+use palisade_grpc::{ApiError, FieldViolation, aip::Etag};
 use palisade_proto::palisade::identity::v1::{CreateTenantRequest, Plan, TenantState};
 use palisade_tenancy::TenantId;
 
@@ -33,41 +33,25 @@ impl TenantRecord {
     /// stored about it, so any change gives another, even one within the same microsecond
     /// or under a clock set back. Opaque to clients; 22 base64url characters.
     pub fn etag(&self) -> String {
-        use base64::Engine;
-        use sha2::{Digest, Sha256};
-        // Each field length-prefixed, maps in key order: one encoding for one record, the
-        // same in every build.
-        fn field(hasher: &mut Sha256, bytes: &[u8]) {
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(bytes);
-        }
-        let mut hasher = Sha256::new();
-        field(&mut hasher, self.id.as_str().as_bytes());
-        field(&mut hasher, self.display_name.as_bytes());
-        field(&mut hasher, &(self.plan as i32).to_be_bytes());
-        field(&mut hasher, &(self.state as i32).to_be_bytes());
-        field(&mut hasher, self.region.as_bytes());
-        // A domain is never empty, so "" stands for none.
-        field(&mut hasher, self.domain.as_deref().unwrap_or("").as_bytes());
-        field(
-            &mut hasher,
-            &(self.feature_overrides.len() as u64).to_be_bytes(),
-        );
+        let mut etag = Etag::new()
+            .field(self.id.as_str().as_bytes())
+            .field(self.display_name.as_bytes())
+            .number(self.plan as i64)
+            .number(self.state as i64)
+            .field(self.region.as_bytes())
+            // A domain is never empty, so "" stands for none.
+            .field(self.domain.as_deref().unwrap_or("").as_bytes())
+            .number(self.feature_overrides.len() as i64);
         for (feature, enabled) in &self.feature_overrides {
-            field(&mut hasher, feature.as_bytes());
-            field(&mut hasher, &[u8::from(*enabled)]);
+            etag = etag.field(feature.as_bytes()).number(i64::from(*enabled));
         }
-        field(
-            &mut hasher,
-            &(self.limit_overrides.len() as u64).to_be_bytes(),
-        );
+        etag = etag.number(self.limit_overrides.len() as i64);
         for (limit, value) in &self.limit_overrides {
-            field(&mut hasher, limit.as_bytes());
-            field(&mut hasher, &value.to_be_bytes());
+            etag = etag.field(limit.as_bytes()).number(*value);
         }
-        field(&mut hasher, &self.create_time.to_be_bytes());
-        field(&mut hasher, &self.update_time.to_be_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hasher.finalize()[..16])
+        etag.number(self.create_time)
+            .number(self.update_time)
+            .finish()
     }
 
     /// The plan with this tenant's overrides: its effective features and limits.

@@ -121,6 +121,8 @@ impl RoleApi {
             .get_role(tenant, id)
             .await?
             .ok_or_else(not_found)?;
+        // Against the role as read; the lock below sends a role changed since back here.
+        aip::require_etag(&update.etag, &current.etag(), &current.name())?;
         let next = roles::apply_update(&current, update, paths, self.roles(), now_micros())?;
         if next == current {
             return Ok(Some(current));
@@ -499,6 +501,7 @@ fn parse_filter(filter: &str, roles: &Roles) -> Result<ListFilter, ApiError> {
 
 fn to_proto(record: RoleRecord) -> Role {
     Role {
+        etag: record.etag(),
         name: record.name(),
         display_name: record.display_name,
         description: record.description,

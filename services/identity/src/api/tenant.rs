@@ -156,15 +156,7 @@ impl TenantService for TenantApi {
             .await?
             .ok_or_else(not_found)?;
         // Checked under the lock, so it holds until this commits (AIP-154).
-        if !tenant.etag.is_empty() && tenant.etag != current.etag() {
-            return Err(ApiError::Aborted {
-                reason: "ETAG_MISMATCH",
-                message: format!(
-                    "tenants/{id} changed since the etag was read; read it again and retry"
-                ),
-            }
-            .into());
-        }
+        aip::require_etag(&tenant.etag, &current.etag(), &format!("tenants/{id}"))?;
         let updated = tenants::apply_update(&current, tenant, &paths, now_micros())?;
         // Judged on what changes, so a tenant fetched, renamed and sent back whole passes.
         tenants::require_may_change(&caller.context, &updated.changed)?;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use palisade_grpc::{ApiError, FieldViolation};
+use palisade_grpc::{ApiError, FieldViolation, aip::Etag};
 use palisade_proto::palisade::identity::v1::{CreateRoleRequest, Role};
 use palisade_tenancy::TenantId;
 
@@ -29,6 +29,24 @@ pub struct RoleRecord {
 }
 
 impl RoleRecord {
+    /// The role's version for optimistic concurrency (AIP-154): a digest of everything stored
+    /// about it (see `aip::Etag`).
+    pub fn etag(&self) -> String {
+        let mut etag = Etag::new()
+            .field(self.tenant_id.as_str().as_bytes())
+            .field(self.id.as_bytes())
+            .field(self.display_name.as_bytes())
+            .field(self.description.as_bytes())
+            .number(self.permissions.len() as i64);
+        for permission in &self.permissions {
+            etag = etag.field(permission.as_bytes());
+        }
+        etag.number(i64::from(self.built_in))
+            .number(self.create_time.unwrap_or(-1))
+            .number(self.update_time.unwrap_or(-1))
+            .finish()
+    }
+
     pub fn name(&self) -> String {
         format!("tenants/{}/roles/{}", self.tenant_id, self.id)
     }
@@ -125,8 +143,8 @@ pub struct UpdatePaths {
 }
 
 /// A role's output-only fields: a mask may name them (a role read and sent back whole), and
-/// they are ignored (AIP-203).
-pub const READ_ONLY: [&str; 4] = ["name", "built_in", "create_time", "update_time"];
+/// they are ignored (AIP-203); `etag` too, which is a condition, not a value.
+pub const READ_ONLY: [&str; 5] = ["name", "built_in", "create_time", "update_time", "etag"];
 
 impl UpdatePaths {
     /// The paths of `mask` (`display_name`, `description`, `permissions`, or `*` for all); an
@@ -425,7 +443,7 @@ mod tests {
         assert_eq!(same, current);
 
         assert_eq!(
-            violated(UpdatePaths::parse(&["etag".into()], &update)),
+            violated(UpdatePaths::parse(&["colour".into()], &update)),
             ["update_mask"]
         );
         let all = UpdatePaths::parse(&["*".into()], &update).unwrap();
