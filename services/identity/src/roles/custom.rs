@@ -458,4 +458,40 @@ mod tests {
             ["role.display_name", "role.permissions[0]"]
         );
     }
+
+    /// Any stored change gives another etag.
+    #[test]
+    fn the_etag_follows_every_stored_field() {
+        let role = RoleRecord {
+            tenant_id: TenantId::parse("acme").unwrap(),
+            id: "reader".into(),
+            display_name: "Reader".into(),
+            description: String::new(),
+            permissions: ["identity.users.list".to_owned()].into(),
+            built_in: false,
+            create_time: Some(1),
+            update_time: Some(1),
+        };
+        assert_eq!(role.etag(), role.clone().etag());
+        for changed in [
+            RoleRecord {
+                display_name: "Readers".into(),
+                ..role.clone()
+            },
+            RoleRecord {
+                description: "reads".into(),
+                ..role.clone()
+            },
+            RoleRecord {
+                permissions: ["identity.users.get".to_owned()].into(),
+                ..role.clone()
+            },
+            RoleRecord {
+                update_time: Some(2),
+                ..role.clone()
+            },
+        ] {
+            assert_ne!(changed.etag(), role.etag(), "{changed:?}");
+        }
+    }
 }
