@@ -113,6 +113,15 @@ impl Roles {
             .collect()
     }
 
+    /// Those of an API key's stored `scopes` it still holds: `*` (an operator's key) and the
+    /// permissions still in the catalogue.
+    pub fn still_granted_scopes(&self, scopes: &[String]) -> Vec<String> {
+        (scopes.iter())
+            .filter(|scope| *scope == crate::authz::ALL_PERMISSIONS || self.in_catalogue(scope))
+            .cloned()
+            .collect()
+    }
+
     /// Whether some of `roles` are not built-in, i.e. name custom roles of the user's tenant.
     pub fn any_custom(&self, roles: &[String]) -> bool {
         roles.iter().any(|role| !self.is_known(role))

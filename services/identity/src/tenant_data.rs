@@ -5,14 +5,13 @@
 use palisade_grpc::{ApiError, time::timestamp};
 use palisade_proto::palisade::identity::v1::{
     ExportedApiKey, ExportedRole, ExportedTenant, ExportedUser, TenantDataCounts, TenantDataHeader,
-    TenantDataRecord, TenantDataTrailer, UserState, tenant_data_record::Record,
+    TenantDataRecord, TenantDataTrailer, tenant_data_record::Record,
 };
 use palisade_tenancy::TenantId;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    authz::ALL_PERMISSIONS,
     roles::{RoleRecord, Roles},
     store::ApiKeyRecord,
     tenants::TenantRecord,
@@ -125,23 +124,15 @@ pub fn tenant_record(tenant: &TenantRecord) -> TenantDataRecord {
     }))
 }
 
-/// Refuses to export a user whose stored state this server does not know: the stream would
-/// carry it as unspecified, which no import restores (and an import must not guess).
-pub fn user_exportable(user: &UserRecord) -> Result<(), ApiError> {
-    if user.state == UserState::Unspecified {
-        let what = format!("{} is in a state", user.name());
-        return Err(unknown_user_state(&what));
-    }
-    Ok(())
-}
-
-/// The refusal to export a user in a state this server does not know; `what` says which,
-/// e.g. `tenants/acme holds a user in a state`.
-pub fn unknown_user_state(what: &str) -> ApiError {
+/// The refusal to export `tenant`, which holds a user in a state this server does not know
+/// (`TenantSnapshot::has_user_in_unknown_state`): the stream would carry it as unspecified,
+/// which no import restores (and an import must not guess).
+pub fn unknown_user_state(tenant: &TenantId) -> ApiError {
     ApiError::FailedPrecondition {
         reason: "UNKNOWN_USER_STATE",
         message: format!(
-            "{what} this server does not know; export it with the version that wrote it"
+            "tenants/{tenant} holds a user in a state this server does not know; export it \
+             with the version that wrote it"
         ),
     }
 }
@@ -176,10 +167,7 @@ pub fn user_record(user: &UserRecord, password_hash: String) -> TenantDataRecord
 /// an import restores; `None` for a key left with none, which grants nothing and which no
 /// import would take.
 pub fn api_key_record(key: &ApiKeyRecord, roles: &Roles) -> Option<TenantDataRecord> {
-    let scopes: Vec<String> = (key.scopes.iter())
-        .filter(|scope| *scope == ALL_PERMISSIONS || roles.in_catalogue(scope))
-        .cloned()
-        .collect();
+    let scopes = roles.still_granted_scopes(&key.scopes);
     if scopes.is_empty() {
         return None;
     }
@@ -367,40 +355,10 @@ mod tests {
         assert!(api_key_record(&key, &catalogue()).is_none());
         // An operator's `*` is no catalogue permission, and is exported.
         let operator = ApiKeyRecord {
-            scopes: vec![ALL_PERMISSIONS.into()],
+            scopes: vec![crate::authz::ALL_PERMISSIONS.into()],
             ..key
         };
         assert!(api_key_record(&operator, &catalogue()).is_some());
-    }
-
-    #[test]
-    fn a_user_in_an_unknown_state_is_not_exported() {
-        let Some(Record::User(exported)) = stream().remove(2).record else {
-            panic!("the third record is the user");
-        };
-        let (_, id) = crate::users::parse_name(&exported.name).unwrap();
-        let user = UserRecord {
-            id,
-            tenant_id: acme(),
-            email: exported.email,
-            display_name: exported.display_name,
-            state: UserState::Unspecified,
-            roles: exported.roles,
-            create_time: T0,
-            update_time: T0,
-            locked_until: None,
-        };
-        match user_exportable(&user) {
-            Err(ApiError::FailedPrecondition { reason, .. }) => {
-                assert_eq!(reason, "UNKNOWN_USER_STATE");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        let active = UserRecord {
-            state: UserState::Active,
-            ..user
-        };
-        assert!(user_exportable(&active).is_ok());
     }
 
     #[test]

@@ -117,62 +117,55 @@ pub fn request_message(
             }
         }
     }
-    // With `body: "*"` every field comes from the body or the path (google/api/http.proto), so
-    // a query parameter would be dropped, and the call would not do what its client meant
-    // (`?ttl=60s` beside a body's `expireTime`): refused, named as its field if it is one.
-    if *body_rule == BodyRule::Whole {
-        if let Some((name, _)) = parse_query(query)?.into_iter().next() {
-            let path = proto_path(&resolve(input, &name)?);
-            let bound = bindings
-                .iter()
-                .any(|(fields, _)| proto_path(fields) == path);
-            let problem = if bound {
-                "is bound by the URL path; it cannot be set in the query as well"
-            } else {
-                "is a query parameter, but this call takes every field from its body; send it there"
-            };
-            return Err(ApiError::invalid(path, problem));
+    // The fields the URL path binds are not query parameters either.
+    let bound: Vec<String> = (bindings.iter())
+        .map(|(fields, _)| proto_path(fields))
+        .collect();
+    // The first value of each singular field, so a second one can be refused.
+    let mut singular: HashMap<String, String> = HashMap::new();
+    for (name, value) in parse_query(query)? {
+        let fields = resolve(input, &name)?;
+        let path = proto_path(&fields);
+        let within = |bound: &String| {
+            path == *bound
+                || path
+                    .strip_prefix(bound.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
+        if bound.iter().any(within) {
+            return Err(ApiError::invalid(
+                path,
+                "is bound by the URL path; it cannot be set in the query as well",
+            ));
         }
-    } else {
-        // The fields the URL path binds are not query parameters either.
-        let bound: Vec<String> = (bindings.iter())
-            .map(|(fields, _)| proto_path(fields))
-            .collect();
-        // The first value of each singular field, so a second one can be refused.
-        let mut singular: HashMap<String, String> = HashMap::new();
-        for (name, value) in parse_query(query)? {
-            let fields = resolve(input, &name)?;
-            let path = proto_path(&fields);
-            let within = |bound: &String| {
-                path == *bound
-                    || path
-                        .strip_prefix(bound.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            };
-            if bound.iter().any(within) {
+        match body_rule {
+            // With `body: "*"` every field comes from the body or the path
+            // (google/api/http.proto): a query parameter would be dropped, and the call would
+            // not do what its client meant (`?ttl=60s` beside a body's `expireTime`).
+            BodyRule::Whole => {
                 return Err(ApiError::invalid(
                     path,
-                    "is bound by the URL path; it cannot be set in the query as well",
+                    "is a query parameter, but this call takes every field from its body; \
+                     send it there",
                 ));
             }
             // The body field is the top-level field the rule names (google/api/http.proto).
-            if let BodyRule::Field(body) = body_rule
-                && fields[0].name() == body
-            {
+            BodyRule::Field(body) if fields[0].name() == body => {
                 return Err(ApiError::invalid(
                     path,
                     format!("is part of the request body (`{body}`); send it there"),
                 ));
             }
-            let last = fields.last().expect("a path has at least one field");
-            if !last.is_list() {
-                if let Some(first) = singular.get(&path) {
-                    return Err(too_many_values(last, path, first, &value));
-                }
-                singular.insert(path, value.clone());
-            }
-            set(&mut root, &fields, Leaf::Text(value))?;
+            _ => {}
         }
+        let last = fields.last().expect("a path has at least one field");
+        if !last.is_list() {
+            if let Some(first) = singular.get(&path) {
+                return Err(too_many_values(last, path, first, &value));
+            }
+            singular.insert(path, value.clone());
+        }
+        set(&mut root, &fields, Leaf::Text(value))?;
     }
     for (fields, value) in &bindings {
         set(&mut root, fields, Leaf::Text((*value).clone()))?;

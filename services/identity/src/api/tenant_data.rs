@@ -86,10 +86,10 @@ impl TenantDataService for TenantDataApi {
                     resource: resource.clone(),
                 })?;
         tenant_data::exportable(&record)?;
-        // Refused before anything leaves or is recorded; `user_exportable` is the backstop.
+        // Refused before anything leaves or is recorded; the snapshot the export then reads
+        // holds no such user.
         if snapshot.has_user_in_unknown_state().await? {
-            let what = format!("{resource} holds a user in a state");
-            return Err(tenant_data::unknown_user_state(&what).into());
+            return Err(tenant_data::unknown_user_state(&tenant).into());
         }
         // Recorded before the first record leaves: an export that breaks off still happened.
         let tx = self
@@ -243,8 +243,8 @@ impl TenantDataService for TenantDataApi {
 
 /// Writes the stream of `snapshot`: header, the records in format order, trailer. Only what
 /// an import restores goes out: a role's permissions and a key's scopes it still grants
-/// (`tenant_data::role_record`, `tenant_data::api_key_record`), and no user in a state this
-/// server does not know (`tenant_data::user_exportable`).
+/// (`tenant_data::role_record`, `tenant_data::api_key_record`); a tenant holding a user in a
+/// state this server does not know was refused before.
 async fn export(
     mut snapshot: TenantSnapshot,
     tenant: TenantRecord,
@@ -274,7 +274,6 @@ async fn export(
                 create_time: user.create_time,
                 id: user.id.clone(),
             });
-            tenant_data::user_exportable(&user)?;
             out.push(tenant_data::user_record(&user, password_hash))
                 .await?;
         }

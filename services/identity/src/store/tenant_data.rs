@@ -85,7 +85,7 @@ impl IdentityStore {
 
 impl TenantSnapshot {
     /// Whether some user of the tenant is in a state this server does not know (written by a
-    /// newer version), which no export may carry (`tenant_data::user_exportable`).
+    /// newer version), which no export may carry (`tenant_data::unknown_user_state`).
     pub async fn has_user_in_unknown_state(&mut self) -> Result<bool, ApiError> {
         let known = [UserState::Active, UserState::Disabled].map(users::state_key);
         let found = sqlx::query(

@@ -9,7 +9,7 @@ use palisade_proto::palisade::identity::v1::{ApiKeyState, CreateApiKeyRequest};
 use palisade_tenancy::{Principal, PrincipalKind};
 
 use super::ApiKeyApi;
-use crate::{api_keys, authz::ALL_PERMISSIONS, store::ApiKeyRecord};
+use crate::{api_keys, store::ApiKeyRecord};
 
 impl ApiKeyApi {
     /// A key made with an API key is made with a service-account key, not a user's, and
@@ -86,12 +86,7 @@ impl ApiKeyApi {
         if own && caller.context.tenant_id == key.tenant_id {
             return Ok(());
         }
-        let scopes: Vec<String> = key
-            .scopes
-            .iter()
-            .filter(|scope| *scope == ALL_PERMISSIONS || self.authz.roles().in_catalogue(scope))
-            .cloned()
-            .collect();
+        let scopes = self.authz.roles().still_granted_scopes(&key.scopes);
         let lacking = self
             .authz
             .lacking(&caller.context.tenant_id, principal, &scopes)
