@@ -351,6 +351,24 @@ async fn failed_logins_are_refused_alike_and_audited() -> anyhow::Result<()> {
             violated_fields(&expect_code(empty, Code::InvalidArgument)),
             ["tenant_id", "email", "password"]
         );
+        let oversized = LoginRequest {
+            tenant_id: "a".repeat(64),
+            email: format!("{}@example.com", "a".repeat(243)),
+            password: "p".repeat(4097),
+        };
+        assert_eq!(
+            violated_fields(&expect_code(
+                auth.login(oversized).await,
+                Code::InvalidArgument
+            )),
+            ["tenant_id", "email", "password"]
+        );
+        // Refused before the attempt is counted: as many as lock the account (5, with the one
+        // wrong password above) leave the admin free to sign in below.
+        for _ in 0..5 {
+            let oversized = login_request(&"p".repeat(4097));
+            expect_code(auth.login(oversized).await, Code::InvalidArgument);
+        }
         let wrong = audit_event(&mesh, "identity.auth.login", |e| {
             e.outcome() == Outcome::Failure && e.resource == admin
         })

@@ -12,6 +12,9 @@ pub const SYSTEM_TENANT: &str = "system";
 pub struct TenantId(String);
 
 impl TenantId {
+    /// The longest tenant id, in bytes (a DNS label's limit: a tenant's id can be a subdomain).
+    pub const MAX_LEN: usize = 63;
+
     /// Accepts lowercase letters, digits and hyphens, 3 to 63 characters, starting with a letter
     /// or digit (UUIDs start with a digit), not ending with a hyphen.
     pub fn parse(raw: &str) -> Result<TenantId> {
@@ -20,7 +23,7 @@ impl TenantId {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let valid_ends =
             raw.starts_with(|c: char| c.is_ascii_alphanumeric()) && !raw.ends_with('-');
-        if (3..=63).contains(&raw.len()) && valid_chars && valid_ends {
+        if (3..=Self::MAX_LEN).contains(&raw.len()) && valid_chars && valid_ends {
             Ok(TenantId(raw.to_owned()))
         } else {
             Err(Error::InvalidTenantId(raw.to_owned()))

@@ -42,6 +42,12 @@ mod policy;
 
 pub use policy::check_policy;
 
+/// The longest password, in bytes as typed, that identity looks at. Normalization can make a
+/// password 11 times longer (`U+FDFA` is 3 bytes, its NFKC form 33), so a bound is needed
+/// before it runs; this one is far above any password the policy accepts (128 characters once
+/// normalized, at most 512 bytes) and leaves room for a longer one an imported hash holds.
+pub const MAX_TYPED_BYTES: usize = 4096;
+
 #[derive(Clone)]
 pub struct Passwords {
     threads: HashingThreads,
@@ -87,11 +93,12 @@ impl Passwords {
         password: &str,
         salt: [u8; SALT_LEN],
     ) -> Result<String, ApiError> {
-        let password = normalized(password).into_owned();
+        // Normalized on the hashing thread: it is the costly part for a long password.
+        let password = password.to_owned();
         self.threads
             .run(move || {
                 let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
-                hash_into_phc(password.as_bytes(), salt.as_salt())
+                hash_into_phc(normalized(&password).as_bytes(), salt.as_salt())
             })
             .await
     }
@@ -106,15 +113,15 @@ impl Passwords {
     ) -> Result<bool, ApiError> {
         let owner = owner.to_owned();
         let stored = stored.to_owned();
-        let candidate = normalized(password).into_owned();
-        // Hashes made before passwords were normalized hold the password as it was typed; only
-        // a password that normalization changes can differ, and only such a password is tried
-        // a second time.
-        let as_typed = (candidate != password).then(|| password.to_owned());
+        let typed = password.to_owned();
         self.threads
             .run(move || {
                 let matches = |password: &str| matches_phc(&owner, &stored, password.as_bytes());
-                Ok(matches(&candidate) || as_typed.is_some_and(|typed| matches(&typed)))
+                // Hashes made before passwords were normalized hold the password as it was
+                // typed; only a password that normalization changes can differ, and only such
+                // a password is tried a second time.
+                let candidate = normalized(&typed);
+                Ok(matches(&candidate) || (*candidate != *typed && matches(&typed)))
             })
             .await
     }

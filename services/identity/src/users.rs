@@ -165,13 +165,17 @@ pub fn state_from_key(key: &str) -> UserState {
     }
 }
 
+/// The longest email address, in characters (RFC 5321's path limit less its angle brackets).
+/// The addresses identity accepts itself are ASCII ([`is_email`]); an imported one may not be.
+pub const EMAIL_MAX_LEN: usize = 254;
+
 /// A pragmatic address check (not RFC 5322's whole grammar): one `@`, a local part of 1 to 64
 /// printable characters without spaces, and a DNS domain with at least one dot.
 fn is_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
     };
-    email.len() <= 254
+    email.len() <= EMAIL_MAX_LEN
         && (1..=64).contains(&local.len())
         && local.chars().all(|c| {
             c.is_ascii_graphic()

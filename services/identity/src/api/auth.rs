@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use palisade_audit::AuditRecord;
 use palisade_db::{Scope, in_scope, outbox::Relay};
 use palisade_grpc::{
-    ApiError, Caller, FieldViolation,
+    ApiError, Caller, FieldViolation, echoed,
     time::{now_micros, timestamp},
 };
 use palisade_proto::palisade::{
@@ -24,12 +24,12 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     lockout::LockoutPolicy,
-    passwords::{Passwords, needs_rehash},
+    passwords::{self, Passwords, needs_rehash},
     signing::Keyring,
     store::{IdentityStore, PasswordAttempt},
     tenants::TenantRecord,
     tokens::{self, Claims, REFRESH_TOKEN_TTL_MICROS},
-    users::UserRecord,
+    users::{self, UserRecord},
 };
 
 /// The user id an unknown email's login claims its attempt for: user ids are UUIDs, so it
@@ -269,6 +269,21 @@ impl AuthApi {
                 violations.push(FieldViolation::new(field, "is required"));
             }
         }
+        // Longer than anything that names a tenant, an account or a password identity keeps,
+        // and refused before any work; the bounds depend on the input alone, so the refusal
+        // tells nothing of what exists.
+        if request.tenant_id.len() > TenantId::MAX_LEN {
+            let problem = format!("must be at most {} characters", TenantId::MAX_LEN);
+            violations.push(FieldViolation::new("tenant_id", problem));
+        }
+        if request.email.trim().chars().count() > users::EMAIL_MAX_LEN {
+            let problem = format!("must be at most {} characters", users::EMAIL_MAX_LEN);
+            violations.push(FieldViolation::new("email", problem));
+        }
+        if request.password.len() > passwords::MAX_TYPED_BYTES {
+            let problem = format!("must be at most {} bytes", passwords::MAX_TYPED_BYTES);
+            violations.push(FieldViolation::new("password", problem));
+        }
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations).into());
         }
@@ -389,7 +404,7 @@ impl AuthApi {
                 self.audit_lockout(tenant, &resource, request_id.as_ref())
                     .await?;
             }
-            tracing::info!(tenant = %request.tenant_id, reason = refusal, "login refused");
+            tracing::info!(tenant = ?echoed(&request.tenant_id), reason = refusal, "login refused");
             if let (Some(record), "tenant_not_active") = (&tenant_record, refusal) {
                 crate::tenants::ensure_active(record)?;
             }

@@ -107,6 +107,12 @@ const COMMON_WORDS: &[&str] = &[
 /// `Some(violation)` when `password` (the field `field`) breaks the policy. `context` holds
 /// words of the account (the email's local part, the tenant id) that it must not contain.
 pub fn check_policy(field: &str, password: &str, context: &[&str]) -> Option<FieldViolation> {
+    // Longer than any password of MAX_LENGTH characters can be once normalized (NFKC joins at
+    // most three characters into one), and not worth normalizing.
+    if password.len() > super::MAX_TYPED_BYTES {
+        let problem = format!("must be at most {MAX_LENGTH} characters");
+        return Some(FieldViolation::new(field, problem));
+    }
     // Judged as it will be hashed.
     let password = &*super::normalized(password);
     let length = password.chars().count();
@@ -240,6 +246,13 @@ mod tests {
         assert!(!refused("correct horse battery staple"));
         // Characters, not bytes: 128 two-byte letters are within the limit.
         assert!(!refused(&"éèêëç".repeat(128 / 5)));
+        // Past MAX_TYPED_BYTES, refused unread: a million characters that NFKC would make 18
+        // each.
+        let violation = check_policy("password", &"\u{FDFA}".repeat(1 << 20), &[]);
+        assert_eq!(
+            violation.map(|violation| violation.description),
+            Some(format!("must be at most {MAX_LENGTH} characters"))
+        );
     }
 
     #[test]

@@ -336,7 +336,7 @@ impl Import {
             check.bad("user.name", "the user id must be a UUID in lower case");
         }
         let email_ok = user.email.contains('@')
-            && user.email.chars().count() <= 254
+            && user.email.chars().count() <= crate::users::EMAIL_MAX_LEN
             && user.email == user.email.trim().to_lowercase();
         if !email_ok {
             check.bad("user.email", "must be an email address in lower case");
