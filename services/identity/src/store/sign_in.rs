@@ -31,7 +31,7 @@ const FORGET_FAILURES: &str = "failed_logins = 0, failure_window_start = NULL, l
 /// A claim's assignments to a row of `table` (`users` or `unknown_email_attempts`), whose
 /// columns they read as the row was before the statement (on both backends; named with their
 /// table, which an upsert's PostgreSQL needs): counted, and locked until `$4` by the claim that
-/// reaches `$3` failures. A claim starts a new window of failures when there is none yet, the
+/// reaches `$3` failures or passes it (after the limit was lowered). A claim starts a new window of failures when there is none yet, the
 /// last has passed (`$2` is the oldest start still open) or its lock has expired (`$1` is now).
 fn claim_assignments(table: &str) -> String {
     let new_window = format!(
@@ -43,7 +43,7 @@ fn claim_assignments(table: &str) -> String {
          failure_window_start = \
            CASE WHEN {new_window} THEN $1 ELSE {table}.failure_window_start END, \
          locked_until = CASE \
-           WHEN (CASE WHEN {new_window} THEN 1 ELSE {table}.failed_logins + 1 END) = $3 THEN $4 \
+           WHEN (CASE WHEN {new_window} THEN 1 ELSE {table}.failed_logins + 1 END) >= $3 THEN $4 \
            WHEN {new_window} THEN NULL \
            ELSE {table}.locked_until END"
     )
@@ -163,7 +163,8 @@ impl IdentityStore {
         };
         let count: i64 = row.try_get("failed_logins").map_err(internal)?;
         Ok(PasswordAttempt::Counted {
-            locks: count == i64::from(policy.max_failures),
+            // At or past: a limit lowered under failures already counted locks at once.
+            locks: count >= i64::from(policy.max_failures),
         })
     }
 
@@ -408,6 +409,32 @@ mod tests {
                 .await?,
             1
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_lowered_limit_locks_at_the_next_failure_past_it() -> Result<(), BoxError> {
+        let (_dir, store, user) = store_with_user().await?;
+        let now = 1_000_000_000_000;
+        let counted = |locks| PasswordAttempt::Counted { locks };
+        let generous = crate::lockout::LockoutPolicy {
+            max_failures: 10,
+            ..Default::default()
+        };
+        for _ in 0..6 {
+            let claim = store.claim_password_attempt(&user.id, now, &generous);
+            assert_eq!(claim.await?, counted(false));
+        }
+        // Six failures counted, then the limit becomes 5 (a new configuration, or a replica
+        // of another version): the seventh locks, and the account is closed.
+        let lowered = crate::lockout::LockoutPolicy {
+            max_failures: 5,
+            ..generous
+        };
+        let claim = store.claim_password_attempt(&user.id, now, &lowered);
+        assert_eq!(claim.await?, counted(true));
+        let claim = store.claim_password_attempt(&user.id, now, &lowered);
+        assert_eq!(claim.await?, PasswordAttempt::Refused);
         Ok(())
     }
 }
