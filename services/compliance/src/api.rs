@@ -79,7 +79,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let tenant = readable_log(&request, &request.get_ref().parent)?;
+        let (tenant, reader) = readable_log(&request, &request.get_ref().parent)?;
         let request = request.into_inner();
         let page_size = aip::page_size(request.page_size)?;
         let query = aip::ListQuery {
@@ -102,7 +102,7 @@ impl AuditService for AuditApi {
             last.sequence.to_string()
         });
         Ok(Response::new(ListAuditEventsResponse {
-            audit_events: events,
+            audit_events: events.into_iter().map(|e| as_read_by(e, &reader)).collect(),
             next_page_token,
         }))
     }
@@ -114,7 +114,7 @@ impl AuditService for AuditApi {
         request: Request<ExportAuditEventsRequest>,
     ) -> Result<Response<Self::ExportAuditEventsStream>, Status> {
         // Bad input is refused before the stream starts, as the call's status.
-        let tenant = readable_log(&request, &request.get_ref().parent)?;
+        let (tenant, reader) = readable_log(&request, &request.get_ref().parent)?;
         let filters = parse_filters(&request.get_ref().filter)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(EXPORT_BUFFER);
         let store = self.store.clone();
@@ -133,7 +133,7 @@ impl AuditService for AuditApi {
                 let complete = batch.len() < EXPORT_BATCH;
                 for event in batch {
                     after = event.sequence;
-                    if sender.send(Ok(event)).await.is_err() {
+                    if sender.send(Ok(as_read_by(event, &reader))).await.is_err() {
                         tracing::debug!(tenant = %tenant, "audit export abandoned by the client");
                         return;
                     }
@@ -148,19 +148,33 @@ impl AuditService for AuditApi {
     }
 }
 
-/// The tenant named by `parent`, if the caller may read its audit log: its own tenant's, or
-/// any as a platform operator.
-fn readable_log<T>(request: &Request<T>, parent: &str) -> Result<TenantId, ApiError> {
+/// The tenant named by `parent`, if the caller may read its audit log (its own tenant's, or
+/// any as a platform operator), and the caller's own tenant.
+fn readable_log<T>(request: &Request<T>, parent: &str) -> Result<(TenantId, TenantId), ApiError> {
     let tenant = parse_parent(parent)?;
     let context = request.extensions().get::<TenantContext>();
-    if context.is_some_and(|context| context.may_access(&tenant)) {
-        Ok(tenant)
-    } else {
-        Err(ApiError::PermissionDenied {
+    match context {
+        Some(context) if context.may_access(&tenant) => Ok((tenant, context.tenant_id.clone())),
+        _ => Err(ApiError::PermissionDenied {
             reason: "CROSS_TENANT",
             message: format!("the audit log of tenants/{tenant} belongs to another tenant"),
-        })
+        }),
     }
+}
+
+/// `event` as a reader of tenant `reader` sees it: without the origin (address and user
+/// agent) of an actor of another tenant. An operator acting on a tenant's resources is
+/// recorded in that tenant's log, but the operator's address is personal data of the
+/// platform's staff, not the tenant's to read; the platform's own operators still see it.
+fn as_read_by(mut event: AuditEvent, reader: &TenantId) -> AuditEvent {
+    if event
+        .actor
+        .as_ref()
+        .is_some_and(|actor| actor.tenant_id != reader.as_str())
+    {
+        event.origin = None;
+    }
+    event
 }
 
 fn parse_parent(parent: &str) -> Result<TenantId, ApiError> {
@@ -276,8 +290,8 @@ mod tests {
 
     #[test]
     fn a_tenant_reads_only_its_own_log_and_operators_read_any() {
-        let own = readable_log(&as_tenant("acme"), "tenants/acme").expect("own log");
-        assert_eq!(own.as_str(), "acme");
+        let (own, reader) = readable_log(&as_tenant("acme"), "tenants/acme").expect("own log");
+        assert_eq!((own.as_str(), reader.as_str()), ("acme", "acme"));
         assert!(matches!(
             readable_log(&as_tenant("acme"), "tenants/globex"),
             Err(ApiError::PermissionDenied {
@@ -285,7 +299,8 @@ mod tests {
                 ..
             })
         ));
-        assert!(readable_log(&as_tenant("system"), "tenants/globex").is_ok());
+        let (log, reader) = readable_log(&as_tenant("system"), "tenants/globex").expect("any");
+        assert_eq!((log.as_str(), reader.as_str()), ("globex", "system"));
         assert!(matches!(
             readable_log(&Request::new(()), "tenants/acme"),
             Err(ApiError::PermissionDenied { .. })
