@@ -363,8 +363,21 @@ async fn failed_logins_are_refused_alike_and_audited() -> anyhow::Result<()> {
             )),
             ["tenant_id", "email", "password"]
         );
-        // Refused before the attempt is counted: as many as lock the account (5, with the one
-        // wrong password above) leave the admin free to sign in below.
+        // The bounds are inclusive, and an email is counted in characters (an imported one may
+        // not be ASCII): these are only wrong.
+        let at_the_bounds = [
+            login_request(&"p".repeat(4096)),
+            LoginRequest {
+                email: format!("{}@example.com", "é".repeat(242)),
+                ..login_request(PASSWORD)
+            },
+        ];
+        for attempt in at_the_bounds {
+            let status = expect_code(auth.login(attempt).await, Code::Unauthenticated);
+            assert_eq!(reason(&status), "INVALID_LOGIN");
+        }
+        // Refused before the attempt is counted: more than enough to lock the account (limit 5,
+        // two wrong passwords counted above) leave the admin free to sign in below.
         for _ in 0..5 {
             let oversized = login_request(&"p".repeat(4097));
             expect_code(auth.login(oversized).await, Code::InvalidArgument);

@@ -130,6 +130,12 @@ async fn a_password_change_ends_every_session_of_the_user() -> anyhow::Result<()
             violated_fields(&expect_code(bad, Code::InvalidArgument)),
             ["new_password", "current_password"]
         );
+        let over_long = change(rita, &"p".repeat(4097), "a brand new passphrase");
+        let bad = users.change_password(with_bearer(over_long, token)).await;
+        assert_eq!(
+            violated_fields(&expect_code(bad, Code::InvalidArgument)),
+            ["current_password"]
+        );
         // A password made of the account's own email is refused here as at creation.
         let own_word = users
             .change_password(with_bearer(

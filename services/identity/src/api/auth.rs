@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use palisade_audit::AuditRecord;
 use palisade_db::{Scope, in_scope, outbox::Relay};
 use palisade_grpc::{
-    ApiError, Caller, FieldViolation, echoed,
+    ApiError, Caller, FieldViolation,
     time::{now_micros, timestamp},
 };
 use palisade_proto::palisade::{
@@ -273,7 +273,7 @@ impl AuthApi {
         // and refused before any work; the bounds depend on the input alone, so the refusal
         // tells nothing of what exists.
         if request.tenant_id.len() > TenantId::MAX_LEN {
-            let problem = format!("must be at most {} characters", TenantId::MAX_LEN);
+            let problem = format!("is longer than any tenant id ({} bytes)", TenantId::MAX_LEN);
             violations.push(FieldViolation::new("tenant_id", problem));
         }
         if request.email.trim().chars().count() > users::EMAIL_MAX_LEN {
@@ -404,7 +404,8 @@ impl AuthApi {
                 self.audit_lockout(tenant, &resource, request_id.as_ref())
                     .await?;
             }
-            tracing::info!(tenant = ?echoed(&request.tenant_id), reason = refusal, "login refused");
+            // Debug-formatted: the client's text, its control characters escaped.
+            tracing::info!(tenant = ?request.tenant_id, reason = refusal, "login refused");
             if let (Some(record), "tenant_not_active") = (&tenant_record, refusal) {
                 crate::tenants::ensure_active(record)?;
             }

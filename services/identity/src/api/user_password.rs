@@ -48,6 +48,11 @@ impl UserApi {
                 "is required to change your own password",
             ));
         }
+        // As at Login: longer than any password identity keeps, refused before it counts.
+        if request.current_password.len() > passwords::MAX_TYPED_BYTES {
+            let problem = format!("must be at most {} bytes", passwords::MAX_TYPED_BYTES);
+            violations.push(FieldViolation::new("current_password", problem));
+        }
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }

@@ -8,6 +8,8 @@ use palisade_grpc::FieldViolation;
 
 pub const MIN_LENGTH: usize = 12;
 pub const MAX_LENGTH: usize = 128;
+// No password the policy accepts is refused unread (see `check_policy`).
+const _: () = assert!(super::MAX_TYPED_BYTES >= 4 * 4 * MAX_LENGTH);
 
 /// Fewer different characters than this is a repetition (`abababababab`, `111111111111`).
 const MIN_DISTINCT: usize = 5;
@@ -108,7 +110,8 @@ const COMMON_WORDS: &[&str] = &[
 /// words of the account (the email's local part, the tenant id) that it must not contain.
 pub fn check_policy(field: &str, password: &str, context: &[&str]) -> Option<FieldViolation> {
     // Longer than any password of MAX_LENGTH characters can be once normalized (NFKC joins at
-    // most three characters into one), and not worth normalizing.
+    // most four characters into one, e.g. `α` and three marks into U+1F82: at most 4 ×
+    // MAX_LENGTH characters of at most 4 bytes as typed), and not worth normalizing.
     if password.len() > super::MAX_TYPED_BYTES {
         let problem = format!("must be at most {MAX_LENGTH} characters");
         return Some(FieldViolation::new(field, problem));
@@ -246,6 +249,13 @@ mod tests {
         assert!(!refused("correct horse battery staple"));
         // Characters, not bytes: 128 two-byte letters are within the limit.
         assert!(!refused(&"éèêëç".repeat(128 / 5)));
+        // Four code points NFKC makes one: 512 typed, 128 once normalized, within the length
+        // (though far too repetitive).
+        let composed = "\u{3b1}\u{313}\u{300}\u{345}".repeat(MAX_LENGTH);
+        let normalized = super::super::normalized(&composed);
+        assert_eq!(normalized.chars().count(), MAX_LENGTH);
+        let violation = check_policy("password", &composed, &[]);
+        assert!(violation.is_some_and(|violation| violation.description.contains("repetitive")));
         // Past MAX_TYPED_BYTES, refused unread: a million characters that NFKC would make 18
         // each.
         let violation = check_policy("password", &"\u{FDFA}".repeat(1 << 20), &[]);
