@@ -142,14 +142,15 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         match error {
             ApiError::InvalidArgument(violations) => {
+                let count = violations.len();
                 let message = format!("invalid argument: {}", describe(&violations));
                 let mut details = ErrorDetails::with_bad_request(
-                    violations
-                        .into_iter()
+                    (violations.into_iter().take(MAX_DETAILED_VIOLATIONS))
                         .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
                         .collect::<Vec<_>>(),
                 );
-                details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
+                let metadata = HashMap::from([("violations".to_owned(), count.to_string())]);
+                details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, metadata);
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             ApiError::NotFound { resource } => with_info(
@@ -223,12 +224,25 @@ fn with_info<const N: usize>(
     Status::with_error_details(code, message, details)
 }
 
+/// How many field violations an error's `BadRequest` details carry, and how many its message
+/// names. The rest are counted (`ErrorInfo.metadata["violations"]` holds the total): a batch
+/// with a violation in every item would otherwise fill the trailers past what an HTTP/2 peer
+/// takes (16 KiB of headers by default in hyper), and the caller would see a broken connection
+/// instead of `INVALID_ARGUMENT`.
+const MAX_DETAILED_VIOLATIONS: usize = 50;
+const MAX_DESCRIBED_VIOLATIONS: usize = 10;
+
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
+    let mut described = (violations.iter().take(MAX_DESCRIBED_VIOLATIONS))
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if let Some(more) = violations.len().checked_sub(MAX_DESCRIBED_VIOLATIONS)
+        && more > 0
+    {
+        described.push_str(&format!("; and {more} more"));
+    }
+    described
 }
 
 #[cfg(test)]
@@ -254,6 +268,32 @@ mod tests {
         let violations = &details.bad_request().unwrap().field_violations;
         assert_eq!(violations[0].field, "tenant.display_name");
         assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn a_thousand_violations_are_counted_not_all_carried() {
+        let violations = (0..1000)
+            .map(|i| FieldViolation::new(format!("events[{i}].tenant_id"), "must be a tenant id"))
+            .collect();
+        let status = Status::from(ApiError::InvalidArgument(violations));
+        let details = status.get_error_details();
+        let carried = &details.bad_request().unwrap().field_violations;
+        assert_eq!(carried.len(), MAX_DETAILED_VIOLATIONS);
+        assert_eq!(carried[49].field, "events[49].tenant_id");
+        let info = details.error_info().unwrap();
+        assert_eq!(
+            info.metadata.get("violations").map(String::as_str),
+            Some("1000")
+        );
+        assert!(
+            status
+                .message()
+                .ends_with("events[9].tenant_id: must be a tenant id; and 990 more")
+        );
+        // Small enough for any peer's header limit, message and details together.
+        // (`grpc-status-details-bin` is the details in base64.)
+        let size = status.message().len() + status.details().len() * 4 / 3;
+        assert!(size < 8 * 1024, "{size} bytes of trailers");
     }
 
     #[test]
