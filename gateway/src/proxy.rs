@@ -28,7 +28,7 @@ use std::{
 
 use http::{HeaderValue, Request, Response};
 use palisade_grpc::{
-    ApiError, MethodPolicies, ServedTenant, ServingHandle, add_reflection, time::now_micros,
+    ApiError, MethodPolicies, ServedTenant, ServingHandle, add_public_reflection, time::now_micros,
 };
 use palisade_proto::palisade::identity::v1::TenantState;
 use palisade_telemetry::LabeledCounter;
@@ -95,8 +95,9 @@ impl Proxy {
         let serving = ServingHandle::for_reporter(reporter);
         serving.set_serving(true).await;
         let policies = MethodPolicies::palisade()?;
-        // The mesh's services, less those of internal methods only (not routed here).
-        let local = add_reflection(Routes::new(health), &policies.public_services())?;
+        // The mesh's services, less those of internal methods only (not routed here), and
+        // their files.
+        let local = add_public_reflection(Routes::new(health), &policies.public_services())?;
         let proxy = Proxy {
             backends,
             verifier,

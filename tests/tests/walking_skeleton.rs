@@ -224,6 +224,36 @@ async fn the_gateway_reflects_the_whole_mesh_and_reports_status() -> anyhow::Res
         );
     }
 
+    // Nor are their files described (tonic's reflection ends the stream with NOT_FOUND).
+    for symbol in [
+        "palisade.identity.v1.EdgeService",
+        "palisade.identity.v1.ReportUsageRequest",
+        "palisade.identity.v1.UserService",
+    ] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await?
+            .into_inner();
+        match responses.message().await {
+            Err(status) => {
+                assert_eq!(status.code(), Code::NotFound, "{symbol}");
+                assert!(!symbol.ends_with("UserService"), "{symbol}: {status:?}");
+            }
+            Ok(response) => {
+                let response = response.and_then(|response| response.message_response);
+                assert!(
+                    matches!(response, Some(MessageResponse::FileDescriptorResponse(_))),
+                    "{symbol}: {response:?}"
+                );
+                assert!(symbol.ends_with("UserService"), "{symbol} described");
+            }
+        }
+    }
+
     let mut health = tonic_health::pb::health_client::HealthClient::new(mesh.gateway());
     let answer = health
         .check(tonic_health::pb::HealthCheckRequest::default())

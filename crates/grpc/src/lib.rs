@@ -31,7 +31,7 @@ pub use policy::{MethodPolicies, MethodPolicy};
 pub use policy_layer::{CallerComponent, PolicyLayer, PolicyService};
 pub use readiness::watch_readiness;
 pub use running::{BoxError, MeshAddresses, Running, ShutdownSignal};
-pub use server::{MeshServer, ServingHandle, add_reflection};
+pub use server::{MeshServer, ServingHandle, add_public_reflection, add_reflection};
 
 /// Failures of the plumbing itself (not of a call).
 #[derive(Debug, thiserror::Error)]

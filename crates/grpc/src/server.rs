@@ -2,10 +2,12 @@
 //! plus `grpc.health.v1` and reflection (v1 and v1alpha), on an mTLS listener, with graceful
 //! shutdown.
 
-use std::{convert::Infallible, future::Future, sync::Arc};
+use std::{collections::HashSet, convert::Infallible, future::Future, sync::Arc};
 
 use palisade_tenancy::{TenantContextLayer, TrustPolicy};
 use palisade_tls::MeshTls;
+use prost::Message;
+use prost_types::{FileDescriptorProto, FileDescriptorSet};
 use tokio::net::TcpListener;
 use tonic::{
     body::Body,
@@ -212,11 +214,64 @@ impl MeshServer {
 
 /// Adds reflection v1 and v1alpha over the Palisade descriptor set and the health service's,
 /// advertising `services` (plus health and reflection). Every file stays resolvable, so a
-/// client can describe any message or method it meets.
+/// mesh client can describe any message or method it meets.
 pub fn add_reflection(routes: Routes, services: &[impl AsRef<str>]) -> Result<Routes> {
+    with_reflection(routes, services, palisade_descriptors())
+}
+
+/// [`add_reflection`] for a public port: only the files a client of `services` can meet are
+/// described. A file declaring only other services (the mesh's internal ones) is left out,
+/// unless a file kept imports it.
+pub fn add_public_reflection(routes: Routes, services: &[impl AsRef<str>]) -> Result<Routes> {
+    with_reflection(
+        routes,
+        services,
+        files_for(palisade_descriptors(), services),
+    )
+}
+
+fn palisade_descriptors() -> FileDescriptorSet {
+    FileDescriptorSet::decode(palisade_proto::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set built with the protos decodes")
+}
+
+/// The files of `set` that declare no service or one of `services`, and the files they import.
+fn files_for(mut set: FileDescriptorSet, services: &[impl AsRef<str>]) -> FileDescriptorSet {
+    let offered = |file: &FileDescriptorProto| {
+        file.service.is_empty()
+            || file.service.iter().any(|service| {
+                let name = format!("{}.{}", file.package(), service.name());
+                services.iter().any(|offered| offered.as_ref() == name)
+            })
+    };
+    let mut kept: HashSet<String> = (set.file.iter())
+        .filter(|file| offered(file))
+        .map(|file| file.name().to_owned())
+        .collect();
+    loop {
+        let imported: Vec<String> = (set.file.iter())
+            .filter(|file| kept.contains(file.name()))
+            .flat_map(|file| file.dependency.iter())
+            .filter(|import| !kept.contains(*import))
+            .cloned()
+            .collect();
+        if imported.is_empty() {
+            break;
+        }
+        kept.extend(imported);
+    }
+    set.file.retain(|file| kept.contains(file.name()));
+    set
+}
+
+fn with_reflection(
+    routes: Routes,
+    services: &[impl AsRef<str>],
+    files: FileDescriptorSet,
+) -> Result<Routes> {
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(palisade_proto::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(files.clone())
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
         let names = services.iter().map(AsRef::as_ref);
         for name in names.chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]) {
@@ -227,4 +282,36 @@ pub fn add_reflection(routes: Routes, services: &[impl AsRef<str>]) -> Result<Ro
     Ok(routes
         .add_service(configure().build_v1()?)
         .add_service(configure().build_v1alpha()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_port_describes_the_files_of_its_services_only() {
+        let public = MethodPolicies::palisade().unwrap().public_services();
+        let files = files_for(palisade_descriptors(), &public);
+        let names: Vec<&str> = files.file.iter().map(|file| file.name()).collect();
+        for internal in [
+            "palisade/identity/v1/authorization.proto",
+            "palisade/identity/v1/edge.proto",
+            "palisade/identity/v1/tenant_data.proto",
+        ] {
+            assert!(!names.contains(&internal), "{internal} described");
+        }
+        // The public files, with what they import: the descriptors resolve alone.
+        for kept in [
+            "palisade/identity/v1/tenant.proto",
+            "palisade/identity/v1/user.proto",
+            "palisade/compliance/v1/audit.proto",
+            "palisade/common/v1/principal.proto",
+            "palisade/options/v1/options.proto",
+            "google/api/annotations.proto",
+            "google/protobuf/timestamp.proto",
+        ] {
+            assert!(names.contains(&kept), "{kept} missing from {names:?}");
+        }
+        assert!(prost_reflect::DescriptorPool::from_file_descriptor_set(files).is_ok());
+    }
 }
