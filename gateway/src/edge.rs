@@ -27,6 +27,7 @@ use crate::{
     rest::Rest,
     tenants::{ClientHost, request_host},
     web,
+    whole_bodies::{BODY_BUDGET_BYTES, BodyBudget},
 };
 
 /// The public port's service; cheap to clone (one per connection).
@@ -42,6 +43,8 @@ pub struct Edge {
     peer: Option<std::net::IpAddr>,
     /// Peers believed about the client behind them.
     trusted_proxies: Arc<TrustedProxies>,
+    /// What REST and gRPC-Web text bodies read whole may hold at once, across workers.
+    bodies: BodyBudget,
 }
 
 /// Where the OpenAPI document of the REST API is served, without a credential.
@@ -64,6 +67,7 @@ impl Edge {
             openapi,
             peer: None,
             trusted_proxies,
+            bodies: BodyBudget::new(BODY_BUDGET_BYTES),
         }
     }
 
@@ -81,6 +85,11 @@ impl Edge {
             peer: Some(peer.ip()),
             ..self.clone()
         }
+    }
+
+    /// The budget of bodies read whole, which every worker's clone shares.
+    pub fn bodies(&self) -> &BodyBudget {
+        &self.bodies
     }
 
     /// One gRPC call through the proxy, observed (span, metrics) as that call.

@@ -33,6 +33,7 @@ mod test_identity;
 mod usage;
 pub mod web;
 mod web_text;
+mod whole_bodies;
 mod workers;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

@@ -19,12 +19,7 @@ use http_body::Frame;
 use palisade_tenancy::HEADER_REQUEST_ID;
 use tonic::{Status, body::Body};
 
-use crate::{
-    edge::Edge,
-    frames,
-    rest::{errors::retry_after, read_limited},
-    web_text::TextDecoded,
-};
+use crate::{edge::Edge, frames, rest::errors::retry_after, web_text::TextDecoded};
 
 /// The most a text-mode body may hold once decoded: a message frame of the largest message
 /// the gateway takes ([`frames::MAX_MESSAGE`] and its prefix), so text mode takes what binary
@@ -116,13 +111,22 @@ where
             .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
         return refusal;
     }
-    let body = match mode {
+    // A text body read whole holds its share of the gateway's body budget until the call's
+    // answer has begun.
+    let (body, _held) = match mode {
         // The frames are gRPC's own: stream them through untouched.
-        Mode::Binary => Body::new(body),
+        Mode::Binary => (Body::new(body), None),
         // Decoded as it arrives, so a body costs its decoded bytes only; read whole before
         // the call, so that text which is not base64 is refused as such.
-        Mode::Text => match read_limited(TextDecoded::new(body), TEXT_BODY_LIMIT).await {
-            Ok(bytes) => Body::new(http_body_util::Full::new(bytes)),
+        Mode::Text => match edge
+            .bodies()
+            .read(TextDecoded::new(body), TEXT_BODY_LIMIT)
+            .await
+        {
+            Ok(whole) => {
+                let bytes = whole.bytes.clone();
+                (Body::new(http_body_util::Full::new(bytes)), Some(whole))
+            }
             Err(status) => return error(status, mode),
         },
     };

@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use palisade_proto::google::api::{HttpRule, http_rule::Pattern};
 use prost_reflect::{DescriptorPool, FieldDescriptor, MessageDescriptor, MethodDescriptor, Value};
 use serde_json::json;
@@ -243,7 +242,8 @@ impl Rest {
                 return self.refused(&parts, "malformed_path", error_response(&Status::from(bad)));
             }
         };
-        let body = match read_limited(body, frames::MAX_MESSAGE).await {
+        // Held until the call's answer has begun: its share of the gateway's body budget.
+        let body = match edge.bodies().read(body, frames::MAX_MESSAGE).await {
             Ok(body) => body,
             Err(status) => return self.refused(&parts, "body", body_refusal(&status)),
         };
@@ -253,7 +253,7 @@ impl Rest {
             binding.implied_mask.as_ref(),
             &bindings,
             parts.uri.query().unwrap_or(""),
-            &body,
+            &body.bytes,
         ) {
             Ok(message) => message,
             Err(error) => {
@@ -317,9 +317,12 @@ fn routing_error(http: StatusCode, code: Code) -> Response<Body> {
     )
 }
 
-/// The answer to a body `read_limited` refused. Both refusals are the client's doing, so
+/// The answer to a body [`BodyBudget::read`] refused. Two refusals are the client's doing, so
 /// their HTTP statuses say so rather than grpc-gateway's: too large is 413, not 429 ("slow
-/// down", which invites sending the same body again); too slow is 408, not 504.
+/// down", which invites sending the same body again); too slow is 408, not 504. A spent budget
+/// is the gateway's: UNAVAILABLE, 503.
+///
+/// [`BodyBudget::read`]: crate::whole_bodies::BodyBudget::read
 fn body_refusal(status: &Status) -> Response<Body> {
     let mut response = error_response(status);
     match status.code() {
@@ -330,63 +333,9 @@ fn body_refusal(status: &Status) -> Response<Body> {
     response
 }
 
-/// How long a REST or gRPC-Web text body may take to arrive.
-const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Reads a request body of at most `limit` bytes, within [`BODY_READ_TIMEOUT`].
-pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, Status>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    // A body trickled in byte by byte would otherwise hold the connection and its slot.
-    let collecting = http_body_util::Limited::new(body, limit).collect();
-    let Ok(collected) = tokio::time::timeout(BODY_READ_TIMEOUT, collecting).await else {
-        return Err(Status::deadline_exceeded(format!(
-            "the request body did not arrive within {BODY_READ_TIMEOUT:?}"
-        )));
-    };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            let limit = match limit % (1 << 20) {
-                0 => format!("{} MiB", limit >> 20),
-                _ => format!("{limit} bytes"),
-            };
-            Err(ApiError::ResourceExhausted {
-                reason: "BODY_TOO_LARGE",
-                message: format!("the request body is larger than {limit}"),
-                subject: "request".to_owned(),
-                description: format!("a request body holds at most {limit}"),
-                retry_after: None,
-            }
-            .into())
-        }
-        Err(error) => match error.downcast::<Status>() {
-            // The body's own refusal, e.g. gRPC-Web text that is not base64.
-            Ok(status) => Err(*status),
-            Err(error) => Err(Status::cancelled(format!(
-                "reading the request failed: {error}"
-            ))),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_body_that_never_finishes_is_given_up() {
-        use futures::StreamExt;
-        // One byte, then silence from a client that keeps the request open.
-        let first = futures::stream::once(async {
-            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"{")))
-        });
-        let body = http_body_util::StreamBody::new(first.chain(futures::stream::pending()));
-        let status = read_limited(body, frames::MAX_MESSAGE).await.unwrap_err();
-        assert_eq!(status.code(), Code::DeadlineExceeded);
-    }
 
     #[test]
     fn every_rule_of_the_api_becomes_a_route() {
