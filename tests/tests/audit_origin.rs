@@ -115,6 +115,17 @@ async fn events_carry_the_callers_address_and_user_agent() -> anyhow::Result<()>
             Some(None),
             "{backend}"
         );
+        // The operator sees both.
+        let as_operator = audit_events_arrived(&mesh, "acme").await?;
+        let login = as_operator
+            .iter()
+            .find(|e| e.action == "identity.auth.login");
+        let origin = login.and_then(|event| event.origin.as_ref());
+        assert_eq!(
+            origin.map(|origin| origin.user_agent.as_str()),
+            Some("acme-admin/2.0"),
+            "{backend}"
+        );
         mesh.stop().await?;
     }
     Ok(())

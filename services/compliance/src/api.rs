@@ -162,16 +162,14 @@ fn readable_log<T>(request: &Request<T>, parent: &str) -> Result<(TenantId, Tena
     }
 }
 
-/// `event` as a reader of tenant `reader` sees it: without the origin (address and user
-/// agent) of an actor of another tenant. An operator acting on a tenant's resources is
-/// recorded in that tenant's log, but the operator's address is personal data of the
-/// platform's staff, not the tenant's to read; the platform's own operators still see it.
+/// `event` as a reader of tenant `reader` sees it: a tenant's reader without the origin
+/// (address and user agent) of an actor of another tenant. An operator acting on a tenant's
+/// resources is recorded in that tenant's log, but the operator's address is personal data of
+/// the platform's staff, not the tenant's to read. The platform's operators see every origin.
 fn as_read_by(mut event: AuditEvent, reader: &TenantId) -> AuditEvent {
-    if event
-        .actor
-        .as_ref()
-        .is_some_and(|actor| actor.tenant_id != reader.as_str())
-    {
+    let foreign_actor =
+        (event.actor.as_ref()).is_some_and(|actor| actor.tenant_id != reader.as_str());
+    if foreign_actor && !reader.is_system() {
         event.origin = None;
     }
     event
@@ -309,6 +307,33 @@ mod tests {
             readable_log(&as_tenant("acme"), "acme"),
             Err(ApiError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn a_tenant_reads_no_operators_origin_and_operators_read_every_origin() {
+        use palisade_proto::palisade::{common::v1::Principal, compliance::v1::RequestOrigin};
+        let by = |actor_tenant: Option<&str>| AuditEvent {
+            actor: actor_tenant.map(|tenant| Principal {
+                tenant_id: tenant.to_owned(),
+                id: "someone".to_owned(),
+                ..Principal::default()
+            }),
+            origin: Some(RequestOrigin {
+                ip_address: "203.0.113.7".to_owned(),
+                user_agent: "curl/8".to_owned(),
+            }),
+            ..event()
+        };
+        let shown = |actor_tenant: Option<&str>, reader: &str| {
+            let reader = TenantId::parse(reader).unwrap();
+            as_read_by(by(actor_tenant), &reader).origin.is_some()
+        };
+        assert!(shown(Some("acme"), "acme"));
+        assert!(!shown(Some("system"), "acme"));
+        // No actor: an anonymous caller (a failed login), whose address is the tenant's to see.
+        assert!(shown(None, "acme"));
+        assert!(shown(Some("acme"), "system"));
+        assert!(shown(Some("system"), "system"));
     }
 
     /// The same event id under another spelling would be another event to the chain, which
