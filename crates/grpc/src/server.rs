@@ -6,8 +6,8 @@ use std::{collections::HashSet, convert::Infallible, future::Future, sync::Arc};
 
 use palisade_tenancy::{TenantContextLayer, TrustPolicy};
 use palisade_tls::MeshTls;
-use prost::Message;
-use prost_types::{FileDescriptorProto, FileDescriptorSet};
+use prost::{Message, encoding::WireType};
+use prost_types::FileDescriptorProto;
 use tokio::net::TcpListener;
 use tonic::{
     body::Body,
@@ -216,27 +216,29 @@ impl MeshServer {
 /// advertising `services` (plus health and reflection). Every file stays resolvable, so a
 /// mesh client can describe any message or method it meets.
 pub fn add_reflection(routes: Routes, services: &[impl AsRef<str>]) -> Result<Routes> {
-    with_reflection(routes, services, palisade_descriptors())
+    with_reflection(routes, services, palisade_proto::FILE_DESCRIPTOR_SET)
 }
 
 /// [`add_reflection`] for a public port: only the files a client of `services` can meet are
 /// described. A file declaring only other services (the mesh's internal ones) is left out,
 /// unless a file kept imports it.
 pub fn add_public_reflection(routes: Routes, services: &[impl AsRef<str>]) -> Result<Routes> {
-    with_reflection(
-        routes,
-        services,
-        files_for(palisade_descriptors(), services),
-    )
+    let files = files_for(palisade_proto::FILE_DESCRIPTOR_SET, services);
+    with_reflection(routes, services, &files)
 }
 
-fn palisade_descriptors() -> FileDescriptorSet {
-    FileDescriptorSet::decode(palisade_proto::FILE_DESCRIPTOR_SET)
-        .expect("the descriptor set built with the protos decodes")
-}
-
-/// The files of `set` that declare no service or one of `services`, and the files they import.
-fn files_for(mut set: FileDescriptorSet, services: &[impl AsRef<str>]) -> FileDescriptorSet {
+/// The files of the encoded descriptor set `set` that declare no service or one of
+/// `services`, and the files they import, as an encoded set. Each file is kept as the bytes
+/// it came in: decoded into `prost_types` and encoded again, it would lose its custom options
+/// (`google.api.http`, the method policies), which prost does not keep.
+fn files_for(set: &[u8], services: &[impl AsRef<str>]) -> Vec<u8> {
+    let files: Vec<(&[u8], FileDescriptorProto)> = raw_files(set)
+        .map(|raw| {
+            let file =
+                FileDescriptorProto::decode(raw).expect("a file of the built descriptor set");
+            (raw, file)
+        })
+        .collect();
     let offered = |file: &FileDescriptorProto| {
         file.service.is_empty()
             || file.service.iter().any(|service| {
@@ -244,34 +246,57 @@ fn files_for(mut set: FileDescriptorSet, services: &[impl AsRef<str>]) -> FileDe
                 services.iter().any(|offered| offered.as_ref() == name)
             })
     };
-    let mut kept: HashSet<String> = (set.file.iter())
-        .filter(|file| offered(file))
-        .map(|file| file.name().to_owned())
+    let mut kept: HashSet<&str> = (files.iter())
+        .filter(|(_, file)| offered(file))
+        .map(|(_, file)| file.name())
         .collect();
+    // What a kept file imports is kept, until nothing more is.
     loop {
-        let imported: Vec<String> = (set.file.iter())
-            .filter(|file| kept.contains(file.name()))
-            .flat_map(|file| file.dependency.iter())
-            .filter(|import| !kept.contains(*import))
-            .cloned()
+        let imported: Vec<&str> = (files.iter())
+            .filter(|(_, file)| kept.contains(file.name()))
+            .flat_map(|(_, file)| file.dependency.iter().map(String::as_str))
+            .filter(|import| !kept.contains(import))
             .collect();
         if imported.is_empty() {
             break;
         }
         kept.extend(imported);
     }
-    set.file.retain(|file| kept.contains(file.name()));
-    set
+    let mut encoded = Vec::new();
+    for (raw, file) in &files {
+        if kept.contains(file.name()) {
+            // `FileDescriptorSet.file`, field 1, length-delimited.
+            prost::encoding::encode_key(1, WireType::LengthDelimited, &mut encoded);
+            prost::encoding::encode_varint(raw.len() as u64, &mut encoded);
+            encoded.extend_from_slice(raw);
+        }
+    }
+    encoded
 }
 
-fn with_reflection(
-    routes: Routes,
-    services: &[impl AsRef<str>],
-    files: FileDescriptorSet,
-) -> Result<Routes> {
+/// The encoded `FileDescriptorProto`s of an encoded `FileDescriptorSet`, as they are.
+fn raw_files(mut set: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if set.is_empty() {
+            return None;
+        }
+        let malformed = "the built descriptor set holds only length-delimited files";
+        let (tag, wire_type) = prost::encoding::decode_key(&mut set).expect(malformed);
+        assert!(
+            tag == 1 && wire_type == WireType::LengthDelimited,
+            "{malformed}"
+        );
+        let len = prost::encoding::decode_varint(&mut set).expect(malformed) as usize;
+        let (raw, rest) = set.split_at(len);
+        set = rest;
+        Some(raw)
+    })
+}
+
+fn with_reflection(routes: Routes, services: &[impl AsRef<str>], files: &[u8]) -> Result<Routes> {
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_file_descriptor_set(files.clone())
+            .register_encoded_file_descriptor_set(files)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
         let names = services.iter().map(AsRef::as_ref);
         for name in names.chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]) {
@@ -291,8 +316,9 @@ mod tests {
     #[test]
     fn a_public_port_describes_the_files_of_its_services_only() {
         let public = MethodPolicies::palisade().unwrap().public_services();
-        let files = files_for(palisade_descriptors(), &public);
-        let names: Vec<&str> = files.file.iter().map(|file| file.name()).collect();
+        let files = files_for(palisade_proto::FILE_DESCRIPTOR_SET, &public);
+        let set = prost_types::FileDescriptorSet::decode(files.as_slice()).unwrap();
+        let names: Vec<&str> = set.file.iter().map(|file| file.name()).collect();
         for internal in [
             "palisade/identity/v1/authorization.proto",
             "palisade/identity/v1/edge.proto",
@@ -312,6 +338,16 @@ mod tests {
         ] {
             assert!(names.contains(&kept), "{kept} missing from {names:?}");
         }
-        assert!(prost_reflect::DescriptorPool::from_file_descriptor_set(files).is_ok());
+        // Each file as it was built, custom options and all.
+        let pool = prost_reflect::DescriptorPool::decode(files.as_slice()).unwrap();
+        let method = pool
+            .get_service_by_name("palisade.identity.v1.TenantService")
+            .and_then(|service| service.methods().find(|m| m.name() == "GetTenant"))
+            .unwrap();
+        let http = pool.get_extension_by_name("google.api.http").unwrap();
+        assert!(method.options().has_extension(&http));
+        let kept: Vec<&[u8]> = raw_files(&files).collect();
+        let built: Vec<&[u8]> = raw_files(palisade_proto::FILE_DESCRIPTOR_SET).collect();
+        assert!(kept.iter().all(|raw| built.contains(raw)));
     }
 }
