@@ -144,11 +144,7 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument(violations) => {
                 let count = violations.len();
                 let message = format!("invalid argument: {}", describe(&violations));
-                let mut details = ErrorDetails::with_bad_request(
-                    (violations.into_iter().take(MAX_DETAILED_VIOLATIONS))
-                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
-                        .collect::<Vec<_>>(),
-                );
+                let mut details = ErrorDetails::with_bad_request(carried(violations));
                 let metadata = HashMap::from([("violations".to_owned(), count.to_string())]);
                 details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, metadata);
                 Status::with_error_details(Code::InvalidArgument, message, details)
@@ -224,25 +220,73 @@ fn with_info<const N: usize>(
     Status::with_error_details(code, message, details)
 }
 
-/// How many field violations an error's `BadRequest` details carry, and how many its message
-/// names. The rest are counted (`ErrorInfo.metadata["violations"]` holds the total): a batch
-/// with a violation in every item would otherwise fill the trailers past what an HTTP/2 peer
-/// takes (16 KiB of headers by default in hyper), and the caller would see a broken connection
-/// instead of `INVALID_ARGUMENT`.
-const MAX_DETAILED_VIOLATIONS: usize = 50;
-const MAX_DESCRIBED_VIOLATIONS: usize = 10;
+/// Bad input's error stays small, whatever the input: its text travels twice in the trailers
+/// (`grpc-message`, percent-encoded, and inside `grpc-status-details-bin`, in base64), and
+/// trailers past what an HTTP/2 peer takes (16 KiB of headers by default in hyper) reach the
+/// caller as a broken connection instead of INVALID_ARGUMENT; the audit relay would retry such
+/// a batch forever rather than set it aside. So the details carry the violations while their
+/// text fits [`DETAILS_BUDGET`] bytes (at least one), the message names those that fit
+/// [`MESSAGE_BUDGET`], each field and description is cut to [`VIOLATION_TEXT`] bytes, and
+/// `ErrorInfo.metadata["violations"]` holds the total.
+const DETAILS_BUDGET: usize = 4 * 1024;
+const MESSAGE_BUDGET: usize = 1024;
+const VIOLATION_TEXT: usize = 256;
 
+/// The violations the details carry, each cut to size.
+fn carried(violations: Vec<FieldViolation>) -> Vec<tonic_types::FieldViolation> {
+    let mut spent = 0;
+    violations
+        .into_iter()
+        .map(|v| {
+            (
+                cut(&v.field, VIOLATION_TEXT),
+                cut(&v.description, VIOLATION_TEXT),
+            )
+        })
+        .take_while(|(field, description)| {
+            let first = spent == 0;
+            spent += field.len() + description.len();
+            first || spent <= DETAILS_BUDGET
+        })
+        .map(|(field, description)| tonic_types::FieldViolation::new(field, description))
+        .collect()
+}
+
+/// The message's list: the violations that fit, and how many more there are.
 fn describe(violations: &[FieldViolation]) -> String {
-    let mut described = (violations.iter().take(MAX_DESCRIBED_VIOLATIONS))
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ");
-    if let Some(more) = violations.len().checked_sub(MAX_DESCRIBED_VIOLATIONS)
-        && more > 0
-    {
-        described.push_str(&format!("; and {more} more"));
+    let mut described = String::new();
+    let mut named = 0;
+    for v in violations {
+        let text = format!(
+            "{}: {}",
+            cut(&v.field, VIOLATION_TEXT),
+            cut(&v.description, VIOLATION_TEXT)
+        );
+        if named > 0 && described.len() + text.len() > MESSAGE_BUDGET {
+            break;
+        }
+        if named > 0 {
+            described.push_str("; ");
+        }
+        described.push_str(&text);
+        named += 1;
+    }
+    if named < violations.len() {
+        described.push_str(&format!("; and {} more", violations.len() - named));
     }
     described
+}
+
+/// `text`, cut to at most `max` bytes (and `…`) at a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]
@@ -272,28 +316,43 @@ mod tests {
 
     #[test]
     fn a_thousand_violations_are_counted_not_all_carried() {
+        // The longest descriptions the services write: an unknown permission echoed (64
+        // characters, here of 2 bytes each) and the catalogue's hint after it.
+        let description = format!(
+            "unknown permission {:?}; a role grants permissions of the catalogue, e.g. \
+             identity.users.list (see ListPermissions)",
+            echoed(&"é".repeat(100))
+        );
         let violations = (0..1000)
-            .map(|i| FieldViolation::new(format!("events[{i}].tenant_id"), "must be a tenant id"))
+            .map(|i| FieldViolation::new(format!("role.permissions[{i}]"), description.clone()))
             .collect();
         let status = Status::from(ApiError::InvalidArgument(violations));
         let details = status.get_error_details();
         let carried = &details.bad_request().unwrap().field_violations;
-        assert_eq!(carried.len(), MAX_DETAILED_VIOLATIONS);
-        assert_eq!(carried[49].field, "events[49].tenant_id");
+        assert!((10..1000).contains(&carried.len()), "{}", carried.len());
+        assert_eq!(carried[9].field, "role.permissions[9]");
         let info = details.error_info().unwrap();
         assert_eq!(
             info.metadata.get("violations").map(String::as_str),
             Some("1000")
         );
-        assert!(
-            status
-                .message()
-                .ends_with("events[9].tenant_id: must be a tenant id; and 990 more")
-        );
-        // Small enough for any peer's header limit, message and details together.
-        // (`grpc-status-details-bin` is the details in base64.)
-        let size = status.message().len() + status.details().len() * 4 / 3;
-        assert!(size < 8 * 1024, "{size} bytes of trailers");
+        assert!(status.message().contains("more"), "{}", status.message());
+        // Well within a peer's 16 KiB of headers: the message percent-encoded (non-ASCII at
+        // 3 bytes a byte), the details (holding the message again) in base64.
+        let size = status.message().len() * 3 + status.details().len() * 4 / 3;
+        assert!(size < 12 * 1024, "{size} bytes of trailers");
+    }
+
+    #[test]
+    fn one_huge_violation_is_cut() {
+        let huge = FieldViolation::new("x".repeat(100_000), "é".repeat(100_000));
+        let status = Status::from(ApiError::InvalidArgument(vec![huge]));
+        let details = status.get_error_details();
+        let carried = &details.bad_request().unwrap().field_violations;
+        assert_eq!(carried.len(), 1);
+        assert!(carried[0].field.len() <= VIOLATION_TEXT + 3);
+        assert!(carried[0].description.len() <= VIOLATION_TEXT + 3);
+        assert!(status.message().len() < 2 * VIOLATION_TEXT + 64);
     }
 
     #[test]
