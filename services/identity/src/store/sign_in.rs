@@ -21,7 +21,8 @@ pub enum PasswordAttempt {
     /// The account is locked (or gone): the password must not be checked.
     Refused,
     /// Counted as a failure until the password proves right; `locks` when this attempt is the
-    /// one that reached the limit (the account is locked from now on, unless it succeeds).
+    /// one that reached the limit, or passed a limit lowered meanwhile (the account is locked
+    /// from now on, unless it succeeds).
     Counted { locks: bool },
 }
 
@@ -31,8 +32,9 @@ const FORGET_FAILURES: &str = "failed_logins = 0, failure_window_start = NULL, l
 /// A claim's assignments to a row of `table` (`users` or `unknown_email_attempts`), whose
 /// columns they read as the row was before the statement (on both backends; named with their
 /// table, which an upsert's PostgreSQL needs): counted, and locked until `$4` by the claim that
-/// reaches `$3` failures or passes it (after the limit was lowered). A claim starts a new window of failures when there is none yet, the
-/// last has passed (`$2` is the oldest start still open) or its lock has expired (`$1` is now).
+/// reaches `$3` failures or passes it (after the limit was lowered). A claim starts a new
+/// window of failures when there is none yet, the last has passed (`$2` is the oldest start
+/// still open) or its lock has expired (`$1` is now).
 fn claim_assignments(table: &str) -> String {
     let new_window = format!(
         "({table}.failure_window_start IS NULL OR {table}.failure_window_start < $2 \
@@ -63,9 +65,9 @@ impl IdentityStore {
     /// until the password proves right (a success clears the count, [`clear_failed_logins`]).
     /// Counting before checking is what bounds parallel guesses: attempts in flight have
     /// already used up their share of the limit, so at most `max_failures` passwords are
-    /// checked per window however many arrive at once. A claim outside the window (or after an
-    /// expired lock) starts a new window at 1; the claim that reaches `max_failures` sets the
-    /// lock.
+    /// checked per window however many arrive at once (one more, when the limit was lowered
+    /// under failures already counted). A claim outside the window (or after an expired lock)
+    /// starts a new window at 1; the claim that reaches or passes `max_failures` sets the lock.
     ///
     /// [`clear_failed_logins`]: Self::clear_failed_logins
     pub async fn claim_password_attempt(
@@ -100,7 +102,7 @@ impl IdentityStore {
         const UNLOCKED: &str = "(locked_until IS NULL OR locked_until <= $1)";
         const COLUMNS: &str =
             "(tenant_id, email_sha256, failed_logins, failure_window_start, locked_until)";
-        const FIRST: &str = "$5, $6, 1, $1, CASE WHEN $3 = 1 THEN $4 END";
+        const FIRST: &str = "$5, $6, 1, $1, CASE WHEN 1 >= $3 THEN $4 END";
         let assignments = claim_assignments("unknown_email_attempts");
         // One statement either way, as a user's claim is, and one that neither writes nor
         // locks anything while the row is locked, as a user's `UPDATE … WHERE` does not. On
@@ -421,9 +423,13 @@ mod tests {
             max_failures: 10,
             ..Default::default()
         };
+        let tenant = &user.tenant_id;
+        let known = |policy| store.claim_password_attempt(&user.id, now, policy);
+        let unknown =
+            |policy| store.claim_unknown_email_attempt(tenant, "eve@example.com", now, policy);
         for _ in 0..6 {
-            let claim = store.claim_password_attempt(&user.id, now, &generous);
-            assert_eq!(claim.await?, counted(false));
+            assert_eq!(known(&generous).await?, counted(false));
+            assert_eq!(unknown(&generous).await?, counted(false));
         }
         // Six failures counted, then the limit becomes 5 (a new configuration, or a replica
         // of another version): the seventh locks, and the account is closed.
@@ -431,10 +437,10 @@ mod tests {
             max_failures: 5,
             ..generous
         };
-        let claim = store.claim_password_attempt(&user.id, now, &lowered);
-        assert_eq!(claim.await?, counted(true));
-        let claim = store.claim_password_attempt(&user.id, now, &lowered);
-        assert_eq!(claim.await?, PasswordAttempt::Refused);
+        assert_eq!(known(&lowered).await?, counted(true));
+        assert_eq!(known(&lowered).await?, PasswordAttempt::Refused);
+        assert_eq!(unknown(&lowered).await?, counted(true));
+        assert_eq!(unknown(&lowered).await?, PasswordAttempt::Refused);
         Ok(())
     }
 }
