@@ -1,6 +1,7 @@
 //! Token-signing keys at rest: stored sealed under the deployment's key-encryption key, never
 //! as plain PKCS#8; a key stored plain (before a KEK was configured) is sealed at the next start
-//! and keeps signing; the KEK rotates (the old one as the previous one for a start); with
+//! and a new key signs from then on (the old one stays published for its tokens); the KEK
+//! rotates (the old one as the previous one for a start), with a new signing key too; with
 //! another KEK identity refuses to start rather than mint new keys.
 
 mod common;
@@ -15,6 +16,15 @@ use sqlx::Row;
 
 const PASSWORD: &str = "correct horse battery staple";
 const SEALED_PREFIX: &[u8] = b"palisade-sealed-v1:";
+
+/// The `kid` in the header of an access token.
+fn kid_of(token: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or_default();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)?;
+    Ok(header["kid"].as_str().unwrap_or_default().to_owned())
+}
 
 /// Every stored signing key: (kid, private key as stored).
 async fn stored_keys(mesh: &Mesh) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
@@ -69,12 +79,24 @@ async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
         db.close().await;
         mesh.restart(Component::Identity).await?;
         let resealed = stored_keys(&mesh).await?;
-        assert_eq!(resealed.len(), keys.len(), "{backend}");
-        assert!(resealed[0].1.starts_with(SEALED_PREFIX), "{backend}");
-        assert_eq!(sealer.open(kid, &resealed[0].1)?, plain, "{backend}");
+        assert_eq!(
+            resealed.len(),
+            keys.len() + 1,
+            "{backend}: a new key beside the old"
+        );
+        let old = resealed.iter().find(|(stored_kid, _)| stored_kid == kid);
+        let old = &old.expect("the old key is kept").1;
+        assert!(old.starts_with(SEALED_PREFIX), "{backend}");
+        assert_eq!(sealer.open(kid, old)?, plain, "{backend}");
+        // The old key is published for the tokens it signed; a new one signs.
         let jwks = auth.get_jwks(GetJwksRequest {}).await?.into_inner();
         assert!(jwks.keys.iter().any(|key| &key.kid == kid), "{backend}");
-        auth.login(login.clone()).await?;
+        let tokens = auth.login(login.clone()).await?.into_inner();
+        let signing = kid_of(&tokens.access_token)?;
+        assert_ne!(
+            &signing, kid,
+            "{backend}: the key once stored plain still signs"
+        );
 
         // Rotating the KEK: the old one becomes the previous one beside a new one; at start the
         // keys are sealed again under the new one, which alone then opens them.
@@ -85,7 +107,7 @@ async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
         mesh.restart(Component::Identity).await?;
         let new_sealer = KeySealer::from_file(&kek)?;
         let rotated = stored_keys(&mesh).await?;
-        assert_eq!(rotated.len(), keys.len(), "{backend}");
+        assert_eq!(rotated.len(), resealed.len() + 1, "{backend}");
         for (kid, stored) in &rotated {
             assert!(stored.starts_with(SEALED_PREFIX), "{backend}: {kid}");
             assert!(new_sealer.open(kid, stored).is_ok(), "{backend}: {kid}");
@@ -94,7 +116,12 @@ async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
                 "{backend}: {kid} still opens with the old KEK"
             );
         }
-        auth.login(login.clone()).await?;
+        let tokens = auth.login(login.clone()).await?.into_inner();
+        let after_kek_rotation = kid_of(&tokens.access_token)?;
+        assert!(
+            resealed.iter().all(|(kid, _)| *kid != after_kek_rotation),
+            "{backend}: a key sealed under the old KEK still signs"
+        );
         // The old KEK dropped: the keys open with the new one alone.
         mesh.stop_component(Component::Identity).await?;
         std::fs::remove_file(&previous)?;

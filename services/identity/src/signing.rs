@@ -101,17 +101,21 @@ pub struct Keyring {
 impl Keyring {
     /// Loads the newest stored key, making the first one (or a due replacement) if needed.
     /// With a KEK, keys stored plain or sealed under the previous KEK are sealed under the
-    /// current one first; a key that does not open fails the load.
+    /// current one first, and a new key signs from then on: a copy of the database (or the
+    /// previous KEK) taken before holds the old keys in a form it can open, so they are only
+    /// published until their tokens have expired. A key that does not open fails the load.
     pub async fn load(
         store: IdentityStore,
         policy: RotationPolicy,
         sealer: KeySealer,
     ) -> Result<Keyring, ApiError> {
         let mut keys = store.signing_keys().await?;
+        let mut resealed_any = false;
         for key in &mut keys {
             if let Some(resealed) = sealer.reseal(&key.kid, &key.private_key)? {
                 store.reseal_signing_key(&key.kid, &resealed).await?;
                 key.private_key = resealed;
+                resealed_any = true;
                 tracing::info!(kid = %key.kid, "stored token signing key sealed under the current KEK");
             }
         }
@@ -122,6 +126,7 @@ impl Keyring {
             );
         }
         let newest = match keys.into_iter().next() {
+            Some(_) if resealed_any => add_key(&store, &sealer, "resealed", None).await?,
             Some(key) => key,
             None => add_key(&store, &sealer, "bootstrap", None).await?,
         };
