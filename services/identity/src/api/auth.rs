@@ -455,7 +455,22 @@ impl AuthApi {
         {
             Some(current) if current.state == UserState::Active => {}
             _ => {
+                // Recorded as every refusal is (the proto promises success and failure both),
+                // once the lock is let go.
+                drop(tx);
                 tracing::info!(tenant = %user.tenant_id, user = %user.id, "login refused: the user changed while its password was checked");
+                self.audit_alone(&AuditRecord {
+                    tenant: &user.tenant_id,
+                    actor_tenant: &user.tenant_id,
+                    actor: None,
+                    action,
+                    resource: &resource,
+                    outcome: Outcome::Failure,
+                    request_id: request_id.as_ref(),
+                    source: crate::COMPONENT,
+                    attributes: vec![("reason", "changed_during_check".to_owned())],
+                })
+                .await?;
                 return Err(invalid_login().into());
             }
         }
