@@ -166,9 +166,11 @@ async fn revoke_token_ends_the_session_of_either_kind_of_token() -> anyhow::Resu
         auth.revoke_token(revoke(&by_access.access_token)).await?;
         auth.revoke_token(revoke(&by_access.refresh_token)).await?;
 
-        // By its refresh token.
+        // By its refresh token, by an operator (with a credential of its own, which the audit
+        // log names).
         let by_refresh = login(&mut auth).await;
-        auth.revoke_token(revoke(&by_refresh.refresh_token)).await?;
+        auth.revoke_token(mesh.as_operator(revoke(&by_refresh.refresh_token)))
+            .await?;
         assert_session_revoked(probe.identity(&by_refresh).await);
 
         // Tokens that grant nothing are answered alike and end no session: an unknown refresh
@@ -208,6 +210,22 @@ async fn revoke_token_ends_the_session_of_either_kind_of_token() -> anyhow::Resu
         })
         .await?;
         assert_eq!(events.len(), 2, "{events:?}");
+        // Ended by whoever held the token, and by the operator who said who it was.
+        let ended_by = |tokens: &AuthTokens| {
+            let sid = principal_of(tokens).session_id;
+            let event = events
+                .iter()
+                .find(|event| event.attributes.get("token_family") == Some(&sid));
+            let actor = event
+                .and_then(|event| event.actor.clone())
+                .unwrap_or_default();
+            (actor.tenant_id, actor.id)
+        };
+        assert_eq!(
+            ended_by(&by_access),
+            ("acme".to_owned(), principal_of(&by_access).id)
+        );
+        assert_eq!(ended_by(&by_refresh).0, "system");
         mesh.stop().await?;
     }
     Ok(())

@@ -10,7 +10,7 @@ use palisade_proto::palisade::{
         RevokeTokenResponse,
     },
 };
-use palisade_tenancy::{Principal, PrincipalKind, RequestId};
+use palisade_tenancy::{Principal, PrincipalKind, RequestId, TenantContext, TenantId};
 use tonic::{Request, Response, Status};
 
 use super::auth::{AuthApi, may_sign_in, user_principal};
@@ -125,6 +125,7 @@ impl AuthApi {
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
         let request_id = request.extensions().get::<RequestId>().cloned();
+        let ender = Ender::of(&request);
         let presented = &request.get_ref().refresh_token;
         if presented.is_empty() {
             return Err(ApiError::invalid("refresh_token", "is required").into());
@@ -134,12 +135,13 @@ impl AuthApi {
             .refresh_token(&tokens::hash_refresh_token(presented))
             .await?
             .ok_or_else(invalid_refresh_token)?;
-        self.end_session(
-            &token.session(),
-            "identity.auth.logout",
-            request_id.as_ref(),
-        )
-        .await?;
+        let session = token.session();
+        let ended = Ended {
+            action: "identity.auth.logout",
+            by: ender.as_ref(),
+            request_id: request_id.as_ref(),
+        };
+        self.end_session(&session, ended).await?;
         Ok(Response::new(LogoutResponse {}))
     }
 
@@ -148,6 +150,7 @@ impl AuthApi {
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
         let request_id = request.extensions().get::<RequestId>().cloned();
+        let ender = Ender::of(&request);
         let token = &request.get_ref().token;
         let session = if token.is_empty() {
             return Err(ApiError::invalid("token", "is required").into());
@@ -168,21 +171,24 @@ impl AuthApi {
         // RFC 7009: a token that grants nothing (unknown, forged, already revoked) is answered
         // like one just revoked.
         if let Some(session) = session {
-            self.end_session(&session, "identity.auth.revoke", request_id.as_ref())
-                .await?;
+            let ended = Ended {
+                action: "identity.auth.revoke",
+                by: ender.as_ref(),
+                request_id: request_id.as_ref(),
+            };
+            self.end_session(&session, ended).await?;
         }
         Ok(Response::new(RevokeTokenResponse {}))
     }
 
-    /// Revokes `session` (a logout or a revocation, named by `action`) and records it, unless
-    /// it had already ended.
-    async fn end_session(
-        &self,
-        session: &SessionRecord,
-        action: &str,
-        request_id: Option<&RequestId>,
-    ) -> Result<(), ApiError> {
-        let principal = Principal::new(session.user_id.clone(), PrincipalKind::User);
+    /// Revokes `session` and records how it `ended`, unless it had already ended.
+    async fn end_session(&self, session: &SessionRecord, ended: Ended<'_>) -> Result<(), ApiError> {
+        let owner = Principal::new(session.user_id.clone(), PrincipalKind::User);
+        // Whoever presented the token, unless the call carried a credential that says who.
+        let (actor_tenant, actor) = match ended.by {
+            Some(ender) => (&ender.tenant, &ender.principal),
+            None => (&session.tenant_id, &owner),
+        };
         let resource = format!("tenants/{}/users/{}", session.tenant_id, session.user_id);
         let mut tx = self.store.db().begin().await.map_err(ApiError::from)?;
         if self
@@ -192,12 +198,12 @@ impl AuthApi {
         {
             let audit = AuditRecord {
                 tenant: &session.tenant_id,
-                actor_tenant: &session.tenant_id,
-                actor: Some(&principal),
-                action,
+                actor_tenant,
+                actor: Some(actor),
+                action: ended.action,
                 resource: &resource,
                 outcome: Outcome::Success,
-                request_id,
+                request_id: ended.request_id,
                 source: crate::COMPONENT,
                 attributes: vec![("token_family", session.id.clone())],
             };
@@ -221,6 +227,31 @@ impl AuthApi {
         Ok(self.store.session(&sid).await?.filter(|session| {
             session.tenant_id.as_str() == claims.tenant && session.user_id == claims.sub
         }))
+    }
+}
+
+/// How a session ended: by `Logout` or `RevokeToken` (`action`), and by whom if the call said.
+struct Ended<'a> {
+    action: &'a str,
+    by: Option<&'a Ender>,
+    request_id: Option<&'a RequestId>,
+}
+
+/// The principal a token-ending call carried a credential of (verified at the gateway), which
+/// may be another user than the token's, of another tenant even (a security team revoking a
+/// leaked token).
+struct Ender {
+    tenant: TenantId,
+    principal: Principal,
+}
+
+impl Ender {
+    fn of<T>(request: &Request<T>) -> Option<Ender> {
+        let context = request.extensions().get::<TenantContext>()?;
+        Some(Ender {
+            tenant: context.tenant_id.clone(),
+            principal: context.principal.clone()?,
+        })
     }
 }
 
