@@ -182,22 +182,38 @@ fn parse_parent(parent: &str) -> Result<TenantId, ApiError> {
         .ok_or_else(|| ApiError::invalid("parent", "must be `tenants/{tenant_id}`"))
 }
 
+/// `occur_time <comparison> T` on the stored microseconds, where `micros` is T rounded down and
+/// `finer` says whether T had nanoseconds beyond them. Events are stamped to the microsecond
+/// (`palisade_audit`), so against such a T, `>= T` and `> T` both mean after the microsecond
+/// T falls in, and `<= T` and `< T` both mean up to and including it.
+fn occur_time_filter(comparison: Comparison, micros: i64, finer: bool) -> EventFilter {
+    let exact = match comparison {
+        Comparison::Ge | Comparison::Gt if finer => (Comparison::Gt, micros),
+        Comparison::Le | Comparison::Lt if finer => (Comparison::Le, micros),
+        other => (other, micros),
+    };
+    EventFilter::OccurTime(exact.0, exact.1)
+}
+
 fn parse_filters(filter: &str) -> Result<Vec<EventFilter>, ApiError> {
     aip::parse_filter(filter, FILTER_FIELDS)?
         .into_iter()
         .map(|term| match term.field {
             "action" => Ok(EventFilter::Action(term.value)),
             _ => {
-                let micros = prost_types::Timestamp::from_str(&term.value)
-                    .ok()
-                    .and_then(|time| palisade_grpc::time::micros_in_range(&time))
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "filter",
-                            "occur_time needs an RFC 3339 timestamp between years 1 and 9999",
-                        )
-                    })?;
-                Ok(EventFilter::OccurTime(term.comparison, micros))
+                let time = prost_types::Timestamp::from_str(&term.value).ok();
+                let micros = time.as_ref().and_then(palisade_grpc::time::micros_in_range);
+                let (Some(time), Some(micros)) = (time, micros) else {
+                    return Err(ApiError::invalid(
+                        "filter",
+                        "occur_time needs an RFC 3339 timestamp between years 1 and 9999",
+                    ));
+                };
+                Ok(occur_time_filter(
+                    term.comparison,
+                    micros,
+                    time.nanos % 1000 != 0,
+                ))
             }
         })
         .collect()
@@ -306,6 +322,28 @@ mod tests {
         assert!(matches!(
             readable_log(&as_tenant("acme"), "acme"),
             Err(ApiError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_time_finer_than_a_microsecond_filters_exactly() {
+        // T = 12.000_000_500 s: events are stored to the microsecond, 12_000_000 or 12_000_001.
+        let parsed = |comparison: &str| {
+            let filter = format!("occur_time {comparison} \"1970-01-01T00:00:12.0000005Z\"");
+            match parse_filters(&filter).unwrap().as_slice() {
+                [EventFilter::OccurTime(comparison, micros)] => (*comparison, *micros),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(parsed(">="), (Comparison::Gt, 12_000_000));
+        assert_eq!(parsed(">"), (Comparison::Gt, 12_000_000));
+        assert_eq!(parsed("<="), (Comparison::Le, 12_000_000));
+        assert_eq!(parsed("<"), (Comparison::Le, 12_000_000));
+        // A whole microsecond compares as given.
+        let whole = parse_filters(r#"occur_time >= "1970-01-01T00:00:12.000001Z""#).unwrap();
+        assert!(matches!(
+            whole.as_slice(),
+            [EventFilter::OccurTime(Comparison::Ge, 12_000_001)]
         ));
     }
 
