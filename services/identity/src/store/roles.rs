@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use palisade_db::{Backend, placeholders};
+use palisade_db::{Backend, Scope, placeholders};
 use palisade_grpc::{ApiError, aip::Comparison};
 use palisade_tenancy::TenantId;
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
@@ -90,11 +90,7 @@ impl IdentityStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<RoleRecord>, ApiError> {
-        let mut conn = self.db.pool().acquire().await.map_err(internal)?;
-        let mut found = self
-            .roles_by_id(&mut conn, tenant, &[id.to_owned()])
-            .await?;
-        Ok(found.pop())
+        Ok(self.custom_roles(tenant, &[id.to_owned()]).await?.pop())
     }
 
     /// Locks the custom role `id` of `tenant` for the rest of the transaction and reads it;
@@ -151,8 +147,23 @@ impl IdentityStore {
         tenant: &TenantId,
         ids: &[String],
     ) -> Result<Vec<RoleRecord>, ApiError> {
-        let mut conn = self.db.pool().acquire().await.map_err(internal)?;
-        self.roles_by_id(&mut conn, tenant, ids).await
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut snapshot = self.role_snapshot(tenant).await?;
+        let roles = self.roles_by_id(&mut snapshot, tenant, ids).await?;
+        snapshot.commit().await.map_err(ApiError::from)?;
+        Ok(roles)
+    }
+
+    /// A read of `tenant`'s roles in one snapshot. A role is two statements' worth (its row,
+    /// its permissions): read apart, they could straddle an update, and the role read would be
+    /// one that never was, its etag matching no version of it.
+    async fn role_snapshot(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, ApiError> {
+        (self.db.snapshot_in(Scope::Tenant(tenant.as_str())).await).map_err(ApiError::from)
     }
 
     async fn roles_by_id(
@@ -322,13 +333,15 @@ impl IdentityStore {
         for bind in binds {
             query = query.bind(bind);
         }
-        let mut conn = self.db.pool().acquire().await.map_err(internal)?;
-        let rows = query.fetch_all(&mut *conn).await.map_err(internal)?;
+        let mut snapshot = self.role_snapshot(tenant).await?;
+        let rows = query.fetch_all(&mut *snapshot).await.map_err(internal)?;
         let mut roles = rows
             .iter()
             .map(role_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        self.fill_permissions(&mut conn, tenant, &mut roles).await?;
+        self.fill_permissions(&mut snapshot, tenant, &mut roles)
+            .await?;
+        snapshot.commit().await.map_err(ApiError::from)?;
         Ok(roles)
     }
 
