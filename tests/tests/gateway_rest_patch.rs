@@ -107,6 +107,7 @@ async fn a_patch_body_is_its_own_mask_and_a_read_resource_can_be_sent_back() -> 
         user["displayName"] = "Ada L.".into();
         let updated = json(&as_operator(&mesh, "PATCH", &path, &user.to_string()).await?);
         assert_eq!(updated["displayName"], "Ada L.");
+        // (Bad input is told before a stale etag.)
         user["roles"] = serde_json::json!(["admin", "viewer"]);
         let refused = violations(&as_operator(&mesh, "PATCH", &path, &user.to_string()).await?);
         assert_eq!(refused.len(), 1, "{refused:?}");

@@ -282,6 +282,72 @@ async fn a_rename_racing_a_disable_keeps_the_user_disabled() -> anyhow::Result<(
     Ok(())
 }
 
+/// An update sending the etag it read is applied only to the user as read: a change in
+/// between (here a disable the test commits while the rename waits for the user's lock, so
+/// the rename read the user before it) aborts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_with_a_stale_etag_is_aborted() -> anyhow::Result<()> {
+    for builder in Mesh::each_backend() {
+        let backend = builder.backend_name();
+        let mesh = builder.start().await?;
+        TenantServiceClient::new(mesh.gateway())
+            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+            .await?;
+        let mut users = UserServiceClient::new(mesh.gateway());
+        let bob = users
+            .create_user(mesh.as_operator(new_user("acme", "bob@acme.example", &["viewer"])))
+            .await?
+            .into_inner();
+        let rename = |read: &User, display_name: &str| {
+            change(read, &["display_name"], |user| {
+                user.display_name = display_name.into();
+                user.etag = read.etag.clone();
+            })
+        };
+        let renamed = users
+            .update_user(mesh.as_operator(rename(&bob, "Bob B.")))
+            .await?
+            .into_inner();
+        assert_ne!(renamed.etag, bob.etag, "{backend}");
+        let stale = users
+            .update_user(mesh.as_operator(rename(&bob, "Robert")))
+            .await;
+        let status = expect_code(stale, Code::Aborted);
+        assert_eq!(reason(&status), "ETAG_MISMATCH", "{backend}");
+
+        let db = mesh.unrestricted_db(Component::Identity).await?;
+        let mut disabling = db.begin().await?;
+        let bob_id = bob.name.rsplit('/').next().expect("an id").to_owned();
+        sqlx::query("UPDATE users SET state = 'disabled' WHERE tenant_id = 'acme' AND id = $1")
+            .bind(&bob_id)
+            .execute(&mut *disabling)
+            .await?;
+        let racing = tokio::spawn({
+            let mut users = users.clone();
+            let request = mesh.as_operator(rename(&renamed, "Robert"));
+            async move { users.update_user(request).await }
+        });
+        until_a_call_waits_for_a_lock(&db, &mut disabling, backend).await?;
+        disabling.commit().await?;
+        let status = expect_code(racing.await?, Code::Aborted);
+        assert_eq!(reason(&status), "ETAG_MISMATCH", "{backend}");
+        let stored = users
+            .get_user(mesh.as_operator(GetUserRequest {
+                name: bob.name.clone(),
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(stored.display_name, "Bob B.", "{backend}");
+        // With the current etag it applies.
+        users
+            .update_user(mesh.as_operator(rename(&stored, "Robert")))
+            .await?;
+        db.close().await;
+        mesh.stop().await?;
+    }
+    Ok(())
+}
+
 /// A manager renaming a viewer while an admin makes that viewer an admin: the manager's right
 /// was judged on the viewer, so the rename must not land on the admin. The test holds the role
 /// change open (the user's row locked, as identity's own writes lock it) while the rename runs,

@@ -1,7 +1,7 @@
 //! User rules: what a valid user looks like, user names, and the state vocabulary; (in
 //! `update`) what `UpdateUser` may change.
 
-use palisade_grpc::{ApiError, FieldViolation};
+use palisade_grpc::{ApiError, FieldViolation, aip::Etag};
 use palisade_proto::palisade::identity::v1::{CreateUserRequest, UserState};
 use palisade_tenancy::TenantId;
 
@@ -30,6 +30,25 @@ pub struct UserRecord {
 impl UserRecord {
     pub fn name(&self) -> String {
         format!("tenants/{}/users/{}", self.tenant_id, self.id)
+    }
+
+    /// The user's version for optimistic concurrency (AIP-154): a digest of everything stored
+    /// about it (see `aip::Etag`) but `locked_until`, which failed sign-ins change and no
+    /// update writes: an admin's copy does not go stale because someone mistyped a password.
+    pub fn etag(&self) -> String {
+        let mut etag = Etag::new()
+            .field(self.tenant_id.as_str().as_bytes())
+            .field(self.id.as_bytes())
+            .field(self.email.as_bytes())
+            .field(self.display_name.as_bytes())
+            .number(self.state as i64)
+            .number(self.roles.len() as i64);
+        for role in &self.roles {
+            etag = etag.field(role.as_bytes());
+        }
+        etag.number(self.create_time)
+            .number(self.update_time)
+            .finish()
     }
 }
 
@@ -279,6 +298,51 @@ mod tests {
             format!("users/{id}"),
         ] {
             assert!(parse_name(&bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Any stored change gives another etag, but the sign-in lock's.
+    #[test]
+    fn the_etag_follows_every_stored_field_but_the_lock() {
+        let user = UserRecord {
+            id: "0192f3c4".into(),
+            tenant_id: TenantId::parse("acme").unwrap(),
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            state: UserState::Active,
+            roles: vec!["viewer".into()],
+            create_time: 1,
+            update_time: 1,
+            locked_until: None,
+        };
+        let locked = UserRecord {
+            locked_until: Some(5),
+            ..user.clone()
+        };
+        assert_eq!(locked.etag(), user.etag());
+        for changed in [
+            UserRecord {
+                email: "ada@example.org".into(),
+                ..user.clone()
+            },
+            UserRecord {
+                display_name: "Ada L.".into(),
+                ..user.clone()
+            },
+            UserRecord {
+                state: UserState::Disabled,
+                ..user.clone()
+            },
+            UserRecord {
+                roles: vec!["viewer".into(), "admin".into()],
+                ..user.clone()
+            },
+            UserRecord {
+                update_time: 2,
+                ..user.clone()
+            },
+        ] {
+            assert_ne!(changed.etag(), user.etag(), "{changed:?}");
         }
     }
 }

@@ -441,7 +441,9 @@ impl UserService for UserApi {
 }
 
 pub(super) fn to_proto(record: UserRecord) -> User {
+    let etag = record.etag();
     User {
+        etag,
         name: record.name(),
         email: record.email,
         display_name: record.display_name,

@@ -50,6 +50,9 @@ impl UserApi {
             }
             Err(error) => return Err(error),
         };
+        // Against the user as read (a stale copy sent back unchanged is told too), and again
+        // below against the user under the lock.
+        aip::require_etag(&user.etag, &current.etag(), &user.name)?;
         if update.changed.is_empty() {
             return Ok(current);
         }
@@ -67,6 +70,7 @@ impl UserApi {
         let locked = self
             .lock_as_judged(&mut tx, &caller, &current, Some(&judged))
             .await?;
+        aip::require_etag(&user.etag, &locked.etag(), &user.name)?;
         let update = users::apply_update(&locked, user, request.update_mask.as_ref(), now)?;
         if update.changed.is_empty() {
             return Ok(locked);

@@ -12,13 +12,15 @@ pub const UPDATABLE: [&str; 2] = ["display_name", "state"];
 
 /// The user's other fields, which a mask may name (a user read and sent back whole): output
 /// only (ignored, AIP-203), or [`SET_ELSEWHERE`].
-pub const READ_ONLY: [&str; 6] = [
+/// `etag` too, which is a condition, not a value.
+pub const READ_ONLY: [&str; 7] = [
     "name",
     "email",
     "roles",
     "create_time",
     "update_time",
     "lock_expire_time",
+    "etag",
 ];
 
 /// Fields other methods change (`roles` by `AssignRole`/`RevokeRole`; the email never): sent
@@ -170,7 +172,7 @@ mod tests {
             display_name: " ".into(),
             ..User::default()
         };
-        let error = apply_update(&ada(), &blank, mask(&["etag", "password"]).as_ref(), 9);
+        let error = apply_update(&ada(), &blank, mask(&["password", "salt"]).as_ref(), 9);
         assert_eq!(fields(error.unwrap_err()), ["update_mask", "update_mask"]);
         let error = apply_update(&ada(), &blank, mask(&["display_name", "state"]).as_ref(), 9);
         assert_eq!(
