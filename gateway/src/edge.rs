@@ -27,7 +27,7 @@ use crate::{
     rest::Rest,
     tenants::{ClientHost, request_host},
     web,
-    whole_bodies::{BODY_BUDGET_BYTES, BodyBudget},
+    whole_bodies::BodyBudget,
 };
 
 /// The public port's service; cheap to clone (one per connection).
@@ -58,6 +58,7 @@ impl Edge {
         cors: Arc<Cors>,
         openapi: Bytes,
         trusted_proxies: Arc<TrustedProxies>,
+        bodies: BodyBudget,
     ) -> Edge {
         Edge {
             proxy,
@@ -67,7 +68,7 @@ impl Edge {
             openapi,
             peer: None,
             trusted_proxies,
-            bodies: BodyBudget::new(BODY_BUDGET_BYTES),
+            bodies,
         }
     }
 

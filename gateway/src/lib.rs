@@ -143,7 +143,8 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     let throttled = kit.metrics.labeled_counter(
         "palisade_gateway_throttled",
         "Calls the gateway refused for their tenant's state, rate or monthly quota or their \
-         client's rate, and connections over their address's cap, by reason",
+         client's rate, connections over their address's cap, and request bodies over the \
+         memory for bodies read whole, by reason",
         "reason",
     );
     let limits = proxy::TenantLimits {
@@ -205,6 +206,11 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
     let trusted_proxies = Arc::new(forwarded::TrustedProxies::new(
         config.trusted_proxies.clone(),
     ));
+    let bodies = whole_bodies::BodyBudget::new(
+        whole_bodies::BODY_BUDGET_BYTES,
+        whole_bodies::CLIENT_SHARE_BYTES,
+        throttled.clone(),
+    );
     let address_caps = address_caps::AddressCaps::new(
         config.max_connections_per_address,
         trusted_proxies.clone(),
@@ -217,6 +223,7 @@ pub async fn start(listeners: Listeners, config: GatewayConfig) -> Result<Runnin
         Arc::new(cors),
         openapi,
         trusted_proxies,
+        bodies,
     );
     let (mesh, tls, metrics) = (config.mesh, config.tls, kit.metrics.clone());
     let workers = workers::Workers::start(

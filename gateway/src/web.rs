@@ -19,7 +19,7 @@ use http_body::Frame;
 use palisade_tenancy::HEADER_REQUEST_ID;
 use tonic::{Status, body::Body};
 
-use crate::{edge::Edge, frames, rest::errors::retry_after, web_text::TextDecoded};
+use crate::{edge::Edge, frames, rest::errors::retry_after, web_text::TextDecoded, whole_bodies};
 
 /// The most a text-mode body may hold once decoded: a message frame of the largest message
 /// the gateway takes ([`frames::MAX_MESSAGE`] and its prefix), so text mode takes what binary
@@ -118,17 +118,19 @@ where
         Mode::Binary => (Body::new(body), None),
         // Decoded as it arrives, so a body costs its decoded bytes only; read whole before
         // the call, so that text which is not base64 is refused as such.
-        Mode::Text => match edge
-            .bodies()
-            .read(TextDecoded::new(body), TEXT_BODY_LIMIT)
-            .await
-        {
-            Ok(whole) => {
-                let bytes = whole.bytes.clone();
-                (Body::new(http_body_util::Full::new(bytes)), Some(whole))
+        Mode::Text => {
+            let client = whole_bodies::client_of(&parts.extensions);
+            let read = edge
+                .bodies()
+                .read(TextDecoded::new(body), TEXT_BODY_LIMIT, client);
+            match read.await {
+                Ok(whole) => (
+                    Body::new(http_body_util::Full::new(whole.bytes)),
+                    Some(whole.held),
+                ),
+                Err(status) => return error(status, mode),
             }
-            Err(status) => return error(status, mode),
-        },
+        }
     };
     to_grpc_headers(&mut parts.headers);
     let version = parts.version;

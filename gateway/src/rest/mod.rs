@@ -36,7 +36,12 @@ use palisade_grpc::ApiError;
 use palisade_telemetry::LabeledCounter;
 use palisade_tenancy::{ClientOrigin, HEADER_REQUEST_ID};
 
-use crate::{edge::Edge, frames, tenants::ClientHost};
+use crate::{
+    edge::Edge,
+    frames,
+    tenants::ClientHost,
+    whole_bodies::{self, WholeBody},
+};
 
 const HTTP_EXTENSION: &str = "google.api.http";
 
@@ -242,8 +247,13 @@ impl Rest {
                 return self.refused(&parts, "malformed_path", error_response(&Status::from(bad)));
             }
         };
-        // Held until the call's answer has begun: its share of the gateway's body budget.
-        let body = match edge.bodies().read(body, frames::MAX_MESSAGE).await {
+        let client = whole_bodies::client_of(&parts.extensions);
+        let read = edge.bodies().read(body, frames::MAX_MESSAGE, client).await;
+        // Its share of the gateway's body budget is held until the call's answer has begun.
+        let WholeBody {
+            bytes: body,
+            held: _held,
+        } = match read {
             Ok(body) => body,
             Err(status) => return self.refused(&parts, "body", body_refusal(&status)),
         };
@@ -253,16 +263,17 @@ impl Rest {
             binding.implied_mask.as_ref(),
             &bindings,
             parts.uri.query().unwrap_or(""),
-            &body.bytes,
+            &body,
         ) {
             Ok(message) => message,
             Err(error) => {
                 return self.refused(&parts, "bad_request", error_response(&Status::from(error)));
             }
         };
-        let mut request = Request::new(Body::new(http_body_util::Full::new(frames::encode(
-            0, &message,
-        ))));
+        let frame = frames::encode(0, &message);
+        // Only the frame goes on: the JSON and the message it became are not kept for the call.
+        drop((body, message));
+        let mut request = Request::new(Body::new(http_body_util::Full::new(frame)));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = binding
             .grpc_path
