@@ -231,24 +231,23 @@ fn with_info<const N: usize>(
 const DETAILS_BUDGET: usize = 4 * 1024;
 const MESSAGE_BUDGET: usize = 1024;
 const VIOLATION_TEXT: usize = 256;
+/// What a `FieldViolation` costs in the details besides its text: its own tag and length, and
+/// those of its two strings (each at most 3 bytes for texts of at most [`VIOLATION_TEXT`]).
+const VIOLATION_FRAMING: usize = 9;
 
 /// The violations the details carry, each cut to size.
 fn carried(violations: Vec<FieldViolation>) -> Vec<tonic_types::FieldViolation> {
     let mut spent = 0;
-    violations
-        .into_iter()
-        .map(|v| {
-            (
-                cut(&v.field, VIOLATION_TEXT),
-                cut(&v.description, VIOLATION_TEXT),
-            )
+    (violations.into_iter().enumerate())
+        .map(|(index, v)| {
+            let field = cut(&v.field, VIOLATION_TEXT);
+            (index, field, cut(&v.description, VIOLATION_TEXT))
         })
-        .take_while(|(field, description)| {
-            let first = spent == 0;
-            spent += field.len() + description.len();
-            first || spent <= DETAILS_BUDGET
+        .take_while(|(index, field, description)| {
+            spent += field.len() + description.len() + VIOLATION_FRAMING;
+            *index == 0 || spent <= DETAILS_BUDGET
         })
-        .map(|(field, description)| tonic_types::FieldViolation::new(field, description))
+        .map(|(_, field, description)| tonic_types::FieldViolation::new(field, description))
         .collect()
 }
 
@@ -341,6 +340,21 @@ mod tests {
         // 3 bytes a byte), the details (holding the message again) in base64.
         let size = status.message().len() * 3 + status.details().len() * 4 / 3;
         assert!(size < 12 * 1024, "{size} bytes of trailers");
+    }
+
+    #[test]
+    fn many_tiny_violations_are_counted_with_their_framing() {
+        for text in ["", "x"] {
+            let violations = (0..100_000)
+                .map(|_| FieldViolation::new(text, text))
+                .collect();
+            let status = Status::from(ApiError::InvalidArgument(violations));
+            assert!(
+                status.details().len() < DETAILS_BUDGET + 2 * MESSAGE_BUDGET,
+                "{text:?}: {}",
+                status.details().len()
+            );
+        }
     }
 
     #[test]

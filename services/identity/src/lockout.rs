@@ -2,9 +2,9 @@
 //! refused for `lock_for`, whatever the password. Each attempt is claimed by one atomic UPDATE
 //! in the store before its password is checked (`claim_password_attempt`) and counts as a
 //! failure unless it proves right, so attempts in flight use up the limit: however many arrive
-//! at once, at most `max_failures` passwords are checked per window (one more, just after the
-//! limit was lowered), and exactly one attempt (the one that reaches or passes the limit)
-//! locks the account. Attempts on emails that match no user
+//! at once, at most `max_failures` passwords are checked per window, and exactly one attempt
+//! (the one that reaches the limit) locks the account; when the limit is lowered below the
+//! failures already counted, the next attempt is still checked, and locks. Attempts on emails that match no user
 //! are claimed and locked alike (`claim_unknown_email_attempt`), and their rows swept once
 //! their window has passed ([`spawn_sweeper`]).
 
