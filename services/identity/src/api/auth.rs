@@ -115,6 +115,29 @@ impl AuthApi {
             .map_err(ApiError::from)
     }
 
+    /// Records a refused `Login` on `resource` (a user, or for an unknown email its tenant), and
+    /// why; without an actor, as nobody proved who was calling.
+    async fn audit_refused_login(
+        &self,
+        tenant: &TenantId,
+        resource: &str,
+        request_id: Option<&RequestId>,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        self.audit_alone(&AuditRecord {
+            tenant,
+            actor_tenant: tenant,
+            actor: None,
+            action: "identity.auth.login",
+            resource,
+            outcome: Outcome::Failure,
+            request_id,
+            source: crate::COMPONENT,
+            attributes: vec![("reason", reason.to_owned())],
+        })
+        .await
+    }
+
     /// Records that `resource` (a user, or for an unknown email its tenant) has just been
     /// locked out: by the refused attempt whose claim reached the limit, whatever refused it
     /// (exactly once per lock, whatever the parallelism).
@@ -384,18 +407,8 @@ impl AuthApi {
                 let resource = found
                     .as_ref()
                     .map_or_else(|| format!("tenants/{tenant}"), |(user, _)| user.name());
-                self.audit_alone(&AuditRecord {
-                    tenant,
-                    actor_tenant: tenant,
-                    actor: None,
-                    action,
-                    resource: &resource,
-                    outcome: Outcome::Failure,
-                    request_id: request_id.as_ref(),
-                    source: crate::COMPONENT,
-                    attributes: vec![("reason", refusal.to_owned())],
-                })
-                .await?;
+                self.audit_refused_login(tenant, &resource, request_id.as_ref(), refusal)
+                    .await?;
             }
             if let (Some(tenant), true) = (&tenant, locked_out) {
                 let resource = found
@@ -459,18 +472,9 @@ impl AuthApi {
                 // once the lock is let go.
                 drop(tx);
                 tracing::info!(tenant = %user.tenant_id, user = %user.id, "login refused: the user changed while its password was checked");
-                self.audit_alone(&AuditRecord {
-                    tenant: &user.tenant_id,
-                    actor_tenant: &user.tenant_id,
-                    actor: None,
-                    action,
-                    resource: &resource,
-                    outcome: Outcome::Failure,
-                    request_id: request_id.as_ref(),
-                    source: crate::COMPONENT,
-                    attributes: vec![("reason", "changed_during_check".to_owned())],
-                })
-                .await?;
+                let reason = "changed_during_check";
+                self.audit_refused_login(&user.tenant_id, &resource, request_id.as_ref(), reason)
+                    .await?;
                 return Err(invalid_login().into());
             }
         }
