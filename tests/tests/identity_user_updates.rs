@@ -37,6 +37,17 @@ fn change(user: &User, paths: &[&str], edit: impl FnOnce(&mut User)) -> UpdateUs
     }
 }
 
+/// Tenant `acme` with one viewer, Bob, made by the operator; returns Bob.
+async fn acme_with_bob(mesh: &Mesh) -> anyhow::Result<User> {
+    TenantServiceClient::new(mesh.gateway())
+        .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
+        .await?;
+    let bob = UserServiceClient::new(mesh.gateway())
+        .create_user(mesh.as_operator(new_user("acme", "bob@acme.example", &["viewer"])))
+        .await?;
+    Ok(bob.into_inner())
+}
+
 fn set_state(user: &User, state: UserState) -> UpdateUserRequest {
     change(user, &["state"], |user| user.state = state as i32)
 }
@@ -239,14 +250,8 @@ async fn a_rename_racing_a_disable_keeps_the_user_disabled() -> anyhow::Result<(
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mesh = builder.start().await?;
-        TenantServiceClient::new(mesh.gateway())
-            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
-            .await?;
+        let bob = acme_with_bob(&mesh).await?;
         let mut users = UserServiceClient::new(mesh.gateway());
-        let bob = users
-            .create_user(mesh.as_operator(new_user("acme", "bob@acme.example", &["viewer"])))
-            .await?
-            .into_inner();
         let bob_id = bob.name.rsplit('/').next().expect("an id").to_owned();
 
         let db = mesh.unrestricted_db(Component::Identity).await?;
@@ -290,14 +295,8 @@ async fn an_update_with_a_stale_etag_is_aborted() -> anyhow::Result<()> {
     for builder in Mesh::each_backend() {
         let backend = builder.backend_name();
         let mesh = builder.start().await?;
-        TenantServiceClient::new(mesh.gateway())
-            .create_tenant(mesh.as_operator(new_tenant("acme", "Acme", Plan::Professional)))
-            .await?;
+        let bob = acme_with_bob(&mesh).await?;
         let mut users = UserServiceClient::new(mesh.gateway());
-        let bob = users
-            .create_user(mesh.as_operator(new_user("acme", "bob@acme.example", &["viewer"])))
-            .await?
-            .into_inner();
         let rename = |read: &User, display_name: &str| {
             change(read, &["display_name"], |user| {
                 user.display_name = display_name.into();
