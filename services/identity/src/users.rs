@@ -43,7 +43,11 @@ impl UserRecord {
             .field(self.display_name.as_bytes())
             .number(self.state as i64)
             .number(self.roles.len() as i64);
-        for role in &self.roles {
+        // Sorted here, not trusted sorted: the database orders them by its collation, which
+        // on PostgreSQL need not be byte order, and the same user must give the same etag.
+        let mut roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+        roles.sort_unstable();
+        for role in roles {
             etag = etag.field(role.as_bytes());
         }
         etag.number(self.create_time)
@@ -344,5 +348,14 @@ mod tests {
         ] {
             assert_ne!(changed.etag(), user.etag(), "{changed:?}");
         }
+        // The same roles in another order are the same user.
+        let two = |roles: [&str; 2]| UserRecord {
+            roles: roles.map(str::to_owned).to_vec(),
+            ..user.clone()
+        };
+        assert_eq!(
+            two(["support-lead", "supporter"]).etag(),
+            two(["supporter", "support-lead"]).etag()
+        );
     }
 }
